@@ -1,0 +1,175 @@
+"""Where everything of the testbed lives: one place for paths, ports and names.
+
+The state directory defaults to ``/var/lib/stackhop-testbed`` (override with
+``STACKHOP_TESTBED_DIR``) so that every checkout on the machine, including a
+fresh clone made to run the tests, reuses the one running testbed. Generated
+configuration is rewritten on every ``up``; data (databases, Ceph, keys) stays
+until ``down --purge``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+REGION = "RegionOne"
+
+STATE_DIR = Path(os.environ.get("STACKHOP_TESTBED_DIR", "/var/lib/stackhop-testbed"))
+REPO_DIR = Path(__file__).resolve().parent.parent
+#: The virtualenv the testbed runs its OpenStack services from: the one running us.
+VENV_DIR = Path(sys.prefix)
+VENV_BIN = VENV_DIR / "bin"
+
+RUN_DIR = STATE_DIR / "run"  # pid files, sockets
+LOG_DIR = STATE_DIR / "logs"
+SHARED_DIR = STATE_DIR / "shared"  # MariaDB, RabbitMQ, ZooKeeper data
+CLOUDS_YAML = STATE_DIR / "clouds.yaml"
+ENV_FILE = STATE_DIR / "env.sh"
+SSH_DIR = STATE_DIR / "ssh"  # client key, known_hosts, ssh_config
+
+ADMIN_PASSWORD = "adminpw"
+DEMO_PASSWORD = "demopw"
+SERVICE_PASSWORD = "servicepw"
+DB_USER = "openstack"
+DB_PASSWORD = "openstackpw"
+RABBIT_USER = "openstack"
+RABBIT_PASSWORD = "rabbitpw"
+
+MARIADB_PORT = 33306
+RABBIT_PORT = 35672
+RABBIT_DIST_PORT = 35673
+EPMD_PORT = 34369
+ZOOKEEPER_PORT = 42181
+
+
+@dataclass(frozen=True)
+class CloudLayout:
+    """Everything that differs between the ``src`` and ``dst`` clouds."""
+
+    name: str
+    port_base: int
+    ceph_mon_port: int  # msgr v2; v1 is the next port
+    ceph_bind_min: int
+    ceph_bind_max: int
+    ssh_port: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+    # -- directories -------------------------------------------------------
+    @property
+    def dir(self) -> Path:
+        return STATE_DIR / self.name
+
+    @property
+    def etc(self) -> Path:
+        return self.dir / "etc"
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def ceph_dir(self) -> Path:
+        return self.dir / "ceph"
+
+    @property
+    def ceph_conf(self) -> Path:
+        return self.ceph_dir / "ceph.conf"
+
+    @property
+    def ceph_keyring(self) -> Path:
+        """The client.admin keyring of this cloud's Ceph cluster."""
+        return self.ceph_dir / "ceph.client.admin.keyring"
+
+    @property
+    def file_backend_dir(self) -> Path:
+        """Directory holding the Cinder ``file`` backend's volumes (the NFS share)."""
+        return self.data / "cinder-file-share"
+
+    @property
+    def ssh_host(self) -> str:
+        return f"{self.name}-storage"
+
+    # -- ports -------------------------------------------------------------
+    @property
+    def keystone_port(self) -> int:
+        return self.port_base + 5000
+
+    @property
+    def glance_port(self) -> int:
+        return self.port_base + 9292
+
+    @property
+    def nova_port(self) -> int:
+        return self.port_base + 8774
+
+    @property
+    def cinder_port(self) -> int:
+        return self.port_base + 8776
+
+    @property
+    def placement_port(self) -> int:
+        return self.port_base + 8778
+
+    @property
+    def neutron_port(self) -> int:
+        return self.port_base + 9696
+
+    @property
+    def keystone_url(self) -> str:
+        return f"http://{HOST}:{self.keystone_port}/v3"
+
+    # -- names -------------------------------------------------------------
+    def db_name(self, service: str) -> str:
+        """MariaDB database of one service of this cloud (e.g. ``src_nova_api``)."""
+        return f"{self.name}_{service}"
+
+    def db_url(self, service: str) -> str:
+        return (
+            f"mysql+pymysql://{DB_USER}:{DB_PASSWORD}@{HOST}:{MARIADB_PORT}/"
+            f"{self.db_name(service)}?charset=utf8mb4"
+        )
+
+    @property
+    def rabbit_vhost(self) -> str:
+        return self.name
+
+    @property
+    def transport_url(self) -> str:
+        return f"rabbit://{RABBIT_USER}:{RABBIT_PASSWORD}@{HOST}:{RABBIT_PORT}/{self.rabbit_vhost}"
+
+
+SRC = CloudLayout(
+    name="src",
+    port_base=10000,  # keystone 15000, glance 19292, nova 18774, cinder 18776, ...
+    ceph_mon_port=46600,
+    ceph_bind_min=46800,
+    ceph_bind_max=46899,
+    ssh_port=22022,
+)
+DST = CloudLayout(
+    name="dst",
+    port_base=11000,  # keystone 16000, glance 20292, nova 19774, cinder 19776, ...
+    ceph_mon_port=46610,
+    ceph_bind_min=46900,
+    ceph_bind_max=46999,
+    ssh_port=22122,
+)
+CLOUDS: tuple[CloudLayout, ...] = (SRC, DST)
+
+
+def cloud(name: str) -> CloudLayout:
+    for c in CLOUDS:
+        if c.name == name:
+            return c
+    raise KeyError(f"unknown testbed cloud {name!r}; expected one of: src, dst")
+
+
+def make_dirs() -> None:
+    for d in (STATE_DIR, RUN_DIR, LOG_DIR, SHARED_DIR, SSH_DIR):
+        d.mkdir(parents=True, exist_ok=True)
+    for c in CLOUDS:
+        for d in (c.etc, c.data, c.ceph_dir):
+            d.mkdir(parents=True, exist_ok=True)

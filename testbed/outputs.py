@@ -1,0 +1,75 @@
+"""What ``up`` leaves for its users: ``clouds.yaml`` and an env file to source."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from testbed import layout
+
+#: Names of the demo project and member user created on each cloud.
+DEMO_PROJECT = "demo"
+DEMO_USER = "demo"
+
+
+def _cloud_entry(c: layout.CloudLayout, user: str, password: str, project: str) -> dict:
+    return {
+        "auth": {
+            "auth_url": c.keystone_url,
+            "username": user,
+            "password": password,
+            "project_name": project,
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+        },
+        "region_name": layout.REGION,
+        "interface": "public",
+        "identity_api_version": 3,
+    }
+
+
+def clouds_yaml() -> dict:
+    clouds: dict[str, dict] = {}
+    for c in layout.CLOUDS:
+        clouds[c.name] = _cloud_entry(c, "admin", layout.ADMIN_PASSWORD, "admin")
+        clouds[f"{c.name}-demo"] = _cloud_entry(c, DEMO_USER, layout.DEMO_PASSWORD, DEMO_PROJECT)
+    return {"clouds": clouds}
+
+
+def env_lines() -> list[str]:
+    lines = [
+        "# stackhop testbed: source this file to reach the testbed clouds",
+        f"export STACKHOP_TESTBED_DIR={layout.STATE_DIR}",
+        f"export OS_CLIENT_CONFIG_FILE={layout.CLOUDS_YAML}",
+        f"export STACKHOP_ZOOKEEPER={layout.HOST}:{layout.ZOOKEEPER_PORT}",
+        f"export STACKHOP_SSH_CONFIG={layout.SSH_DIR / 'ssh_config'}",
+        f"export STACKHOP_SSH_KEY={layout.SSH_DIR / 'id_ed25519'}",
+        f"export STACKHOP_SSH_KNOWN_HOSTS={layout.SSH_DIR / 'known_hosts'}",
+        f"export STACKHOP_DB_URL_PREFIX=mysql+pymysql://{layout.DB_USER}:{layout.DB_PASSWORD}"
+        f"@{layout.HOST}:{layout.MARIADB_PORT}",
+    ]
+    for c in layout.CLOUDS:
+        up = c.name.upper()
+        lines += [
+            f"export STACKHOP_{up}_CEPH_CONF={c.ceph_conf}",
+            f"export STACKHOP_{up}_CEPH_KEYRING={c.ceph_keyring}",
+            f"export STACKHOP_{up}_FILE_BACKEND_DIR={c.file_backend_dir}",
+            f"export STACKHOP_{up}_SSH_HOST={c.ssh_host}",
+        ]
+    return lines
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write a file holding passwords: created 0600, replaced atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_all() -> None:
+    _write_secret(layout.CLOUDS_YAML, yaml.safe_dump(clouds_yaml(), sort_keys=False))
+    _write_secret(layout.ENV_FILE, "\n".join(env_lines()) + "\n")

@@ -1,0 +1,201 @@
+"""Start, watch and stop the testbed's daemons, by PID, without systemd.
+
+Every daemon is a :class:`Daemon`: a command line run in the foreground in
+its own session, its output appended to ``logs/<name>.log``, its PID in
+``run/<name>.pid``, and a health check that says whether it answers.
+``ensure()`` is idempotent: a daemon that is up and answering is left alone,
+a dead one is started again. ``stop()`` signals the process group that we
+created for it, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from testbed import layout
+
+
+class TestbedError(RuntimeError):
+    """A testbed service failed to start or to answer; the message names its log."""
+
+
+def tcp_open(port: int, host: str = layout.HOST, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_answers(url: str, timeout: float = 3.0) -> bool:
+    """True when the URL answers with any HTTP status (401 and 404 count as answering)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+    hint = f"; see {log}" if log else ""
+    raise TestbedError(f"{what} did not become ready within {timeout:.0f}s{hint}")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    log: Path | None = None,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float | None = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run a one-shot setup command; on failure raise with the tail of its output."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        list(argv), env=full_env, cwd=cwd, input=input, text=True,
+        capture_output=True, timeout=timeout,
+    )
+    if log is not None:
+        with open(log, "a") as fh:
+            fh.write(f"$ {' '.join(map(str, argv))}\n{proc.stdout}{proc.stderr}\n")
+    if check and proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise TestbedError(
+            f"{' '.join(map(str, argv[:3]))} failed (exit {proc.returncode}): " + " | ".join(tail)
+        )
+    return proc
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class Daemon:
+    """One long-running testbed process."""
+
+    name: str
+    argv: Sequence[str]
+    check: Callable[[], bool]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    ready_timeout: float = 120.0
+    stop_timeout: float = 25.0
+    #: Runs as a prefix so the daemon gets e.g. its own mount namespace.
+    wrapper: Sequence[str] = ()
+
+    @property
+    def pidfile(self) -> Path:
+        return layout.RUN_DIR / f"{self.name}.pid"
+
+    @property
+    def log(self) -> Path:
+        return layout.LOG_DIR / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def answers(self) -> bool:
+        return self.running() and self.check()
+
+    def start(self) -> None:
+        layout.RUN_DIR.mkdir(parents=True, exist_ok=True)
+        layout.LOG_DIR.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", **self.env}
+        env["PATH"] = f"{layout.VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+        with open(self.log, "ab") as out:
+            out.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(self.argv)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                [*self.wrapper, *self.argv], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, cwd=self.cwd, start_new_session=True,
+            )
+        self.pidfile.write_text(f"{proc.pid}\n")
+
+    def ensure(self) -> str:
+        """Make sure the daemon runs and answers; returns what was done."""
+        if self.running():
+            if self.check():
+                return "up"
+            # Running but not answering: it may still be starting; give it time.
+            try:
+                wait_until(self.check, min(self.ready_timeout, 30), self.name, self.log)
+                return "up"
+            except TestbedError:
+                self.stop()
+        self.start()
+        wait_until(lambda: self._started_ok(), self.ready_timeout, self.name, self.log)
+        return "started"
+
+    def _started_ok(self) -> bool:
+        if not self.running():
+            raise TestbedError(f"{self.name} exited right after start; see {self.log}")
+        return self.check()
+
+    def stop(self) -> bool:
+        """Stop the daemon by its PID (and the process group we made for it)."""
+        pid = self.pid()
+        if pid is None:
+            self.pidfile.unlink(missing_ok=True)
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while time.monotonic() < deadline and _pid_alive(pid):
+            time.sleep(0.2)
+        if _pid_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        self.pidfile.unlink(missing_ok=True)
+        return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if pgid == pid:  # we started it with start_new_session: the group is ours
+            os.killpg(pgid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
