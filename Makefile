@@ -1,0 +1,40 @@
+# stackhop: the two commands are `make demo` and `make test`; see README.md.
+PY := .venv/bin/python
+TESTBED := $(PY) -m testbed
+export PYTHONWARNINGS := ignore
+
+.PHONY: setup demo test unit functional lint bench testbed-up testbed-down testbed-status testbed-seed
+
+setup:
+	@bash scripts/setup.sh
+
+testbed-up: setup
+	$(TESTBED) up
+
+testbed-down: setup
+	$(TESTBED) down
+
+testbed-status: setup
+	$(TESTBED) status
+
+testbed-seed: testbed-up
+	$(TESTBED) seed
+
+demo: testbed-seed
+	@bash scripts/demo.sh
+
+test: testbed-seed
+	$(PY) -m pytest -ra tests
+
+unit: setup
+	$(PY) -m pytest -ra tests/unit
+
+functional: testbed-seed
+	$(PY) -m pytest -ra tests/functional
+
+lint: setup
+	.venv/bin/ruff check src testbed tests bench
+	.venv/bin/mypy
+
+bench: setup
+	$(PY) bench/archive.py
