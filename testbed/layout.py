@@ -29,6 +29,8 @@ SHARED_DIR = STATE_DIR / "shared"  # MariaDB, RabbitMQ, ZooKeeper data
 CLOUDS_YAML = STATE_DIR / "clouds.yaml"
 ENV_FILE = STATE_DIR / "env.sh"
 SSH_DIR = STATE_DIR / "ssh"  # client key, known_hosts, ssh_config
+#: Files the OpenStack services of both clouds share: a pass-through sudo, plugin entry points.
+OPENSTACK_SHARED_DIR = SHARED_DIR / "openstack"
 
 ADMIN_PASSWORD = "adminpw"
 DEMO_PASSWORD = "demopw"
@@ -122,6 +124,16 @@ class CloudLayout:
         return f"http://{HOST}:{self.keystone_port}/v3"
 
     # -- names -------------------------------------------------------------
+    @property
+    def compute_host(self) -> str:
+        """Host name of this cloud's (fake-driver) nova-compute and other Nova services."""
+        return f"{self.name}-compute"
+
+    @property
+    def volume_host(self) -> str:
+        """Host name of this cloud's Cinder services; backends are ``<host>@ceph`` and ``<host>@file``."""
+        return f"{self.name}-volume"
+
     def db_name(self, service: str) -> str:
         """MariaDB database of one service of this cloud (e.g. ``src_nova_api``)."""
         return f"{self.name}_{service}"
