@@ -1,0 +1,789 @@
+"""The journal: stackhop's only memory of progress.
+
+A SQL database (a SQLite file by default, any SQLAlchemy URL for PostgreSQL or
+MariaDB) with five tables:
+
+``runs``
+    one row per command invocation (who, from where to where, when, outcome);
+``operations``
+    one row per object a command acts on, keyed by ``(scope, kind, identity)``
+    so that a re-run of the same command finds the row of an earlier run and
+    skips what is ``done``;
+``id_map``
+    source ID -> destination ID per ``(scope, kind)``, read by the resolver;
+``chunks``
+    which chunks of a data transfer are confirmed, keyed by ``(object, offset)``;
+``schema_version``
+    one row with the schema version; older journals are upgraded in place by
+    forward migrations, newer ones are refused.
+
+Every state change is its own transaction touching exactly one row, written as
+a compare-and-set on the row's ``state`` and ``attempts``: if the row changed
+under us (another thread or process got there first) the update matches no row
+and :class:`~stackhop.errors.JournalError` is raised instead of silently
+overwriting it. That is what makes several workers safe on one journal.
+
+No secret ever goes into the journal: run arguments are scrubbed of anything
+named like a password, token, secret or key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from stackhop import __version__
+from stackhop.errors import JournalError
+
+DEFAULT_PATH = "stackhop-journal.db"
+"""The journal file used when the operator names none (in the working directory)."""
+
+PENDING = "pending"
+DONE = "done"
+FAILED = "failed"
+SKIPPED = "skipped"
+STATES = (PENDING, DONE, FAILED, SKIPPED)
+
+#: Allowed state transitions; ``None`` is "no row yet". ``done`` is final: a
+#: re-run skips it. A ``failed`` or ``skipped`` row may be attempted again.
+TRANSITIONS: Mapping[str | None, frozenset[str]] = {
+    None: frozenset({PENDING, SKIPPED}),
+    PENDING: frozenset({PENDING, DONE, FAILED, SKIPPED}),
+    FAILED: frozenset({PENDING, SKIPPED}),
+    SKIPPED: frozenset({PENDING, SKIPPED}),
+    DONE: frozenset(),
+}
+
+CHUNK_PENDING = "pending"
+CHUNK_CONFIRMED = "confirmed"
+
+RUN_RUNNING = "running"
+
+_SECRET_WORDS = ("password", "passwd", "token", "secret", "private", "credential", "api_key", "apikey")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite drops the timezone; everything is written in UTC, so re-attach it.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def scrub_secrets(value: Any) -> Any:
+    """Return ``value`` with every mapping entry whose key looks secret removed (recursively)."""
+    if isinstance(value, Mapping):
+        return {
+            str(k): scrub_secrets(v)
+            for k, v in value.items()
+            if not any(word in str(k).lower() for word in _SECRET_WORDS)
+        }
+    if isinstance(value, list | tuple):
+        return [scrub_secrets(v) for v in value]
+    return value
+
+
+# -- records -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One invocation of a stackhop command."""
+
+    id: str
+    command: str
+    source_cloud: str | None
+    destination_cloud: str | None
+    args: dict[str, Any]
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "command": self.command,
+            "source_cloud": self.source_cloud,
+            "destination_cloud": self.destination_cloud,
+            "args": self.args,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "outcome": self.outcome,
+        }
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """The journaled state of one object: what was done to it and what came of it."""
+
+    id: int
+    run_id: str
+    scope: str
+    kind: str
+    identity: str
+    source_id: str | None
+    action: str
+    state: str
+    destination_id: str | None
+    error: str | None
+    attempts: int
+    before: Any
+    created_at: datetime
+    updated_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "run_id": self.run_id,
+            "scope": self.scope,
+            "kind": self.kind,
+            "identity": self.identity,
+            "source_id": self.source_id,
+            "action": self.action,
+            "state": self.state,
+            "destination_id": self.destination_id,
+            "error": self.error,
+            "attempts": self.attempts,
+            "before": self.before,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One chunk of a data transfer."""
+
+    object: str
+    offset: int
+    length: int
+    digest: str
+    state: str
+
+
+# -- schema ------------------------------------------------------------------
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("command", sa.String(255), nullable=False),
+    sa.Column("source_cloud", sa.String(255)),
+    sa.Column("destination_cloud", sa.String(255)),
+    sa.Column("args", sa.JSON),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("outcome", sa.String(32), nullable=False),
+)
+
+operations = sa.Table(
+    "operations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(36), nullable=False, index=True),
+    sa.Column("scope", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("identity", sa.String(500), nullable=False),
+    sa.Column("source_id", sa.String(255)),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("destination_id", sa.String(255)),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("before_state", sa.JSON),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("scope", "kind", "identity", name="uq_operations_key"),
+)
+
+id_map = sa.Table(
+    "id_map",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("scope", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("source_id", sa.String(255), nullable=False),
+    sa.Column("destination_id", sa.String(255), nullable=False),
+    sa.UniqueConstraint("scope", "kind", "source_id", name="uq_id_map_key"),
+)
+
+chunks = sa.Table(
+    "chunks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("object", sa.String(500), nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("length", sa.BigInteger, nullable=False),
+    sa.Column("digest", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.UniqueConstraint("object", "offset", name="uq_chunks_key"),
+)
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("written_by", sa.String(32), nullable=False),
+)
+
+
+# -- migrations --------------------------------------------------------------
+# Each migration takes the schema from version N-1 to N, inside one
+# transaction. Migrations spell their tables out as they were at that version
+# (never the current ``metadata``), so that an old journal upgrades step by step.
+
+
+def _migrate_1_initial(conn: Connection) -> None:
+    """Version 1: runs, operations, id_map."""
+    m = sa.MetaData()
+    sa.Table(
+        "runs",
+        m,
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("command", sa.String(255), nullable=False),
+        sa.Column("source_cloud", sa.String(255)),
+        sa.Column("destination_cloud", sa.String(255)),
+        sa.Column("args", sa.JSON),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("outcome", sa.String(32), nullable=False),
+    )
+    sa.Table(
+        "operations",
+        m,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("run_id", sa.String(36), nullable=False, index=True),
+        sa.Column("scope", sa.String(128), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("identity", sa.String(500), nullable=False),
+        sa.Column("source_id", sa.String(255)),
+        sa.Column("action", sa.String(16), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("destination_id", sa.String(255)),
+        sa.Column("error", sa.Text),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("scope", "kind", "identity", name="uq_operations_key"),
+    )
+    sa.Table(
+        "id_map",
+        m,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("scope", sa.String(128), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("source_id", sa.String(255), nullable=False),
+        sa.Column("destination_id", sa.String(255), nullable=False),
+        sa.UniqueConstraint("scope", "kind", "source_id", name="uq_id_map_key"),
+    )
+    m.create_all(conn)
+
+
+def _migrate_2_rollback_and_chunks(conn: Connection) -> None:
+    """Version 2: ``operations.before_state`` (state before an update, for rollback) and chunks."""
+    json_type = sa.JSON().compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE operations ADD COLUMN before_state {json_type}")
+    m = sa.MetaData()
+    sa.Table(
+        "chunks",
+        m,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("object", sa.String(500), nullable=False),
+        sa.Column("offset", sa.BigInteger, nullable=False),
+        sa.Column("length", sa.BigInteger, nullable=False),
+        sa.Column("digest", sa.String(128), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.UniqueConstraint("object", "offset", name="uq_chunks_key"),
+    )
+    m.create_all(conn)
+
+
+Migration = Callable[[Connection], None]
+
+#: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n+1.
+MIGRATIONS: tuple[Migration, ...] = (_migrate_1_initial, _migrate_2_rollback_and_chunks)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _read_version(conn: Connection) -> tuple[int, str] | None:
+    row = conn.execute(sa.select(schema_version.c.version, schema_version.c.written_by)).first()
+    return None if row is None else (int(row.version), str(row.written_by))
+
+
+def _ensure_version_table(engine: Engine) -> None:
+    try:
+        with engine.begin() as conn:
+            schema_version.create(conn, checkfirst=True)
+            if _read_version(conn) is None:
+                conn.execute(schema_version.insert().values(version=0, written_by=__version__))
+    except (OperationalError, ProgrammingError, SAIntegrityError):
+        # Another process created it between our check and our create: fine,
+        # as long as the table is there now.
+        with engine.connect() as conn:
+            if _read_version(conn) is None:
+                raise
+
+
+def upgrade(engine: Engine, target: int = SCHEMA_VERSION) -> int:
+    """Bring the journal at ``engine`` up to schema ``target``; return the version reached.
+
+    Each step runs in its own transaction and moves the version row with a
+    compare-and-set, so concurrent openers of a fresh journal do not both
+    apply a migration. A journal newer than this stackhop raises JournalError.
+    """
+    _ensure_version_table(engine)
+    while True:
+        with engine.begin() as conn:
+            found = _read_version(conn)
+            assert found is not None  # _ensure_version_table inserted it
+            version, written_by = found
+            if version > SCHEMA_VERSION:
+                raise JournalError(
+                    f"journal {engine.url.render_as_string(hide_password=True)} has schema "
+                    f"version {version}, written by stackhop {written_by}; this stackhop "
+                    f"({__version__}) reads up to version {SCHEMA_VERSION}: use stackhop "
+                    f">= {written_by} with this journal"
+                )
+            if version >= target:
+                return version
+            MIGRATIONS[version](conn)
+            result = conn.execute(
+                schema_version.update()
+                .where(schema_version.c.version == version)
+                .values(version=version + 1, written_by=__version__)
+            )
+            if result.rowcount != 1:
+                raise JournalError(
+                    f"journal schema moved from version {version} while upgrading it; retry"
+                )
+
+
+# -- the journal -------------------------------------------------------------
+
+
+def journal_url(location: str | os.PathLike[str]) -> str:
+    """Turn a journal location (a file path or a SQLAlchemy URL) into a URL."""
+    text = os.fspath(location)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def _create_private_file(path: Path) -> None:
+    # Create the SQLite file ourselves so it is born 0600 (SQLite would use
+    # the umask); its -wal and -shm files inherit the database file's mode.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _sqlite_engine(url: sa.URL, *, timeout: float) -> Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": timeout}, pool_size=16, max_overflow=16)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" hook below: pysqlite's
+        # own deferred BEGIN lets two writers both take a read lock and then
+        # deadlock when upgrading it, which busy_timeout cannot resolve.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Journal:
+    """A handle on one journal database; thread-safe, share one per process.
+
+    ``Journal(location)`` opens (creating and upgrading as needed) the journal
+    at a file path or SQLAlchemy URL.
+    """
+
+    def __init__(self, location: str | os.PathLike[str] = DEFAULT_PATH, *, timeout: float = 60.0):
+        self.url = sa.make_url(journal_url(location))
+        if self.url.get_backend_name() == "sqlite":
+            if self.url.database in (None, "", ":memory:"):
+                raise JournalError("the journal must be a file or a server database, not :memory:")
+            _create_private_file(Path(self.url.database))
+            self.engine = _sqlite_engine(self.url, timeout=timeout)
+        else:
+            self.engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=16)
+        try:
+            self.schema_version = upgrade(self.engine)
+        except JournalError:
+            self.engine.dispose()
+            raise
+        except sa.exc.SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise JournalError(f"cannot open journal {self.describe()}: {exc}") from exc
+
+    def describe(self) -> str:
+        """The journal's location without any password, for messages."""
+        return self.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @staticmethod
+    def _expect_one(result: sa.CursorResult[Any], what: str) -> None:
+        if result.rowcount != 1:
+            raise JournalError(
+                f"journal: {what} touched {result.rowcount} rows instead of 1 "
+                "(another worker changed it; re-run the command to resume)"
+            )
+
+    # -- runs ----------------------------------------------------------------
+
+    def start_run(
+        self,
+        command: str,
+        *,
+        source_cloud: str | None = None,
+        destination_cloud: str | None = None,
+        args: Mapping[str, Any] | None = None,
+    ) -> RunRecord:
+        """Record the start of a command; ``args`` are stored without secrets."""
+        run_id = str(uuid.uuid4())
+        clean_args = json.loads(json.dumps(scrub_secrets(dict(args or {})), default=str))
+        with self._transaction() as conn:
+            conn.execute(
+                runs.insert().values(
+                    id=run_id,
+                    command=command,
+                    source_cloud=source_cloud,
+                    destination_cloud=destination_cloud,
+                    args=clean_args,
+                    started_at=_now(),
+                    outcome=RUN_RUNNING,
+                )
+            )
+        return self.run(run_id)
+
+    def finish_run(self, run_id: str, outcome: str) -> RunRecord:
+        """Record the end of a run with its outcome (e.g. succeeded, failed, interrupted)."""
+        run_id = self.run(run_id).id
+        with self._transaction() as conn:
+            result = conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.finished_at.is_(None))
+                .values(finished_at=_now(), outcome=outcome)
+            )
+            self._expect_one(result, f"finishing run {run_id}")
+        return self.run(run_id)
+
+    def run(self, run_id: str) -> RunRecord:
+        """The run with this ID (a unique prefix is enough); JournalError if unknown."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(runs).where(runs.c.id.startswith(run_id, autoescape=True)).limit(2)
+            ).all()
+        if len(rows) != 1:
+            problem = "is not in" if not rows else "is ambiguous in"
+            raise JournalError(f"run {run_id!r} {problem} journal {self.describe()}")
+        return _run_record(rows[0])
+
+    def runs(self) -> list[RunRecord]:
+        """Every run, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs).order_by(runs.c.started_at, runs.c.id)).all()
+        return [_run_record(r) for r in rows]
+
+    # -- operations ----------------------------------------------------------
+
+    def operation(self, scope: str, kind: str, identity: str) -> OperationRecord | None:
+        """The operation row for this object, from whichever run last touched it."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(operations).where(
+                    operations.c.scope == scope,
+                    operations.c.kind == kind,
+                    operations.c.identity == identity,
+                )
+            ).first()
+        return None if row is None else _operation_record(row)
+
+    def operations(
+        self,
+        *,
+        run_id: str | None = None,
+        scope: str | None = None,
+        kind: str | None = None,
+        state: str | None = None,
+    ) -> list[OperationRecord]:
+        """Operation rows matching every given filter, in insertion order."""
+        query = sa.select(operations).order_by(operations.c.id)
+        for column, value in (
+            (operations.c.run_id, run_id),
+            (operations.c.scope, scope),
+            (operations.c.kind, kind),
+            (operations.c.state, state),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        with self.engine.connect() as conn:
+            return [_operation_record(r) for r in conn.execute(query)]
+
+    def counts(self, run_id: str | None = None) -> dict[str, dict[str, int]]:
+        """Per kind, the number of operations in each state (every state present, zeros too)."""
+        query = sa.select(operations.c.kind, operations.c.state, sa.func.count()).group_by(
+            operations.c.kind, operations.c.state
+        )
+        if run_id is not None:
+            query = query.where(operations.c.run_id == run_id)
+        result: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for kind, state, count in conn.execute(query):
+                result.setdefault(kind, dict.fromkeys(STATES, 0))[state] = int(count)
+        return dict(sorted(result.items()))
+
+    def transition(
+        self,
+        run_id: str,
+        scope: str,
+        kind: str,
+        identity: str,
+        state: str,
+        *,
+        action: str,
+        expected: OperationRecord | None,
+        source_id: str | None = None,
+        destination_id: str | None = None,
+        error: str | None = None,
+        before: Any = None,
+        attempt: bool = False,
+    ) -> OperationRecord:
+        """Move one operation to ``state`` in one transaction touching one row.
+
+        ``expected`` is the row as the caller last read it (``None``: no row
+        yet). The write succeeds only if the row is still exactly that (same
+        state and attempt count), else JournalError: another worker moved it.
+        ``attempt=True`` counts one more attempt (use it when an API call is
+        about to be made). ``before`` is kept (JSON) for rollback.
+        """
+        current = expected.state if expected else None
+        if state not in STATES:
+            raise JournalError(f"journal: unknown operation state {state!r}")
+        if state not in TRANSITIONS[current]:
+            raise JournalError(
+                f"journal: {kind} {identity!r} cannot go from {current or 'new'} to {state}"
+            )
+        now = _now()
+        values: dict[str, Any] = {
+            "run_id": run_id,
+            "action": action,
+            "state": state,
+            "error": error,
+            "updated_at": now,
+        }
+        if source_id is not None:
+            values["source_id"] = source_id
+        if destination_id is not None:
+            values["destination_id"] = destination_id
+        if before is not None:
+            values["before_state"] = before
+        try:
+            with self._transaction() as conn:
+                if expected is None:
+                    conn.execute(
+                        operations.insert().values(
+                            scope=scope,
+                            kind=kind,
+                            identity=identity,
+                            attempts=1 if attempt else 0,
+                            created_at=now,
+                            **values,
+                        )
+                    )
+                else:
+                    if attempt:
+                        values["attempts"] = expected.attempts + 1
+                    result = conn.execute(
+                        operations.update()
+                        .where(
+                            operations.c.id == expected.id,
+                            operations.c.state == expected.state,
+                            operations.c.attempts == expected.attempts,
+                        )
+                        .values(**values)
+                    )
+                    self._expect_one(result, f"moving {kind} {identity!r} to {state}")
+        except SAIntegrityError as exc:
+            raise JournalError(
+                f"journal: {kind} {identity!r} was started by another worker at the same time"
+            ) from exc
+        found = self.operation(scope, kind, identity)
+        assert found is not None
+        return found
+
+    # -- ID map --------------------------------------------------------------
+
+    def map_id(self, scope: str, kind: str, source_id: str, destination_id: str) -> None:
+        """Record that ``source_id`` of ``kind`` is ``destination_id`` in ``scope``.
+
+        Idempotent; a different earlier mapping is replaced (the destination
+        object it named is gone, or the operator chose another).
+        """
+        key = (id_map.c.scope == scope, id_map.c.kind == kind, id_map.c.source_id == source_id)
+        for _ in range(3):
+            try:
+                with self._transaction() as conn:
+                    current = conn.execute(sa.select(id_map.c.destination_id).where(*key)).first()
+                    if current is None:
+                        conn.execute(
+                            id_map.insert().values(
+                                scope=scope,
+                                kind=kind,
+                                source_id=source_id,
+                                destination_id=destination_id,
+                            )
+                        )
+                    elif current.destination_id != destination_id:
+                        result = conn.execute(
+                            id_map.update().where(*key).values(destination_id=destination_id)
+                        )
+                        self._expect_one(result, f"mapping {kind} {source_id}")
+                return
+            except SAIntegrityError:
+                continue  # a concurrent insert of the same key: read it again
+        raise JournalError(f"journal: cannot record the ID map for {kind} {source_id}")
+
+    def mapped_id(self, scope: str, kind: str, source_id: str) -> str | None:
+        """The destination ID recorded for ``source_id``, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(id_map.c.destination_id).where(
+                    id_map.c.scope == scope, id_map.c.kind == kind, id_map.c.source_id == source_id
+                )
+            ).first()
+        return None if row is None else str(row.destination_id)
+
+    def id_map(self, scope: str, kind: str) -> dict[str, str]:
+        """The whole source -> destination map of one kind in one scope."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(id_map.c.source_id, id_map.c.destination_id).where(
+                    id_map.c.scope == scope, id_map.c.kind == kind
+                )
+            )
+            return {str(r.source_id): str(r.destination_id) for r in rows}
+
+    # -- chunks --------------------------------------------------------------
+
+    def record_chunk(
+        self, object_key: str, offset: int, length: int, digest: str, state: str = CHUNK_CONFIRMED
+    ) -> None:
+        """Record (or replace) what is known of the chunk at ``offset`` of ``object_key``."""
+        if state not in (CHUNK_PENDING, CHUNK_CONFIRMED):
+            raise JournalError(f"journal: unknown chunk state {state!r}")
+        key = (chunks.c.object == object_key, chunks.c.offset == offset)
+        values = {"length": length, "digest": digest, "state": state}
+        for _ in range(3):
+            try:
+                with self._transaction() as conn:
+                    result = conn.execute(chunks.update().where(*key).values(**values))
+                    if result.rowcount == 0:
+                        conn.execute(chunks.insert().values(object=object_key, offset=offset, **values))
+                    else:
+                        self._expect_one(result, f"recording chunk {object_key}@{offset}")
+                return
+            except SAIntegrityError:
+                continue
+        raise JournalError(f"journal: cannot record chunk {object_key}@{offset}")
+
+    def chunks(self, object_key: str) -> dict[int, ChunkRecord]:
+        """Every recorded chunk of ``object_key`` by offset."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(chunks).where(chunks.c.object == object_key).order_by(chunks.c.offset)
+            )
+            return {
+                int(r.offset): ChunkRecord(
+                    object=r.object,
+                    offset=int(r.offset),
+                    length=int(r.length),
+                    digest=r.digest,
+                    state=r.state,
+                )
+                for r in rows
+            }
+
+    def clear_chunks(self, object_key: str) -> int:
+        """Forget every chunk of ``object_key`` (after the transfer is verified); return how many."""
+        with self._transaction() as conn:
+            result = conn.execute(chunks.delete().where(chunks.c.object == object_key))
+            return int(result.rowcount)
+
+
+def _run_record(row: sa.Row[Any]) -> RunRecord:
+    started = _utc(row.started_at)
+    assert started is not None
+    return RunRecord(
+        id=row.id,
+        command=row.command,
+        source_cloud=row.source_cloud,
+        destination_cloud=row.destination_cloud,
+        args=dict(row.args or {}),
+        started_at=started,
+        finished_at=_utc(row.finished_at),
+        outcome=row.outcome,
+    )
+
+
+def _operation_record(row: sa.Row[Any]) -> OperationRecord:
+    created, updated = _utc(row.created_at), _utc(row.updated_at)
+    assert created is not None and updated is not None
+    return OperationRecord(
+        id=int(row.id),
+        run_id=row.run_id,
+        scope=row.scope,
+        kind=row.kind,
+        identity=row.identity,
+        source_id=row.source_id,
+        action=row.action,
+        state=row.state,
+        destination_id=row.destination_id,
+        error=row.error,
+        attempts=int(row.attempts),
+        before=row.before_state,
+        created_at=created,
+        updated_at=updated,
+    )
