@@ -134,3 +134,33 @@ class Interrupted(StackhopError):
 
     exit_code = 130
     template = "interrupted; re-run the same command to resume (run {run})"
+
+
+class NotAnArchiveError(ArchiveError):
+    """The file given as an archive is not one stackhop wrote."""
+
+    template = "{path} is not a stackhop archive ({reason}); pass a file written by `stackhop export`"
+
+
+class ArchiveUnsafeError(ArchiveError):
+    """An archive member that could trick a reader: absolute path, '..', link, device."""
+
+    template = (
+        "archive {path} holds an unsafe member {member!r} ({reason}); refusing to read it, "
+        "use an archive written by `stackhop export`"
+    )
+
+
+class ArchiveSecretError(ArchiveError):
+    """A record about to be archived holds a password, token or private key."""
+
+    template = (
+        "refusing to archive a {kind} record: field {field!r} holds a secret; archives never "
+        "carry passwords, tokens or private keys, so drop the field from the export"
+    )
+
+
+class ArchiveIntegrityError(IntegrityError):
+    """An archive whose content does not match its manifest: damaged, truncated or edited."""
+
+    template = "archive {path} is damaged or was modified: {detail}; restore a good copy or export again"
