@@ -164,3 +164,12 @@ class ArchiveIntegrityError(IntegrityError):
     """An archive whose content does not match its manifest: damaged, truncated or edited."""
 
     template = "archive {path} is damaged or was modified: {detail}; restore a good copy or export again"
+
+
+class UnmappedReferenceError(ConflictError):
+    """A record refers to a source object with no known destination counterpart."""
+
+    template = (
+        "{kind} {identity!r}: field {field} refers to {target} {source_id!r}, which has no "
+        "destination ID ({hint})"
+    )

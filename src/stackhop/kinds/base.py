@@ -1,0 +1,233 @@
+"""The base of every resource kind: a kind is a declaration, the machinery lives here.
+
+A kind module (``kinds/keypair.py``, ``kinds/security_group.py``, ...) subclasses
+:class:`Kind`, declares its ``name``, its ``references`` to other kinds, which
+fields are ``portable_fields`` (compared on import) and which are
+``source_only_fields`` (kept in the archive, never compared), and implements
+the cloud calls: ``list``, ``find``, ``create``, ``update``, ``delete``. It then
+registers itself with :func:`stackhop.kinds.register`.
+
+Records are plain JSON-able dicts, as they travel through the archive. The
+resolver (:mod:`stackhop.resolve`) rewrites the fields named in ``references``
+to destination IDs before ``find``, ``compare``, ``create`` and ``update`` see
+a record, so kinds never map IDs themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeAlias
+
+from stackhop.errors import ConflictError
+
+Record: TypeAlias = dict[str, Any]
+"""One resource as a JSON-able dict (what the archive holds, one per line)."""
+
+Connection: TypeAlias = Any
+"""An ``openstack.connection.Connection`` in production. Typed loosely so a kind's
+logic can also run against an in-memory cloud in unit tests."""
+
+ProgressCallback: TypeAlias = Callable[[int, int | None], None]
+"""Receives the progress of a data copy: bytes done, bytes total (None if unknown)."""
+
+Decision = Literal["update", "conflict", "skip"]
+"""What to do with a record whose destination counterpart differs."""
+
+MARKER_PREFIX = "stackhop-source:"
+"""Start of the stamp stackhop leaves on objects it creates (in a description or tag),
+followed by the source ID, so a later run can recognise its own work."""
+
+_MARKER_RE = re.compile(re.escape(MARKER_PREFIX) + r"([A-Za-z0-9._:-]+)")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One portable field whose value differs between source and destination."""
+
+    field: str
+    source: Any
+    destination: Any
+
+    def describe(self) -> str:
+        return f"{self.field}: {self.source!r} (source) != {self.destination!r} (destination)"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"field": self.field, "source": self.source, "destination": self.destination}
+
+
+class Kind(ABC):
+    """A resource kind: what it is, what it refers to, and how to read and write it.
+
+    Subclasses set the class attributes and implement the abstract methods.
+    Instances hold no state; the registry keeps one per kind.
+    """
+
+    #: Unique name, ``<service>.<resource>`` (e.g. ``nova.keypair``).
+    name: ClassVar[str]
+    #: Field of a record holding its ID on the cloud it was read from.
+    id_field: ClassVar[str] = "id"
+    #: Field -> name of the referenced kind (e.g. ``{"user_id": "identity.user"}``). A field
+    #: may hold one ID, a list of IDs, or None. The resolver maps these to destination IDs
+    #: and the engine applies the referenced kinds first.
+    references: ClassVar[Mapping[str, str]] = {}
+    #: Fields compared between source and destination; a difference is an update or a
+    #: conflict. Fields in ``references`` are compared after mapping.
+    portable_fields: ClassVar[tuple[str, ...]] = ()
+    #: Facts only true on the source (IDs, timestamps, usage): archived, never compared.
+    source_only_fields: ClassVar[tuple[str, ...]] = ()
+    #: Whether ``update`` can change an existing destination object in place.
+    updatable: ClassVar[bool] = True
+
+    # -- declaration helpers ---------------------------------------------------
+
+    def source_id(self, record: Mapping[str, Any]) -> str:
+        """The record's ID on the cloud it came from."""
+        return str(record[self.id_field])
+
+    def destination_id(self, existing: Mapping[str, Any]) -> str:
+        """The ID of a record found on the destination."""
+        return str(existing[self.id_field])
+
+    @abstractmethod
+    def identity(self, record: Mapping[str, Any]) -> str:
+        """A portable key naming this object across clouds and runs.
+
+        It must stay the same for a source record across runs (the journal is
+        keyed by it) and must not depend on destination IDs. Examples:
+        keypair ``<user>/<name>``; security group ``<project>/<name>/<source id>``
+        (names repeat, so the source ID is part of it).
+        """
+
+    def dependencies(self) -> set[str]:
+        """Kinds this kind refers to (other than itself)."""
+        return {kind for kind in self.references.values() if kind != self.name}
+
+    # -- comparison ------------------------------------------------------------
+
+    def normalize(self, field: str, value: Any) -> Any:
+        """The comparable form of ``value`` (override to ignore ordering, case, defaults)."""
+        if isinstance(value, list | tuple):
+            try:
+                return sorted(value)
+            except TypeError:
+                return list(value)
+        return value
+
+    def compare(self, record: Mapping[str, Any], existing: Mapping[str, Any]) -> list[Difference]:
+        """The portable fields whose values differ; empty means identical.
+
+        ``record`` is the resolved source record (IDs already mapped).
+        """
+        differences = []
+        for field in self.portable_fields:
+            ours = self.normalize(field, record.get(field))
+            theirs = self.normalize(field, existing.get(field))
+            if ours != theirs:
+                differences.append(Difference(field, record.get(field), existing.get(field)))
+        return differences
+
+    def on_difference(self, differences: list[Difference], overwrite: bool) -> Decision:
+        """What to do when the destination object differs: the per-kind policy.
+
+        Default: update when the operator asked to overwrite and the kind can
+        be updated, else report a conflict. A kind whose destination values are
+        authoritative may return ``"skip"``; one that should always follow the
+        source (quotas) may return ``"update"``.
+        """
+        return "update" if overwrite and self.updatable else "conflict"
+
+    def before(self, existing: Mapping[str, Any]) -> Record:
+        """State to journal before an update so it can be rolled back (default: portable fields)."""
+        fields = (self.id_field, *self.portable_fields)
+        return {f: existing.get(f) for f in fields if f in existing}
+
+    # -- the marker ------------------------------------------------------------
+
+    def marker(self, record: Mapping[str, Any]) -> str:
+        """The stamp naming the source object, e.g. ``stackhop-source:3f2a...``."""
+        return f"{MARKER_PREFIX}{self.source_id(record)}"
+
+    def stamp(self, text: str | None, record: Mapping[str, Any]) -> str:
+        """``text`` with the marker appended (once), for a description field."""
+        text = text or ""
+        mark = self.marker(record)
+        if mark in text:
+            return text
+        return f"{text} [{mark}]" if text else f"[{mark}]"
+
+    @staticmethod
+    def marked_source_id(text: str | None) -> str | None:
+        """The source ID in a marker found in ``text``, or None."""
+        found = _MARKER_RE.search(text or "")
+        return found.group(1) if found else None
+
+    @staticmethod
+    def unstamp(text: str | None) -> str:
+        """``text`` without the marker, to compare a stamped description with the source's."""
+        cleaned = re.sub(r"\s*\[" + _MARKER_RE.pattern + r"\]", "", text or "")
+        return cleaned.strip()
+
+    # -- the cloud calls -------------------------------------------------------
+
+    @abstractmethod
+    def list(self, conn: Connection, **filters: Any) -> Iterator[Record]:
+        """Every object of this kind visible to ``conn`` (the source), as records."""
+
+    @abstractmethod
+    def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
+        """The destination counterpart of a resolved source record, or None.
+
+        Look by the marker stackhop leaves first, then by identity. This is
+        also how an operation whose outcome is unknown (a create interrupted
+        mid-call) is checked before it is retried, so it must find an object
+        created by an earlier ``create`` of the same record.
+        """
+
+    @abstractmethod
+    def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
+        """Create the resolved record on the destination; return its destination ID."""
+
+    def update(
+        self, conn: Connection, record: Mapping[str, Any], existing: Mapping[str, Any]
+    ) -> None:
+        """Make ``existing`` (found by ``find``) match the resolved ``record``.
+
+        Kinds that cannot change an object in place set ``updatable = False``
+        and keep this default, which refuses.
+        """
+        raise ConflictError(
+            f"{self.name} {self.identity(record)!r} differs on the destination and "
+            f"{self.name} objects cannot be updated in place; delete it there or leave it"
+        )
+
+    @abstractmethod
+    def delete(self, conn: Connection, destination_id: str) -> None:
+        """Remove a destination object stackhop created (rollback); absent is not an error."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class DataKind(Kind):
+    """A kind whose objects carry bytes (images, volumes): the planner adds ``CopyData``."""
+
+    @abstractmethod
+    def data_size(self, record: Mapping[str, Any]) -> int | None:
+        """Bytes to copy for this record (None if unknown until read)."""
+
+    @abstractmethod
+    def copy_data(
+        self,
+        conn: Connection,
+        record: Mapping[str, Any],
+        destination_id: str,
+        progress: ProgressCallback,
+    ) -> None:
+        """Move the record's bytes into destination object ``destination_id``.
+
+        Call ``progress(done_bytes, total_bytes)`` as bytes are confirmed. Must
+        be resumable: the transfer layer records confirmed chunks in the journal.
+        """
