@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from testbed.component import Component
 from testbed import layout
-from testbed.infra import ceph, mariadb, rabbitmq, zookeeper
+from testbed.component import Component
+from testbed.infra import ceph, mariadb, rabbitmq, sshhost, zookeeper
 
 
 def components() -> list[Component]:
@@ -14,4 +14,5 @@ def components() -> list[Component]:
         rabbitmq.component(),
         zookeeper.component(),
         *(ceph.component(c) for c in layout.CLOUDS),
+        *(sshhost.component(c) for c in layout.CLOUDS),
     ]
