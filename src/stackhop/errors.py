@@ -139,7 +139,9 @@ class Interrupted(StackhopError):
 class NotAnArchiveError(ArchiveError):
     """The file given as an archive is not one stackhop wrote."""
 
-    template = "{path} is not a stackhop archive ({reason}); pass a file written by `stackhop export`"
+    template = (
+        "{path} is not a stackhop archive ({reason}); pass a file written by `stackhop export`"
+    )
 
 
 class ArchiveUnsafeError(ArchiveError):
@@ -163,7 +165,10 @@ class ArchiveSecretError(ArchiveError):
 class ArchiveIntegrityError(IntegrityError):
     """An archive whose content does not match its manifest: damaged, truncated or edited."""
 
-    template = "archive {path} is damaged or was modified: {detail}; restore a good copy or export again"
+    template = (
+        "archive {path} is damaged or was modified: {detail}; "
+        "restore a good copy or export again"
+    )
 
 
 class UnmappedReferenceError(ConflictError):

@@ -1,0 +1,1005 @@
+"""The portable archive: one file carrying exported records from one cloud to another.
+
+Layout (see ``docs/archive.md``): a tar stream compressed with zstd (default)
+or bzip2, whose first member is ``manifest.json`` followed by one JSON-lines
+member per kind, ``records/<kind>.jsonl``. The manifest names the format
+version, the tool version, the source cloud, the creation time, the record
+count per kind and the size and sha256 of every member.
+
+Writing streams records into per-kind spool files in a private directory next
+to the target and assembles the tar on :meth:`ArchiveWriter.close`, so memory
+stays constant whatever the number of records; the archive appears under its
+final name atomically, with mode 0600, or not at all.
+
+Reading trusts nothing: :class:`ArchiveReader` walks the whole tar once with
+its own strict parser (no ``tarfile`` extraction, nothing written to disk) and
+checks every member against the manifest before a single record is returned.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal, Protocol, cast
+
+import zstandard
+
+from stackhop import __version__
+from stackhop.errors import (
+    ArchiveError,
+    ArchiveFormatError,
+    ArchiveIntegrityError,
+    ArchiveSecretError,
+    ArchiveUnsafeError,
+    NotAnArchiveError,
+)
+
+FORMAT_NAME = "stackhop-archive"
+FORMAT_VERSION = 1
+# Format version -> first stackhop release able to read it. A reader meeting a
+# version newer than its own FORMAT_VERSION names the release to upgrade to.
+MINIMUM_READER: dict[int, str] = {1: "0.1.0"}
+
+MANIFEST_NAME = "manifest.json"
+Compression = Literal["zstd", "bz2"]
+COMPRESSIONS: tuple[Compression, ...] = ("zstd", "bz2")
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BZ2_MAGIC = re.compile(rb"BZh[1-9]")
+_KIND_RE = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*")
+_KIND_MAX = 80  # keeps member names inside a plain ustar header
+
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tar record size; the end of the archive is padded to it
+_ZERO_BLOCK = bytes(_BLOCK)
+_IO_CHUNK = 1 << 20
+_SPOOL_FLUSH_CHARS = 1 << 20
+_MANIFEST_MAX = 16 << 20
+_EXTENDED_HEADER_MAX = 1 << 20
+
+
+def member_name(kind: str) -> str:
+    """The tar member holding the records of ``kind``."""
+    return f"records/{kind}.jsonl"
+
+
+def _check_kind(kind: str) -> None:
+    if not isinstance(kind, str) or len(kind) > _KIND_MAX or not _KIND_RE.fullmatch(kind):
+        raise ArchiveError(
+            f"invalid kind name {kind!r}: use lowercase letters, digits, '_', '-' and dots "
+            f"(like 'nova.keypair'), at most {_KIND_MAX} characters"
+        )
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class MemberDigest:
+    """Size in bytes and sha256 (hex) of one archive member."""
+
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` declares about an archive."""
+
+    format_version: int
+    tool_version: str
+    source_cloud: str
+    source_auth_url: str
+    created_at: str
+    compression: str
+    record_counts: dict[str, int]
+    members: dict[str, MemberDigest] = field(default_factory=dict)
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(self.record_counts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "tool_version": self.tool_version,
+            "created_at": self.created_at,
+            "source": {"cloud": self.source_cloud, "auth_url": self.source_auth_url},
+            "compression": self.compression,
+            "kinds": {
+                kind: {"member": member_name(kind), "records": count}
+                for kind, count in self.record_counts.items()
+            },
+            "members": {
+                name: {"size": d.size, "sha256": d.sha256} for name, d in self.members.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, raw: bytes, path: Path) -> Manifest:
+        """Parse and validate ``manifest.json``; the version check comes first."""
+
+        def invalid(detail: str) -> ArchiveIntegrityError:
+            return ArchiveIntegrityError(path=path, detail=f"manifest.json {detail}")
+
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise invalid("is not valid JSON") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            raise NotAnArchiveError(
+                path=path, reason="its manifest.json is not a stackhop manifest"
+            )
+        version = data.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise invalid(f"has an invalid format_version {version!r}")
+        if version > FORMAT_VERSION:
+            writer = data.get("tool_version")
+            needed = MINIMUM_READER.get(version) or (writer if isinstance(writer, str) else None)
+            hint = (
+                f"upgrade to stackhop {needed} or later to read it"
+                if needed
+                else "upgrade stackhop to read it"
+            )
+            raise ArchiveFormatError(path=path, found=version, supported=FORMAT_VERSION, hint=hint)
+        try:
+            source = data["source"]
+            kinds = data["kinds"]
+            members = data["members"]
+            record_counts: dict[str, int] = {}
+            for kind, entry in kinds.items():
+                _check_kind(kind)
+                if entry["member"] != member_name(kind):
+                    raise invalid(f"names member {entry['member']!r} for kind {kind!r}")
+                record_counts[kind] = _non_negative(entry["records"])
+            digests = {
+                name: MemberDigest(size=_non_negative(d["size"]), sha256=_sha256_hex(d["sha256"]))
+                for name, d in members.items()
+            }
+            manifest = cls(
+                format_version=version,
+                tool_version=str(data["tool_version"]),
+                source_cloud=str(source["cloud"]),
+                source_auth_url=str(source["auth_url"]),
+                created_at=str(data["created_at"]),
+                compression=str(data["compression"]),
+                record_counts=record_counts,
+                members=digests,
+            )
+        except KeyError as missing:
+            raise invalid(f"lacks the field {missing.args[0]!r}") from None
+        except (TypeError, AttributeError, ValueError, ArchiveError) as exc:
+            raise invalid(f"has a malformed entry ({exc})") from None
+        expected = {member_name(kind) for kind in record_counts}
+        if set(digests) != expected:
+            odd = sorted(set(digests) ^ expected)[0]
+            raise invalid(f"lists member {odd!r} without a matching kind")
+        return manifest
+
+
+def _non_negative(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{value!r} is not a non-negative integer")
+    return value
+
+
+def _sha256_hex(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError(f"{value!r} is not a sha256 hex digest")
+    return value
+
+
+# --------------------------------------------------------------------------- secrets
+
+_SECRET_WORDS = frozenset({"password", "passwd", "passphrase", "secret", "secrets", "token"})
+# A key whose last word is one of these describes a secret without holding it
+# (Keystone's ``password_expires_at``, a ``token_type``, Barbican's ``secret_ref``).
+_DESCRIPTIVE_SUFFIXES = frozenset(
+    {"at", "expires", "expiry", "ttl", "type", "ref", "policy", "required", "enabled", "length"}
+)
+_CAMEL_BOUNDARY = re.compile(r"([a-z0-9])([A-Z])")
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
+_secret_key_cache: dict[str, bool] = {}
+
+
+def is_secret_key(key: str) -> bool:
+    """True when a record field named ``key`` would hold a password, token or private key."""
+    cached = _secret_key_cache.get(key)
+    if cached is not None:
+        return cached
+    words = [w for w in _WORD_SPLIT.split(_CAMEL_BOUNDARY.sub(r"\1_\2", key).lower()) if w]
+    secret = any(w in _SECRET_WORDS or w == "privatekey" for w in words) or any(
+        a == "private" and b == "key" for a, b in zip(words, words[1:], strict=False)
+    )
+    if secret and len(words) > 1 and words[-1] in _DESCRIPTIVE_SUFFIXES:
+        secret = False
+    if len(_secret_key_cache) > 4096:  # field names repeat; a flood of unique ones must not grow it
+        _secret_key_cache.clear()
+    _secret_key_cache[key] = secret
+    return secret
+
+
+def find_secret(value: object) -> str | None:
+    """The dotted path of the first field in ``value`` that holds a secret, or None."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if (
+                isinstance(key, str)
+                and isinstance(item, str | bytes | list | dict | tuple)
+                and len(item) > 0
+                and is_secret_key(key)
+            ):
+                return str(key)
+            if isinstance(item, dict | list | tuple):
+                inner = find_secret(item)
+                if inner is not None:
+                    return f"{key}.{inner}"
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            if isinstance(item, dict | list | tuple):
+                inner = find_secret(item)
+                if inner is not None:
+                    return f"{index}.{inner}"
+    return None
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+class _Spool:
+    """Records of one kind, encoded and hashed as they arrive, in a private file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        self._lines: list[str] = []
+        self._chars = 0
+        self._hash = hashlib.sha256()
+        self.count = 0
+        self.size = 0
+
+    def add(self, line: str) -> None:
+        self._lines.append(line)
+        self.count += 1
+        self._chars += len(line)
+        if self._chars >= _SPOOL_FLUSH_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        self._lines.append("")  # every record line ends with a newline
+        data = "\n".join(self._lines).encode("ascii")
+        self._lines.clear()
+        self._chars = 0
+        self._hash.update(data)
+        self.size += len(data)
+        self._file.write(data)
+
+    def close(self) -> MemberDigest:
+        self.flush()
+        self._file.close()
+        return MemberDigest(size=self.size, sha256=self._hash.hexdigest())
+
+    def discard(self) -> None:
+        self._file.close()
+
+
+class _TarWriter:
+    """Writes tar members (PAX format headers, regular files only) to a sink."""
+
+    def __init__(self, sink: _Sink, mtime: int) -> None:
+        self._sink = sink
+        self._mtime = mtime
+        self._written = 0
+
+    def _put(self, data: bytes) -> None:
+        self._sink.write(data)
+        self._written += len(data)
+
+    def _header(self, name: str, size: int) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        info.mode = 0o600
+        info.mtime = self._mtime
+        info.type = tarfile.REGTYPE
+        info.uname = info.gname = ""
+        self._put(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict"))
+
+    def _pad(self, size: int) -> None:
+        if size % _BLOCK:
+            self._put(bytes(_BLOCK - size % _BLOCK))
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        self._header(name, len(data))
+        self._put(data)
+        self._pad(len(data))
+
+    def add_file(self, name: str, path: Path, size: int) -> None:
+        self._header(name, size)
+        copied = 0
+        with open(path, "rb", buffering=0) as source:
+            while chunk := source.read(_IO_CHUNK):
+                self._put(chunk)
+                copied += len(chunk)
+        if copied != size:  # the spool is ours alone; a mismatch means a local fault
+            raise ArchiveError(f"spool file {path} changed while the archive was assembled")
+        self._pad(size)
+
+    def finish(self) -> None:
+        self._put(_ZERO_BLOCK * 2)
+        if self._written % _RECORD:
+            self._put(bytes(_RECORD - self._written % _RECORD))
+
+
+class ArchiveWriter:
+    """Write a portable archive; use as a context manager.
+
+    ``write(kind, record)`` accepts records of any kinds in any order. On a
+    clean exit from the ``with`` block the archive is assembled and moved into
+    place atomically (mode 0600); on an exception nothing is left behind.
+    Records are encoded as compact JSON with sorted keys, so equal input gives
+    equal members. A record holding a secret is refused with
+    :class:`ArchiveSecretError`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        source_cloud: str,
+        source_auth_url: str,
+        compression: Compression = "zstd",
+        overwrite: bool = False,
+        level: int | None = None,
+    ) -> None:
+        if compression not in COMPRESSIONS:
+            raise ArchiveError(f"unknown compression {compression!r}; use 'zstd' or 'bz2'")
+        self.path = Path(path)
+        self.source_cloud = source_cloud
+        self.source_auth_url = source_auth_url
+        self.compression: Compression = compression
+        self.overwrite = overwrite
+        self.level = level if level is not None else (3 if compression == "zstd" else 9)
+        self.manifest: Manifest | None = None
+        self._workdir: Path | None = None
+        self._spools: dict[str, _Spool] = {}
+        self._encode = json.JSONEncoder(
+            ensure_ascii=True, separators=(",", ":"), sort_keys=True, allow_nan=False
+        ).encode
+
+    def __enter__(self) -> ArchiveWriter:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def open(self) -> None:
+        """Create the private working directory next to the target."""
+        if self._workdir is not None:
+            return
+        if not self.overwrite and self.path.exists():
+            raise ArchiveError(
+                f"archive {self.path} already exists; choose another name or allow overwriting"
+            )
+        parent = self.path.parent
+        try:
+            self._workdir = Path(
+                tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=parent)
+            )
+        except OSError as exc:
+            raise ArchiveError(f"cannot write archive {self.path}: {exc.strerror}") from exc
+
+    def add_kind(self, kind: str) -> None:
+        """Declare ``kind`` as exported even if it has no records (so import knows it is empty)."""
+        self._spool(kind)
+
+    def _spool(self, kind: str) -> _Spool:
+        spool = self._spools.get(kind)
+        if spool is None:
+            _check_kind(kind)
+            if self._workdir is None:
+                raise ArchiveError("ArchiveWriter used outside its `with` block (call open())")
+            spool = _Spool(self._workdir / f"{kind}.jsonl")
+            self._spools[kind] = spool
+        return spool
+
+    def write(self, kind: str, record: dict[str, Any]) -> None:
+        """Append one record of ``kind``."""
+        if self._workdir is None:
+            raise ArchiveError("ArchiveWriter used outside its `with` block (call open())")
+        spool = self._spools.get(kind) or self._spool(kind)
+        if not isinstance(record, dict):
+            raise ArchiveError(
+                f"a {kind} record must be a JSON object, not {type(record).__name__}"
+            )
+        secret = find_secret(record)
+        if secret is not None:
+            raise ArchiveSecretError(kind=kind, field=secret)
+        try:
+            line = self._encode(record)
+        except (TypeError, ValueError) as exc:
+            raise ArchiveError(f"a {kind} record cannot be written as JSON: {exc}") from exc
+        spool.add(line)
+
+    def close(self) -> Manifest:
+        """Assemble the archive, move it into place, remove the working files."""
+        if self.manifest is not None:
+            return self.manifest
+        if self._workdir is None:
+            self.open()
+        assert self._workdir is not None
+        try:
+            digests = {kind: spool.close() for kind, spool in self._spools.items()}
+            created = time.time()
+            kinds = sorted(digests)
+            manifest = Manifest(
+                format_version=FORMAT_VERSION,
+                tool_version=__version__,
+                source_cloud=self.source_cloud,
+                source_auth_url=self.source_auth_url,
+                created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+                compression=self.compression,
+                record_counts={kind: self._spools[kind].count for kind in kinds},
+                members={member_name(kind): digests[kind] for kind in kinds},
+            )
+            staged = self._workdir / "archive"
+            self._assemble(staged, manifest, int(created))
+            self._publish(staged)
+        except BaseException:
+            self.abort()
+            raise
+        self._cleanup()
+        self.manifest = manifest
+        return manifest
+
+    def _assemble(self, staged: Path, manifest: Manifest, mtime: int) -> None:
+        manifest_bytes = json.dumps(manifest.to_json(), indent=2).encode("ascii") + b"\n"
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)  # exact mode whatever the umask
+        with open(fd, "wb", buffering=_IO_CHUNK) as raw:
+            compressor: Any
+            if self.compression == "zstd":
+                compressor = zstandard.ZstdCompressor(
+                    level=self.level, write_checksum=True, threads=0
+                ).stream_writer(raw, closefd=False, write_size=_IO_CHUNK)
+            else:
+                compressor = bz2.BZ2File(raw, "wb", compresslevel=self.level)
+            tar = _TarWriter(compressor, mtime)
+            tar.add_bytes(MANIFEST_NAME, manifest_bytes)
+            for kind in manifest.record_counts:
+                name = member_name(kind)
+                tar.add_file(name, self._spools[kind].path, manifest.members[name].size)
+            tar.finish()
+            compressor.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+
+    def _publish(self, staged: Path) -> None:
+        if self.overwrite:
+            os.replace(staged, self.path)
+        else:
+            try:
+                os.link(staged, self.path)  # atomic, and never clobbers a file created meanwhile
+            except FileExistsError:
+                raise ArchiveError(
+                    f"archive {self.path} already exists; choose another name or allow overwriting"
+                ) from None
+        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def abort(self) -> None:
+        """Drop everything written so far; the target path is left untouched."""
+        for spool in self._spools.values():
+            spool.discard()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _PositionalFile:
+    """A read-only view of a held file descriptor with its own offset (``pread``)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(os.fstat(self._fd).st_size - self._pos, 0)
+        data = os.pread(self._fd, size, self._pos)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+def _check_zstd_frames(fd: int, size: int, path: Path) -> None:
+    """Walk the zstd frame and block headers: refuse a truncated stream or trailing junk.
+
+    The decompressor alone returns a clean end of data when the input stops in
+    the middle of a frame, so completeness is checked from the frame structure.
+    """
+
+    def read(offset: int, length: int) -> bytes:
+        data = os.pread(fd, length, offset)
+        if len(data) < length:
+            raise ArchiveIntegrityError(path=path, detail="the zstd stream ends early (truncated)")
+        return data
+
+    pos = 0
+    while pos < size:
+        magic = read(pos, 4)
+        if 0x184D2A50 <= int.from_bytes(magic, "little") <= 0x184D2A5F:  # skippable frame
+            pos += 8 + int.from_bytes(read(pos + 4, 4), "little")
+            continue
+        if magic != _ZSTD_MAGIC:
+            raise ArchiveIntegrityError(path=path, detail="data follows the end of the zstd stream")
+        descriptor = read(pos + 4, 1)[0]
+        if descriptor & 0x08:
+            raise ArchiveIntegrityError(path=path, detail="the zstd stream is corrupt")
+        single_segment = (descriptor >> 5) & 1
+        content_size_bytes = (single_segment, 2, 4, 8)[descriptor >> 6]
+        dict_id_bytes = (0, 1, 2, 4)[descriptor & 3]
+        pos += 5 + (0 if single_segment else 1) + dict_id_bytes + content_size_bytes
+        while True:
+            block = int.from_bytes(read(pos, 3), "little")
+            block_type = (block >> 1) & 3
+            if block_type == 3:
+                raise ArchiveIntegrityError(path=path, detail="the zstd stream is corrupt")
+            pos += 3 + (1 if block_type == 1 else block >> 3)
+            if block & 1:
+                break
+        if descriptor & 0x04:
+            pos += 4
+        if pos > size:
+            raise ArchiveIntegrityError(path=path, detail="the zstd stream ends early (truncated)")
+
+
+class _Decompressed:
+    """The uncompressed tar stream, mapping codec errors to archive errors."""
+
+    def __init__(self, fd: int, compression: Compression, path: Path) -> None:
+        self._path = path
+        self._compression = compression
+        source = cast(IO[bytes], _PositionalFile(fd))
+        self._reader: IO[bytes]
+        if compression == "zstd":
+            self._reader = zstandard.ZstdDecompressor().stream_reader(
+                source, read_size=_IO_CHUNK, read_across_frames=True, closefd=False
+            )
+        else:
+            self._reader = bz2.BZ2File(source, "rb")
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self._reader.read(size)
+        except EOFError:
+            raise ArchiveIntegrityError(
+                path=self._path, detail=f"the {self._compression} stream ends early (truncated)"
+            ) from None
+        except (zstandard.ZstdError, OSError) as exc:
+            raise ArchiveIntegrityError(
+                path=self._path, detail=f"the {self._compression} stream is corrupt ({exc})"
+            ) from None
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+@dataclass
+class _Member:
+    """One tar member under the reading cursor; ``read`` stops at its end."""
+
+    name: str
+    typeflag: bytes
+    size: int
+    stream: _TarReader
+
+    def read(self, size: int) -> bytes:
+        return self.stream.read_data(size)
+
+
+class _TarReader:
+    """A strict, streaming tar parser: regular files, PAX and GNU long-name headers only.
+
+    ``tarfile`` would read an extended header of any declared size into memory;
+    this parser caps them, and it never touches the filesystem.
+    """
+
+    def __init__(self, stream: _Decompressed, path: Path) -> None:
+        self._stream = stream
+        self._path = path
+        self._remaining = 0  # data bytes left in the current member
+        self._padding = 0
+
+    def _exact(self, size: int) -> bytes:
+        parts: list[bytes] = []
+        missing = size
+        while missing:
+            data = self._stream.read(missing)
+            if not data:
+                break
+            parts.append(data)
+            missing -= len(data)
+        return b"".join(parts)
+
+    def _truncated(self) -> ArchiveIntegrityError:
+        return ArchiveIntegrityError(path=self._path, detail="the tar data ends early (truncated)")
+
+    def read_data(self, size: int) -> bytes:
+        size = min(size, self._remaining)
+        if size <= 0:
+            return b""
+        data = self._stream.read(size)
+        if not data:
+            raise self._truncated()
+        self._remaining -= len(data)
+        return data
+
+    def _skip_rest(self) -> None:
+        while self._remaining:
+            self.read_data(_IO_CHUNK)
+        if self._padding and len(self._exact(self._padding)) != self._padding:
+            raise self._truncated()
+        self._padding = 0
+
+    def members(self) -> Iterator[_Member]:
+        """Yield each member; a member's data must be read (or is skipped) before the next."""
+        extended: dict[str, str] = {}
+        first = True
+        while True:
+            header = self._exact(_BLOCK)
+            if len(header) < _BLOCK:
+                if first and not header:
+                    raise NotAnArchiveError(path=self._path, reason="it holds no data")
+                raise self._truncated()
+            if header == _ZERO_BLOCK:
+                self._finish()
+                return
+            if not _header_checksum_ok(header):
+                if first:
+                    raise NotAnArchiveError(path=self._path, reason="its content is not a tar")
+                raise ArchiveIntegrityError(path=self._path, detail="a tar header is corrupt")
+            first = False
+            typeflag = header[156:157]
+            size = _parse_number(header[124:136])
+            if size is None:
+                raise ArchiveIntegrityError(path=self._path, detail="a tar header is corrupt")
+            if typeflag in (b"x", b"g", b"L", b"K"):
+                if size > _EXTENDED_HEADER_MAX:
+                    raise ArchiveIntegrityError(
+                        path=self._path, detail=f"an extended tar header of {size} bytes"
+                    )
+                data = self._exact(size)
+                if len(data) < size or len(self._exact(-size % _BLOCK)) != -size % _BLOCK:
+                    raise self._truncated()
+                if typeflag == b"x":
+                    extended.update(self._parse_pax(data))
+                elif typeflag == b"L":
+                    extended["path"] = data.rstrip(b"\0").decode("utf-8", "replace")
+                continue  # global headers and long link names change nothing we read
+            name = extended.get("path") or _ustar_name(header)
+            if "size" in extended:
+                size = _non_negative(int(extended["size"])) if extended["size"].isdigit() else -1
+                if size < 0:
+                    raise ArchiveIntegrityError(path=self._path, detail="a tar header is corrupt")
+            extended = {}
+            has_data = typeflag in (b"0", b"\0", b"7")
+            self._remaining = size if has_data else 0
+            self._padding = -self._remaining % _BLOCK
+            yield _Member(name=name, typeflag=typeflag, size=size, stream=self)
+            self._skip_rest()
+
+    def _parse_pax(self, data: bytes) -> dict[str, str]:
+        records: dict[str, str] = {}
+        pos = 0
+        try:
+            while pos < len(data) and data[pos] != 0:
+                space = data.index(b" ", pos)
+                length = int(data[pos:space])
+                record = data[space + 1 : pos + length]
+                if length <= 0 or not record.endswith(b"\n"):
+                    raise ValueError("bad record")
+                key, _, value = record[:-1].partition(b"=")
+                records[key.decode("utf-8")] = value.decode("utf-8")
+                pos += length
+        except (ValueError, UnicodeDecodeError):
+            raise ArchiveIntegrityError(
+                path=self._path, detail="a PAX tar header is corrupt"
+            ) from None
+        return records
+
+    def _finish(self) -> None:
+        """After the end-of-archive block only zero padding may follow, up to the stream's end.
+
+        Reading to the end also makes the decompressor check the frame checksum.
+        """
+        while chunk := self._stream.read(_IO_CHUNK):
+            if chunk.count(0) != len(chunk):
+                raise ArchiveIntegrityError(
+                    path=self._path, detail="data follows the end of the tar"
+                )
+
+
+def _header_checksum_ok(header: bytes) -> bool:
+    stored = _parse_number(header[148:156])
+    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
+    return stored is not None and stored == unsigned
+
+
+def _parse_number(field: bytes) -> int | None:
+    if field[:1] == b"\x80":  # GNU base-256 for values beyond the octal field
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        return None
+
+
+def _ustar_name(header: bytes) -> str:
+    name = header[0:100].split(b"\0", 1)[0]
+    if header[257:262] == b"ustar":
+        prefix = header[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return name.decode("utf-8", "replace")
+
+
+_TYPE_NAMES = {
+    b"1": "hard link",
+    b"2": "symbolic link",
+    b"3": "character device",
+    b"4": "block device",
+    b"6": "fifo",
+}
+
+
+def _refuse_unsafe(member: _Member, path: Path) -> None:
+    """Raise for a member no reader should act on, whatever the manifest says."""
+    name = member.name
+    reason = None
+    if not name:
+        reason = "empty name"
+    elif name.startswith("/") or name.startswith("\\") or re.match(r"[A-Za-z]:[\\/]", name):
+        reason = "absolute path"
+    elif ".." in re.split(r"[\\/]", name):
+        reason = "path with '..'"
+    elif member.typeflag in _TYPE_NAMES:
+        reason = _TYPE_NAMES[member.typeflag]
+    elif member.typeflag not in (b"0", b"\0", b"7", b"5"):
+        reason = f"unsupported tar member type {member.typeflag!r}"
+    if reason is not None:
+        raise ArchiveUnsafeError(path=path, member=name, reason=reason)
+
+
+class ArchiveReader:
+    """Read a portable archive, verified in full before any record is returned.
+
+    Opening the reader checks the compression stream, every member's path and
+    type, and every member's size, sha256 and record count against the
+    manifest. The file descriptor stays open, so replacing the file on disk
+    afterwards does not change what is read; :meth:`records` re-hashes the
+    member as it streams it and raises :class:`ArchiveIntegrityError` at its end
+    if it no longer matches (catching a file modified in place).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ArchiveError(f"archive {self.path} does not exist") from None
+        except OSError as exc:
+            raise ArchiveError(f"cannot open archive {self.path}: {exc.strerror}") from None
+        try:
+            info = os.fstat(self._fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise NotAnArchiveError(path=self.path, reason="it is not a regular file")
+            self.compression = self._detect(info.st_size)
+            if self.compression == "zstd":
+                _check_zstd_frames(self._fd, info.st_size, self.path)
+            self._manifest = self._verify()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the file descriptor; further reads fail."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def kinds(self) -> list[str]:
+        """The kinds the archive holds, in member order."""
+        return self._manifest.kinds
+
+    def count(self, kind: str) -> int:
+        """The number of records of ``kind`` (0 for a kind the archive does not hold)."""
+        return self._manifest.record_counts.get(kind, 0)
+
+    def _detect(self, size: int) -> Compression:
+        head = os.pread(self._fd, 4, 0)
+        if head == _ZSTD_MAGIC:
+            return "zstd"
+        if _BZ2_MAGIC.fullmatch(head):
+            return "bz2"
+        reason = "it is empty" if size == 0 else "it is neither zstd nor bzip2 compressed"
+        raise NotAnArchiveError(path=self.path, reason=reason)
+
+    def _open_members(self) -> tuple[_Decompressed, Iterator[_Member]]:
+        if self._fd < 0:
+            raise ArchiveError(f"archive {self.path} is closed")
+        stream = _Decompressed(self._fd, self.compression, self.path)
+        return stream, _TarReader(stream, self.path).members()
+
+    def _verify(self) -> Manifest:
+        stream, members = self._open_members()
+        try:
+            first = next(members, None)
+            if first is None:
+                raise NotAnArchiveError(path=self.path, reason="its tar holds no members")
+            _refuse_unsafe(first, self.path)
+            if first.name != MANIFEST_NAME:
+                raise NotAnArchiveError(
+                    path=self.path,
+                    reason=f"its first member is {first.name!r}, not 'manifest.json'",
+                )
+            if first.size > _MANIFEST_MAX:
+                raise ArchiveIntegrityError(path=self.path, detail="manifest.json is too large")
+            manifest = Manifest.from_json(_read_all(first), self.path)
+            seen: set[str] = set()
+            for member in members:
+                _refuse_unsafe(member, self.path)
+                self._check_member(manifest, member, seen)
+            missing = sorted(set(manifest.members) - seen)
+            if missing:
+                raise ArchiveIntegrityError(
+                    path=self.path,
+                    detail=f"member {missing[0]!r} listed in the manifest is missing",
+                )
+            return manifest
+        finally:
+            stream.close()
+
+    def _check_member(self, manifest: Manifest, member: _Member, seen: set[str]) -> None:
+        def damaged(detail: str) -> ArchiveIntegrityError:
+            return ArchiveIntegrityError(path=self.path, detail=f"member {member.name!r} {detail}")
+
+        if member.name == MANIFEST_NAME or member.name in seen:
+            raise damaged("appears twice")
+        expected = manifest.members.get(member.name)
+        if expected is None or member.typeflag == b"5":
+            raise damaged("is not listed in the manifest")
+        if member.size != expected.size:
+            raise damaged(f"is {member.size} bytes, the manifest says {expected.size}")
+        digest = hashlib.sha256()
+        lines = 0
+        while chunk := member.read(_IO_CHUNK):
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
+        if digest.hexdigest() != expected.sha256:
+            raise damaged("does not match its sha256 in the manifest")
+        kind = member.name[len("records/") : -len(".jsonl")]
+        if lines != manifest.record_counts[kind]:
+            raise damaged(
+                f"holds {lines} records, the manifest says {manifest.record_counts[kind]}"
+            )
+        seen.add(member.name)
+
+    def records(self, kind: str) -> Iterator[dict[str, Any]]:
+        """Stream the records of ``kind`` in the order they were written."""
+        if kind not in self._manifest.record_counts:
+            held = ", ".join(self._manifest.kinds) or "none"
+            raise ArchiveError(f"archive {self.path} holds no {kind!r} records (it holds: {held})")
+        return self._stream_records(kind)
+
+    def _stream_records(self, kind: str) -> Iterator[dict[str, Any]]:
+        name = member_name(kind)
+        expected = self._manifest.members[name]
+        stream, members = self._open_members()
+        try:
+            for member in members:
+                _refuse_unsafe(member, self.path)
+                if member.name == name:
+                    yield from self._parse_lines(member, expected)
+                    return
+            raise ArchiveIntegrityError(path=self.path, detail=f"member {name!r} disappeared")
+        finally:
+            stream.close()
+
+    def _parse_lines(self, member: _Member, expected: MemberDigest) -> Iterator[dict[str, Any]]:
+        digest = hashlib.sha256()
+        size = 0
+        number = 0
+        partial = b""
+        loads = json.loads
+        while chunk := member.read(_IO_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            for line in lines:
+                number += 1
+                try:
+                    record = loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    raise ArchiveIntegrityError(
+                        path=self.path, detail=f"line {number} of {member.name!r} is not a record"
+                    )
+                yield record
+        if partial or size != expected.size or digest.hexdigest() != expected.sha256:
+            raise ArchiveIntegrityError(
+                path=self.path, detail=f"member {member.name!r} changed after it was verified"
+            )
+
+
+def _read_all(member: _Member) -> bytes:
+    parts = []
+    while chunk := member.read(_IO_CHUNK):
+        parts.append(chunk)
+    return b"".join(parts)
