@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -165,9 +166,39 @@ def _loader() -> OpenStackConfig:
     from openstack.config.loader import OpenStackConfig
 
     try:
-        return OpenStackConfig(app_name="stackhop", app_version=__version__)
+        loader = OpenStackConfig(app_name="stackhop", app_version=__version__)
     except (openstack.exceptions.ConfigException, yaml.YAMLError, OSError) as exc:
         raise ConfigError(f"cannot read the cloud configuration: {_one_line(exc)}") from exc
+    _refuse_skipped_file(loader)
+    return loader
+
+
+def _refuse_skipped_file(loader: OpenStackConfig) -> None:
+    """Fail on a clouds.yaml that openstacksdk skipped because it cannot parse it.
+
+    The loader only logs a warning and reads the next file, or none: the
+    operator would then see "cloud not configured" for a typo in the file.
+    """
+    import json
+
+    import yaml
+
+    from openstack.config import loader as sdk_loader
+
+    candidates = [os.environ.get("OS_CLIENT_CONFIG_FILE"), *sdk_loader.CONFIG_FILES]
+    for path in candidates:
+        if not path or not os.path.exists(path):
+            continue
+        if path == loader.config_filename:
+            return
+        try:
+            with open(path) as fh:
+                json.load(fh) if path.endswith("json") else yaml.safe_load(fh)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise ConfigError(
+                f"cannot read the cloud configuration {path}: {_one_line(exc)}"
+            ) from exc
+        return
 
 
 def _configured_names(loader: OpenStackConfig) -> list[str]:
@@ -186,7 +217,7 @@ def _known(names: list[str]) -> str:
 def _resolve_name(loader: OpenStackConfig, name: str | None) -> str:
     names = _configured_names(loader)
     if name is None:
-        name = loader.default_cloud
+        name = loader.default_cloud if names else None
         if name is None:
             raise ConfigError(
                 f"no cloud selected: name one of: {_known(names)} "
@@ -205,13 +236,23 @@ def _cloud_config(loader: OpenStackConfig, name: str) -> CloudConfig:
     except openstack.exceptions.ConfigException as exc:
         raise ConfigError(f"cloud {name!r}: {_one_line(exc)}") from exc
     auth: dict[str, Any] = region.config.get("auth") or {}
+
+    def setting(*keys: str) -> str | None:
+        # OS_* variables arrive flat (auth_url next to region_name); only the
+        # auth plugin, which validate=False skips, moves them under "auth".
+        for key in keys:
+            value = auth.get(key) or region.config.get(key)
+            if value:
+                return str(value)
+        return None
+
     source = "environment" if name == loader.envvar_key else str(loader.config_filename)
     return CloudConfig(
         name=name,
-        auth_url=auth.get("auth_url"),
+        auth_url=setting("auth_url"),
         region=region.region_name or None,
-        user=auth.get("username") or auth.get("user_id"),
-        project=auth.get("project_name") or auth.get("project_id"),
+        user=setting("username", "user_id"),
+        project=setting("project_name", "project_id"),
         source=source,
     )
 
