@@ -57,11 +57,13 @@ SKIPPED = "skipped"
 STATES = (PENDING, DONE, FAILED, SKIPPED)
 
 #: Allowed state transitions; ``None`` is "no row yet". ``done`` is final: a
-#: re-run skips it. A ``failed`` or ``skipped`` row may be attempted again.
+#: re-run skips it. A ``failed`` or ``skipped`` row may be attempted again. An
+#: operation may fail without an attempt (its dependency failed), hence
+#: new -> failed and failed -> failed.
 TRANSITIONS: Mapping[str | None, frozenset[str]] = {
-    None: frozenset({PENDING, SKIPPED}),
+    None: frozenset({PENDING, SKIPPED, FAILED}),
     PENDING: frozenset({PENDING, DONE, FAILED, SKIPPED}),
-    FAILED: frozenset({PENDING, SKIPPED}),
+    FAILED: frozenset({PENDING, SKIPPED, FAILED}),
     SKIPPED: frozenset({PENDING, SKIPPED}),
     DONE: frozenset(),
 }
@@ -71,7 +73,9 @@ CHUNK_CONFIRMED = "confirmed"
 
 RUN_RUNNING = "running"
 
-_SECRET_WORDS = ("password", "passwd", "token", "secret", "private", "credential", "api_key", "apikey")
+_SECRET_WORDS = (
+    "password", "passwd", "token", "secret", "private", "credential", "api_key", "apikey"
+)
 
 
 def _now() -> datetime:
@@ -721,7 +725,9 @@ class Journal:
                 with self._transaction() as conn:
                     result = conn.execute(chunks.update().where(*key).values(**values))
                     if result.rowcount == 0:
-                        conn.execute(chunks.insert().values(object=object_key, offset=offset, **values))
+                        conn.execute(
+                            chunks.insert().values(object=object_key, offset=offset, **values)
+                        )
                     else:
                         self._expect_one(result, f"recording chunk {object_key}@{offset}")
                 return
@@ -747,7 +753,7 @@ class Journal:
             }
 
     def clear_chunks(self, object_key: str) -> int:
-        """Forget every chunk of ``object_key`` (after the transfer is verified); return how many."""
+        """Forget the chunks of ``object_key`` (once its transfer is verified); return the count."""
         with self._transaction() as conn:
             result = conn.execute(chunks.delete().where(chunks.c.object == object_key))
             return int(result.rowcount)

@@ -218,6 +218,10 @@ class DataKind(Kind):
     def data_size(self, record: Mapping[str, Any]) -> int | None:
         """Bytes to copy for this record (None if unknown until read)."""
 
+    def needs_copy(self, record: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
+        """Whether the bytes must be copied (default: only into an object being created)."""
+        return existing is None
+
     @abstractmethod
     def copy_data(
         self,

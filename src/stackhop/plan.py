@@ -1,0 +1,264 @@
+"""The planner: source records + destination state -> operations.
+
+Operations are data. :func:`plan` reads the destination (through a finder)
+but changes nothing; ``stackhop plan`` and ``--dry-run`` print the operations
+it returns, and the engine applies exactly those. The rules, per record:
+
+- resolve its references (:mod:`stackhop.resolve`); a reference nothing maps
+  makes a :class:`Conflict` naming the map to fix;
+- a record that refers to an object the run will create is a :class:`Create`
+  that depends on that object's operation (it cannot exist yet either);
+- otherwise look it up on the destination: missing -> :class:`Create`;
+  identical in every portable field -> :class:`Skip`; different -> the kind's
+  policy (:meth:`~stackhop.kinds.base.Kind.on_difference`): :class:`Update`
+  with ``overwrite``, else :class:`Conflict` listing the differing fields;
+- for kinds that carry bytes, a :class:`CopyData` after the create.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from stackhop.errors import UnmappedReferenceError
+from stackhop.kinds import dependency_levels
+from stackhop.kinds.base import DataKind, Difference, Kind, Record
+from stackhop.resolve import Resolver
+
+OperationKey = tuple[str, str]
+"""``(kind name, journal key)``: names one operation in a plan and in the journal."""
+
+DestinationFinder = Callable[[Kind, Record], Record | None]
+"""Looks a resolved record up on the destination: usually ``lambda k, r: k.find(conn, r)``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Operation:
+    """One thing to do (or not) to one object.
+
+    ``source`` is the record as read from the source (source IDs), ``resolved``
+    the same with references mapped as far as known at planning time,
+    ``existing`` the destination counterpart if one was found.
+    """
+
+    action: ClassVar[str] = "operation"
+
+    kind: Kind
+    identity: str
+    source: Record
+    resolved: Record
+    existing: Record | None = None
+    differences: tuple[Difference, ...] = ()
+    depends_on: tuple[OperationKey, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """This operation's identity in the journal (unique per kind and scope)."""
+        return self.identity
+
+    @property
+    def ref(self) -> OperationKey:
+        return (self.kind.name, self.key)
+
+    @property
+    def source_id(self) -> str | None:
+        try:
+            return self.kind.source_id(self.source)
+        except KeyError:
+            return None
+
+    @property
+    def destination_id(self) -> str | None:
+        return None if self.existing is None else self.kind.destination_id(self.existing)
+
+    def _detail(self) -> str:
+        return ""
+
+    def describe(self) -> str:
+        """One line for people: ``create nova.keypair alice/key1``."""
+        detail = self._detail()
+        return f"{self.action} {self.kind.name} {self.identity}" + (f": {detail}" if detail else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able mapping (``stackhop plan -f json``)."""
+        return {
+            "action": self.action,
+            "kind": self.kind.name,
+            "identity": self.identity,
+            "source_id": self.source_id,
+            "destination_id": self.destination_id,
+            "differences": [d.as_dict() for d in self.differences],
+            "depends_on": [list(ref) for ref in self.depends_on],
+            "detail": self._detail() or None,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Create(Operation):
+    """The object is missing on the destination: create it."""
+
+    action: ClassVar[str] = "create"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Update(Operation):
+    """The object differs on the destination and the policy says to change it."""
+
+    action: ClassVar[str] = "update"
+
+    def _detail(self) -> str:
+        return "changes " + ", ".join(d.field for d in self.differences)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Skip(Operation):
+    """Nothing to do: identical on the destination (or the kind keeps the destination's)."""
+
+    action: ClassVar[str] = "skip"
+
+    def _detail(self) -> str:
+        if self.differences:
+            return "destination kept despite " + ", ".join(d.field for d in self.differences)
+        return "identical on the destination"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conflict(Operation):
+    """Cannot proceed without the operator: the reason says what to do."""
+
+    action: ClassVar[str] = "conflict"
+    reason: str
+
+    def _detail(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True, kw_only=True)
+class CopyData(Operation):
+    """Copy the bytes of ``object`` (``size`` bytes if known) into the destination object."""
+
+    action: ClassVar[str] = "copy"
+    object: str
+    size: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.identity}#data"
+
+    def _detail(self) -> str:
+        size = "unknown size" if self.size is None else f"{self.size} bytes"
+        return f"{self.object} ({size})"
+
+
+def _differences_reason(differences: Iterable[Difference]) -> str:
+    fields = ", ".join(d.field for d in differences)
+    return f"differs on the destination in {fields} (use --overwrite to update it)"
+
+
+@dataclass
+class _Planner:
+    find: DestinationFinder
+    resolver: Resolver
+    overwrite: bool
+    # (kind, source id) -> destination ID of an object found there, or None for
+    # one this plan creates; the resolver reads it to map references.
+    planned: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    creates: dict[tuple[str, str], OperationKey] = field(default_factory=dict)
+
+    def remember(self, op: Operation) -> None:
+        source_id = op.source_id
+        if source_id is None:
+            return
+        if isinstance(op, Create):
+            self.planned[(op.kind.name, source_id)] = None
+            self.creates[(op.kind.name, source_id)] = op.ref
+        elif isinstance(op, Update | Skip):
+            self.planned[(op.kind.name, source_id)] = op.destination_id
+
+    def pending_dependencies(self, kind: Kind, record: Record) -> tuple[OperationKey, ...]:
+        deps = []
+        for ref_field, target in kind.references.items():
+            value = record.get(ref_field)
+            for v in value if isinstance(value, list | tuple) else [value]:
+                if v is None:
+                    continue
+                created = self.creates.get((target, str(v)))
+                if created is not None and created not in deps:
+                    deps.append(created)
+        return tuple(deps)
+
+    def one(self, kind: Kind, record: Record) -> list[Operation]:
+        identity = kind.identity(record)
+        common: dict[str, Any] = {"kind": kind, "identity": identity, "source": record}
+        try:
+            resolved = self.resolver.resolve(kind, record, planned=self.planned)
+        except UnmappedReferenceError as exc:
+            return [Conflict(resolved=dict(record), reason=exc.message, **common)]
+        depends_on = self.pending_dependencies(kind, record)
+        existing = None if depends_on else self.find(kind, resolved)
+        operation: Operation
+        if existing is None:
+            operation = Create(resolved=resolved, depends_on=depends_on, **common)
+        else:
+            differences = tuple(kind.compare(resolved, existing))
+            common.update(resolved=resolved, existing=existing, differences=differences)
+            decision: str = "skip"
+            if differences:
+                decision = kind.on_difference(list(differences), self.overwrite)
+            if decision == "update":
+                operation = Update(**common)
+            elif decision == "skip":
+                operation = Skip(**common)
+            else:
+                operation = Conflict(reason=_differences_reason(differences), **common)
+        self.remember(operation)
+        operations: list[Operation] = [operation]
+        if (
+            isinstance(kind, DataKind)
+            and isinstance(operation, Create | Update | Skip)
+            and kind.needs_copy(resolved, existing)
+        ):
+            operations.append(
+                CopyData(
+                    kind=kind,
+                    identity=identity,
+                    source=record,
+                    resolved=resolved,
+                    existing=existing,
+                    depends_on=(operation.ref,) if isinstance(operation, Create) else (),
+                    object=kind.source_id(record),
+                    size=kind.data_size(record),
+                )
+            )
+        return operations
+
+
+def plan(
+    records_by_kind: Mapping[Kind, Iterable[Record]],
+    destination_finder: DestinationFinder,
+    resolver: Resolver,
+    overwrite: bool = False,
+) -> list[Operation]:
+    """The operations that bring the destination in line with the source records.
+
+    Kinds are planned in dependency order (referenced kinds first), so a
+    record can refer to objects planned before it. Nothing is changed
+    anywhere: ``destination_finder`` only reads.
+    """
+    planner = _Planner(find=destination_finder, resolver=resolver, overwrite=overwrite)
+    operations: list[Operation] = []
+    for level in dependency_levels(records_by_kind):
+        for kind in level:
+            for record in records_by_kind[kind]:
+                operations.extend(planner.one(kind, record))
+    return operations
+
+
+def summarize(operations: Iterable[Operation]) -> dict[str, dict[str, int]]:
+    """Per kind, how many operations of each action (for ``stackhop plan``'s summary)."""
+    summary: dict[str, dict[str, int]] = {}
+    for op in operations:
+        per_kind = summary.setdefault(op.kind.name, {})
+        per_kind[op.action] = per_kind.get(op.action, 0) + 1
+    return summary

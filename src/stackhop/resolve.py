@@ -1,0 +1,198 @@
+"""The ID resolver: one generic mapper from source IDs to destination IDs.
+
+Kinds declare which fields refer to which kinds (``Kind.references``); the
+resolver rewrites those fields for every kind the same way, from three sources
+in this order:
+
+1. the operator's maps, one per referenced kind (``--user-map``,
+   ``--project-map``: a YAML or JSON file of ``source id: destination id``,
+   read by :func:`load_id_map`);
+2. the journal's ID map, which the engine fills as it creates or adopts
+   objects (so a security group rule finds the group created before it);
+3. the identity default: kinds in ``keep_ids`` (projects, by default) map to
+   themselves when no map names them, as the design assumes project IDs are
+   equal on both sides unless mapped.
+
+Anything else is an :class:`~stackhop.errors.UnmappedReferenceError` naming the
+record, the field and the map to fix. An unmapped user is never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stackhop.errors import ConfigError, UnmappedReferenceError
+from stackhop.journal import Journal
+from stackhop.kinds.base import Kind, Record
+
+USER = "identity.user"
+PROJECT = "identity.project"
+
+#: How the operator fixes a missing mapping, per referenced kind.
+_HINTS = {
+    USER: "add the user to the --user-map file",
+    PROJECT: "add the project to the --project-map file",
+}
+
+
+def load_id_map(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read an operator's ID map: a YAML or JSON mapping of source ID -> destination ID.
+
+    Raises ConfigError (naming the file) when it is missing, malformed, or not
+    a flat mapping of strings.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read ID map {file}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        syntax = "JSON" if file.suffix == ".json" else "YAML"
+        raise ConfigError(f"ID map {file} is not valid {syntax}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"ID map {file} must map source IDs to destination IDs, not be a {type(data).__name__}"
+        )
+    result: dict[str, str] = {}
+    for source, destination in data.items():
+        if not isinstance(source, str | int) or not isinstance(destination, str | int):
+            raise ConfigError(
+                f"ID map {file}: entry {source!r}: {destination!r} must map an ID to an ID"
+            )
+        result[str(source)] = str(destination)
+    return result
+
+
+class Resolver:
+    """Maps the reference fields of records to destination IDs.
+
+    ``scope`` is the journal scope (the destination cloud's name). ``maps`` are
+    the operator's maps per referenced kind; ``keep_ids`` lists the kinds whose
+    IDs are equal on both sides unless mapped. ``journal`` may be None to
+    resolve from the operator maps alone (``stackhop plan`` on a fresh journal).
+    """
+
+    def __init__(
+        self,
+        scope: str,
+        *,
+        maps: Mapping[str, Mapping[str, str]] | None = None,
+        keep_ids: frozenset[str] = frozenset({PROJECT}),
+        journal: Journal | None = None,
+    ) -> None:
+        self.scope = scope
+        self.maps = {kind: dict(m) for kind, m in (maps or {}).items()}
+        self.keep_ids = keep_ids
+        self.journal = journal
+
+    @classmethod
+    def from_files(
+        cls,
+        scope: str,
+        *,
+        user_map: str | os.PathLike[str] | None = None,
+        project_map: str | os.PathLike[str] | None = None,
+        keep_user_ids: bool = False,
+        journal: Journal | None = None,
+    ) -> Resolver:
+        """The resolver for the flags ``--user-map``, ``--project-map``, ``--keep-user-ids``."""
+        maps = {}
+        if user_map is not None:
+            maps[USER] = load_id_map(user_map)
+        if project_map is not None:
+            maps[PROJECT] = load_id_map(project_map)
+        keep = {PROJECT} | ({USER} if keep_user_ids else set())
+        return cls(scope, maps=maps, keep_ids=frozenset(keep), journal=journal)
+
+    def lookup(
+        self, kind: str, source_id: str, planned: Mapping[tuple[str, str], str | None] | None = None
+    ) -> str | None:
+        """The destination ID of ``source_id`` of ``kind``, or None if nothing maps it.
+
+        ``planned`` overlays what a plan in progress knows: ``(kind, source id)``
+        -> the destination ID of an object found there.
+        """
+        operator_map = self.maps.get(kind)
+        if operator_map is not None and source_id in operator_map:
+            return operator_map[source_id]
+        if self.journal is not None:
+            found = self.journal.mapped_id(self.scope, kind, source_id)
+            if found is not None:
+                return found
+        if planned is not None and planned.get((kind, source_id)) is not None:
+            return planned[(kind, source_id)]
+        if kind in self.keep_ids:
+            return source_id
+        return None
+
+    def resolve(
+        self,
+        kind: Kind,
+        record: Mapping[str, Any],
+        *,
+        planned: Mapping[tuple[str, str], str | None] | None = None,
+    ) -> Record:
+        """A copy of ``record`` with every reference field mapped to destination IDs.
+
+        ``planned`` is the planner's overlay: ``(kind, source id)`` -> the
+        destination ID of an object found there, or None for one that the run
+        will create first. A reference to such a to-be-created object keeps its
+        source ID (the engine resolves the record again when it applies it).
+        Any other unmapped reference raises UnmappedReferenceError.
+        """
+        resolved = dict(record)
+        for field, target in kind.references.items():
+            value = record.get(field)
+            if value is None:
+                continue
+            if isinstance(value, list | tuple):
+                resolved[field] = [
+                    self._one(kind, record, field, target, str(v), planned) for v in value
+                ]
+            else:
+                resolved[field] = self._one(kind, record, field, target, str(value), planned)
+        return resolved
+
+    def _one(
+        self,
+        kind: Kind,
+        record: Mapping[str, Any],
+        field: str,
+        target: str,
+        source_id: str,
+        planned: Mapping[tuple[str, str], str | None] | None,
+    ) -> str:
+        found = self.lookup(target, source_id, planned)
+        if found is not None:
+            return found
+        if planned is not None and (target, source_id) in planned:
+            return source_id
+        raise UnmappedReferenceError(
+            kind=kind.name,
+            identity=kind.identity(record),
+            field=field,
+            target=target,
+            source_id=source_id,
+            hint=_HINTS.get(target, f"move the {target} objects first, or map them"),
+        )
+
+    def unresolved(self, kind: Kind, record: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """The references of ``record`` nothing maps yet, as (field, kind, source id)."""
+        missing = []
+        for field, target in kind.references.items():
+            value = record.get(field)
+            values = value if isinstance(value, list | tuple) else [value]
+            for v in values:
+                if v is not None and self.lookup(target, str(v)) is None:
+                    missing.append((field, target, str(v)))
+        return missing
