@@ -68,6 +68,7 @@ _IO_CHUNK = 1 << 20
 _SPOOL_FLUSH_CHARS = 1 << 20
 _MANIFEST_MAX = 16 << 20
 _EXTENDED_HEADER_MAX = 1 << 20
+_CODEC_PROBE = 4 << 20  # more than a bzip2 block, so its CRC is checked
 
 
 def member_name(kind: str) -> str:
@@ -707,6 +708,9 @@ class _TarReader:
                 self._finish()
                 return
             if not _header_checksum_ok(header):
+                # A damaged compressed block yields garbage before its checksum is
+                # reached; read on a little so the codec can name the real fault.
+                self._drain(_CODEC_PROBE)
                 if first:
                     raise NotAnArchiveError(path=self._path, reason="its content is not a tar")
                 raise ArchiveIntegrityError(path=self._path, detail="a tar header is corrupt")
@@ -739,6 +743,10 @@ class _TarReader:
             self._padding = -self._remaining % _BLOCK
             yield _Member(name=name, typeflag=typeflag, size=size, stream=self)
             self._skip_rest()
+
+    def _drain(self, limit: int) -> None:
+        while limit > 0 and (chunk := self._stream.read(min(limit, _IO_CHUNK))):
+            limit -= len(chunk)
 
     def _parse_pax(self, data: bytes) -> dict[str, str]:
         records: dict[str, str] = {}
