@@ -69,7 +69,9 @@ def python_path() -> Path:
     for module in ("rados", "rbd"):
         found = sorted(DEBIAN_PYTHON_EXTENSIONS.glob(f"{module}.cpython-*.so"))
         if not found:
-            raise TestbedError(f"{module} Python extension missing; apt-get install python3-{module}")
+            raise TestbedError(
+                f"{module} Python extension missing; apt-get install python3-{module}"
+            )
         for so in found:
             link = PYTHON_DIR / so.name
             if not link.is_symlink() or link.resolve() != so:
@@ -204,7 +206,8 @@ def _make_monitor(c: layout.CloudLayout) -> None:
               "-n", f"mgr.{cfg.MGR_ID}", "--cap", "mon", "allow profile mgr",
               "--cap", "osd", "allow *", "--cap", "mds", "allow *")
     bootstrap = str(run_dir / "mon-bootstrap.keyring")
-    _authtool(c, "--create-keyring", bootstrap, "--gen-key", "-n", "mon.", "--cap", "mon", "allow *")
+    _authtool(c, "--create-keyring", bootstrap, "--gen-key", "-n", "mon.",
+              "--cap", "mon", "allow *")
     _authtool(c, bootstrap, "--import-keyring", admin)
     _authtool(c, bootstrap, "--import-keyring", str(mgr_dir / "keyring"))
     monmap = str(run_dir / "monmap")
