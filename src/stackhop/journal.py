@@ -47,7 +47,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from stackhop import __version__
 from stackhop.errors import JournalError
 
-DEFAULT_PATH = "stackhop-journal.db"
+DEFAULT_PATH = "stackhop-journal.sqlite"
 """The journal file used when the operator names none (in the working directory)."""
 
 PENDING = "pending"

@@ -1,0 +1,145 @@
+"""``stackhop status [--run ID]``: what the journal knows of past runs.
+
+Without ``--run``: every run, then per kind the count of operations in each
+state (as of the latest run that touched each), then the failed operations
+with their errors. With ``--run ID`` (a unique prefix is enough): that run,
+and the operations it touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stackhop.cli.output import add_format_options, dump, render_table
+from stackhop.errors import ConfigError
+from stackhop.journal import STATES, Journal, OperationRecord, RunRecord
+
+RUN_COLUMNS = ("ID", "Command", "From", "To", "Started", "Finished", "Outcome")
+COUNT_COLUMNS = ("Kind", *(state.capitalize() for state in STATES))
+FAILED_COLUMNS = ("Kind", "Identity", "Action", "Attempts", "Error")
+STATE_STYLES = {"failed": "bold red", "interrupted": "yellow", "succeeded": "green"}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``status`` command."""
+    p = subparsers.add_parser(
+        "status",
+        help="show the runs in the journal, per kind what is done, pending, failed, skipped",
+        description=(
+            "Read the journal (--journal) and show every run (ID, command, clouds, start, "
+            "end, outcome), per resource kind the number of operations done, pending, "
+            "failed and skipped, and each failed operation with its error. Re-running "
+            "the same command resumes: done operations are skipped."
+        ),
+    )
+    p.add_argument(
+        "--run",
+        metavar="ID",
+        help="only this run (an ID prefix is enough) and the operations it touched",
+    )
+    add_format_options(p, columns=False)
+    p.set_defaults(func=show_status)
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What ``stackhop status`` shows, gathered from one journal."""
+
+    runs: list[RunRecord]
+    counts: dict[str, dict[str, int]]
+    failed: list[OperationRecord]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "runs": [run.as_dict() for run in self.runs],
+            "kinds": [{"kind": kind, **states} for kind, states in self.counts.items()],
+            "failed": [
+                {
+                    "kind": op.kind,
+                    "identity": op.identity,
+                    "action": op.action,
+                    "attempts": op.attempts,
+                    "run_id": op.run_id,
+                    "error": op.error,
+                }
+                for op in self.failed
+            ],
+        }
+
+
+def collect(journal: Journal, run_id: str | None = None) -> StatusReport:
+    """The status of the whole journal, or of one run (ID or unique prefix)."""
+    if run_id is None:
+        return StatusReport(
+            runs=journal.runs(),
+            counts=journal.counts(),
+            failed=journal.operations(state="failed"),
+        )
+    run = journal.run(run_id)
+    return StatusReport(
+        runs=[run],
+        counts=journal.counts(run_id=run.id),
+        failed=journal.operations(run_id=run.id, state="failed"),
+    )
+
+
+def _when(value: Any) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _open(location: str) -> Journal:
+    # Reading status must not create an empty journal where there was none.
+    if "://" not in location and not Path(location).expanduser().exists():
+        raise ConfigError(
+            f"no journal at {location}; run a command first, or name the journal with --journal"
+        )
+    return Journal(location)
+
+
+def show_status(args: argparse.Namespace) -> int:
+    with _open(args.journal) as journal:
+        report = collect(journal, args.run)
+    if args.format != "table":
+        dump(report.as_dict(), args.format, sys.stdout)
+        return 0
+    run_rows = [
+        dict(
+            zip(
+                RUN_COLUMNS,
+                (
+                    run.id,
+                    run.command,
+                    run.source_cloud,
+                    run.destination_cloud,
+                    _when(run.started_at),
+                    _when(run.finished_at),
+                    run.outcome,
+                ),
+                strict=True,
+            )
+        )
+        for run in report.runs
+    ]
+    render_table(run_rows, RUN_COLUMNS, "table", title="Runs", styles=STATE_STYLES)
+    count_rows = [
+        dict(zip(COUNT_COLUMNS, (kind, *(states[s] for s in STATES)), strict=True))
+        for kind, states in report.counts.items()
+    ]
+    render_table(count_rows, COUNT_COLUMNS, "table", title="Operations per kind")
+    if report.failed:
+        failed_rows = [
+            dict(
+                zip(
+                    FAILED_COLUMNS,
+                    (op.kind, op.identity, op.action, op.attempts, op.error),
+                    strict=True,
+                )
+            )
+            for op in report.failed
+        ]
+        render_table(failed_rows, FAILED_COLUMNS, "table", title="Failed operations")
+    return 0
