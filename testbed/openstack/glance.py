@@ -1,0 +1,104 @@
+"""Glance of one cloud: two file stores, ``fast`` (default) and ``slow``, with copy-image.
+
+Multi-store with interoperable image import, so an admin can copy an image
+to the other store (``copy-image``) and delete it from one store, which is
+what stackhop's image-move job uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from testbed import layout
+from testbed.component import Component
+from testbed.infra.locked import LockedComponent
+from testbed.openstack import runtime
+from testbed.openstack.config import authtoken, common_sections, service_data, service_etc, write_ini
+from testbed.process import Daemon, TestbedError, run
+
+NAME = "glance"
+STORES = ("fast", "slow")
+DEFAULT_STORE = "fast"
+
+
+def store_dir(c: layout.CloudLayout, store: str) -> Path:
+    """Where a file store of cloud ``c`` keeps its images."""
+    return service_data(c, NAME) / "stores" / store
+
+
+def _write_config(c: layout.CloudLayout) -> bool:
+    data = service_data(c, NAME)
+    stores = {s: {"filesystem_store_datadir": store_dir(c, s), "store_description": f"{s} file store"}
+              for s in STORES}
+    for d in [*(store_dir(c, s) for s in STORES), data / "staging", data / "tasks"]:
+        d.mkdir(parents=True, exist_ok=True)
+    return write_ini(service_etc(c, NAME) / "glance-api.conf", {
+        "DEFAULT": {
+            "enabled_backends": ", ".join(f"{s}:file" for s in STORES),
+            # Written as a list: a plain comma-separated value makes image create fail with 500.
+            "enabled_import_methods": "[glance-direct,web-download,copy-image]",
+            "show_image_direct_url": False,
+            "workers": 1,
+        },
+        "database": {"connection": c.db_url(NAME)},
+        "glance_store": {"default_backend": DEFAULT_STORE},
+        **stores,
+        "os_glance_staging_store": {"filesystem_store_datadir": data / "staging"},
+        "os_glance_tasks_store": {"filesystem_store_datadir": data / "tasks"},
+        "keystone_authtoken": authtoken(c, NAME),
+        "paste_deploy": {
+            "flavor": "keystone",
+            "config_file": layout.VENV_DIR / "etc" / "glance" / "glance-api-paste.ini",
+        },
+        **common_sections(c, NAME),
+    })
+
+
+def _db_sync(c: layout.CloudLayout) -> None:
+    done = runtime.stamp(c, "glance-db", runtime.version("glance"))
+    if done.done():
+        return
+    runtime.create_databases(c, NAME)
+    run(
+        [str(layout.VENV_BIN / "glance-manage"), "--config-file",
+         str(service_etc(c, NAME) / "glance-api.conf"), "db_sync"],
+        log=layout.LOG_DIR / f"{NAME}-{c.name}-manage.log",
+    )
+    done.mark()
+
+
+def daemon(c: layout.CloudLayout) -> Daemon:
+    return runtime.uwsgi_daemon(
+        f"{NAME}-{c.name}", c.glance_port, "glance.wsgi.api:application",
+        env={"OS_GLANCE_CONFIG_DIR": str(service_etc(c, NAME))},
+        # Image uploads arrive chunked.
+        extra_args=["--chunked-input-limit", str(10 * 1024 * 1024), "--chunked-input-timeout", "60"],
+    )
+
+
+def _stores_configured(d: Daemon) -> None:
+    """Glance only warns when a store fails to configure and then serves without it."""
+    if "Failed to configure store" not in runtime.log_since_start(d):
+        return
+    d.stop()
+    d.ensure()
+    if "Failed to configure store" in runtime.log_since_start(d):
+        raise TestbedError(f"Glance could not configure its stores; see {d.log}")
+
+
+def component(c: layout.CloudLayout) -> Component:
+    """Glance of cloud ``c`` (tokens are checked against ``keystone-<cloud>`` per request)."""
+    d = daemon(c)
+
+    def setup() -> None:
+        runtime.write_shared_files()
+        runtime.restart_on_change(_write_config(c), [d])
+        _db_sync(c)
+
+    return LockedComponent(
+        name=f"{NAME}-{c.name}",
+        after=("mariadb",),
+        daemons=[d],
+        setup=setup,
+        after_start=lambda: _stores_configured(d),
+    )

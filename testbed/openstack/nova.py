@@ -1,0 +1,193 @@
+"""Nova of one cloud: API, conductor, scheduler and a fake-driver compute over RabbitMQ.
+
+Cells v2 with cell0 and cell1. ``fake.FakeDriver`` keeps servers as records
+only (no disks, no guests), so a server goes ACTIVE in seconds and its usage
+is recorded like on a real cloud. The schema work is its own component,
+``nova-<cloud>-db``, so it runs while Keystone and Placement come up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed import layout
+from testbed.component import Component
+from testbed.infra import mariadb
+from testbed.infra.locked import LockedComponent
+from testbed.openstack import runtime
+from testbed.openstack.config import (
+    authtoken,
+    common_sections,
+    service_auth,
+    service_data,
+    service_etc,
+    write_ini,
+)
+from testbed.process import Daemon, TestbedError, run
+
+NAME = "nova"
+API_DB, CELL0_DB, CELL1_DB = "nova_api", "nova_cell0", "nova_cell1"
+
+
+@dataclass(frozen=True)
+class Flavor:
+    id: str
+    name: str
+    vcpus: int
+    ram: int  # MiB
+    disk: int  # GiB
+
+
+FLAVORS = (Flavor("1", "m1.tiny", 1, 512, 1), Flavor("2", "m1.small", 1, 2048, 20))
+
+
+def config_file(c: layout.CloudLayout) -> Path:
+    return service_etc(c, NAME) / "nova.conf"
+
+
+def _db_config_file(c: layout.CloudLayout) -> Path:
+    """What nova-manage needs for the schema work (the services' file restarts them on change)."""
+    return service_etc(c, NAME) / "nova-db.conf"
+
+
+def _database_sections(c: layout.CloudLayout) -> dict[str, dict[str, object]]:
+    return {
+        "DEFAULT": {"transport_url": c.transport_url},
+        "api_database": {"connection": c.db_url(API_DB)},
+        "database": {"connection": c.db_url(CELL1_DB)},
+    }
+
+
+def _paste_ini() -> Path:
+    return layout.VENV_DIR / "etc" / "nova" / "api-paste.ini"
+
+
+def _write_config(c: layout.CloudLayout) -> bool:
+    data = service_data(c, NAME)
+    sections = _database_sections(c)
+    sections["DEFAULT"].update({
+        "host": c.compute_host,
+        "my_ip": layout.HOST,
+        "state_path": data,
+        "compute_driver": "fake.FakeDriver",
+    })
+    return write_ini(config_file(c), {
+        **sections,
+        "api": {"auth_strategy": "keystone"},
+        "wsgi": {"api_paste_config": _paste_ini()},
+        "keystone_authtoken": authtoken(c, NAME),
+        "placement": service_auth(c, "placement"),
+        "neutron": service_auth(c, "neutron"),
+        "cinder": {**service_auth(c, "cinder"), "os_region_name": layout.REGION},
+        "glance": {"region_name": layout.REGION},
+        # Hosts are mapped once at `up`; no periodic scan eating CPU.
+        "scheduler": {"workers": 1, "discover_hosts_in_cells_interval": -1},
+        "conductor": {"workers": 1},
+        "vnc": {"enabled": False},
+        **common_sections(c, NAME),
+    })
+
+
+def _manage(c: layout.CloudLayout, conf: Path, *args: str) -> str:
+    return run(
+        [str(layout.VENV_BIN / "nova-manage"), "--config-file", str(conf), *args],
+        log=layout.LOG_DIR / f"{NAME}-{c.name}-manage.log",
+    ).stdout
+
+
+def _schema(c: layout.CloudLayout) -> None:
+    """API and cell databases at head, cell0 and cell1 mapped; once per Nova version."""
+    conf = _db_config_file(c)
+    write_ini(conf, _database_sections(c))
+    done = runtime.stamp(c, "nova-db", f"{runtime.version('nova')} {c.transport_url}")
+    if done.done():
+        return
+    runtime.create_databases(c, API_DB, CELL0_DB, CELL1_DB)
+    _manage(c, conf, "api_db", "sync")
+    _manage(c, conf, "cell_v2", "map_cell0", "--database_connection", c.db_url(CELL0_DB))
+    cells = mariadb.sql("SELECT name FROM cell_mappings", database=c.db_name(API_DB)).split()
+    if "cell1" not in cells:
+        _manage(c, conf, "cell_v2", "create_cell", "--name", "cell1",
+                "--transport-url", c.transport_url, "--database_connection", c.db_url(CELL1_DB))
+    _manage(c, conf, "db", "sync")  # cell0 and cell1
+    done.mark()
+
+
+def _count(c: layout.CloudLayout, db: str, sql: str) -> int:
+    return int(mariadb.sql(sql, database=c.db_name(db)).strip() or 0)
+
+
+def _discover_compute(c: layout.CloudLayout) -> None:
+    """Map the compute host into cell1 once its compute node exists."""
+    host = c.compute_host
+    if _count(c, API_DB, f"SELECT COUNT(*) FROM host_mappings WHERE host = '{host}'"):
+        return
+    runtime.wait_for(
+        lambda: _count(c, CELL1_DB,
+                       f"SELECT COUNT(*) FROM compute_nodes WHERE host = '{host}' AND deleted = 0") > 0,
+        120, f"the compute node of {host}", layout.LOG_DIR / f"nova-compute-{c.name}.log",
+    )
+    _manage(c, config_file(c), "cell_v2", "discover_hosts")
+    if not _count(c, API_DB, f"SELECT COUNT(*) FROM host_mappings WHERE host = '{host}'"):
+        raise TestbedError(f"nova-manage discover_hosts did not map {host}")
+
+
+def _create_flavors(c: layout.CloudLayout) -> None:
+    done = runtime.stamp(c, "nova-flavors", repr(FLAVORS))
+    if done.done():
+        return
+    compute = runtime.admin_connection(c).compute
+    for f in FLAVORS:
+        if compute.find_flavor(f.id) is None:
+            compute.create_flavor(
+                id=f.id, name=f.name, vcpus=f.vcpus, ram=f.ram, disk=f.disk, is_public=True
+            )
+    done.mark()
+
+
+def daemons(c: layout.CloudLayout) -> list[Daemon]:
+    conf = [config_file(c)]
+    cell1 = c.db_name(CELL1_DB)
+    env = runtime.service_env()
+    api = runtime.uwsgi_daemon(
+        f"nova-api-{c.name}", c.nova_port, "nova.wsgi.osapi_compute:application",
+        env={
+            **env,
+            "OS_NOVA_CONFIG_DIR": str(service_etc(c, NAME)),
+            # The app loads its paste pipeline from the first file (an absolute path stays as is).
+            "OS_NOVA_CONFIG_FILES": f"{_paste_ini()};nova.conf",
+        },
+    )
+    services = [
+        runtime.console_daemon(
+            f"nova-{s}-{c.name}", f"nova-{s}", conf,
+            runtime.heartbeat_check(f"nova-{s}-{c.name}", cell1, f"nova-{s}", c.compute_host),
+            env=env,
+        )
+        for s in ("conductor", "scheduler", "compute")
+    ]
+    return [api, *services]
+
+
+def components(c: layout.CloudLayout) -> list[Component]:
+    """``nova-<cloud>-db`` (schema, cells) and ``nova-<cloud>`` (services, host, flavors)."""
+    ds = daemons(c)
+
+    def setup() -> None:
+        runtime.write_shared_files()
+        runtime.restart_on_change(_write_config(c), ds)
+
+    def after_start() -> None:
+        _discover_compute(c)
+        _create_flavors(c)
+
+    db = LockedComponent(name=f"{NAME}-{c.name}-db", after=("mariadb",), setup=lambda: _schema(c))
+    service = runtime.ServiceComponent(
+        name=f"{NAME}-{c.name}",
+        after=(db.name, "rabbitmq", f"keystone-{c.name}", f"placement-{c.name}"),
+        daemons=ds,
+        setup=setup,
+        after_start=after_start,
+    )
+    return [db, service]
