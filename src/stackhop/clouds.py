@@ -89,6 +89,8 @@ class ApiVersion:
     #: Every version the service lists, lowest first.
     versions: list[str] = field(default_factory=list)
     url: str | None = None
+    #: False when the service did not answer and the version is guessed from its URL.
+    discovered: bool = True
 
 
 @dataclass(frozen=True)
@@ -361,7 +363,20 @@ def summarize_versions(service_type: str, data: list[Any]) -> ApiVersion:
         key=lambda d: parse_version(_version_string(d.get("version"))) or (),
     )
     if not entries:
-        return ApiVersion(service_type, None, None, None, None)
+        return ApiVersion(service_type, None, None, None, None, discovered=False)
+    # keystoneauth swallows a failed discovery and guesses the version from the
+    # catalog URL; only a real version document carries a raw status.
+    if not any(d.get("raw_status") for d in entries):
+        return ApiVersion(
+            service_type=service_type,
+            version=_version_string(entries[-1].get("version")),
+            status="NO ANSWER",
+            min_microversion=None,
+            max_microversion=None,
+            versions=[],
+            url=entries[-1].get("url"),
+            discovered=False,
+        )
     current = [d for d in entries if str(d.get("status") or "").upper() == "CURRENT"]
     chosen = current[-1] if current else entries[-1]
     return ApiVersion(
@@ -439,7 +454,7 @@ def _discover(conn: Connection, service_types: list[str]) -> list[ApiVersion]:
 
 def _probe_failure(exc: Exception) -> str:
     status = getattr(exc, "status_code", None) or getattr(exc, "http_status", None)
-    return f"HTTP {status}" if status else _one_line(exc)
+    return f"HTTP {status}" if status else _connection_detail(exc)
 
 
 def _image_capabilities(conn: Connection, report: CloudReport) -> list[Capability]:
@@ -502,7 +517,9 @@ def _usage_capability(conn: Connection) -> Capability:
     try:
         resp = conn.compute.get("/os-simple-tenant-usage", params=params, raise_exc=False)
     except ksa.ClientException as exc:
-        return Capability(name, False, _one_line(exc), _NEEDS["usage"])
+        return Capability(
+            name, False, f"GET /os-simple-tenant-usage: {_probe_failure(exc)}", _NEEDS["usage"]
+        )
     if resp.status_code == 200:
         n = len(resp.json().get("tenant_usages", []))
         return Capability(name, True, f"answers ({n} project(s) in the last hour)", _NEEDS["usage"])
@@ -533,7 +550,12 @@ def _microversion_capability(
     if api is None:
         return Capability(name, False, f"no {service_type} service in the catalog", needed_for)
     have = api.max_microversion
-    detail = f"max microversion {have}" if have else f"{service_type} reports no microversions"
+    if not api.discovered:
+        detail = f"{service_type} did not answer version discovery at {api.url}"
+    elif have:
+        detail = f"max microversion {have}"
+    else:
+        detail = f"{service_type} reports no microversions"
     return Capability(name, version_at_least(have, need), detail, needed_for)
 
 

@@ -199,10 +199,13 @@ def test_summarize_versions_prefers_current() -> None:
             version="2.1",
             url="http://x/v2.1",
             status="CURRENT",
+            raw_status="CURRENT",
             min_microversion="2.1",
             max_microversion="2.96",
         ),
-        discover.VersionData(version="2.0", url="http://x/v2", status="SUPPORTED"),
+        discover.VersionData(
+            version="2.0", url="http://x/v2", status="SUPPORTED", raw_status="SUPPORTED"
+        ),
     ]
     api = clouds.summarize_versions("compute", data)
     assert (api.version, api.status, api.min_microversion, api.max_microversion) == (
@@ -216,13 +219,26 @@ def test_summarize_versions_prefers_current() -> None:
 
 def test_summarize_versions_without_current_takes_the_highest() -> None:
     data = [
-        discover.VersionData(version=f"2.{n}", url="http://x/v2", status="SUPPORTED")
+        discover.VersionData(
+            version=f"2.{n}", url="http://x/v2", status="SUPPORTED", raw_status="SUPPORTED"
+        )
         for n in (17, 3, 9)
     ]
     api = clouds.summarize_versions("image", data)
     assert api.version == "2.17"
     assert api.versions == ["2.3", "2.9", "2.17"]
     assert clouds.summarize_versions("image", []).version is None
+
+
+def test_summarize_versions_knows_a_guess_from_an_answer() -> None:
+    # What keystoneauth returns when the service does not answer: a version
+    # guessed from the catalog URL, with the default status and no raw status.
+    guessed = [discover.VersionData(version="2.1", url="http://127.0.0.1:1/v2.1/")]
+    api = clouds.summarize_versions("compute", guessed)
+    assert api.discovered is False
+    assert api.status == "NO ANSWER"
+    assert api.max_microversion is None
+    assert clouds.summarize_versions("compute", guessed[:0]).discovered is False
 
 
 def test_official_service_type() -> None:

@@ -112,13 +112,16 @@ def _console(stream: TextIO) -> Console:
     return Console(file=stream, width=None if terminal else 10_000, soft_wrap=False)
 
 
-def _table(title: str | None, stream: TextIO) -> Table:
-    return Table(
-        title=title,
-        title_justify="left",
-        box=box.ROUNDED if stream.isatty() else box.ASCII,
-        show_lines=False,
-    )
+def _table(stream: TextIO) -> Table:
+    return Table(box=box.ROUNDED if stream.isatty() else box.ASCII, show_lines=False)
+
+
+def _print(table: Table, title: str | None, stream: TextIO) -> None:
+    console = _console(stream)
+    if title:
+        # A separate line: rich pads a table title with spaces to the table's width.
+        console.print(Text(title, style="bold"))
+    console.print(table)
 
 
 def render_table(
@@ -142,12 +145,12 @@ def render_table(
     if fmt != "table":
         dump([{c: row.get(c) for c in cols} for row in rows], fmt, stream)
         return
-    table = _table(title, stream)
+    table = _table(stream)
     for c in cols:
         table.add_column(c, overflow="fold")
     for row in rows:
         table.add_row(*(_cell(row.get(c), styles) for c in cols))
-    _console(stream).print(table)
+    _print(table, title, stream)
 
 
 def render_one(
@@ -164,12 +167,12 @@ def render_one(
     if fmt != "table":
         dump({k: mapping[k] for k in keys}, fmt, stream)
         return
-    table = _table(title, stream)
+    table = _table(stream)
     table.add_column("Field")
     table.add_column("Value", overflow="fold")
     for k in keys:
         table.add_row(Text(k), _cell(mapping[k], None))
-    _console(stream).print(table)
+    _print(table, title, stream)
 
 
 def error_line(exc: StackhopError | str) -> str:
