@@ -150,6 +150,29 @@ def amqp_answers(timeout: float = 2.0) -> bool:
     return len(head) == 7 and head[0] == 1 and head[1:3] == b"\x00\x00"
 
 
+def epmd_names(timeout: float = 2.0) -> str:
+    """The node names our epmd has registered ('' when it does not answer).
+
+    epmd's NAMES_REQ: a 2-byte length and ``n``; the answer is epmd's port
+    (4 bytes) then lines like ``name stackhop at port 35673``.
+    """
+    try:
+        with socket.create_connection((layout.HOST, layout.EPMD_PORT), timeout=timeout) as s:
+            s.sendall(b"\x00\x01n")
+            chunks = []
+            while chunk := s.recv(4096):
+                chunks.append(chunk)
+    except OSError:
+        return ""
+    return b"".join(chunks)[4:].decode(errors="replace")
+
+
+def _server_answers() -> bool:
+    # Registered with our epmd too: after an epmd restart the node is not, and
+    # rabbitmqctl could no longer find it, so the broker must be restarted.
+    return amqp_answers() and f"name {NODE.split('@')[0]} " in epmd_names()
+
+
 def _vhosts_exist() -> bool:
     listed = set(rabbitmqctl("list_vhosts", "--quiet", "--no-table-headers").split())
     return set(VHOSTS) <= listed
@@ -170,7 +193,7 @@ def server_daemon() -> Daemon:
         name=NAME,
         argv=["/usr/lib/rabbitmq/bin/rabbitmq-server"],
         env=environment(),
-        check=amqp_answers,
+        check=_server_answers,
         ready_timeout=120,
         stop_timeout=30,
     )
