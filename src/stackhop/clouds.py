@@ -162,7 +162,11 @@ def _connection_detail(exc: Exception) -> str:
 
 
 def _loader() -> OpenStackConfig:
-    """A fresh openstacksdk loader: it reads the environment at construction."""
+    """A fresh openstacksdk loader: it reads the environment at construction.
+
+    openstacksdk is imported inside the functions of this module, here and
+    below, so that commands that never talk to a cloud start without it.
+    """
     import openstack.exceptions
     import yaml
     from openstack.config.loader import OpenStackConfig
@@ -195,7 +199,10 @@ def _refuse_skipped_file(loader: OpenStackConfig) -> None:
             return
         try:
             with open(path) as fh:
-                json.load(fh) if path.endswith("json") else yaml.safe_load(fh)
+                if path.endswith("json"):
+                    json.load(fh)
+                else:
+                    yaml.safe_load(fh)
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise ConfigError(
                 f"cannot read the cloud configuration {path}: {_one_line(exc)}"
