@@ -1,0 +1,369 @@
+"""The engine: order, retries, resume, adoption of unknown outcomes, Ctrl-C.
+
+The kinds here live on an in-memory fake cloud (tests/unit/memory_cloud.py)
+that fails exactly when a test says so; the real kinds are tested against the
+testbed clouds in their own issues.
+"""
+
+from __future__ import annotations
+
+import _thread
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from keystoneauth1 import exceptions as ksa_exceptions
+from tests.unit.memory_cloud import Gadget, MemoryCloud, MemoryKind, Widget, gadget, widget
+
+from openstack import exceptions as sdk_exceptions
+from stackhop.engine import Engine, RetryPolicy, RunResult, classify
+from stackhop.errors import ConflictError, Interrupted, OperationFailedError, TransientError
+from stackhop.events import CollectingSink, EventType
+from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal
+from stackhop.kinds.base import DataKind
+from stackhop.plan import Conflict, Create, Operation, Skip, Update, plan
+from stackhop.resolve import USER, Resolver
+
+WIDGET, GADGET = Widget(), Gadget()
+USERS = {"u-src-1": "u-dst-1"}
+
+
+def http_error(status: int, retry_after: str | None = None) -> sdk_exceptions.HttpException:
+    response = requests.Response()
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = retry_after
+    return sdk_exceptions.HttpException(message=f"HTTP {status}", response=response)
+
+
+class Harness:
+    """A journal, a fake destination cloud, and engines wired to them."""
+
+    def __init__(self, path: Path) -> None:
+        self.journal = Journal(path)
+        self.cloud = MemoryCloud()
+        self.sleeps: list[float] = []
+        self.events = CollectingSink()
+        self.resolver = Resolver("dst", maps={USER: USERS}, journal=self.journal)
+
+    def engine(self, workers: int = 4, max_attempts: int = 4) -> Engine:
+        return Engine(
+            self.journal,
+            self.cloud,
+            self.resolver,
+            workers=workers,
+            retry=RetryPolicy(max_attempts=max_attempts, base_delay=0.5, max_delay=4.0),
+            events=self.events,
+            sleep=self.sleeps.append,
+            rng=random.Random(7),
+        )
+
+    def plan(self, records: Mapping[Any, list[dict]], overwrite: bool = False) -> list[Operation]:
+        ops = plan(records, lambda k, r: k.find(self.cloud, r), self.resolver, overwrite)
+        self.cloud.calls.clear()  # count only what the engine does
+        return ops
+
+    def run(self, ops: list[Operation], **kw: Any) -> RunResult:
+        return self.engine(**kw).run(ops, command="test import", source_cloud="src")
+
+    def row(self, kind: str, identity: str):
+        return self.journal.operation("dst", kind, identity)
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    harness = Harness(tmp_path / "journal.sqlite")
+    yield harness
+    harness.journal.close()
+
+
+def test_applies_kinds_in_dependency_order_and_maps_ids(h: Harness) -> None:
+    widgets = [widget(i) for i in range(5)]
+    gadgets = [gadget(i, w["id"]) for i, w in enumerate(widgets)]
+    ops = h.plan({GADGET: gadgets, WIDGET: widgets})
+
+    result = h.run(ops)
+
+    assert result.outcome == "succeeded"
+    assert result.counts["test.widget"]["done"] == 5 and result.counts["test.gadget"]["done"] == 5
+    creates = [kind for call, kind, _ in h.cloud.calls if call == "create"]
+    assert creates == ["test.widget"] * 5 + ["test.gadget"] * 5
+    widget_ids = h.journal.id_map("dst", "test.widget")
+    for g in h.cloud.objects["test.gadget"].values():
+        source_widget = "widget-src-" + g["name"][1:]
+        assert g["widget_id"] == widget_ids[source_widget]  # resolved when applied
+    assert len(h.journal.id_map("dst", "test.gadget")) == 5
+    types = [e.type for e in h.events.events]
+    assert types[0] is EventType.RUN_STARTED and types[-1] is EventType.RUN_FINISHED
+    kinds_started = [e.kind for e in h.events.of_type(EventType.KIND_STARTED)]
+    assert kinds_started == ["test.widget", "test.gadget"]
+    assert len(h.events.of_type(EventType.OPERATION_STARTED)) == 10
+    assert h.journal.run(result.run_id).outcome == "succeeded"
+
+
+def test_503_is_retried_with_jittered_backoff(h: Harness) -> None:
+    h.cloud.fail("test.widget", "create", lambda: http_error(503), lambda: http_error(503))
+    ops = h.plan({WIDGET: [widget(1)]})
+
+    result = h.run(ops)
+
+    assert result.counts["test.widget"]["done"] == 1
+    assert len(h.cloud.objects["test.widget"]) == 1
+    assert len(h.sleeps) == 2
+    assert 0 <= h.sleeps[0] <= 0.5 and 0 <= h.sleeps[1] <= 1.0
+    retries = h.events.of_type(EventType.RETRY)
+    assert [e.detail["attempt"] for e in retries] == [1, 2] and "503" in retries[0].message
+    assert h.row("test.widget", "p-1/w1").attempts == 3
+    # A 503 during a create may hide a success: looked up before each retry.
+    assert h.cloud.count("find") == 2
+
+
+def test_429_waits_for_retry_after(h: Harness) -> None:
+    h.cloud.fail("test.widget", "create", lambda: http_error(429, retry_after="7"))
+    ops = h.plan({WIDGET: [widget(1)]})
+
+    result = h.run(ops)
+
+    assert result.outcome == "succeeded"
+    assert h.sleeps == [7.0]
+    assert h.cloud.count("find") == 0  # a 429 changed nothing: no lookup needed
+
+
+def test_gives_up_after_max_attempts(h: Harness) -> None:
+    h.cloud.fail("test.widget", "create", *[lambda: TransientError("flaky")] * 10)
+    ops = h.plan({WIDGET: [widget(1)]})
+
+    result = h.run(ops, max_attempts=3)
+
+    assert result.outcome == "failed" and result.failed == 1
+    row = h.row("test.widget", "p-1/w1")
+    assert (row.state, row.attempts) == (FAILED, 3) and "flaky" in row.error
+    assert result.errors == [
+        {"kind": "test.widget", "identity": "p-1/w1", "error": "TransientError: flaky"}
+    ]
+    with pytest.raises(OperationFailedError, match=f"stackhop status --run {result.run_id}"):
+        result.raise_for_failures()
+
+
+def test_a_client_error_is_not_retried(h: Harness) -> None:
+    h.cloud.fail("test.widget", "create", lambda: http_error(400))
+    result = h.run(h.plan({WIDGET: [widget(1)]}))
+    assert result.failed == 1 and h.sleeps == []
+    assert h.row("test.widget", "p-1/w1").attempts == 1
+
+
+def test_resume_skips_done_work_and_completes(h: Harness) -> None:
+    ops = h.plan({WIDGET: [widget(i) for i in range(6)]})
+    h.cloud.fail("test.widget", "create", lambda: RuntimeError("disk full"))  # the first create
+
+    first = h.run(ops, workers=1)
+
+    assert first.counts["test.widget"] == {
+        "done": 5, "skipped": 0, "conflict": 0, "failed": 1, "not_started": 0
+    }
+    assert h.row("test.widget", "p-1/w0").error == "RuntimeError: disk full"
+    h.cloud.calls.clear()
+
+    second = h.run(ops)  # the same command again, with the same plan
+
+    assert second.outcome == "succeeded" and second.counts["test.widget"]["done"] == 6
+    assert h.cloud.count("create") == 1  # only the failed one
+    assert len(h.cloud.objects["test.widget"]) == 6
+    assert {o.state for o in h.journal.operations()} == {DONE}
+    assert h.row("test.widget", "p-1/w0").run_id == second.run_id
+    assert h.row("test.widget", "p-1/w1").run_id == first.run_id
+
+
+def test_create_with_unknown_outcome_is_adopted_not_duplicated(h: Harness) -> None:
+    # The connection drops after the cloud created the widget.
+    h.cloud.fail("test.widget", "create", lambda: ConnectionResetError("reset"), after_commit=True)
+    ops = h.plan({WIDGET: [widget(1)]})
+
+    result = h.run(ops)
+
+    assert result.outcome == "succeeded"
+    assert h.cloud.count("create") == 1 and len(h.cloud.objects["test.widget"]) == 1
+    (created,) = h.cloud.objects["test.widget"]
+    assert h.row("test.widget", "p-1/w1").destination_id == created
+    assert h.journal.mapped_id("dst", "test.widget", "widget-src-1") == created
+    finished = h.events.of_type(EventType.OPERATION_FINISHED)
+    assert "adopted" in finished[0].message
+
+
+def test_pending_row_from_a_crashed_run_is_looked_up_before_creating(h: Harness) -> None:
+    w1, w2 = widget(1), widget(2)
+    ops = h.plan({WIDGET: [w1, w2]})
+    crashed = h.journal.start_run("test import").id
+    for record in (w1, w2):  # both were being created when the process died ...
+        h.journal.transition(crashed, "dst", "test.widget", WIDGET.identity(record), PENDING,
+                             action="create", expected=None, attempt=True)
+    there = WIDGET.create(h.cloud, h.resolver.resolve(WIDGET, w1))  # ... and only w1 made it
+    h.cloud.calls.clear()
+
+    result = h.run(ops)
+
+    assert result.outcome == "succeeded"
+    assert [c for c in h.cloud.calls if c[0] == "create"] == [("create", "test.widget", "w2")]
+    assert h.row("test.widget", "p-1/w1").destination_id == there
+    assert len(h.cloud.objects["test.widget"]) == 2
+
+
+def _interrupt_on(h: Harness, engine: Engine, name: str, *, ctrl_c: bool) -> None:
+    def press() -> None:
+        if ctrl_c:
+            _thread.interrupt_main()  # what Ctrl-C does to the main thread
+        else:
+            engine.stop.set()
+        # Keep this call in flight until the engine has seen the stop, so the
+        # test knows which operations were in flight.
+        assert engine.stop.wait(10)
+
+    h.cloud.on("test.widget", "create", name, press)
+
+
+@pytest.mark.parametrize("ctrl_c", [True, False], ids=["ctrl-c", "stop-event"])
+def test_interrupt_finishes_in_flight_work_then_resume_completes(h: Harness, ctrl_c) -> None:
+    ops = h.plan({WIDGET: [widget(i) for i in range(6)], GADGET: [gadget(1, "widget-src-0")]})
+    engine = h.engine(workers=1)
+    _interrupt_on(h, engine, "w2", ctrl_c=ctrl_c)
+
+    with pytest.raises(Interrupted) as caught:
+        engine.run(ops, command="test import")
+
+    result = caught.value.fields["result"]
+    assert result.outcome == "interrupted"
+    assert result.counts["test.widget"]["done"] == 3  # w0, w1 and the in-flight w2
+    assert result.counts["test.widget"]["not_started"] == 3
+    assert result.counts["test.gadget"]["not_started"] == 1
+    assert h.row("test.widget", "p-1/w2").state == DONE
+    assert h.row("test.widget", "p-1/w3") is None
+    assert h.journal.run(result.run_id).outcome == "interrupted"
+    assert f"run {result.run_id}" in caught.value.message
+
+    h.cloud.on("test.widget", "create", "w2", lambda: None)
+    resumed = h.run(ops)
+    assert resumed.outcome == "succeeded"
+    assert len(h.cloud.objects["test.widget"]) == 6 and len(h.cloud.objects["test.gadget"]) == 1
+
+
+def test_dependents_of_a_failed_create_are_not_attempted(h: Harness) -> None:
+    h.cloud.fail("test.widget", "create", lambda: http_error(409))
+    ops = h.plan({WIDGET: [widget(1)], GADGET: [gadget(1, "widget-src-1")]})
+
+    result = h.run(ops)
+
+    assert result.counts["test.gadget"]["failed"] == 1
+    row = h.row("test.gadget", "p-1/g1")
+    assert (row.state, row.attempts) == (FAILED, 0)
+    assert "depends on test.widget 'p-1/w1', which failed" in row.error
+    assert h.cloud.count("create", "test.gadget") == 0
+
+
+def test_skips_and_conflicts_are_journaled(h: Harness) -> None:
+    same, different = widget(1), widget(2)
+    kept = WIDGET.create(h.cloud, h.resolver.resolve(WIDGET, same))
+    WIDGET.create(h.cloud, {**h.resolver.resolve(WIDGET, different), "size": 9})
+    ops = h.plan({WIDGET: [same, different, widget(3, owner="stranger")]})
+    assert [type(o) for o in ops] == [Skip, Conflict, Conflict]
+
+    result = h.run(ops)
+
+    assert result.outcome == "conflicts"
+    assert result.counts["test.widget"] == {
+        "done": 0, "skipped": 1, "conflict": 2, "failed": 0, "not_started": 0
+    }
+    skip = h.row("test.widget", "p-1/w1")
+    assert (skip.state, skip.action, skip.destination_id) == (SKIPPED, "skip", kept)
+    assert h.journal.mapped_id("dst", "test.widget", "widget-src-1") == kept
+    conflict = h.row("test.widget", "p-1/w2")
+    assert (conflict.state, conflict.action) == (SKIPPED, "conflict")
+    assert "size" in conflict.error
+    assert h.cloud.count("create") == 0 and h.cloud.count("update") == 0
+    with pytest.raises(ConflictError, match="--overwrite"):
+        result.raise_for_failures()
+
+
+def test_update_keeps_the_before_state(h: Harness) -> None:
+    dst_id = WIDGET.create(h.cloud, {**h.resolver.resolve(WIDGET, widget(1)), "size": 5})
+    ops = h.plan({WIDGET: [widget(1, size=1)]}, overwrite=True)
+    assert isinstance(ops[0], Update)
+
+    result = h.run(ops)
+
+    assert result.counts["test.widget"]["done"] == 1
+    assert h.cloud.objects["test.widget"][dst_id]["size"] == 1
+    row = h.row("test.widget", "p-1/w1")
+    assert (row.action, row.destination_id) == ("update", dst_id)
+    assert row.before["size"] == 5 and row.before["id"] == dst_id
+
+
+class Blob(MemoryKind, DataKind):
+    """A kind with bytes (like an image), on the in-memory fake cloud."""
+
+    name = "test.blob"
+    references = {"project_id": "identity.project"}
+    portable_fields = ("name", "project_id")
+
+    def data_size(self, record: Mapping[str, Any]) -> int | None:
+        return len(record["data"])
+
+    def copy_data(self, conn, record, destination_id, progress) -> None:
+        data = record["data"].encode()
+        for end in range(0, len(data) + 1, 4)[1:]:
+            progress(end, len(data))
+        conn.objects[self.name][destination_id]["data"] = record["data"]
+
+
+def test_data_is_copied_after_its_object_is_created(h: Harness) -> None:
+    blob = Blob()
+    record = {"id": "blob-src-1", "name": "b1", "project_id": "p-1", "data": "0123456789ab"}
+    ops = h.plan({blob: [record]})
+    assert [o.action for o in ops] == ["create", "copy"]
+    assert ops[1].depends_on == (("test.blob", "p-1/b1"),) and ops[1].size == 12
+
+    result = h.run(ops)
+
+    assert result.counts["test.blob"]["done"] == 2
+    (stored,) = h.cloud.objects["test.blob"].values()
+    assert stored["data"] == "0123456789ab"
+    progress = h.events.of_type(EventType.PROGRESS)
+    assert [(e.done, e.total, e.unit) for e in progress] == [(4, 12, "bytes"), (8, 12, "bytes"),
+                                                              (12, 12, "bytes")]
+    assert h.row("test.blob", "p-1/b1#data").state == DONE
+
+
+def test_classify_maps_client_library_errors() -> None:
+    assert classify(http_error(503)).transient and not classify(http_error(503)).outcome_known
+    too_many = classify(http_error(429, retry_after="12"))
+    assert too_many.transient and too_many.outcome_known and too_many.retry_after == 12.0
+    dated = classify(http_error(429, retry_after="Wed, 21 Oct 2015 07:28:00 GMT"))
+    assert dated.retry_after == 0.0  # a date in the past: retry now
+    assert not classify(http_error(404)).transient
+    assert classify(ksa_exceptions.ServiceUnavailable()).transient
+    assert classify(ksa_exceptions.ConnectFailure("refused")).transient
+    assert classify(ksa_exceptions.ConnectTimeout("slow")).outcome_known
+    assert classify(requests.ConnectionError("reset")).transient
+    assert classify(TransientError("x", retry_after=3)).retry_after == 3
+    assert not classify(ValueError("bug")).transient
+
+
+def test_retry_policy_is_full_jitter_with_a_cap() -> None:
+    policy = RetryPolicy(base_delay=1.0, max_delay=8.0, max_retry_after=30.0)
+    rng = random.Random(3)
+    for attempt in range(1, 10):
+        bound = min(8.0, 2 ** (attempt - 1))
+        delays = [policy.delay(attempt, None, rng) for _ in range(200)]
+        assert all(0 <= d <= bound for d in delays)
+        assert max(delays) > bound / 2  # jitter spans the range, not a constant
+    assert policy.delay(1, 5.0, rng) == 5.0
+    assert policy.delay(1, 3600.0, rng) == 30.0
+
+
+def test_operations_with_create_type_only_reach_create(h: Harness) -> None:
+    ops = h.plan({WIDGET: [widget(1)]})
+    assert isinstance(ops[0], Create)
+    h.run(ops)
+    assert h.cloud.count("update") == 0 and h.cloud.count("create") == 1
