@@ -8,6 +8,7 @@ testbed clouds in their own issues.
 from __future__ import annotations
 
 import _thread
+import json
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -367,3 +368,27 @@ def test_operations_with_create_type_only_reach_create(h: Harness) -> None:
     assert isinstance(ops[0], Create)
     h.run(ops)
     assert h.cloud.count("update") == 0 and h.cloud.count("create") == 1
+
+
+def test_status_command_shows_runs_counts_and_failures(h: Harness, capsys) -> None:
+    from stackhop.cli.main import main
+
+    h.cloud.fail("test.widget", "create", lambda: http_error(400))
+    result = h.run(h.plan({WIDGET: [widget(1), widget(2)]}), workers=1)
+    journal = str(h.journal.url.database)
+
+    assert main(["status", "--journal", journal, "-f", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in shown["runs"]] == [result.run_id]
+    assert shown["runs"][0]["outcome"] == "failed"
+    assert shown["kinds"] == [
+        {"kind": "test.widget", "pending": 0, "done": 1, "failed": 1, "skipped": 0}
+    ]
+    assert shown["failed"][0]["identity"] == "p-1/w1" and "400" in shown["failed"][0]["error"]
+
+    assert main(["status", "--journal", journal, "--run", result.run_id[:8]]) == 0
+    table = capsys.readouterr().out
+    assert result.run_id in table and "Failed operations" in table and "p-1/w1" in table
+
+    assert main(["status", "--journal", journal + ".missing"]) == 3
+    assert "no journal at" in capsys.readouterr().err
