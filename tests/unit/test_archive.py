@@ -16,6 +16,7 @@ import pytest
 import zstandard
 
 import stackhop
+import stackhop.archive as archive_module
 from stackhop.archive import (
     FORMAT_VERSION,
     ArchiveReader,
@@ -165,6 +166,22 @@ def test_round_trip_keeps_interleaved_kinds_in_order(tmp_path: Path, compression
             assert list(reader.records(kind)) == written[kind]
         # Reading twice gives the same records: each read streams the member again.
         assert list(reader.records("glance.image")) == written["glance.image"]
+
+
+def test_bz2_archive_is_written_as_parallel_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archive_module._ParallelBz2Writer, "CHUNK", 64 * 1024)
+    path = tmp_path / "export.shop"
+    records = [{"name": f"k{i}", "fp": f"{i * 7919:x}"} for i in range(20000)]
+    write_archive(path, [("nova.keypair", r) for r in records], compression="bz2")
+    assert path.read_bytes().count(b"BZh9") >= 5  # one header per independent stream
+    with ArchiveReader(path) as reader:
+        assert list(reader.records("nova.keypair")) == records
+    # Cut at the start of the last stream: whole streams only, the tar is incomplete.
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rindex(b"BZh9")])
+    assert refusal(path) == damaged(path, "the tar data ends early (truncated)")
 
 
 def test_manifest_describes_the_archive(tmp_path: Path) -> None:
