@@ -12,28 +12,25 @@ stays constant whatever the number of records; the archive appears under its
 final name atomically, with mode 0600, or not at all.
 
 Reading trusts nothing: :class:`ArchiveReader` walks the whole tar once with
-its own strict parser (no ``tarfile`` extraction, nothing written to disk) and
+its own strict parser (:mod:`stackhop.tarstream`: no extraction, nothing on disk) and
 checks every member against the manifest before a single record is returned.
 """
 
 from __future__ import annotations
 
-import bz2
-import concurrent.futures
 import hashlib
 import json
 import os
 import re
 import shutil
 import stat
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, Protocol, cast
+from typing import Any
 
 import zstandard
 
@@ -43,8 +40,20 @@ from stackhop.errors import (
     ArchiveFormatError,
     ArchiveIntegrityError,
     ArchiveSecretError,
-    ArchiveUnsafeError,
     NotAnArchiveError,
+)
+from stackhop.tarstream import (
+    IO_CHUNK,
+    ZSTD_MAGIC,
+    Compression,
+    DecompressedStream,
+    ParallelBz2Writer,
+    TarMember,
+    TarReader,
+    TarWriter,
+    check_zstd_frames,
+    read_all,
+    refuse_unsafe,
 )
 
 FORMAT_NAME = "stackhop-archive"
@@ -54,22 +63,14 @@ FORMAT_VERSION = 1
 MINIMUM_READER: dict[int, str] = {1: "0.1.0"}
 
 MANIFEST_NAME = "manifest.json"
-Compression = Literal["zstd", "bz2"]
 COMPRESSIONS: tuple[Compression, ...] = ("zstd", "bz2")
 
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _BZ2_MAGIC = re.compile(rb"BZh[1-9]")
 _KIND_RE = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*")
 _KIND_MAX = 80  # keeps member names inside a plain ustar header
 
-_BLOCK = 512
-_RECORD = 20 * _BLOCK  # tar record size; the end of the archive is padded to it
-_ZERO_BLOCK = bytes(_BLOCK)
-_IO_CHUNK = 1 << 20
 _SPOOL_FLUSH_CHARS = 1 << 20
 _MANIFEST_MAX = 16 << 20
-_EXTENDED_HEADER_MAX = 1 << 20
-_CODEC_PROBE = 4 << 20  # more than a bzip2 block, so its CRC is checked
 
 
 def member_name(kind: str) -> str:
@@ -296,10 +297,6 @@ def _line_encoder() -> Callable[[Any], str]:
     return encode
 
 
-class _Sink(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-
-
 class _Spool:
     """Records of one kind, encoded and hashed as they arrive, in a private file."""
 
@@ -338,96 +335,6 @@ class _Spool:
 
     def discard(self) -> None:
         self._file.close()
-
-
-class _ParallelBz2Writer:
-    """bzip2 in independent streams compressed on all cores (as pbzip2 does).
-
-    bzip2 runs at a few MB/s per core, so one stream makes it the bottleneck;
-    concatenated streams are valid bzip2 that every reader (``bzip2 -d``,
-    ``tar -j``, Python) decompresses as one. ``bz2.compress`` releases the GIL,
-    so threads use the cores. At most two chunks per worker are in flight.
-    """
-
-    CHUNK = 4 << 20
-
-    def __init__(self, sink: IO[bytes], level: int) -> None:
-        self._sink = sink
-        self._level = level
-        self._workers = max(1, min(os.cpu_count() or 1, 8))
-        self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, "stackhop-bz2")
-        self._pending: list[concurrent.futures.Future[bytes]] = []
-        self._buffer = bytearray()
-
-    def write(self, data: bytes) -> int:
-        self._buffer += data
-        while len(self._buffer) >= self.CHUNK:
-            self._submit(bytes(self._buffer[: self.CHUNK]))
-            del self._buffer[: self.CHUNK]
-        return len(data)
-
-    def _submit(self, chunk: bytes) -> None:
-        self._pending.append(self._pool.submit(bz2.compress, chunk, self._level))
-        while len(self._pending) > 2 * self._workers:
-            self._sink.write(self._pending.pop(0).result())
-
-    def close(self) -> None:
-        try:
-            if self._buffer or not self._pending:
-                self._submit(bytes(self._buffer))
-                self._buffer.clear()
-            for future in self._pending:
-                self._sink.write(future.result())
-            self._pending.clear()
-        finally:
-            self._pool.shutdown(cancel_futures=True)
-
-
-class _TarWriter:
-    """Writes tar members (PAX format headers, regular files only) to a sink."""
-
-    def __init__(self, sink: _Sink, mtime: int) -> None:
-        self._sink = sink
-        self._mtime = mtime
-        self._written = 0
-
-    def _put(self, data: bytes) -> None:
-        self._sink.write(data)
-        self._written += len(data)
-
-    def _header(self, name: str, size: int) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = size
-        info.mode = 0o600
-        info.mtime = self._mtime
-        info.type = tarfile.REGTYPE
-        info.uname = info.gname = ""
-        self._put(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict"))
-
-    def _pad(self, size: int) -> None:
-        if size % _BLOCK:
-            self._put(bytes(_BLOCK - size % _BLOCK))
-
-    def add_bytes(self, name: str, data: bytes) -> None:
-        self._header(name, len(data))
-        self._put(data)
-        self._pad(len(data))
-
-    def add_file(self, name: str, path: Path, size: int) -> None:
-        self._header(name, size)
-        copied = 0
-        with open(path, "rb", buffering=0) as source:
-            while chunk := source.read(_IO_CHUNK):
-                self._put(chunk)
-                copied += len(chunk)
-        if copied != size:  # the spool is ours alone; a mismatch means a local fault
-            raise ArchiveError(f"spool file {path} changed while the archive was assembled")
-        self._pad(size)
-
-    def finish(self) -> None:
-        self._put(_ZERO_BLOCK * 2)
-        if self._written % _RECORD:
-            self._put(bytes(_RECORD - self._written % _RECORD))
 
 
 class ArchiveWriter:
@@ -566,15 +473,15 @@ class ArchiveWriter:
         manifest_bytes = json.dumps(manifest.to_json(), indent=2).encode("ascii") + b"\n"
         fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.fchmod(fd, 0o600)  # exact mode whatever the umask
-        with open(fd, "wb", buffering=_IO_CHUNK) as raw:
+        with open(fd, "wb", buffering=IO_CHUNK) as raw:
             compressor: Any
             if self.compression == "zstd":
                 compressor = zstandard.ZstdCompressor(
                     level=self.level, write_checksum=True, threads=0
-                ).stream_writer(raw, closefd=False, write_size=_IO_CHUNK)
+                ).stream_writer(raw, closefd=False, write_size=IO_CHUNK)
             else:
-                compressor = _ParallelBz2Writer(raw, self.level)
-            tar = _TarWriter(compressor, mtime)
+                compressor = ParallelBz2Writer(raw, self.level)
+            tar = TarWriter(compressor, mtime)
             tar.add_bytes(MANIFEST_NAME, manifest_bytes)
             for kind in manifest.record_counts:
                 name = member_name(kind)
@@ -615,305 +522,6 @@ class ArchiveWriter:
 # --------------------------------------------------------------------------- reading
 
 
-class _PositionalFile:
-    """A read-only view of a held file descriptor with its own offset (``pread``)."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = max(os.fstat(self._fd).st_size - self._pos, 0)
-        data = os.pread(self._fd, size, self._pos)
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        return None
-
-    @property
-    def closed(self) -> bool:
-        return False
-
-
-def _check_zstd_frames(fd: int, size: int, path: Path) -> None:
-    """Walk the zstd frame and block headers: refuse a truncated stream or trailing junk.
-
-    The decompressor alone returns a clean end of data when the input stops in
-    the middle of a frame, so completeness is checked from the frame structure.
-    """
-
-    def read(offset: int, length: int) -> bytes:
-        data = os.pread(fd, length, offset)
-        if len(data) < length:
-            raise ArchiveIntegrityError(path=path, detail="the zstd stream ends early (truncated)")
-        return data
-
-    pos = 0
-    while pos < size:
-        magic = read(pos, 4)
-        if 0x184D2A50 <= int.from_bytes(magic, "little") <= 0x184D2A5F:  # skippable frame
-            pos += 8 + int.from_bytes(read(pos + 4, 4), "little")
-            continue
-        if magic != _ZSTD_MAGIC:
-            raise ArchiveIntegrityError(path=path, detail="data follows the end of the zstd stream")
-        descriptor = read(pos + 4, 1)[0]
-        if descriptor & 0x08:
-            raise ArchiveIntegrityError(path=path, detail="the zstd stream is corrupt")
-        single_segment = (descriptor >> 5) & 1
-        content_size_bytes = (single_segment, 2, 4, 8)[descriptor >> 6]
-        dict_id_bytes = (0, 1, 2, 4)[descriptor & 3]
-        pos += 5 + (0 if single_segment else 1) + dict_id_bytes + content_size_bytes
-        while True:
-            block = int.from_bytes(read(pos, 3), "little")
-            block_type = (block >> 1) & 3
-            if block_type == 3:
-                raise ArchiveIntegrityError(path=path, detail="the zstd stream is corrupt")
-            pos += 3 + (1 if block_type == 1 else block >> 3)
-            if block & 1:
-                break
-        if descriptor & 0x04:
-            pos += 4
-        if pos > size:
-            raise ArchiveIntegrityError(path=path, detail="the zstd stream ends early (truncated)")
-
-
-class _Decompressed:
-    """The uncompressed tar stream, mapping codec errors to archive errors."""
-
-    def __init__(self, fd: int, compression: Compression, path: Path) -> None:
-        self._path = path
-        self._compression = compression
-        source = cast(IO[bytes], _PositionalFile(fd))
-        self._reader: IO[bytes]
-        if compression == "zstd":
-            self._reader = zstandard.ZstdDecompressor().stream_reader(
-                source, read_size=_IO_CHUNK, read_across_frames=True, closefd=False
-            )
-        else:
-            self._reader = bz2.BZ2File(source, "rb")
-
-    def read(self, size: int) -> bytes:
-        try:
-            return self._reader.read(size)
-        except EOFError:
-            raise ArchiveIntegrityError(
-                path=self._path, detail=f"the {self._compression} stream ends early (truncated)"
-            ) from None
-        except (zstandard.ZstdError, OSError) as exc:
-            raise ArchiveIntegrityError(
-                path=self._path, detail=f"the {self._compression} stream is corrupt ({exc})"
-            ) from None
-
-    def close(self) -> None:
-        self._reader.close()
-
-
-@dataclass
-class _Member:
-    """One tar member under the reading cursor; ``read`` stops at its end."""
-
-    name: str
-    typeflag: bytes
-    size: int
-    stream: _TarReader
-
-    def read(self, size: int) -> bytes:
-        return self.stream.read_data(size)
-
-
-class _TarReader:
-    """A strict, streaming tar parser: regular files, PAX and GNU long-name headers only.
-
-    ``tarfile`` would read an extended header of any declared size into memory;
-    this parser caps them, and it never touches the filesystem.
-    """
-
-    def __init__(self, stream: _Decompressed, path: Path) -> None:
-        self._stream = stream
-        self._path = path
-        self._remaining = 0  # data bytes left in the current member
-        self._padding = 0
-
-    def _exact(self, size: int) -> bytes:
-        parts: list[bytes] = []
-        missing = size
-        while missing:
-            data = self._stream.read(missing)
-            if not data:
-                break
-            parts.append(data)
-            missing -= len(data)
-        return b"".join(parts)
-
-    def _truncated(self) -> ArchiveIntegrityError:
-        return ArchiveIntegrityError(path=self._path, detail="the tar data ends early (truncated)")
-
-    def read_data(self, size: int) -> bytes:
-        size = min(size, self._remaining)
-        if size <= 0:
-            return b""
-        data = self._stream.read(size)
-        if not data:
-            raise self._truncated()
-        self._remaining -= len(data)
-        return data
-
-    def _skip_rest(self) -> None:
-        while self._remaining:
-            self.read_data(_IO_CHUNK)
-        if self._padding and len(self._exact(self._padding)) != self._padding:
-            raise self._truncated()
-        self._padding = 0
-
-    def members(self) -> Iterator[_Member]:
-        """Yield each member; a member's data must be read (or is skipped) before the next."""
-        extended: dict[str, str] = {}
-        first = True
-        while True:
-            header = self._exact(_BLOCK)
-            if len(header) < _BLOCK:
-                if first and not header:
-                    raise NotAnArchiveError(path=self._path, reason="it holds no data")
-                raise self._truncated()
-            if header == _ZERO_BLOCK:
-                self._finish()
-                return
-            if not _header_checksum_ok(header):
-                # A damaged compressed block yields garbage before its checksum is
-                # reached; read on a little so the codec can name the real fault.
-                self._drain(_CODEC_PROBE)
-                if first:
-                    raise NotAnArchiveError(path=self._path, reason="its content is not a tar")
-                raise ArchiveIntegrityError(path=self._path, detail="a tar header is corrupt")
-            first = False
-            typeflag = header[156:157]
-            size = _parse_number(header[124:136])
-            if size is None:
-                raise ArchiveIntegrityError(path=self._path, detail="a tar header is corrupt")
-            if typeflag in (b"x", b"g", b"L", b"K"):
-                if size > _EXTENDED_HEADER_MAX:
-                    raise ArchiveIntegrityError(
-                        path=self._path, detail=f"an extended tar header of {size} bytes"
-                    )
-                data = self._exact(size)
-                if len(data) < size or len(self._exact(-size % _BLOCK)) != -size % _BLOCK:
-                    raise self._truncated()
-                if typeflag == b"x":
-                    extended.update(self._parse_pax(data))
-                elif typeflag == b"L":
-                    extended["path"] = data.rstrip(b"\0").decode("utf-8", "replace")
-                continue  # global headers and long link names change nothing we read
-            name = extended.get("path") or _ustar_name(header)
-            if "size" in extended:
-                size = _non_negative(int(extended["size"])) if extended["size"].isdigit() else -1
-                if size < 0:
-                    raise ArchiveIntegrityError(path=self._path, detail="a tar header is corrupt")
-            extended = {}
-            has_data = typeflag in (b"0", b"\0", b"7")
-            self._remaining = size if has_data else 0
-            self._padding = -self._remaining % _BLOCK
-            yield _Member(name=name, typeflag=typeflag, size=size, stream=self)
-            self._skip_rest()
-
-    def _drain(self, limit: int) -> None:
-        while limit > 0 and (chunk := self._stream.read(min(limit, _IO_CHUNK))):
-            limit -= len(chunk)
-
-    def _parse_pax(self, data: bytes) -> dict[str, str]:
-        records: dict[str, str] = {}
-        pos = 0
-        try:
-            while pos < len(data) and data[pos] != 0:
-                space = data.index(b" ", pos)
-                length = int(data[pos:space])
-                record = data[space + 1 : pos + length]
-                if length <= 0 or not record.endswith(b"\n"):
-                    raise ValueError("bad record")
-                key, _, value = record[:-1].partition(b"=")
-                records[key.decode("utf-8")] = value.decode("utf-8")
-                pos += length
-        except (ValueError, UnicodeDecodeError):
-            raise ArchiveIntegrityError(
-                path=self._path, detail="a PAX tar header is corrupt"
-            ) from None
-        return records
-
-    def _finish(self) -> None:
-        """After the end-of-archive block only zero padding may follow, up to the stream's end.
-
-        Reading to the end also makes the decompressor check the frame checksum.
-        """
-        while chunk := self._stream.read(_IO_CHUNK):
-            if chunk.count(0) != len(chunk):
-                raise ArchiveIntegrityError(
-                    path=self._path, detail="data follows the end of the tar"
-                )
-
-
-def _header_checksum_ok(header: bytes) -> bool:
-    stored = _parse_number(header[148:156])
-    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
-    return stored is not None and stored == unsigned
-
-
-def _parse_number(field: bytes) -> int | None:
-    if field[:1] == b"\x80":  # GNU base-256 for values beyond the octal field
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip(b" ")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        return None
-
-
-def _ustar_name(header: bytes) -> str:
-    name = header[0:100].split(b"\0", 1)[0]
-    if header[257:262] == b"ustar":
-        prefix = header[345:500].split(b"\0", 1)[0]
-        if prefix:
-            name = prefix + b"/" + name
-    return name.decode("utf-8", "replace")
-
-
-_TYPE_NAMES = {
-    b"1": "hard link",
-    b"2": "symbolic link",
-    b"3": "character device",
-    b"4": "block device",
-    b"6": "fifo",
-}
-
-
-def _refuse_unsafe(member: _Member, path: Path) -> None:
-    """Raise for a member no reader should act on, whatever the manifest says."""
-    name = member.name
-    reason = None
-    if not name:
-        reason = "empty name"
-    elif name.startswith("/") or name.startswith("\\") or re.match(r"[A-Za-z]:[\\/]", name):
-        reason = "absolute path"
-    elif ".." in re.split(r"[\\/]", name):
-        reason = "path with '..'"
-    elif member.typeflag in _TYPE_NAMES:
-        reason = _TYPE_NAMES[member.typeflag]
-    elif member.typeflag not in (b"0", b"\0", b"7", b"5"):
-        reason = f"unsupported tar member type {member.typeflag!r}"
-    if reason is not None:
-        raise ArchiveUnsafeError(path=path, member=name, reason=reason)
-
-
 class ArchiveReader:
     """Read a portable archive, verified in full before any record is returned.
 
@@ -939,7 +547,7 @@ class ArchiveReader:
                 raise NotAnArchiveError(path=self.path, reason="it is not a regular file")
             self.compression = self._detect(info.st_size)
             if self.compression == "zstd":
-                _check_zstd_frames(self._fd, info.st_size, self.path)
+                check_zstd_frames(self._fd, info.st_size, self.path)
             self._manifest = self._verify()
         except BaseException:
             self.close()
@@ -971,18 +579,18 @@ class ArchiveReader:
 
     def _detect(self, size: int) -> Compression:
         head = os.pread(self._fd, 4, 0)
-        if head == _ZSTD_MAGIC:
+        if head == ZSTD_MAGIC:
             return "zstd"
         if _BZ2_MAGIC.fullmatch(head):
             return "bz2"
         reason = "it is empty" if size == 0 else "it is neither zstd nor bzip2 compressed"
         raise NotAnArchiveError(path=self.path, reason=reason)
 
-    def _open_members(self) -> tuple[_Decompressed, Iterator[_Member]]:
+    def _open_members(self) -> tuple[DecompressedStream, Iterator[TarMember]]:
         if self._fd < 0:
             raise ArchiveError(f"archive {self.path} is closed")
-        stream = _Decompressed(self._fd, self.compression, self.path)
-        return stream, _TarReader(stream, self.path).members()
+        stream = DecompressedStream(self._fd, self.compression, self.path)
+        return stream, TarReader(stream, self.path).members()
 
     def _verify(self) -> Manifest:
         stream, members = self._open_members()
@@ -990,7 +598,7 @@ class ArchiveReader:
             first = next(members, None)
             if first is None:
                 raise NotAnArchiveError(path=self.path, reason="its tar holds no members")
-            _refuse_unsafe(first, self.path)
+            refuse_unsafe(first, self.path)
             if first.name != MANIFEST_NAME:
                 raise NotAnArchiveError(
                     path=self.path,
@@ -998,10 +606,10 @@ class ArchiveReader:
                 )
             if first.size > _MANIFEST_MAX:
                 raise ArchiveIntegrityError(path=self.path, detail="manifest.json is too large")
-            manifest = Manifest.from_json(_read_all(first), self.path)
+            manifest = Manifest.from_json(read_all(first), self.path)
             seen: set[str] = set()
             for member in members:
-                _refuse_unsafe(member, self.path)
+                refuse_unsafe(member, self.path)
                 self._check_member(manifest, member, seen)
             missing = sorted(set(manifest.members) - seen)
             if missing:
@@ -1013,7 +621,7 @@ class ArchiveReader:
         finally:
             stream.close()
 
-    def _check_member(self, manifest: Manifest, member: _Member, seen: set[str]) -> None:
+    def _check_member(self, manifest: Manifest, member: TarMember, seen: set[str]) -> None:
         def damaged(detail: str) -> ArchiveIntegrityError:
             return ArchiveIntegrityError(path=self.path, detail=f"member {member.name!r} {detail}")
 
@@ -1026,7 +634,7 @@ class ArchiveReader:
             raise damaged(f"is {member.size} bytes, the manifest says {expected.size}")
         digest = hashlib.sha256()
         lines = 0
-        while chunk := member.read(_IO_CHUNK):
+        while chunk := member.read(IO_CHUNK):
             digest.update(chunk)
             lines += chunk.count(b"\n")
         if digest.hexdigest() != expected.sha256:
@@ -1051,7 +659,7 @@ class ArchiveReader:
         stream, members = self._open_members()
         try:
             for member in members:
-                _refuse_unsafe(member, self.path)
+                refuse_unsafe(member, self.path)
                 if member.name == name:
                     yield from self._parse_lines(member, expected)
                     return
@@ -1059,13 +667,13 @@ class ArchiveReader:
         finally:
             stream.close()
 
-    def _parse_lines(self, member: _Member, expected: MemberDigest) -> Iterator[dict[str, Any]]:
+    def _parse_lines(self, member: TarMember, expected: MemberDigest) -> Iterator[dict[str, Any]]:
         digest = hashlib.sha256()
         size = 0
         number = 0
         partial = b""
         loads = json.loads
-        while chunk := member.read(_IO_CHUNK):
+        while chunk := member.read(IO_CHUNK):
             digest.update(chunk)
             size += len(chunk)
             lines = (partial + chunk).split(b"\n")
@@ -1085,10 +693,3 @@ class ArchiveReader:
             raise ArchiveIntegrityError(
                 path=self.path, detail=f"member {member.name!r} changed after it was verified"
             )
-
-
-def _read_all(member: _Member) -> bytes:
-    parts = []
-    while chunk := member.read(_IO_CHUNK):
-        parts.append(chunk)
-    return b"".join(parts)

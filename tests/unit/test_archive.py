@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 import stackhop
-import stackhop.archive as archive_module
+import stackhop.tarstream as tarstream
 from stackhop.archive import (
     FORMAT_VERSION,
     ArchiveReader,
@@ -171,7 +171,7 @@ def test_round_trip_keeps_interleaved_kinds_in_order(tmp_path: Path, compression
 def test_bz2_archive_is_written_as_parallel_streams(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(archive_module._ParallelBz2Writer, "CHUNK", 64 * 1024)
+    monkeypatch.setattr(tarstream.ParallelBz2Writer, "CHUNK", 64 * 1024)
     path = tmp_path / "export.shop"
     records = [{"name": f"k{i}", "fp": f"{i * 7919:x}"} for i in range(20000)]
     write_archive(path, [("nova.keypair", r) for r in records], compression="bz2")
