@@ -21,6 +21,7 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from testbed import layout
@@ -91,7 +92,7 @@ def ceph(c: layout.CloudLayout, *args: str, timeout: float = 120) -> str:
     ).stdout
 
 
-def admin_socket(path: Path, prefix: str, timeout: float = 2.0) -> dict | None:
+def admin_socket(path: Path, prefix: str, timeout: float = 2.0) -> dict[str, object] | None:
     """Ask a Ceph daemon over its admin socket; ``None`` when it does not answer.
 
     The protocol: a JSON command ended by a NUL byte; the answer is a
@@ -145,7 +146,8 @@ def _osd_answers(c: layout.CloudLayout) -> bool:
     return _daemon_state(c, f"osd.{cfg.OSD_ID}", "status", "state") == "active"
 
 
-def _daemon(c: layout.CloudLayout, kind: str, ident: str | int, check) -> Daemon:  # type: ignore[no-untyped-def]
+def _daemon(c: layout.CloudLayout, kind: str, ident: str | int,
+            check: Callable[[layout.CloudLayout], bool]) -> Daemon:
     return Daemon(
         name=f"ceph-{c.name}-{kind}",
         argv=[f"/usr/bin/ceph-{kind}", "-f", "--conf", str(c.ceph_conf), "-i", str(ident)],
@@ -243,6 +245,9 @@ def _setup(c: layout.CloudLayout) -> None:
         write_file(c.ceph_conf, cfg.cluster_conf(c, _fsid(c)))
         write_file(cinder_conf(c), cfg.client_conf(c, _fsid(c)))
         return
+    # An interrupted bootstrap may have left daemons running on what is wiped next.
+    for daemon in (osd_daemon(c), mgr_daemon(c), mon_daemon(c)):
+        daemon.stop()
     _wipe(c)
     for d in (cfg.run_dir(c), cfg.log_dir(c), c.ceph_dir / "crash"):
         d.mkdir(parents=True, exist_ok=True)

@@ -79,12 +79,15 @@ def _setup() -> None:
     _initialise()
 
 
+def _succeeds(argv: list[str]) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def _answers() -> bool:
-    proc = subprocess.run(
-        ["mariadb-admin", f"--defaults-file={CONFIG}", "--connect-timeout=2", "ping"],
-        capture_output=True, text=True, timeout=10,
-    )
-    return proc.returncode == 0
+    return _succeeds(["mariadb-admin", f"--defaults-file={CONFIG}", "--connect-timeout=2", "ping"])
 
 
 def sql(statement: str, database: str | None = None) -> str:
@@ -137,19 +140,17 @@ def component() -> Component:
         daemons=[daemon()],
         setup=_setup,
         after_start=_grant_service_user,
-        checks={"mariadb tcp": lambda: _tcp_login_works()},
+        checks={"mariadb tcp": _tcp_login_works},
     )
 
 
 def _tcp_login_works() -> bool:
     """The services' user logs in over TCP (what every OpenStack service does)."""
-    proc = subprocess.run(
+    return _succeeds(
         ["mariadb", "--no-defaults", "-h", layout.HOST, "-P", str(layout.MARIADB_PORT),
          "-u", layout.DB_USER, f"-p{layout.DB_PASSWORD}", "--connect-timeout=2",
-         "-e", "SELECT 1"],
-        capture_output=True, text=True, timeout=10,
+         "-e", "SELECT 1"]
     )
-    return proc.returncode == 0
 
 
 def socket_path() -> Path:

@@ -37,8 +37,9 @@ DEFINITIONS = BASE_DIR / "definitions.json"
 PLUGINS = BASE_DIR / "enabled_plugins"
 ENV_FILE = BASE_DIR / "rabbitmq-env.conf"
 
-# Erlang's distribution (node <-> rabbitmqctl) on loopback only.
-_LOOPBACK_DIST = "-kernel inet_dist_use_interface {127,0,0,1}"
+# Erlang's distribution (node <-> rabbitmqctl) on loopback only, and never an
+# `epmd -daemon` of Erlang's own making: it would outlive `down`.
+_LOOPBACK_DIST = "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
 
 
 def _password_hash(password: str) -> str:
