@@ -289,9 +289,8 @@ class Network:
     project: str
     name: str
     subnets: tuple[Subnet, ...]
+    #: External: a flat provider network on the testbed's physnet, ``router:external``.
     external: bool = False
-    #: Provider attributes of an external network (flat on physnet ``public``).
-    physical_network: str | None = None
 
 
 @dataclass(frozen=True)
@@ -326,7 +325,7 @@ NETWORKS = (
     Network(ADMIN_PROJECT, PUBLIC_NETWORK, (
         Subnet("public-v4", "172.24.4.0/24", gateway_ip="172.24.4.1", enable_dhcp=False,
                allocation_pool=("172.24.4.100", "172.24.4.199")),
-    ), external=True, physical_network="public"),
+    ), external=True),
     Network("alpha", "alpha-net", (
         Subnet("alpha-v4", "10.10.1.0/24"),
         Subnet("alpha-v6", "fd00:a1::/64", enable_dhcp=False),

@@ -1,0 +1,170 @@
+"""What every seeding step shares: the connections to one cloud, name lookups, the tally.
+
+A step finds each object first and creates it only when missing, and tells the
+tally which of the two happened: the tally makes a second run say "nothing to
+do" instead of guessing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import openstack.connection
+
+from testbed import layout
+from testbed.seed import inventory as inv
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class Tally:
+    """Counts, per kind, objects created, updated and found already right (thread-safe)."""
+
+    report: Report
+    created: Counter[str] = field(default_factory=Counter)
+    updated: Counter[str] = field(default_factory=Counter)
+    present: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def made(self, cloud: str, kind: str, what: str) -> None:
+        with self._lock:
+            self.created[kind] += 1
+        self.report(f"  {cloud}: created {kind} {what}")
+
+    def changed(self, cloud: str, kind: str, what: str) -> None:
+        with self._lock:
+            self.updated[kind] += 1
+        self.report(f"  {cloud}: updated {kind} {what}")
+
+    def found(self, kind: str, n: int = 1) -> None:
+        with self._lock:
+            self.present[kind] += n
+
+    @property
+    def changes(self) -> int:
+        return sum(self.created.values()) + sum(self.updated.values())
+
+
+def admin_connection(c: layout.CloudLayout) -> openstack.connection.Connection:
+    """openstacksdk as ``admin`` of cloud ``c`` (scoped to the ``admin`` project)."""
+    return openstack.connection.Connection(
+        auth_url=c.keystone_url,
+        username="admin",
+        password=layout.ADMIN_PASSWORD,
+        project_name=inv.ADMIN_PROJECT,
+        user_domain_name="Default",
+        project_domain_name="Default",
+        region_name=layout.REGION,
+        identity_api_version="3",
+    )
+
+
+@dataclass
+class SeedContext:
+    """One cloud as the seed sees it: admin connection, caches of IDs by name, the tally."""
+
+    cloud: layout.CloudLayout
+    tally: Tally
+    conn: openstack.connection.Connection = field(init=False)
+    _domain_ids: dict[str, str] = field(default_factory=dict)
+    _project_ids: dict[str, str] = field(default_factory=dict)
+    _user_ids: dict[str, str] = field(default_factory=dict)
+    _actors: dict[str, openstack.connection.Connection] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.conn = admin_connection(self.cloud)
+
+    @property
+    def name(self) -> str:
+        return self.cloud.name
+
+    def made(self, kind: str, what: str) -> None:
+        self.tally.made(self.name, kind, what)
+
+    def changed(self, kind: str, what: str) -> None:
+        self.tally.changed(self.name, kind, what)
+
+    def found(self, kind: str, n: int = 1) -> None:
+        self.tally.found(kind, n)
+
+    # -- lookups by name --------------------------------------------------------------
+    def domain_id(self, name: str) -> str:
+        if name == "Default":
+            return "default"
+        with self._lock:
+            if name not in self._domain_ids:
+                found = self.conn.identity.find_domain(name, ignore_missing=False)
+                self._domain_ids[name] = found.id
+            return self._domain_ids[name]
+
+    def project_id(self, name: str) -> str:
+        with self._lock:
+            cached = self._project_ids.get(name)
+        if cached:
+            return cached
+        domain = "Default"
+        for p in inv.PROJECTS:
+            if p.name == name:
+                domain = p.domain
+        found = self.conn.identity.find_project(
+            name, domain_id=self.domain_id(domain), ignore_missing=False
+        )
+        with self._lock:
+            self._project_ids[name] = found.id
+        return found.id
+
+    def user(self, name: str) -> inv.User:
+        for u in inv.USERS:
+            if u.name == name:
+                return u
+        raise KeyError(f"user {name!r} is not in the seed inventory")
+
+    def user_id(self, name: str) -> str:
+        with self._lock:
+            cached = self._user_ids.get(name)
+        if cached:
+            return cached
+        u = self.user(name)
+        found = self.conn.identity.find_user(
+            name, domain_id=self.domain_id(u.domain), ignore_missing=False
+        )
+        with self._lock:
+            self._user_ids[name] = found.id
+        return found.id
+
+    def forget_ids(self) -> None:
+        """Drop cached IDs (after identity rows changed underneath, e.g. by SQL)."""
+        with self._lock:
+            self._project_ids.clear()
+            self._user_ids.clear()
+            self._domain_ids.clear()
+
+    def actor(self, project: str) -> openstack.connection.Connection:
+        """A connection scoped to ``project`` as its member user (see PROJECT_ACTORS).
+
+        Cinder and Nova create volumes and servers in the caller's project; an admin
+        token cannot say "in that project".
+        """
+        with self._lock:
+            conn = self._actors.get(project)
+            if conn is not None:
+                return conn
+        user = self.user(inv.PROJECT_ACTORS[project])
+        domain = next(p.domain for p in inv.PROJECTS if p.name == project)
+        conn = openstack.connection.Connection(
+            auth_url=self.cloud.keystone_url,
+            username=user.name,
+            password=user.password,
+            user_domain_name=user.domain,
+            project_name=project,
+            project_domain_name=domain,
+            region_name=layout.REGION,
+            identity_api_version="3",
+        )
+        with self._lock:
+            return self._actors.setdefault(project, conn)
