@@ -38,18 +38,31 @@ GOAL_PEAK_RSS_MB = 150
 KINDS = ("nova.keypair", "neutron.security_group_rule", "nova.quota")
 
 
+USERS = [f"{n:032x}" for n in range(5000)]
+PROJECTS = [f"{n:032x}" for n in range(97)]
+
+
 def make_record(i: int) -> tuple[str, dict[str, Any]]:
-    """A small record like a real export's, ~200 bytes of JSON; kinds interleave."""
+    """A small record like a real export's, ~240 bytes of JSON; kinds interleave."""
     kind = KINDS[0] if i % 10 < 8 else KINDS[1 + i % 2]
     return kind, {
         "id": f"{i:08x}-5e1f-4c2a-9d3b-{i * 2654435761 % 16**12:012x}",
         "name": f"key-{i}",
-        "user_id": f"{i % 5000:032x}",
-        "project_id": f"{i % 97:032x}",
+        "user_id": USERS[i % 5000],
+        "project_id": PROJECTS[i % 97],
         "type": "ssh",
         "fingerprint": f"{i * 40503 % 2**64:016x}",
         "created_at": "2026-01-01T00:00:00Z",
     }
+
+
+def generation_cpu_us(records: int) -> float:
+    """CPU microseconds per record spent making records (counted in the write rate)."""
+    sample = min(records, 100_000)
+    before = cpu_seconds()
+    for i in range(sample):
+        make_record(i)
+    return (cpu_seconds() - before) / sample * 1e6
 
 
 def peak_rss_mb() -> float:
@@ -88,7 +101,9 @@ def child_write(path: Path, records: int, compression: str) -> dict[str, Any]:
         for i in range(records):
             kind, record = make_record(i)
             write(kind, record)
-    return timings(records, time.perf_counter() - start, cpu_before)
+    result = timings(records, time.perf_counter() - start, cpu_before)
+    result["generation_cpu_us_per_record"] = generation_cpu_us(records)
+    return result
 
 
 def child_read(path: Path, records: int) -> dict[str, Any]:

@@ -262,39 +262,35 @@ def find_secret(value: object) -> str | None:
 # --------------------------------------------------------------------------- writing
 
 
-def _line_encoder() -> Callable[[Any], str]:
+_Chunks = Callable[[Any, int], Any]  # the C encoder: (record, level) -> string chunks
+
+
+def _line_encoder() -> tuple[_Chunks, dict[int, Any]]:
     """Compact JSON with sorted keys, ASCII only: one line per record, stable bytes.
 
-    Builds the C encoder once instead of once per record as ``json.dumps`` does
-    (a third of the cost of a small record).
+    Returns the C encoder built once (``json.dumps`` builds one per call, a
+    third of the cost of a small record) and its circular-reference markers,
+    which a failed encoding leaves set and the caller must then clear.
     """
     options = json.JSONEncoder(
         ensure_ascii=True, separators=(",", ":"), sort_keys=True, allow_nan=False
     )
+    markers: dict[int, Any] = {}
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
-        return options.encode
-    markers: dict[int, Any] = {}  # a record that contains itself is refused, not looped on
+        return (lambda record, _level: (options.encode(record),)), markers
     encoder = make(
         markers,
         options.default,
         json.encoder.encode_basestring_ascii,
-        None,
+        None,  # indent
         ":",
         ",",
-        True,
-        False,
-        False,
+        True,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
     )
-
-    def encode(record: Any) -> str:
-        try:
-            return "".join(encoder(record, 0))
-        except BaseException:
-            markers.clear()  # a failed encoding leaves its containers marked
-            raise
-
-    return encode
+    return encoder, markers
 
 
 class _Spool:
@@ -304,26 +300,22 @@ class _Spool:
         self.path = path
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed in close()
-        self._lines: list[str] = []
-        self._chars = 0
+        # ArchiveWriter.write appends here directly (a method call per record
+        # is a tenth of the cost) and calls flush() past _SPOOL_FLUSH_CHARS.
+        self.lines: list[str] = []
+        self.chars = 0
         self._hash = hashlib.sha256()
         self.count = 0
         self.size = 0
 
-    def add(self, line: str) -> None:
-        self._lines.append(line)
-        self.count += 1
-        self._chars += len(line)
-        if self._chars >= _SPOOL_FLUSH_CHARS:
-            self.flush()
-
     def flush(self) -> None:
-        if not self._lines:
+        if not self.lines:
             return
-        self._lines.append("")  # every record line ends with a newline
-        data = "\n".join(self._lines).encode("ascii")
-        self._lines.clear()
-        self._chars = 0
+        self.count += len(self.lines)
+        self.lines.append("")  # every record line ends with a newline
+        data = "\n".join(self.lines).encode("ascii")
+        self.lines.clear()
+        self.chars = 0
         self._hash.update(data)
         self.size += len(data)
         self._file.write(data)
@@ -369,7 +361,7 @@ class ArchiveWriter:
         self.manifest: Manifest | None = None
         self._workdir: Path | None = None
         self._spools: dict[str, _Spool] = {}
-        self._encode = _line_encoder()
+        self._encode, self._encode_markers = _line_encoder()
 
     def __enter__(self) -> ArchiveWriter:
         self.open()
@@ -418,16 +410,17 @@ class ArchiveWriter:
 
     def write(self, kind: str, record: dict[str, Any]) -> None:
         """Append one record of ``kind``."""
-        if self._workdir is None:
-            raise ArchiveError("ArchiveWriter used outside its `with` block (call open())")
-        spool = self._spools.get(kind) or self._spool(kind)
+        spool = self._spools.get(kind)
+        if spool is None:
+            spool = self._spool(kind)  # refuses a bad kind name, or a closed writer
         if not isinstance(record, dict):
             raise ArchiveError(
                 f"a {kind} record must be a JSON object, not {type(record).__name__}"
             )
         try:
-            line = self._encode(record)
+            line = "".join(self._encode(record, 0))
         except (TypeError, ValueError, RecursionError) as exc:
+            self._encode_markers.clear()
             raise ArchiveError(f"a {kind} record cannot be written as JSON: {exc}") from exc
         # Every key appears literally in the encoded line (ensure_ascii leaves ASCII
         # letters alone), so a line without a secret-like word needs no walk.
@@ -436,7 +429,10 @@ class ArchiveWriter:
             secret = find_secret(record)
             if secret is not None:
                 raise ArchiveSecretError(kind=kind, field=secret)
-        spool.add(line)
+        spool.lines.append(line)
+        spool.chars += len(line)
+        if spool.chars >= _SPOOL_FLUSH_CHARS:
+            spool.flush()
 
     def close(self) -> Manifest:
         """Assemble the archive, move it into place, remove the working files."""
@@ -466,6 +462,7 @@ class ArchiveWriter:
             self.abort()
             raise
         self._cleanup()
+        self._spools = {}
         self.manifest = manifest
         return manifest
 
@@ -511,6 +508,7 @@ class ArchiveWriter:
         """Drop everything written so far; the target path is left untouched."""
         for spool in self._spools.values():
             spool.discard()
+        self._spools = {}
         self._cleanup()
 
     def _cleanup(self) -> None:
@@ -670,26 +668,48 @@ class ArchiveReader:
     def _parse_lines(self, member: TarMember, expected: MemberDigest) -> Iterator[dict[str, Any]]:
         digest = hashlib.sha256()
         size = 0
-        number = 0
+        number = 0  # records parsed so far, for error messages
         partial = b""
-        loads = json.loads
         while chunk := member.read(IO_CHUNK):
             digest.update(chunk)
             size += len(chunk)
-            lines = (partial + chunk).split(b"\n")
-            partial = lines.pop()
-            for line in lines:
-                number += 1
-                try:
-                    record = loads(line)
-                except ValueError:
-                    record = None
-                if not isinstance(record, dict):
-                    raise ArchiveIntegrityError(
-                        path=self.path, detail=f"line {number} of {member.name!r} is not a record"
-                    )
-                yield record
+            block = partial + chunk if partial else chunk
+            cut = block.rfind(b"\n") + 1
+            partial = block[cut:]
+            if cut:
+                records = self._parse_block(block[:cut], member.name, number)
+                number += len(records)
+                yield from records
         if partial or size != expected.size or digest.hexdigest() != expected.sha256:
             raise ArchiveIntegrityError(
                 path=self.path, detail=f"member {member.name!r} changed after it was verified"
             )
+
+    def _parse_block(self, data: bytes, name: str, before: int) -> list[dict[str, Any]]:
+        """Parse whole lines at once, as one JSON array: a third faster than line by line.
+
+        JSON escapes newlines inside strings, so newlines separate records only;
+        a block that does not parse into one object per line is re-read line by
+        line to name the bad line.
+        """
+        lines = data.count(b"\n")
+        try:
+            records = json.loads("[" + data.decode("utf-8")[:-1].replace("\n", ",") + "]")
+        except ValueError:
+            records = None
+        if (
+            isinstance(records, list)
+            and len(records) == lines
+            and all(type(r) is dict for r in records)
+        ):
+            return records
+        for offset, line in enumerate(data.split(b"\n")[:-1], start=before + 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                raise ArchiveIntegrityError(
+                    path=self.path, detail=f"line {offset} of {name!r} is not a record"
+                )
+        raise ArchiveIntegrityError(path=self.path, detail=f"{name!r} holds malformed records")

@@ -553,3 +553,45 @@ def test_error_classes_carry_their_exit_codes() -> None:
     assert ArchiveUnsafeError(path="p", member="m", reason="r").exit_code == 7
     assert ArchiveSecretError(kind="k", field="f").exit_code == 7
     assert ArchiveIntegrityError(path="p", detail="d").exit_code == 8
+
+
+def test_writer_refuses_records_it_cannot_encode_and_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "export.shop"
+    loop: dict[str, Any] = {"name": "loop"}
+    loop["self"] = loop
+    with ArchiveWriter(path, source_cloud="src", source_auth_url=AUTH_URL) as writer:
+        for bad in (loop, {"name": "x", "when": object()}, {"ratio": float("nan")}):
+            with pytest.raises(ArchiveError) as caught:
+                writer.write("nova.keypair", bad)
+            assert str(caught.value).startswith("a nova.keypair record cannot be written as JSON:")
+        writer.write("nova.keypair", {"name": "fine", "nested": {"a": [1]}})
+    with ArchiveReader(path) as reader:
+        assert list(reader.records("nova.keypair")) == [{"name": "fine", "nested": {"a": [1]}}]
+    with pytest.raises(ArchiveError) as caught:
+        writer.write("nova.keypair", {"name": "late"})
+    assert str(caught.value) == "ArchiveWriter used outside its `with` block (call open())"
+
+
+@pytest.mark.parametrize(
+    ("content", "bad_line"),
+    [
+        (b'{"a": 1}\n[1, 2]\n', 2),
+        (b'{"a": 1}\n{"b": 2},{"c": 3}\n', 2),
+        (b'{"a": 1}\n\n{"b": 2}\n', 2),
+        (b'{"a": "\xff"}\n', 1),
+    ],
+)
+def test_a_line_that_is_not_one_record_is_refused(
+    tmp_path: Path, content: bytes, bad_line: int
+) -> None:
+    """Checksums match (the manifest describes the bytes), but the bytes are not records."""
+    members = [
+        regular("manifest.json", manifest({"nova.keypair": content})),
+        regular("records/nova.keypair.jsonl", content),
+    ]
+    path = build(tmp_path / "a", members)
+    with ArchiveReader(path) as reader, pytest.raises(ArchiveIntegrityError) as caught:
+        list(reader.records("nova.keypair"))
+    assert str(caught.value) == damaged(
+        path, f"line {bad_line} of 'records/nova.keypair.jsonl' is not a record"
+    )
