@@ -37,6 +37,7 @@ from stackhop.errors import (
     ConfigError,
     StackhopError,
 )
+from stackhop.events import Event, EventSink, EventType, NullSink
 
 if TYPE_CHECKING:
     from openstack.config.loader import OpenStackConfig
@@ -566,12 +567,12 @@ def _microversion_capability(
     return Capability(name, version_at_least(have, need), detail, needed_for)
 
 
-def check(name: str | None = None) -> CloudReport:
+def check(name: str | None = None, events: EventSink | None = None) -> CloudReport:
     """Authenticate to a cloud and report its catalog, API versions and what stackhop needs.
 
     Raises the errors of :func:`connect` when the cloud cannot be reached or
     refuses the credentials; a missing feature is not an error but a
-    :class:`Capability` marked absent.
+    :class:`Capability` marked absent, and a warning event on ``events``.
     """
     cfg = cloud_config(name)
     conn = connect(cfg.name)
@@ -636,4 +637,14 @@ def check(name: str | None = None) -> CloudReport:
         )
     )
     conn.close()
+    sink = events or NullSink()
+    for cap in report.missing:
+        sink.emit(
+            Event(
+                EventType.WARNING,
+                kind="cloud",
+                identity=report.cloud,
+                message=f"lacks {cap.name} ({cap.detail}), needed for {cap.needed_for}",
+            )
+        )
     return report

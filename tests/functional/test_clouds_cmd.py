@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -79,13 +80,18 @@ def test_check_json_reports_what_stackhop_needs(testbed, cli, cloud) -> None:
 
 
 def test_check_marks_what_a_member_lacks(testbed, cli) -> None:
-    r = cli("clouds", "--check", "src-demo", "-f", "yaml")
+    r = cli("--log-json", "clouds", "--check", "src-demo", "-f", "yaml")
     assert r.code == 0, r.err
     (report,) = yaml.safe_load(r.out)
     caps = {c["name"]: c for c in report["capabilities"]}
     assert caps["admin role"]["present"] is False
     assert "admin role" in report["missing"]
     assert caps["compute microversion >= 2.10"]["present"] is True
+    # Each missing capability is also a warning event, here as JSON lines on stderr.
+    events = [json.loads(line) for line in r.err.splitlines()]
+    warnings = [e for e in events if e["type"] == "warning" and e["identity"] == "src-demo"]
+    assert any(e["message"].startswith("lacks admin role") for e in warnings)
+    assert len(warnings) == len(report["missing"])
 
 
 def test_wrong_password_is_one_line_auth_error(testbed, cli, tmp_path: Path, monkeypatch) -> None:

@@ -18,6 +18,7 @@ from stackhop.cli import clouds as clouds_cmd
 from stackhop.cli import main as cli_main
 from stackhop.cli.output import error_line, render_one, render_table, select_columns
 from stackhop.errors import CloudUnknownError, CloudUnreachableError, UsageError
+from stackhop.events import Event, EventType
 
 PASSWORD = "never-print-me-17"
 
@@ -210,6 +211,26 @@ def test_a_bug_is_not_hidden(run, clouds_yaml: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(clouds_cmd, "list_clouds", buggy)
     with pytest.raises(ZeroDivisionError):
         run("clouds")
+
+
+def emit_one_warning(args) -> int:
+    args.events.emit(Event(EventType.WARNING, kind="cloud", identity="x", message="careful"))
+    return 0
+
+
+def test_log_json_renders_events_as_json_lines(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clouds_cmd, "run", emit_one_warning)
+    r = run("--log-json", "clouds")
+    assert r.code == 0
+    (line,) = r.err.splitlines()
+    event = json.loads(line)
+    assert (event["type"], event["identity"], event["message"]) == ("warning", "x", "careful")
+
+
+def test_events_are_plain_lines_without_log_json(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(clouds_cmd, "run", emit_one_warning)
+    r = run("clouds")
+    assert r.err == "warning: cloud x: careful\n"
 
 
 # -- output helpers ----------------------------------------------------------

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     exit_code = 0
     for c in clouds:
         try:
-            report = check(c.name)
+            report = check(c.name, events=args.events)
         except StackhopError as exc:
             # Report every cloud, then fail with the first failure's code.
             if args.verbose:

@@ -28,6 +28,7 @@ from rich_argparse import RichHelpFormatter
 from stackhop import __version__
 from stackhop.cli import clouds, status
 from stackhop.cli.output import report_error
+from stackhop.cli.render import make_renderer
 from stackhop.errors import StackhopError
 from stackhop.events import EventBus
 
@@ -153,9 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors end inside argparse
         return _exit_status(exc.code)
 
+    renderer = make_renderer(args.log_json, sys.stderr)
     args.events = EventBus()
+    args.events.subscribe(renderer.emit)
     try:
-        with _debug_logging(args.verbose):
+        with renderer, _debug_logging(args.verbose):
             result = args.func(args)
         return 0 if result is None else int(result)
     except StackhopError as exc:
