@@ -359,6 +359,7 @@ class ArchiveWriter:
         self.overwrite = overwrite
         self.level = level if level is not None else (3 if compression == "zstd" else 9)
         self.manifest: Manifest | None = None
+        self._aborted = False
         self._workdir: Path | None = None
         self._spools: dict[str, _Spool] = {}
         self._encode, self._encode_markers = _line_encoder()
@@ -382,6 +383,8 @@ class ArchiveWriter:
         """Create the private working directory next to the target."""
         if self._workdir is not None:
             return
+        if self._aborted or self.manifest is not None:
+            raise ArchiveError(f"archive {self.path} is finished; use a new ArchiveWriter")
         if not self.overwrite and self.path.exists():
             raise ArchiveError(
                 f"archive {self.path} already exists; choose another name or allow overwriting"
@@ -498,6 +501,14 @@ class ArchiveWriter:
                 raise ArchiveError(
                     f"archive {self.path} already exists; choose another name or allow overwriting"
                 ) from None
+            except OSError:
+                # A filesystem without hard links: check, then rename (a narrow race).
+                if self.path.exists():
+                    raise ArchiveError(
+                        f"archive {self.path} already exists; "
+                        "choose another name or allow overwriting"
+                    ) from None
+                os.replace(staged, self.path)
         dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
@@ -509,6 +520,7 @@ class ArchiveWriter:
         for spool in self._spools.values():
             spool.discard()
         self._spools = {}
+        self._aborted = True
         self._cleanup()
 
     def _cleanup(self) -> None:

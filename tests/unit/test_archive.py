@@ -595,3 +595,15 @@ def test_a_line_that_is_not_one_record_is_refused(
     assert str(caught.value) == damaged(
         path, f"line {bad_line} of 'records/nova.keypair.jsonl' is not a record"
     )
+
+
+def test_an_aborted_writer_cannot_be_reopened(tmp_path: Path) -> None:
+    path = tmp_path / "export.shop"
+    writer = ArchiveWriter(path, source_cloud="src", source_auth_url=AUTH_URL)
+    writer.open()
+    writer.write("nova.keypair", {"name": "k"})
+    writer.abort()
+    with pytest.raises(ArchiveError) as caught:
+        writer.close()
+    assert str(caught.value) == f"archive {path} is finished; use a new ArchiveWriter"
+    assert list(tmp_path.iterdir()) == []
