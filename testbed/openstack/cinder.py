@@ -24,6 +24,7 @@ from testbed.infra.files import write_file
 from testbed.infra.locked import LockedComponent
 from testbed.openstack import runtime
 from testbed.openstack.config import (
+    make_service_dirs,
     authtoken,
     common_sections,
     service_auth,
@@ -67,6 +68,7 @@ def backend_host(c: layout.CloudLayout, backend: str) -> str:
 
 
 def _write_config(c: layout.CloudLayout) -> bool:
+    make_service_dirs(c, NAME)
     etc, data = service_etc(c, NAME), service_data(c, NAME)
     shares = etc / "nfs_shares"
     changed = write_file(shares, share(c) + "\n")
@@ -89,6 +91,7 @@ def _write_config(c: layout.CloudLayout) -> bool:
         "database": {"connection": c.db_url(NAME)},
         "keystone_authtoken": authtoken(c, NAME),
         "nova": service_auth(c, "nova"),
+        "service_user": {**service_auth(c, NAME), "send_service_user_token": True},
         "coordination": {"backend_url": f"file://{data / 'coordination'}"},
         "ceph": {
             "volume_driver": "cinder.volume.drivers.rbd.RBDDriver",

@@ -35,6 +35,11 @@ def write_ini(path: Path, sections: Sections) -> bool:
     return write_file(path, render_ini(sections), mode=0o640)
 
 
+def make_service_dirs(c: layout.CloudLayout, service: str) -> None:
+    """A service's data and lock directories (Nova keeps its compute node identity there)."""
+    (service_data(c, service) / "locks").mkdir(parents=True, exist_ok=True)
+
+
 def service_auth(c: layout.CloudLayout, user: str) -> dict[str, object]:
     """A keystoneauth password section for service user ``user`` of cloud ``c``."""
     return {

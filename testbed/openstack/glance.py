@@ -13,7 +13,7 @@ from testbed import layout
 from testbed.component import Component
 from testbed.infra.locked import LockedComponent
 from testbed.openstack import runtime
-from testbed.openstack.config import authtoken, common_sections, service_data, service_etc, write_ini
+from testbed.openstack.config import authtoken, common_sections, make_service_dirs, service_data, service_etc, write_ini
 from testbed.process import Daemon, TestbedError, run
 
 NAME = "glance"
@@ -27,6 +27,7 @@ def store_dir(c: layout.CloudLayout, store: str) -> Path:
 
 
 def _write_config(c: layout.CloudLayout) -> bool:
+    make_service_dirs(c, NAME)
     data = service_data(c, NAME)
     stores = {s: {"filesystem_store_datadir": store_dir(c, s), "store_description": f"{s} file store"}
               for s in STORES}

@@ -17,7 +17,7 @@ from testbed import layout
 from testbed.component import Component
 from testbed.infra.locked import LockedComponent
 from testbed.openstack import runtime
-from testbed.openstack.config import common_sections, service_data, service_etc, write_ini
+from testbed.openstack.config import common_sections, make_service_dirs, service_data, service_etc, write_ini
 from testbed.outputs import DEMO_PROJECT, DEMO_USER
 from testbed.process import Daemon, run
 
@@ -55,6 +55,7 @@ def config_file(c: layout.CloudLayout) -> Path:
 
 
 def _write_config(c: layout.CloudLayout) -> bool:
+    make_service_dirs(c, NAME)
     data = service_data(c, NAME)
     return write_ini(config_file(c), {
         "DEFAULT": {},

@@ -16,7 +16,7 @@ from testbed import layout
 from testbed.component import Component
 from testbed.infra.locked import LockedComponent
 from testbed.openstack import runtime
-from testbed.openstack.config import authtoken, common_sections, service_data, service_etc, write_ini
+from testbed.openstack.config import authtoken, common_sections, make_service_dirs, service_data, service_etc, write_ini
 from testbed.process import Daemon, run
 
 NAME = "neutron"
@@ -30,6 +30,7 @@ def _config_files(c: layout.CloudLayout) -> tuple[Path, Path]:
 
 
 def _write_config(c: layout.CloudLayout) -> bool:
+    make_service_dirs(c, NAME)
     neutron_conf, ml2_conf = _config_files(c)
     changed = write_ini(neutron_conf, {
         "DEFAULT": {

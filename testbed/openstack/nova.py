@@ -1,6 +1,6 @@
 """Nova of one cloud: API, conductor, scheduler and a fake-driver compute over RabbitMQ.
 
-Cells v2 with cell0 and cell1. ``fake.FakeDriver`` keeps servers as records
+Cells v2 with cell0 and cell1. The fake driver keeps servers as records
 only (no disks, no guests), so a server goes ACTIVE in seconds and its usage
 is recorded like on a real cloud. The schema work is its own component,
 ``nova-<cloud>-db``, so it runs while Keystone and Placement come up.
@@ -17,6 +17,7 @@ from testbed.infra import mariadb
 from testbed.infra.locked import LockedComponent
 from testbed.openstack import runtime
 from testbed.openstack.config import (
+    make_service_dirs,
     authtoken,
     common_sections,
     service_auth,
@@ -64,13 +65,17 @@ def _paste_ini() -> Path:
 
 
 def _write_config(c: layout.CloudLayout) -> bool:
+    make_service_dirs(c, NAME)
     data = service_data(c, NAME)
     sections = _database_sections(c)
     sections["DEFAULT"].update({
         "host": c.compute_host,
         "my_ip": layout.HOST,
         "state_path": data,
-        "compute_driver": "fake.FakeDriver",
+        # FakeDriver itself invents a new node UUID in every process, so a
+        # restarted nova-compute collides with its own compute node record;
+        # this subclass keeps the node identity in state_path like a real driver.
+        "compute_driver": "fake.FakeDriverWithoutFakeNodes",
     })
     return write_ini(config_file(c), {
         **sections,
@@ -81,6 +86,9 @@ def _write_config(c: layout.CloudLayout) -> bool:
         "neutron": service_auth(c, "neutron"),
         "cinder": {**service_auth(c, "cinder"), "os_region_name": layout.REGION},
         "glance": {"region_name": layout.REGION},
+        # Neutron lets only a caller with the service role delete a server's
+        # port: Nova sends its own service token beside the user's.
+        "service_user": {**service_auth(c, NAME), "send_service_user_token": True},
         # Hosts are mapped once at `up`; no periodic scan eating CPU.
         "scheduler": {"workers": 1, "discover_hosts_in_cells_interval": -1},
         "conductor": {"workers": 1},

@@ -8,7 +8,7 @@ from testbed import layout
 from testbed.component import Component
 from testbed.infra.locked import LockedComponent
 from testbed.openstack import runtime
-from testbed.openstack.config import authtoken, common_sections, service_etc, write_ini
+from testbed.openstack.config import authtoken, common_sections, make_service_dirs, service_etc, write_ini
 from testbed.process import Daemon, run
 
 NAME = "placement"
@@ -19,6 +19,7 @@ def config_file(c: layout.CloudLayout) -> Path:
 
 
 def _write_config(c: layout.CloudLayout) -> bool:
+    make_service_dirs(c, NAME)
     return write_ini(config_file(c), {
         "DEFAULT": {},
         "placement_database": {"connection": c.db_url(NAME)},

@@ -157,6 +157,11 @@ class ServiceComponent(LockedComponent):
                 self.setup()
             with ThreadPoolExecutor(max_workers=max(1, len(self.daemons))) as pool:
                 outcomes = list(pool.map(lambda d: d.ensure(), self.daemons))
+            # A service can pass its first health check and die right after
+            # (nova-compute refusing its node identity does): look once more.
+            for d in self.daemons:
+                if not d.running():
+                    raise TestbedError(f"{d.name} exited after starting; see {d.log}")
             if self.after_start is not None:
                 self.after_start()
         return "started" if "started" in outcomes else "up"
