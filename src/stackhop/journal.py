@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -182,6 +183,12 @@ class ChunkRecord:
 
 # -- schema ------------------------------------------------------------------
 
+
+def _timestamp() -> sa.types.TypeEngine[datetime]:
+    # MySQL/MariaDB DATETIME drops fractions of a second unless asked.
+    return sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
 metadata = sa.MetaData()
 
 runs = sa.Table(
@@ -192,8 +199,8 @@ runs = sa.Table(
     sa.Column("source_cloud", sa.String(255)),
     sa.Column("destination_cloud", sa.String(255)),
     sa.Column("args", sa.JSON),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("started_at", _timestamp(), nullable=False),
+    sa.Column("finished_at", _timestamp()),
     sa.Column("outcome", sa.String(32), nullable=False),
 )
 
@@ -212,8 +219,8 @@ operations = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("before_state", sa.JSON),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", _timestamp(), nullable=False),
+    sa.Column("updated_at", _timestamp(), nullable=False),
     sa.UniqueConstraint("scope", "kind", "identity", name="uq_operations_key"),
 )
 
@@ -265,8 +272,8 @@ def _migrate_1_initial(conn: Connection) -> None:
         sa.Column("source_cloud", sa.String(255)),
         sa.Column("destination_cloud", sa.String(255)),
         sa.Column("args", sa.JSON),
-        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("started_at", _timestamp(), nullable=False),
+        sa.Column("finished_at", _timestamp()),
         sa.Column("outcome", sa.String(32), nullable=False),
     )
     sa.Table(
@@ -283,8 +290,8 @@ def _migrate_1_initial(conn: Connection) -> None:
         sa.Column("destination_id", sa.String(255)),
         sa.Column("error", sa.Text),
         sa.Column("attempts", sa.Integer, nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", _timestamp(), nullable=False),
+        sa.Column("updated_at", _timestamp(), nullable=False),
         sa.UniqueConstraint("scope", "kind", "identity", name="uq_operations_key"),
     )
     sa.Table(
@@ -345,13 +352,59 @@ def _ensure_version_table(engine: Engine) -> None:
                 raise
 
 
+_SCHEMA_LOCK = "stackhop-journal-schema"
+_SCHEMA_LOCK_ID = 0x57AC4809  # the PostgreSQL advisory lock key for the same purpose
+
+
+@contextmanager
+def _schema_lock(engine: Engine, timeout: float = 120.0) -> Iterator[None]:
+    """Serialize schema upgrades between processes on a server database.
+
+    MySQL/MariaDB commit DDL implicitly, so a row lock cannot guard a
+    migration: a named session lock does. PostgreSQL gets an advisory lock.
+    SQLite needs none (``BEGIN IMMEDIATE`` already serializes writers).
+    """
+    backend = engine.url.get_backend_name()
+    if backend not in ("mysql", "mariadb", "postgresql"):
+        yield
+        return
+    with engine.connect() as conn:
+        if backend == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_ID})
+        else:
+            got = conn.execute(
+                sa.text("SELECT GET_LOCK(:name, :timeout)"),
+                {"name": _SCHEMA_LOCK, "timeout": int(timeout)},
+            ).scalar()
+            if got != 1:
+                raise JournalError(
+                    "another stackhop has been upgrading the journal schema for "
+                    f"{int(timeout)} s; wait for it to finish and retry"
+                )
+        conn.commit()
+        try:
+            yield
+        finally:
+            if backend == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK_ID})
+            else:
+                conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": _SCHEMA_LOCK})
+            conn.commit()
+
+
 def upgrade(engine: Engine, target: int = SCHEMA_VERSION) -> int:
     """Bring the journal at ``engine`` up to schema ``target``; return the version reached.
 
     Each step runs in its own transaction and moves the version row with a
-    compare-and-set, so concurrent openers of a fresh journal do not both
-    apply a migration. A journal newer than this stackhop raises JournalError.
+    compare-and-set; on a server database the whole upgrade holds a schema
+    lock, so concurrent openers of a fresh journal never both apply a
+    migration. A journal newer than this stackhop raises JournalError.
     """
+    with _schema_lock(engine):
+        return _upgrade(engine, target)
+
+
+def _upgrade(engine: Engine, target: int) -> int:
     _ensure_version_table(engine)
     while True:
         with engine.begin() as conn:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import stat
+import subprocess
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -309,3 +313,62 @@ def test_four_processes_on_one_sqlite_file(tmp_path: Path) -> None:
         assert len(j.runs()) == 4
         assert j.schema_version == SCHEMA_VERSION
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+# -- a server database -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mariadb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private MariaDB server for this module, on a unix socket (no network), then stopped."""
+    base = tmp_path_factory.mktemp("mariadb")
+    subprocess.run(
+        [shutil.which("mariadb-install-db") or "mariadb-install-db", "--no-defaults",
+         f"--datadir={base / 'data'}", "--auth-root-authentication-method=normal",
+         "--user=root", "--skip-test-db"],
+        check=True, capture_output=True,
+    )
+    sock = base / "sock"
+    server = subprocess.Popen(
+        ["mariadbd", "--no-defaults", f"--datadir={base / 'data'}", f"--socket={sock}",
+         "--skip-networking", "--user=root", f"--log-error={base / 'err.log'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"mysql+pymysql://root@localhost/{{db}}?unix_socket={sock}&charset=utf8mb4"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                engine = sa.create_engine(url.format(db=""))
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("CREATE DATABASE journal")
+                engine.dispose()
+                break
+            except sa.exc.OperationalError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield url.format(db="journal")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_four_processes_on_a_server_database(mariadb_url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_process_worker, args=(mariadb_url, n, queue)) for n in range(4)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert sorted(own for _, own, _ in results) == [50] * 4
+    assert sum(shared for *_, shared in results) == 20
+    with Journal(mariadb_url) as j:
+        assert j.counts() == {"k": {PENDING: 0, DONE: 220, FAILED: 0, SKIPPED: 0}}
+        assert len(j.id_map("dst", "k")) == 220
+        runs = j.runs()
+        assert len(runs) == 4 and runs[0].started_at.microsecond is not None
+        assert "root@localhost" in j.describe()
