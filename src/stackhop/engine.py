@@ -33,8 +33,8 @@ from typing import Any
 
 import requests
 from keystoneauth1 import exceptions as ksa_exceptions
-
 from openstack import exceptions as sdk_exceptions
+
 from stackhop.errors import ConflictError, Interrupted, OperationFailedError, TransientError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal, OperationRecord

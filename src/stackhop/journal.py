@@ -15,7 +15,7 @@ MariaDB) with five tables:
     which chunks of a data transfer are confirmed, keyed by ``(object, offset)``;
 ``schema_version``
     one row with the schema version; older journals are upgraded in place by
-    forward migrations, newer ones are refused.
+    forward migrations, newer ones are refused (:mod:`stackhop.journal_schema`).
 
 Every state change is its own transaction touching exactly one row, written as
 a compare-and-set on the row's ``state`` and ``attempts``: if the row changed
@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,13 +40,17 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
-from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from stackhop import __version__
 from stackhop.errors import JournalError
+from stackhop.journal_schema import (
+    chunks,
+    id_map,
+    operations,
+    runs,
+    upgrade,
+)
 
 DEFAULT_PATH = "stackhop-journal.sqlite"
 """The journal file used when the operator names none (in the working directory)."""
@@ -179,257 +183,6 @@ class ChunkRecord:
     length: int
     digest: str
     state: str
-
-
-# -- schema ------------------------------------------------------------------
-
-
-def _timestamp() -> sa.types.TypeEngine[datetime]:
-    # MySQL/MariaDB DATETIME drops fractions of a second unless asked.
-    return sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-
-
-metadata = sa.MetaData()
-
-runs = sa.Table(
-    "runs",
-    metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("command", sa.String(255), nullable=False),
-    sa.Column("source_cloud", sa.String(255)),
-    sa.Column("destination_cloud", sa.String(255)),
-    sa.Column("args", sa.JSON),
-    sa.Column("started_at", _timestamp(), nullable=False),
-    sa.Column("finished_at", _timestamp()),
-    sa.Column("outcome", sa.String(32), nullable=False),
-)
-
-operations = sa.Table(
-    "operations",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(36), nullable=False, index=True),
-    sa.Column("scope", sa.String(128), nullable=False),
-    sa.Column("kind", sa.String(64), nullable=False),
-    sa.Column("identity", sa.String(500), nullable=False),
-    sa.Column("source_id", sa.String(255)),
-    sa.Column("action", sa.String(16), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("destination_id", sa.String(255)),
-    sa.Column("error", sa.Text),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("before_state", sa.JSON),
-    sa.Column("created_at", _timestamp(), nullable=False),
-    sa.Column("updated_at", _timestamp(), nullable=False),
-    sa.UniqueConstraint("scope", "kind", "identity", name="uq_operations_key"),
-)
-
-id_map = sa.Table(
-    "id_map",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("scope", sa.String(128), nullable=False),
-    sa.Column("kind", sa.String(64), nullable=False),
-    sa.Column("source_id", sa.String(255), nullable=False),
-    sa.Column("destination_id", sa.String(255), nullable=False),
-    sa.UniqueConstraint("scope", "kind", "source_id", name="uq_id_map_key"),
-)
-
-chunks = sa.Table(
-    "chunks",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("object", sa.String(500), nullable=False),
-    sa.Column("offset", sa.BigInteger, nullable=False),
-    sa.Column("length", sa.BigInteger, nullable=False),
-    sa.Column("digest", sa.String(128), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.UniqueConstraint("object", "offset", name="uq_chunks_key"),
-)
-
-schema_version = sa.Table(
-    "schema_version",
-    metadata,
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("written_by", sa.String(32), nullable=False),
-)
-
-
-# -- migrations --------------------------------------------------------------
-# Each migration takes the schema from version N-1 to N, inside one
-# transaction. Migrations spell their tables out as they were at that version
-# (never the current ``metadata``), so that an old journal upgrades step by step.
-
-
-def _migrate_1_initial(conn: Connection) -> None:
-    """Version 1: runs, operations, id_map."""
-    m = sa.MetaData()
-    sa.Table(
-        "runs",
-        m,
-        sa.Column("id", sa.String(36), primary_key=True),
-        sa.Column("command", sa.String(255), nullable=False),
-        sa.Column("source_cloud", sa.String(255)),
-        sa.Column("destination_cloud", sa.String(255)),
-        sa.Column("args", sa.JSON),
-        sa.Column("started_at", _timestamp(), nullable=False),
-        sa.Column("finished_at", _timestamp()),
-        sa.Column("outcome", sa.String(32), nullable=False),
-    )
-    sa.Table(
-        "operations",
-        m,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("run_id", sa.String(36), nullable=False, index=True),
-        sa.Column("scope", sa.String(128), nullable=False),
-        sa.Column("kind", sa.String(64), nullable=False),
-        sa.Column("identity", sa.String(500), nullable=False),
-        sa.Column("source_id", sa.String(255)),
-        sa.Column("action", sa.String(16), nullable=False),
-        sa.Column("state", sa.String(16), nullable=False),
-        sa.Column("destination_id", sa.String(255)),
-        sa.Column("error", sa.Text),
-        sa.Column("attempts", sa.Integer, nullable=False),
-        sa.Column("created_at", _timestamp(), nullable=False),
-        sa.Column("updated_at", _timestamp(), nullable=False),
-        sa.UniqueConstraint("scope", "kind", "identity", name="uq_operations_key"),
-    )
-    sa.Table(
-        "id_map",
-        m,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("scope", sa.String(128), nullable=False),
-        sa.Column("kind", sa.String(64), nullable=False),
-        sa.Column("source_id", sa.String(255), nullable=False),
-        sa.Column("destination_id", sa.String(255), nullable=False),
-        sa.UniqueConstraint("scope", "kind", "source_id", name="uq_id_map_key"),
-    )
-    m.create_all(conn)
-
-
-def _migrate_2_rollback_and_chunks(conn: Connection) -> None:
-    """Version 2: ``operations.before_state`` (state before an update, for rollback) and chunks."""
-    json_type = sa.JSON().compile(dialect=conn.dialect)
-    conn.exec_driver_sql(f"ALTER TABLE operations ADD COLUMN before_state {json_type}")
-    m = sa.MetaData()
-    sa.Table(
-        "chunks",
-        m,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("object", sa.String(500), nullable=False),
-        sa.Column("offset", sa.BigInteger, nullable=False),
-        sa.Column("length", sa.BigInteger, nullable=False),
-        sa.Column("digest", sa.String(128), nullable=False),
-        sa.Column("state", sa.String(16), nullable=False),
-        sa.UniqueConstraint("object", "offset", name="uq_chunks_key"),
-    )
-    m.create_all(conn)
-
-
-Migration = Callable[[Connection], None]
-
-#: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n+1.
-MIGRATIONS: tuple[Migration, ...] = (_migrate_1_initial, _migrate_2_rollback_and_chunks)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def _read_version(conn: Connection) -> tuple[int, str] | None:
-    row = conn.execute(sa.select(schema_version.c.version, schema_version.c.written_by)).first()
-    return None if row is None else (int(row.version), str(row.written_by))
-
-
-def _ensure_version_table(engine: Engine) -> None:
-    try:
-        with engine.begin() as conn:
-            schema_version.create(conn, checkfirst=True)
-            if _read_version(conn) is None:
-                conn.execute(schema_version.insert().values(version=0, written_by=__version__))
-    except (OperationalError, ProgrammingError, SAIntegrityError):
-        # Another process created it between our check and our create: fine,
-        # as long as the table is there now.
-        with engine.connect() as conn:
-            if _read_version(conn) is None:
-                raise
-
-
-_SCHEMA_LOCK = "stackhop-journal-schema"
-_SCHEMA_LOCK_ID = 0x57AC4809  # the PostgreSQL advisory lock key for the same purpose
-
-
-@contextmanager
-def _schema_lock(engine: Engine, timeout: float = 120.0) -> Iterator[None]:
-    """Serialize schema upgrades between processes on a server database.
-
-    MySQL/MariaDB commit DDL implicitly, so a row lock cannot guard a
-    migration: a named session lock does. PostgreSQL gets an advisory lock.
-    SQLite needs none (``BEGIN IMMEDIATE`` already serializes writers).
-    """
-    backend = engine.url.get_backend_name()
-    if backend not in ("mysql", "mariadb", "postgresql"):
-        yield
-        return
-    with engine.connect() as conn:
-        if backend == "postgresql":
-            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_ID})
-        else:
-            got = conn.execute(
-                sa.text("SELECT GET_LOCK(:name, :timeout)"),
-                {"name": _SCHEMA_LOCK, "timeout": int(timeout)},
-            ).scalar()
-            if got != 1:
-                raise JournalError(
-                    "another stackhop has been upgrading the journal schema for "
-                    f"{int(timeout)} s; wait for it to finish and retry"
-                )
-        conn.commit()
-        try:
-            yield
-        finally:
-            if backend == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK_ID})
-            else:
-                conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": _SCHEMA_LOCK})
-            conn.commit()
-
-
-def upgrade(engine: Engine, target: int = SCHEMA_VERSION) -> int:
-    """Bring the journal at ``engine`` up to schema ``target``; return the version reached.
-
-    Each step runs in its own transaction and moves the version row with a
-    compare-and-set; on a server database the whole upgrade holds a schema
-    lock, so concurrent openers of a fresh journal never both apply a
-    migration. A journal newer than this stackhop raises JournalError.
-    """
-    with _schema_lock(engine):
-        return _upgrade(engine, target)
-
-
-def _upgrade(engine: Engine, target: int) -> int:
-    _ensure_version_table(engine)
-    while True:
-        with engine.begin() as conn:
-            found = _read_version(conn)
-            assert found is not None  # _ensure_version_table inserted it
-            version, written_by = found
-            if version > SCHEMA_VERSION:
-                raise JournalError(
-                    f"journal {engine.url.render_as_string(hide_password=True)} has schema "
-                    f"version {version}, written by stackhop {written_by}; this stackhop "
-                    f"({__version__}) reads up to version {SCHEMA_VERSION}: use stackhop "
-                    f">= {written_by} with this journal"
-                )
-            if version >= target:
-                return version
-            MIGRATIONS[version](conn)
-            result = conn.execute(
-                schema_version.update()
-                .where(schema_version.c.version == version)
-                .values(version=version + 1, written_by=__version__)
-            )
-            if result.rowcount != 1:
-                raise JournalError(
-                    f"journal schema moved from version {version} while upgrading it; retry"
-                )
 
 
 # -- the journal -------------------------------------------------------------

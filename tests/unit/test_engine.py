@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import requests
 from keystoneauth1 import exceptions as ksa_exceptions
+from openstack import exceptions as sdk_exceptions
 from tests.unit.memory_cloud import Gadget, MemoryCloud, MemoryKind, Widget, gadget, widget
 
-from openstack import exceptions as sdk_exceptions
 from stackhop.engine import Engine, RetryPolicy, RunResult, classify
 from stackhop.errors import ConflictError, Interrupted, OperationFailedError, TransientError
 from stackhop.events import CollectingSink, EventType

@@ -21,14 +21,13 @@ from stackhop.journal import (
     DONE,
     FAILED,
     PENDING,
-    SCHEMA_VERSION,
     SKIPPED,
     STATES,
     TRANSITIONS,
     Journal,
     journal_url,
-    upgrade,
 )
+from stackhop.journal_schema import SCHEMA_VERSION, upgrade
 
 
 @pytest.fixture
