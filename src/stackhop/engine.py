@@ -439,7 +439,7 @@ class Engine:
             self._map(op, row.destination_id)
             self._emit_finished(op, outcome, "done in an earlier run")
             return outcome
-        if isinstance(op, Skip) and row is not None and row.state in (PENDING, FAILED):
+        if isinstance(op, Skip) and row is not None and row.state == PENDING:
             # An earlier attempt did create it after all: that attempt is done.
             return self._done(op, row, op.destination_id, adopted=True, action=row.action)
         reason = op.reason if isinstance(op, Conflict) else None

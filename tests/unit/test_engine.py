@@ -212,6 +212,27 @@ def test_pending_row_from_a_crashed_run_is_looked_up_before_creating(h: Harness)
     assert len(h.cloud.objects["test.widget"]) == 2
 
 
+@pytest.mark.parametrize("left", [PENDING, FAILED])
+def test_identical_object_after_an_unfinished_create_is_recorded(h: Harness, left) -> None:
+    record = widget(1)
+    crashed = h.journal.start_run("test import").id
+    row = h.journal.transition(crashed, "dst", "test.widget", "p-1/w1", PENDING,
+                               action="create", expected=None, attempt=True)
+    if left == FAILED:
+        h.journal.transition(crashed, "dst", "test.widget", "p-1/w1", FAILED,
+                             action="create", expected=row, error="HttpException: HTTP 500")
+    there = WIDGET.create(h.cloud, h.resolver.resolve(WIDGET, record))
+    ops = h.plan({WIDGET: [record]})
+    assert isinstance(ops[0], Skip)
+
+    result = h.run(ops)
+
+    assert result.outcome == "succeeded" and result.errors == []
+    row = h.row("test.widget", "p-1/w1")
+    assert row.destination_id == there and row.state == (DONE if left == PENDING else SKIPPED)
+    assert h.journal.mapped_id("dst", "test.widget", "widget-src-1") == there
+
+
 def _interrupt_on(h: Harness, engine: Engine, name: str, *, ctrl_c: bool) -> None:
     def press() -> None:
         if ctrl_c:
