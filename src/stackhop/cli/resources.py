@@ -1,0 +1,363 @@
+"""``stackhop export|plan|import|verify|rollback|migrate``: keypairs, quotas, security groups.
+
+Thin: parse, open the clouds, archive and journal, call :mod:`stackhop.resources`,
+render. The behaviour is documented in ``docs/resources.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from stackhop import resources
+from stackhop.archive import ArchiveReader, ArchiveWriter
+from stackhop.cli.output import add_format_options, dump, render_table
+from stackhop.clouds import cloud_config, connect
+from stackhop.engine import Engine, RunResult
+from stackhop.errors import ConflictError, UsageError, VerificationError
+from stackhop.events import Event, EventType
+from stackhop.journal import Journal
+from stackhop.kinds.identity import load_operator_map
+from stackhop.plan import Operation, summarize
+
+PLAN_COLUMNS = ("Action", "Kind", "Identity", "Detail")
+RESULT_COLUMNS = ("Kind", "Done", "Skipped", "Conflict", "Failed", "Not started")
+MISMATCH_COLUMNS = ("Kind", "Identity", "Problem")
+ROLLBACK_COLUMNS = ("Action", "Kind", "Identity", "Destination ID", "Outcome", "Error")
+ACTION_STYLES = {
+    "create": "green",
+    "update": "yellow",
+    "conflict": "bold red",
+    "failed": "bold red",
+}
+
+
+def _selectors(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("what to move (none given: everything)")
+    group.add_argument("--keypairs", action="store_true", help="every user's keypairs")
+    group.add_argument("--quotas", action="store_true", help="compute, network and volume quotas")
+    group.add_argument("--nova-quotas", action="store_true", help="compute quotas")
+    group.add_argument("--neutron-quotas", action="store_true", help="network quotas")
+    group.add_argument("--cinder-quotas", action="store_true", help="block storage quotas")
+    group.add_argument("--security-groups", action="store_true", help="security groups and rules")
+
+
+def _maps(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--user-map",
+        metavar="FILE",
+        help="YAML: 'domains: {old: new}' renames, 'users: {src id: dst id}' pins",
+    )
+    p.add_argument("--project-map", metavar="FILE", help="YAML: {source id: destination id}")
+
+
+def _import_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers", type=int, default=8, metavar="N", help="concurrent API requests (default: 8)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="update objects that differ on the destination (default: report conflict)",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the resource transfer commands."""
+    p = subparsers.add_parser("export", help="export keypairs, quotas, security groups to a file")
+    p.add_argument("--from", dest="source", required=True, metavar="CLOUD")
+    p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument(
+        "--via",
+        choices=("api", "db"),
+        default="api",
+        help="read the APIs, or the services' databases (default: api)",
+    )
+    p.add_argument(
+        "--db-config-dir",
+        default="/etc",
+        metavar="DIR",
+        help="holds nova/nova.conf, neutron/neutron.conf, cinder/cinder.conf",
+    )
+    p.add_argument("--project", action="append", metavar="ID_OR_NAME", help="only this project")
+    p.add_argument("--compression", choices=("zstd", "bz2"), default="zstd")
+    _selectors(p)
+    p.set_defaults(func=export_command)
+
+    p = subparsers.add_parser("plan", help="show what an import would do, changing nothing")
+    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    p.add_argument("archive", metavar="FILE")
+    p.add_argument("--overwrite", action="store_true", help="plan updates instead of conflicts")
+    _selectors(p)
+    _maps(p)
+    add_format_options(p, columns=False)
+    p.set_defaults(func=plan_command)
+
+    p = subparsers.add_parser("import", help="apply an archive to the destination (resumable)")
+    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    p.add_argument("archive", metavar="FILE")
+    _selectors(p)
+    _maps(p)
+    _import_options(p)
+    add_format_options(p, columns=False)
+    p.set_defaults(func=import_command)
+
+    p = subparsers.add_parser("verify", help="compare the destination with an archive")
+    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    p.add_argument("archive", metavar="FILE")
+    _selectors(p)
+    _maps(p)
+    add_format_options(p, columns=False)
+    p.set_defaults(func=verify_command)
+
+    p = subparsers.add_parser("rollback", help="undo what an import run did on the destination")
+    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    p.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        metavar="RUN_ID",
+        help="the run to undo (repeat for several; see `stackhop status`)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the undo steps only")
+    add_format_options(p, columns=False)
+    p.set_defaults(func=rollback_command)
+
+    p = subparsers.add_parser("migrate", help="export, import and verify in one go, no file")
+    p.add_argument("--from", dest="source", required=True, metavar="CLOUD")
+    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    p.add_argument("--project", action="append", metavar="ID_OR_NAME", help="only this project")
+    _selectors(p)
+    _maps(p)
+    _import_options(p)
+    add_format_options(p, columns=False)
+    p.set_defaults(func=migrate_command)
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _chosen(args: argparse.Namespace) -> list[str]:
+    return [name for name in resources.SELECTORS if getattr(args, name, False)]
+
+
+def _prepare(
+    args: argparse.Namespace,
+    source: Any,
+    conn: Any,
+    journal: Journal | None,
+) -> resources.Prepared:
+    chosen = _chosen(args)
+    kinds = resources.check_selection(source, resources.selected_kinds(chosen), bool(chosen))
+    prepared = resources.prepare(
+        source,
+        kinds,
+        conn,
+        args.destination,
+        user_map=load_operator_map(args.user_map),
+        project_map=load_operator_map(args.project_map),
+        journal=journal,
+    )
+    warning = resources.unmapped_message(prepared.identities)
+    if warning:
+        args.events.emit(Event(EventType.WARNING, message=warning))
+    return prepared
+
+
+def _print_plan(operations: list[Operation], fmt: str) -> None:
+    if fmt != "table":
+        dump(
+            {"operations": [op.as_dict() for op in operations], "summary": summarize(operations)},
+            fmt,
+            sys.stdout,
+        )
+        return
+    rows = [
+        dict(zip(PLAN_COLUMNS, (op.action, op.kind.name, op.identity, op._detail()), strict=True))
+        for op in operations
+    ]
+    render_table(rows, PLAN_COLUMNS, "table", title="Plan", styles=ACTION_STYLES)
+
+
+def _print_result(result: RunResult, fmt: str) -> None:
+    if fmt != "table":
+        dump(result.as_dict(), fmt, sys.stdout)
+        return
+    rows = [
+        dict(
+            zip(
+                RESULT_COLUMNS,
+                (kind, c["done"], c["skipped"], c["conflict"], c["failed"], c["not_started"]),
+                strict=True,
+            )
+        )
+        for kind, c in result.counts.items()
+    ]
+    render_table(rows, RESULT_COLUMNS, "table", title=f"Run {result.run_id}: {result.outcome}")
+    if result.errors:
+        render_table(
+            [
+                {"Kind": e["kind"], "Identity": e["identity"], "Problem": e["error"]}
+                for e in result.errors
+            ],
+            MISMATCH_COLUMNS,
+            "table",
+            title="Failed",
+        )
+
+
+def _apply(
+    args: argparse.Namespace,
+    source: Any,
+    command: str,
+    source_cloud: str | None,
+) -> RunResult:
+    conn = connect(args.destination)
+    with Journal(args.journal) as journal:
+        prepared = _prepare(args, source, conn, journal)
+        operations = resources.plan_import(prepared, conn, args.overwrite)
+        engine = Engine(journal, conn, prepared.resolver, workers=args.workers, events=args.events)
+        return engine.run(
+            operations,
+            command=command,
+            source_cloud=source_cloud,
+            destination_cloud=args.destination,
+            args={
+                "archive": getattr(args, "archive", None),
+                "kinds": _chosen(args),
+                "overwrite": args.overwrite,
+            },
+        )
+
+
+# -- commands --------------------------------------------------------------------
+
+
+def export_command(args: argparse.Namespace) -> int:
+    kinds = resources.selected_kinds(_chosen(args))
+    config = cloud_config(args.source)
+    with ArchiveWriter(
+        args.output,
+        source_cloud=args.source,
+        source_auth_url=config.auth_url or "",
+        compression=args.compression,
+    ) as writer:
+        if args.via == "db":
+            from stackhop import dbexport
+
+            counts = dbexport.export_db(
+                connect(args.source),
+                args.db_config_dir,
+                writer,
+                kinds,
+                projects=args.project,
+                events=args.events,
+            )
+        else:
+            counts = resources.export_api(
+                connect(args.source), writer, kinds, projects=args.project, events=args.events
+            )
+    for kind, count in counts.items():
+        args.events.emit(Event(EventType.INFO, kind=kind, message=f"exported {count} records"))
+    return 0
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    conn = connect(args.destination)
+    with ArchiveReader(args.archive) as reader:
+        prepared = _prepare(args, reader, conn, None)
+        operations = resources.plan_import(prepared, conn, args.overwrite)
+    _print_plan(operations, args.format)
+    return 0
+
+
+def import_command(args: argparse.Namespace) -> int:
+    with ArchiveReader(args.archive) as reader:
+        result = _apply(args, reader, "import", reader.manifest.source_cloud)
+    _print_result(result, args.format)
+    result.raise_for_failures()
+    return 0
+
+
+def _verify(args: argparse.Namespace, source: Any) -> None:
+    conn = connect(args.destination)
+    prepared = _prepare(args, source, conn, None)
+    checked, mismatches = resources.verify(prepared, conn)
+    if args.format != "table":
+        dump(
+            {"checked": checked, "mismatches": [m.as_dict() for m in mismatches]},
+            args.format,
+            sys.stdout,
+        )
+    elif mismatches:
+        render_table(
+            [
+                dict(zip(MISMATCH_COLUMNS, (m.kind, m.identity, m.problem), strict=True))
+                for m in mismatches
+            ],
+            MISMATCH_COLUMNS,
+            "table",
+            title=f"{len(mismatches)} of {checked} objects differ",
+        )
+    else:
+        print(f"all {checked} objects match")
+    if mismatches:
+        raise VerificationError(
+            f"{len(mismatches)} of {checked} objects differ on {args.destination}; "
+            "import again (with --overwrite to update them) or map the missing users"
+        )
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    with ArchiveReader(args.archive) as reader:
+        _verify(args, reader)
+    return 0
+
+
+def rollback_command(args: argparse.Namespace) -> int:
+    conn = connect(args.destination)
+    with Journal(args.journal) as journal:
+        steps = resources.rollback(
+            journal, conn, args.run, dry_run=args.dry_run, events=args.events
+        )
+    if args.format != "table":
+        dump({"steps": [s.as_dict() for s in steps]}, args.format, sys.stdout)
+    else:
+        render_table(
+            [
+                dict(
+                    zip(
+                        ROLLBACK_COLUMNS,
+                        (s.action, s.kind, s.identity, s.destination_id, s.outcome, s.error or ""),
+                        strict=True,
+                    )
+                )
+                for s in steps
+            ],
+            ROLLBACK_COLUMNS,
+            "table",
+            title="Rollback",
+        )
+    failed = [s for s in steps if s.outcome == "failed"]
+    if failed:
+        raise ConflictError(f"{len(failed)} undo step(s) failed; fix them and run rollback again")
+    return 0
+
+
+def migrate_command(args: argparse.Namespace) -> int:
+    if args.source == args.destination:
+        raise UsageError("--from and --to name the same cloud; migrate moves between two clouds")
+    records = resources.RecordSet()
+    resources.export_api(
+        connect(args.source),
+        records,
+        resources.selected_kinds(_chosen(args)),
+        projects=args.project,
+        events=args.events,
+    )
+    result = _apply(args, records, "migrate", args.source)
+    _print_result(result, args.format)
+    result.raise_for_failures()
+    _verify(args, records)
+    return 0

@@ -1,0 +1,135 @@
+"""``nova.keypair``: every user's SSH keypairs (public half only), moved by an admin.
+
+Nova keypairs belong to a user, not a project; an admin reads and writes
+other users' keypairs with compute microversion 2.10. A keypair has no ID of
+its own, so its source ID is ``<user id>/<name>`` and its identity
+``<domain>/<user>/<name>``. Keypairs cannot be changed in place: ``--overwrite``
+replaces one (delete, then create). Nova keeps only the public key, so a
+private key never passes through stackhop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from stackhop.kinds import register
+from stackhop.kinds.base import Connection, Kind, Record
+from stackhop.kinds.identity import USER
+from stackhop.kinds.rest import call, segment
+
+#: Admin access to other users' keypairs (``user_id``) and the key ``type``.
+MICROVERSION = "2.10"
+
+
+def keypair_record(
+    user: Mapping[str, Any], name: str, key_type: str, public_key: str, **facts: Any
+) -> Record:
+    """The archive record of one keypair (the API and the database export both build it here)."""
+    return {
+        "id": f"{user['id']}/{name}",
+        "user_id": user["id"],
+        "user_name": user["name"],
+        "user_domain": user["domain_name"],
+        "name": name,
+        "type": key_type,
+        "public_key": public_key.strip(),
+        **{k: v for k, v in facts.items() if v is not None},
+    }
+
+
+@register
+class Keypair(Kind):
+    name = "nova.keypair"
+    references = {"user_id": USER}
+    portable_fields = ("type", "public_key")
+    source_only_fields = ("fingerprint", "user_name", "user_domain")
+
+    def identity(self, record: Mapping[str, Any]) -> str:
+        return f"{record['user_domain']}/{record['user_name']}/{record['name']}"
+
+    def normalize(self, field: str, value: Any) -> Any:
+        # Nova may store a key with a trailing newline; the key is the same.
+        return value.strip() if isinstance(value, str) else value
+
+    def list(self, conn: Connection, **filters: Any) -> Iterator[Record]:
+        """Every keypair of each user in ``users`` (``identity.user`` records)."""
+        users: Iterable[Mapping[str, Any]] = filters["users"]
+        for user in users:
+            body = call(
+                conn.compute,
+                "GET",
+                f"/os-keypairs?user_id={segment(user['id'])}",
+                microversion=MICROVERSION,
+            )
+            for item in body.get("keypairs", []):
+                kp = item["keypair"]
+                yield keypair_record(
+                    user,
+                    kp["name"],
+                    kp.get("type", "ssh"),
+                    kp["public_key"],
+                    fingerprint=kp.get("fingerprint"),
+                )
+
+    def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
+        body = call(
+            conn.compute,
+            "GET",
+            f"/os-keypairs/{segment(record['name'])}?user_id={segment(record['user_id'])}",
+            microversion=MICROVERSION,
+            missing_ok=True,
+        )
+        if body is None:
+            return None
+        kp = body["keypair"]
+        return {
+            "id": f"{record['user_id']}/{kp['name']}",
+            "user_id": record["user_id"],
+            "name": kp["name"],
+            "type": kp.get("type", "ssh"),
+            "public_key": kp["public_key"],
+            "fingerprint": kp.get("fingerprint"),
+        }
+
+    def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
+        call(
+            conn.compute,
+            "POST",
+            "/os-keypairs",
+            json={
+                "keypair": {
+                    "name": record["name"],
+                    "type": record["type"],
+                    "public_key": record["public_key"],
+                    "user_id": record["user_id"],
+                }
+            },
+            microversion=MICROVERSION,
+        )
+        return f"{record['user_id']}/{record['name']}"
+
+    def update(
+        self, conn: Connection, record: Mapping[str, Any], existing: Mapping[str, Any]
+    ) -> None:
+        # Keypairs are immutable: replace. Rollback recreates the old key from ``before``.
+        self.delete(conn, self.destination_id(existing))
+        self.create(conn, record)
+
+    def before(self, existing: Mapping[str, Any]) -> Record:
+        return {k: existing[k] for k in ("id", "user_id", "name", "type", "public_key")}
+
+    def delete(self, conn: Connection, destination_id: str) -> None:
+        user_id, name = destination_id.split("/", 1)
+        call(
+            conn.compute,
+            "DELETE",
+            f"/os-keypairs/{segment(name)}?user_id={segment(user_id)}",
+            microversion=MICROVERSION,
+            missing_ok=True,
+        )
+
+    def restore(self, conn: Connection, before: Mapping[str, Any]) -> None:
+        """Put back the keypair an ``--overwrite`` replaced (rollback)."""
+        self.delete(conn, str(before["id"]))
+        self.create(conn, before)

@@ -1,0 +1,201 @@
+"""Quotas: ``nova.quota``, ``neutron.quota``, ``cinder.quota``, one kind per service.
+
+A record is one project's explicitly set limits for one service:
+``{"id": project, "project_id": project, "limits": {resource: value}}``. Only
+values that differ from the source cloud's defaults are carried (a value
+left at the default follows the destination's own defaults). Block-storage
+records include the per-volume-type limits (``volumes_<type>``, ...).
+
+On import the destination project's current values of the same resources are
+read; equal -> skip, different -> update (quotas always follow the source). The
+engine journals the previous values (``before``), and rollback puts them back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, ClassVar
+
+from stackhop.kinds import register
+from stackhop.kinds.base import Connection, Decision, Difference, Kind, Record
+from stackhop.kinds.identity import PROJECT
+from stackhop.kinds.rest import call, segment
+
+#: Nova microversion for quota sets: network quotas (proxied to Neutron) are gone from 2.36.
+NOVA_MICROVERSION = "2.36"
+
+#: Keys of a quota set that are not limits.
+_NOT_LIMITS = frozenset({"id", "project_id", "tenant_id"})
+
+
+def quota_record(project: Mapping[str, Any], limits: Mapping[str, int]) -> Record:
+    """The archive record of one project's limits (API and database export build it here)."""
+    return {
+        "id": project["id"],
+        "project_id": project["id"],
+        "project_name": project["name"],
+        "project_domain": project["domain_name"],
+        "limits": {k: int(v) for k, v in sorted(limits.items())},
+    }
+
+
+def explicit(values: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, int]:
+    """The limits in ``values`` that differ from ``defaults`` (ints only, IDs dropped)."""
+    return {
+        k: int(v)
+        for k, v in values.items()
+        if k not in _NOT_LIMITS
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+        and defaults.get(k) != v
+    }
+
+
+class QuotaKind(Kind):
+    """Shared behaviour of the three quota kinds; subclasses say how to read and write."""
+
+    references = {"project_id": PROJECT}
+    portable_fields = ("limits",)
+    source_only_fields = ("project_name", "project_domain")
+    service: ClassVar[str]
+
+    def identity(self, record: Mapping[str, Any]) -> str:
+        return f"{record['project_domain']}/{record['project_name']}"
+
+    def on_difference(self, differences: list[Difference], overwrite: bool) -> Decision:
+        return "update"  # the source's explicit limits are what the operator moves
+
+    # -- per service ----------------------------------------------------------
+
+    def defaults(self, conn: Connection, project_id: str) -> dict[str, Any]:
+        raise TypeError(f"{self.name} does not read defaults")
+
+    def current(self, conn: Connection, project_id: str) -> dict[str, Any]:
+        raise TypeError(f"{self.name} does not read quotas")
+
+    def write(self, conn: Connection, project_id: str, limits: Mapping[str, int]) -> None:
+        raise TypeError(f"{self.name} does not write quotas")
+
+    def reset(self, conn: Connection, project_id: str) -> None:
+        raise TypeError(f"{self.name} does not reset quotas")
+
+    # -- the cloud calls ------------------------------------------------------
+
+    def list(self, conn: Connection, **filters: Any) -> Iterator[Record]:
+        """The explicit limits of each project in ``projects`` (``identity.project`` records)."""
+        projects: Iterable[Mapping[str, Any]] = filters["projects"]
+        defaults: dict[str, Any] | None = None
+        for project in projects:
+            if defaults is None:
+                defaults = self.defaults(conn, project["id"])
+            limits = explicit(self.current(conn, project["id"]), defaults)
+            if limits:
+                yield quota_record(project, limits)
+
+    def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
+        values = self.current(conn, record["project_id"])
+        return {
+            "id": record["project_id"],
+            "project_id": record["project_id"],
+            "limits": {k: values.get(k) for k in record["limits"]},
+        }
+
+    def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
+        self.write(conn, record["project_id"], record["limits"])
+        return str(record["project_id"])
+
+    def update(
+        self, conn: Connection, record: Mapping[str, Any], existing: Mapping[str, Any]
+    ) -> None:
+        self.write(conn, record["project_id"], record["limits"])
+
+    def before(self, existing: Mapping[str, Any]) -> Record:
+        return {
+            "id": existing["id"],
+            "project_id": existing["project_id"],
+            "limits": dict(existing["limits"]),
+        }
+
+    def restore(self, conn: Connection, before: Mapping[str, Any]) -> None:
+        """Put back the limits an import changed (rollback)."""
+        limits = {k: v for k, v in before["limits"].items() if v is not None}
+        if limits:
+            self.write(conn, str(before["project_id"]), limits)
+
+    def delete(self, conn: Connection, destination_id: str) -> None:
+        self.reset(conn, destination_id)
+
+
+@register
+class NovaQuota(QuotaKind):
+    name = "nova.quota"
+
+    def defaults(self, conn: Connection, project_id: str) -> dict[str, Any]:
+        url = f"/os-quota-sets/{segment(project_id)}/defaults"
+        return dict(call(conn.compute, "GET", url, microversion=NOVA_MICROVERSION)["quota_set"])
+
+    def current(self, conn: Connection, project_id: str) -> dict[str, Any]:
+        url = f"/os-quota-sets/{segment(project_id)}"
+        return dict(call(conn.compute, "GET", url, microversion=NOVA_MICROVERSION)["quota_set"])
+
+    def write(self, conn: Connection, project_id: str, limits: Mapping[str, int]) -> None:
+        call(
+            conn.compute,
+            "PUT",
+            f"/os-quota-sets/{segment(project_id)}",
+            json={"quota_set": dict(limits)},
+            microversion=NOVA_MICROVERSION,
+        )
+
+    def reset(self, conn: Connection, project_id: str) -> None:
+        call(
+            conn.compute,
+            "DELETE",
+            f"/os-quota-sets/{segment(project_id)}",
+            microversion=NOVA_MICROVERSION,
+            missing_ok=True,
+        )
+
+
+@register
+class NeutronQuota(QuotaKind):
+    name = "neutron.quota"
+
+    def defaults(self, conn: Connection, project_id: str) -> dict[str, Any]:
+        url = f"/quotas/{segment(project_id)}/default"
+        return dict(call(conn.network, "GET", url)["quota"])
+
+    def current(self, conn: Connection, project_id: str) -> dict[str, Any]:
+        return dict(call(conn.network, "GET", f"/quotas/{segment(project_id)}")["quota"])
+
+    def write(self, conn: Connection, project_id: str, limits: Mapping[str, int]) -> None:
+        call(conn.network, "PUT", f"/quotas/{segment(project_id)}", json={"quota": dict(limits)})
+
+    def reset(self, conn: Connection, project_id: str) -> None:
+        call(conn.network, "DELETE", f"/quotas/{segment(project_id)}", missing_ok=True)
+
+
+@register
+class CinderQuota(QuotaKind):
+    """Block storage limits, including the per-volume-type ones (``gigabytes_<type>``, ...)."""
+
+    name = "cinder.quota"
+
+    def defaults(self, conn: Connection, project_id: str) -> dict[str, Any]:
+        url = f"/os-quota-sets/{segment(project_id)}/defaults"
+        return dict(call(conn.block_storage, "GET", url)["quota_set"])
+
+    def current(self, conn: Connection, project_id: str) -> dict[str, Any]:
+        url = f"/os-quota-sets/{segment(project_id)}"
+        return dict(call(conn.block_storage, "GET", url)["quota_set"])
+
+    def write(self, conn: Connection, project_id: str, limits: Mapping[str, int]) -> None:
+        call(
+            conn.block_storage,
+            "PUT",
+            f"/os-quota-sets/{segment(project_id)}",
+            json={"quota_set": dict(limits)},
+        )
+
+    def reset(self, conn: Connection, project_id: str) -> None:
+        call(conn.block_storage, "DELETE", f"/os-quota-sets/{segment(project_id)}", missing_ok=True)
