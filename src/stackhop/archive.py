@@ -18,6 +18,8 @@ checks every member against the manifest before a single record is returned.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -32,8 +34,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import zstandard
-
 from stackhop import __version__
 from stackhop.errors import (
     ArchiveError,
@@ -47,10 +47,10 @@ from stackhop.tarstream import (
     ZSTD_MAGIC,
     Compression,
     DecompressedStream,
-    ParallelBz2Writer,
     TarMember,
     TarReader,
     TarWriter,
+    block_compressor,
     check_zstd_frames,
     read_all,
     refuse_unsafe,
@@ -69,7 +69,9 @@ _BZ2_MAGIC = re.compile(rb"BZh[1-9]")
 _KIND_RE = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*")
 _KIND_MAX = 80  # keeps member names inside a plain ustar header
 
-_SPOOL_FLUSH_CHARS = 1 << 20
+_SPOOL_FLUSH_CHARS = 1 << 20  # records are compressed in blocks of about this size
+_SPOOL_IN_FLIGHT = 4  # blocks per kind waiting for compression
+_COMPRESS_THREADS = max(1, min(os.cpu_count() or 1, 8))
 _MANIFEST_MAX = 16 << 20
 
 
@@ -294,10 +296,23 @@ def _line_encoder() -> tuple[_Chunks, dict[int, Any]]:
 
 
 class _Spool:
-    """Records of one kind, encoded and hashed as they arrive, in a private file."""
+    """Records of one kind, encoded and hashed as they arrive, compressed in the background.
 
-    def __init__(self, path: Path) -> None:
+    Each flushed block is hashed here, in order, then compressed by the pool
+    into a self-contained frame; frames are appended to a private file in
+    order. At most ``_SPOOL_IN_FLIGHT`` blocks wait, so memory stays bounded.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        compress: Callable[[bytes], bytes],
+        pool: concurrent.futures.ThreadPoolExecutor,
+    ) -> None:
         self.path = path
+        self._compress = compress
+        self._pool = pool
+        self._in_flight: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed in close()
         # ArchiveWriter.write appends here directly (a method call per record
@@ -318,14 +333,21 @@ class _Spool:
         self.chars = 0
         self._hash.update(data)
         self.size += len(data)
-        self._file.write(data)
+        self._in_flight.append(self._pool.submit(self._compress, data))
+        while len(self._in_flight) > _SPOOL_IN_FLIGHT:
+            self._file.write(self._in_flight.popleft().result())
 
     def close(self) -> MemberDigest:
         self.flush()
+        while self._in_flight:
+            self._file.write(self._in_flight.popleft().result())
         self._file.close()
         return MemberDigest(size=self.size, sha256=self._hash.hexdigest())
 
     def discard(self) -> None:
+        for future in self._in_flight:
+            future.cancel()
+        self._in_flight.clear()
         self._file.close()
 
 
@@ -361,6 +383,8 @@ class ArchiveWriter:
         self.manifest: Manifest | None = None
         self._aborted = False
         self._workdir: Path | None = None
+        self._compress = block_compressor(compression, self.level)
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._spools: dict[str, _Spool] = {}
         self._encode, self._encode_markers = _line_encoder()
 
@@ -390,6 +414,7 @@ class ArchiveWriter:
                 f"archive {self.path} already exists; choose another name or allow overwriting"
             )
         parent = self.path.parent
+        self._pool = concurrent.futures.ThreadPoolExecutor(_COMPRESS_THREADS, "stackhop-archive")
         try:
             self._workdir = Path(
                 tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=parent)
@@ -405,9 +430,9 @@ class ArchiveWriter:
         spool = self._spools.get(kind)
         if spool is None:
             _check_kind(kind)
-            if self._workdir is None:
+            if self._workdir is None or self._pool is None:
                 raise ArchiveError("ArchiveWriter used outside its `with` block (call open())")
-            spool = _Spool(self._workdir / f"{kind}.jsonl")
+            spool = _Spool(self._workdir / f"{kind}.jsonl", self._compress, self._pool)
             self._spools[kind] = spool
         return spool
 
@@ -474,20 +499,12 @@ class ArchiveWriter:
         fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.fchmod(fd, 0o600)  # exact mode whatever the umask
         with open(fd, "wb", buffering=IO_CHUNK) as raw:
-            compressor: Any
-            if self.compression == "zstd":
-                compressor = zstandard.ZstdCompressor(
-                    level=self.level, write_checksum=True, threads=0
-                ).stream_writer(raw, closefd=False, write_size=IO_CHUNK)
-            else:
-                compressor = ParallelBz2Writer(raw, self.level)
-            tar = TarWriter(compressor, mtime)
+            tar = TarWriter(raw, self._compress, mtime)
             tar.add_bytes(MANIFEST_NAME, manifest_bytes)
             for kind in manifest.record_counts:
                 name = member_name(kind)
-                tar.add_file(name, self._spools[kind].path, manifest.members[name].size)
+                tar.add_compressed(name, self._spools[kind].path, manifest.members[name].size)
             tar.finish()
-            compressor.close()
             raw.flush()
             os.fsync(raw.fileno())
 
@@ -524,6 +541,9 @@ class ArchiveWriter:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

@@ -10,19 +10,17 @@ truncated stream, which the decompressor alone reports as a clean end.
 from __future__ import annotations
 
 import bz2
-import concurrent.futures
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol, cast
+from typing import IO, Any, Literal, cast
 
 import zstandard
 
 from stackhop.errors import (
-    ArchiveError,
     ArchiveIntegrityError,
     ArchiveUnsafeError,
     NotAnArchiveError,
@@ -42,64 +40,52 @@ _CODEC_PROBE = 4 << 20  # more than a bzip2 block, so its CRC is checked
 # --------------------------------------------------------------------------- writing
 
 
-class Sink(Protocol):
-    def write(self, data: bytes, /) -> int: ...
+def block_compressor(compression: Compression, level: int) -> Callable[[bytes], bytes]:
+    """Compress one block into a self-contained zstd frame or bzip2 stream.
 
-
-class ParallelBz2Writer:
-    """bzip2 in independent streams compressed on all cores (as pbzip2 does).
-
-    bzip2 runs at a few MB/s per core, so one stream makes it the bottleneck;
-    concatenated streams are valid bzip2 that every reader (``bzip2 -d``,
-    ``tar -j``, Python) decompresses as one. ``bz2.compress`` releases the GIL,
-    so threads use the cores. At most two chunks per worker are in flight.
+    An archive is a sequence of such blocks: concatenated zstd frames and
+    concatenated bzip2 streams are each valid input for every decompressor
+    (``zstd -d``, ``tar --zstd``, ``bzip2 -d``, Python), and independent blocks
+    can be compressed on all cores while records are still being written.
+    Both codecs release the GIL while they work.
     """
+    if compression == "zstd":
 
-    CHUNK = 4 << 20
+        def zstd_block(data: bytes) -> bytes:
+            # A compressor per block: one instance is not safe across threads.
+            return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
 
-    def __init__(self, sink: IO[bytes], level: int) -> None:
-        self._sink = sink
-        self._level = level
-        self._workers = max(1, min(os.cpu_count() or 1, 8))
-        self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, "stackhop-bz2")
-        self._pending: list[concurrent.futures.Future[bytes]] = []
-        self._buffer = bytearray()
+        return zstd_block
 
-    def write(self, data: bytes) -> int:
-        self._buffer += data
-        while len(self._buffer) >= self.CHUNK:
-            self._submit(bytes(self._buffer[: self.CHUNK]))
-            del self._buffer[: self.CHUNK]
-        return len(data)
+    def bz2_block(data: bytes) -> bytes:
+        return bz2.compress(data, level)
 
-    def _submit(self, chunk: bytes) -> None:
-        self._pending.append(self._pool.submit(bz2.compress, chunk, self._level))
-        while len(self._pending) > 2 * self._workers:
-            self._sink.write(self._pending.pop(0).result())
-
-    def close(self) -> None:
-        try:
-            if self._buffer or not self._pending:
-                self._submit(bytes(self._buffer))
-                self._buffer.clear()
-            for future in self._pending:
-                self._sink.write(future.result())
-            self._pending.clear()
-        finally:
-            self._pool.shutdown(cancel_futures=True)
+    return bz2_block
 
 
 class TarWriter:
-    """Writes tar members (PAX format headers, regular files only) to a sink."""
+    """Writes a compressed tar (PAX headers, regular files only) as a sequence of blocks.
 
-    def __init__(self, sink: Sink, mtime: int) -> None:
-        self._sink = sink
+    Headers, padding and small members are gathered and compressed together;
+    large members arrive already compressed (see ``block_compressor``) and are
+    copied as they are, so assembling an archive costs a file copy.
+    """
+
+    def __init__(self, raw: IO[bytes], compress: Callable[[bytes], bytes], mtime: int) -> None:
+        self._raw = raw
+        self._compress = compress
         self._mtime = mtime
-        self._written = 0
+        self._pending = bytearray()
+        self._written = 0  # uncompressed tar bytes so far
 
     def _put(self, data: bytes) -> None:
-        self._sink.write(data)
+        self._pending += data
         self._written += len(data)
+
+    def _emit(self) -> None:
+        if self._pending:
+            self._raw.write(self._compress(bytes(self._pending)))
+            self._pending.clear()
 
     def _header(self, name: str, size: int) -> None:
         info = tarfile.TarInfo(name)
@@ -119,21 +105,21 @@ class TarWriter:
         self._put(data)
         self._pad(len(data))
 
-    def add_file(self, name: str, path: Path, size: int) -> None:
+    def add_compressed(self, name: str, path: Path, size: int) -> None:
+        """Add a member of ``size`` bytes whose compressed blocks are in the file ``path``."""
         self._header(name, size)
-        copied = 0
+        self._emit()
         with open(path, "rb", buffering=0) as source:
             while chunk := source.read(IO_CHUNK):
-                self._put(chunk)
-                copied += len(chunk)
-        if copied != size:  # the spool is ours alone; a mismatch means a local fault
-            raise ArchiveError(f"spool file {path} changed while the archive was assembled")
+                self._raw.write(chunk)
+        self._written += size
         self._pad(size)
 
     def finish(self) -> None:
         self._put(_ZERO_BLOCK * 2)
         if self._written % _RECORD:
             self._put(bytes(_RECORD - self._written % _RECORD))
+        self._emit()
 
 
 # --------------------------------------------------------------------------- reading

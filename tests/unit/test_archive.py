@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 import zstandard
 
 import stackhop
-import stackhop.tarstream as tarstream
+import stackhop.archive as archive_module
 from stackhop.archive import (
     FORMAT_VERSION,
     ArchiveReader,
@@ -168,19 +169,29 @@ def test_round_trip_keeps_interleaved_kinds_in_order(tmp_path: Path, compression
         assert list(reader.records("glance.image")) == written["glance.image"]
 
 
-def test_bz2_archive_is_written_as_parallel_streams(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("compression", "magic"), [("zstd", b"\x28\xb5\x2f\xfd"), ("bz2", b"BZh9")]
+)
+def test_records_are_compressed_in_independent_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: str, magic: bytes
 ) -> None:
-    monkeypatch.setattr(tarstream.ParallelBz2Writer, "CHUNK", 64 * 1024)
+    """Blocks (zstd frames, bzip2 streams) are compressed in parallel while writing."""
+    monkeypatch.setattr(archive_module, "_SPOOL_FLUSH_CHARS", 64 * 1024)
     path = tmp_path / "export.shop"
     records = [{"name": f"k{i}", "fp": f"{i * 7919:x}"} for i in range(20000)]
-    write_archive(path, [("nova.keypair", r) for r in records], compression="bz2")
-    assert path.read_bytes().count(b"BZh9") >= 5  # one header per independent stream
+    write_archive(path, [("nova.keypair", r) for r in records], compression=compression)
+    assert path.read_bytes().count(magic) >= 5  # one header per independent block
     with ArchiveReader(path) as reader:
         assert list(reader.records("nova.keypair")) == records
-    # Cut at the start of the last stream: whole streams only, the tar is incomplete.
+    # Standard tools read the concatenated blocks as one stream.
+    opener = {"zstd": "--zstd", "bz2": "--bzip2"}[compression]
+    listing = subprocess.run(
+        ["tar", opener, "-tf", str(path)], check=True, capture_output=True, text=True
+    ).stdout
+    assert listing.split() == ["manifest.json", "records/nova.keypair.jsonl"]
+    # Cut at the start of the last block: whole blocks only, the tar is incomplete.
     data = path.read_bytes()
-    path.write_bytes(data[: data.rindex(b"BZh9")])
+    path.write_bytes(data[: data.rindex(magic)])
     assert refusal(path) == damaged(path, "the tar data ends early (truncated)")
 
 
@@ -482,12 +493,17 @@ def test_corrupt_zstd_stream(tmp_path: Path) -> None:
     path = tmp_path / "export.shop"
     write_archive(path, [("nova.keypair", {"name": f"k{i}"}) for i in range(20000)])
     whole = path.read_bytes()
-    # A flipped byte inside the records changes the member: its sha256 catches it.
+    # A flipped byte inside the records: the zstd layer or the member's sha256 catches it,
+    # whichever comes first (a frame's checksum is checked at the frame's end).
     data = bytearray(whole)
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert refusal(path) == damaged(
-        path, "member 'records/nova.keypair.jsonl' does not match its sha256 in the manifest"
+    assert re.fullmatch(
+        re.escape(f"archive {path} is damaged or was modified: ")
+        + r"(the zstd stream is corrupt \(zstd decompress error: [^)]+\)"
+        + r"|member 'records/nova.keypair.jsonl' does not match its sha256 in the manifest)"
+        + re.escape("; restore a good copy or export again"),
+        refusal(path),
     )
     # A flipped byte in the frame checksum is caught by the zstd layer itself.
     data = bytearray(whole)
@@ -501,8 +517,21 @@ def test_corrupt_bz2_stream(tmp_path: Path) -> None:
     write_archive(
         path, [("nova.keypair", {"name": f"k{i}"}) for i in range(2000)], compression="bz2"
     )
-    data = bytearray(path.read_bytes())
+    whole = path.read_bytes()
+    # Inside the records: bzip2 refuses undecodable data, but hands out a block's
+    # data before checking its CRC, so the member's sha256 may be first to catch it.
+    data = bytearray(whole)
     data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert refusal(path) in (
+        damaged(path, "the bz2 stream is corrupt (Invalid data stream)"),
+        damaged(
+            path, "member 'records/nova.keypair.jsonl' does not match its sha256 in the manifest"
+        ),
+    )
+    # In the first stream's header (the block magic): bzip2 itself refuses it.
+    data = bytearray(whole)
+    data[5] ^= 0xFF
     path.write_bytes(bytes(data))
     assert refusal(path) == damaged(path, "the bz2 stream is corrupt (Invalid data stream)")
 
