@@ -17,14 +17,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import openstack.config
 import pytest
 from openstack.connection import Connection
 from testbed import layout
 from testbed.openstack.cinder import CEPH_POOL
 from testbed.seed import inventory as inv
 from testbed.seed.security_groups import rule_key, wanted_key
-
-import openstack.config
 
 pytestmark = pytest.mark.functional
 
@@ -81,37 +80,59 @@ def dst(seeded: Any) -> Cloud:
 
 
 def snapshot(cloud: Cloud) -> dict[str, list[tuple[Any, ...]]]:
-    """Identity and ID of every object in the seeded projects (sorted lists per kind)."""
-    conn, pids = cloud.conn, set(cloud.projects.values())
-    seeded_pids = {cloud.projects[p.name] for p in inv.PROJECTS if p.name in cloud.projects}
-    out: dict[str, list[tuple[Any, ...]]] = {
+    """Identity and ID of every object the inventory declares on ``cloud`` (sorted, per kind).
+
+    Only declared objects: other suites (migrations into dst) add and remove
+    their own objects while this module runs.
+    """
+    conn, name = cloud.conn, cloud.layout.name
+    on_src = name == inv.SRC
+    keypairs = {(k.user, k.name) for k in inv.on(name, inv.KEYPAIRS)}
+    groups = {(g.project, g.name, None if g.name == "default" else g.stamped_description)
+              for g in inv.on(name, inv.SECURITY_GROUPS)}
+    by_pid = {v: k for k, v in cloud.projects.items()}
+
+    def named(items: Any, names: set[str]) -> list[tuple[Any, ...]]:
+        return sorted((by_pid.get(x.project_id), x.name, x.id) for x in items if x.name in names
+                      and x.project_id in by_pid)
+
+    return {
         "projects": sorted(cloud.projects.items()),
         "users": sorted(cloud.users.items()),
         "keypairs": sorted(
-            (uid, k.name, k.fingerprint)
-            for uid in cloud.users.values() for k in conn.compute.keypairs(user_id=uid)
+            (user, k.name, k.fingerprint)
+            for user, uid in cloud.users.items() for k in conn.compute.keypairs(user_id=uid)
+            if (user, k.name) in keypairs
         ),
         "security groups": sorted(
-            (g.project_id, g.name, g.description, g.id, tuple(sorted(r["id"] for r in
-                                                                  g.security_group_rules)))
-            for g in conn.network.security_groups() if g.project_id in seeded_pids
+            (by_pid[g.project_id], g.name, g.description, g.id,
+             tuple(sorted(r["id"] for r in g.security_group_rules)))
+            for g in conn.network.security_groups()
+            if (by_pid.get(g.project_id), g.name,
+                None if g.name == "default" else g.description) in groups
         ),
-        "networks": sorted((n.project_id, n.name, n.id) for n in conn.network.networks()
-                           if n.project_id in pids),
-        "subnets": sorted((s.name, s.id) for s in conn.network.subnets() if s.project_id in pids),
-        "routers": sorted((r.name, r.id) for r in conn.network.routers() if r.project_id in pids),
-        "ports": sorted((p.name, p.id) for p in conn.network.ports() if p.project_id in pids),
-        "floating ips": sorted((f.floating_ip_address, f.id, f.port_id)
-                               for f in conn.network.ips() if f.project_id in pids),
+        "networks": named(conn.network.networks(), {n.name for n in inv.NETWORKS} if on_src
+                          else set()),
+        "subnets": named(conn.network.subnets(), {s.name for n in inv.NETWORKS for s in n.subnets}
+                         if on_src else set()),
+        "routers": named(conn.network.routers(), {r.name for r in inv.ROUTERS} if on_src
+                         else set()),
+        "ports": named(conn.network.ports(), {p.name for p in inv.PORTS} if on_src else set()),
+        "floating ips": sorted(
+            (f.floating_ip_address, f.id, f.port_id) for f in conn.network.ips()
+            if on_src and f.floating_ip_address in {x.address for x in inv.FLOATING_IPS}
+        ),
         "images": sorted((i.name, i.id, i.updated_at) for i in conn.image.images(visibility="all")
-                         if i.owner in pids),
-        "volumes": sorted((v.name, v.id, v.updated_at) for v in
-                          conn.block_storage.volumes(all_projects=True) if v.project_id in pids),
-        "servers": sorted((s.name, s.id, s.status) for deleted in (False, True) for s in
-                          conn.compute.servers(all_projects=True, deleted_only=deleted)
-                          if s.project_id in seeded_pids),
+                         if on_src and i.name in {x.name for x in inv.IMAGES}
+                         and i.owner in by_pid),
+        "volumes": named(conn.block_storage.volumes(all_projects=True),
+                         {v.name for v in inv.VOLUMES} if on_src else set()),
+        "servers": sorted(
+            (s.name, s.id, s.status) for deleted in (False, True)
+            for s in conn.compute.servers(all_projects=True, deleted_only=deleted)
+            if on_src and s.name in {x.name for x in inv.SERVERS} and s.project_id in by_pid
+        ),
     }
-    return out
 
 
 @dataclass(frozen=True)
