@@ -193,8 +193,8 @@ def check_zstd_frames(fd: int, size: int, path: Path) -> None:
                 break
         if descriptor & 0x04:
             pos += 4
-        if pos > size:
-            raise ArchiveIntegrityError(path=path, detail="the zstd stream ends early (truncated)")
+    if pos > size:  # the last frame (or a skippable one) claims bytes the file lacks
+        raise ArchiveIntegrityError(path=path, detail="the zstd stream ends early (truncated)")
 
 
 class DecompressedStream:
