@@ -64,20 +64,43 @@ def admin_connection(c: layout.CloudLayout) -> openstack.connection.Connection:
 
 
 @dataclass
+class Directory:
+    """IDs by name of one cloud's domains, projects and users, loaded by three listings.
+
+    Shared by every context of one cloud, so each thread does not look names up again.
+    """
+
+    domains: dict[str, str] = field(default_factory=dict)
+    projects: dict[tuple[str, str], str] = field(default_factory=dict)  # (domain ID, name)
+    users: dict[tuple[str, str], str] = field(default_factory=dict)
+    loaded: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def load(self, conn: openstack.connection.Connection) -> None:
+        ident = conn.identity
+        self.domains = {d.name: d.id for d in ident.domains()}
+        self.projects = {(p.domain_id, p.name): p.id for p in ident.projects()}
+        self.users = {(u.domain_id, u.name): u.id for u in ident.users()}
+        self.loaded = True
+
+
+@dataclass
 class SeedContext:
-    """One cloud as the seed sees it: admin connection, caches of IDs by name, the tally."""
+    """One cloud as the seed sees it: admin connection, IDs by name, the tally."""
 
     cloud: layout.CloudLayout
     tally: Tally
+    directory: Directory = field(default_factory=Directory)
     conn: openstack.connection.Connection = field(init=False)
-    _domain_ids: dict[str, str] = field(default_factory=dict)
-    _project_ids: dict[str, str] = field(default_factory=dict)
-    _user_ids: dict[str, str] = field(default_factory=dict)
     _actors: dict[str, openstack.connection.Connection] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.conn = admin_connection(self.cloud)
+
+    def sibling(self) -> SeedContext:
+        """A context with its own connections (for another thread), sharing IDs and tally."""
+        return SeedContext(self.cloud, self.tally, self.directory)
 
     @property
     def name(self) -> str:
@@ -93,30 +116,27 @@ class SeedContext:
         self.tally.found(kind, n)
 
     # -- lookups by name --------------------------------------------------------------
+    def _lookup(self, pick: Callable[[Directory], str | None], what: str) -> str:
+        with self.directory.lock:
+            if not self.directory.loaded:
+                self.directory.load(self.conn)
+            found = pick(self.directory)
+            if found is None:  # created since the listing: list again, once
+                self.directory.load(self.conn)
+                found = pick(self.directory)
+        if found is None:
+            raise KeyError(f"{self.name}: no {what}")
+        return found
+
     def domain_id(self, name: str) -> str:
         if name == "Default":
             return "default"
-        with self._lock:
-            if name not in self._domain_ids:
-                found = self.conn.identity.find_domain(name, ignore_missing=False)
-                self._domain_ids[name] = found.id
-            return self._domain_ids[name]
+        return self._lookup(lambda d: d.domains.get(name), f"domain {name}")
 
     def project_id(self, name: str) -> str:
-        with self._lock:
-            cached = self._project_ids.get(name)
-        if cached:
-            return cached
-        domain = "Default"
-        for p in inv.PROJECTS:
-            if p.name == name:
-                domain = p.domain
-        found = self.conn.identity.find_project(
-            name, domain_id=self.domain_id(domain), ignore_missing=False
-        )
-        with self._lock:
-            self._project_ids[name] = found.id
-        return found.id
+        domain = next((p.domain for p in inv.PROJECTS if p.name == name), "Default")
+        domain_id = self.domain_id(domain)
+        return self._lookup(lambda d: d.projects.get((domain_id, name)), f"project {name}")
 
     def user(self, name: str) -> inv.User:
         for u in inv.USERS:
@@ -125,24 +145,27 @@ class SeedContext:
         raise KeyError(f"user {name!r} is not in the seed inventory")
 
     def user_id(self, name: str) -> str:
-        with self._lock:
-            cached = self._user_ids.get(name)
-        if cached:
-            return cached
-        u = self.user(name)
-        found = self.conn.identity.find_user(
-            name, domain_id=self.domain_id(u.domain), ignore_missing=False
-        )
-        with self._lock:
-            self._user_ids[name] = found.id
-        return found.id
+        domain_id = self.domain_id(self.user(name).domain)
+        return self._lookup(lambda d: d.users.get((domain_id, name)), f"user {name}")
+
+    def has_project(self, name: str) -> bool:
+        try:
+            self.project_id(name)
+        except KeyError:
+            return False
+        return True
+
+    def ids(self) -> Directory:
+        """The directory, listed now if it was not (or was forgotten)."""
+        with self.directory.lock:
+            if not self.directory.loaded:
+                self.directory.load(self.conn)
+            return self.directory
 
     def forget_ids(self) -> None:
-        """Drop cached IDs (after identity rows changed underneath, e.g. by SQL)."""
-        with self._lock:
-            self._project_ids.clear()
-            self._user_ids.clear()
-            self._domain_ids.clear()
+        """Drop cached IDs (after identity changed, e.g. rows copied by SQL)."""
+        with self.directory.lock:
+            self.directory.loaded = False
 
     def actor(self, project: str) -> openstack.connection.Connection:
         """A connection scoped to ``project`` as its member user (see PROJECT_ACTORS).

@@ -24,20 +24,23 @@ def seed_src(ctx: SeedContext) -> None:
     for d in inv.DOMAINS:
         if d.name == "Default":
             continue
-        if ident.find_domain(d.name) is None:
-            ident.create_domain(name=d.name, description=d.description)
-            ctx.made("domain", d.name)
-        else:
+        if d.name in ctx.ids().domains:
             ctx.found("domain")
+            continue
+        ident.create_domain(name=d.name, description=d.description)
+        ctx.made("domain", d.name)
+        ctx.forget_ids()
     for p in inv.PROJECTS:
         domain_id = ctx.domain_id(p.domain)
-        if ident.find_project(p.name, domain_id=domain_id) is None:
-            ident.create_project(name=p.name, domain_id=domain_id, description=p.description)
-            ctx.made("project", f"{p.domain}/{p.name}")
-        else:
+        if (domain_id, p.name) in ctx.ids().projects:
             ctx.found("project")
+            continue
+        ident.create_project(name=p.name, domain_id=domain_id, description=p.description)
+        ctx.made("project", f"{p.domain}/{p.name}")
+    ctx.forget_ids()
     for u in inv.USERS:
         _ensure_user_by_api(ctx, u)
+    ctx.forget_ids()
     _ensure_roles(ctx, inv.USERS)
 
 
@@ -70,14 +73,13 @@ def seed_dst(ctx: SeedContext, src: SeedContext) -> None:
 
 
 def _ensure_user_by_api(ctx: SeedContext, u: inv.User) -> None:
-    ident = ctx.conn.identity
     domain_id = ctx.domain_id(u.domain)
-    if ident.find_user(u.name, domain_id=domain_id) is not None:
+    if (domain_id, u.name) in ctx.ids().users:
         ctx.found("user")
         return
     first_project = u.roles[0][0]
     extra = {"email": u.email} if u.email else {}
-    ident.create_user(
+    ctx.conn.identity.create_user(
         name=u.name, domain_id=domain_id, password=u.password,
         default_project_id=ctx.project_id(first_project), **extra,
     )
@@ -87,16 +89,17 @@ def _ensure_user_by_api(ctx: SeedContext, u: inv.User) -> None:
 def _ensure_roles(ctx: SeedContext, users: list[inv.User] | tuple[inv.User, ...]) -> None:
     ident = ctx.conn.identity
     role_ids = {r.name: r.id for r in ident.roles()}
+    # One listing of every assignment: cheaper than one per user.
+    have = {
+        (a.user["id"], a.scope["project"]["id"], a.role["id"])
+        for a in ident.role_assignments()
+        if a.user and "project" in (a.scope or {})
+    }
     for u in users:
         uid = ctx.user_id(u.name)
-        have = {
-            (a.scope.get("project", {}).get("id"), a.role["id"])
-            for a in ident.role_assignments(user_id=uid)
-            if a.scope
-        }
         for project, role in u.roles:
             pid = ctx.project_id(project)
-            if (pid, role_ids[role]) in have:
+            if (uid, pid, role_ids[role]) in have:
                 ctx.found("role assignment")
                 continue
             ident.assign_project_role_to_user(pid, uid, role_ids[role])

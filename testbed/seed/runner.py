@@ -42,14 +42,14 @@ def seed(report: Report) -> None:
     timed("quotas on src", lambda: quotas.seed(src))
 
     def access() -> None:
-        s, d = SeedContext(layout.SRC, tally), SeedContext(layout.DST, tally)
+        s, d = src.sibling(), dst.sibling()
         timed("keypairs on src", lambda: keypairs.seed(s, "src"))
         timed("keypairs on dst", lambda: keypairs.seed(d, "dst"))
         timed("security groups on src", lambda: security_groups.seed(s, "src"))
         timed("security groups on dst", lambda: security_groups.seed(d, "dst"))
 
     def storage_and_compute() -> None:
-        s = SeedContext(layout.SRC, tally)
+        s = src.sibling()
         image_ids: dict[str, str] = {}
         volume_ids: dict[str, str] = {}
         timed("images on src", lambda: image_ids.update(images.seed(s)))
@@ -59,7 +59,7 @@ def seed(report: Report) -> None:
     branches = {
         "keypairs and security groups": access,
         "network topology": lambda: timed(
-            "network topology on src", lambda: network.seed(SeedContext(layout.SRC, tally))
+            "network topology on src", lambda: network.seed(src.sibling())
         ),
         "images, volumes and servers": storage_and_compute,
     }
