@@ -1,0 +1,189 @@
+"""``stackhop images move-store|copy``: Glance images between stores, and between clouds.
+
+Thin: parse, open the cloud(s) and the journal, call :mod:`stackhop.images`,
+render. Behaviour and what each method needs of the cloud: ``docs/images.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from stackhop.cli.output import add_format_options, dump, render_table
+from stackhop.clouds import connect
+from stackhop.errors import ConflictError, OperationFailedError, UsageError
+from stackhop.images import copy as image_copy
+from stackhop.images import recreate
+from stackhop.images.common import Selection, inactive, select_images
+from stackhop.images.move_store import METHODS, StoreMover, check_cloud, plan_moves
+from stackhop.journal import Journal
+from stackhop.kinds.identity import load_operator_map
+
+PLAN_COLUMNS = ("Action", "ID", "Name", "Reason")
+RESULT_COLUMNS = ("Outcome", "ID", "Detail")
+ACTION_STYLES = {"move": "green", "create": "green", "error": "bold red", "failed": "bold red",
+                 "conflict": "bold red"}
+
+
+def _selection(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("which images (exactly one of)")
+    group.add_argument("--image", action="append", default=[], metavar="ID_OR_NAME",
+                       help="this image (repeat for several)")
+    group.add_argument("--project", metavar="ID_OR_NAME", help="every image the project owns")
+    group.add_argument("--all", action="store_true", help="every image of the cloud")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``images`` command group."""
+    images = subparsers.add_parser(
+        "images", help="move images between Glance stores, or copy them between clouds",
+        description="Glance images: same IDs, every attribute, every byte hash-verified.",
+    )
+    sub = images.add_subparsers(title="image commands", dest="images_command",
+                                metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "move-store", help="move images' data from one store to another in one cloud",
+        description=(
+            "Move the data of images from --from-store to --to-store. copy-image (default): "
+            "Glance copies the data, the image keeps its ID and everything, then the old "
+            "store's copy is removed. recreate: download, create a new image with every "
+            "attribute in the new store, verify, then retire the original as --original "
+            "says. Images are protected during the move; a re-run resumes and skips what "
+            "is done."
+        ),
+    )
+    p.add_argument("--cloud", required=True, metavar="CLOUD")
+    p.add_argument("--from-store", required=True, metavar="STORE")
+    p.add_argument("--to-store", required=True, metavar="STORE")
+    _selection(p)
+    p.add_argument("--method", choices=METHODS, default="copy-image")
+    p.add_argument("--keep-source", action="store_true",
+                   help="copy-image: keep the data in --from-store too")
+    p.add_argument("--original", choices=recreate.ORIGINAL_POLICIES, default="protect",
+                   help="recreate: what becomes of the original image (default: protect "
+                   "both images; deactivate: protect the copy, deactivate the original; "
+                   "delete: delete the original)")
+    p.add_argument("--no-verify-data", dest="verify_data", action="store_false",
+                   help="copy-image: skip reading the moved data back to hash it")
+    p.add_argument("--dry-run", action="store_true", help="show what would move, change nothing")
+    p.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="images moved at once (default: 2)")
+    add_format_options(p, columns=False)
+    p.set_defaults(func=move_store_command)
+
+    p = sub.add_parser(
+        "copy", help="copy images to another cloud, streamed and hash-verified",
+        description=(
+            "Copy images from --from to --to: data streamed from the source Glance into the "
+            "destination Glance (no temporary file), hash verified, every attribute carried, "
+            "owner and members mapped to destination projects (same ID, else same name, "
+            "else --project-map). --keep-id keeps the image ID where it is free."
+        ),
+    )
+    p.add_argument("--from", dest="source", required=True, metavar="CLOUD")
+    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    _selection(p)
+    p.add_argument("--keep-id", action="store_true", help="same image ID where it is free")
+    p.add_argument("--project-map", metavar="FILE", help="YAML: {source id: destination id}")
+    p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    p.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="images copied at once (default: 2)")
+    add_format_options(p, columns=False)
+    p.set_defaults(func=copy_command)
+
+
+def _check_workers(n: int) -> None:
+    if n < 1:
+        raise UsageError("--workers must be at least 1")
+
+
+def _selection_of(args: argparse.Namespace) -> Selection:
+    selection = Selection(images=tuple(args.image), project=args.project, all=args.all)
+    selection.check()
+    return selection
+
+
+def _print(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str, data: Any) -> None:
+    if fmt == "table":
+        render_table(rows, columns, fmt, styles=ACTION_STYLES)
+    else:
+        dump(data, fmt, sys.stdout)
+
+
+def move_store_command(args: argparse.Namespace) -> int:
+    _check_workers(args.workers)
+    selection = _selection_of(args)
+    conn = connect(args.cloud)
+    check_cloud(conn.image, args.cloud, args.from_store, args.to_store, args.method)
+    images = select_images(conn, selection)
+    plans = plan_moves(images, args.from_store, args.to_store, args.keep_source)
+    if args.method == "recreate" and not args.dry_run:
+        return _recreate(conn, args, images)
+    if args.dry_run:
+        _print([{"Action": p.action, "ID": p.image_id, "Name": p.name, "Reason": p.reason}
+                 for p in plans], PLAN_COLUMNS, args.format, [p.as_dict() for p in plans])
+        return 0
+    with Journal(args.journal) as journal:
+        mover = StoreMover(conn.image, journal, args.cloud, args.from_store, args.to_store,
+                           keep_source=args.keep_source, verify_data=args.verify_data,
+                           workers=args.workers, events=args.events)
+        result = mover.run(images, args={"cloud": args.cloud, "from_store": args.from_store,
+                                         "to_store": args.to_store, "images": args.image,
+                                         "project": args.project, "all": args.all})
+    rows = [{"Outcome": "done", "ID": i, "Detail": ""} for i in result.done]
+    rows += [{"Outcome": "skipped", "ID": i, "Detail": ""} for i in result.skipped]
+    rows += [{"Outcome": "failed", "ID": i, "Detail": e} for i, e in result.failed.items()]
+    _print(rows, RESULT_COLUMNS, args.format, result.as_dict())
+    if result.failed:
+        raise OperationFailedError(failed=len(result.failed), run=result.run_id)
+    return 0
+
+
+def _recreate(conn: Any, args: argparse.Namespace, images: list[dict[str, Any]]) -> int:
+    with Journal(args.journal) as journal:
+        run_id, outcomes = recreate.recreate_images(
+            conn, journal, images, cloud=args.cloud, from_store=args.from_store,
+            to_store=args.to_store, original_policy=args.original, events=args.events)
+    rows = [{"Outcome": o["outcome"], "ID": o["id"], "Detail": o["detail"]} for o in outcomes]
+    _print(rows, RESULT_COLUMNS, args.format, {"run_id": run_id, "images": outcomes})
+    failed = sum(o["outcome"] == "failed" for o in outcomes)
+    if failed:
+        raise OperationFailedError(failed=failed, run=run_id)
+    return 0
+
+
+def copy_command(args: argparse.Namespace) -> int:
+    _check_workers(args.workers)
+    selection = _selection_of(args)
+    source = connect(args.source)
+    destination = connect(args.destination)
+    images = select_images(source, selection)
+    bad = inactive(images)
+    if bad and selection.images:
+        raise ConflictError("only active images can be copied: " + "; ".join(bad))
+    project_map = load_operator_map(args.project_map)
+    with Journal(args.journal) as journal:
+        copier = image_copy.ImageCopier(
+            source, destination, journal, source_cloud=args.source,
+            destination_cloud=args.destination, keep_id=args.keep_id, workers=args.workers,
+            events=args.events, project_map=project_map,
+        )
+        operations = copier.plan(images)
+        if args.dry_run:
+            rows = [{"Action": op.action, "ID": op.source_id, "Name": op.identity,
+                     "Reason": op.as_dict().get("detail") or ""} for op in operations]
+            _print(rows, PLAN_COLUMNS, args.format, [op.as_dict() for op in operations])
+            return 0
+        result = copier.run(operations, args={"images": args.image, "project": args.project,
+                                              "all": args.all, "keep_id": args.keep_id})
+    rows = [{"Outcome": e.get("kind", ""), "ID": e["identity"], "Detail": e["error"]}
+            for e in result.errors]
+    if args.format == "table":
+        counts = result.counts.get("glance.image", {})
+        rows.insert(0, {"Outcome": "summary", "ID": "",
+                        "Detail": ", ".join(f"{k} {v}" for k, v in counts.items() if v)})
+    _print(rows, RESULT_COLUMNS, args.format, result.as_dict())
+    result.raise_for_failures()
+    return 0

@@ -1,0 +1,80 @@
+"""Copy images between clouds: plan with the planner, apply with the engine.
+
+The image kind (:mod:`stackhop.kinds.image`) does the per-image work; this
+module maps owners and members to destination projects the way the resource
+transfer does (:func:`stackhop.kinds.identity.map_identities`: same ID, else
+same domain and name, else ``--project-map``), plans, and runs the engine, so
+the journal, retries, resume, Ctrl-C and progress events are the engine's.
+A re-run skips images already copied: the journal says so, or the planner
+finds an active copy with the same hash (same ID, or the ``stackhop_source``
+marker) on the destination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stackhop.engine import Engine, RunResult
+from stackhop.events import EventSink, NullSink
+from stackhop.journal import Journal
+from stackhop.kinds import get
+from stackhop.kinds.base import Connection, Record
+from stackhop.kinds.identity import OperatorMap, list_projects, map_identities
+from stackhop.kinds.image import Image, image_record, list_members
+from stackhop.plan import Operation, plan
+from stackhop.resolve import Resolver
+
+
+@dataclass
+class ImageCopier:
+    """Copies images from ``source`` to ``destination`` (openstacksdk connections)."""
+
+    source: Connection
+    destination: Connection
+    journal: Journal
+    source_cloud: str
+    destination_cloud: str
+    keep_id: bool = False
+    workers: int = 2
+    events: EventSink = field(default_factory=NullSink)
+    project_map: OperatorMap | None = None
+
+    def __post_init__(self) -> None:
+        registered = get(Image.name)
+        assert isinstance(registered, Image)
+        self.kind = registered.bound(
+            self.source, keep_id=self.keep_id, journal=self.journal, events=self.events
+        )
+        identities = map_identities(
+            [], list_projects(self.source), self.destination, project_map=self.project_map
+        )
+        self.resolver = Resolver(
+            self.destination_cloud, maps=identities.maps(), keep_ids=frozenset(),
+            journal=self.journal,
+        )
+
+    def records(self, images: Sequence[dict[str, Any]]) -> list[Record]:
+        """The image records (with members) of the selected images' Glance JSON."""
+        return [image_record(i, list_members(self.source.image, i)) for i in images]
+
+    def plan(self, images: Sequence[dict[str, Any]]) -> list[Operation]:
+        """The operations a copy would apply; changes nothing."""
+        records = [r for r in self.records(images) if r.get("status") == "active"]
+        return plan(
+            {self.kind: records},
+            lambda kind, record: kind.find(self.destination, record),
+            self.resolver,
+        )
+
+    def run(self, operations: Sequence[Operation], args: dict[str, Any]) -> RunResult:
+        """Apply ``operations``; failures are in the result (the caller raises)."""
+        engine = Engine(
+            self.journal, self.destination, self.resolver, workers=self.workers,
+            events=self.events,
+        )
+        return engine.run(
+            operations, command="images copy", source_cloud=self.source_cloud,
+            destination_cloud=self.destination_cloud, args=args,
+        )

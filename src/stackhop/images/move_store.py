@@ -1,0 +1,308 @@
+"""Move images from one Glance store to another in the same cloud, keeping every ID.
+
+Method ``copy-image`` (the default; the cloud needs multi-store and the
+``copy-image`` import method, and the admin policy to delete an image's data
+from one store), per image:
+
+1. journal ``pending``, with the image's original protection and hash;
+2. protect the image (nobody deletes it while its data moves);
+3. import it into the target store with ``copy-image`` and wait for Glance;
+4. check the target store is listed and ``os_hash_value`` is unchanged;
+5. delete the data from the source store (unless ``--keep-source``);
+6. read the data back (now only the target store holds it) and hash it
+   against ``os_hash_value`` (unless ``verify_data=False``);
+7. restore the original protection; journal ``done``.
+
+Every step looks at the image first, so a run killed anywhere is finished by
+re-running the same command: the journal row keeps the original protection,
+and an import Glance is still running is waited for, not started twice.
+Images already only in the target store are skipped.
+
+Method ``recreate`` is in :mod:`stackhop.images.recreate`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from stackhop.errors import CapabilityError, ConfigError, IntegrityError, StackhopError
+from stackhop.events import Event, EventSink, EventType, NullSink
+from stackhop.images.common import (
+    Waiter,
+    check_stores,
+    image_stores,
+    import_methods,
+    set_protected,
+)
+from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal, OperationRecord
+from stackhop.kinds.rest import call
+from stackhop.transfer import HashingDestination
+from stackhop.transfer import copy as transfer_copy
+from stackhop.transfer.glance import GlanceSource, get_image
+
+KIND = "glance.image-store"
+"""The journal kind of a store move (one row per image and pair of stores)."""
+
+METHODS = ("copy-image", "recreate")
+
+
+@dataclass(frozen=True)
+class MovePlan:
+    """What a move would do to one image: ``move``, ``skip`` or ``error``, and why."""
+
+    image_id: str
+    name: str
+    action: str
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.image_id, "name": self.name, "action": self.action,
+                "reason": self.reason}
+
+
+@dataclass
+class MoveResult:
+    """What a move run did, per image."""
+
+    run_id: str
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    outcome: str = "running"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "outcome": self.outcome, "done": self.done,
+                "skipped": self.skipped, "failed": self.failed}
+
+
+def operation_key(image_id: str, from_store: str, to_store: str) -> str:
+    return f"{image_id}:{from_store}->{to_store}"
+
+
+def moved(image: dict[str, Any], from_store: str, to_store: str, keep_source: bool) -> bool:
+    """Whether the image's data is already where the move would put it."""
+    stores = image_stores(image)
+    return to_store in stores and (keep_source or from_store not in stores)
+
+
+def plan_moves(
+    images: Sequence[dict[str, Any]], from_store: str, to_store: str, keep_source: bool
+) -> list[MovePlan]:
+    """Per image: move, skip (already there) or error (not active, not in the source store)."""
+    plans = []
+    for image in images:
+        name = image.get("name") or ""
+        if moved(image, from_store, to_store, keep_source):
+            plans.append(MovePlan(image["id"], name, "skip", f"already in {to_store}"))
+        elif image.get("status") != "active":
+            plans.append(MovePlan(image["id"], name, "error",
+                                  f"status is {image.get('status')}, not active"))
+        elif from_store not in image_stores(image) and to_store not in image_stores(image):
+            plans.append(MovePlan(image["id"], name, "error",
+                                  f"not in store {from_store} (stores: {image.get('stores')})"))
+        else:
+            plans.append(MovePlan(image["id"], name, "move", f"{from_store} -> {to_store}"))
+    return plans
+
+
+def check_cloud(
+    service: Any, cloud: str, from_store: str, to_store: str, method: str = "copy-image"
+) -> None:
+    """Before anything moves: the stores exist and, for copy-image, the cloud offers it."""
+    if from_store == to_store:
+        raise ConfigError(f"--from-store and --to-store are both {from_store!r}")
+    check_stores(service, cloud, from_store, to_store)
+    if method != "copy-image":
+        return
+    methods = import_methods(service)
+    if "copy-image" not in methods:
+        raise CapabilityError(
+            cloud=cloud, feature="the copy-image import method",
+            detail=f"it offers {', '.join(methods) or 'none'}; add copy-image to "
+            "enabled_import_methods in glance-api.conf, or use --method recreate",
+        )
+
+
+@dataclass
+class StoreMover:
+    """Moves images between two stores of one cloud (``service`` is ``conn.image``)."""
+
+    service: Any
+    journal: Journal
+    cloud: str
+    from_store: str
+    to_store: str
+    keep_source: bool = False
+    verify_data: bool = True
+    workers: int = 2
+    events: EventSink = field(default_factory=NullSink)
+    waiter: Waiter = field(default_factory=lambda: Waiter(interval=0.5))
+    stop: threading.Event = field(default_factory=threading.Event)
+    #: Called after each step of each image (name of the step): the tests' kill point.
+    on_step: Callable[[str, str], None] | None = None
+
+    @property
+    def scope(self) -> str:
+        return f"{self.cloud}/stores"
+
+    def run(self, images: Sequence[dict[str, Any]], args: dict[str, Any]) -> MoveResult:
+        """Move every image of ``images`` (Glance JSON); failures are recorded, not raised."""
+        run = self.journal.start_run("images move-store", source_cloud=self.cloud,
+                                     destination_cloud=self.cloud, args=args)
+        result = MoveResult(run_id=run.id)
+        lock = threading.Lock()
+        self._emit(EventType.RUN_STARTED, run.id, total=len(images))
+
+        def one(image: dict[str, Any]) -> None:
+            if self.stop.is_set():
+                return
+            label = f"{image.get('name') or ''}/{image['id']}"
+            self._emit(EventType.OPERATION_STARTED, run.id, identity=label, operation="move")
+            try:
+                outcome = self._move(run.id, image["id"])
+            except Exception as exc:
+                message = (exc.message if isinstance(exc, StackhopError)
+                           else f"{type(exc).__name__}: {exc}")
+                self._record_failure(run.id, image["id"], message)
+                with lock:
+                    result.failed[image["id"]] = message
+                self._emit(EventType.OPERATION_FINISHED, run.id, identity=label,
+                           operation="move", outcome="failed", message=message)
+                return
+            with lock:
+                (result.done if outcome == "done" else result.skipped).append(image["id"])
+            self._emit(EventType.OPERATION_FINISHED, run.id, identity=label, operation="move",
+                       outcome=outcome)
+
+        try:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                list(pool.map(one, images))
+        except KeyboardInterrupt:
+            self.stop.set()
+            raise
+        result.outcome = "failed" if result.failed else "succeeded"
+        self.journal.finish_run(run.id, result.outcome)
+        self._emit(EventType.RUN_FINISHED, run.id, outcome=result.outcome,
+                   detail=result.as_dict())
+        return result
+
+    # -- one image -------------------------------------------------------------
+
+    def _step(self, image_id: str, step: str) -> None:
+        if self.on_step is not None:
+            self.on_step(image_id, step)
+
+    def _row(self, image_id: str) -> OperationRecord | None:
+        return self.journal.operation(
+            self.scope, KIND, operation_key(image_id, self.from_store, self.to_store)
+        )
+
+    def _transition(self, run_id: str, image_id: str, state: str, row: OperationRecord | None,
+                    **kwargs: Any) -> OperationRecord:
+        return self.journal.transition(
+            run_id, self.scope, KIND, operation_key(image_id, self.from_store, self.to_store),
+            state, action="move", expected=row, source_id=image_id, destination_id=image_id,
+            **kwargs,
+        )
+
+    def _record_failure(self, run_id: str, image_id: str, message: str) -> None:
+        row = self._row(image_id)
+        if row is None or row.state != DONE:
+            self._transition(run_id, image_id, FAILED, row, error=message)
+
+    def _image(self, image_id: str) -> dict[str, Any]:
+        image = get_image(self.service, image_id)
+        if image is None:
+            raise ConfigError(f"image {image_id} no longer exists")
+        return image
+
+    def _move(self, run_id: str, image_id: str) -> str:
+        row = self._row(image_id)
+        if row is not None and row.state == DONE:
+            return "skipped"
+        image = self._image(image_id)
+        # A row with the original state (``before``) was started: finish it, whatever
+        # the image looks like now (it may be moved but still protected by us).
+        resuming = row is not None and row.state in (PENDING, FAILED) and bool(row.before)
+        if not resuming and moved(image, self.from_store, self.to_store, self.keep_source):
+            self._transition(run_id, image_id, SKIPPED, row,
+                             error=f"already in {self.to_store}")
+            return "skipped"
+        if not resuming:
+            if image.get("status") != "active":
+                raise ConfigError(f"image {image_id} is {image.get('status')}, not active; "
+                                  "nothing was moved")
+            if self.from_store not in image_stores(image):
+                raise ConfigError(f"image {image_id} is not in store {self.from_store} "
+                                  f"(its stores: {image.get('stores')})")
+        before = (row.before if resuming and row and row.before else None) or {
+            "protected": bool(image.get("protected")),
+            "os_hash_value": image.get("os_hash_value"),
+            "os_hash_algo": image.get("os_hash_algo"),
+        }
+        row = self._transition(run_id, image_id, PENDING, row, before=before, attempt=True)
+        self._step(image_id, "pending")
+        if not image.get("protected"):
+            set_protected(self.service, image_id, True)
+        self._step(image_id, "protected")
+        if self.to_store not in image_stores(image):
+            self._copy_image(image)
+        self._step(image_id, "copied")
+        image = self._image(image_id)
+        if self.to_store not in image_stores(image):
+            raise ConfigError(f"image {image_id}: Glance did not add store {self.to_store}")
+        if image.get("os_hash_value") != before["os_hash_value"]:
+            raise IntegrityError(
+                f"image {image_id}: os_hash_value changed during the move; the data in "
+                f"{self.from_store} was kept, investigate before re-running"
+            )
+        if not self.keep_source and self.from_store in image_stores(image):
+            call(self.service, "DELETE", f"/stores/{self.from_store}/{image_id}")
+        self._step(image_id, "source-removed")
+        if self.verify_data and not self.keep_source:
+            self._verify_data(image)
+        if bool(self._image(image_id).get("protected")) != before["protected"]:
+            set_protected(self.service, image_id, before["protected"])
+        self._transition(run_id, image_id, DONE, row)
+        return "done"
+
+    def _copy_image(self, image: dict[str, Any]) -> None:
+        image_id = image["id"]
+        importing = str(image.get("os_glance_importing_to_stores") or "").split(",")
+        if self.to_store not in importing:
+            call(self.service, "POST", f"/images/{image_id}/import", json={
+                "method": {"name": "copy-image"}, "stores": [self.to_store],
+                "all_stores_must_succeed": True,
+            })
+
+        def arrived() -> bool:
+            current = self._image(image_id)
+            failed = str(current.get("os_glance_failed_import") or "").split(",")
+            if self.to_store in failed:
+                raise ConfigError(
+                    f"image {image_id}: Glance failed to copy it into {self.to_store} "
+                    "(see the glance-api log); its data stays in "
+                    f"{self.from_store}, re-run to retry"
+                )
+            return self.to_store in image_stores(current)
+
+        self.waiter.until(arrived, f"copy of image {image_id} into {self.to_store}")
+
+    def _verify_data(self, image: dict[str, Any]) -> None:
+        label = f"{image.get('name') or ''}/{image['id']}"
+
+        def progress(done: int, total: int | None) -> None:
+            self._emit(EventType.PROGRESS, None, identity=label, operation="verify",
+                       done=done, total=total, unit="bytes")
+
+        transfer_copy(GlanceSource(self.service, image), HashingDestination(),
+                      key=f"{KIND}:{image['id']}:verify", progress=progress)
+
+    def _emit(self, type_: EventType, run_id: str | None, **fields: Any) -> None:
+        fields.setdefault("kind", KIND)
+        self.events.emit(Event(type_, run_id=run_id, **fields))
+
