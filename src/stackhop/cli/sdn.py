@@ -1,0 +1,187 @@
+"""``stackhop sdn midonet ...``: MidoNet controller migration with rollback.
+
+Thin: each handler parses, calls :mod:`stackhop.sdn`, renders the result.
+See ``docs/sdn.md`` for the procedure and the backup file format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from stackhop.cli.output import add_format_options, plain, render_one
+from stackhop.journal import Journal
+from stackhop.sdn import endpoints, neutron_db
+from stackhop.sdn.backup import take_backup
+from stackhop.sdn.prepare import prepare
+from stackhop.sdn.rollback import rollback
+from stackhop.sdn.status import collect_status
+from stackhop.sdn.switch import revert, switch
+
+DEFAULT_ROOT = "/midonet"
+
+Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+
+
+def _neutron_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--neutron-conf", metavar="FILE",
+                       help="neutron.conf whose [database] connection names the Neutron DB")
+    group.add_argument("--neutron-db", metavar="URL",
+                       help="the Neutron database as a URL (mysql+pymysql://user:pw@host:port/db)")
+
+
+def _hook_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pre-hook", metavar="CMD",
+                        help="shell command run before the step (e.g. stop a service)")
+    parser.add_argument("--post-hook", metavar="CMD",
+                        help="shell command run after the step succeeded (e.g. restart the cluster)")
+
+
+def _zk_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--zk", metavar="HOST:PORT", required=required,
+                        help="ZooKeeper of the MidoNet cluster")
+    parser.add_argument("--root", default=DEFAULT_ROOT, metavar="PATH",
+                        help=f"the topology's ZooKeeper subtree (default: {DEFAULT_ROOT})")
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add the ``sdn`` command group (``sdn midonet prepare|backup|switch-endpoints|...``)."""
+    sdn = subparsers.add_parser("sdn", help="migrate an SDN controller's state, with rollback",
+                                description="SDN controller migration. See docs/sdn.md.")
+    controllers = sdn.add_subparsers(title="controllers", dest="controller", metavar="CONTROLLER",
+                                     required=True)
+    midonet = controllers.add_parser(
+        "midonet", help="MidoNet: legacy ZooKeeper topology -> Neutron importer",
+        description="Steps, in order: prepare, backup, switch-endpoints; rollback undoes them.",
+    )
+    steps = midonet.add_subparsers(title="steps", dest="step", metavar="STEP", required=True)
+
+    p = steps.add_parser("prepare", help="queue the Neutron topology as importer tasks",
+                         description="Read the Neutron topology, queue one create task per "
+                         "object in dependency order, write the importer settings (0600) and "
+                         "the controller objects Neutron does not own. Changes no topology.")
+    _neutron_options(p, required=True)
+    p.add_argument("--data-dir", required=True, type=Path, metavar="DIR",
+                   help="where mn-conf.settings and controller-objects/ are written")
+    p.add_argument("--zk", metavar="HOST:PORT",
+                   help="ZooKeeper, to export controller objects that are not Neutron's")
+    p.add_argument("--root", default=DEFAULT_ROOT, metavar="PATH",
+                   help=f"the topology's ZooKeeper subtree (default: {DEFAULT_ROOT})")
+    _hook_options(p)
+    add_format_options(p, columns=False)
+    p.set_defaults(func=_prepare)
+
+    p = steps.add_parser("backup", help="dump the ZooKeeper topology to a verified file",
+                         description="Dump the subtree with data and ACLs to a checksummed "
+                         "file, verified against the live tree. With --neutron-*, the file "
+                         "also keeps midonet_data_state for the rollback.")
+    _zk_option(p, required=True)
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="FILE")
+    p.add_argument("--force", action="store_true", help="overwrite an existing backup file")
+    _neutron_options(p, required=False)
+    _hook_options(p)
+    add_format_options(p, columns=False)
+    p.set_defaults(func=_backup)
+
+    p = steps.add_parser("switch-endpoints", help="point the config files at the new API port",
+                         description="Rewrite the MidoNet API URL in etc/neutron/plugin.ini "
+                         "and .midonetrc under --config-root, keeping byte-exact backups; "
+                         "--revert restores them.")
+    p.add_argument("--config-root", required=True, type=Path, metavar="DIR")
+    p.add_argument("--port", type=int, default=endpoints.DEFAULT_PORT,
+                   help=f"the new API port (default: {endpoints.DEFAULT_PORT})")
+    p.add_argument("--revert", action="store_true", help="restore the original files")
+    p.add_argument("--force", action="store_true",
+                   help="with --revert: overwrite files edited since the switch")
+    _hook_options(p)
+    add_format_options(p, columns=False)
+    p.set_defaults(func=_switch)
+
+    p = steps.add_parser("rollback", help="restore ZooKeeper, remove queued tasks, revert config",
+                         description="Restore the ZooKeeper subtree exactly, remove the queued "
+                         "tasks without resetting the ID sequence, restore midonet_data_state, "
+                         "revert the endpoints; then check that all of it holds.")
+    p.add_argument("--zk", metavar="HOST:PORT", required=True)
+    p.add_argument("--backup", required=True, type=Path, metavar="FILE")
+    _neutron_options(p, required=True)
+    p.add_argument("--config-root", type=Path, metavar="DIR",
+                   help="also revert the endpoints switched under this root")
+    p.add_argument("--force", action="store_true",
+                   help="revert config files even if edited since the switch")
+    _hook_options(p)
+    add_format_options(p, columns=False)
+    p.set_defaults(func=_rollback)
+
+    p = steps.add_parser("status", help="what is prepared, backed up, switched; task counts")
+    _neutron_options(p, required=False)
+    p.add_argument("--data-dir", type=Path, metavar="DIR")
+    p.add_argument("--backup", type=Path, metavar="FILE")
+    p.add_argument("--config-root", type=Path, metavar="DIR")
+    add_format_options(p, columns=False)
+    p.set_defaults(func=_status)
+
+
+def _show(args: argparse.Namespace, result: Any, title: str) -> int:
+    data = plain(result)
+    flat = {k: v for k, v in data.items()} if isinstance(data, dict) else {"result": data}
+    render_one(flat, args.format, sys.stdout, title=title if args.format == "table" else None)
+    return 0
+
+
+def _with_journal(args: argparse.Namespace, work: Any) -> Any:
+    # Progress events go to args.events, which main() renders on stderr.
+    with Journal(args.journal) as journal:
+        return work(journal)
+
+
+def _optional_db(args: argparse.Namespace) -> neutron_db.NeutronDatabase | None:
+    if args.neutron_conf or args.neutron_db:
+        return neutron_db.resolve(args.neutron_conf, args.neutron_db)
+    return None
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    db = neutron_db.resolve(args.neutron_conf, args.neutron_db)
+    result = _with_journal(args, lambda journal: prepare(
+        db, args.data_dir, journal, zk=args.zk, zk_root=args.root,
+        pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
+    return _show(args, result, "Prepared")
+
+
+def _backup(args: argparse.Namespace) -> int:
+    db = _optional_db(args)
+    result = _with_journal(args, lambda journal: take_backup(
+        args.zk, args.root, args.output, journal, db=db, force=args.force,
+        pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
+    return _show(args, result, "Backup")
+
+
+def _switch(args: argparse.Namespace) -> int:
+    if args.revert:
+        result = _with_journal(args, lambda journal: revert(
+            args.config_root, journal, force=args.force,
+            pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
+    else:
+        result = _with_journal(args, lambda journal: switch(
+            args.config_root, args.port, journal,
+            pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
+    return _show(args, result, "Endpoints")
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    db = neutron_db.resolve(args.neutron_conf, args.neutron_db)
+    result = _with_journal(args, lambda journal: rollback(
+        args.zk, args.backup, db, journal, config_root=args.config_root, force=args.force,
+        pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
+    return _show(args, result, "Rollback")
+
+
+def _status(args: argparse.Namespace) -> int:
+    result = collect_status(
+        _optional_db(args), data_dir=args.data_dir, backup=args.backup,
+        config_root=args.config_root, journal_location=args.journal,
+    )
+    return _show(args, result, "MidoNet migration")

@@ -1,0 +1,16 @@
+"""SDN controller migration: MidoNet from its legacy ZooKeeper topology to the Neutron importer.
+
+The steps, each with its backup taken first and each journaled so that a
+re-run resumes:
+
+``prepare``   (:mod:`.prepare`) read the Neutron topology, queue create tasks
+              in ``midonet_tasks`` in dependency order, write the importer
+              settings and the controller objects Neutron does not know;
+``backup``    (:mod:`.zkbackup`) dump the ZooKeeper subtree to a checksummed
+              file, verified against the live tree;
+``switch``    (:mod:`.endpoints`) rewrite the controller API endpoints in the
+              config files, keeping byte-exact backups;
+``rollback``  (:mod:`.rollback`) restore the ZooKeeper subtree exactly, remove
+              the queued tasks without resetting the task ID sequence, restore
+              ``midonet_data_state``, revert the endpoints, and check all of it.
+"""
