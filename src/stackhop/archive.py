@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from stackhop import __version__
 from stackhop.errors import (
@@ -70,7 +70,6 @@ _KIND_RE = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*")
 _KIND_MAX = 80  # keeps member names inside a plain ustar header
 
 _SPOOL_FLUSH_CHARS = 1 << 20  # records are compressed in blocks of about this size
-_SPOOL_IN_FLIGHT = 4  # blocks per kind waiting for compression
 _COMPRESS_THREADS = max(1, min(os.cpu_count() or 1, 8))
 _MANIFEST_MAX = 16 << 20
 
@@ -295,26 +294,56 @@ def _line_encoder() -> tuple[_Chunks, dict[int, Any]]:
     return encoder, markers
 
 
+class _BlockQueue:
+    """Blocks of every kind waiting for compression, oldest first, at most ``limit``.
+
+    Compression runs on a thread pool (both codecs release the GIL) while the
+    caller goes on encoding records. Writing the oldest block first keeps each
+    spool's blocks in order, and the one global bound keeps memory flat
+    however many kinds an archive holds.
+    """
+
+    def __init__(self, compress: Callable[[bytes], bytes], threads: int) -> None:
+        self._compress = compress
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, "stackhop-archive")
+        self._limit = 2 * threads
+        self._waiting: collections.deque[tuple[IO[bytes], concurrent.futures.Future[bytes]]]
+        self._waiting = collections.deque()
+
+    def submit(self, target: IO[bytes], data: bytes) -> None:
+        self._waiting.append((target, self._pool.submit(self._compress, data)))
+        while len(self._waiting) > self._limit:
+            self._write_oldest()
+
+    def _write_oldest(self) -> None:
+        target, future = self._waiting.popleft()
+        target.write(future.result())
+
+    def drain(self) -> None:
+        """Write every waiting block."""
+        while self._waiting:
+            self._write_oldest()
+
+    def shutdown(self) -> None:
+        for _, future in self._waiting:
+            future.cancel()
+        self._waiting.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Spool:
     """Records of one kind, encoded and hashed as they arrive, compressed in the background.
 
-    Each flushed block is hashed here, in order, then compressed by the pool
-    into a self-contained frame; frames are appended to a private file in
-    order. At most ``_SPOOL_IN_FLIGHT`` blocks wait, so memory stays bounded.
+    Each block of about ``_SPOOL_FLUSH_CHARS`` is hashed here, in order, then
+    queued for compression into a self-contained frame appended to a private
+    file.
     """
 
-    def __init__(
-        self,
-        path: Path,
-        compress: Callable[[bytes], bytes],
-        pool: concurrent.futures.ThreadPoolExecutor,
-    ) -> None:
+    def __init__(self, path: Path, queue: _BlockQueue) -> None:
         self.path = path
-        self._compress = compress
-        self._pool = pool
-        self._in_flight: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+        self._queue = queue
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        self._file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed in close()
+        self.file = open(fd, "wb", buffering=0)  # noqa: SIM115 - closed by the writer
         # ArchiveWriter.write appends here directly (a method call per record
         # is a tenth of the cost) and calls flush() past _SPOOL_FLUSH_CHARS.
         self.lines: list[str] = []
@@ -333,22 +362,10 @@ class _Spool:
         self.chars = 0
         self._hash.update(data)
         self.size += len(data)
-        self._in_flight.append(self._pool.submit(self._compress, data))
-        while len(self._in_flight) > _SPOOL_IN_FLIGHT:
-            self._file.write(self._in_flight.popleft().result())
+        self._queue.submit(self.file, data)
 
-    def close(self) -> MemberDigest:
-        self.flush()
-        while self._in_flight:
-            self._file.write(self._in_flight.popleft().result())
-        self._file.close()
+    def digest(self) -> MemberDigest:
         return MemberDigest(size=self.size, sha256=self._hash.hexdigest())
-
-    def discard(self) -> None:
-        for future in self._in_flight:
-            future.cancel()
-        self._in_flight.clear()
-        self._file.close()
 
 
 class ArchiveWriter:
@@ -384,7 +401,7 @@ class ArchiveWriter:
         self._aborted = False
         self._workdir: Path | None = None
         self._compress = block_compressor(compression, self.level)
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._queue: _BlockQueue | None = None
         self._spools: dict[str, _Spool] = {}
         self._encode, self._encode_markers = _line_encoder()
 
@@ -414,7 +431,7 @@ class ArchiveWriter:
                 f"archive {self.path} already exists; choose another name or allow overwriting"
             )
         parent = self.path.parent
-        self._pool = concurrent.futures.ThreadPoolExecutor(_COMPRESS_THREADS, "stackhop-archive")
+        self._queue = _BlockQueue(self._compress, _COMPRESS_THREADS)
         try:
             self._workdir = Path(
                 tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=parent)
@@ -430,9 +447,9 @@ class ArchiveWriter:
         spool = self._spools.get(kind)
         if spool is None:
             _check_kind(kind)
-            if self._workdir is None or self._pool is None:
+            if self._workdir is None or self._queue is None:
                 raise ArchiveError("ArchiveWriter used outside its `with` block (call open())")
-            spool = _Spool(self._workdir / f"{kind}.jsonl", self._compress, self._pool)
+            spool = _Spool(self._workdir / f"{kind}.jsonl", self._queue)
             self._spools[kind] = spool
         return spool
 
@@ -470,7 +487,13 @@ class ArchiveWriter:
             self.open()
         assert self._workdir is not None
         try:
-            digests = {kind: spool.close() for kind, spool in self._spools.items()}
+            for spool in self._spools.values():
+                spool.flush()
+            assert self._queue is not None
+            self._queue.drain()
+            for spool in self._spools.values():
+                spool.file.close()
+            digests = {kind: spool.digest() for kind, spool in self._spools.items()}
             created = time.time()
             kinds = sorted(digests)
             manifest = Manifest(
@@ -490,7 +513,6 @@ class ArchiveWriter:
             self.abort()
             raise
         self._cleanup()
-        self._spools = {}
         self.manifest = manifest
         return manifest
 
@@ -534,16 +556,16 @@ class ArchiveWriter:
 
     def abort(self) -> None:
         """Drop everything written so far; the target path is left untouched."""
-        for spool in self._spools.values():
-            spool.discard()
-        self._spools = {}
         self._aborted = True
         self._cleanup()
 
     def _cleanup(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self._queue is not None:
+            self._queue.shutdown()
+            self._queue = None
+        for spool in self._spools.values():
+            spool.file.close()
+        self._spools = {}
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
