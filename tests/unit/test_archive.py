@@ -195,6 +195,21 @@ def test_records_are_compressed_in_independent_blocks(
     assert refusal(path) == damaged(path, "the tar data ends early (truncated)")
 
 
+def test_many_kinds_share_one_compression_queue_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small blocks of 30 kinds interleave in the queue; each member keeps its order."""
+    monkeypatch.setattr(archive_module, "_SPOOL_FLUSH_CHARS", 2000)
+    path = tmp_path / "export.shop"
+    kinds = [f"kind{n:02d}" for n in range(30)]
+    stream = [(kinds[i * 7 % 30], {"i": i}) for i in range(20000)]
+    write_archive(path, stream)
+    with ArchiveReader(path) as reader:
+        assert reader.kinds() == kinds
+        for kind in kinds:
+            assert list(reader.records(kind)) == [r for k, r in stream if k == kind]
+
+
 def test_manifest_describes_the_archive(tmp_path: Path) -> None:
     path = tmp_path / "export.shop"
     write_archive(path, [("nova.keypair", {"name": "k"}), ("nova.quota", {"cores": 4})])
