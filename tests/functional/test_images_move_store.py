@@ -1,0 +1,127 @@
+"""``stackhop images move-store`` on the testbed's src cloud (stores ``fast`` and ``slow``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testbed import layout
+
+from stackhop.journal import DONE, PENDING, Journal
+from stackhop.kinds.image import image_record
+from tests.functional.test_images_support import (
+    MIB,
+    ImageFactory,
+    download_sha512,
+    glance_json,
+    members,
+    own_images,
+)
+
+pytestmark = pytest.mark.functional
+__all__ = ["own_images"]  # the fixture, imported for pytest
+
+KIND = "glance.image-store"
+
+
+def _portable(image: dict[str, Any], image_members: dict[str, str]) -> dict[str, Any]:
+    record = image_record(image, [{"member_id": m, "status": s} for m, s in image_members.items()])
+    for fact in ("stores", "status"):
+        record.pop(fact)
+    return record
+
+
+def _stores(image: dict[str, Any] | None) -> set[str]:
+    assert image is not None
+    return set(str(image["stores"]).split(","))
+
+
+def test_move_store_keeps_ids_hashes_attributes_and_rerun_skips(
+    own_images: ImageFactory, cli: Any, tmp_path: Path
+) -> None:
+    shared = own_images.create(
+        "shared", visibility="shared", member_projects=("demo", "service"),
+        tags=["web", "base"], purpose="move me", os_distro="debian", min_disk=1, min_ram=64,
+    )
+    golden = own_images.create("golden", protected=True, release="2026.1")
+    before = {i["id"]: _portable(glance_json(own_images.src, i["id"]) or {},
+                                  members(own_images.src, i["id"])) for i in (shared, golden)}
+    journal = str(tmp_path / "journal.sqlite")
+
+    args = ["--journal", journal, "images", "move-store", "--cloud", "src", "--from-store",
+            "fast", "--to-store", "slow", "--image", shared["id"], "--image",
+            own_images.prefix + "golden", "-f", "json"]
+    first = cli(*args)
+    assert first.code == 0, first.err
+    assert sorted(first.json()["done"]) == sorted(before)
+
+    for image_id, wanted in before.items():
+        after = glance_json(own_images.src, image_id)
+        assert after is not None
+        assert _stores(after) == {"slow"}, "the data must be in slow only"
+        assert _portable(after, members(own_images.src, image_id)) == wanted
+        assert download_sha512(own_images.src, image_id) == after["os_hash_value"]
+    assert glance_json(own_images.src, golden["id"])["protected"] is True  # type: ignore[index]
+    assert glance_json(own_images.src, shared["id"])["protected"] is False  # type: ignore[index]
+
+    again = cli(*args)
+    assert again.code == 0, again.err
+    assert again.json()["done"] == [] and sorted(again.json()["skipped"]) == sorted(before)
+    # A fresh journal also skips: the images themselves say they are moved.
+    fresh = cli(*[str(tmp_path / "other.sqlite") if a == journal else a for a in args])
+    assert sorted(fresh.json()["skipped"]) == sorted(before), fresh.err
+
+
+def test_move_store_refuses_unknown_store_and_changes_nothing(
+    own_images: ImageFactory, cli: Any, tmp_path: Path
+) -> None:
+    image = own_images.create("nostore")
+    result = cli("--journal", str(tmp_path / "j.sqlite"), "images", "move-store", "--cloud",
+                 "src", "--from-store", "fast", "--to-store", "tape", "--image", image["id"])
+    assert result.code == 3
+    assert "no image store 'tape'" in result.err and "fast, slow" in result.err
+    after = glance_json(own_images.src, image["id"])
+    assert _stores(after) == {"fast"} and after is not None and after["protected"] is False
+
+
+def test_move_store_killed_mid_move_is_finished_by_a_rerun(
+    own_images: ImageFactory, tmp_path: Path
+) -> None:
+    image = own_images.create("killed", size=96 * MIB)
+    journal = str(tmp_path / "journal.sqlite")
+    cmd = [sys.executable, "-m", "stackhop.cli.main", "--journal", journal, "images",
+           "move-store", "--cloud", "src", "--from-store", "fast", "--to-store", "slow",
+           "--image", image["id"]]
+    env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(layout.CLOUDS_YAML)}
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 60
+        # Kill once the move has protected the image: mid-move, before it is restored.
+        while time.monotonic() < deadline:
+            current = glance_json(own_images.src, image["id"])
+            if current is not None and current["protected"]:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # our own child, by its handle
+        proc.wait()
+    with Journal(journal) as j:
+        rows = j.operations(kind=KIND)
+    assert [r.state for r in rows] == [PENDING], "the kill must leave the move pending"
+    assert rows[0].before["protected"] is False
+
+    rerun = subprocess.run(cmd + ["-f", "json"], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    after = glance_json(own_images.src, image["id"])
+    assert after is not None
+    assert _stores(after) == {"slow"}
+    assert after["protected"] is False, "the original protection must be restored"
+    assert after["os_hash_value"] == image["os_hash_value"]
+    with Journal(journal) as j:
+        assert [r.state for r in j.operations(kind=KIND)] == [DONE]
