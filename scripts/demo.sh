@@ -15,7 +15,7 @@ step "Both clouds answer: services, API versions, what stackhop needs"
 stackhop clouds --check src dst
 
 step "What the source cloud holds (the seeded tenant data)"
-for what in "project list --long" "user list --domain ldap" "keypair list --user alice --os-compute-api-version 2.10" \
+for what in "project list --long" "user list --domain ldap" "keypair list --user alice --os-compute-api-version 2.10" "keypair list --user lina --user-domain ldap --os-compute-api-version 2.10" \
             "security group list" "network list" "router list" "floating ip list" \
             "image list --long" "volume list --all-projects --long" "server list --all-projects"; do
   echo "\$ openstack --os-cloud src $what"
