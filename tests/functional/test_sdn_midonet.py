@@ -17,8 +17,6 @@ from typing import Any
 
 import openstack
 import pytest
-
-from stackhop.sdn import backup_file, tasks, topology, zookeeper
 from tests.functional.test_sdn_support import (
     ZK,
     NeutronTopology,
@@ -31,6 +29,8 @@ from tests.functional.test_sdn_support import (
     seed_legacy_tree,
     zk_client,
 )
+
+from stackhop.sdn import backup_file, tasks, topology, zookeeper
 
 pytestmark = pytest.mark.functional
 

@@ -37,7 +37,8 @@ def _hook_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pre-hook", metavar="CMD",
                         help="shell command run before the step (e.g. stop a service)")
     parser.add_argument("--post-hook", metavar="CMD",
-                        help="shell command run after the step succeeded (e.g. restart the cluster)")
+                        help="shell command run after the step succeeded "
+                        "(e.g. restart the cluster)")
 
 
 def _zk_option(parser: argparse.ArgumentParser, *, required: bool) -> None:

@@ -75,7 +75,9 @@ def rewrite_endpoint(content: bytes, section: str, key: str, port: int, where: s
             new_url = _with_port(url, port, where).encode()
             lines[index] = match.group(1) + new_url + match.group(3) + ending
             return b"".join(lines)
-    raise ConfigError(f"{where} has no [{section}] {key} to rewrite; is this the right --config-root?")
+    raise ConfigError(
+        f"{where} has no [{section}] {key} to rewrite; is this the right --config-root?"
+    )
 
 
 def _manifest_path(root: Path) -> Path:
@@ -90,7 +92,9 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is unreadable ({exc}); restore it or remove {path.parent}") from exc
+        raise ConfigError(
+            f"{path} is unreadable ({exc}); restore it or remove {path.parent}"
+        ) from exc
     return manifest if isinstance(manifest, dict) else None
 
 
@@ -184,7 +188,7 @@ def switch_file(root: Path, relative: str, entry: dict[str, Any], port: int) -> 
 
 
 def revert_file(root: Path, relative: str, entry: dict[str, Any], force: bool) -> str:
-    """Put one file back from its byte-exact backup; returns ``reverted`` or ``already original``."""
+    """Put one file back from its byte-exact backup: ``reverted`` or ``already original``."""
     path = root / relative
     backup = root / BACKUP_DIR / _backup_name(relative)
     original = backup.read_bytes()

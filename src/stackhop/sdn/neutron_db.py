@@ -91,8 +91,14 @@ def resolve(neutron_conf: str | None, neutron_db: str | None) -> NeutronDatabase
 
 
 def _is_denied(exc: sa.exc.DBAPIError) -> bool:
-    args = getattr(exc.orig, "args", ())
+    args: tuple[object, ...] = tuple(getattr(exc.orig, "args", ()))
     return bool(args) and args[0] in _DENIED_CODES
+
+
+def _detail(exc: sa.exc.DBAPIError) -> str:
+    """The server's own message (PyMySQL errors are ``(code, message)``), on one line."""
+    args = tuple(getattr(exc.orig, "args", ()))
+    return " ".join(str(args[-1] if args else exc).split())
 
 
 def connect(db: NeutronDatabase) -> Engine:
@@ -103,7 +109,7 @@ def connect(db: NeutronDatabase) -> Engine:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.DBAPIError as exc:
         engine.dispose()
-        detail = str(getattr(exc.orig, "args", [None, exc])[-1])
+        detail = _detail(exc)
         if _is_denied(exc):
             raise NeutronPermissionError(
                 user=db.user, missing="access", database=db.name, purpose="connect"
@@ -147,7 +153,7 @@ def require_privileges(
 
 def translate(exc: sa.exc.DBAPIError, db: NeutronDatabase, purpose: str) -> Exception:
     """A database error met mid-way, as a stackhop error (permission or plain failure)."""
-    detail = " ".join(str(getattr(exc.orig, "args", [exc])[-1]).split())
+    detail = _detail(exc)
     if _is_denied(exc):
         return NeutronPermissionError(
             user=db.user, missing=f"a privilege ({detail})", database=db.name, purpose=purpose

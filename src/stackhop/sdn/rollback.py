@@ -115,8 +115,9 @@ def _verify(
                 )
         if backup.neutron is not None:
             state = tasks.read_data_state(conn)
-            if state != backup.neutron.get("data_state"):
-                problems.append(f"midonet_data_state is {state}, not {backup.neutron.get('data_state')}")
+            wanted = backup.neutron.get("data_state")
+            if state != wanted:
+                problems.append(f"midonet_data_state is {state}, not {wanted}")
     return problems
 
 

@@ -100,7 +100,9 @@ class StepRunner:
         try:
             result = action()
         except BaseException as exc:
-            message = exc.message if isinstance(exc, StackhopError) else f"{type(exc).__name__}: {exc}"
+            message = (
+                exc.message if isinstance(exc, StackhopError) else f"{type(exc).__name__}: {exc}"
+            )
             self.journal.transition(
                 self.run_id, self.scope, STEP_KIND, name, FAILED,
                 action=self.command, expected=op, error=message,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from stackhop.errors import ConfigError
@@ -42,8 +43,7 @@ def switch(
         runner.step("backup originals", lambda: endpoints.save_backups(root, manifest))
         for relative, entry in manifest["files"].items():
             result.files[relative] = runner.step(
-                f"switch {relative}",
-                lambda r=relative, e=entry: endpoints.switch_file(root, r, e, port),
+                f"switch {relative}", partial(endpoints.switch_file, root, relative, entry, port)
             )
         runner.complete()
     except BaseException:
@@ -63,8 +63,7 @@ def revert_steps(root: Path, runner: StepRunner, *, force: bool) -> dict[str, st
     files: dict[str, str] = {}
     for relative, entry in manifest["files"].items():
         files[relative] = runner.step(
-            f"revert {relative}",
-            lambda r=relative, e=entry: endpoints.revert_file(root, r, e, force),
+            f"revert {relative}", partial(endpoints.revert_file, root, relative, entry, force)
         )
 
     def verify() -> str:

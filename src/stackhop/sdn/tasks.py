@@ -267,10 +267,12 @@ def write_data_state(conn: Connection, state: Mapping[str, Any] | None) -> None:
     values["updated_at"] = (
         datetime.fromisoformat(values["updated_at"]) if values["updated_at"] else None
     )
-    conn.execute(data_state.delete().where(data_state.c.id != state["id"]))
-    if conn.execute(data_state.update().where(data_state.c.id == state["id"]).values(**values)).rowcount == 0:
-        exists = conn.execute(
-            sa.select(sa.func.count()).where(data_state.c.id == state["id"])
-        ).scalar_one()
-        if not exists:
-            conn.execute(data_state.insert().values(id=state["id"], **values))
+    row_id = state["id"]
+    conn.execute(data_state.delete().where(data_state.c.id != row_id))
+    exists = conn.execute(
+        sa.select(sa.func.count()).where(data_state.c.id == row_id)
+    ).scalar_one()
+    if exists:
+        conn.execute(data_state.update().where(data_state.c.id == row_id).values(**values))
+    else:
+        conn.execute(data_state.insert().values(id=row_id, **values))

@@ -145,6 +145,9 @@ def restore_tree(client: KazooClient, root: str, backup: Mapping[str, Node]) -> 
     atomically. ACLs, which a multi-op cannot carry, are set afterwards.
     """
     current = read_tree(client, root)
+    if not current and root != "/":
+        # The whole subtree is gone: its ancestors (outside the backup) must exist first.
+        client.ensure_path(posixpath.dirname(root))
     want = persistent(backup)
     have = persistent(current)
     # An ephemeral node created since the backup blocks deleting its parent,

@@ -1,0 +1,57 @@
+"""Pure parts of prepare: database naming, settings text, controller objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stackhop.errors import ConfigError, UsageError
+from stackhop.sdn import neutron_db, topology
+from stackhop.sdn.prepare import controller_objects, settings_text
+from stackhop.sdn.zookeeper import Node, normalise_root
+
+NET = "11111111-2222-3333-4444-555555555555"
+OTHER = "99999999-2222-3333-4444-555555555555"
+
+
+def test_database_from_neutron_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "neutron.conf"
+    conf.write_text("[database]\nconnection = mysql+pymysql://neutron:s%40cret@db:3307/neutron\n")
+    db = neutron_db.from_neutron_conf(conf)
+    assert db.key() == "db:3307/neutron" and db.user == "neutron"
+    assert "s@cret" not in db.describe()
+    text = settings_text(db)
+    assert 'cluster.neutron_importer.connection_string : "jdbc:mysql://db:3307/neutron"' in text
+    assert 'cluster.neutron_importer.password : "s@cret"' in text
+
+
+def test_bad_database_inputs() -> None:
+    with pytest.raises(UsageError, match="exactly one"):
+        neutron_db.resolve(None, None)
+    with pytest.raises(UsageError, match="not supported"):
+        neutron_db.from_url("sqlite:///x.db")
+    with pytest.raises(ConfigError, match="no neutron.conf"):
+        neutron_db.from_neutron_conf("/nonexistent/neutron.conf")
+
+
+def test_controller_objects_are_those_neutron_does_not_own() -> None:
+    acl = ((31, "world", "anyone"),)
+    tree = {p: Node(p, b"", acl) for p in (
+        "/m", "/m/bridges", f"/m/bridges/{NET}", f"/m/bridges/{NET}/ports",
+        f"/m/bridges/{OTHER}", f"/m/bridges/{OTHER}/ports", "/m/bridges/not-a-uuid",
+        "/m/config", f"/m/config/x/{OTHER}",
+    )}
+    found = controller_objects(tree, "/m", {NET})
+    assert list(found) == [f"bridges/{OTHER}"]
+    assert [n.path for n in found[f"bridges/{OTHER}"]] == [
+        f"/m/bridges/{OTHER}", f"/m/bridges/{OTHER}/ports"]
+
+
+def test_data_types_order_and_root() -> None:
+    order = topology.DATA_TYPES
+    assert order.index("security_group") < order.index("port") < order.index("floating_ip")
+    assert order.index("router") < order.index("router_interface")
+    assert normalise_root("/midonet/") == "/midonet"
+    with pytest.raises(UsageError):
+        normalise_root("midonet")
