@@ -542,3 +542,21 @@ def test_status_shows_prepared_backed_up_switched(
     assert [r.split(":")[0] for r in status["Journal runs"]] == [
         "sdn midonet prepare", "sdn midonet backup", "sdn midonet switch-endpoints"]
     assert os.environ.get("OS_CLIENT_CONFIG_FILE")
+
+
+def test_rollback_recreates_a_deleted_subtree_exactly(
+    cli: Cli, tmp_path: Path, neutron_db: str, neutron_topology: NeutronTopology, zk_root: str
+) -> None:
+    journal, backup = tmp_path / "j.sqlite", tmp_path / "zk.backup"
+    with zk_client() as client:
+        seed_legacy_tree(client, zk_root, neutron_topology)
+    assert sdn(cli, journal, "backup", "--zk", ZK, "--root", zk_root, "-o", str(backup)).code == 0
+    tree_before = tree(zk_root)
+    with zk_client() as client:
+        client.delete(zk_root.rsplit("/", 1)[0], recursive=True)
+    done = sdn(cli, journal, "--log-json", "rollback", "--zk", ZK, "--backup", str(backup),
+               "--neutron-db", neutron_db, "-f", "json")
+    assert done.code == 0, done.err
+    assert "holds no midonet_data_state" in done.err
+    assert done.json()["steps"]["zookeeper"].startswith(f"{len(tree_before)} created")
+    assert tree(zk_root) == tree_before

@@ -139,6 +139,7 @@ def test_next_task_id_after_rollback_and_restart_is_above_every_issued(
                 new_id = conn.execute(sa.text("SELECT LAST_INSERT_ID()")).scalar_one()
             engine.dispose()
             assert new_id > highest
-            zk.delete(root.rsplit("/", 1)[0], recursive=True)
     finally:
         source.dispose()
+        with zk_client() as zk:
+            zk.delete(root.rsplit("/", 1)[0], recursive=True)

@@ -148,12 +148,11 @@ def create_topology(conn: Any, prefix: str) -> NeutronTopology:
 
 
 def delete_topology(conn: Any, prefix: str) -> None:
-    """Remove everything named ``prefix-*`` (best effort in dependency order, then checked)."""
+    """Remove everything named ``prefix-*``, in dependency order."""
     net = conn.network
+    ours = {n.id for n in net.networks() if n.name.startswith(prefix)}
     for fip in net.ips():
-        if fip.description == "" and fip.port_id and any(
-            p.name.startswith(prefix) for p in net.ports(id=fip.port_id)
-        ):
+        if fip.floating_network_id in ours:
             net.delete_ip(fip)
     for router in net.routers():
         if router.name.startswith(prefix):
@@ -166,8 +165,6 @@ def delete_topology(conn: Any, prefix: str) -> None:
             net.delete_port(port)
     for network in net.networks():
         if network.name.startswith(prefix):
-            for fip in net.ips(floating_network_id=network.id):
-                net.delete_ip(fip)
             net.delete_network(network)
     for group in net.security_groups():
         if group.name.startswith(prefix):

@@ -203,6 +203,25 @@ def revert_file(root: Path, relative: str, entry: dict[str, Any], force: bool) -
     return "reverted"
 
 
+def check_revertible(root: Path, manifest: dict[str, Any], force: bool) -> None:
+    """Check every file and backup copy before a revert writes anything.
+
+    A backup copy that no longer matches the manifest is an error; a file
+    edited since the switch is one unless ``force``.
+    """
+    for relative, entry in manifest["files"].items():
+        backup = root / BACKUP_DIR / _backup_name(relative)
+        if not backup.is_file() or sha256(backup.read_bytes()) != entry["original_sha256"]:
+            raise ConfigError(
+                f"backup {backup} is missing or does not match its manifest; "
+                "restore it, or revert the file by hand"
+            )
+        path = root / relative
+        digest = sha256(path.read_bytes()) if path.is_file() else None
+        if digest not in (entry["original_sha256"], entry["switched_sha256"]) and not force:
+            raise ConfigEditedError(path=str(path), action="revert")
+
+
 def reverted_correctly(root: Path, manifest: dict[str, Any]) -> list[str]:
     """Files whose bytes or mode differ from the original (empty: revert is exact)."""
     wrong = []

@@ -30,7 +30,7 @@ from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import Journal
 from stackhop.sdn import backup_file, endpoints, neutron_db, tasks, zookeeper
 from stackhop.sdn.backup_file import Backup
-from stackhop.sdn.errors import ConfigEditedError, RollbackIncompleteError
+from stackhop.sdn.errors import RollbackIncompleteError
 from stackhop.sdn.neutron_db import NeutronDatabase
 from stackhop.sdn.steps import StepRunner, close_open_cycle, run_hook
 from stackhop.sdn.switch import revert_steps
@@ -60,17 +60,6 @@ def _check_database(engine: sa.Engine, db: NeutronDatabase, backup: Backup) -> N
     elif backup.neutron and backup.neutron.get("data_state") is not None:
         needs += [("CREATE", "midonet_data_state"), ("INSERT", "midonet_data_state")]
     neutron_db.require_privileges(engine, db, needs, "roll back the importer tasks")
-
-
-def _check_config_root(root: Path, force: bool) -> None:
-    manifest = endpoints.read_manifest(root)
-    if manifest is None:
-        return
-    for relative, entry in manifest["files"].items():
-        path = root / relative
-        digest = endpoints.sha256(path.read_bytes()) if path.is_file() else None
-        if digest not in (entry["original_sha256"], entry["switched_sha256"]) and not force:
-            raise ConfigEditedError(path=str(path), action="revert")
 
 
 def _remove_tasks(engine: sa.Engine, db: NeutronDatabase) -> str:
@@ -142,7 +131,9 @@ def rollback(
         if config_root is not None:
             if not config_root.is_dir():
                 raise ConfigError(f"--config-root {config_root} is not a directory")
-            _check_config_root(config_root, force)
+            manifest = endpoints.read_manifest(config_root)
+            if manifest is not None:
+                endpoints.check_revertible(config_root, manifest, force)
         with zookeeper.connect(zk) as client:
             if backup.neutron is None:
                 sink.emit(Event(EventType.WARNING, message=(

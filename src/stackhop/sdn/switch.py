@@ -91,6 +91,8 @@ def revert(
     if not root.is_dir():
         raise ConfigError(f"--config-root {root} is not a directory")
     manifest = endpoints.read_manifest(root)
+    if manifest is not None:
+        endpoints.check_revertible(root, manifest, force)  # before any file is written
     cycle = manifest["cycle"] if manifest else "none"
     run_hook(pre_hook, which="pre", step="switch-endpoints --revert", changed=False, events=sink)
     runner = StepRunner(journal, "revert-endpoints", f"{root.resolve()}:{cycle}", {}, sink)
