@@ -22,11 +22,11 @@ from testbed.component import Component
 from testbed.infra import ceph
 from testbed.infra.files import write_file
 from testbed.infra.locked import LockedComponent
-from testbed.openstack import runtime
+from testbed.openstack import runtime, schema
 from testbed.openstack.config import (
-    make_service_dirs,
     authtoken,
     common_sections,
+    make_service_dirs,
     service_auth,
     service_data,
     service_etc,
@@ -42,8 +42,7 @@ CEPH_POOL = "volumes"
 
 # Runs inside the new mount namespace, then becomes cinder-volume (same PID).
 _NAMESPACE_SCRIPT = (
-    'set -e; mount --bind "$1" /etc/ceph; mkdir -p "$3"; mount --bind "$2" "$3"; '
-    'shift 3; exec "$@"'
+    'set -e; mount --bind "$1" /etc/ceph; mkdir -p "$3"; mount --bind "$2" "$3"; shift 3; exec "$@"'
 )
 
 
@@ -57,8 +56,9 @@ def share(c: layout.CloudLayout) -> str:
 
 
 def share_mountpoint(c: layout.CloudLayout) -> Path:
-    """Where the NFS driver expects ``share(c)`` mounted: its base dir plus the md5 of the address."""
-    digest = hashlib.md5(share(c).encode()).hexdigest()  # noqa: S324 - the driver's naming, not security
+    """Where the NFS driver expects ``share(c)`` mounted: base dir + md5 of the address."""
+    # The driver's naming scheme, not a security use of md5.
+    digest = hashlib.md5(share(c).encode(), usedforsecurity=False).hexdigest()
     return service_data(c, NAME) / "mnt" / digest
 
 
@@ -73,49 +73,65 @@ def _write_config(c: layout.CloudLayout) -> bool:
     shares = etc / "nfs_shares"
     changed = write_file(shares, share(c) + "\n")
     venv_etc = layout.VENV_DIR / "etc" / "cinder"
-    changed |= write_ini(config_file(c), {
-        "DEFAULT": {
-            "host": c.volume_host,
-            "my_ip": layout.HOST,
-            "state_path": data,
-            "transport_url": c.transport_url,
-            "auth_strategy": "keystone",
-            "api_paste_config": venv_etc / "api-paste.ini",
-            "resource_query_filters_file": venv_etc / "resource_filters.json",
-            "rootwrap_config": venv_etc / "rootwrap.conf",
-            "enabled_backends": ",".join(VOLUME_TYPES.values()),
-            "default_volume_type": DEFAULT_VOLUME_TYPE,
-            "glance_api_servers": f"http://{layout.HOST}:{c.glance_port}",
-            "osapi_volume_workers": 1,
+    changed |= write_ini(
+        config_file(c),
+        {
+            "DEFAULT": {
+                "host": c.volume_host,
+                "my_ip": layout.HOST,
+                "state_path": data,
+                "transport_url": c.transport_url,
+                "auth_strategy": "keystone",
+                "api_paste_config": venv_etc / "api-paste.ini",
+                "resource_query_filters_file": venv_etc / "resource_filters.json",
+                "rootwrap_config": venv_etc / "rootwrap.conf",
+                "enabled_backends": ",".join(VOLUME_TYPES.values()),
+                "default_volume_type": DEFAULT_VOLUME_TYPE,
+                "glance_api_servers": f"http://{layout.HOST}:{c.glance_port}",
+                "osapi_volume_workers": 1,
+            },
+            "database": {"connection": c.db_url(NAME)},
+            "keystone_authtoken": authtoken(c, NAME),
+            "nova": service_auth(c, "nova"),
+            "service_user": {**service_auth(c, NAME), "send_service_user_token": True},
+            "coordination": {"backend_url": f"file://{data / 'coordination'}"},
+            "ceph": {
+                "volume_driver": "cinder.volume.drivers.rbd.RBDDriver",
+                "volume_backend_name": "ceph",
+                "rbd_pool": CEPH_POOL,
+                "rbd_ceph_conf": ceph.cinder_conf(c),
+                "rbd_user": ceph.cinder_user(c),
+                "rados_connect_timeout": 10,
+                "image_upload_use_cinder_backend": False,
+            },
+            "file": {
+                "volume_driver": "stackhop_nfs_manageable.ManageableNfsDriver",
+                "volume_backend_name": "file",
+                "nfs_shares_config": shares,
+                "nfs_mount_point_base": data / "mnt",
+                "nfs_sparsed_volumes": True,
+                "nfs_snapshot_support": True,
+                # Root owns everything here; the "secure" modes would chown to nobody.
+                "nas_secure_file_operations": False,
+                "nas_secure_file_permissions": False,
+            },
+            **common_sections(c, NAME),
         },
-        "database": {"connection": c.db_url(NAME)},
-        "keystone_authtoken": authtoken(c, NAME),
-        "nova": service_auth(c, "nova"),
-        "service_user": {**service_auth(c, NAME), "send_service_user_token": True},
-        "coordination": {"backend_url": f"file://{data / 'coordination'}"},
-        "ceph": {
-            "volume_driver": "cinder.volume.drivers.rbd.RBDDriver",
-            "volume_backend_name": "ceph",
-            "rbd_pool": CEPH_POOL,
-            "rbd_ceph_conf": ceph.cinder_conf(c),
-            "rbd_user": ceph.cinder_user(c),
-            "rados_connect_timeout": 10,
-            "image_upload_use_cinder_backend": False,
-        },
-        "file": {
-            "volume_driver": "stackhop_nfs_manageable.ManageableNfsDriver",
-            "volume_backend_name": "file",
-            "nfs_shares_config": shares,
-            "nfs_mount_point_base": data / "mnt",
-            "nfs_sparsed_volumes": True,
-            "nfs_snapshot_support": True,
-            # Root owns everything here; the "secure" modes would chown to nobody.
-            "nas_secure_file_operations": False,
-            "nas_secure_file_permissions": False,
-        },
-        **common_sections(c, NAME),
-    })
+    )
     return changed
+
+
+def _migrate(c: layout.CloudLayout) -> None:
+    run(
+        [
+            str(layout.VENV_BIN / "cinder-manage"),
+            "--config-file",
+            str(service_etc(c, NAME) / "cinder-db.conf"),
+            "db",
+            "sync",
+        ],
+        log=layout.LOG_DIR / f"{NAME}-{c.name}-manage.log",
+    )
 
 
 def _schema(c: layout.CloudLayout) -> None:
@@ -123,12 +139,7 @@ def _schema(c: layout.CloudLayout) -> None:
     write_ini(service_etc(c, NAME) / "cinder-db.conf", {"database": {"connection": c.db_url(NAME)}})
     if done.done():
         return
-    runtime.create_databases(c, NAME)
-    run(
-        [str(layout.VENV_BIN / "cinder-manage"), "--config-file",
-         str(service_etc(c, NAME) / "cinder-db.conf"), "db", "sync"],
-        log=layout.LOG_DIR / f"{NAME}-{c.name}-manage.log",
-    )
+    schema.ensure(c, NAME, "cinder", [NAME], _migrate)
     done.mark()
 
 
@@ -149,28 +160,52 @@ def daemons(c: layout.CloudLayout) -> list[Daemon]:
     db = c.db_name(NAME)
     env = runtime.service_env()
     api = runtime.uwsgi_daemon(
-        f"cinder-api-{c.name}", c.cinder_port, "cinder.wsgi.api:application",
+        f"cinder-api-{c.name}",
+        c.cinder_port,
+        "cinder.wsgi.api:application",
         env=env,
         extra_args=[
-            "--pyargv", f"--config-file {config_file(c)}",
+            "--pyargv",
+            f"--config-file {config_file(c)}",
             # Upload-to-image sends chunked bodies; uWSGI refuses them without a limit.
-            "--chunked-input-limit", str(10 * 1024 * 1024), "--chunked-input-timeout", "60",
+            "--chunked-input-limit",
+            str(10 * 1024 * 1024),
+            "--chunked-input-timeout",
+            "60",
         ],
     )
     scheduler = runtime.console_daemon(
-        f"cinder-scheduler-{c.name}", "cinder-scheduler", conf,
-        runtime.heartbeat_check(f"cinder-scheduler-{c.name}", db, "cinder-scheduler", c.volume_host),
+        f"cinder-scheduler-{c.name}",
+        "cinder-scheduler",
+        conf,
+        runtime.heartbeat_check(
+            f"cinder-scheduler-{c.name}", db, "cinder-scheduler", c.volume_host
+        ),
         env=env,
     )
     volume = runtime.console_daemon(
-        f"cinder-volume-{c.name}", "cinder-volume", conf,
+        f"cinder-volume-{c.name}",
+        "cinder-volume",
+        conf,
         runtime.heartbeat_check(
-            f"cinder-volume-{c.name}", db, "cinder-volume", f"{c.volume_host}@%", count=len(VOLUME_TYPES)
+            f"cinder-volume-{c.name}",
+            db,
+            "cinder-volume",
+            f"{c.volume_host}@%",
+            count=len(VOLUME_TYPES),
         ),
         env=runtime.service_env([ceph.python_path()]),
         wrapper=[
-            "unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", _NAMESPACE_SCRIPT,
-            "cinder-volume-namespace", str(ceph.etc_ceph_dir(c)), str(c.file_backend_dir),
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "/bin/sh",
+            "-c",
+            _NAMESPACE_SCRIPT,
+            "cinder-volume-namespace",
+            str(ceph.etc_ceph_dir(c)),
+            str(c.file_backend_dir),
             str(share_mountpoint(c)),
         ],
     )

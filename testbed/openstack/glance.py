@@ -12,8 +12,15 @@ from pathlib import Path
 from testbed import layout
 from testbed.component import Component
 from testbed.infra.locked import LockedComponent
-from testbed.openstack import runtime
-from testbed.openstack.config import authtoken, common_sections, make_service_dirs, service_data, service_etc, write_ini
+from testbed.openstack import runtime, schema
+from testbed.openstack.config import (
+    authtoken,
+    common_sections,
+    make_service_dirs,
+    service_data,
+    service_etc,
+    write_ini,
+)
 from testbed.process import Daemon, TestbedError, run
 
 NAME = "glance"
@@ -29,51 +36,70 @@ def store_dir(c: layout.CloudLayout, store: str) -> Path:
 def _write_config(c: layout.CloudLayout) -> bool:
     make_service_dirs(c, NAME)
     data = service_data(c, NAME)
-    stores = {s: {"filesystem_store_datadir": store_dir(c, s), "store_description": f"{s} file store"}
-              for s in STORES}
+    stores = {
+        s: {"filesystem_store_datadir": store_dir(c, s), "store_description": f"{s} file store"}
+        for s in STORES
+    }
     for d in [*(store_dir(c, s) for s in STORES), data / "staging", data / "tasks"]:
         d.mkdir(parents=True, exist_ok=True)
-    return write_ini(service_etc(c, NAME) / "glance-api.conf", {
-        "DEFAULT": {
-            "enabled_backends": ", ".join(f"{s}:file" for s in STORES),
-            # Written as a list: a plain comma-separated value makes image create fail with 500.
-            "enabled_import_methods": "[glance-direct,web-download,copy-image]",
-            "show_image_direct_url": False,
-            "workers": 1,
+    return write_ini(
+        service_etc(c, NAME) / "glance-api.conf",
+        {
+            "DEFAULT": {
+                "enabled_backends": ", ".join(f"{s}:file" for s in STORES),
+                # Written as a list: a plain comma-separated value makes image create fail with 500.
+                "enabled_import_methods": "[glance-direct,web-download,copy-image]",
+                "show_image_direct_url": False,
+                "workers": 1,
+            },
+            "database": {"connection": c.db_url(NAME)},
+            "glance_store": {"default_backend": DEFAULT_STORE},
+            **stores,
+            "os_glance_staging_store": {"filesystem_store_datadir": data / "staging"},
+            "os_glance_tasks_store": {"filesystem_store_datadir": data / "tasks"},
+            "keystone_authtoken": authtoken(c, NAME),
+            "paste_deploy": {
+                "flavor": "keystone",
+                "config_file": layout.VENV_DIR / "etc" / "glance" / "glance-api-paste.ini",
+            },
+            **common_sections(c, NAME),
         },
-        "database": {"connection": c.db_url(NAME)},
-        "glance_store": {"default_backend": DEFAULT_STORE},
-        **stores,
-        "os_glance_staging_store": {"filesystem_store_datadir": data / "staging"},
-        "os_glance_tasks_store": {"filesystem_store_datadir": data / "tasks"},
-        "keystone_authtoken": authtoken(c, NAME),
-        "paste_deploy": {
-            "flavor": "keystone",
-            "config_file": layout.VENV_DIR / "etc" / "glance" / "glance-api-paste.ini",
-        },
-        **common_sections(c, NAME),
-    })
+    )
+
+
+def _migrate(c: layout.CloudLayout) -> None:
+    run(
+        [
+            str(layout.VENV_BIN / "glance-manage"),
+            "--config-file",
+            str(service_etc(c, NAME) / "glance-api.conf"),
+            "db_sync",
+        ],
+        log=layout.LOG_DIR / f"{NAME}-{c.name}-manage.log",
+    )
 
 
 def _db_sync(c: layout.CloudLayout) -> None:
     done = runtime.stamp(c, "glance-db", runtime.version("glance"))
     if done.done():
         return
-    runtime.create_databases(c, NAME)
-    run(
-        [str(layout.VENV_BIN / "glance-manage"), "--config-file",
-         str(service_etc(c, NAME) / "glance-api.conf"), "db_sync"],
-        log=layout.LOG_DIR / f"{NAME}-{c.name}-manage.log",
-    )
+    schema.ensure(c, NAME, "glance", [NAME], _migrate)
     done.mark()
 
 
 def daemon(c: layout.CloudLayout) -> Daemon:
     return runtime.uwsgi_daemon(
-        f"{NAME}-{c.name}", c.glance_port, "glance.wsgi.api:application",
+        f"{NAME}-{c.name}",
+        c.glance_port,
+        "glance.wsgi.api:application",
         env={"OS_GLANCE_CONFIG_DIR": str(service_etc(c, NAME))},
         # Image uploads arrive chunked.
-        extra_args=["--chunked-input-limit", str(10 * 1024 * 1024), "--chunked-input-timeout", "60"],
+        extra_args=[
+            "--chunked-input-limit",
+            str(10 * 1024 * 1024),
+            "--chunked-input-timeout",
+            "60",
+        ],
     )
 
 

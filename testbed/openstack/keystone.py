@@ -12,12 +12,19 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from testbed import layout
 from testbed.component import Component
 from testbed.infra.locked import LockedComponent
-from testbed.openstack import runtime
-from testbed.openstack.config import common_sections, make_service_dirs, service_data, service_etc, write_ini
+from testbed.openstack import runtime, schema
+from testbed.openstack.config import (
+    common_sections,
+    make_service_dirs,
+    service_data,
+    service_etc,
+    write_ini,
+)
 from testbed.outputs import DEMO_PROJECT, DEMO_USER
 from testbed.process import Daemon, run
 
@@ -57,18 +64,24 @@ def config_file(c: layout.CloudLayout) -> Path:
 def _write_config(c: layout.CloudLayout) -> bool:
     make_service_dirs(c, NAME)
     data = service_data(c, NAME)
-    return write_ini(config_file(c), {
-        "DEFAULT": {},
-        "database": {"connection": c.db_url(NAME)},
-        "token": {"provider": "fernet"},
-        "fernet_tokens": {"key_repository": data / "fernet-keys"},
-        "fernet_receipts": {"key_repository": data / "fernet-keys"},
-        "credential": {"key_repository": data / "credential-keys"},
-        # bcrypt's minimum cost: every token request checks a password hash,
-        # and the testbed's passwords protect nothing.
-        "identity": {"password_hash_rounds": 4},
-        **common_sections(c, NAME),
-    })
+    return write_ini(
+        config_file(c),
+        {
+            "DEFAULT": {},
+            "database": {"connection": c.db_url(NAME)},
+            "token": {"provider": "fernet"},
+            "fernet_tokens": {"key_repository": data / "fernet-keys"},
+            "fernet_receipts": {"key_repository": data / "fernet-keys"},
+            "credential": {"key_repository": data / "credential-keys"},
+            # bcrypt's minimum cost: every token request checks a password hash,
+            # and the testbed's passwords protect nothing.
+            "identity": {"password_hash_rounds": 4},
+            # One process: an in-process cache is coherent, and spares the
+            # database a lookup per token validation.
+            "cache": {"enabled": True, "backend": "dogpile.cache.memory"},
+            **common_sections(c, NAME),
+        },
+    )
 
 
 def _manage(c: layout.CloudLayout, *args: str) -> None:
@@ -83,28 +96,33 @@ def _bootstrap(c: layout.CloudLayout) -> None:
     done = runtime.stamp(c, "keystone-bootstrap", runtime.version("keystone"))
     if done.done():
         return
-    runtime.create_databases(c, NAME)
-    _manage(c, "db_sync")
+    schema.ensure(c, NAME, "keystone", [NAME], lambda c: _manage(c, "db_sync"))
     data = service_data(c, NAME)
     if not any((data / "fernet-keys").glob("*")):
         _manage(c, "fernet_setup", "--keystone-user", "root", "--keystone-group", "root")
     if not any((data / "credential-keys").glob("*")):
         _manage(c, "credential_setup", "--keystone-user", "root", "--keystone-group", "root")
     _manage(
-        c, "bootstrap",
-        "--bootstrap-password", layout.ADMIN_PASSWORD,
-        "--bootstrap-admin-url", c.keystone_url,
-        "--bootstrap-internal-url", c.keystone_url,
-        "--bootstrap-public-url", c.keystone_url,
-        "--bootstrap-region-id", layout.REGION,
+        c,
+        "bootstrap",
+        "--bootstrap-password",
+        layout.ADMIN_PASSWORD,
+        "--bootstrap-admin-url",
+        c.keystone_url,
+        "--bootstrap-internal-url",
+        c.keystone_url,
+        "--bootstrap-public-url",
+        c.keystone_url,
+        "--bootstrap-region-id",
+        layout.REGION,
     )
     done.mark()
 
 
 def _catalog_stamp(c: layout.CloudLayout) -> runtime.Stamp:
     wanted = json.dumps(
-        [e.__dict__ for e in catalog(c)] + [ROLES, DEMO_PROJECT, DEMO_USER, layout.DEMO_PASSWORD,
-                                            layout.SERVICE_PASSWORD],
+        [e.__dict__ for e in catalog(c)]
+        + [ROLES, DEMO_PROJECT, DEMO_USER, layout.DEMO_PASSWORD, layout.SERVICE_PASSWORD],
         sort_keys=True,
     )
     return runtime.stamp(c, "keystone-catalog", hashlib.sha256(wanted.encode()).hexdigest())
@@ -116,7 +134,7 @@ def register_catalog(c: layout.CloudLayout) -> None:
     if done.done():
         return
     conn = runtime.admin_connection(c)
-    ident = conn.identity
+    ident: Any = conn.identity  # the SDK types it as identity v2 | v3
     roles = {r: ident.find_role(r) or ident.create_role(name=r) for r in ROLES}
     service_project = ident.find_project("service", domain_id="default") or ident.create_project(
         name="service", domain_id="default", description="OpenStack service users"
@@ -132,13 +150,18 @@ def register_catalog(c: layout.CloudLayout) -> None:
                 ident.update_user(user, password=layout.SERVICE_PASSWORD)
             for role in ("admin", "service"):
                 ident.assign_project_role_to_user(service_project, user, roles[role])
-        service = ident.find_service(entry.name) or ident.create_service(name=entry.name, type=entry.type)
+        service = ident.find_service(entry.name) or ident.create_service(
+            name=entry.name, type=entry.type
+        )
         existing = {e.interface: e for e in ident.endpoints(service_id=service.id)}
         for interface in ("public", "internal", "admin"):
             have = existing.get(interface)
             if have is None:
                 ident.create_endpoint(
-                    service_id=service.id, interface=interface, url=entry.url, region_id=layout.REGION
+                    service_id=service.id,
+                    interface=interface,
+                    url=entry.url,
+                    region_id=layout.REGION,
                 )
             elif have.url != entry.url:
                 ident.update_endpoint(have, url=entry.url)
@@ -148,7 +171,9 @@ def register_catalog(c: layout.CloudLayout) -> None:
     user = ident.find_user(DEMO_USER, domain_id="default")
     if user is None:
         user = ident.create_user(
-            name=DEMO_USER, password=layout.DEMO_PASSWORD, domain_id="default",
+            name=DEMO_USER,
+            password=layout.DEMO_PASSWORD,
+            domain_id="default",
             default_project_id=demo.id,
         )
     ident.assign_project_role_to_user(demo, user, roles["member"])
@@ -157,7 +182,9 @@ def register_catalog(c: layout.CloudLayout) -> None:
 
 def daemon(c: layout.CloudLayout) -> Daemon:
     return runtime.uwsgi_daemon(
-        f"{NAME}-{c.name}", c.keystone_port, "keystone.wsgi.api:application",
+        f"{NAME}-{c.name}",
+        c.keystone_port,
+        "keystone.wsgi.api:application",
         env={"OS_KEYSTONE_CONFIG_FILES": str(config_file(c))},
     )
 

@@ -15,8 +15,15 @@ from pathlib import Path
 from testbed import layout
 from testbed.component import Component
 from testbed.infra.locked import LockedComponent
-from testbed.openstack import runtime
-from testbed.openstack.config import authtoken, common_sections, make_service_dirs, service_data, service_etc, write_ini
+from testbed.openstack import runtime, schema
+from testbed.openstack.config import (
+    authtoken,
+    common_sections,
+    make_service_dirs,
+    service_data,
+    service_etc,
+    write_ini,
+)
 from testbed.process import Daemon, run
 
 NAME = "neutron"
@@ -32,53 +39,66 @@ def _config_files(c: layout.CloudLayout) -> tuple[Path, Path]:
 def _write_config(c: layout.CloudLayout) -> bool:
     make_service_dirs(c, NAME)
     neutron_conf, ml2_conf = _config_files(c)
-    changed = write_ini(neutron_conf, {
-        "DEFAULT": {
-            "core_plugin": "ml2",
-            "service_plugins": "router",
-            "auth_strategy": "keystone",
-            "state_path": service_data(c, NAME),
-            "api_paste_config": layout.VENV_DIR / "etc" / "neutron" / "api-paste.ini",
-            # No agents listen: RPC notifications go nowhere, without a broker.
-            "transport_url": "fake:/",
-            "notify_nova_on_port_status_changes": False,
-            "notify_nova_on_port_data_changes": False,
-            "api_workers": 1,
-            "rpc_workers": 0,
+    changed = write_ini(
+        neutron_conf,
+        {
+            "DEFAULT": {
+                "core_plugin": "ml2",
+                "service_plugins": "router",
+                "auth_strategy": "keystone",
+                "state_path": service_data(c, NAME),
+                "api_paste_config": layout.VENV_DIR / "etc" / "neutron" / "api-paste.ini",
+                # No agents listen: RPC notifications go nowhere, without a broker.
+                "transport_url": "fake:/",
+                "notify_nova_on_port_status_changes": False,
+                "notify_nova_on_port_data_changes": False,
+                "api_workers": 1,
+                "rpc_workers": 0,
+            },
+            "database": {"connection": c.db_url(NAME)},
+            "keystone_authtoken": authtoken(c, NAME),
+            **common_sections(c, NAME),
         },
-        "database": {"connection": c.db_url(NAME)},
-        "keystone_authtoken": authtoken(c, NAME),
-        **common_sections(c, NAME),
-    })
-    changed |= write_ini(ml2_conf, {
-        "ml2": {
-            "type_drivers": "flat,vlan,vxlan",
-            "tenant_network_types": "vxlan",
-            "mechanism_drivers": "stackhop_bind_all",
-            "extension_drivers": "port_security",
+    )
+    changed |= write_ini(
+        ml2_conf,
+        {
+            "ml2": {
+                "type_drivers": "flat,vlan,vxlan",
+                "tenant_network_types": "vxlan",
+                "mechanism_drivers": "stackhop_bind_all",
+                "extension_drivers": "port_security",
+            },
+            "ml2_type_flat": {"flat_networks": "*"},
+            "ml2_type_vlan": {"network_vlan_ranges": f"{PHYSNET}:100:199"},
+            "ml2_type_vxlan": {"vni_ranges": "1:1000"},
         },
-        "ml2_type_flat": {"flat_networks": "*"},
-        "ml2_type_vlan": {"network_vlan_ranges": f"{PHYSNET}:100:199"},
-        "ml2_type_vxlan": {"vni_ranges": "1:1000"},
-    })
+    )
     return changed
+
+
+def _migrate(c: layout.CloudLayout) -> None:
+    argv = [str(layout.VENV_BIN / "neutron-db-manage")]
+    for f in _config_files(c):
+        argv += ["--config-file", str(f)]
+    run(
+        [*argv, "upgrade", "heads"], log=layout.LOG_DIR / f"{NAME}-{c.name}-manage.log", timeout=900
+    )
 
 
 def _db_sync(c: layout.CloudLayout) -> None:
     done = runtime.stamp(c, "neutron-db", runtime.version("neutron"))
     if done.done():
         return
-    runtime.create_databases(c, NAME)
-    argv = [str(layout.VENV_BIN / "neutron-db-manage")]
-    for f in _config_files(c):
-        argv += ["--config-file", str(f)]
-    run([*argv, "upgrade", "heads"], log=layout.LOG_DIR / f"{NAME}-{c.name}-manage.log", timeout=900)
+    schema.ensure(c, NAME, "neutron", [NAME], _migrate)
     done.mark()
 
 
 def daemon(c: layout.CloudLayout) -> Daemon:
     return runtime.uwsgi_daemon(
-        f"{NAME}-{c.name}", c.neutron_port, "neutron.wsgi.api:application",
+        f"{NAME}-{c.name}",
+        c.neutron_port,
+        "neutron.wsgi.api:application",
         env={
             "OS_NEUTRON_CONFIG_DIR": str(service_etc(c, NAME)),
             "OS_NEUTRON_CONFIG_FILES": ";".join(p.name for p in _config_files(c)),

@@ -15,11 +15,11 @@ from testbed import layout
 from testbed.component import Component
 from testbed.infra import mariadb
 from testbed.infra.locked import LockedComponent
-from testbed.openstack import runtime
+from testbed.openstack import runtime, schema
 from testbed.openstack.config import (
-    make_service_dirs,
     authtoken,
     common_sections,
+    make_service_dirs,
     service_auth,
     service_data,
     service_etc,
@@ -68,33 +68,38 @@ def _write_config(c: layout.CloudLayout) -> bool:
     make_service_dirs(c, NAME)
     data = service_data(c, NAME)
     sections = _database_sections(c)
-    sections["DEFAULT"].update({
-        "host": c.compute_host,
-        "my_ip": layout.HOST,
-        "state_path": data,
-        # FakeDriver itself invents a new node UUID in every process, so a
-        # restarted nova-compute collides with its own compute node record;
-        # this subclass keeps the node identity in state_path like a real driver.
-        "compute_driver": "fake.FakeDriverWithoutFakeNodes",
-    })
-    return write_ini(config_file(c), {
-        **sections,
-        "api": {"auth_strategy": "keystone"},
-        "wsgi": {"api_paste_config": _paste_ini()},
-        "keystone_authtoken": authtoken(c, NAME),
-        "placement": service_auth(c, "placement"),
-        "neutron": service_auth(c, "neutron"),
-        "cinder": {**service_auth(c, "cinder"), "os_region_name": layout.REGION},
-        "glance": {"region_name": layout.REGION},
-        # Neutron lets only a caller with the service role delete a server's
-        # port: Nova sends its own service token beside the user's.
-        "service_user": {**service_auth(c, NAME), "send_service_user_token": True},
-        # Hosts are mapped once at `up`; no periodic scan eating CPU.
-        "scheduler": {"workers": 1, "discover_hosts_in_cells_interval": -1},
-        "conductor": {"workers": 1},
-        "vnc": {"enabled": False},
-        **common_sections(c, NAME),
-    })
+    sections["DEFAULT"].update(
+        {
+            "host": c.compute_host,
+            "my_ip": layout.HOST,
+            "state_path": data,
+            # FakeDriver itself invents a new node UUID in every process, so a
+            # restarted nova-compute collides with its own compute node record;
+            # this subclass keeps the node identity in state_path like a real driver.
+            "compute_driver": "fake.FakeDriverWithoutFakeNodes",
+        }
+    )
+    return write_ini(
+        config_file(c),
+        {
+            **sections,
+            "api": {"auth_strategy": "keystone"},
+            "wsgi": {"api_paste_config": _paste_ini()},
+            "keystone_authtoken": authtoken(c, NAME),
+            "placement": service_auth(c, "placement"),
+            "neutron": service_auth(c, "neutron"),
+            "cinder": {**service_auth(c, "cinder"), "os_region_name": layout.REGION},
+            "glance": {"region_name": layout.REGION},
+            # Neutron lets only a caller with the service role delete a server's
+            # port: Nova sends its own service token beside the user's.
+            "service_user": {**service_auth(c, NAME), "send_service_user_token": True},
+            # Hosts are mapped once at `up`; no periodic scan eating CPU.
+            "scheduler": {"workers": 1, "discover_hosts_in_cells_interval": -1},
+            "conductor": {"workers": 1},
+            "vnc": {"enabled": False},
+            **common_sections(c, NAME),
+        },
+    )
 
 
 def _manage(c: layout.CloudLayout, conf: Path, *args: str) -> str:
@@ -104,6 +109,13 @@ def _manage(c: layout.CloudLayout, conf: Path, *args: str) -> str:
     ).stdout
 
 
+def _migrate(c: layout.CloudLayout) -> None:
+    """The API and cell1 schemas of an empty cloud (no cell mapped yet: cell1 alone)."""
+    conf = _db_config_file(c)
+    _manage(c, conf, "api_db", "sync")
+    _manage(c, conf, "db", "sync", "--local_cell")
+
+
 def _schema(c: layout.CloudLayout) -> None:
     """API and cell databases at head, cell0 and cell1 mapped; once per Nova version."""
     conf = _db_config_file(c)
@@ -111,14 +123,16 @@ def _schema(c: layout.CloudLayout) -> None:
     done = runtime.stamp(c, "nova-db", f"{runtime.version('nova')} {c.transport_url}")
     if done.done():
         return
-    runtime.create_databases(c, API_DB, CELL0_DB, CELL1_DB)
-    _manage(c, conf, "api_db", "sync")
+    runtime.create_databases(c, CELL0_DB)
+    schema.ensure(c, NAME, "nova", [API_DB, CELL1_DB], _migrate)
+    # cell0 is a cell database like any other: the same schema, no rows.
+    schema.load(schema.template_dir(NAME, "nova") / f"{CELL1_DB}.sql", c.db_name(CELL0_DB))
+    # The cell mappings hold this cloud's URLs: never part of the template.
     _manage(c, conf, "cell_v2", "map_cell0", "--database_connection", c.db_url(CELL0_DB))
     cells = mariadb.sql("SELECT name FROM cell_mappings", database=c.db_name(API_DB)).split()
     if "cell1" not in cells:
-        _manage(c, conf, "cell_v2", "create_cell", "--name", "cell1",
-                "--transport-url", c.transport_url, "--database_connection", c.db_url(CELL1_DB))
-    _manage(c, conf, "db", "sync")  # cell0 and cell1
+        cell1 = ["--transport-url", c.transport_url, "--database_connection", c.db_url(CELL1_DB)]
+        _manage(c, conf, "cell_v2", "create_cell", "--name", "cell1", *cell1)
     done.mark()
 
 
@@ -132,9 +146,17 @@ def _discover_compute(c: layout.CloudLayout) -> None:
     if _count(c, API_DB, f"SELECT COUNT(*) FROM host_mappings WHERE host = '{host}'"):
         return
     runtime.wait_for(
-        lambda: _count(c, CELL1_DB,
-                       f"SELECT COUNT(*) FROM compute_nodes WHERE host = '{host}' AND deleted = 0") > 0,
-        120, f"the compute node of {host}", layout.LOG_DIR / f"nova-compute-{c.name}.log",
+        lambda: (
+            _count(
+                c,
+                CELL1_DB,
+                f"SELECT COUNT(*) FROM compute_nodes WHERE host = '{host}' AND deleted = 0",
+            )
+            > 0
+        ),
+        120,
+        f"the compute node of {host}",
+        layout.LOG_DIR / f"nova-compute-{c.name}.log",
     )
     _manage(c, config_file(c), "cell_v2", "discover_hosts")
     if not _count(c, API_DB, f"SELECT COUNT(*) FROM host_mappings WHERE host = '{host}'"):
@@ -159,7 +181,9 @@ def daemons(c: layout.CloudLayout) -> list[Daemon]:
     cell1 = c.db_name(CELL1_DB)
     env = runtime.service_env()
     api = runtime.uwsgi_daemon(
-        f"nova-api-{c.name}", c.nova_port, "nova.wsgi.osapi_compute:application",
+        f"nova-api-{c.name}",
+        c.nova_port,
+        "nova.wsgi.osapi_compute:application",
         env={
             **env,
             "OS_NOVA_CONFIG_DIR": str(service_etc(c, NAME)),
@@ -169,7 +193,9 @@ def daemons(c: layout.CloudLayout) -> list[Daemon]:
     )
     services = [
         runtime.console_daemon(
-            f"nova-{s}-{c.name}", f"nova-{s}", conf,
+            f"nova-{s}-{c.name}",
+            f"nova-{s}",
+            conf,
             runtime.heartbeat_check(f"nova-{s}-{c.name}", cell1, f"nova-{s}", c.compute_host),
             env=env,
         )

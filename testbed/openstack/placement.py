@@ -7,8 +7,14 @@ from pathlib import Path
 from testbed import layout
 from testbed.component import Component
 from testbed.infra.locked import LockedComponent
-from testbed.openstack import runtime
-from testbed.openstack.config import authtoken, common_sections, make_service_dirs, service_etc, write_ini
+from testbed.openstack import runtime, schema
+from testbed.openstack.config import (
+    authtoken,
+    common_sections,
+    make_service_dirs,
+    service_etc,
+    write_ini,
+)
 from testbed.process import Daemon, run
 
 NAME = "placement"
@@ -20,30 +26,44 @@ def config_file(c: layout.CloudLayout) -> Path:
 
 def _write_config(c: layout.CloudLayout) -> bool:
     make_service_dirs(c, NAME)
-    return write_ini(config_file(c), {
-        "DEFAULT": {},
-        "placement_database": {"connection": c.db_url(NAME)},
-        "api": {"auth_strategy": "keystone"},
-        "keystone_authtoken": authtoken(c, NAME),
-        **common_sections(c, NAME),
-    })
+    return write_ini(
+        config_file(c),
+        {
+            "DEFAULT": {},
+            "placement_database": {"connection": c.db_url(NAME)},
+            "api": {"auth_strategy": "keystone"},
+            "keystone_authtoken": authtoken(c, NAME),
+            **common_sections(c, NAME),
+        },
+    )
+
+
+def _migrate(c: layout.CloudLayout) -> None:
+    run(
+        [
+            str(layout.VENV_BIN / "placement-manage"),
+            "--config-file",
+            str(config_file(c)),
+            "db",
+            "sync",
+        ],
+        log=layout.LOG_DIR / f"{NAME}-{c.name}-manage.log",
+    )
 
 
 def _db_sync(c: layout.CloudLayout) -> None:
     done = runtime.stamp(c, "placement-db", runtime.version("openstack-placement"))
     if done.done():
         return
-    runtime.create_databases(c, NAME)
-    run(
-        [str(layout.VENV_BIN / "placement-manage"), "--config-file", str(config_file(c)), "db", "sync"],
-        log=layout.LOG_DIR / f"{NAME}-{c.name}-manage.log",
-    )
+    schema.ensure(c, NAME, "openstack-placement", [NAME], _migrate)
     done.mark()
 
 
 def daemon(c: layout.CloudLayout) -> Daemon:
     return runtime.uwsgi_daemon(
-        f"{NAME}-{c.name}", c.placement_port, "placement.wsgi.api:application",
+        f"{NAME}-{c.name}",
+        c.placement_port,
+        "placement.wsgi.api:application",
         env={"OS_PLACEMENT_CONFIG_DIR": str(service_etc(c, NAME))},
     )
 

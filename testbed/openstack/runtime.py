@@ -26,7 +26,7 @@ from testbed import layout
 from testbed.infra import mariadb
 from testbed.infra.files import write_file
 from testbed.infra.locked import LockedComponent, component_lock
-from testbed.process import Daemon, TestbedError, http_answers, wait_until
+from testbed.process import Daemon, TestbedError, http_answers, tcp_open, wait_until
 
 if TYPE_CHECKING:
     from openstack.connection import Connection
@@ -38,6 +38,8 @@ PLUGINS_DIR = layout.OPENSTACK_SHARED_DIR / "plugins"
 #: Holds a pass-through ``sudo``: services run as root already, and rootwrap's
 #: filters only accept configuration under /etc.
 TOOLS_DIR = layout.OPENSTACK_SHARED_DIR / "bin"
+
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _ENTRY_POINTS = """\
 [neutron.ml2.mechanism_drivers]
@@ -69,7 +71,9 @@ def write_shared_files() -> None:
 
 def _write_shared_files() -> None:
     dist = PLUGINS_DIR / "stackhop_testbed_shims-1.0.dist-info"
-    write_file(dist / "METADATA", "Metadata-Version: 2.1\nName: stackhop-testbed-shims\nVersion: 1.0\n")
+    write_file(
+        dist / "METADATA", "Metadata-Version: 2.1\nName: stackhop-testbed-shims\nVersion: 1.0\n"
+    )
     write_file(dist / "entry_points.txt", _ENTRY_POINTS)
     write_file(TOOLS_DIR / "sudo", _SUDO, mode=0o755)
 
@@ -78,9 +82,26 @@ def service_env(extra_path: Sequence[Path] = ()) -> dict[str, str]:
     """Environment of a service: the pass-through sudo first on PATH, our modules importable."""
     python_path = [str(p) for p in (SHIMS_DIR, PLUGINS_DIR, *extra_path)]
     return {
-        "PATH": f"{TOOLS_DIR}:{layout.VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PATH": f"{TOOLS_DIR}:{layout.VENV_BIN}:{_SYSTEM_PATH}",
         "PYTHONPATH": os.pathsep.join(python_path),
     }
+
+
+@dataclass
+class UwsgiDaemon(Daemon):
+    """A uWSGI app; stopping it also waits until its port is free for the next start.
+
+    The process can look gone (its main thread a zombie) while another
+    thread still holds the listening socket for a moment.
+    """
+
+    port: int = 0
+
+    def stop(self) -> bool:
+        stopped = super().stop()
+        if stopped and self.port:
+            wait_until(lambda: not tcp_open(self.port), 15, f"{self.name} releasing its port")
+        return stopped
 
 
 def uwsgi_daemon(
@@ -95,24 +116,42 @@ def uwsgi_daemon(
     """An API under uWSGI on ``HOST:port``: one process, a few threads."""
     argv = [
         str(layout.VENV_BIN / "uwsgi"),
-        "--http-socket", f"{layout.HOST}:{port}",
-        "--module", module,
-        "--home", str(layout.VENV_DIR),
-        "--processes", "1", "--threads", "4", "--enable-threads",
-        "--need-app", "--die-on-term", "--buffer-size", "65535",
+        "--http-socket",
+        f"{layout.HOST}:{port}",
+        "--module",
+        module,
+        "--home",
+        str(layout.VENV_DIR),
+        "--processes",
+        "1",
+        "--threads",
+        "4",
+        "--enable-threads",
+        "--need-app",
+        "--die-on-term",
+        "--buffer-size",
+        "65535",
         # uWSGI's http-socket never keeps a connection alive; without this
         # header clients reuse the socket and get ConnectionResetError.
-        "--add-header", "Connection: close",
+        "--add-header",
+        "Connection: close",
         # Log only failing requests; the services log the rest themselves.
-        "--disable-logging", "--log-4xx", "--log-5xx",
+        "--disable-logging",
+        "--log-4xx",
+        "--log-5xx",
         *extra_args,
     ]
     for p in (SHIMS_DIR, PLUGINS_DIR, *python_path):
         argv += ["--pythonpath", str(p)]
     url = f"http://{layout.HOST}:{port}/"
-    return Daemon(
-        name=name, argv=argv, env=dict(env or {}),
-        check=lambda: http_answers(url), ready_timeout=180, stop_timeout=10,
+    return UwsgiDaemon(
+        name=name,
+        argv=argv,
+        env=dict(env or {}),
+        port=port,
+        check=lambda: http_answers(url),
+        ready_timeout=180,
+        stop_timeout=10,
     )
 
 
@@ -131,8 +170,13 @@ def console_daemon(
         argv += ["--config-file", str(f)]
     # oslo.service takes up to ~20 s to stop gracefully.
     return Daemon(
-        name=name, argv=argv, env=dict(env or {}), check=check,
-        wrapper=wrapper, ready_timeout=180, stop_timeout=25,
+        name=name,
+        argv=argv,
+        env=dict(env or {}),
+        check=check,
+        wrapper=wrapper,
+        ready_timeout=180,
+        stop_timeout=25,
     )
 
 
@@ -225,9 +269,9 @@ def heartbeat_check(
         try:
             since = _started_at(layout.RUN_DIR / f"{daemon_name}.pid")
             rows = mariadb.sql(
-                "SELECT COUNT(*) FROM services WHERE `binary` = '%s' AND host LIKE '%s' "
-                "AND deleted = 0 AND COALESCE(updated_at, created_at) >= '%s'"
-                % (binary, host_like, since),
+                f"SELECT COUNT(*) FROM services WHERE `binary` = '{binary}' "
+                f"AND host LIKE '{host_like}' AND deleted = 0 "
+                f"AND COALESCE(updated_at, created_at) >= '{since}'",
                 database=database,
             )
         except (OSError, TestbedError):

@@ -21,7 +21,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from openstack.connection import Connection
-
 from testbed import layout, outputs
 from testbed.component import bring_up
 from testbed.infra import ceph
@@ -133,8 +132,11 @@ def test_identity_lists_projects_and_users(admin: Connection) -> None:
 
 def test_catalog_lists_every_service(demo: Connection, cloud: layout.CloudLayout) -> None:
     ports = {
-        "identity": cloud.keystone_port, "image": cloud.glance_port, "compute": cloud.nova_port,
-        "placement": cloud.placement_port, "network": cloud.neutron_port,
+        "identity": cloud.keystone_port,
+        "image": cloud.glance_port,
+        "compute": cloud.nova_port,
+        "placement": cloud.placement_port,
+        "network": cloud.neutron_port,
         "block-storage": cloud.cinder_port,
     }
     for service_type, port in ports.items():
@@ -150,10 +152,19 @@ def _upload(admin: Connection, name: str, data: bytes, store: str) -> Any:
         name=name, disk_format="raw", container_format="bare", allow_duplicates=True
     )
     admin.image.put(
-        f"/images/{image.id}/file", data=data,
+        f"/images/{image.id}/file",
+        data=data,
         headers={"Content-Type": "application/octet-stream", "X-Image-Meta-Store": store},
     )
-    return _wait("image active", lambda: (i := admin.image.get_image(image.id)).status == "active" and i)
+    return _wait_active_image(admin, image.id)
+
+
+def _wait_active_image(admin: Connection, image_id: str) -> Any:
+    def probe() -> Any:
+        image = admin.image.get_image(image_id)
+        return image if image.status == "active" else None
+
+    return _wait(f"image {image_id} active", probe)
 
 
 def _stores(image: Any) -> set[str]:
@@ -193,7 +204,9 @@ def test_copy_image_to_other_store_then_delete_from_one(
 
 def _public_key() -> str:
     key = ed25519.Ed25519PrivateKey.generate().public_key()
-    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return key.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
 
 
 def test_admin_creates_keypair_for_another_user(
@@ -241,12 +254,19 @@ def test_flavors_exist(admin: Connection) -> None:
 # -- network --------------------------------------------------------------------------------
 
 
-def test_security_group_with_rule(demo: Connection, name: str, cleanup: Callable[..., None]) -> None:
+def test_security_group_with_rule(
+    demo: Connection, name: str, cleanup: Callable[..., None]
+) -> None:
     group = demo.network.create_security_group(name=name, description="testbed check")
     cleanup(lambda: demo.network.delete_security_group(group, ignore_missing=True))
     rule = demo.network.create_security_group_rule(
-        security_group_id=group.id, direction="ingress", ethertype="IPv4", protocol="tcp",
-        port_range_min=22, port_range_max=22, remote_ip_prefix="10.0.0.0/8",
+        security_group_id=group.id,
+        direction="ingress",
+        ethertype="IPv4",
+        protocol="tcp",
+        port_range_min=22,
+        port_range_max=22,
+        remote_ip_prefix="10.0.0.0/8",
     )
     rules = list(demo.network.security_group_rules(security_group_id=group.id))
     assert rule.id in {r.id for r in rules}
@@ -275,8 +295,10 @@ def test_server_goes_active_with_router_and_floating_ip(
     # An external network (admin) and a router with a gateway on it (demo). A
     # flat network takes its physical network whole: use one of our own.
     external = admin.network.create_network(
-        name=f"{name}-ext", is_router_external=True,
-        provider_network_type="flat", provider_physical_network=name,
+        name=f"{name}-ext",
+        is_router_external=True,
+        provider_network_type="flat",
+        provider_physical_network=name,
     )
     cleanup(lambda: admin.network.delete_network(external, ignore_missing=True))
     ext_subnet = admin.network.create_subnet(
@@ -284,7 +306,9 @@ def test_server_goes_active_with_router_and_floating_ip(
     )
     cleanup(lambda: admin.network.delete_subnet(ext_subnet, ignore_missing=True))
     net, subnet = _tenant_network(demo, name, cleanup)
-    router = demo.network.create_router(name=name, external_gateway_info={"network_id": external.id})
+    router = demo.network.create_router(
+        name=name, external_gateway_info={"network_id": external.id}
+    )
     cleanup(lambda: demo.network.delete_router(router, ignore_missing=True))
     demo.network.add_interface_to_router(router, subnet_id=subnet.id)
     cleanup(lambda: demo.network.remove_interface_from_router(router, subnet_id=subnet.id))
@@ -326,6 +350,11 @@ def _delete_server(conn: Connection, server: Any) -> None:
 # -- block storage --------------------------------------------------------------------------
 
 
+def _pool(cloud: layout.CloudLayout, backend: str) -> str:
+    """``host@backend#pool`` of a backend (each backend has one pool, named like it)."""
+    return f"{cinder.backend_host(cloud, backend)}#{backend}"
+
+
 def _volume(demo: Connection, name: str, volume_type: str, cleanup: Callable[..., None]) -> Any:
     vol = demo.block_storage.create_volume(name=name, size=1, volume_type=volume_type)
     cleanup(lambda: demo.block_storage.delete_volume(vol, ignore_missing=True))
@@ -337,16 +366,21 @@ def test_volume_types_per_backend(admin: Connection, cloud: layout.CloudLayout) 
     types = {t.name: t.extra_specs.get("volume_backend_name") for t in admin.block_storage.types()}
     assert types["ceph"] == "ceph" and types["file"] == "file"
     pools = {p.name for p in admin.block_storage.backend_pools()}
-    assert {f"{cinder.backend_host(cloud, 'ceph')}#ceph", f"{cinder.backend_host(cloud, 'file')}#file"} <= pools
+    assert {_pool(cloud, "ceph"), _pool(cloud, "file")} <= pools
 
 
 def test_ceph_volume_holds_real_bytes(
-    demo: Connection, admin: Connection, cloud: layout.CloudLayout, name: str, volumes_pool: Any,
-    rbd_modules: Any, cleanup: Callable[..., None],
+    demo: Connection,
+    admin: Connection,
+    cloud: layout.CloudLayout,
+    name: str,
+    volumes_pool: Any,
+    rbd_modules: Any,
+    cleanup: Callable[..., None],
 ) -> None:
     _, rbd = rbd_modules
     vol = _volume(demo, name, "ceph", cleanup)
-    assert admin.block_storage.get_volume(vol.id).host == f"{cinder.backend_host(cloud, 'ceph')}#ceph"
+    assert admin.block_storage.get_volume(vol.id).host == _pool(cloud, "ceph")
     data = _payload(MiB)
     with rbd.Image(volumes_pool, f"volume-{vol.id}") as img:
         assert img.size() == GiB
@@ -356,11 +390,14 @@ def test_ceph_volume_holds_real_bytes(
 
 
 def test_file_volume_holds_real_bytes(
-    demo: Connection, admin: Connection, name: str, cloud: layout.CloudLayout,
+    demo: Connection,
+    admin: Connection,
+    name: str,
+    cloud: layout.CloudLayout,
     cleanup: Callable[..., None],
 ) -> None:
     vol = _volume(demo, name, "file", cleanup)
-    assert admin.block_storage.get_volume(vol.id).host == f"{cinder.backend_host(cloud, 'file')}#file"
+    assert admin.block_storage.get_volume(vol.id).host == _pool(cloud, "file")
     backing = cloud.file_backend_dir / f"volume-{vol.id}"
     assert backing.stat().st_size == GiB
     data = _payload(MiB)
@@ -373,39 +410,45 @@ def test_file_volume_holds_real_bytes(
 
 
 def test_ceph_volume_uploads_to_image_through_os_brick(
-    demo: Connection, admin: Connection, name: str, volumes_pool: Any, rbd_modules: Any,
+    admin: Connection,
+    cloud: layout.CloudLayout,
+    name: str,
+    volumes_pool: Any,
+    rbd_modules: Any,
     cleanup: Callable[..., None],
 ) -> None:
-    """A raw upload reads the RBD volume via os-brick: proves /etc/ceph inside cinder-volume's namespace."""
+    """A raw upload reads the RBD volume through os-brick, which finds the keyring only in
+    /etc/ceph: this proves cinder-volume's private /etc/ceph. A small adopted image keeps
+    the upload short (Cinder does not grow an image it manages)."""
     _, rbd = rbd_modules
-    vol = _volume(demo, name, "ceph", cleanup)
-    data = _payload(MiB)
-    with rbd.Image(volumes_pool, f"volume-{vol.id}") as img:
+    data = _payload(3 * MiB)
+    rbd.RBD().create(volumes_pool, name, 8 * MiB)
+    cleanup(lambda: _remove_rbd(rbd, volumes_pool, name))
+    with rbd.Image(volumes_pool, name) as img:
         img.write(data, 0)
-    result = demo.block_storage.upload_volume_to_image(
+    vol = _manage(admin, _pool(cloud, "ceph"), "ceph", name, name)
+    cleanup(lambda: admin.block_storage.delete_volume(vol, ignore_missing=True))
+
+    result = admin.block_storage.upload_volume_to_image(
         vol, name, disk_format="raw", container_format="bare"
     )
     image_id = result["image_id"]
     cleanup(lambda: admin.image.delete_image(image_id, ignore_missing=True))
-    image = _wait("uploaded image", lambda: (i := admin.image.get_image(image_id)).status == "active" and i,
-                  timeout=300)
-    assert image.size == GiB
-    head = admin.image.download_image(image, stream=True)
-    got = b""
-    for chunk in head.iter_content(chunk_size=MiB):
-        got += chunk
-        if len(got) >= len(data):
-            break
-    head.close()
-    assert got[: len(data)] == data
+    image = _wait_active_image(admin, image_id)
+    assert admin.image.download_image(image).content == data + bytes(8 * MiB - len(data))
 
 
 def _manage(admin: Connection, host: str, volume_type: str, source: str, name: str) -> Any:
     """Adopt existing storage into Cinder ("manage existing"); wait until it is available."""
-    body = {"volume": {
-        "host": host, "ref": {"source-name": source}, "name": name,
-        "volume_type": volume_type, "bootable": False,
-    }}
+    body = {
+        "volume": {
+            "host": host,
+            "ref": {"source-name": source},
+            "name": name,
+            "volume_type": volume_type,
+            "bootable": False,
+        }
+    }
     response = admin.block_storage.post("/manageable_volumes", json=body, microversion="3.8")
     response.raise_for_status()
     vol_id = response.json()["volume"]["id"]
@@ -415,7 +458,11 @@ def _manage(admin: Connection, host: str, volume_type: str, source: str, name: s
 
 
 def test_manage_existing_rbd_image(
-    admin: Connection, cloud: layout.CloudLayout, name: str, volumes_pool: Any, rbd_modules: Any,
+    admin: Connection,
+    cloud: layout.CloudLayout,
+    name: str,
+    volumes_pool: Any,
+    rbd_modules: Any,
     cleanup: Callable[..., None],
 ) -> None:
     _, rbd = rbd_modules
@@ -425,7 +472,7 @@ def test_manage_existing_rbd_image(
     with rbd.Image(volumes_pool, name) as img:
         img.write(data, 0)
 
-    vol = _manage(admin, f"{cinder.backend_host(cloud, 'ceph')}#ceph", "ceph", name, name)
+    vol = _manage(admin, _pool(cloud, "ceph"), "ceph", name, name)
     cleanup(lambda: admin.block_storage.delete_volume(vol, ignore_missing=True))
     assert vol.size == 1  # rounded up to whole GiB
     assert name not in rbd.RBD().list(volumes_pool)  # adopted: renamed to volume-<id>
@@ -447,8 +494,7 @@ def test_manage_existing_file(
     cleanup(lambda: legacy.unlink(missing_ok=True))
     os.truncate(legacy, 40 * MiB)
 
-    vol = _manage(admin, f"{cinder.backend_host(cloud, 'file')}#file", "file",
-                  f"{cinder.share(cloud)}/{name}", name)
+    vol = _manage(admin, _pool(cloud, "file"), "file", f"{cinder.share(cloud)}/{name}", name)
     cleanup(lambda: admin.block_storage.delete_volume(vol, ignore_missing=True))
     assert vol.size == 1
     adopted = cloud.file_backend_dir / f"volume-{vol.id}"
