@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stackhop import dbexport
 from stackhop import kinds as registry
+from stackhop.dbexport import DatabaseReader
 from stackhop.errors import ConflictError, UsageError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import DONE, Journal, id_map, operations
@@ -113,15 +115,21 @@ def _users_of(conn: Connection, users: list[Record], projects: list[Record]) -> 
     return [u for u in users if u["id"] in ids]
 
 
-def export_api(
+def export(
     conn: Connection,
     sink: RecordSink,
     kinds: Sequence[str],
     *,
     projects: Sequence[str] | None = None,
+    database: DatabaseReader | None = None,
     events: EventSink | None = None,
 ) -> dict[str, int]:
-    """Read ``kinds`` from the source's APIs into ``sink``; return the count per kind."""
+    """Read ``kinds`` from the source into ``sink``; return the count per kind.
+
+    Users and projects always come from the source's Keystone API; the
+    records of each kind from its API, or from the services' databases when
+    ``database`` is given (``--via db``).
+    """
     events = events or NullSink()
     all_users = list(list_users(conn))
     all_projects = list(list_projects(conn))
@@ -133,7 +141,9 @@ def export_api(
         kind = registry.get(name)
         events.emit(Event(EventType.KIND_STARTED, kind=name, message="export"))
         records: Iterable[Record]
-        if name == "nova.keypair":
+        if database is not None:
+            records = dbexport.read(database, name, users=users, projects=chosen, groups=groups)
+        elif name == "nova.keypair":
             records = kind.list(conn, users=users)
         elif name == "neutron.security_group_rules":
             records = kind.list(conn, groups=groups, projects=chosen)
@@ -410,7 +420,7 @@ __all__ = [
     "RecordSet",
     "RollbackStep",
     "check_selection",
-    "export_api",
+    "export",
     "plan_import",
     "prepare",
     "rollback",

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from stackhop import resources
+from stackhop import dbexport, resources
 from stackhop.archive import ArchiveReader, ArchiveWriter
 from stackhop.cli.output import add_format_options, dump, render_table
 from stackhop.clouds import cloud_config, connect
@@ -243,21 +243,19 @@ def export_command(args: argparse.Namespace) -> int:
         source_auth_url=config.auth_url or "",
         compression=args.compression,
     ) as writer:
-        if args.via == "db":
-            from stackhop import dbexport
-
-            counts = dbexport.export_db(
+        database = dbexport.DatabaseReader(args.db_config_dir) if args.via == "db" else None
+        try:
+            counts = resources.export(
                 connect(args.source),
-                args.db_config_dir,
                 writer,
                 kinds,
                 projects=args.project,
+                database=database,
                 events=args.events,
             )
-        else:
-            counts = resources.export_api(
-                connect(args.source), writer, kinds, projects=args.project, events=args.events
-            )
+        finally:
+            if database is not None:
+                database.close()
     for kind, count in counts.items():
         args.events.emit(Event(EventType.INFO, kind=kind, message=f"exported {count} records"))
     return 0
@@ -349,7 +347,7 @@ def migrate_command(args: argparse.Namespace) -> int:
     if args.source == args.destination:
         raise UsageError("--from and --to name the same cloud; migrate moves between two clouds")
     records = resources.RecordSet()
-    resources.export_api(
+    resources.export(
         connect(args.source),
         records,
         resources.selected_kinds(_chosen(args)),

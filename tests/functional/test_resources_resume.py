@@ -1,0 +1,219 @@
+"""``kill -9`` of ``stackhop import`` at several points, then a re-run: dst ends equal to src,
+with no group or rule created twice; the same with the journal deleted before the re-run.
+
+The import runs as a child process with one worker, so its progress through
+the kinds is ordered (cinder, neutron quotas, groups, keypairs, nova quotas,
+then rules); the test watches the journal and kills it at the chosen point.
+Extra groups in the seed's ``gamma`` project (prefix ``shresume-``, removed at
+the end) give the groups and rules phases enough objects to be stopped midway.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stackhop.clouds import connect
+from stackhop.kinds.base import Kind
+from stackhop.kinds.rest import call, paged
+
+pytestmark = pytest.mark.functional
+
+#: gamma's default network quota allows ten groups, its ``default`` one of them.
+GROUPS = 8
+KILL_TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def extra_groups(seeded: Any) -> Iterator[str]:
+    """Groups with rules (one pointing at the previous group) in src's gamma project."""
+    src = connect("src")
+    prefix = f"shresume-{uuid.uuid4().hex[:6]}"
+    gamma = next(p.id for p in src.identity.projects(name="gamma"))
+    made: list[str] = []
+    try:
+        for i in range(GROUPS):
+            body = call(src.network, "POST", "/security-groups", json={"security_group": {
+                "name": f"{prefix}-{i % 4}", "description": f"resume test {i}",
+                "project_id": gamma}})
+            gid = body["security_group"]["id"]
+            made.append(gid)
+            rules = [
+                {"security_group_id": gid, "direction": "ingress", "ethertype": "IPv4",
+                 "protocol": "tcp", "port_range_min": 1000 + j, "port_range_max": 1000 + j,
+                 "remote_ip_prefix": f"10.{i}.{j}.0/24", "project_id": gamma}
+                for j in range(3)
+            ]
+            if i:
+                rules.append({"security_group_id": gid, "direction": "ingress",
+                              "ethertype": "IPv6", "protocol": "tcp", "port_range_min": 22,
+                              "port_range_max": 22, "remote_group_id": made[i - 1],
+                              "project_id": gamma})
+            call(src.network, "POST", "/security-group-rules",
+                 json={"security_group_rules": rules})
+        yield prefix
+    finally:
+        for gid in reversed(made):
+            call(src.network, "DELETE", f"/security-groups/{gid}", missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def archive(extra_groups: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from stackhop.cli.main import main
+
+    path = tmp_path_factory.mktemp("resume") / "src.tar.zst"
+    projects = [a for p in ("alpha", "beta", "gamma", "delta") for a in ("--project", p)]
+    assert main(["export", "--from", "src", "-o", str(path), "--security-groups", "--quotas",
+                 *projects]) == 0
+    return path
+
+
+def _states(journal: Path) -> Counter[tuple[str, str]]:
+    if not journal.exists():
+        return Counter()
+    try:
+        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1) as db:
+            rows = db.execute(
+                "SELECT kind, state, count(*) FROM operations GROUP BY kind, state"
+            ).fetchall()
+    except sqlite3.OperationalError:  # not created yet, or busy: look again
+        return Counter()
+    return Counter({(k, s): n for k, s, n in rows})
+
+
+def _import(archive: Path, journal: Path) -> list[str]:
+    return [sys.executable, "-m", "stackhop.cli.main", "--journal", str(journal), "import",
+            "--to", "dst", str(archive), "--security-groups", "--quotas", "--workers", "1"]
+
+
+def import_killed_when(
+    archive: Path, journal: Path, point: Callable[[Counter[tuple[str, str]]], bool]
+) -> Counter[tuple[str, str]]:
+    """Run the import and ``kill -9`` it as soon as ``point(journal counts)`` holds."""
+    with subprocess.Popen(_import(archive, journal), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + KILL_TIMEOUT
+        while time.monotonic() < deadline:
+            states = _states(journal)
+            if point(states):
+                proc.send_signal(signal.SIGKILL)  # our own child, by its handle
+                proc.wait()
+                assert proc.returncode == -signal.SIGKILL, "the import ended before the kill"
+                return states
+            if proc.poll() is not None:
+                pytest.fail(f"the import finished (exit {proc.returncode}) before the kill point")
+            time.sleep(0.005)
+        proc.kill()
+        proc.wait()
+        pytest.fail("the kill point was never reached")
+
+
+def finished(states: Counter[tuple[str, str]], kind: str) -> int:
+    return states[(kind, "done")] + states[(kind, "skipped")]
+
+
+def midway_quotas(s: Counter[tuple[str, str]]) -> bool:
+    return s[("cinder.quota", "done")] >= 1
+
+
+def after_groups(total: int) -> Callable[[Counter[tuple[str, str]]], bool]:
+    def point(s: Counter[tuple[str, str]]) -> bool:
+        return finished(s, "neutron.security_group") >= total
+
+    return point
+
+
+def midway_rules(s: Counter[tuple[str, str]]) -> bool:
+    return s[("neutron.security_group_rules", "done")] >= 3
+
+
+def assert_dst_equals_src(archive: Path, prefix: str) -> None:
+    """Verify passes, and no group or rule exists twice on dst."""
+    dst = connect("dst")
+    groups = paged(dst.network, "/security-groups", "security_groups")
+    marks = Counter(Kind.marked_source_id(g["description"]) for g in groups)
+    marks.pop(None, None)
+    assert marks and max(marks.values()) == 1, "a group was created twice"
+    ours = [g for g in groups if g["name"].startswith(prefix)]
+    assert len(ours) == GROUPS
+    rules = paged(dst.network, "/security-group-rules", "security_group_rules")
+    contents = Counter(
+        (r["security_group_id"], r["direction"], r["ethertype"], r["protocol"],
+         r["port_range_min"], r["port_range_max"], r["remote_ip_prefix"], r["remote_group_id"])
+        for r in rules
+    )
+    assert max(contents.values()) == 1, "a rule was created twice"
+    for group in ours:
+        count = sum(1 for r in rules if r["security_group_id"] == group["id"])
+        index = int(group["description"].split()[2])
+        assert count == 2 + 3 + (1 if index else 0)  # egress pair, three ports, the remote
+    from stackhop.cli.main import main
+
+    assert main(["verify", "--to", "dst", str(archive), "--security-groups", "--quotas"]) == 0
+
+
+def _rollback(journal: Path) -> None:
+    from stackhop.cli.main import main
+    from stackhop.journal import Journal
+
+    with Journal(journal) as j:
+        runs = [r.id for r in j.runs()]
+    args = [a for r in runs for a in ("--run", r)]
+    assert main(["--journal", str(journal), "rollback", "--to", "dst", *args]) == 0
+
+
+def test_kill_at_three_points_then_rerun(archive: Path, extra_groups: str, tmp_path: Path) -> None:
+    journal = tmp_path / "journal.sqlite"
+    try:
+        seen = import_killed_when(archive, journal, midway_quotas)
+        assert finished(seen, "neutron.security_group") == 0
+        from stackhop.archive import ArchiveReader
+
+        with ArchiveReader(archive) as reader:
+            total = reader.count("neutron.security_group")
+        seen = import_killed_when(archive, journal, after_groups(total))
+        assert seen[("neutron.security_group_rules", "done")] == 0
+        seen = import_killed_when(archive, journal, midway_rules)
+        completed = subprocess.run(_import(archive, journal), capture_output=True, text=True,
+                                   timeout=KILL_TIMEOUT)
+        assert completed.returncode == 0, completed.stderr
+        assert_dst_equals_src(archive, extra_groups)
+    finally:
+        _rollback(journal)
+    dst = connect("dst")
+    left = [g for g in paged(dst.network, "/security-groups", "security_groups")
+            if g["name"].startswith(extra_groups)]
+    assert left == []
+
+
+def test_kill_then_rerun_without_the_journal(
+    archive: Path, extra_groups: str, tmp_path: Path
+) -> None:
+    journal, kept = tmp_path / "journal.sqlite", tmp_path / "journal-of-killed-run.sqlite"
+    try:
+        import_killed_when(archive, journal, midway_rules)
+        shutil.move(journal, kept)  # the re-run starts without it; kept only to clean up
+        completed = subprocess.run(_import(archive, journal), capture_output=True, text=True,
+                                   timeout=KILL_TIMEOUT)
+        assert completed.returncode == 0, completed.stderr
+        assert_dst_equals_src(archive, extra_groups)
+    finally:
+        if kept.exists():
+            _rollback(kept)
+        if journal.exists():
+            _rollback(journal)
+    dst = connect("dst")
+    left = [g for g in paged(dst.network, "/security-groups", "security_groups")
+            if g["name"].startswith(extra_groups)]
+    assert left == []
