@@ -1,0 +1,159 @@
+"""``stackhop images copy`` from the testbed's src cloud to dst: streamed, verified, mapped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stackhop.kinds.image import image_record
+from stackhop.transfer import Chunk, chunk_filters
+from tests.functional.test_images_support import (
+    MIB,
+    ImageFactory,
+    download_sha512,
+    glance_json,
+    marked_copies,
+    members,
+    own_images,
+    project_id,
+)
+
+pytestmark = pytest.mark.functional
+__all__ = ["own_images"]  # the fixture, imported for pytest
+
+#: Fields that must be equal on both sides (owner and members are compared mapped).
+SAME = ("name", "disk_format", "container_format", "visibility", "protected", "min_disk",
+        "min_ram", "os_hidden", "tags", "os_hash_algo", "os_hash_value", "size", "checksum")
+
+
+@pytest.fixture
+def filters() -> Iterator[list[Any]]:
+    """The transfer's test hook, emptied again whatever the test does."""
+    try:
+        yield chunk_filters
+    finally:
+        chunk_filters.clear()
+
+
+def _record(conn: Any, image_id: str) -> dict[str, Any]:
+    image = glance_json(conn, image_id)
+    assert image is not None, f"image {image_id} is missing"
+    listed = members(conn, image_id)
+    return image_record(image, [{"member_id": m, "status": s} for m, s in listed.items()])
+
+
+def _assert_copied(own: ImageFactory, source_id: str, copy_id: str) -> None:
+    src, dst = _record(own.src, source_id), _record(own.dst, copy_id)
+    assert {f: dst[f] for f in SAME} == {f: src[f] for f in SAME}
+    assert dst["status"] == "active"
+    assert dst["properties"] == src["properties"]
+    assert dst["source_marker"] == source_id
+    # Owner and members: the same projects by name, with their destination IDs.
+    assert dst["owner"] == project_id(own.dst, "admin") != src["owner"]
+    src_names = {own.src.identity.get_project(m).name: s
+                 for m, s in zip(src["members"], src["member_statuses"], strict=True)}
+    dst_names = {own.dst.identity.get_project(m).name: s
+                 for m, s in zip(dst["members"], dst["member_statuses"], strict=True)}
+    assert dst_names == src_names
+    assert download_sha512(own.dst, copy_id) == src["os_hash_value"]
+
+
+def _copy(cli: Any, journal: Path, *args: str) -> Any:
+    return cli("--journal", str(journal), "images", "copy", "--from", "src", "--to", "dst",
+               "-f", "json", *args)
+
+
+def test_copy_keep_id_carries_every_attribute_and_rerun_skips(
+    own_images: ImageFactory, cli: Any, tmp_path: Path
+) -> None:
+    shared = own_images.create(
+        "shared", visibility="shared", member_projects=("demo", "service"), tags=["a", "b"],
+        purpose="copy me", hw_disk_bus="scsi", min_disk=2, min_ram=128,
+    )
+    golden = own_images.create("golden", protected=True, visibility="public", release="2")
+    journal = tmp_path / "journal.sqlite"
+    result = _copy(cli, journal, "--keep-id", "--image", shared["id"], "--image", golden["id"])
+    assert result.code == 0, result.err
+    assert result.json()["counts"]["glance.image"]["done"] == 2
+    for image in (shared, golden):
+        _assert_copied(own_images, image["id"], image["id"])
+
+    again = _copy(cli, journal, "--keep-id", "--image", shared["id"], "--image", golden["id"])
+    assert again.code == 0, again.err
+    counts = again.json()["counts"]["glance.image"]
+    assert counts["done"] == 0 and counts["skipped"] == 2
+    # A fresh journal finds the copies by ID and hash: still nothing copied twice.
+    fresh = _copy(cli, tmp_path / "fresh.sqlite", "--keep-id", "--image", shared["id"])
+    assert fresh.json()["counts"]["glance.image"]["skipped"] == 1, fresh.err
+
+
+def test_copy_without_keep_id_gets_new_id_with_marker(
+    own_images: ImageFactory, cli: Any, tmp_path: Path
+) -> None:
+    image = own_images.create("newid", visibility="shared", member_projects=("demo",),
+                              accept=False, note="pending member")
+    result = _copy(cli, tmp_path / "j.sqlite", "--image", own_images.prefix + "newid")
+    assert result.code == 0, result.err
+    (copy,) = marked_copies(own_images.dst, image["id"])
+    assert copy["id"] != image["id"]
+    _assert_copied(own_images, image["id"], copy["id"])
+    rerun = _copy(cli, tmp_path / "other.sqlite", "--image", image["id"])
+    assert rerun.json()["counts"]["glance.image"]["skipped"] == 1, rerun.err
+    assert len(marked_copies(own_images.dst, image["id"])) == 1
+
+
+def test_corrupted_stream_is_detected_and_leaves_nothing_on_dst(
+    own_images: ImageFactory, cli: Any, tmp_path: Path, filters: list[Any]
+) -> None:
+    image = own_images.create("corrupt", size=20 * MIB)
+
+    def flip_one_byte(chunk: Chunk) -> Chunk:
+        if chunk.offset <= 10 * MIB < chunk.end:
+            data = bytearray(chunk.data)
+            data[10 * MIB - chunk.offset] ^= 0x01
+            return Chunk(chunk.offset, bytes(data))
+        return chunk
+
+    filters.append(flip_one_byte)
+    journal = tmp_path / "journal.sqlite"
+    result = _copy(cli, journal, "--keep-id", "--image", image["id"])
+    assert result.code == 12, result.err
+    assert "hashes to sha512" in result.out and image["id"] in result.out
+    assert glance_json(own_images.dst, image["id"]) is None
+    assert marked_copies(own_images.dst, image["id"]) == []
+
+    filters.clear()
+    retry = _copy(cli, journal, "--image", image["id"])
+    assert retry.code == 0, retry.err
+    (copy,) = marked_copies(own_images.dst, image["id"])
+    _assert_copied(own_images, image["id"], copy["id"])
+
+
+def test_broken_off_upload_is_redone_into_the_same_image(
+    own_images: ImageFactory, cli: Any, tmp_path: Path, filters: list[Any]
+) -> None:
+    image = own_images.create("broken", size=24 * MIB)
+    broke: list[int] = []
+
+    def break_once(chunk: Chunk) -> Chunk:
+        if chunk.offset >= 8 * MIB and not broke:
+            broke.append(chunk.offset)
+            raise ConnectionResetError("connection reset mid-stream (test)")
+        return chunk
+
+    filters.append(break_once)
+    result = _copy(cli, tmp_path / "j.sqlite", "--keep-id", "--image", image["id"])
+    assert result.code == 0, result.err
+    assert broke, "the stream was never broken: the test proves nothing"
+    assert [c["id"] for c in marked_copies(own_images.dst, image["id"])] == [image["id"]]
+    _assert_copied(own_images, image["id"], image["id"])
+
+
+def test_copy_one_gib_image(own_images: ImageFactory, cli: Any, tmp_path: Path) -> None:
+    image = own_images.create("gib", size=1024 * MIB)
+    result = _copy(cli, tmp_path / "j.sqlite", "--keep-id", "--image", image["id"])
+    assert result.code == 0, result.err
+    _assert_copied(own_images, image["id"], image["id"])
