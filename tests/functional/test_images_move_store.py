@@ -20,6 +20,7 @@ from tests.functional.test_images_support import (
     ImageFactory,
     download_sha512,
     glance_json,
+    marked_copies,
     members,
     own_images,
 )
@@ -125,3 +126,39 @@ def test_move_store_killed_mid_move_is_finished_by_a_rerun(
     assert after["os_hash_value"] == image["os_hash_value"]
     with Journal(journal) as j:
         assert [r.state for r in j.operations(kind=KIND)] == [DONE]
+
+
+def test_move_store_recreate_copies_everything_and_retires_the_original(
+    own_images: ImageFactory, cli: Any, tmp_path: Path
+) -> None:
+    kept = own_images.create("recreate-kept", visibility="shared", member_projects=("demo",),
+                             tags=["x"], purpose="recreate me", min_ram=32)
+    dropped = own_images.create("recreate-dropped", protected=True)
+    journal = str(tmp_path / "journal.sqlite")
+    base = ["--journal", journal, "images", "move-store", "--cloud", "src", "--from-store",
+            "fast", "--to-store", "slow", "--method", "recreate", "-f", "json"]
+
+    first = cli(*base, "--image", kept["id"])
+    assert first.code == 0, first.err
+    second = cli(*base, "--original", "delete", "--image", dropped["id"])
+    assert second.code == 0, second.err
+    for original, outcome in ((kept, first), (dropped, second)):
+        (copy,) = [i for i in marked_copies(own_images.src, original["id"])]
+        assert outcome.json()["images"][0]["detail"] == copy["id"]
+        assert _stores(copy) == {"slow"} and copy["protected"] is True
+        assert copy["os_hash_value"] == original["os_hash_value"]
+        assert download_sha512(own_images.src, copy["id"]) == original["os_hash_value"]
+        wanted = _portable(original, members(own_images.src, original["id"])
+                           if original is kept else {})
+        got = _portable(copy, members(own_images.src, copy["id"]))
+        for field in ("name", "visibility", "tags", "properties", "members", "min_ram",
+                      "disk_format", "container_format", "owner"):
+            assert got[field] == wanted[field], field
+    # protect (default): the original stays, protected; delete: it is gone.
+    original_after = glance_json(own_images.src, kept["id"])
+    assert original_after is not None and original_after["protected"] is True
+    assert glance_json(own_images.src, dropped["id"]) is None
+
+    again = cli(*base, "--image", kept["id"])
+    assert again.code == 0 and again.json()["images"][0]["outcome"] == "skipped", again.err
+    assert len(marked_copies(own_images.src, kept["id"])) == 1
