@@ -21,6 +21,7 @@ from stackhop.sdn.errors import NeutronDatabaseError, NeutronPermissionError
 #: MariaDB/MySQL error codes meaning "you may not": access denied to a database,
 #: a login refused, a command or table refused.
 _DENIED_CODES = frozenset({1044, 1045, 1142, 1143, 1227})
+_LOGIN_REFUSED = 1045
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,11 @@ def connect(db: NeutronDatabase) -> Engine:
     except sa.exc.DBAPIError as exc:
         engine.dispose()
         detail = _detail(exc)
+        if getattr(exc.orig, "args", (None,))[0] == _LOGIN_REFUSED:
+            raise NeutronDatabaseError(
+                url=db.describe(),
+                detail=f"login refused for user {db.user!r} (check the user and password)",
+            ) from exc
         if _is_denied(exc):
             raise NeutronPermissionError(
                 user=db.user, missing="access", database=db.name, purpose="connect"
