@@ -407,6 +407,13 @@ def test_backup_refuses_overwrite_and_errors_change_nothing(
         sdn(cli, journal, *rollback, "--zk", "nohost", "--backup", str(backup)), 2)
     assert "absolute" in one_line_error(
         sdn(cli, journal, "backup", "--zk", ZK, "--root", "rel", "-o", str(tmp_path / "x")), 2)
+    assert "no neutron.conf" in one_line_error(
+        sdn(cli, journal, "rollback", "--zk", ZK, "--backup", str(backup),
+            "--neutron-conf", str(tmp_path / "absent.conf")), 3)
+    assert "not a directory" in one_line_error(
+        sdn(cli, journal, "prepare", "--neutron-db", neutron_db, "--data-dir", str(backup)), 3)
+    assert "not supported" in one_line_error(
+        sdn(cli, journal, "prepare", "--neutron-db", "sqlite:///x", "--data-dir", "d"), 2)
     unchanged()
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from stackhop.cli.output import add_format_options, plain, render_one
+from stackhop.errors import ConfigError
 from stackhop.journal import Journal
 from stackhop.sdn import endpoints, neutron_db
 from stackhop.sdn.backup import take_backup
@@ -132,9 +135,20 @@ def _show(args: argparse.Namespace, result: Any, title: str) -> int:
     return 0
 
 
+@contextmanager
+def _file_errors() -> Iterator[None]:
+    """A file that cannot be read or written is one line, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise ConfigError(f"{where}{exc.strerror or exc}; check the path and its permissions") \
+            from exc
+
+
 def _with_journal(args: argparse.Namespace, work: Any) -> Any:
     # Progress events go to args.events, which main() renders on stderr.
-    with Journal(args.journal) as journal:
+    with _file_errors(), Journal(args.journal) as journal:
         return work(journal)
 
 
@@ -181,8 +195,9 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    result = collect_status(
-        _optional_db(args), data_dir=args.data_dir, backup=args.backup,
-        config_root=args.config_root, journal_location=args.journal,
-    )
+    with _file_errors():
+        result = collect_status(
+            _optional_db(args), data_dir=args.data_dir, backup=args.backup,
+            config_root=args.config_root, journal_location=args.journal,
+        )
     return _show(args, result, "MidoNet migration")

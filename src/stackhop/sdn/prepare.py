@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from stackhop.errors import ConfigError
 from stackhop.events import EventSink, NullSink
 from stackhop.journal import Journal
 from stackhop.sdn import neutron_db, tasks, topology, zookeeper
@@ -125,6 +126,8 @@ def prepare(
     """Run ``prepare`` (see the module docstring); checks everything it needs first."""
     sink = events or NullSink()
     root = zookeeper.normalise_root(zk_root)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise ConfigError(f"--data-dir {data_dir} exists and is not a directory")
     engine = neutron_db.connect(db)
     try:
         with engine.connect() as conn:

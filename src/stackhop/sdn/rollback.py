@@ -135,6 +135,10 @@ def rollback(
             if manifest is not None:
                 endpoints.check_revertible(config_root, manifest, force)
         with zookeeper.connect(zk) as client:
+            if backup.zookeeper != zk:
+                sink.emit(Event(EventType.WARNING, message=(
+                    f"the backup was taken from ZooKeeper at {backup.zookeeper}; "
+                    f"restoring it to {zk}")))
             if backup.neutron is None:
                 sink.emit(Event(EventType.WARNING, message=(
                     f"{backup_path} holds no midonet_data_state (backup taken without "
