@@ -364,7 +364,10 @@ def test_backup_refuses_overwrite_and_errors_change_nothing(
     assert backup.read_bytes() == original
     assert sdn(cli, journal, *backup_args, "--force").code == 0
 
-    assert sdn(cli, journal, "switch-endpoints", "--config-root", str(config_root)).code == 0
+    switch = ("switch-endpoints", "--config-root", str(config_root), "--backup")
+    assert "no backup file" in one_line_error(sdn(cli, journal, *switch, str(tmp_path / "no")), 3)
+    assert (config_root / "etc/neutron/plugin.ini").read_bytes() == PLUGIN_INI
+    assert sdn(cli, journal, *switch, str(backup)).code == 0
     switched = (config_root / "etc/neutron/plugin.ini").read_bytes()
     with zk_client() as client:
         mutate_tree(client, zk_root, neutron_topology)
@@ -397,6 +400,8 @@ def test_backup_refuses_overwrite_and_errors_change_nothing(
     tampered.write_bytes(bytes(raw))
     line = one_line_error(sdn(cli, journal, *rollback, "--zk", ZK, "--backup", str(tampered)), 8)
     assert "damaged or was modified" in line
+    one_line_error(sdn(cli, journal, "switch-endpoints", "--config-root", str(tmp_path / "c2"),
+                       "--backup", str(tampered)), 8)
     # Truncated.
     tampered.write_bytes(original[: len(original) // 2])
     assert "truncated" in one_line_error(

@@ -97,6 +97,8 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--config-root", required=True, type=Path, metavar="DIR")
     p.add_argument("--port", type=int, default=endpoints.DEFAULT_PORT,
                    help=f"the new API port (default: {endpoints.DEFAULT_PORT})")
+    p.add_argument("--backup", type=Path, metavar="FILE",
+                   help="refuse to switch unless this ZooKeeper backup is intact")
     p.add_argument("--revert", action="store_true", help="restore the original files")
     p.add_argument("--force", action="store_true",
                    help="with --revert: overwrite files edited since the switch")
@@ -181,7 +183,7 @@ def _switch(args: argparse.Namespace) -> int:
             pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
     else:
         result = _with_journal(args, lambda journal: switch(
-            args.config_root, args.port, journal,
+            args.config_root, args.port, journal, backup=args.backup,
             pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
     return _show(args, result, "Endpoints")
 

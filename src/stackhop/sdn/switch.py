@@ -9,7 +9,7 @@ from pathlib import Path
 from stackhop.errors import ConfigError
 from stackhop.events import EventSink, NullSink
 from stackhop.journal import Journal
-from stackhop.sdn import endpoints
+from stackhop.sdn import backup_file, endpoints
 from stackhop.sdn.errors import RollbackIncompleteError
 from stackhop.sdn.steps import StepRunner, run_hook
 
@@ -28,12 +28,19 @@ def switch(
     port: int,
     journal: Journal,
     *,
+    backup: Path | None = None,
     pre_hook: str | None = None,
     post_hook: str | None = None,
     events: EventSink | None = None,
 ) -> SwitchResult:
-    """Back up then rewrite every endpoint file under ``root`` to ``port``."""
+    """Back up then rewrite every endpoint file under ``root`` to ``port``.
+
+    With ``backup``, that ZooKeeper backup must be intact before any file is
+    touched: the switch is the point after which a rollback may be needed.
+    """
     sink = events or NullSink()
+    if backup is not None:
+        backup_file.read(backup)
     manifest = endpoints.plan_switch(root, port)  # every file parsed before any is written
     run_hook(pre_hook, which="pre", step="switch-endpoints", changed=False, events=sink)
     runner = StepRunner(journal, "switch-endpoints", f"{root.resolve()}:{manifest['cycle']}",
