@@ -66,6 +66,11 @@ def extra_groups(seeded: Any) -> Iterator[str]:
     finally:
         for gid in reversed(made):
             call(src.network, "DELETE", f"/security-groups/{gid}", missing_ok=True)
+        # Should a rollback have failed, leave no group of ours on dst either.
+        dst = connect("dst")
+        for group in paged(dst.network, "/security-groups", "security_groups"):
+            if group["name"].startswith(prefix) and Kind.marked_source_id(group["description"]):
+                call(dst.network, "DELETE", f"/security-groups/{group['id']}", missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +129,7 @@ def finished(states: Counter[tuple[str, str]], kind: str) -> int:
 
 
 def midway_quotas(s: Counter[tuple[str, str]]) -> bool:
-    return s[("cinder.quota", "done")] >= 1
+    return finished(s, "cinder.quota") >= 1
 
 
 def after_groups(total: int) -> Callable[[Counter[tuple[str, str]]], bool]:
@@ -203,7 +208,11 @@ def test_kill_then_rerun_without_the_journal(
     journal, kept = tmp_path / "journal.sqlite", tmp_path / "journal-of-killed-run.sqlite"
     try:
         import_killed_when(archive, journal, midway_rules)
-        shutil.move(journal, kept)  # the re-run starts without it; kept only to clean up
+        # The re-run starts without the journal (and its WAL); it is kept only to clean up.
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{journal}{suffix}").exists():
+                shutil.move(f"{journal}{suffix}", f"{kept}{suffix}")
+        assert not journal.exists()
         completed = subprocess.run(_import(archive, journal), capture_output=True, text=True,
                                    timeout=KILL_TIMEOUT)
         assert completed.returncode == 0, completed.stderr
