@@ -135,14 +135,7 @@ def rollback(
             if manifest is not None:
                 endpoints.check_revertible(config_root, manifest, force)
         with zookeeper.connect(zk) as client:
-            if backup.zookeeper != zk:
-                sink.emit(Event(EventType.WARNING, message=(
-                    f"the backup was taken from ZooKeeper at {backup.zookeeper}; "
-                    f"restoring it to {zk}")))
-            if backup.neutron is None:
-                sink.emit(Event(EventType.WARNING, message=(
-                    f"{backup_path} holds no midonet_data_state (backup taken without "
-                    "--neutron-conf/--neutron-db): it is left as is")))
+            _warn_about(backup, backup_path, zk, sink)
             run_hook(pre_hook, which="pre", step="rollback", changed=False, events=sink)
             runner = StepRunner(
                 journal, "rollback", f"{backup.sha256}:{db.key()}",
@@ -150,38 +143,9 @@ def rollback(
                  "config_root": str(config_root) if config_root else None},
                 sink,
             )
-            result = RollbackResult(str(backup_path))
             try:
-                def restore() -> str:
-                    report = zookeeper.restore_tree(client, backup.root, backup.nodes)
-                    return (f"{report.created} created, {report.deleted} deleted, "
-                            f"{report.data_restored} data and {report.acl_restored} ACL restored")
-
-                result.steps["zookeeper"] = runner.step("restore zookeeper", restore)
-                removed = runner.step("remove queued tasks", lambda: _remove_tasks(engine, db))
-                close_open_cycle(journal, "prepare", db.key(), runner.run_id, "rolled back")
-                result.steps["tasks"] = removed
-                result.steps["data state"] = runner.step(
-                    "restore data state", lambda: _restore_state(engine, db, backup)
-                )
-                if config_root is not None:
-                    for name, outcome in revert_steps(config_root, runner, force=force).items():
-                        result.steps[f"config {name}"] = outcome
-                match = _HIGHEST.search(removed)
-                highest = int(match.group(1)) if match else 0
-
-                def verify() -> str:
-                    problems = _verify(client, engine, backup, highest)
-                    if problems:
-                        # Close the cycle: a re-run redoes every (idempotent) step
-                        # instead of skipping the ones that did not hold.
-                        runner.complete("verification failed")
-                        raise RollbackIncompleteError(detail="; ".join(problems[:5]))
-                    return "ZooKeeper, tasks, ID sequence, data state and config files as backed up"
-
-                result.steps["check"] = runner.step("verify", verify)
-                result.verified = True
-                runner.complete()
+                result = _steps(runner, client, engine, db, backup, config_root, force)
+                result.backup = str(backup_path)
             except BaseException:
                 runner.finish("failed")
                 raise
@@ -190,3 +154,58 @@ def rollback(
         return result
     finally:
         engine.dispose()
+
+
+def _warn_about(backup: Backup, path: Path, zk: str, sink: EventSink) -> None:
+    if backup.zookeeper != zk:
+        sink.emit(Event(EventType.WARNING, message=(
+            f"the backup was taken from ZooKeeper at {backup.zookeeper}; restoring it to {zk}")))
+    if backup.neutron is None:
+        sink.emit(Event(EventType.WARNING, message=(
+            f"{path} holds no midonet_data_state (backup taken without "
+            "--neutron-conf/--neutron-db): it is left as is")))
+
+
+def _steps(
+    runner: StepRunner,
+    client: Any,
+    engine: sa.Engine,
+    db: NeutronDatabase,
+    backup: Backup,
+    config_root: Path | None,
+    force: bool,
+) -> RollbackResult:
+    result = RollbackResult("")
+
+    def restore() -> str:
+        report = zookeeper.restore_tree(client, backup.root, backup.nodes)
+        return (f"{report.created} created, {report.deleted} deleted, "
+                f"{report.data_restored} data and {report.acl_restored} ACL restored")
+
+    result.steps["zookeeper"] = runner.step("restore zookeeper", restore)
+    removed = runner.step("remove queued tasks", lambda: _remove_tasks(engine, db))
+    # The tasks an interrupted prepare had queued are gone: its resume must not skip them.
+    close_open_cycle(runner.journal, "prepare", db.key(), runner.run_id, "rolled back")
+    result.steps["tasks"] = removed
+    result.steps["data state"] = runner.step(
+        "restore data state", lambda: _restore_state(engine, db, backup)
+    )
+    if config_root is not None:
+        for name, outcome in revert_steps(config_root, runner, force=force).items():
+            result.steps[f"config {name}"] = outcome
+    match = _HIGHEST.search(removed)
+    highest = int(match.group(1)) if match else 0
+
+    def verify() -> str:
+        problems = _verify(client, engine, backup, highest)
+        if problems:
+            # Close the cycle: a re-run redoes every (idempotent) step
+            # instead of skipping the ones that did not hold.
+            runner.complete("verification failed")
+            raise RollbackIncompleteError(detail="; ".join(problems[:5]))
+        return "ZooKeeper, tasks, ID sequence, data state and config files as backed up"
+
+    result.steps["check"] = runner.step("verify", verify)
+    result.verified = True
+    runner.complete()
+    return result
