@@ -1,0 +1,88 @@
+"""Image records, comparison, and the move-store plan (pure logic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stackhop.errors import UsageError
+from stackhop.images.common import Selection, image_stores, inactive
+from stackhop.images.move_store import moved, plan_moves
+from stackhop.kinds import get
+from stackhop.kinds.image import MARKER_PROPERTY, Image, image_record
+
+GLANCE_JSON: dict[str, Any] = {
+    "id": "img-1", "name": "web", "status": "active", "visibility": "shared",
+    "protected": True, "disk_format": "qcow2", "container_format": "bare", "min_disk": 2,
+    "min_ram": 512, "os_hidden": False, "owner": "p-owner", "tags": ["b", "a"],
+    "size": 1024, "virtual_size": 4096, "checksum": "md5", "os_hash_algo": "sha512",
+    "os_hash_value": "abc", "stores": "fast,slow", "created_at": "t", "updated_at": "t",
+    "file": "/v2/images/img-1/file", "schema": "/v2/schemas/image", "self": "/v2/images/img-1",
+    "hw_disk_bus": "scsi", "purpose": "web", "os_glance_import_task": "task-1",
+    "os_glance_importing_to_stores": "", MARKER_PROPERTY: "src-9",
+}
+
+
+def test_record_separates_attributes_properties_and_source_facts() -> None:
+    record = image_record(GLANCE_JSON, [
+        {"member_id": "p-z", "status": "pending"}, {"member_id": "p-a", "status": "accepted"},
+    ])
+    assert record["properties"] == {"hw_disk_bus": "scsi", "purpose": "web"}
+    assert record["tags"] == ["a", "b"]
+    assert record["members"] == ["p-a", "p-z"]
+    assert record["member_statuses"] == ["accepted", "pending"]
+    assert record["stores"] == ["fast", "slow"]
+    assert record["source_marker"] == "src-9"
+    assert (record["protected"], record["min_disk"], record["min_ram"]) == (True, 2, 512)
+
+
+def test_the_kind_is_registered_and_maps_owner_and_members_to_projects() -> None:
+    kind = get("glance.image")
+    assert isinstance(kind, Image)
+    assert kind.references == {"owner": "identity.project", "members": "identity.project"}
+    record = image_record(GLANCE_JSON, [])
+    assert kind.identity(record) == "web/img-1"
+
+
+def test_compare_ignores_the_marker_and_ordering_but_sees_real_changes() -> None:
+    kind = Image()
+    record = image_record(GLANCE_JSON, [{"member_id": "p-a", "status": "accepted"}])
+    copy = {**record, "tags": ["b", "a"],
+            "properties": {**record["properties"], MARKER_PROPERTY: "img-1"}}
+    assert kind.compare(record, copy) == []
+    changed = {**copy, "min_ram": 1024, "properties": {"purpose": "other"}}
+    assert {d.field for d in kind.compare(record, changed)} == {"min_ram", "properties"}
+
+
+def _image(image_id: str, stores: str, status: str = "active") -> dict[str, Any]:
+    return {"id": image_id, "name": image_id, "stores": stores, "status": status}
+
+
+def test_plan_moves_skips_moved_images_and_refuses_bad_ones() -> None:
+    plans = plan_moves([
+        _image("a", "fast"), _image("b", "slow"), _image("c", "fast,slow"),
+        _image("d", "fast", status="queued"), _image("e", "other"),
+    ], "fast", "slow", keep_source=False)
+    assert [(p.image_id, p.action) for p in plans] == [
+        ("a", "move"), ("b", "skip"), ("c", "move"), ("d", "error"), ("e", "error"),
+    ]
+    assert "not active" in plans[3].reason and "not in store fast" in plans[4].reason
+    kept = plan_moves([_image("c", "fast,slow")], "fast", "slow", keep_source=True)
+    assert kept[0].action == "skip"
+
+
+def test_moved_and_stores_helpers() -> None:
+    assert image_stores({"stores": "fast,slow"}) == {"fast", "slow"}
+    assert image_stores({}) == set()
+    assert moved(_image("a", "slow"), "fast", "slow", keep_source=False)
+    assert not moved(_image("a", "fast,slow"), "fast", "slow", keep_source=False)
+    assert inactive([_image("a", "fast"), _image("b", "fast", "saving")]) == ["b (b): saving"]
+
+
+@pytest.mark.parametrize("selection", [
+    Selection(), Selection(images=("a",), all=True), Selection(project="p", all=True),
+])
+def test_a_selection_names_exactly_one_set_of_images(selection: Selection) -> None:
+    with pytest.raises(UsageError):
+        selection.check()
