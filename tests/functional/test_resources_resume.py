@@ -44,24 +44,47 @@ def extra_groups(seeded: Any) -> Iterator[str]:
     made: list[str] = []
     try:
         for i in range(GROUPS):
-            body = call(src.network, "POST", "/security-groups", json={"security_group": {
-                "name": f"{prefix}-{i % 4}", "description": f"resume test {i}",
-                "project_id": gamma}})
+            body = call(
+                src.network,
+                "POST",
+                "/security-groups",
+                json={
+                    "security_group": {
+                        "name": f"{prefix}-{i % 4}",
+                        "description": f"resume test {i}",
+                        "project_id": gamma,
+                    }
+                },
+            )
             gid = body["security_group"]["id"]
             made.append(gid)
             rules = [
-                {"security_group_id": gid, "direction": "ingress", "ethertype": "IPv4",
-                 "protocol": "tcp", "port_range_min": 1000 + j, "port_range_max": 1000 + j,
-                 "remote_ip_prefix": f"10.{i}.{j}.0/24", "project_id": gamma}
+                {
+                    "security_group_id": gid,
+                    "direction": "ingress",
+                    "ethertype": "IPv4",
+                    "protocol": "tcp",
+                    "port_range_min": 1000 + j,
+                    "port_range_max": 1000 + j,
+                    "remote_ip_prefix": f"10.{i}.{j}.0/24",
+                    "project_id": gamma,
+                }
                 for j in range(3)
             ]
             if i:
-                rules.append({"security_group_id": gid, "direction": "ingress",
-                              "ethertype": "IPv6", "protocol": "tcp", "port_range_min": 22,
-                              "port_range_max": 22, "remote_group_id": made[i - 1],
-                              "project_id": gamma})
-            call(src.network, "POST", "/security-group-rules",
-                 json={"security_group_rules": rules})
+                rules.append(
+                    {
+                        "security_group_id": gid,
+                        "direction": "ingress",
+                        "ethertype": "IPv6",
+                        "protocol": "tcp",
+                        "port_range_min": 22,
+                        "port_range_max": 22,
+                        "remote_group_id": made[i - 1],
+                        "project_id": gamma,
+                    }
+                )
+            call(src.network, "POST", "/security-group-rules", json={"security_group_rules": rules})
         yield prefix
     finally:
         for gid in reversed(made):
@@ -79,8 +102,12 @@ def archive(extra_groups: str, tmp_path_factory: pytest.TempPathFactory) -> Path
 
     path = tmp_path_factory.mktemp("resume") / "src.tar.zst"
     projects = [a for p in ("alpha", "beta", "gamma", "delta") for a in ("--project", p)]
-    assert main(["export", "--from", "src", "-o", str(path), "--security-groups", "--quotas",
-                 *projects]) == 0
+    assert (
+        main(
+            ["export", "--from", "src", "-o", str(path), "--security-groups", "--quotas", *projects]
+        )
+        == 0
+    )
     return path
 
 
@@ -98,16 +125,30 @@ def _states(journal: Path) -> Counter[tuple[str, str]]:
 
 
 def _import(archive: Path, journal: Path) -> list[str]:
-    return [sys.executable, "-m", "stackhop.cli.main", "--journal", str(journal), "import",
-            "--to", "dst", str(archive), "--security-groups", "--quotas", "--workers", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "stackhop.cli.main",
+        "--journal",
+        str(journal),
+        "import",
+        "--to",
+        "dst",
+        str(archive),
+        "--security-groups",
+        "--quotas",
+        "--workers",
+        "1",
+    ]
 
 
 def import_killed_when(
     archive: Path, journal: Path, point: Callable[[Counter[tuple[str, str]]], bool]
 ) -> Counter[tuple[str, str]]:
     """Run the import and ``kill -9`` it as soon as ``point(journal counts)`` holds."""
-    with subprocess.Popen(_import(archive, journal), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL) as proc:
+    with subprocess.Popen(
+        _import(archive, journal), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as proc:
         deadline = time.monotonic() + KILL_TIMEOUT
         while time.monotonic() < deadline:
             states = _states(journal)
@@ -154,8 +195,16 @@ def assert_dst_equals_src(archive: Path, prefix: str) -> None:
     assert len(ours) == GROUPS
     rules = paged(dst.network, "/security-group-rules", "security_group_rules")
     contents = Counter(
-        (r["security_group_id"], r["direction"], r["ethertype"], r["protocol"],
-         r["port_range_min"], r["port_range_max"], r["remote_ip_prefix"], r["remote_group_id"])
+        (
+            r["security_group_id"],
+            r["direction"],
+            r["ethertype"],
+            r["protocol"],
+            r["port_range_min"],
+            r["port_range_max"],
+            r["remote_ip_prefix"],
+            r["remote_group_id"],
+        )
         for r in rules
     )
     assert max(contents.values()) == 1, "a rule was created twice"
@@ -190,15 +239,19 @@ def test_kill_at_three_points_then_rerun(archive: Path, extra_groups: str, tmp_p
         seen = import_killed_when(archive, journal, after_groups(total))
         assert seen[("neutron.security_group_rules", "done")] == 0
         seen = import_killed_when(archive, journal, midway_rules)
-        completed = subprocess.run(_import(archive, journal), capture_output=True, text=True,
-                                   timeout=KILL_TIMEOUT)
+        completed = subprocess.run(
+            _import(archive, journal), capture_output=True, text=True, timeout=KILL_TIMEOUT
+        )
         assert completed.returncode == 0, completed.stderr
         assert_dst_equals_src(archive, extra_groups)
     finally:
         _rollback(journal)
     dst = connect("dst")
-    left = [g for g in paged(dst.network, "/security-groups", "security_groups")
-            if g["name"].startswith(extra_groups)]
+    left = [
+        g
+        for g in paged(dst.network, "/security-groups", "security_groups")
+        if g["name"].startswith(extra_groups)
+    ]
     assert left == []
 
 
@@ -213,8 +266,9 @@ def test_kill_then_rerun_without_the_journal(
             if Path(f"{journal}{suffix}").exists():
                 shutil.move(f"{journal}{suffix}", f"{kept}{suffix}")
         assert not journal.exists()
-        completed = subprocess.run(_import(archive, journal), capture_output=True, text=True,
-                                   timeout=KILL_TIMEOUT)
+        completed = subprocess.run(
+            _import(archive, journal), capture_output=True, text=True, timeout=KILL_TIMEOUT
+        )
         assert completed.returncode == 0, completed.stderr
         assert_dst_equals_src(archive, extra_groups)
     finally:
@@ -223,6 +277,9 @@ def test_kill_then_rerun_without_the_journal(
         if journal.exists():
             _rollback(journal)
     dst = connect("dst")
-    left = [g for g in paged(dst.network, "/security-groups", "security_groups")
-            if g["name"].startswith(extra_groups)]
+    left = [
+        g
+        for g in paged(dst.network, "/security-groups", "security_groups")
+        if g["name"].startswith(extra_groups)
+    ]
     assert left == []

@@ -36,8 +36,9 @@ def dst_state(conn: Any) -> dict[str, Any]:
     keypairs = {}
     for (_, name), user_id in sorted(users.items()):
         body = call(conn.compute, "GET", f"/os-keypairs?user_id={user_id}", microversion="2.10")
-        keypairs[name] = sorted((k["keypair"]["name"], k["keypair"]["public_key"])
-                                for k in body["keypairs"])
+        keypairs[name] = sorted(
+            (k["keypair"]["name"], k["keypair"]["public_key"]) for k in body["keypairs"]
+        )
     quotas = {}
     for name in ("alpha", "beta", "delta"):
         pid = projects[name]
@@ -54,9 +55,17 @@ def dst_state(conn: Any) -> dict[str, Any]:
     )
     group_ids = {g[3] for g in groups}
     rules = sorted(
-        (r["security_group_id"], r["direction"], r["ethertype"], str(r["protocol"]),
-         str(r["port_range_min"]), str(r["port_range_max"]), str(r["remote_ip_prefix"]),
-         str(r["remote_group_id"]), r["description"])
+        (
+            r["security_group_id"],
+            r["direction"],
+            r["ethertype"],
+            str(r["protocol"]),
+            str(r["port_range_min"]),
+            str(r["port_range_max"]),
+            str(r["remote_ip_prefix"]),
+            str(r["remote_group_id"]),
+            r["description"],
+        )
         for r in paged(conn.network, "/security-group-rules", "security_group_rules")
         if r["security_group_id"] in group_ids
     )
@@ -80,8 +89,16 @@ def scenario(seeded: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     if state["runs"] and not state.get("rolled_back"):
         from stackhop.cli.main import main
 
-        main(["--journal", state["journal"], "rollback", "--to", "dst",
-              *[a for r in state["runs"] for a in ("--run", r)]])
+        main(
+            [
+                "--journal",
+                state["journal"],
+                "rollback",
+                "--to",
+                "dst",
+                *[a for r in state["runs"] for a in ("--run", r)],
+            ]
+        )
 
 
 def test_export_writes_every_kind(scenario: dict[str, Any], cli: Callable[..., Any]) -> None:
@@ -113,8 +130,16 @@ def test_plan_then_import_do_the_same(scenario: dict[str, Any], cli: Callable[..
     assert {i for (_, i), a in planned.items() if a == "conflict"} == EXPECTED_CONFLICTS
     assert "ldap/lars" in plan.err and "Default/erin" in plan.err  # unmapped users, by name
 
-    result = cli("--journal", scenario["journal"], "import", "--to", "dst",
-                 str(scenario["archive"]), "-f", "json")
+    result = cli(
+        "--journal",
+        scenario["journal"],
+        "import",
+        "--to",
+        "dst",
+        str(scenario["archive"]),
+        "-f",
+        "json",
+    )
     scenario["runs"].append(result.json()["run_id"])
     assert result.code == 10, result.err  # conflicts: the exit code says so
     counts = result.json()["counts"]
@@ -122,8 +147,9 @@ def test_plan_then_import_do_the_same(scenario: dict[str, Any], cli: Callable[..
         acting = sum(1 for (k, _), a in planned.items() if k == kind and a in ("create", "update"))
         assert per["done"] == acting, kind
         assert per["failed"] == 0, result.json()["errors"]
-        assert per["conflict"] == sum(1 for (k, _), a in planned.items()
-                                      if k == kind and a == "conflict")
+        assert per["conflict"] == sum(
+            1 for (k, _), a in planned.items() if k == kind and a == "conflict"
+        )
 
 
 def test_verify_matches_except_the_conflicts(
@@ -167,8 +193,16 @@ def test_dst_objects_that_existed_are_untouched(scenario: dict[str, Any]) -> Non
 
 
 def test_second_import_is_all_skips(scenario: dict[str, Any], cli: Callable[..., Any]) -> None:
-    result = cli("--journal", scenario["journal"], "import", "--to", "dst",
-                 str(scenario["archive"]), "-f", "json")
+    result = cli(
+        "--journal",
+        scenario["journal"],
+        "import",
+        "--to",
+        "dst",
+        str(scenario["archive"]),
+        "-f",
+        "json",
+    )
     scenario["runs"].append(result.json()["run_id"])
     assert result.code == 10
     counts = result.json()["counts"]
@@ -180,8 +214,17 @@ def test_rollback_returns_dst_to_its_state_before(
     scenario: dict[str, Any], cli: Callable[..., Any]
 ) -> None:
     runs = [a for r in scenario["runs"] for a in ("--run", r)]
-    dry = cli("--journal", scenario["journal"], "rollback", "--to", "dst", *runs,
-              "--dry-run", "-f", "json")
+    dry = cli(
+        "--journal",
+        scenario["journal"],
+        "rollback",
+        "--to",
+        "dst",
+        *runs,
+        "--dry-run",
+        "-f",
+        "json",
+    )
     assert dry.code == 0 and dry.json()["steps"]
     result = cli("--journal", scenario["journal"], "rollback", "--to", "dst", *runs, "-f", "json")
     assert result.code == 0, result.out + result.err

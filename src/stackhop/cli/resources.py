@@ -278,28 +278,34 @@ def import_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace, source: Any) -> None:
+def _verify(args: argparse.Namespace, source: Any, run: RunResult | None = None) -> None:
+    """Compare and print; with ``run`` (migrate) its result goes into the same document."""
     conn = connect(args.destination)
     prepared = _prepare(args, source, conn, None)
     checked, mismatches = resources.verify(prepared, conn)
     if args.format != "table":
-        dump(
-            {"checked": checked, "mismatches": [m.as_dict() for m in mismatches]},
-            args.format,
-            sys.stdout,
-        )
-    elif mismatches:
-        render_table(
-            [
-                dict(zip(MISMATCH_COLUMNS, (m.kind, m.identity, m.problem), strict=True))
-                for m in mismatches
-            ],
-            MISMATCH_COLUMNS,
-            "table",
-            title=f"{len(mismatches)} of {checked} objects differ",
-        )
+        document: dict[str, Any] = {
+            "checked": checked,
+            "mismatches": [m.as_dict() for m in mismatches],
+        }
+        if run is not None:
+            document = {"run": run.as_dict(), "verify": document}
+        dump(document, args.format, sys.stdout)
     else:
-        print(f"all {checked} objects match")
+        if run is not None:
+            _print_result(run, "table")
+        if mismatches:
+            render_table(
+                [
+                    dict(zip(MISMATCH_COLUMNS, (m.kind, m.identity, m.problem), strict=True))
+                    for m in mismatches
+                ],
+                MISMATCH_COLUMNS,
+                "table",
+                title=f"{len(mismatches)} of {checked} objects differ",
+            )
+        else:
+            print(f"all {checked} objects match")
     if mismatches:
         raise VerificationError(
             f"{len(mismatches)} of {checked} objects differ on {args.destination}; "
@@ -355,7 +361,9 @@ def migrate_command(args: argparse.Namespace) -> int:
         events=args.events,
     )
     result = _apply(args, records, "migrate", args.source)
-    _print_result(result, args.format)
-    result.raise_for_failures()
-    _verify(args, records)
+    if result.failed:
+        _print_result(result, args.format)
+        result.raise_for_failures()
+    # Conflicts (objects kept as they are on dst) show again as verify's mismatches.
+    _verify(args, records, run=result)
     return 0
