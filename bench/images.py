@@ -171,9 +171,10 @@ def main() -> int:
              f"{'RSS base':>9} {'RSS ours':>9} {'move-store s':>13}"]
     ok = bool(rows)
     for r in rows:
+        base, ours = r["baseline"], r["stackhop"]
         lines.append(
-            f"{r['size_mib']:>5}M {r['baseline']['mb_per_s']:>14} {r['stackhop']['mb_per_s']:>14} "
-            f"{r['ratio']:>6} {r['baseline']['peak_rss_mb']:>8}M {r['stackhop']['peak_rss_mb']:>8}M "
+            f"{r['size_mib']:>5}M {base['mb_per_s']:>14} {ours['mb_per_s']:>14} "
+            f"{r['ratio']:>6} {base['peak_rss_mb']:>8}M {ours['peak_rss_mb']:>8}M "
             f"{r['move_store']['seconds']:>13}")
         ok = ok and r["ratio"] >= GOAL_RATIO and r["stackhop"]["peak_rss_mb"] < GOAL_PEAK_RSS_MB
     table = "\n".join(lines)

@@ -7,9 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from stackhop.kinds.image import image_record
-from stackhop.transfer import Chunk, chunk_filters
 from tests.functional.test_images_support import (
     MIB,
     ImageFactory,
@@ -20,6 +17,9 @@ from tests.functional.test_images_support import (
     own_images,
     project_id,
 )
+
+from stackhop.kinds.image import image_record
+from stackhop.transfer import Chunk, chunk_filters
 
 pytestmark = pytest.mark.functional
 __all__ = ["own_images"]  # the fixture, imported for pytest

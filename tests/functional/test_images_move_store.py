@@ -12,9 +12,6 @@ from typing import Any
 
 import pytest
 from testbed import layout
-
-from stackhop.journal import DONE, PENDING, Journal
-from stackhop.kinds.image import image_record
 from tests.functional.test_images_support import (
     MIB,
     ImageFactory,
@@ -24,6 +21,9 @@ from tests.functional.test_images_support import (
     members,
     own_images,
 )
+
+from stackhop.journal import DONE, PENDING, Journal
+from stackhop.kinds.image import image_record
 
 pytestmark = pytest.mark.functional
 __all__ = ["own_images"]  # the fixture, imported for pytest

@@ -94,11 +94,11 @@ def select_images(conn: Any, selection: Selection) -> list[dict[str, Any]]:
     if selection.all or selection.project is not None:
         filters = {"owner": _project_id(conn, selection.project)} if selection.project else {}
         return sorted(list_images(service, **filters), key=lambda i: (i.get("name") or "", i["id"]))
-    result = []
+    result: list[dict[str, Any]] = []
     for wanted in selection.images:
         image = get_image(service, wanted)
         if image is None:
-            matches = [i for i in list_images(service, name=wanted)]
+            matches = list(list_images(service, name=wanted))
             if not matches:
                 raise ConfigError(f"no image with ID or name {wanted!r}")
             if len(matches) > 1:

@@ -23,6 +23,7 @@ compares; :meth:`Image.bound` returns one that can create.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -176,7 +177,9 @@ class Image(Kind):
             return None
         return image_record(image, list_members(conn.image, image))
 
-    def _candidates(self, conn: Connection, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _candidates(
+        self, conn: Connection, record: Mapping[str, Any]
+    ) -> builtins.list[dict[str, Any]]:
         found = []
         same_id = get_image(conn.image, str(record["id"]))
         if same_id is not None:
