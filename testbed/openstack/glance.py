@@ -70,6 +70,7 @@ def _write_config(c: layout.CloudLayout) -> bool:
 def _migrate(c: layout.CloudLayout) -> None:
     run(
         [
+            *runtime.BACKGROUND,
             str(layout.VENV_BIN / "glance-manage"),
             "--config-file",
             str(service_etc(c, NAME) / "glance-api.conf"),

@@ -78,7 +78,7 @@ def _write_config(c: layout.CloudLayout) -> bool:
 
 
 def _migrate(c: layout.CloudLayout) -> None:
-    argv = [str(layout.VENV_BIN / "neutron-db-manage")]
+    argv = [*runtime.BACKGROUND, str(layout.VENV_BIN / "neutron-db-manage")]
     for f in _config_files(c):
         argv += ["--config-file", str(f)]
     run(

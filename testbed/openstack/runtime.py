@@ -241,6 +241,12 @@ def version(package: str) -> str:
     return importlib.metadata.version(package)
 
 
+#: Prefix for one-time work nothing else waits for (Neutron's and Glance's
+#: migrations): on two cores it yields to Keystone's and Nova's setup, which
+#: every later step of ``up`` depends on.
+BACKGROUND = ("nice", "-n", "10")
+
+
 def create_databases(c: layout.CloudLayout, *services: str) -> None:
     for s in services:
         mariadb.create_database(c.db_name(s))
