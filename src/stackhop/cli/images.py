@@ -119,6 +119,10 @@ def move_store_command(args: argparse.Namespace) -> int:
     check_cloud(conn.image, args.cloud, args.from_store, args.to_store, args.method)
     images = select_images(conn, selection)
     plans = plan_moves(images, args.from_store, args.to_store, args.keep_source)
+    refused = [f"{p.name} ({p.image_id}): {p.reason}" for p in plans if p.action == "error"]
+    if refused and selection.images and not args.dry_run:
+        # Named images: refuse before anything moves. With --all/--project the others go on.
+        raise ConflictError("cannot move " + "; ".join(refused))
     if args.method == "recreate" and not args.dry_run:
         return _recreate(conn, args, images)
     if args.dry_run:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackhop.engine import Engine, RunResult
-from stackhop.events import EventSink, NullSink
+from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import Journal
 from stackhop.kinds import get
 from stackhop.kinds.base import Connection, Record
@@ -61,7 +61,15 @@ class ImageCopier:
 
     def plan(self, images: Sequence[dict[str, Any]]) -> list[Operation]:
         """The operations a copy would apply; changes nothing."""
-        records = [r for r in self.records(images) if r.get("status") == "active"]
+        records = []
+        for record in self.records(images):
+            if record.get("status") == "active":
+                records.append(record)
+                continue
+            self.events.emit(Event(
+                EventType.WARNING, kind=Image.name, identity=self.kind.identity(record),
+                message=f"not copied: the image is {record.get('status')}, not active",
+            ))
         return plan(
             {self.kind: records},
             lambda kind, record: kind.find(self.destination, record),
