@@ -24,7 +24,7 @@ compares; :meth:`Image.bound` returns one that can create.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from openstack import exceptions as sdk_exceptions
@@ -36,8 +36,12 @@ from stackhop.kinds import register
 from stackhop.kinds.base import Connection, Kind, Record
 from stackhop.kinds.identity import PROJECT
 from stackhop.kinds.rest import call
+from stackhop.transfer import Source
 from stackhop.transfer import copy as transfer_copy
 from stackhop.transfer.glance import GlanceDestination, GlanceSource, get_image
+
+DataOpener = Callable[[Mapping[str, Any]], Source]
+"""Gives the transfer Source of a record's data (an image on a cloud, chunks in an archive)."""
 
 #: The property stackhop stamps on an image it creates: the source image's ID.
 MARKER_PROPERTY = "stackhop_source"
@@ -129,27 +133,33 @@ class Image(Kind):
         journal: Journal | None = None,
         events: EventSink | None = None,
         store: str | None = None,
+        data: DataOpener | None = None,
     ) -> None:
         self.source = source
         self.keep_id = keep_id
-        self.store = store
         self.journal = journal
         self.events: EventSink = events or NullSink()
+        self.store = store
+        self.data = data
 
     def bound(
         self,
-        source: Connection,
+        source: Connection | None = None,
         *,
         keep_id: bool = False,
         journal: Journal | None = None,
         events: EventSink | None = None,
         store: str | None = None,
+        data: DataOpener | None = None,
     ) -> Image:
-        """An Image kind that copies from ``source`` (the registered one only reads).
+        """An Image kind that can create copies (the registered one only reads and compares).
 
-        ``store`` names the destination store to upload into (default: the cloud's default).
+        The data comes from the image on the ``source`` cloud, or from ``data``
+        (a function giving a transfer Source for a record: an archive). ``store``
+        names the destination store to upload into (default: the cloud's default).
         """
-        return type(self)(source, keep_id=keep_id, journal=journal, events=events, store=store)
+        return type(self)(source, keep_id=keep_id, journal=journal, events=events, store=store,
+                          data=data)
 
     def identity(self, record: Mapping[str, Any]) -> str:
         # Names repeat and may be empty: the source ID makes it unique and stable.
@@ -205,15 +215,8 @@ class Image(Kind):
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         """Create the image on ``conn``, copy its data from the source, verify, then finish it."""
-        if self.source is None:
-            raise ConfigError("glance.image: copying needs the source cloud (use Image.bound)")
+        source = self._open_data(record)
         image_id = self._left_over(conn, record) or self._create_record(conn, record)
-        source_image = get_image(self.source.image, str(record["id"]))
-        if source_image is None or source_image.get("status") != "active":
-            raise ConfigError(
-                f"image {self.identity(record)} is not active on the source any more; "
-                "nothing was copied"
-            )
 
         def progress(done: int, total: int | None) -> None:
             self.events.emit(Event(
@@ -223,7 +226,7 @@ class Image(Kind):
 
         try:
             transfer_copy(
-                GlanceSource(self.source.image, source_image),
+                source,
                 GlanceDestination(conn.image, image_id, store=self.store),
                 key=f"{self.name}:{record['id']}->{image_id}",
                 journal=self.journal,
@@ -235,6 +238,19 @@ class Image(Kind):
             raise
         self._finish(conn, image_id, record)
         return image_id
+
+    def _open_data(self, record: Mapping[str, Any]) -> Source:
+        if self.data is not None:
+            return self.data(record)
+        if self.source is None:
+            raise ConfigError("glance.image: copying needs a data source (use Image.bound)")
+        source_image = get_image(self.source.image, str(record["id"]))
+        if source_image is None or source_image.get("status") != "active":
+            raise ConfigError(
+                f"image {self.identity(record)} is not active on the source any more; "
+                "nothing was copied"
+            )
+        return GlanceSource(self.source.image, source_image)
 
     def _left_over(self, conn: Connection, record: Mapping[str, Any]) -> str | None:
         """A ``queued`` image an earlier, broken-off attempt made: upload into it again."""
@@ -298,6 +314,6 @@ class Image(Kind):
         call(conn.image, "DELETE", f"/images/{destination_id}", missing_ok=True)
 
     def __repr__(self) -> str:
-        source = "bound" if self.source is not None else "unbound"
+        source = "bound" if self.source is not None or self.data is not None else "unbound"
         return f"<Image {self.name} {source}>"
 

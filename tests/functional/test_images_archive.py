@@ -1,0 +1,62 @@
+"""``stackhop images export`` / ``images import``: images through an archive file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.functional.test_images_copy import _assert_copied
+from tests.functional.test_images_support import (
+    MIB,
+    ImageFactory,
+    glance_json,
+    marked_copies,
+    own_images,
+)
+
+pytestmark = pytest.mark.functional
+__all__ = ["own_images"]  # the fixture, imported for pytest
+
+
+def test_export_with_image_data_then_import_keeps_ids_and_everything(
+    own_images: ImageFactory, cli: Any, tmp_path: Path
+) -> None:
+    shared = own_images.create("arch-shared", size=5 * MIB, visibility="shared",
+                               member_projects=("demo",), tags=["z"], purpose="offline")
+    plain = own_images.create("arch-plain", size=2 * MIB + 7, protected=True)
+    archive = tmp_path / "images.shop"
+    exported = cli("images", "export", "--from", "src", "-o", str(archive), "--image",
+                   shared["id"], "--image", plain["id"], "--with-image-data", "-f", "json")
+    assert exported.code == 0, exported.err
+    assert exported.json()["records"]["glance.image"] == 2
+    assert exported.json()["records"]["glance.image_data"] == 5 + 3  # 1 MiB chunks
+
+    journal = str(tmp_path / "journal.sqlite")
+    imported = cli("--journal", journal, "images", "import", "--to", "dst", str(archive),
+                   "--keep-id", "-f", "json")
+    assert imported.code == 0, imported.err
+    assert imported.json()["counts"]["glance.image"]["done"] == 2
+    for image in (shared, plain):
+        _assert_copied(own_images, image["id"], image["id"])
+    again = cli("--journal", journal, "images", "import", "--to", "dst", str(archive),
+                "--keep-id", "-f", "json")
+    assert again.json()["counts"]["glance.image"]["skipped"] == 2, again.err
+
+
+def test_metadata_only_archive_imports_nothing_and_says_why(
+    own_images: ImageFactory, cli: Any, tmp_path: Path
+) -> None:
+    image = own_images.create("arch-meta", size=MIB)
+    archive = tmp_path / "meta.shop"
+    exported = cli("images", "export", "--from", "src", "-o", str(archive), "--image",
+                   image["id"], "-f", "json")
+    assert exported.code == 0, exported.err
+    assert exported.json()["records"] == {"identity.project": exported.json()["records"][
+        "identity.project"], "glance.image": 1, "glance.image_data": 0}
+    imported = cli("--journal", str(tmp_path / "j.sqlite"), "images", "import", "--to", "dst",
+                   str(archive), "--keep-id", "-f", "json")
+    assert imported.code == 0, imported.err
+    assert "archive holds its metadata only" in imported.err
+    assert glance_json(own_images.dst, image["id"]) is None
+    assert marked_copies(own_images.dst, image["id"]) == []
