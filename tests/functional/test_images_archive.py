@@ -13,6 +13,7 @@ from tests.functional.test_images_support import (
     glance_json,
     marked_copies,
     own_images,
+    project_id,
 )
 
 pytestmark = pytest.mark.functional
@@ -60,3 +61,21 @@ def test_metadata_only_archive_imports_nothing_and_says_why(
     assert "archive holds its metadata only" in imported.err
     assert glance_json(own_images.dst, image["id"]) is None
     assert marked_copies(own_images.dst, image["id"]) == []
+
+
+def test_stackhop_export_carries_images_and_images_import_uploads_them(
+    own_images: ImageFactory, cli: Any, tmp_path: Path
+) -> None:
+    demo = project_id(own_images.src, "demo")
+    image = own_images.create("arch-demo", size=3 * MIB, owner=demo, purpose="via export")
+    archive = tmp_path / "demo.shop"
+    exported = cli("export", "--from", "src", "-o", str(archive), "--project", "demo",
+                   "--keypairs", "--images", "--with-image-data")
+    assert exported.code == 0, exported.err
+    imported = cli("--journal", str(tmp_path / "j.sqlite"), "images", "import", "--to", "dst",
+                   str(archive), "--keep-id", "-f", "json")
+    assert imported.code == 0, imported.err
+    assert imported.json()["counts"]["glance.image"]["done"] == 1
+    copy = glance_json(own_images.dst, image["id"])
+    assert copy is not None and copy["owner"] == project_id(own_images.dst, "demo") != demo
+    assert copy["os_hash_value"] == image["os_hash_value"] and copy["purpose"] == "via export"

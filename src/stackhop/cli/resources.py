@@ -17,6 +17,8 @@ from stackhop.clouds import cloud_config, connect
 from stackhop.engine import Engine, RunResult
 from stackhop.errors import ConflictError, UsageError, VerificationError
 from stackhop.events import Event, EventType
+from stackhop.images import archive as image_archive
+from stackhop.images import common as image_selection
 from stackhop.journal import Journal
 from stackhop.kinds.identity import load_operator_map
 from stackhop.plan import Operation, summarize
@@ -83,6 +85,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--project", action="append", metavar="ID_OR_NAME", help="only this project")
     p.add_argument("--compression", choices=("zstd", "bz2"), default="zstd")
     _selectors(p)
+    p.add_argument(
+        "--images",
+        action="store_true",
+        help="also the images (of --project, else all): metadata, and their data with "
+        "--with-image-data; `stackhop images import` uploads them",
+    )
+    p.add_argument("--with-image-data", action="store_true", help="put image data in too")
     p.set_defaults(func=export_command)
 
     p = subparsers.add_parser("plan", help="show what an import would do, changing nothing")
@@ -216,7 +225,7 @@ def _apply(
     conn = connect(args.destination)
     with Journal(args.journal) as journal:
         prepared = _prepare(args, source, conn, journal)
-        operations = resources.plan_import(prepared, conn, args.overwrite)
+        operations = resources.plan_import(prepared, conn, args.overwrite, args.workers)
         engine = Engine(journal, conn, prepared.resolver, workers=args.workers, events=args.events)
         return engine.run(
             operations,
@@ -243,10 +252,11 @@ def export_command(args: argparse.Namespace) -> int:
         source_auth_url=config.auth_url or "",
         compression=args.compression,
     ) as writer:
+        conn = connect(args.source)
         database = dbexport.DatabaseReader(args.db_config_dir) if args.via == "db" else None
         try:
             counts = resources.export(
-                connect(args.source),
+                conn,
                 writer,
                 kinds,
                 projects=args.project,
@@ -256,6 +266,11 @@ def export_command(args: argparse.Namespace) -> int:
         finally:
             if database is not None:
                 database.close()
+        if args.images or args.with_image_data:
+            counts.update(image_archive.export_images(
+                conn, writer, image_selection.images_of_projects(conn, args.project),
+                with_data=args.with_image_data, events=args.events, write_projects=False,
+            ))
     for kind, count in counts.items():
         args.events.emit(Event(EventType.INFO, kind=kind, message=f"exported {count} records"))
     return 0

@@ -116,22 +116,26 @@ def export_images(
     *,
     with_data: bool = False,
     events: EventSink | None = None,
+    write_projects: bool = True,
 ) -> dict[str, int]:
     """Write the images' records (and with ``with_data`` their bytes) to ``sink``.
 
     Also writes the source's ``identity.project`` records, which import needs
-    to map owners and members. Non-active images are left out with a warning.
-    Returns the number of records per kind.
+    to map owners and members (``write_projects=False`` when the caller, such
+    as ``stackhop export``, writes them already). Non-active images are left
+    out with a warning. Returns the number of records per kind.
     """
     events = events or NullSink()
-    projects = list(list_projects(conn))
-    sink.add_kind(PROJECT)
-    for project in projects:
-        sink.write(PROJECT, project)
+    counts = {Image.name: 0, DATA_KIND: 0}
+    if write_projects:
+        projects = list(list_projects(conn))
+        sink.add_kind(PROJECT)
+        for project in projects:
+            sink.write(PROJECT, project)
+        counts[PROJECT] = len(projects)
     sink.add_kind(Image.name)
     if with_data:
         sink.add_kind(DATA_KIND)
-    counts = {PROJECT: len(projects), Image.name: 0, DATA_KIND: 0}
     for image in images:
         record = image_record(image, list_members(conn.image, image))
         label = f"{record.get('name') or ''}/{record['id']}"

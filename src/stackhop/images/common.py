@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +108,17 @@ def select_images(conn: Any, selection: Selection) -> list[dict[str, Any]]:
         if all(image["id"] != r["id"] for r in result):
             result.append(image)
     return result
+
+
+def images_of_projects(conn: Any, projects: Sequence[str] | None) -> list[dict[str, Any]]:
+    """The images owned by ``projects`` (IDs or names), or every image when None or empty."""
+    if not projects:
+        return select_images(conn, Selection(all=True))
+    found: dict[str, dict[str, Any]] = {}
+    for project in projects:
+        for image in select_images(conn, Selection(project=project)):
+            found.setdefault(image["id"], image)
+    return list(found.values())
 
 
 def inactive(images: Iterable[dict[str, Any]]) -> list[str]:
