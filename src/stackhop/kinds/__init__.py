@@ -32,7 +32,7 @@ __all__ = [
 
 #: The table of kind modules, in the order `stackhop --help` lists them. A new
 #: kind is one module here plus its file.
-KIND_MODULES: tuple[str, ...] = ("keypair", "quota", "security_group")
+KIND_MODULES: tuple[str, ...] = ("keypair", "quota", "security_group", "image")
 
 _registry: dict[str, Kind] = {}
 _lock = threading.Lock()
