@@ -11,13 +11,14 @@ users and projects (:mod:`stackhop.kinds.identity`), planned
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stackhop import dbexport
 from stackhop import kinds as registry
 from stackhop.dbexport import DatabaseReader
-from stackhop.errors import ConflictError, UsageError
+from stackhop.errors import ConflictError, UnmappedReferenceError, UsageError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import DONE, Journal, id_map, operations
 from stackhop.kinds.base import Connection, Kind, Record
@@ -224,14 +225,42 @@ def prepare(
     return Prepared(records=records, identities=identities, resolver=resolver)
 
 
-def destination_finder(conn: Connection) -> Callable[[Kind, Record], Record | None]:
-    """A finder for the planner: one listing per kind where the kind offers it, else ``find``."""
+def destination_finder(
+    conn: Connection, prepared: Prepared, workers: int = 8
+) -> Callable[[Kind, Record], Record | None]:
+    """A finder for the planner that reads the destination in bulk, before planning.
+
+    A kind that offers ``finder(conn)`` reads its objects in one listing; for
+    the others every record is looked up in advance, ``workers`` lookups at a
+    time (the planner itself is sequential, and one GET per object in a row
+    would dominate a large import). A record not prefetched is looked up when
+    asked for.
+    """
     snapshots: dict[str, Callable[[Record], Record | None]] = {}
+    found: dict[tuple[str, str], Record | None] = {}
+
+    def prefetch(kind: Kind, record: Record) -> None:
+        try:
+            resolved = prepared.resolver.resolve(kind, record)
+        except UnmappedReferenceError:
+            return  # planned as a conflict, never looked up
+        found[(kind.name, kind.source_id(record))] = kind.find(conn, resolved)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stackhop-find") as pool:
+        futures = [
+            pool.submit(prefetch, kind, record)
+            for kind, records in prepared.records.items()
+            if getattr(kind, "finder", None) is None
+            for record in records
+        ]
+        for future in futures:
+            future.result()
 
     def find(kind: Kind, record: Record) -> Record | None:
         make = getattr(kind, "finder", None)
         if make is None:
-            return kind.find(conn, record)
+            key = (kind.name, kind.source_id(record))
+            return found[key] if key in found else kind.find(conn, record)
         if kind.name not in snapshots:
             snapshots[kind.name] = make(conn)
         return snapshots[kind.name](record)
@@ -239,9 +268,12 @@ def destination_finder(conn: Connection) -> Callable[[Kind, Record], Record | No
     return find
 
 
-def plan_import(prepared: Prepared, destination: Connection, overwrite: bool) -> list[Operation]:
+def plan_import(
+    prepared: Prepared, destination: Connection, overwrite: bool, workers: int = 8
+) -> list[Operation]:
     """The operations an import would apply (nothing is changed)."""
-    return plan(prepared.records, destination_finder(destination), prepared.resolver, overwrite)
+    finder = destination_finder(destination, prepared, workers)
+    return plan(prepared.records, finder, prepared.resolver, overwrite)
 
 
 def unmapped_message(identities: IdentityMapping) -> str | None:

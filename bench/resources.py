@@ -1,0 +1,583 @@
+"""Benchmark the resource import: stackhop against the original scripts and a hand-written client.
+
+Generates a tenant population on the testbed's src cloud (projects and users
+created on both clouds under the same names, so project *and* user IDs differ
+and are mapped by name; keypairs; quotas of all three services on every
+project; security groups with rules, one rule per group pointing at another
+group), exports it, then imports it into dst three ways, cleaning dst between
+them:
+
+- ``stackhop``: ``stackhop import`` in a child process (journal, markers,
+  events, verify-ready), timed and with its peak RSS; then ``stackhop rollback``;
+- ``(a) sequential``: what the original scripts did, one request at a time and
+  one rule per request;
+- ``(b) concurrent``: the best a hand-written client does, ``--workers``
+  requests at once and one bulk rule request per group.
+
+Export time is measured via the API and via the databases. Everything
+generated is removed at the end (``--keep`` leaves src's population).
+
+    .venv/bin/python bench/resources.py                      # the issue's sizes
+    .venv/bin/python bench/resources.py --projects 20 --keypairs 200 --groups 200 --rules 10
+
+Results: ``bench/results/resources-<date>.json`` and ``.txt`` (with the command).
+Goal: stackhop at least as fast as (b), peak RSS under 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+from stackhop.archive import ArchiveReader  # noqa: E402
+from stackhop.clouds import connect  # noqa: E402
+from stackhop.kinds.rest import call, paged, segment  # noqa: E402
+
+GOAL_PEAK_RSS_MB = 300
+SRC, DST = "src", "dst"
+KP = "2.10"
+
+
+def parallel(workers: int, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def public_key() -> str:
+    # The private half is never written anywhere: only the public key is needed.
+    key = Ed25519PrivateKey.generate().public_key()
+    return (
+        key.public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        ).decode()
+        + " bench"
+    )
+
+
+# -- the population ----------------------------------------------------------------
+
+
+class Population:
+    """Names and sizes of one generated tenant population."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.tag = f"shbench-{uuid.uuid4().hex[:6]}"
+        self.projects = [f"{self.tag}-p{i:04d}" for i in range(args.projects)]
+        self.users = [f"{self.tag}-u{i:04d}" for i in range(max(1, args.keypairs // 10))]
+        self.keypairs = args.keypairs
+        self.groups = args.groups
+        self.rules = args.rules
+        self.workers = args.workers
+
+    def create_identities(self, conn: Any) -> tuple[dict[str, str], dict[str, str]]:
+        def project(name: str) -> tuple[str, str]:
+            return name, conn.identity.create_project(name=name, domain_id="default").id
+
+        def user(name: str) -> tuple[str, str]:
+            return name, conn.identity.create_user(name=name, domain_id="default").id
+
+        return (
+            dict(parallel(self.workers, project, self.projects)),
+            dict(parallel(self.workers, user, self.users)),
+        )
+
+    def give_roles(self, conn: Any, projects: dict[str, str], users: dict[str, str]) -> None:
+        """Each user a member of one project (a project export carries its members' keypairs)."""
+        role = next(r for r in conn.identity.roles() if r.name == "member")
+        pids, uids = list(projects.values()), list(users.values())
+
+        def assign(i: int) -> None:
+            conn.identity.assign_project_role_to_user(pids[i % len(pids)], uids[i], role)
+
+        parallel(self.workers, assign, range(len(uids)))
+
+    def unlimited_network(self, conn: Any, project_ids: Iterable[str]) -> None:
+        body = {"quota": {"security_group": -1, "security_group_rule": -1}}
+        parallel(
+            self.workers,
+            lambda p: call(conn.network, "PUT", f"/quotas/{p}", json=body),
+            list(project_ids),
+        )
+
+    def fill_source(self, conn: Any, projects: dict[str, str], users: dict[str, str]) -> None:
+        pids, uids = list(projects.values()), list(users.values())
+
+        def quota(i_pid: tuple[int, str]) -> None:
+            i, pid = i_pid
+            call(
+                conn.compute,
+                "PUT",
+                f"/os-quota-sets/{pid}",
+                microversion="2.36",
+                json={"quota_set": {"instances": 20 + i % 7, "cores": 40, "ram": 65536}},
+            )
+            call(
+                conn.block_storage,
+                "PUT",
+                f"/os-quota-sets/{pid}",
+                json={"quota_set": {"volumes": 30 + i % 5, "gigabytes": 700}},
+            )
+
+        parallel(self.workers, quota, list(enumerate(pids)))
+
+        def keypair(i: int) -> None:
+            call(
+                conn.compute,
+                "POST",
+                "/os-keypairs",
+                microversion=KP,
+                json={
+                    "keypair": {
+                        "name": f"key-{i}",
+                        "public_key": public_key(),
+                        "user_id": uids[i % len(uids)],
+                    }
+                },
+            )
+
+        parallel(self.workers, keypair, range(self.keypairs))
+
+        def group(i: int) -> str:
+            pid = pids[i % len(pids)]
+            body = call(
+                conn.network,
+                "POST",
+                "/security-groups",
+                json={
+                    "security_group": {
+                        "name": f"g{i % 5}",
+                        "description": f"bench group {i}",
+                        "project_id": pid,
+                    }
+                },
+            )
+            return str(body["security_group"]["id"])
+
+        gids = parallel(self.workers, group, range(self.groups))
+
+        def rules(i: int) -> None:
+            gid, pid = gids[i], pids[i % len(pids)]
+            new = [
+                {
+                    "security_group_id": gid,
+                    "direction": "ingress",
+                    "protocol": "tcp",
+                    "port_range_min": 1000 + j,
+                    "port_range_max": 1000 + j,
+                    "remote_ip_prefix": f"10.{i % 250}.{j}.0/24",
+                    "project_id": pid,
+                }
+                for j in range(self.rules - 1)
+            ]
+            peer = gids[i - len(pids)] if i >= len(pids) else gid  # same project
+            new.append(
+                {
+                    "security_group_id": gid,
+                    "direction": "ingress",
+                    "protocol": "tcp",
+                    "port_range_min": 22,
+                    "port_range_max": 22,
+                    "remote_group_id": peer,
+                    "project_id": pid,
+                }
+            )
+            call(conn.network, "POST", "/security-group-rules", json={"security_group_rules": new})
+
+        parallel(self.workers, rules, range(self.groups))
+
+
+def clean(conn: Any, tag: str, workers: int) -> None:
+    """Remove everything of the population ``tag`` from one cloud."""
+    projects = [p for p in conn.identity.projects() if p.name.startswith(tag)]
+    users = [u for u in conn.identity.users() if u.name.startswith(tag)]
+    pids = {p.id for p in projects}
+    groups = [
+        g
+        for g in paged(conn.network, "/security-groups", "security_groups")
+        if g["project_id"] in pids
+    ]
+    parallel(
+        workers,
+        lambda g: call(conn.network, "DELETE", f"/security-groups/{g['id']}", missing_ok=True),
+        groups,
+    )
+
+    def user_keys(user: Any) -> None:
+        body = call(conn.compute, "GET", f"/os-keypairs?user_id={user.id}", microversion=KP)
+        for item in body["keypairs"]:
+            name = segment(item["keypair"]["name"])
+            call(
+                conn.compute,
+                "DELETE",
+                f"/os-keypairs/{name}?user_id={user.id}",
+                microversion=KP,
+                missing_ok=True,
+            )
+
+    parallel(workers, user_keys, users)
+
+    def project_quotas(pid: str) -> None:
+        call(conn.compute, "DELETE", f"/os-quota-sets/{pid}", missing_ok=True)
+        call(conn.network, "DELETE", f"/quotas/{pid}", missing_ok=True)
+        call(conn.block_storage, "DELETE", f"/os-quota-sets/{pid}", missing_ok=True)
+
+    parallel(workers, project_quotas, list(pids))
+    parallel(workers, lambda u: conn.identity.delete_user(u, ignore_missing=True), users)
+    parallel(workers, lambda p: conn.identity.delete_project(p, ignore_missing=True), projects)
+
+
+def clean_imported(conn: Any, tag: str, workers: int) -> None:
+    """Remove what an import brought into dst's population projects, keep the projects."""
+    pids = {p.id for p in conn.identity.projects() if p.name.startswith(tag)}
+    users = [u for u in conn.identity.users() if u.name.startswith(tag)]
+    groups = [
+        g
+        for g in paged(conn.network, "/security-groups", "security_groups")
+        if g["project_id"] in pids and g["name"] != "default"
+    ]
+    parallel(
+        workers,
+        lambda g: call(conn.network, "DELETE", f"/security-groups/{g['id']}", missing_ok=True),
+        groups,
+    )
+
+    def user_keys(user: Any) -> None:
+        body = call(conn.compute, "GET", f"/os-keypairs?user_id={user.id}", microversion=KP)
+        for item in body["keypairs"]:
+            call(
+                conn.compute,
+                "DELETE",
+                f"/os-keypairs/{segment(item['keypair']['name'])}?user_id={user.id}",
+                microversion=KP,
+                missing_ok=True,
+            )
+
+    parallel(workers, user_keys, users)
+
+
+# -- the two reference importers -------------------------------------------------------
+
+
+class Reference:
+    """Import the archive's records by hand (what other tools do), sequential or concurrent."""
+
+    def __init__(self, conn: Any, archive: Path, tag: str) -> None:
+        self.conn = conn
+        with ArchiveReader(archive) as reader:
+            self.records = {k: list(reader.records(k)) for k in reader.kinds()}
+        dst_projects = {p.name: p.id for p in conn.identity.projects() if p.name.startswith(tag)}
+        dst_users = {u.name: u.id for u in conn.identity.users() if u.name.startswith(tag)}
+        self.project = {
+            p["id"]: dst_projects[p["name"]]
+            for p in self.records["identity.project"]
+            if p["name"] in dst_projects
+        }
+        self.user = {
+            u["id"]: dst_users[u["name"]]
+            for u in self.records["identity.user"]
+            if u["name"] in dst_users
+        }
+
+    def keypair(self, kp: dict[str, Any]) -> None:
+        call(
+            self.conn.compute,
+            "POST",
+            "/os-keypairs",
+            microversion=KP,
+            json={
+                "keypair": {
+                    "name": kp["name"],
+                    "type": kp["type"],
+                    "public_key": kp["public_key"],
+                    "user_id": self.user[kp["user_id"]],
+                }
+            },
+        )
+
+    def quota(self, kind_record: tuple[str, dict[str, Any]]) -> None:
+        kind, q = kind_record
+        pid = self.project[q["project_id"]]
+        if kind == "nova.quota":
+            call(
+                self.conn.compute,
+                "PUT",
+                f"/os-quota-sets/{pid}",
+                microversion="2.36",
+                json={"quota_set": q["limits"]},
+            )
+        elif kind == "neutron.quota":
+            call(self.conn.network, "PUT", f"/quotas/{pid}", json={"quota": q["limits"]})
+        else:
+            call(
+                self.conn.block_storage,
+                "PUT",
+                f"/os-quota-sets/{pid}",
+                json={"quota_set": q["limits"]},
+            )
+
+    def group(self, g: dict[str, Any]) -> tuple[str, str]:
+        if g["name"] == "default":  # merged into the project's own, as every tool must
+            url = f"/security-groups?project_id={self.project[g['project_id']]}&name=default"
+            return g["id"], str(paged(self.conn.network, url, "security_groups")[0]["id"])
+        body = call(
+            self.conn.network,
+            "POST",
+            "/security-groups",
+            json={
+                "security_group": {
+                    "name": g["name"],
+                    "description": g["description"],
+                    "project_id": self.project[g["project_id"]],
+                }
+            },
+        )
+        return g["id"], str(body["security_group"]["id"])
+
+    def rule_bodies(self, record: dict[str, Any], groups: dict[str, str]) -> list[dict[str, Any]]:
+        gid = groups[record["id"]]
+        remotes = record["remote_group_ids"]
+        return [
+            {
+                "security_group_id": gid,
+                "direction": r["direction"],
+                "ethertype": r["ethertype"],
+                "protocol": r["protocol"],
+                "port_range_min": r["port_range_min"],
+                "port_range_max": r["port_range_max"],
+                "remote_ip_prefix": r["remote_ip_prefix"],
+                "remote_group_id": None
+                if r["remote_group"] is None
+                else groups[remotes[r["remote_group"]]],
+                "description": r["description"],
+            }
+            for r in record["rules"]
+            # Neutron adds the egress pair (and a default group's rules) by itself.
+            if r["direction"] == "ingress"
+            and not (
+                r["protocol"] is None
+                and r["remote_group"] is not None
+                and remotes[r["remote_group"]] == record["id"]
+            )
+        ]
+
+    def objects(self) -> int:
+        r = self.records
+        return (
+            len(r["nova.keypair"])
+            + sum(len(r[k]) for k in ("nova.quota", "neutron.quota", "cinder.quota"))
+            + len(r["neutron.security_group"])
+            + len(r["neutron.security_group_rules"])
+        )
+
+    def quotas(self) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (k, q) for k in ("nova.quota", "neutron.quota", "cinder.quota") for q in self.records[k]
+        ]
+
+    def sequential(self) -> None:
+        """(a): one request at a time, one rule per request."""
+        for kp in self.records["nova.keypair"]:
+            self.keypair(kp)
+        for q in self.quotas():
+            self.quota(q)
+        groups = dict(self.group(g) for g in self.records["neutron.security_group"])
+        for record in self.records["neutron.security_group_rules"]:
+            for body in self.rule_bodies(record, groups):
+                call(
+                    self.conn.network,
+                    "POST",
+                    "/security-group-rules",
+                    json={"security_group_rule": body},
+                )
+
+    def concurrent(self, workers: int) -> None:
+        """(b): ``workers`` requests at once, one bulk rule request per group."""
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(self.keypair, self.records["nova.keypair"]))
+            list(pool.map(self.quota, self.quotas()))
+            groups = dict(pool.map(self.group, self.records["neutron.security_group"]))
+
+            def bulk(record: dict[str, Any]) -> None:
+                bodies = self.rule_bodies(record, groups)
+                if bodies:
+                    call(
+                        self.conn.network,
+                        "POST",
+                        "/security-group-rules",
+                        json={"security_group_rules": bodies},
+                    )
+
+            list(pool.map(bulk, self.records["neutron.security_group_rules"]))
+
+
+# -- measuring ----------------------------------------------------------------------------
+
+
+def run_child(argv: list[str]) -> tuple[float, float, int]:
+    """Run ``argv``; (seconds, peak RSS in MB, exit code) of that child alone."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 10):
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"{' '.join(argv)} failed ({code}): {err[-2000:]}")
+    return elapsed, usage.ru_maxrss / 1024, code
+
+
+def stackhop(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stackhop.cli.main", *args]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--projects", type=int, default=200)
+    parser.add_argument("--keypairs", type=int, default=2000)
+    parser.add_argument("--groups", type=int, default=1000)
+    parser.add_argument(
+        "--rules",
+        type=int,
+        default=10,
+        help="rules per group (of which Neutron adds the two egress ones itself)",
+    )
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--keep", action="store_true", help="leave src's population in place")
+    parser.add_argument("--db-config-dir", default="/var/lib/stackhop-testbed/src/etc")
+    args = parser.parse_args()
+    pop = Population(args)
+    src, dst = connect(SRC), connect(DST)
+    result: dict[str, Any] = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "sizes": {
+            k: getattr(args, k) for k in ("projects", "keypairs", "groups", "rules", "workers")
+        },
+    }
+    work = Path(tempfile.mkdtemp(prefix="shbench-"))
+    try:
+        t = time.perf_counter()
+        projects, users = pop.create_identities(src)
+        dst_projects, _ = pop.create_identities(dst)
+        pop.give_roles(src, projects, users)
+        pop.unlimited_network(src, projects.values())
+        pop.unlimited_network(dst, dst_projects.values())
+        pop.fill_source(src, projects, users)
+        result["generate_s"] = round(time.perf_counter() - t, 1)
+        print(f"generated {pop.tag} in {result['generate_s']} s", flush=True)
+
+        selectors = [a for p in pop.projects for a in ("--project", p)]
+        api, db = work / "api.tar.zst", work / "db.tar.zst"
+        result["export_api_s"] = round(
+            run_child(stackhop("export", "--from", SRC, "-o", str(api), *selectors))[0], 2
+        )
+        result["export_db_s"] = round(
+            run_child(
+                stackhop(
+                    "export",
+                    "--from",
+                    SRC,
+                    "-o",
+                    str(db),
+                    "--via",
+                    "db",
+                    "--db-config-dir",
+                    args.db_config_dir,
+                    *selectors,
+                )
+            )[0],
+            2,
+        )
+        print(f"export: api {result['export_api_s']} s, db {result['export_db_s']} s", flush=True)
+
+        reference = Reference(dst, api, pop.tag)
+        objects = reference.objects()
+        result["objects"] = objects
+        journal = work / "journal.sqlite"
+        elapsed, rss, _ = run_child(
+            stackhop(
+                "--journal",
+                str(journal),
+                "import",
+                "--to",
+                DST,
+                str(api),
+                "--workers",
+                str(args.workers),
+            )
+        )
+        result["stackhop"] = {
+            "seconds": round(elapsed, 2),
+            "peak_rss_mb": round(rss, 1),
+            "objects_per_s": round(objects / elapsed, 1),
+        }
+        print(f"stackhop import: {result['stackhop']}", flush=True)
+        verify_s, _, code = run_child(stackhop("verify", "--to", DST, str(api)))
+        result["stackhop"]["verify_s"] = round(verify_s, 2)
+        result["stackhop"]["verify_exit"] = code
+        from stackhop.journal import Journal
+
+        with Journal(journal) as j:
+            run_ids = [a for r in j.runs() for a in ("--run", r.id)]
+        rollback_s, _, _ = run_child(
+            stackhop("--journal", str(journal), "rollback", "--to", DST, *run_ids)
+        )
+        result["stackhop"]["rollback_s"] = round(rollback_s, 2)
+        clean_imported(dst, pop.tag, args.workers)
+
+        for name, method in (
+            ("b_concurrent", lambda: reference.concurrent(args.workers)),
+            ("a_sequential", reference.sequential),
+        ):
+            t = time.perf_counter()
+            method()
+            elapsed = time.perf_counter() - t
+            result[name] = {
+                "seconds": round(elapsed, 2),
+                "objects_per_s": round(objects / elapsed, 1),
+            }
+            print(f"{name}: {result[name]}", flush=True)
+            clean_imported(dst, pop.tag, args.workers)
+
+        s = result["stackhop"]["seconds"]
+        result["ratios"] = {
+            "a_over_stackhop": round(result["a_sequential"]["seconds"] / s, 2),
+            "b_over_stackhop": round(result["b_concurrent"]["seconds"] / s, 2),
+        }
+        result["goals"] = {
+            "at_least_as_fast_as_b": s <= result["b_concurrent"]["seconds"],
+            "peak_rss_under_300_mb": result["stackhop"]["peak_rss_mb"] < GOAL_PEAK_RSS_MB,
+        }
+    finally:
+        clean(dst, pop.tag, args.workers)
+        if not args.keep:
+            clean(src, pop.tag, args.workers)
+    out = ROOT / "bench" / "results" / f"resources-{dt.date.today().isoformat()}"
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".txt").write_text(
+        result["command"] + "\n" + json.dumps(result, indent=2) + "\n"
+    )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
