@@ -1,1 +1,4 @@
-"""The stackhop testbed: two real OpenStack clouds (src, dst) with Ceph, ZooKeeper and ssh hosts on loopback."""
+"""The stackhop testbed.
+
+Two real OpenStack clouds (src, dst) with Ceph, ZooKeeper and ssh hosts on loopback.
+"""

@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     down = sub.add_parser("down", help="stop everything the testbed started, by PID")
     down.add_argument("--purge", action="store_true", help="also remove the state directory")
     down.set_defaults(func=cmd_down)
-    sub.add_parser("status", help="each service and whether it answers").set_defaults(func=cmd_status)
-    sub.add_parser("seed", help="fill src (and a little of dst) with sample tenant data").set_defaults(
-        func=cmd_seed
-    )
+    status = sub.add_parser("status", help="each service and whether it answers")
+    status.set_defaults(func=cmd_status)
+    seed = sub.add_parser("seed", help="fill src (and a little of dst) with sample tenant data")
+    seed.set_defaults(func=cmd_seed)
     sub.add_parser("env", help="print the env file (source it to use the clouds)").set_defaults(
         func=cmd_env
     )

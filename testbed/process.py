@@ -47,7 +47,9 @@ def http_answers(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.1
     while time.monotonic() < deadline:
@@ -142,7 +144,8 @@ class Daemon:
         env = {**os.environ, "PYTHONWARNINGS": "ignore", **self.env}
         env["PATH"] = f"{layout.VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
         with open(self.log, "ab") as out:
-            out.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(self.argv)}\n".encode())
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            out.write(f"--- start {stamp}: {' '.join(self.argv)}\n".encode())
             out.flush()
             proc = subprocess.Popen(
                 [*self.wrapper, *self.argv], stdout=out, stderr=subprocess.STDOUT,

@@ -189,7 +189,6 @@ def _refuse_skipped_file(loader: OpenStackConfig) -> None:
     import json
 
     import yaml
-
     from openstack.config import loader as sdk_loader
 
     candidates = [os.environ.get("OS_CLIENT_CONFIG_FILE"), *sdk_loader.CONFIG_FILES]
@@ -468,7 +467,6 @@ def _probe_failure(exc: Exception) -> str:
 def _image_capabilities(conn: Connection, report: CloudReport) -> list[Capability]:
     """Glance multi-store (``/v2/info/stores``) and import methods (``/v2/info/import``)."""
     from keystoneauth1 import exceptions as ksa
-
     from openstack import exceptions as sdk
 
     # Only the v2 API has stores and import methods; the v1 proxy type is never used here.

@@ -58,14 +58,19 @@ class AuthError(StackhopError):
     """The cloud refused our credentials."""
 
     exit_code = 4
-    template = "cannot authenticate to cloud {cloud!r}: {detail} (check the user, password and project in clouds.yaml)"
+    template = (
+        "cannot authenticate to cloud {cloud!r}: {detail} "
+        "(check the user, password and project in clouds.yaml)"
+    )
 
 
 class CloudUnreachableError(StackhopError):
     """The cloud's endpoints do not answer."""
 
     exit_code = 5
-    template = "cannot reach cloud {cloud!r} at {url}: {detail} (is the cloud up and the URL right?)"
+    template = (
+        "cannot reach cloud {cloud!r} at {url}: {detail} (is the cloud up and the URL right?)"
+    )
 
 
 class CapabilityError(StackhopError):
@@ -120,7 +125,10 @@ class OperationFailedError(StackhopError):
     """One or more operations of a run failed; the journal has each error."""
 
     exit_code = 12
-    template = "{failed} operation(s) failed; see `stackhop status --run {run}` and re-run the same command to resume"
+    template = (
+        "{failed} operation(s) failed; see `stackhop status --run {run}` "
+        "and re-run the same command to resume"
+    )
 
 
 class VerificationError(StackhopError):

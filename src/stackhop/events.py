@@ -11,11 +11,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     RUN_STARTED = "run_started"  # total = number of operations
     KIND_STARTED = "kind_started"  # kind, total = operations of that kind
     OPERATION_STARTED = "operation_started"
