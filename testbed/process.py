@@ -126,11 +126,21 @@ class Daemon:
         return layout.LOG_DIR / f"{self.name}.log"
 
     def pid(self) -> int | None:
+        """The daemon's PID if the process we started still runs.
+
+        The pid file holds the PID and the process's start time: after a
+        reboot the same PID may belong to someone else's process, which we must
+        never take for ours (and never signal).
+        """
         try:
-            pid = int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
+            fields = self.pidfile.read_text().split()
+            pid = int(fields[0])
+            started = fields[1] if len(fields) > 1 else None
+        except (OSError, ValueError, IndexError):
             return None
-        return pid if _pid_alive(pid) else None
+        if not _pid_alive(pid) or started is None or _start_time(pid) != started:
+            return None
+        return pid
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -151,7 +161,7 @@ class Daemon:
                 [*self.wrapper, *self.argv], stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=env, cwd=self.cwd, start_new_session=True,
             )
-        self.pidfile.write_text(f"{proc.pid}\n")
+        self.pidfile.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
 
     def ensure(self) -> str:
         """Make sure the daemon runs and answers; returns what was done."""
@@ -188,6 +198,15 @@ class Daemon:
             time.sleep(0.2)
         self.pidfile.unlink(missing_ok=True)
         return True
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _signal_group(pid: int, sig: int) -> None:
