@@ -89,7 +89,7 @@ def _write_config(c: layout.CloudLayout) -> bool:
                 "default_volume_type": DEFAULT_VOLUME_TYPE,
                 "glance_api_servers": f"http://{layout.HOST}:{c.glance_port}",
                 "osapi_volume_workers": 1,
-            "graceful_shutdown_timeout": 5,
+                "graceful_shutdown_timeout": 5,
             },
             "database": {"connection": c.db_url(NAME)},
             "keystone_authtoken": authtoken(c, NAME),

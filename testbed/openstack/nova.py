@@ -143,27 +143,25 @@ def _count(c: layout.CloudLayout, db: str, sql: str) -> int:
     return int(mariadb.sql(sql, database=c.db_name(db)).strip() or 0)
 
 
+def _mapped(c: layout.CloudLayout) -> bool:
+    host = c.compute_host
+    return _count(c, API_DB, f"SELECT COUNT(*) FROM host_mappings WHERE host = '{host}'") > 0
+
+
+def _compute_node_exists(c: layout.CloudLayout) -> bool:
+    sql = f"SELECT COUNT(*) FROM compute_nodes WHERE host = '{c.compute_host}' AND deleted = 0"
+    return _count(c, CELL1_DB, sql) > 0
+
+
 def _discover_compute(c: layout.CloudLayout) -> None:
     """Map the compute host into cell1 once its compute node exists."""
-    host = c.compute_host
-    if _count(c, API_DB, f"SELECT COUNT(*) FROM host_mappings WHERE host = '{host}'"):
+    if _mapped(c):
         return
-    runtime.wait_for(
-        lambda: (
-            _count(
-                c,
-                CELL1_DB,
-                f"SELECT COUNT(*) FROM compute_nodes WHERE host = '{host}' AND deleted = 0",
-            )
-            > 0
-        ),
-        120,
-        f"the compute node of {host}",
-        layout.LOG_DIR / f"nova-compute-{c.name}.log",
-    )
+    log = layout.LOG_DIR / f"nova-compute-{c.name}.log"
+    runtime.wait_for(lambda: _compute_node_exists(c), 120, f"the compute node of {c.name}", log)
     _manage(c, config_file(c), "cell_v2", "discover_hosts")
-    if not _count(c, API_DB, f"SELECT COUNT(*) FROM host_mappings WHERE host = '{host}'"):
-        raise TestbedError(f"nova-manage discover_hosts did not map {host}")
+    if not _mapped(c):
+        raise TestbedError(f"nova-manage discover_hosts did not map {c.compute_host}")
 
 
 def _create_flavors(c: layout.CloudLayout) -> None:
