@@ -3,10 +3,10 @@
 Running a service's migrations is the slowest part of a first ``up`` (Neutron
 alone runs hundreds of alembic steps), and both clouds need the same schema.
 The first cloud to get there migrates its empty databases with the service's
-own tool and dumps them as a template; the other cloud (and every later
-``up --purge``d rebuild on this machine) loads the dump in a second. Templates
-live under ``shared/openstack/schemas/<service>-<version>/``, so a new
-service version migrates again.
+own tool and dumps them as a template; the other cloud loads the dump in a
+second instead of migrating beside it on the same two cores. Templates live
+in the state directory under ``shared/openstack/schemas/<service>-<version>/``
+(gone with ``down --purge``), so a new service version migrates again.
 
 Only schema-and-seed-data is templated: anything that differs per cloud
 (Nova's cell mappings, Keystone's bootstrap) is done per cloud afterwards.
