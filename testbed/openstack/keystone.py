@@ -75,10 +75,15 @@ def _write_config(c: layout.CloudLayout) -> bool:
             "credential": {"key_repository": data / "credential-keys"},
             # bcrypt's minimum cost: every token request checks a password hash,
             # and the testbed's passwords protect nothing.
-            "identity": {"password_hash_rounds": 4},
+            "identity": {"password_hash_rounds": 4, "caching": False},
             # One process: an in-process cache is coherent, and spares the
-            # database a lookup per token validation.
+            # database a lookup per token validation. Identity data stays
+            # uncached: the seed writes Keystone's tables directly (dst's
+            # copy of src's projects), and must be seen at once.
             "cache": {"enabled": True, "backend": "dogpile.cache.memory"},
+            "resource": {"caching": False},
+            "assignment": {"caching": False},
+            "role": {"caching": False},
             **common_sections(c, NAME),
         },
     )
