@@ -230,19 +230,21 @@ def test_compute_max_microversion_allows_keypairs_of_other_users(admin: Connecti
     assert (major, minor) >= (2, 10)
 
 
-def test_quota_set_on_compute_network_and_block_storage(admin: Connection) -> None:
-    project = admin.identity.find_project(outputs.DEMO_PROJECT, domain_id="default")
+def test_quota_set_on_compute_network_and_block_storage(
+    admin: Connection, name: str, cleanup: Callable[..., None]
+) -> None:
+    # A project of its own: the seeded projects' quotas are not ours to touch.
+    project = admin.identity.create_project(name=name, domain_id="default")
+    cleanup(lambda: admin.identity.delete_project(project, ignore_missing=True))
+    cleanup(lambda: admin.compute.revert_quota_set(project))
+    cleanup(lambda: admin.network.delete_quota(project.id))
+    cleanup(lambda: admin.block_storage.revert_quota_set(project))
     admin.compute.update_quota_set(project, key_pairs=123)
     admin.network.update_quota(project.id, security_groups=23)
     admin.block_storage.update_quota_set(project, gigabytes=1234)
-    try:
-        assert admin.compute.get_quota_set(project).key_pairs == 123
-        assert admin.network.get_quota(project.id).security_groups == 23
-        assert admin.block_storage.get_quota_set(project).gigabytes == 1234
-    finally:
-        admin.compute.revert_quota_set(project)
-        admin.network.delete_quota(project.id)
-        admin.block_storage.revert_quota_set(project)
+    assert admin.compute.get_quota_set(project).key_pairs == 123
+    assert admin.network.get_quota(project.id).security_groups == 23
+    assert admin.block_storage.get_quota_set(project).gigabytes == 1234
 
 
 def test_flavors_exist(admin: Connection) -> None:
