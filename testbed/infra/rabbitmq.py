@@ -106,10 +106,12 @@ def environment() -> dict[str, str]:
 
 
 _definitions_changed = False
+_was_running = False
 
 
 def _setup() -> None:
-    global _definitions_changed
+    global _definitions_changed, _was_running
+    _was_running = server_daemon().running()
     for d in (HOME, MNESIA_DIR, LOG_BASE):
         d.mkdir(parents=True, exist_ok=True)
     if not COOKIE.exists():
@@ -133,10 +135,12 @@ def rabbitmqctl(*args: str, timeout: float = 60) -> str:
 def _after_start() -> None:
     # Definitions are read at boot; a broker that was already running when
     # they changed imports them now.
+    # A broker started just now loaded them at boot: importing again is
+    # redundant and, on a loaded machine, can outlast rabbitmqctl's timeout.
     global _definitions_changed
-    if _definitions_changed:
-        rabbitmqctl("import_definitions", str(DEFINITIONS))
-        _definitions_changed = False
+    if _definitions_changed and _was_running:
+        rabbitmqctl("import_definitions", str(DEFINITIONS), timeout=180)
+    _definitions_changed = False
 
 
 def amqp_answers(timeout: float = 2.0) -> bool:
