@@ -131,7 +131,7 @@ class CloudLayout:
 
     @property
     def volume_host(self) -> str:
-        """Host name of this cloud's Cinder services; backends are ``<host>@ceph`` and ``<host>@file``."""
+        """Host of this cloud's Cinder services; backends are ``<host>@ceph``, ``<host>@file``."""
         return f"{self.name}-volume"
 
     def db_name(self, service: str) -> str:
