@@ -434,14 +434,16 @@ class Reference:
 
 def run_child(argv: list[str]) -> tuple[float, float, int]:
     """Run ``argv``; (seconds, peak RSS in MB, exit code) of that child alone."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code not in (0, 10):
-        err = proc.stderr.read().decode() if proc.stderr else ""
-        raise SystemExit(f"{' '.join(argv)} failed ({code}): {err[-2000:]}")
+    with tempfile.TemporaryFile() as log:  # a pipe would fill up with progress lines
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        if code not in (0, 10):
+            log.seek(0)
+            err = log.read().decode(errors="replace")
+            raise SystemExit(f"{' '.join(argv)} failed ({code}): {err[-2000:]}")
     return elapsed, usage.ru_maxrss / 1024, code
 
 
