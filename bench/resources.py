@@ -358,6 +358,7 @@ class Reference:
         return [
             {
                 "security_group_id": gid,
+                "project_id": self.project[record["project_id"]],
                 "direction": r["direction"],
                 "ethertype": r["ethertype"],
                 "protocol": r["protocol"],

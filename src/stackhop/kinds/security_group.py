@@ -29,6 +29,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from openstack import exceptions as sdk_exceptions
+
 from stackhop.errors import ConflictError
 from stackhop.kinds import register
 from stackhop.kinds.base import Connection, Difference, Kind, Record
@@ -357,18 +359,38 @@ class SecurityGroupRules(Kind):
     # -- writing --------------------------------------------------------------
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
-        """Add the group's missing rules in one request; drop extras on groups stackhop made."""
-        state = self.observe(conn, record)
+        """Add the group's missing rules in one request; drop extras on groups stackhop made.
+
+        The common case, a group this run just created, is sent optimistically:
+        every source rule except the egress pair Neutron adds to a new group, in
+        one bulk request and without reading the group first. If any of those
+        rules exists already Neutron refuses the whole bulk (409, nothing
+        created); then the group's rules are read and only the missing ones sent.
+        """
         group_id = str(record["security_group_id"])
+        rules = record["rules"]
+        if sum(1 for rule in rules if _automatic_egress(rule)) == 2:
+            try:
+                self._post(conn, record, [r for r in rules if not _automatic_egress(r)])
+                return group_id
+            except sdk_exceptions.ConflictException:
+                pass  # some rule is there already: look, then send what is missing
+        state = self.observe(conn, record)
         if state is None:
             raise ConflictError(
                 f"{self.name} {self.identity(record)!r}: group {group_id} is gone from the "
                 "destination; re-run the import to create it again"
             )
+        self._post(conn, record, state["missing"])
+        for rule in state["extra"]:
+            call(conn.network, "DELETE", f"/security-group-rules/{rule['id']}", missing_ok=True)
+        return group_id
+
+    def _post(self, conn: Connection, record: Mapping[str, Any], rules: Rules) -> None:
         remotes = record["remote_group_ids"]
-        missing = [
+        bodies = [
             {
-                "security_group_id": group_id,
+                "security_group_id": record["security_group_id"],
                 "project_id": record["project_id"],
                 **{f: rule.get(f) for f in RULE_FIELDS},
                 "remote_group_id": (
@@ -376,24 +398,32 @@ class SecurityGroupRules(Kind):
                 ),
                 "description": self.stamp(rule.get("description"), rule),
             }
-            for rule in state["missing"]
+            for rule in rules
         ]
-        if missing:
+        if bodies:
             call(
-                conn.network,
-                "POST",
-                "/security-group-rules",
-                json={"security_group_rules": missing},
+                conn.network, "POST", "/security-group-rules", json={"security_group_rules": bodies}
             )
-        for rule in state["extra"]:
-            call(conn.network, "DELETE", f"/security-group-rules/{rule['id']}", missing_ok=True)
-        return group_id
 
     def delete(self, conn: Connection, destination_id: str) -> None:
         """Remove the rules stackhop added to group ``destination_id`` (rollback)."""
         for rule in self._rules_of(conn, destination_id):
             if Kind.marked_source_id(rule.get("description")) is not None:
                 call(conn.network, "DELETE", f"/security-group-rules/{rule['id']}", missing_ok=True)
+
+
+def _automatic_egress(rule: Mapping[str, Any]) -> bool:
+    """One of the two rules (IPv4, IPv6) Neutron gives every new group: egress to anywhere."""
+    return rule["direction"] == "egress" and all(
+        rule.get(f) is None
+        for f in (
+            "protocol",
+            "port_range_min",
+            "port_range_max",
+            "remote_ip_prefix",
+            "remote_group",
+        )
+    )
 
 
 def _with_source(record: Mapping[str, Any]) -> Record:
