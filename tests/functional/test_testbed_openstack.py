@@ -191,7 +191,14 @@ def test_copy_image_to_other_store_then_delete_from_one(
     image = _upload(admin, name, data, "fast")
     cleanup(lambda: admin.image.delete_image(image.id, ignore_missing=True))
     admin.image.import_image(image, method="copy-image", stores=["slow"])
-    _wait("copy to slow", lambda: _stores(admin.image.get_image(image.id)) == {"fast", "slow"})
+    # The import task adds the location before it finishes; it then saves the image once more,
+    # so a store deleted before that reappears. Wait for the task to be done, not just the store.
+    def copied() -> bool:
+        current = admin.image.get_image(image.id)
+        importing = (current.properties or {}).get("os_glance_importing_to_stores", "")
+        return _stores(current) == {"fast", "slow"} and not importing
+
+    _wait("copy to slow", copied)
 
     # Admin drops the copy in "fast"; the image lives on in "slow" alone, bytes intact.
     admin.image.delete(f"/stores/fast/{image.id}").raise_for_status()
