@@ -136,12 +136,8 @@ def _migrate(c: layout.CloudLayout) -> None:
 
 
 def _schema(c: layout.CloudLayout) -> None:
-    done = runtime.stamp(c, "cinder-db", runtime.version("cinder"))
     write_ini(service_etc(c, NAME) / "cinder-db.conf", {"database": {"connection": c.db_url(NAME)}})
-    if done.done():
-        return
-    schema.ensure(c, NAME, "cinder", [NAME], _migrate)
-    done.mark()
+    schema.ensure_once(c, NAME, "cinder", _migrate)
 
 
 def _create_volume_types(c: layout.CloudLayout) -> None:

@@ -81,11 +81,7 @@ def _migrate(c: layout.CloudLayout) -> None:
 
 
 def _db_sync(c: layout.CloudLayout) -> None:
-    done = runtime.stamp(c, "glance-db", runtime.version("glance"))
-    if done.done():
-        return
-    schema.ensure(c, NAME, "glance", [NAME], _migrate)
-    done.mark()
+    schema.ensure_once(c, NAME, "glance", _migrate)
 
 
 def daemon(c: layout.CloudLayout) -> Daemon:

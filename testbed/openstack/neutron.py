@@ -87,11 +87,7 @@ def _migrate(c: layout.CloudLayout) -> None:
 
 
 def _db_sync(c: layout.CloudLayout) -> None:
-    done = runtime.stamp(c, "neutron-db", runtime.version("neutron"))
-    if done.done():
-        return
-    schema.ensure(c, NAME, "neutron", [NAME], _migrate)
-    done.mark()
+    schema.ensure_once(c, NAME, "neutron", _migrate)
 
 
 def daemon(c: layout.CloudLayout) -> Daemon:

@@ -52,11 +52,7 @@ def _migrate(c: layout.CloudLayout) -> None:
 
 
 def _db_sync(c: layout.CloudLayout) -> None:
-    done = runtime.stamp(c, "placement-db", runtime.version("openstack-placement"))
-    if done.done():
-        return
-    schema.ensure(c, NAME, "openstack-placement", [NAME], _migrate)
-    done.mark()
+    schema.ensure_once(c, NAME, "openstack-placement", _migrate)
 
 
 def daemon(c: layout.CloudLayout) -> Daemon:

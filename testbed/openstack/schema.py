@@ -124,3 +124,21 @@ def ensure(
         directory.mkdir(parents=True, exist_ok=True)
         for db, dump in dumps.items():
             _dump(c.db_name(db), dump)
+
+
+def ensure_once(
+    c: layout.CloudLayout,
+    service: str,
+    package: str,
+    migrate: Callable[[layout.CloudLayout], None],
+) -> None:
+    """:func:`ensure` the service's one database, skipped when the stamp says it is at head.
+
+    The stamp holds the package version, so an upgrade of the service runs its
+    migrations again.
+    """
+    done = runtime.stamp(c, f"{service}-db", runtime.version(package))
+    if done.done():
+        return
+    ensure(c, service, package, [service], migrate)
+    done.mark()
