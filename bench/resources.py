@@ -47,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from keystoneauth1 import exceptions as ksa_exceptions  # noqa: E402
+from openstack import exceptions as sdk_exceptions  # noqa: E402
 
 from stackhop.archive import ArchiveReader  # noqa: E402
 from stackhop.clouds import connect  # noqa: E402
@@ -60,6 +62,23 @@ KP = "2.10"
 def parallel(workers: int, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(fn, items))
+
+
+def patiently(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn`` retried while the testbed restarts a service (cleanup must not give up)."""
+
+    def call_it(item: Any) -> Any:
+        for attempt in range(20):
+            try:
+                return fn(item)
+            except (ksa_exceptions.ConnectionError, sdk_exceptions.HttpException) as exc:
+                status = getattr(exc, "status_code", None)
+                if status is not None and status < 500 or attempt == 19:
+                    raise
+                time.sleep(3)
+        return None
+
+    return call_it
 
 
 def public_key() -> str:
@@ -217,7 +236,9 @@ def clean(conn: Any, tag: str, workers: int) -> None:
     ]
     parallel(
         workers,
-        lambda g: call(conn.network, "DELETE", f"/security-groups/{g['id']}", missing_ok=True),
+        patiently(
+            lambda g: call(conn.network, "DELETE", f"/security-groups/{g['id']}", missing_ok=True)
+        ),
         groups,
     )
 
@@ -233,16 +254,18 @@ def clean(conn: Any, tag: str, workers: int) -> None:
                 missing_ok=True,
             )
 
-    parallel(workers, user_keys, users)
+    parallel(workers, patiently(user_keys), users)
 
     def project_quotas(pid: str) -> None:
         call(conn.compute, "DELETE", f"/os-quota-sets/{pid}", missing_ok=True)
         call(conn.network, "DELETE", f"/quotas/{pid}", missing_ok=True)
         call(conn.block_storage, "DELETE", f"/os-quota-sets/{pid}", missing_ok=True)
 
-    parallel(workers, project_quotas, list(pids))
-    parallel(workers, lambda u: conn.identity.delete_user(u, ignore_missing=True), users)
-    parallel(workers, lambda p: conn.identity.delete_project(p, ignore_missing=True), projects)
+    parallel(workers, patiently(project_quotas), list(pids))
+    parallel(workers, patiently(lambda u: conn.identity.delete_user(u, ignore_missing=True)), users)
+    parallel(
+        workers, patiently(lambda p: conn.identity.delete_project(p, ignore_missing=True)), projects
+    )
 
 
 def clean_imported(conn: Any, tag: str, workers: int) -> None:
@@ -256,7 +279,9 @@ def clean_imported(conn: Any, tag: str, workers: int) -> None:
     ]
     parallel(
         workers,
-        lambda g: call(conn.network, "DELETE", f"/security-groups/{g['id']}", missing_ok=True),
+        patiently(
+            lambda g: call(conn.network, "DELETE", f"/security-groups/{g['id']}", missing_ok=True)
+        ),
         groups,
     )
 
@@ -271,7 +296,7 @@ def clean_imported(conn: Any, tag: str, workers: int) -> None:
                 missing_ok=True,
             )
 
-    parallel(workers, user_keys, users)
+    parallel(workers, patiently(user_keys), users)
 
 
 # -- the two reference importers -------------------------------------------------------
@@ -477,6 +502,14 @@ def main() -> None:
         },
     }
     work = Path(tempfile.mkdtemp(prefix="shbench-"))
+    out = ROOT / "bench" / "results" / f"resources-{dt.date.today().isoformat()}"
+
+    def save() -> None:
+        # After every phase, so a testbed hiccup late in the run keeps what was measured.
+        text = json.dumps(result, indent=2) + "\n"
+        out.with_suffix(".json").write_text(text)
+        out.with_suffix(".txt").write_text(result["command"] + "\n" + text)
+
     try:
         t = time.perf_counter()
         projects, users = pop.create_identities(src)
@@ -534,6 +567,7 @@ def main() -> None:
             "objects_per_s": round(objects / elapsed, 1),
         }
         print(f"stackhop import: {result['stackhop']}", flush=True)
+        save()
         verify_s, _, code = run_child(stackhop("verify", "--to", DST, str(api)))
         result["stackhop"]["verify_s"] = round(verify_s, 2)
         result["stackhop"]["verify_exit"] = code
@@ -559,6 +593,7 @@ def main() -> None:
                 "objects_per_s": round(objects / elapsed, 1),
             }
             print(f"{name}: {result[name]}", flush=True)
+            save()
             clean_imported(dst, pop.tag, args.workers)
 
         s = result["stackhop"]["seconds"]
@@ -574,11 +609,7 @@ def main() -> None:
         clean(dst, pop.tag, args.workers)
         if not args.keep:
             clean(src, pop.tag, args.workers)
-    out = ROOT / "bench" / "results" / f"resources-{dt.date.today().isoformat()}"
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".txt").write_text(
-        result["command"] + "\n" + json.dumps(result, indent=2) + "\n"
-    )
+    save()
     print(json.dumps(result, indent=2))
 
 
