@@ -357,9 +357,9 @@ def rollback(
     """Undo what the runs ``run_ids`` did on the destination, in reverse dependency order.
 
     Objects a run created are deleted; values a run changed are restored from
-    the journal's ``before``. Objects that existed before (skipped, adopted
-    through a stamp are still created by stackhop) are never touched. Undone
-    operations leave the journal, so the same import can be run again.
+    the journal's ``before``. Objects that existed before the run (planned as
+    skips or conflicts) are never touched. Undone operations leave the
+    journal, so the same import can be run again.
     """
     events = events or NullSink()
     runs = [journal.run(r) for r in run_ids]

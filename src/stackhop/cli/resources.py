@@ -183,7 +183,13 @@ def _print_plan(operations: list[Operation], fmt: str) -> None:
         )
         return
     rows = [
-        dict(zip(PLAN_COLUMNS, (op.action, op.kind.name, op.identity, op._detail()), strict=True))
+        dict(
+            zip(
+                PLAN_COLUMNS,
+                (op.action, op.kind.name, op.identity, op.as_dict()["detail"] or ""),
+                strict=True,
+            )
+        )
         for op in operations
     ]
     render_table(rows, PLAN_COLUMNS, "table", title="Plan", styles=ACTION_STYLES)
@@ -267,10 +273,16 @@ def export_command(args: argparse.Namespace) -> int:
             if database is not None:
                 database.close()
         if args.images or args.with_image_data:
-            counts.update(image_archive.export_images(
-                conn, writer, image_selection.images_of_projects(conn, args.project),
-                with_data=args.with_image_data, events=args.events, write_projects=False,
-            ))
+            counts.update(
+                image_archive.export_images(
+                    conn,
+                    writer,
+                    image_selection.images_of_projects(conn, args.project),
+                    with_data=args.with_image_data,
+                    events=args.events,
+                    write_projects=False,
+                )
+            )
     for kind, count in counts.items():
         args.events.emit(Event(EventType.INFO, kind=kind, message=f"exported {count} records"))
     return 0
