@@ -54,6 +54,12 @@ step "Images: copy alpha's images from src to dst, same IDs, every byte hash-ver
 sh images copy --from src --to dst --project alpha --keep-id || true
 openstack --os-cloud dst image list --long
 
+step "Images: move public-tools from store fast to store slow on src (same ID, hash checked), then back"
+sh images move-store --cloud src --from-store fast --to-store slow --image public-tools || true
+openstack --os-cloud src image show public-tools -c id -c stores -c os_hash_value -c protected
+sh images move-store --cloud src --from-store slow --to-store fast --image public-tools || true
+openstack --os-cloud src image show public-tools -c id -c stores
+
 step "Roll the resource import back: dst returns to what it held before"
 run_id=$(stackhop --journal "$journal" status -f json | python3 -c '
 import json, sys
