@@ -56,9 +56,16 @@ openstack --os-cloud dst image list --long
 
 step "Images: move public-tools from store fast to store slow on src (same ID, hash checked), then back"
 sh images move-store --cloud src --from-store fast --to-store slow --image public-tools || true
-openstack --os-cloud src image show public-tools -c id -c stores -c os_hash_value -c protected
+image_stores() {
+  openstack --os-cloud src image show public-tools -f json | python3 -c "
+import json, sys
+image = json.load(sys.stdin)
+props = image.get('properties') or {}
+print('image', image['id'], 'stores:', props.get('stores'), 'sha512:', props.get('os_hash_value', '')[:16] + '...')"
+}
+image_stores
 sh images move-store --cloud src --from-store slow --to-store fast --image public-tools || true
-openstack --os-cloud src image show public-tools -c id -c stores
+image_stores
 
 step "Roll the resource import back: dst returns to what it held before"
 run_id=$(stackhop --journal "$journal" status -f json | python3 -c '
