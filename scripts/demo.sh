@@ -50,8 +50,8 @@ sh import --to dst "$archive" || true
 step "The journal"
 sh status
 
-step "Images: copy alpha's images from src to dst, same IDs, every byte hash-verified"
-sh images copy --from src --to dst --project alpha --keep-id || true
+step "Images: copy the seeded images from src to dst, same IDs, owners and members mapped, every byte hash-verified"
+sh images copy --from src --to dst --all --keep-id || true
 openstack --os-cloud dst image list --long
 
 step "Images: move public-tools from store fast to store slow on src (same ID, hash checked), then back"
