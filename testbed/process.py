@@ -28,6 +28,10 @@ class TestbedError(RuntimeError):
     """A testbed service failed to start or to answer; the message names its log."""
 
 
+class DaemonExited(TestbedError):
+    """A daemon's process ended right after it was started."""
+
+
 def tcp_open(port: int, host: str = layout.HOST, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -95,10 +99,14 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie is not alive.
+    # A zombie is not alive, unless it is a thread-group leader whose other
+    # threads are still exiting: they may still hold its locks (a killed
+    # ceph-osd keeps its pid-file lock until the last thread is gone).
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+            if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
+                return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except OSError:
         return False
 
@@ -174,13 +182,23 @@ class Daemon:
                 return "up"
             except TestbedError:
                 self.stop()
-        self.start()
-        wait_until(lambda: self._started_ok(), self.ready_timeout, self.name, self.log)
-        return "started"
+        # A daemon killed a moment ago may still hold a lock its successor
+        # needs for a little while; one that exits at once gets two more tries.
+        tries = 3
+        while True:
+            tries -= 1
+            self.start()
+            try:
+                wait_until(self._started_ok, self.ready_timeout, self.name, self.log)
+                return "started"
+            except DaemonExited:
+                if not tries:
+                    raise
+                time.sleep(2)
 
     def _started_ok(self) -> bool:
         if not self.running():
-            raise TestbedError(f"{self.name} exited right after start; see {self.log}")
+            raise DaemonExited(f"{self.name} exited right after start; see {self.log}")
         return self.check()
 
     def stop(self) -> bool:

@@ -360,10 +360,15 @@ def test_ssh_client_files_are_private_where_needed(infra_up: None) -> None:
 # -- the whole ---------------------------------------------------------------------
 
 
-def test_up_when_up_is_fast(infra_up: None) -> None:
-    t0 = time.monotonic()
-    bring_up(infra.components(), report=lambda line: None)
-    assert time.monotonic() - t0 < 5
+def test_up_when_up_restarts_nothing(infra_up: None) -> None:
+    # How fast this is gets measured (docs/testbed.md), never asserted: what `up` must not do
+    # with everything up is restart anything.
+    daemons = [d for c in infra.components() for d in c.daemons]
+    before = {d.name: d.pid() for d in daemons}
+    outcomes: list[str] = []
+    bring_up(infra.components(), report=outcomes.append)
+    assert {d.name: d.pid() for d in daemons} == before
+    assert not [line for line in outcomes if "started" in line.split()]
 
 
 def test_every_infra_daemon_answers(infra_up: None) -> None:
