@@ -28,6 +28,7 @@ LOG_DIR = STATE_DIR / "logs"
 SHARED_DIR = STATE_DIR / "shared"  # MariaDB, RabbitMQ, ZooKeeper data
 CLOUDS_YAML = STATE_DIR / "clouds.yaml"
 ENV_FILE = STATE_DIR / "env.sh"
+STORAGE_MAP = STATE_DIR / "storage.yaml"  # how stackhop reaches each cloud's volume backends
 SSH_DIR = STATE_DIR / "ssh"  # client key, known_hosts, ssh_config
 #: Files the OpenStack services of both clouds share: a pass-through sudo, plugin entry points.
 OPENSTACK_SHARED_DIR = SHARED_DIR / "openstack"

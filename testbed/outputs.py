@@ -49,6 +49,7 @@ def env_lines() -> list[str]:
         f"export STACKHOP_SSH_KNOWN_HOSTS={layout.SSH_DIR / 'known_hosts'}",
         f"export STACKHOP_DB_URL_PREFIX=mysql+pymysql://{layout.DB_USER}:{layout.DB_PASSWORD}"
         f"@{layout.HOST}:{layout.MARIADB_PORT}",
+        f"export STACKHOP_STORAGE_MAP={layout.STORAGE_MAP}",
     ]
     for c in layout.CLOUDS:
         up = c.name.upper()
@@ -59,6 +60,32 @@ def env_lines() -> list[str]:
             f"export STACKHOP_{up}_SSH_HOST={c.ssh_host}",
         ]
     return lines
+
+
+def storage_map() -> dict:
+    """stackhop's storage map for the testbed: each cloud's Cinder backends and how to reach them.
+
+    The format is documented in ``docs/volumes.md``. The ``ceph`` backend is
+    reached with the rbd tools on this host; the ``file`` backend through the
+    cloud's storage host over ssh, where each volume is a file in the share.
+    """
+    result: dict = {}
+    for c in layout.CLOUDS:
+        result[c.name] = {
+            "ceph": {
+                "driver": "rbd",
+                "pool": "volumes",
+                "ceph_conf": str(c.ceph_conf),
+                "keyring": str(c.ceph_keyring),
+                "user": "admin",
+            },
+            "file": {
+                "driver": "file",
+                "ssh_host": c.ssh_host,
+                "path": str(c.file_backend_dir / "volume-{id}"),
+            },
+        }
+    return result
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -73,3 +100,4 @@ def _write_secret(path: Path, text: str) -> None:
 def write_all() -> None:
     _write_secret(layout.CLOUDS_YAML, yaml.safe_dump(clouds_yaml(), sort_keys=False))
     _write_secret(layout.ENV_FILE, "\n".join(env_lines()) + "\n")
+    _write_secret(layout.STORAGE_MAP, yaml.safe_dump(storage_map(), sort_keys=False))

@@ -1,0 +1,139 @@
+"""The storage map: how stackhop reaches each cloud's volume backends.
+
+Cinder's API says which backend holds a volume (``host@backend#pool``) but
+not how to reach its bytes. The storage map, a YAML file, says it per cloud
+and per backend name::
+
+    src:                      # cloud name, as in clouds.yaml
+      ceph:                   # Cinder backend name (``host@<backend>#pool``)
+        driver: rbd
+        pool: volumes
+        ceph_conf: /etc/ceph/ceph.conf
+        keyring: /etc/ceph/ceph.client.admin.keyring
+        user: admin           # Ceph client id
+        ssh_host: null        # run the rbd tools there over ssh instead of locally
+      file:
+        driver: file          # a file or block device per volume on a host
+        ssh_host: src-storage # a Host of the ssh config (host keys verified)
+        path: /srv/cinder/volume-{id}   # {id}: the volume's ID, {name}: its backend name
+
+The map comes from ``--storage-map FILE`` or ``$STACKHOP_STORAGE_MAP`` (the
+testbed writes one).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stackhop.errors import ConfigError
+
+ENV_VAR = "STACKHOP_STORAGE_MAP"
+
+DRIVERS = ("rbd", "file")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One Cinder backend of one cloud, and how to reach its volumes' bytes."""
+
+    cloud: str
+    name: str
+    driver: str
+    ssh_host: str | None = None
+    #: rbd: the pool, Ceph config, keyring and client id.
+    pool: str | None = None
+    ceph_conf: str | None = None
+    keyring: str | None = None
+    user: str | None = None
+    #: file: the path template of a volume's file or device.
+    path: str | None = None
+
+    def volume_path(self, volume_id: str) -> str:
+        """The file or device holding volume ``volume_id`` on :attr:`ssh_host` (file driver)."""
+        if self.path is None:
+            raise ConfigError(
+                f"storage map: backend {self.name!r} of cloud {self.cloud!r} has no 'path'; "
+                "add one such as /srv/cinder/volume-{id}"
+            )
+        return self.path.format(id=volume_id, name=f"volume-{volume_id}")
+
+    def rbd_image(self, volume_id: str) -> str:
+        """The RBD image name Cinder's RBD driver gives volume ``volume_id``."""
+        return f"volume-{volume_id}"
+
+
+@dataclass(frozen=True)
+class StorageMap:
+    """Every known backend, by (cloud, backend name)."""
+
+    backends: Mapping[tuple[str, str], Backend]
+    source: str = "(empty)"
+
+    def backend(self, cloud: str, name: str) -> Backend:
+        """The backend ``name`` of ``cloud``; ConfigError naming the file to edit if unknown."""
+        try:
+            return self.backends[(cloud, name)]
+        except KeyError:
+            raise ConfigError(
+                f"storage map {self.source}: no backend {name!r} for cloud {cloud!r}; "
+                f"add it (see docs/volumes.md) or pass --storage-map FILE"
+            ) from None
+
+    def backend_of(self, cloud: str, volume_host: str | None) -> Backend:
+        """The backend of a volume from its ``os-vol-host-attr:host`` (``host@backend#pool``)."""
+        if not volume_host or "@" not in volume_host:
+            raise ConfigError(
+                f"cloud {cloud!r} did not say which backend holds the volume (host "
+                f"{volume_host!r}); use an admin account, or --method image"
+            )
+        name = volume_host.split("@", 1)[1].split("#", 1)[0]
+        return self.backend(cloud, name)
+
+
+def _backend(cloud: str, name: str, entry: Any, source: str) -> Backend:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"storage map {source}: {cloud}.{name} must be a mapping")
+    fields = {k: (None if v is None else str(v)) for k, v in entry.items()}
+    unknown = set(fields) - {"driver", "ssh_host", "pool", "ceph_conf", "keyring", "user", "path"}
+    if unknown:
+        raise ConfigError(
+            f"storage map {source}: {cloud}.{name} has unknown keys {sorted(unknown)}"
+        )
+    driver = fields.pop("driver", None)
+    if driver not in DRIVERS:
+        raise ConfigError(
+            f"storage map {source}: {cloud}.{name}.driver must be one of {', '.join(DRIVERS)}"
+        )
+    if driver == "rbd" and not fields.get("pool"):
+        raise ConfigError(f"storage map {source}: {cloud}.{name} (rbd) needs a 'pool'")
+    if driver == "file" and not fields.get("path"):
+        raise ConfigError(f"storage map {source}: {cloud}.{name} (file) needs a 'path'")
+    return Backend(cloud=cloud, name=name, driver=driver, **fields)
+
+
+def load_storage_map(path: str | os.PathLike[str] | None = None) -> StorageMap:
+    """Read the storage map from ``path``, else ``$STACKHOP_STORAGE_MAP``; empty if neither."""
+    location = os.fspath(path) if path is not None else os.environ.get(ENV_VAR)
+    if not location:
+        return StorageMap(backends={})
+    try:
+        data = yaml.safe_load(Path(location).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read storage map {location}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"storage map {location} is not valid YAML: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"storage map {location} must map cloud names to backends")
+    backends: dict[tuple[str, str], Backend] = {}
+    for cloud, entries in data.items():
+        if not isinstance(entries, Mapping):
+            raise ConfigError(f"storage map {location}: {cloud} must map backend names")
+        for name, entry in entries.items():
+            backends[(str(cloud), str(name))] = _backend(str(cloud), str(name), entry, location)
+    return StorageMap(backends=backends, source=location)
