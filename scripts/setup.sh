@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
   zookeeper default-jre-headless            # the SDN controller's ZooKeeper
   openssh-server openssh-client             # the storage hosts volume streaming runs on
   nfs-common qemu-utils curl                # Cinder's NFS driver helpers, qemu-img
+  chromium                                  # headless browser: the usage report's rendering test
 )
 
 missing=()

@@ -23,7 +23,8 @@ from); the orchestration hands it back as :attr:`PassContext.previous`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -36,6 +37,28 @@ STAGES = ("exported", "imported", "adopted", "verified")
 """A volume's stages in one pass, in order."""
 
 GIB = 1024**3
+
+VERIFY_CHUNK = 4 * 1024 * 1024
+"""The unit of a volume's content digest (Ceph's default object size)."""
+
+ZERO_CHUNK_SHA256 = hashlib.sha256(bytes(VERIFY_CHUNK)).hexdigest()
+"""The digest of a :data:`VERIFY_CHUNK` of zeros: holes hash to this without being read."""
+
+
+def content_digest(chunk_digests: Iterable[str]) -> str:
+    """A volume's content digest: sha256 over its chunks' sha256 hex digests, in order.
+
+    Every method and both sides compute the same value for the same bytes:
+    the volume is cut into :data:`VERIFY_CHUNK` pieces (the last one may be
+    shorter), each hashed with sha256 (a hole or all-zero chunk is
+    :data:`ZERO_CHUNK_SHA256`, or the sha256 of its zeros when shorter), and
+    the hex digests are hashed in offset order. Unlike a flat sha256 it can
+    be updated from the changed chunks alone, which an incremental pass needs.
+    """
+    whole = hashlib.sha256()
+    for digest in chunk_digests:
+        whole.update(digest.encode("ascii"))
+    return whole.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -108,8 +131,8 @@ class PassResult:
     bytes_sent: int = 0
     #: Bytes that crossed the wire (after compression).
     bytes_wire: int = 0
-    #: sha256 of the whole volume content (size_bytes, zeros included), equal on both sides.
-    sha256: str = ""
+    #: :func:`content_digest` of the volume, equal on both sides once verified.
+    content_digest: str = ""
     #: What the next incremental pass needs (JSON-serialisable); {} when nothing.
     state: dict[str, Any] = field(default_factory=dict)
     #: Method-specific facts worth showing (chunks skipped, snapshot names ...).
