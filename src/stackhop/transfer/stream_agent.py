@@ -1,0 +1,428 @@
+"""The stream method's agent: runs on a storage host, next to a volume's file or block device.
+
+Self-contained and stdlib-only on purpose: stackhop sends this file's source
+over ssh to ``python3 -c BOOTSTRAP`` (see :data:`BOOTSTRAP`), so nothing is
+installed on the hosts. Locally, :mod:`stackhop.transfer.ssh_stream` imports
+it for the frame format, so both ends share one definition.
+
+stdin carries, in order: this source (its length is the bootstrap's first
+argument), the parameters (8-byte big-endian length + JSON), then, for
+``write`` only, the frame stream. Modes:
+
+``probe``
+    prints JSON: whether the path exists, its size and kind, the codecs this
+    host can encode and decode.
+``read``
+    emits frames for the volume's chunks (:data:`CHUNK` bytes, aligned) in
+    offset order: ``DATA`` (sha256 of the raw bytes, payload compressed with
+    the codec asked for, or raw when a sample shows the chunk does not
+    compress) or ``ZERO`` for a run of chunks that are holes (``SEEK_DATA``
+    on a file) or read as all zeros (a block device, whose allocation is
+    unknown), then ``END``. Reading, hashing and compressing run on a few
+    threads (hashlib and the codecs release the GIL), output stays in order.
+``digests``
+    prints JSON: the sha256 of each chunk asked for ("" for a hole or zeros,
+    which are not read when the file says they are holes).
+``write``
+    reads frames, decompresses, checks each chunk's sha256, ``pwrite`` s it
+    (a ``ZERO`` run punches a hole or zeroes only where data exists), and
+    after each ``fdatasync`` prints ``A <offset> <length> <digest>`` lines:
+    the chunks that are now durable. Ends with ``E <json>``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+import struct
+import sys
+import threading
+import zlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO
+
+CHUNK = 4 * 1024 * 1024
+"""Bytes per chunk, aligned: equal to the volume content digest's unit, so a chunk's
+sha256 is also its content-digest piece."""
+
+#: Frame header: magic, kind, codec, payload length, offset, length (raw), sha256 (raw bytes).
+HEADER = struct.Struct(">2sBBIQQ32s")
+MAGIC = b"SH"
+DATA, ZERO, END = 1, 2, 3
+RAW, ZLIB, ZSTD = 0, 1, 2
+CODECS = {"raw": RAW, "zlib": ZLIB, "zstd": ZSTD}
+NO_DIGEST = bytes(32)
+
+#: Runs on the host: read this source from stdin, then run it as __main__.
+BOOTSTRAP = (
+    "import sys;n=int(sys.argv[1]);s=sys.stdin.buffer.read(n);"
+    "sys.argv=sys.argv[1:];exec(compile(s,'stackhop-stream-agent','exec'),"
+    "{'__name__':'__main__'})"
+)
+
+#: A chunk is sent raw when a sample of it compresses worse than this ratio.
+INCOMPRESSIBLE = 0.9
+SAMPLE = 8192
+WORKERS = 3
+IN_FLIGHT = 6  # chunks read ahead per agent: bounds the agent's memory to ~50 MB
+FSYNC_BYTES = 64 * 1024 * 1024
+BLKZEROOUT = 0x127F
+FALLOC_PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+
+_ZEROS = bytes(CHUNK)
+
+
+def pack_header(
+    kind: int, codec: int, payload: int, offset: int, length: int, digest: bytes
+) -> bytes:
+    """One frame header."""
+    return HEADER.pack(MAGIC, kind, codec, payload, offset, length, digest)
+
+
+def unpack_header(raw: bytes) -> tuple[int, int, int, int, int, bytes]:
+    """(kind, codec, payload length, offset, length, digest) of a header; ValueError if bad."""
+    magic, kind, codec, payload, offset, length, digest = HEADER.unpack(raw)
+    if magic != MAGIC or kind not in (DATA, ZERO, END) or codec not in (RAW, ZLIB, ZSTD):
+        raise ValueError("not a stackhop stream frame (corrupt or out of step)")
+    if kind != DATA and payload and kind != END:
+        raise ValueError("a ZERO frame carries no payload")
+    return kind, codec, payload, offset, length, digest
+
+
+def is_zero(data: bytes) -> bool:
+    """All zero bytes: one memcmp against a zero buffer."""
+    return data == (_ZEROS if len(data) == CHUNK else bytes(len(data)))
+
+
+# -- codecs -----------------------------------------------------------------
+
+
+def _zstd_module() -> Any:
+    try:
+        import zstandard  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return zstandard
+
+
+def codecs_here() -> list[str]:
+    """The codecs this Python can both encode and decode."""
+    return ["raw", "zlib"] + (["zstd"] if _zstd_module() is not None else [])
+
+
+class Codec:
+    """Compress and decompress chunks; one instance per thread (zstd contexts are not shared)."""
+
+    def __init__(self, level: int = 1) -> None:
+        self.level = level
+        self._local = threading.local()
+
+    def _zstd(self) -> Any:
+        ctx = getattr(self._local, "zstd", None)
+        if ctx is None:
+            module = _zstd_module()
+            ctx = (module.ZstdCompressor(level=self.level), module.ZstdDecompressor())
+            self._local.zstd = ctx
+        return ctx
+
+    def compress(self, codec: int, data: bytes) -> tuple[int, bytes]:
+        """(codec used, payload): RAW when the chunk does not compress well enough."""
+        if codec == RAW:
+            return RAW, data
+        middle = len(data) // 2
+        sample = data[:SAMPLE] + data[middle : middle + SAMPLE]
+        # zlib on a 16 KiB sample costs well under a millisecond and tells random
+        # (already compressed, encrypted) data apart, which then goes raw.
+        if len(zlib.compress(sample, 1)) > INCOMPRESSIBLE * len(sample):
+            return RAW, data
+        packed = self._zstd()[0].compress(data) if codec == ZSTD else zlib.compress(data, 1)
+        if len(packed) >= len(data):
+            return RAW, data
+        return codec, packed
+
+    def decompress(self, codec: int, payload: bytes, length: int) -> bytes:
+        """The raw bytes of a payload."""
+        if codec == RAW:
+            return payload
+        if codec == ZLIB:
+            return zlib.decompress(payload)
+        return bytes(self._zstd()[1].decompress(payload, max_output_size=length))
+
+
+# -- files and devices ------------------------------------------------------
+
+
+class Volume:
+    """The volume's file or block device, with what allocation it can tell."""
+
+    def __init__(self, path: str, writable: bool = False) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        mode = os.fstat(self.fd).st_mode
+        self.is_file = stat.S_ISREG(mode)
+        self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        self._next_data = -1  # cached SEEK_DATA answer: no data before it
+
+    def has_data(self, offset: int, end: int) -> bool:
+        """Whether [offset, end) may hold data: False only when the file says it is a hole."""
+        if not self.is_file:
+            return True
+        if self._next_data >= end or offset <= self._next_data < end:
+            return self._next_data < end
+        try:
+            self._next_data = os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            self._next_data = self.size  # no data after offset
+        return self._next_data < end
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make [offset, offset+length) read as zeros, touching only what holds data."""
+        end = offset + length
+        if self.is_file:
+            # No cached answer here: zeroing runs on several threads of the writer.
+            try:
+                if os.lseek(self.fd, offset, os.SEEK_DATA) >= end:
+                    return
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                return
+            if _punch_hole(self.fd, offset, length):
+                return
+        elif _ioctl_zeroout(self.fd, offset, length):
+            return
+        while offset < end:
+            step = min(CHUNK, end - offset)
+            os.pwrite(self.fd, _ZEROS[:step], offset)
+            offset += step
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        return int(libc.fallocate(fd, FALLOC_PUNCH, offset, length)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _ioctl_zeroout(fd: int, offset: int, length: int) -> bool:
+    try:
+        import fcntl
+
+        fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", offset, length))
+        return True
+    except OSError:
+        return False
+
+
+def plan_chunks(size: int, offsets: list[int] | None) -> list[tuple[int, int]]:
+    """(offset, length) of the chunks asked for (all when ``offsets`` is None), in order."""
+    starts = range(0, size, CHUNK) if offsets is None else sorted(offsets)
+    return [(o, min(CHUNK, size - o)) for o in starts if 0 <= o < size]
+
+
+def _ordered(pool: ThreadPoolExecutor, jobs: Any, work: Callable[..., Any]) -> Any:
+    """Run ``work(*job)`` on the pool, at most IN_FLIGHT at once, yielding results in order."""
+    pending: deque[Future[Any]] = deque()
+    for job in jobs:
+        pending.append(pool.submit(work, *job))
+        if len(pending) >= IN_FLIGHT:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+# -- modes ------------------------------------------------------------------
+
+
+def mode_probe(params: dict[str, Any], out: BinaryIO) -> None:
+    path = params["path"]
+    facts: dict[str, Any] = {"codecs": codecs_here(), "python": sys.version.split()[0]}
+    try:
+        volume = Volume(path)
+    except OSError as exc:
+        facts.update(exists=False, error=exc.strerror)
+    else:
+        facts.update(exists=True, size=volume.size, file=volume.is_file)
+        volume.close()
+    out.write(json.dumps(facts).encode() + b"\n")
+
+
+def mode_read(params: dict[str, Any], out: BinaryIO) -> None:
+    volume = Volume(params["path"])
+    size = int(params["size"])
+    if volume.size < size:
+        raise SystemExit(f"{volume.path} holds {volume.size} bytes, less than the volume's {size}")
+    codec = CODECS[params.get("codec", "raw")]
+    coder = Codec(int(params.get("level", 1)))
+    chunks = plan_chunks(size, params.get("offsets"))
+
+    def work(offset: int, length: int, maybe_data: bool) -> tuple[int, int, bytes, int, bytes]:
+        if not maybe_data:
+            return offset, length, b"", RAW, b""
+        data = os.pread(volume.fd, length, offset)
+        if len(data) != length:
+            raise SystemExit(f"{volume.path}: short read at {offset}")
+        if is_zero(data):
+            return offset, length, b"", RAW, b""
+        used, payload = coder.compress(codec, data)
+        return offset, length, hashlib.sha256(data).digest(), used, payload
+
+    jobs = ((o, n, volume.has_data(o, o + n)) for o, n in chunks)
+    run_start, run_length = -1, 0  # a run of zero chunks becomes one ZERO frame
+
+    def flush_run() -> None:
+        nonlocal run_start, run_length
+        if run_length:
+            out.write(pack_header(ZERO, RAW, 0, run_start, run_length, NO_DIGEST))
+        run_start, run_length = -1, 0
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for offset, length, digest, used, payload in _ordered(pool, jobs, work):
+            if not digest:
+                if run_length and run_start + run_length == offset:
+                    run_length += length
+                else:
+                    flush_run()
+                    run_start, run_length = offset, length
+                continue
+            flush_run()
+            out.write(pack_header(DATA, used, len(payload), offset, length, digest))
+            out.write(payload)
+        flush_run()
+    out.write(pack_header(END, RAW, 0, size, 0, NO_DIGEST))
+    out.flush()
+    volume.close()
+
+
+def mode_digests(params: dict[str, Any], out: BinaryIO) -> None:
+    volume = Volume(params["path"])
+    size = int(params["size"])
+    chunks = plan_chunks(size, params.get("offsets"))
+    read = 0
+
+    def work(offset: int, length: int, maybe_data: bool) -> str:
+        nonlocal read
+        if not maybe_data:
+            return ""
+        data = os.pread(volume.fd, length, offset)
+        read += len(data)
+        return "" if is_zero(data) else hashlib.sha256(data).hexdigest()
+
+    jobs = ((o, n, o + n <= volume.size and volume.has_data(o, o + n)) for o, n in chunks)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        digests = list(_ordered(pool, jobs, work))
+    result = {"offsets": [o for o, _ in chunks], "digests": digests, "read": read}
+    out.write(json.dumps(result).encode() + b"\n")
+    volume.close()
+
+
+def _read_exact(inp: BinaryIO, count: int) -> bytes:
+    data = inp.read(count)
+    if data is None or len(data) != count:
+        raise SystemExit("the frame stream ended early (connection closed)")
+    return data
+
+
+def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
+    volume = Volume(params["path"], writable=True)
+    size = int(params["size"])
+    if volume.size < size:
+        raise SystemExit(f"{volume.path} holds {volume.size} bytes, less than the volume's {size}")
+    coder = Codec()
+    fsync_bytes = int(params.get("fsync_bytes", FSYNC_BYTES))
+    written: list[tuple[int, int, str]] = []
+    lock = threading.Lock()
+    unsynced = 0
+    stats = {"frames": 0, "bytes": 0}
+
+    def apply(
+        kind: int, codec: int, payload: bytes, offset: int, length: int, digest: bytes
+    ) -> None:
+        if offset + length > size:
+            raise SystemExit(f"frame at {offset}+{length} is past the volume's end {size}")
+        if kind == ZERO:
+            volume.zero(offset, length)
+            return
+        data = coder.decompress(codec, payload, length)
+        if len(data) != length or hashlib.sha256(data).digest() != digest:
+            raise SystemExit(f"chunk at {offset} does not match its sha256 after transfer")
+        os.pwrite(volume.fd, data, offset)
+
+    def sync_and_ack(done: list[tuple[int, int, str]]) -> None:
+        os.fdatasync(volume.fd)
+        out.write("".join(f"A {o} {n} {d}\n" for o, n, d in done).encode())
+        out.flush()
+
+    pending: deque[tuple[Future[None], tuple[int, int, str]]] = deque()
+    with ThreadPoolExecutor(2) as pool:
+        while True:
+            kind, codec, plen, offset, length, digest = unpack_header(_read_exact(inp, HEADER.size))
+            if kind == END:
+                break
+            payload = _read_exact(inp, plen) if plen else b""
+            job = pool.submit(apply, kind, codec, payload, offset, length, digest)
+            pending.append((job, (offset, length, digest.hex() if kind == DATA else "")))
+            stats["frames"] += 1
+            stats["bytes"] += length if kind == DATA else 0
+            while pending and (pending[0][0].done() or len(pending) > IN_FLIGHT):
+                finished, record = pending.popleft()
+                finished.result()
+                with lock:
+                    written.append(record)
+                unsynced += record[1] if record[2] else 0
+            if unsynced >= fsync_bytes:
+                with lock:
+                    batch, written[:] = list(written), []
+                sync_and_ack(batch)
+                unsynced = 0
+        while pending:
+            finished, record = pending.popleft()
+            finished.result()
+            written.append(record)
+    sync_and_ack(written)
+    out.write(b"E " + json.dumps(stats).encode() + b"\n")
+    out.flush()
+    volume.close()
+
+
+def main(argv: list[str]) -> int:
+    """``MODE``; parameters on stdin after the source (see the module docstring)."""
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    (count,) = struct.unpack(">Q", _read_exact(inp, 8))
+    params = json.loads(_read_exact(inp, count))
+    mode = argv[1] if len(argv) > 1 else ""
+    if mode == "probe":
+        mode_probe(params, out)
+    elif mode == "read":
+        mode_read(params, out)
+    elif mode == "digests":
+        mode_digests(params, out)
+    elif mode == "write":
+        mode_write(params, inp, out)
+    else:
+        raise SystemExit(f"unknown agent mode {mode!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv))
+    except BrokenPipeError:
+        sys.exit(32)
+    except OSError as error:
+        raise SystemExit(f"{error.filename or ''}: {error.strerror}") from None

@@ -1,0 +1,467 @@
+"""The ``stream`` volume copy method: a volume's file or device streamed between storage hosts.
+
+The "dd over ssh with gzip" method, done right. For each pass:
+
+1. the destination volume is created through the destination Cinder (same
+   size, type, name, description, metadata, bootable flag) in the mapped
+   project, or the one from an interrupted pass is reused (found by
+   ``ctx.destination_id``, else by its ``stackhop_source`` metadata marker):
+   never two;
+2. its backing path on the destination host comes from the storage map
+   (:meth:`~stackhop.volumes.storage.Backend.volume_path`);
+3. the source agent reads only allocated 4 MiB chunks (holes and zero chunks
+   become zero runs that are not sent), hashes and compresses each; the
+   destination agent checks each chunk's sha256, writes it, and acknowledges
+   it after ``fdatasync``; acknowledged chunks are journaled as confirmed
+   (chunk key :func:`chunk_key`), and a re-run after a broken connection
+   sends only the chunks not confirmed;
+4. ``--incremental``: both agents hash every chunk in parallel and only the
+   chunks whose digests differ are sent;
+5. the destination agent re-reads and hashes the volume (only the chunks
+   sent, on an incremental pass: the others were hashed moments before) and
+   the per-chunk digests must equal the source's, or IntegrityError.
+
+Stages, as this method reports them (each with ``destination_id``):
+
+``exported``
+    both ends are ready: the source is readable on its host, and the
+    destination volume exists in Cinder (created first: the bytes are
+    written into the volume Cinder made) and is available;
+``imported``
+    every chunk is confirmed on the destination (durable, digest checked);
+``adopted``
+    the destination volume is in the right project, available, with the
+    source's bootable flag (with this method Cinder owns it from the start);
+``verified``
+    the content digests of both ends are equal.
+
+Nothing temporary is created: there is nothing to clean up, and nothing an
+incremental chain must keep besides the destination volume itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from stackhop.errors import CapabilityError, ConfigError, IntegrityError
+from stackhop.journal import CHUNK_CONFIRMED, ChunkRecord
+from stackhop.transfer import stream_agent as agent
+from stackhop.transfer.ssh_stream import AgentHost, pump
+from stackhop.volumes.model import (
+    VERIFY_CHUNK,
+    ZERO_CHUNK_SHA256,
+    PassContext,
+    PassResult,
+    Temporary,
+    VolumeRef,
+    content_digest,
+)
+from stackhop.volumes.storage import Backend, StorageMap
+
+MARKER = "stackhop_source"
+"""Metadata key on a destination volume: ``<source cloud>:<source volume ID>``."""
+
+CODEC_CHOICES = ("auto", "zstd", "zlib", "raw")
+
+if agent.CHUNK != VERIFY_CHUNK:  # the chunk digests double as content-digest pieces
+    raise ImportError("stream agent chunk size differs from VERIFY_CHUNK")
+
+
+def chunk_key(source: VolumeRef, destination_id: str) -> str:
+    """The journal's chunk-table key of one source -> destination copy."""
+    return f"stream:{source.cloud}:{source.id}:{destination_id}"
+
+
+def zero_digest(length: int) -> str:
+    """The sha256 of ``length`` zero bytes (a hole)."""
+    if length == VERIFY_CHUNK:
+        return ZERO_CHUNK_SHA256
+    return hashlib.sha256(bytes(length)).hexdigest()
+
+
+def chunk_offsets(size: int) -> range:
+    return range(0, size, VERIFY_CHUNK)
+
+
+def _file_backend(storage: StorageMap, cloud: str, host: str | None, what: str) -> Backend:
+    backend = storage.backend_of(cloud, host)
+    if backend.driver != "file" or not backend.ssh_host:
+        raise CapabilityError(
+            f"the {what} volume is on backend {backend.name!r} of cloud {cloud!r} "
+            f"(driver {backend.driver}, ssh_host {backend.ssh_host}); --method stream needs a "
+            "'file' backend with an ssh_host in the storage map: add one, or use --method rbd "
+            "or image"
+        )
+    return backend
+
+
+@dataclass(frozen=True)
+class _Volume:
+    """The destination volume of a pass: ID, Cinder host, the cloud's name, whether reused."""
+
+    id: str
+    host: str | None
+    location_cloud: str
+    reused: bool
+
+
+def cloud_name(conn: Any) -> str:
+    """The clouds.yaml name of an openstacksdk connection (the storage map's key)."""
+    name = getattr(getattr(conn, "config", None), "name", None)
+    if not name:
+        raise ConfigError("cannot tell the destination cloud's name from its connection")
+    return str(name)
+
+
+def confirmed_digests(rows: Mapping[int, ChunkRecord], size: int) -> dict[int, str]:
+    """Per-chunk digests of the confirmed journal rows; a zero run row covers several chunks."""
+    digests: dict[int, str] = {}
+    for row in rows.values():
+        if row.state != CHUNK_CONFIRMED:
+            continue
+        if row.digest == ZERO_CHUNK_SHA256:
+            for offset in range(row.offset, min(row.offset + row.length, size), VERIFY_CHUNK):
+                digests[offset] = zero_digest(min(VERIFY_CHUNK, size - offset))
+        else:
+            digests[row.offset] = row.digest
+    return digests
+
+
+def _project_connection(admin: Any, project_id: str) -> Any:
+    """The operator's connection scoped to ``project_id``: Cinder creates volumes in the
+    token's project, and an admin cannot name another project in the request."""
+    try:
+        current = admin.current_project_id
+    except Exception:  # an unscoped or odd auth: try scoping below
+        current = None
+    if current == project_id:
+        return admin
+    try:
+        scoped = admin.connect_as(project_id=project_id, project_name=None)
+        scoped.session.get_token()
+    except Exception as exc:  # keystoneauth and openstacksdk raise several unrelated types
+        raise ConfigError(
+            f"the destination credentials cannot act in project {project_id} "
+            f"({type(exc).__name__}); grant your user a role there, e.g. `openstack role add "
+            f"--user <you> --project {project_id} member`"
+        ) from exc
+    return scoped
+
+
+class StreamMethod:
+    """Copy a volume's file or block device between storage hosts over ssh (see module doc)."""
+
+    name: ClassVar[str] = "stream"
+
+    def __init__(
+        self,
+        *,
+        codec: str = "auto",
+        python: str | None = None,
+        fsync_bytes: int = agent.FSYNC_BYTES,
+        ready_timeout: float = 900.0,
+    ) -> None:
+        if codec not in CODEC_CHOICES:
+            raise ConfigError(f"stream codec {codec!r} unknown; use one of {CODEC_CHOICES}")
+        #: ``auto``: zstd where both hosts' Python has it, else raw (zlib is slower than a LAN).
+        self.codec = codec
+        self.python = python
+        self.fsync_bytes = fsync_bytes
+        self.ready_timeout = ready_timeout
+
+    # -- preflight -----------------------------------------------------------
+
+    def check(
+        self,
+        source: VolumeRef,
+        storage: StorageMap,
+        destination_cloud: str,
+        destination_type: str | None,
+    ) -> None:
+        """The source's backend and a destination backend must be 'file' with an ssh_host."""
+        _file_backend(storage, source.cloud, source.host, "source")
+        candidates = [b for (cloud, _), b in storage.backends.items() if cloud == destination_cloud]
+        if destination_type and any(b.name == destination_type for b in candidates):
+            candidates = [b for b in candidates if b.name == destination_type]
+        if not any(b.driver == "file" and b.ssh_host for b in candidates):
+            for_type = f" for volume type {destination_type!r}" if destination_type else ""
+            raise CapabilityError(
+                f"storage map {storage.source}: cloud {destination_cloud!r} has no 'file' backend "
+                f"with an ssh_host{for_type}"
+                "; --method stream writes the volume's file on such a host: add it, or use "
+                "--method rbd or image"
+            )
+
+    # -- one pass ------------------------------------------------------------
+
+    def copy_pass(self, ctx: PassContext) -> PassResult:
+        """Create or reuse the destination volume, stream the chunks, verify (see module doc)."""
+        source = ctx.source
+        src_backend = _file_backend(ctx.storage, source.cloud, source.host, "source")
+        src_host = AgentHost.named(src_backend.ssh_host or "", self.python)
+        src_path = src_backend.volume_path(source.id)
+        volume = self._destination_volume(ctx)
+        dst_backend = _file_backend(ctx.storage, volume.location_cloud, volume.host, "destination")
+        dst_host = AgentHost.named(dst_backend.ssh_host or "", self.python)
+        dst_path = dst_backend.volume_path(volume.id)
+        size = source.size_bytes
+        with ThreadPoolExecutor(2) as pool:
+            probes = [
+                pool.submit(host.call, "probe", {"path": path}, timeout=120)
+                for host, path in ((src_host, src_path), (dst_host, dst_path))
+            ]
+            src_facts, dst_facts = (p.result() for p in probes)
+        for facts, host, path in ((src_facts, src_host, src_path), (dst_facts, dst_host, dst_path)):
+            if not facts.get("exists") or int(facts.get("size", 0)) < size:
+                raise ConfigError(
+                    f"{host.host.name}:{path} is {facts.get('error') or 'smaller than the volume'}"
+                    f"; check the 'path' of the storage map {ctx.storage.source}"
+                )
+        codec = self._codec(src_facts["codecs"], dst_facts["codecs"])
+        facts = {
+            "destination_id": volume.id,
+            "source_path": f"{src_host.host.name}:{src_path}",
+            "destination_path": f"{dst_host.host.name}:{dst_path}",
+            "codec": codec,
+        }
+        ctx.stage("exported", **facts)
+
+        key = chunk_key(source, volume.id)
+        incremental = ctx.incremental and volume.reused
+        if ctx.backup is not None:
+            ctx.backup.open(size)
+        try:
+            if incremental:
+                result = self._incremental(
+                    ctx, key, size, codec, src_host, src_path, dst_host, dst_path
+                )
+            else:
+                result = self._full(ctx, key, size, codec, src_host, src_path, dst_host, dst_path)
+            ctx.stage("imported", destination_id=volume.id, bytes_sent=result.bytes_sent)
+            self._finish_volume(ctx, volume.id)
+            ctx.stage("adopted", destination_id=volume.id, project_id=ctx.destination_project_id)
+            result.destination_id = volume.id
+            result.details.update(facts)
+            ctx.stage("verified", destination_id=volume.id, content_digest=result.content_digest)
+        except BaseException as exc:
+            if ctx.backup is not None:
+                ctx.backup.abort(exc)
+            raise
+        if ctx.backup is not None:
+            ctx.backup.commit()
+        ctx.journal.clear_chunks(key)  # verified: the next pass compares digests instead
+        result.state = {"destination_id": volume.id, "content_digest": result.content_digest}
+        return result
+
+    def _codec(self, src_codecs: list[str], dst_codecs: list[str]) -> str:
+        both = [c for c in src_codecs if c in dst_codecs]
+        if self.codec == "auto":
+            return "zstd" if "zstd" in both else "raw"
+        if self.codec not in both:
+            raise CapabilityError(
+                f"codec {self.codec!r} is not available on both storage hosts (they share "
+                f"{both}); install python3-zstandard there or choose another codec"
+            )
+        return self.codec
+
+    def _stream(
+        self,
+        ctx: PassContext,
+        key: str,
+        size: int,
+        codec: str,
+        offsets: list[int] | None,
+        forward: Callable[[int], bool],
+        hosts: tuple[AgentHost, str, AgentHost, str],
+    ) -> tuple[dict[int, tuple[int, str]], PassResult]:
+        src_host, src_path, dst_host, dst_path = hosts
+        total = size if offsets is None else sum(min(VERIFY_CHUNK, size - o) for o in offsets)
+
+        def confirmed(offset: int, length: int, digest: str) -> None:
+            ctx.journal.record_chunk(
+                key, offset, length, digest or ZERO_CHUNK_SHA256, CHUNK_CONFIRMED
+            )
+
+        moved = pump(
+            src_host,
+            {"path": src_path, "size": size, "codec": codec, "offsets": offsets},
+            dst_host,
+            {"path": dst_path, "size": size, "fsync_bytes": self.fsync_bytes},
+            forward=forward,
+            on_confirmed=confirmed,
+            on_progress=lambda done: ctx.on_progress(done, total),
+            backup=ctx.backup,
+        )
+        result = PassResult(
+            destination_id="",
+            bytes_read=moved.bytes_read,
+            bytes_sent=moved.bytes_sent,
+            bytes_wire=moved.bytes_wire,
+        )
+        result.details.update(chunks_sent=moved.chunks_sent)
+        return moved.digests, result
+
+    def _full(self, ctx: PassContext, key: str, size: int, codec: str, *where: Any) -> PassResult:
+        hosts = (where[0], where[1], where[2], where[3])
+        done = confirmed_digests(ctx.journal.chunks(key), size)
+        todo = [o for o in chunk_offsets(size) if o not in done]
+        # A backup needs every chunk from this same read; the destination only the missing ones.
+        offsets = None if (ctx.backup is not None or not done) else todo
+        _, result = self._stream(ctx, key, size, codec, offsets, lambda o: o not in done, hosts)
+        source_digests = confirmed_digests(ctx.journal.chunks(key), size)
+        missing = [o for o in chunk_offsets(size) if o not in source_digests]
+        if missing:
+            raise IntegrityError(
+                f"{ctx.source.label}: {len(missing)} chunk(s) were not confirmed by the "
+                f"destination host (first at byte {missing[0]}); re-run to send them"
+            )
+        ordered = [source_digests[o] for o in chunk_offsets(size)]
+        destination = self._digests(where[2], where[3], size, None)
+        self._compare(ctx, ordered, destination, list(chunk_offsets(size)))
+        result.content_digest = content_digest(ordered)
+        result.details.update(resumed_chunks=len(done), codec=codec)
+        return result
+
+    def _incremental(
+        self, ctx: PassContext, key: str, size: int, codec: str, *where: Any
+    ) -> PassResult:
+        hosts = (where[0], where[1], where[2], where[3])
+        ctx.journal.clear_chunks(key)
+        with ThreadPoolExecutor(2) as pool:
+            jobs = [
+                pool.submit(self._digests, host, path, size, None)
+                for host, path in ((where[0], where[1]), (where[2], where[3]))
+            ]
+            src_digests, dst_digests = (j.result() for j in jobs)
+        offsets = list(chunk_offsets(size))
+        changed = [o for o, a, b in zip(offsets, src_digests, dst_digests, strict=True) if a != b]
+        wanted = set(changed)
+        read = None if ctx.backup is not None else changed
+        if changed or ctx.backup is not None:
+            sent, result = self._stream(ctx, key, size, codec, read, lambda o: o in wanted, hosts)
+        else:
+            sent, result = {}, PassResult(destination_id="")
+        index = {o: i for i, o in enumerate(offsets)}
+        for offset, (length, digest) in sent.items():  # what was read now is the truth
+            src_digests[index[offset]] = digest or zero_digest(length)
+        if changed:
+            fresh = self._digests(where[2], where[3], size, changed)
+            for offset, digest in zip(changed, fresh, strict=True):
+                dst_digests[index[offset]] = digest
+        self._compare(ctx, src_digests, dst_digests, offsets)
+        result.bytes_read = size
+        result.content_digest = content_digest(src_digests)
+        result.details.update(changed_chunks=len(changed), codec=codec)
+        return result
+
+    def _digests(
+        self, host: AgentHost, path: str, size: int, offsets: list[int] | None
+    ) -> list[str]:
+        answer = host.call("digests", {"path": path, "size": size, "offsets": offsets})
+        return [
+            d or zero_digest(min(VERIFY_CHUNK, size - o))
+            for o, d in zip(answer["offsets"], answer["digests"], strict=True)
+        ]
+
+    @staticmethod
+    def _compare(
+        ctx: PassContext, source: list[str], destination: list[str], offsets: list[int]
+    ) -> None:
+        bad = [o for o, a, b in zip(offsets, source, destination, strict=True) if a != b]
+        if bad:
+            raise IntegrityError(
+                f"{ctx.source.label}: {len(bad)} chunk(s) differ between source and destination "
+                f"after the copy (first at byte {bad[0]}); re-run with --incremental to resend them"
+            )
+
+    # -- the destination volume ------------------------------------------------
+
+    def _destination_volume(self, ctx: PassContext) -> _Volume:
+        admin = ctx.destination_conn
+        marker = f"{ctx.source.cloud}:{ctx.source.id}"
+        existing = None
+        if ctx.destination_id:
+            existing = admin.block_storage.find_volume(
+                ctx.destination_id, ignore_missing=True, all_projects=True
+            )
+        if existing is None:
+            existing = next(
+                (
+                    v
+                    for v in admin.block_storage.volumes(
+                        all_projects=True, project_id=ctx.destination_project_id
+                    )
+                    if (v.metadata or {}).get(MARKER) == marker
+                ),
+                None,
+            )
+        if existing is not None and str(existing.status).startswith("error"):
+            admin.block_storage.delete_volume(existing, ignore_missing=True)
+            admin.block_storage.wait_for_delete(existing, wait=self.ready_timeout)
+            existing = None
+        if existing is not None:
+            if (
+                existing.project_id != ctx.destination_project_id
+                or existing.size < ctx.source.size_gib
+            ):
+                raise IntegrityError(
+                    f"destination volume {existing.id} for {ctx.source.label} is in project "
+                    f"{existing.project_id} with {existing.size} GiB, not "
+                    f"{ctx.destination_project_id} with {ctx.source.size_gib} GiB; delete it and re-run"
+                )
+            ready = self._wait(admin, existing.id)
+            return _Volume(ready.id, ready.host, cloud_name(admin), reused=True)
+        scoped = _project_connection(admin, ctx.destination_project_id)
+        source = ctx.source
+        created = scoped.block_storage.create_volume(
+            size=source.size_gib,
+            name=source.name or None,
+            description=source.description,
+            volume_type=ctx.destination_type,
+            metadata={**dict(source.metadata), MARKER: marker},
+        )
+        ready = self._wait(admin, created.id)
+        return _Volume(ready.id, ready.host, cloud_name(admin), reused=False)
+
+    def _wait(self, admin: Any, volume_id: str) -> Any:
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            volume = admin.block_storage.get_volume(volume_id)
+            if volume.status == "available":
+                return volume
+            if str(volume.status).startswith("error") or volume.status == "in-use":
+                raise IntegrityError(
+                    f"destination volume {volume_id} is {volume.status}; see the destination "
+                    "Cinder's logs, delete it, and re-run"
+                )
+            if time.monotonic() > deadline:
+                raise IntegrityError(
+                    f"destination volume {volume_id} is still {volume.status} after "
+                    f"{self.ready_timeout:.0f} s; check the destination Cinder, then re-run"
+                )
+            time.sleep(1.0)
+
+    def _finish_volume(self, ctx: PassContext, volume_id: str) -> None:
+        admin = ctx.destination_conn
+        volume = admin.block_storage.get_volume(volume_id)
+        if bool(volume.is_bootable) != ctx.source.bootable:
+            admin.block_storage.set_volume_bootable_status(volume, ctx.source.bootable)
+
+    # -- temporaries -------------------------------------------------------------
+
+    def remove_temporary(
+        self, temporary: Temporary, source_conn: Any, destination_conn: Any, storage: StorageMap
+    ) -> None:
+        """The stream method creates no temporaries; nothing to remove."""
+        return None
+
+    def forget_incremental(
+        self, state: Mapping[str, Any], source_conn: Any, destination_conn: Any, storage: StorageMap
+    ) -> None:
+        """An incremental chain keeps no snapshots here (digests are recomputed each pass)."""
+        return None
