@@ -166,9 +166,16 @@ class PassContext:
     on_temporary: Callable[[Temporary], None]
     on_temporary_removed: Callable[[Temporary], None]
     on_progress: Callable[[int, int | None], None]
+    #: The destination cloud's name (as in clouds.yaml): for the storage map and temporaries.
+    #: Added after the first contract; "" when a caller does not set it.
+    destination_cloud: str = ""
 
     def stage(self, name: str, **facts: Any) -> None:
-        """Report that this pass reached stage ``name`` (one of :data:`STAGES`)."""
+        """Report that this pass reached stage ``name`` (one of :data:`STAGES`).
+
+        A ``destination_id`` fact is recorded at once as the journal row's destination
+        volume: report it as soon as the volume exists, so an interrupted pass finds it.
+        """
         if name not in STAGES:
             raise ValueError(f"unknown volume stage {name!r}")
         self.on_stage(name, facts)
