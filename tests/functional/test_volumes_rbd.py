@@ -1,0 +1,268 @@
+"""The rbd volume copy method on the testbed: Ceph src -> Ceph dst, adopted, verified, incremental.
+
+Library level: a real PassContext (real connections, journal and event bus)
+drives :class:`stackhop.volumes.rbd.RbdMethod` on a 1 GiB source volume this
+test creates (admin project of src) into the seeded project ``alpha`` of dst.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.functional.conftest import Testbed
+from tests.functional.rbd_support import (
+    Recorder,
+    Write,
+    expected_digest,
+    make_context,
+    stackhop_leftovers,
+    volume_ref,
+    write_image,
+)
+
+from stackhop.clouds import connect
+from stackhop.errors import CapabilityError
+from stackhop.volumes.model import GIB, VERIFY_CHUNK
+from stackhop.volumes.rbd import MARKER, RbdMethod, cluster_of
+from stackhop.volumes.storage import Backend, StorageMap, load_storage_map
+
+pytestmark = pytest.mark.functional
+
+MIB = 1024 * 1024
+
+#: Sparse known content: a few MiB at scattered offsets, one unaligned, one all zeros.
+FIRST: list[Write] = [
+    (0, 2 * MIB, 1),
+    (100 * MIB + 12345, 3 * MIB, 2),
+    (512 * MIB, 1 * MIB, 3),
+    (1020 * MIB, 4 * MIB, 4),
+]
+#: A few changed blocks for the incremental pass (64 KiB each, in three chunks).
+CHANGES: list[Write] = [
+    (64 * 1024, 64 * 1024, 11),
+    (300 * MIB, 64 * 1024, 12),
+    (1023 * MIB, 64 * 1024, 13),
+]
+
+
+@dataclasses.dataclass
+class World:
+    src: Any
+    dst: Any
+    storage: StorageMap
+    src_backend: Backend
+    dst_backend: Backend
+    alpha: str
+    volume: Any
+    destination_ids: list[str]
+
+
+@pytest.fixture
+def world(testbed: Testbed) -> Iterator[World]:
+    """A 1 GiB ceph volume on src with known sparse content; removes every trace afterwards."""
+    src, dst = connect("src"), connect("dst")
+    storage = load_storage_map()
+    alpha = dst.identity.find_project("alpha", ignore_missing=False).id
+    name = f"voltest-rbd-{uuid.uuid4().hex[:8]}"
+    volume = src.block_storage.create_volume(
+        size=1,
+        name=name,
+        volume_type="ceph",
+        description="rbd method test",
+        metadata={"purpose": "voltest"},
+    )
+    state = World(
+        src,
+        dst,
+        storage,
+        storage.backend("src", "ceph"),
+        storage.backend("dst", "ceph"),
+        alpha,
+        volume,
+        [],
+    )
+    try:
+        state.volume = src.block_storage.wait_for_status(
+            volume, "available", failures=["error"], wait=300
+        )
+        write_image(state.src_backend, f"volume-{volume.id}", FIRST)
+        yield state
+    finally:
+        for leftover in stackhop_leftovers(state.src_backend, [f"volume-{volume.id}"]):
+            if "@" in leftover:
+                image, snap = leftover.split("@")
+                cluster_of(state.src_backend).remove_snapshot(image, snap)
+        for dest_id in state.destination_ids:
+            dst_cluster = cluster_of(state.dst_backend)
+            for snap in dst_cluster.snapshots(f"volume-{dest_id}"):
+                dst_cluster.remove_snapshot(f"volume-{dest_id}", snap)
+            for snapshot in dst.block_storage.snapshots(volume_id=dest_id, all_projects=True):
+                dst.block_storage.delete_snapshot(snapshot, ignore_missing=True)
+                dst.block_storage.wait_for_delete(snapshot, wait=300)
+            dst.block_storage.delete_volume(dest_id, ignore_missing=True)
+        src.block_storage.delete_volume(volume, ignore_missing=True)
+        for dest_id in state.destination_ids:
+            found = dst.block_storage.find_volume(dest_id, ignore_missing=True, all_projects=True)
+            if found is not None:
+                dst.block_storage.wait_for_delete(found, wait=300)
+
+
+def _pass(
+    world: World,
+    tmp_path: Path,
+    recorder: Recorder,
+    run_id: str,
+    *,
+    storage: StorageMap | None = None,
+    incremental: bool,
+    previous: dict[str, Any] | None = None,
+    destination_id: str | None = None,
+) -> Any:
+    volume = world.src.block_storage.get_volume(world.volume.id)
+    ctx = make_context(
+        run_id=run_id,
+        source=volume_ref("src", volume),
+        destination_project_id=world.alpha,
+        source_conn=world.src,
+        destination_conn=world.dst,
+        storage=storage or world.storage,
+        journal_path=tmp_path / "journal.sqlite",
+        recorder=recorder,
+        incremental=incremental,
+        previous=previous,
+        destination_id=destination_id,
+    )
+    result = RbdMethod().copy_pass(ctx)
+    if result.destination_id not in world.destination_ids:
+        world.destination_ids.append(result.destination_id)
+    return result
+
+
+def _allocated(writes: list[Write]) -> int:
+    return sum(length for _, length, _ in writes)
+
+
+def test_check_refuses_a_file_backed_volume(testbed: Testbed) -> None:
+    storage = load_storage_map()
+    ref = volume_ref(
+        "src",
+        type(
+            "V",
+            (),
+            dict(
+                id="x",
+                name="v",
+                size=1,
+                project_id="p",
+                status="available",
+                volume_type="file",
+                host="src-volume@file#file",
+                description=None,
+                is_bootable=False,
+                metadata={},
+            ),
+        )(),
+    )
+    with pytest.raises(CapabilityError, match="not RBD; use --method stream"):
+        RbdMethod().check(ref, storage, "dst", "ceph")
+    RbdMethod().check(dataclasses.replace(ref, host="src-volume@ceph#ceph"), storage, "dst", "ceph")
+
+
+def test_full_then_incremental_copy_is_adopted_verified_and_leaves_nothing(
+    world: World, tmp_path: Path
+) -> None:
+    method = RbdMethod()
+    recorder = Recorder()
+    run_id = uuid.uuid4().hex
+    full = _pass(world, tmp_path, recorder, run_id, incremental=True)
+
+    # Adopted into the mapped project, managed, available, with the source's fields.
+    dest = world.dst.block_storage.get_volume(full.destination_id)
+    assert dest.project_id == world.alpha
+    assert dest.status == "available" and dest.size == 1
+    assert dest.name == world.volume.name and dest.description == "rbd method test"
+    assert dest.volume_type == "ceph" and dest.host.split("@")[1].startswith("ceph")
+    assert dest.metadata["purpose"] == "voltest" and dest.metadata[MARKER] == world.volume.id
+    assert [s for s, _ in recorder.stages] == ["exported", "imported", "adopted", "verified"]
+    # Content digest equals the one computed from the known writes; only allocated data sent.
+    assert full.content_digest == expected_digest(GIB, FIRST)
+    assert _allocated(FIRST) <= full.bytes_sent <= _allocated(FIRST) + 4 * VERIFY_CHUNK
+    assert full.bytes_read == GIB
+    assert full.state["snapshot"] == f"stackhop-{run_id[:8]}-1"
+    # The kept snapshots are the only live temporaries (no role grant, no import image left).
+    assert sorted(t.kind for t in recorder.live.values()) == ["rbd-snapshot", "rbd-snapshot"]
+
+    # Incremental: change three 64 KiB blocks, only those cross.
+    write_image(world.src_backend, f"volume-{world.volume.id}", CHANGES)
+    recorder2 = Recorder()
+    inc = _pass(
+        world,
+        tmp_path,
+        recorder2,
+        run_id,
+        incremental=True,
+        previous=full.state,
+        destination_id=full.destination_id,
+    )
+    assert inc.destination_id == full.destination_id
+    assert _allocated(CHANGES) <= inc.bytes_sent <= _allocated(CHANGES) + 3 * 512 * 1024
+    assert inc.content_digest == expected_digest(GIB, FIRST + CHANGES)
+    assert recorder2.stages[-1][1]["reread"] == "3 chunk(s)"
+    assert inc.state["snapshot"] == f"stackhop-{run_id[:8]}-2"
+
+    # The destination is usable through Cinder: a snapshot of it goes available.
+    snapshot = world.dst.block_storage.create_snapshot(
+        volume_id=inc.destination_id, name="voltest-rbd-usable"
+    )
+    snapshot = world.dst.block_storage.wait_for_status(
+        snapshot, "available", failures=["error"], wait=300
+    )
+    world.dst.block_storage.delete_snapshot(snapshot)
+    world.dst.block_storage.wait_for_delete(snapshot, wait=300)
+
+    # Ending the chain leaves no stackhop snapshot or image on either cluster.
+    method.forget_incremental(inc.state, world.src, world.dst, world.storage)
+    for temporary in recorder2.live.values():
+        method.remove_temporary(temporary, world.src, world.dst, world.storage)
+    assert stackhop_leftovers(world.src_backend, [f"volume-{world.volume.id}"]) == []
+    assert stackhop_leftovers(world.dst_backend, [f"volume-{inc.destination_id}"]) == []
+
+
+def test_full_pass_over_ssh_replaces_an_interrupted_copy(world: World, tmp_path: Path) -> None:
+    # rbd runs on src-storage / dst-storage over ssh (the same machine, so the same paths).
+    hop = StorageMap(
+        backends={
+            **world.storage.backends,
+            ("src", "ceph"): dataclasses.replace(world.src_backend, ssh_host="src-storage"),
+            ("dst", "ceph"): dataclasses.replace(world.dst_backend, ssh_host="dst-storage"),
+        },
+        source="test",
+    )
+    first = _pass(world, tmp_path, Recorder(), uuid.uuid4().hex, storage=hop, incremental=False)
+    # A re-run that believes the first one was interrupted replaces it: never two copies.
+    recorder = Recorder()
+    second = _pass(
+        world,
+        tmp_path,
+        recorder,
+        uuid.uuid4().hex,
+        storage=hop,
+        incremental=False,
+        destination_id=first.destination_id,
+    )
+    assert second.destination_id != first.destination_id
+    assert (
+        world.dst.block_storage.find_volume(
+            first.destination_id, ignore_missing=True, all_projects=True
+        )
+        is None
+    )
+    assert second.content_digest == expected_digest(GIB, FIRST)
+    assert second.state == {} and recorder.live == {}
+    assert stackhop_leftovers(world.src_backend, [f"volume-{world.volume.id}"]) == []
+    assert stackhop_leftovers(world.dst_backend, [f"volume-{second.destination_id}"]) == []
