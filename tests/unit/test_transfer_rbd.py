@@ -112,3 +112,13 @@ def test_out_of_order_extents_are_an_error() -> None:
     hasher.add(WriteExtent(40, b"x"))
     with pytest.raises(DiffFormatError, match="not in offset order"):
         hasher.add(WriteExtent(2, b"y"))
+
+
+def test_whole_chunk_records_hash_in_place_and_overlaps_are_refused() -> None:
+    hasher = ChunkHasher(size=48, chunk=16, complete=True)
+    hasher.add(WriteExtent(16, b"q" * 16))
+    assert hasher.finish()[1] == hashlib.sha256(b"q" * 16).hexdigest()
+    again = ChunkHasher(size=48, chunk=16, complete=True)
+    again.add(WriteExtent(16, b"q" * 16))
+    with pytest.raises(DiffFormatError, match="overlap"):
+        again.add(ZeroExtent(20, 2))

@@ -205,6 +205,7 @@ class ChunkHasher:
     _buffer: bytearray | None = None
     _covered: int = 0
     _written: bool = False
+    _direct: bool = False
     _next: int = 0
 
     def _length(self, index: int) -> int:
@@ -226,12 +227,15 @@ class ChunkHasher:
         self._buffer = None
         self._covered = 0
         self._written = False
+        self._direct = False
 
     def _close(self) -> None:
         if self._index < 0:
             return
         length = self._length(self._index)
-        if not self.complete and self._covered < length:
+        if self._direct:
+            pass  # hashed when it arrived
+        elif not self.complete and self._covered < length:
             self.partial.add(self._index)
         elif self._buffer is not None and self._written:
             self.digests[self._index] = hashlib.sha256(self._buffer).hexdigest()
@@ -251,7 +255,14 @@ class ChunkHasher:
             self._open(index)
             start = offset - index * self.chunk
             n = min(end, (index + 1) * self.chunk) - offset
-            if isinstance(record, WriteExtent):
+            if self._direct:
+                raise DiffFormatError(f"rbd diff: extents overlap at offset {offset}")
+            if isinstance(record, WriteExtent) and n == self._length(index) and not self._covered:
+                # A whole chunk in one record (the usual 4 MiB object): hash it in place.
+                view = memoryview(record.data)[offset - record.offset : offset - record.offset + n]
+                self.digests[index] = hashlib.sha256(view).hexdigest()
+                self._direct = True
+            elif isinstance(record, WriteExtent):
                 if self._buffer is None:
                     self._buffer = bytearray(self._length(index))
                 piece = record.data[offset - record.offset : offset - record.offset + n]
