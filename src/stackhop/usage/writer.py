@@ -326,7 +326,7 @@ def archive_usage(
         )
     )
 
-    out = request.output
+    out = request.output.resolve()  # `-o .` has a parent to write the partial copy in
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
