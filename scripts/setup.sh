@@ -42,5 +42,13 @@ echo "setup: creating .venv (project, OpenStack services, pinned in requirements
 .venv/bin/pip install -q -c requirements/constraints.txt -r requirements/testbed.txt
 # The project itself, built with the pinned setuptools of .venv (no unpinned build env).
 .venv/bin/pip install -q --no-build-isolation -c requirements/constraints.txt -e '.[dev]'
+# Ceph's Python bindings exist only as Debian packages: expose just those two
+# modules (not the whole of dist-packages) to the venv, for the rbd volume method.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+mkdir -p .venv/ceph-bindings
+for m in rados rbd; do
+  ln -sf /usr/lib/python3/dist-packages/$m.cpython-311-x86_64-linux-gnu.so .venv/ceph-bindings/
+done
+echo "$PWD/.venv/ceph-bindings" > "$site/stackhop-ceph-bindings.pth"
 echo "$want" > "$stamp"
 echo "setup: done"
