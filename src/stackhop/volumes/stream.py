@@ -412,7 +412,8 @@ class StreamMethod:
                 raise IntegrityError(
                     f"destination volume {existing.id} for {ctx.source.label} is in project "
                     f"{existing.project_id} with {existing.size} GiB, not "
-                    f"{ctx.destination_project_id} with {ctx.source.size_gib} GiB; delete it and re-run"
+                    f"{ctx.destination_project_id} with {ctx.source.size_gib} GiB; "
+                    "delete it and re-run"
                 )
             ready = self._wait(admin, existing.id)
             return _Volume(ready.id, ready.host, cloud_name(admin), reused=True)
