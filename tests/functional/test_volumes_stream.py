@@ -19,13 +19,6 @@ from pathlib import Path
 
 import pytest
 from testbed import layout
-
-from stackhop.errors import CapabilityError
-from stackhop.transfer import ssh_stream
-from stackhop.transfer import stream_agent as agent
-from stackhop.volumes.model import VERIFY_CHUNK
-from stackhop.volumes.stream import MARKER, StreamMethod, chunk_key
-
 from tests.functional.conftest import Testbed
 from tests.functional.stream_support import (
     MIB,
@@ -40,9 +33,16 @@ from tests.functional.stream_support import (
     project_pair,
     storage_map,
     text_block,
+    volume_ref,
     wait_status,
     write_at,
 )
+
+from stackhop.errors import CapabilityError
+from stackhop.transfer import ssh_stream
+from stackhop.transfer import stream_agent as agent
+from stackhop.volumes.model import VERIFY_CHUNK
+from stackhop.volumes.stream import MARKER, StreamMethod, chunk_key
 
 SIZE = 1024 * MIB
 
@@ -233,7 +233,5 @@ def test_check_refuses_a_ceph_volume_and_names_the_fix(testbed: Testbed) -> None
     ceph = next(
         v for v in admin.block_storage.volumes(all_projects=True) if "@ceph" in (v.host or "")
     )
-    from tests.functional.stream_support import volume_ref
-
     with pytest.raises(CapabilityError, match="needs a 'file' backend with an ssh_host"):
         StreamMethod().check(volume_ref("src", ceph), storage_map(), "dst", "file")
