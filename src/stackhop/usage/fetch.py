@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from keystoneauth1 import exceptions as ksa_exceptions
 from openstack import exceptions as sdk_exceptions
 
 from stackhop.clouds import version_at_least
@@ -124,6 +125,11 @@ def resolve_projects(conn: Any, cloud: str, wanted: Sequence[str]) -> list[Proje
     for name in wanted:
         try:
             project = conn.identity.find_project(name, ignore_missing=True)
+        except sdk_exceptions.DuplicateResource:
+            raise ConfigError(
+                f"project name {name!r} is ambiguous on cloud {cloud!r} (several domains "
+                "have it); give the project's ID"
+            ) from None
         except sdk_exceptions.ForbiddenException:
             own = conn.current_project
             if name not in (own.id, own.name):
@@ -151,9 +157,18 @@ def project_names(conn: Any) -> dict[str, str]:
         return {}
 
 
-def _microversion(conn: Any) -> str | None:
+def _microversion(conn: Any, cloud: str) -> str | None:
     """2.40 when the cloud has it (paged answers), else the base API (one page)."""
-    data = conn.compute.get_endpoint_data()
+    try:
+        data = conn.compute.get_endpoint_data()
+    except ksa_exceptions.EndpointNotFound:
+        data = None
+    if data is None:
+        raise CapabilityError(
+            cloud=cloud,
+            feature=_FEATURE,
+            detail="the catalog has no compute endpoint; archive usage from a cloud with Nova",
+        )
     highest = getattr(data, "max_microversion", None)
     if highest is not None and not isinstance(highest, str):
         highest = ".".join(str(p) for p in highest)
@@ -205,7 +220,7 @@ def fetch_usage(
     now = datetime.now(UTC)
     period_start = utc(start) if start is not None else EPOCH
     period_end = min(utc(end), now) if end is not None else now
-    microversion = _microversion(conn)
+    microversion = _microversion(conn, cloud)
     query: dict[str, str] = {
         "start": format_time(period_start),
         "end": format_time(period_end),
