@@ -204,7 +204,7 @@ class BackupWriter:
     def open(self, size: int | None) -> None:
         self._size = size if size is not None else self.volume.size_bytes
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self.part.exists():
                 self.part.unlink()  # a crashed run's leftover: it was never complete
             fd = os.open(self.part, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
