@@ -181,6 +181,8 @@ class PumpResult:
     digests: dict[int, tuple[int, str]] = field(default_factory=dict)
     #: What the destination agent reported at its end.
     writer: dict[str, Any] = field(default_factory=dict)
+    #: What the source agent reported at its end.
+    reader: dict[str, Any] = field(default_factory=dict)
 
 
 Confirmed = Callable[[int, int, str], None]
@@ -248,6 +250,7 @@ def pump(
                 _read_exact(src_fd, agent.HEADER.size)
             )
             if kind == agent.END:
+                result.reader = json.loads(_read_exact(src_fd, plen)) if plen else {}
                 break
             for hook in frame_hooks:
                 hook(kind, offset, length)

@@ -94,6 +94,13 @@ def unpack_header(raw: bytes) -> tuple[int, int, int, int, int, bytes]:
     return kind, codec, payload, offset, length, digest
 
 
+def peak_rss_kb() -> int:
+    """This agent's peak resident memory, for the benchmark's report."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def is_zero(data: bytes) -> bool:
     """All zero bytes: one memcmp against a zero buffer."""
     return data == (_ZEROS if len(data) == CHUNK else bytes(len(data)))
@@ -304,7 +311,8 @@ def mode_read(params: dict[str, Any], out: BinaryIO) -> None:
             out.write(pack_header(DATA, used, len(payload), offset, length, digest))
             out.write(payload)
         flush_run()
-    out.write(pack_header(END, RAW, 0, size, 0, NO_DIGEST))
+    facts = json.dumps({"maxrss_kb": peak_rss_kb()}).encode()
+    out.write(pack_header(END, RAW, len(facts), size, 0, NO_DIGEST) + facts)
     out.flush()
     volume.close()
 
@@ -326,7 +334,12 @@ def mode_digests(params: dict[str, Any], out: BinaryIO) -> None:
     jobs = ((o, n, o + n <= volume.size and volume.has_data(o, o + n)) for o, n in chunks)
     with ThreadPoolExecutor(WORKERS) as pool:
         digests = list(_ordered(pool, jobs, work))
-    result = {"offsets": [o for o, _ in chunks], "digests": digests, "read": read}
+    result = {
+        "offsets": [o for o, _ in chunks],
+        "digests": digests,
+        "read": read,
+        "maxrss_kb": peak_rss_kb(),
+    }
     out.write(json.dumps(result).encode() + b"\n")
     volume.close()
 
@@ -348,7 +361,7 @@ def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
     written: list[tuple[int, int, str]] = []
     lock = threading.Lock()
     unsynced = 0
-    stats = {"frames": 0, "bytes": 0}
+    stats: dict[str, int] = {"frames": 0, "bytes": 0}
 
     def apply(
         kind: int, codec: int, payload: bytes, offset: int, length: int, digest: bytes
@@ -395,6 +408,7 @@ def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
             finished.result()
             written.append(record)
     sync_and_ack(written)
+    stats["maxrss_kb"] = peak_rss_kb()
     out.write(b"E " + json.dumps(stats).encode() + b"\n")
     out.flush()
     volume.close()

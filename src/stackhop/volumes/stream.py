@@ -303,7 +303,13 @@ class StreamMethod:
             bytes_sent=moved.bytes_sent,
             bytes_wire=moved.bytes_wire,
         )
-        result.details.update(chunks_sent=moved.chunks_sent)
+        result.details.update(
+            chunks_sent=moved.chunks_sent,
+            agent_peak_rss_kb={
+                "read": moved.reader.get("maxrss_kb"),
+                "write": moved.writer.get("maxrss_kb"),
+            },
+        )
         return moved.digests, result
 
     def _full(self, ctx: PassContext, key: str, size: int, codec: str, *where: Any) -> PassResult:
