@@ -124,10 +124,12 @@ class Project:
     src_admin: Connection
     dst_admin: Connection
 
-    def create_source_volume(self, name: str, size_gib: int = 1, **extra: Any) -> VolumeRef:
+    def create_source_volume(
+        self, name: str, size_gib: int = 1, volume_type: str = "file", **extra: Any
+    ) -> VolumeRef:
         scoped = connect(layout.SRC.name, self.src_id)
         volume = scoped.block_storage.create_volume(
-            size=size_gib, name=name, volume_type="file", **extra
+            size=size_gib, name=name, volume_type=volume_type, **extra
         )
         ready = wait_status(self.src_admin, volume.id, "available")
         return volume_ref(layout.SRC.name, ready)
@@ -215,20 +217,22 @@ def make_context(
     incremental: bool = False,
     destination_id: str | None = None,
     backup: Any = None,
+    destination_type: str = "file",
+    previous: Mapping[str, Any] | None = None,
 ) -> PassContext:
     """A real :class:`PassContext`: real connections, journal and event bus."""
     return PassContext(
         run_id="voltest-stream",
         source=source,
         destination_project_id=project.dst_id,
-        destination_type="file",
+        destination_type=destination_type,
         source_conn=project.src_admin,
         destination_conn=project.dst_admin,
         storage=storage_map(),
         journal=Journal(journal_path),
         events=EventBus(),
         incremental=incremental,
-        previous={},
+        previous=dict(previous or {}),
         destination_id=destination_id,
         backup=backup,
         on_stage=recorder.stage,
