@@ -73,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="send only what changed since the last verified pass",
     )
     p.add_argument(
+        "--final",
+        action="store_true",
+        help="the cutover pass: an incremental pass on detached volumes that ends their "
+        "incremental chains (kept snapshots removed)",
+    )
+    p.add_argument(
         "--backup-to",
         metavar="DIR",
         help="also write each volume, compressed and checksummed, to DIR",
@@ -102,6 +108,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = sub.add_parser("cleanup", help="remove the temporaries a crashed run left")
     p.add_argument("--run", required=True, metavar="ID")
+    p.add_argument(
+        "--end-chains",
+        action="store_true",
+        help="also end the incremental chains of the volumes that run verified",
+    )
     p.add_argument("--storage-map", metavar="FILE")
     add_format_options(p, columns=False)
     p.set_defaults(func=cleanup_command)
@@ -190,7 +201,8 @@ def copy_command(args: argparse.Namespace) -> int:
         volumes=tuple(args.volume),
         all=args.all,
         method=args.method,
-        incremental=args.incremental,
+        incremental=args.incremental or args.final,
+        final=args.final,
         backup_to=args.backup_to,
         workers=args.workers,
         allow_in_use=args.allow_in_use,
@@ -292,6 +304,7 @@ def cleanup_command(args: argparse.Namespace) -> int:
             clouds,
             journal,
             storage,
+            end_chains=args.end_chains,
             events=args.events,
         )
     rows = [

@@ -36,7 +36,7 @@ from typing import Any
 
 from stackhop.errors import StackhopError
 from stackhop.events import Event, EventSink, EventType, NullSink
-from stackhop.journal import FAILED, Journal
+from stackhop.journal import DONE, FAILED, Journal
 from stackhop.kinds.identity import OperatorMap
 from stackhop.volumes import preflight
 from stackhop.volumes.inventory import (
@@ -97,6 +97,13 @@ class CopyRequest:
     workers: int = 1
     allow_in_use: bool = False
     dry_run: bool = False
+    #: The cutover pass (implies ``incremental``): volumes must be detached; each volume's
+    #: incremental chain ends once it is verified (the method's kept snapshots are removed).
+    final: bool = False
+
+    def __post_init__(self) -> None:
+        if self.final:  # a cutover pass is the last pass of an incremental chain
+            object.__setattr__(self, "incremental", True)
 
     def args(self) -> dict[str, Any]:
         """The request as journal run arguments."""
@@ -153,6 +160,7 @@ class VolumeCopier:
         self.destination_conn = clouds.destination
         self.backup_to = request.backup_to
         self.destination_cloud = request.destination_cloud
+        self.final = request.final
 
     # -- planning and preflight ----------------------------------------------
 
@@ -179,7 +187,9 @@ class VolumeCopier:
         moving = [p.volume for p in plan if p.action != "skip"]
         creating = [p.volume for p in plan if p.action == "copy"]
         preflight.check_quota(label, quota_room(dst, dst_project), creating, types)
-        preflight.check_in_use(moving, request.allow_in_use, request.incremental)
+        preflight.check_in_use(
+            moving, request.allow_in_use and not request.final, request.incremental
+        )
         preflight.check_method(
             self.method, moving, self.storage, request.destination_cloud, types, request.incremental
         )
@@ -306,9 +316,14 @@ def cleanup_run(
     journal: Journal,
     storage: StorageMap,
     *,
+    end_chains: bool = False,
     events: EventSink | None = None,
 ) -> list[dict[str, Any]]:
-    """Remove every temporary run ``run_id`` left (pending, not kept); what happened to each."""
+    """Remove every temporary run ``run_id`` left (pending, not kept); what happened to each.
+
+    With ``end_chains`` also end the incremental chains of the volumes that run
+    verified: the method drops what it kept for a next pass (its snapshots).
+    """
     scope = scope_of(source_cloud, destination_cloud)
     ledger = TemporaryLedger(journal, scope)
     sink = events or NullSink()
@@ -332,4 +347,14 @@ def cleanup_run(
                     message=exc.message,
                 )
             )
+    if end_chains:
+        for row in journal.operations(run_id=run_id, scope=scope, kind=KIND, state=DONE):
+            before = row.before or {}
+            if not before.get("state"):
+                continue
+            get_method(str(before["method"])).forget_incremental(
+                before["state"], clouds.source, clouds.destination, storage
+            )
+            ledger.forget_kept(run_id, str(row.source_id))
+            report.append({"temporary": f"chain of {row.source_id}", "outcome": "ended"})
     return report

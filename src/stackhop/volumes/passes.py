@@ -132,6 +132,8 @@ class PassHost(Protocol):
     destination_conn: Any
     backup_to: str | None
     destination_cloud: str
+    #: The cutover pass: end each volume's incremental chain once verified.
+    final: bool
 
     def emit(self, type_: EventType, **fields: Any) -> None: ...
 
@@ -248,11 +250,21 @@ class PassRunner:
         self._check_backup(result)
         self.destination_id = result.destination_id
         copier.journal.map_id(copier.scope, KIND, planned.volume.id, result.destination_id)
+        state = result.state
+        if copier.final:  # the cutover pass ends the chain: nothing is kept for a next pass
+            copier.method.forget_incremental(
+                state, copier.source_conn, copier.destination_conn, copier.storage
+            )
+            for temporary in list(self.temporaries):
+                self._removed(temporary)
+            copier.ledger.forget_kept(self.run_id, planned.volume.id)
+            state = {}
         for kept in self.temporaries:  # what the next incremental pass starts from
             copier.ledger.keep(self.run_id, kept)
         self.facts.update(
             stage="verified",
-            state=result.state,
+            final=copier.final,
+            state=state,
             content_digest=result.content_digest,
             bytes_read=result.bytes_read,
             bytes_sent=result.bytes_sent,

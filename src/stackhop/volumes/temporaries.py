@@ -123,6 +123,16 @@ class TemporaryLedger:
                 before=row.before,
             )
 
+    def forget_kept(self, run_id: str, volume_id: str) -> None:
+        """Mark every kept temporary of a volume removed (its method removed its chain)."""
+        with self._lock:
+            for row in self.journal.operations(scope=self.scope, kind=KIND, state=PENDING):
+                if row.source_id == volume_id and (row.before or {}).get("kept"):
+                    self.journal.transition(
+                        run_id, self.scope, KIND, row.identity, DONE, action="delete",
+                        expected=row, source_id=row.source_id, before=row.before,
+                    )  # fmt: skip
+
     def pending(self) -> list[OperationRecord]:
         """Every temporary of the scope that may still exist."""
         return self.journal.operations(scope=self.scope, kind=KIND, state=PENDING)
