@@ -26,14 +26,16 @@ from types import ModuleType
 from rich_argparse import RichHelpFormatter
 
 from stackhop import __version__
-from stackhop.cli import clouds, images, resources, sdn, status, usage, volumes
+from stackhop.cli import clouds, images, project, resources, sdn, status, usage, volumes
 from stackhop.cli.output import report_error
 from stackhop.cli.render import make_renderer
 from stackhop.errors import StackhopError
 from stackhop.events import EventBus
 
 #: Every command group, in the order ``--help`` lists them. Add a module here to add a command.
-COMMANDS: tuple[ModuleType, ...] = (clouds, status, resources, sdn, images, usage, volumes)
+COMMANDS: tuple[ModuleType, ...] = (
+    clouds, status, resources, sdn, images, volumes, usage, project
+)
 
 DEFAULT_JOURNAL = "./stackhop-journal.sqlite"
 
