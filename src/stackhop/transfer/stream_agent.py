@@ -374,15 +374,20 @@ def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
         data = coder.decompress(codec, payload, length)
         if len(data) != length or hashlib.sha256(data).digest() != digest:
             raise SystemExit(f"chunk at {offset} does not match its sha256 after transfer")
-        os.pwrite(volume.fd, data, offset)
+        if os.pwrite(volume.fd, data, offset) != length:
+            raise SystemExit(f"short write at {offset} of {volume.path}")
 
     def sync_and_ack(done: list[tuple[int, int, str]]) -> None:
         os.fdatasync(volume.fd)
-        out.write("".join(f"A {o} {n} {d}\n" for o, n, d in done).encode())
-        out.flush()
+        with lock:
+            out.write("".join(f"A {o} {n} {d}\n" for o, n, d in done).encode())
+            out.flush()
 
+    # fdatasync runs on its own thread so that receiving and writing go on meanwhile;
+    # a chunk is acknowledged only by the sync that started after its pwrite returned.
+    syncing: Future[None] | None = None
     pending: deque[tuple[Future[None], tuple[int, int, str]]] = deque()
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(1) as syncer:
         while True:
             kind, codec, plen, offset, length, digest = unpack_header(_read_exact(inp, HEADER.size))
             if kind == END:
@@ -395,18 +400,20 @@ def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
             while pending and (pending[0][0].done() or len(pending) > IN_FLIGHT):
                 finished, record = pending.popleft()
                 finished.result()
-                with lock:
-                    written.append(record)
+                written.append(record)
                 unsynced += record[1] if record[2] else 0
-            if unsynced >= fsync_bytes:
-                with lock:
-                    batch, written[:] = list(written), []
-                sync_and_ack(batch)
+            if unsynced >= fsync_bytes and (syncing is None or syncing.done()):
+                if syncing is not None:
+                    syncing.result()
+                batch, written = written, []
+                syncing = syncer.submit(sync_and_ack, batch)
                 unsynced = 0
         while pending:
             finished, record = pending.popleft()
             finished.result()
             written.append(record)
+        if syncing is not None:
+            syncing.result()
     sync_and_ack(written)
     stats["maxrss_kb"] = peak_rss_kb()
     out.write(b"E " + json.dumps(stats).encode() + b"\n")
