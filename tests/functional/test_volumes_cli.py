@@ -8,7 +8,6 @@ pseudo-random MiBs (the rest stays holes), and deletes everything at the end.
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,8 @@ from typing import Any
 
 import pytest
 from testbed import layout
-from tests.functional.conftest import CliResult, Testbed
+from tests.functional.conftest import CliResult
+from tests.functional.conftest import Testbed as TestbedInfo
 from tests.functional.volumes_support import (
     Sandbox,
     digest_of,
@@ -40,7 +40,7 @@ PIECES = [0, 3, 4, 9, 511, 1023]  # MiB offsets written; chunk 0 and 1 partly, t
 
 
 @pytest.fixture
-def volenv(testbed: Testbed, monkeypatch: pytest.MonkeyPatch) -> Testbed:
+def volenv(testbed: TestbedInfo, monkeypatch: pytest.MonkeyPatch) -> TestbedInfo:
     """The testbed with the storage map and ssh config of the testbed in the environment."""
     monkeypatch.setenv("STACKHOP_STORAGE_MAP", str(layout.STORAGE_MAP))
     monkeypatch.setenv("STACKHOP_SSH_CONFIG", str(layout.SSH_DIR / "ssh_config"))
@@ -50,7 +50,7 @@ def volenv(testbed: Testbed, monkeypatch: pytest.MonkeyPatch) -> Testbed:
 
 
 @pytest.fixture
-def box(volenv: Testbed) -> Iterator[Sandbox]:
+def box(volenv: TestbedInfo) -> Iterator[Sandbox]:
     sandbox = Sandbox.create()
     try:
         yield sandbox
@@ -138,7 +138,7 @@ def test_quota_preflight_names_the_numbers(
 
 
 def test_destination_project_without_a_role_is_refused(
-    cli: Callable[..., CliResult], volenv: Testbed, tmp_path: Path
+    cli: Callable[..., CliResult], volenv: TestbedInfo, tmp_path: Path
 ) -> None:
     sandbox = Sandbox.create(dst_role=False)
     try:
@@ -243,3 +243,93 @@ def test_killed_copy_leaves_temporaries_that_cleanup_removes_then_rerun_resumes(
     assert [v.id for v in box.volumes("dst")] == [outcome["destination_id"]]
     assert box.images("src") == [] and box.images("dst") == []
     assert volume.id in {r.source_id for r in Journal(journal).operations(kind="volume")}
+
+
+def _outcomes(result: CliResult) -> dict[str, dict[str, Any]]:
+    assert result.code == 0, result.err
+    return {v["name"]: v for v in result.json()["volumes"]}
+
+
+def test_stream_method_with_two_workers_then_an_incremental_pass(
+    cli: Callable[..., CliResult], box: Sandbox, tmp_path: Path
+) -> None:
+    one, two = _patterned(box, "voltest-s1", "s1"), _patterned(box, "voltest-s2", "s2")
+    journal = tmp_path / "j.sqlite"
+    first = _outcomes(_copy(cli, journal, box, "--all", "--method", "stream", "--workers", "2",
+                            "--incremental", "-f", "json"))  # fmt: skip
+    assert {n: o["outcome"] for n, o in first.items()} == {"voltest-s1": "done",
+                                                          "voltest-s2": "done"}  # fmt: skip
+    assert digest_of("dst", first["voltest-s1"]["destination_id"]) == expected_digest(
+        GIB, "s1", PIECES
+    )
+    assert digest_of("dst", first["voltest-s2"]["destination_id"]) == expected_digest(
+        GIB, "s2", PIECES
+    )
+
+    write_pattern(file_backend_path("src", one.id), "s1", [700])  # one more MiB, one chunk
+    second = _outcomes(_copy(cli, journal, box, "--all", "--method", "stream", "--workers", "2",
+                             "--incremental", "-f", "json"))  # fmt: skip
+    assert second["voltest-s1"]["pass_number"] == 2
+    assert 0 < second["voltest-s1"]["bytes_sent"] <= 8 * 1024 * 1024
+    assert second["voltest-s2"]["bytes_sent"] == 0
+    assert second["voltest-s1"]["destination_id"] == first["voltest-s1"]["destination_id"]
+    assert digest_of("dst", second["voltest-s1"]["destination_id"]) == expected_digest(
+        GIB, "s1", [*PIECES, 700]
+    )
+    rows = cli("--journal", str(journal), "volumes", "status", "-f", "json").json()["volumes"]
+    assert sorted((r["source_id"] == two.id, r["before"]["pass"], r["state"]) for r in rows) == [
+        (False, 1, "done"), (False, 2, "done"), (True, 1, "done"), (True, 2, "done"),
+    ]  # fmt: skip
+    assert len(box.volumes("dst")) == 2
+
+
+def test_rbd_method_incremental_chain_ended_by_a_final_pass(
+    cli: Callable[..., CliResult], box: Sandbox, tmp_path: Path
+) -> None:
+    from tests.functional.rbd_support import expected_digest as rbd_digest
+    from tests.functional.rbd_support import stackhop_leftovers, write_image
+
+    from stackhop.volumes.storage import load_storage_map
+
+    storage = load_storage_map()
+    src_backend, dst_backend = storage.backend("src", "ceph"), storage.backend("dst", "ceph")
+    volumes = [box.volume(f"voltest-r{i}", volume_type="ceph") for i in (1, 2)]
+    history = {v.id: [(0, 3 * 1024 * 1024, i), (600 * 1024 * 1024, 5000, i + 10)]
+               for i, v in enumerate(volumes)}  # fmt: skip
+    for v in volumes:
+        write_image(src_backend, f"volume-{v.id}", history[v.id])
+    journal = tmp_path / "j.sqlite"
+    dst_ids: list[str] = []
+    try:
+        first = _outcomes(_copy(cli, journal, box, "--all", "--method", "rbd", "--workers", "2",
+                                "--incremental", "-f", "json"))  # fmt: skip
+        dst_ids = [first[v.name]["destination_id"] for v in volumes]
+        for v in volumes:
+            assert first[v.name]["outcome"] == "done"
+            assert digest_of("dst", first[v.name]["destination_id"]) == rbd_digest(
+                GIB, history[v.id]
+            )
+        change = (900 * 1024 * 1024, 4096, 99)
+        write_image(src_backend, f"volume-{volumes[0].id}", [change])
+        history[volumes[0].id].append(change)
+        final = _outcomes(_copy(cli, journal, box, "--all", "--method", "rbd", "--final",
+                                "-f", "json"))  # fmt: skip
+        changed, same = final[volumes[0].name], final[volumes[1].name]
+        assert changed["pass_number"] == 2 and 0 < changed["bytes_sent"] <= 4 * 1024 * 1024
+        assert same["bytes_sent"] == 0
+        assert digest_of("dst", changed["destination_id"]) == rbd_digest(
+            GIB, history[volumes[0].id]
+        )
+        assert stackhop_leftovers(src_backend, [f"volume-{v.id}" for v in volumes]) == []
+        assert stackhop_leftovers(dst_backend, [f"volume-{d}" for d in dst_ids]) == []
+        status = cli("--journal", str(journal), "volumes", "status", "-f", "json").json()
+        assert status["temporaries"] == []
+    finally:  # snapshots Cinder does not know would keep it from deleting the volumes
+        for backend, images in ((src_backend, [f"volume-{v.id}" for v in volumes]),
+                                (dst_backend, [f"volume-{d}" for d in dst_ids])):  # fmt: skip
+            for image in images:
+                subprocess.run(
+                    ["rbd", "-c", str(backend.ceph_conf), "--keyring", str(backend.keyring),
+                     "snap", "purge", f"{backend.pool}/{image}"],
+                    capture_output=True, check=False,
+                )  # fmt: skip

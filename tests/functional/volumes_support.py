@@ -104,9 +104,7 @@ class Sandbox:
 
     def volume(self, name: str, size: int = 1, volume_type: str = "file", **kw: Any) -> Any:
         c = self.scoped("src")
-        created = c.block_storage.create_volume(
-            size=size, name=name, volume_type=volume_type, **kw
-        )
+        created = c.block_storage.create_volume(size=size, name=name, volume_type=volume_type, **kw)
         return wait_status(self.src, created.id, ("available",))
 
     def volumes(self, side: str) -> list[Any]:
