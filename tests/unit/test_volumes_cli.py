@@ -1,0 +1,36 @@
+"""``stackhop volumes`` argument checks that fail before any cloud is contacted."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+
+from stackhop.cli.main import main
+
+
+def _run(*argv: str) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(list(argv))
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--interactive", "--all"), "--interactive picks the volumes"),
+        (("--all", "--workers", "0"), "--workers must be at least 1"),
+        (("--all",), "name the source project with --project"),
+    ],
+)
+def test_bad_combinations_are_one_line_usage_errors(extra: tuple[str, ...], message: str) -> None:
+    code, err = _run("volumes", "copy", "--from", "src", "--to", "dst", "--method", "image", *extra)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_method_is_refused_by_the_parser() -> None:
+    code, err = _run("volumes", "copy", "--from", "a", "--to", "b", "--method", "dd", "--all")
+    assert code == 2 and "invalid choice" in err
