@@ -1,12 +1,18 @@
 """The engine: applies a plan's operations, recording everything in the journal.
 
-Order: kinds in dependency order (referenced kinds first); within a kind, the
-operations run in parallel on a bounded pool of ``workers`` threads, object
-operations first, then data copies.
+Order: an operation starts once the operations of the plan it refers to have
+an outcome (a security group's rules after that group and every group a rule
+names); apart from that, operations run on a bounded pool of ``workers``
+threads, spread round-robin over the services they talk to, so that Nova,
+Neutron and Cinder work side by side. Within one service referenced kinds go
+first (with one worker the order is the plan's, kind by kind).
 
 Per operation the journal row goes ``pending`` before the API call and
 ``done`` (with the destination ID, which also enters the ID map) or
-``failed`` (with the error) after it. Transient failures (5xx, 429, dropped
+``failed`` (with the error) after it. The engine's dispatcher writes those
+rows in batches: each step commits, in one transaction, the outcomes of the
+calls that finished and the ``pending`` rows of the calls about to start,
+and only then starts them. Transient failures (5xx, 429, dropped
 connections) are retried with exponential backoff and full jitter, honouring
 ``Retry-After``. A create whose outcome is unknown (a row left ``pending`` or
 ``failed`` by an earlier attempt, or a connection error or 5xx during the call)
@@ -22,9 +28,11 @@ stops starting new operations; in-flight ones finish and are recorded; then
 from __future__ import annotations
 
 import email.utils
+import heapq
 import random
 import threading
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -35,11 +43,26 @@ import requests
 from keystoneauth1 import exceptions as ksa_exceptions
 from openstack import exceptions as sdk_exceptions
 
-from stackhop.errors import ConflictError, Interrupted, OperationFailedError, TransientError
+from stackhop.errors import (
+    ConflictError,
+    Interrupted,
+    JournalError,
+    OperationFailedError,
+    TransientError,
+)
 from stackhop.events import Event, EventSink, EventType, NullSink
-from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal, OperationRecord
+from stackhop.journal import (
+    DONE,
+    FAILED,
+    PENDING,
+    SKIPPED,
+    Change,
+    Journal,
+    Mapping_,
+    OperationRecord,
+)
 from stackhop.kinds import dependency_levels
-from stackhop.kinds.base import Connection, DataKind, Kind, Record
+from stackhop.kinds.base import Connection, DataKind, Record
 from stackhop.plan import Conflict, CopyData, Create, Operation, OperationKey, Skip, Update
 from stackhop.resolve import Resolver
 
@@ -184,6 +207,139 @@ class RunResult:
         }
 
 
+# -- scheduling --------------------------------------------------------------
+
+_Settled = tuple[Operation, str, "str | None", "str | None"]
+"""An operation that ends in this batch: (operation, outcome, message, destination ID)."""
+
+
+@dataclass(frozen=True)
+class _Started:
+    """An operation whose ``pending`` row is written (``row``) and whose API call may go."""
+
+    op: Operation
+    resolved: Record
+    row: OperationRecord | None
+    unknown: bool
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What the API call of one operation came to, for the journal."""
+
+    row: OperationRecord | None
+    destination_id: str | None = None
+    adopted: bool = False
+    error: str | None = None
+    #: The error is not the API's (journal, programming error): nothing is journaled.
+    raw: bool = False
+
+
+@dataclass
+class _Batch:
+    """The journal writes of one engine step, committed in one transaction."""
+
+    changes: list[Change] = field(default_factory=list)
+    #: Per change: the operation it starts, or how the operation ends once it is written.
+    effects: list[_Started | _Settled] = field(default_factory=list)
+    mappings: list[Mapping_] = field(default_factory=list)
+    outcomes: list[_Settled] = field(default_factory=list)
+
+    def add(self, change: Change, effect: _Started | _Settled) -> None:
+        self.changes.append(change)
+        self.effects.append(effect)
+
+    def settle(self, op: Operation, outcome: str, message: str | None) -> None:
+        """``op`` ends without a journal write of its own."""
+        self.outcomes.append((op, outcome, message, None))
+
+    def refuse(self, index: int, error: str) -> None:
+        """Change ``index`` could not be written: its operation fails, nothing is called."""
+        effect = self.effects[index]
+        op = effect.op if isinstance(effect, _Started) else effect[0]
+        self.outcomes.append((op, "failed", error, None))
+
+
+class _Schedule:
+    """Which operations may start now.
+
+    An operation waits for the operations of this plan that it refers to
+    (its declared ``depends_on``, and any object its reference fields name,
+    even one that is only skipped: its ID mapping must be journaled first)
+    and a data copy for its object. Ready operations start by service,
+    round-robin (each service is its own API server: a rule request to
+    Neutron and a keypair request to Nova run side by side); within a service,
+    referenced kinds first, then plan order.
+    """
+
+    def __init__(self, operations: Sequence[Operation]) -> None:
+        self.per_kind = Counter(op.kind.name for op in operations)
+        kinds = list({op.kind.name: op.kind for op in operations}.values())
+        rank = {k.name: i for i, k in enumerate(k for lv in dependency_levels(kinds) for k in lv)}
+        refs = {op.ref for op in operations}
+        by_source: dict[tuple[str, str], OperationKey] = {}
+        for op in operations:
+            if not isinstance(op, CopyData) and op.source_id is not None:
+                by_source.setdefault((op.kind.name, op.source_id), op.ref)
+        self.referenced_kinds: set[str] = set()
+        self._waiting: dict[OperationKey, int] = {}
+        self._dependents: dict[OperationKey, list[Operation]] = defaultdict(list)
+        self._priority: dict[OperationKey, tuple[int, int]] = {}
+        self._ready: dict[str, list[tuple[tuple[int, int], OperationKey, Operation]]] = {}
+        self._services: list[str] = []
+        self._turn = 0
+        for index, op in enumerate(operations):
+            self._priority[op.ref] = (rank[op.kind.name], index)
+            deps = {ref for ref in op.depends_on if ref in refs}
+            for field_name, target in op.kind.references.items():
+                self.referenced_kinds.add(target)
+                value = op.source.get(field_name)
+                for v in value if isinstance(value, list | tuple) else [value]:
+                    ref = None if v is None else by_source.get((target, str(v)))
+                    if ref is not None and ref != op.ref:
+                        deps.add(ref)
+            if isinstance(op, CopyData) and (op.kind.name, op.identity) in refs:
+                deps.add((op.kind.name, op.identity))
+            for ref in deps:
+                self._dependents[ref].append(op)
+            self._waiting[op.ref] = len(deps)
+        for op in sorted(operations, key=lambda o: self._priority[o.ref]):
+            service = getattr(op.kind, "service", "")
+            if service not in self._ready:
+                self._ready[service] = []
+                self._services.append(service)
+            if not self._waiting[op.ref]:
+                self._push(op)
+
+    def _push(self, op: Operation) -> None:
+        heap = self._ready[getattr(op.kind, "service", "")]
+        heapq.heappush(heap, (self._priority[op.ref], op.ref, op))
+
+    @property
+    def ready(self) -> bool:
+        return any(self._ready.values())
+
+    def take(self, count: int) -> list[Operation]:
+        """Up to ``count`` ready operations, one service after the other."""
+        batch: list[Operation] = []
+        while len(batch) < count and self.ready:
+            for step in range(len(self._services)):
+                turn = (self._turn + step) % len(self._services)
+                heap = self._ready[self._services[turn]]
+                if heap:
+                    batch.append(heapq.heappop(heap)[2])
+                    self._turn = turn + 1
+                    break
+        return batch
+
+    def finished(self, op: Operation) -> None:
+        """``op`` has an outcome: the operations waiting for it may be ready."""
+        for dependent in self._dependents.pop(op.ref, []):
+            self._waiting[dependent.ref] -= 1
+            if self._waiting[dependent.ref] == 0:
+                self._push(dependent)
+
+
 # -- the engine --------------------------------------------------------------
 
 
@@ -283,98 +439,272 @@ class Engine:
         return result
 
     def _apply_all(self, operations: Sequence[Operation], result: RunResult) -> None:
-        by_kind: dict[Kind, list[Operation]] = {}
-        for op in operations:
-            by_kind.setdefault(op.kind, []).append(op)
+        schedule = _Schedule(operations)
+        self.resolver.preload(sorted(schedule.referenced_kinds))
+        in_flight: dict[Future[_Attempt], _Started] = {}
+        kinds_started: set[str] = set()
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="stackhop") as pool:
             try:
-                for level in dependency_levels(by_kind):
-                    for kind in level:
-                        if self.stop.is_set():
+                finished: list[tuple[_Started, _Attempt]] = []
+                while True:
+                    batch = (
+                        [] if self.stop.is_set() else schedule.take(self.workers - len(in_flight))
+                    )
+                    for op in batch:
+                        if op.kind.name not in kinds_started:
+                            kinds_started.add(op.kind.name)
+                            total = schedule.per_kind[op.kind.name]
+                            self._emit(EventType.KIND_STARTED, kind=op.kind.name, total=total)
+                    started = self._settle(finished, batch, schedule, result)
+                    finished = []
+                    for item in started:
+                        in_flight[pool.submit(self._attempt, item)] = item
+                    if not in_flight:
+                        if self.stop.is_set() or not schedule.ready:
                             return
-                        kind_ops = by_kind[kind]
-                        self._emit(EventType.KIND_STARTED, kind=kind.name, total=len(kind_ops))
-                        objects = [op for op in kind_ops if not isinstance(op, CopyData)]
-                        copies = [op for op in kind_ops if isinstance(op, CopyData)]
-                        for phase in (objects, copies):
-                            futures = [pool.submit(self._apply_safely, op, result) for op in phase]
-                            self._wait(futures)
+                        continue
+                    can_start = (
+                        not self.stop.is_set() and schedule.ready and len(in_flight) < self.workers
+                    )
+                    finished = self._collect(in_flight, block=not can_start)
             except KeyboardInterrupt:
-                # Leaving the with-block waits for in-flight operations; queued
-                # ones see the stop flag and return without starting.
+                # Queued operations are never started; in-flight ones finish and
+                # are recorded before Interrupted is raised.
                 self.stop.set()
+                while in_flight:
+                    finished.extend(self._collect(in_flight, block=True))
+                self._settle(finished, [], schedule, result)
                 raise
+            finally:
+                self.resolver.forget_remembered()
 
     @staticmethod
-    def _wait(futures: list[Future[None]]) -> None:
+    def _collect(
+        in_flight: dict[Future[_Attempt], _Started], *, block: bool
+    ) -> list[tuple[_Started, _Attempt]]:
         # Wait in short slices so Ctrl-C reaches this (the main) thread promptly.
-        pending = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        done: set[Future[_Attempt]] = set()
+        while not done:
+            done, _ = wait(in_flight, timeout=0.2 if block else 0, return_when=FIRST_COMPLETED)
+            if not block:
+                break
+        finished = []
+        for future in done:
+            item = in_flight.pop(future)
+            try:
+                finished.append((item, future.result()))
+            except Exception as exc:  # a journal or programming error: report, never swallow
+                finished.append((item, _Attempt(row=item.row, error=_error_text(exc), raw=True)))
+        return finished
 
-    # -- one operation ---------------------------------------------------------
+    # -- recording, in batches -----------------------------------------------------
 
-    def _apply_safely(self, op: Operation, result: RunResult) -> None:
-        if self.stop.is_set():
-            return
-        try:
-            outcome = self._apply(op, result)
-        except Exception as exc:  # a journal or programming error: report, never swallow
-            outcome = "failed"
-            self._note_error(op, _error_text(exc), result)
-            self._emit_finished(op, outcome, _error_text(exc))
-        with self._lock:
-            self._outcomes[op.ref] = outcome
+    def _settle(
+        self,
+        finished: list[tuple[_Started, _Attempt]],
+        batch: list[Operation],
+        schedule: _Schedule,
+        result: RunResult,
+    ) -> list[_Started]:
+        """Journal what finished and what starts now, in one transaction; return what to call.
 
-    def _apply(self, op: Operation, result: RunResult) -> str:
+        Finished operations go ``done`` (with their ID mappings) or ``failed``;
+        the dependents they release are in the next batch, so they see the
+        mappings. Starting operations go ``pending`` before their API call.
+        Operations that need no call (skips, conflicts, work done in an earlier
+        run, blocked ones) are recorded and finished right here.
+        """
+        plan = _Batch()
+        for item, attempt in finished:
+            if attempt.raw:
+                plan.settle(item.op, "failed", attempt.error)
+            elif attempt.error is not None:
+                self._fail(plan, item.op, attempt.row, attempt.error)
+            else:
+                message = (
+                    "adopted the object an earlier attempt created" if attempt.adopted else None
+                )
+                self._done(plan, item.op, attempt.row, attempt.destination_id, message)
+        keys = [(op.kind.name, op.key) for op in batch]
+        rows = self.journal.rows(self.scope, keys) if keys else {}
+        for op in batch:
+            try:
+                self._start(op, rows.get((op.kind.name, op.key)), plan)
+            except Exception as exc:  # a programming error in a kind: report, never swallow
+                plan.settle(op, "failed", _error_text(exc))
+        calls = self._write(plan)
+        for op, outcome, message, destination_id in plan.outcomes:
+            self._finish(op, outcome, message, destination_id, result, schedule)
+        return calls
+
+    def _start(self, op: Operation, row: OperationRecord | None, plan: _Batch) -> None:
         kind = op.kind
-        row = self.journal.operation(self.scope, kind.name, op.key)
         if isinstance(op, Skip | Conflict):
-            return self._record_unapplied(op, row)
+            self._unapplied(op, row, plan)
+            return
         if row is not None and row.state == DONE:
-            self._map(op, row.destination_id)
-            self._emit_finished(op, "done", "already done in an earlier run")
-            return "done"
+            self._map(plan, op, row.destination_id)
+            plan.settle(op, "done", "already done in an earlier run")
+            return
         self._emit(
             EventType.OPERATION_STARTED, kind=kind.name, identity=op.identity, operation=op.action
         )
         blocked = self._failed_dependency(op)
         if blocked is not None:
-            error = f"not attempted: it depends on {blocked}, which failed"
-            return self._fail(op, row, error, result)
+            self._fail(plan, op, row, f"not attempted: it depends on {blocked}, which failed")
+            return
         try:
             resolved = self.resolver.resolve(kind, op.source)
         except ConflictError as exc:
-            return self._fail(op, row, exc.message, result)
+            self._fail(plan, op, row, exc.message)
+            return
         # A create tried before (this row has attempts) may have happened.
         unknown = isinstance(op, Create) and row is not None and row.attempts > 0
         before = kind.before(op.existing) if isinstance(op, Update) and op.existing else None
-        attempt = 0
-        while True:
-            attempt += 1
-            row = self.journal.transition(
-                self._run_id,
-                self.scope,
-                kind.name,
-                op.key,
-                PENDING,
-                action=op.action,
-                expected=row,
-                source_id=op.source_id,
-                before=before,
-                attempt=True,
+        change = self._change(op, row, PENDING, before=before, attempt=True)
+        plan.add(change, _Started(op, resolved, None, unknown))
+
+    def _unapplied(self, op: Skip | Conflict, row: OperationRecord | None, plan: _Batch) -> None:
+        outcome = "skipped" if isinstance(op, Skip) else "conflict"
+        if row is not None and row.state == DONE:
+            self._map(plan, op, row.destination_id)
+            plan.settle(op, outcome, "done in an earlier run")
+            return
+        if isinstance(op, Skip) and row is not None and row.state == PENDING:
+            # An earlier attempt did create it after all: that attempt is done.
+            message = "adopted the object an earlier attempt created"
+            self._done(plan, op, row, op.destination_id, message, action=row.action)
+            return
+        reason = op.reason if isinstance(op, Conflict) else None
+        change = self._change(op, row, SKIPPED, destination_id=op.destination_id, error=reason)
+        plan.add(change, (op, outcome, reason, None))
+        if isinstance(op, Skip):
+            self._map(plan, op, op.destination_id)
+
+    def _done(
+        self,
+        plan: _Batch,
+        op: Operation,
+        row: OperationRecord | None,
+        destination_id: str | None,
+        message: str | None,
+        *,
+        action: str | None = None,
+    ) -> None:
+        change = self._change(op, row, DONE, action=action, destination_id=destination_id)
+        plan.add(change, (op, "done", message, destination_id))
+        self._map(plan, op, destination_id)
+
+    def _fail(self, plan: _Batch, op: Operation, row: OperationRecord | None, error: str) -> None:
+        plan.add(self._change(op, row, FAILED, error=error), (op, "failed", error, None))
+
+    def _map(self, plan: _Batch, op: Operation, destination_id: str | None) -> None:
+        source_id = op.source_id
+        if isinstance(op, CopyData) or destination_id is None or source_id is None:
+            return
+        plan.mappings.append((self.scope, op.kind.name, source_id, destination_id))
+
+    def _change(
+        self,
+        op: Operation,
+        row: OperationRecord | None,
+        state: str,
+        *,
+        action: str | None = None,
+        destination_id: str | None = None,
+        error: str | None = None,
+        before: Any = None,
+        attempt: bool = False,
+    ) -> Change:
+        return Change(
+            run_id=self._run_id,
+            scope=self.scope,
+            kind=op.kind.name,
+            identity=op.key,
+            state=state,
+            action=action or op.action,
+            expected=row,
+            source_id=op.source_id if state != DONE else None,
+            destination_id=destination_id,
+            error=error,
+            before=before,
+            attempt=attempt,
+        )
+
+    def _write(self, plan: _Batch) -> list[_Started]:
+        """Commit the batch in one transaction; the operations whose API call may start.
+
+        If some row moved under us (another process works on the same
+        journal), the changes are written one at a time and the refused ones
+        fail by name, without their call.
+        """
+        if not plan.changes and not plan.mappings:
+            return []
+        try:
+            rows: list[OperationRecord | None] = list(
+                self.journal.apply(plan.changes, plan.mappings)
             )
+        except JournalError:
+            rows = []
+            for index, change in enumerate(plan.changes):
+                try:
+                    rows.append(self.journal.apply([change])[0])
+                except JournalError as exc:
+                    rows.append(None)
+                    plan.refuse(index, exc.message)
+            for mapping in plan.mappings:
+                self.journal.map_id(*mapping)
+        for mapping in plan.mappings:
+            self.resolver.remember(mapping[1], mapping[2], mapping[3])
+        calls = []
+        for row, effect in zip(rows, plan.effects, strict=True):
+            if row is None:
+                continue
+            if isinstance(effect, _Started):
+                calls.append(_Started(effect.op, effect.resolved, row, effect.unknown))
+            else:
+                plan.outcomes.append(effect)
+        return calls
+
+    def _finish(
+        self,
+        op: Operation,
+        outcome: str,
+        message: str | None,
+        destination_id: str | None,
+        result: RunResult,
+        schedule: _Schedule,
+    ) -> None:
+        if outcome == "failed":
+            self._note_error(op, message or "failed", result)
+        self._emit_finished(op, outcome, message, destination_id=destination_id)
+        with self._lock:
+            self._outcomes[op.ref] = outcome
+        schedule.finished(op)
+
+    # -- one operation, in a worker thread -------------------------------------------
+
+    def _attempt(self, item: _Started) -> _Attempt:
+        """The API call of one started operation, retried while the failure is transient.
+
+        The row is already ``pending``; each retry counts one more attempt on
+        it first. A create whose outcome is unknown is looked up before it is
+        sent (again).
+        """
+        op, kind, row, unknown = item.op, item.op.kind, item.row, item.unknown
+        attempt = 1
+        while True:
             try:
                 if unknown:
-                    found = kind.find(self.destination, resolved)
+                    found = kind.find(self.destination, item.resolved)
                     if found is not None:
-                        return self._done(op, row, kind.destination_id(found), adopted=True)
-                destination_id = self._call(op, resolved)
+                        return _Attempt(row, kind.destination_id(found), adopted=True)
+                return _Attempt(row, self._call(op, item.resolved))
             except Exception as exc:
                 failure = classify(exc)
                 unknown = unknown or (isinstance(op, Create) and not failure.outcome_known)
                 if not failure.transient or attempt >= self.retry.max_attempts:
-                    return self._fail(op, row, _error_text(exc), result)
+                    return _Attempt(row, error=_error_text(exc))
                 delay = self.retry.delay(attempt, failure.retry_after, self.rng)
                 self._emit(
                     EventType.RETRY,
@@ -386,11 +716,9 @@ class Engine:
                 )
                 self.sleep(delay)
                 if self.stop.is_set():
-                    return self._fail(
-                        op, row, f"interrupted before retrying: {_error_text(exc)}", result
-                    )
-                continue
-            return self._done(op, row, destination_id)
+                    return _Attempt(row, error=f"interrupted before retrying: {_error_text(exc)}")
+                attempt += 1
+                row = self.journal.apply([self._change(op, row, PENDING, attempt=True)])[0]
 
     def _call(self, op: Operation, resolved: Record) -> str:
         kind = op.kind
@@ -431,86 +759,9 @@ class Engine:
                     return f"{ref[0]} {ref[1]!r}"
         return None
 
-    # -- recording -------------------------------------------------------------
-
-    def _record_unapplied(self, op: Skip | Conflict, row: OperationRecord | None) -> str:
-        kind, outcome = op.kind, ("skipped" if isinstance(op, Skip) else "conflict")
-        if row is not None and row.state == DONE:
-            self._map(op, row.destination_id)
-            self._emit_finished(op, outcome, "done in an earlier run")
-            return outcome
-        if isinstance(op, Skip) and row is not None and row.state == PENDING:
-            # An earlier attempt did create it after all: that attempt is done.
-            return self._done(op, row, op.destination_id, adopted=True, action=row.action)
-        reason = op.reason if isinstance(op, Conflict) else None
-        self.journal.transition(
-            self._run_id,
-            self.scope,
-            kind.name,
-            op.key,
-            SKIPPED,
-            action=op.action,
-            expected=row,
-            source_id=op.source_id,
-            destination_id=op.destination_id,
-            error=reason,
-        )
-        if isinstance(op, Skip):
-            self._map(op, op.destination_id)
-        self._emit_finished(op, outcome, reason)
-        return outcome
-
-    def _done(
-        self,
-        op: Operation,
-        row: OperationRecord | None,
-        destination_id: str | None,
-        *,
-        adopted: bool = False,
-        action: str | None = None,
-    ) -> str:
-        self.journal.transition(
-            self._run_id,
-            self.scope,
-            op.kind.name,
-            op.key,
-            DONE,
-            action=action or op.action,
-            expected=row,
-            destination_id=destination_id,
-        )
-        self._map(op, destination_id)
-        message = "adopted the object an earlier attempt created" if adopted else None
-        self._emit_finished(op, "done", message, destination_id=destination_id)
-        return "done"
-
-    def _fail(
-        self, op: Operation, row: OperationRecord | None, error: str, result: RunResult
-    ) -> str:
-        self.journal.transition(
-            self._run_id,
-            self.scope,
-            op.kind.name,
-            op.key,
-            FAILED,
-            action=op.action,
-            expected=row,
-            source_id=op.source_id,
-            error=error,
-        )
-        self._note_error(op, error, result)
-        self._emit_finished(op, "failed", error)
-        return "failed"
-
     def _note_error(self, op: Operation, error: str, result: RunResult) -> None:
         with self._lock:
             result.errors.append({"kind": op.kind.name, "identity": op.identity, "error": error})
-
-    def _map(self, op: Operation, destination_id: str | None) -> None:
-        if isinstance(op, CopyData) or destination_id is None or op.source_id is None:
-            return
-        if self.journal.mapped_id(self.scope, op.kind.name, op.source_id) != destination_id:
-            self.journal.map_id(self.scope, op.kind.name, op.source_id, destination_id)
 
     # -- events ----------------------------------------------------------------
 

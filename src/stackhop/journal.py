@@ -17,11 +17,14 @@ MariaDB) with five tables:
     one row with the schema version; older journals are upgraded in place by
     forward migrations, newer ones are refused (:mod:`stackhop.journal_schema`).
 
-Every state change is its own transaction touching exactly one row, written as
-a compare-and-set on the row's ``state`` and ``attempts``: if the row changed
-under us (another thread or process got there first) the update matches no row
-and :class:`~stackhop.errors.JournalError` is raised instead of silently
+Every state change touches exactly one row, written as a compare-and-set on
+the row's ``state`` and ``attempts``: if the row changed under us (another
+thread or process got there first) the update matches no row and
+:class:`~stackhop.errors.JournalError` is raised instead of silently
 overwriting it. That is what makes several workers safe on one journal.
+:meth:`Journal.transition` is one change in one transaction;
+:meth:`Journal.apply` commits several changes (and ID mappings) in one
+transaction, all or none, so a busy engine does not pay a commit per row.
 
 No secret ever goes into the journal: run arguments are scrubbed of anything
 named like a password, token, secret or key.
@@ -32,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,7 +82,14 @@ CHUNK_CONFIRMED = "confirmed"
 RUN_RUNNING = "running"
 
 _SECRET_WORDS = (
-    "password", "passwd", "token", "secret", "private", "credential", "api_key", "apikey"
+    "password",
+    "passwd",
+    "token",
+    "secret",
+    "private",
+    "credential",
+    "api_key",
+    "apikey",
 )
 
 
@@ -183,6 +193,31 @@ class ChunkRecord:
     length: int
     digest: str
     state: str
+
+
+Mapping_ = tuple[str, str, str, str]
+"""An ID mapping to record: ``(scope, kind, source id, destination id)``."""
+
+#: Keys per ``IN (...)`` list, well under SQLite's limit on bound parameters.
+_IN_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Change:
+    """One state change of one operation row (see :meth:`Journal.transition`)."""
+
+    run_id: str
+    scope: str
+    kind: str
+    identity: str
+    state: str
+    action: str
+    expected: OperationRecord | None
+    source_id: str | None = None
+    destination_id: str | None = None
+    error: str | None = None
+    before: Any = None
+    attempt: bool = False
 
 
 # -- the journal -------------------------------------------------------------
@@ -409,60 +444,173 @@ class Journal:
         ``attempt=True`` counts one more attempt (use it when an API call is
         about to be made). ``before`` is kept (JSON) for rollback.
         """
-        current = expected.state if expected else None
-        if state not in STATES:
-            raise JournalError(f"journal: unknown operation state {state!r}")
-        if state not in TRANSITIONS[current]:
-            raise JournalError(
-                f"journal: {kind} {identity!r} cannot go from {current or 'new'} to {state}"
-            )
-        now = _now()
-        values: dict[str, Any] = {
-            "run_id": run_id,
-            "action": action,
-            "state": state,
-            "error": error,
-            "updated_at": now,
-        }
-        if source_id is not None:
-            values["source_id"] = source_id
-        if destination_id is not None:
-            values["destination_id"] = destination_id
-        if before is not None:
-            values["before_state"] = before
-        try:
-            with self._transaction() as conn:
-                if expected is None:
-                    conn.execute(
-                        operations.insert().values(
-                            scope=scope,
-                            kind=kind,
-                            identity=identity,
-                            attempts=1 if attempt else 0,
-                            created_at=now,
-                            **values,
-                        )
-                    )
-                else:
-                    if attempt:
-                        values["attempts"] = expected.attempts + 1
-                    result = conn.execute(
-                        operations.update()
-                        .where(
-                            operations.c.id == expected.id,
-                            operations.c.state == expected.state,
-                            operations.c.attempts == expected.attempts,
-                        )
-                        .values(**values)
-                    )
-                    self._expect_one(result, f"moving {kind} {identity!r} to {state}")
-        except SAIntegrityError as exc:
-            raise JournalError(
-                f"journal: {kind} {identity!r} was started by another worker at the same time"
-            ) from exc
+        change = Change(
+            run_id=run_id,
+            scope=scope,
+            kind=kind,
+            identity=identity,
+            state=state,
+            action=action,
+            expected=expected,
+            source_id=source_id,
+            destination_id=destination_id,
+            error=error,
+            before=before,
+            attempt=attempt,
+        )
+        self.apply([change])
         found = self.operation(scope, kind, identity)
         assert found is not None
         return found
+
+    def apply(
+        self, changes: Sequence[Change], mappings: Sequence[Mapping_] = ()
+    ) -> list[OperationRecord]:
+        """Apply several state changes and ID mappings in one transaction.
+
+        Each change is the compare-and-set of :meth:`transition` on its own
+        row; if any of them finds its row moved, nothing is written and
+        JournalError is raised (the caller may retry them one by one). The
+        rows are returned as written, in the order of ``changes``, without
+        reading them back. ``mappings`` are :meth:`map_id` entries.
+        """
+        now = _now()
+        written: list[OperationRecord] = []
+        change: Change | None = None
+        try:
+            with self._transaction() as conn:
+                for change in changes:
+                    written.append(self._apply_change(conn, change, now))
+                change = None
+                for mapping in mappings:
+                    self._map_in(conn, *mapping)
+        except SAIntegrityError as exc:
+            what = f"{change.kind} {change.identity!r}" if change else "an ID mapping"
+            raise JournalError(
+                f"journal: {what} was started by another worker at the same time"
+            ) from exc
+        return written
+
+    def _apply_change(self, conn: Connection, change: Change, now: datetime) -> OperationRecord:
+        expected = change.expected
+        current = expected.state if expected else None
+        if change.state not in STATES:
+            raise JournalError(f"journal: unknown operation state {change.state!r}")
+        if change.state not in TRANSITIONS[current]:
+            raise JournalError(
+                f"journal: {change.kind} {change.identity!r} cannot go from "
+                f"{current or 'new'} to {change.state}"
+            )
+        values: dict[str, Any] = {
+            "run_id": change.run_id,
+            "action": change.action,
+            "state": change.state,
+            "error": change.error,
+            "updated_at": now,
+        }
+        if change.source_id is not None:
+            values["source_id"] = change.source_id
+        if change.destination_id is not None:
+            values["destination_id"] = change.destination_id
+        if change.before is not None:
+            values["before_state"] = change.before
+        if expected is None:
+            attempts = 1 if change.attempt else 0
+            result = conn.execute(
+                operations.insert().values(
+                    scope=change.scope,
+                    kind=change.kind,
+                    identity=change.identity,
+                    attempts=attempts,
+                    created_at=now,
+                    **values,
+                )
+            )
+            key = result.inserted_primary_key
+            assert key is not None
+            row_id, created = int(key[0]), now
+            source_id, destination_id, before = change.source_id, change.destination_id, None
+        else:
+            attempts = expected.attempts + (1 if change.attempt else 0)
+            values["attempts"] = attempts
+            result = conn.execute(
+                operations.update()
+                .where(
+                    operations.c.id == expected.id,
+                    operations.c.state == expected.state,
+                    operations.c.attempts == expected.attempts,
+                )
+                .values(**values)
+            )
+            self._expect_one(result, f"moving {change.kind} {change.identity!r} to {change.state}")
+            row_id, created = expected.id, expected.created_at
+            source_id = change.source_id if change.source_id is not None else expected.source_id
+            destination_id = (
+                change.destination_id
+                if change.destination_id is not None
+                else expected.destination_id
+            )
+            before = expected.before
+        return OperationRecord(
+            id=row_id,
+            run_id=change.run_id,
+            scope=change.scope,
+            kind=change.kind,
+            identity=change.identity,
+            source_id=source_id,
+            action=change.action,
+            state=change.state,
+            destination_id=destination_id,
+            error=change.error,
+            attempts=attempts,
+            before=change.before if change.before is not None else before,
+            created_at=created,
+            updated_at=now,
+        )
+
+    def rows(
+        self, scope: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], OperationRecord]:
+        """The operation rows of several ``(kind, identity)`` keys in ``scope``, in one read."""
+        wanted = set(keys)
+        found: dict[tuple[str, str], OperationRecord] = {}
+        identities = sorted({identity for _, identity in wanted})
+        with self.engine.connect() as conn:
+            for start in range(0, len(identities), _IN_CHUNK):
+                query = sa.select(operations).where(
+                    operations.c.scope == scope,
+                    operations.c.identity.in_(identities[start : start + _IN_CHUNK]),
+                )
+                for row in conn.execute(query):
+                    if (row.kind, row.identity) in wanted:
+                        found[(row.kind, row.identity)] = _operation_record(row)
+        return found
+
+    def forget(self, scope: str, kind: str, identity: str, source_id: str | None = None) -> None:
+        """Delete a ``done`` operation and its ID mapping (rollback undid it).
+
+        A later import then starts that object afresh. One transaction; the
+        row must be ``done`` and exactly one, else JournalError (it changed
+        under us: another process resumed or rolled back the same run).
+        """
+        with self._transaction() as conn:
+            result = conn.execute(
+                operations.delete().where(
+                    operations.c.scope == scope,
+                    operations.c.kind == kind,
+                    operations.c.identity == identity,
+                    operations.c.state == DONE,
+                )
+            )
+            self._expect_one(result, f"forgetting {kind} {identity!r}")
+            if source_id is not None:
+                conn.execute(
+                    id_map.delete().where(
+                        id_map.c.scope == scope,
+                        id_map.c.kind == kind,
+                        id_map.c.source_id == source_id,
+                    )
+                )
 
     # -- ID map --------------------------------------------------------------
 
@@ -472,29 +620,29 @@ class Journal:
         Idempotent; a different earlier mapping is replaced (the destination
         object it named is gone, or the operator chose another).
         """
-        key = (id_map.c.scope == scope, id_map.c.kind == kind, id_map.c.source_id == source_id)
         for _ in range(3):
             try:
                 with self._transaction() as conn:
-                    current = conn.execute(sa.select(id_map.c.destination_id).where(*key)).first()
-                    if current is None:
-                        conn.execute(
-                            id_map.insert().values(
-                                scope=scope,
-                                kind=kind,
-                                source_id=source_id,
-                                destination_id=destination_id,
-                            )
-                        )
-                    elif current.destination_id != destination_id:
-                        result = conn.execute(
-                            id_map.update().where(*key).values(destination_id=destination_id)
-                        )
-                        self._expect_one(result, f"mapping {kind} {source_id}")
+                    self._map_in(conn, scope, kind, source_id, destination_id)
                 return
             except SAIntegrityError:
                 continue  # a concurrent insert of the same key: read it again
         raise JournalError(f"journal: cannot record the ID map for {kind} {source_id}")
+
+    def _map_in(
+        self, conn: Connection, scope: str, kind: str, source_id: str, destination_id: str
+    ) -> None:
+        key = (id_map.c.scope == scope, id_map.c.kind == kind, id_map.c.source_id == source_id)
+        current = conn.execute(sa.select(id_map.c.destination_id).where(*key)).first()
+        if current is None:
+            conn.execute(
+                id_map.insert().values(
+                    scope=scope, kind=kind, source_id=source_id, destination_id=destination_id
+                )
+            )
+        elif current.destination_id != destination_id:
+            result = conn.execute(id_map.update().where(*key).values(destination_id=destination_id))
+            self._expect_one(result, f"mapping {kind} {source_id}")
 
     def mapped_id(self, scope: str, kind: str, source_id: str) -> str | None:
         """The destination ID recorded for ``source_id``, or None."""

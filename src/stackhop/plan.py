@@ -17,7 +17,7 @@ it returns, and the engine applies exactly those. The rules, per record:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,6 +31,10 @@ OperationKey = tuple[str, str]
 
 DestinationFinder = Callable[[Kind, Record], Record | None]
 """Looks a resolved record up on the destination: usually ``lambda k, r: k.find(conn, r)``."""
+
+BulkFinder = Callable[[Kind, Sequence[Record]], list[Record | None]]
+"""Looks many resolved records of one kind up at once, in their order:
+usually ``lambda k, rs: k.find_many(conn, rs, workers)``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,17 +193,36 @@ class _Planner:
         return tuple(deps)
 
     def one(self, kind: Kind, record: Record) -> list[Operation]:
-        identity = kind.identity(record)
-        common: dict[str, Any] = {"kind": kind, "identity": identity, "source": record}
+        started = self.start(kind, record)
+        if not isinstance(started, _Lookup):
+            return started
+        existing = None if started.depends_on else self.find(kind, started.resolved)
+        return self.decide(started, existing)
+
+    def start(self, kind: Kind, record: Record) -> list[Operation] | _Lookup:
+        """Resolve ``record``: a conflict, or what to look up on the destination."""
         try:
             resolved = self.resolver.resolve(kind, record, planned=self.planned)
         except UnmappedReferenceError as exc:
-            return [Conflict(resolved=dict(record), reason=exc.message, **common)]
-        depends_on = self.pending_dependencies(kind, record)
-        existing = None if depends_on else self.find(kind, resolved)
+            return [
+                Conflict(
+                    kind=kind,
+                    identity=kind.identity(record),
+                    source=record,
+                    resolved=dict(record),
+                    reason=exc.message,
+                )
+            ]
+        return _Lookup(kind, record, resolved, self.pending_dependencies(kind, record))
+
+    def decide(self, started: _Lookup, existing: Record | None) -> list[Operation]:
+        """The operations for a resolved record given its destination counterpart."""
+        kind, record, resolved = started.kind, started.record, started.resolved
+        identity = kind.identity(record)
+        common: dict[str, Any] = {"kind": kind, "identity": identity, "source": record}
         operation: Operation
         if existing is None:
-            operation = Create(resolved=resolved, depends_on=depends_on, **common)
+            operation = Create(resolved=resolved, depends_on=started.depends_on, **common)
         else:
             differences = tuple(kind.compare(resolved, existing))
             common.update(resolved=resolved, existing=existing, differences=differences)
@@ -233,23 +256,60 @@ class _Planner:
             )
         return operations
 
+    def kind_in_bulk(
+        self, kind: Kind, records: Iterable[Record], find_many: BulkFinder
+    ) -> list[Operation]:
+        """Plan every record of ``kind`` with one bulk lookup of those that need one.
+
+        Only for a kind that does not refer to itself: its records' resolution
+        then does not depend on each other's plan.
+        """
+        started = [self.start(kind, record) for record in records]
+        lookups = [s for s in started if isinstance(s, _Lookup) and not s.depends_on]
+        found = find_many(kind, [s.resolved for s in lookups]) if lookups else []
+        existing = {id(s): f for s, f in zip(lookups, found, strict=True)}
+        operations: list[Operation] = []
+        for item in started:
+            if isinstance(item, _Lookup):
+                operations.extend(self.decide(item, existing.get(id(item))))
+            else:
+                operations.extend(item)
+        return operations
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    """A resolved record whose destination counterpart is to be looked up (unless it depends
+    on an object the plan creates: then it cannot exist yet)."""
+
+    kind: Kind
+    record: Record
+    resolved: Record
+    depends_on: tuple[OperationKey, ...]
+
 
 def plan(
     records_by_kind: Mapping[Kind, Iterable[Record]],
     destination_finder: DestinationFinder,
     resolver: Resolver,
     overwrite: bool = False,
+    *,
+    find_many: BulkFinder | None = None,
 ) -> list[Operation]:
     """The operations that bring the destination in line with the source records.
 
     Kinds are planned in dependency order (referenced kinds first), so a
     record can refer to objects planned before it. Nothing is changed
-    anywhere: ``destination_finder`` only reads.
+    anywhere: ``destination_finder`` (and ``find_many``, which looks up all
+    records of a kind at once where given) only read.
     """
     planner = _Planner(find=destination_finder, resolver=resolver, overwrite=overwrite)
     operations: list[Operation] = []
     for level in dependency_levels(records_by_kind):
         for kind in level:
+            if find_many is not None and kind.name not in kind.references.values():
+                operations.extend(planner.kind_in_bulk(kind, records_by_kind[kind], find_many))
+                continue
             for record in records_by_kind[kind]:
                 operations.extend(planner.one(kind, record))
     return operations

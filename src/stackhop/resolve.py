@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,32 @@ class Resolver:
         self.maps = {kind: dict(m) for kind, m in (maps or {}).items()}
         self.keep_ids = keep_ids
         self.journal = journal
+        # Mappings this process wrote to the journal (or loaded from it with
+        # ``preload``): the engine resolves every operation, and one SQL query
+        # per reference would cost more than the API call on a busy machine.
+        self._known: dict[tuple[str, str], str] = {}
+
+    def remember(self, kind: str, source_id: str, destination_id: str) -> None:
+        """Note a mapping just written to the journal, so lookups need not read it back."""
+        self._known[(kind, source_id)] = destination_id
+
+    def forget_remembered(self) -> None:
+        """Drop what :meth:`remember` and :meth:`preload` kept: read the journal again."""
+        self._known.clear()
+
+    def preload(self, kinds: Iterable[str]) -> None:
+        """Read the journal's ID maps of ``kinds`` once (the engine does at the start of a run).
+
+        From then on those kinds resolve from memory, kept current by
+        :meth:`remember`; a mapping another process writes meanwhile is not seen.
+        What was remembered before is dropped (the journal is the truth).
+        """
+        self._known.clear()
+        if self.journal is None:
+            return
+        for kind in kinds:
+            for source_id, destination_id in self.journal.id_map(self.scope, kind).items():
+                self._known[(kind, source_id)] = destination_id
 
     @classmethod
     def from_files(
@@ -125,6 +151,9 @@ class Resolver:
         operator_map = self.maps.get(kind)
         if operator_map is not None and source_id in operator_map:
             return operator_map[source_id]
+        known = self._known.get((kind, source_id))
+        if known is not None:
+            return known
         if self.journal is not None:
             found = self.journal.mapped_id(self.scope, kind, source_id)
             if found is not None:

@@ -10,17 +10,16 @@ users and projects (:mod:`stackhop.kinds.identity`), planned
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from stackhop import dbexport
 from stackhop import kinds as registry
 from stackhop.dbexport import DatabaseReader
-from stackhop.errors import ConflictError, UnmappedReferenceError, UsageError
+from stackhop.errors import ConflictError, UsageError
 from stackhop.events import Event, EventSink, EventType, NullSink
-from stackhop.journal import DONE, Journal, id_map, operations
+from stackhop.journal import DONE, Journal
 from stackhop.kinds.base import Connection, Kind, Record
 from stackhop.kinds.identity import (
     PROJECT,
@@ -31,7 +30,7 @@ from stackhop.kinds.identity import (
     list_users,
     map_identities,
 )
-from stackhop.plan import Conflict, Create, Operation, Skip, plan
+from stackhop.plan import BulkFinder, Conflict, Create, Operation, Skip, plan
 from stackhop.resolve import Resolver
 
 #: Selector flag -> the kinds it selects (``--quotas`` is the three quota kinds).
@@ -225,55 +224,28 @@ def prepare(
     return Prepared(records=records, identities=identities, resolver=resolver)
 
 
-def destination_finder(
-    conn: Connection, prepared: Prepared, workers: int = 8
-) -> Callable[[Kind, Record], Record | None]:
-    """A finder for the planner that reads the destination in bulk, before planning.
+def bulk_finder(conn: Connection, workers: int = 8) -> BulkFinder:
+    """The planner's bulk lookup: each kind reads its destination objects in few requests.
 
-    A kind that offers ``finder(conn)`` reads its objects in one listing; for
-    the others every record is looked up in advance, ``workers`` lookups at a
-    time (the planner itself is sequential, and one GET per object in a row
-    would dominate a large import). A record not prefetched is looked up when
-    asked for.
+    A kind lists what its API can list in one request (all groups of many
+    projects, all keypairs of a user, ...) and looks up the rest ``workers``
+    at a time (:meth:`~stackhop.kinds.base.Kind.find_many`): the planner is
+    sequential, and one GET per object in a row would dominate a large import.
     """
-    snapshots: dict[str, Callable[[Record], Record | None]] = {}
-    found: dict[tuple[str, str], Record | None] = {}
-
-    def prefetch(kind: Kind, record: Record) -> None:
-        try:
-            resolved = prepared.resolver.resolve(kind, record)
-        except UnmappedReferenceError:
-            return  # planned as a conflict, never looked up
-        found[(kind.name, kind.source_id(record))] = kind.find(conn, resolved)
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stackhop-find") as pool:
-        futures = [
-            pool.submit(prefetch, kind, record)
-            for kind, records in prepared.records.items()
-            if getattr(kind, "finder", None) is None
-            for record in records
-        ]
-        for future in futures:
-            future.result()
-
-    def find(kind: Kind, record: Record) -> Record | None:
-        make = getattr(kind, "finder", None)
-        if make is None:
-            key = (kind.name, kind.source_id(record))
-            return found[key] if key in found else kind.find(conn, record)
-        if kind.name not in snapshots:
-            snapshots[kind.name] = make(conn)
-        return snapshots[kind.name](record)
-
-    return find
+    return lambda kind, records: kind.find_many(conn, records, workers)
 
 
 def plan_import(
     prepared: Prepared, destination: Connection, overwrite: bool, workers: int = 8
 ) -> list[Operation]:
     """The operations an import would apply (nothing is changed)."""
-    finder = destination_finder(destination, prepared, workers)
-    return plan(prepared.records, finder, prepared.resolver, overwrite)
+    return plan(
+        prepared.records,
+        lambda kind, record: kind.find(destination, record),
+        prepared.resolver,
+        overwrite,
+        find_many=bulk_finder(destination, workers),
+    )
 
 
 def unmapped_message(identities: IdentityMapping) -> str | None:
@@ -303,10 +275,18 @@ class Mismatch:
         return {"kind": self.kind, "identity": self.identity, "problem": self.problem}
 
 
-def verify(prepared: Prepared, destination: Connection) -> tuple[int, list[Mismatch]]:
+def verify(
+    prepared: Prepared, destination: Connection, workers: int = 8
+) -> tuple[int, list[Mismatch]]:
     """Compare the destination with the records: (objects checked, mismatches)."""
     checked, mismatches = 0, []
-    for op in plan(prepared.records, lambda k, r: k.find(destination, r), prepared.resolver):
+    operations = plan(
+        prepared.records,
+        lambda kind, record: kind.find(destination, record),
+        prepared.resolver,
+        find_many=bulk_finder(destination, workers),
+    )
+    for op in operations:
         checked += 1
         if isinstance(op, Skip):
             continue
@@ -406,7 +386,8 @@ def rollback(
             )
         else:
             step = RollbackStep(action, op.kind, op.identity, op.destination_id, "done")
-            _forget(journal, op.scope, op.kind, op.identity, op.source_id)
+            # Undone: drop the operation and its ID mapping, so a later import starts afresh.
+            journal.forget(op.scope, op.kind, op.identity, op.source_id)
         events.emit(
             Event(
                 EventType.OPERATION_FINISHED,
@@ -421,29 +402,6 @@ def rollback(
     return steps
 
 
-def _forget(journal: Journal, scope: str, kind: str, identity: str, source_id: str | None) -> None:
-    """Drop an undone operation and its ID mapping, so a later import starts it afresh."""
-    with journal.engine.begin() as conn:
-        result = conn.execute(
-            operations.delete().where(
-                operations.c.scope == scope,
-                operations.c.kind == kind,
-                operations.c.identity == identity,
-                operations.c.state == DONE,
-            )
-        )
-        if result.rowcount != 1:
-            raise ConflictError(f"journal: {kind} {identity!r} changed during the rollback")
-        if source_id is not None:
-            conn.execute(
-                id_map.delete().where(
-                    id_map.c.scope == scope,
-                    id_map.c.kind == kind,
-                    id_map.c.source_id == source_id,
-                )
-            )
-
-
 __all__ = [
     "ALL_KINDS",
     "SELECTORS",
@@ -451,6 +409,7 @@ __all__ = [
     "Prepared",
     "RecordSet",
     "RollbackStep",
+    "bulk_finder",
     "check_selection",
     "export",
     "plan_import",

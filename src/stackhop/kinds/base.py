@@ -15,11 +15,13 @@ a record, so kinds never map IDs themselves.
 
 from __future__ import annotations
 
+import builtins
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias, TypeVar
 
 from stackhop.errors import ConflictError
 
@@ -80,6 +82,9 @@ class Kind(ABC):
     source_only_fields: ClassVar[tuple[str, ...]] = ()
     #: Whether ``update`` can change an existing destination object in place.
     updatable: ClassVar[bool] = True
+    #: The API service the kind talks to (``compute``, ``network``, ...): the engine
+    #: spreads concurrent work over services, each its own API server.
+    service: ClassVar[str] = ""
 
     # -- declaration helpers ---------------------------------------------------
 
@@ -186,6 +191,16 @@ class Kind(ABC):
         created by an earlier ``create`` of the same record.
         """
 
+    def find_many(
+        self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
+    ) -> builtins.list[Record | None]:
+        """:meth:`find` for many resolved records, in their order (planning a large import).
+
+        The default looks them up ``workers`` at a time; kinds whose API can
+        list many objects in one request override it.
+        """
+        return concurrently(workers, lambda record: self.find(conn, record), records)
+
     @abstractmethod
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         """Create the resolved record on the destination; return its destination ID."""
@@ -209,6 +224,19 @@ class Kind(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def concurrently(workers: int, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(item) for item in items]``, ``workers`` calls at a time (the APIs are the wait)."""
+    items = list(items)
+    if len(items) <= 1 or workers <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 class DataKind(Kind):

@@ -10,11 +10,12 @@ private key never passes through stackhop.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import builtins
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from stackhop.kinds import register
-from stackhop.kinds.base import Connection, Kind, Record
+from stackhop.kinds.base import Connection, Kind, Record, concurrently
 from stackhop.kinds.identity import USER
 from stackhop.kinds.rest import call, segment
 
@@ -41,6 +42,7 @@ def keypair_record(
 @register
 class Keypair(Kind):
     name = "nova.keypair"
+    service = "compute"
     references = {"user_id": USER}
     portable_fields = ("type", "public_key")
     source_only_fields = ("fingerprint", "user_name", "user_domain")
@@ -80,9 +82,28 @@ class Keypair(Kind):
             microversion=MICROVERSION,
             missing_ok=True,
         )
-        if body is None:
-            return None
-        kp = body["keypair"]
+        return None if body is None else self._view(record, body["keypair"])
+
+    def find_many(
+        self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
+    ) -> builtins.list[Record | None]:
+        """One listing per user (not one request per keypair), ``workers`` users at a time."""
+        users = sorted({str(r["user_id"]) for r in records})
+
+        def keypairs_of(user_id: str) -> dict[str, Mapping[str, Any]]:
+            url = f"/os-keypairs?user_id={segment(user_id)}"
+            body = call(conn.compute, "GET", url, microversion=MICROVERSION) or {}
+            return {i["keypair"]["name"]: i["keypair"] for i in body.get("keypairs", [])}
+
+        by_user = dict(zip(users, concurrently(workers, keypairs_of, users), strict=True))
+        found: builtins.list[Record | None] = []
+        for record in records:
+            kp = by_user[str(record["user_id"])].get(record["name"])
+            found.append(None if kp is None else self._view(record, kp))
+        return found
+
+    @staticmethod
+    def _view(record: Mapping[str, Any], kp: Mapping[str, Any]) -> Record:
         return {
             "id": f"{record['user_id']}/{kp['name']}",
             "user_id": record["user_id"],

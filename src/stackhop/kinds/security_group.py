@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import builtins
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from openstack import exceptions as sdk_exceptions
 
 from stackhop.errors import ConflictError
 from stackhop.kinds import register
-from stackhop.kinds.base import Connection, Difference, Kind, Record
+from stackhop.kinds.base import Connection, Difference, Kind, Record, concurrently
 from stackhop.kinds.identity import PROJECT
 from stackhop.kinds.rest import call, paged
 
@@ -51,7 +52,6 @@ RULE_FIELDS = (
     "remote_ip_prefix",
 )
 
-Finder = Callable[[Mapping[str, Any]], Record | None]
 Rules = list[Any]
 """Neutron rule dicts as the API returns them."""
 
@@ -135,6 +135,7 @@ def _marked(description: str | None, source_id: str) -> bool:
 @register
 class SecurityGroup(Kind):
     name = GROUP
+    service = "network"
     references = {"project_id": PROJECT}
     portable_fields = ("name", "description", "stateful")
     source_only_fields = ("project_name", "project_domain")
@@ -178,23 +179,31 @@ class SecurityGroup(Kind):
         return None
 
     def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
-        # Listing one project's groups makes Neutron create its ``default`` if missing.
-        url = f"/security-groups?project_id={record['project_id']}"
-        return self._match(record, paged(conn.network, url, "security_groups"))
+        return self._match(record, _groups_of(conn, str(record["project_id"])))
 
-    def finder(self, conn: Connection) -> Finder:
-        """A finder over one listing of every destination group (for planning many records)."""
-        by_project: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        for group in paged(conn.network, "/security-groups", "security_groups"):
+    def find_many(
+        self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
+    ) -> builtins.list[Record | None]:
+        """The groups of the records' projects in a few listings; ``default`` groups not there
+        yet are asked for project by project, which makes Neutron create them."""
+        groups = _listed(conn, "/security-groups", "security_groups", "project_id", records)
+        by_project: dict[str, builtins.list[Mapping[str, Any]]] = defaultdict(builtins.list)
+        for group in groups:
             by_project[group["project_id"]].append(group)
-
-        def find(record: Mapping[str, Any]) -> Record | None:
-            found = self._match(record, by_project.get(record["project_id"], []))
-            if found is None and record["name"] == DEFAULT:
-                return self.find(conn, record)  # makes Neutron create the project's default
-            return found
-
-        return find
+        found = [self._match(r, by_project.get(r["project_id"], [])) for r in records]
+        missing = sorted(
+            {str(r["project_id"]) for r, f in zip(records, found, strict=True) if f is None}
+            & {str(r["project_id"]) for r in records if r["name"] == DEFAULT}
+        )
+        for project_groups in concurrently(workers, lambda p: _groups_of(conn, p), missing):
+            for group in project_groups:
+                by_project[group["project_id"]].append(group)
+        return [
+            f
+            if f is not None or r["name"] != DEFAULT
+            else self._match(r, by_project[r["project_id"]])
+            for r, f in zip(records, found, strict=True)
+        ]
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         if record["name"] == DEFAULT:
@@ -266,6 +275,7 @@ class SecurityGroupRules(Kind):
     """All rules of one group; ``find`` returns the group only when no source rule is missing."""
 
     name = RULES
+    service = "network"
     references = {
         "security_group_id": GROUP,
         "remote_group_ids": GROUP,
@@ -340,21 +350,33 @@ class SecurityGroupRules(Kind):
             return None
         return state
 
-    def finder(self, conn: Connection) -> Finder:
-        """A finder over one listing of every destination group and rule."""
-        groups = {g["id"]: g for g in paged(conn.network, "/security-groups", "security_groups")}
-        rules: dict[str, Rules] = defaultdict(list)
-        for rule in paged(conn.network, "/security-group-rules", "security_group_rules"):
+    def find_many(
+        self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
+    ) -> builtins.list[Record | None]:
+        """The records' groups and their rules in a few listings (filtered by group ID)."""
+        groups = {
+            g["id"]: g
+            for g in _listed(
+                conn, "/security-groups", "security_groups", "id", records, "security_group_id"
+            )
+        }
+        rules: dict[str, Rules] = defaultdict(builtins.list)
+        for rule in _listed(
+            conn,
+            "/security-group-rules",
+            "security_group_rules",
+            "security_group_id",
+            [{"security_group_id": gid} for gid in groups],
+        ):
             rules[rule["security_group_id"]].append(rule)
-
-        def find(record: Mapping[str, Any]) -> Record | None:
+        found: builtins.list[Record | None] = []
+        for record in records:
             group = groups.get(record["security_group_id"])
-            if group is None:
-                return None
-            state = self._state(_with_source(record), group, rules.get(group["id"], []))
-            return None if state["missing"] or state["extra"] else state
-
-        return find
+            state = None
+            if group is not None:
+                state = self._state(_with_source(record), group, rules.get(group["id"], []))
+            found.append(None if state is None or state["missing"] or state["extra"] else state)
+        return found
 
     # -- writing --------------------------------------------------------------
 
@@ -424,6 +446,36 @@ def _automatic_egress(rule: Mapping[str, Any]) -> bool:
             "remote_group",
         )
     )
+
+
+#: Values per filter in one listing request (keeps the URL well under 8 KiB).
+_FILTER_CHUNK = 40
+
+
+def _groups_of(conn: Connection, project_id: str) -> Rules:
+    # Listing one project's groups makes Neutron create its ``default`` if missing.
+    return paged(conn.network, f"/security-groups?project_id={project_id}", "security_groups")
+
+
+def _listed(
+    conn: Connection,
+    url: str,
+    key: str,
+    filter_name: str,
+    records: Iterable[Mapping[str, Any]],
+    field: str | None = None,
+) -> Rules:
+    """Every object of a Neutron listing whose ``filter_name`` is one of the records' values.
+
+    ``field`` names the records' field holding the value (default: ``filter_name``).
+    """
+    values = sorted({str(r[field or filter_name]) for r in records})
+    found: Rules = []
+    for start in range(0, len(values), _FILTER_CHUNK):
+        chunk = values[start : start + _FILTER_CHUNK]
+        query = "&".join(f"{filter_name}={quote(v, safe='')}" for v in chunk)
+        found.extend(paged(conn.network, f"{url}?{query}", key))
+    return found
 
 
 def _with_source(record: Mapping[str, Any]) -> Record:
