@@ -128,6 +128,7 @@ def make_context(
     incremental: bool,
     previous: Mapping[str, Any] | None = None,
     destination_id: str | None = None,
+    destination_cloud: str = "dst",
 ) -> PassContext:
     """A real :class:`PassContext` (real journal and event bus) recording into ``recorder``."""
     return PassContext(
@@ -148,6 +149,7 @@ def make_context(
         on_temporary=recorder.created,
         on_temporary_removed=recorder.removed,
         on_progress=lambda done, total: recorder.progress.append(done),
+        destination_cloud=destination_cloud,
     )
 
 

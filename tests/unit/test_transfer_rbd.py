@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from stackhop.transfer.rbd import (
+from stackhop.transfer.rbd_diff import (
     MAGIC,
     ChunkHasher,
     DiffFormatError,

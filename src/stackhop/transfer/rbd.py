@@ -1,287 +1,58 @@
-"""RBD images: the ``rbd`` tools run locally or over ssh, and the export-diff stream passed through.
+"""RBD pools reached with the ``rbd`` tools (locally or over ssh), and :func:`open_cluster`.
 
-stackhop does not link librbd (Debian's ``python3-rbd`` is not importable
-from the project's venv, and there is no usable build on PyPI): it runs the
-``rbd`` command line of the cluster's own release, next to the cluster
-(locally, or on a host reached by ssh when the storage map gives
-``ssh_host``). Bytes move as the ``rbd export-diff`` stream (format v1)::
+:func:`open_cluster` picks how a backend's pool is reached: librbd in this
+process (:class:`~stackhop.transfer.rbd_lib.LibRbdCluster`) when Debian's
+``rados``/``rbd`` bindings import and the cluster is local, else the ``rbd``
+command line of the cluster's own release (:class:`RbdCluster`), next to the
+cluster: locally, or on the host a storage map's ``ssh_host`` names (the
+bindings cannot cross an ssh hop). Both implement
+:class:`~stackhop.transfer.rbd_access.RbdAccess`.
 
-    "rbd diff v1\\n"
-    'f' le32 len, name          from-snapshot (incremental diffs only)
-    't' le32 len, name          to-snapshot (import-diff creates it)
-    's' le64 size               image size
-    'w' le64 offset, le64 len, data
-    'z' le64 offset, le64 len   a zeroed / discarded extent
-    'e'                         end
-
-:func:`read_diff` parses it into records and :class:`DiffWriter` writes it
-again, so the bytes of ``export-diff`` on the source cross stackhop on their
-way to ``import-diff`` on the destination: each record is hashed, counted,
-teed to a backup, and re-serialised. A large ``w`` record is cut into pieces
-of at most :data:`MAX_PIECE` bytes (several ``w`` records are equivalent for
-import-diff), so memory stays at a few MiB whatever the object size.
-
-:class:`ChunkHasher` turns records in offset order (which ``export-diff``
-guarantees) into the per-:data:`~stackhop.volumes.model.VERIFY_CHUNK`
-digests of :func:`~stackhop.volumes.model.content_digest`.
+On the command line, bytes move as the ``rbd export-diff`` stream
+(:mod:`stackhop.transfer.rbd_diff`): the bytes of ``export-diff`` on the
+source are parsed into records by stackhop and re-serialised into
+``import-diff`` on the destination (or written with librbd, when the
+destination is local).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import shlex
-import struct
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
-from stackhop.errors import CloudUnreachableError, ConfigError, IntegrityError, StackhopError
+from stackhop.errors import ConfigError
+from stackhop.transfer import rbd_lib
+from stackhop.transfer.rbd_access import RbdAccess, RbdError
+from stackhop.transfer.rbd_diff import (
+    ChunkDigests,
+    ChunkHasher,
+    DiffFormatError,
+    DiffHeader,
+    DiffWriter,
+    Record,
+    read_diff,
+)
 from stackhop.transfer.ssh import SshHost, describe_failure
 
-MAGIC = b"rbd diff v1\n"
-MAX_PIECE = 4 * 1024 * 1024
-"""The largest ``w`` payload held in memory at once."""
 
-_LE32 = struct.Struct("<I")
-_LE64 = struct.Struct("<Q")
-_EXTENT = struct.Struct("<QQ")
-
-
-class RbdError(StackhopError):
-    """An ``rbd`` command failed (exit code of a cloud that cannot be reached)."""
-
-    exit_code = CloudUnreachableError.exit_code
-
-
-class DiffFormatError(IntegrityError):
-    """The export-diff stream is cut short or not in the format stackhop reads."""
-
-
-@dataclass(frozen=True)
-class DiffHeader:
-    """The head of a diff: the snapshots it goes between and the image size."""
-
-    from_snap: str | None
-    to_snap: str | None
-    size: int
-
-
-@dataclass(frozen=True)
-class WriteExtent:
-    """``data`` at ``offset`` (a ``w`` record, or a piece of one)."""
-
-    offset: int
-    data: bytes
-
-    @property
-    def length(self) -> int:
-        return len(self.data)
-
-
-@dataclass(frozen=True)
-class ZeroExtent:
-    """``length`` zero bytes at ``offset`` (a ``z`` record)."""
-
-    offset: int
-    length: int
-
-
-Record = WriteExtent | ZeroExtent
-
-
-def _read_exact(stream: IO[bytes], n: int, what: str) -> bytes:
-    data = stream.read(n)
-    if data is None or len(data) != n:
-        raise DiffFormatError(
-            f"rbd export-diff stream ended inside {what}; the export was cut short, re-run"
-        )
-    return data
-
-
-def read_diff(stream: IO[bytes], max_piece: int = MAX_PIECE) -> tuple[DiffHeader, Iterator[Record]]:
-    """Parse a v1 diff: its header (read at once) and an iterator over its extents in order."""
-    magic = stream.read(len(MAGIC))
-    if magic != MAGIC:
-        raise DiffFormatError(
-            f"not an rbd diff v1 stream (starts {magic[:16]!r}); stackhop runs export-diff "
-            "with the default --export-format 1, check the rbd tools on that host"
-        )
-    from_snap: str | None = None
-    to_snap: str | None = None
-    while True:
-        tag = _read_exact(stream, 1, "a record tag")
-        if tag in (b"f", b"t"):
-            (n,) = _LE32.unpack(_read_exact(stream, 4, "a snapshot name length"))
-            name = _read_exact(stream, n, "a snapshot name").decode()
-            if tag == b"f":
-                from_snap = name
-            else:
-                to_snap = name
-        elif tag == b"s":
-            (size,) = _LE64.unpack(_read_exact(stream, 8, "the image size"))
-            break
-        else:
-            raise DiffFormatError(f"rbd diff: unexpected record {tag!r} before the image size")
-    return DiffHeader(from_snap, to_snap, size), _extents(stream, max_piece)
-
-
-def _extents(stream: IO[bytes], max_piece: int) -> Iterator[Record]:
-    while True:
-        tag = _read_exact(stream, 1, "a record tag")
-        if tag == b"e":
-            return
-        if tag not in (b"w", b"z"):
-            raise DiffFormatError(f"rbd diff: unknown record {tag!r}")
-        offset, length = _EXTENT.unpack(_read_exact(stream, 16, "an extent"))
-        if tag == b"z":
-            yield ZeroExtent(offset, length)
-            continue
-        done = 0
-        while done < length:
-            n = min(max_piece, length - done)
-            yield WriteExtent(offset + done, _read_exact(stream, n, "extent data"))
-            done += n
-
-
-class DiffWriter:
-    """Writes a v1 diff to ``stream``: :meth:`header`, extents, then :meth:`end`."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self.stream = stream
-        #: Bytes written so far (what crossed to the destination).
-        self.bytes = 0
-
-    def _put(self, data: bytes) -> None:
-        self.stream.write(data)
-        self.bytes += len(data)
-
-    def header(self, header: DiffHeader) -> None:
-        self._put(MAGIC)
-        for tag, name in ((b"f", header.from_snap), (b"t", header.to_snap)):
-            if name is not None:
-                encoded = name.encode()
-                self._put(tag + _LE32.pack(len(encoded)) + encoded)
-        self._put(b"s" + _LE64.pack(header.size))
-
-    def record(self, record: Record) -> None:
-        if isinstance(record, WriteExtent):
-            self._put(b"w" + _EXTENT.pack(record.offset, record.length))
-            self._put(record.data)
-        else:
-            self._put(b"z" + _EXTENT.pack(record.offset, record.length))
-
-    def end(self) -> None:
-        self._put(b"e")
-
-
-@functools.lru_cache(maxsize=8)
-def zero_digest(length: int) -> str:
-    """The sha256 of ``length`` zero bytes (a hole), computed once per length."""
-    return hashlib.sha256(bytes(length)).hexdigest()
-
-
-@dataclass
-class ChunkHasher:
-    """Per-chunk sha256 digests of an image from diff records in offset order.
-
-    ``complete=True`` (a diff from nothing): bytes no record covers are holes,
-    and every chunk up to ``size`` gets a digest. ``complete=False`` (a diff
-    between snapshots): only chunks the records touch are hashed, and a
-    touched chunk that the records do not cover entirely lands in
-    :attr:`partial` (its digest is unknown); a ``--whole-object`` diff with
-    objects of at least the chunk size covers every touched chunk.
-    """
-
-    size: int
-    chunk: int
-    complete: bool
-    digests: dict[int, str] = field(default_factory=dict)
-    partial: set[int] = field(default_factory=set)
-    _index: int = -1
-    _buffer: bytearray | None = None
-    _covered: int = 0
-    _written: bool = False
-    _direct: bool = False
-    _next: int = 0
-
-    def _length(self, index: int) -> int:
-        return min(self.chunk, self.size - index * self.chunk)
-
-    def _open(self, index: int) -> None:
-        if index < self._index:
-            raise DiffFormatError(
-                "rbd diff: extents are not in offset order; re-run (if it persists, the rbd "
-                "tools are not ones stackhop knows)"
-            )
-        if index == self._index:
-            return
-        self._close()
-        if self.complete:
-            for hole in range(self._next, index):
-                self.digests[hole] = zero_digest(self._length(hole))
-        self._index = index
-        self._buffer = None
-        self._covered = 0
-        self._written = False
-        self._direct = False
-
-    def _close(self) -> None:
-        if self._index < 0:
-            return
-        length = self._length(self._index)
-        if self._direct:
-            pass  # hashed when it arrived
-        elif not self.complete and self._covered < length:
-            self.partial.add(self._index)
-        elif self._buffer is not None and self._written:
-            self.digests[self._index] = hashlib.sha256(self._buffer).hexdigest()
-        else:
-            self.digests[self._index] = zero_digest(length)
-        self._next = self._index + 1
-        self._index = -1
-
-    def add(self, record: Record) -> None:
-        """Take one record (any size; it may span chunks)."""
-        offset = record.offset
-        end = offset + record.length
-        if end > self.size:
-            raise DiffFormatError(f"rbd diff: extent {offset}+{record.length} beyond the image")
-        while offset < end:
-            index = offset // self.chunk
-            self._open(index)
-            start = offset - index * self.chunk
-            n = min(end, (index + 1) * self.chunk) - offset
-            if self._direct:
-                raise DiffFormatError(f"rbd diff: extents overlap at offset {offset}")
-            if isinstance(record, WriteExtent) and n == self._length(index) and not self._covered:
-                # A whole chunk in one record (the usual 4 MiB object): hash it in place.
-                view = memoryview(record.data)[offset - record.offset : offset - record.offset + n]
-                self.digests[index] = hashlib.sha256(view).hexdigest()
-                self._direct = True
-            elif isinstance(record, WriteExtent):
-                if self._buffer is None:
-                    self._buffer = bytearray(self._length(index))
-                piece = record.data[offset - record.offset : offset - record.offset + n]
-                self._buffer[start : start + n] = piece
-                self._written = True
-            elif self._buffer is not None:
-                self._buffer[start : start + n] = bytes(n)
-            self._covered += n
-            offset += n
-
-    def finish(self) -> dict[int, str]:
-        """Close the last chunk (and, when complete, the holes after it); return the digests."""
-        self._close()
-        if self.complete:
-            count = -(-self.size // self.chunk)
-            for hole in range(self._next, count):
-                self.digests[hole] = zero_digest(self._length(hole))
-            self._next = count
-        return self.digests
+def open_cluster(
+    *,
+    cloud: str,
+    pool: str,
+    ceph_conf: str | None = None,
+    keyring: str | None = None,
+    user: str | None = None,
+    ssh: SshHost | None = None,
+) -> RbdAccess:
+    """The pool ``pool`` of a cluster: librbd in-process when possible, else the ``rbd`` CLI."""
+    if ssh is None and rbd_lib.available():
+        return rbd_lib.LibRbdCluster(cloud, pool, ceph_conf, keyring, user)
+    return RbdCluster(cloud, pool, ceph_conf, keyring, user, ssh)
 
 
 @dataclass(frozen=True)
@@ -362,10 +133,10 @@ class RbdCluster:
 
     # -- images and snapshots --------------------------------------------------
 
-    def info(self, image: str) -> dict[str, Any] | None:
-        """``rbd info`` of ``image`` as a dict, or None when it does not exist."""
+    def size(self, image: str) -> int | None:
+        """The size of ``image`` (``rbd info``), or None when it does not exist."""
         out = self.run(["info", "--format", "json", self.spec(image)], missing_ok=True)
-        return json.loads(out) if out else None
+        return int(json.loads(out)["size"]) if out else None
 
     def snapshots(self, image: str) -> list[str]:
         """Names of ``image``'s snapshots ([] when the image does not exist)."""
@@ -389,43 +160,39 @@ class RbdCluster:
 
     def export_diff(
         self, image: str, snap: str, from_snap: str | None = None, whole_object: bool = False
-    ) -> RbdProcess:
-        """``rbd export-diff`` of ``image@snap`` (since ``from_snap``) to a pipe."""
+    ) -> CliDiffReader:
+        """``rbd export-diff`` of ``image@snap`` (since ``from_snap``), parsed from its pipe."""
         args = ["export-diff", "--no-progress", "--snap", snap]
         if from_snap:
             args += ["--from-snap", from_snap]
         if whole_object:
             args.append("--whole-object")
-        return self.popen([*args, self.spec(image), "-"], stdout=subprocess.PIPE)
+        return CliDiffReader(self.popen([*args, self.spec(image), "-"], stdout=subprocess.PIPE))
 
-    def import_diff(self, image: str) -> RbdProcess:
-        """``rbd import-diff - image`` reading from a pipe."""
-        return self.popen(
+    def import_diff(self, image: str) -> CliDiffSink:
+        """``rbd import-diff - image``, fed the re-serialised stream."""
+        process = self.popen(
             ["import-diff", "--no-progress", "-", self.spec(image)], stdin=subprocess.PIPE
         )
+        return CliDiffSink(process)
 
     def chunk_digests(
-        self,
-        image: str,
-        snap: str,
-        chunk: int,
-        from_snap: str | None = None,
-    ) -> ChunkHasher:
+        self, image: str, snap: str, chunk: int, from_snap: str | None = None
+    ) -> ChunkDigests:
         """Hash ``image@snap`` per chunk, reading only allocated extents (or, with
         ``from_snap``, only the whole objects changed since it)."""
-        proc = self.export_diff(image, snap, from_snap, whole_object=from_snap is not None)
-        assert proc.proc.stdout is not None
+        reader = self.export_diff(image, snap, from_snap, whole_object=from_snap is not None)
         try:
-            header, records = read_diff(proc.proc.stdout)
-            hasher = ChunkHasher(size=header.size, chunk=chunk, complete=from_snap is None)
-            for record in records:
+            hasher = ChunkHasher(size=reader.header.size, chunk=chunk, complete=from_snap is None)
+            for record in reader.records():
                 hasher.add(record)
             hasher.finish()
         except BaseException:
-            proc.kill()
+            reader.cancel()
             raise
-        proc.wait()
-        return hasher
+        finally:
+            reader.close()
+        return ChunkDigests(hasher.digests, hasher.partial)
 
 
 @dataclass
@@ -477,78 +244,100 @@ class RbdProcess:
         return self.cluster.failure(self.args, code, self._stderr())
 
 
-@dataclass
-class DiffStats:
-    """What went through one :func:`pipe_diff`."""
+class CliDiffReader:
+    """The export-diff stream of a running ``rbd export-diff``, parsed into records."""
 
-    header: DiffHeader | None = None
-    #: Data bytes of ``w`` records (what changed, uncompressed).
-    data_bytes: int = 0
-    #: Bytes of ``z`` records (zeroed extents, never sent as data).
-    zero_bytes: int = 0
-    #: Bytes of the re-serialised stream written to import-diff.
-    wire_bytes: int = 0
-    #: Chunk indexes any record touched.
-    touched: set[int] = field(default_factory=set)
-
-
-RecordHook = Callable[[DiffHeader, Record], None]
-
-
-def pipe_diff(
-    source: RbdProcess,
-    destination: RbdProcess,
-    *,
-    chunk: int,
-    hooks: Sequence[RecordHook] = (),
-    on_progress: Callable[[int], None] | None = None,
-) -> DiffStats:
-    """Pass the export-diff stream of ``source`` into the import-diff of ``destination``.
-
-    Every record is handed to ``hooks`` (hashing, backup) before it is
-    written. Both processes are waited for; any failure kills both and raises
-    one error naming the side that failed.
-    """
-    stats = DiffStats()
-    assert source.proc.stdout is not None and destination.proc.stdin is not None
-    writer = DiffWriter(destination.proc.stdin)
-    try:
-        header, records = read_diff(source.proc.stdout)
-        stats.header = header
-        writer.header(header)
-        for record in records:
-            for hook in hooks:
-                hook(header, record)
-            writer.record(record)
-            if isinstance(record, WriteExtent):
-                stats.data_bytes += record.length
-            else:
-                stats.zero_bytes += record.length
-            first = record.offset // chunk
-            last = (record.offset + max(record.length, 1) - 1) // chunk
-            stats.touched.update(range(first, last + 1))
-            if on_progress is not None:
-                on_progress(record.offset + record.length)
-        writer.end()
-        destination.proc.stdin.close()
-    except BrokenPipeError as exc:
-        source.kill()
+    def __init__(self, process: RbdProcess) -> None:
+        self.process = process
+        self._cancelled = False
+        self._closed = False
+        assert process.proc.stdout is not None
         try:
-            destination.proc.wait(timeout=60)
+            self.header: DiffHeader
+            self.header, self._records = read_diff(process.proc.stdout)
+        except DiffFormatError as exc:
+            self._explain(exc)
+            raise
+
+    def _explain(self, exc: DiffFormatError) -> None:
+        """A stream cut short because export-diff failed: raise export-diff's own error."""
+        try:
+            self.process.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             pass
-        message = destination.failed_message() or "rbd import-diff stopped reading"
-        destination.kill()
-        raise RbdError(message) from exc
-    except BaseException:
-        source.kill()
-        destination.kill()
-        raise
-    stats.wire_bytes = writer.bytes
-    try:
-        source.wait()
-    except BaseException:
-        destination.kill()
-        raise
-    destination.wait()
-    return stats
+        message = self.process.failed_message()
+        if message:
+            self.process.kill()
+            raise RbdError(message) from exc
+
+    def records(self) -> Iterator[Record]:
+        try:
+            yield from self._records
+        except DiffFormatError as exc:
+            if not self._cancelled:
+                self._explain(exc)
+            raise
+        except (OSError, ValueError):
+            if self._cancelled:
+                return  # the pipe was closed under us on purpose
+            raise
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self.process.proc.poll() is None:
+            self.process.proc.kill()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._cancelled:
+            self.process.kill()
+        else:
+            self.process.wait()
+
+
+class CliDiffSink:
+    """A running ``rbd import-diff -`` fed the v1 stream."""
+
+    def __init__(self, process: RbdProcess) -> None:
+        self.process = process
+        assert process.proc.stdin is not None
+        self._writer = DiffWriter(process.proc.stdin)
+        self._done = False
+
+    @property
+    def bytes(self) -> int:
+        return self._writer.bytes
+
+    def _guarded(self, action: Any, *args: Any) -> None:
+        try:
+            action(*args)
+        except BrokenPipeError as exc:
+            # import-diff stopped reading: its own stderr says why.
+            try:
+                self.process.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+            message = self.process.failed_message() or "rbd import-diff stopped reading"
+            self._done = True
+            self.process.kill()
+            raise RbdError(message) from exc
+
+    def header(self, header: DiffHeader) -> None:
+        self._guarded(self._writer.header, header)
+
+    def record(self, record: Record) -> None:
+        self._guarded(self._writer.record, record)
+
+    def finish(self) -> None:
+        assert self.process.proc.stdin is not None
+        self._guarded(self._writer.end)
+        self._guarded(self.process.proc.stdin.close)
+        self._done = True
+        self.process.wait()
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self.process.kill()

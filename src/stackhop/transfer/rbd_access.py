@@ -1,0 +1,274 @@
+"""One interface to an RBD pool, whether librbd runs in-process or the ``rbd`` tools run.
+
+A cluster is reached either with Debian's ``rados``/``rbd`` bindings in this
+process (:mod:`stackhop.transfer.rbd_lib`: no process start, one cluster
+connection per cluster, reads and writes that release the GIL) or with the
+``rbd`` command line locally or on an ssh host (:mod:`stackhop.transfer.rbd`:
+the fallback when the bindings are missing, and the only way across an ssh
+hop). Both implement :class:`RbdAccess`; a diff leaves one as a
+:class:`DiffReader` and enters the other as a :class:`DiffSink`, in the
+records of :mod:`stackhop.transfer.rbd_diff`, so any pair of the two can be
+combined and :func:`copy_diff` sees every byte (hashing, the backup tee).
+
+:func:`copy_diff` reads on a thread into a bounded queue, so parsing or
+reading the source overlaps hashing and writing the destination; memory
+stays at :data:`READ_AHEAD` pieces of at most
+:data:`~stackhop.transfer.rbd_diff.MAX_PIECE` bytes.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from stackhop.errors import CloudUnreachableError, StackhopError
+from stackhop.transfer.rbd_diff import ChunkDigests, ChunkHasher, DiffHeader, Record, WriteExtent
+
+READ_AHEAD = 8
+"""Records (pieces of at most 4 MiB) read ahead of the writer."""
+
+T = TypeVar("T")
+
+
+class RbdError(StackhopError):
+    """An RBD operation failed (exit code of a cloud that cannot be reached)."""
+
+    exit_code = CloudUnreachableError.exit_code
+
+
+class DiffReader(Protocol):
+    """A diff leaving a cluster: its header, then its records in offset order."""
+
+    header: DiffHeader
+
+    def records(self) -> Iterator[Record]:
+        """The records; runs on the read-ahead thread of :func:`copy_diff`."""
+        ...
+
+    def cancel(self) -> None:
+        """Make :meth:`records` stop soon (called from another thread after a failure)."""
+        ...
+
+    def close(self) -> None:
+        """Release the reader once :meth:`records` is done; raise if the producer failed
+        (unless cancelled)."""
+        ...
+
+
+class DiffSink(Protocol):
+    """A diff entering a cluster's image, as ``rbd import-diff`` applies it."""
+
+    @property
+    def bytes(self) -> int:
+        """Bytes handed to the cluster so far (the serialised stream for the CLI)."""
+        ...
+
+    def header(self, header: DiffHeader) -> None:
+        """Check the base snapshot, size the image."""
+        ...
+
+    def record(self, record: Record) -> None: ...
+
+    def finish(self) -> None:
+        """Make everything durable and create the diff's end snapshot on the image."""
+        ...
+
+    def abort(self) -> None:
+        """Stop after a failure (the image may be half-written; the caller replaces it)."""
+        ...
+
+
+class RbdAccess(Protocol):
+    """An RBD pool of one cluster, however it is reached."""
+
+    @property
+    def cloud(self) -> str:
+        """The cloud's name, as in the storage map."""
+        ...
+
+    @property
+    def pool(self) -> str: ...
+
+    @property
+    def where(self) -> str:
+        """``cloud 'x' (pool p ...)`` for messages."""
+        ...
+
+    def spec(self, image: str, snap: str | None = None) -> str: ...
+
+    def size(self, image: str) -> int | None:
+        """The image's size in bytes, None when it does not exist."""
+        ...
+
+    def snapshots(self, image: str) -> list[str]:
+        """Names of the image's snapshots ([] when the image does not exist)."""
+        ...
+
+    def create_snapshot(self, image: str, snap: str) -> None: ...
+
+    def remove_snapshot(self, image: str, snap: str) -> None:
+        """Remove ``image@snap``; a missing image or snapshot is fine."""
+        ...
+
+    def create_image(self, image: str, size: int) -> None: ...
+
+    def remove_image(self, image: str) -> None:
+        """Remove ``image`` and its snapshots; a missing image is fine."""
+        ...
+
+    def export_diff(self, image: str, snap: str, from_snap: str | None = None) -> DiffReader:
+        """The diff of ``image@snap`` since ``from_snap`` (since nothing when None)."""
+        ...
+
+    def import_diff(self, image: str) -> DiffSink:
+        """A sink applying a diff to ``image`` (which exists)."""
+        ...
+
+    def chunk_digests(
+        self, image: str, snap: str, chunk: int, from_snap: str | None = None
+    ) -> ChunkDigests:
+        """sha256 per ``chunk`` of ``image@snap``: every chunk (holes unread), or with
+        ``from_snap`` only the chunks changed since it."""
+        ...
+
+
+def read_ahead(
+    items: Iterable[T], *, depth: int, name: str, stop: threading.Event
+) -> Generator[T, None, None]:
+    """``items`` produced on a thread through a queue of ``depth``; errors re-raised here.
+
+    Closing the returned generator (or setting ``stop``) ends the producer at its next item.
+    """
+    slots: queue.Queue[object] = queue.Queue(maxsize=depth)
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # handed to the consuming thread, which raises it
+            put(exc)
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        while thread.is_alive():
+            # Unblock a producer waiting on a full queue, then let it see ``stop``.
+            try:
+                slots.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+@dataclass
+class DiffStats:
+    """What went through one :func:`copy_diff`."""
+
+    header: DiffHeader | None = None
+    #: Data bytes of ``w`` records (what changed, uncompressed).
+    data_bytes: int = 0
+    #: Bytes of ``z`` records (zeroed extents, never sent as data).
+    zero_bytes: int = 0
+    #: Bytes handed to the destination (the re-serialised stream for the CLI).
+    wire_bytes: int = 0
+    #: Chunk indexes any record touched.
+    touched: set[int] = field(default_factory=set)
+
+
+RecordHook = Callable[[DiffHeader, Record], None]
+
+
+def copy_diff(
+    reader: DiffReader,
+    sink: DiffSink,
+    *,
+    chunk: int,
+    hooks: Sequence[RecordHook] = (),
+    on_progress: Callable[[int], None] | None = None,
+) -> DiffStats:
+    """Apply ``reader``'s diff through ``sink``, handing every record to ``hooks`` first.
+
+    The reader runs on its own thread, ahead by at most :data:`READ_AHEAD` records. On
+    any failure both ends are stopped and the first error is raised.
+    """
+    stats = DiffStats(header=reader.header)
+    stop = threading.Event()
+    try:
+        sink.header(reader.header)
+        records = read_ahead(reader.records(), depth=READ_AHEAD, name="rbd diff read", stop=stop)
+        try:
+            for record in records:
+                for hook in hooks:
+                    hook(reader.header, record)
+                sink.record(record)
+                if isinstance(record, WriteExtent):
+                    stats.data_bytes += record.length
+                else:
+                    stats.zero_bytes += record.length
+                first = record.offset // chunk
+                last = (record.offset + max(record.length, 1) - 1) // chunk
+                stats.touched.update(range(first, last + 1))
+                if on_progress is not None:
+                    on_progress(record.offset + record.length)
+        except BaseException:
+            reader.cancel()
+            raise
+        finally:
+            records.close()  # joins the read-ahead thread
+        reader.close()
+        sink.finish()
+    except BaseException:
+        reader.cancel()
+        try:
+            reader.close()
+        except StackhopError:
+            pass  # the error being raised says more
+        sink.abort()
+        raise
+    stats.wire_bytes = sink.bytes
+    return stats
+
+
+def hash_diff(reader: DiffReader, *, chunk: int) -> ChunkDigests:
+    """Per-chunk digests of ``reader``'s diff (every chunk for a diff from nothing),
+    read ahead on a thread while this one hashes."""
+    hasher = ChunkHasher(
+        size=reader.header.size, chunk=chunk, complete=reader.header.from_snap is None
+    )
+    stop = threading.Event()
+    records = read_ahead(reader.records(), depth=READ_AHEAD, name="rbd hash read", stop=stop)
+    try:
+        for record in records:
+            hasher.add(record)
+    except BaseException:
+        reader.cancel()
+        raise
+    finally:
+        records.close()
+        reader.close()
+    hasher.finish()
+    return ChunkDigests(hasher.digests, hasher.partial)

@@ -1,0 +1,198 @@
+"""Putting a volume into the destination Cinder and project: manage existing, hand-over, fields.
+
+What a copy method needs from the destination Cinder once the bytes are in a
+backend, whatever moved them:
+
+- :func:`manage_existing` adopts a backend object (an RBD image, ...) as a
+  volume with the source's name, description, type, metadata (plus the
+  :data:`MARKER`) and bootable flag;
+- :func:`hand_over` moves a volume the admin owns into the destination
+  project with a volume transfer, accepted by a connection scoped to that
+  project. When the admin has no role there, ``member`` is granted for the
+  accept and revoked right after; the grant is announced as a
+  ``role-assignment`` :class:`~stackhop.volumes.model.Temporary` of the
+  calling method (whose ``remove_temporary`` must call :func:`revoke_role`);
+- :func:`adopt` is both, for a method that lands bytes in a backend;
+- :func:`sync_volume_fields` carries the fields over again (a later pass);
+- :func:`previous_copies` and :func:`delete_volume` find and remove what an
+  interrupted pass adopted, so there is never a second copy.
+
+The marker (``stackhop_source=<source id>`` in the metadata) is how a re-run
+finds a volume whose adoption was interrupted before the journal learnt its ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from openstack import exceptions as sdk_exc
+
+from stackhop.errors import CapabilityError, ConfigError, ConflictError
+from stackhop.volumes.model import PassContext, Temporary
+
+MARKER = "stackhop_source"
+"""Metadata key on an adopted volume: the source volume's ID (finds an interrupted adoption)."""
+
+CINDER_WAIT = 600
+"""How long Cinder may take to manage an image, delete a volume or accept a transfer (s)."""
+
+
+def destination_backend_name(conn: Any, volume_type: str | None) -> str | None:
+    """The ``volume_backend_name`` the destination volume type pins, if any."""
+    if not volume_type:
+        return None
+    found = conn.block_storage.find_type(volume_type, ignore_missing=True)
+    if found is None:
+        raise ConfigError(
+            f"volume type {volume_type!r} does not exist on the destination; create it or map "
+            "the source type to an existing one"
+        )
+    return (found.extra_specs or {}).get("volume_backend_name")
+
+
+def pool_host(conn: Any, backend_name: str) -> str:
+    """``host@backend#pool`` of Cinder backend ``backend_name`` from the pool list."""
+    names = [str(p.name) for p in conn.block_storage.backend_pools()]
+    for name in names:
+        if "@" in name and name.split("@", 1)[1].split("#", 1)[0] == backend_name:
+            return name
+    raise CapabilityError(
+        f"the destination Cinder reports no pool of backend {backend_name!r} (pools: "
+        f"{', '.join(names) or 'none'}); check its cinder-volume service is up"
+    )
+
+
+def previous_copies(conn: Any, source_id: str, volume_id: str | None) -> list[Any]:
+    """Destination volumes an earlier pass of ``source_id`` adopted: marked, or ``volume_id``."""
+    found = {
+        v.id: v
+        for v in conn.block_storage.volumes(all_projects=True, details=True)
+        if (v.metadata or {}).get(MARKER) == source_id
+    }
+    if volume_id and volume_id not in found:
+        volume = conn.block_storage.find_volume(volume_id, ignore_missing=True, all_projects=True)
+        if volume is not None:
+            found[volume.id] = volume
+    return list(found.values())
+
+
+def delete_volume(ctx: PassContext, volume: Any) -> None:
+    """Delete a destination volume left by an interrupted pass and wait until it is gone."""
+    conn = ctx.destination_conn
+    try:
+        conn.block_storage.delete_volume(volume, ignore_missing=True)
+        conn.block_storage.wait_for_delete(volume, wait=CINDER_WAIT)
+    except sdk_exc.SDKException as exc:
+        raise ConflictError(
+            f"{ctx.source.label}: cannot replace destination volume {volume.id} left by an "
+            f"interrupted pass ({exc}); delete it by hand and re-run"
+        ) from exc
+
+
+def manage_existing(ctx: PassContext, host: str, reference: Mapping[str, Any]) -> str:
+    """Adopt the backend object ``reference`` on ``host`` as a volume with the source's fields.
+
+    The volume belongs to the admin's project until :func:`hand_over`; returns its ID.
+    """
+    conn = ctx.destination_conn
+    src = ctx.source
+    try:
+        volume = conn.block_storage.manage_volume(
+            host=host,
+            ref=dict(reference),
+            name=src.name or None,
+            description=src.description,
+            volume_type=ctx.destination_type,
+            metadata={**src.metadata, MARKER: src.id},
+            bootable=src.bootable,
+        )
+        volume = conn.block_storage.wait_for_status(
+            volume, "available", failures=["error"], wait=CINDER_WAIT
+        )
+    except sdk_exc.SDKException as exc:
+        raise ConflictError(
+            f"{src.label}: the destination Cinder could not manage {dict(reference)} "
+            f"({exc}); check its cinder-volume log, then run `stackhop volumes cleanup` and re-run"
+        ) from exc
+    return str(volume.id)
+
+
+def adopt(ctx: PassContext, *, method: str, host: str, reference: Mapping[str, Any]) -> str:
+    """:func:`manage_existing`, then :func:`hand_over` unless the admin is in the project."""
+    volume_id = manage_existing(ctx, host, reference)
+    if ctx.destination_conn.current_project_id != ctx.destination_project_id:
+        hand_over(ctx, volume_id, method=method)
+    return volume_id
+
+
+def role_grant(ctx: PassContext, *, method: str, user: str, role: str) -> Temporary:
+    """The temporary that stands for ``role`` granted to ``user`` on the destination project."""
+    project = ctx.destination_project_id
+    return Temporary(
+        method=method,
+        kind="role-assignment",
+        cloud=ctx.destination_cloud,
+        name=f"{user}:{project}:{role}",
+        details={"user": user, "project": project, "role": role},
+    )
+
+
+def hand_over(ctx: PassContext, volume_id: str, *, method: str) -> None:
+    """Move ``volume_id`` into the destination project with a volume transfer."""
+    conn = ctx.destination_conn
+    project = ctx.destination_project_id
+    user = conn.current_user_id
+    grant: Temporary | None = None
+    if not list(conn.identity.role_assignments(user_id=user, scope_project_id=project)):
+        role = conn.identity.find_role("member", ignore_missing=False)
+        grant = role_grant(ctx, method=method, user=user, role=role.id)
+        ctx.created(grant)
+        conn.identity.assign_project_role_to_user(project, user, role.id)
+    try:
+        transfer = conn.block_storage.create_transfer(
+            volume_id=volume_id, name=f"stackhop {ctx.source.id}"
+        )
+        try:
+            scoped = conn.connect_as_project({"id": project})
+            scoped.block_storage.accept_transfer(transfer.id, transfer.auth_key)
+        except BaseException:
+            conn.block_storage.delete_transfer(transfer, ignore_missing=True)
+            raise
+    except sdk_exc.SDKException as exc:
+        raise ConflictError(
+            f"{ctx.source.label}: adopted as {volume_id} but could not move it into project "
+            f"{project} ({exc}); check the destination quota, then re-run"
+        ) from exc
+    finally:
+        if grant is not None:
+            revoke_role(conn, grant.details)
+            ctx.removed(grant)
+
+
+def revoke_role(conn: Any, details: Mapping[str, Any]) -> None:
+    """Revoke a role granted for a transfer accept (already revoked is fine)."""
+    try:
+        conn.identity.unassign_project_role_from_user(
+            details["project"], details["user"], details["role"]
+        )
+    except sdk_exc.NotFoundException:
+        return
+
+
+def sync_volume_fields(ctx: PassContext, volume_id: str) -> None:
+    """Carry name, description, metadata and the bootable flag over again (a later pass).
+
+    Only what differs is written: an unchanged volume costs one GET.
+    """
+    conn = ctx.destination_conn
+    src = ctx.source
+    volume = conn.block_storage.get_volume(volume_id)
+    if (volume.name or "") != (src.name or "") or volume.description != src.description:
+        conn.block_storage.update_volume(volume, name=src.name, description=src.description)
+    wanted = {**src.metadata, MARKER: src.id}
+    current = dict(volume.metadata or {})
+    if any(current.get(k) != v for k, v in wanted.items()):
+        conn.block_storage.set_volume_metadata(volume, **wanted)
+    if bool(volume.is_bootable) != src.bootable:
+        conn.block_storage.set_volume_bootable_status(volume, src.bootable)
