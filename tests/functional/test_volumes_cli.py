@@ -37,6 +37,7 @@ pytestmark = pytest.mark.functional
 
 GIB = 1024**3
 PIECES = [0, 3, 4, 9, 511, 1023]  # MiB offsets written; chunk 0 and 1 partly, the last one too
+BULK = list(range(100, 140))  # 40 MiB more, for the tests that count the bytes a pass sends
 
 
 @pytest.fixture
@@ -254,16 +255,18 @@ def test_stream_method_with_two_workers_then_an_incremental_pass(
     cli: Callable[..., CliResult], box: Sandbox, tmp_path: Path
 ) -> None:
     one, two = _patterned(box, "voltest-s1", "s1"), _patterned(box, "voltest-s2", "s2")
+    for volume, seed in ((one, "s1"), (two, "s2")):  # 40 MiB more: a full pass sends > 40 MiB
+        write_pattern(file_backend_path("src", volume.id), seed, BULK)
     journal = tmp_path / "j.sqlite"
     first = _outcomes(_copy(cli, journal, box, "--all", "--method", "stream", "--workers", "2",
                             "--incremental", "-f", "json"))  # fmt: skip
     assert {n: o["outcome"] for n, o in first.items()} == {"voltest-s1": "done",
                                                           "voltest-s2": "done"}  # fmt: skip
     assert digest_of("dst", first["voltest-s1"]["destination_id"]) == expected_digest(
-        GIB, "s1", PIECES
+        GIB, "s1", PIECES + BULK
     )
     assert digest_of("dst", first["voltest-s2"]["destination_id"]) == expected_digest(
-        GIB, "s2", PIECES
+        GIB, "s2", PIECES + BULK
     )
 
     write_pattern(file_backend_path("src", one.id), "s1", [700])  # one more MiB, one chunk
@@ -274,7 +277,7 @@ def test_stream_method_with_two_workers_then_an_incremental_pass(
     assert second["voltest-s2"]["bytes_sent"] == 0
     assert second["voltest-s1"]["destination_id"] == first["voltest-s1"]["destination_id"]
     assert digest_of("dst", second["voltest-s1"]["destination_id"]) == expected_digest(
-        GIB, "s1", [*PIECES, 700]
+        GIB, "s1", [*PIECES, *BULK, 700]
     )
     rows = cli("--journal", str(journal), "volumes", "status", "-f", "json").json()["volumes"]
     assert sorted((r["source_id"] == two.id, r["before"]["pass"], r["state"]) for r in rows) == [
@@ -294,7 +297,7 @@ def test_rbd_method_incremental_chain_ended_by_a_final_pass(
     storage = load_storage_map()
     src_backend, dst_backend = storage.backend("src", "ceph"), storage.backend("dst", "ceph")
     volumes = [box.volume(f"voltest-r{i}", volume_type="ceph") for i in (1, 2)]
-    history = {v.id: [(0, 3 * 1024 * 1024, i), (600 * 1024 * 1024, 5000, i + 10)]
+    history = {v.id: [(0, 40 * 1024 * 1024, i), (600 * 1024 * 1024, 5000, i + 10)]
                for i, v in enumerate(volumes)}  # fmt: skip
     for v in volumes:
         write_image(src_backend, f"volume-{v.id}", history[v.id])

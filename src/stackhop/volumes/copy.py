@@ -161,6 +161,7 @@ class VolumeCopier:
         self.backup_to = request.backup_to
         self.destination_cloud = request.destination_cloud
         self.final = request.final
+        self.incremental = request.incremental
 
     # -- planning and preflight ----------------------------------------------
 

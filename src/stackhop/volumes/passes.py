@@ -132,6 +132,8 @@ class PassHost(Protocol):
     destination_conn: Any
     backup_to: str | None
     destination_cloud: str
+    #: ``--incremental``: passes keep what the next one needs and send only what changed.
+    incremental: bool
     #: The cutover pass: end each volume's incremental chain once verified.
     final: bool
 
@@ -236,7 +238,8 @@ class PassRunner:
             storage=copier.storage,
             journal=copier.journal,
             events=_as_bus(copier.events),
-            incremental=planned.action == "incremental",
+            # The operator's --incremental: keep what a next pass needs, diff from previous.
+            incremental=copier.incremental,
             previous=dict((previous or {}).get("state") or {}),
             destination_id=self.destination_id,
             backup=self.backup,
