@@ -4,8 +4,8 @@ Everything happens in a project of its own (``voltest-bench-*``, same name
 on both clouds), deleted at the end with everything in it. Two source
 volumes of each backend:
 
-- ``sparse``: 4 GiB, 25 % filled (in 16 MiB stripes, 4 MiB written each:
-  random, zeros and text in turn), the rest holes;
+- ``sparse``: 4 GiB, 25 % filled (in 16 MiB stripes, 4 MiB written in each,
+  at a 4 MiB-aligned place: random, zeros and text in turn), the rest holes;
 - ``dense``: 1 GiB of random data.
 
 Measured, in one run:
@@ -98,7 +98,7 @@ def fill_sparse(path: Path, size: int, seed: int) -> None:
             if kind == "zeros"
             else support.text_block(4 * MIB, index)
         )
-        support.write_at(path, offset + (index % 4) * MIB, data)
+        support.write_at(path, offset + (index % 4) * 4 * MIB, data)
 
 
 def fill_dense(path: Path, size: int) -> None:
@@ -268,7 +268,87 @@ def main() -> int:
         day = dt.date.today().isoformat()
         out = ROOT / "bench" / "results" / f"volumes-{day}.json"
         out.write_text(json.dumps(results, indent=2) + "\n")
+        out.with_suffix(".md").write_text(render(results))
     return 0
+
+
+def render(results: dict[str, Any]) -> str:
+    """The results as a Markdown page (the command first)."""
+    lines = [
+        f"# Volume copy benchmark, {results['date']}",
+        "",
+        f"Command: `{results['command']}` (host {results['host']}, {results['cpus']} CPUs, "
+        f"load average before {results['load_before'][0]:.1f}, after "
+        f"{results['load_after'][0]:.1f}; the machine is shared, so wall times are noisy).",
+        "",
+    ]
+    stream = results.get("stream", {})
+    if stream:
+        raw = stream["raw_ssh"]
+        lines += [
+            "## stream",
+            "",
+            f"Raw ssh (aes128-gcm): one hop {raw['one_hop_mbps']} MiB/s, two hops through this "
+            f"host {raw['two_hops_mbps']} MiB/s. Allocated bytes: {stream['allocated_bytes']}.",
+            "",
+            "| volume | gzip pipeline | zstd pipe | stream pass (hosts' python3) | transfer only "
+            "| data MiB/s | speedup (pass / transfer) | stream pass (zstd) | peak RSS MB "
+            "(stackhop / read agent / write agent) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for label in ("sparse", "dense"):
+            row = stream[label]
+            base, zstd = row["hosts_python3"], row["venv_python_zstd"]
+            rss = base["details"].get("agent_peak_rss_kb", {})
+            lines.append(
+                f"| {label} {row['size'] // GIB} GiB | {row['pipeline_gzip_s']} s | "
+                f"{row['pipeline_zstd_s']} s | {base['seconds']} s | {row['stream_transfer_s']} s "
+                f"| {row['stream_transfer_mbps_data']} | {row['speedup_pass_vs_gzip']}x / "
+                f"{row['speedup_transfer_vs_gzip']}x | {zstd['seconds']} s "
+                f"(wire {zstd['bytes_wire'] // MIB} MiB) | {base['peak_rss_mb']} / "
+                f"{(rss.get('read') or 0) // 1024} / {(rss.get('write') or 0) // 1024} |"
+            )
+        inc = stream["sparse"].get("incremental", {})
+        if inc:
+            lines += [
+                "",
+                f"Incremental after 1 % changed ({inc['changed_extents']} x 1 MiB): "
+                f"{inc['seconds']} s vs full {stream['sparse']['hosts_python3']['seconds']} s "
+                f"= {inc['ratio_to_full']:.0%}; {inc['bytes_sent'] // MIB} MiB sent "
+                f"({inc['details'].get('changed_chunks')} chunks of 4 MiB).",
+            ]
+        lines += [
+            "",
+            "Goals: "
+            + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in stream["goals"].items()),
+            "",
+        ]
+    rbd = results.get("rbd")
+    if rbd:
+        lines += ["## rbd", ""]
+        if "error" in rbd:
+            lines.append(f"Not measured: {rbd['error']}")
+        else:
+            lines += [
+                "| volume | export - \\| import - | rbd method pass | speedup | peak RSS MB |",
+                "|---|---|---|---|---|",
+            ]
+            for label in ("sparse", "dense"):
+                row = rbd[label]
+                lines.append(
+                    f"| {label} {row['size'] // GIB} GiB | {row['export_import_s']} s | "
+                    f"{row['full']['seconds']} s | {row['speedup_vs_export_import']}x | "
+                    f"{row['full']['peak_rss_mb']} |"
+                )
+            inc = rbd["sparse"].get("incremental")
+            if inc:
+                lines += [
+                    "",
+                    f"rbd incremental after 1 % changed: {inc['seconds']} s "
+                    f"= {inc['ratio_to_full']:.0%} of the full pass.",
+                ]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def bench_stream(project: support.Project, scratch: Path, results: dict[str, Any]) -> Any:

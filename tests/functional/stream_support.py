@@ -239,4 +239,5 @@ def make_context(
         on_temporary=recorder.temporaries.append,
         on_temporary_removed=lambda t: None,
         on_progress=lambda done, total: recorder.progress.append((done, total)),
+        destination_cloud=layout.DST.name,
     )

@@ -77,6 +77,11 @@ def chunk_key(source: VolumeRef, destination_id: str) -> str:
     return f"stream:{source.cloud}:{source.id}:{destination_id}"
 
 
+def _volume_of(key: str) -> str:
+    """The destination volume ID of a :func:`chunk_key`."""
+    return key.rsplit(":", 1)[1]
+
+
 def zero_digest(length: int) -> str:
     """The sha256 of ``length`` zero bytes (a hole)."""
     if length == VERIFY_CHUNK:
@@ -205,17 +210,23 @@ class StreamMethod:
         src_backend = _file_backend(ctx.storage, source.cloud, source.host, "source")
         src_host = AgentHost.named(src_backend.ssh_host or "", self.python)
         src_path = src_backend.volume_path(source.id)
-        volume = self._destination_volume(ctx)
-        dst_backend = _file_backend(ctx.storage, volume.location_cloud, volume.host, "destination")
-        dst_host = AgentHost.named(dst_backend.ssh_host or "", self.python)
-        dst_path = dst_backend.volume_path(volume.id)
         size = source.size_bytes
         with ThreadPoolExecutor(2) as pool:
-            probes = [
-                pool.submit(host.call, "probe", {"path": path}, timeout=120)
-                for host, path in ((src_host, src_path), (dst_host, dst_path))
-            ]
-            src_facts, dst_facts = (p.result() for p in probes)
+            # The source's probe (an ssh round trip) overlaps the destination volume's creation.
+            src_probe = pool.submit(src_host.call, "probe", {"path": src_path}, timeout=120)
+            volume = self._destination_volume(ctx)
+            try:
+                dst_backend = _file_backend(
+                    ctx.storage, volume.location_cloud, volume.host, "destination"
+                )
+            except CapabilityError:
+                if not volume.reused:  # ours, and useless to this method: leave nothing behind
+                    ctx.destination_conn.block_storage.delete_volume(volume.id, ignore_missing=True)
+                raise
+            dst_host = AgentHost.named(dst_backend.ssh_host or "", self.python)
+            dst_path = dst_backend.volume_path(volume.id)
+            dst_facts = dst_host.call("probe", {"path": dst_path}, timeout=120)
+            src_facts = src_probe.result()
         for facts, host, path in ((src_facts, src_host, src_path), (dst_facts, dst_host, dst_path)):
             if not facts.get("exists") or int(facts.get("size", 0)) < size:
                 raise ConfigError(
@@ -242,7 +253,6 @@ class StreamMethod:
                 )
             else:
                 result = self._full(ctx, key, size, codec, src_host, src_path, dst_host, dst_path)
-            ctx.stage("imported", destination_id=volume.id, bytes_sent=result.bytes_sent)
             self._finish_volume(ctx, volume.id)
             ctx.stage("adopted", destination_id=volume.id, project_id=ctx.destination_project_id)
             result.destination_id = volume.id
@@ -326,6 +336,7 @@ class StreamMethod:
                 f"{ctx.source.label}: {len(missing)} chunk(s) were not confirmed by the "
                 f"destination host (first at byte {missing[0]}); re-run to send them"
             )
+        ctx.stage("imported", destination_id=_volume_of(key), bytes_sent=result.bytes_sent)
         ordered = [source_digests[o] for o in chunk_offsets(size)]
         destination = self._digests(where[2], where[3], size, None)
         self._compare(ctx, ordered, destination, list(chunk_offsets(size)))
@@ -352,6 +363,7 @@ class StreamMethod:
             sent, result = self._stream(ctx, key, size, codec, read, lambda o: o in wanted, hosts)
         else:
             sent, result = {}, PassResult(destination_id="")
+        ctx.stage("imported", destination_id=_volume_of(key), bytes_sent=result.bytes_sent)
         index = {o: i for i, o in enumerate(offsets)}
         for offset, (length, digest) in sent.items():  # what was read now is the truth
             src_digests[index[offset]] = digest or zero_digest(length)
@@ -422,7 +434,7 @@ class StreamMethod:
                     "delete it and re-run"
                 )
             ready = self._wait(admin, existing.id)
-            return _Volume(ready.id, ready.host, cloud_name(admin), reused=True)
+            return _Volume(ready.id, ready.host, ctx.destination_cloud or cloud_name(admin), True)
         scoped = _project_connection(admin, ctx.destination_project_id)
         source = ctx.source
         created = scoped.block_storage.create_volume(
@@ -433,7 +445,7 @@ class StreamMethod:
             metadata={**dict(source.metadata), MARKER: marker},
         )
         ready = self._wait(admin, created.id)
-        return _Volume(ready.id, ready.host, cloud_name(admin), reused=False)
+        return _Volume(ready.id, ready.host, ctx.destination_cloud or cloud_name(admin), False)
 
     def _wait(self, admin: Any, volume_id: str) -> Any:
         deadline = time.monotonic() + self.ready_timeout
@@ -451,7 +463,7 @@ class StreamMethod:
                     f"destination volume {volume_id} is still {volume.status} after "
                     f"{self.ready_timeout:.0f} s; check the destination Cinder, then re-run"
                 )
-            time.sleep(1.0)
+            time.sleep(0.5)
 
     def _finish_volume(self, ctx: PassContext, volume_id: str) -> None:
         admin = ctx.destination_conn
