@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.functional.rbd_support import Recorder, make_context, volume_ref, write_image  # noqa: E402
 
 from stackhop.clouds import connect  # noqa: E402
+from stackhop.transfer.rbd import RbdCluster  # noqa: E402
 from stackhop.volumes.rbd import RbdMethod, cluster_of  # noqa: E402
-from stackhop.volumes.storage import load_storage_map  # noqa: E402
+from stackhop.volumes.storage import Backend, load_storage_map  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -56,6 +57,12 @@ def _pass(args: dict[str, Any]) -> tuple[Any, float, dict[str, float]]:
     recorder = TimedRecorder()
     result = RbdMethod().copy_pass(make_context(**args, recorder=recorder))
     return result, time.perf_counter() - recorder.started, recorder.at
+
+
+def _cli(backend: Backend) -> RbdCluster:
+    return RbdCluster(
+        backend.cloud, backend.pool or "", backend.ceph_conf, backend.keyring, backend.user
+    )
 
 
 def main() -> int:
@@ -120,7 +127,8 @@ def main() -> int:
             "stage_reached_at_s": at_inc,
             "content_changed": inc.content_digest != full.content_digest,
         }
-        src_rbd, dst_rbd = cluster_of(src_backend), cluster_of(dst_backend)
+        # The baseline runs the rbd tools whatever stackhop itself uses.
+        src_rbd, dst_rbd = _cli(src_backend), _cli(dst_backend)
         started = time.perf_counter()
         exporter = subprocess.Popen(
             src_rbd.command(["export", "--no-progress", src_rbd.spec(image), "-"]),
@@ -138,7 +146,12 @@ def main() -> int:
             "MiB_per_s": _mbs(size, t_plain),
         }
         report["full_vs_plain"] = round(t_plain / t_full, 2)
+        report["access"] = {
+            "source": type(cluster_of(src_backend)).__name__,
+            "destination": type(cluster_of(dst_backend)).__name__,
+        }
         report["peak_rss_MiB"] = {
+            # stackhop with librbd in-process; children: the rbd tools and the test-data writer.
             "stackhop": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "largest_child": round(
                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
@@ -147,7 +160,7 @@ def main() -> int:
     finally:
         if state:
             RbdMethod().forget_incremental(state, src, dst, storage)
-        cluster_of(dst_backend).remove_image(plain)
+        _cli(dst_backend).remove_image(plain)
         if destination:
             dst.block_storage.delete_volume(destination, ignore_missing=True)
         src.block_storage.delete_volume(volume, ignore_missing=True)

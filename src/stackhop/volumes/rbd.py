@@ -272,38 +272,41 @@ class RbdMethod:
         ctx.stage("imported", image=dst.spec(image), bytes_wire=stats.wire_bytes)
 
         # Cinder's fields are synced while both sides re-read the changed chunks.
-        changed, _ = _in_parallel(
-            lambda: self._changed_digests(
-                ctx, src, dst, source_image, image, snap, base, stats.touched
-            ),
-            lambda: cinder_adopt.sync_volume_fields(ctx, destination_id),
-        )
-        ctx.stage("adopted", destination_id=destination_id, reused=True)
-        digests = stored_digests(
-            ctx.journal, ctx.source.id, size, int(previous.get("chunk_rows", -1))
-        )
-        if changed is None or digests is None:
-            # Object size below the chunk, or the journal lost the digests: hash it all.
-            full_src, full_dst = _in_parallel(
-                lambda: src.chunk_digests(source_image, snap, VERIFY_CHUNK).digests,
-                lambda: dst.chunk_digests(image, snap, VERIFY_CHUNK).digests,
+        def verify() -> tuple[str, str]:
+            changed, _ = _in_parallel(
+                lambda: self._changed_digests(
+                    ctx, src, dst, source_image, image, snap, base, stats.touched
+                ),
+                lambda: cinder_adopt.sync_volume_fields(ctx, destination_id),
             )
-            compare_digests(ctx.source.label, full_src, full_dst, destination_id)
-            digests, changed = full_src, full_src
-            reread = "all"
-        else:
-            digests.update(changed)
-            reread = f"{len(changed)} chunk(s)"
-        digest = content_digest(digests[i] for i in sorted(digests))
-        record_digests(ctx.journal, ctx.source.id, changed, size, clear=reread == "all")
-        ctx.stage("verified", content_digest=digest, reread=reread)
-        self._commit_backup(ctx)
-        for cluster, backend, img in (
-            (src, pair.src_backend, source_image),
-            (dst, pair.dst_backend, image),
-        ):
-            cluster.remove_snapshot(img, base)
-            ctx.removed(snapshot_temporary(backend, img, base))
+            ctx.stage("adopted", destination_id=destination_id, reused=True)
+            rows = int(previous.get("chunk_rows", -1))
+            digests = stored_digests(ctx.journal, ctx.source.id, size, rows)
+            if changed is None or digests is None:
+                # Object size below the chunk, or the journal lost the digests: hash it all.
+                full_src, full_dst = _in_parallel(
+                    lambda: src.chunk_digests(source_image, snap, VERIFY_CHUNK).digests,
+                    lambda: dst.chunk_digests(image, snap, VERIFY_CHUNK).digests,
+                )
+                compare_digests(ctx.source.label, full_src, full_dst, destination_id)
+                digests, changed = full_src, full_src
+                reread = "all"
+            else:
+                digests.update(changed)
+                reread = f"{len(changed)} chunk(s)"
+            digest = content_digest(digests[i] for i in sorted(digests))
+            record_digests(ctx.journal, ctx.source.id, changed, size, clear=reread == "all")
+            ctx.stage("verified", content_digest=digest, reread=reread)
+            self._commit_backup(ctx)
+            dst.remove_snapshot(image, base)
+            return digest, reread
+
+        # Each base goes once used: the source's as soon as its diff is read, the
+        # destination's once verified against it. A removal is a monitor commit (up to a
+        # second with Ceph's default paxos_propose_interval), so they overlap the rest.
+        _, (digest, reread) = _in_parallel(lambda: src.remove_snapshot(source_image, base), verify)
+        ctx.removed(snapshot_temporary(pair.src_backend, source_image, base))
+        ctx.removed(snapshot_temporary(pair.dst_backend, image, base))
         result = PassResult(
             destination_id=destination_id,
             bytes_read=stats.data_bytes + stats.zero_bytes,
