@@ -81,7 +81,8 @@ def testbed() -> Iterator[Testbed]:
     """The two testbed clouds, ``src`` and ``dst``: reused when up, booted when not.
 
     For the whole session ``OS_CLIENT_CONFIG_FILE`` points at the testbed's
-    clouds.yaml and no other ``OS_*`` variable of the caller's shell applies.
+    clouds.yaml and no other ``OS_*`` variable of the caller's shell applies;
+    ``STACKHOP_STORAGE_MAP`` and ``STACKHOP_SSH_CONFIG`` are the testbed's.
     """
     if not _testbed_answers():
         code = _testbed_command("up", timeout=UP_TIMEOUT)
@@ -97,6 +98,9 @@ def testbed() -> Iterator[Testbed]:
             if key.startswith("OS_"):
                 mp.delenv(key)
         mp.setenv("OS_CLIENT_CONFIG_FILE", str(layout.CLOUDS_YAML))
+        # What env.sh gives a shell: how volume backends and storage hosts are reached.
+        mp.setenv("STACKHOP_STORAGE_MAP", str(layout.STORAGE_MAP))
+        mp.setenv("STACKHOP_SSH_CONFIG", str(layout.SSH_DIR / "ssh_config"))
         yield Testbed(clouds_yaml=layout.CLOUDS_YAML)
 
 
