@@ -63,6 +63,16 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_undo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from testbed.undo import undo_migration
+
+    removed = undo_migration(Path(args.journal), args.to)
+    print(f"undo: removed {len(removed)} thing(s) from {args.to}: " + "; ".join(removed))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m testbed", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -79,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("env", help="print the env file (source it to use the clouds)").set_defaults(
         func=cmd_env
     )
+    undo = sub.add_parser(
+        "undo", help="remove from dst what a migration (demo, test) created, given its journal"
+    )
+    undo.add_argument("--journal", required=True, help="the migration's journal file")
+    undo.add_argument("--to", default="dst", help="the cloud to undo it on (default: dst)")
+    undo.set_defaults(func=cmd_undo)
     args = p.parse_args(argv)
     try:
         return int(args.func(args))

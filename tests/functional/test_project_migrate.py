@@ -7,8 +7,8 @@ them, frank's, belongs to a user who does not exist on dst: a conflict the
 exit code reports) and an image. The migration is killed with SIGKILL in
 phase 3 while a volume is being copied, then run again: it completes with
 nothing duplicated; a third run is a no-op. Everything the test moved is
-removed from dst afterwards (resources by ``stackhop rollback``, images and
-volumes by ID from the journal), so dst is as the seed left it.
+removed from dst afterwards (:mod:`testbed.undo`), so dst is as the seed left
+it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import openstack
 import pytest
+from testbed.undo import undo_migration
 
 from stackhop.errors import ConflictError
 from stackhop.journal import Journal
@@ -71,36 +72,6 @@ def admin_in_beta(seeded: Testbed) -> Iterator[None]:
     yield
     if not had:
         dst.identity.unassign_project_role_from_user(project, user, role)
-
-
-def _undo(journal_path: Path, cli: Callable[..., CliResult]) -> None:
-    """Remove from dst everything the migration's runs created (never what was there)."""
-    if not journal_path.exists():
-        return
-    dst = _connect("dst")
-    with Journal(journal_path) as journal:
-        runs = journal.runs()
-        imports = [r.id for r in runs if r.command == "project migrate: import"]
-        created_images = [
-            op.destination_id
-            for op in journal.operations(kind="glance.image", state="done")
-            if op.action == "create" and op.destination_id
-        ]
-        volumes = [
-            op.destination_id for op in journal.operations(kind="volume") if op.destination_id
-        ]
-    for run_id in imports:
-        cli("--journal", str(journal_path), "rollback", "--to", "dst", "--run", run_id)
-    for image_id in created_images:
-        image = dst.image.find_image(image_id, ignore_missing=True)
-        if image is not None:
-            dst.image.update_image(image, is_protected=False)
-            dst.image.delete_image(image, ignore_missing=True)
-    for volume_id in volumes:
-        volume = dst.block_storage.find_volume(volume_id, ignore_missing=True)
-        if volume is not None:
-            dst.block_storage.delete_volume(volume, ignore_missing=True)
-            dst.block_storage.wait_for_delete(volume, wait=300)
 
 
 def _dst_state(project_id: str) -> dict[str, list[str]]:
@@ -223,7 +194,7 @@ def test_project_migrate_killed_in_phase_3_then_resumed_then_no_op(
             ]
         assert _dst_state(src_project) == after
     finally:
-        _undo(journal_path, cli)
+        undo_migration(journal_path)
     assert _dst_state(src_project) == before
 
 

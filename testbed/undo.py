@@ -1,0 +1,72 @@
+"""Undo a migration into the testbed's dst, so that dst is again as the seed left it.
+
+``make demo`` migrates into dst and the functional tests share dst, so what a
+demo or a test moved must not stay there. Given the journal of the
+migration, this removes from dst what its runs created and nothing else:
+resources through ``stackhop rollback`` (which also restores changed quota
+values and never touches what existed before), and the images and volumes
+the journal says were created (``python -m testbed undo --journal FILE``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import openstack
+
+from stackhop.journal import DONE, Journal
+
+#: Commands whose runs ``stackhop rollback`` undoes (resource imports).
+RESOURCE_COMMANDS = ("import", "migrate", "project migrate: import")
+
+
+def undo_migration(journal_path: Path, destination: str = "dst") -> list[str]:
+    """Remove from ``destination`` what the runs of ``journal_path`` created; what was removed."""
+    if not journal_path.exists():
+        return []
+    with Journal(journal_path) as journal:
+        runs = [r for r in journal.runs() if r.destination_cloud == destination]
+        resource_runs = [r.id for r in runs if r.command in RESOURCE_COMMANDS]
+        images = [
+            op.destination_id
+            for op in journal.operations(kind="glance.image", state=DONE)
+            if op.action == "create" and op.destination_id
+        ]
+        volumes = [
+            op.destination_id for op in journal.operations(kind="volume") if op.destination_id
+        ]
+    removed: list[str] = []
+    for run_id in resource_runs:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stackhop.cli.main",
+                "--journal",
+                str(journal_path),
+                "rollback",
+                "--to",
+                destination,
+                "--run",
+                run_id,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        removed.append(f"resources of run {run_id}")
+    conn = openstack.connect(cloud=destination)
+    for image_id in images:
+        image = conn.image.find_image(image_id, ignore_missing=True)
+        if image is not None:
+            conn.image.update_image(image, is_protected=False)
+            conn.image.delete_image(image, ignore_missing=True)
+            removed.append(f"image {image_id}")
+    for volume_id in dict.fromkeys(volumes):
+        volume = conn.block_storage.find_volume(volume_id, ignore_missing=True)
+        if volume is not None:
+            conn.block_storage.delete_volume(volume, ignore_missing=True)
+            conn.block_storage.wait_for_delete(volume, wait=300)
+            removed.append(f"volume {volume_id}")
+    return removed
