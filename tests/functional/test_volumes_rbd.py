@@ -27,6 +27,8 @@ from tests.functional.rbd_support import (
 
 from stackhop.clouds import connect
 from stackhop.errors import CapabilityError
+from stackhop.transfer.rbd import RbdCluster
+from stackhop.transfer.rbd_lib import LibRbdCluster
 from stackhop.volumes.model import GIB, VERIFY_CHUNK
 from stackhop.volumes.rbd import MARKER, RbdMethod, cluster_of
 from stackhop.volumes.storage import Backend, StorageMap, load_storage_map
@@ -266,3 +268,80 @@ def test_full_pass_over_ssh_replaces_an_interrupted_copy(world: World, tmp_path:
     assert second.state == {} and recorder.live == {}
     assert stackhop_leftovers(world.src_backend, [f"volume-{world.volume.id}"]) == []
     assert stackhop_leftovers(world.dst_backend, [f"volume-{second.destination_id}"]) == []
+
+
+#: More changed blocks for a third pass: one inside a chunk the second pass changed too.
+MORE_CHANGES: list[Write] = [
+    (300 * MIB + 128 * 1024, 64 * 1024, 21),
+    (700 * MIB, 128 * 1024, 22),
+]
+
+
+def test_bindings_and_cli_paths_copy_the_same_content(world: World, tmp_path: Path) -> None:
+    # The same chain through every pairing of librbd in-process (local clusters) and the rbd
+    # tools over ssh: the content digests must be the ones computed from the known writes.
+    def storage(src_ssh: str | None, dst_ssh: str | None) -> StorageMap:
+        return StorageMap(
+            backends={
+                **world.storage.backends,
+                ("src", "ceph"): dataclasses.replace(world.src_backend, ssh_host=src_ssh),
+                ("dst", "ceph"): dataclasses.replace(world.dst_backend, ssh_host=dst_ssh),
+            },
+            source="test",
+        )
+
+    local, hop = storage(None, None), storage("src-storage", "dst-storage")
+    mixed = storage(None, "dst-storage")
+    # The venv has Debian's bindings (scripts/setup.sh): local clusters go through librbd.
+    assert isinstance(cluster_of(local.backend("src", "ceph")), LibRbdCluster)
+    assert isinstance(cluster_of(hop.backend("dst", "ceph")), RbdCluster)
+    run_id = uuid.uuid4().hex
+    source_image = f"volume-{world.volume.id}"
+
+    # Pass 1, full: read with librbd, written by rbd import-diff on dst-storage.
+    first = _pass(world, tmp_path, Recorder(), run_id, storage=mixed, incremental=True)
+    assert first.content_digest == expected_digest(GIB, FIRST)
+    image, snap = f"volume-{first.destination_id}", first.state["snapshot"]
+    # Both ways of reading back give the same per-chunk digests, on both clusters.
+    for side, name in (("src", source_image), ("dst", image)):
+        by_lib = cluster_of(local.backend(side, "ceph")).chunk_digests(name, snap, VERIFY_CHUNK)
+        by_cli = cluster_of(hop.backend(side, "ceph")).chunk_digests(name, snap, VERIFY_CHUNK)
+        assert by_lib.digests == by_cli.digests and len(by_lib.digests) == GIB // VERIFY_CHUNK
+
+    # Pass 2, incremental, rbd tools on both ends over ssh.
+    write_image(world.src_backend, source_image, CHANGES)
+    second = _pass(
+        world,
+        tmp_path,
+        Recorder(),
+        run_id,
+        storage=hop,
+        incremental=True,
+        previous=first.state,
+        destination_id=first.destination_id,
+    )
+    assert second.content_digest == expected_digest(GIB, FIRST + CHANGES)
+    assert second.state["stale_snapshot"] == snap
+
+    # Pass 3, incremental, librbd on both ends: pass 1's snapshot goes, pass 2's stays.
+    write_image(world.src_backend, source_image, MORE_CHANGES)
+    third = _pass(
+        world,
+        tmp_path,
+        Recorder(),
+        run_id,
+        storage=local,
+        incremental=True,
+        previous=second.state,
+        destination_id=first.destination_id,
+    )
+    assert third.content_digest == expected_digest(GIB, FIRST + CHANGES + MORE_CHANGES)
+    assert _allocated(MORE_CHANGES) <= third.bytes_sent <= _allocated(MORE_CHANGES) + MIB
+    kept = sorted([second.state["snapshot"], third.state["snapshot"]])
+    for side, name in (("src", source_image), ("dst", image)):
+        snaps = cluster_of(local.backend(side, "ceph")).snapshots(name)
+        assert sorted(s for s in snaps if s.startswith("stackhop-")) == kept
+
+    RbdMethod().forget_incremental(third.state, world.src, world.dst, local)
+    assert stackhop_leftovers(world.src_backend, [source_image]) == []
+    assert stackhop_leftovers(world.dst_backend, [image]) == []

@@ -21,7 +21,7 @@ import json
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -169,12 +169,15 @@ class RbdCluster:
             args.append("--whole-object")
         return CliDiffReader(self.popen([*args, self.spec(image), "-"], stdout=subprocess.PIPE))
 
-    def import_diff(self, image: str) -> CliDiffSink:
-        """``rbd import-diff - image``, fed the re-serialised stream."""
+    def import_diff(self, image: str, retire: str | None = None) -> CliDiffSink:
+        """``rbd import-diff - image``, fed the re-serialised stream; ``retire`` is removed
+        once it has finished."""
         process = self.popen(
             ["import-diff", "--no-progress", "-", self.spec(image)], stdin=subprocess.PIPE
         )
-        return CliDiffSink(process)
+        return CliDiffSink(
+            process, (lambda: self.remove_snapshot(image, retire)) if retire else None
+        )
 
     def chunk_digests(
         self, image: str, snap: str, chunk: int, from_snap: str | None = None
@@ -300,8 +303,9 @@ class CliDiffReader:
 class CliDiffSink:
     """A running ``rbd import-diff -`` fed the v1 stream."""
 
-    def __init__(self, process: RbdProcess) -> None:
+    def __init__(self, process: RbdProcess, after: Callable[[], None] | None = None) -> None:
         self.process = process
+        self._after = after
         assert process.proc.stdin is not None
         self._writer = DiffWriter(process.proc.stdin)
         self._done = False
@@ -336,6 +340,8 @@ class CliDiffSink:
         self._guarded(self.process.proc.stdin.close)
         self._done = True
         self.process.wait()
+        if self._after is not None:
+            self._after()
 
     def abort(self) -> None:
         if not self._done:

@@ -123,8 +123,9 @@ class RbdAccess(Protocol):
         """The diff of ``image@snap`` since ``from_snap`` (since nothing when None)."""
         ...
 
-    def import_diff(self, image: str) -> DiffSink:
-        """A sink applying a diff to ``image`` (which exists)."""
+    def import_diff(self, image: str, retire: str | None = None) -> DiffSink:
+        """A sink applying a diff to ``image`` (which exists); ``retire``: a snapshot of
+        ``image`` to remove when the diff's end snapshot is created."""
         ...
 
     def chunk_digests(

@@ -23,12 +23,13 @@ from __future__ import annotations
 import atexit
 import hashlib
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from stackhop.transfer.rbd_access import RbdError, read_ahead
+from stackhop.transfer.rbd_access import RbdError
 from stackhop.transfer.rbd_diff import (
     MAX_PIECE,
     ChunkDigests,
@@ -50,6 +51,9 @@ else:
 
 DIFF_WINDOW = 1 << 34
 """Bytes of image whose changed extents are listed at once (16 GiB: at most 4096 extents)."""
+
+READS_IN_FLIGHT = 4
+"""Asynchronous reads of at most 4 MiB outstanding at once."""
 
 WRITES_IN_FLIGHT = 8
 """Pieces (at most 4 MiB each) written asynchronously at once by a :class:`LibDiffSink`."""
@@ -108,7 +112,11 @@ class LibRbdCluster:
             cluster = _connections.get(key)
             if cluster is not None:
                 return cluster
-            conf = {"keyring": self.keyring} if self.keyring else {}
+            # No client cache: a bulk copy reads and writes each byte once, and librbd's
+            # cache halves the throughput of large sequential reads (measured here).
+            conf = {"rbd_cache": "false"}
+            if self.keyring:
+                conf["keyring"] = self.keyring
             try:
                 cluster = rados.Rados(
                     conffile=self.ceph_conf or "", rados_id=self.user or "admin", conf=conf
@@ -210,8 +218,8 @@ class LibRbdCluster:
     def export_diff(self, image: str, snap: str, from_snap: str | None = None) -> LibDiffReader:
         return LibDiffReader(self, image, snap, from_snap)
 
-    def import_diff(self, image: str) -> LibDiffSink:
-        return LibDiffSink(self, image)
+    def import_diff(self, image: str, retire: str | None = None) -> LibDiffSink:
+        return LibDiffSink(self, image, retire)
 
     def chunk_digests(
         self, image: str, snap: str, chunk: int, from_snap: str | None = None
@@ -254,27 +262,66 @@ def _changed_extents(
         yield from sorted(found)
 
 
-def _hash_chunks(handle: Any, chunk: int, from_snap: str | None) -> ChunkDigests:
-    size = int(handle.size())
-    count = -(-size // chunk)
-    touched: list[int] = []
+def _touched_chunks(handle: Any, size: int, chunk: int, from_snap: str | None) -> Iterator[int]:
+    """Indexes of the chunks with data (since ``from_snap``: with any change), in order."""
+    last = -1
     for offset, length, exists in _changed_extents(handle, size, from_snap):
         if from_snap is None and not exists:
             continue
-        for index in range(offset // chunk, (offset + max(length, 1) - 1) // chunk + 1):
-            if not touched or touched[-1] != index:
-                touched.append(index)
+        for index in range(max(offset // chunk, last + 1), (offset + length - 1) // chunk + 1):
+            last = index
+            yield index
 
-    def reads() -> Iterator[tuple[int, bytes]]:
-        for index in touched:
-            yield index, handle.read(index * chunk, min(chunk, size - index * chunk))
 
+def read_pieces(handle: Any, pieces: Iterator[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:
+    """``(offset, data)`` of each ``(offset, length)`` piece, in order, with up to
+    :data:`READS_IN_FLIGHT` asynchronous reads outstanding (the OSDs work in parallel)."""
+    _, rbd = _modules()
+    pending: deque[tuple[int, Any, list[Any]]] = deque()
+
+    def issue() -> bool:
+        piece = next(pieces, None)
+        if piece is None:
+            return False
+        offset, length = piece
+        holder: list[Any] = []
+        completion = handle.aio_read(
+            offset, length, lambda _c, data, into=holder: into.append(data)
+        )
+        pending.append((offset, completion, holder))
+        return True
+
+    try:
+        more = True
+        while True:
+            while more and len(pending) < READS_IN_FLIGHT:
+                more = issue()
+            if not pending:
+                return
+            offset, completion, holder = pending.popleft()
+            completion.wait_for_complete_and_cb()
+            code = completion.get_return_value()
+            if code < 0 or not holder or holder[0] is None:
+                raise rbd.IOError(f"read at offset {offset} returned {code}")
+            yield offset, holder[0]
+    finally:
+        # librbd must not write into buffers of reads nobody waits for any more.
+        for _, completion, _ in pending:
+            completion.wait_for_complete_and_cb()
+
+
+def _hash_chunks(handle: Any, chunk: int, from_snap: str | None) -> ChunkDigests:
+    size = int(handle.size())
+    count = -(-size // chunk)
     result = ChunkDigests()
     if from_snap is None:
         result.digests = {i: zero_digest(min(chunk, size - i * chunk)) for i in range(count)}
-    stop = threading.Event()
-    for index, data in read_ahead(reads(), depth=2, name="rbd verify read", stop=stop):
-        result.digests[index] = hashlib.sha256(data).hexdigest()
+    pieces = (
+        (index * chunk, min(chunk, size - index * chunk))
+        for index in _touched_chunks(handle, size, chunk, from_snap)
+    )
+    for offset, data in read_pieces(handle, pieces):
+        result.digests[offset // chunk] = hashlib.sha256(data).hexdigest()
     return result
 
 
@@ -299,20 +346,27 @@ class LibDiffReader:
 
     def records(self) -> Iterator[Record]:
         _, rbd = _modules()
-        try:
+        zeroed: deque[ZeroExtent] = deque()
+
+        def pieces() -> Iterator[tuple[int, int]]:
             for offset, length, exists in _changed_extents(
                 self._image, self.header.size, self.header.from_snap
             ):
                 if not exists:
-                    yield ZeroExtent(offset, length)
+                    # Handed out in offset order between the data pieces.
+                    zeroed.append(ZeroExtent(offset, length))
                     continue
-                done = 0
-                while done < length:
+                for start in range(offset, offset + length, MAX_PIECE):
                     if self._stop.is_set():
                         return
-                    n = min(MAX_PIECE, length - done)
-                    yield WriteExtent(offset + done, self._image.read(offset + done, n))
-                    done += n
+                    yield start, min(MAX_PIECE, offset + length - start)
+
+        try:
+            for offset, data in read_pieces(self._image, pieces()):
+                while zeroed and zeroed[0].offset < offset:
+                    yield zeroed.popleft()
+                yield WriteExtent(offset, data)
+            yield from zeroed
         except rbd.Error as exc:
             raise self.cluster._failed(f"export-diff {self._label}", exc) from exc
 
@@ -329,10 +383,12 @@ class LibDiffReader:
 class LibDiffSink:
     """Applies a diff to ``image`` with librbd, as ``rbd import-diff`` does."""
 
-    def __init__(self, cluster: LibRbdCluster, image: str) -> None:
+    def __init__(self, cluster: LibRbdCluster, image: str, retire: str | None = None) -> None:
         _, rbd = _modules()
         self.cluster = cluster
         self.bytes = 0
+        self._name = image
+        self._retire = retire
         self._label = cluster.spec(image)
         self._ioctx = cluster.ioctx()
         try:
@@ -341,6 +397,7 @@ class LibDiffSink:
             self._ioctx.close()
             raise cluster._failed(f"import-diff {self._label}", exc) from exc
         self._to_snap: str | None = None
+        self._retire_error: RbdError | None = None
         self._slots = threading.Semaphore(WRITES_IN_FLIGHT)
         # Keeps each piece alive until librbd has written it; the first error wins.
         self._in_flight: dict[int, bytes] = {}
@@ -409,11 +466,35 @@ class LibDiffSink:
             self._check()
             self._image.flush()
             if self._to_snap is not None:
-                self._image.create_snap(self._to_snap)
+                self._snapshot(self._to_snap)
         except rbd.Error as exc:
             raise self.cluster._failed(f"import-diff {self._label}", exc) from exc
         finally:
             self._close()
+
+    def _snapshot(self, snap: str) -> None:
+        """Create ``snap``, removing the snapshot to retire at the same time: each is a
+        monitor commit, and issued together they share one."""
+        if self._retire is None:
+            self._image.create_snap(snap)
+            return
+        retire = self._retire
+        remover = threading.Thread(
+            target=self._remove_retired, args=(retire,), name="rbd retire", daemon=True
+        )
+        remover.start()
+        try:
+            self._image.create_snap(snap)
+        finally:
+            remover.join()
+        if self._retire_error is not None:
+            raise self._retire_error
+
+    def _remove_retired(self, snap: str) -> None:
+        try:
+            self.cluster.remove_snapshot(self._name, snap)
+        except RbdError as exc:  # raised by finish() on the caller's thread
+            self._retire_error = exc
 
     def abort(self) -> None:
         if not self._closed:

@@ -43,6 +43,7 @@ such a full pass.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
@@ -252,15 +253,27 @@ class RbdMethod:
     ) -> PassResult:
         src, dst = pair.src, pair.dst
         base = str(previous["snapshot"])
+        stale = previous.get("stale_snapshot")
         source_image = str(previous["source_image"])
         image = str(previous["destination_image"])
         destination_id = ctx.destination_id
         assert destination_id is not None
-        src_snap = self._take_snapshot(ctx, pair.src_backend, src, source_image, snap)
+        # The snapshot before the base goes now, each side together with the creation of
+        # the new one: both are monitor commits (up to a second each with Ceph's default
+        # paxos_propose_interval), and issued together they share one.
+        src_snap, _ = _in_parallel(
+            lambda: self._take_snapshot(ctx, pair.src_backend, src, source_image, snap),
+            lambda: src.remove_snapshot(source_image, stale) if stale else None,
+        )
         dst_snap = snapshot_temporary(pair.dst_backend, image, snap)
         ctx.created(dst_snap)
         dst.remove_snapshot(image, snap)
-        stats = self._stream(ctx, src, source_image, snap, base, dst, image, None)
+        stats = self._stream(
+            ctx, src, source_image, snap, base, dst, image, None, retire=stale or None
+        )
+        if stale:
+            ctx.removed(snapshot_temporary(pair.src_backend, source_image, stale))
+            ctx.removed(snapshot_temporary(pair.dst_backend, image, stale))
         assert stats.header is not None
         size = stats.header.size
         if size != int(previous.get("size", size)):
@@ -272,41 +285,31 @@ class RbdMethod:
         ctx.stage("imported", image=dst.spec(image), bytes_wire=stats.wire_bytes)
 
         # Cinder's fields are synced while both sides re-read the changed chunks.
-        def verify() -> tuple[str, str]:
-            changed, _ = _in_parallel(
-                lambda: self._changed_digests(
-                    ctx, src, dst, source_image, image, snap, base, stats.touched
-                ),
-                lambda: cinder_adopt.sync_volume_fields(ctx, destination_id),
+        changed, _ = _in_parallel(
+            lambda: self._changed_digests(
+                ctx, src, dst, source_image, image, snap, base, stats.touched
+            ),
+            lambda: cinder_adopt.sync_volume_fields(ctx, destination_id),
+        )
+        ctx.stage("adopted", destination_id=destination_id, reused=True)
+        rows = int(previous.get("chunk_rows", -1))
+        digests = stored_digests(ctx.journal, ctx.source.id, size, rows)
+        if changed is None or digests is None:
+            # Object size below the chunk, or the journal lost the digests: hash it all.
+            full_src, full_dst = _in_parallel(
+                lambda: src.chunk_digests(source_image, snap, VERIFY_CHUNK).digests,
+                lambda: dst.chunk_digests(image, snap, VERIFY_CHUNK).digests,
             )
-            ctx.stage("adopted", destination_id=destination_id, reused=True)
-            rows = int(previous.get("chunk_rows", -1))
-            digests = stored_digests(ctx.journal, ctx.source.id, size, rows)
-            if changed is None or digests is None:
-                # Object size below the chunk, or the journal lost the digests: hash it all.
-                full_src, full_dst = _in_parallel(
-                    lambda: src.chunk_digests(source_image, snap, VERIFY_CHUNK).digests,
-                    lambda: dst.chunk_digests(image, snap, VERIFY_CHUNK).digests,
-                )
-                compare_digests(ctx.source.label, full_src, full_dst, destination_id)
-                digests, changed = full_src, full_src
-                reread = "all"
-            else:
-                digests.update(changed)
-                reread = f"{len(changed)} chunk(s)"
-            digest = content_digest(digests[i] for i in sorted(digests))
-            record_digests(ctx.journal, ctx.source.id, changed, size, clear=reread == "all")
-            ctx.stage("verified", content_digest=digest, reread=reread)
-            self._commit_backup(ctx)
-            dst.remove_snapshot(image, base)
-            return digest, reread
-
-        # Each base goes once used: the source's as soon as its diff is read, the
-        # destination's once verified against it. A removal is a monitor commit (up to a
-        # second with Ceph's default paxos_propose_interval), so they overlap the rest.
-        _, (digest, reread) = _in_parallel(lambda: src.remove_snapshot(source_image, base), verify)
-        ctx.removed(snapshot_temporary(pair.src_backend, source_image, base))
-        ctx.removed(snapshot_temporary(pair.dst_backend, image, base))
+            compare_digests(ctx.source.label, full_src, full_dst, destination_id)
+            digests, changed = full_src, full_src
+            reread = "all"
+        else:
+            digests.update(changed)
+            reread = f"{len(changed)} chunk(s)"
+        digest = content_digest(digests[i] for i in sorted(digests))
+        record_digests(ctx.journal, ctx.source.id, changed, size, clear=reread == "all")
+        ctx.stage("verified", content_digest=digest, reread=reread)
+        self._commit_backup(ctx)
         result = PassResult(
             destination_id=destination_id,
             bytes_read=stats.data_bytes + stats.zero_bytes,
@@ -316,6 +319,8 @@ class RbdMethod:
             details={"snapshot": snap, "since": base, "reread": reread, "pass": number},
         )
         self._finish(ctx, result, number, snap, source_image, image, pair, src_snap, dst_snap, size)
+        # The base stays until the next pass (or forget_incremental) removes it.
+        result.state["stale_snapshot"] = base
         return result
 
     # -- pieces ----------------------------------------------------------------
@@ -330,6 +335,8 @@ class RbdMethod:
         dst: RbdAccess,
         image: str,
         hasher: ChunkHasher | None,
+        *,
+        retire: str | None = None,
     ) -> DiffStats:
         backup = ctx.backup
         total = ctx.source.size_bytes or None
@@ -353,7 +360,7 @@ class RbdMethod:
         try:
             reader = src.export_diff(source_image, snap, base)
             try:
-                sink = dst.import_diff(image)
+                sink = dst.import_diff(image, retire)
             except BaseException:
                 reader.cancel()
                 reader.close()
@@ -425,9 +432,12 @@ class RbdMethod:
                 "chunk_rows": row_count(ctx.journal, ctx.source.id),
             }
             return
-        pair.src.remove_snapshot(source_image, snap)
+        # Two clusters, two monitors: the removals overlap.
+        _in_parallel(
+            lambda: pair.src.remove_snapshot(source_image, snap),
+            lambda: pair.dst.remove_snapshot(image, snap),
+        )
         ctx.removed(src_snap)
-        pair.dst.remove_snapshot(image, snap)
         ctx.removed(dst_snap)
 
     # -- cleanup ---------------------------------------------------------------
@@ -453,10 +463,17 @@ class RbdMethod:
     def forget_incremental(
         self, state: Mapping[str, Any], source_conn: Any, destination_conn: Any, storage: StorageMap
     ) -> None:
-        """Remove the chain's base snapshot on both sides, so Cinder can delete both volumes."""
-        snap = state.get("snapshot")
-        if not snap:
+        """Remove the chain's snapshots (the last pass's, and the base before it) on both
+        sides, so Cinder can delete both volumes."""
+        snaps = [str(s) for s in (state.get("snapshot"), state.get("stale_snapshot")) if s]
+        if not snaps:
             return
+        removals = []
         for side in ("source", "destination"):
             backend = storage.backend(str(state[f"{side}_cloud"]), str(state[f"{side}_backend"]))
-            cluster_of(backend).remove_snapshot(str(state[f"{side}_image"]), str(snap))
+            cluster, image = cluster_of(backend), str(state[f"{side}_image"])
+            removals += [functools.partial(cluster.remove_snapshot, image, snap) for snap in snaps]
+        # Removals issued together share the monitors' commits.
+        with ThreadPoolExecutor(max_workers=len(removals), thread_name_prefix="rbd") as pool:
+            for done in [pool.submit(removal) for removal in removals]:
+                done.result()
