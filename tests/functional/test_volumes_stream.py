@@ -182,16 +182,19 @@ def test_broken_transfer_resumes_without_resending_confirmed_chunks(
         [lambda kind, offset, length: resent.append(offset) if kind == agent.DATA else None],
     )
     recorder2 = Recorder()
+    backup = MemoryBackup()  # the backup still gets every chunk, from the same read
     ctx2 = make_context(
         project=project,
         source=source,
         journal_path=tmp_path / "j.db",
         recorder=recorder2,
         destination_id=dest_id,
+        backup=backup,
     )
     result = method.copy_pass(ctx2)
     assert result.destination_id == dest_id
     assert not confirmed & set(resent)
+    assert sorted(backup.chunks) == data_chunks and backup.state == "committed"
     assert result.bytes_sent == (len(data_chunks) - len(confirmed)) * VERIFY_CHUNK
     assert result.details["resumed_chunks"] >= len(confirmed)
     assert file_digests(dst_file(dest_id), SIZE) == file_digests(src_file(source.id), SIZE)

@@ -48,8 +48,9 @@ ENV_PYTHON = "STACKHOP_AGENT_PYTHON"
 
 FrameHook = Callable[[int, int, int], None]
 
-#: Test hook: called with (kind, offset, length) of every frame before it is forwarded, to
-#: break a transfer at a chosen point in functional tests. Empty in production.
+#: Test hook: called with (kind, offset, length) of every frame just before it is forwarded to
+#: the destination, to break a transfer at a chosen point in functional tests. Empty in
+#: production.
 frame_hooks: list[FrameHook] = []
 
 _STDERR_KEEP = 8192
@@ -217,16 +218,17 @@ def pump(
     destination: AgentHost,
     write_params: Mapping[str, Any],
     *,
-    forward: Callable[[int], bool],
+    forward: Callable[[int, int], bool],
     on_confirmed: Confirmed,
     on_progress: Callable[[int], None] | None = None,
     backup: Destination | None = None,
 ) -> PumpResult:
     """Stream the source agent's frames into the destination agent.
 
-    ``forward(offset)`` says whether a chunk goes to the destination (a
-    resumed pass skips confirmed chunks, but still reads them when a backup
-    needs the whole volume); every data chunk goes to ``backup``.
+    ``forward(offset, length)`` says whether a frame (a chunk, or a zero run
+    of several) goes to the destination: a resumed pass skips confirmed
+    chunks, but still reads them when a backup needs the whole volume; every
+    data chunk goes to ``backup``.
     """
     result = PumpResult()
     writer, writer_err = destination.start("write", write_params)
@@ -252,9 +254,9 @@ def pump(
             if kind == agent.END:
                 result.reader = json.loads(_read_exact(src_fd, plen)) if plen else {}
                 break
-            for hook in frame_hooks:
+            send = forward(offset, length)
+            for hook in frame_hooks if send else ():
                 hook(kind, offset, length)
-            send = forward(offset)
             result.digests[offset] = (length, digest.hex() if kind == agent.DATA else "")
             stage = "writing"
             header = agent.pack_header(kind, packing, plen, offset, length, digest)

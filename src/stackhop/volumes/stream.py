@@ -286,7 +286,7 @@ class StreamMethod:
         size: int,
         codec: str,
         offsets: list[int] | None,
-        forward: Callable[[int], bool],
+        forward: Callable[[int, int], bool],
         hosts: tuple[AgentHost, str, AgentHost, str],
     ) -> tuple[dict[int, tuple[int, str]], PassResult]:
         src_host, src_path, dst_host, dst_path = hosts
@@ -328,7 +328,15 @@ class StreamMethod:
         todo = [o for o in chunk_offsets(size) if o not in done]
         # A backup needs every chunk from this same read; the destination only the missing ones.
         offsets = None if (ctx.backup is not None or not done) else todo
-        _, result = self._stream(ctx, key, size, codec, offsets, lambda o: o not in done, hosts)
+        _, result = self._stream(
+            ctx,
+            key,
+            size,
+            codec,
+            offsets,
+            lambda o, n: any(c not in done for c in range(o, o + n, VERIFY_CHUNK)),
+            hosts,
+        )
         source_digests = confirmed_digests(ctx.journal.chunks(key), size)
         missing = [o for o in chunk_offsets(size) if o not in source_digests]
         if missing:
@@ -360,7 +368,15 @@ class StreamMethod:
         wanted = set(changed)
         read = None if ctx.backup is not None else changed
         if changed or ctx.backup is not None:
-            sent, result = self._stream(ctx, key, size, codec, read, lambda o: o in wanted, hosts)
+            sent, result = self._stream(
+                ctx,
+                key,
+                size,
+                codec,
+                read,
+                lambda o, n: any(c in wanted for c in range(o, o + n, VERIFY_CHUNK)),
+                hosts,
+            )
         else:
             sent, result = {}, PassResult(destination_id="")
         ctx.stage("imported", destination_id=_volume_of(key), bytes_sent=result.bytes_sent)
