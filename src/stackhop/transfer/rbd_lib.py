@@ -7,12 +7,7 @@ pass's fixed cost from seconds to milliseconds. librbd's ``read``/``write``
 and ``hashlib`` release the GIL, so reading, hashing and writing overlap on
 threads.
 
-A diff is read the way ``rbd export-diff`` reads it (``diff_iterate`` with
-the parent included, then the changed extents), in windows of
-:data:`DIFF_WINDOW` bytes so the extent list stays small whatever the image
-size; it is applied the way ``rbd import-diff`` applies it (base snapshot
-checked, image resized, ``aio_write`` with at most :data:`WRITES_IN_FLIGHT`
-pieces in flight, zeroed extents written as zeroes, end snapshot created).
+Diffs are read and applied, and chunks hashed, by :mod:`stackhop.transfer.rbd_lib_io`.
 
 When the bindings are missing (:func:`available` is false),
 :func:`stackhop.transfer.rbd.open_cluster` falls back to the ``rbd`` tools.
@@ -21,55 +16,23 @@ When the bindings are missing (:func:`available` is false),
 from __future__ import annotations
 
 import atexit
-import hashlib
 import threading
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 from stackhop.transfer.rbd_access import RbdError
-from stackhop.transfer.rbd_diff import (
-    MAX_PIECE,
-    ChunkDigests,
-    DiffHeader,
-    Record,
-    WriteExtent,
-    ZeroExtent,
-    zero_digest,
+from stackhop.transfer.rbd_diff import ChunkDigests
+from stackhop.transfer.rbd_lib_io import (
+    LibDiffReader,
+    LibDiffSink,
+    available,
+    bindings,
+    hash_chunks,
 )
 
-try:  # Debian's python3-rados / python3-rbd; absent from PyPI, so optional.
-    import rados as _rados
-    import rbd as _rbd
-except ImportError:
-    _rados_mod: ModuleType | None = None
-    _rbd_mod: ModuleType | None = None
-else:
-    _rados_mod, _rbd_mod = _rados, _rbd
-
-DIFF_WINDOW = 1 << 34
-"""Bytes of image whose changed extents are listed at once (16 GiB: at most 4096 extents)."""
-
-READS_IN_FLIGHT = 4
-"""Asynchronous reads of at most 4 MiB outstanding at once."""
-
-WRITES_IN_FLIGHT = 8
-"""Pieces (at most 4 MiB each) written asynchronously at once by a :class:`LibDiffSink`."""
+__all__ = ["LibRbdCluster", "available"]
 
 CONNECT_TIMEOUT = 30
-
-
-def available() -> bool:
-    """Whether the librbd bindings import in this Python."""
-    return _rbd_mod is not None
-
-
-def _modules() -> tuple[Any, Any]:
-    if _rados_mod is None or _rbd_mod is None:
-        raise RbdError("the rados/rbd Python bindings are not importable here")
-    return _rados_mod, _rbd_mod
 
 
 _connections: dict[tuple[str | None, str | None, str | None], Any] = {}
@@ -106,7 +69,7 @@ class LibRbdCluster:
     # -- connection --------------------------------------------------------------
 
     def _cluster(self) -> Any:
-        rados, _ = _modules()
+        rados, _ = bindings()
         key = (self.ceph_conf, self.keyring, self.user)
         with _connections_lock:
             cluster = _connections.get(key)
@@ -132,7 +95,7 @@ class LibRbdCluster:
 
     def ioctx(self) -> Any:
         """A new I/O context on the pool (cheap: the connection is shared)."""
-        rados, _ = _modules()
+        rados, _ = bindings()
         try:
             return self._cluster().open_ioctx(self.pool)
         except rados.ObjectNotFound as exc:
@@ -140,78 +103,82 @@ class LibRbdCluster:
                 f"pool {self.pool!r} does not exist on {self.where}; fix the storage map"
             ) from exc
 
-    def _failed(self, what: str, exc: Exception) -> RbdError:
+    def failed(self, what: str, exc: Exception) -> RbdError:
+        """The one-line error for a librbd call ``what`` that raised ``exc``."""
         return RbdError(f"rbd {what} on {self.where} failed: {exc}")
 
-    def _image(self, ioctx: Any, image: str, snap: str | None = None, *, read_only: bool) -> Any:
-        _, rbd = _modules()
+    def open_image(
+        self, ioctx: Any, image: str, snap: str | None = None, *, read_only: bool
+    ) -> Any:
+        """An ``rbd.Image`` of ``image`` (at ``snap``); the caller closes it."""
+        _, rbd = bindings()
         return rbd.Image(ioctx, image, snapshot=snap, read_only=read_only)
 
     # -- images and snapshots ----------------------------------------------------
 
     def size(self, image: str) -> int | None:
-        _, rbd = _modules()
+        _, rbd = bindings()
         with self.ioctx() as ioctx:
             try:
-                with self._image(ioctx, image, read_only=True) as handle:
+                with self.open_image(ioctx, image, read_only=True) as handle:
                     return int(handle.size())
             except rbd.ImageNotFound:
                 return None
             except rbd.Error as exc:
-                raise self._failed(f"info {self.spec(image)}", exc) from exc
+                raise self.failed(f"info {self.spec(image)}", exc) from exc
 
     def snapshots(self, image: str) -> list[str]:
-        _, rbd = _modules()
+        _, rbd = bindings()
         with self.ioctx() as ioctx:
             try:
-                with self._image(ioctx, image, read_only=True) as handle:
+                with self.open_image(ioctx, image, read_only=True) as handle:
                     return [str(s["name"]) for s in handle.list_snaps()]
             except rbd.ImageNotFound:
                 return []
             except rbd.Error as exc:
-                raise self._failed(f"snap ls {self.spec(image)}", exc) from exc
+                raise self.failed(f"snap ls {self.spec(image)}", exc) from exc
 
     def create_snapshot(self, image: str, snap: str) -> None:
-        _, rbd = _modules()
+        _, rbd = bindings()
         with self.ioctx() as ioctx:
             try:
-                with self._image(ioctx, image, read_only=False) as handle:
+                with self.open_image(ioctx, image, read_only=False) as handle:
                     handle.create_snap(snap)
             except rbd.Error as exc:
-                raise self._failed(f"snap create {self.spec(image, snap)}", exc) from exc
+                raise self.failed(f"snap create {self.spec(image, snap)}", exc) from exc
 
     def remove_snapshot(self, image: str, snap: str) -> None:
-        _, rbd = _modules()
+        _, rbd = bindings()
         with self.ioctx() as ioctx:
             try:
-                with self._image(ioctx, image, read_only=False) as handle:
+                with self.open_image(ioctx, image, read_only=False) as handle:
                     handle.remove_snap(snap)
             except rbd.ImageNotFound:
                 return  # the image, or the snapshot, is already gone
             except rbd.Error as exc:
-                raise self._failed(f"snap rm {self.spec(image, snap)}", exc) from exc
+                raise self.failed(f"snap rm {self.spec(image, snap)}", exc) from exc
 
     def create_image(self, image: str, size: int) -> None:
-        _, rbd = _modules()
+        _, rbd = bindings()
         with self.ioctx() as ioctx:
             try:
                 # Features from the cluster's rbd_default_features, as ``rbd create`` does.
                 rbd.RBD().create(ioctx, image, size, old_format=False)
             except rbd.Error as exc:
-                raise self._failed(f"create {self.spec(image)}", exc) from exc
+                raise self.failed(f"create {self.spec(image)}", exc) from exc
 
     def remove_image(self, image: str) -> None:
-        _, rbd = _modules()
+        _, rbd = bindings()
         with self.ioctx() as ioctx:
             try:
-                with self._image(ioctx, image, read_only=False) as handle:
+                with self.open_image(ioctx, image, read_only=False) as handle:
                     for snap in list(handle.list_snaps()):
                         handle.remove_snap(snap["name"])
                 rbd.RBD().remove(ioctx, image)
             except rbd.ImageNotFound:
                 return
             except rbd.Error as exc:
-                raise self._failed(f"rm {self.spec(image)}", exc) from exc
+                raise self.failed(f"rm {self.spec(image)}", exc) from exc
 
     # -- diffs and digests -------------------------------------------------------
 
@@ -226,283 +193,15 @@ class LibRbdCluster:
     ) -> ChunkDigests:
         """Read whole chunks the diff touches (since ``from_snap``, or all allocated) and hash
         them: holes within a chunk read as zeros, so no digest is ever partial."""
-        _, rbd = _modules()
+        _, rbd = bindings()
         with self.ioctx() as ioctx:
             try:
-                handle = self._image(ioctx, image, snap, read_only=True)
+                handle = self.open_image(ioctx, image, snap, read_only=True)
             except rbd.Error as exc:
-                raise self._failed(f"open {self.spec(image, snap)}", exc) from exc
+                raise self.failed(f"open {self.spec(image, snap)}", exc) from exc
             try:
-                return _hash_chunks(handle, chunk, from_snap)
+                return hash_chunks(handle, chunk, from_snap)
             except rbd.Error as exc:
-                raise self._failed(f"read {self.spec(image, snap)}", exc) from exc
+                raise self.failed(f"read {self.spec(image, snap)}", exc) from exc
             finally:
                 handle.close()
-
-
-def _changed_extents(
-    handle: Any, size: int, from_snap: str | None, *, whole_object: bool = False
-) -> Iterator[tuple[int, int, bool]]:
-    """``(offset, length, exists)`` of what changed since ``from_snap``, window by window."""
-    for start in range(0, size, DIFF_WINDOW):
-        found: list[tuple[int, int, bool]] = []
-
-        def collect(offset: int, length: int, exists: int, into: list[Any] = found) -> int:
-            into.append((offset, length, bool(exists)))
-            return 0
-
-        handle.diff_iterate(
-            start,
-            min(DIFF_WINDOW, size - start),
-            from_snap,
-            collect,
-            include_parent=True,
-            whole_object=whole_object,
-        )
-        yield from sorted(found)
-
-
-def _touched_chunks(handle: Any, size: int, chunk: int, from_snap: str | None) -> Iterator[int]:
-    """Indexes of the chunks with data (since ``from_snap``: with any change), in order."""
-    last = -1
-    for offset, length, exists in _changed_extents(handle, size, from_snap):
-        if from_snap is None and not exists:
-            continue
-        for index in range(max(offset // chunk, last + 1), (offset + length - 1) // chunk + 1):
-            last = index
-            yield index
-
-
-def read_pieces(handle: Any, pieces: Iterator[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:
-    """``(offset, data)`` of each ``(offset, length)`` piece, in order, with up to
-    :data:`READS_IN_FLIGHT` asynchronous reads outstanding (the OSDs work in parallel)."""
-    _, rbd = _modules()
-    pending: deque[tuple[int, Any, list[Any]]] = deque()
-
-    def issue() -> bool:
-        piece = next(pieces, None)
-        if piece is None:
-            return False
-        offset, length = piece
-        holder: list[Any] = []
-        completion = handle.aio_read(
-            offset, length, lambda _c, data, into=holder: into.append(data)
-        )
-        pending.append((offset, completion, holder))
-        return True
-
-    try:
-        more = True
-        while True:
-            while more and len(pending) < READS_IN_FLIGHT:
-                more = issue()
-            if not pending:
-                return
-            offset, completion, holder = pending.popleft()
-            completion.wait_for_complete_and_cb()
-            code = completion.get_return_value()
-            if code < 0 or not holder or holder[0] is None:
-                raise rbd.IOError(f"read at offset {offset} returned {code}")
-            yield offset, holder[0]
-    finally:
-        # librbd must not write into buffers of reads nobody waits for any more.
-        for _, completion, _ in pending:
-            completion.wait_for_complete_and_cb()
-
-
-def _hash_chunks(handle: Any, chunk: int, from_snap: str | None) -> ChunkDigests:
-    size = int(handle.size())
-    count = -(-size // chunk)
-    result = ChunkDigests()
-    if from_snap is None:
-        result.digests = {i: zero_digest(min(chunk, size - i * chunk)) for i in range(count)}
-    pieces = (
-        (index * chunk, min(chunk, size - index * chunk))
-        for index in _touched_chunks(handle, size, chunk, from_snap)
-    )
-    for offset, data in read_pieces(handle, pieces):
-        result.digests[offset // chunk] = hashlib.sha256(data).hexdigest()
-    return result
-
-
-class LibDiffReader:
-    """The diff of ``image@snap`` since ``from_snap``, read with librbd."""
-
-    def __init__(
-        self, cluster: LibRbdCluster, image: str, snap: str, from_snap: str | None
-    ) -> None:
-        _, rbd = _modules()
-        self.cluster = cluster
-        self._ioctx = cluster.ioctx()
-        try:
-            self._image = cluster._image(self._ioctx, image, snap, read_only=True)
-        except rbd.Error as exc:
-            self._ioctx.close()
-            raise cluster._failed(f"export-diff {cluster.spec(image, snap)}", exc) from exc
-        self.header = DiffHeader(from_snap, snap, int(self._image.size()))
-        self._label = cluster.spec(image, snap)
-        self._stop = threading.Event()
-        self._closed = False
-
-    def records(self) -> Iterator[Record]:
-        _, rbd = _modules()
-        zeroed: deque[ZeroExtent] = deque()
-
-        def pieces() -> Iterator[tuple[int, int]]:
-            for offset, length, exists in _changed_extents(
-                self._image, self.header.size, self.header.from_snap
-            ):
-                if not exists:
-                    # Handed out in offset order between the data pieces.
-                    zeroed.append(ZeroExtent(offset, length))
-                    continue
-                for start in range(offset, offset + length, MAX_PIECE):
-                    if self._stop.is_set():
-                        return
-                    yield start, min(MAX_PIECE, offset + length - start)
-
-        try:
-            for offset, data in read_pieces(self._image, pieces()):
-                while zeroed and zeroed[0].offset < offset:
-                    yield zeroed.popleft()
-                yield WriteExtent(offset, data)
-            yield from zeroed
-        except rbd.Error as exc:
-            raise self.cluster._failed(f"export-diff {self._label}", exc) from exc
-
-    def cancel(self) -> None:
-        self._stop.set()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._image.close()
-            self._ioctx.close()
-
-
-class LibDiffSink:
-    """Applies a diff to ``image`` with librbd, as ``rbd import-diff`` does."""
-
-    def __init__(self, cluster: LibRbdCluster, image: str, retire: str | None = None) -> None:
-        _, rbd = _modules()
-        self.cluster = cluster
-        self.bytes = 0
-        self._name = image
-        self._retire = retire
-        self._label = cluster.spec(image)
-        self._ioctx = cluster.ioctx()
-        try:
-            self._image = cluster._image(self._ioctx, image, read_only=False)
-        except rbd.Error as exc:
-            self._ioctx.close()
-            raise cluster._failed(f"import-diff {self._label}", exc) from exc
-        self._to_snap: str | None = None
-        self._retire_error: RbdError | None = None
-        self._slots = threading.Semaphore(WRITES_IN_FLIGHT)
-        # Keeps each piece alive until librbd has written it; the first error wins.
-        self._in_flight: dict[int, bytes] = {}
-        self._lock = threading.Lock()
-        self._error: str | None = None
-        self._closed = False
-
-    def header(self, header: DiffHeader) -> None:
-        _, rbd = _modules()
-        snaps = {s["name"] for s in self._image.list_snaps()}
-        if header.from_snap is not None and header.from_snap not in snaps:
-            raise RbdError(
-                f"rbd import-diff on {self.cluster.where}: {self._label} has no snapshot "
-                f"{header.from_snap!r} to apply the diff to; re-run without --incremental"
-            )
-        if header.to_snap in snaps:
-            raise RbdError(
-                f"rbd import-diff on {self.cluster.where}: snapshot {header.to_snap!r} already "
-                f"exists on {self._label}; run `stackhop volumes cleanup` and re-run"
-            )
-        self._to_snap = header.to_snap
-        try:
-            if int(self._image.size()) != header.size:
-                self._image.resize(header.size)
-        except rbd.Error as exc:
-            raise self.cluster._failed(f"resize {self._label}", exc) from exc
-
-    def _check(self) -> None:
-        if self._error is not None:
-            raise RbdError(f"rbd import-diff on {self.cluster.where} failed: {self._error}")
-
-    def _written(self, completion: Any) -> None:
-        # On librbd's callback thread: record the outcome, free the slot.
-        code = completion.get_return_value()
-        with self._lock:
-            self._in_flight.pop(id(completion), None)
-            if code < 0 and self._error is None:
-                self._error = f"write of {self._label} returned {code}"
-        self._slots.release()
-
-    def record(self, record: Record) -> None:
-        _, rbd = _modules()
-        self._check()
-        try:
-            if isinstance(record, ZeroExtent):
-                self._image.write_zeroes(record.offset, record.length)
-                return
-            self._slots.acquire()
-            with self._lock:
-                completion = self._image.aio_write(record.data, record.offset, self._written)
-                self._in_flight[id(completion)] = record.data
-            self.bytes += record.length
-        except rbd.Error as exc:
-            raise self.cluster._failed(f"import-diff {self._label}", exc) from exc
-
-    def _drain(self) -> None:
-        for _ in range(WRITES_IN_FLIGHT):
-            self._slots.acquire()
-        for _ in range(WRITES_IN_FLIGHT):
-            self._slots.release()
-
-    def finish(self) -> None:
-        _, rbd = _modules()
-        try:
-            self._drain()
-            self._check()
-            self._image.flush()
-            if self._to_snap is not None:
-                self._snapshot(self._to_snap)
-        except rbd.Error as exc:
-            raise self.cluster._failed(f"import-diff {self._label}", exc) from exc
-        finally:
-            self._close()
-
-    def _snapshot(self, snap: str) -> None:
-        """Create ``snap``, removing the snapshot to retire at the same time: each is a
-        monitor commit, and issued together they share one."""
-        if self._retire is None:
-            self._image.create_snap(snap)
-            return
-        retire = self._retire
-        remover = threading.Thread(
-            target=self._remove_retired, args=(retire,), name="rbd retire", daemon=True
-        )
-        remover.start()
-        try:
-            self._image.create_snap(snap)
-        finally:
-            remover.join()
-        if self._retire_error is not None:
-            raise self._retire_error
-
-    def _remove_retired(self, snap: str) -> None:
-        try:
-            self.cluster.remove_snapshot(self._name, snap)
-        except RbdError as exc:  # raised by finish() on the caller's thread
-            self._retire_error = exc
-
-    def abort(self) -> None:
-        if not self._closed:
-            self._drain()
-            self._close()
-
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._image.close()
-            self._ioctx.close()

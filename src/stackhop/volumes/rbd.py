@@ -28,11 +28,15 @@ One pass of one volume (both clouds' backends are ``driver: rbd`` in the storage
    ``volume-rbd:<source id>``, rows only for non-zero chunks).
 
 Without ``--incremental`` both snapshots are removed at the end. With it,
-both are kept and named in :attr:`PassResult.state`; the orchestration must
-call :meth:`RbdMethod.forget_incremental` when the chain ends (after the
-cutover pass, on ``volumes cleanup``, or before giving up on the volume):
-Cinder does not know these snapshots, and an RBD image with snapshots cannot
-be deleted through Cinder on either cloud.
+they are kept and named in :attr:`PassResult.state` (``snapshot``), and so is
+the base the pass started from (``stale_snapshot``): the next pass removes
+it together with creating its own snapshot, on each side, because creating
+or removing a snapshot is a monitor commit (up to a second with Ceph's
+default ``paxos_propose_interval``) and commits issued together share one.
+The orchestration must call :meth:`RbdMethod.forget_incremental` when the
+chain ends (after the cutover pass, on ``volumes cleanup``, or before giving
+up on the volume): Cinder does not know these snapshots, and an RBD image
+with snapshots cannot be deleted through Cinder on either cloud.
 
 Resume: a full pass replaces whatever an interrupted pass left (the
 ``stackhop-import-*`` image, a destination volume named by
