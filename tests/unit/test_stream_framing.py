@@ -133,6 +133,7 @@ def test_write_applies_frames_checks_digests_and_acknowledges(volume: Path, tmp_
 
 
 def test_write_refuses_a_chunk_whose_digest_does_not_match(volume: Path, tmp_path: Path) -> None:
+    """Raw chunks are checked on request (ssh's MAC guards them); compressed ones always."""
     stream = bytearray(run_agent("read", {"path": str(volume), "size": SIZE, "codec": "raw"}))
     first = frames(bytes(stream))[1]  # the chunk at 4 MiB, after the leading zero run
     assert first[0] == agent.DATA
@@ -142,6 +143,27 @@ def test_write_refuses_a_chunk_whose_digest_does_not_match(volume: Path, tmp_pat
     target.write_bytes(b"")
     os.truncate(target, SIZE)
     with pytest.raises(AssertionError, match="does not match its sha256"):
+        run_agent("write", {"path": str(target), "size": SIZE, "check_raw": True}, bytes(stream))
+
+
+def test_write_refuses_a_damaged_compressed_chunk(volume: Path, tmp_path: Path) -> None:
+    stream = bytearray(run_agent("read", {"path": str(volume), "size": SIZE, "codec": "zlib"}))
+    at = 0
+    while True:  # find the compressed text chunk's payload
+        kind, codec, plen, offset, _, _ = agent.unpack_header(
+            bytes(stream[at : at + agent.HEADER.size])
+        )
+        at += agent.HEADER.size
+        if codec == agent.ZLIB:
+            break
+        at += plen
+    stream[at + plen // 2] ^= 0xFF
+    target = tmp_path / "dst"
+    target.write_bytes(b"")
+    os.truncate(target, SIZE)
+    with pytest.raises(
+        AssertionError, match=f"chunk at {offset} (cannot be decompressed|does not)"
+    ):
         run_agent("write", {"path": str(target), "size": SIZE}, bytes(stream))
 
 
