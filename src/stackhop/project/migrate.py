@@ -216,16 +216,20 @@ class Migration:
             if line.outcome == CONFLICT
         )
 
-    def import_resources(self, reader: ArchiveReader, project_id: str) -> RunResult:
-        prepared = resources.prepare(
-            reader,
+    def prepare(self, records: Any, journal: Journal | None = None) -> resources.Prepared:
+        """The project's resource records mapped on the destination, ready to plan or verify."""
+        return resources.prepare(
+            records,
             list(RESOURCE_KINDS),
             self.destination,
             self.request.destination_cloud,
             user_map=self.user_map,
             project_map=self.project_map,
-            journal=self.journal,
+            journal=journal,
         )
+
+    def import_resources(self, reader: ArchiveReader, project_id: str) -> RunResult:
+        prepared = self.prepare(reader, self.journal)
         warning = resources.unmapped_message(prepared.identities)
         if warning:
             self.events.emit(Event(EventType.WARNING, message=warning))
@@ -283,15 +287,7 @@ class Migration:
     def cleanup(self, facts: Mapping[str, Facts]) -> PhaseResult:
         removed = project_volumes.cleanup(self, facts["import"]["volume_runs"])
         with ArchiveReader(self.archive_path) as reader:
-            prepared = resources.prepare(
-                reader,
-                list(RESOURCE_KINDS),
-                self.destination,
-                self.request.destination_cloud,
-                user_map=self.user_map,
-                project_map=self.project_map,
-            )
-            checked, mismatches = resources.verify(prepared, self.destination)
+            checked, mismatches = resources.verify(self.prepare(reader), self.destination)
         images = self.verify_images(facts["gather"]["project"]["id"])
         volumes = project_volumes.verify(self, facts["gather"]["volumes"])
         # Conflicts were reported by the import and left alone on purpose: not a surprise.
@@ -365,14 +361,7 @@ def dry_run_plan(migration: Migration) -> list[dict[str, Any]]:
     resources.export(
         migration.source, records, RESOURCE_KINDS, projects=[project["id"]], events=migration.events
     )
-    prepared = resources.prepare(
-        records,
-        list(RESOURCE_KINDS),
-        migration.destination,
-        migration.request.destination_cloud,
-        user_map=migration.user_map,
-        project_map=migration.project_map,
-    )
+    prepared = migration.prepare(records)
     for op in resources.plan_import(
         prepared, migration.destination, False, migration.request.workers
     ):
