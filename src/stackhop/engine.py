@@ -3,9 +3,10 @@
 Order: an operation starts once the operations of the plan it refers to have
 an outcome (a security group's rules after that group and every group a rule
 names); apart from that, operations run on a bounded pool of ``workers``
-threads, spread round-robin over the services they talk to, so that Nova,
-Neutron and Cinder work side by side. Within one service referenced kinds go
-first (with one worker the order is the plan's, kind by kind).
+threads, shared among the services they talk to (by the work each has left),
+so that Nova, Neutron and Cinder work side by side. Within one service
+referenced kinds go first. With one worker the order is the plan's, kind by
+kind.
 
 Per operation the journal row goes ``pending`` before the API call and
 ``done`` (with the destination ID, which also enters the ID map) or
@@ -29,11 +30,12 @@ from __future__ import annotations
 
 import email.utils
 import heapq
+import queue
 import random
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,7 +64,7 @@ from stackhop.journal import (
     OperationRecord,
 )
 from stackhop.kinds import dependency_levels
-from stackhop.kinds.base import Connection, DataKind, Record
+from stackhop.kinds.base import Connection, DataKind, Kind, Record
 from stackhop.plan import Conflict, CopyData, Create, Operation, OperationKey, Skip, Update
 from stackhop.resolve import Resolver
 
@@ -263,81 +265,158 @@ class _Batch:
 class _Schedule:
     """Which operations may start now.
 
-    An operation waits for the operations of this plan that it refers to
+    An operation waits for the operations of this run that it refers to
     (its declared ``depends_on``, and any object its reference fields name,
     even one that is only skipped: its ID mapping must be journaled first)
-    and a data copy for its object. Ready operations start by service,
-    round-robin (each service is its own API server: a rule request to
-    Neutron and a keypair request to Nova run side by side); within a service,
-    referenced kinds first, then plan order.
+    and a data copy for its object. Ready operations are shared among the
+    services (each service is its own API server: a rule request to Neutron
+    and a keypair request to Nova run side by side); within a service,
+    referenced kinds first, then plan order. Operations arrive in batches
+    (:meth:`add`); a batch may depend only on earlier ones.
     """
 
-    def __init__(self, operations: Sequence[Operation]) -> None:
-        self.per_kind = Counter(op.kind.name for op in operations)
-        kinds = list({op.kind.name: op.kind for op in operations}.values())
-        rank = {k.name: i for i, k in enumerate(k for lv in dependency_levels(kinds) for k in lv)}
-        refs = {op.ref for op in operations}
-        by_source: dict[tuple[str, str], OperationKey] = {}
-        for op in operations:
-            if not isinstance(op, CopyData) and op.source_id is not None:
-                by_source.setdefault((op.kind.name, op.source_id), op.ref)
-        self.referenced_kinds: set[str] = set()
+    def __init__(self, *, sequential: bool = False) -> None:
+        self.sequential = sequential
+        self.per_kind: Counter[str] = Counter()
+        self._open: Counter[str] = Counter()
+        self._running: Counter[str] = Counter()
+        self._kinds: dict[str, Kind] = {}
+        self._rank: dict[str, int] = {}
+        self._by_source: dict[tuple[str, str], OperationKey] = {}
+        self._known: set[OperationKey] = set()
+        self._finished: set[OperationKey] = set()
+        self._referenced: set[str] = set()
         self._waiting: dict[OperationKey, int] = {}
         self._dependents: dict[OperationKey, list[Operation]] = defaultdict(list)
         self._priority: dict[OperationKey, tuple[int, int]] = {}
         self._ready: dict[str, list[tuple[tuple[int, int], OperationKey, Operation]]] = {}
         self._services: list[str] = []
-        self._turn = 0
+
+    def add(self, operations: Sequence[Operation]) -> list[str]:
+        """Schedule a batch of operations; return the kinds they refer to that are new."""
+        new_references: list[str] = []
+        for op in operations:
+            self.per_kind[op.kind.name] += 1
+            self._open[getattr(op.kind, "service", "")] += 1
+            self._kinds.setdefault(op.kind.name, op.kind)
+            self._known.add(op.ref)
+            if not isinstance(op, CopyData) and op.source_id is not None:
+                self._by_source.setdefault((op.kind.name, op.source_id), op.ref)
+            for target in op.kind.references.values():
+                if target not in self._referenced:
+                    self._referenced.add(target)
+                    new_references.append(target)
+        levels = dependency_levels(self._kinds.values())
+        self._rank = {k.name: i for i, k in enumerate(k for level in levels for k in level)}
+        base = len(self._priority)
         for index, op in enumerate(operations):
-            self._priority[op.ref] = (rank[op.kind.name], index)
-            deps = {ref for ref in op.depends_on if ref in refs}
+            self._priority[op.ref] = (self._rank[op.kind.name], base + index)
+            deps = {ref for ref in op.depends_on if ref in self._known}
             for field_name, target in op.kind.references.items():
-                self.referenced_kinds.add(target)
                 value = op.source.get(field_name)
                 for v in value if isinstance(value, list | tuple) else [value]:
-                    ref = None if v is None else by_source.get((target, str(v)))
+                    ref = None if v is None else self._by_source.get((target, str(v)))
                     if ref is not None and ref != op.ref:
                         deps.add(ref)
-            if isinstance(op, CopyData) and (op.kind.name, op.identity) in refs:
+            if isinstance(op, CopyData) and (op.kind.name, op.identity) in self._known:
                 deps.add((op.kind.name, op.identity))
+            deps -= self._finished
             for ref in deps:
                 self._dependents[ref].append(op)
             self._waiting[op.ref] = len(deps)
-        for op in sorted(operations, key=lambda o: self._priority[o.ref]):
-            service = getattr(op.kind, "service", "")
-            if service not in self._ready:
-                self._ready[service] = []
-                self._services.append(service)
-            if not self._waiting[op.ref]:
+            if not deps:
                 self._push(op)
+        return new_references
 
     def _push(self, op: Operation) -> None:
-        heap = self._ready[getattr(op.kind, "service", "")]
-        heapq.heappush(heap, (self._priority[op.ref], op.ref, op))
+        service = getattr(op.kind, "service", "")
+        if service not in self._ready:
+            self._ready[service] = []
+            self._services.append(service)
+        # The rank may have changed since the operation was added (a later batch
+        # brought a kind that comes first): order by the current one.
+        priority = (self._rank[op.kind.name], self._priority[op.ref][1])
+        heapq.heappush(self._ready[service], (priority, op.ref, op))
 
     @property
     def ready(self) -> bool:
         return any(self._ready.values())
 
     def take(self, count: int) -> list[Operation]:
-        """Up to ``count`` ready operations, one service after the other."""
+        """Up to ``count`` ready operations.
+
+        Several slots: each goes to the service with the most work left per
+        call it already has in flight, so the service with the longest queue
+        (the run's critical path) gets the larger share of the workers and no
+        service idles while it has work. One slot at a time (one worker):
+        strictly in plan order, kinds in dependency order.
+        """
         batch: list[Operation] = []
         while len(batch) < count and self.ready:
-            for step in range(len(self._services)):
-                turn = (self._turn + step) % len(self._services)
-                heap = self._ready[self._services[turn]]
-                if heap:
-                    batch.append(heapq.heappop(heap)[2])
-                    self._turn = turn + 1
-                    break
+            candidates = [s for s in self._services if self._ready[s]]
+            if self.sequential:
+                service = min(candidates, key=lambda s: self._ready[s][0][0])
+            else:
+                service = max(candidates, key=lambda s: self._open[s] / (self._running[s] + 1))
+            batch.append(heapq.heappop(self._ready[service])[2])
+            self._running[service] += 1
         return batch
 
     def finished(self, op: Operation) -> None:
-        """``op`` has an outcome: the operations waiting for it may be ready."""
+        """``op`` (taken before) has an outcome: the operations waiting for it may be ready."""
+        service = getattr(op.kind, "service", "")
+        self._open[service] -= 1
+        self._running[service] -= 1
+        self._finished.add(op.ref)
         for dependent in self._dependents.pop(op.ref, []):
             self._waiting[dependent.ref] -= 1
             if self._waiting[dependent.ref] == 0:
                 self._push(dependent)
+
+
+class _Feed:
+    """Batches of operations from the planner, read in a thread of their own."""
+
+    def __init__(self, batches: Iterable[Sequence[Operation]], stop: threading.Event) -> None:
+        self.seen: list[Operation] = []
+        self.error: BaseException | None = None
+        self.done = False
+        self._queue: queue.Queue[Sequence[Operation] | None] = queue.Queue()
+        self._stop = stop
+        if isinstance(batches, list | tuple):
+            for batch in batches:
+                self._queue.put(batch)
+            self._queue.put(None)
+        else:
+            threading.Thread(
+                target=self._read, args=(batches,), name="stackhop-plan", daemon=True
+            ).start()
+
+    def _read(self, batches: Iterable[Sequence[Operation]]) -> None:
+        try:
+            for batch in batches:
+                self._queue.put(batch)
+                if self._stop.is_set():
+                    break
+        except BaseException as exc:  # handed to the engine's thread, which raises it
+            self.error = exc
+        finally:
+            self._queue.put(None)
+
+    def take(self, *, block: bool) -> list[Sequence[Operation]]:
+        """The batches that arrived (waiting up to a moment for one if ``block``)."""
+        batches: list[Sequence[Operation]] = []
+        while not self.done:
+            try:
+                batch = self._queue.get(block=block and not batches, timeout=0.2)
+            except queue.Empty:
+                break
+            if batch is None:
+                self.done = True
+            else:
+                self.seen.extend(batch)
+                batches.append(batch)
+        return batches
 
 
 # -- the engine --------------------------------------------------------------
@@ -402,6 +481,34 @@ class Engine:
         Failed operations do not raise: the caller decides, usually with
         :meth:`RunResult.raise_for_failures`.
         """
+        return self.run_planned(
+            [operations],
+            total=len(operations),
+            command=command,
+            source_cloud=source_cloud,
+            destination_cloud=destination_cloud,
+            args=args,
+        )
+
+    def run_planned(
+        self,
+        batches: Iterable[Sequence[Operation]],
+        *,
+        total: int | None,
+        command: str,
+        source_cloud: str | None = None,
+        destination_cloud: str | None = None,
+        args: Mapping[str, Any] | None = None,
+    ) -> RunResult:
+        """Apply operations as the planner hands them over, batch by batch (see :meth:`run`).
+
+        ``batches`` is consumed in a thread of its own, so the destination is
+        read for later kinds while earlier ones are applied. A batch may refer
+        only to operations of earlier batches (the planner yields referenced
+        kinds first). ``total`` is the expected number of operations, for
+        progress. If the planner raises, nothing more starts, what is in flight
+        is recorded, the run ends ``failed`` and the planner's error is raised.
+        """
         run = self.journal.start_run(
             command,
             source_cloud=source_cloud,
@@ -412,21 +519,22 @@ class Engine:
         self._outcomes = {}
         result = RunResult(run_id=run.id)
         started = self.clock()
-        self._emit(EventType.RUN_STARTED, total=len(operations))
+        self._emit(EventType.RUN_STARTED, total=total)
+        feed = _Feed(batches, self.stop)
         interrupted = False
         try:
-            self._apply_all(operations, result)
+            self._apply_all(feed, result)
         except KeyboardInterrupt:
             interrupted = True
-        interrupted = interrupted or self.stop.is_set()
-        for op in operations:
+        interrupted = interrupted or (self.stop.is_set() and feed.error is None)
+        for op in feed.seen:
             outcome = self._outcomes.get(op.ref, "not_started")
             per_kind = result.counts.setdefault(op.kind.name, dict.fromkeys(OUTCOMES, 0))
             per_kind[outcome] += 1
         result.elapsed = self.clock() - started
         if interrupted:
             result.outcome = "interrupted"
-        elif result.failed:
+        elif result.failed or feed.error is not None:
             result.outcome = "failed"
         elif result.count("conflict"):
             result.outcome = "conflicts"
@@ -434,22 +542,27 @@ class Engine:
             result.outcome = "succeeded"
         self.journal.finish_run(run.id, result.outcome)
         self._emit(EventType.RUN_FINISHED, outcome=result.outcome, detail=result.as_dict())
+        if feed.error is not None:
+            raise feed.error
         if interrupted:
             raise Interrupted(run=run.id, result=result)
         return result
 
-    def _apply_all(self, operations: Sequence[Operation], result: RunResult) -> None:
-        schedule = _Schedule(operations)
-        self.resolver.preload(sorted(schedule.referenced_kinds))
+    def _apply_all(self, feed: _Feed, result: RunResult) -> None:
+        schedule = _Schedule(sequential=self.workers == 1)
         in_flight: dict[Future[_Attempt], _Started] = {}
         kinds_started: set[str] = set()
+        self.resolver.forget_remembered()
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="stackhop") as pool:
             try:
                 finished: list[tuple[_Started, _Attempt]] = []
                 while True:
-                    batch = (
-                        [] if self.stop.is_set() else schedule.take(self.workers - len(in_flight))
-                    )
+                    for operations in feed.take(block=False):
+                        self.resolver.preload(schedule.add(operations))
+                    if feed.error is not None:
+                        self.stop.set()
+                    free = self.workers - len(in_flight)
+                    batch = [] if self.stop.is_set() else schedule.take(free)
                     for op in batch:
                         if op.kind.name not in kinds_started:
                             kinds_started.add(op.kind.name)
@@ -459,14 +572,18 @@ class Engine:
                     finished = []
                     for item in started:
                         in_flight[pool.submit(self._attempt, item)] = item
-                    if not in_flight:
-                        if self.stop.is_set() or not schedule.ready:
-                            return
-                        continue
-                    can_start = (
-                        not self.stop.is_set() and schedule.ready and len(in_flight) < self.workers
-                    )
-                    finished = self._collect(in_flight, block=not can_start)
+                    if in_flight:
+                        can_start = (
+                            not self.stop.is_set()
+                            and schedule.ready
+                            and len(in_flight) < self.workers
+                        )
+                        finished = self._collect(in_flight, block=not can_start)
+                    elif self.stop.is_set() or feed.done and not schedule.ready:
+                        return
+                    elif not schedule.ready:
+                        for operations in feed.take(block=True):
+                            self.resolver.preload(schedule.add(operations))
             except KeyboardInterrupt:
                 # Queued operations are never started; in-flight ones finish and
                 # are recorded before Interrupted is raised.

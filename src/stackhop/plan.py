@@ -17,7 +17,9 @@ it returns, and the engine applies exactly those. The rules, per record:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import graphlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -303,16 +305,58 @@ def plan(
     anywhere: ``destination_finder`` (and ``find_many``, which looks up all
     records of a kind at once where given) only read.
     """
+    batches = plan_batches(
+        records_by_kind, destination_finder, resolver, overwrite, find_many=find_many
+    )
+    return [op for batch in batches for op in batch]
+
+
+def plan_batches(
+    records_by_kind: Mapping[Kind, Iterable[Record]],
+    destination_finder: DestinationFinder,
+    resolver: Resolver,
+    overwrite: bool = False,
+    *,
+    find_many: BulkFinder | None = None,
+    side_by_side: bool = False,
+) -> Iterator[list[Operation]]:
+    """:func:`plan`, handed over one kind at a time, as soon as that kind is planned.
+
+    With ``side_by_side`` each kind is planned in a thread of its own as soon
+    as the kinds it refers to are planned, and yielded when it is done; a kind
+    is never yielded before the kinds it refers to. The
+    engine applies the first kinds while the destination is still being read
+    for the others (:meth:`~stackhop.engine.Engine.run_planned`).
+    """
     planner = _Planner(find=destination_finder, resolver=resolver, overwrite=overwrite)
-    operations: list[Operation] = []
-    for level in dependency_levels(records_by_kind):
-        for kind in level:
-            if find_many is not None and kind.name not in kind.references.values():
-                operations.extend(planner.kind_in_bulk(kind, records_by_kind[kind], find_many))
-                continue
-            for record in records_by_kind[kind]:
-                operations.extend(planner.one(kind, record))
-    return operations
+
+    def one_kind(kind: Kind) -> list[Operation]:
+        records = records_by_kind[kind]
+        if find_many is not None and kind.name not in kind.references.values():
+            return planner.kind_in_bulk(kind, records, find_many)
+        return [op for record in records for op in planner.one(kind, record)]
+
+    if not side_by_side:
+        for level in dependency_levels(records_by_kind):
+            for kind in level:
+                yield one_kind(kind)
+        return
+    names = {kind.name: kind for kind in records_by_kind}
+    order: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for kind in records_by_kind:
+        order.add(kind.name, *(d for d in kind.dependencies() if d in names))
+    order.prepare()
+    with ThreadPoolExecutor(
+        max_workers=len(names) or 1, thread_name_prefix="stackhop-plan"
+    ) as pool:
+        running: dict[Future[list[Operation]], str] = {}
+        while order.is_active():
+            for name in order.get_ready():
+                running[pool.submit(one_kind, names[name])] = name
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+                order.done(running.pop(future))
 
 
 def summarize(operations: Iterable[Operation]) -> dict[str, dict[str, int]]:

@@ -108,13 +108,12 @@ class Resolver:
         self._known.clear()
 
     def preload(self, kinds: Iterable[str]) -> None:
-        """Read the journal's ID maps of ``kinds`` once (the engine does at the start of a run).
+        """Read the journal's ID maps of ``kinds`` once (the engine does as a run starts).
 
         From then on those kinds resolve from memory, kept current by
-        :meth:`remember`; a mapping another process writes meanwhile is not seen.
-        What was remembered before is dropped (the journal is the truth).
+        :meth:`remember`; a mapping another process writes meanwhile is not
+        seen until :meth:`forget_remembered`.
         """
-        self._known.clear()
         if self.journal is None:
             return
         for kind in kinds:

@@ -10,7 +10,7 @@ users and projects (:mod:`stackhop.kinds.identity`), planned
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ from stackhop.kinds.identity import (
     list_users,
     map_identities,
 )
-from stackhop.plan import BulkFinder, Conflict, Create, Operation, Skip, plan
+from stackhop.plan import BulkFinder, Conflict, Create, Operation, Skip, plan, plan_batches
 from stackhop.resolve import Resolver
 
 #: Selector flag -> the kinds it selects (``--quotas`` is the three quota kinds).
@@ -248,6 +248,22 @@ def plan_import(
     )
 
 
+def plan_stream(
+    prepared: Prepared, destination: Connection, overwrite: bool, workers: int = 8
+) -> Iterator[list[Operation]]:
+    """:func:`plan_import` kind by kind as each is planned (the kinds of one dependency level
+    side by side), for :meth:`~stackhop.engine.Engine.run_planned` to apply while it reads."""
+    return plan_batches(
+        prepared.records,
+        lambda kind, record: kind.find(destination, record),
+        prepared.resolver,
+        overwrite,
+        find_many=bulk_finder(destination, workers),
+        # One worker applies in plan order; planning side by side would reorder the kinds.
+        side_by_side=workers > 1,
+    )
+
+
 def unmapped_message(identities: IdentityMapping) -> str | None:
     """One line naming the users and projects with no destination counterpart."""
     parts = []
@@ -413,6 +429,7 @@ __all__ = [
     "check_selection",
     "export",
     "plan_import",
+    "plan_stream",
     "prepare",
     "rollback",
     "selected_kinds",

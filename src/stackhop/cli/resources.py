@@ -231,10 +231,11 @@ def _apply(
     conn = connect(args.destination)
     with Journal(args.journal) as journal:
         prepared = _prepare(args, source, conn, journal)
-        operations = resources.plan_import(prepared, conn, args.overwrite, args.workers)
         engine = Engine(journal, conn, prepared.resolver, workers=args.workers, events=args.events)
-        return engine.run(
-            operations,
+        # The destination is read kind by kind while the kinds read first are applied.
+        return engine.run_planned(
+            resources.plan_stream(prepared, conn, args.overwrite, args.workers),
+            total=sum(len(records) for records in prepared.records.values()),
             command=command,
             source_cloud=source_cloud,
             destination_cloud=args.destination,
