@@ -16,6 +16,7 @@ When the bindings are missing (:func:`available` is false),
 from __future__ import annotations
 
 import atexit
+import ctypes
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,24 @@ from stackhop.transfer.rbd_lib_io import (
 __all__ = ["LibRbdCluster", "available"]
 
 CONNECT_TIMEOUT = 30
+
+_M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter number for the mmap threshold."""
+
+
+def _return_large_buffers() -> None:
+    """Have glibc serve allocations of 1 MiB and more with mmap, whatever was freed before.
+
+    A copy moves millions of 4 MiB buffers through Python and librados threads; glibc's
+    default raises its mmap threshold after the first ones are freed and then keeps
+    them in per-thread arenas, which took the process from 190 to 290 MB on a 1 GiB
+    copy here. A fixed threshold gives each freed buffer back to the system at once.
+    Elsewhere than glibc there is no ``mallopt``, and nothing to do.
+    """
+    try:
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (AttributeError, OSError):
+        return
 
 
 _connections: dict[tuple[str | None, str | None, str | None], Any] = {}
@@ -78,6 +97,8 @@ class LibRbdCluster:
             # No client cache: a bulk copy reads and writes each byte once, and librbd's
             # cache halves the throughput of large sequential reads (measured here).
             conf = {"rbd_cache": "false"}
+            if not _connections:
+                _return_large_buffers()
             if self.keyring:
                 conf["keyring"] = self.keyring
             try:

@@ -47,7 +47,7 @@ DIFF_WINDOW = 1 << 34
 READS_IN_FLIGHT = 4
 """Asynchronous reads of at most 4 MiB outstanding at once."""
 
-WRITES_IN_FLIGHT = 8
+WRITES_IN_FLIGHT = 4
 """Pieces (at most 4 MiB each) written asynchronously at once by a :class:`LibDiffSink`."""
 
 
