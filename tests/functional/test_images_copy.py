@@ -10,6 +10,7 @@ import pytest
 from tests.functional.test_images_support import (
     MIB,
     ImageFactory,
+    connect,
     download_sha512,
     glance_json,
     marked_copies,
@@ -157,3 +158,14 @@ def test_copy_one_gib_image(own_images: ImageFactory, cli: Any, tmp_path: Path) 
     result = _copy(cli, tmp_path / "j.sqlite", "--keep-id", "--image", image["id"])
     assert result.code == 0, result.err
     _assert_copied(own_images, image["id"], image["id"])
+
+
+def test_copy_all_includes_community_images(testbed: Any, cli: Any, tmp_path: Path) -> None:
+    """``--all`` lists community images too (Glance leaves them out unless asked for)."""
+    src = connect("src")
+    body = src.image.get("/images?visibility=community&name=delta-lab").json()
+    (lab,) = body["images"]  # seeded, read only here
+    result = _copy(cli, tmp_path / "journal.sqlite", "--all", "--dry-run")
+    assert result.code == 0, result.err
+    planned = {op["source_id"] for op in result.json()}
+    assert lab["id"] in planned

@@ -101,8 +101,12 @@ def list_members(service: Any, image: Mapping[str, Any]) -> list[dict[str, Any]]
 
 
 def list_images(service: Any, **filters: str) -> Iterator[dict[str, Any]]:
-    """Every image the caller can see (hidden ones too), following Glance's ``next`` links."""
-    base = {"limit": "200", "member_status": "all", **filters}
+    """Every image the caller can see (hidden ones too), following Glance's ``next`` links.
+
+    Community images are in it too: Glance leaves them out of a listing
+    unless it asks for ``visibility=all`` (or a ``visibility`` filter says otherwise).
+    """
+    base = {"limit": "200", "member_status": "all", "visibility": "all", **filters}
     for hidden in ("false", "true"):
         query = "&".join(f"{k}={v}" for k, v in {**base, "os_hidden": hidden}.items())
         url: str | None = f"/images?{query}"
