@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import json
 import random
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,9 @@ def test_applies_kinds_in_dependency_order_and_maps_ids(h: Harness) -> None:
 
     assert result.outcome == "succeeded"
     assert result.counts["test.widget"]["done"] == 5 and result.counts["test.gadget"]["done"] == 5
-    creates = [kind for call, kind, _ in h.cloud.calls if call == "create"]
-    assert creates == ["test.widget"] * 5 + ["test.gadget"] * 5
+    creates = [name for call, _, name in h.cloud.calls if call == "create"]
+    for i in range(5):  # each gadget after the widget it refers to
+        assert creates.index(f"w{i}") < creates.index(f"g{i}")
     widget_ids = h.journal.id_map("dst", "test.widget")
     for g in h.cloud.objects["test.gadget"].values():
         source_widget = "widget-src-" + g["name"][1:]
@@ -413,3 +415,84 @@ def test_status_command_shows_runs_counts_and_failures(h: Harness, capsys) -> No
 
     assert main(["status", "--journal", journal + ".missing"]) == 3
     assert "no journal at" in capsys.readouterr().err
+
+
+class NetworkWidget(Widget):
+    """A widget on another API service than the gadgets'."""
+
+    name = "test.network_widget"
+    service = "network"
+
+
+class ComputeGadget(Gadget):
+    """A gadget on its own service that refers to no widget."""
+
+    name = "test.compute_gadget"
+    service = "compute"
+    references = {"project_id": "identity.project"}
+
+
+def test_a_dependent_starts_when_its_own_dependency_is_done(h: Harness) -> None:
+    # w0's create waits until g1 exists: g1 must start as soon as w1 is done,
+    # not after every widget (that would never finish).
+    widgets = [widget(i) for i in range(2)]
+    ops = h.plan({GADGET: [gadget(1, "widget-src-1")], WIDGET: widgets})
+    created = threading.Event()
+    waited: list[bool] = []
+    h.cloud.on("test.gadget", "create", "g1", created.set)
+    h.cloud.on("test.widget", "create", "w0", lambda: waited.append(created.wait(10)))
+
+    result = h.run(ops, workers=2)
+
+    assert result.outcome == "succeeded"
+    assert waited == [True]  # g1 was created while w0 was still in flight
+
+
+def test_work_is_shared_among_services(h: Harness) -> None:
+    network, compute = NetworkWidget(), ComputeGadget()
+    widgets = [widget(i) for i in range(6)]
+    others = [gadget(i, "none") for i in range(6)]
+    ops = h.plan({network: widgets, compute: others})
+    # With no reference between them, both services are busy from the start.
+    seen = []
+    lock = threading.Lock()
+
+    def note(name: str) -> None:
+        with lock:
+            seen.append(name)
+
+    for i in range(6):
+        h.cloud.on(network.name, "create", f"w{i}", lambda i=i: note(f"w{i}"))
+        h.cloud.on(compute.name, "create", f"g{i}", lambda i=i: note(f"g{i}"))
+
+    result = h.run(ops, workers=2)
+
+    assert result.outcome == "succeeded"
+    assert {name[0] for name in seen[:2]} == {"w", "g"}
+
+
+def test_run_planned_applies_batches_as_they_come_and_raises_a_planner_error(
+    h: Harness,
+) -> None:
+    widgets = [widget(i) for i in range(3)]
+    ops = h.plan({WIDGET: widgets, GADGET: [gadget(0, "widget-src-0")]})
+    wid, gad = [o for o in ops if o.kind is WIDGET], [o for o in ops if o.kind is GADGET]
+    applying = threading.Event()
+    h.cloud.on("test.widget", "create", "w0", applying.set)
+
+    def batches():
+        yield wid
+        # The first batch is being applied while the planner still works.
+        assert applying.wait(10)
+        raise ConflictError("the planner failed")
+        yield gad
+
+    engine = h.engine(workers=1)
+    with pytest.raises(ConflictError, match="the planner failed"):
+        engine.run_planned(batches(), total=4, command="test import")
+    assert h.journal.runs()[-1].outcome == "failed"
+    # The call in flight when the planner failed is journaled; nothing started after it.
+    assert h.row("test.widget", "p-1/w0").state == DONE
+    states = [h.row("test.widget", f"p-1/w{i}") for i in (1, 2)]
+    assert all(row is None or row.state == DONE for row in states)
+    assert h.row("test.gadget", "p-1/g0") is None

@@ -24,6 +24,7 @@ from stackhop.journal import (
     SKIPPED,
     STATES,
     TRANSITIONS,
+    Change,
     Journal,
     journal_url,
 )
@@ -371,3 +372,63 @@ def test_four_processes_on_a_server_database(mariadb_url: str) -> None:
         runs = j.runs()
         assert len(runs) == 4 and runs[0].started_at.microsecond is not None
         assert "root@localhost" in j.describe()
+
+
+def _change(run_id: str, identity: str, state: str, expected=None, **kw) -> Change:
+    return Change(
+        run_id=run_id, scope="dst", kind="nova.keypair", identity=identity, state=state,
+        action="create", expected=expected, **kw,
+    )
+
+
+def test_apply_writes_many_changes_and_mappings_in_one_transaction(journal: Journal) -> None:
+    run = journal.start_run("import").id
+    pending = journal.apply(
+        [_change(run, f"alice/key{i}", PENDING, source_id=f"s{i}", attempt=True) for i in range(3)]
+    )
+    assert [(r.identity, r.state, r.attempts) for r in pending] == [
+        (f"alice/key{i}", PENDING, 1) for i in range(3)
+    ]
+    done = journal.apply(
+        [_change(run, r.identity, DONE, expected=r, destination_id=f"d{i}")
+         for i, r in enumerate(pending)],
+        [("dst", "nova.keypair", f"s{i}", f"d{i}") for i in range(3)],
+    )
+    # The rows returned are the rows written: reading them back gives the same.
+    assert done == [journal.operation("dst", "nova.keypair", f"alice/key{i}") for i in range(3)]
+    assert done[0].source_id == "s0" and done[0].destination_id == "d0"
+    assert journal.id_map("dst", "nova.keypair") == {"s0": "d0", "s1": "d1", "s2": "d2"}
+    keys = [("nova.keypair", "alice/key1"), ("nova.keypair", "nobody/key"), ("other", "alice/key2")]
+    assert journal.rows("dst", keys) == {("nova.keypair", "alice/key1"): done[1]}
+
+
+def test_apply_is_all_or_nothing_when_a_row_moved(journal: Journal) -> None:
+    run = journal.start_run("import").id
+    first, second = journal.apply(
+        [_change(run, "alice/a", PENDING, attempt=True), _change(run, "alice/b", PENDING,
+                                                                  attempt=True)]
+    )
+    journal.transition(run, "dst", "nova.keypair", "alice/b", FAILED, action="create",
+                       expected=second, error="boom")  # another worker moved it
+    with pytest.raises(JournalError, match="alice/b"):
+        journal.apply(
+            [_change(run, "alice/a", DONE, expected=first, destination_id="x"),
+             _change(run, "alice/b", DONE, expected=second, destination_id="y")],
+            [("dst", "nova.keypair", "src-a", "x")],
+        )
+    assert journal.operation("dst", "nova.keypair", "alice/a").state == PENDING
+    assert journal.id_map("dst", "nova.keypair") == {}
+
+
+def test_forget_drops_a_done_operation_and_its_mapping(journal: Journal) -> None:
+    run = journal.start_run("import").id
+    (row,) = journal.apply([_change(run, "alice/k", PENDING, source_id="s", attempt=True)])
+    with pytest.raises(JournalError):
+        journal.forget("dst", "nova.keypair", "alice/k", "s")  # not done: refused
+    journal.apply([_change(run, "alice/k", DONE, expected=row, destination_id="d")],
+                  [("dst", "nova.keypair", "s", "d")])
+    journal.forget("dst", "nova.keypair", "alice/k", "s")
+    assert journal.operation("dst", "nova.keypair", "alice/k") is None
+    assert journal.mapped_id("dst", "nova.keypair", "s") is None
+    with pytest.raises(JournalError):
+        journal.forget("dst", "nova.keypair", "alice/k", "s")  # gone already

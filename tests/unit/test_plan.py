@@ -240,3 +240,40 @@ def test_registry() -> None:
         kinds.register(Impostor)
     with pytest.raises(ConfigError, match="unknown resource kind 'test.nothing'"):
         kinds.get("test.nothing")
+
+
+def test_bulk_lookup_plans_the_same_with_one_call_per_kind(cloud: MemoryCloud) -> None:
+    w1, w2 = widget(1), widget(2)
+    r = resolver()
+    put(cloud, WIDGET, r.resolve(WIDGET, w2))
+    records = {GADGET: [gadget(1, w1["id"]), gadget(2, w2["id"])], WIDGET: [w1, w2]}
+    asked: list[tuple[str, list[str]]] = []
+
+    def find_many(kind, resolved):
+        asked.append((kind.name, [r["name"] for r in resolved]))
+        return kind.find_many(cloud, resolved, workers=2)
+
+    one_by_one = plan(records, finder(cloud), r)
+    in_bulk = plan(records, finder(cloud), r, find_many=find_many)
+
+    assert [(o.action, o.identity, o.depends_on) for o in in_bulk] == [
+        (o.action, o.identity, o.depends_on) for o in one_by_one
+    ]
+    # One lookup per kind, without the gadget that waits for a widget being created.
+    assert asked == [("test.widget", ["w1", "w2"]), ("test.gadget", ["g2"])]
+
+
+def test_batches_side_by_side_never_hand_over_a_kind_before_its_references(
+    cloud: MemoryCloud,
+) -> None:
+    from stackhop.plan import plan_batches
+
+    records = {GADGET: [gadget(1, "widget-src-1")], WIDGET: [widget(1)]}
+    batches = list(
+        plan_batches(records, finder(cloud), resolver(), side_by_side=True,
+                     find_many=lambda k, rs: k.find_many(cloud, rs))
+    )
+    assert [[o.kind.name for o in batch] for batch in batches] == [
+        ["test.widget"], ["test.gadget"]
+    ]
+    assert batches[1][0].depends_on == (("test.widget", "p-1/w1"),)
