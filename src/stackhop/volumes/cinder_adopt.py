@@ -37,6 +37,10 @@ MARKER = "stackhop_source"
 CINDER_WAIT = 600
 """How long Cinder may take to manage an image, delete a volume or accept a transfer (s)."""
 
+POLL_INTERVAL = 0.5
+"""Seconds between status polls: openstacksdk's 2 s default wastes a second per wait on
+average, and a manage of an RBD image takes only a few seconds."""
+
 
 def destination_backend_name(conn: Any, volume_type: str | None) -> str | None:
     """The ``volume_backend_name`` the destination volume type pins, if any."""
@@ -82,7 +86,7 @@ def delete_volume(ctx: PassContext, volume: Any) -> None:
     conn = ctx.destination_conn
     try:
         conn.block_storage.delete_volume(volume, ignore_missing=True)
-        conn.block_storage.wait_for_delete(volume, wait=CINDER_WAIT)
+        conn.block_storage.wait_for_delete(volume, interval=POLL_INTERVAL, wait=CINDER_WAIT)
     except sdk_exc.SDKException as exc:
         raise ConflictError(
             f"{ctx.source.label}: cannot replace destination volume {volume.id} left by an "
@@ -108,7 +112,7 @@ def manage_existing(ctx: PassContext, host: str, reference: Mapping[str, Any]) -
             bootable=src.bootable,
         )
         volume = conn.block_storage.wait_for_status(
-            volume, "available", failures=["error"], wait=CINDER_WAIT
+            volume, "available", failures=["error"], interval=POLL_INTERVAL, wait=CINDER_WAIT
         )
     except sdk_exc.SDKException as exc:
         raise ConflictError(

@@ -265,8 +265,11 @@ class RbdMethod:
         # The snapshot before the base goes now, each side together with the creation of
         # the new one: both are monitor commits (up to a second each with Ceph's default
         # paxos_propose_interval), and issued together they share one.
-        src_snap, _ = _in_parallel(
-            lambda: self._take_snapshot(ctx, pair.src_backend, src, source_image, snap),
+        src_snap = snapshot_temporary(pair.src_backend, source_image, snap)
+        ctx.created(src_snap)
+        src.remove_snapshot(source_image, snap)  # a crashed attempt of this same pass left it
+        _in_parallel(
+            lambda: src.create_snapshot(source_image, snap),
             lambda: src.remove_snapshot(source_image, stale) if stale else None,
         )
         dst_snap = snapshot_temporary(pair.dst_backend, image, snap)
