@@ -1,9 +1,9 @@
 """Helpers of the rbd method's functional tests: known content in RBD images, a pass context.
 
-Content is written with Debian's ``python3-rbd`` from the system Python (the
-project's venv cannot import it), i.e. by librbd itself and independently of
-the code under test; the expected digest is computed here from the same
-description of the writes.
+Content is written with Debian's ``python3-rbd`` from the system Python, i.e.
+by librbd itself in a process of its own, independently of the code under
+test; the expected digest is computed here from the same description of the
+writes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The rbd export-diff stream: parse, re-serialise, hash per chunk (pure logic, no cluster).
 
 The streams here are built by hand in the documented v1 layout (the
-functional tests cover streams written by the real ``rbd export-diff``).
+functional tests cover streams written by the real ``rbd export-diff``). The
+pump (:func:`copy_diff`) is driven through its own reader/sink interface with
+records in memory: what it does with them needs no cluster.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+from collections.abc import Iterator
 
 import pytest
 
+from stackhop.transfer.rbd_access import RbdError, copy_diff
 from stackhop.transfer.rbd_diff import (
     MAGIC,
     ChunkHasher,
@@ -122,3 +126,66 @@ def test_whole_chunk_records_hash_in_place_and_overlaps_are_refused() -> None:
     again.add(WriteExtent(16, b"q" * 16))
     with pytest.raises(DiffFormatError, match="overlap"):
         again.add(ZeroExtent(20, 2))
+
+
+class _ListReader:
+    """A DiffReader over records in memory (the pump's own interface, no cluster)."""
+
+    def __init__(self, size: int, records: list[WriteExtent], fail_at: int | None = None) -> None:
+        self.header = DiffHeader(None, "s", size)
+        self._records, self._fail_at = records, fail_at
+        self.cancelled = self.closed = False
+
+    def records(self) -> Iterator[WriteExtent]:
+        for n, record in enumerate(self._records):
+            if n == self._fail_at:
+                raise RbdError("rbd export-diff on cloud 'src' failed: the source went away")
+            yield record
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _ListSink:
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.written: list[tuple[int, bytes]] = []
+        self.finished = self.aborted = False
+
+    def header(self, header: DiffHeader) -> None:
+        self.size = header.size
+
+    def record(self, record: WriteExtent | ZeroExtent) -> None:
+        assert isinstance(record, WriteExtent)
+        self.written.append((record.offset, record.data))
+        self.bytes += record.length
+
+    def finish(self) -> None:
+        self.finished = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_copy_diff_passes_every_record_in_order_through_the_hooks() -> None:
+    records = [WriteExtent(i * 16, bytes([i]) * 16) for i in range(20)]
+    seen: list[int] = []
+    sink = _ListSink()
+    stats = copy_diff(
+        _ListReader(320, records), sink, chunk=32, hooks=[lambda _h, r: seen.append(r.offset)]
+    )
+    assert seen == [r.offset for r in records] == [o for o, _ in sink.written]
+    assert sink.finished and not sink.aborted
+    assert stats.data_bytes == stats.wire_bytes == 320 and stats.touched == set(range(10))
+
+
+def test_copy_diff_failure_on_the_read_thread_aborts_the_sink() -> None:
+    reader = _ListReader(320, [WriteExtent(i * 16, b"x" * 16) for i in range(20)], fail_at=7)
+    sink = _ListSink()
+    with pytest.raises(RbdError, match="the source went away"):
+        copy_diff(reader, sink, chunk=32)
+    assert sink.aborted and not sink.finished and reader.cancelled and reader.closed
+    assert len(sink.written) == 7
