@@ -55,7 +55,7 @@ from typing import Any, ClassVar, TypeVar
 from stackhop.errors import ConfigError, ConflictError
 from stackhop.transfer.base import Chunk
 from stackhop.transfer.rbd_access import DiffStats, RbdAccess, copy_diff, hash_diff
-from stackhop.transfer.rbd_diff import ChunkHasher, DiffHeader, Record, WriteExtent
+from stackhop.transfer.rbd_diff import ChunkDigests, ChunkHasher, DiffHeader, Record, WriteExtent
 from stackhop.volumes import cinder_adopt
 from stackhop.volumes.cinder_adopt import MARKER
 from stackhop.volumes.model import (
@@ -275,8 +275,13 @@ class RbdMethod:
         dst_snap = snapshot_temporary(pair.dst_backend, image, snap)
         ctx.created(dst_snap)
         dst.remove_snapshot(image, snap)
-        stats = self._stream(
-            ctx, src, source_image, snap, base, dst, image, None, retire=stale or None
+        # The source's changed chunks are re-read for the verification while the diff
+        # streams and the destination creates its snapshot (a monitor commit).
+        source_changed, stats = _in_parallel(
+            lambda: src.chunk_digests(source_image, snap, VERIFY_CHUNK, from_snap=base),
+            lambda: self._stream(
+                ctx, src, source_image, snap, base, dst, image, None, retire=stale or None
+            ),
         )
         if stale:
             ctx.removed(snapshot_temporary(pair.src_backend, source_image, stale))
@@ -291,13 +296,12 @@ class RbdMethod:
         ctx.stage("exported", snapshot=snap, since=base, bytes=stats.data_bytes)
         ctx.stage("imported", image=dst.spec(image), bytes_wire=stats.wire_bytes)
 
-        # Cinder's fields are synced while both sides re-read the changed chunks.
-        changed, _ = _in_parallel(
-            lambda: self._changed_digests(
-                ctx, src, dst, source_image, image, snap, base, stats.touched
-            ),
+        # Cinder's fields are synced while the destination re-reads the changed chunks.
+        dest_changed, _ = _in_parallel(
+            lambda: dst.chunk_digests(image, snap, VERIFY_CHUNK, from_snap=base),
             lambda: cinder_adopt.sync_volume_fields(ctx, destination_id),
         )
+        changed = self._changed_digests(ctx, source_changed, dest_changed, stats.touched)
         ctx.stage("adopted", destination_id=destination_id, reused=True)
         rows = int(previous.get("chunk_rows", -1))
         digests = stored_digests(ctx.journal, ctx.source.id, size, rows)
@@ -389,21 +393,9 @@ class RbdMethod:
             ctx.backup.commit()
 
     def _changed_digests(
-        self,
-        ctx: PassContext,
-        src: RbdAccess,
-        dst: RbdAccess,
-        source_image: str,
-        image: str,
-        snap: str,
-        base: str,
-        touched: set[int],
+        self, ctx: PassContext, source: ChunkDigests, dest: ChunkDigests, touched: set[int]
     ) -> dict[int, str] | None:
-        """Digests of chunks changed since ``base``, equal on both sides; None: re-read all."""
-        source, dest = _in_parallel(
-            lambda: src.chunk_digests(source_image, snap, VERIFY_CHUNK, from_snap=base),
-            lambda: dst.chunk_digests(image, snap, VERIFY_CHUNK, from_snap=base),
-        )
+        """Digests of chunks changed since the base, equal on both sides; None: re-read all."""
         if source.partial or dest.partial or not touched <= set(source.digests):
             return None
         assert ctx.destination_id is not None
