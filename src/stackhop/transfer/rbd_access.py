@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 from stackhop.errors import CloudUnreachableError, StackhopError
 from stackhop.transfer.rbd_diff import ChunkDigests, ChunkHasher, DiffHeader, Record, WriteExtent
 
-READ_AHEAD = 4
+READ_AHEAD = 8
 """Records (pieces of at most 4 MiB) read ahead of the writer."""
 
 T = TypeVar("T")

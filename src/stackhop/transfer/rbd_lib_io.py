@@ -44,7 +44,7 @@ else:
 DIFF_WINDOW = 1 << 34
 """Bytes of image whose changed extents are listed at once (16 GiB: at most 4096 extents)."""
 
-READS_IN_FLIGHT = 4
+READS_IN_FLIGHT = 2
 """Asynchronous reads of at most 4 MiB outstanding at once."""
 
 WRITES_IN_FLIGHT = 4
