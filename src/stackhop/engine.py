@@ -28,29 +28,19 @@ stops starting new operations; in-flight ones finish and are recorded; then
 
 from __future__ import annotations
 
-import email.utils
-import heapq
-import queue
 import random
 import threading
 import time
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
-
-import requests
-from keystoneauth1 import exceptions as ksa_exceptions
-from openstack import exceptions as sdk_exceptions
 
 from stackhop.errors import (
     ConflictError,
     Interrupted,
     JournalError,
     OperationFailedError,
-    TransientError,
 )
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import (
@@ -63,109 +53,16 @@ from stackhop.journal import (
     Mapping_,
     OperationRecord,
 )
-from stackhop.kinds import dependency_levels
-from stackhop.kinds.base import Connection, DataKind, Kind, Record
+from stackhop.kinds.base import Connection, DataKind, Record
 from stackhop.plan import Conflict, CopyData, Create, Operation, OperationKey, Skip, Update
 from stackhop.resolve import Resolver
+from stackhop.retry import RetryPolicy, classify, error_text
+from stackhop.schedule import Feed, Schedule
 
 #: Outcomes an operation can have in one run (the RunResult counts them per kind).
+__all__ = ["OUTCOMES", "Engine", "RetryPolicy", "RunResult", "classify"]
+
 OUTCOMES = ("done", "skipped", "conflict", "failed", "not_started")
-
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-# -- failures ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Failure:
-    """What an exception from a cloud call means for retrying it."""
-
-    transient: bool
-    #: The request certainly changed nothing (429, never connected): no lookup needed.
-    outcome_known: bool
-    retry_after: float | None = None
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _http_failure(status: int | None, response: Any) -> Failure:
-    headers = getattr(response, "headers", None) or {}
-    retry_after = _parse_retry_after(headers.get("Retry-After"))
-    return Failure(
-        transient=status in RETRYABLE_STATUS,
-        outcome_known=status == 429 or (status is not None and status < 500),
-        retry_after=retry_after,
-    )
-
-
-def classify(exc: BaseException) -> Failure:
-    """Whether ``exc`` is worth retrying, and whether the call may have had an effect.
-
-    Understands stackhop's TransientError, openstacksdk's HttpException (by
-    status code), keystoneauth1's HTTP and connection errors, requests'
-    connection errors and Python's ConnectionError / TimeoutError.
-    """
-    if isinstance(exc, TransientError):
-        return Failure(transient=True, outcome_known=False, retry_after=exc.retry_after)
-    if isinstance(exc, sdk_exceptions.HttpException):
-        return _http_failure(exc.status_code, exc.response)
-    if isinstance(exc, ksa_exceptions.HttpError):
-        return _http_failure(exc.http_status, exc.response)
-    if isinstance(exc, ksa_exceptions.ConnectTimeout):
-        return Failure(transient=True, outcome_known=True)  # never connected
-    if isinstance(
-        exc,
-        ksa_exceptions.RetriableConnectionFailure
-        | ksa_exceptions.ConnectionError
-        | requests.ConnectionError
-        | requests.Timeout
-        | ConnectionError
-        | TimeoutError,
-    ):
-        return Failure(transient=True, outcome_known=False)
-    return Failure(transient=False, outcome_known=True)
-
-
-def _error_text(exc: BaseException) -> str:
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {message}"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to retry a transient failure."""
-
-    max_attempts: int = 5
-    base_delay: float = 1.0
-    max_delay: float = 60.0
-    #: A server's Retry-After beyond this is capped (a broken header must not stall a run).
-    max_retry_after: float = 600.0
-
-    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based).
-
-        The server's Retry-After when it gave one, else "full jitter":
-        uniform between 0 and ``base_delay * 2**(attempt-1)``, capped.
-        """
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
-        return rng.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
 
 
 # -- results -----------------------------------------------------------------
@@ -260,163 +157,6 @@ class _Batch:
         effect = self.effects[index]
         op = effect.op if isinstance(effect, _Started) else effect[0]
         self.outcomes.append((op, "failed", error, None))
-
-
-class _Schedule:
-    """Which operations may start now.
-
-    An operation waits for the operations of this run that it refers to
-    (its declared ``depends_on``, and any object its reference fields name,
-    even one that is only skipped: its ID mapping must be journaled first)
-    and a data copy for its object. Ready operations are shared among the
-    services (each service is its own API server: a rule request to Neutron
-    and a keypair request to Nova run side by side); within a service,
-    referenced kinds first, then plan order. Operations arrive in batches
-    (:meth:`add`); a batch may depend only on earlier ones.
-    """
-
-    def __init__(self, *, sequential: bool = False) -> None:
-        self.sequential = sequential
-        self.per_kind: Counter[str] = Counter()
-        self._open: Counter[str] = Counter()
-        self._running: Counter[str] = Counter()
-        self._kinds: dict[str, Kind] = {}
-        self._rank: dict[str, int] = {}
-        self._by_source: dict[tuple[str, str], OperationKey] = {}
-        self._known: set[OperationKey] = set()
-        self._finished: set[OperationKey] = set()
-        self._referenced: set[str] = set()
-        self._waiting: dict[OperationKey, int] = {}
-        self._dependents: dict[OperationKey, list[Operation]] = defaultdict(list)
-        self._priority: dict[OperationKey, tuple[int, int]] = {}
-        self._ready: dict[str, list[tuple[tuple[int, int], OperationKey, Operation]]] = {}
-        self._services: list[str] = []
-
-    def add(self, operations: Sequence[Operation]) -> list[str]:
-        """Schedule a batch of operations; return the kinds they refer to that are new."""
-        new_references: list[str] = []
-        for op in operations:
-            self.per_kind[op.kind.name] += 1
-            self._open[getattr(op.kind, "service", "")] += 1
-            self._kinds.setdefault(op.kind.name, op.kind)
-            self._known.add(op.ref)
-            if not isinstance(op, CopyData) and op.source_id is not None:
-                self._by_source.setdefault((op.kind.name, op.source_id), op.ref)
-            for target in op.kind.references.values():
-                if target not in self._referenced:
-                    self._referenced.add(target)
-                    new_references.append(target)
-        levels = dependency_levels(self._kinds.values())
-        self._rank = {k.name: i for i, k in enumerate(k for level in levels for k in level)}
-        base = len(self._priority)
-        for index, op in enumerate(operations):
-            self._priority[op.ref] = (self._rank[op.kind.name], base + index)
-            deps = {ref for ref in op.depends_on if ref in self._known}
-            for field_name, target in op.kind.references.items():
-                value = op.source.get(field_name)
-                for v in value if isinstance(value, list | tuple) else [value]:
-                    ref = None if v is None else self._by_source.get((target, str(v)))
-                    if ref is not None and ref != op.ref:
-                        deps.add(ref)
-            if isinstance(op, CopyData) and (op.kind.name, op.identity) in self._known:
-                deps.add((op.kind.name, op.identity))
-            deps -= self._finished
-            for ref in deps:
-                self._dependents[ref].append(op)
-            self._waiting[op.ref] = len(deps)
-            if not deps:
-                self._push(op)
-        return new_references
-
-    def _push(self, op: Operation) -> None:
-        service = getattr(op.kind, "service", "")
-        if service not in self._ready:
-            self._ready[service] = []
-            self._services.append(service)
-        # The rank may have changed since the operation was added (a later batch
-        # brought a kind that comes first): order by the current one.
-        priority = (self._rank[op.kind.name], self._priority[op.ref][1])
-        heapq.heappush(self._ready[service], (priority, op.ref, op))
-
-    @property
-    def ready(self) -> bool:
-        return any(self._ready.values())
-
-    def take(self, count: int) -> list[Operation]:
-        """Up to ``count`` ready operations.
-
-        Several slots: each goes to the service with the most work left per
-        call it already has in flight, so the service with the longest queue
-        (the run's critical path) gets the larger share of the workers and no
-        service idles while it has work. One slot at a time (one worker):
-        strictly in plan order, kinds in dependency order.
-        """
-        batch: list[Operation] = []
-        while len(batch) < count and self.ready:
-            candidates = [s for s in self._services if self._ready[s]]
-            if self.sequential:
-                service = min(candidates, key=lambda s: self._ready[s][0][0])
-            else:
-                service = max(candidates, key=lambda s: self._open[s] / (self._running[s] + 1))
-            batch.append(heapq.heappop(self._ready[service])[2])
-            self._running[service] += 1
-        return batch
-
-    def finished(self, op: Operation) -> None:
-        """``op`` (taken before) has an outcome: the operations waiting for it may be ready."""
-        service = getattr(op.kind, "service", "")
-        self._open[service] -= 1
-        self._running[service] -= 1
-        self._finished.add(op.ref)
-        for dependent in self._dependents.pop(op.ref, []):
-            self._waiting[dependent.ref] -= 1
-            if self._waiting[dependent.ref] == 0:
-                self._push(dependent)
-
-
-class _Feed:
-    """Batches of operations from the planner, read in a thread of their own."""
-
-    def __init__(self, batches: Iterable[Sequence[Operation]], stop: threading.Event) -> None:
-        self.seen: list[Operation] = []
-        self.error: BaseException | None = None
-        self.done = False
-        self._queue: queue.Queue[Sequence[Operation] | None] = queue.Queue()
-        self._stop = stop
-        if isinstance(batches, list | tuple):
-            for batch in batches:
-                self._queue.put(batch)
-            self._queue.put(None)
-        else:
-            threading.Thread(
-                target=self._read, args=(batches,), name="stackhop-plan", daemon=True
-            ).start()
-
-    def _read(self, batches: Iterable[Sequence[Operation]]) -> None:
-        try:
-            for batch in batches:
-                self._queue.put(batch)
-                if self._stop.is_set():
-                    break
-        except BaseException as exc:  # handed to the engine's thread, which raises it
-            self.error = exc
-        finally:
-            self._queue.put(None)
-
-    def take(self, *, block: bool) -> list[Sequence[Operation]]:
-        """The batches that arrived (waiting up to a moment for one if ``block``)."""
-        batches: list[Sequence[Operation]] = []
-        while not self.done:
-            try:
-                batch = self._queue.get(block=block and not batches, timeout=0.2)
-            except queue.Empty:
-                break
-            if batch is None:
-                self.done = True
-            else:
-                self.seen.extend(batch)
-                batches.append(batch)
-        return batches
 
 
 # -- the engine --------------------------------------------------------------
@@ -520,7 +260,7 @@ class Engine:
         result = RunResult(run_id=run.id)
         started = self.clock()
         self._emit(EventType.RUN_STARTED, total=total)
-        feed = _Feed(batches, self.stop)
+        feed = Feed(batches, self.stop)
         interrupted = False
         try:
             self._apply_all(feed, result)
@@ -548,8 +288,8 @@ class Engine:
             raise Interrupted(run=run.id, result=result)
         return result
 
-    def _apply_all(self, feed: _Feed, result: RunResult) -> None:
-        schedule = _Schedule(sequential=self.workers == 1)
+    def _apply_all(self, feed: Feed, result: RunResult) -> None:
+        schedule = Schedule(sequential=self.workers == 1)
         in_flight: dict[Future[_Attempt], _Started] = {}
         kinds_started: set[str] = set()
         self.resolver.forget_remembered()
@@ -611,7 +351,7 @@ class Engine:
             try:
                 finished.append((item, future.result()))
             except Exception as exc:  # a journal or programming error: report, never swallow
-                finished.append((item, _Attempt(row=item.row, error=_error_text(exc), raw=True)))
+                finished.append((item, _Attempt(row=item.row, error=error_text(exc), raw=True)))
         return finished
 
     # -- recording, in batches -----------------------------------------------------
@@ -620,7 +360,7 @@ class Engine:
         self,
         finished: list[tuple[_Started, _Attempt]],
         batch: list[Operation],
-        schedule: _Schedule,
+        schedule: Schedule,
         result: RunResult,
     ) -> list[_Started]:
         """Journal what finished and what starts now, in one transaction; return what to call.
@@ -648,7 +388,7 @@ class Engine:
             try:
                 self._start(op, rows.get((op.kind.name, op.key)), plan)
             except Exception as exc:  # a programming error in a kind: report, never swallow
-                plan.settle(op, "failed", _error_text(exc))
+                plan.settle(op, "failed", error_text(exc))
         calls = self._write(plan)
         for op, outcome, message, destination_id in plan.outcomes:
             self._finish(op, outcome, message, destination_id, result, schedule)
@@ -790,7 +530,7 @@ class Engine:
         message: str | None,
         destination_id: str | None,
         result: RunResult,
-        schedule: _Schedule,
+        schedule: Schedule,
     ) -> None:
         if outcome == "failed":
             self._note_error(op, message or "failed", result)
@@ -821,19 +561,19 @@ class Engine:
                 failure = classify(exc)
                 unknown = unknown or (isinstance(op, Create) and not failure.outcome_known)
                 if not failure.transient or attempt >= self.retry.max_attempts:
-                    return _Attempt(row, error=_error_text(exc))
+                    return _Attempt(row, error=error_text(exc))
                 delay = self.retry.delay(attempt, failure.retry_after, self.rng)
                 self._emit(
                     EventType.RETRY,
                     kind=kind.name,
                     identity=op.identity,
                     operation=op.action,
-                    message=_error_text(exc),
+                    message=error_text(exc),
                     detail={"attempt": attempt, "delay": round(delay, 3)},
                 )
                 self.sleep(delay)
                 if self.stop.is_set():
-                    return _Attempt(row, error=f"interrupted before retrying: {_error_text(exc)}")
+                    return _Attempt(row, error=f"interrupted before retrying: {error_text(exc)}")
                 attempt += 1
                 row = self.journal.apply([self._change(op, row, PENDING, attempt=True)])[0]
 

@@ -72,8 +72,9 @@ class RbdCluster:
         via = f", via ssh {self.ssh.name}" if self.ssh else ""
         return f"cloud {self.cloud!r} (pool {self.pool}{via})"
 
-    def command(self, args: Sequence[str]) -> list[str]:
-        """The argv running ``rbd ARGS`` against this cluster, wrapped in ssh when remote."""
+    def command(self, args: Sequence[str], *, shared: bool = True) -> list[str]:
+        """The argv running ``rbd ARGS`` against this cluster, wrapped in ssh when remote
+        (``shared=False`` for a bulk stream: a connection of its own)."""
         rbd = ["rbd"]
         if self.ceph_conf:
             rbd += ["-c", self.ceph_conf]
@@ -82,7 +83,7 @@ class RbdCluster:
         if self.user:
             rbd += ["--id", self.user]
         rbd += list(args)
-        return self.ssh.argv(rbd) if self.ssh else rbd
+        return self.ssh.argv(rbd, shared=shared) if self.ssh else rbd
 
     def spec(self, image: str, snap: str | None = None) -> str:
         return f"{self.pool}/{image}" + (f"@{snap}" if snap else "")
@@ -122,7 +123,9 @@ class RbdCluster:
         """Start ``rbd ARGS`` with its stderr kept aside for the error message."""
         errors = tempfile.TemporaryFile()
         try:
-            proc = subprocess.Popen(self.command(args), stdin=stdin, stdout=stdout, stderr=errors)
+            proc = subprocess.Popen(
+                self.command(args, shared=False), stdin=stdin, stdout=stdout, stderr=errors
+            )
         except FileNotFoundError as exc:
             errors.close()
             raise ConfigError(

@@ -5,19 +5,38 @@ else the user's ``~/.ssh/config``). stackhop never turns host key checking
 off: an unknown or changed host key is an error that names the host, and
 ``BatchMode`` keeps ssh from ever prompting. The remote side needs nothing
 but a shell (and Python 3 for the stream method's agent).
+
+Short commands to one host share one ssh connection (OpenSSH's
+``ControlMaster``): a handshake costs 0.1-0.5 s, and a volume pass makes
+several short calls per host (probe, digests, checks). The control sockets
+live in a private directory (0700) of this process, and the masters are
+told to exit when the process ends (:func:`close_shared`; a killed process's
+masters exit by themselves after :data:`SHARE_IDLE` seconds idle). Bulk
+streams get their own connection (``shared=False``): one master would carry
+them all through one process. ``STACKHOP_SSH_SHARE=0`` turns sharing off.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
+import shutil
 import subprocess
+import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stackhop.errors import CloudUnreachableError
 
 ENV_CONFIG = "STACKHOP_SSH_CONFIG"
+ENV_SHARE = "STACKHOP_SSH_SHARE"
+
+#: Seconds a shared connection outlives its last session (a killed stackhop's masters end).
+SHARE_IDLE = 30
+#: A unix socket path must fit in 108 bytes; %C expands to 40 hex digits.
+_SOCKET_PATH_MAX = 100
 
 #: Options forced on every connection, whatever the ssh config says.
 FORCED_OPTIONS = (
@@ -41,15 +60,24 @@ class SshHost:
         """``name`` with ``config``, else ``$STACKHOP_SSH_CONFIG``, else ssh's own default."""
         return cls(name=name, config=config or os.environ.get(ENV_CONFIG) or None)
 
-    def argv(self, command: Sequence[str], *, extra_options: Sequence[str] = ()) -> list[str]:
-        """The ssh command line running ``command`` (quoted for the remote shell) on this host."""
+    def argv(
+        self, command: Sequence[str], *, extra_options: Sequence[str] = (), shared: bool = True
+    ) -> list[str]:
+        """The ssh command line running ``command`` (quoted for the remote shell) on this host;
+        ``shared``: over this process's shared connection to the host (module doc)."""
         argv = ["ssh"]
         if self.config:
             argv += ["-F", self.config]
-        for option in (*FORCED_OPTIONS, *extra_options):
+        sharing = _SHARED.options(self) if shared else ("ControlPath=none",)
+        for option in (*FORCED_OPTIONS, *sharing, *extra_options):
             argv += ["-o", option]
         argv += ["-T", self.name, "--", shlex.join(command)]
         return argv
+
+    def _control(self, operation: str, directory: str) -> None:
+        argv = ["ssh"] + (["-F", self.config] if self.config else [])
+        argv += ["-o", f"ControlPath={directory}/%C", "-O", operation, self.name]
+        subprocess.run(argv, capture_output=True, timeout=10, check=False)
 
     def run(
         self, command: Sequence[str], *, input: bytes | None = None, timeout: float = 300
@@ -73,6 +101,56 @@ class SshHost:
                 describe_failure(self.name, command, done.returncode, done.stderr)
             )
         return done.stdout
+
+
+class _SharedConnections:
+    """This process's control-socket directory and the hosts that may have a master there."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._directory: str | None = None
+        self._hosts: set[SshHost] = set()
+        self._disabled = False
+
+    def options(self, host: SshHost) -> tuple[str, ...]:
+        with self._lock:
+            if self._disabled or os.environ.get(ENV_SHARE, "1") == "0":
+                return ("ControlPath=none",)
+            if self._directory is None:
+                directory = tempfile.mkdtemp(prefix="stackhop-ssh-")  # 0700
+                if len(directory) + 42 > _SOCKET_PATH_MAX:  # a long TMPDIR: no sharing
+                    os.rmdir(directory)
+                    self._disabled = True
+                    return ("ControlPath=none",)
+                self._directory = directory
+                atexit.register(self.close)
+            self._hosts.add(host)
+            return (
+                "ControlMaster=auto",
+                f"ControlPath={self._directory}/%C",
+                f"ControlPersist={SHARE_IDLE}",
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            directory, hosts = self._directory, list(self._hosts)
+            self._directory, self._hosts = None, set()
+        if directory is None:
+            return
+        for host in hosts:
+            try:
+                host._control("exit", directory)
+            except (OSError, subprocess.SubprocessError):
+                pass  # no master there, or it is gone: it exits by itself when idle
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+_SHARED = _SharedConnections()
+
+
+def close_shared() -> None:
+    """End this process's shared ssh connections (also run at exit)."""
+    _SHARED.close()
 
 
 def describe_failure(host: str, command: Sequence[str], returncode: int, stderr: bytes) -> str:

@@ -111,10 +111,11 @@ class AgentHost:
     def named(cls, name: str, python: str | None = None) -> AgentHost:
         return cls(SshHost.named(name), python or os.environ.get(ENV_PYTHON) or "python3")
 
-    def argv(self, mode: str) -> list[str]:
+    def argv(self, mode: str, *, shared: bool = True) -> list[str]:
+        """The ssh command running the agent in ``mode``; bulk streams pass ``shared=False``."""
         source = agent_source()
         command = [self.python, "-c", agent.BOOTSTRAP, str(len(source)), mode]
-        return self.host.argv(command, extra_options=SSH_OPTIONS)
+        return self.host.argv(command, extra_options=SSH_OPTIONS, shared=shared)
 
     @staticmethod
     def prelude(params: Mapping[str, Any]) -> bytes:
@@ -151,7 +152,7 @@ class AgentHost:
     ) -> tuple[subprocess.Popen[bytes], _StderrTail]:
         """Start a streaming mode (``read``, ``write``); the prelude is already written."""
         proc = subprocess.Popen(
-            self.argv(mode),
+            self.argv(mode, shared=False),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

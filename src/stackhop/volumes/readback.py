@@ -88,7 +88,7 @@ def _rbd_digest(backend: Backend, volume_id: str, size: int) -> str:
     spec = f"{backend.pool}/{backend.rbd_image(volume_id)}"
     command = rbd_command(backend, "export", "--no-progress", spec, "-")
     if backend.ssh_host:
-        command = SshHost.named(backend.ssh_host).argv(command)
+        command = SshHost.named(backend.ssh_host).argv(command, shared=False)
     hasher = ContentHasher()
     offset = 0
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:

@@ -107,12 +107,14 @@ def _file_backend(storage: StorageMap, cloud: str, host: str | None, what: str) 
 
 @dataclass(frozen=True)
 class _Volume:
-    """The destination volume of a pass: ID, Cinder host, the cloud's name, whether reused."""
+    """The destination volume of a pass: ID, Cinder host, the cloud's name, whether reused,
+    and its bootable flag when last seen."""
 
     id: str
     host: str | None
     location_cloud: str
     reused: bool
+    bootable: bool = False
 
 
 def cloud_name(conn: Any) -> str:
@@ -253,7 +255,7 @@ class StreamMethod:
                 )
             else:
                 result = self._full(ctx, key, size, codec, src_host, src_path, dst_host, dst_path)
-            self._finish_volume(ctx, volume.id)
+            self._finish_volume(ctx, volume)
             ctx.stage("adopted", destination_id=volume.id, project_id=ctx.destination_project_id)
             result.destination_id = volume.id
             result.details.update(facts)
@@ -449,8 +451,14 @@ class StreamMethod:
                     f"{ctx.destination_project_id} with {ctx.source.size_gib} GiB; "
                     "delete it and re-run"
                 )
-            ready = self._wait(admin, existing.id)
-            return _Volume(ready.id, ready.host, ctx.destination_cloud or cloud_name(admin), True)
+            ready = existing if existing.status == "available" else self._wait(admin, existing.id)
+            return _Volume(
+                ready.id,
+                ready.host,
+                ctx.destination_cloud or cloud_name(admin),
+                True,
+                bool(ready.is_bootable),
+            )
         scoped = _project_connection(admin, ctx.destination_project_id)
         source = ctx.source
         created = scoped.block_storage.create_volume(
@@ -461,10 +469,13 @@ class StreamMethod:
             metadata={**dict(source.metadata), MARKER: marker},
         )
         ready = self._wait(admin, created.id)
-        return _Volume(ready.id, ready.host, ctx.destination_cloud or cloud_name(admin), False)
+        return _Volume(
+            ready.id, ready.host, ctx.destination_cloud or cloud_name(admin), False, False
+        )
 
     def _wait(self, admin: Any, volume_id: str) -> Any:
         deadline = time.monotonic() + self.ready_timeout
+        pause = 0.1  # a file-backed volume is ready in well under a second: poll soon, then less
         while True:
             volume = admin.block_storage.get_volume(volume_id)
             if volume.status == "available":
@@ -479,13 +490,15 @@ class StreamMethod:
                     f"destination volume {volume_id} is still {volume.status} after "
                     f"{self.ready_timeout:.0f} s; check the destination Cinder, then re-run"
                 )
-            time.sleep(0.5)
+            time.sleep(pause)
+            pause = min(1.0, pause * 1.5)
 
-    def _finish_volume(self, ctx: PassContext, volume_id: str) -> None:
-        admin = ctx.destination_conn
-        volume = admin.block_storage.get_volume(volume_id)
-        if bool(volume.is_bootable) != ctx.source.bootable:
-            admin.block_storage.set_volume_bootable_status(volume, ctx.source.bootable)
+    def _finish_volume(self, ctx: PassContext, volume: _Volume) -> None:
+        """Give the destination the source's bootable flag (as seen when the pass began)."""
+        if volume.bootable != ctx.source.bootable:
+            ctx.destination_conn.block_storage.set_volume_bootable_status(
+                volume.id, ctx.source.bootable
+            )
 
     # -- temporaries -------------------------------------------------------------
 

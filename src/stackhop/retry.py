@@ -1,0 +1,113 @@
+"""What a failed cloud call means: retry it or not, and whether its outcome is known.
+
+The engine (:mod:`stackhop.engine`) asks :func:`classify` about every
+exception an API call raises, and waits as :class:`RetryPolicy` says before
+the next attempt.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from keystoneauth1 import exceptions as ksa_exceptions
+from openstack import exceptions as sdk_exceptions
+
+from stackhop.errors import TransientError
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What an exception from a cloud call means for retrying it."""
+
+    transient: bool
+    #: The request certainly changed nothing (429, never connected): no lookup needed.
+    outcome_known: bool
+    retry_after: float | None = None
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _http_failure(status: int | None, response: Any) -> Failure:
+    headers = getattr(response, "headers", None) or {}
+    retry_after = _parse_retry_after(headers.get("Retry-After"))
+    return Failure(
+        transient=status in RETRYABLE_STATUS,
+        outcome_known=status == 429 or (status is not None and status < 500),
+        retry_after=retry_after,
+    )
+
+
+def classify(exc: BaseException) -> Failure:
+    """Whether ``exc`` is worth retrying, and whether the call may have had an effect.
+
+    Understands stackhop's TransientError, openstacksdk's HttpException (by
+    status code), keystoneauth1's HTTP and connection errors, requests'
+    connection errors and Python's ConnectionError / TimeoutError.
+    """
+    if isinstance(exc, TransientError):
+        return Failure(transient=True, outcome_known=False, retry_after=exc.retry_after)
+    if isinstance(exc, sdk_exceptions.HttpException):
+        return _http_failure(exc.status_code, exc.response)
+    if isinstance(exc, ksa_exceptions.HttpError):
+        return _http_failure(exc.http_status, exc.response)
+    if isinstance(exc, ksa_exceptions.ConnectTimeout):
+        return Failure(transient=True, outcome_known=True)  # never connected
+    if isinstance(
+        exc,
+        ksa_exceptions.RetriableConnectionFailure
+        | ksa_exceptions.ConnectionError
+        | requests.ConnectionError
+        | requests.Timeout
+        | ConnectionError
+        | TimeoutError,
+    ):
+        return Failure(transient=True, outcome_known=False)
+    return Failure(transient=False, outcome_known=True)
+
+
+def error_text(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {message}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry a transient failure."""
+
+    max_attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+    #: A server's Retry-After beyond this is capped (a broken header must not stall a run).
+    max_retry_after: float = 600.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+        The server's Retry-After when it gave one, else "full jitter":
+        uniform between 0 and ``base_delay * 2**(attempt-1)``, capped.
+        """
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after)
+        return rng.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
