@@ -32,15 +32,6 @@ Measured, in one run:
 Goals (issue 6): stream >= 10x the pipeline on sparse, >= 5x on dense; dense
 throughput >= 70 % of the raw ssh stream; rbd incremental <= 5 % of its full
 copy, stream incremental <= 25 %; peak RSS < 256 MB.
-
-Before measuring, the benchmark touches ``--warm-gib`` GiB of RAM once
-(default 12, bounded by what is free). On this machine kind the hypervisor
-backs guest memory lazily: the first write to each page of a fresh VM's RAM
-costs ~14 us, so writing a new 1 GiB file takes 3.5-4 s the first time a
-page-cache page lands there and 0.4 s afterwards. Without the warm-up, every
-contender that writes (the pipelines' ``dd``, the stream method's writer,
-``rbd import``) is measured against the hypervisor, and whichever runs
-first pays most. ``--warm-gib 0`` skips it.
 """
 
 from __future__ import annotations
@@ -243,9 +234,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-rbd", action="store_true", help="bench the stream method only")
     parser.add_argument("--no-save", action="store_true")
-    parser.add_argument(
-        "--warm-gib", type=int, default=12, help="GiB of RAM to touch once before measuring"
-    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -260,7 +248,6 @@ def main() -> int:
         "load_before": os.getloadavg(),
         "command": "python bench/volumes.py" + (" --no-rbd" if args.no_rbd else ""),
     }
-    results["warm_up"] = warm_memory(args.warm_gib)
     gen = support.project_pair()
     project = next(gen)
     scratch = Path(f"/tmp/stackhop-bench-{uuid.uuid4().hex[:8]}")
@@ -285,24 +272,6 @@ def main() -> int:
     return 0
 
 
-def warm_memory(gib: int) -> dict[str, Any]:
-    """Write once to ``gib`` GiB of RAM (fewer if less is free), then free it (module doc)."""
-    available = 0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            available = int(line.split()[1]) * 1024
-    size = max(0, min(gib * GIB, available - 6 * GIB)) // (64 * MIB) * (64 * MIB)
-    start = time.perf_counter()
-    if size:
-        import mmap
-
-        block = b"\1" * (64 * MIB)
-        with mmap.mmap(-1, size) as memory:
-            for _ in range(size // len(block)):
-                memory.write(block)
-    return {"gib": round(size / GIB, 1), "seconds": round(time.perf_counter() - start, 1)}
-
-
 def render(results: dict[str, Any]) -> str:
     """The results as a Markdown page (the command first)."""
     lines = [
@@ -313,13 +282,6 @@ def render(results: dict[str, Any]) -> str:
         f"{results['load_after'][0]:.1f}; the machine is shared, so wall times are noisy).",
         "",
     ]
-    warm = results.get("warm_up")
-    if warm:
-        lines += [
-            f"RAM touched once before measuring: {warm['gib']} GiB in {warm['seconds']} s "
-            "(the hypervisor's first-touch cost, see the module doc).",
-            "",
-        ]
     stream = results.get("stream", {})
     if stream:
         raw = stream["raw_ssh"]
