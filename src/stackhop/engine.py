@@ -60,8 +60,6 @@ from stackhop.retry import RetryPolicy, classify, error_text
 from stackhop.schedule import Feed, Schedule
 
 #: Outcomes an operation can have in one run (the RunResult counts them per kind).
-__all__ = ["OUTCOMES", "Engine", "RetryPolicy", "RunResult", "classify"]
-
 OUTCOMES = ("done", "skipped", "conflict", "failed", "not_started")
 
 

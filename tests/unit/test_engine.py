@@ -21,13 +21,14 @@ from keystoneauth1 import exceptions as ksa_exceptions
 from openstack import exceptions as sdk_exceptions
 from tests.unit.memory_cloud import Gadget, MemoryCloud, MemoryKind, Widget, gadget, widget
 
-from stackhop.engine import Engine, RetryPolicy, RunResult, classify
+from stackhop.engine import Engine, RunResult
 from stackhop.errors import ConflictError, Interrupted, OperationFailedError, TransientError
 from stackhop.events import CollectingSink, EventType
 from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal
 from stackhop.kinds.base import DataKind
 from stackhop.plan import Conflict, Create, Operation, Skip, Update, plan
 from stackhop.resolve import USER, Resolver
+from stackhop.retry import RetryPolicy, classify
 
 WIDGET, GADGET = Widget(), Gadget()
 USERS = {"u-src-1": "u-dst-1"}

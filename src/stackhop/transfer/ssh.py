@@ -37,6 +37,7 @@ ENV_SHARE = "STACKHOP_SSH_SHARE"
 SHARE_IDLE = 30
 #: A unix socket path must fit in 108 bytes; %C expands to 40 hex digits.
 _SOCKET_PATH_MAX = 100
+_UNSHARED = ("ControlPath=none",)
 
 #: Options forced on every connection, whatever the ssh config says.
 FORCED_OPTIONS = (
@@ -68,16 +69,11 @@ class SshHost:
         argv = ["ssh"]
         if self.config:
             argv += ["-F", self.config]
-        sharing = _SHARED.options(self) if shared else ("ControlPath=none",)
+        sharing = _SHARED.options(self) if shared else _UNSHARED
         for option in (*FORCED_OPTIONS, *sharing, *extra_options):
             argv += ["-o", option]
         argv += ["-T", self.name, "--", shlex.join(command)]
         return argv
-
-    def _control(self, operation: str, directory: str) -> None:
-        argv = ["ssh"] + (["-F", self.config] if self.config else [])
-        argv += ["-o", f"ControlPath={directory}/%C", "-O", operation, self.name]
-        subprocess.run(argv, capture_output=True, timeout=10, check=False)
 
     def run(
         self, command: Sequence[str], *, input: bytes | None = None, timeout: float = 300
@@ -115,13 +111,13 @@ class _SharedConnections:
     def options(self, host: SshHost) -> tuple[str, ...]:
         with self._lock:
             if self._disabled or os.environ.get(ENV_SHARE, "1") == "0":
-                return ("ControlPath=none",)
+                return _UNSHARED
             if self._directory is None:
                 directory = tempfile.mkdtemp(prefix="stackhop-ssh-")  # 0700
                 if len(directory) + 42 > _SOCKET_PATH_MAX:  # a long TMPDIR: no sharing
                     os.rmdir(directory)
                     self._disabled = True
-                    return ("ControlPath=none",)
+                    return _UNSHARED
                 self._directory = directory
                 atexit.register(self.close)
             self._hosts.add(host)
@@ -138,8 +134,10 @@ class _SharedConnections:
         if directory is None:
             return
         for host in hosts:
+            argv = ["ssh"] + (["-F", host.config] if host.config else [])
+            argv += ["-o", f"ControlPath={directory}/%C", "-O", "exit", host.name]
             try:
-                host._control("exit", directory)
+                subprocess.run(argv, capture_output=True, timeout=10, check=False)
             except (OSError, subprocess.SubprocessError):
                 pass  # no master there, or it is gone: it exits by itself when idle
         shutil.rmtree(directory, ignore_errors=True)
