@@ -83,6 +83,9 @@ def storage_map() -> dict:
                 "driver": "file",
                 "ssh_host": c.ssh_host,
                 "path": str(c.file_backend_dir / "volume-{id}"),
+                # Both storage hosts are this machine: the client's ssh config reaches the
+                # other one from there too, so the stream method can send host to host.
+                "direct_ssh_config": str(layout.SSH_DIR / "ssh_config"),
             },
         }
     return result

@@ -26,9 +26,19 @@ argument), the parameters (8-byte big-endian length + JSON), then, for
 ``write``
     reads frames, decompresses (and then checks the chunk's sha256; raw chunks
     only with ``check_raw``, as ssh's MAC already guards them), ``pwrite`` s it
-    (a ``ZERO`` run punches a hole or zeroes only where data exists), and
-    after each ``fdatasync`` prints ``A <offset> <length> <digest>`` lines:
-    the chunks that are now durable. Ends with ``E <json>``.
+    (with ``O_DIRECT`` where the file system allows: no page cache to fill; a
+    ``ZERO`` run punches a hole or zeroes only where data exists), and after
+    each ``fdatasync`` reads the chunks back from the disk (``O_DIRECT`` again)
+    and prints ``A <offset> <length> <digest>`` lines: the chunks that are now
+    durable, with the sha256 of what was read back ("" for a run that reads as
+    zeros, ``x`` for one that does not). Ends with ``E <json>``.
+``send``
+    ``read``, but the frames go straight to a ``write`` agent on the
+    destination host, started by this agent with the ssh command line in the
+    parameters (the destination is reached from this host, not through
+    stackhop's). stdout carries ``NOTE`` frames (a data frame's header, sent
+    on), ``ZERO`` frames, the writer's acknowledgement lines in ``ACKS`` frames,
+    and ``END``.
 """
 
 from __future__ import annotations
@@ -36,16 +46,18 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import mmap
 import os
 import stat
 import struct
+import subprocess
 import sys
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 CHUNK = 4 * 1024 * 1024
 """Bytes per chunk, aligned: equal to the volume content digest's unit, so a chunk's
@@ -54,7 +66,7 @@ sha256 is also its content-digest piece."""
 #: Frame header: magic, kind, codec, payload length, offset, length (raw), sha256 (raw bytes).
 HEADER = struct.Struct(">2sBBIQQ32s")
 MAGIC = b"SH"
-DATA, ZERO, END = 1, 2, 3
+DATA, ZERO, END, NOTE, ACKS = 1, 2, 3, 4, 5
 RAW, ZLIB, ZSTD = 0, 1, 2
 CODECS = {"raw": RAW, "zlib": ZLIB, "zstd": ZSTD}
 NO_DIGEST = bytes(32)
@@ -63,7 +75,7 @@ NO_DIGEST = bytes(32)
 BOOTSTRAP = (
     "import sys;n=int(sys.argv[1]);s=sys.stdin.buffer.read(n);"
     "sys.argv=sys.argv[1:];exec(compile(s,'stackhop-stream-agent','exec'),"
-    "{'__name__':'__main__'})"
+    "{'__name__':'__main__','AGENT_SOURCE':s})"
 )
 
 #: A chunk is sent raw when a sample of it compresses worse than this ratio.
@@ -72,6 +84,10 @@ SAMPLE = 8192
 WORKERS = 3
 IN_FLIGHT = 6  # chunks read ahead per agent: bounds the agent's memory to ~50 MB
 FSYNC_BYTES = 64 * 1024 * 1024
+#: O_DIRECT needs offsets and lengths in whole logical blocks (512 or 4096 bytes).
+ALIGN = 4096
+#: An acknowledged zero run that does not read as zeros.
+NOT_ZERO = "x"
 BLKZEROOUT = 0x127F
 FALLOC_PUNCH = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 
@@ -88,9 +104,9 @@ def pack_header(
 def unpack_header(raw: bytes) -> tuple[int, int, int, int, int, bytes]:
     """(kind, codec, payload length, offset, length, digest) of a header; ValueError if bad."""
     magic, kind, codec, payload, offset, length, digest = HEADER.unpack(raw)
-    if magic != MAGIC or kind not in (DATA, ZERO, END) or codec not in (RAW, ZLIB, ZSTD):
+    if magic != MAGIC or not DATA <= kind <= ACKS or codec not in (RAW, ZLIB, ZSTD):
         raise ValueError("not a stackhop stream frame (corrupt or out of step)")
-    if kind != DATA and payload and kind != END:
+    if kind == ZERO and payload:
         raise ValueError("a ZERO frame carries no payload")
     return kind, codec, payload, offset, length, digest
 
@@ -102,7 +118,7 @@ def peak_rss_kb() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def is_zero(data: bytes) -> bool:
+def is_zero(data: bytes | memoryview) -> bool:
     """All zero bytes: one memcmp against a zero buffer."""
     return data == (_ZEROS if len(data) == CHUNK else bytes(len(data)))
 
@@ -168,13 +184,70 @@ class Codec:
 class Volume:
     """The volume's file or block device, with what allocation it can tell."""
 
-    def __init__(self, path: str, writable: bool = False) -> None:
+    def __init__(self, path: str, writable: bool = False, direct: bool = False) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        flags = os.O_RDWR if writable else os.O_RDONLY
+        self.fd = os.open(path, flags)
         mode = os.fstat(self.fd).st_mode
         self.is_file = stat.S_ISREG(mode)
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
         self._next_data = -1  # cached SEEK_DATA answer: no data before it
+        # A second descriptor that bypasses the page cache: writing a volume through the cache
+        # costs a page allocation per 4 KiB (on a VM often a host round trip), and reading back
+        # through it would only show the cache. Some file systems (tmpfs) refuse O_DIRECT.
+        self.direct_fd = -1
+        if direct and hasattr(os, "O_DIRECT"):
+            try:
+                self.direct_fd = os.open(path, flags | os.O_DIRECT)
+            except OSError:
+                pass
+        self._buffers = threading.local()
+
+    def _aligned(self, length: int) -> memoryview | None:
+        """This thread's page-aligned buffer for ``length`` bytes, if O_DIRECT can be used."""
+        if self.direct_fd < 0 or length % ALIGN or length > CHUNK:
+            return None
+        buffer = getattr(self._buffers, "chunk", None)
+        if buffer is None:
+            buffer = self._buffers.chunk = mmap.mmap(-1, CHUNK)  # mmap memory is page-aligned
+        return memoryview(buffer)[:length]
+
+    def write(self, data: bytes, offset: int) -> None:
+        """Write ``data`` at ``offset``, bypassing the page cache when aligned."""
+        view = self._aligned(len(data)) if offset % ALIGN == 0 else None
+        if view is not None:
+            view[:] = data
+            if os.pwrite(self.direct_fd, view, offset) == len(data):
+                return
+        elif os.pwrite(self.fd, data, offset) == len(data):
+            return
+        raise SystemExit(f"short write at {offset} of {self.path}")
+
+    def read_back(self, offset: int, length: int) -> bytes | memoryview:
+        """``length`` bytes at ``offset`` as the disk holds them (O_DIRECT when aligned)."""
+        view = self._aligned(length) if offset % ALIGN == 0 else None
+        if view is not None and os.preadv(self.direct_fd, [view], offset) == length:
+            return view
+        return os.pread(self.fd, length, offset)
+
+    def reads_zero(self, offset: int, length: int) -> bool:
+        """Whether [offset, offset+length) reads as zeros; holes are not read."""
+        end = offset + length
+        while offset < end:
+            if self.is_file:
+                try:
+                    offset = os.lseek(self.fd, offset, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:
+                        raise
+                    return True
+                if offset >= end:
+                    return True
+            step = min(CHUNK - offset % CHUNK, end - offset)
+            if not is_zero(self.read_back(offset, step)):
+                return False
+            offset += step
+        return True
 
     def has_data(self, offset: int, end: int) -> bool:
         """Whether [offset, end) may hold data: False only when the file says it is a hole."""
@@ -213,6 +286,8 @@ class Volume:
 
     def close(self) -> None:
         os.close(self.fd)
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
 
 
 def _punch_hole(fd: int, offset: int, length: int) -> bool:
@@ -258,8 +333,11 @@ def _ordered(pool: ThreadPoolExecutor, jobs: Any, work: Callable[..., Any]) -> A
 
 
 def mode_probe(params: dict[str, Any], out: BinaryIO) -> None:
-    path = params["path"]
+    path = params.get("path")
     facts: dict[str, Any] = {"codecs": codecs_here(), "python": sys.version.split()[0]}
+    if path is None:  # the host's facts only
+        out.write(json.dumps(facts).encode() + b"\n")
+        return
     try:
         volume = Volume(path)
     except OSError as exc:
@@ -270,7 +348,12 @@ def mode_probe(params: dict[str, Any], out: BinaryIO) -> None:
     out.write(json.dumps(facts).encode() + b"\n")
 
 
-def mode_read(params: dict[str, Any], out: BinaryIO) -> None:
+Frame = tuple[int, int, int, int, bytes, bytes]
+"""(kind, codec, offset, length, sha256, payload) of one frame to send."""
+
+
+def read_frames(params: dict[str, Any]) -> Iterator[Frame]:
+    """The volume's frames in offset order (DATA and ZERO runs), as ``read`` sends them."""
     volume = Volume(params["path"])
     size = int(params["size"])
     if volume.size < size:
@@ -292,30 +375,109 @@ def mode_read(params: dict[str, Any], out: BinaryIO) -> None:
 
     jobs = ((o, n, volume.has_data(o, o + n)) for o, n in chunks)
     run_start, run_length = -1, 0  # a run of zero chunks becomes one ZERO frame
-
-    def flush_run() -> None:
-        nonlocal run_start, run_length
-        if run_length:
-            out.write(pack_header(ZERO, RAW, 0, run_start, run_length, NO_DIGEST))
-        run_start, run_length = -1, 0
-
     with ThreadPoolExecutor(WORKERS) as pool:
         for offset, length, digest, used, payload in _ordered(pool, jobs, work):
             if not digest:
                 if run_length and run_start + run_length == offset:
                     run_length += length
-                else:
-                    flush_run()
-                    run_start, run_length = offset, length
+                    continue
+                if run_length:
+                    yield ZERO, RAW, run_start, run_length, NO_DIGEST, b""
+                run_start, run_length = offset, length
                 continue
-            flush_run()
-            out.write(pack_header(DATA, used, len(payload), offset, length, digest))
-            out.write(payload)
-        flush_run()
-    facts = json.dumps({"maxrss_kb": peak_rss_kb()}).encode()
-    out.write(pack_header(END, RAW, len(facts), size, 0, NO_DIGEST) + facts)
-    out.flush()
+            if run_length:
+                yield ZERO, RAW, run_start, run_length, NO_DIGEST, b""
+                run_start, run_length = -1, 0
+            yield DATA, used, offset, length, digest, payload
+        if run_length:
+            yield ZERO, RAW, run_start, run_length, NO_DIGEST, b""
     volume.close()
+
+
+def _end_frame(facts: dict[str, Any]) -> bytes:
+    blob = json.dumps({**facts, "maxrss_kb": peak_rss_kb()}).encode()
+    return pack_header(END, RAW, len(blob), 0, 0, NO_DIGEST) + blob
+
+
+def mode_read(params: dict[str, Any], out: BinaryIO) -> None:
+    for kind, codec, offset, length, digest, payload in read_frames(params):
+        out.write(pack_header(kind, codec, len(payload), offset, length, digest))
+        if payload:
+            out.write(payload)
+    out.write(_end_frame({}))
+    out.flush()
+
+
+class _Relay(threading.Thread):
+    """Copies the destination writer's output (acknowledgement lines) into ACKS frames, and
+    keeps the last line of its stderr for the error message."""
+
+    def __init__(self, source: IO[bytes], out: BinaryIO | None, lock: threading.Lock) -> None:
+        super().__init__(daemon=True)
+        self.source, self.out, self.lock = source, out, lock
+        self.last = b""
+
+    def run(self) -> None:
+        for line in iter(self.source.readline, b""):
+            if self.out is None:  # stderr: passed on, last line kept
+                sys.stderr.buffer.write(line)
+                sys.stderr.flush()
+                self.last = line.strip() or self.last
+                continue
+            with self.lock:
+                self.out.write(pack_header(ACKS, RAW, len(line), 0, 0, NO_DIGEST) + line)
+                self.out.flush()
+
+
+def mode_send(params: dict[str, Any], out: BinaryIO) -> None:
+    peer = params["peer"]
+    source = globals().get("AGENT_SOURCE") or open(__file__, "rb").read()
+    blob = json.dumps(peer["params"]).encode()
+    writer = subprocess.Popen(
+        peer["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert writer.stdin is not None and writer.stdout is not None and writer.stderr is not None
+    lock = threading.Lock()
+    acks, errors = _Relay(writer.stdout, out, lock), _Relay(writer.stderr, None, lock)
+    acks.start()
+    errors.start()
+    sink = writer.stdin
+
+    def stopped() -> SystemExit:
+        if not sink.closed:
+            try:
+                sink.close()
+            except BrokenPipeError:
+                pass
+        acks.join()
+        errors.join()
+        reason = errors.last.decode(errors="replace") or f"exit status {writer.wait()}"
+        return SystemExit(f"the writer on {peer['host']} stopped: {reason}")
+
+    try:
+        sink.write(source + struct.pack(">Q", len(blob)) + blob)
+        for kind, codec, offset, length, digest, payload in read_frames(params):
+            header = pack_header(kind, codec, len(payload), offset, length, digest)
+            # stackhop gets the header only (digest, sizes, progress), and before the writer
+            # can acknowledge the chunk.
+            note = pack_header(NOTE, codec, len(payload), offset, length, digest)
+            with lock:
+                out.write(note if kind == DATA else header)
+                out.flush()
+            sink.write(header)
+            if payload:
+                sink.write(payload)
+        sink.write(pack_header(END, RAW, 0, 0, 0, NO_DIGEST))
+        sink.close()
+    except BrokenPipeError:
+        raise stopped() from None
+    acks.join()
+    errors.join()
+    if writer.wait() != 0:
+        raise stopped()
+    with lock:
+        out.write(_end_frame({}))
+        out.flush()
 
 
 def mode_digests(params: dict[str, Any], out: BinaryIO) -> None:
@@ -353,15 +515,14 @@ def _read_exact(inp: BinaryIO, count: int) -> bytes:
 
 
 def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
-    volume = Volume(params["path"], writable=True)
+    volume = Volume(params["path"], writable=True, direct=True)
     size = int(params["size"])
     if volume.size < size:
         raise SystemExit(f"{volume.path} holds {volume.size} bytes, less than the volume's {size}")
     coder = Codec()
     fsync_bytes = int(params.get("fsync_bytes", FSYNC_BYTES))
     check_raw = bool(params.get("check_raw", False))
-    written: list[tuple[int, int, str]] = []
-    lock = threading.Lock()
+    written: list[tuple[int, int, bool]] = []
     unsynced = 0
     stats: dict[str, int] = {"frames": 0, "bytes": 0}
 
@@ -378,34 +539,40 @@ def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
         except Exception as exc:  # zlib.error, zstd.ZstdError: the payload was damaged
             raise SystemExit(f"chunk at {offset} cannot be decompressed ({exc})") from None
         # A raw payload is the source's very bytes, guarded on the wire by ssh's MAC (AEAD);
-        # a decompressed one is checked against the source's sha256 here. Either way the
-        # volume is re-read and hashed at the end (``digests``), so a third pass over every
-        # raw byte would only cost CPU.
+        # a decompressed one is checked against the source's sha256 here, so a damaged
+        # chunk stops the stream at once. Either way every chunk is read back from the disk
+        # after fdatasync and its digest acknowledged (below).
         if len(data) != length or (
             (codec != RAW or check_raw) and hashlib.sha256(data).digest() != digest
         ):
             raise SystemExit(f"chunk at {offset} does not match its sha256 after transfer")
-        if os.pwrite(volume.fd, data, offset) != length:
-            raise SystemExit(f"short write at {offset} of {volume.path}")
+        volume.write(data, offset)
 
-    def sync_and_ack(done: list[tuple[int, int, str]]) -> None:
+    def read_back(offset: int, length: int, data: bool) -> str:
+        if not data:
+            return "" if volume.reads_zero(offset, length) else NOT_ZERO
+        return hashlib.sha256(volume.read_back(offset, length)).hexdigest()
+
+    def sync_and_ack(done: list[tuple[int, int, bool]]) -> None:
         os.fdatasync(volume.fd)
-        with lock:
-            out.write("".join(f"A {o} {n} {d}\n" for o, n, d in done).encode())
-            out.flush()
+        lines = [f"A {o} {n} {read_back(o, n, d)}\n" for o, n, d in done]
+        out.write("".join(lines).encode())
+        out.flush()
 
-    # fdatasync runs on its own thread so that receiving and writing go on meanwhile;
-    # a chunk is acknowledged only by the sync that started after its pwrite returned.
+    # fdatasync and the read-back run on their own thread so that receiving and writing go
+    # on meanwhile; a chunk is acknowledged only by the sync that started after its pwrite.
     syncing: Future[None] | None = None
-    pending: deque[tuple[Future[None], tuple[int, int, str]]] = deque()
+    pending: deque[tuple[Future[None], tuple[int, int, bool]]] = deque()
     with ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(1) as syncer:
         while True:
             kind, codec, plen, offset, length, digest = unpack_header(_read_exact(inp, HEADER.size))
             if kind == END:
                 break
+            if kind not in (DATA, ZERO):
+                raise SystemExit(f"the writer cannot take a frame of kind {kind}")
             payload = _read_exact(inp, plen) if plen else b""
             job = pool.submit(apply, kind, codec, payload, offset, length, digest)
-            pending.append((job, (offset, length, digest.hex() if kind == DATA else "")))
+            pending.append((job, (offset, length, kind == DATA)))
             stats["frames"] += 1
             stats["bytes"] += length if kind == DATA else 0
             while pending and (pending[0][0].done() or len(pending) > IN_FLIGHT):
@@ -427,6 +594,7 @@ def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
             syncing.result()
     sync_and_ack(written)
     stats["maxrss_kb"] = peak_rss_kb()
+    stats["direct_io"] = int(volume.direct_fd >= 0)
     out.write(b"E " + json.dumps(stats).encode() + b"\n")
     out.flush()
     volume.close()
@@ -442,6 +610,8 @@ def main(argv: list[str]) -> int:
         mode_probe(params, out)
     elif mode == "read":
         mode_read(params, out)
+    elif mode == "send":
+        mode_send(params, out)
     elif mode == "digests":
         mode_digests(params, out)
     elif mode == "write":

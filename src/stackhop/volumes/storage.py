@@ -16,6 +16,14 @@ and per backend name::
         driver: file          # a file or block device per volume on a host
         ssh_host: src-storage # a Host of the ssh config (host keys verified)
         path: /srv/cinder/volume-{id}   # {id}: the volume's ID, {name}: its backend name
+        direct_ssh_config: /etc/stackhop/ssh_config  # optional, see below
+
+``direct_ssh_config`` (file backends) is an ssh config file *on* ``ssh_host``
+with which that host reaches the other clouds' storage hosts by the names
+this map gives them, host keys verified. When the source's backend has one,
+the stream method sends from the source host straight to the destination
+host, and this machine sees only headers and acknowledgements (one ssh hop
+instead of two); a pass with ``--backup-to`` still goes through here.
 
 The map comes from ``--storage-map FILE`` or ``$STACKHOP_STORAGE_MAP`` (the
 testbed writes one).
@@ -53,6 +61,8 @@ class Backend:
     user: str | None = None
     #: file: the path template of a volume's file or device.
     path: str | None = None
+    #: file: an ssh config on ssh_host reaching the other clouds' storage hosts (module doc).
+    direct_ssh_config: str | None = None
 
     def volume_path(self, volume_id: str) -> str:
         """The file or device holding volume ``volume_id`` on :attr:`ssh_host` (file driver)."""
@@ -100,7 +110,9 @@ def _backend(cloud: str, name: str, entry: Any, source: str) -> Backend:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"storage map {source}: {cloud}.{name} must be a mapping")
     fields = {k: (None if v is None else str(v)) for k, v in entry.items()}
-    unknown = set(fields) - {"driver", "ssh_host", "pool", "ceph_conf", "keyring", "user", "path"}
+    known = {"driver", "ssh_host", "pool", "ceph_conf", "keyring", "user", "path"}
+    known.add("direct_ssh_config")
+    unknown = set(fields) - known
     if unknown:
         raise ConfigError(
             f"storage map {source}: {cloud}.{name} has unknown keys {sorted(unknown)}"

@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 from stackhop.errors import CapabilityError, ConfigError, IntegrityError
 from stackhop.journal import CHUNK_CONFIRMED, ChunkRecord
 from stackhop.transfer import stream_agent as agent
-from stackhop.transfer.ssh_stream import AgentHost, pump
+from stackhop.transfer.ssh_stream import AgentHost, PumpResult, pump, pump_direct
 from stackhop.volumes.model import (
     VERIFY_CHUNK,
     ZERO_CHUNK_SHA256,
@@ -67,6 +67,7 @@ MARKER = "stackhop_source"
 """Metadata key on a destination volume: ``<source cloud>:<source volume ID>``."""
 
 CODEC_CHOICES = ("auto", "zstd", "zlib", "raw")
+ROUTE_CHOICES = ("auto", "relay")
 
 if agent.CHUNK != VERIFY_CHUNK:  # the chunk digests double as content-digest pieces
     raise ImportError("stream agent chunk size differs from VERIFY_CHUNK")
@@ -103,6 +104,11 @@ def _file_backend(storage: StorageMap, cloud: str, host: str | None, what: str) 
             "or image"
         )
     return backend
+
+
+_Route = tuple[AgentHost, str, AgentHost, str, "str | None"]
+"""Source host and path, destination host and path, and the source host's ssh config to
+reach the destination directly (None: through this machine)."""
 
 
 @dataclass(frozen=True)
@@ -172,9 +178,15 @@ class StreamMethod:
         python: str | None = None,
         fsync_bytes: int = agent.FSYNC_BYTES,
         ready_timeout: float = 900.0,
+        route: str = "auto",
     ) -> None:
         if codec not in CODEC_CHOICES:
             raise ConfigError(f"stream codec {codec!r} unknown; use one of {CODEC_CHOICES}")
+        if route not in ROUTE_CHOICES:
+            raise ConfigError(f"stream route {route!r} unknown; use one of {ROUTE_CHOICES}")
+        #: ``auto``: host to host when the source backend has a ``direct_ssh_config`` and no
+        #: backup is written, else through this machine; ``relay``: always through it.
+        self.route = route
         #: ``auto``: zstd where both hosts' Python has it, else raw (zlib is slower than a LAN).
         self.codec = codec
         self.python = python
@@ -213,9 +225,13 @@ class StreamMethod:
         src_host = AgentHost.named(src_backend.ssh_host or "", self.python)
         src_path = src_backend.volume_path(source.id)
         size = source.size_bytes
-        with ThreadPoolExecutor(2) as pool:
-            # The source's probe (an ssh round trip) overlaps the destination volume's creation.
+        with ThreadPoolExecutor(3) as pool:
+            # The probes (ssh round trips) overlap the destination volume's creation: the
+            # source's, and one of each destination storage host the volume may land on, which
+            # opens the shared connection that the probe of its path then uses.
             src_probe = pool.submit(src_host.call, "probe", {"path": src_path}, timeout=120)
+            for name in self._destination_hosts(ctx):
+                pool.submit(AgentHost.named(name, self.python).call, "probe", {}, timeout=120)
             volume = self._destination_volume(ctx)
             try:
                 dst_backend = _file_backend(
@@ -246,15 +262,18 @@ class StreamMethod:
 
         key = chunk_key(source, volume.id)
         incremental = ctx.incremental and volume.reused
+        direct = self.route == "auto" and ctx.backup is None and src_backend.direct_ssh_config
+        route: _Route = (src_host, src_path, dst_host, dst_path, None)
+        if direct:
+            route = (src_host, src_path, dst_host, dst_path, src_backend.direct_ssh_config)
+        facts["route"] = "direct" if direct else "relay"
         if ctx.backup is not None:
             ctx.backup.open(size)
         try:
             if incremental:
-                result = self._incremental(
-                    ctx, key, size, codec, src_host, src_path, dst_host, dst_path
-                )
+                result = self._incremental(ctx, key, size, codec, route)
             else:
-                result = self._full(ctx, key, size, codec, src_host, src_path, dst_host, dst_path)
+                result = self._full(ctx, key, size, codec, route)
             self._finish_volume(ctx, volume)
             ctx.stage("adopted", destination_id=volume.id, project_id=ctx.destination_project_id)
             result.destination_id = volume.id
@@ -289,9 +308,11 @@ class StreamMethod:
         codec: str,
         offsets: list[int] | None,
         forward: Callable[[int, int], bool],
-        hosts: tuple[AgentHost, str, AgentHost, str],
+        route: _Route,
     ) -> tuple[dict[int, tuple[int, str]], PassResult]:
-        src_host, src_path, dst_host, dst_path = hosts
+        """Send the chunks at ``offsets`` (all when None); each acknowledged chunk, read back
+        on the destination with the source's digest, is journaled as confirmed."""
+        src_host, src_path, dst_host, dst_path, direct_config = route
         total = size if offsets is None else sum(min(VERIFY_CHUNK, size - o) for o in offsets)
 
         def confirmed(offset: int, length: int, digest: str) -> None:
@@ -299,16 +320,31 @@ class StreamMethod:
                 key, offset, length, digest or ZERO_CHUNK_SHA256, CHUNK_CONFIRMED
             )
 
-        moved = pump(
-            src_host,
-            {"path": src_path, "size": size, "codec": codec, "offsets": offsets},
-            dst_host,
-            {"path": dst_path, "size": size, "fsync_bytes": self.fsync_bytes},
-            forward=forward,
-            on_confirmed=confirmed,
-            on_progress=lambda done: ctx.on_progress(done, total),
-            backup=ctx.backup,
-        )
+        read = {"path": src_path, "size": size, "codec": codec, "offsets": offsets}
+        write = {"path": dst_path, "size": size, "fsync_bytes": self.fsync_bytes}
+        progress = lambda done: ctx.on_progress(done, total)  # noqa: E731
+        moved: PumpResult
+        if direct_config:
+            moved = pump_direct(
+                src_host,
+                read,
+                dst_host,
+                write,
+                route_config=direct_config,
+                on_confirmed=confirmed,
+                on_progress=progress,
+            )
+        else:
+            moved = pump(
+                src_host,
+                read,
+                dst_host,
+                write,
+                forward=forward,
+                on_confirmed=confirmed,
+                on_progress=progress,
+                backup=ctx.backup,
+            )
         result = PassResult(
             destination_id="",
             bytes_read=moved.bytes_read,
@@ -321,11 +357,11 @@ class StreamMethod:
                 "read": moved.reader.get("maxrss_kb"),
                 "write": moved.writer.get("maxrss_kb"),
             },
+            direct_io=bool(moved.writer.get("direct_io")),
         )
         return moved.digests, result
 
-    def _full(self, ctx: PassContext, key: str, size: int, codec: str, *where: Any) -> PassResult:
-        hosts = (where[0], where[1], where[2], where[3])
+    def _full(self, ctx: PassContext, key: str, size: int, codec: str, route: _Route) -> PassResult:
         done = confirmed_digests(ctx.journal.chunks(key), size)
         todo = [o for o in chunk_offsets(size) if o not in done]
         # A backup needs every chunk from this same read; the destination only the missing ones.
@@ -337,32 +373,31 @@ class StreamMethod:
             codec,
             offsets,
             lambda o, n: any(c not in done for c in range(o, o + n, VERIFY_CHUNK)),
-            hosts,
+            route,
         )
-        source_digests = confirmed_digests(ctx.journal.chunks(key), size)
-        missing = [o for o in chunk_offsets(size) if o not in source_digests]
+        # Every chunk confirmed was read back from the destination's disk with the digest
+        # the source read: that is the verification, chunk by chunk.
+        confirmed = confirmed_digests(ctx.journal.chunks(key), size)
+        missing = [o for o in chunk_offsets(size) if o not in confirmed]
         if missing:
             raise IntegrityError(
                 f"{ctx.source.label}: {len(missing)} chunk(s) were not confirmed by the "
                 f"destination host (first at byte {missing[0]}); re-run to send them"
             )
         ctx.stage("imported", destination_id=_volume_of(key), bytes_sent=result.bytes_sent)
-        ordered = [source_digests[o] for o in chunk_offsets(size)]
-        destination = self._digests(where[2], where[3], size, None)
-        self._compare(ctx, ordered, destination, list(chunk_offsets(size)))
-        result.content_digest = content_digest(ordered)
+        result.content_digest = content_digest([confirmed[o] for o in chunk_offsets(size)])
         result.details.update(resumed_chunks=len(done), codec=codec)
         return result
 
     def _incremental(
-        self, ctx: PassContext, key: str, size: int, codec: str, *where: Any
+        self, ctx: PassContext, key: str, size: int, codec: str, route: _Route
     ) -> PassResult:
-        hosts = (where[0], where[1], where[2], where[3])
+        src_host, src_path, dst_host, dst_path, _ = route
         ctx.journal.clear_chunks(key)
         with ThreadPoolExecutor(2) as pool:
             jobs = [
                 pool.submit(self._digests, host, path, size, None)
-                for host, path in ((where[0], where[1]), (where[2], where[3]))
+                for host, path in ((src_host, src_path), (dst_host, dst_path))
             ]
             src_digests, dst_digests = (j.result() for j in jobs)
         offsets = list(chunk_offsets(size))
@@ -377,7 +412,7 @@ class StreamMethod:
                 codec,
                 read,
                 lambda o, n: any(c in wanted for c in range(o, o + n, VERIFY_CHUNK)),
-                hosts,
+                route,
             )
         else:
             sent, result = {}, PassResult(destination_id="")
@@ -385,10 +420,9 @@ class StreamMethod:
         index = {o: i for i, o in enumerate(offsets)}
         for offset, (length, digest) in sent.items():  # what was read now is the truth
             src_digests[index[offset]] = digest or zero_digest(length)
-        if changed:
-            fresh = self._digests(where[2], where[3], size, changed)
-            for offset, digest in zip(changed, fresh, strict=True):
-                dst_digests[index[offset]] = digest
+        # The chunks sent were read back on the destination with these digests (acknowledged).
+        for offset, digest in confirmed_digests(ctx.journal.chunks(key), size).items():
+            dst_digests[index[offset]] = digest
         self._compare(ctx, src_digests, dst_digests, offsets)
         result.bytes_read = size
         result.content_digest = content_digest(src_digests)
@@ -416,6 +450,14 @@ class StreamMethod:
             )
 
     # -- the destination volume ------------------------------------------------
+
+    @staticmethod
+    def _destination_hosts(ctx: PassContext) -> list[str]:
+        """The storage hosts of the destination cloud's file backends (for the type, if any)."""
+        cloud = ctx.destination_cloud or cloud_name(ctx.destination_conn)
+        backends = [b for (c, _), b in ctx.storage.backends.items() if c == cloud]
+        typed = [b for b in backends if b.name == ctx.destination_type]
+        return sorted({b.ssh_host for b in typed or backends if b.driver == "file" and b.ssh_host})
 
     def _destination_volume(self, ctx: PassContext) -> _Volume:
         admin = ctx.destination_conn
