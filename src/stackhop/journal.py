@@ -706,6 +706,19 @@ class Journal:
                 for r in rows
             }
 
+    def replace_chunks(self, object_key: str, rows: list[tuple[int, int, str]]) -> None:
+        """Make (offset, length, digest) rows, all confirmed, the only chunks of ``object_key``."""
+        with self._transaction() as conn:
+            conn.execute(chunks.delete().where(chunks.c.object == object_key))
+            if rows:
+                conn.execute(
+                    chunks.insert(),
+                    [
+                        dict(object=object_key, offset=o, length=n, digest=d, state=CHUNK_CONFIRMED)
+                        for o, n, d in rows
+                    ],
+                )
+
     def clear_chunks(self, object_key: str) -> int:
         """Forget the chunks of ``object_key`` (once its transfer is verified); return the count."""
         with self._transaction() as conn:

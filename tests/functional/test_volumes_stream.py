@@ -11,11 +11,13 @@ blocks sends only their chunks.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from testbed import layout
@@ -38,10 +40,10 @@ from tests.functional.stream_support import (
     write_at,
 )
 
-from stackhop.errors import CapabilityError
+from stackhop.errors import CapabilityError, CloudUnreachableError
 from stackhop.transfer import ssh_stream
 from stackhop.transfer import stream_agent as agent
-from stackhop.volumes.model import VERIFY_CHUNK
+from stackhop.volumes.model import VERIFY_CHUNK, PassResult
 from stackhop.volumes.stream import MARKER, StreamMethod, chunk_key
 
 SIZE = 1024 * MIB
@@ -238,3 +240,69 @@ def test_check_refuses_a_ceph_volume_and_names_the_fix(testbed: Testbed) -> None
     )
     with pytest.raises(CapabilityError, match="needs a 'file' backend with an ssh_host"):
         StreamMethod().check(volume_ref("src", ceph), storage_map(), "dst", "file")
+
+
+def test_both_routes_copy_alike_and_the_kept_digests_are_trusted_only_while_untouched(
+    project: Project, tmp_path: Path
+) -> None:
+    """Through this machine (relay) and host to host (direct, the testbed's storage map has a
+    ``direct_ssh_config``): the same copy. An incremental chain keeps the destination's
+    digests; a pass uses them only while the destination file is unchanged since."""
+    source = project.create_source_volume("voltest-stream-r")
+    fill(src_file(source.id))
+    journal = tmp_path / "j.db"
+    relay = StreamMethod(route="relay").copy_pass(
+        make_context(project=project, source=source, journal_path=journal, recorder=Recorder())
+    )
+    assert relay.details["route"] == "relay" and relay.details["direct_io"]
+    assert file_digests(dst_file(relay.destination_id), SIZE) == file_digests(
+        src_file(source.id), SIZE
+    )
+    project.dst_admin.block_storage.delete_volume(relay.destination_id)
+    project.dst_admin.block_storage.wait_for_delete(
+        project.dst_admin.block_storage.get_volume(relay.destination_id), wait=300
+    )
+
+    def pass_(**kwargs: Any) -> PassResult:
+        ctx = make_context(
+            project=project, source=source, journal_path=journal, recorder=Recorder(), **kwargs
+        )
+        return StreamMethod().copy_pass(ctx)
+
+    first = pass_(incremental=True)  # a new volume: a full pass that keeps its digests
+    assert first.details["route"] == "direct" and first.bytes_sent == relay.bytes_sent
+    assert first.content_digest == relay.content_digest
+    assert first.state["destination_stat"]
+
+    # Nothing changed: the kept digests stand for the destination, nothing is sent.
+    second = pass_(incremental=True, destination_id=first.destination_id, previous=first.state)
+    assert second.details["destination_digests_kept"] is True
+    assert second.details["changed_chunks"] == 0 and second.bytes_sent == 0
+
+    # Someone writes into the destination file: its stat changes, so it is read again and
+    # the damaged chunk is sent back along with the one changed on the source.
+    write_at(dst_file(first.destination_id), 300 * MIB + 5, b"not what the source holds")
+    write_at(src_file(source.id), 8 * MIB, os.urandom(4096))
+    third = pass_(incremental=True, destination_id=first.destination_id, previous=second.state)
+    assert third.details["destination_digests_kept"] is False
+    assert third.details["changed_chunks"] == 2
+    assert file_digests(dst_file(first.destination_id), SIZE) == file_digests(
+        src_file(source.id), SIZE
+    )
+
+
+def test_direct_route_that_cannot_reach_the_destination_says_what_to_fix(
+    project: Project, tmp_path: Path
+) -> None:
+    source = project.create_source_volume("voltest-stream-d")
+    write_at(src_file(source.id), 0, os.urandom(VERIFY_CHUNK))
+    storage = storage_map()
+    key = ("src", "file")
+    broken = dataclasses.replace(storage.backends[key], direct_ssh_config="/nonexistent/config")
+    ctx = make_context(
+        project=project, source=source, journal_path=tmp_path / "j.db", recorder=Recorder()
+    )
+    ctx.storage = dataclasses.replace(storage, backends={**storage.backends, key: broken})
+    with pytest.raises(CloudUnreachableError, match="direct_ssh_config") as caught:
+        StreamMethod().copy_pass(ctx)
+    assert "/nonexistent/config" in str(caught.value) and "\n" not in str(caught.value)

@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
+from stackhop.errors import IntegrityError
 from stackhop.journal import ChunkRecord
 from stackhop.transfer import stream_agent as agent
-from stackhop.transfer.ssh_stream import AgentHost
+from stackhop.transfer.ssh_stream import AgentHost, PumpResult, _AckBook
 from stackhop.volumes.model import VERIFY_CHUNK, ZERO_CHUNK_SHA256
 from stackhop.volumes.stream import confirmed_digests, zero_digest
 
@@ -128,6 +129,11 @@ def test_write_applies_frames_checks_digests_and_acknowledges(volume: Path, tmp_
     assert target.read_bytes() == volume.read_bytes()
     acks = [line.split() for line in answer.decode().splitlines() if line.startswith("A ")]
     assert sorted(int(a[1]) // MIB for a in acks if len(a) == 4) == [4, 8, 20, 24, 60]
+    # Each chunk is acknowledged with the sha256 of what was read back from the disk, each
+    # zero run with "" (it reads as zeros: the stale data at 30 MiB is gone).
+    expected = chunk_digests(volume)
+    assert all(a[3] == expected[int(a[1]) // VERIFY_CHUNK] for a in acks if len(a) == 4)
+    assert {int(a[1]) // MIB for a in acks if len(a) == 3} == {0, 12, 28}
     end = json.loads(answer.decode().splitlines()[-1][2:])
     assert end["bytes"] == 5 * VERIFY_CHUNK
 
@@ -193,3 +199,19 @@ def test_journal_rows_expand_zero_runs_to_chunk_digests() -> None:
         3 * VERIFY_CHUNK: "ab" * 32,
     }
     assert zero_digest(10) == hashlib.sha256(bytes(10)).hexdigest()
+
+
+def test_acknowledgement_with_another_digest_is_not_confirmed() -> None:
+    """A chunk read back differently from what was sent stays unconfirmed, and the pass
+    fails naming it (a re-run sends it again)."""
+    result = PumpResult()
+    result.digests = {0: (VERIFY_CHUNK, "aa" * 32), VERIFY_CHUNK: (VERIFY_CHUNK, "")}
+    confirmed: list[int] = []
+    book = _AckBook(result, lambda offset, length, digest: confirmed.append(offset))
+    book.line(f"A 0 {VERIFY_CHUNK} {'bb' * 32}\n".encode())
+    book.line(f"A {VERIFY_CHUNK} {VERIFY_CHUNK} {agent.NOT_ZERO}\n".encode())
+    assert confirmed == [] and result.mismatched == [0, VERIFY_CHUNK]
+    with pytest.raises(IntegrityError, match="2 chunk\\(s\\) read back .*first at byte 0"):
+        book.check("ssh dst-storage")
+    book.line(f"A 0 {VERIFY_CHUNK} {'aa' * 32}\n".encode())  # sent again, read back right
+    assert confirmed == [0] and result.confirmed == {0: (VERIFY_CHUNK, "aa" * 32)}

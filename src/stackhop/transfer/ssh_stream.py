@@ -148,11 +148,13 @@ class AgentHost:
         return json.loads(done.stdout)
 
     def start(
-        self, mode: str, params: Mapping[str, Any]
+        self, mode: str, params: Mapping[str, Any], *, shared: bool = False
     ) -> tuple[subprocess.Popen[bytes], _StderrTail]:
-        """Start a streaming mode (``read``, ``write``); the prelude is already written."""
+        """Start a streaming mode (``read``, ``write``, ``send``); the prelude is already
+        written. ``shared``: over the shared connection (only when the bulk data does not
+        come back through it)."""
         proc = subprocess.Popen(
-            self.argv(mode, shared=False),
+            self.argv(mode, shared=shared),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -187,6 +189,8 @@ class PumpResult:
     reader: dict[str, Any] = field(default_factory=dict)
     #: Offsets the destination read back with a digest other than the source's.
     mismatched: list[int] = field(default_factory=list)
+    #: offset -> (length, sha256 hex; "" for zeros) of every frame the destination confirmed.
+    confirmed: dict[int, tuple[int, str]] = field(default_factory=dict)
 
 
 Confirmed = Callable[[int, int, str], None]
@@ -213,6 +217,7 @@ class _AckBook:
             if sent is None or sent[1] != digest:
                 self.result.mismatched.append(int(offset))
                 return
+            self.result.confirmed[int(offset)] = (int(length), digest)
             self.on_confirmed(int(offset), int(length), digest)
         elif line.startswith(b"E "):
             self.end = json.loads(line[2:])
@@ -386,7 +391,9 @@ def pump_direct(
         **read_params,
         "peer": {"argv": peer, "params": dict(write_params), "host": route.name},
     }
-    proc, err = source.start("send", params)
+    # The bytes go from the source host to the destination host: this connection carries
+    # only headers and acknowledgements, so it may share the probes' connection.
+    proc, err = source.start("send", params, shared=True)
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.close()
     fd = proc.stdout.fileno()
@@ -442,7 +449,7 @@ def _direct_failure(
     err.join(timeout=5)
     text = err.tail.decode(errors="replace").strip()
     last = text.splitlines()[-1] if text else f"exit status {returncode}"
-    if any(s in text for s in ("Host key verification failed", "Permission denied", "resolve")):
+    if "stopped (status 255)" in text:  # ssh from the source host to the destination failed
         return CloudUnreachableError(
             f"{label}: {last}; the source host cannot reach the destination host with its ssh "
             f"config {route_config or '(default)'}: fix it there, or remove direct_ssh_config "

@@ -10,8 +10,8 @@ argument), the parameters (8-byte big-endian length + JSON), then, for
 ``write`` only, the frame stream. Modes:
 
 ``probe``
-    prints JSON: whether the path exists, its size and kind, the codecs this
-    host can encode and decode.
+    prints JSON: whether the path exists, its size, kind and :func:`file_stat`,
+    the codecs this host can encode and decode.
 ``read``
     emits frames for the volume's chunks (:data:`CHUNK` bytes, aligned) in
     offset order: ``DATA`` (sha256 of the raw bytes, payload compressed with
@@ -31,7 +31,8 @@ argument), the parameters (8-byte big-endian length + JSON), then, for
     each ``fdatasync`` reads the chunks back from the disk (``O_DIRECT`` again)
     and prints ``A <offset> <length> <digest>`` lines: the chunks that are now
     durable, with the sha256 of what was read back ("" for a run that reads as
-    zeros, ``x`` for one that does not). Ends with ``E <json>``.
+    zeros, ``x`` for one that does not). Ends with ``E <json>`` (counts, and
+    the file's :func:`file_stat` after the last sync).
 ``send``
     ``read``, but the frames go straight to a ``write`` agent on the
     destination host, started by this agent with the ssh command line in the
@@ -78,14 +79,19 @@ BOOTSTRAP = (
     "{'__name__':'__main__','AGENT_SOURCE':s})"
 )
 
-#: A chunk is sent raw when a sample of it compresses worse than this ratio.
+#: A chunk is sent raw when a sample of it compresses worse than this ratio (zstd)...
 INCOMPRESSIBLE = 0.9
+#: ... or, with zlib, worse than this one: zlib -1 keeps up with a fast link (~500 MiB/s a
+#: core) only on data that compresses well, and is many times slower on what compresses little.
+ZLIB_WORTH = 0.5
 SAMPLE = 8192
 WORKERS = 3
 IN_FLIGHT = 6  # chunks read ahead per agent: bounds the agent's memory to ~50 MB
 FSYNC_BYTES = 64 * 1024 * 1024
 #: O_DIRECT needs offsets and lengths in whole logical blocks (512 or 4096 bytes).
 ALIGN = 4096
+F_SETPIPE_SZ = 1031
+PIPE_BYTES = 1024 * 1024  # /proc/sys/fs/pipe-max-size by default
 #: An acknowledged zero run that does not read as zeros.
 NOT_ZERO = "x"
 BLKZEROOUT = 0x127F
@@ -116,6 +122,12 @@ def peak_rss_kb() -> int:
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def file_stat(fd: int) -> list[int]:
+    """Device, inode, size, mtime and ctime (ns): any write or metadata change alters it."""
+    st = os.fstat(fd)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def is_zero(data: bytes | memoryview) -> bool:
@@ -162,7 +174,8 @@ class Codec:
         sample = data[:SAMPLE] + data[middle : middle + SAMPLE]
         # zlib on a 16 KiB sample costs well under a millisecond and tells random
         # (already compressed, encrypted) data apart, which then goes raw.
-        if len(zlib.compress(sample, 1)) > INCOMPRESSIBLE * len(sample):
+        worth = INCOMPRESSIBLE if codec == ZSTD else ZLIB_WORTH
+        if len(zlib.compress(sample, 1)) > worth * len(sample):
             return RAW, data
         packed = self._zstd()[0].compress(data) if codec == ZSTD else zlib.compress(data, 1)
         if len(packed) >= len(data):
@@ -290,6 +303,18 @@ class Volume:
             os.close(self.direct_fd)
 
 
+def grow_pipe(fd: int) -> None:
+    """Let a pipe hold :data:`PIPE_BYTES` (not 64 KiB): fewer wake-ups per chunk between the
+    agent and ssh. Not a pipe, or not allowed: nothing changes."""
+    try:
+        import fcntl
+
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass
+
+
 def _punch_hole(fd: int, offset: int, length: int) -> bool:
     try:
         import ctypes
@@ -343,17 +368,14 @@ def mode_probe(params: dict[str, Any], out: BinaryIO) -> None:
     except OSError as exc:
         facts.update(exists=False, error=exc.strerror)
     else:
-        facts.update(exists=True, size=volume.size, file=volume.is_file)
+        facts.update(exists=True, size=volume.size, file=volume.is_file, stat=file_stat(volume.fd))
         volume.close()
     out.write(json.dumps(facts).encode() + b"\n")
 
 
-Frame = tuple[int, int, int, int, bytes, bytes]
-"""(kind, codec, offset, length, sha256, payload) of one frame to send."""
-
-
-def read_frames(params: dict[str, Any]) -> Iterator[Frame]:
-    """The volume's frames in offset order (DATA and ZERO runs), as ``read`` sends them."""
+def read_frames(params: dict[str, Any]) -> Iterator[tuple[int, int, int, int, bytes, bytes]]:
+    """The volume's frames in offset order, as ``read`` sends them: (kind, codec, offset,
+    length, sha256, payload) of DATA chunks and ZERO runs."""
     volume = Volume(params["path"])
     size = int(params["size"])
     if volume.size < size:
@@ -437,6 +459,7 @@ def mode_send(params: dict[str, Any], out: BinaryIO) -> None:
         peer["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert writer.stdin is not None and writer.stdout is not None and writer.stderr is not None
+    grow_pipe(writer.stdin.fileno())
     lock = threading.Lock()
     acks, errors = _Relay(writer.stdout, out, lock), _Relay(writer.stderr, None, lock)
     acks.start()
@@ -451,8 +474,10 @@ def mode_send(params: dict[str, Any], out: BinaryIO) -> None:
                 pass
         acks.join()
         errors.join()
-        reason = errors.last.decode(errors="replace") or f"exit status {writer.wait()}"
-        return SystemExit(f"the writer on {peer['host']} stopped: {reason}")
+        status = writer.wait()
+        reason = errors.last.decode(errors="replace") or f"exit status {status}"
+        # ssh's own failures (cannot connect, host key, config) exit with 255.
+        return SystemExit(f"the writer on {peer['host']} stopped (status {status}): {reason}")
 
     try:
         sink.write(source + struct.pack(">Q", len(blob)) + blob)
@@ -524,7 +549,7 @@ def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
     check_raw = bool(params.get("check_raw", False))
     written: list[tuple[int, int, bool]] = []
     unsynced = 0
-    stats: dict[str, int] = {"frames": 0, "bytes": 0}
+    stats: dict[str, Any] = {"frames": 0, "bytes": 0}
 
     def apply(
         kind: int, codec: int, payload: bytes, offset: int, length: int, digest: bytes
@@ -555,7 +580,8 @@ def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
 
     def sync_and_ack(done: list[tuple[int, int, bool]]) -> None:
         os.fdatasync(volume.fd)
-        lines = [f"A {o} {n} {read_back(o, n, d)}\n" for o, n, d in done]
+        digests = list(readers.map(lambda record: read_back(*record), done))
+        lines = [f"A {o} {n} {digests[i]}\n" for i, (o, n, _) in enumerate(done)]
         out.write("".join(lines).encode())
         out.flush()
 
@@ -563,7 +589,8 @@ def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
     # on meanwhile; a chunk is acknowledged only by the sync that started after its pwrite.
     syncing: Future[None] | None = None
     pending: deque[tuple[Future[None], tuple[int, int, bool]]] = deque()
-    with ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(1) as syncer:
+    readers = ThreadPoolExecutor(WORKERS)  # reading back: the disk takes several reads at once
+    with readers, ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(1) as syncer:
         while True:
             kind, codec, plen, offset, length, digest = unpack_header(_read_exact(inp, HEADER.size))
             if kind == END:
@@ -592,9 +619,10 @@ def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
             written.append(record)
         if syncing is not None:
             syncing.result()
-    sync_and_ack(written)
+        sync_and_ack(written)
     stats["maxrss_kb"] = peak_rss_kb()
     stats["direct_io"] = int(volume.direct_fd >= 0)
+    stats["stat"] = file_stat(volume.fd)
     out.write(b"E " + json.dumps(stats).encode() + b"\n")
     out.flush()
     volume.close()
@@ -603,6 +631,8 @@ def mode_write(params: dict[str, Any], inp: BinaryIO, out: BinaryIO) -> None:
 def main(argv: list[str]) -> int:
     """``MODE``; parameters on stdin after the source (see the module docstring)."""
     inp, out = sys.stdin.buffer, sys.stdout.buffer
+    grow_pipe(inp.fileno())
+    grow_pipe(out.fileno())
     (count,) = struct.unpack(">Q", _read_exact(inp, 8))
     params = json.loads(_read_exact(inp, count))
     mode = argv[1] if len(argv) > 1 else ""

@@ -162,6 +162,7 @@ class VolumeCopier:
         self.destination_cloud = request.destination_cloud
         self.final = request.final
         self.incremental = request.incremental
+        self.destination_project_conn: Any = None
 
     # -- planning and preflight ----------------------------------------------
 
@@ -178,8 +179,11 @@ class VolumeCopier:
         )
         dst_project = map_project(project, dst, self.project_map)
         label = f"{project['name']}"
-        # Fails early when the credentials cannot act in the destination project.
-        project_connection(dst, request.destination_cloud, dst_project)
+        # Fails early when the credentials cannot act in the destination project; kept for the
+        # passes, which create volumes there.
+        self.destination_project_conn = project_connection(
+            dst, request.destination_cloud, dst_project
+        )
         types = preflight.destination_types(dst, volumes, request.destination_cloud)
         plan = [
             plan_volume(self.journal, self.scope, v, request.incremental, dst_project, types[v.id])

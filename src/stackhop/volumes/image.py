@@ -203,7 +203,9 @@ class ImageMethod:
         source = ctx.source
         src, dst = ctx.source_conn, ctx.destination_conn
         # Cinder creates a volume in the token's project: work there for the volume.
-        scoped = project_connection(dst, _destination_cloud(ctx), ctx.destination_project_id)
+        scoped = ctx.destination_project_conn or project_connection(
+            dst, _destination_cloud(ctx), ctx.destination_project_id
+        )
         if ctx.destination_id:  # an interrupted pass left a volume: replace it
             delete_volume(dst, ctx.destination_id)
 

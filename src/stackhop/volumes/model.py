@@ -169,6 +169,9 @@ class PassContext:
     #: The destination cloud's name (as in clouds.yaml): for the storage map and temporaries.
     #: Added after the first contract; "" when a caller does not set it.
     destination_cloud: str = ""
+    #: The operator's destination connection scoped to the destination project, where
+    #: Cinder creates volumes (the preflight made it), or None: the method makes one.
+    destination_project_conn: Any = None
 
     def stage(self, name: str, **facts: Any) -> None:
         """Report that this pass reached stage ``name`` (one of :data:`STAGES`).

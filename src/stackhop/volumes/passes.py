@@ -132,6 +132,7 @@ class PassHost(Protocol):
     destination_conn: Any
     backup_to: str | None
     destination_cloud: str
+    destination_project_conn: Any
     #: ``--incremental``: passes keep what the next one needs and send only what changed.
     incremental: bool
     #: The cutover pass: end each volume's incremental chain once verified.
@@ -248,6 +249,7 @@ class PassRunner:
             on_temporary_removed=self._removed,
             on_progress=self._on_progress,
             destination_cloud=copier.destination_cloud,
+            destination_project_conn=copier.destination_project_conn,
         )
         result = copier.method.copy_pass(ctx)
         self._check_backup(result)

@@ -52,6 +52,7 @@ from stackhop.errors import CapabilityError, ConfigError, IntegrityError
 from stackhop.journal import CHUNK_CONFIRMED, ChunkRecord
 from stackhop.transfer import stream_agent as agent
 from stackhop.transfer.ssh_stream import AgentHost, PumpResult, pump, pump_direct
+from stackhop.volumes.inventory import project_connection
 from stackhop.volumes.model import (
     VERIFY_CHUNK,
     ZERO_CHUNK_SHA256,
@@ -76,6 +77,25 @@ if agent.CHUNK != VERIFY_CHUNK:  # the chunk digests double as content-digest pi
 def chunk_key(source: VolumeRef, destination_id: str) -> str:
     """The journal's chunk-table key of one source -> destination copy."""
     return f"stream:{source.cloud}:{source.id}:{destination_id}"
+
+
+def kept_key(source: VolumeRef, destination_id: str) -> str:
+    """The chunk-table key of the digests a verified pass leaves for the next incremental one."""
+    return chunk_key(source, destination_id) + ":verified"
+
+
+def compact_rows(digests: list[str], size: int) -> list[tuple[int, int, str]]:
+    """Journal rows for per-chunk digests: runs of zero chunks become one row each."""
+    rows: list[tuple[int, int, str]] = []
+    for offset, digest in zip(chunk_offsets(size), digests, strict=True):
+        length = min(VERIFY_CHUNK, size - offset)
+        if digest != zero_digest(length):
+            rows.append((offset, length, digest))
+        elif rows and rows[-1][2] == ZERO_CHUNK_SHA256 and sum(rows[-1][:2]) == offset:
+            rows[-1] = (rows[-1][0], rows[-1][1] + length, ZERO_CHUNK_SHA256)
+        else:
+            rows.append((offset, length, ZERO_CHUNK_SHA256))
+    return rows
 
 
 def _volume_of(key: str) -> str:
@@ -145,27 +165,6 @@ def confirmed_digests(rows: Mapping[int, ChunkRecord], size: int) -> dict[int, s
     return digests
 
 
-def _project_connection(admin: Any, project_id: str) -> Any:
-    """The operator's connection scoped to ``project_id``: Cinder creates volumes in the
-    token's project, and an admin cannot name another project in the request."""
-    try:
-        current = admin.current_project_id
-    except Exception:  # an unscoped or odd auth: try scoping below
-        current = None
-    if current == project_id:
-        return admin
-    try:
-        scoped = admin.connect_as(project_id=project_id, project_name=None)
-        scoped.session.get_token()
-    except Exception as exc:  # keystoneauth and openstacksdk raise several unrelated types
-        raise ConfigError(
-            f"the destination credentials cannot act in project {project_id} "
-            f"({type(exc).__name__}); grant your user a role there, e.g. `openstack role add "
-            f"--user <you> --project {project_id} member`"
-        ) from exc
-    return scoped
-
-
 class StreamMethod:
     """Copy a volume's file or block device between storage hosts over ssh (see module doc)."""
 
@@ -187,7 +186,8 @@ class StreamMethod:
         #: ``auto``: host to host when the source backend has a ``direct_ssh_config`` and no
         #: backup is written, else through this machine; ``relay``: always through it.
         self.route = route
-        #: ``auto``: zstd where both hosts' Python has it, else raw (zlib is slower than a LAN).
+        #: ``auto``: zstd where both hosts' Python has it, else zlib (stdlib), which the agent
+        #: uses only on chunks that compress well: it is slower than a LAN on the others.
         self.codec = codec
         self.python = python
         self.fsync_bytes = fsync_bytes
@@ -225,13 +225,15 @@ class StreamMethod:
         src_host = AgentHost.named(src_backend.ssh_host or "", self.python)
         src_path = src_backend.volume_path(source.id)
         size = source.size_bytes
-        with ThreadPoolExecutor(3) as pool:
+        with ThreadPoolExecutor(4) as pool:
             # The probes (ssh round trips) overlap the destination volume's creation: the
-            # source's, and one of each destination storage host the volume may land on, which
-            # opens the shared connection that the probe of its path then uses.
+            # source's, and one of each destination storage host the volume may land on (its
+            # codecs; this opens the shared connection to it).
             src_probe = pool.submit(src_host.call, "probe", {"path": src_path}, timeout=120)
-            for name in self._destination_hosts(ctx):
-                pool.submit(AgentHost.named(name, self.python).call, "probe", {}, timeout=120)
+            host_probes = {
+                name: pool.submit(AgentHost.named(name, self.python).call, "probe", {}, timeout=120)
+                for name in self._destination_hosts(ctx)
+            }
             volume = self._destination_volume(ctx)
             try:
                 dst_backend = _file_backend(
@@ -243,9 +245,16 @@ class StreamMethod:
                 raise
             dst_host = AgentHost.named(dst_backend.ssh_host or "", self.python)
             dst_path = dst_backend.volume_path(volume.id)
-            dst_facts = dst_host.call("probe", {"path": dst_path}, timeout=120)
+            if volume.reused or dst_host.host.name not in host_probes:
+                # A reused volume's file must be there, and its stat tells an incremental pass
+                # whether it changed since the last one.
+                dst_facts = dst_host.call("probe", {"path": dst_path}, timeout=120)
+                checks = [(dst_facts, dst_host, dst_path)]
+            else:  # Cinder just made the file; the writer checks it (an extra round trip spared)
+                dst_facts = host_probes[dst_host.host.name].result()
+                checks = []
             src_facts = src_probe.result()
-        for facts, host, path in ((src_facts, src_host, src_path), (dst_facts, dst_host, dst_path)):
+        for facts, host, path in [(src_facts, src_host, src_path), *checks]:
             if not facts.get("exists") or int(facts.get("size", 0)) < size:
                 raise ConfigError(
                     f"{host.host.name}:{path} is {facts.get('error') or 'smaller than the volume'}"
@@ -271,9 +280,10 @@ class StreamMethod:
             ctx.backup.open(size)
         try:
             if incremental:
-                result = self._incremental(ctx, key, size, codec, route)
+                kept = self._kept_digests(ctx, volume.id, size, dst_facts)
+                result, digests, stat = self._incremental(ctx, key, size, codec, route, kept)
             else:
-                result = self._full(ctx, key, size, codec, route)
+                result, digests, stat = self._full(ctx, key, size, codec, route)
             self._finish_volume(ctx, volume)
             ctx.stage("adopted", destination_id=volume.id, project_id=ctx.destination_project_id)
             result.destination_id = volume.id
@@ -285,14 +295,34 @@ class StreamMethod:
             raise
         if ctx.backup is not None:
             ctx.backup.commit()
-        ctx.journal.clear_chunks(key)  # verified: the next pass compares digests instead
+        ctx.journal.clear_chunks(key)  # verified: nothing to resume
         result.state = {"destination_id": volume.id, "content_digest": result.content_digest}
+        if ctx.incremental:
+            # What the destination file now holds, and its stat: while the stat is the same,
+            # the next incremental pass need not read the destination to know its digests.
+            ctx.journal.replace_chunks(kept_key(source, volume.id), compact_rows(digests, size))
+            result.state["destination_stat"] = stat or dst_facts.get("stat")
         return result
+
+    def _kept_digests(
+        self, ctx: PassContext, volume_id: str, size: int, dst_facts: Mapping[str, Any]
+    ) -> list[str] | None:
+        """The destination's per-chunk digests as the previous verified pass left them, if its
+        file is untouched since (same device, inode, size, mtime and ctime); else None."""
+        before = ctx.previous
+        stat = before.get("destination_stat")
+        if before.get("destination_id") != volume_id or not stat or stat != dst_facts.get("stat"):
+            return None
+        known = confirmed_digests(ctx.journal.chunks(kept_key(ctx.source, volume_id)), size)
+        digests = [known.get(o, "") for o in chunk_offsets(size)]
+        if not all(digests) or content_digest(digests) != before.get("content_digest"):
+            return None
+        return digests
 
     def _codec(self, src_codecs: list[str], dst_codecs: list[str]) -> str:
         both = [c for c in src_codecs if c in dst_codecs]
         if self.codec == "auto":
-            return "zstd" if "zstd" in both else "raw"
+            return "zstd" if "zstd" in both else "zlib" if "zlib" in both else "raw"
         if self.codec not in both:
             raise CapabilityError(
                 f"codec {self.codec!r} is not available on both storage hosts (they share "
@@ -309,7 +339,7 @@ class StreamMethod:
         offsets: list[int] | None,
         forward: Callable[[int, int], bool],
         route: _Route,
-    ) -> tuple[dict[int, tuple[int, str]], PassResult]:
+    ) -> tuple[PumpResult, PassResult]:
         """Send the chunks at ``offsets`` (all when None); each acknowledged chunk, read back
         on the destination with the source's digest, is journaled as confirmed."""
         src_host, src_path, dst_host, dst_path, direct_config = route
@@ -359,14 +389,16 @@ class StreamMethod:
             },
             direct_io=bool(moved.writer.get("direct_io")),
         )
-        return moved.digests, result
+        return moved, result
 
-    def _full(self, ctx: PassContext, key: str, size: int, codec: str, route: _Route) -> PassResult:
+    def _full(
+        self, ctx: PassContext, key: str, size: int, codec: str, route: _Route
+    ) -> tuple[PassResult, list[str], list[int] | None]:
         done = confirmed_digests(ctx.journal.chunks(key), size)
         todo = [o for o in chunk_offsets(size) if o not in done]
         # A backup needs every chunk from this same read; the destination only the missing ones.
         offsets = None if (ctx.backup is not None or not done) else todo
-        _, result = self._stream(
+        moved, result = self._stream(
             ctx,
             key,
             size,
@@ -385,27 +417,36 @@ class StreamMethod:
                 f"destination host (first at byte {missing[0]}); re-run to send them"
             )
         ctx.stage("imported", destination_id=_volume_of(key), bytes_sent=result.bytes_sent)
-        result.content_digest = content_digest([confirmed[o] for o in chunk_offsets(size)])
+        digests = [confirmed[o] for o in chunk_offsets(size)]
+        result.content_digest = content_digest(digests)
         result.details.update(resumed_chunks=len(done), codec=codec)
-        return result
+        return result, digests, moved.writer.get("stat")
 
     def _incremental(
-        self, ctx: PassContext, key: str, size: int, codec: str, route: _Route
-    ) -> PassResult:
+        self,
+        ctx: PassContext,
+        key: str,
+        size: int,
+        codec: str,
+        route: _Route,
+        kept: list[str] | None,
+    ) -> tuple[PassResult, list[str], list[int] | None]:
+        """Send the chunks whose digests differ; the destination's come from ``kept`` when the
+        previous pass left them and its file is untouched, else from reading it."""
         src_host, src_path, dst_host, dst_path, _ = route
         ctx.journal.clear_chunks(key)
         with ThreadPoolExecutor(2) as pool:
-            jobs = [
-                pool.submit(self._digests, host, path, size, None)
-                for host, path in ((src_host, src_path), (dst_host, dst_path))
-            ]
-            src_digests, dst_digests = (j.result() for j in jobs)
+            src_job = pool.submit(self._digests, src_host, src_path, size, None)
+            dst_job = None if kept else pool.submit(self._digests, dst_host, dst_path, size, None)
+            src_digests = src_job.result()
+            dst_digests = list(kept) if kept else dst_job.result() if dst_job else []
         offsets = list(chunk_offsets(size))
         changed = [o for o, a, b in zip(offsets, src_digests, dst_digests, strict=True) if a != b]
         wanted = set(changed)
         read = None if ctx.backup is not None else changed
+        moved: PumpResult | None = None
         if changed or ctx.backup is not None:
-            sent, result = self._stream(
+            moved, result = self._stream(
                 ctx,
                 key,
                 size,
@@ -415,19 +456,23 @@ class StreamMethod:
                 route,
             )
         else:
-            sent, result = {}, PassResult(destination_id="")
+            result = PassResult(destination_id="")
         ctx.stage("imported", destination_id=_volume_of(key), bytes_sent=result.bytes_sent)
         index = {o: i for i, o in enumerate(offsets)}
-        for offset, (length, digest) in sent.items():  # what was read now is the truth
-            src_digests[index[offset]] = digest or zero_digest(length)
-        # The chunks sent were read back on the destination with these digests (acknowledged).
-        for offset, digest in confirmed_digests(ctx.journal.chunks(key), size).items():
-            dst_digests[index[offset]] = digest
+        # What was read now is the truth; the chunks sent were read back on the destination
+        # with the digests acknowledged. A zero run covers several chunks.
+        pairs = ((moved.digests, src_digests), (moved.confirmed, dst_digests)) if moved else ()
+        for frames, digests in pairs:
+            for offset, (length, digest) in frames.items():
+                for chunk in range(offset, min(offset + length, size), VERIFY_CHUNK):
+                    digests[index[chunk]] = digest or zero_digest(min(VERIFY_CHUNK, size - chunk))
         self._compare(ctx, src_digests, dst_digests, offsets)
         result.bytes_read = size
         result.content_digest = content_digest(src_digests)
-        result.details.update(changed_chunks=len(changed), codec=codec)
-        return result
+        result.details.update(
+            changed_chunks=len(changed), codec=codec, destination_digests_kept=kept is not None
+        )
+        return result, src_digests, moved.writer.get("stat") if moved else None
 
     def _digests(
         self, host: AgentHost, path: str, size: int, offsets: list[int] | None
@@ -501,7 +546,9 @@ class StreamMethod:
                 True,
                 bool(ready.is_bootable),
             )
-        scoped = _project_connection(admin, ctx.destination_project_id)
+        scoped = ctx.destination_project_conn or project_connection(
+            admin, ctx.destination_cloud or cloud_name(admin), ctx.destination_project_id
+        )
         source = ctx.source
         created = scoped.block_storage.create_volume(
             size=source.size_gib,
