@@ -215,3 +215,26 @@ def test_acknowledgement_with_another_digest_is_not_confirmed() -> None:
         book.check("ssh dst-storage")
     book.line(f"A 0 {VERIFY_CHUNK} {'aa' * 32}\n".encode())  # sent again, read back right
     assert confirmed == [0] and result.confirmed == {0: (VERIFY_CHUNK, "aa" * 32)}
+
+
+def test_read_with_the_destinations_digests_sends_only_what_differs(volume: Path) -> None:
+    expected = chunk_digests(volume)
+    compare = {
+        str(4 * MIB): expected[1],  # the same there
+        str(8 * MIB): "00" * 32,  # different there
+        "0": "ab" * 32,  # data there, a hole here: a zero run goes
+    }
+    out = frames(run_agent("read", {"path": str(volume), "size": SIZE, "compare": compare}))
+    summary = [(f[0], f[3] // MIB, f[4] // MIB) for f in out[:-1]]
+    assert summary == [
+        (agent.ZERO, 0, 4),
+        (agent.SAME, 4, 4),
+        (agent.DATA, 8, 4),
+        (agent.SAME, 12, 8),  # zeros here and there: nothing to send
+        (agent.DATA, 20, 4),
+        (agent.DATA, 24, 4),
+        (agent.SAME, 28, 32),
+        (agent.DATA, 60, 4),
+    ]
+    same = next(f for f in out if f[0] == agent.SAME)
+    assert same[5].hex() == expected[1] and same[6] == b""  # its digest, no data

@@ -2,19 +2,23 @@
 
 :mod:`stackhop.transfer.stream_agent` runs on each storage host (sent over
 ssh with every call, nothing installed there). This module starts it in a
-mode (:class:`AgentHost`) and, for a copy, pumps the source agent's frames
-into the destination agent (:func:`pump`):
+mode (:class:`AgentHost`) and, for a copy, either pumps the source agent's
+frames into the destination agent (:func:`pump`, the relay route) or has the
+source agent send them to the destination host itself (:func:`pump_direct`):
 
-- the data goes source host -> this process -> destination host, so the
-  backup tee (``--backup-to``) gets the very bytes that are sent, from the
+- relayed, the data goes source host -> this process -> destination host, so
+  the backup tee (``--backup-to``) gets the very bytes that are sent, from the
   same read; when there is no backup a frame's payload moves between the two
   ssh pipes with ``splice(2)``, never entering Python;
+- direct, it crosses one ssh hop (started on the source host, host keys
+  verified there) and this process gets frame headers and acknowledgements;
 - back-pressure is the pipes themselves: the pump holds one frame header at
   a time, the agents a few chunks each, so memory is bounded by the chunk
   size whatever the volume's;
-- the destination agent acknowledges chunks only after ``fdatasync``; the
-  pump hands each acknowledgement to ``on_confirmed`` (the journal), which is
-  what a re-run resumes from;
+- the destination agent acknowledges chunks only after ``fdatasync`` and a
+  read-back from the disk, with the digest read; the pump hands each
+  acknowledgement whose digest is the source's to ``on_confirmed`` (the
+  journal), which is what a re-run resumes from;
 - ssh uses AES-GCM first (the cheapest cipher with AES-NI) and no ssh-level
   compression (the agents compress per chunk, and skip what does not compress).
 """
@@ -293,6 +297,12 @@ def pump(
             if kind == agent.END:
                 result.reader = json.loads(_read_exact(src_fd, plen)) if plen else {}
                 break
+            if kind == agent.SAME:  # already so on the destination: only the digest
+                result.digests[offset] = (length, "" if digest == agent.NO_DIGEST else digest.hex())
+                result.bytes_read += length
+                if on_progress is not None:
+                    on_progress(result.bytes_read)
+                continue
             send = forward(offset, length)
             for hook in frame_hooks if send else ():
                 hook(kind, offset, length)
@@ -410,12 +420,12 @@ def pump_direct(
                 for line in _read_exact(fd, plen).splitlines(keepends=True):
                     book.line(line)
                 continue
-            if kind not in (agent.NOTE, agent.ZERO):
+            if kind not in (agent.NOTE, agent.ZERO, agent.SAME):
                 raise ValueError(f"a frame of kind {kind} where notes were expected")
             data = kind == agent.NOTE
-            for hook in frame_hooks:
+            for hook in frame_hooks if kind != agent.SAME else ():
                 hook(agent.DATA if data else kind, offset, length)
-            result.digests[offset] = (length, digest.hex() if data else "")
+            result.digests[offset] = (length, "" if digest == agent.NO_DIGEST else digest.hex())
             if data:
                 result.bytes_sent += length
                 result.bytes_wire += plen

@@ -20,6 +20,8 @@ argument), the parameters (8-byte big-endian length + JSON), then, for
     on a file) or read as all zeros (a block device, whose allocation is
     unknown), then ``END``. Reading, hashing and compressing run on a few
     threads (hashlib and the codecs release the GIL), output stays in order.
+    Given ``compare`` (the destination's digests), chunks that hash the same
+    there become ``SAME`` frames: digest, no data (see :func:`read_frames`).
 ``digests``
     prints JSON: the sha256 of each chunk asked for ("" for a hole or zeros,
     which are not read when the file says they are holes).
@@ -38,8 +40,8 @@ argument), the parameters (8-byte big-endian length + JSON), then, for
     destination host, started by this agent with the ssh command line in the
     parameters (the destination is reached from this host, not through
     stackhop's). stdout carries ``NOTE`` frames (a data frame's header, sent
-    on), ``ZERO`` frames, the writer's acknowledgement lines in ``ACKS`` frames,
-    and ``END``.
+    on), ``ZERO`` and ``SAME`` frames, the writer's acknowledgement lines in
+    ``ACKS`` frames, and ``END``.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ sha256 is also its content-digest piece."""
 #: Frame header: magic, kind, codec, payload length, offset, length (raw), sha256 (raw bytes).
 HEADER = struct.Struct(">2sBBIQQ32s")
 MAGIC = b"SH"
-DATA, ZERO, END, NOTE, ACKS = 1, 2, 3, 4, 5
+DATA, ZERO, END, NOTE, ACKS, SAME = 1, 2, 3, 4, 5, 6
 RAW, ZLIB, ZSTD = 0, 1, 2
 CODECS = {"raw": RAW, "zlib": ZLIB, "zstd": ZSTD}
 NO_DIGEST = bytes(32)
@@ -110,10 +112,10 @@ def pack_header(
 def unpack_header(raw: bytes) -> tuple[int, int, int, int, int, bytes]:
     """(kind, codec, payload length, offset, length, digest) of a header; ValueError if bad."""
     magic, kind, codec, payload, offset, length, digest = HEADER.unpack(raw)
-    if magic != MAGIC or not DATA <= kind <= ACKS or codec not in (RAW, ZLIB, ZSTD):
+    if magic != MAGIC or not DATA <= kind <= SAME or codec not in (RAW, ZLIB, ZSTD):
         raise ValueError("not a stackhop stream frame (corrupt or out of step)")
-    if kind == ZERO and payload:
-        raise ValueError("a ZERO frame carries no payload")
+    if kind in (ZERO, SAME) and payload:
+        raise ValueError("a ZERO or SAME frame carries no payload")
     return kind, codec, payload, offset, length, digest
 
 
@@ -375,7 +377,11 @@ def mode_probe(params: dict[str, Any], out: BinaryIO) -> None:
 
 def read_frames(params: dict[str, Any]) -> Iterator[tuple[int, int, int, int, bytes, bytes]]:
     """The volume's frames in offset order, as ``read`` sends them: (kind, codec, offset,
-    length, sha256, payload) of DATA chunks and ZERO runs."""
+    length, sha256, payload) of DATA chunks and ZERO runs.
+
+    With ``compare`` (the destination's sha256 hex by offset, zero chunks left out), a
+    chunk that already hashes the same there is a SAME frame (a run, for zeros), which
+    carries its digest but no data, and is not for the destination."""
     volume = Volume(params["path"])
     size = int(params["size"])
     if volume.size < size:
@@ -383,36 +389,40 @@ def read_frames(params: dict[str, Any]) -> Iterator[tuple[int, int, int, int, by
     codec = CODECS[params.get("codec", "raw")]
     coder = Codec(int(params.get("level", 1)))
     chunks = plan_chunks(size, params.get("offsets"))
+    compare: dict[str, str] | None = params.get("compare")
 
-    def work(offset: int, length: int, maybe_data: bool) -> tuple[int, int, bytes, int, bytes]:
+    def work(offset: int, length: int, maybe_data: bool) -> tuple[int, int, int, int, bytes, bytes]:
+        there = None if compare is None else compare.get(str(offset))
+        zero = ZERO if compare is None or there else SAME  # zeros there too: nothing to send
         if not maybe_data:
-            return offset, length, b"", RAW, b""
+            return zero, RAW, offset, length, NO_DIGEST, b""
         data = os.pread(volume.fd, length, offset)
         if len(data) != length:
             raise SystemExit(f"{volume.path}: short read at {offset}")
         if is_zero(data):
-            return offset, length, b"", RAW, b""
+            return zero, RAW, offset, length, NO_DIGEST, b""
+        digest = hashlib.sha256(data).digest()
+        if there == digest.hex():
+            return SAME, RAW, offset, length, digest, b""
         used, payload = coder.compress(codec, data)
-        return offset, length, hashlib.sha256(data).digest(), used, payload
+        return DATA, used, offset, length, digest, payload
 
     jobs = ((o, n, volume.has_data(o, o + n)) for o, n in chunks)
-    run_start, run_length = -1, 0  # a run of zero chunks becomes one ZERO frame
+    run: list[int] = []  # [kind, start, length] of a run of ZERO (or zero SAME) chunks
     with ThreadPoolExecutor(WORKERS) as pool:
-        for offset, length, digest, used, payload in _ordered(pool, jobs, work):
-            if not digest:
-                if run_length and run_start + run_length == offset:
-                    run_length += length
-                    continue
-                if run_length:
-                    yield ZERO, RAW, run_start, run_length, NO_DIGEST, b""
-                run_start, run_length = offset, length
+        for kind, used, offset, length, digest, payload in _ordered(pool, jobs, work):
+            if digest == NO_DIGEST and run and run[0] == kind and run[1] + run[2] == offset:
+                run[2] += length
                 continue
-            if run_length:
-                yield ZERO, RAW, run_start, run_length, NO_DIGEST, b""
-                run_start, run_length = -1, 0
-            yield DATA, used, offset, length, digest, payload
-        if run_length:
-            yield ZERO, RAW, run_start, run_length, NO_DIGEST, b""
+            if run:
+                yield run[0], RAW, run[1], run[2], NO_DIGEST, b""
+                run = []
+            if digest == NO_DIGEST:
+                run = [kind, offset, length]
+            else:
+                yield kind, used, offset, length, digest, payload
+        if run:
+            yield run[0], RAW, run[1], run[2], NO_DIGEST, b""
     volume.close()
 
 
@@ -489,6 +499,8 @@ def mode_send(params: dict[str, Any], out: BinaryIO) -> None:
             with lock:
                 out.write(note if kind == DATA else header)
                 out.flush()
+            if kind == SAME:
+                continue
             sink.write(header)
             if payload:
                 sink.write(payload)

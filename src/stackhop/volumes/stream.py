@@ -10,16 +10,21 @@ The "dd over ssh with gzip" method, done right. For each pass:
 2. its backing path on the destination host comes from the storage map
    (:meth:`~stackhop.volumes.storage.Backend.volume_path`);
 3. the source agent reads only allocated 4 MiB chunks (holes and zero chunks
-   become zero runs that are not sent), hashes and compresses each; the
-   destination agent checks each chunk's sha256, writes it, and acknowledges
-   it after ``fdatasync``; acknowledged chunks are journaled as confirmed
-   (chunk key :func:`chunk_key`), and a re-run after a broken connection
-   sends only the chunks not confirmed;
-4. ``--incremental``: both agents hash every chunk in parallel and only the
-   chunks whose digests differ are sent;
-5. the destination agent re-reads and hashes the volume (only the chunks
-   sent, on an incremental pass: the others were hashed moments before) and
-   the per-chunk digests must equal the source's, or IntegrityError.
+   become zero runs that are not sent), hashes and compresses each, and sends
+   them straight to the destination host when the source backend has a
+   ``direct_ssh_config`` and no backup is written (else through this process);
+   the destination agent writes each chunk (``O_DIRECT``), and after
+   ``fdatasync`` reads it back from the disk and acknowledges it with the
+   sha256 of what it read; a chunk is journaled as confirmed (chunk key
+   :func:`chunk_key`) only when that equals the source's digest, and a re-run
+   after a broken connection sends only the chunks not confirmed;
+4. ``--incremental``: the source agent hashes every chunk; the destination's
+   digests are those the previous verified pass kept (:func:`kept_key`) while
+   its file's stat is unchanged, else the destination agent hashes it too;
+   only the chunks whose digests differ are sent;
+5. every chunk confirmed means the destination holds the source's content;
+   a pass that ends with a chunk unconfirmed or read back differently raises
+   IntegrityError.
 
 Stages, as this method reports them (each with ``destination_id``):
 
@@ -112,6 +117,16 @@ def zero_digest(length: int) -> str:
 
 def chunk_offsets(size: int) -> range:
     return range(0, size, VERIFY_CHUNK)
+
+
+def expand_digests(frames: Mapping[int, tuple[int, str]], size: int) -> dict[int, str]:
+    """Per-chunk digests of frames by offset ((length, sha256 hex or "" for zeros)); a zero
+    run covers several chunks."""
+    digests: dict[int, str] = {}
+    for offset, (length, digest) in frames.items():
+        for chunk in range(offset, min(offset + length, size), VERIFY_CHUNK):
+            digests[chunk] = digest or zero_digest(min(VERIFY_CHUNK, size - chunk))
+    return digests
 
 
 def _file_backend(storage: StorageMap, cloud: str, host: str | None, what: str) -> Backend:
@@ -232,8 +247,8 @@ class StreamMethod:
             src_probe = pool.submit(src_host.call, "probe", {"path": src_path}, timeout=120)
             host_probes = {
                 name: pool.submit(AgentHost.named(name, self.python).call, "probe", {}, timeout=120)
-                for name in self._destination_hosts(ctx)
-            }
+                for name in (self._destination_hosts(ctx) if not ctx.destination_id else ())
+            }  # a known destination volume is probed where it is, at once
             volume = self._destination_volume(ctx)
             try:
                 dst_backend = _file_backend(
@@ -339,6 +354,7 @@ class StreamMethod:
         offsets: list[int] | None,
         forward: Callable[[int, int], bool],
         route: _Route,
+        compare: dict[str, str] | None = None,
     ) -> tuple[PumpResult, PassResult]:
         """Send the chunks at ``offsets`` (all when None); each acknowledged chunk, read back
         on the destination with the source's digest, is journaled as confirmed."""
@@ -351,6 +367,8 @@ class StreamMethod:
             )
 
         read = {"path": src_path, "size": size, "codec": codec, "offsets": offsets}
+        if compare is not None:
+            read["compare"] = compare
         write = {"path": dst_path, "size": size, "fsync_bytes": self.fsync_bytes}
         progress = lambda done: ctx.on_progress(done, total)  # noqa: E731
         moved: PumpResult
@@ -431,48 +449,51 @@ class StreamMethod:
         route: _Route,
         kept: list[str] | None,
     ) -> tuple[PassResult, list[str], list[int] | None]:
-        """Send the chunks whose digests differ; the destination's come from ``kept`` when the
-        previous pass left them and its file is untouched, else from reading it."""
+        """Send the chunks whose digests differ: the source agent hashes each chunk as it
+        reads and sends only those that differ from the destination's digests, which come
+        from ``kept`` when the previous pass left them and the file is untouched, else from
+        reading the destination first."""
         src_host, src_path, dst_host, dst_path, _ = route
         ctx.journal.clear_chunks(key)
-        with ThreadPoolExecutor(2) as pool:
-            src_job = pool.submit(self._digests, src_host, src_path, size, None)
-            dst_job = None if kept else pool.submit(self._digests, dst_host, dst_path, size, None)
-            src_digests = src_job.result()
-            dst_digests = list(kept) if kept else dst_job.result() if dst_job else []
         offsets = list(chunk_offsets(size))
-        changed = [o for o, a, b in zip(offsets, src_digests, dst_digests, strict=True) if a != b]
-        wanted = set(changed)
-        read = None if ctx.backup is not None else changed
-        moved: PumpResult | None = None
-        if changed or ctx.backup is not None:
+        dst_digests = list(kept) if kept else self._digests(dst_host, dst_path, size, None)
+        if ctx.backup is None:
+            # The destination's data chunks by offset (JSON keys); zero chunks left out.
+            compare = {
+                str(o): d
+                for o, d in zip(offsets, dst_digests, strict=True)
+                if d != zero_digest(min(VERIFY_CHUNK, size - o))
+            }
+            moved, result = self._stream(
+                ctx, key, size, codec, None, lambda o, n: True, route, compare
+            )
+        else:  # the backup needs every chunk's bytes: read all, send what differed before
+            before = self._digests(src_host, src_path, size, None)
+            wanted = {o for o, a, b in zip(offsets, before, dst_digests, strict=True) if a != b}
             moved, result = self._stream(
                 ctx,
                 key,
                 size,
                 codec,
-                read,
+                None,
                 lambda o, n: any(c in wanted for c in range(o, o + n, VERIFY_CHUNK)),
                 route,
             )
-        else:
-            result = PassResult(destination_id="")
         ctx.stage("imported", destination_id=_volume_of(key), bytes_sent=result.bytes_sent)
-        index = {o: i for i, o in enumerate(offsets)}
-        # What was read now is the truth; the chunks sent were read back on the destination
-        # with the digests acknowledged. A zero run covers several chunks.
-        pairs = ((moved.digests, src_digests), (moved.confirmed, dst_digests)) if moved else ()
-        for frames, digests in pairs:
-            for offset, (length, digest) in frames.items():
-                for chunk in range(offset, min(offset + length, size), VERIFY_CHUNK):
-                    digests[index[chunk]] = digest or zero_digest(min(VERIFY_CHUNK, size - chunk))
-        self._compare(ctx, src_digests, dst_digests, offsets)
+        src_digests = expand_digests(moved.digests, size)
+        # The chunks sent were read back on the destination with the digests acknowledged.
+        sent = expand_digests(moved.confirmed, size)
+        for offset, digest in sent.items():
+            dst_digests[offset // VERIFY_CHUNK] = digest
+        ordered = [src_digests.get(o, "") for o in offsets]
+        self._compare(ctx, ordered, dst_digests, offsets)
+        changed = len(sent)
         result.bytes_read = size
-        result.content_digest = content_digest(src_digests)
+        result.content_digest = content_digest(ordered)
         result.details.update(
-            changed_chunks=len(changed), codec=codec, destination_digests_kept=kept is not None
+            changed_chunks=changed, codec=codec, destination_digests_kept=kept is not None
         )
-        return result, src_digests, moved.writer.get("stat") if moved else None
+        return result, ordered, moved.writer.get("stat")
 
     def _digests(
         self, host: AgentHost, path: str, size: int, offsets: list[int] | None
