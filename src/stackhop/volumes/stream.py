@@ -50,7 +50,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stackhop.errors import CapabilityError, ConfigError, IntegrityError
@@ -141,9 +141,24 @@ def _file_backend(storage: StorageMap, cloud: str, host: str | None, what: str) 
     return backend
 
 
-_Route = tuple[AgentHost, str, AgentHost, str, "str | None"]
-"""Source host and path, destination host and path, and the source host's ssh config to
-reach the destination directly (None: through this machine)."""
+@dataclass
+class _Ends:
+    """The two ends of one pass, filled in as the pass prepares."""
+
+    src_host: AgentHost
+    src_path: str
+    #: The source host's ssh config to reach the destination directly; None: relay here.
+    direct_config: str | None
+    dst_host: AgentHost | None = None
+    dst_path: str = ""
+    dst_facts: dict[str, Any] = field(default_factory=dict)
+    codec: str = "raw"
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def destination(self) -> AgentHost:
+        assert self.dst_host is not None
+        return self.dst_host
 
 
 @dataclass(frozen=True)
@@ -237,18 +252,31 @@ class StreamMethod:
         """Create or reuse the destination volume, stream the chunks, verify (see module doc)."""
         source = ctx.source
         src_backend = _file_backend(ctx.storage, source.cloud, source.host, "source")
-        src_host = AgentHost.named(src_backend.ssh_host or "", self.python)
-        src_path = src_backend.volume_path(source.id)
-        size = source.size_bytes
+        direct = self.route == "auto" and ctx.backup is None and src_backend.direct_ssh_config
+        ends = _Ends(
+            src_host=AgentHost.named(src_backend.ssh_host or "", self.python),
+            src_path=src_backend.volume_path(source.id),
+            direct_config=src_backend.direct_ssh_config if direct else None,
+        )
+        volume = self._prepare(ctx, ends)
+        return self._copy(ctx, ends, volume)
+
+    def _prepare(self, ctx: PassContext, ends: _Ends) -> _Volume:
+        """The destination volume, both ends probed, the codec chosen; stage ``exported``."""
+        size = ctx.source.size_bytes
+        candidates = self._destination_hosts(ctx) if not ctx.destination_id else []
         with ThreadPoolExecutor(4) as pool:
             # The probes (ssh round trips) overlap the destination volume's creation: the
             # source's, and one of each destination storage host the volume may land on (its
-            # codecs; this opens the shared connection to it).
-            src_probe = pool.submit(src_host.call, "probe", {"path": src_path}, timeout=120)
+            # codecs; this opens the shared connection to it). A known destination volume is
+            # probed where it is, at once.
+            src_probe = pool.submit(
+                ends.src_host.call, "probe", {"path": ends.src_path}, timeout=120
+            )
             host_probes = {
                 name: pool.submit(AgentHost.named(name, self.python).call, "probe", {}, timeout=120)
-                for name in (self._destination_hosts(ctx) if not ctx.destination_id else ())
-            }  # a known destination volume is probed where it is, at once
+                for name in candidates
+            }
             volume = self._destination_volume(ctx)
             try:
                 dst_backend = _file_backend(
@@ -258,51 +286,51 @@ class StreamMethod:
                 if not volume.reused:  # ours, and useless to this method: leave nothing behind
                     ctx.destination_conn.block_storage.delete_volume(volume.id, ignore_missing=True)
                 raise
-            dst_host = AgentHost.named(dst_backend.ssh_host or "", self.python)
-            dst_path = dst_backend.volume_path(volume.id)
-            if volume.reused or dst_host.host.name not in host_probes:
+            ends.dst_host = AgentHost.named(dst_backend.ssh_host or "", self.python)
+            ends.dst_path = dst_backend.volume_path(volume.id)
+            name = ends.dst_host.host.name
+            if volume.reused or name not in host_probes:
                 # A reused volume's file must be there, and its stat tells an incremental pass
                 # whether it changed since the last one.
-                dst_facts = dst_host.call("probe", {"path": dst_path}, timeout=120)
-                checks = [(dst_facts, dst_host, dst_path)]
+                ends.dst_facts = ends.dst_host.call("probe", {"path": ends.dst_path}, timeout=120)
+                checks = [(ends.dst_facts, ends.dst_host, ends.dst_path)]
             else:  # Cinder just made the file; the writer checks it (an extra round trip spared)
-                dst_facts = host_probes[dst_host.host.name].result()
+                ends.dst_facts = host_probes[name].result()
                 checks = []
             src_facts = src_probe.result()
-        for facts, host, path in [(src_facts, src_host, src_path), *checks]:
+        for facts, host, path in [(src_facts, ends.src_host, ends.src_path), *checks]:
             if not facts.get("exists") or int(facts.get("size", 0)) < size:
                 raise ConfigError(
                     f"{host.host.name}:{path} is {facts.get('error') or 'smaller than the volume'}"
                     f"; check the 'path' of the storage map {ctx.storage.source}"
                 )
-        codec = self._codec(src_facts["codecs"], dst_facts["codecs"])
-        facts = {
+        ends.codec = self._codec(src_facts["codecs"], ends.dst_facts["codecs"])
+        ends.facts = {
             "destination_id": volume.id,
-            "source_path": f"{src_host.host.name}:{src_path}",
-            "destination_path": f"{dst_host.host.name}:{dst_path}",
-            "codec": codec,
+            "source_path": f"{ends.src_host.host.name}:{ends.src_path}",
+            "destination_path": f"{name}:{ends.dst_path}",
+            "codec": ends.codec,
         }
-        ctx.stage("exported", **facts)
+        ctx.stage("exported", **ends.facts)
+        ends.facts["route"] = "direct" if ends.direct_config else "relay"
+        return volume
 
+    def _copy(self, ctx: PassContext, ends: _Ends, volume: _Volume) -> PassResult:
+        """Stream (full or incremental), verify, and keep what the next pass needs."""
+        source, size = ctx.source, ctx.source.size_bytes
         key = chunk_key(source, volume.id)
-        incremental = ctx.incremental and volume.reused
-        direct = self.route == "auto" and ctx.backup is None and src_backend.direct_ssh_config
-        route: _Route = (src_host, src_path, dst_host, dst_path, None)
-        if direct:
-            route = (src_host, src_path, dst_host, dst_path, src_backend.direct_ssh_config)
-        facts["route"] = "direct" if direct else "relay"
         if ctx.backup is not None:
             ctx.backup.open(size)
         try:
-            if incremental:
-                kept = self._kept_digests(ctx, volume.id, size, dst_facts)
-                result, digests, stat = self._incremental(ctx, key, size, codec, route, kept)
+            if ctx.incremental and volume.reused:
+                kept = self._kept_digests(ctx, volume.id, size, ends.dst_facts)
+                result, digests, stat = self._incremental(ctx, key, ends, kept)
             else:
-                result, digests, stat = self._full(ctx, key, size, codec, route)
+                result, digests, stat = self._full(ctx, key, ends)
             self._finish_volume(ctx, volume)
             ctx.stage("adopted", destination_id=volume.id, project_id=ctx.destination_project_id)
             result.destination_id = volume.id
-            result.details.update(facts)
+            result.details.update(ends.facts)
             ctx.stage("verified", destination_id=volume.id, content_digest=result.content_digest)
         except BaseException as exc:
             if ctx.backup is not None:
@@ -316,7 +344,7 @@ class StreamMethod:
             # What the destination file now holds, and its stat: while the stat is the same,
             # the next incremental pass need not read the destination to know its digests.
             ctx.journal.replace_chunks(kept_key(source, volume.id), compact_rows(digests, size))
-            result.state["destination_stat"] = stat or dst_facts.get("stat")
+            result.state["destination_stat"] = stat or ends.dst_facts.get("stat")
         return result
 
     def _kept_digests(
@@ -349,16 +377,14 @@ class StreamMethod:
         self,
         ctx: PassContext,
         key: str,
-        size: int,
-        codec: str,
+        ends: _Ends,
         offsets: list[int] | None,
         forward: Callable[[int, int], bool],
-        route: _Route,
         compare: dict[str, str] | None = None,
     ) -> tuple[PumpResult, PassResult]:
         """Send the chunks at ``offsets`` (all when None); each acknowledged chunk, read back
         on the destination with the source's digest, is journaled as confirmed."""
-        src_host, src_path, dst_host, dst_path, direct_config = route
+        size = ctx.source.size_bytes
         total = size if offsets is None else sum(min(VERIFY_CHUNK, size - o) for o in offsets)
 
         def confirmed(offset: int, length: int, digest: str) -> None:
@@ -366,27 +392,27 @@ class StreamMethod:
                 key, offset, length, digest or ZERO_CHUNK_SHA256, CHUNK_CONFIRMED
             )
 
-        read = {"path": src_path, "size": size, "codec": codec, "offsets": offsets}
+        read: dict[str, Any] = {"codec": ends.codec, "offsets": offsets}
         if compare is not None:
             read["compare"] = compare
-        write = {"path": dst_path, "size": size, "fsync_bytes": self.fsync_bytes}
+        write = {"path": ends.dst_path, "size": size, "fsync_bytes": self.fsync_bytes}
         progress = lambda done: ctx.on_progress(done, total)  # noqa: E731
         moved: PumpResult
-        if direct_config:
+        if ends.direct_config:
             moved = pump_direct(
-                src_host,
-                read,
-                dst_host,
+                ends.src_host,
+                {"path": ends.src_path, "size": size, **read},
+                ends.destination,
                 write,
-                route_config=direct_config,
+                route_config=ends.direct_config,
                 on_confirmed=confirmed,
                 on_progress=progress,
             )
         else:
             moved = pump(
-                src_host,
-                read,
-                dst_host,
+                ends.src_host,
+                {"path": ends.src_path, "size": size, **read},
+                ends.destination,
                 write,
                 forward=forward,
                 on_confirmed=confirmed,
@@ -410,8 +436,9 @@ class StreamMethod:
         return moved, result
 
     def _full(
-        self, ctx: PassContext, key: str, size: int, codec: str, route: _Route
+        self, ctx: PassContext, key: str, ends: _Ends
     ) -> tuple[PassResult, list[str], list[int] | None]:
+        size = ctx.source.size_bytes
         done = confirmed_digests(ctx.journal.chunks(key), size)
         todo = [o for o in chunk_offsets(size) if o not in done]
         # A backup needs every chunk from this same read; the destination only the missing ones.
@@ -419,11 +446,9 @@ class StreamMethod:
         moved, result = self._stream(
             ctx,
             key,
-            size,
-            codec,
+            ends,
             offsets,
             lambda o, n: any(c not in done for c in range(o, o + n, VERIFY_CHUNK)),
-            route,
         )
         # Every chunk confirmed was read back from the destination's disk with the digest
         # the source read: that is the verification, chunk by chunk.
@@ -437,26 +462,20 @@ class StreamMethod:
         ctx.stage("imported", destination_id=_volume_of(key), bytes_sent=result.bytes_sent)
         digests = [confirmed[o] for o in chunk_offsets(size)]
         result.content_digest = content_digest(digests)
-        result.details.update(resumed_chunks=len(done), codec=codec)
+        result.details.update(resumed_chunks=len(done))
         return result, digests, moved.writer.get("stat")
 
     def _incremental(
-        self,
-        ctx: PassContext,
-        key: str,
-        size: int,
-        codec: str,
-        route: _Route,
-        kept: list[str] | None,
+        self, ctx: PassContext, key: str, ends: _Ends, kept: list[str] | None
     ) -> tuple[PassResult, list[str], list[int] | None]:
         """Send the chunks whose digests differ: the source agent hashes each chunk as it
         reads and sends only those that differ from the destination's digests, which come
         from ``kept`` when the previous pass left them and the file is untouched, else from
         reading the destination first."""
-        src_host, src_path, dst_host, dst_path, _ = route
+        size = ctx.source.size_bytes
         ctx.journal.clear_chunks(key)
         offsets = list(chunk_offsets(size))
-        dst_digests = list(kept) if kept else self._digests(dst_host, dst_path, size, None)
+        dst_digests = list(kept) if kept else self._digests(ends.destination, ends.dst_path, size)
         if ctx.backup is None:
             # The destination's data chunks by offset (JSON keys); zero chunks left out.
             compare = {
@@ -464,20 +483,16 @@ class StreamMethod:
                 for o, d in zip(offsets, dst_digests, strict=True)
                 if d != zero_digest(min(VERIFY_CHUNK, size - o))
             }
-            moved, result = self._stream(
-                ctx, key, size, codec, None, lambda o, n: True, route, compare
-            )
+            moved, result = self._stream(ctx, key, ends, None, lambda o, n: True, compare)
         else:  # the backup needs every chunk's bytes: read all, send what differed before
-            before = self._digests(src_host, src_path, size, None)
+            before = self._digests(ends.src_host, ends.src_path, size)
             wanted = {o for o, a, b in zip(offsets, before, dst_digests, strict=True) if a != b}
             moved, result = self._stream(
                 ctx,
                 key,
-                size,
-                codec,
+                ends,
                 None,
                 lambda o, n: any(c in wanted for c in range(o, o + n, VERIFY_CHUNK)),
-                route,
             )
         ctx.stage("imported", destination_id=_volume_of(key), bytes_sent=result.bytes_sent)
         src_digests = expand_digests(moved.digests, size)
@@ -490,13 +505,11 @@ class StreamMethod:
         changed = len(sent)
         result.bytes_read = size
         result.content_digest = content_digest(ordered)
-        result.details.update(
-            changed_chunks=changed, codec=codec, destination_digests_kept=kept is not None
-        )
+        result.details.update(changed_chunks=changed, destination_digests_kept=kept is not None)
         return result, ordered, moved.writer.get("stat")
 
     def _digests(
-        self, host: AgentHost, path: str, size: int, offsets: list[int] | None
+        self, host: AgentHost, path: str, size: int, offsets: list[int] | None = None
     ) -> list[str]:
         answer = host.call("digests", {"path": path, "size": size, "offsets": offsets})
         return [
