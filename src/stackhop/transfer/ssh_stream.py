@@ -196,6 +196,14 @@ class PumpResult:
     #: offset -> (length, sha256 hex; "" for zeros) of every frame the destination confirmed.
     confirmed: dict[int, tuple[int, str]] = field(default_factory=dict)
 
+    def count(self, length: int, wire: int, sent: bool) -> None:
+        """Account for a frame covering ``length`` bytes, ``wire`` of payload if ``sent``."""
+        if sent:
+            self.bytes_sent += length
+            self.bytes_wire += wire
+            self.chunks_sent += 1
+        self.bytes_read += length
+
 
 Confirmed = Callable[[int, int, str], None]
 
@@ -299,7 +307,7 @@ def pump(
                 break
             if kind == agent.SAME:  # already so on the destination: only the digest
                 result.digests[offset] = (length, "" if digest == agent.NO_DIGEST else digest.hex())
-                result.bytes_read += length
+                result.count(length, 0, False)
                 if on_progress is not None:
                     on_progress(result.bytes_read)
                 continue
@@ -320,11 +328,7 @@ def pump(
                         _write_all(dst_fd, payload)
                 else:
                     _splice_exact(src_fd, dst_fd, plen)
-                if send:
-                    result.bytes_sent += length
-                    result.bytes_wire += plen
-                    result.chunks_sent += 1
-            result.bytes_read += length
+            result.count(length, plen, send and kind == agent.DATA)
             if on_progress is not None:
                 on_progress(result.bytes_read)
         stage = "writing"
@@ -426,11 +430,7 @@ def pump_direct(
             for hook in frame_hooks if kind != agent.SAME else ():
                 hook(agent.DATA if data else kind, offset, length)
             result.digests[offset] = (length, "" if digest == agent.NO_DIGEST else digest.hex())
-            if data:
-                result.bytes_sent += length
-                result.bytes_wire += plen
-                result.chunks_sent += 1
-            result.bytes_read += length
+            result.count(length, plen, data)
             if on_progress is not None:
                 on_progress(result.bytes_read)
         if proc.wait() != 0 or book.end is None:
