@@ -196,8 +196,10 @@ class PumpResult:
     #: offset -> (length, sha256 hex; "" for zeros) of every frame the destination confirmed.
     confirmed: dict[int, tuple[int, str]] = field(default_factory=dict)
 
-    def count(self, length: int, wire: int, sent: bool) -> None:
-        """Account for a frame covering ``length`` bytes, ``wire`` of payload if ``sent``."""
+    def frame(self, offset: int, length: int, digest: bytes, wire: int, sent: bool) -> None:
+        """Record a frame's digest and account for its ``length`` bytes (``wire`` bytes of
+        payload when its data was ``sent``); before its acknowledgement can arrive."""
+        self.digests[offset] = (length, "" if digest == agent.NO_DIGEST else digest.hex())
         if sent:
             self.bytes_sent += length
             self.bytes_wire += wire
@@ -305,16 +307,11 @@ def pump(
             if kind == agent.END:
                 result.reader = json.loads(_read_exact(src_fd, plen)) if plen else {}
                 break
-            if kind == agent.SAME:  # already so on the destination: only the digest
-                result.digests[offset] = (length, "" if digest == agent.NO_DIGEST else digest.hex())
-                result.count(length, 0, False)
-                if on_progress is not None:
-                    on_progress(result.bytes_read)
-                continue
-            send = forward(offset, length)
+            # A SAME frame is already so on the destination: only its digest counts.
+            send = kind != agent.SAME and forward(offset, length)
             for hook in frame_hooks if send else ():
                 hook(kind, offset, length)
-            result.digests[offset] = (length, digest.hex() if kind == agent.DATA else "")
+            result.frame(offset, length, digest, plen, send and kind == agent.DATA)
             stage = "writing"
             header = agent.pack_header(kind, packing, plen, offset, length, digest)
             if send:
@@ -328,7 +325,6 @@ def pump(
                         _write_all(dst_fd, payload)
                 else:
                     _splice_exact(src_fd, dst_fd, plen)
-            result.count(length, plen, send and kind == agent.DATA)
             if on_progress is not None:
                 on_progress(result.bytes_read)
         stage = "writing"
@@ -429,8 +425,7 @@ def pump_direct(
             data = kind == agent.NOTE
             for hook in frame_hooks if kind != agent.SAME else ():
                 hook(agent.DATA if data else kind, offset, length)
-            result.digests[offset] = (length, "" if digest == agent.NO_DIGEST else digest.hex())
-            result.count(length, plen, data)
+            result.frame(offset, length, digest, plen, data)
             if on_progress is not None:
                 on_progress(result.bytes_read)
         if proc.wait() != 0 or book.end is None:

@@ -44,6 +44,7 @@ from stackhop.errors import ConfigError
 ENV_VAR = "STACKHOP_STORAGE_MAP"
 
 DRIVERS = ("rbd", "file")
+KEYS = {"driver", "ssh_host", "pool", "ceph_conf", "keyring", "user", "path", "direct_ssh_config"}
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,7 @@ def _backend(cloud: str, name: str, entry: Any, source: str) -> Backend:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"storage map {source}: {cloud}.{name} must be a mapping")
     fields = {k: (None if v is None else str(v)) for k, v in entry.items()}
-    known = {"driver", "ssh_host", "pool", "ceph_conf", "keyring", "user", "path"}
-    known.add("direct_ssh_config")
-    unknown = set(fields) - known
+    unknown = set(fields) - KEYS
     if unknown:
         raise ConfigError(
             f"storage map {source}: {cloud}.{name} has unknown keys {sorted(unknown)}"

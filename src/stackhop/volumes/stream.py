@@ -183,16 +183,12 @@ def cloud_name(conn: Any) -> str:
 
 def confirmed_digests(rows: Mapping[int, ChunkRecord], size: int) -> dict[int, str]:
     """Per-chunk digests of the confirmed journal rows; a zero run row covers several chunks."""
-    digests: dict[int, str] = {}
-    for row in rows.values():
-        if row.state != CHUNK_CONFIRMED:
-            continue
-        if row.digest == ZERO_CHUNK_SHA256:
-            for offset in range(row.offset, min(row.offset + row.length, size), VERIFY_CHUNK):
-                digests[offset] = zero_digest(min(VERIFY_CHUNK, size - offset))
-        else:
-            digests[row.offset] = row.digest
-    return digests
+    frames = {
+        row.offset: (row.length, "" if row.digest == ZERO_CHUNK_SHA256 else row.digest)
+        for row in rows.values()
+        if row.state == CHUNK_CONFIRMED
+    }
+    return expand_digests(frames, size)
 
 
 class StreamMethod:
