@@ -17,7 +17,7 @@ from typing import Any
 from testbed import layout
 from testbed.component import Component
 from testbed.infra.locked import LockedComponent
-from testbed.openstack import runtime, schema
+from testbed.openstack import keystone_ldap, runtime, schema
 from testbed.openstack.config import (
     common_sections,
     make_service_dirs,
@@ -75,7 +75,11 @@ def _write_config(c: layout.CloudLayout) -> bool:
             "credential": {"key_repository": data / "credential-keys"},
             # bcrypt's minimum cost: every token request checks a password hash,
             # and the testbed's passwords protect nothing.
-            "identity": {"password_hash_rounds": 4, "caching": False},
+            "identity": {
+                "password_hash_rounds": 4,
+                "caching": False,
+                **keystone_ldap.identity_options(c),
+            },
             # One process: an in-process cache is coherent, and spares the
             # database a lookup per token validation. Identity data stays
             # uncached: the seed writes Keystone's tables directly (dst's
@@ -200,13 +204,20 @@ def component(c: layout.CloudLayout) -> Component:
 
     def setup() -> None:
         runtime.write_shared_files()
-        runtime.restart_on_change(_write_config(c), [d])
+        changed = _write_config(c)
+        changed = keystone_ldap.write_domain_configs(c) or changed
+        runtime.restart_on_change(changed, [d])
         _bootstrap(c)
+
+    def after_start() -> None:
+        register_catalog(c)
+        keystone_ldap.ensure_domain(c, d)
 
     return LockedComponent(
         name=f"{NAME}-{c.name}",
-        after=("mariadb",),
+        # slapd: dst's ldap_users domain reads the directory (only when asked, but then at once).
+        after=("mariadb", "slapd") if keystone_ldap.enabled(c) else ("mariadb",),
         daemons=[d],
         setup=setup,
-        after_start=lambda: register_catalog(c),
+        after_start=after_start,
     )

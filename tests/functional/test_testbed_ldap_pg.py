@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import ldap
@@ -19,8 +20,9 @@ import pymysql
 import pytest
 from ldap.controls import SimplePagedResultsControl
 from testbed import layout
-from testbed.infra import ldap_directory, postgresql, slapd
+from testbed.infra import ldap_directory, mariadb, postgresql, slapd
 from testbed.legacy_db import liberty, pg_mirror
+from testbed.openstack import keystone_ldap, keystone_private, runtime
 
 pytestmark = pytest.mark.functional
 SRC = layout.SRC
@@ -268,3 +270,69 @@ def test_liberty_rows_are_srcs_plus_one_soft_deleted_twin(legacy_dbs: None, serv
         assert sorted(_rows(c, "SELECT tenant_id, id, name, description FROM securitygroups")
                       ) == groups
 
+
+
+# -- Keystone with a domain-specific LDAP domain (a private copy of dst's) ----------------
+
+
+@pytest.fixture(scope="module")
+def ldap_keystone(seeded: object) -> Iterator[keystone_private.PrivateKeystone]:
+    with keystone_private.private_keystone(
+        layout.DST, "ldapcheck", ldap_bind_password=layout.LDAP_BIND_PASSWORD
+    ) as ks:
+        yield ks
+
+
+def test_ldap_domain_lists_every_person_with_generated_ids(
+    ldap_keystone: keystone_private.PrivateKeystone,
+) -> None:
+    ident: Any = ldap_keystone.connection().identity
+    domain = ident.find_domain(layout.LDAP_DOMAIN)
+    users = {u.name: u for u in ident.users(domain_id=domain.id)}  # pages through slapd
+    assert len(users) == ldap_directory.BULK_PEOPLE + len(ldap_directory.NAMED_PEOPLE)
+    for uid, name in ldap_directory.NAMED_PEOPLE:
+        assert users[name].id == keystone_ldap.public_id(domain.id, uid) != uid
+    assert {"zoë", "jürgen", "李雷"} <= set(users)
+    assert users["dora"].is_enabled is False and users["lina"].is_enabled is True
+    assert users["lina"].email == "lina@ldap.example.org"
+    # alice: an SQL user of Default and a person of the directory, two IDs.
+    sql_alice = ident.find_user("alice", domain_id="default")
+    assert sql_alice is not None and sql_alice.id != users["alice"].id
+    # Without domain_id, a project-scoped token lists its project's domain only.
+    unscoped = {u.name for u in ident.users()}
+    assert "alice" in unscoped and "lina" not in unscoped and "user0001" not in unscoped
+    mapped = mariadb.sql(
+        f"SELECT COUNT(*) FROM id_mapping WHERE domain_id = '{domain.id}' AND entity_type = 'user'",
+        database=ldap_keystone.name,
+    )
+    assert int(mapped) == len(users)
+
+
+def test_ldap_people_log_in_and_the_disabled_one_does_not(
+    ldap_keystone: keystone_private.PrivateKeystone,
+) -> None:
+    for uid, name in (("lina", "lina"), ("lilei", "李雷")):
+        conn = ldap_keystone.connection(
+            username=name, password=ldap_directory.password(uid),
+            user_domain_name=layout.LDAP_DOMAIN, project_name="", project_domain_name="",
+        )
+        assert conn.session.get_token()
+    dora = ldap_keystone.connection(
+        username="dora", password=ldap_directory.password("dora"),
+        user_domain_name=layout.LDAP_DOMAIN, project_name="", project_domain_name="",
+    )
+    with pytest.raises(Exception, match="401|[Uu]nauthori"):
+        dora.session.get_token()
+
+
+def test_wrong_bind_password_breaks_only_that_domain(seeded: object) -> None:
+    with keystone_private.private_keystone(
+        layout.DST, "badbind", ldap_bind_password="not-the-password", slot=1
+    ) as ks:
+        ident: Any = ks.connection().identity
+        domain = ident.find_domain(layout.LDAP_DOMAIN)
+        assert ident.find_user("alice", domain_id="default") is not None
+        with pytest.raises(Exception) as failure:
+            list(ident.users(domain_id=domain.id))
+        log = runtime.log_since_start(ks.daemon)
+    assert "Invalid credentials" in log or "INVALID_CREDENTIALS" in log, str(failure.value)
