@@ -87,6 +87,22 @@ def identity_options(c: layout.CloudLayout) -> dict[str, object]:
     }
 
 
+def hybrid_sections(bind_password: str = layout.LDAP_BIND_PASSWORD) -> dict[
+    str, dict[str, object]
+]:
+    """keystone.conf sections of src's hybrid shape: Default on SQL + the directory.
+
+    ``[identity] driver = stackhop_hybrid`` (the shim in ``shims/``), the
+    directory in the global ``[ldap]`` section, and IDs left unmapped
+    (``backward_compatible_ids``, Keystone's default, stated).
+    """
+    return {
+        "identity": {"driver": "stackhop_hybrid"},
+        "ldap": ldap_options(bind_password),
+        "identity_mapping": {"backward_compatible_ids": True},
+    }
+
+
 def domain_sections(bind_password: str = layout.LDAP_BIND_PASSWORD) -> Sections:
     return {"identity": {"driver": "ldap"}, "ldap": ldap_options(bind_password)}
 

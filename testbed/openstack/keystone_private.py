@@ -66,7 +66,7 @@ class PrivateKeystone:
 
 
 def _private_config(c: layout.CloudLayout, name: str, base: Path,
-                    extra_identity: dict[str, object]) -> Sections:
+                    extra: dict[str, dict[str, object]]) -> Sections:
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read(keystone.config_file(c))
@@ -76,7 +76,8 @@ def _private_config(c: layout.CloudLayout, name: str, base: Path,
         sections[section]["key_repository"] = base / "fernet-keys"
     sections["credential"]["key_repository"] = base / "credential-keys"
     sections["oslo_concurrency"]["lock_path"] = base / "locks"
-    sections["identity"].update(extra_identity)
+    for section, options in extra.items():
+        sections.setdefault(section, {}).update(options)
     return sections
 
 
@@ -86,12 +87,16 @@ def private_keystone(
     label: str,
     *,
     ldap_bind_password: str | None = None,
+    hybrid_bind_password: str | None = None,
     slot: int = 0,
 ) -> Iterator[PrivateKeystone]:
-    """A copy of cloud ``c``'s Keystone; with ``ldap_bind_password``, plus its LDAP domain.
+    """A copy of cloud ``c``'s Keystone, optionally reading the directory.
 
-    The LDAP domain (``layout.LDAP_DOMAIN``) is created in the copy and the copy
-    restarted, as :func:`keystone_ldap.ensure_domain` does on a cloud.
+    With ``ldap_bind_password``: plus the domain-specific LDAP domain
+    (``layout.LDAP_DOMAIN``), created in the copy and the copy restarted, as
+    :func:`keystone_ldap.ensure_domain` does on a cloud. With
+    ``hybrid_bind_password``: the default domain's driver is the hybrid one
+    (:mod:`stackhop_hybrid_identity`): SQL users and the directory's people.
     """
     name = f"{c.name}_keystone_{label}"
     port = PRIVATE_PORT_BASE + slot
@@ -101,13 +106,17 @@ def private_keystone(
     live = service_data(c, "keystone")
     shutil.copytree(live / "fernet-keys", base / "fernet-keys")
     shutil.copytree(live / "credential-keys", base / "credential-keys")
-    extra: dict[str, object] = {}
+    extra: dict[str, dict[str, object]] = {}
     if ldap_bind_password is not None:
         domains = base / "domains"
         domains.mkdir()
         write_ini(domains / f"keystone.{layout.LDAP_DOMAIN}.conf",
                   keystone_ldap.domain_sections(ldap_bind_password))
-        extra = {"domain_specific_drivers_enabled": True, "domain_config_dir": domains}
+        extra["identity"] = {"domain_specific_drivers_enabled": True, "domain_config_dir": domains}
+    if hybrid_bind_password is not None:
+        extra.update(keystone_ldap.hybrid_sections(hybrid_bind_password))
+    # The shims' entry points (the hybrid driver's) in a directory of its own.
+    runtime.write_plugin_metadata(base / "plugins", name=f"stackhop-private-{label}")
     conf = base / "keystone.conf"
     write_ini(conf, _private_config(c, name, base, extra))
     dump = base / "keystone.sql"
@@ -119,6 +128,7 @@ def private_keystone(
     daemon = runtime.uwsgi_daemon(
         f"keystone-{c.name}-{label}", port, "keystone.wsgi.api:application",
         env={"OS_KEYSTONE_CONFIG_FILES": str(conf)},
+        python_path=[base / "plugins"],
     )
     instance = PrivateKeystone(name=name, port=port, dir=base, daemon=daemon)
     try:

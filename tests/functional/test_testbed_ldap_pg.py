@@ -336,3 +336,57 @@ def test_wrong_bind_password_breaks_only_that_domain(seeded: object) -> None:
             list(ident.users(domain_id=domain.id))
         log = runtime.log_since_start(ks.daemon)
     assert "Invalid credentials" in log or "INVALID_CREDENTIALS" in log, str(failure.value)
+
+
+# -- src's hybrid shape (a private copy of src's Keystone) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def hybrid_keystone(seeded: object) -> Iterator[keystone_private.PrivateKeystone]:
+    with keystone_private.private_keystone(
+        layout.SRC, "hybridcheck", hybrid_bind_password=layout.LDAP_BIND_PASSWORD, slot=2
+    ) as ks:
+        yield ks
+
+
+def test_hybrid_default_domain_holds_sql_users_and_people_with_raw_ids(
+    hybrid_keystone: keystone_private.PrivateKeystone,
+) -> None:
+    ident: Any = hybrid_keystone.connection().identity
+    users = list(ident.users(domain_id="default"))
+    by_name: dict[str, list[Any]] = {}
+    for u in users:
+        by_name.setdefault(u.name, []).append(u)
+    people = ldap_directory.BULK_PEOPLE + len(ldap_directory.NAMED_PEOPLE)
+    for uid, name in ldap_directory.NAMED_PEOPLE:
+        assert uid in {u.id for u in by_name[name]}, name  # the raw LDAP ID
+    assert {u.domain_id for u in users} == {"default"}
+    assert len([u for u in users if not _is_hex_id(u.id)]) == people
+    # Service users and the seed's SQL users stay SQL users of Default.
+    assert {"admin", "nova", "cinder", "bob"} <= set(by_name)
+    assert sorted(_is_hex_id(u.id) for u in by_name["alice"]) == [False, True]
+    assert [u.is_enabled for u in by_name["dora"]] == [False]
+    mapped = mariadb.sql("SELECT COUNT(*) FROM id_mapping", database=hybrid_keystone.name)
+    assert int(mapped) == 0
+
+
+def test_hybrid_logins_and_role_assignment(
+    hybrid_keystone: keystone_private.PrivateKeystone,
+) -> None:
+    ident: Any = hybrid_keystone.connection().identity
+    for name, pw in (("lina", ldap_directory.password("lina")), ("alice", "alice-seed-pw")):
+        conn = hybrid_keystone.connection(username=name, password=pw, project_name="",
+                                          project_domain_name="")
+        assert conn.session.get_token(), name
+    with pytest.raises(Exception, match="401|[Uu]nauthori"):
+        hybrid_keystone.connection(username="alice", password=ldap_directory.password("alice"),
+                                   project_name="", project_domain_name="").session.get_token()
+    project = ident.find_project("alpha", domain_id="default")
+    role = ident.find_role("member")
+    ident.assign_project_role_to_user(project, "zoe", role)
+    assert [a.scope["project"]["id"] for a in ident.role_assignments(user_id="zoe")] == [
+        project.id]
+
+
+def _is_hex_id(value: str) -> bool:
+    return len(value) == 32 and all(ch in "0123456789abcdef" for ch in value)
