@@ -31,6 +31,10 @@ from testbed.process import Daemon
 #: half); until then :mod:`testbed.openstack.keystone_private` runs this
 #: configuration on a private copy of dst's Keystone.
 DOMAIN_SPECIFIC_CLOUDS: tuple[str, ...] = ()
+#: The clouds whose shared Keystone runs the hybrid shape (Default = SQL users +
+#: the directory's people, raw LDAP IDs). Empty for the same reason: flip to
+#: ``("src",)`` with stackhop's per-domain user mapping (docs/testbed.md).
+HYBRID_CLOUDS: tuple[str, ...] = ()
 #: Results per LDAP page: several pages for the directory's 1,209 people.
 PAGE_SIZE = 200
 
@@ -44,7 +48,23 @@ def domain_config_file(c: layout.CloudLayout, domain: str = layout.LDAP_DOMAIN) 
 
 
 def enabled(c: layout.CloudLayout) -> bool:
+    """Cloud ``c``'s Keystone has the domain-specific LDAP domain."""
     return c.name in DOMAIN_SPECIFIC_CLOUDS
+
+
+def reads_directory(c: layout.CloudLayout) -> bool:
+    """Cloud ``c``'s Keystone reads the directory at all (it then needs slapd)."""
+    return enabled(c) or c.name in HYBRID_CLOUDS
+
+
+def config_sections(c: layout.CloudLayout) -> dict[str, dict[str, object]]:
+    """What cloud ``c``'s ``keystone.conf`` gains for the directory (section -> options)."""
+    sections: dict[str, dict[str, object]] = {}
+    if c.name in HYBRID_CLOUDS:
+        sections.update(hybrid_sections())
+    if enabled(c):
+        sections.setdefault("identity", {}).update(identity_options(c))
+    return sections
 
 
 def ldap_options(bind_password: str = layout.LDAP_BIND_PASSWORD) -> dict[str, object]:
