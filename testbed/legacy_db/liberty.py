@@ -7,7 +7,9 @@ services' repositories, not by running Liberty:
   from 275, ``name`` NOT NULL from 280), ``quotas``, ``project_user_quotas``
   and ``quota_classes`` all in the **main** ``nova`` database, each with
   ``deleted`` INTEGER (0, or the row's ID once soft-deleted). Keypairs moved
-  to ``nova_api`` in Newton, quotas in Pike.
+  to ``nova_api`` in Newton, quotas in Ocata
+  (the API tables and their online data migration are in nova 15.0.0; the
+  issue said Pike).
 - Neutron: ``securitygroups``, ``securitygrouprules``, ``quotas`` and
   ``default_security_group`` with ``tenant_id`` (``project_id`` from Newton),
   ``description`` on the group row itself and no ``standardattributes``
