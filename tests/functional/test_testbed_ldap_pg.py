@@ -142,11 +142,6 @@ def test_directory_binds_and_access_rules() -> None:
         anon.search_s(layout.LDAP_USERS_DN, ldap.SCOPE_ONELEVEL, "(uid=zoe)")
 
 
-def test_ldif_encodes_what_is_not_plain_ascii() -> None:
-    text = slapd.ldif([ldap_directory.Entry("uid=x,dc=t", {"cn": ["zoë"], "sn": ["plain"]})])
-    assert "cn:: em/Dqw==" in text and "sn: plain" in text
-
-
 # -- PostgreSQL mirror ---------------------------------------------------------------------
 
 #: Tables the seed fills and no service rewrites on its own (no heartbeats).
