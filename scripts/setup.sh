@@ -12,6 +12,9 @@ DEBIAN_PACKAGES=(
   openssh-server openssh-client             # the storage hosts volume streaming runs on
   nfs-common qemu-utils curl                # Cinder's NFS driver helpers, qemu-img
   chromium                                  # headless browser: the usage report's rendering test
+  slapd ldap-utils                          # the LDAP directory behind both Keystones (issue 21)
+  libldap2-dev libsasl2-dev                 # python-ldap builds from source (no wheels on PyPI)
+  postgresql                                # src's databases on PostgreSQL, Liberty shapes (issue 21)
 )
 
 missing=()

@@ -55,6 +55,16 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_legacy_dbs(args: argparse.Namespace) -> int:
+    from testbed.legacy_db import liberty, pg_mirror
+
+    t0 = time.monotonic()
+    pg_mirror.mirror()
+    liberty.build()
+    print(f"legacy databases ready in {time.monotonic() - t0:.1f}s")
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     if not layout.ENV_FILE.exists():
         print("testbed not set up; run: make testbed-up", file=sys.stderr)
@@ -86,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     status.set_defaults(func=cmd_status)
     seed = sub.add_parser("seed", help="fill src (and a little of dst) with sample tenant data")
     seed.set_defaults(func=cmd_seed)
+    sub.add_parser(
+        "legacy-dbs",
+        help="after seed: src's databases on PostgreSQL, and Liberty-shaped ones on both servers",
+    ).set_defaults(func=cmd_legacy_dbs)
     sub.add_parser("env", help="print the env file (source it to use the clouds)").set_defaults(
         func=cmd_env
     )

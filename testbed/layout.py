@@ -46,6 +46,22 @@ RABBIT_PORT = 35672
 RABBIT_DIST_PORT = 35673
 EPMD_PORT = 34369
 ZOOKEEPER_PORT = 42181
+#: OpenLDAP (Debian's slapd): the directory both clouds' Keystones read (issue 21).
+LDAP_PORT = 38389
+LDAP_URL = f"ldap://{HOST}:{LDAP_PORT}"
+LDAP_SUFFIX = "dc=stackhop,dc=test"
+LDAP_ADMIN_DN = f"cn=admin,{LDAP_SUFFIX}"  # slapd's rootdn: writes the directory
+LDAP_ADMIN_PASSWORD = "ldapadminpw"
+LDAP_BIND_DN = f"cn=keystone,ou=Services,{LDAP_SUFFIX}"  # what Keystone binds as: read-only
+LDAP_BIND_PASSWORD = "ldapkeystonepw"
+LDAP_USERS_DN = f"ou=People,{LDAP_SUFFIX}"
+LDAP_GROUPS_DN = f"ou=Groups,{LDAP_SUFFIX}"
+#: The group whose members Keystone sees as enabled (``user_enabled_emulation``).
+LDAP_ENABLED_DN = f"cn=enabled_users,{LDAP_GROUPS_DN}"
+#: dst's domain whose users come from the directory through a domain-specific driver.
+LDAP_DOMAIN = "ldap_users"
+#: PostgreSQL (Debian's): src's databases mirrored there, and the Liberty-shaped ones (issue 21).
+POSTGRES_PORT = 35432
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,13 @@ class CloudLayout:
         return (
             f"mysql+pymysql://{DB_USER}:{DB_PASSWORD}@{HOST}:{MARIADB_PORT}/"
             f"{self.db_name(service)}?charset=utf8mb4"
+        )
+
+    def pg_url(self, service: str) -> str:
+        """The same database of this cloud on the testbed's PostgreSQL (a mirror; see docs)."""
+        return (
+            f"postgresql://{DB_USER}:{DB_PASSWORD}@{HOST}:{POSTGRES_PORT}/"
+            f"{self.db_name(service)}"
         )
 
     @property

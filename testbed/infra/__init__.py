@@ -1,10 +1,11 @@
-"""The testbed's shared infrastructure: MariaDB, RabbitMQ, ZooKeeper, Ceph, ssh hosts."""
+"""The testbed's shared infrastructure: MariaDB, RabbitMQ, ZooKeeper, Ceph, ssh hosts,
+slapd and PostgreSQL."""
 
 from __future__ import annotations
 
 from testbed import layout
 from testbed.component import Component
-from testbed.infra import ceph, mariadb, rabbitmq, sshhost, zookeeper
+from testbed.infra import ceph, mariadb, postgresql, rabbitmq, slapd, sshhost, zookeeper
 
 
 def components() -> list[Component]:
@@ -13,6 +14,8 @@ def components() -> list[Component]:
         mariadb.component(),
         rabbitmq.component(),
         zookeeper.component(),
+        slapd.component(),
+        postgresql.component(),
         *(ceph.component(c) for c in layout.CLOUDS),
         *(sshhost.component(c) for c in layout.CLOUDS),
     ]

@@ -17,7 +17,7 @@ from typing import Any
 from testbed import layout
 from testbed.component import Component
 from testbed.infra.locked import LockedComponent
-from testbed.openstack import runtime, schema
+from testbed.openstack import keystone_ldap, runtime, schema
 from testbed.openstack.config import (
     common_sections,
     make_service_dirs,
@@ -64,29 +64,29 @@ def config_file(c: layout.CloudLayout) -> Path:
 def _write_config(c: layout.CloudLayout) -> bool:
     make_service_dirs(c, NAME)
     data = service_data(c, NAME)
-    return write_ini(
-        config_file(c),
-        {
-            "DEFAULT": {},
-            "database": {"connection": c.db_url(NAME)},
-            "token": {"provider": "fernet"},
-            "fernet_tokens": {"key_repository": data / "fernet-keys"},
-            "fernet_receipts": {"key_repository": data / "fernet-keys"},
-            "credential": {"key_repository": data / "credential-keys"},
-            # bcrypt's minimum cost: every token request checks a password hash,
-            # and the testbed's passwords protect nothing.
-            "identity": {"password_hash_rounds": 4, "caching": False},
-            # One process: an in-process cache is coherent, and spares the
-            # database a lookup per token validation. Identity data stays
-            # uncached: the seed writes Keystone's tables directly (dst's
-            # copy of src's projects), and must be seen at once.
-            "cache": {"enabled": True, "backend": "dogpile.cache.memory"},
-            "resource": {"caching": False},
-            "assignment": {"caching": False},
-            "role": {"caching": False},
-            **common_sections(c, NAME),
-        },
-    )
+    sections: dict[str, dict[str, object]] = {
+        "DEFAULT": {},
+        "database": {"connection": c.db_url(NAME)},
+        "token": {"provider": "fernet"},
+        "fernet_tokens": {"key_repository": data / "fernet-keys"},
+        "fernet_receipts": {"key_repository": data / "fernet-keys"},
+        "credential": {"key_repository": data / "credential-keys"},
+        # bcrypt's minimum cost: every token request checks a password hash,
+        # and the testbed's passwords protect nothing.
+        "identity": {"password_hash_rounds": 4, "caching": False},
+        # One process: an in-process cache is coherent, and spares the
+        # database a lookup per token validation. Identity data stays
+        # uncached: the seed writes Keystone's tables directly (dst's
+        # copy of src's projects), and must be seen at once.
+        "cache": {"enabled": True, "backend": "dogpile.cache.memory"},
+        "resource": {"caching": False},
+        "assignment": {"caching": False},
+        "role": {"caching": False},
+        **common_sections(c, NAME),
+    }
+    for section, options in keystone_ldap.config_sections(c).items():
+        sections[section] = {**sections.get(section, {}), **options}
+    return write_ini(config_file(c), sections)
 
 
 def _manage(c: layout.CloudLayout, *args: str) -> None:
@@ -200,13 +200,20 @@ def component(c: layout.CloudLayout) -> Component:
 
     def setup() -> None:
         runtime.write_shared_files()
-        runtime.restart_on_change(_write_config(c), [d])
+        changed = _write_config(c)
+        changed = keystone_ldap.write_domain_configs(c) or changed
+        runtime.restart_on_change(changed, [d])
         _bootstrap(c)
+
+    def after_start() -> None:
+        register_catalog(c)
+        keystone_ldap.ensure_domain(c, d)
 
     return LockedComponent(
         name=f"{NAME}-{c.name}",
-        after=("mariadb",),
+        # slapd: dst's ldap_users domain reads the directory (only when asked, but then at once).
+        after=("mariadb", "slapd") if keystone_ldap.reads_directory(c) else ("mariadb",),
         daemons=[d],
         setup=setup,
-        after_start=lambda: register_catalog(c),
+        after_start=after_start,
     )

@@ -44,6 +44,9 @@ _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENTRY_POINTS = """\
 [neutron.ml2.mechanism_drivers]
 stackhop_bind_all = stackhop_bind_all:BindAllMechanismDriver
+
+[keystone.identity]
+stackhop_hybrid = stackhop_hybrid_identity:HybridIdentity
 """
 
 _SUDO = """\
@@ -70,12 +73,19 @@ def write_shared_files() -> None:
 
 
 def _write_shared_files() -> None:
-    dist = PLUGINS_DIR / "stackhop_testbed_shims-1.0.dist-info"
-    write_file(
-        dist / "METADATA", "Metadata-Version: 2.1\nName: stackhop-testbed-shims\nVersion: 1.0\n"
-    )
-    write_file(dist / "entry_points.txt", _ENTRY_POINTS)
+    write_plugin_metadata(PLUGINS_DIR)
     write_file(TOOLS_DIR / "sudo", _SUDO, mode=0o755)
+
+
+def write_plugin_metadata(plugins_dir: Path, name: str = "stackhop-testbed-shims") -> None:
+    """The shims' entry points as installed distribution ``name``'s metadata in ``plugins_dir``.
+
+    Python sees one distribution per name (the first on the path): a private
+    copy beside the shared one needs a name of its own.
+    """
+    dist = plugins_dir / f"{name.replace('-', '_')}-1.0.dist-info"
+    write_file(dist / "METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    write_file(dist / "entry_points.txt", _ENTRY_POINTS)
 
 
 def service_env(extra_path: Sequence[Path] = ()) -> dict[str, str]:

@@ -66,6 +66,11 @@ def _dump(database: str, target: Path) -> None:
     tmp.replace(target)
 
 
+def dump(database: str, target: Path) -> None:
+    """Dump ``database`` (schema and rows) to ``target``, atomically."""
+    _dump(database, target)
+
+
 def load(dump: Path, database: str) -> None:
     """Load a template dump into ``database`` (its tables are dropped and re-created)."""
     with open(dump, "rb") as source:
