@@ -21,7 +21,7 @@ def _run(*argv: str) -> tuple[int, str]:
     ("extra", "message"),
     [
         (("--interactive", "--all"), "--interactive picks the volumes"),
-        (("--all", "--workers", "0"), "--workers must be at least 1"),
+        (("--all", "--workers", "0"), "argument --workers: must be at least 1"),
         (("--all",), "name the source project with --project"),
     ],
 )
