@@ -130,7 +130,9 @@ def export(
     users = _users_of(conn, all_users, chosen) if projects else all_users
     counts = {USER: _write_all(sink, USER, users), PROJECT: _write_all(sink, PROJECT, chosen)}
     exported: dict[str, list[Record]] = {}
-    scope = ExportScope(users=users, projects=chosen, exported=exported)
+    scope = ExportScope(
+        users=users, projects=chosen, exported=exported, whole_cloud=not projects
+    )
     ordered = [k for level in registry.dependency_levels(map(registry.get, kinds)) for k in level]
     needed = {dep for kind in ordered for dep in kind.dependencies()}
     for kind in ordered:

@@ -26,8 +26,9 @@ class Schedule:
     even one that is only skipped: its ID mapping must be journaled first).
     Ready operations are shared among the services (each service is its own
     API server: a rule request to Neutron and a keypair request to Nova run
-    side by side); within a service, referenced kinds first, then plan order. Operations arrive in batches
-    (:meth:`add`); a batch may depend only on earlier ones.
+    side by side); within a service, referenced kinds first, then plan order.
+    Operations arrive in batches (:meth:`add`); a batch may depend only on
+    earlier ones.
     """
 
     def __init__(self, *, sequential: bool = False) -> None:

@@ -62,6 +62,8 @@ class ExportScope:
     users: Sequence[Record]
     projects: Sequence[Record]
     exported: Mapping[str, Sequence[Record]]
+    #: True when no ``--project`` narrowed the export (objects of no project are in it too).
+    whole_cloud: bool = True
 
 
 Decision = Literal["update", "conflict", "skip"]
