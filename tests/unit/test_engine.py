@@ -372,6 +372,13 @@ def test_rollback_is_a_run_that_marks_what_it_undid(h: Harness, workers: int) ->
     assert h.journal.mapped_id("dst", "test.widget", "widget-src-1") is None
     assert h.journal.mapped_id("dst", "test.widget", "widget-src-2") == "w-old"
     assert h.journal.counts(run_id=imported.run_id)["test.widget"][ROLLED_BACK] == 2
+    from stackhop.cli.status import collect
+
+    report = collect(h.journal).as_dict()
+    assert report["rolled_back"] == [
+        {"run_id": imported.run_id, "rolled_back_by": result.run_id, "operations": 3}
+    ]
+    assert [r["command"] for r in report["runs"]] == ["test import", "rollback"]
     # Nothing is left to undo; the same import can run again and creates anew.
     assert _rollback(h, imported.run_id)[0] == []
     again = h.run(h.plan(records, overwrite=True))
