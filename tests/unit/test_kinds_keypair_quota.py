@@ -38,7 +38,8 @@ def test_quota_keeps_only_explicit_limits() -> None:
 
 
 def test_selectors() -> None:
-    assert selected_kinds([]) == selected_kinds(["flavors", "keypairs", "quotas", "security_groups"])
+    every = ["flavors", "keypairs", "quotas", "security_groups"]
+    assert selected_kinds([]) == selected_kinds(every)
     assert sorted(selected_kinds(["quotas"])) == ["cinder.quota", "neutron.quota", "nova.quota"]
     records = RecordSet()
     records.add_kind("nova.keypair")
