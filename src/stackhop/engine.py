@@ -20,6 +20,12 @@ connections) are retried with exponential backoff and full jitter, honouring
 is never sent again before ``Kind.find`` has looked for it on the destination;
 if it is there it is adopted.
 
+A rollback is a run of the same engine: its :class:`~stackhop.plan.Delete` and
+:class:`~stackhop.plan.Restore` operations are journaled, retried and ordered
+like any other, and when one is ``done`` the row it undid moves to
+``rolled_back`` (and a deleted object's ID mapping is dropped) in the same
+transaction.
+
 Resume is a re-run of the same command: rows already ``done`` are skipped.
 Ctrl-C (KeyboardInterrupt in the calling thread) or setting the ``stop`` event
 stops starting new operations; in-flight ones finish and are recorded; then
@@ -47,14 +53,26 @@ from stackhop.journal import (
     DONE,
     FAILED,
     PENDING,
+    ROLLED_BACK,
     SKIPPED,
     Change,
     Journal,
     Mapping_,
     OperationRecord,
+    Unmapping,
 )
-from stackhop.kinds.base import Connection, DataKind, Record
-from stackhop.plan import Conflict, CopyData, Create, Operation, OperationKey, Skip, Update
+from stackhop.kinds.base import Connection, Record
+from stackhop.plan import (
+    Conflict,
+    Create,
+    Delete,
+    Operation,
+    OperationKey,
+    Restore,
+    Skip,
+    Undo,
+    Update,
+)
 from stackhop.resolve import Resolver
 from stackhop.retry import RetryPolicy, classify, error_text
 from stackhop.schedule import Feed, Schedule
@@ -137,12 +155,14 @@ class _Batch:
     """The journal writes of one engine step, committed in one transaction."""
 
     changes: list[Change] = field(default_factory=list)
-    #: Per change: the operation it starts, or how the operation ends once it is written.
-    effects: list[_Started | _Settled] = field(default_factory=list)
+    #: Per change: the operation it starts, or how the operation ends once it is written
+    #: (None: a change with no effect of its own, as marking a row ``rolled_back``).
+    effects: list[_Started | _Settled | None] = field(default_factory=list)
     mappings: list[Mapping_] = field(default_factory=list)
+    unmappings: list[Unmapping] = field(default_factory=list)
     outcomes: list[_Settled] = field(default_factory=list)
 
-    def add(self, change: Change, effect: _Started | _Settled) -> None:
+    def add(self, change: Change, effect: _Started | _Settled | None) -> None:
         self.changes.append(change)
         self.effects.append(effect)
 
@@ -153,6 +173,8 @@ class _Batch:
     def refuse(self, index: int, error: str) -> None:
         """Change ``index`` could not be written: its operation fails, nothing is called."""
         effect = self.effects[index]
+        if effect is None:
+            return
         op = effect.op if isinstance(effect, _Started) else effect[0]
         self.outcomes.append((op, "failed", error, None))
 
@@ -408,6 +430,10 @@ class Engine:
         if blocked is not None:
             self._fail(plan, op, row, f"not attempted: it depends on {blocked}, which failed")
             return
+        if isinstance(op, Undo):
+            change = self._change(op, row, PENDING, attempt=True)
+            plan.add(change, _Started(op, {}, None, False))
+            return
         try:
             resolved = self.resolver.resolve(kind, op.source)
         except ConflictError as exc:
@@ -448,14 +474,36 @@ class Engine:
     ) -> None:
         change = self._change(op, row, DONE, action=action, destination_id=destination_id)
         plan.add(change, (op, "done", message, destination_id))
+        if isinstance(op, Undo):
+            self._undone(plan, op)
+            return
         self._map(plan, op, destination_id)
+
+    def _undone(self, plan: _Batch, op: Undo) -> None:
+        """Mark the row ``op`` undid ``rolled_back`` (it keeps its run), in the same batch."""
+        undone = op.undoes
+        plan.add(
+            Change(
+                run_id=undone.run_id,
+                scope=undone.scope,
+                kind=undone.kind,
+                identity=undone.identity,
+                state=ROLLED_BACK,
+                action=undone.action,
+                expected=undone,
+                undone_by=self._run_id,
+            ),
+            None,
+        )
+        if isinstance(op, Delete) and undone.source_id is not None:
+            plan.unmappings.append((undone.scope, undone.kind, undone.source_id))
 
     def _fail(self, plan: _Batch, op: Operation, row: OperationRecord | None, error: str) -> None:
         plan.add(self._change(op, row, FAILED, error=error), (op, "failed", error, None))
 
     def _map(self, plan: _Batch, op: Operation, destination_id: str | None) -> None:
         source_id = op.source_id
-        if isinstance(op, CopyData) or destination_id is None or source_id is None:
+        if isinstance(op, Undo) or destination_id is None or source_id is None:
             return
         plan.mappings.append((self.scope, op.kind.name, source_id, destination_id))
 
@@ -493,11 +541,11 @@ class Engine:
         journal), the changes are written one at a time and the refused ones
         fail by name, without their call.
         """
-        if not plan.changes and not plan.mappings:
+        if not plan.changes and not plan.mappings and not plan.unmappings:
             return []
         try:
             rows: list[OperationRecord | None] = list(
-                self.journal.apply(plan.changes, plan.mappings)
+                self.journal.apply(plan.changes, plan.mappings, plan.unmappings)
             )
         except JournalError:
             rows = []
@@ -509,11 +557,13 @@ class Engine:
                     plan.refuse(index, exc.message)
             for mapping in plan.mappings:
                 self.journal.map_id(*mapping)
+            if plan.unmappings:
+                self.journal.apply([], unmappings=plan.unmappings)
         for mapping in plan.mappings:
             self.resolver.remember(mapping[1], mapping[2], mapping[3])
         calls = []
         for row, effect in zip(rows, plan.effects, strict=True):
-            if row is None:
+            if row is None or effect is None:
                 continue
             if isinstance(effect, _Started):
                 calls.append(_Started(effect.op, effect.resolved, row, effect.unknown))
@@ -583,28 +633,16 @@ class Engine:
             assert op.existing is not None
             kind.update(self.destination, resolved, op.existing)
             return kind.destination_id(op.existing)
-        if isinstance(op, CopyData):
-            if not isinstance(kind, DataKind):
-                raise ConflictError(f"{kind.name} carries no data; a copy operation is a bug")
-            target = op.destination_id or self.resolver.lookup(kind.name, kind.source_id(op.source))
-            if target is None:
-                raise ConflictError(
-                    f"{kind.name} {op.identity!r} has no destination object to copy data into"
-                )
-
-            def progress(done: int, total: int | None) -> None:
-                self._emit(
-                    EventType.PROGRESS,
-                    kind=kind.name,
-                    identity=op.identity,
-                    operation=op.action,
-                    done=done,
-                    total=total,
-                    unit="bytes",
-                )
-
-            kind.copy_data(self.destination, resolved, target, progress)
-            return target
+        if isinstance(op, Delete):
+            target = op.destination_id
+            if not op.with_parent and target:
+                kind.delete(self.destination, target)
+            return target or ""
+        if isinstance(op, Restore):
+            if op.undoes.before is None:
+                raise ConflictError(f"{kind.name} {op.identity!r}: no previous state journaled")
+            kind.restore(self.destination, op.undoes.before)
+            return op.destination_id or ""
         raise TypeError(f"the engine cannot apply {type(op).__name__}")
 
     def _failed_dependency(self, op: Operation) -> str | None:

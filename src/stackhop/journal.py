@@ -8,7 +8,8 @@ MariaDB) with five tables:
 ``operations``
     one row per object a command acts on, keyed by ``(scope, kind, identity)``
     so that a re-run of the same command finds the row of an earlier run and
-    skips what is ``done``;
+    skips what is ``done``; a rollback run marks what it undid ``rolled_back``
+    (and journals its own delete / restore operations beside it);
 ``id_map``
     source ID -> destination ID per ``(scope, kind)``, read by the resolver;
 ``chunks``
@@ -62,18 +63,22 @@ PENDING = "pending"
 DONE = "done"
 FAILED = "failed"
 SKIPPED = "skipped"
-STATES = (PENDING, DONE, FAILED, SKIPPED)
+ROLLED_BACK = "rolled_back"
+STATES = (PENDING, DONE, FAILED, SKIPPED, ROLLED_BACK)
 
-#: Allowed state transitions; ``None`` is "no row yet". ``done`` is final: a
-#: re-run skips it. A ``failed`` or ``skipped`` row may be attempted again. An
-#: operation may fail without an attempt (its dependency failed), hence
-#: new -> failed and failed -> failed.
+#: Allowed state transitions; ``None`` is "no row yet". ``done`` is final for
+#: the command that did it (a re-run skips it); only a rollback run moves it on,
+#: to ``rolled_back``, after which the same command may do it again. A
+#: ``failed`` or ``skipped`` row may be attempted again. An operation may fail
+#: without an attempt (its dependency failed), hence new -> failed and
+#: failed -> failed.
 TRANSITIONS: Mapping[str | None, frozenset[str]] = {
     None: frozenset({PENDING, SKIPPED, FAILED}),
     PENDING: frozenset({PENDING, DONE, FAILED, SKIPPED}),
     FAILED: frozenset({PENDING, SKIPPED, FAILED}),
     SKIPPED: frozenset({PENDING, SKIPPED}),
-    DONE: frozenset(),
+    DONE: frozenset({ROLLED_BACK}),
+    ROLLED_BACK: frozenset({PENDING, SKIPPED, FAILED}),
 }
 
 CHUNK_PENDING = "pending"
@@ -164,6 +169,8 @@ class OperationRecord:
     before: Any
     created_at: datetime
     updated_at: datetime
+    #: The rollback run that undid this operation (state ``rolled_back``).
+    undone_by: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -181,6 +188,7 @@ class OperationRecord:
             "before": self.before,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
+            "undone_by": self.undone_by,
         }
 
 
@@ -197,6 +205,9 @@ class ChunkRecord:
 
 Mapping_ = tuple[str, str, str, str]
 """An ID mapping to record: ``(scope, kind, source id, destination id)``."""
+
+Unmapping = tuple[str, str, str]
+"""An ID mapping to drop (its destination object was deleted): ``(scope, kind, source id)``."""
 
 #: Keys per ``IN (...)`` list, well under SQLite's limit on bound parameters.
 _IN_CHUNK = 500
@@ -218,6 +229,8 @@ class Change:
     error: str | None = None
     before: Any = None
     attempt: bool = False
+    #: For a move to ``rolled_back``: the rollback run that undid the operation.
+    undone_by: str | None = None
 
 
 # -- the journal -------------------------------------------------------------
@@ -435,6 +448,7 @@ class Journal:
         error: str | None = None,
         before: Any = None,
         attempt: bool = False,
+        undone_by: str | None = None,
     ) -> OperationRecord:
         """Move one operation to ``state`` in one transaction touching one row.
 
@@ -457,6 +471,7 @@ class Journal:
             error=error,
             before=before,
             attempt=attempt,
+            undone_by=undone_by,
         )
         self.apply([change])
         found = self.operation(scope, kind, identity)
@@ -464,7 +479,10 @@ class Journal:
         return found
 
     def apply(
-        self, changes: Sequence[Change], mappings: Sequence[Mapping_] = ()
+        self,
+        changes: Sequence[Change],
+        mappings: Sequence[Mapping_] = (),
+        unmappings: Sequence[Unmapping] = (),
     ) -> list[OperationRecord]:
         """Apply several state changes and ID mappings in one transaction.
 
@@ -472,7 +490,8 @@ class Journal:
         row; if any of them finds its row moved, nothing is written and
         JournalError is raised (the caller may retry them one by one). The
         rows are returned as written, in the order of ``changes``, without
-        reading them back. ``mappings`` are :meth:`map_id` entries.
+        reading them back. ``mappings`` are :meth:`map_id` entries;
+        ``unmappings`` drop the mappings of objects a rollback deleted.
         """
         now = _now()
         written: list[OperationRecord] = []
@@ -484,6 +503,14 @@ class Journal:
                 change = None
                 for mapping in mappings:
                     self._map_in(conn, *mapping)
+                for scope, kind, source_id in unmappings:
+                    conn.execute(
+                        id_map.delete().where(
+                            id_map.c.scope == scope,
+                            id_map.c.kind == kind,
+                            id_map.c.source_id == source_id,
+                        )
+                    )
         except SAIntegrityError as exc:
             what = f"{change.kind} {change.identity!r}" if change else "an ID mapping"
             raise JournalError(
@@ -514,6 +541,7 @@ class Journal:
             values["destination_id"] = change.destination_id
         if change.before is not None:
             values["before_state"] = change.before
+        values["undone_by"] = change.undone_by if change.state == ROLLED_BACK else None
         if expected is None:
             attempts = 1 if change.attempt else 0
             result = conn.execute(
@@ -566,6 +594,7 @@ class Journal:
             before=change.before if change.before is not None else before,
             created_at=created,
             updated_at=now,
+            undone_by=values["undone_by"],
         )
 
     def rows(
@@ -585,32 +614,6 @@ class Journal:
                     if (row.kind, row.identity) in wanted:
                         found[(row.kind, row.identity)] = _operation_record(row)
         return found
-
-    def forget(self, scope: str, kind: str, identity: str, source_id: str | None = None) -> None:
-        """Delete a ``done`` operation and its ID mapping (rollback undid it).
-
-        A later import then starts that object afresh. One transaction; the
-        row must be ``done`` and exactly one, else JournalError (it changed
-        under us: another process resumed or rolled back the same run).
-        """
-        with self._transaction() as conn:
-            result = conn.execute(
-                operations.delete().where(
-                    operations.c.scope == scope,
-                    operations.c.kind == kind,
-                    operations.c.identity == identity,
-                    operations.c.state == DONE,
-                )
-            )
-            self._expect_one(result, f"forgetting {kind} {identity!r}")
-            if source_id is not None:
-                conn.execute(
-                    id_map.delete().where(
-                        id_map.c.scope == scope,
-                        id_map.c.kind == kind,
-                        id_map.c.source_id == source_id,
-                    )
-                )
 
     # -- ID map --------------------------------------------------------------
 
@@ -759,4 +762,5 @@ def _operation_record(row: sa.Row[Any]) -> OperationRecord:
         before=row.before_state,
         created_at=created,
         updated_at=updated,
+        undone_by=row.undone_by,
     )

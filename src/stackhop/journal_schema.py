@@ -60,6 +60,7 @@ operations = sa.Table(
     sa.Column("before_state", sa.JSON),
     sa.Column("created_at", _timestamp(), nullable=False),
     sa.Column("updated_at", _timestamp(), nullable=False),
+    sa.Column("undone_by", sa.String(36)),
     sa.UniqueConstraint("scope", "kind", "identity", name="uq_operations_key"),
 )
 
@@ -162,10 +163,25 @@ def _migrate_2_rollback_and_chunks(conn: Connection) -> None:
     m.create_all(conn)
 
 
+def _migrate_3_rolled_back(conn: Connection) -> None:
+    """Version 3: ``operations.undone_by``, the rollback run that undid a ``done`` operation.
+
+    From this version a rollback marks what it undid (state ``rolled_back``)
+    instead of deleting the row; journals of version 2 hold no such row, so no
+    data moves. The version bump keeps an older stackhop, which knows no
+    ``rolled_back`` state, from opening a journal that has one.
+    """
+    conn.exec_driver_sql("ALTER TABLE operations ADD COLUMN undone_by VARCHAR(36)")
+
+
 Migration = Callable[[Connection], None]
 
 #: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n+1.
-MIGRATIONS: tuple[Migration, ...] = (_migrate_1_initial, _migrate_2_rollback_and_chunks)
+MIGRATIONS: tuple[Migration, ...] = (
+    _migrate_1_initial,
+    _migrate_2_rollback_and_chunks,
+    _migrate_3_rolled_back,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

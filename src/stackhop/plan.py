@@ -11,8 +11,15 @@ it returns, and the engine applies exactly those. The rules, per record:
 - otherwise look it up on the destination: missing -> :class:`Create`;
   identical in every portable field -> :class:`Skip`; different -> the kind's
   policy (:meth:`~stackhop.kinds.base.Kind.on_difference`): :class:`Update`
-  with ``overwrite``, else :class:`Conflict` listing the differing fields;
-- for kinds that carry bytes, a :class:`CopyData` after the create.
+  with ``overwrite``, else :class:`Conflict` listing the differing fields.
+
+A rollback is planned from the journal instead (:mod:`stackhop.rollback`):
+:class:`Delete` and :class:`Restore` operations, each undoing one ``done``
+operation of an earlier run, applied by the same engine.
+
+Kinds whose objects carry bytes copy them inside ``create`` (a Glance upload
+is all-or-nothing, so the object and its data are one step); there is no
+separate data operation.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stackhop.errors import UnmappedReferenceError
+from stackhop.journal import OperationRecord
 from stackhop.kinds import dependency_levels
-from stackhop.kinds.base import DataKind, Difference, Kind, Record
+from stackhop.kinds.base import Difference, Kind, Record
 from stackhop.resolve import Resolver
 
 OperationKey = tuple[str, str]
@@ -141,20 +149,54 @@ class Conflict(Operation):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CopyData(Operation):
-    """Copy the bytes of ``object`` (``size`` bytes if known) into the destination object."""
+class Undo(Operation):
+    """Undo what operation ``undoes`` (a ``done`` row of an earlier run) did (rollback).
 
-    action: ClassVar[str] = "copy"
-    object: str
-    size: int | None = None
+    Its journal key names the run it undoes, so the same object imported and
+    rolled back twice gets two undo rows. ``source`` is empty: a rollback works
+    from the journal, not from records.
+    """
+
+    undoes: OperationRecord
 
     @property
     def key(self) -> str:
-        return f"{self.identity}#data"
+        return f"{self.identity}#undo:{self.undoes.run_id}"
+
+    @property
+    def source_id(self) -> str | None:
+        return self.undoes.source_id
+
+    @property
+    def destination_id(self) -> str | None:
+        return self.undoes.destination_id
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**super().as_dict(), "undoes_run": self.undoes.run_id}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delete(Undo):
+    """Delete the object a run created; ``with_parent``: it went with its deleted parent."""
+
+    action: ClassVar[str] = "delete"
+    with_parent: bool = False
 
     def _detail(self) -> str:
-        size = "unknown size" if self.size is None else f"{self.size} bytes"
-        return f"{self.object} ({size})"
+        if self.with_parent:
+            parent = self.kind.parent_id(self.destination_id or "")
+            return f"goes with its {self.kind.deleted_with} {parent}"
+        return f"created by run {self.undoes.run_id[:8]}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Restore(Undo):
+    """Put back the state a run's update replaced (from the journaled ``before``)."""
+
+    action: ClassVar[str] = "restore"
+
+    def _detail(self) -> str:
+        return f"changed by run {self.undoes.run_id[:8]}"
 
 
 def _differences_reason(differences: Iterable[Difference]) -> str:
@@ -238,25 +280,7 @@ class _Planner:
             else:
                 operation = Conflict(reason=_differences_reason(differences), **common)
         self.remember(operation)
-        operations: list[Operation] = [operation]
-        if (
-            isinstance(kind, DataKind)
-            and isinstance(operation, Create | Update | Skip)
-            and kind.needs_copy(resolved, existing)
-        ):
-            operations.append(
-                CopyData(
-                    kind=kind,
-                    identity=identity,
-                    source=record,
-                    resolved=resolved,
-                    existing=existing,
-                    depends_on=(operation.ref,) if isinstance(operation, Create) else (),
-                    object=kind.source_id(record),
-                    size=kind.data_size(record),
-                )
-            )
-        return operations
+        return [operation]
 
     def kind_in_bulk(
         self, kind: Kind, records: Iterable[Record], find_many: BulkFinder

@@ -1,4 +1,4 @@
-"""Resource transfer between clouds: export, plan, import, verify, rollback (job 1).
+"""Resource transfer between clouds: export, plan, import, verify (job 1).
 
 The commands of :mod:`stackhop.cli.resources` are thin skins over these
 functions. Records come from the source through the API (the kinds' ``list``)
@@ -6,6 +6,10 @@ or from the services' databases (:mod:`stackhop.dbexport`), travel in an
 archive (or in memory for ``migrate``), are resolved against the destination's
 users and projects (:mod:`stackhop.kinds.identity`), planned
 (:mod:`stackhop.plan`) and applied by the engine (:mod:`stackhop.engine`).
+Rollback is a run of its own (:mod:`stackhop.rollback`).
+
+Which kinds move, their selector flags and their readers all come from the
+kinds' own declarations (:mod:`stackhop.kinds`): nothing here names a kind.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from typing import Any, Protocol
 from stackhop import dbexport
 from stackhop import kinds as registry
 from stackhop.dbexport import DatabaseReader
-from stackhop.errors import ConflictError, UsageError
+from stackhop.errors import UsageError
 from stackhop.events import Event, EventSink, EventType, NullSink
-from stackhop.journal import DONE, Journal
-from stackhop.kinds.base import Connection, Kind, Record
+from stackhop.journal import Journal
+from stackhop.kinds.base import Connection, ExportScope, Kind, Record
 from stackhop.kinds.identity import (
     PROJECT,
     USER,
@@ -33,23 +37,12 @@ from stackhop.kinds.identity import (
 from stackhop.plan import BulkFinder, Conflict, Create, Operation, Skip, plan, plan_batches
 from stackhop.resolve import Resolver
 
-#: Selector flag -> the kinds it selects (``--quotas`` is the three quota kinds).
+#: Selector (argparse attribute, ``nova_quotas``) -> the kinds it selects, from the registry.
 SELECTORS: Mapping[str, tuple[str, ...]] = {
-    "keypairs": ("nova.keypair",),
-    "nova_quotas": ("nova.quota",),
-    "neutron_quotas": ("neutron.quota",),
-    "cinder_quotas": ("cinder.quota",),
-    "quotas": ("nova.quota", "neutron.quota", "cinder.quota"),
-    "security_groups": ("neutron.security_group", "neutron.security_group_rules"),
+    registry.selector_dest(flag): names for flag, (_, names) in registry.selectors().items()
 }
-ALL_KINDS: tuple[str, ...] = (
-    "nova.keypair",
-    "nova.quota",
-    "neutron.quota",
-    "cinder.quota",
-    "neutron.security_group",
-    "neutron.security_group_rules",
-)
+#: The kinds ``export``/``import``/``migrate`` move, in dependency order, from the registry.
+ALL_KINDS: tuple[str, ...] = tuple(kind.name for kind in registry.transfer_kinds())
 IDENTITY_KINDS = (USER, PROJECT)
 
 
@@ -136,22 +129,22 @@ def export(
     chosen = _pick_projects(all_projects, projects)
     users = _users_of(conn, all_users, chosen) if projects else all_users
     counts = {USER: _write_all(sink, USER, users), PROJECT: _write_all(sink, PROJECT, chosen)}
-    groups: list[Record] = []
-    for name in kinds:
-        kind = registry.get(name)
-        events.emit(Event(EventType.KIND_STARTED, kind=name, message="export"))
-        records: Iterable[Record]
-        if database is not None:
-            records = dbexport.read(database, name, users=users, projects=chosen, groups=groups)
-        elif name == "nova.keypair":
-            records = kind.list(conn, users=users)
-        elif name == "neutron.security_group_rules":
-            records = kind.list(conn, groups=groups, projects=chosen)
-        else:
-            records = kind.list(conn, projects=chosen)
-        if name == "neutron.security_group":
-            records = groups = list(records)
-        counts[name] = _write_all(sink, name, records)
+    exported: dict[str, list[Record]] = {}
+    scope = ExportScope(
+        users=users, projects=chosen, exported=exported, whole_cloud=not projects
+    )
+    ordered = [k for level in registry.dependency_levels(map(registry.get, kinds)) for k in level]
+    needed = {dep for kind in ordered for dep in kind.dependencies()}
+    for kind in ordered:
+        events.emit(Event(EventType.KIND_STARTED, kind=kind.name, message="export"))
+        records: Iterable[Record] = (
+            dbexport.read(database, kind, scope)
+            if database is not None
+            else kind.export(conn, scope)
+        )
+        if kind.name in needed:  # a later kind reads per object of this one
+            records = exported[kind.name] = list(records)
+        counts[kind.name] = _write_all(sink, kind.name, records)
     return counts
 
 
@@ -308,9 +301,8 @@ def verify(
             continue
         if isinstance(op, Create):
             problem = "missing on the destination"
-            observe = getattr(op.kind, "observe", None)
-            if observe is not None and not op.depends_on:
-                state = observe(destination, op.resolved)
+            if not op.depends_on:
+                state = op.kind.observe(destination, op.resolved)
                 if state is not None:
                     problem = (
                         "; ".join(d.describe() for d in op.kind.compare(op.resolved, state))
@@ -324,114 +316,18 @@ def verify(
     return checked, mismatches
 
 
-# -- rollback ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RollbackStep:
-    """One undo: delete what a run created, or restore what it changed."""
-
-    action: str  # delete / restore
-    kind: str
-    identity: str
-    destination_id: str | None
-    outcome: str = "planned"
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-def rollback(
-    journal: Journal,
-    destination: Connection,
-    run_ids: Sequence[str],
-    *,
-    dry_run: bool = False,
-    events: EventSink | None = None,
-) -> list[RollbackStep]:
-    """Undo what the runs ``run_ids`` did on the destination, in reverse dependency order.
-
-    Objects a run created are deleted; values a run changed are restored from
-    the journal's ``before``. Objects that existed before the run (planned as
-    skips or conflicts) are never touched. Undone operations leave the
-    journal, so the same import can be run again.
-    """
-    events = events or NullSink()
-    runs = [journal.run(r) for r in run_ids]
-    rows = [
-        op
-        for run in runs
-        for op in journal.operations(run_id=run.id, state=DONE)
-        if op.action in ("create", "update")
-    ]
-    known = [registry.get(name) for name in sorted({op.kind for op in rows})]
-    order = [k.name for level in reversed(registry.dependency_levels(known)) for k in level]
-    rows.sort(key=lambda op: order.index(op.kind))
-    created_groups = {
-        op.destination_id
-        for op in rows
-        if op.kind == "neutron.security_group" and op.action == "create"
-    }
-    steps: list[RollbackStep] = []
-    for op in rows:
-        kind = registry.get(op.kind)
-        action = "delete" if op.action == "create" else "restore"
-        step = RollbackStep(action, op.kind, op.identity, op.destination_id)
-        if dry_run:
-            steps.append(step)
-            continue
-        try:
-            if op.kind == "neutron.security_group_rules" and op.destination_id in created_groups:
-                pass  # deleting the group deletes its rules
-            elif action == "delete" and op.destination_id:
-                kind.delete(destination, op.destination_id)
-            elif action == "restore":
-                restore = getattr(kind, "restore", None)
-                if restore is None or op.before is None:
-                    raise ConflictError(f"{op.kind} {op.identity!r}: no previous state journaled")
-                restore(destination, op.before)
-        except Exception as exc:  # report each failure, carry on with the rest
-            step = RollbackStep(
-                action,
-                op.kind,
-                op.identity,
-                op.destination_id,
-                "failed",
-                f"{type(exc).__name__}: {exc}",
-            )
-        else:
-            step = RollbackStep(action, op.kind, op.identity, op.destination_id, "done")
-            # Undone: drop the operation and its ID mapping, so a later import starts afresh.
-            journal.forget(op.scope, op.kind, op.identity, op.source_id)
-        events.emit(
-            Event(
-                EventType.OPERATION_FINISHED,
-                kind=op.kind,
-                identity=op.identity,
-                operation=action,
-                outcome=step.outcome,
-                message=step.error,
-            )
-        )
-        steps.append(step)
-    return steps
-
-
 __all__ = [
     "ALL_KINDS",
     "SELECTORS",
     "Mismatch",
     "Prepared",
     "RecordSet",
-    "RollbackStep",
     "bulk_finder",
     "check_selection",
     "export",
     "plan_import",
     "plan_stream",
     "prepare",
-    "rollback",
     "selected_kinds",
     "unmapped_message",
     "verify",

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 from stackhop.kinds import dependency_levels
 from stackhop.kinds.base import Kind
-from stackhop.plan import CopyData, Operation, OperationKey
+from stackhop.plan import Operation, OperationKey
 
 
 class Schedule:
@@ -23,12 +23,12 @@ class Schedule:
 
     An operation waits for the operations of this run that it refers to
     (its declared ``depends_on``, and any object its reference fields name,
-    even one that is only skipped: its ID mapping must be journaled first)
-    and a data copy for its object. Ready operations are shared among the
-    services (each service is its own API server: a rule request to Neutron
-    and a keypair request to Nova run side by side); within a service,
-    referenced kinds first, then plan order. Operations arrive in batches
-    (:meth:`add`); a batch may depend only on earlier ones.
+    even one that is only skipped: its ID mapping must be journaled first).
+    Ready operations are shared among the services (each service is its own
+    API server: a rule request to Neutron and a keypair request to Nova run
+    side by side); within a service, referenced kinds first, then plan order.
+    Operations arrive in batches (:meth:`add`); a batch may depend only on
+    earlier ones.
     """
 
     def __init__(self, *, sequential: bool = False) -> None:
@@ -56,7 +56,7 @@ class Schedule:
             self._open[getattr(op.kind, "service", "")] += 1
             self._kinds.setdefault(op.kind.name, op.kind)
             self._known.add(op.ref)
-            if not isinstance(op, CopyData) and op.source_id is not None:
+            if op.source_id is not None:
                 self._by_source.setdefault((op.kind.name, op.source_id), op.ref)
             for target in op.kind.references.values():
                 if target not in self._referenced:
@@ -74,8 +74,6 @@ class Schedule:
                     ref = None if v is None else self._by_source.get((target, str(v)))
                     if ref is not None and ref != op.ref:
                         deps.add(ref)
-            if isinstance(op, CopyData) and (op.kind.name, op.identity) in self._known:
-                deps.add((op.kind.name, op.identity))
             deps -= self._finished
             for ref in deps:
                 self._dependents[ref].append(op)

@@ -229,6 +229,16 @@ def test_rollback_returns_dst_to_its_state_before(
     result = cli("--journal", scenario["journal"], "rollback", "--to", "dst", *runs, "-f", "json")
     assert result.code == 0, result.out + result.err
     scenario["rolled_back"] = True
+    undo_run = result.json()["run"]["run_id"]
+    # The rollback is a run of its own, and the journal keeps what it undid.
+    status = cli("--journal", scenario["journal"], "status", "-f", "json").json()
+    assert undo_run in [r["id"] for r in status["runs"] if r["command"] == "rollback"]
+    undone = {e["run_id"]: e["operations"] for e in status["rolled_back"]}
+    assert undone and all(e["rolled_back_by"] == undo_run for e in status["rolled_back"])
+    assert sum(k["rolled_back"] for k in status["kinds"]) == sum(undone.values())
+    assert len(dry.json()["steps"]) == sum(undone.values())
+    again = cli("--journal", scenario["journal"], "rollback", "--to", "dst", *runs, "-f", "json")
+    assert again.code == 0 and again.json()["steps"] == []  # nothing left to undo
     after = dst_state(scenario["dst"])
     before = scenario["before"]
     assert after["keypairs"] == before["keypairs"]

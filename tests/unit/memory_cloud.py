@@ -116,6 +116,13 @@ class MemoryKind(Kind):
         )
 
 
+    def restore(self, conn: MemoryCloud, before: Mapping[str, Any]) -> None:
+        def effect() -> None:
+            conn.objects[self.name][str(before["id"])].update(before)
+
+        conn.call(self.name, "restore", str(before["id"]), effect)
+
+
 class Widget(MemoryKind):
     """A kind owned by a user, in a project (like a keypair)."""
 

@@ -146,6 +146,23 @@ def test_unknown_column_is_one_line_usage_error(run, clouds_yaml: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("import", "--to", "dst", "a.tar.zst", "--workers", "0"),
+        ("migrate", "--from", "a", "--to", "b", "--workers", "-1"),
+        ("rollback", "--to", "dst", "--run", "r", "--workers", "many"),
+        ("project", "migrate", "--from", "a", "--to", "b", "--project", "p", "--workers", "0"),
+        ("volumes", "copy", "--from", "a", "--to", "b", "--method", "image", "--workers", "0"),
+    ],
+)
+def test_workers_must_be_positive_everywhere_one_line(run, argv: tuple[str, ...]) -> None:
+    r = run(*argv)
+    assert r.code == 2
+    assert r.err.count("\n") == 1 and r.err.startswith("stackhop: ")
+    assert "argument --workers:" in r.err and "Traceback" not in r.err
+
+
 def test_unknown_cloud_is_one_line_with_its_exit_code(run, clouds_yaml: Path) -> None:
     r = run("clouds", "gamma")
     assert r.code == CloudUnknownError.exit_code == 3

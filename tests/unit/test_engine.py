@@ -19,16 +19,16 @@ import pytest
 import requests
 from keystoneauth1 import exceptions as ksa_exceptions
 from openstack import exceptions as sdk_exceptions
-from tests.unit.memory_cloud import Gadget, MemoryCloud, MemoryKind, Widget, gadget, widget
+from tests.unit.memory_cloud import Gadget, MemoryCloud, Widget, gadget, widget
 
 from stackhop.engine import Engine, RunResult
 from stackhop.errors import ConflictError, Interrupted, OperationFailedError, TransientError
 from stackhop.events import CollectingSink, EventType
-from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal
-from stackhop.kinds.base import DataKind
+from stackhop.journal import DONE, FAILED, PENDING, ROLLED_BACK, SKIPPED, Journal
 from stackhop.plan import Conflict, Create, Operation, Skip, Update, plan
 from stackhop.resolve import USER, Resolver
 from stackhop.retry import RetryPolicy, classify
+from stackhop.rollback import plan_rollback
 
 WIDGET, GADGET = Widget(), Gadget()
 USERS = {"u-src-1": "u-dst-1"}
@@ -325,39 +325,88 @@ def test_update_keeps_the_before_state(h: Harness) -> None:
     assert row.before["size"] == 5 and row.before["id"] == dst_id
 
 
-class Blob(MemoryKind, DataKind):
-    """A kind with bytes (like an image), on the in-memory fake cloud."""
-
-    name = "test.blob"
-    references = {"project_id": "identity.project"}
-    portable_fields = ("name", "project_id")
-
-    def data_size(self, record: Mapping[str, Any]) -> int | None:
-        return len(record["data"])
-
-    def copy_data(self, conn, record, destination_id, progress) -> None:
-        data = record["data"].encode()
-        for end in range(0, len(data) + 1, 4)[1:]:
-            progress(end, len(data))
-        conn.objects[self.name][destination_id]["data"] = record["data"]
+def _rollback(h: Harness, *run_ids: str, workers: int = 4) -> tuple[list[Any], RunResult]:
+    kinds = {k.name: k for k in (WIDGET, GADGET)}
+    undos = plan_rollback(h.journal, run_ids, "dst", lookup=kinds.__getitem__)
+    result = h.engine(workers=workers).run(undos, command="rollback", destination_cloud="dst")
+    return undos, result
 
 
-def test_data_is_copied_after_its_object_is_created(h: Harness) -> None:
-    blob = Blob()
-    record = {"id": "blob-src-1", "name": "b1", "project_id": "p-1", "data": "0123456789ab"}
-    ops = h.plan({blob: [record]})
-    assert [o.action for o in ops] == ["create", "copy"]
-    assert ops[1].depends_on == (("test.blob", "p-1/b1"),) and ops[1].size == 12
+@pytest.mark.parametrize("workers", [1, 4])
+def test_rollback_is_a_run_that_marks_what_it_undid(h: Harness, workers: int) -> None:
+    h.cloud.objects["test.widget"] = {
+        "w-old": {"id": "w-old", "name": "w2", "size": 9, "owner_id": "u-dst-1",
+                  "project_id": "p-1", "description": ""},
+    }
+    records = {WIDGET: [widget(1), widget(2, size=3)], GADGET: [gadget(1, "widget-src-1")]}
+    imported = h.run(h.plan(records, overwrite=True))
+    assert imported.outcome == "succeeded"
+    w1 = h.row("test.widget", "p-1/w1").destination_id
+    assert h.journal.mapped_id("dst", "test.widget", "widget-src-1") == w1
 
-    result = h.run(ops)
+    undos, result = _rollback(h, imported.run_id, workers=workers)
 
-    assert result.counts["test.blob"]["done"] == 2
-    (stored,) = h.cloud.objects["test.blob"].values()
-    assert stored["data"] == "0123456789ab"
-    progress = h.events.of_type(EventType.PROGRESS)
-    assert [(e.done, e.total, e.unit) for e in progress] == [(4, 12, "bytes"), (8, 12, "bytes"),
-                                                              (12, 12, "bytes")]
-    assert h.row("test.blob", "p-1/b1#data").state == DONE
+    assert [(u.action, u.kind.name) for u in undos] == [
+        ("delete", "test.gadget"), ("delete", "test.widget"), ("restore", "test.widget")
+    ]
+    assert result.outcome == "succeeded" and result.count("done") == 3
+    assert h.cloud.objects["test.widget"] == {
+        "w-old": {"id": "w-old", "name": "w2", "size": 9, "owner_id": "u-dst-1",
+                  "project_id": "p-1", "description": ""},
+    }
+    assert h.cloud.objects["test.gadget"] == {}
+    deletes = [name for call, kind, name in h.cloud.calls if call == "delete"]
+    assert deletes.index(h.row("test.gadget", "p-1/g1").destination_id) < deletes.index(w1)
+    # The import's rows are kept, marked, still belonging to the import run.
+    for kind, identity in (("test.widget", "p-1/w1"), ("test.widget", "p-1/w2"),
+                           ("test.gadget", "p-1/g1")):
+        row = h.row(kind, identity)
+        assert (row.state, row.run_id, row.undone_by) == (
+            ROLLED_BACK, imported.run_id, result.run_id
+        )
+    # The rollback's own operations are rows of its run.
+    own = h.journal.operations(run_id=result.run_id)
+    assert sorted((op.action, op.state) for op in own) == [
+        ("delete", DONE), ("delete", DONE), ("restore", DONE)
+    ]
+    assert h.journal.mapped_id("dst", "test.widget", "widget-src-1") is None
+    assert h.journal.mapped_id("dst", "test.widget", "widget-src-2") == "w-old"
+    assert h.journal.counts(run_id=imported.run_id)["test.widget"][ROLLED_BACK] == 2
+    from stackhop.cli.status import collect
+
+    report = collect(h.journal).as_dict()
+    assert report["rolled_back"] == [
+        {"run_id": imported.run_id, "rolled_back_by": result.run_id, "operations": 3}
+    ]
+    assert [r["command"] for r in report["runs"]] == ["test import", "rollback"]
+    # Nothing is left to undo; the same import can run again and creates anew.
+    assert _rollback(h, imported.run_id)[0] == []
+    again = h.run(h.plan(records, overwrite=True))
+    assert again.outcome == "succeeded" and h.row("test.widget", "p-1/w1").state == DONE
+    assert len(h.cloud.objects["test.widget"]) == 2
+
+
+def test_rollback_retries_and_resumes(h: Harness) -> None:
+    records = {WIDGET: [widget(1)], GADGET: [gadget(1, "widget-src-1")]}
+    imported = h.run(h.plan(records))
+    h.cloud.fail("test.gadget", "delete", lambda: http_error(503))
+    h.cloud.fail("test.widget", "delete", lambda: ConflictError("not ours"))
+
+    _, first = _rollback(h, imported.run_id)
+
+    assert first.outcome == "failed"
+    assert h.row("test.gadget", "p-1/g1").state == ROLLED_BACK  # retried after the 503
+    assert h.row("test.widget", "p-1/w1").state == DONE  # its undo failed: still done
+    assert len(h.sleeps) == 1
+    undo_row = h.journal.operations(run_id=first.run_id, kind="test.widget")[0]
+    assert undo_row.state == FAILED and "not ours" in (undo_row.error or "")
+
+    undos, second = _rollback(h, imported.run_id)
+
+    assert [(u.action, u.kind.name) for u in undos] == [("delete", "test.widget")]
+    assert second.outcome == "succeeded"
+    assert h.row("test.widget", "p-1/w1").state == ROLLED_BACK
+    assert h.cloud.objects["test.widget"] == {}
 
 
 def test_classify_maps_client_library_errors() -> None:
@@ -406,7 +455,8 @@ def test_status_command_shows_runs_counts_and_failures(h: Harness, capsys) -> No
     assert [r["id"] for r in shown["runs"]] == [result.run_id]
     assert shown["runs"][0]["outcome"] == "failed"
     assert shown["kinds"] == [
-        {"kind": "test.widget", "pending": 0, "done": 1, "failed": 1, "skipped": 0}
+        {"kind": "test.widget", "pending": 0, "done": 1, "failed": 1, "skipped": 0,
+         "rolled_back": 0}
     ]
     assert shown["failed"][0]["identity"] == "p-1/w1" and "400" in shown["failed"][0]["error"]
 

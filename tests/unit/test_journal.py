@@ -21,6 +21,7 @@ from stackhop.journal import (
     DONE,
     FAILED,
     PENDING,
+    ROLLED_BACK,
     SKIPPED,
     STATES,
     TRANSITIONS,
@@ -103,7 +104,13 @@ def test_transitions_follow_the_table(journal: Journal, current, target) -> None
     run = journal.start_run("import").id
     row = None
     if current is not None:
-        path = {PENDING: [PENDING], DONE: [PENDING, DONE], FAILED: [FAILED], SKIPPED: [SKIPPED]}
+        path = {
+            PENDING: [PENDING],
+            DONE: [PENDING, DONE],
+            FAILED: [FAILED],
+            SKIPPED: [SKIPPED],
+            ROLLED_BACK: [PENDING, DONE, ROLLED_BACK],
+        }
         for state in path[current]:
             row = journal.transition(run, "dst", "k", "x", state, action="create", expected=row)
     if target in TRANSITIONS[current]:
@@ -115,8 +122,9 @@ def test_transitions_follow_the_table(journal: Journal, current, target) -> None
         assert (journal.operation("dst", "k", "x") or row) == row
 
 
-def test_done_is_final(journal: Journal) -> None:
-    assert TRANSITIONS[DONE] == frozenset()
+def test_done_is_final_except_for_a_rollback(journal: Journal) -> None:
+    assert TRANSITIONS[DONE] == frozenset({ROLLED_BACK})
+    assert PENDING in TRANSITIONS[ROLLED_BACK]  # the same import may run again
 
 
 def test_stale_expected_row_touches_nothing(journal: Journal) -> None:
@@ -155,8 +163,8 @@ def test_counts_and_filters(journal: Journal) -> None:
     journal.transition(run, "dst", "nova.quota", "p", FAILED, action="update", expected=None,
                        error="boom")
     assert journal.counts() == {
-        "nova.keypair": {PENDING: 1, DONE: 2, FAILED: 0, SKIPPED: 0},
-        "nova.quota": {PENDING: 0, DONE: 0, FAILED: 1, SKIPPED: 0},
+        "nova.keypair": {PENDING: 1, DONE: 2, FAILED: 0, SKIPPED: 0, ROLLED_BACK: 0},
+        "nova.quota": {PENDING: 0, DONE: 0, FAILED: 1, SKIPPED: 0, ROLLED_BACK: 0},
     }
     assert [o.error for o in journal.operations(state=FAILED)] == ["boom"]
     assert journal.counts(run_id="other") == {}
@@ -219,7 +227,7 @@ def test_forward_migration_from_version_1(tmp_path: Path) -> None:
     engine.dispose()
 
     with Journal(path) as j:
-        assert j.schema_version == SCHEMA_VERSION == 2
+        assert j.schema_version == SCHEMA_VERSION == 3
         old = j.operation("dst", "nova.keypair", "a/k")
         assert old is not None and old.state == PENDING and old.before is None
         j.transition("r-new", "dst", "nova.keypair", "a/k", DONE, action="create", expected=old,
@@ -228,7 +236,7 @@ def test_forward_migration_from_version_1(tmp_path: Path) -> None:
         assert j.run("r-old").outcome == "failed"
     with sa.create_engine(f"sqlite:///{path}").connect() as conn:
         assert conn.exec_driver_sql("SELECT version, written_by FROM schema_version").all() == [
-            (2, __version__)
+            (3, __version__)
         ]
 
 
@@ -283,7 +291,9 @@ def test_sixteen_threads_hammering_one_sqlite_file(journal: Journal) -> None:
         t.join()
     assert errors == []
     assert sum(wins) == 10  # each shared operation claimed by exactly one thread
-    assert journal.counts() == {"k": {PENDING: 0, DONE: 16 * 40 + 10, FAILED: 0, SKIPPED: 0}}
+    assert journal.counts() == {
+        "k": {PENDING: 0, DONE: 16 * 40 + 10, FAILED: 0, SKIPPED: 0, ROLLED_BACK: 0}
+    }
     assert len(journal.id_map("dst", "k")) == 16 * 40 + 10
 
 
@@ -309,7 +319,7 @@ def test_four_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     assert sorted(own for _, own, _ in results) == [50] * 4
     assert sum(shared for *_, shared in results) == 20
     with Journal(path) as j:
-        assert j.counts() == {"k": {PENDING: 0, DONE: 220, FAILED: 0, SKIPPED: 0}}
+        assert j.counts() == {"k": {PENDING: 0, DONE: 220, FAILED: 0, SKIPPED: 0, ROLLED_BACK: 0}}
         assert len(j.runs()) == 4
         assert j.schema_version == SCHEMA_VERSION
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -367,7 +377,7 @@ def test_four_processes_on_a_server_database(mariadb_url: str) -> None:
     assert sorted(own for _, own, _ in results) == [50] * 4
     assert sum(shared for *_, shared in results) == 20
     with Journal(mariadb_url) as j:
-        assert j.counts() == {"k": {PENDING: 0, DONE: 220, FAILED: 0, SKIPPED: 0}}
+        assert j.counts() == {"k": {PENDING: 0, DONE: 220, FAILED: 0, SKIPPED: 0, ROLLED_BACK: 0}}
         assert len(j.id_map("dst", "k")) == 220
         runs = j.runs()
         assert len(runs) == 4 and runs[0].started_at.microsecond is not None
@@ -420,15 +430,24 @@ def test_apply_is_all_or_nothing_when_a_row_moved(journal: Journal) -> None:
     assert journal.id_map("dst", "nova.keypair") == {}
 
 
-def test_forget_drops_a_done_operation_and_its_mapping(journal: Journal) -> None:
+def test_rollback_marks_the_row_and_drops_its_mapping(journal: Journal) -> None:
     run = journal.start_run("import").id
+    undo = journal.start_run("rollback").id
     (row,) = journal.apply([_change(run, "alice/k", PENDING, source_id="s", attempt=True)])
-    with pytest.raises(JournalError):
-        journal.forget("dst", "nova.keypair", "alice/k", "s")  # not done: refused
-    journal.apply([_change(run, "alice/k", DONE, expected=row, destination_id="d")],
-                  [("dst", "nova.keypair", "s", "d")])
-    journal.forget("dst", "nova.keypair", "alice/k", "s")
-    assert journal.operation("dst", "nova.keypair", "alice/k") is None
+    with pytest.raises(JournalError, match="cannot go from pending to rolled_back"):
+        journal.apply([_change(run, "alice/k", ROLLED_BACK, expected=row)])
+    (done,) = journal.apply([_change(run, "alice/k", DONE, expected=row, destination_id="d")],
+                            [("dst", "nova.keypair", "s", "d")])
+    (marked,) = journal.apply(
+        [_change(run, "alice/k", ROLLED_BACK, expected=done, undone_by=undo)],
+        unmappings=[("dst", "nova.keypair", "s")],
+    )
+    kept = journal.operation("dst", "nova.keypair", "alice/k")
+    assert kept == marked
+    assert (kept.state, kept.run_id, kept.undone_by, kept.destination_id) == (
+        ROLLED_BACK, run, undo, "d"
+    )
     assert journal.mapped_id("dst", "nova.keypair", "s") is None
-    with pytest.raises(JournalError):
-        journal.forget("dst", "nova.keypair", "alice/k", "s")  # gone already
+    assert journal.counts(run_id=run)["nova.keypair"][ROLLED_BACK] == 1
+    with pytest.raises(JournalError):  # undone once: not again from a stale row
+        journal.apply([_change(run, "alice/k", ROLLED_BACK, expected=done, undone_by=undo)])

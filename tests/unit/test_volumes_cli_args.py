@@ -21,7 +21,7 @@ def _run(*argv: str) -> tuple[int, str]:
     ("extra", "message"),
     [
         (("--interactive", "--all"), "--interactive picks the volumes"),
-        (("--all", "--workers", "0"), "--workers must be at least 1"),
+        (("--all", "--workers", "0"), "argument --workers: must be at least 1"),
         (("--all",), "name the source project with --project"),
     ],
 )
@@ -34,3 +34,18 @@ def test_bad_combinations_are_one_line_usage_errors(extra: tuple[str, ...], mess
 def test_unknown_method_is_refused_by_the_parser() -> None:
     code, err = _run("volumes", "copy", "--from", "a", "--to", "b", "--method", "dd", "--all")
     assert code == 2 and "invalid choice" in err
+
+
+def test_one_vocabulary_for_volumes_with_the_old_spellings_kept() -> None:
+    from stackhop.cli.main import build_parser
+
+    parser = build_parser()
+    copy = parser.parse_args(["volumes", "copy", "--from", "a", "--to", "b", "--method", "image",
+                              "--volume", "v1", "v2", "--volume", "v3", "--all"])
+    assert copy.volumes == ["v1", "v2", "v3"] and copy.all_volumes is True
+    project = parser.parse_args(["project", "migrate", "--from", "a", "--to", "b",
+                                 "--project", "p", "--volumes", "v1", "v2", "--volume", "v3"])
+    assert project.volumes == ["v1", "v2", "v3"] and project.all_volumes is False
+    every = parser.parse_args(["project", "migrate", "--from", "a", "--to", "b",
+                               "--project", "p", "--all-volumes"])
+    assert every.all_volumes is True and every.workers == 2

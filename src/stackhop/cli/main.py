@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
+from typing import NoReturn
 
 from rich_argparse import RichHelpFormatter
 
@@ -44,11 +45,16 @@ _CLIENT_LIBRARIES = ("openstack", "keystoneauth1", "requests", "urllib3")
 
 
 class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose help (and that of every subcommand) is formatted by rich."""
+    """ArgumentParser whose help (and that of every subcommand) is formatted by rich,
+    and whose usage errors are one line, like every other stackhop error."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         kwargs.setdefault("formatter_class", RichHelpFormatter)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def error(self, message: str) -> NoReturn:
+        report_error(f"{self.prog}: {message} (see `{self.prog} --help`)")
+        raise SystemExit(2)
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:

@@ -12,7 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stackhop.cli.output import add_format_options, dump, render_table
+from stackhop.cli.options import (
+    add_clouds,
+    add_dry_run,
+    add_format_options,
+    add_maps,
+    add_selection,
+    add_workers,
+)
+from stackhop.cli.output import dump, render_table
 from stackhop.errors import ConflictError, UsageError
 from stackhop.journal import Journal
 from stackhop.project import migrate
@@ -55,18 +63,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "A re-run continues at the first phase not finished."
         ),
     )
-    p.add_argument("--from", dest="source", required=True, metavar="CLOUD")
-    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    add_clouds(p)
     p.add_argument("--project", required=True, metavar="ID_OR_NAME")
-    which = p.add_argument_group("which volumes (default: none)")
-    which.add_argument(
-        "--volumes",
-        nargs="+",
-        default=[],
-        metavar="ID_OR_NAME",
-        help="these volumes of the project",
+    which = add_selection(
+        p,
+        "volume",
+        title="which volumes (default: none)",
+        every="every volume of the project",
+        aliases_one=("--volumes",),
     )
-    which.add_argument("--all-volumes", action="store_true", help="every volume of the project")
     which.add_argument(
         "--interactive", action="store_true", help="list the project's volumes and let me pick"
     )
@@ -105,23 +110,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="where the archive, usage report and final report go "
         "(default: ./stackhop-project-<project>)",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        metavar="N",
-        help="objects and volumes handled at once (default: 2)",
-    )
+    add_workers(p, 2, "objects and volumes handled")
     p.add_argument(
         "--storage-map",
         metavar="FILE",
         help="how volume backends are reached (default: $STACKHOP_STORAGE_MAP)",
     )
-    p.add_argument("--user-map", metavar="FILE", help="YAML: renamed domains, pinned user IDs")
-    p.add_argument("--project-map", metavar="FILE", help="YAML: {source id: destination id}")
-    p.add_argument(
-        "--dry-run", action="store_true", help="show what every phase would do, change nothing"
-    )
+    add_maps(p)
+    add_dry_run(p, "show what every phase would do")
     add_format_options(p, columns=False)
     p.set_defaults(func=migrate_command)
 
@@ -152,9 +148,7 @@ def _choose_from_stdin(volumes: list[Any]) -> list[Any]:
 def _request(args: argparse.Namespace) -> migrate.MigrationRequest:
     picked = sum(bool(x) for x in (args.volumes, args.all_volumes, args.interactive))
     if picked > 1:
-        raise UsageError("use one of --volumes, --all-volumes and --interactive")
-    if args.workers < 1:
-        raise UsageError("--workers must be at least 1")
+        raise UsageError("use one of --volume, --all-volumes and --interactive")
     if args.usage_start and args.usage_end and args.usage_end <= args.usage_start:
         raise UsageError("--usage-end must be after --usage-start")
     output = args.output or Path(f"stackhop-project-{args.project}")

@@ -11,11 +11,21 @@ import sys
 from typing import Any
 
 from stackhop import dbexport, resources
+from stackhop import rollback as undo
 from stackhop.archive import ArchiveReader, ArchiveWriter
-from stackhop.cli.output import add_format_options, dump, render_table
+from stackhop.cli.options import (
+    add_clouds,
+    add_dry_run,
+    add_format_options,
+    add_kind_selectors,
+    add_maps,
+    add_workers,
+    chosen_selectors,
+)
+from stackhop.cli.output import dump, render_table
 from stackhop.clouds import cloud_config, connect
 from stackhop.engine import Engine, RunResult
-from stackhop.errors import ConflictError, UsageError, VerificationError
+from stackhop.errors import UsageError, VerificationError
 from stackhop.events import Event, EventType
 from stackhop.images import archive as image_archive
 from stackhop.images import common as image_selection
@@ -26,38 +36,18 @@ from stackhop.plan import Operation, summarize
 PLAN_COLUMNS = ("Action", "Kind", "Identity", "Detail")
 RESULT_COLUMNS = ("Kind", "Done", "Skipped", "Conflict", "Failed", "Not started")
 MISMATCH_COLUMNS = ("Kind", "Identity", "Problem")
-ROLLBACK_COLUMNS = ("Action", "Kind", "Identity", "Destination ID", "Outcome", "Error")
 ACTION_STYLES = {
     "create": "green",
     "update": "yellow",
+    "delete": "red",
+    "restore": "yellow",
     "conflict": "bold red",
     "failed": "bold red",
 }
 
 
-def _selectors(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("what to move (none given: everything)")
-    group.add_argument("--keypairs", action="store_true", help="every user's keypairs")
-    group.add_argument("--quotas", action="store_true", help="compute, network and volume quotas")
-    group.add_argument("--nova-quotas", action="store_true", help="compute quotas")
-    group.add_argument("--neutron-quotas", action="store_true", help="network quotas")
-    group.add_argument("--cinder-quotas", action="store_true", help="block storage quotas")
-    group.add_argument("--security-groups", action="store_true", help="security groups and rules")
-
-
-def _maps(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--user-map",
-        metavar="FILE",
-        help="YAML: 'domains: {old: new}' renames, 'users: {src id: dst id}' pins",
-    )
-    p.add_argument("--project-map", metavar="FILE", help="YAML: {source id: destination id}")
-
-
 def _import_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--workers", type=int, default=8, metavar="N", help="concurrent API requests (default: 8)"
-    )
+    add_workers(p, 8, "concurrent API requests")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -68,7 +58,7 @@ def _import_options(p: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the resource transfer commands."""
     p = subparsers.add_parser("export", help="export keypairs, quotas, security groups to a file")
-    p.add_argument("--from", dest="source", required=True, metavar="CLOUD")
+    add_clouds(p, destination=False)
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     p.add_argument(
         "--via",
@@ -84,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--project", action="append", metavar="ID_OR_NAME", help="only this project")
     p.add_argument("--compression", choices=("zstd", "bz2"), default="zstd")
-    _selectors(p)
+    add_kind_selectors(p)
     p.add_argument(
         "--images",
         action="store_true",
@@ -95,33 +85,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=export_command)
 
     p = subparsers.add_parser("plan", help="show what an import would do, changing nothing")
-    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    add_clouds(p, source=False)
     p.add_argument("archive", metavar="FILE")
     p.add_argument("--overwrite", action="store_true", help="plan updates instead of conflicts")
-    _selectors(p)
-    _maps(p)
+    add_kind_selectors(p)
+    add_maps(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=plan_command)
 
     p = subparsers.add_parser("import", help="apply an archive to the destination (resumable)")
-    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    add_clouds(p, source=False)
     p.add_argument("archive", metavar="FILE")
-    _selectors(p)
-    _maps(p)
+    add_kind_selectors(p)
+    add_maps(p)
     _import_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=import_command)
 
     p = subparsers.add_parser("verify", help="compare the destination with an archive")
-    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    add_clouds(p, source=False)
     p.add_argument("archive", metavar="FILE")
-    _selectors(p)
-    _maps(p)
+    add_kind_selectors(p)
+    add_maps(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=verify_command)
 
-    p = subparsers.add_parser("rollback", help="undo what an import run did on the destination")
-    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    p = subparsers.add_parser(
+        "rollback",
+        help="undo what an import run did on the destination (a journaled run of its own)",
+    )
+    add_clouds(p, source=False)
     p.add_argument(
         "--run",
         action="append",
@@ -129,16 +122,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="RUN_ID",
         help="the run to undo (repeat for several; see `stackhop status`)",
     )
-    p.add_argument("--dry-run", action="store_true", help="list the undo steps only")
+    add_dry_run(p, "list the undo operations")
+    add_workers(p, 8, "concurrent API requests")
     add_format_options(p, columns=False)
     p.set_defaults(func=rollback_command)
 
     p = subparsers.add_parser("migrate", help="export, import and verify in one go, no file")
-    p.add_argument("--from", dest="source", required=True, metavar="CLOUD")
-    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    add_clouds(p)
     p.add_argument("--project", action="append", metavar="ID_OR_NAME", help="only this project")
-    _selectors(p)
-    _maps(p)
+    add_kind_selectors(p)
+    add_maps(p)
     _import_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=migrate_command)
@@ -148,7 +141,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _chosen(args: argparse.Namespace) -> list[str]:
-    return [name for name in resources.SELECTORS if getattr(args, name, False)]
+    return chosen_selectors(args)
 
 
 def _prepare(
@@ -348,32 +341,27 @@ def verify_command(args: argparse.Namespace) -> int:
 
 
 def rollback_command(args: argparse.Namespace) -> int:
-    conn = connect(args.destination)
+    conn = None if args.dry_run else connect(args.destination)
     with Journal(args.journal) as journal:
-        steps = resources.rollback(
-            journal, conn, args.run, dry_run=args.dry_run, events=args.events
-        )
+        if args.dry_run:
+            planned = undo.plan_rollback(journal, args.run, args.destination)
+            result = None
+        else:
+            planned, result = undo.rollback(
+                journal, conn, args.destination, args.run, workers=args.workers,
+                events=args.events,
+            )
     if args.format != "table":
-        dump({"steps": [s.as_dict() for s in steps]}, args.format, sys.stdout)
+        document: dict[str, Any] = {"steps": [op.as_dict() for op in planned]}
+        if result is not None:
+            document["run"] = result.as_dict()
+        dump(document, args.format, sys.stdout)
+    elif result is None:
+        _print_plan(list(planned), "table")
     else:
-        render_table(
-            [
-                dict(
-                    zip(
-                        ROLLBACK_COLUMNS,
-                        (s.action, s.kind, s.identity, s.destination_id, s.outcome, s.error or ""),
-                        strict=True,
-                    )
-                )
-                for s in steps
-            ],
-            ROLLBACK_COLUMNS,
-            "table",
-            title="Rollback",
-        )
-    failed = [s for s in steps if s.outcome == "failed"]
-    if failed:
-        raise ConflictError(f"{len(failed)} undo step(s) failed; fix them and run rollback again")
+        _print_result(result, "table")
+    if result is not None:
+        result.raise_for_failures()
     return 0
 
 

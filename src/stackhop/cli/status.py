@@ -1,9 +1,10 @@
 """``stackhop status [--run ID]``: what the journal knows of past runs.
 
 Without ``--run``: every run, then per kind the count of operations in each
-state (as of the latest run that touched each), then the failed operations
-with their errors. With ``--run ID`` (a unique prefix is enough): that run,
-and the operations it touched.
+state (as of the latest run that touched each; ``rolled_back``: undone by a
+rollback run), then the failed operations with their errors. With ``--run
+ID`` (a unique prefix is enough): that run, and the operations it touched;
+for a run that was rolled back, which rollback runs undid its operations.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Any
 
 from stackhop.cli.output import add_format_options, dump, render_table
 from stackhop.errors import ConfigError
-from stackhop.journal import STATES, Journal, OperationRecord, RunRecord
+from stackhop.journal import ROLLED_BACK, STATES, Journal, OperationRecord, RunRecord
 
 RUN_COLUMNS = ("ID", "Command", "From", "To", "Started", "Finished", "Outcome")
-COUNT_COLUMNS = ("Kind", *(state.capitalize() for state in STATES))
+COUNT_COLUMNS = ("Kind", *(state.replace("_", " ").capitalize() for state in STATES))
+UNDONE_COLUMNS = ("Run", "Rolled back by", "Operations")
 FAILED_COLUMNS = ("Kind", "Identity", "Action", "Attempts", "Error")
 STATE_STYLES = {"failed": "bold red", "interrupted": "yellow", "succeeded": "green"}
 
@@ -52,10 +54,16 @@ class StatusReport:
     runs: list[RunRecord]
     counts: dict[str, dict[str, int]]
     failed: list[OperationRecord]
+    #: (run, rollback run) -> operations of that run the rollback undid.
+    undone: dict[tuple[str, str], int]
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "runs": [run.as_dict() for run in self.runs],
+            "rolled_back": [
+                {"run_id": run, "rolled_back_by": by, "operations": count}
+                for (run, by), count in self.undone.items()
+            ],
             "kinds": [{"kind": kind, **states} for kind, states in self.counts.items()],
             "failed": [
                 {
@@ -73,17 +81,23 @@ class StatusReport:
 
 def collect(journal: Journal, run_id: str | None = None) -> StatusReport:
     """The status of the whole journal, or of one run (ID or unique prefix)."""
-    if run_id is None:
+    run = None if run_id is None else journal.run(run_id)
+    undone: dict[tuple[str, str], int] = {}
+    for op in journal.operations(run_id=run.id if run else None, state=ROLLED_BACK):
+        key = (op.run_id, op.undone_by or "?")
+        undone[key] = undone.get(key, 0) + 1
+    if run is None:
         return StatusReport(
             runs=journal.runs(),
             counts=journal.counts(),
             failed=journal.operations(state="failed"),
+            undone=undone,
         )
-    run = journal.run(run_id)
     return StatusReport(
         runs=[run],
         counts=journal.counts(run_id=run.id),
         failed=journal.operations(run_id=run.id, state="failed"),
+        undone=undone,
     )
 
 
@@ -130,6 +144,12 @@ def show_status(args: argparse.Namespace) -> int:
         for kind, states in report.counts.items()
     ]
     render_table(count_rows, COUNT_COLUMNS, "table", title="Operations per kind")
+    if report.undone:
+        undone_rows = [
+            dict(zip(UNDONE_COLUMNS, (run, by, count), strict=True))
+            for (run, by), count in report.undone.items()
+        ]
+        render_table(undone_rows, UNDONE_COLUMNS, "table", title="Rolled back")
     if report.failed:
         failed_rows = [
             dict(

@@ -11,7 +11,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from stackhop.cli.output import add_format_options, dump, render_table
+from stackhop.cli.options import add_clouds, add_format_options, positive_int
+from stackhop.cli.output import dump, render_table
 from stackhop.clouds import cloud_config, connect
 from stackhop.errors import UsageError
 from stackhop.usage.months import utc
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "UTC and add up exactly to the total (rounding rule: docs/usage.md)."
         ),
     )
-    p.add_argument("--from", dest="source", required=True, metavar="CLOUD")
+    add_clouds(p, destination=False)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--project",
@@ -80,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--page-size",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="servers per API page (default: the cloud's limit, usually 1000)",
     )

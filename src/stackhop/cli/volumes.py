@@ -11,7 +11,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from stackhop.cli.output import add_format_options, dump, render_table
+from stackhop.cli.options import (
+    add_clouds,
+    add_dry_run,
+    add_format_options,
+    add_maps,
+    add_selection,
+    add_workers,
+)
+from stackhop.cli.output import dump, render_table
 from stackhop.clouds import connect
 from stackhop.errors import OperationFailedError, UsageError
 from stackhop.journal import Journal
@@ -49,18 +57,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "Preflight first (project, credentials, quota, in-use, method, storage hosts); a re-run "
         "skips verified volumes; --incremental sends only what changed since the last pass.",
     )
-    p.add_argument("--from", dest="source", required=True, metavar="CLOUD")
-    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    add_clouds(p)
     p.add_argument("--project", metavar="ID_OR_NAME", help="the source project")
-    which = p.add_argument_group("which volumes (one of)")
-    which.add_argument(
-        "--volume",
-        action="append",
-        default=[],
-        metavar="ID_OR_NAME",
-        help="this volume (repeat for several)",
+    which = add_selection(
+        p,
+        "volume",
+        title="which volumes (one of)",
+        every="every volume of the project (also spelled --all)",
+        aliases_all=("--all",),
     )
-    which.add_argument("--all", action="store_true", help="every volume of the project")
     which.add_argument(
         "--interactive",
         action="store_true",
@@ -83,21 +88,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR",
         help="also write each volume, compressed and checksummed, to DIR",
     )
-    p.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="volumes copied at once (default: 1)"
-    )
+    add_workers(p, 1, "volumes copied")
     p.add_argument(
         "--allow-in-use",
         action="store_true",
         help="copy attached volumes (with --incremental; the final pass detached)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    add_dry_run(p, "print the plan")
     p.add_argument(
         "--storage-map",
         metavar="FILE",
         help="how each cloud's backends are reached (default: $STACKHOP_STORAGE_MAP)",
     )
-    p.add_argument("--project-map", metavar="FILE", help="YAML: {source id: destination id}")
+    add_maps(p, users=False)
     add_format_options(p, columns=False)
     p.set_defaults(func=copy_command)
 
@@ -118,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=cleanup_command)
 
     p = sub.add_parser("restore-backup", help="create a volume from a --backup-to file")
-    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    add_clouds(p, source=False)
     p.add_argument("--project", required=True, metavar="ID_OR_NAME")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--name", help="the new volume's name (default: the backed-up volume's)")
@@ -178,10 +181,8 @@ def _pick_volumes(volumes: list[VolumeRef], stdin: TextIO) -> list[VolumeRef]:
 
 
 def copy_command(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise UsageError("--workers must be at least 1")
-    if args.interactive and (args.volume or args.all):
-        raise UsageError("--interactive picks the volumes: leave out --volume and --all")
+    if args.interactive and (args.volumes or args.all_volumes):
+        raise UsageError("--interactive picks the volumes: leave out --volume and --all-volumes")
     if not args.interactive and not args.project:
         raise UsageError("name the source project with --project (or use --interactive)")
     storage = load_storage_map(args.storage_map)
@@ -198,8 +199,8 @@ def copy_command(args: argparse.Namespace) -> int:
         source_cloud=args.source,
         destination_cloud=args.destination,
         project=project,
-        volumes=tuple(args.volume),
-        all=args.all,
+        volumes=tuple(args.volumes),
+        all=args.all_volumes,
         method=args.method,
         incremental=args.incremental or args.final,
         final=args.final,

@@ -1,38 +1,43 @@
 """The registry of resource kinds.
 
-Every kind lives in its own module under ``stackhop.kinds`` and is listed in
-:data:`KIND_MODULES`; importing the module registers the kind (the module ends
-with ``register(MyKind)`` or decorates the class with ``@register``). Lookups
-import the listed modules on first use, so ``get("nova.keypair")`` works
+Every kind lives in its own module under ``stackhop.kinds`` and registers
+itself by decorating its class with ``@register``; the modules are
+*discovered*: the first lookup imports every module of this package, so a new
+kind is one new file and nothing else lists it. ``get("nova.keypair")`` works
 without the caller importing anything.
+
+Everything that enumerates kinds reads this registry: the resource transfer's
+kinds (:func:`transfer_kinds`), the CLI selector flags (:func:`selectors`),
+the ``--via db`` dispatch (each kind's ``read_db``) and the list in
+``docs/cli.md`` (a unit test compares them).
 """
 
 from __future__ import annotations
 
 import graphlib
 import importlib
+import pkgutil
 import threading
 from collections.abc import Iterable
 from typing import TypeVar
 
 from stackhop.errors import ConfigError
-from stackhop.kinds.base import DataKind, Difference, Kind, Record
+from stackhop.kinds.base import Difference, ExportScope, Kind, Record
 
 __all__ = [
-    "KIND_MODULES",
-    "DataKind",
     "Difference",
+    "ExportScope",
     "Kind",
     "Record",
     "all_kinds",
     "dependency_levels",
     "get",
+    "kind_modules",
     "register",
+    "selector_dest",
+    "selectors",
+    "transfer_kinds",
 ]
-
-#: The table of kind modules, in the order `stackhop --help` lists them. A new
-#: kind is one module here plus its file.
-KIND_MODULES: tuple[str, ...] = ("keypair", "quota", "security_group", "image")
 
 _registry: dict[str, Kind] = {}
 _lock = threading.Lock()
@@ -52,11 +57,16 @@ def register(kind_class: K) -> K:
     return kind_class
 
 
+def kind_modules() -> list[str]:
+    """The modules of this package, by name (each may register kinds)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
 def _load() -> None:
     global _loaded
     if _loaded:
         return
-    for module in KIND_MODULES:
+    for module in kind_modules():
         importlib.import_module(f"{__name__}.{module}")
     _loaded = True
 
@@ -75,6 +85,34 @@ def all_kinds() -> list[Kind]:
     """Every registered kind, in dependency order (referenced kinds first)."""
     _load()
     return [kind for level in dependency_levels(_registry.values()) for kind in level]
+
+
+def transfer_kinds() -> list[Kind]:
+    """The kinds ``stackhop export|import|migrate`` move, in dependency order."""
+    return [kind for kind in all_kinds() if kind.transfer]
+
+
+def selectors() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every selector flag (without ``--``) -> (help, the kinds it selects), in kind order.
+
+    A flag several kinds declare selects them all; they must agree on its help.
+    """
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for kind in transfer_kinds():
+        for flag, help_text in kind.selectors.items():
+            known = found.get(flag)
+            if known is not None and known[0] != help_text:
+                raise ValueError(
+                    f"selector --{flag}: {kind.name} says {help_text!r}, another kind {known[0]!r}"
+                )
+            names = (known[1] if known else ()) + (kind.name,)
+            found[flag] = (help_text, names)
+    return dict(sorted(found.items()))
+
+
+def selector_dest(flag: str) -> str:
+    """The argparse attribute of a selector flag (``nova-quotas`` -> ``nova_quotas``)."""
+    return flag.replace("-", "_")
 
 
 def dependency_levels(kinds: Iterable[Kind]) -> list[list[Kind]]:

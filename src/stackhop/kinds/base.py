@@ -1,11 +1,24 @@
 """The base of every resource kind: a kind is a declaration, the machinery lives here.
 
 A kind module (``kinds/keypair.py``, ``kinds/security_group.py``, ...) subclasses
-:class:`Kind`, declares its ``name``, its ``references`` to other kinds, which
-fields are ``portable_fields`` (compared on import) and which are
-``source_only_fields`` (kept in the archive, never compared), and implements
-the cloud calls: ``list``, ``find``, ``create``, ``update``, ``delete``. It then
-registers itself with :func:`stackhop.kinds.register`.
+:class:`Kind` and declares, in that one module, everything stackhop needs:
+
+- its ``name``, its portable :meth:`~Kind.identity`, which fields are
+  ``portable_fields`` (compared on import) and which are ``source_only_fields``
+  (kept in the archive, never compared);
+- its ``references`` to other kinds (the resolver maps them, the engine orders work);
+- its CLI ``selectors`` (flag -> help; ``stackhop export --keypairs``), and whether
+  it belongs to the resource ``transfer`` (``export``/``import``/``migrate``);
+- the cloud calls: :meth:`~Kind.export` (read the source), :meth:`~Kind.find`
+  and :meth:`~Kind.find_many`, :meth:`~Kind.create`, :meth:`~Kind.update`,
+  :meth:`~Kind.delete`, :meth:`~Kind.restore` and :meth:`~Kind.observe`;
+- its SQL reader for ``--via db`` (:meth:`~Kind.read_db`);
+- its rollback behaviour: created objects are deleted, updated ones restored
+  from the journaled ``before``; ``deleted_with`` names the kind whose
+  deletion takes this one along (a group's rules go with the group).
+
+Modules of this package are discovered: a module that defines a kind decorates
+it with :func:`stackhop.kinds.register`, and nothing else lists it.
 
 Records are plain JSON-able dicts, as they travel through the archive. The
 resolver (:mod:`stackhop.resolve`) rewrites the fields named in ``references``
@@ -21,9 +34,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeAlias, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeAlias, TypeVar
 
-from stackhop.errors import ConflictError
+from stackhop.errors import ConfigError, ConflictError
 
 Record: TypeAlias = dict[str, Any]
 """One resource as a JSON-able dict (what the archive holds, one per line)."""
@@ -32,8 +45,26 @@ Connection: TypeAlias = Any
 """An ``openstack.connection.Connection`` in production. Typed loosely so a kind's
 logic can also run against an in-memory cloud in unit tests."""
 
-ProgressCallback: TypeAlias = Callable[[int, int | None], None]
-"""Receives the progress of a data copy: bytes done, bytes total (None if unknown)."""
+class SqlSource(Protocol):
+    """Read-only SQL access to the source services' databases (``--via db``):
+    :class:`stackhop.dbexport.DatabaseReader` in production."""
+
+    def query(self, database: str, sql: str, **params: Any) -> builtins.list[Any]:
+        """The rows of ``sql`` run on ``database`` (``nova_api``, ``neutron``, ``cinder``)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ExportScope:
+    """What an export covers: the source's users and projects, and the records of the kinds
+    exported before this one (by kind name), for kinds that read per parent object."""
+
+    users: Sequence[Record]
+    projects: Sequence[Record]
+    exported: Mapping[str, Sequence[Record]]
+    #: True when no ``--project`` narrowed the export (objects of no project are in it too).
+    whole_cloud: bool = True
+
 
 Decision = Literal["update", "conflict", "skip"]
 """What to do with a record whose destination counterpart differs."""
@@ -85,6 +116,16 @@ class Kind(ABC):
     #: The API service the kind talks to (``compute``, ``network``, ...): the engine
     #: spreads concurrent work over services, each its own API server.
     service: ClassVar[str] = ""
+    #: CLI selector flags (without ``--``) -> help; a flag shared by several kinds
+    #: (``quotas``) selects them all and must have the same help in each.
+    selectors: ClassVar[Mapping[str, str]] = {}
+    #: Whether the kind moves with ``stackhop export|import|migrate`` (images have
+    #: their own commands and are not).
+    transfer: ClassVar[bool] = False
+    #: The kind whose deletion removes objects of this kind along with it (rollback):
+    #: an object whose journaled destination ID is that of a deleted parent is not
+    #: deleted on its own, its undo waits for the parent's.
+    deleted_with: ClassVar[str | None] = None
 
     # -- declaration helpers ---------------------------------------------------
 
@@ -181,6 +222,29 @@ class Kind(ABC):
     def list(self, conn: Connection, **filters: Any) -> Iterator[Record]:
         """Every object of this kind visible to ``conn`` (the source), as records."""
 
+    def export(self, conn: Connection, scope: ExportScope) -> Iterator[Record]:
+        """The records of this kind within ``scope``, read through the source's API.
+
+        Default: :meth:`list` with the scope's projects; kinds that read per user
+        or per parent object override it.
+        """
+        return self.list(conn, projects=scope.projects)
+
+    def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
+        """The same records as :meth:`export`, read from the services' databases."""
+        raise ConfigError(
+            f"{self.name} cannot be read from the databases; export it with --via api"
+        )
+
+    def observe(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
+        """The destination counterpart as it is, even when :meth:`find` does not accept it.
+
+        ``verify`` compares it with the record to say *what* differs. Default:
+        None, for kinds whose ``find`` already returns any counterpart (a record
+        it did not find is missing).
+        """
+        return None
+
     @abstractmethod
     def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
         """The destination counterpart of a resolved source record, or None.
@@ -222,6 +286,20 @@ class Kind(ABC):
     def delete(self, conn: Connection, destination_id: str) -> None:
         """Remove a destination object stackhop created (rollback); absent is not an error."""
 
+    def restore(self, conn: Connection, before: Mapping[str, Any]) -> None:
+        """Put back the state an update replaced (rollback), from the journaled ``before``.
+
+        Kinds whose updates can be undone override it; the default refuses.
+        """
+        raise ConflictError(
+            f"{self.name} cannot restore a previous state; change it back by hand"
+        )
+
+    def parent_id(self, destination_id: str) -> str:
+        """The destination ID of the ``deleted_with`` parent of the object ``destination_id``
+        (default: the same ID, as a group's rules record carries its group's ID)."""
+        return destination_id
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
@@ -237,29 +315,3 @@ def concurrently(workers: int, fn: Callable[[T], R], items: Iterable[T]) -> list
         return [fn(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         return list(pool.map(fn, items))
-
-
-class DataKind(Kind):
-    """A kind whose objects carry bytes (images, volumes): the planner adds ``CopyData``."""
-
-    @abstractmethod
-    def data_size(self, record: Mapping[str, Any]) -> int | None:
-        """Bytes to copy for this record (None if unknown until read)."""
-
-    def needs_copy(self, record: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
-        """Whether the bytes must be copied (default: only into an object being created)."""
-        return existing is None
-
-    @abstractmethod
-    def copy_data(
-        self,
-        conn: Connection,
-        record: Mapping[str, Any],
-        destination_id: str,
-        progress: ProgressCallback,
-    ) -> None:
-        """Move the record's bytes into destination object ``destination_id``.
-
-        Call ``progress(done_bytes, total_bytes)`` as bytes are confirmed. Must
-        be resumable: the transfer layer records confirmed chunks in the journal.
-        """

@@ -5,7 +5,8 @@ other users' keypairs with compute microversion 2.10. A keypair has no ID of
 its own, so its source ID is ``<user id>/<name>`` and its identity
 ``<domain>/<user>/<name>``. Keypairs cannot be changed in place: ``--overwrite``
 replaces one (delete, then create). Nova keeps only the public key, so a
-private key never passes through stackhop.
+private key never passes through stackhop. ``--via db`` reads Nova API's
+``key_pairs`` table.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from stackhop.kinds import register
-from stackhop.kinds.base import Connection, Kind, Record, concurrently
+from stackhop.kinds.base import Connection, ExportScope, Kind, Record, SqlSource, concurrently
 from stackhop.kinds.identity import USER
 from stackhop.kinds.rest import call, segment
 
@@ -46,6 +47,8 @@ class Keypair(Kind):
     references = {"user_id": USER}
     portable_fields = ("type", "public_key")
     source_only_fields = ("fingerprint", "user_name", "user_domain")
+    selectors = {"keypairs": "every user's keypairs"}
+    transfer = True
 
     def identity(self, record: Mapping[str, Any]) -> str:
         return f"{record['user_domain']}/{record['user_name']}/{record['name']}"
@@ -72,6 +75,23 @@ class Keypair(Kind):
                     kp.get("type", "ssh"),
                     kp["public_key"],
                     fingerprint=kp.get("fingerprint"),
+                )
+
+    def export(self, conn: Connection, scope: ExportScope) -> Iterator[Record]:
+        return self.list(conn, users=scope.users)
+
+    def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
+        by_id = {u["id"]: u for u in scope.users}
+        rows = db.query(
+            "nova_api",
+            "SELECT user_id, name, type, public_key, fingerprint FROM key_pairs "
+            "ORDER BY user_id, name",
+        )
+        for row in rows:
+            user = by_id.get(row.user_id)
+            if user is not None:  # a keypair of a deleted user is not listed by the API either
+                yield keypair_record(
+                    user, row.name, row.type or "ssh", row.public_key, fingerprint=row.fingerprint
                 )
 
     def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:

@@ -9,21 +9,39 @@ records include the per-volume-type limits (``volumes_<type>``, ...).
 On import the destination project's current values of the same resources are
 read; equal -> skip, different -> update (quotas always follow the source). The
 engine journals the previous values (``before``), and rollback puts them back.
+
+``--via db`` reads each service's ``quotas`` table (and its ``quota_classes``
+defaults where the database holds them). The database says which values were
+*set*, the API only which differ from the defaults: values set equal to the
+default are dropped here too, so both exports hold the same records.
 """
 
 from __future__ import annotations
 
 import builtins
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from stackhop.kinds import register
-from stackhop.kinds.base import Connection, Decision, Difference, Kind, Record, concurrently
+from stackhop.kinds.base import (
+    Connection,
+    Decision,
+    Difference,
+    ExportScope,
+    Kind,
+    Record,
+    SqlSource,
+    concurrently,
+)
 from stackhop.kinds.identity import PROJECT
 from stackhop.kinds.rest import call, segment
 
 #: Nova microversion for quota sets: network quotas (proxied to Neutron) are gone from 2.36.
 NOVA_MICROVERSION = "2.36"
+
+#: The help of ``--quotas``, the selector of all three quota kinds.
+QUOTAS_HELP = "compute, network and block storage quotas"
 
 #: Keys of a quota set that are not limits.
 _NOT_LIMITS = frozenset({"id", "project_id", "tenant_id"})
@@ -59,6 +77,12 @@ class QuotaKind(Kind):
     portable_fields = ("limits",)
     source_only_fields = ("project_name", "project_domain")
     service: ClassVar[str]
+    transfer = True
+    #: ``--via db``: the database, the set limits (project_id, resource, hard_limit) and
+    #: the defaults (resource, hard_limit) where the database holds them.
+    database: ClassVar[str]
+    limits_sql: ClassVar[str]
+    defaults_sql: ClassVar[str | None] = None
 
     def identity(self, record: Mapping[str, Any]) -> str:
         return f"{record['project_domain']}/{record['project_name']}"
@@ -90,6 +114,20 @@ class QuotaKind(Kind):
             if defaults is None:
                 defaults = self.defaults(conn, project["id"])
             limits = explicit(self.current(conn, project["id"]), defaults)
+            if limits:
+                yield quota_record(project, limits)
+
+    def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
+        by_project: dict[str, dict[str, int]] = defaultdict(dict)
+        for row in db.query(self.database, self.limits_sql):
+            by_project[row.project_id][row.resource] = int(row.hard_limit)
+        defaults: dict[str, int] = {}
+        if self.defaults_sql:
+            defaults = {
+                r.resource: int(r.hard_limit) for r in db.query(self.database, self.defaults_sql)
+            }
+        for project in scope.projects:
+            limits = explicit(by_project.get(project["id"], {}), defaults)
             if limits:
                 yield quota_record(project, limits)
 
@@ -151,6 +189,10 @@ class QuotaKind(Kind):
 class NovaQuota(QuotaKind):
     name = "nova.quota"
     service = "compute"
+    selectors = {"nova-quotas": "compute quotas", "quotas": QUOTAS_HELP}
+    database = "nova_api"
+    limits_sql = "SELECT project_id, resource, hard_limit FROM quotas"
+    defaults_sql = "SELECT resource, hard_limit FROM quota_classes WHERE class_name = 'default'"
 
     def defaults(self, conn: Connection, project_id: str) -> dict[str, Any]:
         url = f"/os-quota-sets/{segment(project_id)}/defaults"
@@ -183,6 +225,10 @@ class NovaQuota(QuotaKind):
 class NeutronQuota(QuotaKind):
     name = "neutron.quota"
     service = "network"
+    selectors = {"neutron-quotas": "network quotas", "quotas": QUOTAS_HELP}
+    # Neutron's defaults live in neutron.conf, not in the database.
+    database = "neutron"
+    limits_sql = "SELECT project_id, resource, `limit` AS hard_limit FROM quotas"
 
     def listed(self, conn: Connection) -> dict[str, dict[str, Any]]:
         # Neutron lists every project that has a quota of its own, defaults filled in;
@@ -210,6 +256,13 @@ class CinderQuota(QuotaKind):
 
     name = "cinder.quota"
     service = "block-storage"
+    selectors = {"cinder-quotas": "block storage quotas", "quotas": QUOTAS_HELP}
+    database = "cinder"
+    limits_sql = "SELECT project_id, resource, hard_limit FROM quotas WHERE deleted = 0"
+    defaults_sql = (
+        "SELECT resource, hard_limit FROM quota_classes "
+        "WHERE class_name = 'default' AND deleted = 0"
+    )
 
     def defaults(self, conn: Connection, project_id: str) -> dict[str, Any]:
         url = f"/os-quota-sets/{segment(project_id)}/defaults"

@@ -19,7 +19,13 @@ rules of a group are created in one bulk request, which Neutron applies in
 one transaction: after a kill either all of them exist or none. A rule is
 identified by its content (Neutron refuses duplicates), so a re-run adds
 exactly what is still missing. Rules stackhop adds carry the marker of their
-source rule in their description, which is how rollback finds them.
+source rule in their description, which is how rollback finds them. On
+rollback, the rules of a group stackhop created go with the group
+(``deleted_with``); rules it added to a group that was there before are
+removed one by one.
+
+``--via db`` reads Neutron's ``securitygroups`` and ``securitygrouprules``
+tables (descriptions from ``standardattributes``).
 """
 
 from __future__ import annotations
@@ -34,13 +40,22 @@ from openstack import exceptions as sdk_exceptions
 
 from stackhop.errors import ConflictError
 from stackhop.kinds import register
-from stackhop.kinds.base import Connection, Difference, Kind, Record, concurrently
+from stackhop.kinds.base import (
+    Connection,
+    Difference,
+    ExportScope,
+    Kind,
+    Record,
+    SqlSource,
+    concurrently,
+)
 from stackhop.kinds.identity import PROJECT
 from stackhop.kinds.rest import call, paged
 
 GROUP = "neutron.security_group"
 RULES = "neutron.security_group_rules"
 DEFAULT = "default"
+SELECTOR_HELP = "security groups and their rules"
 
 #: Rule fields compared between clouds (with the remote group mapped); descriptions are not.
 RULE_FIELDS = (
@@ -139,6 +154,8 @@ class SecurityGroup(Kind):
     references = {"project_id": PROJECT}
     portable_fields = ("name", "description", "stateful")
     source_only_fields = ("project_name", "project_domain")
+    selectors = {"security-groups": SELECTOR_HELP}
+    transfer = True
 
     def identity(self, record: Mapping[str, Any]) -> str:
         return (
@@ -156,6 +173,18 @@ class SecurityGroup(Kind):
         for group in paged(conn.network, "/security-groups", "security_groups"):
             if group["project_id"] in projects:
                 yield group_record(group, projects[group["project_id"]])
+
+    def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
+        by_id = {p["id"]: p for p in scope.projects}
+        rows = db.query(
+            "neutron",
+            "SELECT g.id, g.project_id, g.name, g.stateful, s.description "
+            "FROM securitygroups g JOIN standardattributes s ON s.id = g.standard_attr_id "
+            "ORDER BY s.id",
+        )
+        for row in rows:
+            if row.project_id in by_id:
+                yield group_record(row._asdict(), by_id[row.project_id])
 
     def _view(self, group: Mapping[str, Any]) -> Record:
         return {
@@ -284,6 +313,9 @@ class SecurityGroupRules(Kind):
     portable_fields = ("rules",)
     source_only_fields = ("group_name", "project_name", "project_domain")
     updatable = False
+    selectors = {"security-groups": SELECTOR_HELP}
+    transfer = True
+    deleted_with = GROUP
 
     def identity(self, record: Mapping[str, Any]) -> str:
         return (
@@ -301,6 +333,27 @@ class SecurityGroupRules(Kind):
                 by_group[rule["security_group_id"]].append(rule)
         for group_id, group in groups.items():
             yield rules_record(group, by_group.get(group_id, []), projects.get(group["project_id"]))
+
+    def export(self, conn: Connection, scope: ExportScope) -> Iterator[Record]:
+        return self.list(conn, groups=scope.exported.get(GROUP, []), projects=scope.projects)
+
+    def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
+        by_id = {g["id"]: g for g in scope.exported.get(GROUP, [])}
+        by_project = {p["id"]: p for p in scope.projects}
+        rows = db.query(
+            "neutron",
+            "SELECT r.id, r.security_group_id, r.remote_group_id, r.direction, r.ethertype, "
+            "r.protocol, r.port_range_min, r.port_range_max, r.remote_ip_prefix, s.description "
+            "FROM securitygrouprules r JOIN standardattributes s ON s.id = r.standard_attr_id",
+        )
+        by_group: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for row in rows:
+            if row.security_group_id in by_id:
+                by_group[row.security_group_id].append(row._asdict())
+        for group_id, group in by_id.items():
+            yield rules_record(
+                group, by_group.get(group_id, []), by_project.get(group["project_id"])
+            )
 
     # -- comparing ------------------------------------------------------------
 

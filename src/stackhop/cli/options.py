@@ -1,0 +1,143 @@
+"""Options shared by several commands, declared once, with one vocabulary.
+
+Every command that takes one of these options adds it through the function
+here, so its spelling, type, default and help are the same everywhere:
+
+- ``--from CLOUD`` / ``--to CLOUD`` (:func:`add_clouds`);
+- ``--user-map FILE`` / ``--project-map FILE`` (:func:`add_maps`);
+- ``--workers N``, a positive integer (:func:`add_workers`): ``--workers 0`` is
+  a one-line usage error (exit 2), never a traceback;
+- ``--dry-run`` (:func:`add_dry_run`);
+- ``-f/--format`` and ``-c/--column`` (:func:`add_format_options`);
+- the selection of objects (:func:`add_selection`): ``--volume ID`` repeatable
+  (several after one flag work too) and ``--all-volumes``.
+
+The resource kinds' selector flags (``--keypairs``, ``--quotas``, ...) come
+from the kinds' declarations (:func:`add_kind_selectors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from stackhop import kinds as registry
+from stackhop.cli.output import add_format_options
+
+__all__ = [
+    "add_clouds",
+    "add_dry_run",
+    "add_format_options",
+    "add_kind_selectors",
+    "add_maps",
+    "add_selection",
+    "add_workers",
+    "chosen_selectors",
+    "positive_int",
+]
+
+USER_MAP_HELP = "YAML: 'domains: {old: new}' renames, 'users: {src id: dst id}' pins"
+PROJECT_MAP_HELP = "YAML: 'domains: {old: new}' renames, 'projects: {src id: dst id}' pins"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (argparse turns the error into exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def add_clouds(
+    parser: argparse.ArgumentParser, *, source: bool = True, destination: bool = True
+) -> None:
+    """``--from CLOUD`` (``args.source``) and/or ``--to CLOUD`` (``args.destination``)."""
+    if source:
+        parser.add_argument(
+            "--from",
+            dest="source",
+            required=True,
+            metavar="CLOUD",
+            help="the source cloud (a clouds.yaml name)",
+        )
+    if destination:
+        parser.add_argument(
+            "--to",
+            dest="destination",
+            required=True,
+            metavar="CLOUD",
+            help="the destination cloud (a clouds.yaml name)",
+        )
+
+
+def add_maps(parser: argparse.ArgumentParser, *, users: bool = True, projects: bool = True) -> None:
+    """``--user-map FILE`` and ``--project-map FILE`` (docs/resources.md: users and projects)."""
+    if users:
+        parser.add_argument("--user-map", metavar="FILE", help=USER_MAP_HELP)
+    if projects:
+        parser.add_argument("--project-map", metavar="FILE", help=PROJECT_MAP_HELP)
+
+
+def add_workers(parser: argparse.ArgumentParser, default: int, what: str) -> None:
+    """``--workers N``, a positive integer; ``what`` says what runs N at a time."""
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=default,
+        metavar="N",
+        help=f"{what} at once (default: {default})",
+    )
+
+
+def add_dry_run(parser: argparse.ArgumentParser, what: str = "show the plan") -> None:
+    """``--dry-run``: say what would be done, change nothing."""
+    parser.add_argument("--dry-run", action="store_true", help=f"{what}, change nothing")
+
+
+def add_selection(
+    parser: argparse.ArgumentParser,
+    noun: str,
+    *,
+    title: str,
+    every: str,
+    aliases_all: tuple[str, ...] = (),
+    aliases_one: tuple[str, ...] = (),
+) -> argparse._ArgumentGroup:
+    """``--<noun> ID_OR_NAME`` (repeatable; several after one flag too) and ``--all-<noun>s``.
+
+    The values land in ``args.<noun>s`` (a list) and ``args.all_<noun>s``.
+    ``aliases_*`` keep older spellings working (``--all``, ``--volumes``).
+    """
+    group = parser.add_argument_group(title)
+    group.add_argument(
+        f"--{noun}",
+        *aliases_one,
+        dest=f"{noun}s",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="ID_OR_NAME",
+        help=f"this {noun} (repeat the option, or name several after it)",
+    )
+    group.add_argument(
+        f"--all-{noun}s", *aliases_all, dest=f"all_{noun}s", action="store_true", help=every
+    )
+    return group
+
+
+def add_kind_selectors(parser: argparse.ArgumentParser) -> None:
+    """One flag per selector the resource kinds declare (``--keypairs``, ``--quotas``, ...)."""
+    group = parser.add_argument_group("what to move (none given: everything)")
+    for flag, (help_text, _) in registry.selectors().items():
+        group.add_argument(f"--{flag}", action="store_true", help=help_text)
+
+
+def chosen_selectors(args: argparse.Namespace) -> list[str]:
+    """The selector attributes (``nova_quotas``, ...) set on the command line."""
+    return [
+        registry.selector_dest(flag)
+        for flag in registry.selectors()
+        if getattr(args, registry.selector_dest(flag), False)
+    ]
