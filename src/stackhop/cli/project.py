@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from stackhop.cli.output import add_format_options, dump, render_table
+from stackhop.cli.volumes_backup import backup_target
 from stackhop.errors import ConflictError, UsageError
 from stackhop.journal import Journal
 from stackhop.project import migrate
@@ -79,9 +80,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--backup-to",
-        type=Path,
-        metavar="DIR",
-        help="also write each volume's backup there, from the same read",
+        type=backup_target,
+        metavar="DIR|cmd:COMMAND",
+        help="also write each volume's backup to DIR or pipe it to COMMAND, from the same read",
     )
     p.add_argument(
         "--allow-in-use",

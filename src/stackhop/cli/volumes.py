@@ -1,4 +1,4 @@
-"""``stackhop volumes copy|status|cleanup|restore-backup``: a project's volumes between clouds.
+"""``stackhop volumes copy|status|cleanup|restore-backup|backup``: volumes between clouds.
 
 Thin: parse, open the clouds, the journal and the storage map, call
 :mod:`stackhop.volumes`, render. Behaviour, methods and formats: ``docs/volumes.md``.
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from stackhop.cli import volumes_backup
 from stackhop.cli.output import add_format_options, dump, render_table
 from stackhop.clouds import connect
 from stackhop.errors import OperationFailedError, UsageError
@@ -80,8 +81,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--backup-to",
-        metavar="DIR",
-        help="also write each volume, compressed and checksummed, to DIR",
+        metavar="DIR|cmd:COMMAND",
+        type=volumes_backup.backup_target,
+        help="also write each volume's backup (a tar of zstd pieces and their digests) to "
+        "DIR, or pipe it to COMMAND (e.g. 'cmd:dd of=/dev/nst0 bs=1M'), from the same read",
     )
     p.add_argument(
         "--workers", type=int, default=1, metavar="N", help="volumes copied at once (default: 1)"
@@ -126,6 +129,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--storage-map", metavar="FILE")
     add_format_options(p, columns=False)
     p.set_defaults(func=restore_command)
+
+    volumes_backup.register(sub)
 
 
 def _print(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, data: Any) -> None:

@@ -65,7 +65,7 @@ class MigrationRequest:
     #: ``auto`` picks per volume: rbd when both backends are Ceph, stream when both are
     #: file backends with an ssh host, else image.
     method: str = "auto"
-    backup_to: Path | None = None
+    backup_to: str | None = None
     usage_start: datetime | None = None
     usage_end: datetime | None = None
     workers: int = 2

@@ -275,7 +275,10 @@ class PassRunner:
             bytes_sent=result.bytes_sent,
             bytes_wire=result.bytes_wire,
             details=result.details,
-            backup=str(self.backup.path) if self.backup else None,
+            backup=self.backup.location if self.backup else None,
+            backup_stream=(
+                self.backup.result.as_facts() if self.backup and self.backup.result else None
+            ),
         )
         self._write(DONE)
         return VolumeOutcome(
@@ -286,7 +289,7 @@ class PassRunner:
             planned.pass_number,
             result.bytes_sent,
             result.content_digest,
-            backup=str(self.backup.path) if self.backup else None,
+            backup=self.backup.location if self.backup else None,
         )
 
     def _check_backup(self, result: PassResult) -> None:
@@ -295,11 +298,12 @@ class PassRunner:
         if self.backup.content_digest is None:
             raise StackhopError(f"the {self.copier.method.name} method did not write the backup")
         if self.backup.content_digest != result.content_digest:
-            self.backup.path.unlink(missing_ok=True)
+            self.backup.discard()
             raise IntegrityError(
                 f"{self.planned.volume.label}: the backup hashes to "
                 f"{self.backup.content_digest[:16]}..., the copy to {result.content_digest[:16]}"
-                "...; the backup was removed, re-run"
+                f"...; the backup {self.backup.location} is not to be used (a file is removed); "
+                "re-run"
             )
 
     def fail(self, message: str) -> None:

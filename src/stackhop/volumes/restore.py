@@ -21,7 +21,8 @@ from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import Journal
 from stackhop.transfer.base import copy
 from stackhop.transfer.glance import GlanceDestination, GlanceSource
-from stackhop.volumes.backup import BackupReader, Tee
+from stackhop.volumes.backup import Tee
+from stackhop.volumes.backup_reader import BackupReader
 from stackhop.volumes.image import (
     HashingSink,
     create_image,
@@ -62,7 +63,7 @@ def _volume_of(reader: BackupReader, cloud: str, project_id: str, name: str | No
         attachments=(),
         metadata=dict(facts.get("metadata") or {}),
     )
-    facts.setdefault("id", reader.path.stem)
+    facts.setdefault("id", reader.volume_id)
     facts.setdefault("status", "available")
     if name is not None:
         facts["name"] = name
