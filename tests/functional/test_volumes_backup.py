@@ -1,0 +1,129 @@
+"""``--backup-to cmd:`` on the testbed: both byte-moving methods teeing into a "tape drive".
+
+A Ceph volume (copied by the rbd method) and a file volume (the stream
+method) of a project of the test's own are copied with ``--backup-to
+cmd:cat > FIFO``; a separate process drains the FIFO into one "tape" file per
+volume, standing in for the drive. Each tape is then checked byte for byte
+against what the journal says was sent, read back with ``volumes backup
+verify`` and ``extract`` (no cloud involved), and the extracted image must
+hash like the volume on dst.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from testbed import layout
+from tests.functional.conftest import CliResult
+from tests.functional.conftest import Testbed as TestbedInfo
+from tests.functional.rbd_support import write_image
+from tests.functional.volumes_support import (
+    Sandbox,
+    digest_of,
+    file_backend_path,
+    write_pattern,
+)
+
+from stackhop.journal import Journal
+from stackhop.volumes.model import VERIFY_CHUNK, content_digest
+from stackhop.volumes.storage import load_storage_map
+
+pytestmark = pytest.mark.functional
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def box(testbed: TestbedInfo, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    monkeypatch.setenv("STACKHOP_SRC_FILE_BACKEND_DIR", str(layout.SRC.file_backend_dir))
+    monkeypatch.setenv("STACKHOP_DST_FILE_BACKEND_DIR", str(layout.DST.file_backend_dir))
+    sandbox = Sandbox.create("voltest-bk")
+    try:
+        yield sandbox
+    finally:
+        sandbox.close()
+
+
+def _raw_digest(path: Path) -> str:
+    digests = []
+    with path.open("rb") as f:
+        while piece := f.read(VERIFY_CHUNK):
+            digests.append(hashlib.sha256(piece).hexdigest())
+    return content_digest(digests)
+
+
+def test_rbd_and_stream_copies_write_backups_through_a_command_to_a_fifo(
+    cli: Callable[..., CliResult], box: Sandbox, tmp_path: Path
+) -> None:
+    ceph = box.volume("voltest-bk-ceph", volume_type="ceph")
+    writes = [(0, 2 * MIB, 1), (300 * MIB + 5, 3 * MIB, 2), (1020 * MIB, 4 * MIB, 3)]
+    write_image(load_storage_map().backend("src", "ceph"), f"volume-{ceph.id}", writes)
+    plain = box.volume("voltest-bk-file", volume_type="file")
+    write_pattern(file_backend_path("src", plain.id), "bk", [0, 7, 600, 1023])
+
+    fifo, tapes = tmp_path / "nst0", tmp_path / "tapes"
+    os.mkfifo(fifo)
+    tapes.mkdir()
+    # The "drive": another process, one tape per writer that opens and closes the FIFO.
+    drive = subprocess.Popen(
+        ["bash", "-c", f'for n in 1 2; do cat "{fifo}" > "{tapes}/tape$n"; done'],
+    )
+    journal = tmp_path / "j.sqlite"
+    try:
+        outcomes = {}
+        for volume, method in ((ceph, "rbd"), (plain, "stream")):
+            done = cli("--journal", str(journal), "volumes", "copy", "--from", "src",
+                       "--to", "dst", "--project", box.name, "--volume", volume.name,
+                       "--method", method, "--backup-to", f'cmd:cat > "{fifo}"',
+                       "-f", "json")  # fmt: skip
+            assert done.code == 0, done.err
+            outcomes.update({o["volume_id"]: o for o in done.json()["volumes"]})
+        assert drive.wait(timeout=120) == 0
+    finally:
+        if drive.poll() is None:
+            drive.kill()  # our own child: a failed copy never opened the FIFO twice
+            drive.wait()
+
+    assert {o["outcome"] for o in outcomes.values()} == {"done"}
+    with Journal(journal) as j:
+        rows = {op.source_id: op.before for op in j.operations(kind="volume")}
+    by_digest = {
+        hashlib.sha256(t.read_bytes()).hexdigest(): t for t in sorted(tapes.iterdir())
+    }
+    for volume in (ceph, plain):
+        stream = rows[volume.id]["backup_stream"]
+        assert stream["location"] == f'cmd:cat > "{fifo}"' and stream["exit_status"] == 0
+        tape = by_digest[stream["sha256"]]  # the drive got exactly what the journal says
+        assert tape.stat().st_size == stream["bytes"]
+
+        checked = cli("volumes", "backup", "verify", str(tape), "-f", "json")
+        assert checked.code == 0, checked.err
+        assert checked.json()["volume_id"] == volume.id
+        assert checked.json()["content_digest"] == rows[volume.id]["content_digest"]
+
+        raw = tmp_path / f"{volume.id}.raw"
+        extracted = cli("volumes", "backup", "extract", str(tape), "-o", str(raw))
+        assert extracted.code == 0, extracted.err
+        assert raw.stat().st_size == 1024**3
+        assert _raw_digest(raw) == digest_of("dst", outcomes[volume.id]["destination_id"])
+        raw.unlink()
+
+
+def test_a_failing_backup_command_fails_the_volume_and_says_why(
+    cli: Callable[..., CliResult], box: Sandbox, tmp_path: Path
+) -> None:
+    plain = box.volume("voltest-bk-fail", volume_type="file")
+    write_pattern(file_backend_path("src", plain.id), "bkf", [0, 5])
+    result = cli("--journal", str(tmp_path / "j.sqlite"), "volumes", "copy", "--from", "src",
+                 "--to", "dst", "--project", box.name, "--all", "--method", "stream",
+                 "--backup-to", "cmd:cat > /dev/null; echo tape drive offline >&2; exit 5",
+                 "-f", "json")  # fmt: skip
+    assert result.code != 0
+    (outcome,) = result.json()["volumes"]
+    assert outcome["outcome"] == "failed"
+    assert "exited with status 5: tape drive offline" in outcome["error"]
