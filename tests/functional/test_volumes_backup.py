@@ -1,4 +1,5 @@
-"""``--backup-to cmd:`` on the testbed: both byte-moving methods teeing into a "tape drive".
+"""Backups on the testbed: ``--backup-to cmd:`` into a "tape drive", a failing command, a
+restore killed mid-way.
 
 A Ceph volume (copied by the rbd method) and a file volume (the stream
 method) of a project of the test's own are copied with ``--backup-to
@@ -13,9 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from testbed import layout
@@ -31,6 +36,7 @@ from tests.functional.volumes_support import (
 
 from stackhop.journal import Journal
 from stackhop.volumes.model import VERIFY_CHUNK, content_digest
+from stackhop.volumes.restore import MARKER
 from stackhop.volumes.storage import load_storage_map
 
 pytestmark = pytest.mark.functional
@@ -127,3 +133,44 @@ def test_a_failing_backup_command_fails_the_volume_and_says_why(
     (outcome,) = result.json()["volumes"]
     assert outcome["outcome"] == "failed"
     assert "exited with status 5: tape drive offline" in outcome["error"]
+
+
+def test_a_restore_killed_after_creating_its_volume_is_cleaned_up_by_its_run(
+    cli: Callable[..., CliResult], box: Sandbox, tmp_path: Path
+) -> None:
+    """kill -9 while the restored volume is being made: `volumes cleanup --run` finds it."""
+    plain = box.volume("voltest-bk-restore", volume_type="file")
+    write_pattern(file_backend_path("src", plain.id), "bkr", [0, 9, 700])
+    journal, backups = tmp_path / "j.sqlite", tmp_path / "backups"
+    copied = cli("--journal", str(journal), "volumes", "copy", "--from", "src", "--to", "dst",
+                 "--project", box.name, "--all", "--method", "stream",
+                 "--backup-to", str(backups))  # fmt: skip
+    assert copied.code == 0, copied.err
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "stackhop.cli.main", "--journal", str(journal), "volumes",
+         "restore-backup", "--to", "dst", "--project", box.name, "--name", "voltest-restored",
+         str(backups / f"{plain.id}.tar")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def marked() -> list[Any]:
+        return [v for v in box.volumes("dst") if MARKER in (v.metadata or {})]
+
+    try:
+        deadline = time.monotonic() + 300
+        while not marked():
+            assert child.poll() is None, "the restore ended before its volume appeared"
+            assert time.monotonic() < deadline, "no restored volume appeared in time"
+            time.sleep(0.3)
+    finally:
+        child.send_signal(signal.SIGKILL)  # our own child
+        child.wait()
+    (left,) = marked()
+    with Journal(journal) as j:
+        (run,) = [r for r in j.runs() if r.command == "volumes restore-backup"]
+    cleaned = cli("--journal", str(journal), "volumes", "cleanup", "--run", run.id, "-f", "json")
+    assert cleaned.code == 0, cleaned.err
+    assert {t["outcome"] for t in cleaned.json()["temporaries"]} == {"removed"}
+    assert marked() == [] and left.id not in {v.id for v in box.volumes("dst")}
+    assert box.images("dst") == []

@@ -125,6 +125,8 @@ def test_image_method_end_to_end_with_backup_rerun_status_and_restore(
     new_id = restored.json()["volume_id"]
     assert new_id != copied.id
     assert digest_of("dst", new_id) == want
+    # The restore's marker is gone once verified: the volume's metadata is the backed-up one.
+    assert box.dst.block_storage.get_volume(new_id).metadata == copied.metadata
     assert box.images("dst") == []
 
 

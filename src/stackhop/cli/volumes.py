@@ -21,7 +21,9 @@ from stackhop.volumes import copy as volume_copy
 from stackhop.volumes.inventory import list_projects, list_volumes
 from stackhop.volumes.methods import METHODS
 from stackhop.volumes.model import VolumeRef
+from stackhop.volumes.restore import COMMAND as RESTORE_COMMAND
 from stackhop.volumes.restore import restore_backup
+from stackhop.volumes.restore import scope_of as restore_scope
 from stackhop.volumes.storage import load_storage_map
 from stackhop.volumes.temporaries import KIND as TEMPORARY_KIND
 
@@ -299,19 +301,18 @@ def cleanup_command(args: argparse.Namespace) -> int:
     storage = load_storage_map(args.storage_map)
     with Journal(args.journal) as journal:
         run = journal.run(args.run)
-        if not run.source_cloud or not run.destination_cloud:
-            raise UsageError(f"run {run.id} is not a `volumes copy` run")
-        clouds = volume_copy.Clouds(connect(run.source_cloud), connect(run.destination_cloud))
+        if run.command == RESTORE_COMMAND and run.destination_cloud:
+            conn = connect(run.destination_cloud)
+            clouds, scope = volume_copy.Clouds(conn, conn), restore_scope(run.destination_cloud)
+        elif run.source_cloud and run.destination_cloud:
+            clouds = volume_copy.Clouds(connect(run.source_cloud), connect(run.destination_cloud))
+            scope = volume_copy.scope_of(run.source_cloud, run.destination_cloud)
+        else:
+            raise UsageError(f"run {run.id} is not a `volumes copy` or `restore-backup` run")
         report = volume_copy.cleanup_run(
-            run.id,
-            run.source_cloud,
-            run.destination_cloud,
-            clouds,
-            journal,
-            storage,
-            end_chains=args.end_chains,
+            run.id, scope, clouds, journal, storage, end_chains=args.end_chains,
             events=args.events,
-        )
+        )  # fmt: skip
     rows = [
         {"Temporary": r["temporary"], "Outcome": r["outcome"], "Error": r.get("error", "")}
         for r in report

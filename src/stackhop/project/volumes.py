@@ -193,8 +193,9 @@ def cleanup(migration: Migration, runs: Sequence[Mapping[str, Any]]) -> int:
             continue
         report = volume_copy.cleanup_run(
             str(run["run_id"]),
-            migration.request.source_cloud,
-            migration.request.destination_cloud,
+            volume_copy.scope_of(
+                migration.request.source_cloud, migration.request.destination_cloud
+            ),
             clouds,
             migration.journal,
             storage,

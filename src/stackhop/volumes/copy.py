@@ -315,8 +315,7 @@ def copy_volumes(
 
 def cleanup_run(
     run_id: str,
-    source_cloud: str,
-    destination_cloud: str,
+    scope: str,
     clouds: Clouds,
     journal: Journal,
     storage: StorageMap,
@@ -324,12 +323,11 @@ def cleanup_run(
     end_chains: bool = False,
     events: EventSink | None = None,
 ) -> list[dict[str, Any]]:
-    """Remove every temporary run ``run_id`` left (pending, not kept); what happened to each.
+    """Remove every temporary run ``run_id`` left in ``scope`` (pending, not kept); each outcome.
 
     With ``end_chains`` also end the incremental chains of the volumes that run
     verified: the method drops what it kept for a next pass (its snapshots).
     """
-    scope = scope_of(source_cloud, destination_cloud)
     ledger = TemporaryLedger(journal, scope)
     sink = events or NullSink()
     report: list[dict[str, Any]] = []
