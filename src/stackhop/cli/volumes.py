@@ -88,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="also write each volume's backup (a tar of zstd pieces and their digests) to "
         "DIR, or pipe it to COMMAND (e.g. 'cmd:dd of=/dev/nst0 bs=1M'), from the same read",
     )
+    volumes_backup.add_reshape_options(p)
     p.add_argument(
         "--workers", type=int, default=1, metavar="N", help="volumes copied at once (default: 1)"
     )
@@ -211,6 +212,7 @@ def copy_command(args: argparse.Namespace) -> int:
         incremental=args.incremental or args.final,
         final=args.final,
         backup_to=args.backup_to,
+        reshape=volumes_backup.reshape_of(args),
         workers=args.workers,
         allow_in_use=args.allow_in_use,
         dry_run=args.dry_run,

@@ -1,19 +1,24 @@
-"""``stackhop volumes backup verify|extract``: a ``--backup-to`` backup, without any cloud.
+"""``stackhop volumes backup verify|extract``, and the options of a volume's destination.
 
-Both read a backup file or a stream (``-``: stdin, e.g. ``dd if=/dev/nst0 bs=1M |``),
-check every piece against the manifest, and say what the backup holds.
+``backup verify|extract`` read a backup file or a stream (``-``: stdin, e.g.
+``dd if=/dev/nst0 bs=1M |``), without any cloud, check every piece against the
+manifest, and say what the backup holds. The ``--backup-to``, ``--type-map``,
+``--min-size`` and ``--grow-to`` options are declared here once for ``volumes
+copy`` and ``project migrate``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 
 from stackhop.cli.output import add_format_options, dump, render_table
-from stackhop.errors import UsageError
+from stackhop.errors import StackhopError, UsageError
 from stackhop.volumes.backup_reader import BackupSummary, extract_backup, scan_backup
 from stackhop.volumes.backup_target import check_target
+from stackhop.volumes.reshape import Reshape, parse_grow_to, parse_type_map
 
 COLUMNS = ("Volume", "Name", "Size", "Pieces", "Stored", "Digest", "Written to")
 
@@ -24,6 +29,64 @@ def backup_target(value: str) -> str:
         return check_target(value)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def positive_int(value: str) -> int:
+    """argparse type of a count or a size: a whole number of at least 1."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
+def _checked(parse: Callable[[list[str]], object]) -> Callable[[str], str]:
+    """An argparse type that checks one value of a repeatable option with ``parse``."""
+
+    def check(value: str) -> str:
+        try:
+            parse([value])
+        except StackhopError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from exc
+        return value
+
+    return check
+
+
+def add_reshape_options(p: argparse.ArgumentParser) -> None:
+    """``--type-map``, ``--min-size`` and ``--grow-to`` (volumes copy, project migrate)."""
+    p.add_argument(
+        "--type-map",
+        action="append",
+        default=[],
+        type=_checked(parse_type_map),
+        metavar="SRC_TYPE=DST_TYPE|FILE",
+        help="the destination volume type of a source type (repeatable; or a YAML file "
+        "{source type: destination type}); unmapped types keep their name",
+    )
+    p.add_argument(
+        "--min-size",
+        type=positive_int,
+        default=0,
+        metavar="GIB",
+        help="destination volumes are at least GIB large (extended after the verified copy; "
+        "the file system inside is the user's to grow)",
+    )
+    p.add_argument(
+        "--grow-to",
+        action="append",
+        default=[],
+        type=_checked(parse_grow_to),
+        metavar="NAME_OR_ID=GIB",
+        help="this volume's destination size (repeatable; never smaller than the source)",
+    )
+
+
+def reshape_of(args: argparse.Namespace) -> Reshape:
+    """The :class:`Reshape` the options above ask for."""
+    return Reshape(
+        type_map=parse_type_map(args.type_map),
+        min_size_gib=args.min_size,
+        grow_to=parse_grow_to(args.grow_to),
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -45,6 +45,7 @@ from stackhop.project import volumes as project_volumes
 from stackhop.project.phases import Facts, PhaseOutcome, PhaseResult, PhaseRunner
 from stackhop.project.report import CONFLICT, MigrationReport, objects_of_runs
 from stackhop.project.usage import archive_project_usage
+from stackhop.volumes.reshape import Reshape
 
 ARCHIVE_NAME = "resources.tar.zst"
 
@@ -66,6 +67,8 @@ class MigrationRequest:
     #: file backends with an ssh host, else image.
     method: str = "auto"
     backup_to: str | None = None
+    #: Destination volume types and sizes (``--type-map``, ``--min-size``, ``--grow-to``).
+    reshape: Reshape = field(default_factory=Reshape)
     usage_start: datetime | None = None
     usage_end: datetime | None = None
     workers: int = 2
@@ -420,6 +423,7 @@ def migrate_project(
             "method": request.method,
             "volumes": list(request.volumes),
             "all_volumes": request.all_volumes,
+            **request.reshape.as_args(),
         },
     )
     migration = Migration(request, journal, run.id, events)

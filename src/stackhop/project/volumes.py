@@ -91,6 +91,7 @@ def _copy_request(
         method=method,
         incremental=request.allow_in_use,
         backup_to=str(request.backup_to) if request.backup_to else None,
+        reshape=request.reshape,
         workers=request.workers,
         allow_in_use=request.allow_in_use,
         dry_run=dry_run,
@@ -110,7 +111,11 @@ def select(migration: Migration, project_id: str, destination_id: str) -> list[d
     if not volumes:
         return []
     dst = migration.destination
-    types = preflight.destination_types(dst, volumes, migration.request.destination_cloud)
+    reshape = migration.request.reshape
+    reshape.check(volumes)
+    types = preflight.destination_types(
+        dst, volumes, migration.request.destination_cloud, reshape.type_map
+    )
     selection = [
         {
             "id": v.id,
@@ -137,7 +142,10 @@ def select(migration: Migration, project_id: str, destination_id: str) -> list[d
         == "copy"
     ]
     preflight.check_quota(
-        project_id, volume_inventory.quota_room(dst, destination_id), creating, types
+        project_id,
+        volume_inventory.quota_room(dst, destination_id),
+        reshape.sized(creating),
+        types,
     )
     for method, ids in _groups(selection).items():
         copier = _copier(migration, project_id, method, ids, dry_run=True)

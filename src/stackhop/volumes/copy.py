@@ -56,6 +56,7 @@ from stackhop.volumes.passes import (
     pass_identity,
     plan_volume,
 )
+from stackhop.volumes.reshape import Reshape
 from stackhop.volumes.storage import StorageMap
 from stackhop.volumes.temporaries import TemporaryLedger
 
@@ -100,6 +101,8 @@ class CopyRequest:
     #: The cutover pass (implies ``incremental``): volumes must be detached; each volume's
     #: incremental chain ends once it is verified (the method's kept snapshots are removed).
     final: bool = False
+    #: Destination type and size of the volumes (``--type-map``, ``--min-size``, ``--grow-to``).
+    reshape: Reshape = field(default_factory=Reshape)
 
     def __post_init__(self) -> None:
         if self.final:  # a cutover pass is the last pass of an incremental chain
@@ -107,7 +110,11 @@ class CopyRequest:
 
     def args(self) -> dict[str, Any]:
         """The request as journal run arguments."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        plain = {k: v for k, v in self.__dict__.items() if k != "reshape"}
+        return {
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in plain.items()},
+            **self.reshape.as_args(),
+        }
 
 
 @dataclass
@@ -159,6 +166,7 @@ class VolumeCopier:
         self.source_conn = clouds.source
         self.destination_conn = clouds.destination
         self.backup_to = request.backup_to
+        self.reshape = request.reshape
         self.destination_cloud = request.destination_cloud
         self.final = request.final
         self.incremental = request.incremental
@@ -184,14 +192,19 @@ class VolumeCopier:
         self.destination_project_conn = project_connection(
             dst, request.destination_cloud, dst_project
         )
-        types = preflight.destination_types(dst, volumes, request.destination_cloud)
+        request.reshape.check(volumes)
+        types = preflight.destination_types(
+            dst, volumes, request.destination_cloud, request.reshape.type_map
+        )
         plan = [
             plan_volume(self.journal, self.scope, v, request.incremental, dst_project, types[v.id])
             for v in volumes
         ]
         moving = [p.volume for p in plan if p.action != "skip"]
         creating = [p.volume for p in plan if p.action == "copy"]
-        preflight.check_quota(label, quota_room(dst, dst_project), creating, types)
+        preflight.check_quota(
+            label, quota_room(dst, dst_project), request.reshape.sized(creating), types
+        )
         preflight.check_in_use(
             moving, request.allow_in_use and not request.final, request.incremental
         )

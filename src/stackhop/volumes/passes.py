@@ -20,7 +20,9 @@ from stackhop.errors import IntegrityError, StackhopError
 from stackhop.events import EventSink, EventType
 from stackhop.journal import DONE, FAILED, PENDING, Journal, OperationRecord
 from stackhop.volumes.backup import BackupWriter
+from stackhop.volumes.inventory import wait_volume
 from stackhop.volumes.model import PassContext, PassResult, Temporary, VolumeMethod, VolumeRef
+from stackhop.volumes.reshape import Reshape
 from stackhop.volumes.storage import StorageMap
 from stackhop.volumes.temporaries import TemporaryLedger
 
@@ -131,6 +133,8 @@ class PassHost(Protocol):
     source_conn: Any
     destination_conn: Any
     backup_to: str | None
+    #: The destination's type and size (``--type-map``, ``--min-size``, ``--grow-to``).
+    reshape: Reshape
     destination_cloud: str
     destination_project_conn: Any
     #: ``--incremental``: passes keep what the next one needs and send only what changed.
@@ -254,6 +258,12 @@ class PassRunner:
         result = copier.method.copy_pass(ctx)
         self._check_backup(result)
         self.destination_id = result.destination_id
+        target = copier.reshape.target_gib(planned.volume)
+        # Verified at the source's size, then extended; in an incremental chain only by its
+        # last pass (a diff applied to a grown image could resize it back).
+        if target > planned.volume.size_gib and (copier.final or not copier.incremental):
+            grown = grow_volume(copier.destination_conn, result.destination_id, target)
+            self.facts["destination_size_gib"] = grown
         copier.journal.map_id(copier.scope, KIND, planned.volume.id, result.destination_id)
         state = result.state
         if copier.final:  # the cutover pass ends the chain: nothing is kept for a next pass
@@ -329,6 +339,25 @@ class PassRunner:
             copier.emit(
                 EventType.WARNING, kind=KIND, identity=self.planned.volume.name, message=str(exc)
             )
+
+
+def grow_volume(conn: Any, volume_id: str, size_gib: int) -> int:
+    """Extend destination volume ``volume_id`` to ``size_gib`` (no-op when it is that large)."""
+    volume = conn.block_storage.get_volume(volume_id)
+    if volume.size >= size_gib:
+        return int(volume.size)
+    conn.block_storage.extend_volume(volume, size_gib)
+    deadline = time.monotonic() + 600
+    while True:
+        volume = wait_volume(conn, volume_id, ("available", "in-use"))
+        if volume.size >= size_gib:
+            return int(volume.size)
+        if time.monotonic() > deadline:
+            raise StackhopError(
+                f"volume {volume_id} on the destination stayed at {volume.size} GiB after "
+                f"extending it to {size_gib} GiB; check the Cinder volume service's log"
+            )
+        time.sleep(1)
 
 
 def _as_bus(events: EventSink) -> Any:
