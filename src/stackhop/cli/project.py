@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from stackhop.cli.output import add_format_options, dump, render_table
-from stackhop.cli.volumes_backup import add_reshape_options, backup_target, reshape_of
+from stackhop.cli.volumes_backup import (
+    add_grant_option,
+    add_reshape_options,
+    backup_target,
+    reshape_of,
+)
 from stackhop.errors import ConflictError, UsageError
 from stackhop.journal import Journal
 from stackhop.project import migrate
@@ -85,6 +90,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="also write each volume's backup to DIR or pipe it to COMMAND, from the same read",
     )
     add_reshape_options(p)
+    add_grant_option(p)
     p.add_argument(
         "--allow-in-use",
         action="store_true",
@@ -170,6 +176,7 @@ def _request(args: argparse.Namespace) -> migrate.MigrationRequest:
         method=args.method,
         backup_to=args.backup_to,
         reshape=reshape_of(args),
+        grant_role=args.grant_role,
         usage_start=args.usage_start,
         usage_end=args.usage_end,
         workers=args.workers,

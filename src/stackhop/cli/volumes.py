@@ -89,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "DIR, or pipe it to COMMAND (e.g. 'cmd:dd of=/dev/nst0 bs=1M'), from the same read",
     )
     volumes_backup.add_reshape_options(p)
+    volumes_backup.add_grant_option(p)
     p.add_argument(
         "--workers", type=int, default=1, metavar="N", help="volumes copied at once (default: 1)"
     )
@@ -213,6 +214,7 @@ def copy_command(args: argparse.Namespace) -> int:
         final=args.final,
         backup_to=args.backup_to,
         reshape=volumes_backup.reshape_of(args),
+        grant_role=args.grant_role,
         workers=args.workers,
         allow_in_use=args.allow_in_use,
         dry_run=args.dry_run,

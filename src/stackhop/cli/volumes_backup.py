@@ -80,6 +80,17 @@ def add_reshape_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_grant_option(p: argparse.ArgumentParser) -> None:
+    """``--grant-role`` (volumes copy, project migrate)."""
+    p.add_argument(
+        "--grant-role",
+        metavar="ROLE",
+        help="give your user ROLE (e.g. admin) in the destination project for the run: "
+        "journaled, removed at its end or by `volumes cleanup --run`; a role you already "
+        "hold is left alone",
+    )
+
+
 def reshape_of(args: argparse.Namespace) -> Reshape:
     """The :class:`Reshape` the options above ask for."""
     return Reshape(

@@ -69,6 +69,9 @@ class MigrationRequest:
     backup_to: str | None = None
     #: Destination volume types and sizes (``--type-map``, ``--min-size``, ``--grow-to``).
     reshape: Reshape = field(default_factory=Reshape)
+    #: ``--grant-role``: the role the operator's user holds in the destination project while
+    #: volumes are copied (granted and removed by stackhop only when it was missing).
+    grant_role: str | None = None
     usage_start: datetime | None = None
     usage_end: datetime | None = None
     workers: int = 2

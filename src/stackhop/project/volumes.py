@@ -92,6 +92,7 @@ def _copy_request(
         incremental=request.allow_in_use,
         backup_to=str(request.backup_to) if request.backup_to else None,
         reshape=request.reshape,
+        grant_role=request.grant_role,
         workers=request.workers,
         allow_in_use=request.allow_in_use,
         dry_run=dry_run,

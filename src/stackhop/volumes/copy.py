@@ -38,7 +38,7 @@ from stackhop.errors import StackhopError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import DONE, FAILED, Journal
 from stackhop.kinds.identity import OperatorMap
-from stackhop.volumes import preflight
+from stackhop.volumes import grant, preflight
 from stackhop.volumes.inventory import (
     map_project,
     project_connection,
@@ -47,7 +47,7 @@ from stackhop.volumes.inventory import (
     select_volumes,
 )
 from stackhop.volumes.methods import get_method
-from stackhop.volumes.model import VolumeMethod, VolumeRef
+from stackhop.volumes.model import Temporary, VolumeMethod, VolumeRef
 from stackhop.volumes.passes import (
     KIND,
     PassRunner,
@@ -103,6 +103,9 @@ class CopyRequest:
     final: bool = False
     #: Destination type and size of the volumes (``--type-map``, ``--min-size``, ``--grow-to``).
     reshape: Reshape = field(default_factory=Reshape)
+    #: ``--grant-role``: the operator's user holds this role in the destination project for
+    #: the run (granted and removed by stackhop only when it did not hold it already).
+    grant_role: str | None = None
 
     def __post_init__(self) -> None:
         if self.final:  # a cutover pass is the last pass of an incremental chain
@@ -171,6 +174,8 @@ class VolumeCopier:
         self.final = request.final
         self.incremental = request.incremental
         self.destination_project_conn: Any = None
+        self.destination_project = ""
+        self.grant: Temporary | None = None
 
     # -- planning and preflight ----------------------------------------------
 
@@ -187,11 +192,18 @@ class VolumeCopier:
         )
         dst_project = map_project(project, dst, self.project_map)
         label = f"{project['name']}"
-        # Fails early when the credentials cannot act in the destination project; kept for the
-        # passes, which create volumes there.
-        self.destination_project_conn = project_connection(
-            dst, request.destination_cloud, dst_project
+        self.destination_project = dst_project
+        self.grant = (
+            grant.needed_grant(dst, request.destination_cloud, dst_project, request.grant_role)
+            if request.grant_role
+            else None
         )
+        if self.grant is None:
+            # Fails early when the credentials cannot act in the destination project; kept
+            # for the passes, which create volumes there.
+            self.destination_project_conn = project_connection(
+                dst, request.destination_cloud, dst_project
+            )
         request.reshape.check(volumes)
         types = preflight.destination_types(
             dst, volumes, request.destination_cloud, request.reshape.type_map
@@ -230,7 +242,15 @@ class VolumeCopier:
         self.emit(EventType.RUN_STARTED, run_id=run.id, total=len(plan))
         self.emit(EventType.KIND_STARTED, kind=KIND, total=len(plan))
         outcome = "failed"
+        granted = self.grant
         try:
+            if granted is not None:  # journaled first: a crash leaves it to `volumes cleanup`
+                self.ledger.created(run.id, None, granted)
+                grant.grant(self.destination_conn, granted)
+                self.destination_project_conn = project_connection(
+                    self.destination_conn, self.request.destination_cloud,
+                    self.destination_project,
+                )  # fmt: skip
             with ThreadPoolExecutor(
                 max_workers=max(1, self.request.workers), thread_name_prefix="volume"
             ) as pool:
@@ -240,6 +260,9 @@ class VolumeCopier:
             outcome = "interrupted"
             raise
         finally:
+            if granted is not None:
+                grant.revoke(self.destination_conn, granted)
+                self.ledger.removed(run.id, granted)
             self.journal.finish_run(run.id, outcome)
             self.emit(EventType.RUN_FINISHED, run_id=run.id, outcome=outcome)
         return result
@@ -346,9 +369,12 @@ def cleanup_run(
     report: list[dict[str, Any]] = []
     for _row, temporary in ledger.leftovers(run_id):
         try:
-            get_method(temporary.method).remove_temporary(
-                temporary, clouds.source, clouds.destination, storage
-            )
+            if temporary.method == grant.METHOD:
+                grant.revoke(clouds.destination, temporary)
+            else:
+                get_method(temporary.method).remove_temporary(
+                    temporary, clouds.source, clouds.destination, storage
+                )
             ledger.removed(run_id, temporary)
             report.append({"temporary": temporary.identity, "outcome": "removed"})
         except StackhopError as exc:
