@@ -91,6 +91,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     volumes_backup.add_reshape_options(p)
     volumes_backup.add_grant_option(p)
     p.add_argument(
+        "--codec",
+        choices=("auto", "raw", "zstd", "zlib"),
+        help="stream method: how chunks travel (default auto: zstd where both storage hosts "
+        "have it, else raw with a warning; zlib pays on slow links)",
+    )
+    p.add_argument(
         "--workers", type=int, default=1, metavar="N", help="volumes copied at once (default: 1)"
     )
     p.add_argument(
@@ -189,6 +195,8 @@ def _pick_volumes(volumes: list[VolumeRef], stdin: TextIO) -> list[VolumeRef]:
 def copy_command(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.codec and args.method != "stream":
+        raise UsageError(f"--codec is an option of the stream method, not of {args.method}")
     if args.interactive and (args.volume or args.all):
         raise UsageError("--interactive picks the volumes: leave out --volume and --all")
     if not args.interactive and not args.project:
@@ -215,6 +223,7 @@ def copy_command(args: argparse.Namespace) -> int:
         backup_to=args.backup_to,
         reshape=volumes_backup.reshape_of(args),
         grant_role=args.grant_role,
+        method_options={"codec": args.codec} if args.codec else {},
         workers=args.workers,
         allow_in_use=args.allow_in_use,
         dry_run=args.dry_run,

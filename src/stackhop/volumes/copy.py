@@ -29,7 +29,7 @@ Journal (scope ``<source cloud>-><destination cloud>``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +106,8 @@ class CopyRequest:
     #: ``--grant-role``: the operator's user holds this role in the destination project for
     #: the run (granted and removed by stackhop only when it did not hold it already).
     grant_role: str | None = None
+    #: Options of the method (``--codec`` of the stream method).
+    method_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.final:  # a cutover pass is the last pass of an incremental chain
@@ -113,10 +115,11 @@ class CopyRequest:
 
     def args(self) -> dict[str, Any]:
         """The request as journal run arguments."""
-        plain = {k: v for k, v in self.__dict__.items() if k != "reshape"}
+        plain = {k: v for k, v in self.__dict__.items() if k not in ("reshape", "method_options")}
         return {
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in plain.items()},
             **self.reshape.as_args(),
+            **dict(self.method_options),
         }
 
 
@@ -164,7 +167,7 @@ class VolumeCopier:
         self.project_map = project_map
         self.selected = selected
         self.scope = scope_of(request.source_cloud, request.destination_cloud)
-        self.method: VolumeMethod = get_method(request.method)
+        self.method: VolumeMethod = get_method(request.method, **request.method_options)
         self.ledger = TemporaryLedger(journal, self.scope)
         self.source_conn = clouds.source
         self.destination_conn = clouds.destination

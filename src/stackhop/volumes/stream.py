@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stackhop.errors import CapabilityError, ConfigError, IntegrityError
+from stackhop.events import Event, EventType
 from stackhop.journal import CHUNK_CONFIRMED, ChunkRecord
 from stackhop.transfer import stream_agent as agent
 from stackhop.transfer.ssh_stream import AgentHost, PumpResult, pump, pump_direct
@@ -302,6 +303,18 @@ class StreamMethod:
                     f"; check the 'path' of the storage map {ctx.storage.source}"
                 )
         ends.codec = self._codec(src_facts["codecs"], ends.dst_facts["codecs"])
+        if self.codec == "auto" and ends.codec == "raw":
+            sides = ((ends.src_host, src_facts), (ends.destination, ends.dst_facts))
+            lacking = [h.host.name for h, f in sides if "zstd" not in f["codecs"]]
+            ctx.events.emit(
+                Event(
+                    EventType.WARNING,
+                    kind="volume",
+                    identity=ctx.source.name or ctx.source.id,
+                    message=f"--codec auto sends raw: no zstd for Python on {', '.join(lacking)} "
+                    "(install python3-zstandard there, or choose --codec zlib for a slow link)",
+                )
+            )
         ends.facts = {
             "destination_id": volume.id,
             "source_path": f"{ends.src_host.host.name}:{ends.src_path}",
