@@ -18,10 +18,22 @@ from pathlib import Path
 import pytest
 
 from stackhop.cli.main import main
-from stackhop.errors import ConfigError, IntegrityError
+from stackhop.errors import ConfigError, IntegrityError, UsageError
 from stackhop.transfer.base import Chunk, HashingDestination, copy
-from stackhop.volumes.backup import BackupWriter, ContentHasher, Rechunker, Tee
-from stackhop.volumes.backup_reader import BackupReader, extract_backup, scan_backup
+from stackhop.volumes.backup import (
+    BackupWriter,
+    ContentHasher,
+    IncrementalBackupWriter,
+    Rechunker,
+    Tee,
+)
+from stackhop.volumes.backup_reader import (
+    BackupReader,
+    IncrementalBackupError,
+    extract_backup,
+    scan_backup,
+    verify_chain,
+)
 from stackhop.volumes.model import VERIFY_CHUNK, VolumeRef, content_digest
 
 MIB = 1024 * 1024
@@ -125,7 +137,8 @@ def test_a_backup_restores_with_standard_tools_alone(tmp_path: Path) -> None:
         readme = tar.extractfile(f"{_volume().id}/README.txt")
         assert readme is not None
         text = readme.read().decode()
-    script = text[text.index("tar -xf") :].replace("BACKUP.tar", writer.location)
+    script = text[text.index("tar -xf") : text.index("\n\nAn incremental")]
+    script = script.replace("BACKUP.tar", writer.location)
     work = tmp_path / "restore"
     work.mkdir()
     subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, check=True)
@@ -331,3 +344,94 @@ def test_a_huge_sparse_volume_stores_only_its_data(tmp_path: Path) -> None:
     summary = scan_backup(writer.location)
     assert summary.size == size and summary.stored_pieces == 1
     assert summary.pieces == size // VERIFY_CHUNK
+
+
+def _incremental(
+    tmp_path: Path, base: bytes, changes: list[Chunk], pass_number: int
+) -> tuple[IncrementalBackupWriter, bytes]:
+    """An incremental backup of ``changes`` over the image ``base``; returns it and the result."""
+    after = bytearray(base)
+    for c in changes:
+        after[c.offset : c.offset + len(c.data)] = c.data
+    writer = IncrementalBackupWriter(
+        str(tmp_path), _volume(), base_digest=_flat_digest(base), pass_number=pass_number
+    )
+    writer.open(len(base))
+    for c in changes:
+        writer.write(c)
+    writer.commit()
+    writer.finish(_flat_digest(bytes(after)))
+    return writer, bytes(after)
+
+
+def test_an_incremental_chain_stores_exact_changes_and_rebuilds_the_volume(
+    tmp_path: Path,
+) -> None:
+    size = 6 * VERIFY_CHUNK + 12345
+    image, chunks = _sparse_image(size)
+    full = _write_backup(str(tmp_path), image, chunks)
+    # Pass 2: a few bytes inside a piece, an extent across a piece boundary, a zeroed run.
+    first, after2 = _incremental(tmp_path, image, [
+        Chunk(10, b"abc"),
+        Chunk(VERIFY_CHUNK - 5, os.urandom(10)),
+        Chunk(5 * MIB + 7, bytes(MIB)),
+    ], 2)  # fmt: skip
+    second, after3 = _incremental(tmp_path, after2, [Chunk(size - 3, b"xyz")], 3)
+    assert Path(first.location).name == f"{_volume().id}.pass2.tar"
+    assert Path(first.location).stat().st_size < 100_000  # the changes, not the volume
+
+    summaries = verify_chain([full.location, first.location, second.location])
+    assert [s.kind for s in summaries] == ["full", "incremental", "incremental"]
+    assert summaries[1].pieces == 4  # the boundary-crossing extent is split in two
+    out = tmp_path / "v.raw"
+    summary = extract_backup([full.location, first.location, second.location], out)
+    assert out.read_bytes() == after3 and summary.content_digest == _flat_digest(after3)
+
+    # Standard tools: the full backup's procedure, then each incremental without sparse.
+    work = tmp_path / "tools"
+    work.mkdir()
+    vid = _volume().id
+    script = f"""
+    for b in {full.location} {first.location} {second.location}; do tar -xf "$b"; done
+    cd {vid} && zstd -d -q --rm chunks/*.zst && sha256sum -c --quiet SHA256SUMS
+    truncate -s "$(cat size)" volume.raw
+    for f in chunks/*; do dd if="$f" of=volume.raw bs=4M oflag=seek_bytes \
+        seek="$((10#${{f#chunks/}}))" conv=notrunc,sparse status=none; done
+    for n in 2 3; do
+      (cd ../{vid}.pass$n && zstd -d -q --rm chunks/*.zst && sha256sum -c --quiet SHA256SUMS)
+      for f in ../{vid}.pass$n/chunks/*; do o=${{f##*/}}; dd if="$f" of=volume.raw bs=4M \
+          oflag=seek_bytes seek="$((10#$o))" conv=notrunc status=none; done
+    done
+    """
+    subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, check=True)
+    assert (work / vid / "volume.raw").read_bytes() == after3
+
+
+def test_a_chain_out_of_order_or_with_a_gap_is_refused_and_an_incremental_alone_too(
+    tmp_path: Path,
+) -> None:
+    size = 2 * VERIFY_CHUNK
+    image = os.urandom(size)
+    full = _write_backup(str(tmp_path), image, [Chunk(0, image)])
+    first, after2 = _incremental(tmp_path, image, [Chunk(0, b"1")], 2)
+    second, _ = _incremental(tmp_path, after2, [Chunk(1, b"2")], 3)
+    with pytest.raises(UsageError, match="give the chain in pass order, without gaps"):
+        extract_backup([full.location, second.location], tmp_path / "o.raw")
+    with pytest.raises(UsageError, match="a chain starts with a full one"):
+        verify_chain([first.location, second.location])
+    assert not (tmp_path / "o.raw").exists()
+    with pytest.raises(IncrementalBackupError, match="incremental backup"):
+        BackupReader(first.location)
+    assert scan_backup(first.location).base_content_digest == full.content_digest
+
+
+def test_an_incremental_backup_is_sealed_only_by_a_verified_pass(tmp_path: Path) -> None:
+    writer = IncrementalBackupWriter(str(tmp_path), _volume(), base_digest="b", pass_number=2)
+    writer.open(VERIFY_CHUNK)
+    writer.write(Chunk(0, b"x"))
+    with pytest.raises(IntegrityError, match="never completed"):
+        writer.finish("d")
+    with pytest.raises(IntegrityError, match="offset order"):
+        writer.write(Chunk(0, b"y"))
+    writer.abort(RuntimeError("cut"))
+    assert list(tmp_path.iterdir()) == []

@@ -16,11 +16,11 @@ from dataclasses import asdict
 
 from stackhop.cli.output import add_format_options, dump, render_table
 from stackhop.errors import StackhopError, UsageError
-from stackhop.volumes.backup_reader import BackupSummary, extract_backup, scan_backup
+from stackhop.volumes.backup_reader import BackupSummary, extract_backup, verify_chain
 from stackhop.volumes.backup_target import check_target
 from stackhop.volumes.reshape import Reshape, parse_grow_to, parse_type_map
 
-COLUMNS = ("Volume", "Name", "Size", "Pieces", "Stored", "Digest", "Written to")
+COLUMNS = ("Volume", "Kind", "Name", "Size", "Stored", "Digest", "Written to")
 
 
 def backup_target(value: str) -> str:
@@ -109,38 +109,46 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "against its manifest; extract writes the volume as a sparse raw image.",
     )
     actions = backup.add_subparsers(dest="backup_action", metavar="ACTION", required=True)
-    p = actions.add_parser("verify", help="check every piece of a backup")
-    p.add_argument("source", metavar="FILE", help="the backup file, or - for stdin")
+    chain = (
+        "the backup file (- for stdin), or a chain: the full backup, then its incremental "
+        "backups in pass order"
+    )
+    p = actions.add_parser("verify", help="check every piece of a backup (or of a chain)")
+    p.add_argument("sources", nargs="+", metavar="FILE", help=chain)
     add_format_options(p, columns=False)
     p.set_defaults(func=verify_command)
     p = actions.add_parser("extract", help="write the backed-up volume as a raw image, checked")
-    p.add_argument("source", metavar="FILE", help="the backup file, or - for stdin")
+    p.add_argument("sources", nargs="+", metavar="FILE", help=chain)
     p.add_argument("-o", "--output", required=True, metavar="RAW", help="the raw image to write")
     add_format_options(p, columns=False)
     p.set_defaults(func=extract_command)
 
 
-def _show(summary: BackupSummary, fmt: str, output: str | None) -> None:
+def _show(summaries: list[BackupSummary], fmt: str, output: str | None) -> None:
     if fmt != "table":
-        dump({**asdict(summary), "output": output}, fmt, sys.stdout)
+        data = [asdict(s) for s in summaries]
+        dump({**data[-1], "chain": data, "output": output}, fmt, sys.stdout)
         return
-    row = {
-        "Volume": summary.volume_id,
-        "Name": summary.name,
-        "Size": summary.size,
-        "Pieces": summary.pieces,
-        "Stored": summary.stored_pieces,
-        "Digest": summary.content_digest[:16],
-        "Written to": output or "",
-    }
-    render_table([row], COLUMNS, fmt)
+    rows = [
+        {
+            "Volume": s.volume_id,
+            "Kind": s.kind if s.pass_number is None else f"{s.kind} (pass {s.pass_number})",
+            "Name": s.name,
+            "Size": s.size,
+            "Stored": s.stored_pieces,
+            "Digest": s.content_digest[:16],
+            "Written to": output or "",
+        }
+        for s in summaries
+    ]
+    render_table(rows, COLUMNS, fmt)
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    _show(scan_backup(args.source), args.format, None)
+    _show(verify_chain(args.sources), args.format, None)
     return 0
 
 
 def extract_command(args: argparse.Namespace) -> int:
-    _show(extract_backup(args.source, args.output), args.format, args.output)
+    _show([extract_backup(args.sources, args.output)], args.format, args.output)
     return 0

@@ -42,7 +42,13 @@ import zstandard
 
 from stackhop.errors import IntegrityError
 from stackhop.transfer.base import Chunk, Destination, Digest
-from stackhop.volumes.backup_target import CommandSink, FileSink, SinkResult, open_sink
+from stackhop.volumes.backup_target import (
+    CommandSink,
+    FileSink,
+    SinkResult,
+    backup_name,
+    open_sink,
+)
 from stackhop.volumes.model import VERIFY_CHUNK, VolumeRef, content_digest
 
 FORMAT_VERSION = 2
@@ -194,6 +200,12 @@ Restore with standard tools only (GNU tar, zstd, coreutils):
     dd if="$f" of=volume.raw bs=4M oflag=seek_bytes seek="$((10#${{f#chunks/}}))" \\
        conv=notrunc,sparse status=none
   done
+
+An incremental backup (VOLUME.passN.tar, folder VOLUME.passN) holds the bytes
+that changed since the pass before it, each chunk exactly the changed extent
+(zeros included). Apply the chain in pass order over the full backup's
+volume.raw: the same loop, with the chunks of VOLUME.passN, and conv=notrunc
+without sparse (zeros must be written).
 """
 
 
@@ -235,10 +247,14 @@ class BackupWriter:
 
     durable_chunks = False  # all or nothing: a backup counts only once committed
 
+    #: Whether only the changed extents are stored (:class:`IncrementalBackupWriter`).
+    changes_only = False
+
     def __init__(self, target: str, volume: VolumeRef, *, level: int = 3) -> None:
         self.target = target
         self.volume = volume
         self.location = target
+        self.name = backup_name(volume.id)
         self._compressor = zstandard.ZstdCompressor(level=level)
         self._sink: FileSink | CommandSink | None = None
         self._out: _Outlet | None = None
@@ -257,6 +273,7 @@ class BackupWriter:
 
     @property
     def root(self) -> str:
+        """The folder of every member (the volume's ID)."""
         return self.volume.id
 
     def _add(self, name: str, data: bytes) -> None:
@@ -266,7 +283,7 @@ class BackupWriter:
 
     def open(self, size: int | None) -> None:
         self._size = size if size is not None else self.volume.size_bytes
-        self._sink = open_sink(self.target, self.volume.id)
+        self._sink = open_sink(self.target, self.name, self.volume.id)
         self.location = self._sink.location
         self._out = _Outlet(self._sink)
         self._tar = tarfile.open(fileobj=self._out, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
@@ -296,6 +313,7 @@ class BackupWriter:
         self.content_digest = content_digest(self._digests)
         manifest = {
             "format": FORMAT_VERSION,
+            "kind": "full",
             "compression": "zstd",
             "size": self._size,
             "chunk_size": VERIFY_CHUNK,
@@ -305,6 +323,11 @@ class BackupWriter:
             "volume": _volume_facts(self.volume),
             "created_at": self._started,
         }
+        self._seal(manifest)
+
+    def _seal(self, manifest: dict[str, Any]) -> None:
+        """The closing members, the tar's end, and the sink's commit."""
+        assert self._tar is not None and self._sink is not None
         self._add("SHA256SUMS", "".join(self._sums).encode())
         self._add("size", f"{self._size}\n".encode())
         self._add("manifest.json", json.dumps(manifest, sort_keys=True, indent=1).encode())
@@ -327,3 +350,76 @@ class BackupWriter:
 
     def verify(self, digest: Digest) -> None:
         return None  # its content digest is compared with the copy's by the orchestration
+
+
+class IncrementalBackupWriter(BackupWriter):
+    """The backup of an incremental pass: only the extents that changed, chained to its base.
+
+    Each extent the method tees (never across a piece boundary) is stored
+    exactly, zeros included, as ``chunks/<offset>.zst``; the manifest names the
+    content digest of the volume it applies to (``base_content_digest``: the
+    previous pass's) and the one it makes (``content_digest``). The method's
+    :meth:`commit` only ends the data: the orchestration seals the backup with
+    :meth:`finish` once the pass is verified, since only then is that digest known.
+    """
+
+    changes_only = True
+
+    def __init__(
+        self, target: str, volume: VolumeRef, *, base_digest: str, pass_number: int, level: int = 3
+    ) -> None:
+        super().__init__(target, volume, level=level)
+        self.base_digest = base_digest
+        self.pass_number = pass_number
+        self.name = backup_name(volume.id, pass_number)
+        self._extents: list[list[Any]] = []  # [offset, length, sha256]
+        self._end = 0
+        self._complete = False
+
+    @property
+    def root(self) -> str:
+        return f"{self.volume.id}.pass{self.pass_number}"
+
+    def write(self, chunk: Chunk) -> None:
+        if chunk.offset < self._end:
+            raise IntegrityError(
+                f"extent at offset {chunk.offset} arrived after offset {self._end}; "
+                "extents must come in offset order"
+            )
+        view, offset = memoryview(chunk.data), chunk.offset
+        while view:
+            room = VERIFY_CHUNK - offset % VERIFY_CHUNK
+            piece = bytes(view[:room])
+            digest = hashlib.sha256(piece).hexdigest()
+            frame = self._compressor.compress(piece)
+            self._add(f"chunks/{offset:016d}.zst", frame)
+            self._extents.append([offset, len(piece), digest])
+            self._sums.append(f"{digest}  chunks/{offset:016d}\n")
+            self.bytes_stored += len(frame)
+            offset += len(piece)
+            view = view[len(piece) :]
+        self._end = offset
+
+    def commit(self) -> None:
+        self._complete = True  # sealed by finish(), once the pass is verified
+
+    def finish(self, verified_digest: str) -> None:
+        """Seal the backup with the content digest the verified pass left on the destination."""
+        if not self._complete:
+            raise IntegrityError(f"the incremental backup {self.name} was never completed")
+        self.content_digest = verified_digest
+        self._seal(
+            {
+                "format": FORMAT_VERSION,
+                "kind": "incremental",
+                "compression": "zstd",
+                "size": self._size,
+                "chunk_size": VERIFY_CHUNK,
+                "pass": self.pass_number,
+                "base_content_digest": self.base_digest,
+                "content_digest": verified_digest,
+                "extents": self._extents,
+                "volume": _volume_facts(self.volume),
+                "created_at": self._started,
+            }
+        )

@@ -24,14 +24,14 @@ import os
 import re
 import sys
 import tarfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import zstandard
 
-from stackhop.errors import ConfigError, IntegrityError
+from stackhop.errors import ConfigError, IntegrityError, UsageError
 from stackhop.transfer.base import Chunk, Digest
 from stackhop.volumes.backup import FORMAT_VERSION, zero_digest
 from stackhop.volumes.model import VERIFY_CHUNK, content_digest
@@ -47,6 +47,10 @@ _ZEROS = bytes(VERIFY_CHUNK)
 
 class _Bad(Exception):
     """Damage found; turned into the one-line IntegrityError by the caller."""
+
+
+class IncrementalBackupError(UsageError):
+    """An incremental backup where a full one is needed."""
 
 
 def _damaged(label: str, why: str) -> IntegrityError:
@@ -87,16 +91,40 @@ def _classify(member: tarfile.TarInfo, root: str | None) -> tuple[str, _Member]:
     return folder, _Member("manifest" if rest == _MANIFEST else rest)
 
 
+def _check_extents(manifest: Mapping[str, Any], size: int) -> dict[int, tuple[int, str]]:
+    """An incremental manifest's extents: offset -> (length, sha256), in order, in bounds."""
+    extents: dict[int, tuple[int, str]] = {}
+    end = 0
+    for offset, length, digest in manifest["extents"]:
+        offset, length = int(offset), int(length)
+        room = VERIFY_CHUNK - offset % VERIFY_CHUNK
+        if offset < end or not 0 < length <= room or offset + length > size:
+            raise _Bad(f"the manifest's extent at offset {offset} is out of place")
+        extents[offset] = (length, str(digest))
+        end = offset + length
+    for key in ("base_content_digest", "content_digest"):
+        if not isinstance(manifest.get(key), str):
+            raise _Bad(f"the manifest has no {key}")
+    return extents
+
+
 def _check_manifest(raw: bytes) -> dict[str, Any]:
     try:
         manifest: dict[str, Any] = json.loads(raw)
         size = int(manifest["size"])
+        if manifest.get("format") != FORMAT_VERSION:
+            raise _Bad(f"format {manifest.get('format')!r}; this stackhop reads {FORMAT_VERSION}")
+        if manifest.get("chunk_size") != VERIFY_CHUNK:
+            raise _Bad("the manifest's piece size is not this stackhop's")
+        if manifest.get("kind", "full") == "incremental":
+            _check_extents(manifest, size)
+            return manifest
         digests = manifest["chunk_digests"]
     except (ValueError, KeyError, TypeError) as exc:
         raise _Bad(f"unreadable manifest: {exc}") from exc
-    if manifest.get("format") != FORMAT_VERSION:
-        raise _Bad(f"format {manifest.get('format')!r}; this stackhop reads {FORMAT_VERSION}")
-    if manifest.get("chunk_size") != VERIFY_CHUNK or len(digests) != -(-size // VERIFY_CHUNK):
+    if manifest.get("kind", "full") != "full":
+        raise _Bad(f"unknown kind {manifest.get('kind')!r}")
+    if len(digests) != -(-size // VERIFY_CHUNK):
         raise _Bad("the manifest's pieces do not cover the volume's size")
     if content_digest(digests) != manifest.get("content_digest"):
         raise _Bad("the manifest's piece digests do not add up to its content digest")
@@ -159,6 +187,12 @@ class BackupReader:
                     manifest = _check_manifest(handle.read())
         if manifest is None:
             raise _Bad("no manifest.json: the backup stream was cut short")
+        if manifest.get("kind") == "incremental":
+            raise IncrementalBackupError(
+                f"backup {self.path} is an incremental backup (pass {manifest.get('pass')}); "
+                "restore the chain with `stackhop volumes backup extract FULL INCREMENTAL... "
+                "-o RAW`, or restore-backup the full backup"
+            )
         stored = {int(o) for o in manifest.get("stored", [])}
         if stored != set(self._frames):
             raise _Bad("its pieces are not the ones its manifest lists")
@@ -202,6 +236,10 @@ class BackupSummary:
     pieces: int
     stored_pieces: int
     stored_bytes: int
+    kind: str = "full"
+    #: An incremental backup's: the content digest of the volume it applies to.
+    base_content_digest: str | None = None
+    pass_number: int | None = None
 
 
 PieceWriter = Callable[[int, bytes], None]
@@ -228,6 +266,7 @@ def scan_backup(source: str, on_piece: PieceWriter | None = None) -> BackupSumma
     """
     stream, label = _open_stream(source)
     seen: dict[int, str] = {}
+    lengths: dict[int, int] = {}
     manifest: dict[str, Any] | None = None
     stored_bytes = 0
     try:
@@ -244,6 +283,7 @@ def scan_backup(source: str, on_piece: PieceWriter | None = None) -> BackupSumma
                         raise _Bad("a piece after the manifest")
                     data = _decompress(handle.read(), VERIFY_CHUNK)
                     seen[role.offset] = hashlib.sha256(data).hexdigest()
+                    lengths[role.offset] = len(data)
                     stored_bytes += member.size
                     if on_piece is not None:
                         on_piece(role.offset, data)
@@ -253,14 +293,25 @@ def scan_backup(source: str, on_piece: PieceWriter | None = None) -> BackupSumma
                     handle.read()
         if manifest is None:
             raise _Bad("no manifest.json: the backup stream was cut short")
-        digests: list[str] = manifest["chunk_digests"]
-        if set(seen) != {int(o) for o in manifest.get("stored", [])}:
-            raise _Bad("its pieces are not the ones its manifest lists")
-        for index, expected in enumerate(digests):
-            offset = index * VERIFY_CHUNK
-            got = seen.get(offset, zero_digest(_piece_length(manifest, offset)))
-            if got != expected:
-                raise _Bad(f"the piece at offset {offset} does not match its digest")
+        incremental = manifest.get("kind") == "incremental"
+        if incremental:
+            extents = _check_extents(manifest, int(manifest["size"]))
+            if set(seen) != set(extents):
+                raise _Bad("its extents are not the ones its manifest lists")
+            for offset, (length, digest) in extents.items():
+                if seen[offset] != digest or lengths[offset] != length:
+                    raise _Bad(f"the extent at offset {offset} does not match its digest")
+            pieces = len(extents)
+        else:
+            digests: list[str] = manifest["chunk_digests"]
+            if set(seen) != {int(o) for o in manifest.get("stored", [])}:
+                raise _Bad("its pieces are not the ones its manifest lists")
+            for index, expected in enumerate(digests):
+                offset = index * VERIFY_CHUNK
+                got = seen.get(offset, zero_digest(_piece_length(manifest, offset)))
+                if got != expected:
+                    raise _Bad(f"the piece at offset {offset} does not match its digest")
+            pieces = len(digests)
     except (_Bad, tarfile.TarError, EOFError) as exc:
         raise _damaged(label, str(exc)) from exc
     except OSError as exc:
@@ -274,18 +325,59 @@ def scan_backup(source: str, on_piece: PieceWriter | None = None) -> BackupSumma
         name=str(volume.get("name") or ""),
         size=int(manifest["size"]),
         content_digest=str(manifest["content_digest"]),
-        pieces=len(digests),
+        pieces=pieces,
         stored_pieces=len(seen),
         stored_bytes=stored_bytes,
+        kind="incremental" if incremental else "full",
+        base_content_digest=manifest.get("base_content_digest"),
+        pass_number=manifest.get("pass"),
     )
 
 
-def extract_backup(source: str, output: str | os.PathLike[str]) -> BackupSummary:
-    """Write the volume of backup ``source`` to ``output`` as a sparse raw image, checked.
+def file_digest(path: str | os.PathLike[str], size: int) -> str:
+    """The content digest of the first ``size`` bytes of a raw image file."""
+    digests = []
+    with open(path, "rb") as f:
+        for offset in range(0, size, VERIFY_CHUNK):
+            piece = f.read(min(VERIFY_CHUNK, size - offset))
+            digests.append(hashlib.sha256(piece).hexdigest())
+    return content_digest(digests)
 
-    The image appears under its name only when every check passed: it is
-    written as ``.<name>.part`` (0600, the data is a user's) and renamed.
+
+def verify_chain(sources: Sequence[str]) -> list[BackupSummary]:
+    """Scan every backup of a chain (full first, then incrementals in pass order), linked."""
+    summaries = [scan_backup(source) for source in sources]
+    _check_links(sources, summaries)
+    return summaries
+
+
+def _check_links(sources: Sequence[str], summaries: Sequence[BackupSummary]) -> None:
+    first = summaries[0]
+    if first.kind != "full":
+        raise UsageError(f"{sources[0]} is an incremental backup; a chain starts with a full one")
+    for n in range(1, len(summaries)):
+        prev, source, summary = summaries[n - 1], sources[n], summaries[n]
+        if summary.kind != "incremental" or summary.volume_id != first.volume_id:
+            raise UsageError(f"{source} is not an incremental backup of volume {first.volume_id}")
+        if summary.base_content_digest != prev.content_digest:
+            raise UsageError(
+                f"{source} applies to content {str(summary.base_content_digest)[:16]}..., "
+                f"the backup before it leaves {prev.content_digest[:16]}...: give the chain in "
+                "pass order, without gaps"
+            )
+
+
+def extract_backup(
+    source: str | Sequence[str], output: str | os.PathLike[str]
+) -> BackupSummary:
+    """Write the volume of a backup (or a chain: full, then incrementals) to ``output``, checked.
+
+    The image is sparse; it appears under its name only when every check
+    passed (the chain's links, every piece, and for a chain the content digest
+    of the result against the last backup's): it is written as
+    ``.<name>.part`` (0600, the data is a user's) and renamed.
     """
+    sources = [source] if isinstance(source, str) else list(source)
     out = Path(output)
     if out.exists() and not out.is_file():
         raise ConfigError(f"cannot extract to {out}: it exists and is not a regular file")
@@ -302,10 +394,20 @@ def extract_backup(source: str, output: str | os.PathLike[str]) -> BackupSummary
                 f.seek(offset)
                 f.write(data)
 
-            summary = scan_backup(source, write)
-            f.truncate(summary.size)  # trailing holes; the file stays sparse
+            summaries: list[BackupSummary] = []
+            for n, one in enumerate(sources):
+                summary = scan_backup(one, write)
+                summaries.append(summary)
+                _check_links(sources[: n + 1], summaries)
+                if n == 0:
+                    f.truncate(summary.size)  # trailing holes; the file stays sparse
             f.flush()
             os.fsync(f.fileno())
+        if len(summaries) > 1 and file_digest(part, summary.size) != summary.content_digest:
+            raise IntegrityError(
+                f"the chain ending with {sources[-1]} does not rebuild the volume it recorded "
+                f"(content digest {summary.content_digest[:16]}...); use other copies"
+            )
         os.replace(part, out)
     except BaseException:
         part.unlink(missing_ok=True)

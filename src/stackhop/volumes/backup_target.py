@@ -212,9 +212,11 @@ class CommandSink:
         """Nothing to remove: what a command stored is the operator's to drop."""
 
 
-def backup_name(volume_id: str) -> str:
-    """The name of a volume's backup: ``<source volume ID>.tar``."""
-    return f"{volume_id}.{EXTENSION}"
+def backup_name(volume_id: str, pass_number: int | None = None) -> str:
+    """A volume's backup: ``<source volume ID>.tar``; an incremental one ``<ID>.pass<N>.tar``."""
+    if pass_number is None:
+        return f"{volume_id}.{EXTENSION}"
+    return f"{volume_id}.pass{pass_number}.{EXTENSION}"
 
 
 def check_target(target: str) -> str:
@@ -229,9 +231,8 @@ def check_target(target: str) -> str:
     return target
 
 
-def open_sink(target: str, volume_id: str) -> FileSink | CommandSink:
-    """A fresh sink for the backup of source volume ``volume_id``."""
-    name = backup_name(volume_id)
+def open_sink(target: str, name: str, volume_id: str) -> FileSink | CommandSink:
+    """A fresh sink for the backup ``name`` of source volume ``volume_id``."""
     if target.startswith(COMMAND_PREFIX):
         return CommandSink(target[len(COMMAND_PREFIX) :].strip(), name, volume_id)
     return FileSink(Path(target), name)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from stackhop.errors import IntegrityError, StackhopError
 from stackhop.events import EventSink, EventType
 from stackhop.journal import DONE, FAILED, PENDING, Journal, OperationRecord
-from stackhop.volumes.backup import BackupWriter
+from stackhop.volumes.backup import BackupWriter, IncrementalBackupWriter
 from stackhop.volumes.inventory import wait_volume
 from stackhop.volumes.model import PassContext, PassResult, Temporary, VolumeMethod, VolumeRef
 from stackhop.volumes.reshape import Reshape
@@ -223,16 +223,24 @@ class PassRunner:
         copier, planned = self.copier, self.planned
         self._write(PENDING, attempt=True)
         full = planned.action == "copy"
+        previous = planned.previous.before if planned.previous is not None else {}
+        base = (previous or {}).get("content_digest")
         if copier.backup_to and full:
             self.backup = BackupWriter(copier.backup_to, planned.volume)
+        elif copier.backup_to and base:  # only what changed, chained to the previous pass
+            self.backup = IncrementalBackupWriter(
+                copier.backup_to,
+                planned.volume,
+                base_digest=str(base),
+                pass_number=planned.pass_number,
+            )
         elif copier.backup_to:
             copier.emit(
                 EventType.WARNING,
                 kind=KIND,
                 identity=planned.volume.name,
-                message="no backup from an incremental pass (the full pass wrote it)",
+                message="no backup from this pass: the pass before it recorded no content digest",
             )
-        previous = planned.previous.before if planned.previous is not None else {}
         ctx = PassContext(
             run_id=self.run_id,
             source=planned.volume,
@@ -305,6 +313,9 @@ class PassRunner:
     def _check_backup(self, result: PassResult) -> None:
         if self.backup is None:
             return
+        if isinstance(self.backup, IncrementalBackupWriter):
+            self.backup.finish(result.content_digest)  # sealed with what the pass verified
+            return
         if self.backup.content_digest is None:
             raise StackhopError(f"the {self.copier.method.name} method did not write the backup")
         if self.backup.content_digest != result.content_digest:
@@ -319,6 +330,8 @@ class PassRunner:
     def fail(self, message: str) -> None:
         """Record the failure and remove what this pass created."""
         copier = self.copier
+        if self.backup is not None:  # a backup not sealed yet is cut short (nothing if it was)
+            self.backup.abort(StackhopError(message))
         for temporary in list(self.temporaries):
             try:
                 copier.method.remove_temporary(
