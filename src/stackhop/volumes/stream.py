@@ -379,11 +379,7 @@ class StreamMethod:
         stat = before.get("destination_stat")
         if before.get("destination_id") != volume_id or not stat or stat != dst_facts.get("stat"):
             return None
-        known = confirmed_digests(ctx.journal.chunks(kept_key(ctx.source, volume_id)), size)
-        digests = [known.get(o, "") for o in chunk_offsets(size)]
-        if not all(digests) or content_digest(digests) != before.get("content_digest"):
-            return None
-        return digests
+        return self._verified_digests(ctx, size)
 
     def _codec(self, src_codecs: list[str], dst_codecs: list[str]) -> str:
         both = [c for c in src_codecs if c in dst_codecs]
