@@ -78,6 +78,7 @@ def test_rbd_and_stream_copies_write_backups_through_a_command_to_a_fifo(
     # The "drive": another process, one tape per writer that opens and closes the FIFO.
     drive = subprocess.Popen(
         ["bash", "-c", f'for n in 1 2; do cat "{fifo}" > "{tapes}/tape$n"; done'],
+        start_new_session=True,  # its own process group: a failed test stops the cat too
     )
     journal = tmp_path / "j.sqlite"
     try:
@@ -91,8 +92,8 @@ def test_rbd_and_stream_copies_write_backups_through_a_command_to_a_fifo(
             outcomes.update({o["volume_id"]: o for o in done.json()["volumes"]})
         assert drive.wait(timeout=120) == 0
     finally:
-        if drive.poll() is None:
-            drive.kill()  # our own child: a failed copy never opened the FIFO twice
+        if drive.poll() is None:  # a failed copy never opened the FIFO twice
+            os.killpg(drive.pid, signal.SIGKILL)  # our own child's group
             drive.wait()
 
     assert {o["outcome"] for o in outcomes.values()} == {"done"}
