@@ -103,7 +103,7 @@ def test_project_migrate_killed_in_phase_3_then_resumed_then_no_op(
     admin_in_beta: None, cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:
     journal_path = tmp_path / "journal.sqlite"
-    out = tmp_path / "beta"
+    out, backups = tmp_path / "beta", tmp_path / "backups"
     src_project = _project_id(_connect("src"))
     before = _dst_state(src_project)
     assert not set(GROUPS) & set(before["groups"]), "dst beta already holds migrated groups"
@@ -121,6 +121,8 @@ def test_project_migrate_killed_in_phase_3_then_resumed_then_no_op(
         "--all-volumes",
         "-o",
         str(out),
+        "--backup-to",
+        str(backups),
     ]
     try:
         # 1. Run in a child process and kill it while phase 3 copies a volume.
@@ -177,6 +179,24 @@ def test_project_migrate_killed_in_phase_3_then_resumed_then_no_op(
             assert volume.status == "available"
             assert volume.project_id == src_project
         assert (out / "resources.tar.zst").exists()
+        # One complete backup per volume, from the same read (the killed pass's part is gone).
+        assert sorted(p.name for p in backups.iterdir()) == sorted(
+            f"{o['source_id']}.tar" for o in by_kind["volume"]
+        )
+        with Journal(journal_path) as journal:
+            copied = {
+                op.source_id: op.before for op in journal.operations(kind="volume")
+                if op.state == "done"
+            }
+        for line in by_kind["volume"]:
+            checked = cli("volumes", "backup", "verify", str(backups / f"{line['source_id']}.tar"),
+                          "-f", "json")  # fmt: skip
+            assert checked.code == 0, checked.err
+            facts = copied[line["source_id"]]
+            assert checked.json()["content_digest"] == facts["content_digest"]
+            assert facts["backup_stream"]["bytes"] == (
+                backups / f"{line['source_id']}.tar"
+            ).stat().st_size
         usage = out / "usage"
         assert (usage / "report.html").stat().st_size > 0
         assert (usage / "summary.csv").read_text().count("\n") > 1

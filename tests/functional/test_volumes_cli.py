@@ -7,6 +7,7 @@ pseudo-random MiBs (the rest stays holes), and deletes everything at the end.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import signal
@@ -99,13 +100,17 @@ def test_image_method_end_to_end_with_backup_rerun_status_and_restore(
     assert digest_of("dst", copied.id) == want
     assert box.images("src") == [] and box.images("dst") == []
 
-    backup = backups / f"{volume.id}.shvol"
+    backup = backups / f"{volume.id}.tar"
+    assert outcome["backup"] == str(backup)
     assert backup.stat().st_mode & 0o777 == 0o600
     assert backup.stat().st_size < 8 * 1024 * 1024  # holes are not stored, data compressed
 
     status = cli("--journal", str(journal), "volumes", "status", "-f", "json")
     (row,) = status.json()["volumes"]
     assert row["state"] == "done" and row["before"]["stage"] == "verified"
+    sent = row["before"]["backup_stream"]  # what reached the backup target, journaled
+    assert sent["bytes"] == backup.stat().st_size and sent["exit_status"] is None
+    assert sent["sha256"] == hashlib.sha256(backup.read_bytes()).hexdigest()
     assert set(row["before"]["stages"]) == {"exported", "imported", "adopted", "verified"}
 
     again = _copy(cli, journal, box, "--all", "--method", "image", "-f", "json")
@@ -120,6 +125,8 @@ def test_image_method_end_to_end_with_backup_rerun_status_and_restore(
     new_id = restored.json()["volume_id"]
     assert new_id != copied.id
     assert digest_of("dst", new_id) == want
+    # The restore's marker is gone once verified: the volume's metadata is the backed-up one.
+    assert box.dst.block_storage.get_volume(new_id).metadata == copied.metadata
     assert box.images("dst") == []
 
 

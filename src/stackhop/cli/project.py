@@ -21,6 +21,12 @@ from stackhop.cli.options import (
     add_workers,
 )
 from stackhop.cli.output import dump, render_table
+from stackhop.cli.volumes_backup import (
+    add_grant_option,
+    add_reshape_options,
+    backup_target,
+    reshape_of,
+)
 from stackhop.errors import ConflictError, UsageError
 from stackhop.journal import Journal
 from stackhop.project import migrate
@@ -84,10 +90,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--backup-to",
-        type=Path,
-        metavar="DIR",
-        help="also write each volume's backup there, from the same read",
+        type=backup_target,
+        metavar="DIR|cmd:COMMAND",
+        help="also write each volume's backup to DIR or pipe it to COMMAND, from the same read",
     )
+    add_reshape_options(p)
+    add_grant_option(p)
     p.add_argument(
         "--allow-in-use",
         action="store_true",
@@ -161,6 +169,8 @@ def _request(args: argparse.Namespace) -> migrate.MigrationRequest:
         all_volumes=args.all_volumes,
         method=args.method,
         backup_to=args.backup_to,
+        reshape=reshape_of(args),
+        grant_role=args.grant_role,
         usage_start=args.usage_start,
         usage_end=args.usage_end,
         workers=args.workers,

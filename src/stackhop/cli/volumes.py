@@ -1,4 +1,4 @@
-"""``stackhop volumes copy|status|cleanup|restore-backup``: a project's volumes between clouds.
+"""``stackhop volumes copy|status|cleanup|restore-backup|backup``: volumes between clouds.
 
 Thin: parse, open the clouds, the journal and the storage map, call
 :mod:`stackhop.volumes`, render. Behaviour, methods and formats: ``docs/volumes.md``.
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from stackhop.cli import volumes_backup
 from stackhop.cli.options import (
     add_clouds,
     add_dry_run,
@@ -28,7 +29,9 @@ from stackhop.volumes import copy as volume_copy
 from stackhop.volumes.inventory import list_projects, list_volumes
 from stackhop.volumes.methods import METHODS
 from stackhop.volumes.model import VolumeRef
+from stackhop.volumes.restore import COMMAND as RESTORE_COMMAND
 from stackhop.volumes.restore import restore_backup
+from stackhop.volumes.restore import scope_of as restore_scope
 from stackhop.volumes.storage import load_storage_map
 from stackhop.volumes.temporaries import KIND as TEMPORARY_KIND
 
@@ -85,8 +88,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--backup-to",
-        metavar="DIR",
-        help="also write each volume, compressed and checksummed, to DIR",
+        metavar="DIR|cmd:COMMAND",
+        type=volumes_backup.backup_target,
+        help="also write each volume's backup (a tar of zstd pieces and their digests) to "
+        "DIR, or pipe it to COMMAND (e.g. 'cmd:dd of=/dev/nst0 bs=1M'), from the same read",
+    )
+    volumes_backup.add_reshape_options(p)
+    volumes_backup.add_grant_option(p)
+    p.add_argument(
+        "--codec",
+        choices=("auto", "raw", "zstd", "zlib"),
+        help="stream method: how chunks travel (default auto: zstd where both storage hosts "
+        "have it, else raw with a warning; zlib pays on slow links)",
     )
     add_workers(p, 1, "volumes copied")
     p.add_argument(
@@ -129,6 +142,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--storage-map", metavar="FILE")
     add_format_options(p, columns=False)
     p.set_defaults(func=restore_command)
+
+    volumes_backup.register(sub)
 
 
 def _print(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, data: Any) -> None:
@@ -181,6 +196,8 @@ def _pick_volumes(volumes: list[VolumeRef], stdin: TextIO) -> list[VolumeRef]:
 
 
 def copy_command(args: argparse.Namespace) -> int:
+    if args.codec and args.method != "stream":
+        raise UsageError(f"--codec is an option of the stream method, not of {args.method}")
     if args.interactive and (args.volumes or args.all_volumes):
         raise UsageError("--interactive picks the volumes: leave out --volume and --all-volumes")
     if not args.interactive and not args.project:
@@ -205,6 +222,9 @@ def copy_command(args: argparse.Namespace) -> int:
         incremental=args.incremental or args.final,
         final=args.final,
         backup_to=args.backup_to,
+        reshape=volumes_backup.reshape_of(args),
+        grant_role=args.grant_role,
+        method_options={"codec": args.codec} if args.codec else {},
         workers=args.workers,
         allow_in_use=args.allow_in_use,
         dry_run=args.dry_run,
@@ -295,19 +315,18 @@ def cleanup_command(args: argparse.Namespace) -> int:
     storage = load_storage_map(args.storage_map)
     with Journal(args.journal) as journal:
         run = journal.run(args.run)
-        if not run.source_cloud or not run.destination_cloud:
-            raise UsageError(f"run {run.id} is not a `volumes copy` run")
-        clouds = volume_copy.Clouds(connect(run.source_cloud), connect(run.destination_cloud))
+        if run.command == RESTORE_COMMAND and run.destination_cloud:
+            conn = connect(run.destination_cloud)
+            clouds, scope = volume_copy.Clouds(conn, conn), restore_scope(run.destination_cloud)
+        elif run.source_cloud and run.destination_cloud:
+            clouds = volume_copy.Clouds(connect(run.source_cloud), connect(run.destination_cloud))
+            scope = volume_copy.scope_of(run.source_cloud, run.destination_cloud)
+        else:
+            raise UsageError(f"run {run.id} is not a `volumes copy` or `restore-backup` run")
         report = volume_copy.cleanup_run(
-            run.id,
-            run.source_cloud,
-            run.destination_cloud,
-            clouds,
-            journal,
-            storage,
-            end_chains=args.end_chains,
+            run.id, scope, clouds, journal, storage, end_chains=args.end_chains,
             events=args.events,
-        )
+        )  # fmt: skip
     rows = [
         {"Temporary": r["temporary"], "Outcome": r["outcome"], "Error": r.get("error", "")}
         for r in report

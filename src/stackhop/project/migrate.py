@@ -45,6 +45,7 @@ from stackhop.project import volumes as project_volumes
 from stackhop.project.phases import Facts, PhaseOutcome, PhaseResult, PhaseRunner
 from stackhop.project.report import CONFLICT, MigrationReport, objects_of_runs
 from stackhop.project.usage import archive_project_usage
+from stackhop.volumes.reshape import Reshape
 
 ARCHIVE_NAME = "resources.tar.zst"
 
@@ -65,7 +66,12 @@ class MigrationRequest:
     #: ``auto`` picks per volume: rbd when both backends are Ceph, stream when both are
     #: file backends with an ssh host, else image.
     method: str = "auto"
-    backup_to: Path | None = None
+    backup_to: str | None = None
+    #: Destination volume types and sizes (``--type-map``, ``--min-size``, ``--grow-to``).
+    reshape: Reshape = field(default_factory=Reshape)
+    #: ``--grant-role``: the role the operator's user holds in the destination project while
+    #: volumes are copied (granted and removed by stackhop only when it was missing).
+    grant_role: str | None = None
     usage_start: datetime | None = None
     usage_end: datetime | None = None
     workers: int = 2
@@ -420,6 +426,7 @@ def migrate_project(
             "method": request.method,
             "volumes": list(request.volumes),
             "all_volumes": request.all_volumes,
+            **request.reshape.as_args(),
         },
     )
     migration = Migration(request, journal, run.id, events)

@@ -91,6 +91,8 @@ def _copy_request(
         method=method,
         incremental=request.allow_in_use,
         backup_to=str(request.backup_to) if request.backup_to else None,
+        reshape=request.reshape,
+        grant_role=request.grant_role,
         workers=request.workers,
         allow_in_use=request.allow_in_use,
         dry_run=dry_run,
@@ -110,7 +112,11 @@ def select(migration: Migration, project_id: str, destination_id: str) -> list[d
     if not volumes:
         return []
     dst = migration.destination
-    types = preflight.destination_types(dst, volumes, migration.request.destination_cloud)
+    reshape = migration.request.reshape
+    reshape.check(volumes)
+    types = preflight.destination_types(
+        dst, volumes, migration.request.destination_cloud, reshape.type_map
+    )
     selection = [
         {
             "id": v.id,
@@ -137,7 +143,10 @@ def select(migration: Migration, project_id: str, destination_id: str) -> list[d
         == "copy"
     ]
     preflight.check_quota(
-        project_id, volume_inventory.quota_room(dst, destination_id), creating, types
+        project_id,
+        volume_inventory.quota_room(dst, destination_id),
+        reshape.sized(creating),
+        types,
     )
     for method, ids in _groups(selection).items():
         copier = _copier(migration, project_id, method, ids, dry_run=True)
@@ -193,8 +202,9 @@ def cleanup(migration: Migration, runs: Sequence[Mapping[str, Any]]) -> int:
             continue
         report = volume_copy.cleanup_run(
             str(run["run_id"]),
-            migration.request.source_cloud,
-            migration.request.destination_cloud,
+            volume_copy.scope_of(
+                migration.request.source_cloud, migration.request.destination_cloud
+            ),
             clouds,
             migration.journal,
             storage,

@@ -274,13 +274,15 @@ def pump(
     on_confirmed: Confirmed,
     on_progress: Callable[[int], None] | None = None,
     backup: Destination | None = None,
+    tee: Callable[[int, int], bool] | None = None,
 ) -> PumpResult:
     """Stream the source agent's frames into the destination agent.
 
     ``forward(offset, length)`` says whether a frame (a chunk, or a zero run
     of several) goes to the destination: a resumed pass skips confirmed
-    chunks, but still reads them when a backup needs the whole volume; every
-    data chunk goes to ``backup``.
+    chunks, but still reads them when a backup needs the whole volume. Every
+    data chunk goes to ``backup``; with ``tee`` only the frames it accepts,
+    zero runs included (an incremental backup carries what changed, zeros too).
     """
     result = PumpResult()
     writer, writer_err = destination.start("write", write_params)
@@ -316,15 +318,21 @@ def pump(
             header = agent.pack_header(kind, packing, plen, offset, length, digest)
             if send:
                 _write_all(dst_fd, header)
+            teeing = backup is not None and (tee is None or tee(offset, length))
             if kind == agent.DATA:
-                if backup is not None or not send:
+                if teeing or not send:
                     payload = _read_exact(src_fd, plen)
-                    if backup is not None:
+                    if teeing:
+                        assert backup is not None
                         backup.write(Chunk(offset, codec.decompress(packing, payload, length)))
                     if send:
                         _write_all(dst_fd, payload)
                 else:
                     _splice_exact(src_fd, dst_fd, plen)
+            elif kind == agent.ZERO and teeing and tee is not None:
+                assert backup is not None
+                for start in range(offset, offset + length, agent.CHUNK):
+                    backup.write(Chunk(start, bytes(min(agent.CHUNK, offset + length - start))))
             if on_progress is not None:
                 on_progress(result.bytes_read)
         stage = "writing"

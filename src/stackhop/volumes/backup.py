@@ -1,53 +1,63 @@
-"""The backup written from the same read that feeds the copy (``--backup-to DIR``).
+"""The backup written from the same read that feeds the copy (``--backup-to``).
 
-A backup of one volume is one file, ``<DIR>/<source volume ID>.shvol``:
+A backup of one volume is a POSIX tar stream (pax format) that standard
+tools read: under a folder named by the source volume's ID,
 
-``SHVOL1\\n``
-    magic and format version;
-frames
+``README.txt``
+    how to restore it with ``tar``, ``zstd`` and coreutils alone;
+``chunks/<offset>.zst``
     one zstd frame per stored :data:`~stackhop.volumes.model.VERIFY_CHUNK`
-    (4 MiB) piece of the volume, in offset order; a piece that is a hole or
-    all zeros is not stored at all;
-manifest
-    JSON: the volume's size, its :func:`~stackhop.volumes.model.content_digest`,
-    every piece's sha256 (holes too: the digest of their zeros), where each
-    stored frame sits in the file, and the source volume's facts (ID, name,
-    project, type, bootable, metadata ...);
-trailer
-    the manifest's length (8 bytes, big-endian) and ``SHVOLEND``.
+    (4 MiB) piece of the volume, in offset order, named by its byte offset
+    (16 digits); a piece that is a hole or all zeros is not stored;
+``SHA256SUMS``
+    ``sha256sum -c`` input: the digest of every stored piece, decompressed;
+``size``
+    the volume's size in bytes;
+``manifest.json``
+    the volume's size, its :func:`~stackhop.volumes.model.content_digest`,
+    every piece's sha256 (holes too: the digest of their zeros), the stored
+    offsets and the source volume's facts (ID, name, project, type, bootable,
+    metadata ...). It is the last member: a stream without it is incomplete.
 
-The file is written as ``.<name>.part`` (mode 0600) and renamed into place on
-commit, so a file with the final name is always complete. :class:`BackupWriter`
-is a transfer :class:`~stackhop.transfer.base.Destination` the copy methods tee
-their chunks into (:class:`Tee`); :class:`BackupReader` reads it back as a
-transfer :class:`~stackhop.transfer.base.Source`, checking every piece.
+Where the stream goes (a directory's file or a command) is
+:mod:`~stackhop.volumes.backup_target`'s business. :class:`BackupWriter` is a
+transfer :class:`~stackhop.transfer.base.Destination` the copy methods tee
+their chunks into (:class:`Tee`); :mod:`~stackhop.volumes.backup_reader` reads
+a backup back, checking every piece.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
-import os
-import struct
-from collections.abc import Callable, Iterator, Mapping
+import tarfile
+import time
+from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import zstandard
 
-from stackhop.errors import ConfigError, IntegrityError
+from stackhop.errors import IntegrityError
 from stackhop.transfer.base import Chunk, Destination, Digest
+from stackhop.volumes.backup_target import (
+    CommandSink,
+    FileSink,
+    SinkResult,
+    backup_name,
+    open_sink,
+)
 from stackhop.volumes.model import VERIFY_CHUNK, VolumeRef, content_digest
 
-MAGIC = b"SHVOL1\n"
-END = b"SHVOLEND"
-EXTENSION = "shvol"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _ZEROS = bytes(VERIFY_CHUNK)
 
 
-def _zero_digest(length: int) -> str:
+@functools.lru_cache(maxsize=64)
+def zero_digest(length: int) -> str:
+    """The sha256 of ``length`` zero bytes (cached: a sparse 2 TiB volume asks 500,000 times)."""
     return hashlib.sha256(_ZEROS[:length]).hexdigest()
 
 
@@ -124,7 +134,7 @@ class ContentHasher:
 
     def _block(self, offset: int, data: bytes | None, length: int) -> None:
         self.digests.append(
-            _zero_digest(length) if data is None else hashlib.sha256(data).hexdigest()
+            zero_digest(length) if data is None else hashlib.sha256(data).hexdigest()
         )
 
     def write(self, offset: int, data: bytes) -> None:
@@ -170,9 +180,33 @@ class Tee:
             d.verify(digest)
 
 
-def backup_path(directory: str | os.PathLike[str], volume_id: str) -> Path:
-    """Where the backup of source volume ``volume_id`` goes in ``directory``."""
-    return Path(directory) / f"{volume_id}.{EXTENSION}"
+#: The text every backup carries first: how to restore it without stackhop.
+RESTORE_README = """\
+stackhop volume backup, format {format}: volume {volume_id} ({size} bytes).
+
+chunks/<offset>.zst  one zstd frame per stored piece; <offset> is its byte
+                     offset in the volume (pieces of zeros are not stored)
+SHA256SUMS           sha256 of every stored piece, decompressed
+size                 the volume's size in bytes
+manifest.json        everything above plus the volume's facts (written last:
+                     a backup without it is incomplete)
+
+Restore with standard tools only (GNU tar, zstd, coreutils):
+
+  tar -xf BACKUP.tar && cd {volume_id}
+  zstd -d -q --rm chunks/*.zst && sha256sum -c --quiet SHA256SUMS
+  truncate -s "$(cat size)" volume.raw
+  for f in chunks/*; do
+    dd if="$f" of=volume.raw bs=4M oflag=seek_bytes seek="$((10#${{f#chunks/}}))" \\
+       conv=notrunc,sparse status=none
+  done
+
+An incremental backup (VOLUME.passN.tar, folder VOLUME.passN) holds the bytes
+that changed since the pass before it, each chunk exactly the changed extent
+(zeros included). Apply the chain in pass order over the full backup's
+volume.raw: the same loop, with the chunks of VOLUME.passN, and conv=notrunc
+without sparse (zeros must be written).
+"""
 
 
 def _volume_facts(volume: VolumeRef) -> dict[str, Any]:
@@ -182,150 +216,210 @@ def _volume_facts(volume: VolumeRef) -> dict[str, Any]:
     return facts
 
 
+def _member(name: str, size: int, mtime: float) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o600
+    info.mtime = int(mtime)
+    info.uname = info.gname = "stackhop"
+    return info
+
+
+class _Outlet:
+    """What the tar stream writes into: the sink, until an abort closes it."""
+
+    def __init__(self, sink: FileSink | CommandSink) -> None:
+        self.sink = sink
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        return len(data) if self.closed else self.sink.write(data)
+
+
 class BackupWriter:
-    """Writes one volume's backup file from the chunks of a copy (a transfer Destination)."""
+    """Writes one volume's backup from the chunks of a copy (a transfer Destination).
 
-    durable_chunks = False  # all or nothing: the file appears on commit only
+    The backup is a tar stream (see :data:`RESTORE_README`) into the sink of
+    ``target`` (:mod:`~stackhop.volumes.backup_target`): a directory's file, or
+    a command's stdin. Pieces are compressed one at a time, so memory stays at
+    one piece whatever the volume's size.
+    """
 
-    def __init__(self, directory: str | os.PathLike[str], volume: VolumeRef, *, level: int = 3):
+    durable_chunks = False  # all or nothing: a backup counts only once committed
+
+    #: Whether only the changed extents are stored (:class:`IncrementalBackupWriter`).
+    changes_only = False
+
+    def __init__(self, target: str, volume: VolumeRef, *, level: int = 3) -> None:
+        self.target = target
         self.volume = volume
-        self.path = backup_path(directory, volume.id)
-        self.part = self.path.with_name(f".{self.path.name}.part")
+        self.location = target
+        self.name = backup_name(volume.id)
         self._compressor = zstandard.ZstdCompressor(level=level)
-        self._file: BinaryIO | None = None
+        self._sink: FileSink | CommandSink | None = None
+        self._out: _Outlet | None = None
+        self._tar: tarfile.TarFile | None = None
         self._size: int | None = None
         self._digests: list[str] = []
-        self._frames: list[list[int]] = []  # [volume offset, file position, length]
+        self._stored: list[int] = []
+        self._sums: list[str] = []
         self._rechunker = Rechunker(self._block)
+        self._started = time.time()
         #: The volume's content digest, once committed.
         self.content_digest: str | None = None
+        #: What the sink received, once committed.
+        self.result: SinkResult | None = None
         self.bytes_stored = 0
+
+    @property
+    def root(self) -> str:
+        """The folder of every member (the volume's ID)."""
+        return self.volume.id
+
+    def _add(self, name: str, data: bytes) -> None:
+        assert self._tar is not None
+        info = _member(f"{self.root}/{name}", len(data), self._started)
+        self._tar.addfile(info, io.BytesIO(data))
 
     def open(self, size: int | None) -> None:
         self._size = size if size is not None else self.volume.size_bytes
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if self.part.exists():
-                self.part.unlink()  # a crashed run's leftover: it was never complete
-            fd = os.open(self.part, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write the backup {self.path}: {exc.strerror}; check --backup-to"
-            ) from exc
-        self._file = os.fdopen(fd, "wb")
-        self._file.write(MAGIC)
+        self._sink = open_sink(self.target, self.name, self.volume.id)
+        self.location = self._sink.location
+        self._out = _Outlet(self._sink)
+        self._tar = tarfile.open(fileobj=self._out, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
+        readme = RESTORE_README.format(
+            format=FORMAT_VERSION, volume_id=self.volume.id, size=self._size
+        )
+        self._add("README.txt", readme.encode())
 
     def _block(self, offset: int, data: bytes | None, length: int) -> None:
-        assert self._file is not None
         if data is None or is_zero(data):
-            self._digests.append(_zero_digest(length))
+            self._digests.append(zero_digest(length))
             return
-        self._digests.append(hashlib.sha256(data).hexdigest())
+        digest = hashlib.sha256(data).hexdigest()
+        self._digests.append(digest)
         frame = self._compressor.compress(data)
-        self._frames.append([offset, self._file.tell(), len(frame)])
-        self._file.write(frame)
+        self._add(f"chunks/{offset:016d}.zst", frame)
+        self._stored.append(offset)
+        self._sums.append(f"{digest}  chunks/{offset:016d}\n")
         self.bytes_stored += len(frame)
 
     def write(self, chunk: Chunk) -> None:
         self._rechunker.write(chunk.offset, chunk.data)
 
     def commit(self) -> None:
-        assert self._file is not None and self._size is not None
+        assert self._tar is not None and self._sink is not None and self._size is not None
         self._rechunker.finish(self._size)
         self.content_digest = content_digest(self._digests)
         manifest = {
             "format": FORMAT_VERSION,
+            "kind": "full",
             "compression": "zstd",
             "size": self._size,
             "chunk_size": VERIFY_CHUNK,
             "content_digest": self.content_digest,
             "chunk_digests": self._digests,
-            "frames": self._frames,
+            "stored": self._stored,
             "volume": _volume_facts(self.volume),
+            "created_at": self._started,
         }
-        body = json.dumps(manifest, sort_keys=True).encode()
-        self._file.write(body + struct.pack(">Q", len(body)) + END)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
-        os.replace(self.part, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself must survive a crash
-        finally:
-            os.close(dir_fd)
+        self._seal(manifest)
+
+    def _seal(self, manifest: dict[str, Any]) -> None:
+        """The closing members, the tar's end, and the sink's commit."""
+        assert self._tar is not None and self._sink is not None
+        self._add("SHA256SUMS", "".join(self._sums).encode())
+        self._add("size", f"{self._size}\n".encode())
+        self._add("manifest.json", json.dumps(manifest, sort_keys=True, indent=1).encode())
+        self._tar.close()
+        self._tar = None
+        self.result = self._sink.commit()
+        self.location = self.result.location
 
     def abort(self, reason: BaseException) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self.part.unlink(missing_ok=True)
+        if self._out is not None:
+            self._out.closed = True  # the tar's end-of-archive and buffer never reach the sink
+        self._tar = None
+        if self._sink is not None:
+            self._sink.abort()
+
+    def discard(self) -> None:
+        """Remove a committed backup whose content turned out wrong (a file; a command's stays)."""
+        if self._sink is not None:
+            self._sink.discard()
 
     def verify(self, digest: Digest) -> None:
         return None  # its content digest is compared with the copy's by the orchestration
 
 
-class BackupReader:
-    """A backup file, read back: its manifest, and its data as a transfer Source."""
+class IncrementalBackupWriter(BackupWriter):
+    """The backup of an incremental pass: only the extents that changed, chained to its base.
 
-    declared: Digest | None = None
+    Each extent the method tees (never across a piece boundary) is stored
+    exactly, zeros included, as ``chunks/<offset>.zst``; the manifest names the
+    content digest of the volume it applies to (``base_content_digest``: the
+    previous pass's) and the one it makes (``content_digest``). The method's
+    :meth:`commit` only ends the data: the orchestration seals the backup with
+    :meth:`finish` once the pass is verified, since only then is that digest known.
+    """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.manifest = self._read_manifest()
-        self.size: int | None = int(self.manifest["size"])
-        self.total = int(self.manifest["size"])
-        self.volume: Mapping[str, Any] = self.manifest.get("volume") or {}
-        self.label = f"backup {self.path.name}"
-        self.content_digest: str = str(self.manifest["content_digest"])
+    changes_only = True
 
-    def _bad(self, why: str) -> IntegrityError:
-        return IntegrityError(
-            f"backup {self.path} is damaged or not a stackhop volume backup ({why}); "
-            "use another copy"
+    def __init__(
+        self, target: str, volume: VolumeRef, *, base_digest: str, pass_number: int, level: int = 3
+    ) -> None:
+        super().__init__(target, volume, level=level)
+        self.base_digest = base_digest
+        self.pass_number = pass_number
+        self.name = backup_name(volume.id, pass_number)
+        self._extents: list[list[Any]] = []  # [offset, length, sha256]
+        self._end = 0
+        self._complete = False
+
+    @property
+    def root(self) -> str:
+        return f"{self.volume.id}.pass{self.pass_number}"
+
+    def write(self, chunk: Chunk) -> None:
+        if chunk.offset < self._end:
+            raise IntegrityError(
+                f"extent at offset {chunk.offset} arrived after offset {self._end}; "
+                "extents must come in offset order"
+            )
+        view, offset = memoryview(chunk.data), chunk.offset
+        while view:
+            room = VERIFY_CHUNK - offset % VERIFY_CHUNK
+            piece = bytes(view[:room])
+            digest = hashlib.sha256(piece).hexdigest()
+            frame = self._compressor.compress(piece)
+            self._add(f"chunks/{offset:016d}.zst", frame)
+            self._extents.append([offset, len(piece), digest])
+            self._sums.append(f"{digest}  chunks/{offset:016d}\n")
+            self.bytes_stored += len(frame)
+            offset += len(piece)
+            view = view[len(piece) :]
+        self._end = offset
+
+    def commit(self) -> None:
+        self._complete = True  # sealed by finish(), once the pass is verified
+
+    def finish(self, verified_digest: str) -> None:
+        """Seal the backup with the content digest the verified pass left on the destination."""
+        if not self._complete:
+            raise IntegrityError(f"the incremental backup {self.name} was never completed")
+        self.content_digest = verified_digest
+        self._seal(
+            {
+                "format": FORMAT_VERSION,
+                "kind": "incremental",
+                "compression": "zstd",
+                "size": self._size,
+                "chunk_size": VERIFY_CHUNK,
+                "pass": self.pass_number,
+                "base_content_digest": self.base_digest,
+                "content_digest": verified_digest,
+                "extents": self._extents,
+                "volume": _volume_facts(self.volume),
+                "created_at": self._started,
+            }
         )
-
-    def _read_manifest(self) -> dict[str, Any]:
-        try:
-            with self.path.open("rb") as f:
-                if f.read(len(MAGIC)) != MAGIC:
-                    raise self._bad("no SHVOL1 header")
-                f.seek(-(8 + len(END)), os.SEEK_END)
-                tail = f.read()
-                if tail[8:] != END:
-                    raise self._bad("no trailer: truncated?")
-                (length,) = struct.unpack(">Q", tail[:8])
-                f.seek(-(8 + len(END) + length), os.SEEK_END)
-                manifest: dict[str, Any] = json.loads(f.read(length))
-        except OSError as exc:
-            raise ConfigError(f"cannot read backup {self.path}: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise self._bad(f"unreadable manifest: {exc}") from exc
-        if manifest.get("format") != FORMAT_VERSION:
-            raise self._bad(f"format {manifest.get('format')!r}, this stackhop reads 1")
-        if content_digest(manifest["chunk_digests"]) != manifest["content_digest"]:
-            raise self._bad("the manifest's chunk digests do not add up to its content digest")
-        return manifest
-
-    def chunks(self, chunk_size: int) -> Iterator[Chunk]:
-        """Every byte of the volume in :data:`VERIFY_CHUNK` pieces (holes as zeros), checked."""
-        frames = {int(o): (int(pos), int(n)) for o, pos, n in self.manifest["frames"]}
-        digests: list[str] = self.manifest["chunk_digests"]
-        decompressor = zstandard.ZstdDecompressor()
-        with self.path.open("rb") as f:
-            for index, expected in enumerate(digests):
-                offset = index * VERIFY_CHUNK
-                length = min(VERIFY_CHUNK, self.total - offset)
-                if offset in frames:
-                    pos, n = frames[offset]
-                    f.seek(pos)
-                    data = decompressor.decompress(f.read(n), max_output_size=VERIFY_CHUNK)
-                else:
-                    data = _ZEROS[:length]
-                if len(data) != length or hashlib.sha256(data).hexdigest() != expected:
-                    raise self._bad(f"the piece at offset {offset} does not match its digest")
-                yield Chunk(offset, data)
-
-    def close(self) -> None:
-        return None

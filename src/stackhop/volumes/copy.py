@@ -29,7 +29,7 @@ Journal (scope ``<source cloud>-><destination cloud>``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +38,7 @@ from stackhop.errors import StackhopError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import DONE, FAILED, Journal
 from stackhop.kinds.identity import OperatorMap
-from stackhop.volumes import preflight
+from stackhop.volumes import grant, preflight
 from stackhop.volumes.inventory import (
     map_project,
     project_connection,
@@ -47,7 +47,7 @@ from stackhop.volumes.inventory import (
     select_volumes,
 )
 from stackhop.volumes.methods import get_method
-from stackhop.volumes.model import VolumeMethod, VolumeRef
+from stackhop.volumes.model import Temporary, VolumeMethod, VolumeRef
 from stackhop.volumes.passes import (
     KIND,
     PassRunner,
@@ -56,6 +56,7 @@ from stackhop.volumes.passes import (
     pass_identity,
     plan_volume,
 )
+from stackhop.volumes.reshape import Reshape
 from stackhop.volumes.storage import StorageMap
 from stackhop.volumes.temporaries import TemporaryLedger
 
@@ -100,6 +101,13 @@ class CopyRequest:
     #: The cutover pass (implies ``incremental``): volumes must be detached; each volume's
     #: incremental chain ends once it is verified (the method's kept snapshots are removed).
     final: bool = False
+    #: Destination type and size of the volumes (``--type-map``, ``--min-size``, ``--grow-to``).
+    reshape: Reshape = field(default_factory=Reshape)
+    #: ``--grant-role``: the operator's user holds this role in the destination project for
+    #: the run (granted and removed by stackhop only when it did not hold it already).
+    grant_role: str | None = None
+    #: Options of the method (``--codec`` of the stream method).
+    method_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.final:  # a cutover pass is the last pass of an incremental chain
@@ -107,7 +115,12 @@ class CopyRequest:
 
     def args(self) -> dict[str, Any]:
         """The request as journal run arguments."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        plain = {k: v for k, v in self.__dict__.items() if k not in ("reshape", "method_options")}
+        return {
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in plain.items()},
+            **self.reshape.as_args(),
+            **dict(self.method_options),
+        }
 
 
 @dataclass
@@ -154,15 +167,18 @@ class VolumeCopier:
         self.project_map = project_map
         self.selected = selected
         self.scope = scope_of(request.source_cloud, request.destination_cloud)
-        self.method: VolumeMethod = get_method(request.method)
+        self.method: VolumeMethod = get_method(request.method, **request.method_options)
         self.ledger = TemporaryLedger(journal, self.scope)
         self.source_conn = clouds.source
         self.destination_conn = clouds.destination
         self.backup_to = request.backup_to
+        self.reshape = request.reshape
         self.destination_cloud = request.destination_cloud
         self.final = request.final
         self.incremental = request.incremental
         self.destination_project_conn: Any = None
+        self.destination_project = ""
+        self.grant: Temporary | None = None
 
     # -- planning and preflight ----------------------------------------------
 
@@ -179,19 +195,31 @@ class VolumeCopier:
         )
         dst_project = map_project(project, dst, self.project_map)
         label = f"{project['name']}"
-        # Fails early when the credentials cannot act in the destination project; kept for the
-        # passes, which create volumes there.
-        self.destination_project_conn = project_connection(
-            dst, request.destination_cloud, dst_project
+        self.destination_project = dst_project
+        self.grant = (
+            grant.needed_grant(dst, request.destination_cloud, dst_project, request.grant_role)
+            if request.grant_role
+            else None
         )
-        types = preflight.destination_types(dst, volumes, request.destination_cloud)
+        if self.grant is None:
+            # Fails early when the credentials cannot act in the destination project; kept
+            # for the passes, which create volumes there.
+            self.destination_project_conn = project_connection(
+                dst, request.destination_cloud, dst_project
+            )
+        request.reshape.check(volumes)
+        types = preflight.destination_types(
+            dst, volumes, request.destination_cloud, request.reshape.type_map
+        )
         plan = [
             plan_volume(self.journal, self.scope, v, request.incremental, dst_project, types[v.id])
             for v in volumes
         ]
         moving = [p.volume for p in plan if p.action != "skip"]
         creating = [p.volume for p in plan if p.action == "copy"]
-        preflight.check_quota(label, quota_room(dst, dst_project), creating, types)
+        preflight.check_quota(
+            label, quota_room(dst, dst_project), request.reshape.sized(creating), types
+        )
         preflight.check_in_use(
             moving, request.allow_in_use and not request.final, request.incremental
         )
@@ -217,7 +245,15 @@ class VolumeCopier:
         self.emit(EventType.RUN_STARTED, run_id=run.id, total=len(plan))
         self.emit(EventType.KIND_STARTED, kind=KIND, total=len(plan))
         outcome = "failed"
+        granted = self.grant
         try:
+            if granted is not None:  # journaled first: a crash leaves it to `volumes cleanup`
+                self.ledger.created(run.id, None, granted)
+                grant.grant(self.destination_conn, granted)
+                self.destination_project_conn = project_connection(
+                    self.destination_conn, self.request.destination_cloud,
+                    self.destination_project,
+                )  # fmt: skip
             with ThreadPoolExecutor(
                 max_workers=max(1, self.request.workers), thread_name_prefix="volume"
             ) as pool:
@@ -227,6 +263,9 @@ class VolumeCopier:
             outcome = "interrupted"
             raise
         finally:
+            if granted is not None:
+                grant.revoke(self.destination_conn, granted)
+                self.ledger.removed(run.id, granted)
             self.journal.finish_run(run.id, outcome)
             self.emit(EventType.RUN_FINISHED, run_id=run.id, outcome=outcome)
         return result
@@ -315,8 +354,7 @@ def copy_volumes(
 
 def cleanup_run(
     run_id: str,
-    source_cloud: str,
-    destination_cloud: str,
+    scope: str,
     clouds: Clouds,
     journal: Journal,
     storage: StorageMap,
@@ -324,20 +362,22 @@ def cleanup_run(
     end_chains: bool = False,
     events: EventSink | None = None,
 ) -> list[dict[str, Any]]:
-    """Remove every temporary run ``run_id`` left (pending, not kept); what happened to each.
+    """Remove every temporary run ``run_id`` left in ``scope`` (pending, not kept); each outcome.
 
     With ``end_chains`` also end the incremental chains of the volumes that run
     verified: the method drops what it kept for a next pass (its snapshots).
     """
-    scope = scope_of(source_cloud, destination_cloud)
     ledger = TemporaryLedger(journal, scope)
     sink = events or NullSink()
     report: list[dict[str, Any]] = []
     for _row, temporary in ledger.leftovers(run_id):
         try:
-            get_method(temporary.method).remove_temporary(
-                temporary, clouds.source, clouds.destination, storage
-            )
+            if temporary.method == grant.METHOD:
+                grant.revoke(clouds.destination, temporary)
+            else:
+                get_method(temporary.method).remove_temporary(
+                    temporary, clouds.source, clouds.destination, storage
+                )
             ledger.removed(run_id, temporary)
             report.append({"temporary": temporary.identity, "outcome": "removed"})
         except StackhopError as exc:

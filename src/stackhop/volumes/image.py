@@ -293,6 +293,11 @@ class ImageMethod:
     ) -> None:
         side = temporary.details.get("side")
         conn = source_conn if side == "source" else destination_conn
+        if temporary.kind == "volume":  # a restore's volume, not verified: found by its marker
+            from stackhop.volumes.restore import delete_marked_volumes
+
+            delete_marked_volumes(conn, str(temporary.details["marker"]))
+            return
         delete_images_named(conn.image, temporary.name)
 
     def forget_incremental(

@@ -8,6 +8,7 @@ and the others still work.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from stackhop.errors import CapabilityError, UsageError
 from stackhop.volumes.model import VolumeMethod
@@ -20,8 +21,11 @@ METHODS: dict[str, str] = {
 """Method name -> ``module:Class``."""
 
 
-def get_method(name: str) -> VolumeMethod:
-    """A new instance of method ``name``; UsageError if unknown, CapabilityError if unloadable."""
+def get_method(name: str, **options: Any) -> VolumeMethod:
+    """A new instance of method ``name`` with its ``options`` (e.g. the stream method's codec).
+
+    UsageError if unknown or given an option it lacks, CapabilityError if unloadable.
+    """
     try:
         target = METHODS[name]
     except KeyError:
@@ -37,7 +41,12 @@ def get_method(name: str) -> VolumeMethod:
             f"volume copy method {name!r} is not available in this installation "
             f"({module_name}.{class_name}: {exc}); choose another --method"
         ) from exc
-    method: VolumeMethod = cls()
+    try:
+        method: VolumeMethod = cls(**options)
+    except TypeError as exc:
+        raise UsageError(
+            f"the {name} method takes no option {', '.join(sorted(options))}: {exc}"
+        ) from exc
     return method
 
 

@@ -19,8 +19,10 @@ from typing import Any, Protocol
 from stackhop.errors import IntegrityError, StackhopError
 from stackhop.events import EventSink, EventType
 from stackhop.journal import DONE, FAILED, PENDING, Journal, OperationRecord
-from stackhop.volumes.backup import BackupWriter
+from stackhop.volumes.backup import BackupWriter, IncrementalBackupWriter
+from stackhop.volumes.inventory import wait_volume
 from stackhop.volumes.model import PassContext, PassResult, Temporary, VolumeMethod, VolumeRef
+from stackhop.volumes.reshape import Reshape
 from stackhop.volumes.storage import StorageMap
 from stackhop.volumes.temporaries import TemporaryLedger
 
@@ -131,6 +133,8 @@ class PassHost(Protocol):
     source_conn: Any
     destination_conn: Any
     backup_to: str | None
+    #: The destination's type and size (``--type-map``, ``--min-size``, ``--grow-to``).
+    reshape: Reshape
     destination_cloud: str
     destination_project_conn: Any
     #: ``--incremental``: passes keep what the next one needs and send only what changed.
@@ -219,16 +223,24 @@ class PassRunner:
         copier, planned = self.copier, self.planned
         self._write(PENDING, attempt=True)
         full = planned.action == "copy"
+        previous = planned.previous.before if planned.previous is not None else {}
+        base = (previous or {}).get("content_digest")
         if copier.backup_to and full:
             self.backup = BackupWriter(copier.backup_to, planned.volume)
+        elif copier.backup_to and base:  # only what changed, chained to the previous pass
+            self.backup = IncrementalBackupWriter(
+                copier.backup_to,
+                planned.volume,
+                base_digest=str(base),
+                pass_number=planned.pass_number,
+            )
         elif copier.backup_to:
             copier.emit(
                 EventType.WARNING,
                 kind=KIND,
                 identity=planned.volume.name,
-                message="no backup from an incremental pass (the full pass wrote it)",
+                message="no backup from this pass: the pass before it recorded no content digest",
             )
-        previous = planned.previous.before if planned.previous is not None else {}
         ctx = PassContext(
             run_id=self.run_id,
             source=planned.volume,
@@ -254,6 +266,12 @@ class PassRunner:
         result = copier.method.copy_pass(ctx)
         self._check_backup(result)
         self.destination_id = result.destination_id
+        target = copier.reshape.target_gib(planned.volume)
+        # Verified at the source's size, then extended; in an incremental chain only by its
+        # last pass (a diff applied to a grown image could resize it back).
+        if target > planned.volume.size_gib and (copier.final or not copier.incremental):
+            grown = grow_volume(copier.destination_conn, result.destination_id, target)
+            self.facts["destination_size_gib"] = grown
         copier.journal.map_id(copier.scope, KIND, planned.volume.id, result.destination_id)
         state = result.state
         if copier.final:  # the cutover pass ends the chain: nothing is kept for a next pass
@@ -275,7 +293,10 @@ class PassRunner:
             bytes_sent=result.bytes_sent,
             bytes_wire=result.bytes_wire,
             details=result.details,
-            backup=str(self.backup.path) if self.backup else None,
+            backup=self.backup.location if self.backup else None,
+            backup_stream=(
+                self.backup.result.as_facts() if self.backup and self.backup.result else None
+            ),
         )
         self._write(DONE)
         return VolumeOutcome(
@@ -286,25 +307,31 @@ class PassRunner:
             planned.pass_number,
             result.bytes_sent,
             result.content_digest,
-            backup=str(self.backup.path) if self.backup else None,
+            backup=self.backup.location if self.backup else None,
         )
 
     def _check_backup(self, result: PassResult) -> None:
         if self.backup is None:
             return
+        if isinstance(self.backup, IncrementalBackupWriter):
+            self.backup.finish(result.content_digest)  # sealed with what the pass verified
+            return
         if self.backup.content_digest is None:
             raise StackhopError(f"the {self.copier.method.name} method did not write the backup")
         if self.backup.content_digest != result.content_digest:
-            self.backup.path.unlink(missing_ok=True)
+            self.backup.discard()
             raise IntegrityError(
                 f"{self.planned.volume.label}: the backup hashes to "
                 f"{self.backup.content_digest[:16]}..., the copy to {result.content_digest[:16]}"
-                "...; the backup was removed, re-run"
+                f"...; the backup {self.backup.location} is not to be used (a file is removed); "
+                "re-run"
             )
 
     def fail(self, message: str) -> None:
         """Record the failure and remove what this pass created."""
         copier = self.copier
+        if self.backup is not None:  # a backup not sealed yet is cut short (nothing if it was)
+            self.backup.abort(StackhopError(message))
         for temporary in list(self.temporaries):
             try:
                 copier.method.remove_temporary(
@@ -325,6 +352,25 @@ class PassRunner:
             copier.emit(
                 EventType.WARNING, kind=KIND, identity=self.planned.volume.name, message=str(exc)
             )
+
+
+def grow_volume(conn: Any, volume_id: str, size_gib: int) -> int:
+    """Extend destination volume ``volume_id`` to ``size_gib`` (no-op when it is that large)."""
+    volume = conn.block_storage.get_volume(volume_id)
+    if volume.size >= size_gib:
+        return int(volume.size)
+    conn.block_storage.extend_volume(volume, size_gib)
+    deadline = time.monotonic() + 600
+    while True:
+        volume = wait_volume(conn, volume_id, ("available", "in-use"))
+        if volume.size >= size_gib:
+            return int(volume.size)
+        if time.monotonic() > deadline:
+            raise StackhopError(
+                f"volume {volume_id} on the destination stayed at {volume.size} GiB after "
+                f"extending it to {size_gib} GiB; check the Cinder volume service's log"
+            )
+        time.sleep(1)
 
 
 def _as_bus(events: EventSink) -> Any:

@@ -10,7 +10,7 @@ the storage hosts the method will use answer over ssh. Reads only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,18 +101,34 @@ def check_in_use(volumes: Iterable[VolumeRef], allow_in_use: bool, incremental: 
 
 
 def destination_types(
-    dst: Any, volumes: Iterable[VolumeRef], destination_cloud: str
+    dst: Any,
+    volumes: Iterable[VolumeRef],
+    destination_cloud: str,
+    type_map: Mapping[str, str] | None = None,
 ) -> dict[str, str | None]:
-    """Source volume ID -> destination volume type (same name); ConfigError if one is missing."""
+    """Source volume ID -> destination volume type (``type_map``'s, else the same name).
+
+    A type the destination lacks is a ConfigError naming the fix, before anything moves.
+    """
     known = {t.name for t in dst.block_storage.types()}
+    mapping = dict(type_map or {})
+    choices = ", ".join(sorted(known))
+    for source, target in mapping.items():
+        if target not in known:
+            raise ConfigError(
+                f"--type-map {source}={target}: cloud {destination_cloud!r} has no volume type "
+                f"{target!r} (types: {choices})"
+            )
     result: dict[str, str | None] = {}
     for volume in volumes:
-        if volume.volume_type and volume.volume_type not in known:
+        wanted = mapping.get(volume.volume_type, volume.volume_type) if volume.volume_type else None
+        if wanted and wanted not in known:
             raise ConfigError(
                 f"{volume.label} has volume type {volume.volume_type!r}, which cloud "
-                f"{destination_cloud!r} lacks; create it there (types: {', '.join(sorted(known))})"
+                f"{destination_cloud!r} lacks; map it with --type-map "
+                f"{volume.volume_type}=TYPE or create it there (types: {choices})"
             )
-        result[volume.id] = volume.volume_type
+        result[volume.id] = wanted
     return result
 
 

@@ -21,11 +21,13 @@ from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import Journal
 from stackhop.transfer.base import copy
 from stackhop.transfer.glance import GlanceDestination, GlanceSource
-from stackhop.volumes.backup import BackupReader, Tee
+from stackhop.volumes.backup import Tee
+from stackhop.volumes.backup_reader import BackupReader
 from stackhop.volumes.image import (
     HashingSink,
     create_image,
     delete_images_named,
+    delete_volume,
     upload_volume,
     volume_from_image,
 )
@@ -37,6 +39,25 @@ from stackhop.volumes.storage import StorageMap
 from stackhop.volumes.temporaries import TemporaryLedger
 
 KIND = "volume.restore"
+#: Metadata key on a volume being restored (the run's ID), removed once it is verified.
+MARKER = "stackhop_restore_run"
+#: The journal's command name of a restore run (`volumes cleanup --run` knows it).
+COMMAND = "volumes restore-backup"
+
+
+def scope_of(cloud: str) -> str:
+    """The journal scope of restores into ``cloud``."""
+    return f"restore->{cloud}"
+
+
+def delete_marked_volumes(conn: Any, run_id: str) -> list[str]:
+    """Delete the volumes a restore run ``run_id`` created and did not verify (by marker)."""
+    gone = []
+    for found in conn.block_storage.volumes(details=True, all_projects=True):
+        if (found.metadata or {}).get(MARKER) == run_id:
+            delete_volume(conn, found.id)
+            gone.append(str(found.id))
+    return gone
 
 
 @dataclass
@@ -62,7 +83,7 @@ def _volume_of(reader: BackupReader, cloud: str, project_id: str, name: str | No
         attachments=(),
         metadata=dict(facts.get("metadata") or {}),
     )
-    facts.setdefault("id", reader.path.stem)
+    facts.setdefault("id", reader.volume_id)
     facts.setdefault("status", "available")
     if name is not None:
         facts["name"] = name
@@ -104,11 +125,11 @@ def restore_backup(
     volume_type = volume.volume_type if volume.volume_type in types else None
     check_quota(project, quota_room(conn, project_id), [volume], {volume.id: volume_type})
     run = journal.start_run(
-        "volumes restore-backup",
+        COMMAND,
         destination_cloud=cloud,
         args={"file": path, "project": project, "name": name},
     )
-    ledger = TemporaryLedger(journal, f"restore->{cloud}")
+    ledger = TemporaryLedger(journal, scope_of(cloud))
     temporary = Temporary(
         "image",
         "image",
@@ -116,6 +137,10 @@ def restore_backup(
         f"stackhop-restore-{volume.id}-{run.id[:8]}",
         {"side": "destination"},
     )
+    restored = Temporary(
+        "image", "volume", cloud, f"stackhop-restored-{volume.id}-{run.id[:8]}",
+        {"side": "destination", "marker": run.id},
+    )  # fmt: skip
     outcome = "failed"
     try:
         ledger.created(run.id, volume.id, temporary)
@@ -145,7 +170,10 @@ def restore_backup(
                 f"backup {path}: read back as {hashing.content_digest[:16]}..., "
                 f"its manifest says {reader.content_digest[:16]}..."
             )
-        created = volume_from_image(scoped, volume, image["id"], volume_type)
+        # Journaled before it exists, found by its marker after a crash (`volumes cleanup`).
+        ledger.created(run.id, volume.id, restored)
+        marked = dataclasses.replace(volume, metadata={**volume.metadata, MARKER: run.id})
+        created = volume_from_image(scoped, marked, image["id"], volume_type)
         wait_volume(scoped, created.id, ("available",))
         scoped.block_storage.set_volume_bootable_status(created.id, volume.bootable)
         delete_images_named(conn.image, temporary.name)
@@ -166,6 +194,8 @@ def restore_backup(
                 f"restored volume {created.id} hashes to {found[:16]}..., the backup to "
                 f"{reader.content_digest[:16]}...; delete it and restore again"
             )
+        scoped.block_storage.delete_volume_metadata(created.id, keys=[MARKER])
+        ledger.removed(run.id, restored)  # no longer a leftover: it is the result
         outcome = "succeeded"
         return RestoreResult(
             run.id, str(created.id), volume.name, project_id, reader.content_digest, verified_by
@@ -174,4 +204,6 @@ def restore_backup(
         if outcome != "succeeded":
             delete_images_named(conn.image, temporary.name)
             ledger.removed(run.id, temporary)
+            delete_marked_volumes(conn, run.id)
+            ledger.removed(run.id, restored)
         journal.finish_run(run.id, outcome)

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from stackhop.errors import CapabilityError, ConfigError, IntegrityError
+from stackhop.events import Event, EventType
 from stackhop.journal import CHUNK_CONFIRMED, ChunkRecord
 from stackhop.transfer import stream_agent as agent
 from stackhop.transfer.ssh_stream import AgentHost, PumpResult, pump, pump_direct
@@ -302,6 +303,18 @@ class StreamMethod:
                     f"; check the 'path' of the storage map {ctx.storage.source}"
                 )
         ends.codec = self._codec(src_facts["codecs"], ends.dst_facts["codecs"])
+        if self.codec == "auto" and ends.codec == "raw":
+            sides = ((ends.src_host, src_facts), (ends.destination, ends.dst_facts))
+            lacking = [h.host.name for h, f in sides if "zstd" not in f["codecs"]]
+            ctx.events.emit(
+                Event(
+                    EventType.WARNING,
+                    kind="volume",
+                    identity=ctx.source.name or ctx.source.id,
+                    message=f"--codec auto sends raw: no zstd for Python on {', '.join(lacking)} "
+                    "(install python3-zstandard there, or choose --codec zlib for a slow link)",
+                )
+            )
         ends.facts = {
             "destination_id": volume.id,
             "source_path": f"{ends.src_host.host.name}:{ends.src_path}",
@@ -344,6 +357,19 @@ class StreamMethod:
             result.state["destination_stat"] = stat or ends.dst_facts.get("stat")
         return result
 
+    @staticmethod
+    def _verified_digests(ctx: PassContext, size: int) -> list[str] | None:
+        """The per-chunk digests the previous verified pass left, if the journal has them all."""
+        before = ctx.previous
+        volume_id = before.get("destination_id")
+        if not volume_id:
+            return None
+        known = confirmed_digests(ctx.journal.chunks(kept_key(ctx.source, volume_id)), size)
+        digests = [known.get(o, "") for o in chunk_offsets(size)]
+        if not all(digests) or content_digest(digests) != before.get("content_digest"):
+            return None
+        return digests
+
     def _kept_digests(
         self, ctx: PassContext, volume_id: str, size: int, dst_facts: Mapping[str, Any]
     ) -> list[str] | None:
@@ -353,11 +379,7 @@ class StreamMethod:
         stat = before.get("destination_stat")
         if before.get("destination_id") != volume_id or not stat or stat != dst_facts.get("stat"):
             return None
-        known = confirmed_digests(ctx.journal.chunks(kept_key(ctx.source, volume_id)), size)
-        digests = [known.get(o, "") for o in chunk_offsets(size)]
-        if not all(digests) or content_digest(digests) != before.get("content_digest"):
-            return None
-        return digests
+        return self._verified_digests(ctx, size)
 
     def _codec(self, src_codecs: list[str], dst_codecs: list[str]) -> str:
         both = [c for c in src_codecs if c in dst_codecs]
@@ -378,6 +400,7 @@ class StreamMethod:
         offsets: list[int] | None,
         forward: Callable[[int, int], bool],
         compare: dict[str, str] | None = None,
+        tee: Callable[[int, int], bool] | None = None,
     ) -> tuple[PumpResult, PassResult]:
         """Send the chunks at ``offsets`` (all when None); each acknowledged chunk, read back
         on the destination with the source's digest, is journaled as confirmed."""
@@ -415,6 +438,7 @@ class StreamMethod:
                 on_confirmed=confirmed,
                 on_progress=progress,
                 backup=ctx.backup,
+                tee=tee,
             )
         result = PassResult(
             destination_id="",
@@ -481,15 +505,24 @@ class StreamMethod:
                 if d != zero_digest(min(VERIFY_CHUNK, size - o))
             }
             moved, result = self._stream(ctx, key, ends, None, lambda o, n: True, compare)
-        else:  # the backup needs every chunk's bytes: read all, send what differed before
+        else:  # the backup needs the chunks' bytes: read all, send what differed before
             before = self._digests(ends.src_host, ends.src_path, size)
             wanted = {o for o, a, b in zip(offsets, before, dst_digests, strict=True) if a != b}
+            # An incremental backup holds what changed since the previous verified pass (its
+            # digests are in the journal), whatever an interrupted attempt already sent.
+            base = self._verified_digests(ctx, size)
+            since = (
+                {o for o, a, b in zip(offsets, before, base, strict=True) if a != b}
+                if base is not None
+                else set(offsets)
+            )
             moved, result = self._stream(
                 ctx,
                 key,
                 ends,
                 None,
                 lambda o, n: any(c in wanted for c in range(o, o + n, VERIFY_CHUNK)),
+                tee=lambda o, n: any(c in since for c in range(o, o + n, VERIFY_CHUNK)),
             )
         ctx.stage("imported", destination_id=_volume_of(key), bytes_sent=result.bytes_sent)
         src_digests = expand_digests(moved.digests, size)
