@@ -1,37 +1,33 @@
 """Benchmark volume copy between the testbed clouds: the stream and rbd methods vs shell pipelines.
 
 Everything happens in a project of its own (``voltest-bench-*``, same name
-on both clouds), deleted at the end with everything in it. Two source
-volumes of each backend:
+on both clouds), deleted at the end with everything in it. Each shape is
+measured at two sizes (``--sparse-gib SMALL LARGE``, default 4 and 32;
+``--dense-gib SMALL LARGE``, default 1 and 8; ``--quick``: 1 and 2 of each,
+since Cinder sizes are whole GiB), on each backend:
 
-- ``sparse``: 4 GiB, 25 % filled (in 16 MiB stripes, 4 MiB written in each,
-  at a 4 MiB-aligned place: random, zeros and text in turn), the rest holes;
-- ``dense``: 1 GiB of random data.
+- ``sparse``: 25 % filled (in 16 MiB stripes, 4 MiB written in each, at a
+  4 MiB-aligned place: random, zeros and text in turn), the rest holes;
+- ``dense``: random data throughout.
 
-Measured, in one run:
+Per size point: ``StreamMethod.copy_pass`` (hosts' ``python3``) and raw
+one-hop ssh (``ssh src cat FILE > /dev/null``, dense), ``RbdMethod.copy_pass``
+and ``rbd export - | rbd import -`` between the two clusters, and on the
+sparse volumes an incremental pass of each method after 1 % changed (1 MiB
+writes at random 1 MiB-aligned places). Every pass runs in a child process
+(its own peak RSS). ``bench/volumes_report.py`` fits a line through the two
+points of each contender (fixed cost s, cost per GiB s) and judges issue 18's
+goals; issue 6's single-size ratios come from the small-size points, which
+also measure what the old runs did: the original guide's ``ssh src "dd |
+gzip -1 -" | gunzip | dd`` pipeline, a ``zstd -1 -T0`` pipe, two-hop ssh and
+the stream pass with the venv's Python on the hosts (zstd per chunk).
 
-- raw ssh throughput: ``ssh src cat FILE > /dev/null`` (one hop) and
-  ``ssh src cat | ssh dst 'cat > /dev/null'`` (two hops through this host,
-  the path the stream method's data takes);
-- the original guide's pipeline, run on the destination host with the
-  ``gunzip`` it forgot: ``ssh src "dd if=X bs=4M | gzip -1 -" | gunzip |
-  dd of=Y bs=4M``; and, for reference, the same with ``zstd -1 -T0``;
-- ``StreamMethod.copy_pass`` (a child process each, for its peak RSS): the
-  whole pass (create the Cinder volume, stream, verify) and its transfer
-  alone, with the hosts' ``python3`` (no zstandard module there: chunks go
-  raw, zeros and holes skipped) and with the project's venv Python on the
-  hosts (zstd per chunk);
-- a stream incremental pass after 1 % of the sparse volume changed (41
-  random 1 MiB-aligned 1 MiB writes) vs the full pass;
-- ``RbdMethod.copy_pass`` vs ``rbd export - | rbd import -`` between the two
-  clusters, and an rbd incremental pass after the same 1 % change.
+    .venv/bin/python bench/volumes.py           # writes bench/results/volumes-<date>.{json,md}
+    .venv/bin/python bench/volumes.py --quick   # smoke run: volumes-<date>-quick.{json,md}
+    .venv/bin/python bench/volumes.py --no-rbd  # stream only
 
-    .venv/bin/python bench/volumes.py            # writes bench/results/volumes-<date>.{json,md}
-    .venv/bin/python bench/volumes.py --no-rbd   # stream only
-
-Goals (issue 6): stream >= 10x the pipeline on sparse, >= 5x on dense; dense
-throughput >= 70 % of the raw ssh stream; rbd incremental <= 5 % of its full
-copy, stream incremental <= 25 %; peak RSS < 256 MB.
+It refuses (exit 2, one line) when the volumes would not fit on the disk of
+the testbed state dir and /tmp.
 """
 
 from __future__ import annotations
@@ -48,6 +44,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from bench import volumes_report as report  # noqa: E402
 from testbed import layout  # noqa: E402
 from tests.functional import stream_support as support  # noqa: E402
 
@@ -197,7 +195,11 @@ def child_pass(spec: dict[str, Any]) -> dict[str, Any]:
     quota_room(project.dst_admin, project.dst_id)
     ctx.destination_project_conn = project_connection(project.dst_admin, "dst", project.dst_id)
     marks: dict[str, float] = {}
-    ctx.on_stage = lambda name, facts: marks.setdefault(name, time.perf_counter())
+
+    def mark(name: str, facts: Any) -> None:
+        marks.setdefault(name, time.perf_counter())
+
+    ctx.on_stage = mark
     start = time.perf_counter()
     result = method.copy_pass(ctx)
     seconds = time.perf_counter() - start
@@ -239,6 +241,27 @@ def mbps(size: int, seconds: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sparse-gib",
+        type=int,
+        nargs=2,
+        default=[4, 32],
+        metavar=("SMALL", "LARGE"),
+        help="the two sparse volume sizes, GiB (default 4 32; 25 %% allocated)",
+    )
+    parser.add_argument(
+        "--dense-gib",
+        type=int,
+        nargs=2,
+        default=[1, 8],
+        metavar=("SMALL", "LARGE"),
+        help="the two dense volume sizes, GiB (default 1 8)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: sparse 1 and 2 GiB, dense 1 and 2 GiB (Cinder sizes are whole GiB)",
+    )
     parser.add_argument("--no-rbd", action="store_true", help="bench the stream method only")
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -246,6 +269,21 @@ def main() -> int:
     if args.child:
         print(json.dumps(child_pass(json.loads(args.child))))
         return 0
+    sizes = {"sparse": args.sparse_gib, "dense": args.dense_gib}
+    if args.quick:
+        sizes = {"sparse": [1, 2], "dense": [1, 2]}
+    for shape, (small, large) in sizes.items():
+        if not 0 < small < large:
+            parser.error(f"--{shape}-gib: give two sizes, the smaller first, both above 0")
+    short = report.disk_shortfall(
+        {k: [float(x) for x in v] for k, v in sizes.items()},
+        {"sparse": SPARSE_FILL, "dense": 1.0},
+        layout.STATE_DIR,
+        Path("/tmp"),
+    )
+    if short:
+        print(f"bench/volumes.py: {short}", file=sys.stderr)
+        return 2
     os.environ["OS_CLIENT_CONFIG_FILE"] = str(layout.CLOUDS_YAML)
     os.environ["STACKHOP_SSH_CONFIG"] = SSH_CONFIG
     results: dict[str, Any] = {
@@ -253,274 +291,206 @@ def main() -> int:
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "load_before": os.getloadavg(),
-        "command": "python bench/volumes.py" + (" --no-rbd" if args.no_rbd else ""),
+        "command": shlex.join([".venv/bin/python", "bench/volumes.py", *sys.argv[1:]]),
+        "sizes": sizes,
+        "sparse_fill": SPARSE_FILL,
     }
     gen = support.project_pair()
     project = next(gen)
+    assert isinstance(gen, Generator)
     scratch = Path(f"/tmp/stackhop-bench-{uuid.uuid4().hex[:8]}")
     scratch.mkdir()
     try:
-        results["stream"] = bench_stream(project, scratch, results)
+        results["stream"] = bench_stream(project, scratch, sizes)
         if not args.no_rbd:
             try:
-                results["rbd"] = bench_rbd(project, scratch)
+                results["rbd"] = bench_rbd(project, scratch, sizes)
             except Exception as exc:  # reported, the stream results still count
                 results["rbd"] = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         subprocess.run(["rm", "-rf", str(scratch)], check=False)
         gen.close()
     results["load_after"] = os.getloadavg()
+    results["fits"] = report.fits(results)
+    results["goals"] = report.goals(results, results["fits"])
+    results["continuity"] = report.continuity(results)
     print(json.dumps(results, indent=2))
     if not args.no_save:
         day = dt.date.today().isoformat()
-        out = ROOT / "bench" / "results" / f"volumes-{day}.json"
+        name = f"volumes-{day}-quick" if args.quick else f"volumes-{day}"
+        out = ROOT / "bench" / "results" / f"{name}.json"
         out.write_text(json.dumps(results, indent=2) + "\n")
-        out.with_suffix(".md").write_text(render(results))
+        out.with_suffix(".md").write_text(report.render(results))
     return 0
 
 
-def render(results: dict[str, Any]) -> str:
-    """The results as a Markdown page (the command first)."""
-    lines = [
-        f"# Volume copy benchmark, {results['date']}",
-        "",
-        f"Command: `{results['command']}` (host {results['host']}, {results['cpus']} CPUs, "
-        f"load average before {results['load_before'][0]:.1f}, after "
-        f"{results['load_after'][0]:.1f}; the machine is shared, so wall times are noisy).",
-        "",
-    ]
-    stream = results.get("stream", {})
-    if stream:
-        raw = stream["raw_ssh"]
-        lines += [
-            "## stream",
-            "",
-            f"Raw ssh (aes128-gcm): one hop {raw['one_hop_mbps']} MiB/s, two hops through this "
-            f"host {raw['two_hops_mbps']} MiB/s. Allocated bytes: {stream['allocated_bytes']}.",
-            "",
-            "| volume | gzip pipeline | zstd pipe | stream pass (hosts' python3) | transfer only "
-            "| data MiB/s | speedup (pass / transfer) | stream pass (zstd) | peak RSS MB "
-            "(stackhop / read agent / write agent) |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for label in ("sparse", "dense"):
-            row = stream[label]
-            base, zstd = row["hosts_python3"], row["venv_python_zstd"]
-            rss = base["details"].get("agent_peak_rss_kb", {})
-            lines.append(
-                f"| {label} {row['size'] // GIB} GiB | {row['pipeline_gzip_s']} s | "
-                f"{row['pipeline_zstd_s']} s | {base['seconds']} s | {row['stream_transfer_s']} s "
-                f"| {row['stream_transfer_mbps_data']} | {row['speedup_pass_vs_gzip']}x / "
-                f"{row['speedup_transfer_vs_gzip']}x | {zstd['seconds']} s "
-                f"(wire {zstd['bytes_wire'] // MIB} MiB) | {base['peak_rss_mb']} / "
-                f"{(rss.get('read') or 0) // 1024} / {(rss.get('write') or 0) // 1024} |"
-            )
-        inc = stream["sparse"].get("incremental", {})
-        if inc:
-            lines += [
-                "",
-                f"Incremental after 1 % changed ({inc['changed_extents']} x 1 MiB): "
-                f"{inc['seconds']} s vs full {stream['sparse']['hosts_python3']['seconds']} s "
-                f"= {inc['ratio_to_full']:.0%}; {inc['bytes_sent'] // MIB} MiB sent "
-                f"({inc['details'].get('changed_chunks')} chunks of 4 MiB).",
-            ]
-        lines += [
-            "",
-            "Goals: "
-            + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in stream["goals"].items()),
-            "",
-        ]
-    rbd = results.get("rbd")
-    if rbd:
-        lines += ["## rbd", ""]
-        if "error" in rbd:
-            lines.append(f"Not measured: {rbd['error']}")
-        else:
-            lines += [
-                "| volume | export - \\| import - | rbd method pass | speedup | peak RSS MB |",
-                "|---|---|---|---|---|",
-            ]
-            for label in ("sparse", "dense"):
-                row = rbd[label]
-                lines.append(
-                    f"| {label} {row['size'] // GIB} GiB | {row['export_import_s']} s | "
-                    f"{row['full']['seconds']} s | {row['speedup_vs_export_import']}x | "
-                    f"{row['full']['peak_rss_mb']} |"
-                )
-            inc = rbd["sparse"].get("incremental")
-            if inc:
-                lines += [
-                    "",
-                    f"rbd incremental after 1 % changed: {inc['seconds']} s "
-                    f"= {inc['ratio_to_full']:.0%} of the full pass.",
-                ]
-        lines.append("")
-    return "\n".join(lines)
+SPARSE_FILL = 0.25  # fill_sparse writes 4 MiB in every 16 MiB
 
 
-def bench_stream(project: support.Project, scratch: Path, results: dict[str, Any]) -> Any:
-    rows: dict[str, Any] = {}
-    sparse = project.create_source_volume("voltest-bench-sparse", 4)
-    dense = project.create_source_volume("voltest-bench-dense", 1)
-    sparse_file = layout.SRC.file_backend_dir / f"volume-{sparse.id}"
-    dense_file = layout.SRC.file_backend_dir / f"volume-{dense.id}"
-    fill_sparse(sparse_file, 4 * GIB, 1)
-    fill_dense(dense_file, GIB)
-    rows["allocated_bytes"] = {
-        "sparse": sum(n for _, n in extents(sparse_file)),
-        "dense": sum(n for _, n in extents(dense_file)),
+def pipelines(file: Path, target: Path, size: int) -> dict[str, Any]:
+    """The original guide's gzip pipeline and a zstd pipe, run on the destination host."""
+    src_cmd = shlex.quote(f"dd if={file} bs=4M status=none | gzip -1 -")
+    gzip_s = sh(
+        f"ssh -F {SSH_CONFIG} src-storage {src_cmd} | gunzip | dd of={target} bs=4M status=none",
+        on="dst-storage",
+    )
+    zcmd = shlex.quote(f"zstd -1 -T0 -q -c {file}")
+    zstd_s = sh(
+        f"ssh -F {SSH_CONFIG} src-storage {zcmd} | zstd -d -q -c | "
+        f"dd of={target} bs=4M status=none",
+        on="dst-storage",
+    )
+    target.unlink()
+    return {
+        "pipeline_gzip_s": round(gzip_s, 2),
+        "pipeline_gzip_mbps": mbps(size, gzip_s),
+        "pipeline_zstd_s": round(zstd_s, 2),
     }
-    hop1 = sh(
-        f"ssh -F {SSH_CONFIG} -o Ciphers=aes128-gcm@openssh.com src-storage "
-        f"cat {dense_file} > /dev/null"
-    )
-    hop2 = sh(
-        f"{shlex.join(SSH)} src-storage cat {dense_file} | "
-        f"{shlex.join(SSH)} dst-storage 'cat > /dev/null'"
-    )
-    rows["raw_ssh"] = {"one_hop_mbps": mbps(GIB, hop1), "two_hops_mbps": mbps(GIB, hop2)}
-    journal = str(scratch / "journal.db")
+
+
+def _pass_row(full: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "pass_s": full["seconds"],
+        "bytes_sent": full["bytes_sent"],
+        "peak_rss_mb": full["peak_rss_mb"],
+        "full": full,
+    }
+
+
+def _incremental(
+    spec: dict[str, Any], full: dict[str, Any], changes: list[tuple[int, int]]
+) -> dict[str, Any]:
+    inc = run_child({**spec, "destination_id": full["destination_id"], "previous": full["state"]})
+    return {
+        **inc,
+        "changed_extents": len(changes),
+        "changed_bytes": sum(n for _, n in changes),
+        "ratio_to_full": round(inc["seconds"] / full["seconds"], 3),
+    }
+
+
+def bench_stream(
+    project: support.Project, scratch: Path, sizes: dict[str, list[int]]
+) -> dict[str, Any]:
+    """Per shape, a point per size: the stream pass (and at the small size the old extras)."""
     common = {
         "project": project.name,
         "src_id": project.src_id,
         "dst_id": project.dst_id,
-        "journal": journal,
+        "journal": str(scratch / "journal.db"),
         "method": "stream",
         "type": "file",
     }
-    for label, volume, file, size in (
-        ("sparse", sparse, sparse_file, 4 * GIB),
-        ("dense", dense, dense_file, GIB),
-    ):
-        target = scratch / f"{label}.img"
-        src_cmd = shlex.quote(f"dd if={file} bs=4M status=none | gzip -1 -")
-        gzip_s = sh(
-            f"ssh -F {SSH_CONFIG} src-storage {src_cmd} | gunzip | "
-            f"dd of={target} bs=4M status=none",
-            on="dst-storage",
-        )
-        zcmd = shlex.quote(f"zstd -1 -T0 -q -c {file}")
-        zstd_s = sh(
-            f"ssh -F {SSH_CONFIG} src-storage {zcmd} | zstd -d -q -c | "
-            f"dd of={target} bs=4M status=none",
-            on="dst-storage",
-        )
-        target.unlink()
-        row: dict[str, Any] = {
-            "size": size,
-            "pipeline_gzip_s": round(gzip_s, 2),
-            "pipeline_gzip_mbps": mbps(size, gzip_s),
-            "pipeline_zstd_s": round(zstd_s, 2),
-        }
-        for variant, python in (("hosts_python3", None), ("venv_python_zstd", sys.executable)):
+    rows: dict[str, Any] = {"sparse": [], "dense": []}
+    for shape in ("sparse", "dense"):
+        for index, size_gib in enumerate(sizes[shape]):
+            size = size_gib * GIB
+            small = index == 0
+            volume = project.create_source_volume(f"voltest-bench-{shape}-{size_gib}", size_gib)
+            file = layout.SRC.file_backend_dir / f"volume-{volume.id}"
+            if shape == "sparse":
+                fill_sparse(file, size, 1)
+            else:
+                fill_dense(file, size)
+            point: dict[str, Any] = {
+                "size": size,
+                "allocated_bytes": sum(n for _, n in extents(file)),
+            }
+            if shape == "dense":
+                hop1 = sh(f"{shlex.join(SSH)} src-storage cat {file} > /dev/null")
+                point["raw_one_hop_s"] = round(hop1, 3)
+                point["raw_one_hop_mbps"] = mbps(size, hop1)
+                if small:
+                    hop2 = sh(
+                        f"{shlex.join(SSH)} src-storage cat {file} | "
+                        f"{shlex.join(SSH)} dst-storage 'cat > /dev/null'"
+                    )
+                    point["raw_two_hops_mbps"] = mbps(size, hop2)
+            if small:
+                point.update(pipelines(file, scratch / f"{shape}.img", size))
             # incremental=True: the pass keeps what a next incremental pass needs, as
             # `volumes copy --incremental` does for each pass of a chain.
-            spec = {**common, "volume_id": volume.id, "incremental": True, "python": python}
+            spec = {**common, "volume_id": volume.id, "incremental": True, "python": None}
             full = run_child(spec)
-            row[variant] = full
-            if label == "sparse" and variant == "hosts_python3":
+            point.update(_pass_row(full))
+            if shape == "sparse":
                 changes = change_one_percent(file, size, 2)
-                inc = run_child(
-                    {
-                        **spec,
-                        "incremental": True,
-                        "destination_id": full["destination_id"],
-                        "previous": full["state"],
-                    }
-                )
-                row["incremental"] = {
-                    **inc,
-                    "changed_extents": len(changes),
-                    "ratio_to_full": round(inc["seconds"] / full["seconds"], 3),
-                }
+                point["incremental"] = _incremental(spec, full, changes)
             delete_volume(project.dst_admin, full["destination_id"])
-        base = row["hosts_python3"]
-        transfer = base["stages"]["imported"] - base["stages"]["exported"]
-        row["stream_transfer_s"] = round(transfer, 2)
-        row["speedup_pass_vs_gzip"] = round(gzip_s / base["seconds"], 2)
-        row["speedup_transfer_vs_gzip"] = round(gzip_s / transfer, 2)
-        row["stream_transfer_mbps_logical"] = mbps(size, transfer)
-        row["stream_transfer_mbps_data"] = mbps(base["bytes_sent"], transfer)
-        rows[label] = row
-    dense_row = rows["dense"]
-    rows["goals"] = {
-        "sparse_10x_pipeline": rows["sparse"]["speedup_pass_vs_gzip"] >= 10,
-        "dense_5x_pipeline": dense_row["speedup_pass_vs_gzip"] >= 5,
-        "dense_70pct_raw_ssh": dense_row["stream_transfer_mbps_data"]
-        >= 0.7 * rows["raw_ssh"]["one_hop_mbps"],
-        "incremental_25pct": rows["sparse"]["incremental"]["ratio_to_full"] <= 0.25,
-        "peak_rss_256mb": all(
-            r[v]["peak_rss_mb"] < 256
-            for r in (rows["sparse"], dense_row)
-            for v in ("hosts_python3", "venv_python_zstd")
-        ),
-    }
+            if small:
+                zstd = run_child({**spec, "python": sys.executable})
+                point["venv_python_zstd"] = zstd
+                delete_volume(project.dst_admin, zstd["destination_id"])
+                transfer = full["stages"]["imported"] - full["stages"]["exported"]
+                point["stream_transfer_s"] = round(transfer, 2)
+                point["speedup_pass_vs_gzip"] = round(point["pipeline_gzip_s"] / full["seconds"], 2)
+                point["speedup_transfer_vs_gzip"] = round(point["pipeline_gzip_s"] / transfer, 2)
+                point["stream_transfer_mbps_data"] = mbps(full["bytes_sent"], transfer)
+            delete_volume(project.src_admin, volume.id)
+            rows[shape].append(point)
     return rows
 
 
-def bench_rbd(project: support.Project, scratch: Path) -> Any:
-    from stackhop.volumes.rbd import RbdMethod  # noqa: F401  (absent: reported, not fatal)
+def bench_rbd(
+    project: support.Project, scratch: Path, sizes: dict[str, list[int]]
+) -> dict[str, Any]:
+    """Per shape, a point per size: ``rbd export - | rbd import -`` and the rbd method's pass."""
+    from stackhop.volumes.rbd import RbdMethod
 
-    rows: dict[str, Any] = {}
     src = support.storage_map().backend("src", "ceph")
     dst = support.storage_map().backend("dst", "ceph")
-    journal = str(scratch / "rbd-journal.db")
     common = {
         "project": project.name,
         "src_id": project.src_id,
         "dst_id": project.dst_id,
-        "journal": journal,
+        "journal": str(scratch / "rbd-journal.db"),
         "method": "rbd",
         "type": "ceph",
     }
-    for label, size_gib in (("sparse", 4), ("dense", 1)):
-        size = size_gib * GIB
-        volume = project.create_source_volume(f"voltest-bench-rbd-{label}", size_gib, "ceph")
-        local = scratch / f"rbd-{label}.img"
-        local.write_bytes(b"")
-        os.truncate(local, size)
-        if label == "sparse":
-            fill_sparse(local, size, 3)
-        else:
-            fill_dense(local, size)
-        write_rbd(volume.id, local)
-        image = f"{src.pool}/volume-{volume.id}"
-        target = f"{dst.pool}/stackhop-bench-{uuid.uuid4().hex[:8]}"
-        base_s = sh(
-            f"rbd -c {src.ceph_conf} --keyring {src.keyring} export {image} - | "
-            f"rbd -c {dst.ceph_conf} --keyring {dst.keyring} import - {target}"
-        )
-        sh(f"rbd -c {dst.ceph_conf} --keyring {dst.keyring} rm --no-progress {target}")
-        spec = {**common, "volume_id": volume.id, "incremental": True}
-        full = run_child(spec)
-        row: dict[str, Any] = {
-            "size": size,
-            "export_import_s": round(base_s, 2),
-            "export_import_mbps": mbps(size, base_s),
-            "full": full,
-            "speedup_vs_export_import": round(base_s / full["seconds"], 2),
-        }
-        if label == "sparse":
-            changes = change_one_percent(local, size, 4)
-            write_rbd(volume.id, local, changes)
-            inc = run_child(
-                {**spec, "destination_id": full["destination_id"], "previous": full["state"]}
+    rows: dict[str, Any] = {"sparse": [], "dense": []}
+    for shape in ("sparse", "dense"):
+        for size_gib in sizes[shape]:
+            size = size_gib * GIB
+            volume = project.create_source_volume(
+                f"voltest-bench-rbd-{shape}-{size_gib}", size_gib, "ceph"
             )
-            row["incremental"] = {
-                **inc,
-                "ratio_to_full": round(inc["seconds"] / full["seconds"], 3),
+            local = scratch / f"rbd-{shape}.img"
+            local.write_bytes(b"")
+            os.truncate(local, size)
+            if shape == "sparse":
+                fill_sparse(local, size, 3)
+            else:
+                fill_dense(local, size)
+            write_rbd(volume.id, local)
+            image = f"{src.pool}/volume-{volume.id}"
+            target = f"{dst.pool}/stackhop-bench-{uuid.uuid4().hex[:8]}"
+            base_s = sh(
+                f"rbd -c {src.ceph_conf} --keyring {src.keyring} export --no-progress "
+                f"{image} - | rbd -c {dst.ceph_conf} --keyring {dst.keyring} import "
+                f"--no-progress - {target}"
+            )
+            sh(f"rbd -c {dst.ceph_conf} --keyring {dst.keyring} rm --no-progress {target}")
+            spec = {**common, "volume_id": volume.id, "incremental": True}
+            full = run_child(spec)
+            point: dict[str, Any] = {
+                "size": size,
+                "export_import_s": round(base_s, 3),
+                "export_import_mbps": mbps(size, base_s),
+                **_pass_row(full),
             }
-            state = inc["state"]
-        else:
             state = full["state"]
-        RbdMethod().forget_incremental(
-            state, support.connect("src"), support.connect("dst"), support.storage_map()
-        )
-        delete_volume(project.dst_admin, full["destination_id"])
-        local.unlink()
-        rows[label] = row
-    if "incremental" in rows.get("sparse", {}):
-        rows["goals"] = {"incremental_5pct": rows["sparse"]["incremental"]["ratio_to_full"] <= 0.05}
+            if shape == "sparse":
+                changes = change_one_percent(local, size, 4)
+                write_rbd(volume.id, local, changes)
+                point["incremental"] = _incremental(spec, full, changes)
+                state = point["incremental"]["state"]
+            RbdMethod().forget_incremental(
+                state, support.connect("src"), support.connect("dst"), support.storage_map()
+            )
+            delete_volume(project.dst_admin, full["destination_id"])
+            delete_volume(project.src_admin, volume.id)
+            local.unlink()
+            rows[shape].append(point)
     return rows
 
 
