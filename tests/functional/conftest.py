@@ -88,7 +88,7 @@ def testbed() -> Iterator[Testbed]:
         if os.environ.get("STACKHOP_TESTBED_NO_BOOT"):
             # Several checkouts share one testbed: a boot from this one would rewrite
             # every component's configuration from this tree's code.
-            pytest.fail("the testbed does not answer and STACKHOP_TESTBED_NO_BOOT is set: not booting")
+            pytest.fail("the testbed does not answer; STACKHOP_TESTBED_NO_BOOT is set: not booting")
         code = _testbed_command("up", timeout=UP_TIMEOUT)
         if code != 0:
             pytest.fail(f"`python -m testbed up` failed with exit code {code}; see the test log")
