@@ -9,13 +9,19 @@ points at, and a kill or a flipped byte must never leave a second copy.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from testbed import layout
+from testbed.infra import ceph
+from testbed.infra.files import write_file
+from testbed.openstack import glance_legacy, runtime
 from tests.functional.test_images_legacy_support import (
     LEGACY,
     LegacyImages,
@@ -202,3 +208,58 @@ def test_locations_flipped_byte_in_the_rbd_copy_stops_before_the_add(
     retry = cli(*_move_args(journal, image["id"]))
     assert retry.code == 0, retry.err
     _assert_moved(legacy_images, image)
+
+
+@pytest.fixture
+def glance_hiding_locations(
+    legacy_images: LegacyImages, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A private Glance API on the legacy Glance's database, with show_multiple_locations off.
+
+    Our own uWSGI process on its own port (stopped by its PID at the end) and
+    a clouds.yaml of this test naming it ``hidden``: the shared Glances are
+    not touched.
+    """
+    c = layout.SRC
+    conf_dir = c.etc / "glance_legacy_hidden_test"
+    text = (glance_legacy.config_file(c)).read_text()
+    text = text.replace("show_multiple_locations = true", "show_multiple_locations = false")
+    text = text.replace("show_image_direct_url = true", "show_image_direct_url = false")
+    assert "show_multiple_locations = false" in text
+    write_file(conf_dir / "glance-api.conf", text, mode=0o600)
+    port = glance_legacy.port(c) + 2
+    daemon = runtime.uwsgi_daemon("glance-hidden-test", port, "glance.wsgi.api:application",
+                                  env={"OS_GLANCE_CONFIG_DIR": str(conf_dir)},
+                                  python_path=[ceph.python_path()])
+    clouds = yaml.safe_load(layout.CLOUDS_YAML.read_text())
+    hidden = dict(clouds["clouds"][LEGACY], image_endpoint_override=f"http://{layout.HOST}:{port}")
+    config = tmp_path / "clouds.yaml"
+    config.write_text(yaml.safe_dump({"clouds": {"hidden": hidden}}))
+    config.chmod(0o600)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    daemon.ensure()
+    try:
+        yield "hidden"
+    finally:
+        daemon.stop()
+        shutil.rmtree(conf_dir, ignore_errors=True)
+
+
+def test_locations_without_show_multiple_locations_is_refused_and_changes_nothing(
+    legacy_images: LegacyImages, glance_hiding_locations: str, cli: Any, tmp_path: Path
+) -> None:
+    image = legacy_images.create("hidden")
+    for method in ("auto", "locations"):
+        result = cli("--journal", str(tmp_path / "j.sqlite"), "images", "move-store",
+                     "--cloud", glance_hiding_locations, "--from-store", "file", "--to-store",
+                     "rbd", "--method", method, "--storage-map", str(layout.STORAGE_MAP),
+                     "--image", image["id"])
+        assert result.code == 6, result.err
+        assert len(result.err.strip().splitlines()) == 1
+        assert "show_multiple_locations" in result.err
+    after = glance_json(legacy_images.conn, image["id"])
+    assert after is not None and after["locations"] == image["locations"]
+    assert after["protected"] is False and after["updated_at"] == image["updated_at"]
+    assert image["id"] not in legacy_images.pool.images()
+    with Journal(str(tmp_path / "j.sqlite")) as j:
+        assert j.operations(kind=KIND) == []
