@@ -169,3 +169,30 @@ def test_copy_all_includes_community_images(testbed: Any, cli: Any, tmp_path: Pa
     assert result.code == 0, result.err
     planned = {op["source_id"] for op in result.json()}
     assert lab["id"] in planned
+
+
+def test_copy_between_rbd_stores_with_property_globs(
+    own_images: ImageFactory, cli: Any, tmp_path: Path
+) -> None:
+    """An image on src's rbd store copied into dst's rbd store, properties filtered by globs."""
+    image = own_images.create("rbd-to-rbd", 9 * MIB, os_distro="seedos", os_version="3",
+                              owner_team="web", internal_note="do not carry")
+    journal = tmp_path / "journal.sqlite"
+    moved = cli("--journal", str(journal), "images", "move-store", "--cloud", "src",
+                "--from-store", "fast", "--to-store", "rbd", "--image", image["id"])
+    assert moved.code == 0, moved.err
+    result = _copy(cli, journal, "--keep-id", "--to-store", "rbd", "--image", image["id"],
+                   "--property-include", "os_*", "--property-include", "owner_team",
+                   "--property-exclude", "os_version")
+    assert result.code == 0, result.err
+    copy = glance_json(own_images.dst, image["id"])
+    assert copy is not None and copy["stores"] == "rbd"
+    assert download_sha512(own_images.dst, image["id"]) == image["os_hash_value"]
+    carried = _record(own_images.dst, image["id"])["properties"]
+    assert carried == {"os_distro": "seedos", "owner_team": "web"}
+    again = _copy(cli, journal, "--keep-id", "--to-store", "rbd", "--image", image["id"],
+                  "--property-include", "os_*", "--property-include", "owner_team",
+                  "--property-exclude", "os_version")
+    assert again.code == 0, again.err
+    unknown = _copy(cli, tmp_path / "j2.sqlite", "--to-store", "tape", "--image", image["id"])
+    assert unknown.code == 3 and "no image store 'tape'" in unknown.err

@@ -18,7 +18,13 @@ from stackhop.errors import ConflictError, OperationFailedError, UsageError
 from stackhop.images import archive as image_archive
 from stackhop.images import copy as image_copy
 from stackhop.images import recreate
-from stackhop.images.common import Selection, inactive, select_images
+from stackhop.images.common import (
+    PropertyFilter,
+    Selection,
+    check_stores,
+    inactive,
+    select_images,
+)
 from stackhop.images.locations import (
     LocationMover,
     check_locations_method,
@@ -49,6 +55,19 @@ def _selection(p: argparse.ArgumentParser) -> None:
                        help="this image (repeat for several)")
     group.add_argument("--project", metavar="ID_OR_NAME", help="every image the project owns")
     group.add_argument("--all", action="store_true", help="every image of the cloud")
+
+
+def _property_filter_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--property-include", action="append", default=[], metavar="GLOB",
+                   help=f"{what}: carry only the image properties matching a GLOB (repeat for "
+                   "several; default: all)")
+    p.add_argument("--property-exclude", action="append", default=[], metavar="GLOB",
+                   help=f"{what}: leave out the image properties matching a GLOB (repeatable)")
+
+
+def _property_filter(args: argparse.Namespace) -> PropertyFilter:
+    return PropertyFilter(include=tuple(args.property_include),
+                          exclude=tuple(args.property_exclude))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,6 +108,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="recreate: what becomes of the original image (default: protect "
                    "both images; deactivate: protect the copy, deactivate the original; "
                    "delete: delete the original)")
+    _property_filter_options(p, "recreate")
     p.add_argument("--no-verify-data", dest="verify_data", action="store_false",
                    help="copy-image, locations: skip reading the moved data back through "
                    "Glance to hash it")
@@ -112,6 +132,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _selection(p)
     p.add_argument("--keep-id", action="store_true", help="same image ID where it is free")
     p.add_argument("--project-map", metavar="FILE", help="YAML: {source id: destination id}")
+    p.add_argument("--to-store", metavar="STORE",
+                   help="the destination store to upload into (multi-store; default: its "
+                   "default store)")
+    _property_filter_options(p, "copy")
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     p.add_argument("--workers", type=int, default=2, metavar="N",
                    help="images copied at once (default: 2)")
@@ -239,7 +263,8 @@ def _recreate(conn: Any, args: argparse.Namespace, images: list[dict[str, Any]])
     with Journal(args.journal) as journal:
         run_id, outcomes = recreate.recreate_images(
             conn, journal, images, cloud=args.cloud, from_store=args.from_store,
-            to_store=args.to_store, original_policy=args.original, events=args.events)
+            to_store=args.to_store, original_policy=args.original, events=args.events,
+            properties=_property_filter(args))
     rows = [{"Outcome": o["outcome"], "ID": o["id"], "Detail": o["detail"]} for o in outcomes]
     _print(rows, RESULT_COLUMNS, args.format, {"run_id": run_id, "images": outcomes})
     failed = sum(o["outcome"] == "failed" for o in outcomes)
@@ -258,11 +283,14 @@ def copy_command(args: argparse.Namespace) -> int:
     if bad and selection.images:
         raise ConflictError("only active images can be copied: " + "; ".join(bad))
     project_map = load_operator_map(args.project_map)
+    if args.to_store:
+        check_stores(destination.image, args.destination, args.to_store)
     with Journal(args.journal) as journal:
         copier = image_copy.ImageCopier(
             source, destination, journal, source_cloud=args.source,
             destination_cloud=args.destination, keep_id=args.keep_id, workers=args.workers,
-            events=args.events, project_map=project_map,
+            events=args.events, project_map=project_map, to_store=args.to_store,
+            properties=_property_filter(args),
         )
         operations = copier.plan(images)
         if args.dry_run:
