@@ -71,8 +71,8 @@ def env_lines() -> list[str]:
 
 
 def _image_backends(c: layout.CloudLayout) -> dict:
-    """The legacy Glance's stores as stackhop reaches them (``glance-<store>``, docs/images.md)."""
-    from testbed.openstack import glance, glance_legacy
+    """The legacy Glance's RBD store as stackhop writes it (``glance-<store>``, docs/images.md)."""
+    from testbed.openstack import glance
 
     return {
         "glance-rbd": {
@@ -81,11 +81,6 @@ def _image_backends(c: layout.CloudLayout) -> dict:
             "ceph_conf": str(c.ceph_conf),
             "keyring": str(c.ceph_keyring),
             "user": "admin",
-        },
-        "glance-file": {
-            "driver": "file",
-            "ssh_host": c.ssh_host,
-            "path": str(glance_legacy.file_store_dir(c) / "{id}"),
         },
     }
 
@@ -96,8 +91,8 @@ def storage_map() -> dict:
     The format is documented in ``docs/volumes.md``. The ``ceph`` backend is
     reached with the rbd tools on this host; the ``file`` backend through the
     cloud's storage host over ssh, where each volume is a file in the share.
-    The legacy Glance's cloud (``src-legacy``) lists its image stores
-    (``glance-rbd``, ``glance-file``; docs/images.md).
+    The legacy Glance's cloud (``src-legacy``) lists its RBD image store
+    (``glance-rbd``; docs/images.md).
     """
     from testbed.openstack import glance_legacy
 
