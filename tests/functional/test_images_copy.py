@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from testbed import layout
+from tests.functional.test_images_legacy_support import glance_rbd_entry, service_cloud
 from tests.functional.test_images_support import (
     MIB,
     ImageFactory,
@@ -19,8 +23,10 @@ from tests.functional.test_images_support import (
     project_id,
 )
 
+from stackhop.images.rbd_store import GlanceRbdStore
 from stackhop.kinds.image import image_record
 from stackhop.transfer import Chunk, chunk_filters
+from stackhop.transfer.rbd_lib import LibRbdCluster
 
 pytestmark = pytest.mark.functional
 __all__ = ["own_images"]  # the fixture, imported for pytest
@@ -196,3 +202,39 @@ def test_copy_between_rbd_stores_with_property_globs(
     assert again.code == 0, again.err
     unknown = _copy(cli, tmp_path / "j2.sqlite", "--to-store", "tape", "--image", image["id"])
     assert unknown.code == 3 and "no image store 'tape'" in unknown.err
+
+
+def test_copy_ceph_to_ceph_when_both_images_live_in_rbd(
+    own_images: ImageFactory, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rbd on src -> rbd on dst pool to pool, attached by the locations API, same bytes."""
+    clouds = yaml.safe_load(layout.CLOUDS_YAML.read_text())
+    clouds["clouds"]["dst-glance-service"] = service_cloud(layout.DST)
+    config = tmp_path / "clouds.yaml"
+    config.write_text(yaml.safe_dump(clouds))
+    config.chmod(0o600)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    storage = tmp_path / "storage.yaml"
+    storage.write_text(yaml.safe_dump({"src": {"glance-rbd": glance_rbd_entry(layout.SRC)},
+                                       "dst": {"glance-rbd": glance_rbd_entry(layout.DST)}}))
+    body = os.urandom(5 * MIB) + bytes(8 * MIB) + os.urandom(MIB + 7)
+    image = own_images.create("ceph-to-ceph", content=body, purpose="pool to pool")
+    journal = tmp_path / "journal.sqlite"
+    moved = cli("--journal", str(journal), "images", "move-store", "--cloud", "src",
+                "--from-store", "fast", "--to-store", "rbd", "--image", image["id"])
+    assert moved.code == 0, moved.err
+    args = ("--keep-id", "--to-store", "rbd", "--location-cloud", "dst-glance-service",
+            "--storage-map", str(storage), "--image", image["id"])
+    result = cli("--log-json", "--journal", str(journal), "images", "copy", "--from", "src",
+                 "--to", "dst", "-f", "json", *args)
+    assert result.code == 0, result.err
+    assert "Ceph to Ceph" in result.err and "API stream" not in result.err
+    copy = glance_json(own_images.dst, image["id"])
+    assert copy is not None and copy["status"] == "active" and copy["stores"] == "rbd"
+    _assert_copied(own_images, image["id"], image["id"])
+    dst_pool = GlanceRbdStore(LibRbdCluster(cloud="dst", pool="images",
+                                            ceph_conf=str(layout.DST.ceph_conf),
+                                            keyring=str(layout.DST.ceph_keyring), user="admin"))
+    assert dst_pool.state(image["id"]).complete
+    again = _copy(cli, journal, *args)
+    assert again.code == 0, again.err

@@ -153,3 +153,19 @@ def _answers() -> bool:
 
 def random_bytes(size: int) -> bytes:
     return os.urandom(size)
+
+
+def glance_rbd_entry(c: layout.CloudLayout) -> dict[str, str]:
+    """A storage-map entry reaching cloud ``c``'s Glance RBD pool (``images``) as client.admin."""
+    return {"driver": "rbd", "pool": "images", "ceph_conf": str(c.ceph_conf),
+            "keyring": str(c.ceph_keyring), "user": "admin"}
+
+
+def service_cloud(c: layout.CloudLayout) -> dict[str, Any]:
+    """A clouds.yaml entry for Glance's service user of cloud ``c`` (it has the service role)."""
+    return {
+        "auth": {"auth_url": c.keystone_url, "username": "glance",
+                 "password": layout.SERVICE_PASSWORD, "project_name": "service",
+                 "user_domain_name": "Default", "project_domain_name": "Default"},
+        "region_name": layout.REGION, "interface": "public", "identity_api_version": 3,
+    }

@@ -15,9 +15,11 @@ from stackhop.cli.output import add_format_options, dump, render_table
 from stackhop.clouds import cloud_config, connect
 from stackhop.engine import RunResult
 from stackhop.errors import ConflictError, OperationFailedError, UsageError
+from stackhop.events import Event, EventType
 from stackhop.images import archive as image_archive
 from stackhop.images import copy as image_copy
 from stackhop.images import recreate
+from stackhop.images.ceph_copy import CephRoute
 from stackhop.images.common import (
     PropertyFilter,
     Selection,
@@ -38,7 +40,7 @@ from stackhop.images.move_store import (
     check_cloud,
     plan_moves,
 )
-from stackhop.images.rbd_store import GlanceRbdStore
+from stackhop.images.rbd_store import GlanceRbdStore, storage_entry
 from stackhop.journal import Journal
 from stackhop.kinds.identity import load_operator_map
 from stackhop.volumes.storage import load_storage_map
@@ -136,6 +138,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="the destination store to upload into (multi-store; default: its "
                    "default store)")
     _property_filter_options(p, "copy")
+    p.add_argument("--location-cloud", metavar="CLOUD",
+                   help="the destination as a user with Glance's service role: with --to-store "
+                   "an RBD store and the storage map reaching both Glances' RBD pools "
+                   "(glance-STORE entries), data is copied Ceph to Ceph and attached with "
+                   "POST /v2/images/{id}/locations (Glance 2024.2+); else the API stream")
+    p.add_argument("--storage-map", metavar="FILE",
+                   help="with --location-cloud: how to reach the RBD pools (default: "
+                   "$STACKHOP_STORAGE_MAP)")
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     p.add_argument("--workers", type=int, default=2, metavar="N",
                    help="images copied at once (default: 2)")
@@ -290,7 +300,7 @@ def copy_command(args: argparse.Namespace) -> int:
             source, destination, journal, source_cloud=args.source,
             destination_cloud=args.destination, keep_id=args.keep_id, workers=args.workers,
             events=args.events, project_map=project_map, to_store=args.to_store,
-            properties=_property_filter(args),
+            properties=_property_filter(args), ceph_route=_ceph_route(args),
         )
         operations = copier.plan(images)
         if args.dry_run:
@@ -303,6 +313,35 @@ def copy_command(args: argparse.Namespace) -> int:
     _print_run(result, args.format)
     result.raise_for_failures()
     return 0
+
+
+def _ceph_route(args: argparse.Namespace) -> CephRoute | None:
+    """The Ceph-to-Ceph route of a copy, or None (the API stream) with a warning saying why."""
+    if not args.location_cloud:
+        return None
+    storage = load_storage_map(args.storage_map)
+    sources = sorted(name for (cloud, name), b in storage.backends.items()
+                     if cloud == args.source and b.driver == "rbd"
+                     and name.startswith(storage_entry("")))
+    wanted = storage_entry(args.to_store or "")
+    reason = ""
+    if not args.to_store:
+        reason = "no --to-store"
+    elif (args.destination, wanted) not in storage.backends:
+        reason = f"the storage map has no {wanted} entry for {args.destination}"
+    elif len(sources) != 1:
+        reason = f"the storage map has {len(sources)} glance-* rbd entries for {args.source}"
+    if reason:
+        args.events.emit(Event(EventType.WARNING, kind="glance.image",
+                               message=f"copying through the Glance APIs: {reason}"))
+        return None
+    source_store = sources[0][len(storage_entry("")):]
+    return CephRoute(
+        source=GlanceRbdStore.from_storage_map(storage, args.source, source_store),
+        source_store=source_store,
+        destination=GlanceRbdStore.from_storage_map(storage, args.destination, args.to_store),
+        locations=connect(args.location_cloud).image,
+    )
 
 
 def _print_run(result: RunResult, fmt: str) -> None:

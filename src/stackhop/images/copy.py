@@ -18,6 +18,7 @@ from typing import Any
 
 from stackhop.engine import Engine, RunResult
 from stackhop.events import Event, EventSink, EventType, NullSink
+from stackhop.images.ceph_copy import CephImage, CephRoute
 from stackhop.images.common import PropertyFilter
 from stackhop.journal import Journal
 from stackhop.kinds import get
@@ -44,14 +45,19 @@ class ImageCopier:
     #: The destination store to upload into (default: the destination's default store).
     to_store: str | None = None
     properties: PropertyFilter = field(default_factory=PropertyFilter)
+    #: Copy pool to pool where both images are in RBD (stackhop.images.ceph_copy).
+    ceph_route: CephRoute | None = None
 
     def __post_init__(self) -> None:
         registered = get(Image.name)
         assert isinstance(registered, Image)
-        self.kind = registered.bound(
-            self.source, keep_id=self.keep_id, journal=self.journal, events=self.events,
-            store=self.to_store,
-        )
+        options: dict[str, Any] = {"keep_id": self.keep_id, "journal": self.journal,
+                                   "events": self.events, "store": self.to_store}
+        self.kind: Image
+        if self.ceph_route is not None:
+            self.kind = CephImage(self.source, self.ceph_route, **options)
+        else:
+            self.kind = registered.bound(self.source, **options)
         identities = map_identities(
             [], list_projects(self.source), self.destination, project_map=self.project_map
         )
