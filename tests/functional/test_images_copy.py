@@ -23,9 +23,11 @@ from tests.functional.test_images_support import (
     project_id,
 )
 
+from stackhop.images import ceph_copy
 from stackhop.images.rbd_store import GlanceRbdStore
 from stackhop.kinds.image import image_record
 from stackhop.transfer import Chunk, chunk_filters
+from stackhop.transfer.rbd_diff import WriteExtent
 from stackhop.transfer.rbd_lib import LibRbdCluster
 
 pytestmark = pytest.mark.functional
@@ -238,3 +240,54 @@ def test_copy_ceph_to_ceph_when_both_images_live_in_rbd(
     assert dst_pool.state(image["id"]).complete
     again = _copy(cli, journal, *args)
     assert again.code == 0, again.err
+
+
+def test_copy_ceph_to_ceph_flipped_byte_leaves_nothing_on_dst(
+    own_images: ImageFactory, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte flipped between the source pool and the destination pool: integrity error,
+    no RBD copy and no data on dst (the record stays queued); a re-run copies it right,
+    under the same ID."""
+    clouds = yaml.safe_load(layout.CLOUDS_YAML.read_text())
+    clouds["clouds"]["dst-glance-service"] = service_cloud(layout.DST)
+    config = tmp_path / "clouds.yaml"
+    config.write_text(yaml.safe_dump(clouds))
+    config.chmod(0o600)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    storage = tmp_path / "storage.yaml"
+    storage.write_text(yaml.safe_dump({"src": {"glance-rbd": glance_rbd_entry(layout.SRC)},
+                                       "dst": {"glance-rbd": glance_rbd_entry(layout.DST)}}))
+    image = own_images.create("ceph-flip", 6 * MIB)
+    journal = tmp_path / "journal.sqlite"
+    assert cli("--journal", str(journal), "images", "move-store", "--cloud", "src",
+               "--from-store", "fast", "--to-store", "rbd", "--image", image["id"]).code == 0
+    real_copy_diff = ceph_copy.copy_diff
+
+    def flipping(reader: Any, sink: Any, **kwargs: Any) -> Any:
+        records = reader.records
+
+        def flipped() -> Any:
+            for n, record in enumerate(records()):
+                if n == 0 and isinstance(record, WriteExtent):
+                    record = WriteExtent(record.offset,
+                                         bytes([record.data[0] ^ 1]) + record.data[1:])
+                yield record
+
+        reader.records = flipped
+        return real_copy_diff(reader, sink, **kwargs)
+
+    monkeypatch.setattr(ceph_copy, "copy_diff", flipping)
+    args = ("--keep-id", "--to-store", "rbd", "--location-cloud", "dst-glance-service",
+            "--storage-map", str(storage), "--image", image["id"])
+    result = _copy(cli, journal, *args)
+    assert result.code == 12, result.err
+    dst_pool = GlanceRbdStore(LibRbdCluster(cloud="dst", pool="images",
+                                            ceph_conf=str(layout.DST.ceph_conf),
+                                            keyring=str(layout.DST.ceph_keyring), user="admin"))
+    assert image["id"] not in dst_pool.images(), "the bad RBD copy must be removed"
+    (left,) = marked_copies(own_images.dst, image["id"])
+    assert left["id"] == image["id"] and left["status"] == "queued", "no data, ID kept"
+    monkeypatch.setattr(ceph_copy, "copy_diff", real_copy_diff)
+    retry = _copy(cli, journal, *args)
+    assert retry.code == 0, retry.err
+    _assert_copied(own_images, image["id"], image["id"])

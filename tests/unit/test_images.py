@@ -156,3 +156,33 @@ def test_property_filter_globs() -> None:
     assert PropertyFilter(exclude=("hw_*",)).apply(record)["properties"] == {
         "os_distro": "x", "os_version": "1", "team": "t"}
     assert not PropertyFilter(include=("OS_*",)).keeps("os_distro"), "globs are case-sensitive"
+
+
+def test_stream_hasher_hashes_holes_as_zeros_and_falls_back_when_out_of_order() -> None:
+    import hashlib
+
+    from stackhop.errors import IntegrityError
+    from stackhop.images.ceph_copy import StreamHasher
+    from stackhop.transfer.base import Digest
+    from stackhop.transfer.rbd_diff import DiffHeader, WriteExtent, ZeroExtent
+
+    size = 10 * 1024 * 1024 + 3
+    image = bytearray(size)
+    image[5:9] = b"abcd"
+    image[6 * 1024 * 1024:6 * 1024 * 1024 + 2] = b"xy"
+    header = DiffHeader(from_snap=None, to_snap="snap", size=size)
+    digest = Digest("sha512", hashlib.sha512(image).hexdigest())
+    md5 = hashlib.md5(image, usedforsecurity=False).hexdigest()
+    hasher = StreamHasher("sha512", size)
+    for record in (WriteExtent(5, b"abcd"), ZeroExtent(9, 100),
+                   WriteExtent(6 * 1024 * 1024, b"xy")):
+        hasher.record(header, record)
+    hasher.check("img", digest, md5)
+    bad = StreamHasher("sha512", size)
+    bad.record(header, WriteExtent(5, b"abce"))
+    with pytest.raises(IntegrityError, match="hashes to"):
+        bad.check("img", digest, md5)
+    backwards = StreamHasher("sha512", size)
+    backwards.record(header, WriteExtent(100, b"a"))
+    backwards.record(header, WriteExtent(50, b"b"))
+    assert not backwards.in_order

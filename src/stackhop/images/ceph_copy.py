@@ -12,8 +12,11 @@ is an RBD store too, and the storage map reaches both pools
    as a diff from nothing (allocated extents only, like ``rbd export-diff``)
    and applied to a new ``<pool>/<destination id>`` on the destination
    cluster, ending in snapshot ``snap``, which is then protected;
-3. the copy is read back with librbd: size, ``os_hash_value`` and md5
-   ``checksum`` must be the source's, else it is removed (and the record);
+3. the diff is hashed as it passes (holes as zeros): size, ``os_hash_value``
+   and md5 ``checksum`` must be the source's, else the RBD copy is removed
+   (the record stays ``queued`` without data, so a re-run copies into it again
+   under the same ID); should the diff ever come out of order, the copy is
+   read back with librbd instead;
 4. the location is attached with ``POST /v2/images/{id}/locations`` (Glance
    2024.2 and later, ``queued`` images, the ``service`` role: the
    ``--location-cloud`` connection) with the source's hash as validation
@@ -27,6 +30,7 @@ no ``--location-cloud``) falls back to the API stream, with an event saying why.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,10 +46,58 @@ from stackhop.kinds.image import Image
 from stackhop.transfer.base import Digest
 from stackhop.transfer.glance import get_image
 from stackhop.transfer.rbd_access import copy_diff
+from stackhop.transfer.rbd_diff import DiffHeader, Record, WriteExtent
 from stackhop.transfer.rbd_lib_io import bindings
 
 PIECE = 4 * 1024 * 1024
 ATTACH_TIMEOUT = 3600.0
+
+
+class StreamHasher:
+    """The whole image's digest and md5 from a diff from nothing, holes hashed as zeros."""
+
+    def __init__(self, algorithm: str, size: int) -> None:
+        self.size = size
+        self.whole = hashlib.new(algorithm)
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.position = 0
+        self.in_order = True
+
+    def _zeros(self, length: int) -> None:
+        while length > 0:
+            n = min(length, len(_ZEROS))
+            self.whole.update(_ZEROS[:n])
+            self.md5.update(_ZEROS[:n])
+            length -= n
+
+    def record(self, header: DiffHeader, record: Record) -> None:
+        if record.offset < self.position:
+            self.in_order = False  # overlapping records: read the copy back instead
+        if not self.in_order:
+            return
+        self._zeros(record.offset - self.position)
+        if isinstance(record, WriteExtent):
+            self.whole.update(record.data)
+            self.md5.update(record.data)
+        else:
+            self._zeros(record.length)
+        self.position = record.offset + record.length
+
+    def check(self, image_id: str, digest: Digest, checksum: str | None) -> None:
+        self._zeros(self.size - self.position)
+        self.position = self.size
+        wrong = []
+        if self.whole.hexdigest() != digest.value:
+            wrong.append(f"{digest.algorithm} {self.whole.hexdigest()[:16]}..., not "
+                         f"{digest.value[:16]}...")
+        if checksum and self.md5.hexdigest() != checksum:
+            wrong.append(f"md5 {self.md5.hexdigest()}, not {checksum}")
+        if wrong:
+            raise IntegrityError(f"image {image_id}: the data read from the source pool hashes "
+                                 f"to {'; '.join(wrong)}; the copy is being removed")
+
+
+_ZEROS = memoryview(bytes(PIECE))
 
 
 @dataclass(frozen=True)
@@ -75,15 +127,21 @@ class CephImage(Image):
         self._note(record, f"Ceph to Ceph into {self.route.destination.cluster.spec(image_id)}")
         destination = self.route.destination
         destination.remove(image_id)  # a partial copy of a killed run (never attached: queued)
+        digest = Digest(str(record["os_hash_algo"]), str(record["os_hash_value"]))
         try:
-            self._copy_pool_to_pool(str(record["id"]), image_id, int(record["size"]))
-            digest = Digest(str(record["os_hash_algo"]), str(record["os_hash_value"]))
-            destination.check(image_id, digest, record.get("checksum"), int(record["size"]))
+            hasher = StreamHasher(digest.algorithm, int(record["size"]))
+            self._copy_pool_to_pool(str(record["id"]), image_id, int(record["size"]), hasher)
+            if hasher.in_order:
+                hasher.check(image_id, digest, record.get("checksum"))
+            else:
+                destination.check(image_id, digest, record.get("checksum"), int(record["size"]))
             self._attach(image_id, digest)
         except BaseException:
             if (get_image(conn.image, image_id) or {}).get("status") != "active":
+                # The record stays queued, without data: a re-run finds it by its marker
+                # and copies into it again, so --keep-id keeps its ID (Glance never
+                # re-uses the ID of a deleted image).
                 destination.remove(image_id)
-                self.delete(conn, image_id)
             raise
         self._finish(conn, image_id, record)
         return image_id
@@ -98,7 +156,8 @@ class CephImage(Image):
                     "source pool")
         return ""
 
-    def _copy_pool_to_pool(self, source_id: str, image_id: str, size: int) -> None:
+    def _copy_pool_to_pool(self, source_id: str, image_id: str, size: int,
+                           hasher: StreamHasher) -> None:
         source, destination = self.route.source.cluster, self.route.destination.cluster
         destination.create_image(image_id, size)
         progress_total = size
@@ -109,7 +168,7 @@ class CephImage(Image):
                                    unit="bytes"))
 
         copy_diff(source.export_diff(source_id, SNAPSHOT), destination.import_diff(image_id),
-                  chunk=PIECE, on_progress=progress)
+                  chunk=PIECE, on_progress=progress, hooks=[hasher.record])
         _, rbd = bindings()
         with destination.ioctx() as ioctx, destination.open_image(
                 ioctx, image_id, read_only=False) as handle:
