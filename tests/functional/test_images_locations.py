@@ -36,6 +36,7 @@ from tests.functional.test_images_support import MIB, glance_json, members
 from stackhop.images.locations import LocationMover
 from stackhop.images.rbd_store import SNAPSHOT
 from stackhop.journal import DONE, FAILED, PENDING, Journal
+from stackhop.transfer import Chunk, chunk_filters
 from stackhop.transfer.rbd_lib_io import bindings
 
 pytestmark = pytest.mark.functional
@@ -263,3 +264,26 @@ def test_locations_without_show_multiple_locations_is_refused_and_changes_nothin
     assert image["id"] not in legacy_images.pool.images()
     with Journal(str(tmp_path / "j.sqlite")) as j:
         assert j.operations(kind=KIND) == []
+
+
+def test_locations_flipped_byte_on_the_wire_keeps_nothing_in_the_pool(
+    legacy_images: LegacyImages, cli: Any, tmp_path: Path
+) -> None:
+    image = legacy_images.create("wire", 5 * MIB, protected=True)
+    original = locations(legacy_images.conn, image["id"])
+
+    def flip(chunk: Chunk) -> Chunk:
+        if chunk.offset == 0:
+            return Chunk(0, bytes([chunk.data[0] ^ 0x80]) + chunk.data[1:])
+        return chunk
+
+    chunk_filters.append(flip)
+    try:
+        result = cli(*_move_args(tmp_path / "journal.sqlite", image["id"]))
+    finally:
+        chunk_filters.remove(flip)
+    assert result.code == 12, result.err
+    assert image["id"] not in legacy_images.pool.images()
+    assert locations(legacy_images.conn, image["id"]) == original
+    after = glance_json(legacy_images.conn, image["id"])
+    assert after is not None and after["protected"] is True, "its own protection is kept"

@@ -34,6 +34,7 @@ is added removes the RBD image and puts the flags back.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections.abc import Sequence
@@ -49,9 +50,9 @@ from stackhop.images.move_store import MovePlan, MoveResult
 from stackhop.images.rbd_store import GlanceRbdStore
 from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal, OperationRecord
 from stackhop.kinds.rest import call
-from stackhop.transfer import HashingDestination
-from stackhop.transfer import copy as transfer_copy
+from stackhop.transfer.base import DEFAULT_CHUNK_SIZE, READ_AHEAD, Digest, chunk_filters
 from stackhop.transfer.glance import GlanceSource, get_image, image_digest
+from stackhop.transfer.rbd_access import read_ahead
 
 KIND = "glance.image-location"
 """The journal kind of a location move (one row per image and pair of stores)."""
@@ -109,6 +110,20 @@ def plan_location_moves(images: Sequence[dict[str, Any]], from_store: str,
         else:
             plans.append(MovePlan(image["id"], name, "move", f"{from_store} -> {to_store}"))
     return plans
+
+
+def _mismatch(length: int, size: int, whole: Any, declared: Digest, md5: Any,
+              checksum: str | None) -> str:
+    """What differs between what was read and what Glance declares ('' when nothing)."""
+    wrong = []
+    if length != size:
+        wrong.append(f"{length} bytes, not {size}")
+    if whole.hexdigest() != declared.value:
+        wrong.append(f"{declared.algorithm} {whole.hexdigest()[:16]}..., not "
+                     f"{declared.value[:16]}...")
+    if md5 is not None and checksum and md5.hexdigest() != checksum:
+        wrong.append(f"md5 {md5.hexdigest()}, not {checksum}")
+    return "; ".join(wrong)
 
 
 def _patch(service: Any, image_id: str, ops: list[dict[str, Any]]) -> None:
@@ -271,19 +286,11 @@ class LocationMover:
         assert declared is not None
         if not self.store.state(image_id).complete:
             self.store.remove(image_id)  # a partial write of a killed run
-
-            def progress(done: int, total: int | None) -> None:
-                self._emit(EventType.PROGRESS, None, identity=f"{image_id}", operation="write",
-                           done=done, total=total, unit="bytes")
-
-            source = GlanceSource(self.service, {**image, "size": before["size"],
-                                                 "os_hash_algo": declared.algorithm,
-                                                 "os_hash_value": declared.value})
-            transfer_copy(source, self.store.destination(image_id),
-                          key=f"{KIND}:{image_id}:write", progress=progress)
+            self._stream_into_rbd(image_id, declared, before)
         self._step(image_id, "written")
         try:
-            self.store.check(image_id, declared, before.get("checksum"), int(before["size"]))
+            # The stream checked the md5 checksum; sha512 alone catches any byte changed since.
+            self.store.check(image_id, declared, None, int(before["size"]))
         except IntegrityError:
             self.store.remove(image_id)
             raise
@@ -322,16 +329,68 @@ class LocationMover:
         if after.get("os_hash_value") != before["os_hash_value"]:
             raise IntegrityError(f"image {image_id}: os_hash_value changed during the move")
 
+    def _stream_into_rbd(self, image_id: str, declared: Digest, before: dict[str, Any]) -> None:
+        """Glance's data into the RBD image, hashed as it streams (os_hash_value and md5).
+
+        Reading runs ahead on a thread (at most :data:`READ_AHEAD` chunks); a
+        mismatch of size, os_hash_value or md5 checksum removes the RBD image
+        before its snapshot is made.
+        """
+        size = int(before["size"])
+        source = GlanceSource(self.service, {"id": image_id, "size": size,
+                                             "os_hash_algo": declared.algorithm,
+                                             "os_hash_value": declared.value})
+        destination = self.store.destination(image_id)
+        whole = hashlib.new(declared.algorithm)
+        md5 = hashlib.md5(usedforsecurity=False)
+        done = 0
+        stop = threading.Event()
+        destination.open(size)
+        try:
+            chunks = read_ahead(source.chunks(DEFAULT_CHUNK_SIZE), depth=READ_AHEAD,
+                                name=f"read {image_id}", stop=stop)
+            try:
+                for chunk in chunks:
+                    for tamper in chunk_filters:  # the tests' hook (empty in production)
+                        chunk = tamper(chunk)
+                    whole.update(chunk.data)
+                    md5.update(chunk.data)
+                    destination.write(chunk)
+                    done += len(chunk.data)
+                    self._emit(EventType.PROGRESS, None, identity=image_id, operation="write",
+                               done=done, total=size, unit="bytes")
+            finally:
+                chunks.close()
+            wrong = _mismatch(done, size, whole, declared, md5, before.get("checksum"))
+            if wrong:
+                raise IntegrityError(f"image {image_id}: the data Glance served read as {wrong};"
+                                     " nothing was kept in the pool, re-run to retry")
+        except BaseException as exc:
+            destination.abort(exc)
+            raise
+        finally:
+            source.close()
+        destination.commit()
+
     def _read_back(self, image_id: str, before: dict[str, Any]) -> None:
-        image = {"id": image_id, "size": before["size"], "os_hash_algo": before["os_hash_algo"],
-                 "os_hash_value": before["os_hash_value"]}
-
-        def progress(done: int, total: int | None) -> None:
-            self._emit(EventType.PROGRESS, None, identity=image_id, operation="verify",
-                       done=done, total=total, unit="bytes")
-
-        transfer_copy(GlanceSource(self.service, image), HashingDestination(),
-                      key=f"{KIND}:{image_id}:verify", progress=progress)
+        """Read the image through Glance (its first location: ours) and hash it."""
+        size = int(before["size"])
+        declared = Digest(str(before["os_hash_algo"]), str(before["os_hash_value"]))
+        source = GlanceSource(self.service, {"id": image_id, "size": size})
+        whole = hashlib.new(declared.algorithm)
+        done = 0
+        try:
+            for chunk in source.chunks(DEFAULT_CHUNK_SIZE):
+                whole.update(chunk.data)
+                done += len(chunk.data)
+                self._emit(EventType.PROGRESS, None, identity=image_id, operation="verify",
+                           done=done, total=size, unit="bytes")
+        finally:
+            source.close()
+        wrong = _mismatch(done, size, whole, declared, None, None)
+        if wrong:
+            raise IntegrityError(f"image {image_id}: read back through Glance as {wrong}; the "
+                                 "old location was kept, investigate before re-running")
 
     def _restore(self, image_id: str, before: dict[str, Any]) -> None:
         """Put the image's own protection and deactivation back."""
