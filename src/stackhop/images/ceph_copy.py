@@ -12,17 +12,18 @@ is an RBD store too, and the storage map reaches both pools
    as a diff from nothing (allocated extents only, like ``rbd export-diff``)
    and applied to a new ``<pool>/<destination id>`` on the destination
    cluster, ending in snapshot ``snap``, which is then protected;
-3. the diff is hashed as it passes (holes as zeros): size, ``os_hash_value``
-   and md5 ``checksum`` must be the source's, else the RBD copy is removed
-   (the record stays ``queued`` without data, so a re-run copies into it again
-   under the same ID); should the diff ever come out of order, the copy is
-   read back with librbd instead;
-4. the location is attached with ``POST /v2/images/{id}/locations`` (Glance
+3. the location is attached with ``POST /v2/images/{id}/locations`` (Glance
    2024.2 and later, ``queued`` images, the ``service`` role: the
-   ``--location-cloud`` connection) with the source's hash as validation
-   data; Glance reads the data once more to compute its own hash, compares,
-   and makes the image ``active``;
-5. members and protection are set as for the API stream.
+   ``--location-cloud`` connection) with the source's ``os_hash_value`` as
+   validation data: Glance reads the copy, computes its own hash and md5,
+   compares and makes the image ``active``; stackhop then compares the md5
+   ``checksum`` with the source's. A Glance that does not hash
+   (``do_secure_hash = False``: no checksum) gets the copy read back with
+   librbd instead. Any mismatch removes the RBD copy (the record stays
+   ``queued`` without data, so a re-run copies into it again under the same
+   ID). ``hash_stream=True`` also hashes the diff as it passes (holes as
+   zeros), before Glance sees it;
+4. members and protection are set as for the API stream.
 
 Anything missing (no storage map entry, the image not in the RBD store,
 no ``--location-cloud``) falls back to the API stream, with an event saying why.
@@ -114,9 +115,12 @@ class CephRoute:
 class CephImage(Image):
     """The image kind, copying data pool to pool where :class:`CephRoute` allows."""
 
-    def __init__(self, source: Connection | None, route: CephRoute, **kwargs: Any) -> None:
+    def __init__(self, source: Connection | None, route: CephRoute, *,
+                 hash_stream: bool = False, **kwargs: Any) -> None:
         super().__init__(source, **kwargs)
         self.route = route
+        #: Also hash the diff as it passes (Glance hashes the attached copy anyway).
+        self.hash_stream = hash_stream
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         why_not = self._why_not(record)
@@ -128,14 +132,20 @@ class CephImage(Image):
         destination = self.route.destination
         destination.remove(image_id)  # a partial copy of a killed run (never attached: queued)
         digest = Digest(str(record["os_hash_algo"]), str(record["os_hash_value"]))
+        size = int(record["size"])
         try:
-            hasher = StreamHasher(digest.algorithm, int(record["size"]))
-            self._copy_pool_to_pool(str(record["id"]), image_id, int(record["size"]), hasher)
-            if hasher.in_order:
+            hasher = StreamHasher(digest.algorithm, size) if self.hash_stream else None
+            self._copy_pool_to_pool(str(record["id"]), image_id, size, hasher)
+            if hasher is not None and hasher.in_order:
                 hasher.check(image_id, digest, record.get("checksum"))
-            else:
-                destination.check(image_id, digest, record.get("checksum"), int(record["size"]))
-            self._attach(image_id, digest)
+            attached = self._attach(image_id, digest)
+            if attached.get("checksum") != record.get("checksum"):
+                if attached.get("checksum") is not None:
+                    raise IntegrityError(f"image {image_id}: Glance hashed the attached copy to "
+                                         f"md5 {attached.get('checksum')}, not "
+                                         f"{record.get('checksum')}")
+                # Glance did not hash it (do_secure_hash = False): read it back ourselves.
+                destination.check(image_id, digest, record.get("checksum"), size)
         except BaseException:
             if (get_image(conn.image, image_id) or {}).get("status") != "active":
                 # The record stays queued, without data: a re-run finds it by its marker
@@ -157,7 +167,7 @@ class CephImage(Image):
         return ""
 
     def _copy_pool_to_pool(self, source_id: str, image_id: str, size: int,
-                           hasher: StreamHasher) -> None:
+                           hasher: StreamHasher | None) -> None:
         source, destination = self.route.source.cluster, self.route.destination.cluster
         destination.create_image(image_id, size)
         progress_total = size
@@ -168,7 +178,8 @@ class CephImage(Image):
                                    unit="bytes"))
 
         copy_diff(source.export_diff(source_id, SNAPSHOT), destination.import_diff(image_id),
-                  chunk=PIECE, on_progress=progress, hooks=[hasher.record])
+                  chunk=PIECE, on_progress=progress,
+                  hooks=[hasher.record] if hasher is not None else [])
         _, rbd = bindings()
         with destination.ioctx() as ioctx, destination.open_image(
                 ioctx, image_id, read_only=False) as handle:
@@ -178,7 +189,7 @@ class CephImage(Image):
                 raise destination.failed(f"snap protect {destination.spec(image_id, SNAPSHOT)}",
                                          exc) from exc
 
-    def _attach(self, image_id: str, digest: Digest) -> None:
+    def _attach(self, image_id: str, digest: Digest) -> dict[str, Any]:
         service = self.route.locations
         body = {"url": self.route.destination.location(image_id),
                 "validation_data": {"os_hash_algo": digest.algorithm,
@@ -198,7 +209,7 @@ class CephImage(Image):
                 if image.get("os_hash_value") != digest.value:
                     raise IntegrityError(f"image {image_id}: Glance hashed the attached copy to "
                                          f"{str(image.get('os_hash_value'))[:16]}...")
-                return
+                return image
             if status == "queued" and not image.get("os_glance_import_task"):
                 # Glance takes its task lock before answering the POST: the task is over
                 # and did not activate the image, so the validation data did not match.
