@@ -38,7 +38,7 @@ import hashlib
 import re
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -110,6 +110,11 @@ def plan_location_moves(images: Sequence[dict[str, Any]], from_store: str,
         else:
             plans.append(MovePlan(image["id"], name, "move", f"{from_store} -> {to_store}"))
     return plans
+
+
+def _update(hashes: tuple[Any, ...], data: bytes) -> None:
+    for h in hashes:
+        h.update(data)
 
 
 def _mismatch(length: int, size: int, whole: Any, declared: Digest, md5: Any,
@@ -349,18 +354,25 @@ class LocationMover:
         try:
             chunks = read_ahead(source.chunks(DEFAULT_CHUNK_SIZE), depth=READ_AHEAD,
                                 name=f"read {image_id}", stop=stop)
-            try:
-                for chunk in chunks:
-                    for tamper in chunk_filters:  # the tests' hook (empty in production)
-                        chunk = tamper(chunk)
-                    whole.update(chunk.data)
-                    md5.update(chunk.data)
-                    destination.write(chunk)
-                    done += len(chunk.data)
-                    self._emit(EventType.PROGRESS, None, identity=image_id, operation="write",
-                               done=done, total=size, unit="bytes")
-            finally:
-                chunks.close()
+            # Hashing runs on its own thread beside the write (hashlib and librbd release
+            # the GIL): chunk n is hashed while it is written, in order.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash") as hashing:
+                hashed: Future[None] | None = None
+                try:
+                    for chunk in chunks:
+                        for tamper in chunk_filters:  # the tests' hook (empty in production)
+                            chunk = tamper(chunk)
+                        if hashed is not None:
+                            hashed.result()
+                        hashed = hashing.submit(_update, (whole, md5), chunk.data)
+                        destination.write(chunk)
+                        done += len(chunk.data)
+                        self._emit(EventType.PROGRESS, None, identity=image_id,
+                                   operation="write", done=done, total=size, unit="bytes")
+                    if hashed is not None:
+                        hashed.result()
+                finally:
+                    chunks.close()
             wrong = _mismatch(done, size, whole, declared, md5, before.get("checksum"))
             if wrong:
                 raise IntegrityError(f"image {image_id}: the data Glance served read as {wrong};"
@@ -379,13 +391,18 @@ class LocationMover:
         source = GlanceSource(self.service, {"id": image_id, "size": size})
         whole = hashlib.new(declared.algorithm)
         done = 0
+        stop = threading.Event()
+        # Read ahead on a thread: receiving the next chunk overlaps hashing this one.
+        chunks = read_ahead(source.chunks(DEFAULT_CHUNK_SIZE), depth=READ_AHEAD,
+                            name=f"verify {image_id}", stop=stop)
         try:
-            for chunk in source.chunks(DEFAULT_CHUNK_SIZE):
+            for chunk in chunks:
                 whole.update(chunk.data)
                 done += len(chunk.data)
                 self._emit(EventType.PROGRESS, None, identity=image_id, operation="verify",
                            done=done, total=size, unit="bytes")
         finally:
+            chunks.close()
             source.close()
         wrong = _mismatch(done, size, whole, declared, None, None)
         if wrong:

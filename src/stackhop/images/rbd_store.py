@@ -162,11 +162,12 @@ class GlanceRbdStore:
         IntegrityError when anything differs (the caller removes the image).
         """
         whole = hashlib.new(declared.algorithm)
-        md5 = hashlib.md5(usedforsecurity=False)
+        md5 = hashlib.md5(usedforsecurity=False) if checksum else None
         length = 0
         for data in self.read(image_id):
             whole.update(data)
-            md5.update(data)
+            if md5 is not None:
+                md5.update(data)
             length += len(data)
         wrong = []
         if length != size:
@@ -174,7 +175,7 @@ class GlanceRbdStore:
         if whole.hexdigest() != declared.value:
             wrong.append(f"{declared.algorithm} {whole.hexdigest()[:16]}..., not "
                          f"{declared.value[:16]}...")
-        if checksum and md5.hexdigest() != checksum:
+        if md5 is not None and md5.hexdigest() != checksum:
             wrong.append(f"md5 {md5.hexdigest()}, not {checksum}")
         if wrong:
             raise IntegrityError(
