@@ -15,6 +15,19 @@ Then ``stackhop images move-store`` of the same image from ``fast`` to
 
 Results: ``bench/results/images-<date>.json`` and ``.txt`` (with the command).
 Goal (issue 5): stackhop at least 1.5x the baseline's MB/s, peak RSS under 200 MB.
+
+``--rbd`` (issue 14) measures instead, per size:
+
+- on the legacy Glance (``src-legacy``), a file-store image moved to rbd by
+  ``move-store --method locations``, against the seed script's way (download
+  to a file, upload it as a new image that Glance writes to its rbd store:
+  ``openstack image save`` + an upload to src's ``rbd`` store), and against
+  ``copy-image`` fast -> rbd on src;
+- src rbd -> dst rbd by ``images copy --to-store rbd`` through the Glance APIs
+  and Ceph to Ceph (``--location-cloud``, a storage map with both pools).
+
+Goals: locations >= 1.5x the seed's way, Ceph to Ceph >= 2x the API stream,
+peak RSS < 200 MB. The load average is recorded with the results.
 """
 
 from __future__ import annotations
@@ -81,12 +94,14 @@ class _RandomBody:
         return bytes(out[:n])
 
 
-def make_image(conn: Any, name: str, size: int) -> dict[str, Any]:
+def make_image(conn: Any, name: str, size: int, store: str | None = "fast") -> dict[str, Any]:
     body = {"name": name, "disk_format": "raw", "container_format": "bare"}
     image = conn.image.post("/images", json=body).json()
-    conn.image.put(f"/images/{image['id']}/file", data=_RandomBody(size), headers={
-        "Content-Type": "application/octet-stream", "X-Image-Meta-Store": "fast",
-    }).raise_for_status()
+    headers = {"Content-Type": "application/octet-stream"}
+    if store:
+        headers["X-Image-Meta-Store"] = store
+    conn.image.put(f"/images/{image['id']}/file", data=_RandomBody(size),
+                   headers=headers).raise_for_status()
     result: dict[str, Any] = conn.image.get(f"/images/{image['id']}").json()
     return result
 
@@ -151,11 +166,133 @@ def bench_size(size_mib: int, workdir: Path, env: dict[str, str]) -> dict[str, A
         delete_images(src, name=name)
 
 
+def _upload_to_store(cloud: str, name: str, path: Path, store: str) -> list[str]:
+    """A child process uploading ``path`` as a new image into ``store`` (the seed's upload)."""
+    code = (
+        "import sys, openstack\n"
+        "c = openstack.connect(cloud=sys.argv[1])\n"
+        "i = c.image.post('/images', json={'name': sys.argv[2], 'disk_format': 'raw',"
+        " 'container_format': 'bare'}).json()\n"
+        "with open(sys.argv[3], 'rb') as f:\n"
+        "    c.image.put(f\"/images/{i['id']}/file\", data=f, headers={"
+        "'Content-Type': 'application/octet-stream', 'X-Image-Meta-Store': sys.argv[4]}"
+        ").raise_for_status()\n"
+    )
+    return [sys.executable, "-c", code, cloud, name, str(path), store]
+
+
+def _rbd_setup(workdir: Path, env: dict[str, str]) -> tuple[dict[str, str], Path]:
+    """A clouds.yaml with dst's Glance service user and a storage map of both Glance pools."""
+    import yaml
+    from testbed import layout
+
+    clouds = yaml.safe_load(layout.CLOUDS_YAML.read_text())
+    c = layout.DST
+    clouds["clouds"]["dst-glance-service"] = {
+        "auth": {"auth_url": c.keystone_url, "username": "glance",
+                 "password": layout.SERVICE_PASSWORD, "project_name": "service",
+                 "user_domain_name": "Default", "project_domain_name": "Default"},
+        "region_name": layout.REGION, "identity_api_version": 3}
+    config = workdir / "clouds.yaml"
+    config.write_text(yaml.safe_dump(clouds))
+    config.chmod(0o600)
+    storage = yaml.safe_load(layout.STORAGE_MAP.read_text())
+    for cl in layout.CLOUDS:
+        storage.setdefault(cl.name, {})["glance-rbd"] = {
+            "driver": "rbd", "pool": "images", "ceph_conf": str(cl.ceph_conf),
+            "keyring": str(cl.ceph_keyring), "user": "admin"}
+    storage_map = workdir / "storage.yaml"
+    storage_map.write_text(yaml.safe_dump(storage))
+    storage_map.chmod(0o600)
+    return {**env, "OS_CLIENT_CONFIG_FILE": str(config)}, storage_map
+
+
+def bench_rbd(size_mib: int, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+    env, storage_map = _rbd_setup(workdir, env)
+    src, dst, legacy = _connect("src"), _connect("dst"), _connect("src-legacy")
+    name = f"bench14-{uuid.uuid4().hex[:8]}-{size_mib}m"
+    openstack, stackhop = str(VENV_BIN / "openstack"), str(VENV_BIN / "stackhop")
+    journal = str(workdir / f"{name}.sqlite")
+    size_mb = size_mib * MIB / 1e6
+    file = workdir / f"{name}.raw"
+    on_src: dict[str, Any] | None = None
+
+    def rate(run: dict[str, Any]) -> dict[str, Any]:
+        return {**run, "mb_per_s": round(size_mb / run["seconds"], 1)}
+
+    try:
+        on_legacy = make_image(legacy, f"{name}-legacy", size_mib * MIB, store=None)
+        locations = timed([stackhop, "--journal", journal, "images", "move-store", "--cloud",
+                           "src-legacy", "--from-store", "file", "--to-store", "rbd",
+                           "--method", "locations", "--storage-map", str(storage_map),
+                           "--image", on_legacy["id"]], env)
+        save = timed([openstack, "--os-cloud", "src-legacy", "image", "save", "--file",
+                      str(file), on_legacy["id"]], env)
+        upload = timed(_upload_to_store("src", f"{name}-seedway", file, "rbd"), env)
+        file.unlink()
+        seed_s = save["seconds"] + upload["seconds"]
+        on_src = make_image(src, f"{name}-src", size_mib * MIB)
+        copy_image = timed([stackhop, "--journal", journal, "images", "move-store", "--cloud",
+                            "src", "--from-store", "fast", "--to-store", "rbd", "--image",
+                            on_src["id"]], env)
+        api = timed([stackhop, "--journal", journal, "images", "copy", "--from", "src", "--to",
+                     "dst", "--to-store", "rbd", "--image", on_src["id"]], env)
+        delete_images(dst, stackhop_source=on_src["id"])
+        ceph = timed([stackhop, "--journal", str(workdir / f"{name}-ceph.sqlite"), "images",
+                      "copy", "--from", "src", "--to", "dst", "--to-store", "rbd",
+                      "--location-cloud", "dst-glance-service", "--storage-map",
+                      str(storage_map), "--image", on_src["id"]], env)
+        return {
+            "size_mib": size_mib,
+            "move": {
+                "locations": rate(locations),
+                "seed_way": {"save": save, "upload": upload, "seconds": round(seed_s, 2),
+                             "mb_per_s": round(size_mb / seed_s, 1),
+                             "peak_rss_mb": max(save["peak_rss_mb"], upload["peak_rss_mb"])},
+                "copy_image": rate(copy_image),
+                "ratio_locations_vs_seed": round(seed_s / locations["seconds"], 2),
+            },
+            "cross_cloud": {
+                "api_stream": rate(api), "ceph_to_ceph": rate(ceph),
+                "ratio": round(api["seconds"] / ceph["seconds"], 2),
+            },
+        }
+    finally:
+        file.unlink(missing_ok=True)
+        if on_src is not None:
+            delete_images(dst, stackhop_source=on_src["id"])
+        for conn in (src, legacy):
+            for suffix in ("legacy", "src", "seedway"):
+                delete_images(conn, name=f"{name}-{suffix}")
+
+
+def report_rbd(rows: list[dict[str, Any]]) -> tuple[str, bool]:
+    lines = [f"{'size':>6} {'locations MB/s':>15} {'seed way MB/s':>14} {'ratio':>6} "
+             f"{'copy-image MB/s':>16} {'API MB/s':>9} {'Ceph MB/s':>10} {'ratio':>6} "
+             f"{'RSS max':>8}"]
+    ok = bool(rows)
+    for r in rows:
+        m, x = r["move"], r["cross_cloud"]
+        rss = max(m["locations"]["peak_rss_mb"], x["api_stream"]["peak_rss_mb"],
+                  x["ceph_to_ceph"]["peak_rss_mb"])
+        lines.append(
+            f"{r['size_mib']:>5}M {m['locations']['mb_per_s']:>15} {m['seed_way']['mb_per_s']:>14}"
+            f" {m['ratio_locations_vs_seed']:>6} {m['copy_image']['mb_per_s']:>16}"
+            f" {x['api_stream']['mb_per_s']:>9} {x['ceph_to_ceph']['mb_per_s']:>10}"
+            f" {x['ratio']:>6} {rss:>7}M")
+        ok = ok and m["ratio_locations_vs_seed"] >= GOAL_RATIO and x["ratio"] >= 2 and \
+            rss < GOAL_PEAK_RSS_MB
+    return "\n".join(lines), ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1024", help="MiB, comma-separated (default 1024)")
     parser.add_argument("--workdir", default=None, help="where the baseline's file goes")
     parser.add_argument("--no-save", action="store_true", help="print only")
+    parser.add_argument("--rbd", action="store_true",
+                        help="issue 14: locations vs the seed's way vs copy-image; Ceph to Ceph "
+                        "vs the API stream")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env["OS_CLIENT_CONFIG_FILE"] = _clouds_yaml()
@@ -166,7 +303,9 @@ def main() -> int:
             if free < 4 * size * MIB:
                 print(f"skipping {size} MiB: only {free // MIB} MiB free", file=sys.stderr)
                 continue
-            rows.append(bench_size(size, Path(tmp), env))
+            rows.append((bench_rbd if args.rbd else bench_size)(size, Path(tmp), env))
+    if args.rbd:
+        return _save_rbd(rows, args.no_save)
     lines = [f"{'size':>6} {'baseline MB/s':>14} {'stackhop MB/s':>14} {'ratio':>6} "
              f"{'RSS base':>9} {'RSS ours':>9} {'move-store s':>13}"]
     ok = bool(rows)
@@ -190,6 +329,26 @@ def main() -> int:
             "goal": {"ratio": GOAL_RATIO, "peak_rss_mb": GOAL_PEAK_RSS_MB}, "rows": rows,
         }, indent=2) + "\n")
         (out / f"images-{day}.txt").write_text(f"$ {command}\n{table}\n")
+    return 0 if ok else 1
+
+
+def _save_rbd(rows: list[dict[str, Any]], no_save: bool) -> int:
+    table, ok = report_rbd(rows)
+    load = os.getloadavg()
+    table += f"\nload average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    print(table)
+    if not no_save:
+        day = dt.date.today().isoformat()
+        out = ROOT / "bench" / "results"
+        out.mkdir(parents=True, exist_ok=True)
+        command = shlex.join([".venv/bin/python", "bench/images.py", *sys.argv[1:]])
+        (out / f"images-rbd-{day}.json").write_text(json.dumps({
+            "command": command, "host": platform.node(), "cpus": os.cpu_count(),
+            "load_average": load, "rows": rows,
+            "goal": {"locations_vs_seed": GOAL_RATIO, "ceph_vs_api": 2,
+                     "peak_rss_mb": GOAL_PEAK_RSS_MB},
+        }, indent=2) + "\n")
+        (out / f"images-rbd-{day}.txt").write_text(f"$ {command}\n{table}\n")
     return 0 if ok else 1
 
 

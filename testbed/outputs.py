@@ -31,10 +31,18 @@ def _cloud_entry(c: layout.CloudLayout, user: str, password: str, project: str) 
 
 
 def clouds_yaml() -> dict:
+    from testbed.openstack import glance_legacy
+
     clouds: dict[str, dict] = {}
     for c in layout.CLOUDS:
         clouds[c.name] = _cloud_entry(c, "admin", layout.ADMIN_PASSWORD, "admin")
         clouds[f"{c.name}-demo"] = _cloud_entry(c, DEMO_USER, layout.DEMO_PASSWORD, DEMO_PROJECT)
+    for c in glance_legacy.CLOUDS:
+        # The cloud's admin, its images served by the legacy single-store Glance
+        # (not in the catalog: see testbed/openstack/glance_legacy.py).
+        legacy = _cloud_entry(c, "admin", layout.ADMIN_PASSWORD, "admin")
+        legacy["image_endpoint_override"] = glance_legacy.url(c)
+        clouds[glance_legacy.cloud_name(c)] = legacy
     return {"clouds": clouds}
 
 
@@ -62,13 +70,32 @@ def env_lines() -> list[str]:
     return lines
 
 
+def _image_backends(c: layout.CloudLayout) -> dict:
+    """The legacy Glance's RBD store as stackhop writes it (``glance-<store>``, docs/images.md)."""
+    from testbed.openstack import glance
+
+    return {
+        "glance-rbd": {
+            "driver": "rbd",
+            "pool": glance.RBD_POOL,
+            "ceph_conf": str(c.ceph_conf),
+            "keyring": str(c.ceph_keyring),
+            "user": "admin",
+        },
+    }
+
+
 def storage_map() -> dict:
     """stackhop's storage map for the testbed: each cloud's Cinder backends and how to reach them.
 
     The format is documented in ``docs/volumes.md``. The ``ceph`` backend is
     reached with the rbd tools on this host; the ``file`` backend through the
     cloud's storage host over ssh, where each volume is a file in the share.
+    The legacy Glance's cloud (``src-legacy``) lists its RBD image store
+    (``glance-rbd``; docs/images.md).
     """
+    from testbed.openstack import glance_legacy
+
     result: dict = {}
     for c in layout.CLOUDS:
         result[c.name] = {
@@ -88,6 +115,8 @@ def storage_map() -> dict:
                 "direct_ssh_config": str(layout.SSH_DIR / "ssh_config"),
             },
         }
+    for c in glance_legacy.CLOUDS:
+        result[glance_legacy.cloud_name(c)] = _image_backends(c)
     return result
 
 

@@ -30,4 +30,9 @@ def cloud_components(c: layout.CloudLayout) -> list[Component]:
 
 def components() -> list[Component]:
     """The OpenStack components of both clouds."""
-    return [comp for c in layout.CLOUDS for comp in cloud_components(c)]
+    from testbed.openstack import glance_legacy
+
+    return [
+        *(comp for c in layout.CLOUDS for comp in cloud_components(c)),
+        *glance_legacy.components(),
+    ]

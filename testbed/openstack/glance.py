@@ -1,8 +1,11 @@
-"""Glance of one cloud: two file stores, ``fast`` (default) and ``slow``, with copy-image.
+"""Glance of one cloud: file stores ``fast`` (default) and ``slow``, an ``rbd`` store, copy-image.
 
 Multi-store with interoperable image import, so an admin can copy an image
-to the other store (``copy-image``) and delete it from one store, which is
-what stackhop's image-move job uses.
+to another store (``copy-image``) and delete it from one store, which is
+what stackhop's image-move job uses. The ``rbd`` store keeps images in the
+cloud's Ceph pool ``images`` as Glance's RBD driver writes them (an image
+named after the image ID with a protected snapshot ``snap``), reached as the
+cephx user ``glance-<cloud>`` (``profile rbd`` on that pool only).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from pathlib import Path
 
 from testbed import layout
 from testbed.component import Component
+from testbed.infra import ceph
+from testbed.infra.files import write_file
 from testbed.infra.locked import LockedComponent
 from testbed.openstack import runtime, schema
 from testbed.openstack.config import (
@@ -26,6 +31,42 @@ from testbed.process import Daemon, TestbedError, run
 NAME = "glance"
 STORES = ("fast", "slow")
 DEFAULT_STORE = "fast"
+#: The RBD store of each cloud's multi-store Glance, and its Ceph pool (made by ceph-<cloud>).
+RBD_STORE = "rbd"
+RBD_POOL = "images"
+#: Glance's RBD store chunk (MiB): the RBD object size of the images it writes.
+RBD_CHUNK_MIB = 8
+
+
+def ceph_user(c: layout.CloudLayout) -> str:
+    """The cephx user of Glance's RBD store on cloud ``c`` (without ``client.``)."""
+    return f"glance-{c.name}"
+
+
+def ensure_ceph_user(c: layout.CloudLayout) -> None:
+    """The Glance cephx user with ``profile rbd`` on the ``images`` pool, its keyring 0600.
+
+    The keyring lands beside the Cinder user's in the cloud's client directory
+    (``ceph.cinder_conf(c)`` names keyrings ``ceph.$name.keyring`` there).
+    """
+    path = ceph.keyring(c, ceph_user(c))
+    if path.exists():
+        return
+    caps = f"profile rbd pool={RBD_POOL}"
+    key = ceph.ceph(c, "auth", "get-or-create", f"client.{ceph_user(c)}",
+                    "mon", "profile rbd", "osd", caps, "mgr", caps)
+    write_file(path, key, mode=0o600)
+
+
+def rbd_store_options(c: layout.CloudLayout) -> dict[str, object]:
+    """glance_store's RBD options for the cloud's pool ``images`` (multi- and single-store)."""
+    return {
+        "rbd_store_pool": RBD_POOL,
+        "rbd_store_user": ceph_user(c),
+        "rbd_store_ceph_conf": ceph.cinder_conf(c),
+        "rbd_store_chunk_size": RBD_CHUNK_MIB,
+        "rados_connect_timeout": 10,
+    }
 
 
 def store_dir(c: layout.CloudLayout, store: str) -> Path:
@@ -40,13 +81,15 @@ def _write_config(c: layout.CloudLayout) -> bool:
         s: {"filesystem_store_datadir": store_dir(c, s), "store_description": f"{s} file store"}
         for s in STORES
     }
+    stores[RBD_STORE] = {**rbd_store_options(c), "store_description": "Ceph RBD store"}
     for d in [*(store_dir(c, s) for s in STORES), data / "staging", data / "tasks"]:
         d.mkdir(parents=True, exist_ok=True)
+    backends = [f"{s}:file" for s in STORES] + [f"{RBD_STORE}:rbd"]
     return write_ini(
         service_etc(c, NAME) / "glance-api.conf",
         {
             "DEFAULT": {
-                "enabled_backends": ", ".join(f"{s}:file" for s in STORES),
+                "enabled_backends": ", ".join(backends),
                 # Written as a list: a plain comma-separated value makes image create fail with 500.
                 "enabled_import_methods": "[glance-direct,web-download,copy-image]",
                 "show_image_direct_url": False,
@@ -90,6 +133,8 @@ def daemon(c: layout.CloudLayout) -> Daemon:
         c.glance_port,
         "glance.wsgi.api:application",
         env={"OS_GLANCE_CONFIG_DIR": str(service_etc(c, NAME))},
+        # Debian's rados/rbd bindings, for the rbd store.
+        python_path=[ceph.python_path()],
         # Image uploads arrive chunked.
         extra_args=[
             "--chunked-input-limit",
@@ -100,7 +145,7 @@ def daemon(c: layout.CloudLayout) -> Daemon:
     )
 
 
-def _stores_configured(d: Daemon) -> None:
+def stores_configured(d: Daemon) -> None:
     """Glance only warns when a store fails to configure and then serves without it."""
     if "Failed to configure store" not in runtime.log_since_start(d):
         return
@@ -116,13 +161,14 @@ def component(c: layout.CloudLayout) -> Component:
 
     def setup() -> None:
         runtime.write_shared_files()
+        ensure_ceph_user(c)
         runtime.restart_on_change(_write_config(c), [d])
         _db_sync(c)
 
     return LockedComponent(
         name=f"{NAME}-{c.name}",
-        after=("mariadb",),
+        after=("mariadb", f"ceph-{c.name}"),
         daemons=[d],
         setup=setup,
-        after_start=lambda: _stores_configured(d),
+        after_start=lambda: stores_configured(d),
     )

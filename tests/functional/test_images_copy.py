@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from testbed import layout
+from tests.functional.test_images_legacy_support import glance_rbd_entry, service_cloud
 from tests.functional.test_images_support import (
     MIB,
     ImageFactory,
@@ -19,8 +23,12 @@ from tests.functional.test_images_support import (
     project_id,
 )
 
+from stackhop.images import ceph_copy
+from stackhop.images.rbd_store import GlanceRbdStore
 from stackhop.kinds.image import image_record
 from stackhop.transfer import Chunk, chunk_filters
+from stackhop.transfer.rbd_diff import WriteExtent
+from stackhop.transfer.rbd_lib import LibRbdCluster
 
 pytestmark = pytest.mark.functional
 __all__ = ["own_images"]  # the fixture, imported for pytest
@@ -169,3 +177,117 @@ def test_copy_all_includes_community_images(testbed: Any, cli: Any, tmp_path: Pa
     assert result.code == 0, result.err
     planned = {op["source_id"] for op in result.json()}
     assert lab["id"] in planned
+
+
+def test_copy_between_rbd_stores_with_property_globs(
+    own_images: ImageFactory, cli: Any, tmp_path: Path
+) -> None:
+    """An image on src's rbd store copied into dst's rbd store, properties filtered by globs."""
+    image = own_images.create("rbd-to-rbd", 9 * MIB, os_distro="seedos", os_version="3",
+                              owner_team="web", internal_note="do not carry")
+    journal = tmp_path / "journal.sqlite"
+    moved = cli("--journal", str(journal), "images", "move-store", "--cloud", "src",
+                "--from-store", "fast", "--to-store", "rbd", "--image", image["id"])
+    assert moved.code == 0, moved.err
+    result = _copy(cli, journal, "--keep-id", "--to-store", "rbd", "--image", image["id"],
+                   "--property-include", "os_*", "--property-include", "owner_team",
+                   "--property-exclude", "os_version")
+    assert result.code == 0, result.err
+    copy = glance_json(own_images.dst, image["id"])
+    assert copy is not None and copy["stores"] == "rbd"
+    assert download_sha512(own_images.dst, image["id"]) == image["os_hash_value"]
+    carried = _record(own_images.dst, image["id"])["properties"]
+    assert carried == {"os_distro": "seedos", "owner_team": "web"}
+    again = _copy(cli, journal, "--keep-id", "--to-store", "rbd", "--image", image["id"],
+                  "--property-include", "os_*", "--property-include", "owner_team",
+                  "--property-exclude", "os_version")
+    assert again.code == 0, again.err
+    unknown = _copy(cli, tmp_path / "j2.sqlite", "--to-store", "tape", "--image", image["id"])
+    assert unknown.code == 3 and "no image store 'tape'" in unknown.err
+
+
+def test_copy_ceph_to_ceph_when_both_images_live_in_rbd(
+    own_images: ImageFactory, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rbd on src -> rbd on dst pool to pool, attached by the locations API, same bytes."""
+    clouds = yaml.safe_load(layout.CLOUDS_YAML.read_text())
+    clouds["clouds"]["dst-glance-service"] = service_cloud(layout.DST)
+    config = tmp_path / "clouds.yaml"
+    config.write_text(yaml.safe_dump(clouds))
+    config.chmod(0o600)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    storage = tmp_path / "storage.yaml"
+    storage.write_text(yaml.safe_dump({"src": {"glance-rbd": glance_rbd_entry(layout.SRC)},
+                                       "dst": {"glance-rbd": glance_rbd_entry(layout.DST)}}))
+    body = os.urandom(5 * MIB) + bytes(8 * MIB) + os.urandom(MIB + 7)
+    image = own_images.create("ceph-to-ceph", content=body, purpose="pool to pool")
+    journal = tmp_path / "journal.sqlite"
+    moved = cli("--journal", str(journal), "images", "move-store", "--cloud", "src",
+                "--from-store", "fast", "--to-store", "rbd", "--image", image["id"])
+    assert moved.code == 0, moved.err
+    args = ("--keep-id", "--to-store", "rbd", "--location-cloud", "dst-glance-service",
+            "--storage-map", str(storage), "--image", image["id"])
+    result = cli("--log-json", "--journal", str(journal), "images", "copy", "--from", "src",
+                 "--to", "dst", "-f", "json", *args)
+    assert result.code == 0, result.err
+    assert "Ceph to Ceph" in result.err and "API stream" not in result.err
+    copy = glance_json(own_images.dst, image["id"])
+    assert copy is not None and copy["status"] == "active" and copy["stores"] == "rbd"
+    _assert_copied(own_images, image["id"], image["id"])
+    dst_pool = GlanceRbdStore(LibRbdCluster(cloud="dst", pool="images",
+                                            ceph_conf=str(layout.DST.ceph_conf),
+                                            keyring=str(layout.DST.ceph_keyring), user="admin"))
+    assert dst_pool.state(image["id"]).complete
+    again = _copy(cli, journal, *args)
+    assert again.code == 0, again.err
+
+
+def test_copy_ceph_to_ceph_flipped_byte_leaves_nothing_on_dst(
+    own_images: ImageFactory, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte flipped between the source pool and the destination pool: integrity error,
+    no RBD copy and no data on dst (the record stays queued); a re-run copies it right,
+    under the same ID."""
+    clouds = yaml.safe_load(layout.CLOUDS_YAML.read_text())
+    clouds["clouds"]["dst-glance-service"] = service_cloud(layout.DST)
+    config = tmp_path / "clouds.yaml"
+    config.write_text(yaml.safe_dump(clouds))
+    config.chmod(0o600)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    storage = tmp_path / "storage.yaml"
+    storage.write_text(yaml.safe_dump({"src": {"glance-rbd": glance_rbd_entry(layout.SRC)},
+                                       "dst": {"glance-rbd": glance_rbd_entry(layout.DST)}}))
+    image = own_images.create("ceph-flip", 6 * MIB)
+    journal = tmp_path / "journal.sqlite"
+    assert cli("--journal", str(journal), "images", "move-store", "--cloud", "src",
+               "--from-store", "fast", "--to-store", "rbd", "--image", image["id"]).code == 0
+    real_copy_diff = ceph_copy.copy_diff
+
+    def flipping(reader: Any, sink: Any, **kwargs: Any) -> Any:
+        records = reader.records
+
+        def flipped() -> Any:
+            for n, record in enumerate(records()):
+                if n == 0 and isinstance(record, WriteExtent):
+                    record = WriteExtent(record.offset,
+                                         bytes([record.data[0] ^ 1]) + record.data[1:])
+                yield record
+
+        reader.records = flipped
+        return real_copy_diff(reader, sink, **kwargs)
+
+    monkeypatch.setattr(ceph_copy, "copy_diff", flipping)
+    args = ("--keep-id", "--to-store", "rbd", "--location-cloud", "dst-glance-service",
+            "--storage-map", str(storage), "--image", image["id"])
+    result = _copy(cli, journal, *args)
+    assert result.code == 12, result.err
+    dst_pool = GlanceRbdStore(LibRbdCluster(cloud="dst", pool="images",
+                                            ceph_conf=str(layout.DST.ceph_conf),
+                                            keyring=str(layout.DST.ceph_keyring), user="admin"))
+    assert image["id"] not in dst_pool.images(), "the bad RBD copy must be removed"
+    (left,) = marked_copies(own_images.dst, image["id"])
+    assert left["id"] == image["id"] and left["status"] == "queued", "no data, ID kept"
+    monkeypatch.setattr(ceph_copy, "copy_diff", real_copy_diff)
+    retry = _copy(cli, journal, *args)
+    assert retry.code == 0, retry.err
+    _assert_copied(own_images, image["id"], image["id"])

@@ -162,3 +162,41 @@ def test_move_store_recreate_copies_everything_and_retires_the_original(
     again = cli(*base, "--image", kept["id"])
     assert again.code == 0 and again.json()["images"][0]["outcome"] == "skipped", again.err
     assert len(marked_copies(own_images.src, kept["id"])) == 1
+
+
+def test_copy_image_to_rbd_and_back_keeps_a_server_rebuildable(
+    own_images: ImageFactory, cli: Any, tmp_path: Path
+) -> None:
+    """fast -> rbd -> slow with copy-image; a server booted from the image rebuilds after."""
+    image = own_images.create("on-rbd", 10 * MIB, os_distro="seedos")
+    conn = own_images.src
+    flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+    server = conn.compute.create_server(name=own_images.prefix + "server", image_id=image["id"],
+                                        flavor_id=flavor.id, networks="none")
+    try:
+        server = conn.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"],
+                                              interval=1, wait=180)
+        journal = str(tmp_path / "journal.sqlite")
+        for source, target in (("fast", "rbd"), ("rbd", "slow")):
+            moved = cli("--journal", journal, "images", "move-store", "--cloud", "src",
+                        "--from-store", source, "--to-store", target, "--image", image["id"],
+                        "-f", "json")
+            assert moved.code == 0 and moved.json()["done"] == [image["id"]], moved.err
+            after = glance_json(conn, image["id"])
+            assert _stores(after) == {target}
+            assert download_sha512(conn, image["id"]) == image["os_hash_value"]
+            pool = rbd_images_of_src()
+            assert (image["id"] in pool) == (target == "rbd"), "Glance's rbd store is the pool"
+            conn.compute.rebuild_server(server, image=image["id"])
+            server = conn.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"],
+                                                  interval=1, wait=180)
+            assert server.image["id"] == image["id"]
+    finally:
+        conn.compute.delete_server(server, ignore_missing=True)
+        conn.compute.wait_for_delete(server, interval=1, wait=180)
+
+
+def rbd_images_of_src() -> list[str]:
+    from tests.functional.test_images_legacy_support import rbd_pool
+
+    return rbd_pool().images()

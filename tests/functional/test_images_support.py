@@ -104,6 +104,7 @@ class ImageFactory:
         size: int = 3 * MIB,
         *,
         store: str = "fast",
+        content: bytes | None = None,
         visibility: str = "private",
         protected: bool = False,
         member_projects: tuple[str, ...] = (),
@@ -118,7 +119,7 @@ class ImageFactory:
         response.raise_for_status()
         image_id = response.json()["id"]
         self.created.append(image_id)
-        data = RandomBody(size)
+        data: Any = RandomBody(size) if content is None else content
         self.src.image.put(
             f"/images/{image_id}/file", data=data,
             headers={"Content-Type": "application/octet-stream", "X-Image-Meta-Store": store},
@@ -136,7 +137,8 @@ class ImageFactory:
             ).raise_for_status()
         image = glance_json(self.src, image_id)
         assert image is not None and image["status"] == "active"
-        assert image["os_hash_value"] == data.sha512.hexdigest()
+        want = hashlib.sha512(content) if content is not None else data.sha512
+        assert image["os_hash_value"] == want.hexdigest()
         return image
 
     def cleanup(self) -> None:

@@ -86,3 +86,103 @@ def test_moved_and_stores_helpers() -> None:
 def test_a_selection_names_exactly_one_set_of_images(selection: Selection) -> None:
     with pytest.raises(UsageError):
         selection.check()
+
+
+# -- locations, the RBD store's layout, property globs ---------------------------------------
+
+
+def test_location_url_quotes_each_part_as_glance_store_does() -> None:
+    from stackhop.images.rbd_store import location_url
+
+    assert location_url("f-1", "images", "abc") == "rbd://f-1/images/abc/snap"
+    assert location_url("f", "my pool", "a/b") == "rbd://f/my%20pool/a%2Fb/snap"
+
+
+def test_nonzero_runs_leave_zero_blocks_out_and_do_not_copy_dense_data() -> None:
+    from stackhop.images.rbd_store import ZERO_BLOCK, nonzero_runs
+
+    dense = b"x" * (3 * ZERO_BLOCK)
+    assert [(o, d) for o, d in nonzero_runs(dense)] == [(0, dense)]
+    assert next(nonzero_runs(dense))[1] is dense
+    assert list(nonzero_runs(bytes(2 * ZERO_BLOCK + 5))) == []
+    data = b"a" + bytes(2 * ZERO_BLOCK - 1) + b"b" * 10
+    runs = list(nonzero_runs(data))
+    assert [(o, len(d)) for o, d in runs] == [(0, ZERO_BLOCK), (2 * ZERO_BLOCK, 10)]
+    rebuilt = bytearray(len(data))
+    for offset, piece in runs:
+        rebuilt[offset:offset + len(piece)] = piece
+    assert bytes(rebuilt) == data
+
+
+def _legacy(image_id: str, *urls: str, status: str = "active") -> dict[str, object]:
+    return {"id": image_id, "name": image_id, "status": status,
+            "locations": [{"url": u, "metadata": {}} for u in urls]}
+
+
+def test_plan_location_moves_by_location_scheme() -> None:
+    from stackhop.images.locations import plan_location_moves
+
+    plans = plan_location_moves([
+        _legacy("a", "file:///x/a"),
+        _legacy("b", "rbd://f/images/b/snap"),
+        _legacy("c", "file:///x/c", status="deactivated"),
+        _legacy("d", "file:///x/d", status="queued"),
+        _legacy("e", "http://h/e"),
+    ], "file", "rbd")
+    assert [(p.image_id, p.action) for p in plans] == [
+        ("a", "move"), ("b", "skip"), ("c", "move"), ("d", "error"), ("e", "error")]
+
+
+def test_locations_refused_without_visible_locations_or_into_file() -> None:
+    from stackhop.errors import CapabilityError
+    from stackhop.images.locations import check_locations_method
+
+    with pytest.raises(CapabilityError, match="show_multiple_locations"):
+        check_locations_method("old", [{"id": "a", "status": "active"}], "rbd")
+    with pytest.raises(CapabilityError, match="file"):
+        check_locations_method("old", [_legacy("a", "rbd://f/p/a/snap")], "file")
+    check_locations_method("old", [_legacy("a", "file:///x/a")], "rbd")
+
+
+def test_property_filter_globs() -> None:
+    from stackhop.images.common import PropertyFilter
+
+    record = {"id": "a", "properties": {"os_distro": "x", "os_version": "1", "team": "t",
+                                        "hw_disk_bus": "virtio"}}
+    assert PropertyFilter().apply(record) is record
+    kept = PropertyFilter(include=("os_*", "team"), exclude=("os_version",)).apply(record)
+    assert kept["properties"] == {"os_distro": "x", "team": "t"}
+    assert record["properties"]["os_version"] == "1", "the input is not changed"
+    assert PropertyFilter(exclude=("hw_*",)).apply(record)["properties"] == {
+        "os_distro": "x", "os_version": "1", "team": "t"}
+    assert not PropertyFilter(include=("OS_*",)).keeps("os_distro"), "globs are case-sensitive"
+
+
+def test_stream_hasher_hashes_holes_as_zeros_and_falls_back_when_out_of_order() -> None:
+    import hashlib
+
+    from stackhop.errors import IntegrityError
+    from stackhop.images.ceph_copy import StreamHasher
+    from stackhop.transfer.base import Digest
+    from stackhop.transfer.rbd_diff import DiffHeader, WriteExtent, ZeroExtent
+
+    size = 10 * 1024 * 1024 + 3
+    image = bytearray(size)
+    image[5:9] = b"abcd"
+    image[6 * 1024 * 1024:6 * 1024 * 1024 + 2] = b"xy"
+    header = DiffHeader(from_snap=None, to_snap="snap", size=size)
+    digest = Digest("sha512", hashlib.sha512(image).hexdigest())
+    md5 = hashlib.md5(image, usedforsecurity=False).hexdigest()
+    hasher = StreamHasher("sha512", size)
+    for record in (WriteExtent(5, b"abcd"), ZeroExtent(9, 100),
+                   WriteExtent(6 * 1024 * 1024, b"xy")):
+        hasher.record(header, record)
+    hasher.check("img", digest, md5)
+    bad = StreamHasher("sha512", size)
+    bad.record(header, WriteExtent(5, b"abce"))
+    with pytest.raises(IntegrityError, match="hashes to"):
+        bad.check("img", digest, md5)
+    backwards = StreamHasher("sha512", size)
+    backwards.record(header, WriteExtent(100, b"a"))
+    backwards.record(header, WriteExtent(50, b"b"))
+    assert not backwards.in_order

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from openstack import exceptions as sdk_exceptions
@@ -147,3 +148,30 @@ class Waiter:
                 raise TimeoutError(f"{what} did not happen within {self.timeout:.0f} s")
             self.sleep(self.interval)
         self.waited = self.clock() - start
+
+
+@dataclass(frozen=True)
+class PropertyFilter:
+    """Which image properties a copy carries: ``--property-include`` / ``--property-exclude``.
+
+    Shell-style globs (``fnmatch``, case-sensitive) on property names: a
+    property is carried when it matches one of ``include`` (or there is no
+    ``include``) and none of ``exclude``. Attributes Glance defines (name,
+    visibility, formats, min_disk/min_ram, protection, tags, owner, members)
+    are not properties and are always carried.
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def keeps(self, name: str) -> bool:
+        if self.include and not any(fnmatchcase(name, g) for g in self.include):
+            return False
+        return not any(fnmatchcase(name, g) for g in self.exclude)
+
+    def apply(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with only the properties this filter keeps."""
+        if not self.include and not self.exclude:
+            return record
+        properties = record.get("properties") or {}
+        return {**record, "properties": {k: v for k, v in properties.items() if self.keeps(k)}}

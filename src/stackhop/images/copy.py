@@ -18,6 +18,8 @@ from typing import Any
 
 from stackhop.engine import Engine, RunResult
 from stackhop.events import Event, EventSink, EventType, NullSink
+from stackhop.images.ceph_copy import CephImage, CephRoute
+from stackhop.images.common import PropertyFilter
 from stackhop.journal import Journal
 from stackhop.kinds import get
 from stackhop.kinds.base import Connection, Record
@@ -40,13 +42,22 @@ class ImageCopier:
     workers: int = 2
     events: EventSink = field(default_factory=NullSink)
     project_map: OperatorMap | None = None
+    #: The destination store to upload into (default: the destination's default store).
+    to_store: str | None = None
+    properties: PropertyFilter = field(default_factory=PropertyFilter)
+    #: Copy pool to pool where both images are in RBD (stackhop.images.ceph_copy).
+    ceph_route: CephRoute | None = None
 
     def __post_init__(self) -> None:
         registered = get(Image.name)
         assert isinstance(registered, Image)
-        self.kind = registered.bound(
-            self.source, keep_id=self.keep_id, journal=self.journal, events=self.events
-        )
+        options: dict[str, Any] = {"keep_id": self.keep_id, "journal": self.journal,
+                                   "events": self.events, "store": self.to_store}
+        self.kind: Image
+        if self.ceph_route is not None:
+            self.kind = CephImage(self.source, self.ceph_route, **options)
+        else:
+            self.kind = registered.bound(self.source, **options)
         identities = map_identities(
             [], list_projects(self.source), self.destination, project_map=self.project_map
         )
@@ -57,7 +68,8 @@ class ImageCopier:
 
     def records(self, images: Sequence[dict[str, Any]]) -> list[Record]:
         """The image records (with members) of the selected images' Glance JSON."""
-        return [image_record(i, list_members(self.source.image, i)) for i in images]
+        return [self.properties.apply(image_record(i, list_members(self.source.image, i)))
+                for i in images]
 
     def plan(self, images: Sequence[dict[str, Any]]) -> list[Operation]:
         """The operations a copy would apply; changes nothing."""

@@ -47,7 +47,7 @@ from stackhop.transfer.glance import GlanceSource, get_image
 KIND = "glance.image-store"
 """The journal kind of a store move (one row per image and pair of stores)."""
 
-METHODS = ("copy-image", "recreate")
+METHODS = ("auto", "copy-image", "locations", "recreate")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 from stackhop.errors import ConfigError, StackhopError
 from stackhop.events import Event, EventSink, EventType
-from stackhop.images.common import image_stores, set_protected
+from stackhop.images.common import PropertyFilter, image_stores, set_protected
 from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal
 from stackhop.kinds import get
 from stackhop.kinds.base import Connection
@@ -48,7 +48,8 @@ def _copy_of(conn: Connection, original: dict[str, Any], to_store: str) -> dict[
 
 
 def recreate_one(conn: Connection, kind: Image, journal: Journal, run_id: str, scope: str,
-                 image_id: str, from_store: str, to_store: str, original_policy: str) -> str:
+                 image_id: str, from_store: str, to_store: str, original_policy: str,
+                 properties: PropertyFilter | None = None) -> str:
     """Move one image by re-creating it; return ``done`` or ``skipped``."""
     key = f"{image_id}:{from_store}->{to_store}"
     row = journal.operation(scope, KIND, key)
@@ -73,7 +74,8 @@ def recreate_one(conn: Connection, kind: Image, journal: Journal, run_id: str, s
                              source_id=image_id, before=before, attempt=True)
     if not original.get("protected") and original.get("status") == "active":
         set_protected(conn.image, image_id, True)
-    record = image_record(original, list_members(conn.image, original))
+    record = (properties or PropertyFilter()).apply(
+        image_record(original, list_members(conn.image, original)))
     record["protected"] = True if original_policy != "delete" else before["protected"]
     existing = _copy_of(conn, original, to_store)
     new_id = str(existing["id"]) if existing else kind.create(conn, record)
@@ -90,7 +92,8 @@ def recreate_one(conn: Connection, kind: Image, journal: Journal, run_id: str, s
 
 def recreate_images(conn: Connection, journal: Journal, images: list[dict[str, Any]], *,
                     cloud: str, from_store: str, to_store: str, original_policy: str,
-                    events: EventSink) -> tuple[str, list[dict[str, str]]]:
+                    events: EventSink, properties: PropertyFilter | None = None,
+                    ) -> tuple[str, list[dict[str, str]]]:
     """Move each image by re-creating it; return the run ID and per image its outcome.
 
     A failure is journaled and reported in the outcomes; the others carry on.
@@ -108,7 +111,7 @@ def recreate_images(conn: Connection, journal: Journal, images: list[dict[str, A
         label = f"{image.get('name') or ''}/{image['id']}"
         try:
             outcome = recreate_one(conn, kind, journal, run.id, scope, image["id"],
-                                   from_store, to_store, original_policy)
+                                   from_store, to_store, original_policy, properties)
             detail = journal.mapped_id(scope, Image.name, image["id"]) or ""
         except Exception as exc:
             outcome = "failed"
