@@ -124,8 +124,9 @@ def test_next_task_id_after_rollback_and_restart_is_above_every_issued(
             assert highest > 10
             sdn("rollback", "--zk", ZK, "--backup", str(backup), "--neutron-db", url)
             assert rows(url, "SELECT COUNT(*) FROM midonet_tasks")[0][0] == 0
-            # Backup was taken before prepare: no task tables then, so no state row now.
-            assert rows(url, "SELECT COUNT(*) FROM midonet_data_state")[0][0] == 0
+            # The state row the migration inserted is back as backed up (nothing processed).
+            assert [r[0] for r in rows(url, "SELECT last_processed_task_id "
+                                            "FROM midonet_data_state")] == [None]
 
             sa.create_engine(url).dispose()
             private_mariadb.stop()
@@ -134,8 +135,9 @@ def test_next_task_id_after_rollback_and_restart_is_above_every_issued(
             engine = sa.create_engine(url)
             with engine.begin() as conn:
                 conn.execute(sa.text(
-                    "INSERT INTO midonet_tasks (type_id, data_type_id, data, resource_id, "
-                    "transaction_id, created_at) VALUES (1, 1, '{}', 'r', 'neutron', NOW())"))
+                    "INSERT INTO midonet_tasks (type, data_type, data, resource_id, "
+                    "transaction_id, created_at) VALUES ('CREATE', 'NETWORK', '{}', 'r', "
+                    "'neutron', NOW())"))
                 new_id = conn.execute(sa.text("SELECT LAST_INSERT_ID()")).scalar_one()
             engine.dispose()
             assert new_id > highest

@@ -50,8 +50,10 @@ def test_controller_objects_are_those_neutron_does_not_own() -> None:
 
 def test_data_types_order_and_root() -> None:
     order = topology.DATA_TYPES
-    assert order.index("security_group") < order.index("port") < order.index("floating_ip")
-    assert order.index("router") < order.index("router_interface")
+    assert order.index("SECURITYGROUP") < order.index("SECURITYGROUPRULE")
+    assert order.index("NETWORK") < order.index("SUBNET") < order.index("PORT")
+    assert order.index("ROUTER") < order.index("PORT") < order.index("FLOATINGIP")
+    assert "ROUTERINTERFACE" not in order  # carried by the interface's PORT task
     assert normalise_root("/midonet/") == "/midonet"
     with pytest.raises(UsageError):
         normalise_root("midonet")

@@ -8,8 +8,9 @@ journaled:
 
 1. restore the ZooKeeper subtree to the backup (see
    :func:`~stackhop.sdn.zookeeper.restore_tree`);
-2. remove the tasks stackhop queued, never lowering the ID counter;
-3. put ``midonet_data_state`` back to its value at backup time;
+2. put ``midonet_data_state`` back to its value at backup time (before the
+   tasks go: its ``last_processed_task_id`` is a foreign key to a task);
+3. remove the tasks stackhop queued, never lowering the ID counter;
 4. revert the config files (with ``--config-root``).
 
 Finally every one of those is read back and compared; any difference is a
@@ -183,13 +184,16 @@ def _steps(
                 f"{report.data_restored} data and {report.acl_restored} ACL restored")
 
     result.steps["zookeeper"] = runner.step("restore zookeeper", restore)
+    # The data state first: its last_processed_task_id is a foreign key to
+    # midonet_tasks.id (migration d8a5c672761), so a processed task of ours
+    # cannot be deleted while the state still points at it.
+    result.steps["data state"] = runner.step(
+        "restore data state", lambda: _restore_state(engine, db, backup)
+    )
     removed = runner.step("remove queued tasks", lambda: _remove_tasks(engine, db))
     # The tasks an interrupted prepare had queued are gone: its resume must not skip them.
     close_open_cycle(runner.journal, "prepare", db.key(), runner.run_id, "rolled back")
     result.steps["tasks"] = removed
-    result.steps["data state"] = runner.step(
-        "restore data state", lambda: _restore_state(engine, db, backup)
-    )
     if config_root is not None:
         for name, outcome in revert_steps(config_root, runner, force=force).items():
             result.steps[f"config {name}"] = outcome
