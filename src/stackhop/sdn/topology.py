@@ -170,7 +170,7 @@ class _Reader:
         attrs = self.attrs.get(row.get("standard_attr_id"), {})
         out = {"id": row["id"], **_project(row)}
         if attrs:
-            out.update(description=attrs.get("description") or "",
+            out.update(description=attrs.get("description"),
                        created_at=attrs.get("created_at"), updated_at=attrs.get("updated_at"),
                        revision_number=attrs.get("revision_number"))
         return out
