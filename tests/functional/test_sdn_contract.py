@@ -193,8 +193,12 @@ def covers(api: Any, task: Any) -> bool:
     if isinstance(task, list):
         if not isinstance(api, list) or len(api) != len(task):
             return False
-        key = (lambda v: v.get("id") or json.dumps(norm(v), sort_keys=True)
-               if isinstance(v, dict) else json.dumps(v))
+
+        def key(v: Any) -> str:
+            if isinstance(v, dict):
+                return str(v.get("id") or json.dumps(norm(v), sort_keys=True))
+            return json.dumps(v)
+
         return all(covers(x, y) for x, y in zip(sorted(api, key=key), sorted(task, key=key),
                                                  strict=True))
     return bool(api == task)
@@ -238,8 +242,8 @@ def second_topology(testbed: Any) -> Iterator[set[str]]:
                                ipv6_address_mode="slaac", ipv6_ra_mode="slaac")
         router = net.create_router(name=f"{prefix}-router",
                                    external_gateway_info={"network_id": ext.id})
-        net.add_interface_to_router(router, subnet_id=v4.id)
-        net.add_interface_to_router(router, subnet_id=v6.id)
+        net.add_interface_to_router(router, subnet=v4.id)
+        net.add_interface_to_router(router, subnet=v6.id)
         net.update_router(router, routes=[{"destination": "10.98.0.0/16",
                                            "nexthop": "10.232.8.254"}])
         port = net.create_port(
@@ -292,7 +296,7 @@ def test_every_task_meets_the_importer_contract_and_matches_the_api(
         # Seeded topology too: more than the second topology's objects were queued.
         assert len(queued - second_topology) > 10
         projects = rows(url, "SELECT id, project_id FROM networks")
-        per_id = dict(projects)
+        per_id = {r.id: r.project_id for r in projects}
         assert all(r.project_id == per_id[r.resource_id] for r in found
                    if r.data_type == "NETWORK")
         conn = openstack.connect(cloud=testbed.source)
@@ -359,7 +363,7 @@ def test_integer_generation_and_kilo_generation(cli: Cli, tmp_path: Path, testbe
         assert result.json()["task_table"] == "string generation, tenant_id"
         found = rows(url, "SELECT t.tenant_id, n.project_id FROM midonet_tasks t "
                           "JOIN networks n ON n.id = t.resource_id")
-        assert found and all(a == b for a, b in found)
+        assert found and all(r.tenant_id == r.project_id for r in found)
 
 
 SLOW_PORTS = (
