@@ -117,6 +117,11 @@ def register(subparsers: Subparsers) -> None:
                    help="also revert the endpoints switched under this root")
     p.add_argument("--force", action="store_true",
                    help="revert config files even if edited since the switch")
+    p.add_argument("--all-tasks", action="store_true",
+                   help="remove every task, not only stackhop's (the counter is kept the same)")
+    p.add_argument("--counter-init-file", type=Path, metavar="FILE",
+                   help="on MySQL < 8.0 / MariaDB < 10.2.4: the server's init_file, where "
+                   "the task ID counter is raised at every start")
     _hook_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=_rollback)
@@ -192,6 +197,7 @@ def _rollback(args: argparse.Namespace) -> int:
     db = neutron_db.resolve(args.neutron_conf, args.neutron_db)
     result = _with_journal(args, lambda journal: rollback(
         args.zk, args.backup, db, journal, config_root=args.config_root, force=args.force,
+        all_tasks=args.all_tasks, counter_init_file=args.counter_init_file,
         pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
     return _show(args, result, "Rollback")
 

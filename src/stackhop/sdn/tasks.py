@@ -4,8 +4,8 @@ The cluster's importer reads ``midonet_tasks`` rows with
 ``id > midonet_data_state.last_processed_task_id`` in ID order, so a task ID
 must never be issued twice: removing tasks must not lower the table's
 ``AUTO_INCREMENT``, and nothing here ever sets a task ID by hand. InnoDB on
-MariaDB >= 10.2.4 and MySQL >= 8.0 keeps the counter across a restart; on an
-engine that would not, :func:`guard_sequence` refuses to remove tasks.
+MariaDB >= 10.2.4 and MySQL >= 8.0 keeps the counter across a restart; on
+older servers :mod:`stackhop.sdn.counter` keeps it through the server's init_file.
 
 Tasks stackhop queues carry a ``transaction_id`` starting with
 :data:`TRANSACTION_PREFIX`, which is how a rollback finds exactly them.
@@ -14,7 +14,6 @@ Tasks stackhop queues carry a ``transaction_id`` starting with
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -221,40 +220,17 @@ def counts(conn: Connection) -> TaskCounts:
     return TaskCounts(int(total), int(ours), per_type, int(highest), _auto_increment(conn))
 
 
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)")
-
-
-def guard_sequence(conn: Connection) -> None:
-    """Refuse to delete tasks where a server restart could hand out a deleted ID again."""
-    version = str(conn.execute(sa.text("SELECT VERSION()")).scalar_one())
-    engine = conn.execute(
-        sa.text(
-            "SELECT engine FROM information_schema.tables "
-            "WHERE table_schema = DATABASE() AND table_name = 'midonet_tasks'"
-        )
-    ).scalar()
-    match = _VERSION.match(version)
-    numbers = tuple(int(x) for x in match.groups()) if match else (0, 0, 0)
-    maria = "mariadb" in version.lower()
-    persistent = numbers >= (10, 2, 4) if maria else numbers >= (8, 0, 0)
-    if str(engine).lower() != "innodb" or not persistent:
-        raise ConfigError(
-            f"midonet_tasks is {engine} on server {version}, which may reset AUTO_INCREMENT "
-            "on restart; removing tasks there could reissue task IDs. Use InnoDB on "
-            "MariaDB >= 10.2.4 or MySQL >= 8.0"
-        )
-
-
-def remove_stackhop_tasks(conn: Connection) -> tuple[int, int]:
-    """Delete the tasks stackhop queued; return (rows deleted, highest ID ever issued).
+def remove_tasks(conn: Connection, *, all_tasks: bool = False) -> tuple[int, int]:
+    """Delete the tasks stackhop queued (``all_tasks``: every task); (rows deleted, highest issued).
 
     The counter is read before the delete and, should it have dropped (it must
     not on a guarded server), set back above every issued ID.
     """
     highest = highest_issued(conn)
-    deleted = conn.execute(
-        tasks.delete().where(tasks.c.transaction_id.startswith(TRANSACTION_PREFIX))
-    ).rowcount
+    delete = tasks.delete()
+    if not all_tasks:
+        delete = delete.where(tasks.c.transaction_id.startswith(TRANSACTION_PREFIX))
+    deleted = conn.execute(delete).rowcount
     if _auto_increment(conn) <= highest:
         conn.execute(sa.text(f"ALTER TABLE midonet_tasks AUTO_INCREMENT = {int(highest) + 1}"))
     return int(deleted), highest
