@@ -576,3 +576,22 @@ def test_rollback_recreates_a_deleted_subtree_exactly(
     assert "holds no midonet_data_state" in done.err
     assert done.json()["steps"]["zookeeper"].startswith(f"{len(tree_before)} created")
     assert tree(zk_root) == tree_before
+
+
+def test_zookeeper_address_found_in_midonet_conf(
+    cli: Cli, tmp_path: Path, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "midonet.conf"
+    monkeypatch.setenv("STACKHOP_MIDONET_CONF", str(conf))
+    monkeypatch.setenv("STACKHOP_MIDONETRC", str(tmp_path / "absent-midonetrc"))
+    with zk_client() as client:
+        client.create(zk_root, b"legacy", makepath=True)
+    journal, backup = tmp_path / "j.sqlite", tmp_path / "zk.backup"
+    conf.write_text("[zookeeper]\nroot_key = /midonet\n")
+    line = one_line_error(sdn(cli, journal, "backup", "--root", zk_root, "-o", str(backup)), 3)
+    assert str(conf) in line and "zookeeper_hosts" in line
+    assert not backup.exists()
+    conf.write_text(f"[midolman]\nx = 1\n\n[zookeeper]\nzookeeper_hosts = {ZK}\n")
+    made = sdn(cli, journal, "backup", "--root", zk_root, "-o", str(backup), "-f", "json")
+    assert made.code == 0, made.err
+    assert backup_file.read(backup).zookeeper == ZK
