@@ -105,35 +105,34 @@ def one_line_error(result: CliResult, code: int) -> str:
 def task_rows(url: str) -> list[Any]:
     return rows(
         url,
-        "SELECT t.id, d.name AS data_type, t.resource_id, t.data, ty.name AS type "
-        "FROM midonet_tasks t JOIN midonet_data_types d ON d.id = t.data_type_id "
-        "JOIN midonet_task_types ty ON ty.id = t.type_id ORDER BY t.id",
+        "SELECT id, data_type, resource_id, data, type, transaction_id, project_id "
+        "FROM midonet_tasks ORDER BY id",
     )
 
 
 def neutron_counts(url: str) -> dict[str, int]:
     counts = {
-        "security_group": "securitygroups",
-        "security_group_rule": "securitygrouprules",
-        "network": "networks",
-        "subnet": "subnets",
-        "router": "routers",
-        "port": "ports",
-        "floating_ip": "floatingips",
+        "SECURITYGROUP": "securitygroups",
+        "NETWORK": "networks",
+        "SUBNET": "subnets",
+        "ROUTER": "routers",
+        "PORT": "ports",
+        "FLOATINGIP": "floatingips",
     }
     out = {k: rows(url, f"SELECT COUNT(*) FROM {t}")[0][0] for k, t in counts.items()}
-    out["router_interface"] = rows(
-        url, "SELECT COUNT(*) FROM routerports WHERE port_type = 'network:router_interface'"
-    )[0][0]
-    return out
+    # Rules referring to another group are tasks of their own; the others ride in their group.
+    out["SECURITYGROUPRULE"] = rows(
+        url, "SELECT COUNT(*) FROM securitygrouprules "
+        "WHERE remote_group_id IS NOT NULL AND remote_group_id <> security_group_id")[0][0]
+    return {k: v for k, v in out.items() if v}
 
 
 def references(data: dict[str, Any]) -> set[str]:
     keys = ("network_id", "security_group_id", "remote_group_id", "router_id", "port_id",
-            "floating_network_id", "floating_port_id", "fixed_port_id")
+            "floating_network_id")
     refs = {data[k] for k in keys if data.get(k)}
     refs |= {f["subnet_id"] for f in data.get("fixed_ips", [])}
-    refs |= set(data.get("security_groups", [])) | set(data.get("subnet_ids", []))
+    refs |= set(data.get("security_groups", []))
     gateway = data.get("external_gateway_info") or {}
     if gateway.get("network_id"):
         refs.add(gateway["network_id"])
@@ -144,7 +143,9 @@ def references(data: dict[str, Any]) -> set[str]:
 
 def assert_one_task_per_object_in_order(url: str, topo: NeutronTopology) -> list[Any]:
     found = task_rows(url)
-    assert all(r.type == "create" for r in found)
+    assert all(r.type == "CREATE" for r in found)
+    # One importer transaction per object, as the plugin wrote one per API request.
+    assert len({r.transaction_id for r in found}) == len(found)
     per_type: dict[str, list[str]] = {}
     for r in found:
         per_type.setdefault(r.data_type, []).append(r.resource_id)
@@ -153,6 +154,9 @@ def assert_one_task_per_object_in_order(url: str, topo: NeutronTopology) -> list
     for ids in per_type.values():
         assert len(ids) == len(set(ids)), "an object was queued twice"
     queued = {r.resource_id for r in found}
+    for r in found:
+        if r.data_type == "SECURITYGROUP":
+            queued |= {rule["id"] for rule in json.loads(r.data)["security_group_rules"]}
     assert topo.all_ids() <= queued, topo.all_ids() - queued
     # Dependency order: every reference to a queued object points to a lower task ID.
     first_task = {}
@@ -180,7 +184,7 @@ def test_prepare_queues_one_create_task_per_object_in_dependency_order_once(
     first = sdn(cli, journal, *args)
     assert first.code == 0, first.err
     found = assert_one_task_per_object_in_order(neutron_db, neutron_topology)
-    assert first.json()["tables_created"].startswith("created")
+    assert first.json()["task_table"] == "string generation, project_id"
 
     settings = data_dir / "mn-conf.settings"
     assert stat.S_IMODE(settings.stat().st_mode) == 0o600
@@ -214,9 +218,9 @@ def test_prepare_failing_mid_way_resumes_without_duplicates(
 
     failed = sdn(cli, journal, *args)
     line = one_line_error(failed, 3)
-    assert "queueing port tasks failed" in line and "injected" in line
+    assert "queueing PORT tasks failed" in line and "injected" in line
     types = {r.data_type for r in task_rows(neutron_db)}
-    assert types == {"security_group", "security_group_rule", "network", "subnet", "router"}
+    assert types == {"SECURITYGROUP", "SECURITYGROUPRULE", "NETWORK", "SUBNET", "ROUTER"}
     assert not (data_dir / "mn-conf.settings").exists()
 
     execute(engine_url, "DROP TRIGGER sdn_fail_ports")
@@ -224,14 +228,14 @@ def test_prepare_failing_mid_way_resumes_without_duplicates(
     assert resumed.code == 0, resumed.err
     events = [json.loads(ln) for ln in resumed.err.splitlines() if ln.startswith("{")]
     skipped = {e["identity"] for e in events if e.get("outcome") == "skipped"}
-    assert {"queue security_group", "queue router", "schema"} <= skipped
-    assert "queue port" not in skipped
+    assert {"queue SECURITYGROUP", "queue ROUTER"} <= skipped
+    assert "queue PORT" not in skipped
     assert_one_task_per_object_in_order(neutron_db, neutron_topology)
 
 
 FAIL_ON_PORTS = (
     "CREATE TRIGGER sdn_fail_ports BEFORE INSERT ON midonet_tasks FOR EACH ROW "
-    "IF NEW.data_type_id = (SELECT id FROM midonet_data_types WHERE name = 'port') THEN "
+    "IF NEW.data_type = 'PORT' THEN "
     "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected failure on ports'; END IF"
 )
 FAIL_ON_DELETE = (
@@ -241,15 +245,14 @@ FAIL_ON_DELETE = (
 
 
 def with_tables(url: str, last_processed: int = 0) -> None:
-    """The task tables as the MidoNet plugin's own migration would have made them."""
+    """The data state as a running cluster leaves it (the tables come with the copy)."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
-            tasks.ensure_schema(conn)
             conn.execute(tasks.data_state.update().values(
-                last_processed_task_id=last_processed, active_version=3, readonly=False))
+                last_processed_task_id=last_processed or None, readonly=False))
     finally:
         engine.dispose()
 
@@ -287,7 +290,7 @@ def test_failure_mid_way_then_rollback_restores_everything(
     with zk_client() as client:
         mutate_tree(client, zk_root, neutron_topology)
     execute(neutron_db, f"UPDATE midonet_data_state SET last_processed_task_id = {highest}, "
-                        "readonly = 1, active_version = 5")
+                        "readonly = 1")
     assert zookeeper.differences(tree_before, tree(zk_root))
 
     done = sdn(cli, journal, "rollback", "--zk", ZK, "--backup", str(backup),
@@ -304,8 +307,9 @@ def test_failure_mid_way_then_rollback_restores_everything(
 
     # The sequence was not reset: the next task, whoever writes it, gets a new ID.
     execute(neutron_db, "DROP TRIGGER sdn_fail_ports",
-            "INSERT INTO midonet_tasks (type_id, data_type_id, data, resource_id, "
-            "transaction_id, created_at) VALUES (1, 1, '{}', 'x', 'neutron', NOW())")
+            "INSERT INTO midonet_tasks (type, data_type, data, resource_id, "
+            "transaction_id, created_at) VALUES ('CREATE', 'NETWORK', '{}', 'x', 'neutron', "
+            "NOW())")
     assert rows(neutron_db, "SELECT MAX(id) FROM midonet_tasks")[0][0] > highest
 
     # The rolled-back prepare starts over: everything queued once, above the old IDs.
@@ -449,7 +453,7 @@ def test_database_without_permissions_is_a_clear_error_and_changes_nothing(
     line = one_line_error(sdn(cli, journal, "prepare", "--neutron-db", reader,
                               "--data-dir", str(tmp_path / "d")), 4)
     assert "lacks" in line and "INSERT on midonet_tasks" in line and "nothing was changed" in line
-    assert rows(neutron_db, "SHOW TABLES LIKE 'midonet%'") == []
+    assert rows(neutron_db, "SELECT COUNT(*) FROM midonet_tasks")[0][0] == 0
     assert not (tmp_path / "d").exists()
     line = one_line_error(sdn(cli, journal, "prepare", "--neutron-db", nobody,
                               "--data-dir", str(tmp_path / "d")), 4)
@@ -572,3 +576,22 @@ def test_rollback_recreates_a_deleted_subtree_exactly(
     assert "holds no midonet_data_state" in done.err
     assert done.json()["steps"]["zookeeper"].startswith(f"{len(tree_before)} created")
     assert tree(zk_root) == tree_before
+
+
+def test_zookeeper_address_found_in_midonet_conf(
+    cli: Cli, tmp_path: Path, zk_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "midonet.conf"
+    monkeypatch.setenv("STACKHOP_MIDONET_CONF", str(conf))
+    monkeypatch.setenv("STACKHOP_MIDONETRC", str(tmp_path / "absent-midonetrc"))
+    with zk_client() as client:
+        client.create(zk_root, b"legacy", makepath=True)
+    journal, backup = tmp_path / "j.sqlite", tmp_path / "zk.backup"
+    conf.write_text("[zookeeper]\nroot_key = /midonet\n")
+    line = one_line_error(sdn(cli, journal, "backup", "--root", zk_root, "-o", str(backup)), 3)
+    assert str(conf) in line and "zookeeper_hosts" in line
+    assert not backup.exists()
+    conf.write_text(f"[midolman]\nx = 1\n\n[zookeeper]\nzookeeper_hosts = {ZK}\n")
+    made = sdn(cli, journal, "backup", "--root", zk_root, "-o", str(backup), "-f", "json")
+    assert made.code == 0, made.err
+    assert backup_file.read(backup).zookeeper == ZK

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from kazoo.client import KazooClient
 from kazoo.security import ACL, Id
+from testbed.midonet import task_tables
 
 from stackhop.sdn import topology
 
@@ -32,9 +33,12 @@ def server_engine(prefix: str = DB_PREFIX) -> sa.Engine:
 
 
 @contextmanager
-def copy_database(prefix: str = DB_PREFIX, *, source_engine: sa.Engine | None = None
-                  ) -> Iterator[str]:
+def copy_database(prefix: str = DB_PREFIX, *, source_engine: sa.Engine | None = None,
+                  generation: task_tables.Generation | None = "newton") -> Iterator[str]:
     """A fresh database with a snapshot of the Neutron topology tables; its URL; dropped after.
+
+    The MidoNet task tables are created as networking-midonet's migrations of
+    ``generation`` leave them (None: no task tables).
 
     ``source_engine`` is the server holding ``src_neutron`` (default: the
     same server as ``prefix``); the copy is made table by table in Python
@@ -64,6 +68,8 @@ def copy_database(prefix: str = DB_PREFIX, *, source_engine: sa.Engine | None = 
                         ),
                         [dict(r._mapping) for r in rows],
                     )
+            if generation is not None:
+                task_tables.create(dst, generation)
         yield f"{prefix}/{name}"
     finally:
         with target.begin() as conn:

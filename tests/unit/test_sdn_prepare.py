@@ -50,8 +50,33 @@ def test_controller_objects_are_those_neutron_does_not_own() -> None:
 
 def test_data_types_order_and_root() -> None:
     order = topology.DATA_TYPES
-    assert order.index("security_group") < order.index("port") < order.index("floating_ip")
-    assert order.index("router") < order.index("router_interface")
+    assert order.index("SECURITYGROUP") < order.index("SECURITYGROUPRULE")
+    assert order.index("NETWORK") < order.index("SUBNET") < order.index("PORT")
+    assert order.index("ROUTER") < order.index("PORT") < order.index("FLOATINGIP")
+    assert "ROUTERINTERFACE" not in order  # carried by the interface's PORT task
     assert normalise_root("/midonet/") == "/midonet"
     with pytest.raises(UsageError):
         normalise_root("midonet")
+
+
+def test_zookeeper_address_from_the_midonet_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stackhop.sdn import zk_address
+
+    conf, rc = tmp_path / "midonet.conf", tmp_path / ".midonetrc"
+    monkeypatch.setenv(zk_address.CONF_ENV, str(conf))
+    monkeypatch.setenv(zk_address.RC_ENV, str(rc))
+    assert zk_address.resolve("10.0.0.1:2181") == "10.0.0.1:2181"
+    with pytest.raises(ConfigError) as absent:
+        zk_address.resolve(None)
+    assert f"{conf} (absent)" in absent.value.message and "--zk" in absent.value.message
+    conf.write_text("[zookeeper]\nroot_key = /midonet\n")
+    with pytest.raises(ConfigError) as lacking:
+        zk_address.resolve(None)
+    line = lacking.value.message
+    assert f"{conf} (no [zookeeper] zookeeper_hosts)" in line and "\n" not in line
+    rc.write_text("[zookeeper]\nzookeeper_hosts = 192.0.2.7:2181\n")
+    assert zk_address.resolve(None) == "192.0.2.7:2181"
+    conf.write_text("[zookeeper]\nzookeeper_hosts = 127.0.0.1:2181,127.0.0.2:2181\n")
+    assert zk_address.resolve(None) == "127.0.0.1:2181,127.0.0.2:2181"

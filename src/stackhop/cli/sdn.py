@@ -16,7 +16,7 @@ from typing import Any
 from stackhop.cli.output import add_format_options, plain, render_one
 from stackhop.errors import ConfigError
 from stackhop.journal import Journal
-from stackhop.sdn import endpoints, neutron_db
+from stackhop.sdn import endpoints, neutron_db, zk_address
 from stackhop.sdn.backup import take_backup
 from stackhop.sdn.prepare import prepare
 from stackhop.sdn.rollback import rollback
@@ -45,8 +45,9 @@ def _hook_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _zk_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--zk", metavar="HOST:PORT", required=required,
-                        help="ZooKeeper of the MidoNet cluster")
+    parser.add_argument("--zk", metavar="HOST:PORT",
+                        help="ZooKeeper of the MidoNet cluster (default: [zookeeper] "
+                        "zookeeper_hosts of /etc/midonet/midonet.conf, then ~/.midonetrc)")
     parser.add_argument("--root", default=DEFAULT_ROOT, metavar="PATH",
                         help=f"the topology's ZooKeeper subtree (default: {DEFAULT_ROOT})")
 
@@ -110,13 +111,19 @@ def register(subparsers: Subparsers) -> None:
                          description="Restore the ZooKeeper subtree exactly, remove the queued "
                          "tasks without resetting the ID sequence, restore midonet_data_state, "
                          "revert the endpoints; then check that all of it holds.")
-    p.add_argument("--zk", metavar="HOST:PORT", required=True)
+    p.add_argument("--zk", metavar="HOST:PORT",
+                   help="ZooKeeper of the MidoNet cluster (default: as for backup)")
     p.add_argument("--backup", required=True, type=Path, metavar="FILE")
     _neutron_options(p, required=True)
     p.add_argument("--config-root", type=Path, metavar="DIR",
                    help="also revert the endpoints switched under this root")
     p.add_argument("--force", action="store_true",
                    help="revert config files even if edited since the switch")
+    p.add_argument("--all-tasks", action="store_true",
+                   help="remove every task, not only stackhop's (the counter is kept the same)")
+    p.add_argument("--counter-init-file", type=Path, metavar="FILE",
+                   help="on MySQL < 8.0 / MariaDB < 10.2.4: the server's init_file, where "
+                   "the task ID counter is raised at every start")
     _hook_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=_rollback)
@@ -171,7 +178,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def _backup(args: argparse.Namespace) -> int:
     db = _optional_db(args)
     result = _with_journal(args, lambda journal: take_backup(
-        args.zk, args.root, args.output, journal, db=db, force=args.force,
+        zk_address.resolve(args.zk), args.root, args.output, journal, db=db, force=args.force,
         pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
     return _show(args, result, "Backup")
 
@@ -191,7 +198,9 @@ def _switch(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     db = neutron_db.resolve(args.neutron_conf, args.neutron_db)
     result = _with_journal(args, lambda journal: rollback(
-        args.zk, args.backup, db, journal, config_root=args.config_root, force=args.force,
+        zk_address.resolve(args.zk), args.backup, db, journal, config_root=args.config_root,
+        force=args.force,
+        all_tasks=args.all_tasks, counter_init_file=args.counter_init_file,
         pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
     return _show(args, result, "Rollback")
 

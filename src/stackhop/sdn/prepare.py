@@ -37,7 +37,7 @@ class PrepareResult:
     """What ``prepare`` did (this run) and found."""
 
     database: str
-    tables_created: str
+    task_table: str
     queued: dict[str, str] = field(default_factory=dict)
     objects: dict[str, int] = field(default_factory=dict)
     settings_file: str = ""
@@ -131,10 +131,10 @@ def prepare(
     engine = neutron_db.connect(db)
     try:
         with engine.connect() as conn:
-            missing_tables = set(tasks.TABLES) - tasks.tables_present(conn)
-        needs = [("SELECT", t) for t in topology.TABLES]
-        needs += [(p, t) for t in tasks.TABLES for p in ("SELECT", "INSERT")]
-        needs += [("CREATE", t) for t in sorted(missing_tables)]
+            schema = tasks.detect_schema(conn)
+            present = {t for t in topology.TABLES if sa.inspect(conn).has_table(t)}
+        needs = [("SELECT", t) for t in topology.TABLES if t in present]
+        needs += [(p, "midonet_tasks") for p in ("SELECT", "INSERT")]
         neutron_db.require_privileges(engine, db, needs, "queue the importer tasks")
         tree: dict[str, zookeeper.Node] | None = None
         if zk:
@@ -146,7 +146,7 @@ def prepare(
         runner = StepRunner(journal, "prepare", db.key(),
                             {"data_dir": str(data_dir), "zk": zk, "root": root}, sink)
         try:
-            result = _steps(runner, engine, db, data_dir, tree, root)
+            result = _steps(runner, engine, db, schema, data_dir, tree, root)
         except BaseException:
             runner.finish("failed")
             raise
@@ -161,16 +161,13 @@ def _steps(
     runner: StepRunner,
     engine: sa.Engine,
     db: NeutronDatabase,
+    schema: tasks.TaskSchema,
     data_dir: Path,
     tree: dict[str, zookeeper.Node] | None,
     root: str,
 ) -> PrepareResult:
-    def schema() -> str:
-        with engine.begin() as conn:
-            created = tasks.ensure_schema(conn)
-        return "created " + ", ".join(created) if created else "present"
-
-    result = PrepareResult(db.describe(), runner.step("schema", schema))
+    # The schema is read, never created: networking-midonet's migrations own it.
+    result = PrepareResult(db.describe(), schema.describe())
     # Reading is not a step: it changes nothing and must be current on a re-run.
     with engine.connect() as conn:
         objects = topology.read_topology(conn)
@@ -182,7 +179,7 @@ def _steps(
             # One transaction per resource group: a group is queued whole or not at all.
             try:
                 with engine.begin() as conn:
-                    n = tasks.queue_creates(conn, data_type, group)
+                    n = tasks.queue_creates(conn, schema, data_type, group)
             except sa.exc.DBAPIError as exc:
                 raise neutron_db.translate(exc, db, f"queueing {data_type} tasks") from exc
             return f"{n} queued"

@@ -8,8 +8,9 @@ journaled:
 
 1. restore the ZooKeeper subtree to the backup (see
    :func:`~stackhop.sdn.zookeeper.restore_tree`);
-2. remove the tasks stackhop queued, never lowering the ID counter;
-3. put ``midonet_data_state`` back to its value at backup time;
+2. put ``midonet_data_state`` back to its value at backup time (before the
+   tasks go: its ``last_processed_task_id`` is a foreign key to a task);
+3. remove the tasks stackhop queued, never lowering the ID counter;
 4. revert the config files (with ``--config-root``).
 
 Finally every one of those is read back and compared; any difference is a
@@ -28,7 +29,7 @@ import sqlalchemy as sa
 from stackhop.errors import ConfigError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import Journal
-from stackhop.sdn import backup_file, endpoints, neutron_db, tasks, zookeeper
+from stackhop.sdn import backup_file, counter, endpoints, neutron_db, tasks, zookeeper
 from stackhop.sdn.backup_file import Backup
 from stackhop.sdn.errors import RollbackIncompleteError
 from stackhop.sdn.neutron_db import NeutronDatabase
@@ -47,11 +48,17 @@ class RollbackResult:
     verified: bool = False
 
 
-def _check_database(engine: sa.Engine, db: NeutronDatabase, backup: Backup) -> None:
+def _check_database(
+    engine: sa.Engine, db: NeutronDatabase, backup: Backup, init_file: Path | None
+) -> Path | None:
+    """Privileges and the counter's keeping; the init file to keep it in (None: not needed)."""
+    keep: Path | None = None
     with engine.connect() as conn:
         present = tasks.tables_present(conn)
         if "midonet_tasks" in present:
-            tasks.guard_sequence(conn)
+            version, persistent = counter.server(conn)
+            if not persistent:
+                keep = counter.check_init_file(conn, init_file, version)
     needs: list[tuple[str, str]] = []
     if "midonet_tasks" in present:
         needs += [("SELECT", "midonet_tasks"), ("DELETE", "midonet_tasks")]
@@ -60,24 +67,42 @@ def _check_database(engine: sa.Engine, db: NeutronDatabase, backup: Backup) -> N
     elif backup.neutron and backup.neutron.get("data_state") is not None:
         needs += [("CREATE", "midonet_data_state"), ("INSERT", "midonet_data_state")]
     neutron_db.require_privileges(engine, db, needs, "roll back the importer tasks")
+    return keep
 
 
-def _remove_tasks(engine: sa.Engine, db: NeutronDatabase) -> str:
+def _remove_tasks(
+    engine: sa.Engine, db: NeutronDatabase, keep: Path | None, all_tasks: bool
+) -> str:
     try:
         with engine.begin() as conn:
             if "midonet_tasks" not in tasks.tables_present(conn):
                 return "no task table; highest issued 0"
-            tasks.guard_sequence(conn)
-            deleted, highest = tasks.remove_stackhop_tasks(conn)
+            highest = tasks.highest_issued(conn)
+            if keep is not None:
+                # The hook first: should the delete fail, a higher counter harms nothing.
+                kept = counter.keep_in_init_file(keep, db.name, highest + 1)
+            deleted, highest = tasks.remove_tasks(conn, all_tasks=all_tasks)
     except sa.exc.DBAPIError as exc:
         raise neutron_db.translate(exc, db, "removing the queued tasks") from exc
-    return f"{deleted} removed; highest issued {highest}"
+    except OSError as exc:
+        raise ConfigError(f"cannot write --counter-init-file {keep}: {exc.strerror}") from exc
+    note = f"; {kept}" if keep is not None else ""
+    return f"{deleted} removed; highest issued {highest}{note}"
 
 
-def _restore_state(engine: sa.Engine, db: NeutronDatabase, backup: Backup) -> str:
+def wanted_state(backup: Backup, all_tasks: bool) -> dict[str, Any] | None:
+    """The data state a rollback puts back; with every task gone, no task is processed."""
+    state = (backup.neutron or {}).get("data_state")
+    if state is not None and all_tasks:
+        return {**state, "last_processed_task_id": None}
+    return state  # type: ignore[no-any-return]
+
+
+def _restore_state(engine: sa.Engine, db: NeutronDatabase, backup: Backup,
+                   all_tasks: bool = False) -> str:
     if backup.neutron is None:
         return "not in the backup (taken without --neutron-conf/--neutron-db): left as is"
-    state = backup.neutron.get("data_state")
+    state = wanted_state(backup, all_tasks)
     try:
         with engine.begin() as conn:
             tasks.write_data_state(conn, state)
@@ -89,14 +114,14 @@ def _restore_state(engine: sa.Engine, db: NeutronDatabase, backup: Backup) -> st
 
 
 def _verify(
-    client: Any, engine: sa.Engine, backup: Backup, highest: int
+    client: Any, engine: sa.Engine, backup: Backup, highest: int, all_tasks: bool = False
 ) -> list[str]:
     problems = zookeeper.differences(backup.nodes, zookeeper.read_tree(client, backup.root))
     with engine.connect() as conn:
         if "midonet_tasks" in tasks.tables_present(conn):
             found = tasks.counts(conn)
-            if found.stackhop:
-                problems.append(f"{found.stackhop} queued task(s) remain")
+            if found.stackhop or (all_tasks and found.total):
+                problems.append(f"{found.total if all_tasks else found.stackhop} task(s) remain")
             floor = max(highest, int((backup.neutron or {}).get("highest_task_id") or 0))
             if found.next_id <= floor:
                 problems.append(
@@ -104,7 +129,7 @@ def _verify(
                 )
         if backup.neutron is not None:
             state = tasks.read_data_state(conn)
-            wanted = backup.neutron.get("data_state")
+            wanted = wanted_state(backup, all_tasks)
             if state != wanted:
                 problems.append(f"midonet_data_state is {state}, not {wanted}")
     return problems
@@ -118,16 +143,23 @@ def rollback(
     *,
     config_root: Path | None = None,
     force: bool = False,
+    all_tasks: bool = False,
+    counter_init_file: Path | None = None,
     pre_hook: str | None = None,
     post_hook: str | None = None,
     events: EventSink | None = None,
 ) -> RollbackResult:
-    """Roll the controller back to ``backup_path`` (see the module docstring)."""
+    """Roll the controller back to ``backup_path`` (see the module docstring).
+
+    ``all_tasks`` removes every task, not only stackhop's (the seed's
+    behaviour); ``counter_init_file`` keeps the ID counter on servers that
+    recompute it at restart (see :mod:`stackhop.sdn.counter`).
+    """
     sink = events or NullSink()
     backup = backup_file.read(backup_path)
     engine = neutron_db.connect(db)
     try:
-        _check_database(engine, db, backup)
+        keep = _check_database(engine, db, backup, counter_init_file)
         if config_root is not None:
             if not config_root.is_dir():
                 raise ConfigError(f"--config-root {config_root} is not a directory")
@@ -144,7 +176,8 @@ def rollback(
                 sink,
             )
             try:
-                result = _steps(runner, client, engine, db, backup, config_root, force)
+                result = _steps(runner, client, engine, db, backup, config_root, force,
+                                keep, all_tasks)
                 result.backup = str(backup_path)
             except BaseException:
                 runner.finish("failed")
@@ -174,6 +207,8 @@ def _steps(
     backup: Backup,
     config_root: Path | None,
     force: bool,
+    keep: Path | None = None,
+    all_tasks: bool = False,
 ) -> RollbackResult:
     result = RollbackResult("")
 
@@ -183,13 +218,17 @@ def _steps(
                 f"{report.data_restored} data and {report.acl_restored} ACL restored")
 
     result.steps["zookeeper"] = runner.step("restore zookeeper", restore)
-    removed = runner.step("remove queued tasks", lambda: _remove_tasks(engine, db))
+    # The data state first: its last_processed_task_id is a foreign key to
+    # midonet_tasks.id (migration d8a5c672761), so a processed task of ours
+    # cannot be deleted while the state still points at it.
+    result.steps["data state"] = runner.step(
+        "restore data state", lambda: _restore_state(engine, db, backup, all_tasks)
+    )
+    removed = runner.step("remove queued tasks",
+                          lambda: _remove_tasks(engine, db, keep, all_tasks))
     # The tasks an interrupted prepare had queued are gone: its resume must not skip them.
     close_open_cycle(runner.journal, "prepare", db.key(), runner.run_id, "rolled back")
     result.steps["tasks"] = removed
-    result.steps["data state"] = runner.step(
-        "restore data state", lambda: _restore_state(engine, db, backup)
-    )
     if config_root is not None:
         for name, outcome in revert_steps(config_root, runner, force=force).items():
             result.steps[f"config {name}"] = outcome
@@ -197,7 +236,7 @@ def _steps(
     highest = int(match.group(1)) if match else 0
 
     def verify() -> str:
-        problems = _verify(client, engine, backup, highest)
+        problems = _verify(client, engine, backup, highest, all_tasks)
         if problems:
             # Close the cycle: a re-run redoes every (idempotent) step
             # instead of skipping the ones that did not hold.

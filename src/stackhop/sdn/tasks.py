@@ -4,8 +4,8 @@ The cluster's importer reads ``midonet_tasks`` rows with
 ``id > midonet_data_state.last_processed_task_id`` in ID order, so a task ID
 must never be issued twice: removing tasks must not lower the table's
 ``AUTO_INCREMENT``, and nothing here ever sets a task ID by hand. InnoDB on
-MariaDB >= 10.2.4 and MySQL >= 8.0 keeps the counter across a restart; on an
-engine that would not, :func:`guard_sequence` refuses to remove tasks.
+MariaDB >= 10.2.4 and MySQL >= 8.0 keeps the counter across a restart; on
+older servers :mod:`stackhop.sdn.counter` keeps it through the server's init_file.
 
 Tasks stackhop queues carry a ``transaction_id`` starting with
 :data:`TRANSACTION_PREFIX`, which is how a rollback finds exactly them.
@@ -14,7 +14,6 @@ Tasks stackhop queues carry a ``transaction_id`` starting with
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,47 +21,27 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
 from stackhop.errors import ConfigError
-from stackhop.sdn.topology import DATA_TYPES, NeutronObject
+from stackhop.sdn.topology import NeutronObject
 
-TASK_TYPES: tuple[str, ...] = ("create", "delete", "update", "flush")
+TASK_TYPES: tuple[str, ...] = ("CREATE", "DELETE", "UPDATE", "FLUSH")
+CREATE = "CREATE"
 
 #: 8 characters + 32 hex digits: exactly the 40 characters of the column.
 TRANSACTION_PREFIX = "stackhop"
 
+#: The columns of networking-midonet's string-generation ``midonet_tasks``
+#: (migration 25aeae45d4ad as it stands since 2015-02-26), besides the project column.
+STRING_COLUMNS = frozenset(
+    {"id", "type", "data_type", "data", "resource_id", "transaction_id", "created_at"}
+)
+#: The pre-release integer generation (2014-10 .. 2015-02-26, in no tagged release).
+INTEGER_COLUMNS = frozenset({"type_id", "data_type_id"})
+UPGRADE_HINT = "run `neutron-db-manage --subproject networking-midonet upgrade head` first"
+
 metadata = sa.MetaData()
-
-task_types = sa.Table(
-    "midonet_task_types",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("name", sa.String(50), nullable=False, unique=True),
-    mysql_engine="InnoDB",
-)
-
-data_types = sa.Table(
-    "midonet_data_types",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("name", sa.String(50), nullable=False, unique=True),
-    mysql_engine="InnoDB",
-)
-
-tasks = sa.Table(
-    "midonet_tasks",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("type_id", sa.Integer, sa.ForeignKey("midonet_task_types.id"), nullable=False),
-    sa.Column("data_type_id", sa.Integer, sa.ForeignKey("midonet_data_types.id")),
-    sa.Column("data", sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")),
-    sa.Column("resource_id", sa.String(36)),
-    sa.Column("transaction_id", sa.String(40), nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    mysql_engine="InnoDB",
-)
 
 data_state = sa.Table(
     "midonet_data_state",
@@ -75,8 +54,38 @@ data_state = sa.Table(
     mysql_engine="InnoDB",
 )
 
-TABLES: tuple[str, ...] = tuple(t.name for t in metadata.sorted_tables)
+TABLES: tuple[str, ...] = ("midonet_tasks", "midonet_data_state")
 DATA_STATE_FIELDS = ("last_processed_task_id", "updated_at", "active_version", "readonly")
+
+
+def _table(project_column: str | None) -> sa.TableClause:
+    columns: list[sa.ColumnClause[Any]] = [
+               sa.column("id", sa.Integer), sa.column("type", sa.String),
+               sa.column("data_type", sa.String), sa.column("data", sa.Text),
+               sa.column("resource_id", sa.String), sa.column("transaction_id", sa.String),
+               sa.column("created_at", sa.DateTime)]
+    if project_column:
+        columns.append(sa.column(project_column, sa.String))
+    return sa.table("midonet_tasks", *columns)
+
+
+#: The columns every generation stackhop supports has (queries that need no project column).
+tasks = _table(None)
+
+
+@dataclass(frozen=True)
+class TaskSchema:
+    """The live ``midonet_tasks``: string generation, and its project column's name."""
+
+    project_column: str | None  # tenant_id (2015.1 .. Mitaka), project_id (Newton on)
+
+    @property
+    def table(self) -> sa.TableClause:
+        return _table(self.project_column)
+
+    def describe(self) -> str:
+        column = self.project_column or "no project column"
+        return f"string generation, {column}"
 
 
 def _now() -> datetime:
@@ -89,35 +98,39 @@ def tables_present(conn: Connection) -> set[str]:
     return set(sa.inspect(conn).get_table_names()) & set(TABLES)
 
 
-def ensure_schema(conn: Connection) -> list[str]:
-    """Create the missing task tables and their fixed rows; return the tables created."""
-    present = tables_present(conn)
-    metadata.create_all(conn, checkfirst=True)
-    for table, names in ((task_types, TASK_TYPES), (data_types, DATA_TYPES)):
-        have = {r.name for r in conn.execute(sa.select(table.c.name))}
-        for index, name in enumerate(names, start=1):
-            if name not in have:
-                conn.execute(table.insert().values(id=index, name=name))
-    if conn.execute(sa.select(sa.func.count()).select_from(data_state)).scalar_one() == 0:
-        conn.execute(
-            data_state.insert().values(
-                id=1, last_processed_task_id=0, updated_at=_now(), active_version=1, readonly=False
-            )
+def detect_schema(conn: Connection) -> TaskSchema:
+    """The generation of the live task table, from its columns; a one-line error otherwise.
+
+    Only networking-midonet's string generation is written to; the integer
+    generation (``type_id``/``data_type_id`` with lookup tables) numbered its
+    types differently across commits and was in no release, so it is refused.
+    """
+    database = conn.execute(sa.text("SELECT DATABASE()")).scalar()
+    if "midonet_tasks" not in tables_present(conn):
+        raise ConfigError(
+            f"database {database} has no midonet_tasks table (networking-midonet's "
+            f"migrations create it): {UPGRADE_HINT}"
         )
-    return [t for t in TABLES if t not in present]
-
-
-def _ids(conn: Connection, table: sa.Table) -> dict[str, int]:
-    return {r.name: r.id for r in conn.execute(sa.select(table.c.id, table.c.name))}
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("midonet_tasks")}
+    if columns & INTEGER_COLUMNS:
+        raise ConfigError(
+            f"midonet_tasks in {database} is the pre-release integer generation "
+            f"(type_id/data_type_id), whose numbering MidoNet 5.x cannot read: {UPGRADE_HINT}"
+        )
+    missing = STRING_COLUMNS - columns
+    if missing:
+        raise ConfigError(
+            f"midonet_tasks in {database} lacks column(s) {', '.join(sorted(missing))}; "
+            f"it is not networking-midonet's task table: {UPGRADE_HINT}"
+        )
+    project = next((c for c in ("project_id", "tenant_id") if c in columns), None)
+    return TaskSchema(project)
 
 
 def queued_resource_ids(conn: Connection, data_type: str) -> set[str]:
-    """Resource IDs that already have a create task of ``data_type`` (queued by anyone)."""
-    query = (
-        sa.select(tasks.c.resource_id)
-        .join(task_types, tasks.c.type_id == task_types.c.id)
-        .join(data_types, tasks.c.data_type_id == data_types.c.id)
-        .where(task_types.c.name == "create", data_types.c.name == data_type)
+    """Resource IDs that already have a CREATE task of ``data_type`` (queued by anyone)."""
+    query = sa.select(tasks.c.resource_id).where(
+        tasks.c.type == CREATE, tasks.c.data_type == data_type
     )
     return {r[0] for r in conn.execute(query)}
 
@@ -127,30 +140,38 @@ def new_transaction_id() -> str:
     return TRANSACTION_PREFIX + uuid.uuid4().hex
 
 
-def queue_creates(conn: Connection, data_type: str, objects: Iterable[NeutronObject]) -> int:
-    """Insert one create task per object not yet queued; return how many were inserted.
+def task_data(obj: NeutronObject) -> str:
+    """The ``data`` column of an object's CREATE task: its API representation as JSON."""
+    return json.dumps(dict(obj.data), sort_keys=True, default=str)
 
-    Rows go in one by one in the given order so that IDs follow it; the caller
-    holds one transaction for the whole group.
+
+def queue_creates(
+    conn: Connection, schema: TaskSchema, data_type: str, objects: Iterable[NeutronObject]
+) -> int:
+    """Insert one CREATE task per object not yet queued; return how many were inserted.
+
+    Each object is its own importer transaction (its own ``transaction_id``,
+    as the plugin wrote one per API request). Rows go in one by one in the
+    given order so that IDs follow it; the caller holds one database
+    transaction for the whole group.
     """
     done = queued_resource_ids(conn, data_type)
-    type_id = _ids(conn, task_types)["create"]
-    data_type_id = _ids(conn, data_types)[data_type]
-    transaction_id = new_transaction_id()
+    table = schema.table
     inserted = 0
     for obj in objects:
         if obj.id in done:
             continue
-        conn.execute(
-            tasks.insert().values(
-                type_id=type_id,
-                data_type_id=data_type_id,
-                data=json.dumps(dict(obj.data), sort_keys=True, default=str),
-                resource_id=obj.id,
-                transaction_id=transaction_id,
-                created_at=_now(),
-            )
-        )
+        values: dict[str, Any] = {
+            "type": CREATE,
+            "data_type": data_type,
+            "data": task_data(obj),
+            "resource_id": obj.id,
+            "transaction_id": new_transaction_id(),
+            "created_at": _now(),
+        }
+        if schema.project_column:
+            values[schema.project_column] = obj.project_id
+        conn.execute(table.insert().values(**values))
         inserted += 1
     return inserted
 
@@ -186,11 +207,9 @@ def highest_issued(conn: Connection) -> int:
 def counts(conn: Connection) -> TaskCounts:
     """The task counts of the table (which must exist)."""
     per_type = {
-        name: int(n)
+        str(name): int(n)
         for name, n in conn.execute(
-            sa.select(data_types.c.name, sa.func.count(tasks.c.id))
-            .join(tasks, tasks.c.data_type_id == data_types.c.id)
-            .group_by(data_types.c.name)
+            sa.select(tasks.c.data_type, sa.func.count(tasks.c.id)).group_by(tasks.c.data_type)
         )
     }
     total = conn.execute(sa.select(sa.func.count()).select_from(tasks)).scalar_one()
@@ -201,40 +220,17 @@ def counts(conn: Connection) -> TaskCounts:
     return TaskCounts(int(total), int(ours), per_type, int(highest), _auto_increment(conn))
 
 
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)")
-
-
-def guard_sequence(conn: Connection) -> None:
-    """Refuse to delete tasks where a server restart could hand out a deleted ID again."""
-    version = str(conn.execute(sa.text("SELECT VERSION()")).scalar_one())
-    engine = conn.execute(
-        sa.text(
-            "SELECT engine FROM information_schema.tables "
-            "WHERE table_schema = DATABASE() AND table_name = 'midonet_tasks'"
-        )
-    ).scalar()
-    match = _VERSION.match(version)
-    numbers = tuple(int(x) for x in match.groups()) if match else (0, 0, 0)
-    maria = "mariadb" in version.lower()
-    persistent = numbers >= (10, 2, 4) if maria else numbers >= (8, 0, 0)
-    if str(engine).lower() != "innodb" or not persistent:
-        raise ConfigError(
-            f"midonet_tasks is {engine} on server {version}, which may reset AUTO_INCREMENT "
-            "on restart; removing tasks there could reissue task IDs. Use InnoDB on "
-            "MariaDB >= 10.2.4 or MySQL >= 8.0"
-        )
-
-
-def remove_stackhop_tasks(conn: Connection) -> tuple[int, int]:
-    """Delete the tasks stackhop queued; return (rows deleted, highest ID ever issued).
+def remove_tasks(conn: Connection, *, all_tasks: bool = False) -> tuple[int, int]:
+    """Delete the tasks stackhop queued (``all_tasks``: every task); (rows deleted, highest issued).
 
     The counter is read before the delete and, should it have dropped (it must
     not on a guarded server), set back above every issued ID.
     """
     highest = highest_issued(conn)
-    deleted = conn.execute(
-        tasks.delete().where(tasks.c.transaction_id.startswith(TRANSACTION_PREFIX))
-    ).rowcount
+    delete = tasks.delete()
+    if not all_tasks:
+        delete = delete.where(tasks.c.transaction_id.startswith(TRANSACTION_PREFIX))
+    deleted = conn.execute(delete).rowcount
     if _auto_increment(conn) <= highest:
         conn.execute(sa.text(f"ALTER TABLE midonet_tasks AUTO_INCREMENT = {int(highest) + 1}"))
     return int(deleted), highest
