@@ -374,7 +374,7 @@ def test_up_when_up_restarts_nothing(infra_up: None) -> None:
 def test_every_infra_daemon_answers(infra_up: None) -> None:
     names = {c.name for c in infra.components()}
     assert names == {"mariadb", "rabbitmq", "zookeeper", "ceph-src", "ceph-dst",
-                     "ssh-src", "ssh-dst"}
+                     "ssh-src", "ssh-dst", "slapd", "postgresql"}
     for component in infra.components():
         for d in component.daemons:
             assert d.answers(), f"{d.name} does not answer; see {d.log}"
