@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from stackhop.errors import CapabilityError, ConfigError, IntegrityError, StackhopError
+from stackhop.errors import CapabilityError, ConfigError, IntegrityError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.images.common import JSON_PATCH, import_methods, set_protected
-from stackhop.images.move_store import MovePlan, MoveResult
+from stackhop.images.move_store import MovePlan, MoveResult, run_moves
 from stackhop.images.rbd_store import GlanceRbdStore
 from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal, OperationRecord
 from stackhop.kinds.rest import call
@@ -161,45 +161,7 @@ class LocationMover:
 
     def run(self, images: Sequence[dict[str, Any]], args: dict[str, Any]) -> MoveResult:
         """Move every image of ``images``; failures are journaled and reported, not raised."""
-        run = self.journal.start_run("images move-store --method locations",
-                                     source_cloud=self.cloud, destination_cloud=self.cloud,
-                                     args=args)
-        result = MoveResult(run_id=run.id)
-        lock = threading.Lock()
-        self._emit(EventType.RUN_STARTED, run.id, total=len(images))
-
-        def one(image: dict[str, Any]) -> None:
-            if self.stop.is_set():
-                return
-            label = f"{image.get('name') or ''}/{image['id']}"
-            self._emit(EventType.OPERATION_STARTED, run.id, identity=label, operation="move")
-            try:
-                outcome = self._move(run.id, image["id"])
-            except Exception as exc:
-                message = (exc.message if isinstance(exc, StackhopError)
-                           else f"{type(exc).__name__}: {exc}")
-                self._record_failure(run.id, image["id"], message)
-                with lock:
-                    result.failed[image["id"]] = message
-                self._emit(EventType.OPERATION_FINISHED, run.id, identity=label,
-                           operation="move", outcome="failed", message=message)
-                return
-            with lock:
-                (result.done if outcome == "done" else result.skipped).append(image["id"])
-            self._emit(EventType.OPERATION_FINISHED, run.id, identity=label, operation="move",
-                       outcome=outcome)
-
-        try:
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                list(pool.map(one, images))
-        except KeyboardInterrupt:
-            self.stop.set()
-            raise
-        result.outcome = "failed" if result.failed else "succeeded"
-        self.journal.finish_run(run.id, result.outcome)
-        self._emit(EventType.RUN_FINISHED, run.id, outcome=result.outcome,
-                   detail=result.as_dict())
-        return result
+        return run_moves(self, "images move-store --method locations", images, args)
 
     # -- one image -------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from stackhop.errors import CapabilityError, ConfigError, IntegrityError, StackhopError
 from stackhop.events import Event, EventSink, EventType, NullSink
@@ -127,6 +127,64 @@ def check_cloud(
         )
 
 
+class Mover(Protocol):
+    """What :func:`run_moves` needs of a mover (:class:`StoreMover`, the locations mover)."""
+
+    journal: Journal
+    cloud: str
+    workers: int
+    stop: threading.Event
+
+    def _move(self, run_id: str, image_id: str) -> str: ...
+
+    def _record_failure(self, run_id: str, image_id: str, message: str) -> None: ...
+
+    def _emit(self, type_: EventType, run_id: str | None, **fields: Any) -> None: ...
+
+
+def run_moves(
+    mover: Mover, command: str, images: Sequence[dict[str, Any]], args: dict[str, Any]
+) -> MoveResult:
+    """One journaled run moving every image of ``images``; failures are recorded, not raised."""
+    run = mover.journal.start_run(command, source_cloud=mover.cloud,
+                                  destination_cloud=mover.cloud, args=args)
+    result = MoveResult(run_id=run.id)
+    lock = threading.Lock()
+    mover._emit(EventType.RUN_STARTED, run.id, total=len(images))
+
+    def one(image: dict[str, Any]) -> None:
+        if mover.stop.is_set():
+            return
+        label = f"{image.get('name') or ''}/{image['id']}"
+        mover._emit(EventType.OPERATION_STARTED, run.id, identity=label, operation="move")
+        try:
+            outcome = mover._move(run.id, image["id"])
+        except Exception as exc:
+            message = (exc.message if isinstance(exc, StackhopError)
+                       else f"{type(exc).__name__}: {exc}")
+            mover._record_failure(run.id, image["id"], message)
+            with lock:
+                result.failed[image["id"]] = message
+            mover._emit(EventType.OPERATION_FINISHED, run.id, identity=label,
+                        operation="move", outcome="failed", message=message)
+            return
+        with lock:
+            (result.done if outcome == "done" else result.skipped).append(image["id"])
+        mover._emit(EventType.OPERATION_FINISHED, run.id, identity=label, operation="move",
+                    outcome=outcome)
+
+    try:
+        with ThreadPoolExecutor(max_workers=mover.workers) as pool:
+            list(pool.map(one, images))
+    except KeyboardInterrupt:
+        mover.stop.set()
+        raise
+    result.outcome = "failed" if result.failed else "succeeded"
+    mover.journal.finish_run(run.id, result.outcome)
+    mover._emit(EventType.RUN_FINISHED, run.id, outcome=result.outcome, detail=result.as_dict())
+    return result
+
+
 @dataclass
 class StoreMover:
     """Moves images between two stores of one cloud (``service`` is ``conn.image``)."""
@@ -151,44 +209,7 @@ class StoreMover:
 
     def run(self, images: Sequence[dict[str, Any]], args: dict[str, Any]) -> MoveResult:
         """Move every image of ``images`` (Glance JSON); failures are recorded, not raised."""
-        run = self.journal.start_run("images move-store", source_cloud=self.cloud,
-                                     destination_cloud=self.cloud, args=args)
-        result = MoveResult(run_id=run.id)
-        lock = threading.Lock()
-        self._emit(EventType.RUN_STARTED, run.id, total=len(images))
-
-        def one(image: dict[str, Any]) -> None:
-            if self.stop.is_set():
-                return
-            label = f"{image.get('name') or ''}/{image['id']}"
-            self._emit(EventType.OPERATION_STARTED, run.id, identity=label, operation="move")
-            try:
-                outcome = self._move(run.id, image["id"])
-            except Exception as exc:
-                message = (exc.message if isinstance(exc, StackhopError)
-                           else f"{type(exc).__name__}: {exc}")
-                self._record_failure(run.id, image["id"], message)
-                with lock:
-                    result.failed[image["id"]] = message
-                self._emit(EventType.OPERATION_FINISHED, run.id, identity=label,
-                           operation="move", outcome="failed", message=message)
-                return
-            with lock:
-                (result.done if outcome == "done" else result.skipped).append(image["id"])
-            self._emit(EventType.OPERATION_FINISHED, run.id, identity=label, operation="move",
-                       outcome=outcome)
-
-        try:
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                list(pool.map(one, images))
-        except KeyboardInterrupt:
-            self.stop.set()
-            raise
-        result.outcome = "failed" if result.failed else "succeeded"
-        self.journal.finish_run(run.id, result.outcome)
-        self._emit(EventType.RUN_FINISHED, run.id, outcome=result.outcome,
-                   detail=result.as_dict())
-        return result
+        return run_moves(self, "images move-store", images, args)
 
     # -- one image -------------------------------------------------------------
 
