@@ -3,7 +3,7 @@ PY := .venv/bin/python
 TESTBED := $(PY) -m testbed
 export PYTHONWARNINGS := ignore
 
-.PHONY: setup demo test unit functional lint bench testbed-up testbed-down testbed-status testbed-seed
+.PHONY: setup demo test test-long unit functional lint bench testbed-up testbed-down testbed-status testbed-seed
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,10 @@ demo: testbed-seed
 
 test: testbed-seed
 	$(PY) -m pytest -ra tests
+
+# Long trials (marked `long`): their short forms are in `make test`.
+test-long: testbed-seed
+	$(PY) -m pytest -ra -m long tests
 
 unit: setup
 	$(PY) -m pytest -ra tests/unit

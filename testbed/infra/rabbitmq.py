@@ -179,6 +179,11 @@ def _server_answers() -> bool:
 
 
 def _vhosts_exist() -> bool:
+    # rabbitmqctl against a node that is down starts an `epmd -daemon` of its
+    # own on EPMD_PORT (whatever -start_epmd says), which then keeps our epmd
+    # from binding at the next `up`: ask only a broker that answers.
+    if not _server_answers():
+        return False
     listed = set(rabbitmqctl("list_vhosts", "--quiet", "--no-table-headers").split())
     return set(VHOSTS) <= listed
 
