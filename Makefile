@@ -24,7 +24,7 @@ demo: testbed-seed
 	@bash scripts/demo.sh
 
 test: testbed-seed
-	$(PY) -m pytest -ra tests
+	$(PY) -m pytest -ra --durations=25 tests
 
 # Long trials (marked `long`): their short forms are in `make test`.
 test-long: testbed-seed

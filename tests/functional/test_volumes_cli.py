@@ -293,6 +293,9 @@ def test_stream_method_with_two_workers_then_an_incremental_pass(
     assert len(box.volumes("dst")) == 2
 
 
+# A long trial (make test-long): two volumes through a chain of three passes. Its short form in
+# make test: test_volumes_rbd.py's test_full_then_incremental_copy_is_adopted_verified_...
+@pytest.mark.long
 def test_rbd_method_incremental_chain_ended_by_a_final_pass(
     cli: Callable[..., CliResult], box: Sandbox, tmp_path: Path
 ) -> None:
