@@ -45,6 +45,12 @@ PLUGIN_INI = (
 MIDONETRC = b"[cli]\napi_url: http://localhost:8080/midonet-api\nusername=admin\n"
 
 
+@pytest.fixture(autouse=True)
+def no_home_midonetrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The switch also rewrites the operator's ~/.midonetrc: never the real one in tests."""
+    monkeypatch.setenv("STACKHOP_MIDONETRC", str(tmp_path / "no-home-midonetrc"))
+
+
 @pytest.fixture(scope="module")
 def neutron_topology(testbed: Any) -> Iterator[NeutronTopology]:
     prefix = f"sdnt-{uuid.uuid4().hex[:8]}"
