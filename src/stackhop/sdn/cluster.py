@@ -67,7 +67,7 @@ class ClusterCommandError(StackhopError):
 class ClusterResult:
     """What the step did (or, with ``dry_run``, would do), step by step."""
 
-    data_dir: str
+    target: str  # the data directory, or the restart command
     steps: dict[str, str] = field(default_factory=dict)
     dry_run: bool = False
 
@@ -256,7 +256,7 @@ def revert_settings(data_dir: Path, journal: Journal, *, dry_run: bool = False,
 def restart_neutron(command: str, journal: Journal, *, dry_run: bool = False,
                     events: EventSink | None = None) -> ClusterResult:
     """Run the neutron-server restart command as one journaled step."""
-    result = ClusterResult("", dry_run=dry_run)
+    result = ClusterResult(command, dry_run=dry_run)
     if dry_run:
         result.steps["restart neutron-server"] = f"would run {command!r}"
         return result
