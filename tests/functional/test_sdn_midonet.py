@@ -45,6 +45,12 @@ PLUGIN_INI = (
 MIDONETRC = b"[cli]\napi_url: http://localhost:8080/midonet-api\nusername=admin\n"
 
 
+@pytest.fixture(autouse=True)
+def no_home_midonetrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The switch also rewrites the operator's ~/.midonetrc: never the real one in tests."""
+    monkeypatch.setenv("STACKHOP_MIDONETRC", str(tmp_path / "no-home-midonetrc"))
+
+
 @pytest.fixture(scope="module")
 def neutron_topology(testbed: Any) -> Iterator[NeutronTopology]:
     prefix = f"sdnt-{uuid.uuid4().hex[:8]}"
@@ -591,7 +597,10 @@ def test_zookeeper_address_found_in_midonet_conf(
     line = one_line_error(sdn(cli, journal, "backup", "--root", zk_root, "-o", str(backup)), 3)
     assert str(conf) in line and "zookeeper_hosts" in line
     assert not backup.exists()
-    conf.write_text(f"[midolman]\nx = 1\n\n[zookeeper]\nzookeeper_hosts = {ZK}\n")
-    made = sdn(cli, journal, "backup", "--root", zk_root, "-o", str(backup), "-f", "json")
+    # root_key names the topology's path as the legacy nodes have it: --root may go too.
+    conf.write_text(f"[midolman]\nx = 1\n\n[zookeeper]\nzookeeper_hosts = {ZK}\n"
+                    f"root_key = {zk_root}\n")
+    made = sdn(cli, journal, "backup", "-o", str(backup), "-f", "json")
     assert made.code == 0, made.err
     assert backup_file.read(backup).zookeeper == ZK
+    assert backup_file.read(backup).root == zk_root

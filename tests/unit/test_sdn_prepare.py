@@ -80,3 +80,26 @@ def test_zookeeper_address_from_the_midonet_files(
     assert zk_address.resolve(None) == "192.0.2.7:2181"
     conf.write_text("[zookeeper]\nzookeeper_hosts = 127.0.0.1:2181,127.0.0.2:2181\n")
     assert zk_address.resolve(None) == "127.0.0.1:2181,127.0.0.2:2181"
+
+
+def test_zookeeper_root_from_root_key_of_the_midonet_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stackhop.sdn import zk_address
+
+    conf, rc = tmp_path / "midonet.conf", tmp_path / ".midonetrc"
+    monkeypatch.setenv(zk_address.CONF_ENV, str(conf))
+    monkeypatch.setenv(zk_address.RC_ENV, str(rc))
+    assert zk_address.resolve_root(None) == "/midonet"
+    rc.write_text("[zookeeper]\nroot_key = /midonet/v2\n")
+    assert zk_address.resolve_root(None) == "/midonet/v2"
+    conf.write_text("[zookeeper]\nzookeeper_hosts = 127.0.0.1:2181\nroot_key = /midonet/v1\n")
+    assert zk_address.resolve_root(None) == "/midonet/v1"
+    assert zk_address.resolve_root("/other") == "/other"
+
+
+def test_the_normal_mode_settings_turn_the_importer_off() -> None:
+    from stackhop.sdn.prepare import normal_settings_text
+
+    lines = [ln for ln in normal_settings_text().splitlines() if not ln.startswith("#")]
+    assert lines == ["cluster.neutron_importer.enabled : false"]

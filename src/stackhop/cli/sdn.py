@@ -16,14 +16,17 @@ from typing import Any
 from stackhop.cli.output import add_format_options, plain, render_one
 from stackhop.errors import ConfigError
 from stackhop.journal import Journal
-from stackhop.sdn import endpoints, neutron_db, zk_address
+from stackhop.sdn import cluster, endpoints, neutron_db, zk_address
 from stackhop.sdn.backup import take_backup
 from stackhop.sdn.prepare import prepare
+from stackhop.sdn.recreate import recreate
 from stackhop.sdn.rollback import rollback
 from stackhop.sdn.status import collect_status
 from stackhop.sdn.switch import revert, switch
 
-DEFAULT_ROOT = "/midonet"
+DEFAULT_ROOT = zk_address.DEFAULT_ROOT
+ROOT_HELP = ("the topology's ZooKeeper subtree (default: [zookeeper] root_key of "
+             f"/etc/midonet/midonet.conf or ~/.midonetrc, else {DEFAULT_ROOT})")
 
 Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
 
@@ -48,8 +51,13 @@ def _zk_option(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--zk", metavar="HOST:PORT",
                         help="ZooKeeper of the MidoNet cluster (default: [zookeeper] "
                         "zookeeper_hosts of /etc/midonet/midonet.conf, then ~/.midonetrc)")
-    parser.add_argument("--root", default=DEFAULT_ROOT, metavar="PATH",
-                        help=f"the topology's ZooKeeper subtree (default: {DEFAULT_ROOT})")
+    parser.add_argument("--root", metavar="PATH", help=ROOT_HELP)
+
+
+def _dry_run_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check everything and show what each step would change; "
+                        "change nothing")
 
 
 def register(subparsers: Subparsers) -> None:
@@ -60,7 +68,9 @@ def register(subparsers: Subparsers) -> None:
                                      required=True)
     midonet = controllers.add_parser(
         "midonet", help="MidoNet: legacy ZooKeeper topology -> Neutron importer",
-        description="Steps, in order: prepare, backup, switch-endpoints; rollback undoes them.",
+        description="Steps, in order: prepare, backup, apply-settings, switch-endpoints, "
+        "restart-neutron, (the import), recreate-controller-objects, apply-settings --mode "
+        "normal; rollback undoes them. Every step takes --dry-run.",
     )
     steps = midonet.add_subparsers(title="steps", dest="step", metavar="STEP", required=True)
 
@@ -73,9 +83,9 @@ def register(subparsers: Subparsers) -> None:
                    help="where mn-conf.settings and controller-objects/ are written")
     p.add_argument("--zk", metavar="HOST:PORT",
                    help="ZooKeeper, to export controller objects that are not Neutron's")
-    p.add_argument("--root", default=DEFAULT_ROOT, metavar="PATH",
-                   help=f"the topology's ZooKeeper subtree (default: {DEFAULT_ROOT})")
+    p.add_argument("--root", metavar="PATH", help=ROOT_HELP)
     _hook_options(p)
+    _dry_run_option(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=_prepare)
 
@@ -88,14 +98,19 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing backup file")
     _neutron_options(p, required=False)
     _hook_options(p)
+    _dry_run_option(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=_backup)
 
     p = steps.add_parser("switch-endpoints", help="point the config files at the new API port",
                          description="Rewrite the MidoNet API URL in etc/neutron/plugin.ini "
-                         "and .midonetrc under --config-root, keeping byte-exact backups; "
-                         "--revert restores them.")
+                         "and .midonetrc under --config-root and in the operator's "
+                         "~/.midonetrc, keeping byte-exact backups (links stay links; owner, "
+                         "group and mode kept); --revert restores them.")
     p.add_argument("--config-root", required=True, type=Path, metavar="DIR")
+    p.add_argument("--midonetrc", type=Path, metavar="FILE",
+                   help="the operator's midonetrc (default: $STACKHOP_MIDONETRC or "
+                   "~/.midonetrc; switched when it has [cli] api_url)")
     p.add_argument("--port", type=int, default=endpoints.DEFAULT_PORT,
                    help=f"the new API port (default: {endpoints.DEFAULT_PORT})")
     p.add_argument("--backup", type=Path, metavar="FILE",
@@ -104,8 +119,53 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--force", action="store_true",
                    help="with --revert: overwrite files edited since the switch")
     _hook_options(p)
+    _dry_run_option(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=_switch)
+
+    p = steps.add_parser("apply-settings", help="apply the importer (or normal-mode) settings",
+                         description="Save the cluster configuration (dump command) once, "
+                         "then feed DATA_DIR/mn-conf.settings (--mode importer) or "
+                         "mn-conf.normal.settings (--mode normal) to the set command; "
+                         "--revert restores the saved configuration and checks it byte for "
+                         "byte.")
+    p.add_argument("--data-dir", required=True, type=Path, metavar="DIR",
+                   help="the data directory of prepare")
+    p.add_argument("--mode", choices=sorted(cluster.MODES), default="importer")
+    p.add_argument("--set-command", default=cluster.SET_COMMAND, metavar="CMD",
+                   help=f"reads settings on stdin (default: {cluster.SET_COMMAND!r})")
+    p.add_argument("--dump-command", default=cluster.DUMP_COMMAND, metavar="CMD",
+                   help=f"prints the configuration (default: {cluster.DUMP_COMMAND!r})")
+    p.add_argument("--restore-command", default=cluster.RESTORE_COMMAND, metavar="CMD",
+                   help="replaces the configuration with what it reads on stdin "
+                   f"(default: {cluster.RESTORE_COMMAND!r})")
+    p.add_argument("--revert", action="store_true",
+                   help="restore the configuration saved before the first settings")
+    _dry_run_option(p)
+    add_format_options(p, columns=False)
+    p.set_defaults(func=_apply_settings)
+
+    p = steps.add_parser("restart-neutron", help="restart neutron-server (journaled)",
+                         description="Run the neutron-server restart command as a journaled "
+                         "step (after switch-endpoints).")
+    p.add_argument("--command", dest="restart_command", default=cluster.RESTART_COMMAND,
+                   metavar="CMD", help=f"default: {cluster.RESTART_COMMAND!r}")
+    _dry_run_option(p)
+    add_format_options(p, columns=False)
+    p.set_defaults(func=_restart)
+
+    p = steps.add_parser("recreate-controller-objects",
+                         help="write back the controller objects prepare saved",
+                         description="After the import: write the saved tunnel zones, hosts' "
+                         "memberships and operator-made chains back into ZooKeeper; "
+                         "idempotent, one multi-op per object.")
+    _zk_option(p, required=False)
+    p.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
+    p.add_argument("--force", action="store_true",
+                   help="set the saved data on nodes that exist with other data")
+    _dry_run_option(p)
+    add_format_options(p, columns=False)
+    p.set_defaults(func=_recreate)
 
     p = steps.add_parser("rollback", help="restore ZooKeeper, remove queued tasks, revert config",
                          description="Restore the ZooKeeper subtree exactly, remove the queued "
@@ -124,7 +184,12 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--counter-init-file", type=Path, metavar="FILE",
                    help="on MySQL < 8.0 / MariaDB < 10.2.4: the server's init_file, where "
                    "the task ID counter is raised at every start")
+    p.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help="also restore the cluster configuration apply-settings saved there")
+    p.add_argument("--restart-command", metavar="CMD",
+                   help="restart neutron-server after the endpoints are reverted")
     _hook_options(p)
+    _dry_run_option(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=_rollback)
 
@@ -157,6 +222,10 @@ def _file_errors() -> Iterator[None]:
 
 def _with_journal(args: argparse.Namespace, work: Any) -> Any:
     # Progress events go to args.events, which main() renders on stderr.
+    if getattr(args, "dry_run", False):
+        # A dry run writes nothing, not even a journal file: the steps never reach it.
+        with _file_errors():
+            return work(None)
     with _file_errors(), Journal(args.journal) as journal:
         return work(journal)
 
@@ -170,15 +239,17 @@ def _optional_db(args: argparse.Namespace) -> neutron_db.NeutronDatabase | None:
 def _prepare(args: argparse.Namespace) -> int:
     db = neutron_db.resolve(args.neutron_conf, args.neutron_db)
     result = _with_journal(args, lambda journal: prepare(
-        db, args.data_dir, journal, zk=args.zk, zk_root=args.root,
-        pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
+        db, args.data_dir, journal, zk=args.zk, zk_root=zk_address.resolve_root(args.root),
+        pre_hook=args.pre_hook, post_hook=args.post_hook, dry_run=args.dry_run,
+        events=args.events))
     return _show(args, result, "Prepared")
 
 
 def _backup(args: argparse.Namespace) -> int:
     db = _optional_db(args)
     result = _with_journal(args, lambda journal: take_backup(
-        zk_address.resolve(args.zk), args.root, args.output, journal, db=db, force=args.force,
+        zk_address.resolve(args.zk), zk_address.resolve_root(args.root), args.output, journal,
+        db=db, force=args.force, dry_run=args.dry_run,
         pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
     return _show(args, result, "Backup")
 
@@ -186,11 +257,12 @@ def _backup(args: argparse.Namespace) -> int:
 def _switch(args: argparse.Namespace) -> int:
     if args.revert:
         result = _with_journal(args, lambda journal: revert(
-            args.config_root, journal, force=args.force,
+            args.config_root, journal, force=args.force, dry_run=args.dry_run,
             pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
     else:
         result = _with_journal(args, lambda journal: switch(
             args.config_root, args.port, journal, backup=args.backup,
+            midonetrc=args.midonetrc or endpoints.home_midonetrc(), dry_run=args.dry_run,
             pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
     return _show(args, result, "Endpoints")
 
@@ -201,8 +273,34 @@ def _rollback(args: argparse.Namespace) -> int:
         zk_address.resolve(args.zk), args.backup, db, journal, config_root=args.config_root,
         force=args.force,
         all_tasks=args.all_tasks, counter_init_file=args.counter_init_file,
+        data_dir=args.data_dir, restart_command=args.restart_command, dry_run=args.dry_run,
         pre_hook=args.pre_hook, post_hook=args.post_hook, events=args.events))
     return _show(args, result, "Rollback")
+
+
+def _apply_settings(args: argparse.Namespace) -> int:
+    if args.revert:
+        result = _with_journal(args, lambda journal: cluster.revert_settings(
+            args.data_dir, journal, dry_run=args.dry_run, events=args.events))
+    else:
+        result = _with_journal(args, lambda journal: cluster.apply_settings(
+            args.data_dir, args.mode, journal, set_command=args.set_command,
+            dump_command=args.dump_command, restore_command=args.restore_command,
+            dry_run=args.dry_run, events=args.events))
+    return _show(args, result, "Cluster settings")
+
+
+def _restart(args: argparse.Namespace) -> int:
+    result = _with_journal(args, lambda journal: cluster.restart_neutron(
+        args.restart_command, journal, dry_run=args.dry_run, events=args.events))
+    return _show(args, result, "neutron-server")
+
+
+def _recreate(args: argparse.Namespace) -> int:
+    result = _with_journal(args, lambda journal: recreate(
+        zk_address.resolve(args.zk), args.data_dir, journal, root=args.root, force=args.force,
+        dry_run=args.dry_run, events=args.events))
+    return _show(args, result, "Controller objects")
 
 
 def _status(args: argparse.Namespace) -> int:

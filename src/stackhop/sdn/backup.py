@@ -31,6 +31,7 @@ class BackupResult:
     ephemeral_nodes: int
     sha256: str
     neutron_state: str
+    dry_run: bool = False
 
 
 def neutron_snapshot(db: NeutronDatabase) -> dict[str, Any]:
@@ -62,6 +63,7 @@ def take_backup(
     *,
     db: NeutronDatabase | None = None,
     force: bool = False,
+    dry_run: bool = False,
     pre_hook: str | None = None,
     post_hook: str | None = None,
     events: EventSink | None = None,
@@ -75,6 +77,13 @@ def take_backup(
     with zookeeper.connect(zk) as client:
         if not client.exists(root):
             raise ConflictError(f"ZooKeeper at {zk} has no node {root}; check --root")
+        if dry_run:
+            tree = zookeeper.read_tree(client, root)
+            return BackupResult(
+                file=f"would write {output}", root=root, nodes=len(tree),
+                ephemeral_nodes=sum(1 for n in tree.values() if n.ephemeral), sha256="",
+                neutron_state="would be recorded" if neutron is not None else "not recorded",
+                dry_run=True)
         run_hook(pre_hook, which="pre", step="backup", changed=False, events=sink)
         runner = StepRunner(journal, "backup", str(output.resolve()), {"zk": zk, "root": root},
                             sink)

@@ -5,6 +5,11 @@ Files, relative to the config root, and the key holding the API URL:
 * ``etc/neutron/plugin.ini``: ``[MIDONET] midonet_uri``
 * ``.midonetrc``: ``[cli] api_url``
 
+plus the operator's own ``~/.midonetrc`` (``[cli] api_url``; path
+overridable with ``STACKHOP_MIDONETRC`` or ``--midonetrc``), kept in the
+manifest under its absolute path. A file that is a symbolic link stays one:
+the link's target is rewritten, and its owner, group and mode are kept.
+
 A switch changes only the port of that URL, on that one line: every other
 byte of the file stays. Before the first byte changes, each file is copied to
 ``.stackhop-sdn/endpoints/<name>.orig`` under the root and a ``manifest.json``
@@ -28,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from stackhop.errors import ConfigError, UsageError
 from stackhop.sdn.errors import ConfigEditedError
+from stackhop.sdn.zk_address import RC_ENV
 
 #: (path relative to the config root, section, key) of every endpoint stackhop rewrites.
 ENDPOINT_FILES: tuple[tuple[str, str, str], ...] = (
@@ -98,29 +104,79 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    temp = path.with_name(f".{path.name}.stackhop-tmp")
+def _write_atomically(
+    path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None
+) -> None:
+    """Replace ``path``'s content; a symbolic link stays a link (its target is replaced)."""
+    target = Path(os.path.realpath(path))
+    temp = target.with_name(f".{target.name}.stackhop-tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode & 0o7777)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    if owner is not None and (os.stat(temp).st_uid, os.stat(temp).st_gid) != owner:
+        os.chown(temp, *owner)
     os.chmod(temp, mode & 0o7777)
-    os.replace(temp, path)
+    os.replace(temp, target)
 
 
-def present_files(root: Path) -> list[tuple[str, str, str]]:
-    """The endpoint files that exist under ``root``; ConfigError when none does."""
+def file_identity(path: Path) -> dict[str, Any]:
+    """What a revert must keep besides the bytes: mode, owner, group, link target."""
+    st = path.stat()
+    return {
+        "mode": st.st_mode & 0o7777,
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "link": os.readlink(path) if path.is_symlink() else None,
+    }
+
+
+def _owner(entry: dict[str, Any]) -> tuple[int, int] | None:
+    return (entry["uid"], entry["gid"]) if "uid" in entry else None
+
+
+def identity_differences(path: Path, entry: dict[str, Any]) -> list[str]:
+    """The ways ``path`` differs from the manifest's mode/owner/group/link (empty: none)."""
+    now = file_identity(path)
+    return [f"{name}" for name in ("link", "uid", "gid", "mode")
+            if name in entry and now[name] != entry[name]]
+
+
+def home_midonetrc() -> Path:
+    """The operator's ``~/.midonetrc`` (``STACKHOP_MIDONETRC`` overrides it)."""
+    return Path(os.environ.get(RC_ENV) or Path.home() / ".midonetrc")
+
+
+def _has_key(path: Path, section: str, key: str) -> bool:
+    try:
+        rewrite_endpoint(path.read_bytes(), section, key, DEFAULT_PORT, str(path))
+    except ConfigError:
+        return False
+    return True
+
+
+def present_files(root: Path, midonetrc: Path | None = None) -> list[tuple[str, str, str]]:
+    """The endpoint files that exist, keyed by path under ``root`` or absolute path.
+
+    ``midonetrc`` (the operator's own file) counts only when it holds
+    ``[cli] api_url`` (it may hold nothing but the ZooKeeper address) and is
+    not one of the files under ``root``. ConfigError when no file is found.
+    """
     if not root.is_dir():
         raise ConfigError(f"--config-root {root} is not a directory")
     found = [entry for entry in ENDPOINT_FILES if (root / entry[0]).is_file()]
+    seen = {os.path.realpath(root / e[0]) for e in found}
+    if (midonetrc is not None and midonetrc.is_file()
+            and os.path.realpath(midonetrc) not in seen and _has_key(midonetrc, "cli", "api_url")):
+        found.append((str(midonetrc.absolute()), "cli", "api_url"))
     if not found:
         names = " or ".join(e[0] for e in ENDPOINT_FILES)
         raise ConfigError(f"no {names} under --config-root {root}")
     return found
 
 
-def plan_switch(root: Path, port: int) -> dict[str, Any]:
+def plan_switch(root: Path, port: int, midonetrc: Path | None = None) -> dict[str, Any]:
     """The manifest of a switch of ``root`` to ``port``, computed without writing anything.
 
     With a switch already under way (a manifest exists) its manifest is
@@ -137,14 +193,14 @@ def plan_switch(root: Path, port: int) -> dict[str, Any]:
             )
         return existing
     files: dict[str, Any] = {}
-    for relative, section, key in present_files(root):
-        path = root / relative
+    for relative, section, key in present_files(root, midonetrc):
+        path = root / relative  # an absolute key (the operator's ~/.midonetrc) stays itself
         original = path.read_bytes()
         switched = rewrite_endpoint(original, section, key, port, str(path))
         files[relative] = {
             "original_sha256": sha256(original),
             "switched_sha256": sha256(switched),
-            "mode": path.stat().st_mode & 0o7777,
+            **file_identity(path),
             "section": section,
             "key": key,
         }
@@ -164,7 +220,7 @@ def save_backups(root: Path, manifest: dict[str, Any]) -> str:
         data = source.read_bytes()
         if sha256(data) != entry["original_sha256"]:
             raise ConfigEditedError(path=str(source), action="switch")
-        _write_atomically(backup_dir / _backup_name(relative), data, entry["mode"])
+        _write_atomically(backup_dir / _backup_name(relative), data, 0o600)
     _write_atomically(_manifest_path(root), json.dumps(manifest, indent=2).encode(), 0o600)
     return f"in {backup_dir}"
 
@@ -183,7 +239,7 @@ def switch_file(root: Path, relative: str, entry: dict[str, Any], port: int) -> 
     if digest != entry["original_sha256"]:
         raise ConfigEditedError(path=str(path), action="switch")
     new = rewrite_endpoint(current, entry["section"], entry["key"], port, str(path))
-    _write_atomically(path, new, entry["mode"])
+    _write_atomically(path, new, entry["mode"], _owner(entry))
     return "switched"
 
 
@@ -199,7 +255,11 @@ def revert_file(root: Path, relative: str, entry: dict[str, Any], force: bool) -
         return "already original"
     if current is not None and sha256(current) != entry["switched_sha256"] and not force:
         raise ConfigEditedError(path=str(path), action="revert")
-    _write_atomically(path, original, entry["mode"])
+    if entry.get("link") and not path.is_symlink():
+        # The file was a link: put the link back, then its target's content.
+        path.unlink(missing_ok=True)
+        os.symlink(entry["link"], path)
+    _write_atomically(path, original, entry["mode"], _owner(entry))
     return "reverted"
 
 
@@ -229,8 +289,8 @@ def reverted_correctly(root: Path, manifest: dict[str, Any]) -> list[str]:
         path = root / relative
         if not path.is_file() or sha256(path.read_bytes()) != entry["original_sha256"]:
             wrong.append(f"{relative} content")
-        elif path.stat().st_mode & 0o7777 != entry["mode"]:
-            wrong.append(f"{relative} mode")
+        else:
+            wrong += [f"{relative} {what}" for what in identity_differences(path, entry)]
     return wrong
 
 

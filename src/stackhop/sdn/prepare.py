@@ -28,6 +28,7 @@ from stackhop.sdn.neutron_db import NeutronDatabase
 from stackhop.sdn.steps import StepRunner, run_hook
 
 SETTINGS_FILE = "mn-conf.settings"
+NORMAL_SETTINGS_FILE = "mn-conf.normal.settings"
 CONTROLLER_DIR = "controller-objects"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -42,6 +43,7 @@ class PrepareResult:
     objects: dict[str, int] = field(default_factory=dict)
     settings_file: str = ""
     controller_objects: str = "not exported (no --zk)"
+    dry_run: bool = False
 
 
 def settings_text(db: NeutronDatabase) -> str:
@@ -56,6 +58,15 @@ def settings_text(db: NeutronDatabase) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def normal_settings_text() -> str:
+    """The cluster settings turning the importer off again (normal mode, after the import)."""
+    return (
+        "# MidoNet cluster settings: back to normal mode after the import, written by stackhop.\n"
+        f"# Apply with: mn-conf set -t default < {NORMAL_SETTINGS_FILE}\n"
+        "cluster.neutron_importer.enabled : false\n"
+    )
 
 
 def write_private(path: Path, text: str) -> None:
@@ -121,9 +132,14 @@ def prepare(
     zk_root: str = "/midonet",
     pre_hook: str | None = None,
     post_hook: str | None = None,
+    dry_run: bool = False,
     events: EventSink | None = None,
 ) -> PrepareResult:
-    """Run ``prepare`` (see the module docstring); checks everything it needs first."""
+    """Run ``prepare`` (see the module docstring); checks everything it needs first.
+
+    ``dry_run``: the same checks and reads, then what each step would queue
+    or write; nothing is written (no task, no file, no directory, no journal).
+    """
     sink = events or NullSink()
     root = zookeeper.normalise_root(zk_root)
     if data_dir.exists() and not data_dir.is_dir():
@@ -140,6 +156,8 @@ def prepare(
         if zk:
             with zookeeper.connect(zk) as client:
                 tree = zookeeper.read_tree(client, root)
+        if dry_run:
+            return _would_prepare(engine, db, schema, data_dir, tree, root)
         data_dir.mkdir(parents=True, exist_ok=True)
 
         run_hook(pre_hook, which="pre", step="prepare", changed=False, events=sink)
@@ -155,6 +173,32 @@ def prepare(
         return result
     finally:
         engine.dispose()
+
+
+def _would_prepare(
+    engine: sa.Engine,
+    db: NeutronDatabase,
+    schema: tasks.TaskSchema,
+    data_dir: Path,
+    tree: dict[str, zookeeper.Node] | None,
+    root: str,
+) -> PrepareResult:
+    result = PrepareResult(db.describe(), schema.describe(), dry_run=True)
+    with engine.connect() as conn:
+        objects = topology.read_topology(conn)
+        for data_type in topology.DATA_TYPES:
+            group = objects[data_type]
+            result.objects[data_type] = len(group)
+            queued = tasks.queued_resource_ids(conn, data_type)
+            missing = sum(1 for obj in group if obj.id not in queued)
+            result.queued[data_type] = f"would queue {missing}"
+    result.settings_file = (f"would write {data_dir / SETTINGS_FILE} and "
+                            f"{data_dir / NORMAL_SETTINGS_FILE} (0600)")
+    if tree is not None:
+        extra = controller_objects(tree, root, topology.neutron_ids(objects))
+        result.controller_objects = (f"would write {len(extra)} object(s) to "
+                                     f"{data_dir / CONTROLLER_DIR}")
+    return result
 
 
 def _steps(
@@ -190,6 +234,7 @@ def _steps(
 
     def write_settings() -> str:
         write_private(settings, settings_text(db))
+        write_private(data_dir / NORMAL_SETTINGS_FILE, normal_settings_text())
         return str(settings)
 
     result.settings_file = runner.step("importer settings", write_settings)

@@ -29,12 +29,12 @@ import sqlalchemy as sa
 from stackhop.errors import ConfigError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import Journal
-from stackhop.sdn import backup_file, counter, endpoints, neutron_db, tasks, zookeeper
+from stackhop.sdn import backup_file, cluster, counter, endpoints, neutron_db, tasks, zookeeper
 from stackhop.sdn.backup_file import Backup
 from stackhop.sdn.errors import RollbackIncompleteError
 from stackhop.sdn.neutron_db import NeutronDatabase
 from stackhop.sdn.steps import StepRunner, close_open_cycle, run_hook
-from stackhop.sdn.switch import revert_steps
+from stackhop.sdn.switch import revert_steps, would_revert
 
 _HIGHEST = re.compile(r"highest issued (\d+)")
 
@@ -46,6 +46,7 @@ class RollbackResult:
     backup: str
     steps: dict[str, str] = field(default_factory=dict)
     verified: bool = False
+    dry_run: bool = False
 
 
 def _check_database(
@@ -145,6 +146,9 @@ def rollback(
     force: bool = False,
     all_tasks: bool = False,
     counter_init_file: Path | None = None,
+    data_dir: Path | None = None,
+    restart_command: str | None = None,
+    dry_run: bool = False,
     pre_hook: str | None = None,
     post_hook: str | None = None,
     events: EventSink | None = None,
@@ -153,7 +157,10 @@ def rollback(
 
     ``all_tasks`` removes every task, not only stackhop's (the seed's
     behaviour); ``counter_init_file`` keeps the ID counter on servers that
-    recompute it at restart (see :mod:`stackhop.sdn.counter`).
+    recompute it at restart (see :mod:`stackhop.sdn.counter`). ``data_dir``
+    also restores the cluster configuration saved by ``apply-settings``;
+    ``restart_command`` restarts neutron-server after the endpoints are back.
+    ``dry_run``: every check, then what each step would change; nothing changes.
     """
     sink = events or NullSink()
     backup = backup_file.read(backup_path)
@@ -166,8 +173,13 @@ def rollback(
             manifest = endpoints.read_manifest(config_root)
             if manifest is not None:
                 endpoints.check_revertible(config_root, manifest, force)
+        if data_dir is not None and cluster.read_manifest(data_dir) is not None:
+            cluster.check_saved(data_dir)
         with zookeeper.connect(zk) as client:
             _warn_about(backup, backup_path, zk, sink)
+            if dry_run:
+                return _would_roll_back(client, engine, backup, backup_path, config_root, force,
+                                        all_tasks, data_dir, restart_command, keep)
             run_hook(pre_hook, which="pre", step="rollback", changed=False, events=sink)
             runner = StepRunner(
                 journal, "rollback", f"{backup.sha256}:{db.key()}",
@@ -177,7 +189,7 @@ def rollback(
             )
             try:
                 result = _steps(runner, client, engine, db, backup, config_root, force,
-                                keep, all_tasks)
+                                keep, all_tasks, data_dir, restart_command)
                 result.backup = str(backup_path)
             except BaseException:
                 runner.finish("failed")
@@ -187,6 +199,53 @@ def rollback(
         return result
     finally:
         engine.dispose()
+
+
+def _would_roll_back(
+    client: Any,
+    engine: sa.Engine,
+    backup: Backup,
+    backup_path: Path,
+    config_root: Path | None,
+    force: bool,
+    all_tasks: bool,
+    data_dir: Path | None,
+    restart_command: str | None,
+    keep: Path | None,
+) -> RollbackResult:
+    """What each rollback step would change, read from the live state; nothing is written."""
+    result = RollbackResult(str(backup_path), dry_run=True)
+    current = zookeeper.read_tree(client, backup.root)
+    want, have = zookeeper.persistent(backup.nodes), zookeeper.persistent(current)
+    extra = len([p for p in current if p not in want])
+    missing = len([p for p in want if p not in have])
+    changed = len([p for p in want.keys() & have.keys()
+                   if (want[p].data, want[p].acl) != (have[p].data, have[p].acl)])
+    result.steps["zookeeper"] = (f"would create {missing}, delete {extra} and set back "
+                                 f"{changed} node(s) under {backup.root}")
+    with engine.connect() as conn:
+        present = tasks.tables_present(conn)
+        state = tasks.read_data_state(conn) if "midonet_data_state" in present else None
+        found = tasks.counts(conn) if "midonet_tasks" in present else None
+    if backup.neutron is None:
+        result.steps["data state"] = "not in the backup: would be left as is"
+    else:
+        wanted = wanted_state(backup, all_tasks)
+        result.steps["data state"] = ("already as backed up" if state == wanted
+                                      else f"would set midonet_data_state to {wanted}")
+    removed = 0 if found is None else (found.total if all_tasks else found.stackhop)
+    note = f"; would raise the counter in {keep} first" if keep is not None else ""
+    result.steps["tasks"] = f"would remove {removed} task(s), keeping the ID counter{note}"
+    if data_dir is not None:
+        for name, outcome in cluster.would_revert(data_dir).items():
+            result.steps[f"cluster {name}"] = outcome
+    if config_root is not None:
+        for name, outcome in would_revert(config_root, force).items():
+            result.steps[f"config {name}"] = outcome
+    if restart_command:
+        result.steps["restart"] = f"would run {restart_command!r}"
+    result.steps["check"] = "would compare all of it with the backup"
+    return result
 
 
 def _warn_about(backup: Backup, path: Path, zk: str, sink: EventSink) -> None:
@@ -209,6 +268,8 @@ def _steps(
     force: bool,
     keep: Path | None = None,
     all_tasks: bool = False,
+    data_dir: Path | None = None,
+    restart_command: str | None = None,
 ) -> RollbackResult:
     result = RollbackResult("")
 
@@ -229,9 +290,18 @@ def _steps(
     # The tasks an interrupted prepare had queued are gone: its resume must not skip them.
     close_open_cycle(runner.journal, "prepare", db.key(), runner.run_id, "rolled back")
     result.steps["tasks"] = removed
+    if data_dir is not None:
+        for name, outcome in cluster.revert_steps(data_dir, runner).items():
+            result.steps[f"cluster {name}"] = outcome
     if config_root is not None:
         for name, outcome in revert_steps(config_root, runner, force=force).items():
             result.steps[f"config {name}"] = outcome
+    if restart_command:
+        def restart() -> str:
+            cluster.run_command(restart_command, "restart", changed=True)
+            return f"ran {restart_command!r}"
+
+        result.steps["restart"] = runner.step("restart neutron-server", restart)
     match = _HIGHEST.search(removed)
     highest = int(match.group(1)) if match else 0
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from stackhop.errors import StackhopError
 from stackhop.journal import Journal
-from stackhop.sdn import backup_file, endpoints, neutron_db, tasks
+from stackhop.sdn import backup_file, cluster, endpoints, neutron_db, tasks
 from stackhop.sdn.neutron_db import NeutronDatabase
 from stackhop.sdn.prepare import CONTROLLER_DIR, SETTINGS_FILE
 
@@ -72,6 +72,7 @@ def collect_status(
         out["Importer settings"] = str(settings) if settings.is_file() else "not written"
         objects = list((data_dir / CONTROLLER_DIR).rglob("*.json"))
         out["Controller object files"] = len(objects)
+        out["Cluster settings"] = cluster.status(data_dir)
     if db is not None:
         out["Neutron database"] = db.describe()
         out.update(_database_status(db))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from stackhop.errors import ConfigError
 from stackhop.events import EventSink, NullSink
@@ -21,6 +22,7 @@ class SwitchResult:
     config_root: str
     port: int | None
     files: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
 
 
 def switch(
@@ -29,19 +31,28 @@ def switch(
     journal: Journal,
     *,
     backup: Path | None = None,
+    midonetrc: Path | None = None,
+    dry_run: bool = False,
     pre_hook: str | None = None,
     post_hook: str | None = None,
     events: EventSink | None = None,
 ) -> SwitchResult:
-    """Back up then rewrite every endpoint file under ``root`` to ``port``.
+    """Back up then rewrite every endpoint file under ``root`` (and ``midonetrc``) to ``port``.
 
     With ``backup``, that ZooKeeper backup must be intact before any file is
     touched: the switch is the point after which a rollback may be needed.
+    ``dry_run``: every check, then what each file would become; nothing written.
     """
     sink = events or NullSink()
     if backup is not None:
         backup_file.read(backup)
-    manifest = endpoints.plan_switch(root, port)  # every file parsed before any is written
+    # every file parsed before any is written
+    manifest = endpoints.plan_switch(root, port, midonetrc)
+    if dry_run:
+        return SwitchResult(str(root), port, {
+            relative: _would_switch(root, relative, entry, port)
+            for relative, entry in manifest["files"].items()
+        }, dry_run=True)
     run_hook(pre_hook, which="pre", step="switch-endpoints", changed=False, events=sink)
     runner = StepRunner(journal, "switch-endpoints", f"{root.resolve()}:{manifest['cycle']}",
                         {"port": port}, sink)
@@ -59,6 +70,31 @@ def switch(
     runner.finish("succeeded")
     run_hook(post_hook, which="post", step="switch-endpoints", changed=True, events=sink)
     return result
+
+
+def _would_switch(root: Path, relative: str, entry: dict[str, Any], port: int) -> str:
+    digest = endpoints.sha256((root / relative).read_bytes())
+    if digest == entry["switched_sha256"]:
+        return "already switched"
+    if digest != entry["original_sha256"]:
+        return "edited since the switch began: would stop (exit 10)"
+    return (f"would set the port of [{entry['section']}] {entry['key']} to {port}, "
+            f"after copying the file to {endpoints.BACKUP_DIR}")
+
+
+def would_revert(root: Path, force: bool = False) -> dict[str, str]:
+    """What a revert of ``root`` would do to each file (nothing is written)."""
+    manifest = endpoints.read_manifest(root)
+    if manifest is None:
+        return {"endpoints": "not switched: nothing to revert"}
+    endpoints.check_revertible(root, manifest, force)
+    out = {}
+    for relative, entry in manifest["files"].items():
+        path = root / relative
+        digest = endpoints.sha256(path.read_bytes()) if path.is_file() else None
+        out[relative] = ("already original" if digest == entry["original_sha256"]
+                         else "would write back the original bytes, mode, owner and group")
+    return out
 
 
 def revert_steps(root: Path, runner: StepRunner, *, force: bool) -> dict[str, str]:
@@ -89,6 +125,7 @@ def revert(
     journal: Journal,
     *,
     force: bool = False,
+    dry_run: bool = False,
     pre_hook: str | None = None,
     post_hook: str | None = None,
     events: EventSink | None = None,
@@ -97,6 +134,8 @@ def revert(
     sink = events or NullSink()
     if not root.is_dir():
         raise ConfigError(f"--config-root {root} is not a directory")
+    if dry_run:
+        return SwitchResult(str(root), None, would_revert(root, force), dry_run=True)
     manifest = endpoints.read_manifest(root)
     if manifest is not None:
         endpoints.check_revertible(root, manifest, force)  # before any file is written

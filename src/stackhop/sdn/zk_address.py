@@ -55,3 +55,27 @@ def resolve(zk: str | None) -> str:
         f"no --zk given and no ZooKeeper address found in {', '.join(looked)}: "
         "pass --zk HOST:PORT"
     )
+
+
+DEFAULT_ROOT = "/midonet"
+
+
+def resolve_root(root: str | None) -> str:
+    """``--root`` if given, else ``[zookeeper] root_key`` of the same files, else ``/midonet``.
+
+    Legacy MidoNet nodes name their topology's ZooKeeper path there (e.g.
+    ``root_key = /midonet/v1`` in midolman.conf / midonet.conf).
+    """
+    if root:
+        return root
+    for path in candidates():
+        if path.is_file():
+            parser = configparser.ConfigParser(interpolation=None, strict=False)
+            try:
+                parser.read(path, encoding="utf-8")
+            except (configparser.Error, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot parse {path}: {' '.join(str(exc).split())}") from exc
+            value = parser.get("zookeeper", "root_key", fallback="").strip().strip('"')
+            if value:
+                return value
+    return DEFAULT_ROOT
