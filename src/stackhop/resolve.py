@@ -219,9 +219,21 @@ class Resolver:
         Any other unmapped reference raises UnmappedReferenceError.
         """
         resolved = dict(record)
+        # Fields a kind declares as ordering-only (``ordering_references``: a router's
+        # external subnets, which must exist before its gateway is set) drop what nothing
+        # maps instead of failing: they only make the engine wait.
+        soft = frozenset(getattr(kind, "ordering_references", ()))
         for field, target in kind.references.items():
             value = record.get(field)
             if value is None:
+                continue
+            if field in soft and isinstance(value, list | tuple):
+                resolved[field] = [
+                    self._one(kind, record, field, target, str(v), planned)
+                    for v in value
+                    if self.lookup(target, str(v), planned) is not None
+                    or (planned is not None and (target, str(v)) in planned)
+                ]
                 continue
             if isinstance(value, list | tuple):
                 resolved[field] = [

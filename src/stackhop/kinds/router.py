@@ -65,6 +65,9 @@ def router_record(router: Mapping[str, Any], project: Mapping[str, Any] | None) 
         "admin_state_up": bool(router.get("admin_state_up", True)),
         "external_network_id": gateway.get("network_id"),
         "enable_snat": bool(gateway.get("enable_snat", True)) if gateway else None,
+        "external_subnet_ids": sorted(
+            {ip["subnet_id"] for ip in gateway.get("external_fixed_ips") or []}
+        ),
         "ha": router.get("ha"),
         "distributed": router.get("distributed"),
         **project_facts(project, router["project_id"]),
@@ -119,7 +122,15 @@ def _interface_ports(conn: Connection, router_ids: Sequence[str]) -> builtins.li
 class Router(Kind):
     name = ROUTER
     service = "network"
-    references = {"project_id": PROJECT, "external_network_id": NETWORK}
+    references = {
+        "project_id": PROJECT,
+        "external_network_id": NETWORK,
+        "external_subnet_ids": SUBNET,
+    }
+    #: Neutron refuses a gateway on a network without a subnet: the router waits for the
+    #: external subnets this run creates; ones nothing maps (a mapped external network's)
+    #: are dropped rather than failing the router.
+    ordering_references = ("external_subnet_ids",)
     portable_fields = (
         "name",
         "description",
@@ -127,7 +138,13 @@ class Router(Kind):
         "external_network_id",
         "enable_snat",
     )
-    source_only_fields = ("ha", "distributed", "project_name", "project_domain")
+    source_only_fields = (
+        "ha",
+        "distributed",
+        "external_subnet_ids",
+        "project_name",
+        "project_domain",
+    )
     selectors = {"routers": ROUTER_HELP}
     transfer = True
 
@@ -422,6 +439,15 @@ def _router_rows(db: SqlSource) -> builtins.list[dict[str, Any]]:
             "neutron", "SELECT router_id, ha, distributed FROM router_extra_attributes"
         )
     }
+    gateway_ips: dict[str, builtins.list[dict[str, str]]] = defaultdict(builtins.list)
+    for row in db.query(
+        "neutron",
+        "SELECT r.id AS router_id, a.subnet_id, a.ip_address FROM routers r "
+        "JOIN ipallocations a ON a.port_id = r.gw_port_id",
+    ):
+        gateway_ips[row.router_id].append(
+            {"subnet_id": row.subnet_id, "ip_address": row.ip_address}
+        )
     rows = db.query(
         "neutron",
         "SELECT r.id, r.project_id, r.name, r.admin_state_up, r.enable_snat, p.network_id, "
@@ -439,7 +465,11 @@ def _router_rows(db: SqlSource) -> builtins.list[dict[str, Any]]:
                 "description": row.description,
                 "admin_state_up": bool(row.admin_state_up),
                 "external_gateway_info": (
-                    {"network_id": row.network_id, "enable_snat": bool(row.enable_snat)}
+                    {
+                        "network_id": row.network_id,
+                        "enable_snat": bool(row.enable_snat),
+                        "external_fixed_ips": gateway_ips.get(row.id, []),
+                    }
                     if row.network_id
                     else None
                 ),
