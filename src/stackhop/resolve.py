@@ -219,9 +219,10 @@ class Resolver:
         Any other unmapped reference raises UnmappedReferenceError.
         """
         resolved = dict(record)
-        # Fields a kind declares as ordering-only (``ordering_references``: a router's
-        # external subnets, which must exist before its gateway is set) drop what nothing
-        # maps instead of failing: they only make the engine wait.
+        # Fields a kind declares as optional (``ordering_references``: a router's external
+        # subnets, which must exist before its gateway is set; a floating IP's port, which
+        # may be a server's) drop what nothing maps instead of failing (a single ID
+        # becomes None).
         soft = frozenset(getattr(kind, "ordering_references", ()))
         for field, target in kind.references.items():
             value = record.get(field)
@@ -235,6 +236,9 @@ class Resolver:
                     or (planned is not None and (target, str(v)) in planned)
                 ]
                 continue
+            if field in soft and self._unknown(target, str(value), planned):
+                resolved[field] = None
+                continue
             if isinstance(value, list | tuple):
                 resolved[field] = [
                     self._one(kind, record, field, target, str(v), planned) for v in value
@@ -242,6 +246,13 @@ class Resolver:
             else:
                 resolved[field] = self._one(kind, record, field, target, str(value), planned)
         return resolved
+
+    def _unknown(
+        self, target: str, source_id: str, planned: Mapping[tuple[str, str], str | None] | None
+    ) -> bool:
+        return self.lookup(target, source_id, planned) is None and not (
+            planned is not None and (target, source_id) in planned
+        )
 
     def _one(
         self,
