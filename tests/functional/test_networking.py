@@ -24,7 +24,16 @@ from stackhop.journal import Journal
 
 pytestmark = pytest.mark.functional
 
-KINDS = ("neutron.network", "neutron.subnet", "neutron.router", "neutron.router_interfaces")
+KINDS = (
+    "neutron.network",
+    "neutron.subnet",
+    "neutron.router",
+    "neutron.router_interfaces",
+    "neutron.port",
+    "neutron.floating_ip",
+)
+SELECT = ("--networks", "--routers", "--ports", "--floating-ips", "--security-groups",
+          "--project", "alpha", "--project", "admin")
 
 
 def _listing(conn: Any) -> dict[str, Any]:
@@ -35,6 +44,9 @@ def _listing(conn: Any) -> dict[str, Any]:
         "subnets": sorted((s.id, s.name, s.cidr, s.network_id) for s in net.subnets()),
         "routers": sorted((r.id, r.name, tuple(sorted(r.routes or []))) for r in net.routers()),
         "ports": sorted((p.id, p.device_owner or "", p.network_id) for p in net.ports()),
+        "floating_ips": sorted((f.id, f.floating_ip_address, f.port_id or "") for f in net.ips()),
+        # Neutron makes a project's ``default`` group on first listing: not ours to undo.
+        "groups": sorted((g.id, g.name) for g in net.security_groups() if g.name != "default"),
     }
 
 
@@ -59,6 +71,14 @@ def world(seeded: Any) -> Iterator[dict[str, Any]]:
             cidr="10.77.1.0/24", dns_nameservers=["192.0.2.53", "192.0.2.54"],
             host_routes=[{"destination": "198.51.100.0/24", "nexthop": "10.77.1.254"}],
             allocation_pools=[{"start": "10.77.1.50", "end": "10.77.1.99"}],
+        )
+        src.network.create_port(
+            name=f"{dup}-vip", network_id=first.id, project_id=alpha,
+            fixed_ips=[{"ip_address": "10.77.1.60"}], port_security_enabled=False,
+        )
+        src.network.create_port(
+            name=f"{dup}-pair", network_id=first.id, project_id=alpha,
+            allowed_address_pairs=[{"ip_address": "10.77.1.200"}],
         )
         src.network.create_subnet(
             name=f"{dup}-b", network_id=second.id, project_id=alpha, ip_version=6,
@@ -100,16 +120,14 @@ def test_networking_moves_verifies_reruns_and_rolls_back(
 
     archive = tmp_path / "net.tar.zst"
     journal = str(tmp_path / "journal.sqlite")
-    assert cli("export", "--from", "src", "-o", str(archive), "--networks", "--routers",
-               "--project", "alpha", "--project", "admin").code == 0
+    assert cli("export", "--from", "src", "-o", str(archive), *SELECT).code == 0
     exported = _records(archive)
     names = [n["name"] for n in exported["neutron.network"]]
     assert names.count(dup) == 2 and "public" in names and "alpha-net" in names
 
     # The database route reads the same records.
     via_db = tmp_path / "db.tar.zst"
-    assert cli("export", "--from", "src", "-o", str(via_db), "--networks", "--routers",
-               "--project", "alpha", "--project", "admin", "--via", "db",
+    assert cli("export", "--from", "src", "-o", str(via_db), *SELECT, "--via", "db",
                "--db-config-dir", str(layout.SRC.etc)).code == 0
     assert _records(via_db) == exported
 
@@ -140,6 +158,18 @@ def test_networking_moves_verifies_reruns_and_rolls_back(
         (subnets["alpha-v4"].id, "10.10.1.1"), (subnets["alpha-db-v4"].id, "10.10.2.1"),
         (subnets["alpha-v6"].id, "fd00:a1::"),
     }
+
+    src_ports = {p.name: p for p in world["src"].network.ports(device_owner="")}
+    dst_ports = {p.name: p for p in net.ports(device_owner="")}
+    for name in ("alpha-web-port", "alpha-db-port", f"{dup}-vip", f"{dup}-pair"):
+        assert dst_ports[name].mac_address == src_ports[name].mac_address, name
+        assert sorted(i["ip_address"] for i in dst_ports[name].fixed_ips) == sorted(
+            i["ip_address"] for i in src_ports[name].fixed_ips), name
+    assert dst_ports[f"{dup}-vip"].is_port_security_enabled is False
+    assert dst_ports[f"{dup}-pair"].allowed_address_pairs[0]["ip_address"] == "10.77.1.200"
+    fips = {f.floating_ip_address: f for f in net.ips()}
+    assert fips["172.24.4.110"].port_id == dst_ports["alpha-web-port"].id  # same address
+    assert fips["172.24.4.111"].port_id is None
 
     verify = cli("verify", "--to", "dst", str(archive))
     assert verify.code == 0, verify.out + verify.err

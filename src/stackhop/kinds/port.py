@@ -32,6 +32,7 @@ from typing import Any
 from stackhop.kinds import register
 from stackhop.kinds._neutron import (
     NETWORK,
+    ROUTER,
     ROUTER_INTERFACES,
     SUBNET,
     by_marker,
@@ -85,6 +86,7 @@ def fip_record(fip: Mapping[str, Any], project: Mapping[str, Any] | None) -> Rec
         "port_id": fip.get("port_id"),
         "fixed_ip_address": fip.get("fixed_ip_address"),
         "router_id": fip.get("router_id"),
+        "via_router_id": fip.get("router_id"),
         **project_facts(project, fip["project_id"]),
     }
 
@@ -219,13 +221,22 @@ class FloatingIP(_Marked):
         "floating_network_id": NETWORK,
         "port_id": PORT,
         "router_id": ROUTER_INTERFACES,
+        "via_router_id": ROUTER,
     }
     #: A floating IP of a port that does not move (a server's) is created unassociated;
     #: one behind a router waits for that router's interfaces (Neutron refuses to
     #: associate a port whose subnet does not reach the external network).
-    ordering_references = ("port_id", "router_id")
+    #: ``via_router_id`` (the same router) makes a rollback delete the floating IP before
+    #: the router, whose interface Neutron keeps while a floating IP needs it.
+    ordering_references = ("port_id", "router_id", "via_router_id")
     portable_fields = ("description", "floating_network_id", "floating_ip_address", "port_id")
-    source_only_fields = ("fixed_ip_address", "router_id", "project_name", "project_domain")
+    source_only_fields = (
+        "fixed_ip_address",
+        "router_id",
+        "via_router_id",
+        "project_name",
+        "project_domain",
+    )
     put_fields = ("port_id",)
     selectors = {"floating-ips": "floating IPs (same address when free, else a new one)"}
     transfer = True
