@@ -93,7 +93,14 @@ def world(seeded: Any) -> Iterator[dict[str, Any]]:
     finally:
         for conn, made in ((src, made_src), (dst, made_dst)):
             for network in made:
-                conn.network.delete_network(network, ignore_missing=True)
+                _remove_network(conn, network.id)
+
+
+def _remove_network(conn: Any, network_id: str) -> None:
+    """Delete a network this test made, with the ports made on it first."""
+    for port in conn.network.ports(network_id=network_id, device_owner=""):
+        conn.network.delete_port(port, ignore_missing=True)
+    conn.network.delete_network(network_id, ignore_missing=True)
 
 
 def _records(archive: Path) -> dict[str, list[dict[str, Any]]]:
