@@ -27,8 +27,13 @@ PHYSNET = "neutron.physnet"
 operator's ``--network-map`` (``physnets: {src: dst}``) maps it through the resolver."""
 
 
-def project_facts(project: Mapping[str, Any] | None, project_id: str) -> dict[str, Any]:
-    """The project fields every networking record carries (its identity names the project)."""
+def project_facts(project: Mapping[str, Any] | None, project_id: str | None) -> dict[str, Any]:
+    """The project fields every networking record carries (its identity names the project).
+
+    ``project_id`` None is an external network of the provider's, outside the export.
+    """
+    if project_id is None:
+        return {"project_id": None, "project_name": "(provider)", "project_domain": "(provider)"}
     return {
         "project_id": project_id,
         "project_name": project["name"] if project else project_id,

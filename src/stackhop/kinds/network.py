@@ -6,9 +6,10 @@ counterpart is found by the marker stackhop stamps into the description of
 what it creates (``[stackhop-source:<source id>]``), never by name; the stamp
 is part of the create request, so a re-run after a kill (journal or not)
 finds the network and creates none twice. One exception: an **external**
-network (``router:external``) is provider infrastructure, so a destination
-external network of the same name is adopted (the operator may also pin it
-with ``--network-map``: ``networks: {src id: dst id}``).
+network (``router:external``) is provider infrastructure that the projects'
+routers and floating IPs use: it is exported with any project, and a
+destination external network of the same name is adopted (the operator may
+also pin it with ``--network-map``: ``networks: {src id: dst id}``).
 
 Segments: a network bound to a physical network (``flat``, ``vlan``) is created
 on the mapped physnet (``--network-map``: ``physnets: {src: dst}``; a physnet
@@ -128,6 +129,14 @@ def subnet_record(subnet: Mapping[str, Any], project: Mapping[str, Any] | None) 
     }
 
 
+def _scoped(network: Mapping[str, Any], projects: Mapping[str, Any]) -> dict[str, Any]:
+    """``network``, without its project when that project is not exported (an external
+    network of the provider's: adopted by name, or created owned by stackhop's own project)."""
+    if network["project_id"] in projects:
+        return dict(network)
+    return {**network, "project_id": None}
+
+
 def _in_scope(scope: ExportScope) -> dict[str, Mapping[str, Any]]:
     return {p["id"]: p for p in scope.projects}
 
@@ -217,8 +226,12 @@ class Network(_Marked):
         """Every network owned by one of ``projects`` (``identity.project`` records)."""
         projects = {p["id"]: p for p in filters["projects"]}
         for network in paged(conn.network, "/networks", "networks"):
-            if network["project_id"] in projects:
-                yield network_record(network, projects[network["project_id"]], _segments(network))
+            if network["project_id"] in projects or network.get("router:external"):
+                yield network_record(
+                    _scoped(network, projects),
+                    projects.get(network["project_id"]),
+                    _segments(network),
+                )
 
     def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
         projects = _in_scope(scope)
@@ -258,7 +271,7 @@ class Network(_Marked):
             "FROM networks n JOIN standardattributes s ON s.id = n.standard_attr_id ORDER BY s.id",
         )
         for row in rows:
-            if row.project_id not in projects:
+            if row.project_id not in projects and row.id not in external:
                 continue
             network = {
                 **row._asdict(),
@@ -266,7 +279,9 @@ class Network(_Marked):
                 "shared": row.id in shared,
                 "port_security_enabled": security.get(row.id, True),
             }
-            yield network_record(network, projects[row.project_id], segments.get(row.id, []))
+            yield network_record(
+                _scoped(network, projects), projects.get(row.project_id), segments.get(row.id, [])
+            )
 
     def _view(self, network: Mapping[str, Any]) -> Record:
         segments = _segments(network)
@@ -300,7 +315,7 @@ class Network(_Marked):
     ) -> builtins.list[Record | None]:
         """The records' projects' networks, and the external ones, in a few listings."""
         mine = listed(
-            conn, "/networks", "networks", "project_id", (r["project_id"] for r in records)
+            conn, "/networks", "networks", "project_id", (r["project_id"] or "" for r in records)
         )
         marked = by_marker(mine)
         external = self._external(conn, records)
@@ -310,12 +325,13 @@ class Network(_Marked):
         body: dict[str, Any] = {
             "name": record["name"],
             "description": self.stamp(record.get("description"), record),
-            "project_id": record["project_id"],
             "admin_state_up": record.get("admin_state_up", True),
             "shared": record.get("shared", False),
             "router:external": record.get("external", False),
             "port_security_enabled": record.get("port_security_enabled", True),
         }
+        if record.get("project_id"):
+            body["project_id"] = record["project_id"]
         if record.get("mtu"):
             body["mtu"] = record["mtu"]
         physnets = iter(record.get("physical_networks") or [])
@@ -386,7 +402,7 @@ class Subnet(_Marked):
         networks = {n["id"] for n in scope.exported.get(NETWORK, [])}
         for subnet in paged(conn.network, "/subnets", "subnets"):
             if subnet["network_id"] in networks:
-                yield subnet_record(subnet, projects.get(subnet["project_id"]))
+                yield subnet_record(_scoped(subnet, projects), projects.get(subnet["project_id"]))
 
     def list(self, conn: Connection, **filters: Any) -> Iterator[Record]:
         projects = {p["id"]: p for p in filters["projects"]}
@@ -426,7 +442,7 @@ class Subnet(_Marked):
                 "dns_nameservers": dns.get(row.id, []),
                 "host_routes": routes.get(row.id, []),
             }
-            yield subnet_record(subnet, projects.get(row.project_id))
+            yield subnet_record(_scoped(subnet, projects), projects.get(row.project_id))
 
     def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
         return self.find_many(conn, [record])[0]
@@ -451,7 +467,6 @@ class Subnet(_Marked):
         body = {
             "name": record["name"],
             "description": self.stamp(record.get("description"), record),
-            "project_id": record["project_id"],
             "network_id": record["network_id"],
             "ip_version": record["ip_version"],
             "cidr": record["cidr"],
@@ -461,6 +476,8 @@ class Subnet(_Marked):
             "dns_nameservers": record.get("dns_nameservers") or [],
             "host_routes": record.get("host_routes") or [],
         }
+        if record.get("project_id"):
+            body["project_id"] = record["project_id"]
         for mode in ("ipv6_ra_mode", "ipv6_address_mode"):
             if record.get(mode):
                 body[mode] = record[mode]
