@@ -33,12 +33,20 @@ from stackhop.kinds.base import Kind, Record
 
 USER = "identity.user"
 PROJECT = "identity.project"
+NETWORK = "neutron.network"
+PHYSNET = "neutron.physnet"
 
 #: How the operator fixes a missing mapping, per referenced kind.
 _HINTS = {
     USER: "add the user to the --user-map file",
     PROJECT: "add the project to the --project-map file",
+    NETWORK: "export the network too, or map it in the --network-map file "
+    "('networks: {src id: dst id}')",
 }
+
+#: Referenced kinds that map to themselves when no map names them, whatever ``keep_ids``
+#: says: a provider physical network keeps its name unless ``--network-map`` renames it.
+_SAME_UNLESS_MAPPED = frozenset({PHYSNET})
 
 
 def load_id_map(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -71,6 +79,38 @@ def load_id_map(path: str | os.PathLike[str]) -> dict[str, str]:
             )
         result[str(source)] = str(destination)
     return result
+
+
+def load_network_map(path: str | os.PathLike[str] | None) -> dict[str, dict[str, str]]:
+    """Read ``--network-map``: YAML/JSON with ``physnets: {src: dst}`` (provider physical
+    network names) and ``networks: {src id: dst id}`` (e.g. external networks that are not
+    exported), as the resolver's maps by referenced kind. None reads nothing.
+    """
+    if path is None:
+        return {}
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read network map {file}: {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"network map {file} is not valid YAML or JSON: {exc}") from exc
+    data = data or {}
+    if not isinstance(data, Mapping) or set(data) - {"physnets", "networks"}:
+        raise ConfigError(
+            f"network map {file} must hold only 'physnets: {{src: dst}}' and "
+            "'networks: {src id: dst id}'"
+        )
+    maps: dict[str, dict[str, str]] = {}
+    for key, kind in (("physnets", PHYSNET), ("networks", NETWORK)):
+        section = data.get(key) or {}
+        if not isinstance(section, Mapping) or not all(
+            isinstance(k, str | int) and isinstance(v, str | int) for k, v in section.items()
+        ):
+            raise ConfigError(f"network map {file}: '{key}' must map names or IDs to one each")
+        maps[kind] = {str(k): str(v) for k, v in section.items()}
+    return maps
 
 
 class Resolver:
@@ -159,7 +199,7 @@ class Resolver:
                 return found
         if planned is not None and planned.get((kind, source_id)) is not None:
             return planned[(kind, source_id)]
-        if kind in self.keep_ids:
+        if kind in self.keep_ids or kind in _SAME_UNLESS_MAPPED:
             return source_id
         return None
 
@@ -179,9 +219,25 @@ class Resolver:
         Any other unmapped reference raises UnmappedReferenceError.
         """
         resolved = dict(record)
+        # Fields a kind declares as optional (``ordering_references``: a router's external
+        # subnets, which must exist before its gateway is set; a floating IP's port, which
+        # may be a server's) drop what nothing maps instead of failing (a single ID
+        # becomes None).
+        soft = frozenset(getattr(kind, "ordering_references", ()))
         for field, target in kind.references.items():
             value = record.get(field)
             if value is None:
+                continue
+            if field in soft and isinstance(value, list | tuple):
+                resolved[field] = [
+                    self._one(kind, record, field, target, str(v), planned)
+                    for v in value
+                    if self.lookup(target, str(v), planned) is not None
+                    or (planned is not None and (target, str(v)) in planned)
+                ]
+                continue
+            if field in soft and self._unknown(target, str(value), planned):
+                resolved[field] = None
                 continue
             if isinstance(value, list | tuple):
                 resolved[field] = [
@@ -190,6 +246,13 @@ class Resolver:
             else:
                 resolved[field] = self._one(kind, record, field, target, str(value), planned)
         return resolved
+
+    def _unknown(
+        self, target: str, source_id: str, planned: Mapping[tuple[str, str], str | None] | None
+    ) -> bool:
+        return self.lookup(target, source_id, planned) is None and not (
+            planned is not None and (target, source_id) in planned
+        )
 
     def _one(
         self,

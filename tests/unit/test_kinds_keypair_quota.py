@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from stackhop import kinds as registry
 from stackhop.dbexport import connection_url
 from stackhop.errors import ConfigError, UsageError
 from stackhop.kinds import get
@@ -38,7 +39,7 @@ def test_quota_keeps_only_explicit_limits() -> None:
 
 
 def test_selectors() -> None:
-    every = ["flavors", "keypairs", "quotas", "security_groups"]
+    every = [registry.selector_dest(flag) for flag in registry.selectors()]
     assert selected_kinds([]) == selected_kinds(every)
     assert sorted(selected_kinds(["quotas"])) == ["cinder.quota", "neutron.quota", "nova.quota"]
     records = RecordSet()

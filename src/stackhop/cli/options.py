@@ -5,6 +5,7 @@ here, so its spelling, type, default and help are the same everywhere:
 
 - ``--from CLOUD`` / ``--to CLOUD`` (:func:`add_clouds`);
 - ``--user-map FILE`` / ``--project-map FILE`` (:func:`add_maps`);
+- ``--network-map FILE`` (:func:`add_network_map`);
 - ``--workers N``, a positive integer (:func:`add_workers`): ``--workers 0`` is
   a one-line usage error (exit 2), never a traceback;
 - ``--dry-run`` (:func:`add_dry_run`);
@@ -29,6 +30,7 @@ __all__ = [
     "add_format_options",
     "add_kind_selectors",
     "add_maps",
+    "add_network_map",
     "add_selection",
     "add_workers",
     "chosen_selectors",
@@ -78,6 +80,17 @@ def add_maps(parser: argparse.ArgumentParser, *, users: bool = True, projects: b
         parser.add_argument("--user-map", metavar="FILE", help=USER_MAP_HELP)
     if projects:
         parser.add_argument("--project-map", metavar="FILE", help=PROJECT_MAP_HELP)
+
+
+NETWORK_MAP_HELP = (
+    "YAML: 'physnets: {src physnet: dst physnet}' renames provider networks, "
+    "'networks: {src id: dst id}' pins networks (external ones not exported)"
+)
+
+
+def add_network_map(parser: argparse.ArgumentParser) -> None:
+    """``--network-map FILE`` (docs/resources.md: networking)."""
+    parser.add_argument("--network-map", metavar="FILE", help=NETWORK_MAP_HELP)
 
 
 def add_workers(parser: argparse.ArgumentParser, default: int, what: str) -> None:

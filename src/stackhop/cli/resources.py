@@ -19,6 +19,7 @@ from stackhop.cli.options import (
     add_format_options,
     add_kind_selectors,
     add_maps,
+    add_network_map,
     add_workers,
     chosen_selectors,
 )
@@ -32,6 +33,7 @@ from stackhop.images import common as image_selection
 from stackhop.journal import Journal
 from stackhop.kinds.identity import load_operator_map
 from stackhop.plan import Operation, summarize
+from stackhop.resolve import load_network_map
 
 PLAN_COLUMNS = ("Action", "Kind", "Identity", "Detail")
 RESULT_COLUMNS = ("Kind", "Done", "Skipped", "Conflict", "Failed", "Not started")
@@ -90,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--overwrite", action="store_true", help="plan updates instead of conflicts")
     add_kind_selectors(p)
     add_maps(p)
+    add_network_map(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=plan_command)
 
@@ -98,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("archive", metavar="FILE")
     add_kind_selectors(p)
     add_maps(p)
+    add_network_map(p)
     _import_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=import_command)
@@ -107,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("archive", metavar="FILE")
     add_kind_selectors(p)
     add_maps(p)
+    add_network_map(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=verify_command)
 
@@ -132,6 +137,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--project", action="append", metavar="ID_OR_NAME", help="only this project")
     add_kind_selectors(p)
     add_maps(p)
+    add_network_map(p)
     _import_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=migrate_command)
@@ -161,6 +167,7 @@ def _prepare(
         project_map=load_operator_map(args.project_map),
         journal=journal,
     )
+    prepared.resolver.maps.update(load_network_map(getattr(args, "network_map", None)))
     warning = resources.unmapped_message(prepared.identities)
     if warning:
         args.events.emit(Event(EventType.WARNING, message=warning))

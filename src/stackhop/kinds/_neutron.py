@@ -1,0 +1,73 @@
+"""Helpers the Neutron networking kinds share (not a kind module: no kind is registered here).
+
+- :func:`listed`: the objects of a listing filtered by many values, in a few requests
+  (the destination reads of a plan);
+- :func:`project_facts`: the project name and domain a record carries for its identity;
+- :func:`owned`: whether a destination object carries stackhop's marker for a source ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from stackhop.kinds.base import Connection, Kind
+from stackhop.kinds.rest import paged
+
+#: Values per filter in one listing request (keeps the URL well under 8 KiB).
+FILTER_CHUNK = 40
+
+NETWORK = "neutron.network"
+SUBNET = "neutron.subnet"
+ROUTER = "neutron.router"
+ROUTER_INTERFACES = "neutron.router_interfaces"
+PHYSNET = "neutron.physnet"
+"""Not a kind: the referenced "kind" of a provider physical network name, so the
+operator's ``--network-map`` (``physnets: {src: dst}``) maps it through the resolver."""
+
+
+def project_facts(project: Mapping[str, Any] | None, project_id: str | None) -> dict[str, Any]:
+    """The project fields every networking record carries (its identity names the project).
+
+    ``project_id`` None is an external network of the provider's, outside the export.
+    """
+    if project_id is None:
+        return {"project_id": None, "project_name": "(provider)", "project_domain": "(provider)"}
+    return {
+        "project_id": project_id,
+        "project_name": project["name"] if project else project_id,
+        "project_domain": project["domain_name"] if project else "?",
+    }
+
+
+def listed(
+    conn: Connection,
+    url: str,
+    key: str,
+    filter_name: str,
+    values: Iterable[str],
+) -> list[Any]:
+    """Every object of a Neutron listing whose ``filter_name`` is one of ``values``."""
+    wanted = sorted({str(v) for v in values})
+    found: list[Any] = []
+    for start in range(0, len(wanted), FILTER_CHUNK):
+        chunk = wanted[start : start + FILTER_CHUNK]
+        query = "&".join(f"{filter_name}={quote(v, safe='')}" for v in chunk)
+        found.extend(paged(conn.network, f"{url}?{query}", key))
+    return found
+
+
+def owned(obj: Mapping[str, Any], source_id: str) -> bool:
+    """Whether ``obj`` (a destination object) is stackhop's copy of source object ``source_id``."""
+    return Kind.marked_source_id(obj.get("description")) == source_id
+
+
+def by_marker(objects: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """Destination objects by the source ID in their marker (unmarked ones are left out)."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for obj in objects:
+        source = Kind.marked_source_id(obj.get("description"))
+        if source is not None:
+            found.setdefault(source, obj)
+    return found

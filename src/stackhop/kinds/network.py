@@ -1,0 +1,487 @@
+"""Networks and subnets: ``neutron.network``, ``neutron.subnet``.
+
+Names repeat (two ``net`` networks may live in one project), so a network's
+identity is ``<domain>/<project>/<name>/<source id>`` and its destination
+counterpart is found by the marker stackhop stamps into the description of
+what it creates (``[stackhop-source:<source id>]``), never by name; the stamp
+is part of the create request, so a re-run after a kill (journal or not)
+finds the network and creates none twice. One exception: an **external**
+network (``router:external``) is provider infrastructure that the projects'
+routers and floating IPs use: it is exported with any project, and a
+destination external network of the same name is adopted (the operator may
+also pin it with ``--network-map``: ``networks: {src id: dst id}``).
+
+Segments: a network bound to a physical network (``flat``, ``vlan``) is created
+on the mapped physnet (``--network-map``: ``physnets: {src: dst}``; a physnet
+no map names keeps its name), with its VLAN ID kept. Overlay segments
+(``vxlan``, ``geneve``, ``gre``) get whatever ID the destination allocates: the
+source's IDs say nothing about the destination's ranges.
+
+Subnets are matched the same way (marker, inside the mapped network) and carry
+CIDR, gateway, allocation pools, DNS servers, host routes, DHCP and the IPv6
+modes. A subnet pool is a source-only fact (the CIDR is asked for explicitly).
+
+``--via db`` reads Neutron's ``networks``, ``networksegments``,
+``externalnetworks``, ``networkrbacs``, ``networksecuritybindings``,
+``subnets``, ``ipallocationpools``, ``dnsnameservers`` and ``subnetroutes``
+tables (descriptions from ``standardattributes``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from stackhop.errors import ConflictError
+from stackhop.kinds import register
+from stackhop.kinds._neutron import (
+    NETWORK,
+    PHYSNET,
+    SUBNET,
+    by_marker,
+    listed,
+    project_facts,
+)
+from stackhop.kinds.base import Connection, ExportScope, Kind, Record, SqlSource
+from stackhop.kinds.identity import PROJECT
+from stackhop.kinds.rest import call, paged
+
+NETWORK_HELP = "networks and their subnets"
+PHYSICAL = ("flat", "vlan")
+"""Segment types bound to a physical network (their IDs mean something on the wire)."""
+
+
+def _sorted_json(value: Any) -> Any:
+    """A list of dicts in a stable order (for comparing pools, routes, segments)."""
+    if isinstance(value, list | tuple):
+        return sorted(json.dumps(v, sort_keys=True) for v in value)
+    return value
+
+
+def _segments(network: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if network.get("segments"):
+        raw = network["segments"]
+    else:
+        raw = [network]
+    return [
+        {
+            "network_type": s.get("provider:network_type"),
+            "physical_network": s.get("provider:physical_network"),
+            "segmentation_id": s.get("provider:segmentation_id"),
+        }
+        for s in raw
+        if s.get("provider:network_type")
+    ]
+
+
+def network_record(
+    network: Mapping[str, Any],
+    project: Mapping[str, Any] | None,
+    segments: builtins.list[dict[str, Any]],
+) -> Record:
+    """The archive record of one network."""
+    physnets = sorted({s["physical_network"] for s in segments if s["physical_network"]})
+    return {
+        "id": network["id"],
+        "name": network["name"],
+        "description": network.get("description") or "",
+        "admin_state_up": bool(network.get("admin_state_up", True)),
+        "shared": bool(network.get("shared", False)),
+        "external": bool(network.get("router:external", False)),
+        "mtu": network.get("mtu"),
+        "port_security_enabled": bool(network.get("port_security_enabled", True)),
+        "physical_networks": physnets,
+        "segments": sorted(segments, key=lambda s: json.dumps(s, sort_keys=True)),
+        **project_facts(project, network["project_id"]),
+    }
+
+
+def subnet_record(subnet: Mapping[str, Any], project: Mapping[str, Any] | None) -> Record:
+    """The archive record of one subnet."""
+    return {
+        "id": subnet["id"],
+        "name": subnet["name"],
+        "description": subnet.get("description") or "",
+        "network_id": subnet["network_id"],
+        "ip_version": int(subnet["ip_version"]),
+        "cidr": subnet["cidr"],
+        "gateway_ip": subnet.get("gateway_ip"),
+        "enable_dhcp": bool(subnet.get("enable_dhcp", True)),
+        "allocation_pools": sorted(
+            ({"start": p["start"], "end": p["end"]} for p in subnet.get("allocation_pools") or []),
+            key=lambda p: json.dumps(p, sort_keys=True),
+        ),
+        "dns_nameservers": list(subnet.get("dns_nameservers") or []),
+        "host_routes": sorted(
+            (
+                {"destination": r["destination"], "nexthop": r["nexthop"]}
+                for r in subnet.get("host_routes") or []
+            ),
+            key=lambda r: json.dumps(r, sort_keys=True),
+        ),
+        "ipv6_ra_mode": subnet.get("ipv6_ra_mode"),
+        "ipv6_address_mode": subnet.get("ipv6_address_mode"),
+        "subnetpool_id": subnet.get("subnetpool_id"),
+        **project_facts(project, subnet["project_id"]),
+    }
+
+
+def _scoped(network: Mapping[str, Any], projects: Mapping[str, Any]) -> dict[str, Any]:
+    """``network``, without its project when that project is not exported (an external
+    network of the provider's: adopted by name, or created owned by stackhop's own project)."""
+    if network["project_id"] in projects:
+        return dict(network)
+    return {**network, "project_id": None}
+
+
+def _in_scope(scope: ExportScope) -> dict[str, Mapping[str, Any]]:
+    return {p["id"]: p for p in scope.projects}
+
+
+def _identity(record: Mapping[str, Any]) -> str:
+    return f"{record['project_domain']}/{record['project_name']}/{record['name']}/{record['id']}"
+
+
+class _Marked(Kind):
+    """What networks and subnets share: a description stamp, update and restore by PUT."""
+
+    #: The Neutron collection (``networks``) and its singular (``network``).
+    collection: str = ""
+    singular: str = ""
+    #: Fields an update (and a restore) PUTs back.
+    put_fields: tuple[str, ...] = ()
+
+    def identity(self, record: Mapping[str, Any]) -> str:
+        return _identity(record)
+
+    def normalize(self, field: str, value: Any) -> Any:
+        if field == "description":
+            return Kind.unstamp(value)
+        if isinstance(value, list | tuple) and value and isinstance(value[0], dict):
+            return _sorted_json(value)
+        return super().normalize(field, value)
+
+    def _body(self, record: Mapping[str, Any], fields: Iterable[str]) -> dict[str, Any]:
+        return {self.singular: {self._wire(f): record.get(f) for f in fields if f in record}}
+
+    @staticmethod
+    def _wire(field: str) -> str:
+        return {"external": "router:external"}.get(field, field)
+
+    def update(
+        self, conn: Connection, record: Mapping[str, Any], existing: Mapping[str, Any]
+    ) -> None:
+        body = self._body(record, self.put_fields)
+        body[self.singular]["description"] = self.stamp(record.get("description"), record)
+        call(conn.network, "PUT", f"/{self.collection}/{existing['id']}", json=body)
+
+    def restore(self, conn: Connection, before: Mapping[str, Any]) -> None:
+        """Put back the fields an ``--overwrite`` changed (rollback)."""
+        call(
+            conn.network,
+            "PUT",
+            f"/{self.collection}/{before['id']}",
+            json=self._body(before, (*self.put_fields, "description")),
+        )
+
+    def delete(self, conn: Connection, destination_id: str) -> None:
+        """Delete an object stackhop created; one without a stackhop marker is refused."""
+        url = f"/{self.collection}/{destination_id}"
+        body = call(conn.network, "GET", url, missing_ok=True)
+        if body is None:
+            return
+        if Kind.marked_source_id(body[self.singular].get("description")) is None:
+            raise ConflictError(
+                f"{self.singular} {destination_id} carries no stackhop marker; it was not "
+                "created by stackhop, so it is left in place"
+            )
+        call(conn.network, "DELETE", url, missing_ok=True)
+
+
+@register
+class Network(_Marked):
+    name = NETWORK
+    service = "network"
+    collection, singular = "networks", "network"
+    references = {"project_id": PROJECT, "physical_networks": PHYSNET}
+    portable_fields = (
+        "name",
+        "description",
+        "admin_state_up",
+        "shared",
+        "external",
+        "mtu",
+        "port_security_enabled",
+        "physical_networks",
+    )
+    source_only_fields = ("segments", "project_name", "project_domain")
+    put_fields = ("name", "admin_state_up", "shared", "external", "mtu", "port_security_enabled")
+    selectors = {"networks": NETWORK_HELP}
+    transfer = True
+
+    def list(self, conn: Connection, **filters: Any) -> Iterator[Record]:
+        """Every network owned by one of ``projects`` (``identity.project`` records)."""
+        projects = {p["id"]: p for p in filters["projects"]}
+        for network in paged(conn.network, "/networks", "networks"):
+            if network["project_id"] in projects or network.get("router:external"):
+                yield network_record(
+                    _scoped(network, projects),
+                    projects.get(network["project_id"]),
+                    _segments(network),
+                )
+
+    def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
+        projects = _in_scope(scope)
+        segments: dict[str, builtins.list[dict[str, Any]]] = defaultdict(builtins.list)
+        for row in db.query(
+            "neutron",
+            "SELECT network_id, network_type, physical_network, segmentation_id "
+            "FROM networksegments ORDER BY network_id, segment_index",
+        ):
+            segments[row.network_id].append(
+                {
+                    "network_type": row.network_type,
+                    "physical_network": row.physical_network,
+                    "segmentation_id": row.segmentation_id,
+                }
+            )
+        external = {
+            r.network_id for r in db.query("neutron", "SELECT network_id FROM externalnetworks")
+        }
+        shared = {
+            r.object_id
+            for r in db.query(
+                "neutron",
+                "SELECT object_id FROM networkrbacs "
+                "WHERE action = 'access_as_shared' AND target_project = '*'",
+            )
+        }
+        security = {
+            r.network_id: bool(r.port_security_enabled)
+            for r in db.query(
+                "neutron", "SELECT network_id, port_security_enabled FROM networksecuritybindings"
+            )
+        }
+        rows = db.query(
+            "neutron",
+            "SELECT n.id, n.project_id, n.name, n.admin_state_up, n.mtu, s.description "
+            "FROM networks n JOIN standardattributes s ON s.id = n.standard_attr_id ORDER BY s.id",
+        )
+        for row in rows:
+            if row.project_id not in projects and row.id not in external:
+                continue
+            network = {
+                **row._asdict(),
+                "router:external": row.id in external,
+                "shared": row.id in shared,
+                "port_security_enabled": security.get(row.id, True),
+            }
+            yield network_record(
+                _scoped(network, projects), projects.get(row.project_id), segments.get(row.id, [])
+            )
+
+    def _view(self, network: Mapping[str, Any]) -> Record:
+        segments = _segments(network)
+        return network_record(network, None, segments) | {"project_id": network["project_id"]}
+
+    def _match(
+        self,
+        record: Mapping[str, Any],
+        marked: Mapping[str, Mapping[str, Any]],
+        external: Iterable[Mapping[str, Any]],
+    ) -> Record | None:
+        found = marked.get(str(record["id"]))
+        if found is not None:
+            return self._view(found)
+        if record.get("external"):
+            for network in external:
+                if network["name"] == record["name"]:
+                    return self._view(network)
+        return None
+
+    def _external(self, conn: Connection, records: Sequence[Mapping[str, Any]]) -> Any:
+        if not any(r.get("external") for r in records):
+            return []
+        return paged(conn.network, "/networks?router:external=True", "networks")
+
+    def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
+        return self.find_many(conn, [record])[0]
+
+    def find_many(
+        self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
+    ) -> builtins.list[Record | None]:
+        """The records' projects' networks, and the external ones, in a few listings."""
+        mine = listed(
+            conn, "/networks", "networks", "project_id", (r["project_id"] or "" for r in records)
+        )
+        marked = by_marker(mine)
+        external = self._external(conn, records)
+        return [self._match(r, marked, external) for r in records]
+
+    def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
+        body: dict[str, Any] = {
+            "name": record["name"],
+            "description": self.stamp(record.get("description"), record),
+            "admin_state_up": record.get("admin_state_up", True),
+            "shared": record.get("shared", False),
+            "router:external": record.get("external", False),
+            "port_security_enabled": record.get("port_security_enabled", True),
+        }
+        if record.get("project_id"):
+            body["project_id"] = record["project_id"]
+        if record.get("mtu"):
+            body["mtu"] = record["mtu"]
+        physnets = iter(record.get("physical_networks") or [])
+        source_physnets = sorted(
+            {s["physical_network"] for s in record.get("segments", []) if s["physical_network"]}
+        )
+        mapped = dict(zip(source_physnets, physnets, strict=False))
+        wired = [
+            {
+                "provider:network_type": s["network_type"],
+                "provider:physical_network": mapped.get(s["physical_network"]),
+                **(
+                    {"provider:segmentation_id": s["segmentation_id"]}
+                    if s["network_type"] == "vlan"
+                    else {}
+                ),
+            }
+            for s in record.get("segments", [])
+            if s["network_type"] in PHYSICAL
+        ]
+        if len(wired) == 1:
+            body.update(wired[0])
+        elif wired:
+            body["segments"] = wired
+        created = call(conn.network, "POST", "/networks", json={"network": body})
+        return str(created["network"]["id"])
+
+
+@register
+class Subnet(_Marked):
+    name = SUBNET
+    service = "network"
+    collection, singular = "subnets", "subnet"
+    references = {"project_id": PROJECT, "network_id": NETWORK}
+    portable_fields = (
+        "name",
+        "description",
+        "network_id",
+        "ip_version",
+        "cidr",
+        "gateway_ip",
+        "enable_dhcp",
+        "allocation_pools",
+        "dns_nameservers",
+        "host_routes",
+        "ipv6_ra_mode",
+        "ipv6_address_mode",
+    )
+    source_only_fields = ("subnetpool_id", "project_name", "project_domain")
+    put_fields = (
+        "name",
+        "gateway_ip",
+        "enable_dhcp",
+        "allocation_pools",
+        "dns_nameservers",
+        "host_routes",
+    )
+    selectors = {"networks": NETWORK_HELP}
+    transfer = True
+
+    def normalize(self, field: str, value: Any) -> Any:
+        if field == "dns_nameservers":
+            return list(value or [])  # order matters: resolvers are asked in turn
+        return super().normalize(field, value)
+
+    def export(self, conn: Connection, scope: ExportScope) -> Iterator[Record]:
+        projects = _in_scope(scope)
+        networks = {n["id"] for n in scope.exported.get(NETWORK, [])}
+        for subnet in paged(conn.network, "/subnets", "subnets"):
+            if subnet["network_id"] in networks:
+                yield subnet_record(_scoped(subnet, projects), projects.get(subnet["project_id"]))
+
+    def list(self, conn: Connection, **filters: Any) -> Iterator[Record]:
+        projects = {p["id"]: p for p in filters["projects"]}
+        for subnet in paged(conn.network, "/subnets", "subnets"):
+            if subnet["project_id"] in projects:
+                yield subnet_record(subnet, projects[subnet["project_id"]])
+
+    def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
+        projects = _in_scope(scope)
+        networks = {n["id"] for n in scope.exported.get(NETWORK, [])}
+        pools: dict[str, builtins.list[dict[str, str]]] = defaultdict(builtins.list)
+        for row in db.query(
+            "neutron", "SELECT subnet_id, first_ip, last_ip FROM ipallocationpools"
+        ):
+            pools[row.subnet_id].append({"start": row.first_ip, "end": row.last_ip})
+        dns: dict[str, builtins.list[str]] = defaultdict(builtins.list)
+        for row in db.query(
+            "neutron", "SELECT subnet_id, address FROM dnsnameservers ORDER BY subnet_id, `order`"
+        ):
+            dns[row.subnet_id].append(row.address)
+        routes: dict[str, builtins.list[dict[str, str]]] = defaultdict(builtins.list)
+        for row in db.query("neutron", "SELECT subnet_id, destination, nexthop FROM subnetroutes"):
+            routes[row.subnet_id].append({"destination": row.destination, "nexthop": row.nexthop})
+        rows = db.query(
+            "neutron",
+            "SELECT n.id, n.project_id, n.name, n.network_id, n.ip_version, n.cidr, "
+            "n.gateway_ip, n.enable_dhcp, n.ipv6_ra_mode, n.ipv6_address_mode, n.subnetpool_id, "
+            "s.description FROM subnets n JOIN standardattributes s ON s.id = n.standard_attr_id "
+            "ORDER BY s.id",
+        )
+        for row in rows:
+            if row.network_id not in networks:
+                continue
+            subnet = {
+                **row._asdict(),
+                "allocation_pools": pools.get(row.id, []),
+                "dns_nameservers": dns.get(row.id, []),
+                "host_routes": routes.get(row.id, []),
+            }
+            yield subnet_record(_scoped(subnet, projects), projects.get(row.project_id))
+
+    def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
+        return self.find_many(conn, [record])[0]
+
+    def find_many(
+        self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
+    ) -> builtins.list[Record | None]:
+        """The subnets of the records' (mapped) networks, in a few listings."""
+        marked = by_marker(
+            listed(conn, "/subnets", "subnets", "network_id", (r["network_id"] for r in records))
+        )
+        found: builtins.list[Record | None] = []
+        for record in records:
+            subnet = marked.get(str(record["id"]))
+            if subnet is not None and subnet["network_id"] == record["network_id"]:
+                found.append(subnet_record(subnet, None))
+            else:
+                found.append(None)
+        return found
+
+    def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
+        body = {
+            "name": record["name"],
+            "description": self.stamp(record.get("description"), record),
+            "network_id": record["network_id"],
+            "ip_version": record["ip_version"],
+            "cidr": record["cidr"],
+            "gateway_ip": record.get("gateway_ip"),
+            "enable_dhcp": record.get("enable_dhcp", True),
+            "allocation_pools": record.get("allocation_pools") or [],
+            "dns_nameservers": record.get("dns_nameservers") or [],
+            "host_routes": record.get("host_routes") or [],
+        }
+        if record.get("project_id"):
+            body["project_id"] = record["project_id"]
+        for mode in ("ipv6_ra_mode", "ipv6_address_mode"):
+            if record.get(mode):
+                body[mode] = record[mode]
+        if not body["allocation_pools"]:
+            del body["allocation_pools"]
+        created = call(conn.network, "POST", "/subnets", json={"subnet": body})
+        return str(created["subnet"]["id"])
