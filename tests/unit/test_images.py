@@ -196,3 +196,13 @@ def test_the_cli_imports_no_plotting_library() -> None:
             "print(sorted(m for m in ('matplotlib', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_image_name_patterns_match_names_or_an_exact_id() -> None:
+    from stackhop.images.common import is_glob, name_matches
+
+    web = {"id": "3f2a", "name": "web-base"}
+    assert is_glob("web-*") and is_glob("db-?") and is_glob("[wd]*") and not is_glob("web-base")
+    assert name_matches(web, "web-*") and name_matches(web, "3f2a")
+    assert not name_matches(web, "Web-*"), "case-sensitive, as the property globs"
+    assert not name_matches({"id": "x", "name": None}, "web-*")
