@@ -73,25 +73,35 @@ def _connect(name: str) -> Any:
 
 
 class _RandomBody:
-    """Random bytes as an upload body with a known length (no temporary file)."""
+    """Random bytes as an upload body with a known length (no temporary file).
+
+    Each MiB is the same urandom block behind a fresh 8-byte counter, so every
+    block is distinct at urandom's cost of one. ``read`` serves whatever size
+    the HTTP client asks (8 KiB at a time, for requests) from the current
+    block: the old version built a whole MiB per call and spent most of a
+    4 GiB upload's 20 minutes doing so.
+    """
 
     def __init__(self, size: int) -> None:
         self.len = size
         self._left = size
         self._block = os.urandom(MIB)
         self._n = 0
+        self._current = memoryview(b"")
 
     def read(self, n: int = -1) -> bytes:
         n = self._left if n is None or n < 0 else min(n, self._left)
-        if n == 0:
-            return b""
-        # A fresh 8-byte counter per MiB keeps every block distinct at urandom's cost of one.
-        out = bytearray()
-        while len(out) < n:
-            self._n += 1
-            out += self._n.to_bytes(8, "big") + self._block[8:]
-        self._left -= n
-        return bytes(out[:n])
+        parts = []
+        while n > 0:
+            if not self._current:
+                self._n += 1
+                self._current = memoryview(self._n.to_bytes(8, "big") + self._block[8:])
+            take = min(n, len(self._current))
+            parts.append(self._current[:take])
+            self._current = self._current[take:]
+            self._left -= take
+            n -= take
+        return b"".join(parts)
 
 
 def make_image(conn: Any, name: str, size: int, store: str | None = "fast") -> dict[str, Any]:
@@ -125,8 +135,87 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
     elapsed = time.monotonic() - start
     if proc.returncode != 0:
         raise SystemExit(f"{shlex.join(cmd)} failed ({proc.returncode}): {err.decode()[-800:]}")
-    return {"seconds": round(elapsed, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    result: dict[str, Any] = {
+        "seconds": round(elapsed, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    if "--log-json" in cmd:
+        result["phases"] = _phases(err.decode(), time.time() - elapsed)
+    return result
+
+
+def _phases(log: str, started: float) -> dict[str, float]:
+    """Where a ``stackhop --log-json`` run spent its time, from its events' timestamps.
+
+    ``startup``: process start to the first operation (imports, tokens, listing
+    and planning: mostly waiting for the clouds' APIs); ``data``: the first to
+    the last progress event (bytes moving); ``after_data``: the last progress
+    event to the end of the operation (Glance's own work: hashing an attached
+    location, activating, members).
+    """
+    first_op = first_progress = last_progress = op_end = None
+    for line in log.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        kind, at = event.get("type"), event.get("timestamp")
+        if not isinstance(at, (int, float)):
+            continue
+        if kind == "operation_started" and first_op is None:
+            first_op = at
+        elif kind == "progress":
+            first_progress = first_progress or at
+            last_progress = at
+        elif kind == "operation_finished":
+            op_end = at
+    phases: dict[str, float] = {}
+    if first_op is not None:
+        phases["startup"] = round(first_op - started, 2)
+    if first_progress is not None and last_progress is not None:
+        phases["data"] = round(last_progress - first_progress, 2)
+        if op_end is not None:
+            phases["after_data"] = round(op_end - last_progress, 2)
+    return phases
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def rbd_floor(image_id: str, size_mib: int) -> dict[str, Any]:
+    """What Ceph to Ceph cannot beat on this machine: Ceph's own C++ tools, no Python.
+
+    ``rbd export src/images/<id>@snap - | rbd import - dst/images/<tmp>``, then
+    ``rbd export dst/images/<tmp> -`` hashed with sha512 and md5 (what the
+    destination Glance does to an attached location before it goes active).
+    """
+    from testbed import layout
+
+    def rbd(c: Any) -> str:
+        return f"rbd -c {c.ceph_conf} --keyring {c.ceph_keyring} --id admin"
+
+    tmp = f"bench14-floor-{uuid.uuid4().hex[:8]}"
+    hash_code = ("import hashlib, sys\nh, m = hashlib.sha512(), hashlib.md5()\n"
+                 "while b := sys.stdin.buffer.read(8 << 20):\n    h.update(b); m.update(b)\n")
+    steps = {
+        "rbd_export_import": f"{rbd(layout.SRC)} export images/{image_id}@snap - | "
+                             f"{rbd(layout.DST)} import - images/{tmp}",
+        "read_back_hash": f"{rbd(layout.DST)} export images/{tmp} - | "
+                          f"{shlex.quote(sys.executable)} -c {shlex.quote(hash_code)}",
+    }
+    out: dict[str, Any] = {}
+    try:
+        for label, command in steps.items():
+            start = time.monotonic()
+            subprocess.run(command, shell=True, check=True, stderr=subprocess.DEVNULL)
+            out[label] = round(time.monotonic() - start, 2)
+    finally:
+        subprocess.run(f"{rbd(layout.DST)} rm images/{tmp}", shell=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    total = out["rbd_export_import"] + out["read_back_hash"]
+    out["seconds"] = round(total, 2)
+    out["mb_per_s"] = round(size_mib * MIB / 1e6 / total, 1)
+    return out
 
 
 def bench_size(size_mib: int, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -220,30 +309,38 @@ def bench_rbd(size_mib: int, workdir: Path, env: dict[str, str]) -> dict[str, An
     def rate(run: dict[str, Any]) -> dict[str, Any]:
         return {**run, "mb_per_s": round(size_mb / run["seconds"], 1)}
 
+    load_start = _uptime()
     try:
         on_legacy = make_image(legacy, f"{name}-legacy", size_mib * MIB, store=None)
-        locations = timed([stackhop, "--journal", journal, "images", "move-store", "--cloud",
-                           "src-legacy", "--from-store", "file", "--to-store", "rbd",
+        locations = timed([stackhop, "--log-json", "--journal", journal, "images", "move-store",
+                           "--cloud", "src-legacy", "--from-store", "file", "--to-store", "rbd",
                            "--method", "locations", "--storage-map", str(storage_map),
                            "--image", on_legacy["id"]], env)
         save = timed([openstack, "--os-cloud", "src-legacy", "image", "save", "--file",
                       str(file), on_legacy["id"]], env)
+        # Each copy leaves its pool as soon as it is measured: the testbed's Ceph
+        # clusters are 20 GiB each and shared with the other tests.
+        delete_images(legacy, name=f"{name}-legacy")
         upload = timed(_upload_to_store("src", f"{name}-seedway", file, "rbd"), env)
         file.unlink()
+        delete_images(src, name=f"{name}-seedway")
         seed_s = save["seconds"] + upload["seconds"]
         on_src = make_image(src, f"{name}-src", size_mib * MIB)
-        copy_image = timed([stackhop, "--journal", journal, "images", "move-store", "--cloud",
-                            "src", "--from-store", "fast", "--to-store", "rbd", "--image",
-                            on_src["id"]], env)
-        api = timed([stackhop, "--journal", journal, "images", "copy", "--from", "src", "--to",
-                     "dst", "--to-store", "rbd", "--image", on_src["id"]], env)
+        copy_image = timed([stackhop, "--log-json", "--journal", journal, "images",
+                            "move-store", "--cloud", "src", "--from-store", "fast",
+                            "--to-store", "rbd", "--image", on_src["id"]], env)
+        api = timed([stackhop, "--log-json", "--journal", journal, "images", "copy", "--from",
+                     "src", "--to", "dst", "--to-store", "rbd", "--image", on_src["id"]], env)
         delete_images(dst, stackhop_source=on_src["id"])
-        ceph = timed([stackhop, "--journal", str(workdir / f"{name}-ceph.sqlite"), "images",
-                      "copy", "--from", "src", "--to", "dst", "--to-store", "rbd",
+        ceph = timed([stackhop, "--log-json", "--journal", str(workdir / f"{name}-ceph.sqlite"),
+                      "images", "copy", "--from", "src", "--to", "dst", "--to-store", "rbd",
                       "--location-cloud", "dst-glance-service", "--storage-map",
                       str(storage_map), "--image", on_src["id"]], env)
+        delete_images(dst, stackhop_source=on_src["id"])
+        floor = rbd_floor(on_src["id"], size_mib)
         return {
             "size_mib": size_mib,
+            "load": {"start": load_start, "end": _uptime()},
             "move": {
                 "locations": rate(locations),
                 "seed_way": {"save": save, "upload": upload, "seconds": round(seed_s, 2),
@@ -255,6 +352,7 @@ def bench_rbd(size_mib: int, workdir: Path, env: dict[str, str]) -> dict[str, An
             "cross_cloud": {
                 "api_stream": rate(api), "ceph_to_ceph": rate(ceph),
                 "ratio": round(api["seconds"] / ceph["seconds"], 2),
+                "floor_rbd_tools": floor,
             },
         }
     finally:
@@ -282,6 +380,23 @@ def report_rbd(rows: list[dict[str, Any]]) -> tuple[str, bool]:
             f" {x['ratio']:>6} {rss:>7}M")
         ok = ok and m["ratio_locations_vs_seed"] >= GOAL_RATIO and x["ratio"] >= 2 and \
             rss < GOAL_PEAK_RSS_MB
+    for r in rows:
+        x = r["cross_cloud"]
+        lines.append(f"{r['size_mib']}M phases (s): " + "; ".join(
+            f"{label} {run['seconds']} = " + " + ".join(
+                f"{k} {v}" for k, v in run.get("phases", {}).items())
+            for label, run in (("locations", r["move"]["locations"]),
+                               ("copy-image", r["move"]["copy_image"]),
+                               ("API", x["api_stream"]), ("Ceph", x["ceph_to_ceph"]))))
+        floor = x.get("floor_rbd_tools")
+        if floor:
+            lines.append(f"{r['size_mib']}M floor, rbd tools: export|import "
+                         f"{floor['rbd_export_import']} s + read back and hash "
+                         f"{floor['read_back_hash']} s = {floor['seconds']} s "
+                         f"({floor['mb_per_s']} MB/s)")
+        if "load" in r:
+            lines.append(f"{r['size_mib']}M load at start: {r['load']['start']}")
+            lines.append(f"{r['size_mib']}M load at end:   {r['load']['end']}")
     return "\n".join(lines), ok
 
 
@@ -342,13 +457,15 @@ def _save_rbd(rows: list[dict[str, Any]], no_save: bool) -> int:
         out = ROOT / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
         command = shlex.join([".venv/bin/python", "bench/images.py", *sys.argv[1:]])
-        (out / f"images-rbd-{day}.json").write_text(json.dumps({
+        # One file per day and size list: a 4 GiB run does not overwrite the 1 GiB one.
+        stem = f"images-rbd-{day}-" + "-".join(f"{r['size_mib']}m" for r in rows)
+        (out / f"{stem}.json").write_text(json.dumps({
             "command": command, "host": platform.node(), "cpus": os.cpu_count(),
             "load_average": load, "rows": rows,
             "goal": {"locations_vs_seed": GOAL_RATIO, "ceph_vs_api": 2,
                      "peak_rss_mb": GOAL_PEAK_RSS_MB},
         }, indent=2) + "\n")
-        (out / f"images-rbd-{day}.txt").write_text(f"$ {command}\n{table}\n")
+        (out / f"{stem}.txt").write_text(f"$ {command}\n{table}\n")
     return 0 if ok else 1
 
 

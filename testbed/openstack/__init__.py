@@ -30,9 +30,10 @@ def cloud_components(c: layout.CloudLayout) -> list[Component]:
 
 def components() -> list[Component]:
     """The OpenStack components of both clouds."""
-    from testbed.openstack import glance_legacy
+    from testbed.openstack import glance_legacy, nova_legacy
 
     return [
         *(comp for c in layout.CLOUDS for comp in cloud_components(c)),
         *glance_legacy.components(),
+        *nova_legacy.components(),
     ]

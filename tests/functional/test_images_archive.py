@@ -24,24 +24,38 @@ def test_export_with_image_data_then_import_keeps_ids_and_everything(
     own_images: ImageFactory, cli: Any, tmp_path: Path
 ) -> None:
     shared = own_images.create("arch-shared", size=5 * MIB, visibility="shared",
-                               member_projects=("demo",), tags=["z"], purpose="offline")
+                               member_projects=("demo",), tags=["z"], purpose="offline",
+                               os_distro="debian")
     plain = own_images.create("arch-plain", size=2 * MIB + 7, protected=True)
     archive = tmp_path / "images.shop"
+    # A name pattern selects both (and nothing of the rest of the cloud).
     exported = cli("images", "export", "--from", "src", "-o", str(archive), "--image",
-                   shared["id"], "--image", plain["id"], "--with-image-data", "-f", "json")
+                   own_images.prefix + "arch-*", "--with-image-data", "-f", "json")
     assert exported.code == 0, exported.err
     assert exported.json()["records"]["glance.image"] == 2
     assert exported.json()["records"]["glance.image_data"] == 5 + 3  # 1 MiB chunks
 
     journal = str(tmp_path / "journal.sqlite")
-    imported = cli("--journal", journal, "images", "import", "--to", "dst", str(archive),
-                   "--keep-id", "-f", "json")
+    args = ("--journal", journal, "images", "import", "--to", "dst", str(archive), "--keep-id",
+            "-f", "json")
+    nothing = cli(*args, "--image", "no-such-*")
+    assert nothing.code != 0 and "no-such-*" in nothing.err, nothing.err
+    only_plain = cli(*args, "--image", own_images.prefix + "arch-p?ain")
+    assert only_plain.code == 0, only_plain.err
+    assert only_plain.json()["counts"]["glance.image"]["done"] == 1
+    _assert_copied(own_images, plain["id"], plain["id"])
+    assert glance_json(own_images.dst, shared["id"]) is None
+
+    imported = cli(*args, "--property-exclude", "purpose")
     assert imported.code == 0, imported.err
-    assert imported.json()["counts"]["glance.image"]["done"] == 2
-    for image in (shared, plain):
-        _assert_copied(own_images, image["id"], image["id"])
-    again = cli("--journal", journal, "images", "import", "--to", "dst", str(archive),
-                "--keep-id", "-f", "json")
+    counts = imported.json()["counts"]["glance.image"]
+    assert (counts["done"], counts["skipped"]) == (1, 1), counts
+    copy = glance_json(own_images.dst, shared["id"])
+    assert copy is not None and "purpose" not in copy
+    assert copy["os_distro"] == "debian" and copy["tags"] == ["z"]
+    assert copy["os_hash_value"] == shared["os_hash_value"]
+    # Same filter again: both skipped (without it, the copy of "shared" would differ).
+    again = cli(*args, "--property-exclude", "purpose")
     assert again.json()["counts"]["glance.image"]["skipped"] == 2, again.err
 
 

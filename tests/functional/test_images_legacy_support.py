@@ -13,10 +13,12 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import openstack.config
 import pytest
 from openstack.connection import Connection
 from testbed import layout
@@ -143,6 +145,36 @@ def legacy_images(testbed: Any) -> Iterator[LegacyImages]:
         yield images
     finally:
         images.cleanup()
+
+
+@contextmanager
+def legacy_server(name: str, image_id: str) -> Iterator[tuple[Connection, Any]]:
+    """A server of the legacy Nova (images from the legacy Glance) booted from ``image_id``.
+
+    Yields src's admin on the legacy Nova and the ACTIVE server; deletes it at the end.
+    """
+    from testbed.openstack import nova_legacy
+    from testbed.process import tcp_open
+
+    c = layout.SRC
+    if not tcp_open(nova_legacy.port(c)):
+        pytest.fail("the legacy Nova (nova-legacy-src) does not answer; bring it up with "
+                    "python -m testbed up --only nova-legacy-src")
+    config = openstack.config.OpenStackConfig(config_files=[str(layout.CLOUDS_YAML)])
+    conn = Connection(config=config.get_one(
+        cloud=LEGACY, compute_endpoint_override=nova_legacy.url(c)))
+    flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+    server = conn.compute.create_server(
+        name=name, image_id=image_id, flavor_id=flavor.id, networks="none",
+        availability_zone=nova_legacy.availability_zone(c))
+    try:
+        server = conn.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"],
+                                              interval=1, wait=180)
+        assert server.hypervisor_hostname == nova_legacy.compute_host(c)
+        yield conn, server
+    finally:
+        conn.compute.delete_server(server, ignore_missing=True)
+        conn.compute.wait_for_delete(server, interval=1, wait=180)
 
 
 def _answers() -> bool:

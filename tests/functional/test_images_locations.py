@@ -28,6 +28,7 @@ from tests.functional.test_images_legacy_support import (
     download_sha512,
     file_path,
     legacy_images,
+    legacy_server,
     locations,
     rbd_sha512,
 )
@@ -86,10 +87,19 @@ def test_locations_moves_file_to_rbd_keeping_id_attributes_members_and_state(
     shared_members = members(legacy_images.conn, shared["id"])
     journal = tmp_path / "journal.sqlite"
 
-    # auto picks locations on a single-store Glance that shows them.
-    first = cli(*_move_args(journal, *(i["id"] for i in images), method="auto"))
-    assert first.code == 0, first.err
-    assert sorted(first.json()["done"]) == sorted(i["id"] for i in images)
+    # A server of the legacy Nova runs from "shared" while it moves; it must rebuild after.
+    with legacy_server(legacy_images.prefix + "server", shared["id"]) as (nova, server):
+        # auto picks locations on a single-store Glance that shows them.
+        first = cli(*_move_args(journal, *(i["id"] for i in images), method="auto"))
+        assert first.code == 0, first.err
+        assert sorted(first.json()["done"]) == sorted(i["id"] for i in images)
+        assert locations(legacy_images.conn, shared["id"]) == [
+            legacy_images.pool.location(shared["id"])]
+        # Nova's API and compute both read the image record again for a rebuild.
+        nova.compute.rebuild_server(server, image=shared["id"])
+        server = nova.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"],
+                                              interval=1, wait=180)
+        assert server.image["id"] == shared["id"]
 
     for image in images:
         after = glance_json(legacy_images.conn, image["id"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -186,3 +188,21 @@ def test_stream_hasher_hashes_holes_as_zeros_and_falls_back_when_out_of_order() 
     backwards.record(header, WriteExtent(100, b"a"))
     backwards.record(header, WriteExtent(50, b"b"))
     assert not backwards.in_order
+
+
+def test_the_cli_imports_no_plotting_library() -> None:
+    """matplotlib and numpy (about 55 MB) load only when a usage report draws its charts."""
+    code = ("import sys, stackhop.cli.main; "
+            "print(sorted(m for m in ('matplotlib', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_image_name_patterns_match_names_or_an_exact_id() -> None:
+    from stackhop.images.common import is_glob, name_matches
+
+    web = {"id": "3f2a", "name": "web-base"}
+    assert is_glob("web-*") and is_glob("db-?") and is_glob("[wd]*") and not is_glob("web-base")
+    assert name_matches(web, "web-*") and name_matches(web, "3f2a")
+    assert not name_matches(web, "Web-*"), "case-sensitive, as the property globs"
+    assert not name_matches({"id": "x", "name": None}, "web-*")

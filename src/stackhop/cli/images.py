@@ -54,7 +54,8 @@ ACTION_STYLES = {"move": "green", "create": "green", "error": "bold red", "faile
 def _selection(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("which images (exactly one of)")
     group.add_argument("--image", action="append", default=[], metavar="ID_OR_NAME",
-                       help="this image (repeat for several)")
+                       help="this image (repeat for several); a name with * ? [ is a "
+                       "pattern: every image whose name matches (quote it)")
     group.add_argument("--project", metavar="ID_OR_NAME", help="every image the project owns")
     group.add_argument("--all", action="store_true", help="every image of the cloud")
 
@@ -179,8 +180,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
     p.add_argument("archive", metavar="FILE")
+    p.add_argument("--image", action="append", default=[], metavar="ID_OR_NAME",
+                   help="import only this image of the archive (repeat for several; a name "
+                   "with * ? [ is a pattern; default: every image)")
     p.add_argument("--keep-id", action="store_true", help="same image ID where it is free")
     p.add_argument("--project-map", metavar="FILE", help="YAML: {source id: destination id}")
+    _property_filter_options(p, "import")
     p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
     p.add_argument("--workers", type=int, default=2, metavar="N")
     add_format_options(p, columns=False)
@@ -375,6 +380,7 @@ def import_command(args: argparse.Namespace) -> int:
         importer = image_archive.ArchiveImageImporter(
             reader, destination, journal, args.destination, keep_id=args.keep_id,
             workers=args.workers, events=args.events, project_map=project_map,
+            images=tuple(args.image), properties=_property_filter(args),
         )
         operations = importer.plan()
         if args.dry_run:
@@ -382,7 +388,7 @@ def import_command(args: argparse.Namespace) -> int:
                      "Reason": op.as_dict().get("detail") or ""} for op in operations]
             _print(rows, PLAN_COLUMNS, args.format, [op.as_dict() for op in operations])
             return 0
-        result = importer.run(operations, args={"archive": args.archive,
+        result = importer.run(operations, args={"archive": args.archive, "images": args.image,
                                                 "keep_id": args.keep_id})
     _print_run(result, args.format)
     result.raise_for_failures()

@@ -25,8 +25,9 @@ from typing import Any
 
 from stackhop.archive import ArchiveReader
 from stackhop.engine import Engine, RunResult
-from stackhop.errors import IntegrityError
+from stackhop.errors import ConfigError, IntegrityError
 from stackhop.events import Event, EventSink, EventType, NullSink
+from stackhop.images.common import PropertyFilter, is_glob, name_matches
 from stackhop.journal import Journal
 from stackhop.kinds import get
 from stackhop.kinds.base import Connection, Record
@@ -171,6 +172,9 @@ class ArchiveImageImporter:
     workers: int = 2
     events: EventSink = field(default_factory=NullSink)
     project_map: OperatorMap | None = None
+    #: Which of the archive's images to import: IDs, names or name globs (empty: all).
+    images: tuple[str, ...] = ()
+    properties: PropertyFilter = field(default_factory=PropertyFilter)
 
     def __post_init__(self) -> None:
         registered = get(Image.name)
@@ -185,13 +189,35 @@ class ArchiveImageImporter:
         self.resolver = Resolver(self.destination_cloud, maps=identities.maps(),
                                  keep_ids=frozenset(), journal=self.journal)
 
+    def selected(self) -> list[Record]:
+        """The archive's image records that ``images`` names (all when it names none).
+
+        A name or pattern that matches no image of the archive is a ConfigError,
+        as is a plain name that two images share.
+        """
+        records = list(self.reader.records(Image.name))
+        if not self.images:
+            return records
+        chosen: dict[str, Record] = {}
+        for wanted in self.images:
+            matched = [r for r in records if name_matches(r, wanted)]
+            if not matched:
+                raise ConfigError(f"the archive has no image with ID or name {wanted!r}")
+            if len(matched) > 1 and not is_glob(wanted):
+                ids = ", ".join(str(r["id"]) for r in matched)
+                raise ConfigError(f"image name {wanted!r} is ambiguous in the archive ({ids}); "
+                                  "give an ID")
+            for record in matched:
+                chosen.setdefault(str(record["id"]), record)
+        return [r for r in records if str(r["id"]) in chosen]
+
     def plan(self) -> list[Operation]:
         """The operations an import applies; images without data in the archive are left out."""
         with_data = has_data(self.reader)
         records: list[Record] = []
-        for record in self.reader.records(Image.name):
+        for record in self.selected():
             if record["id"] in with_data:
-                records.append(record)
+                records.append(self.properties.apply(dict(record)))
             else:
                 self.events.emit(Event(
                     EventType.WARNING, kind=Image.name, identity=self.kind.identity(record),

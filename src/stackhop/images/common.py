@@ -84,19 +84,46 @@ def _project_id(conn: Any, project: str) -> str:
     return str(found.id)
 
 
+GLOB_CHARACTERS = frozenset("*?[")
+
+
+def is_glob(text: str) -> bool:
+    """Whether ``text`` is a shell-style name pattern (``web-*``), not a plain name or ID."""
+    return any(c in GLOB_CHARACTERS for c in text)
+
+
+def name_matches(image: dict[str, Any], pattern: str) -> bool:
+    """Whether the image's ID is ``pattern``, or its name matches it (case-sensitive glob)."""
+    return image.get("id") == pattern or fnmatchcase(str(image.get("name") or ""), pattern)
+
+
+def _by_name(images: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(images, key=lambda i: (i.get("name") or "", i["id"]))
+
+
 def select_images(conn: Any, selection: Selection) -> list[dict[str, Any]]:
     """The Glance JSON of the selected images, in a stable order.
 
     A named image is looked up by ID, then by name (an ambiguous or unknown
-    name is a ConfigError). ``--project`` takes a project name or ID.
+    name is a ConfigError). A name with ``*``, ``?`` or ``[`` is a shell-style
+    pattern: every image whose name matches it (none is a ConfigError).
+    ``--project`` takes a project name or ID.
     """
     selection.check()
     service = conn.image
     if selection.all or selection.project is not None:
         filters = {"owner": _project_id(conn, selection.project)} if selection.project else {}
-        return sorted(list_images(service, **filters), key=lambda i: (i.get("name") or "", i["id"]))
+        return _by_name(list_images(service, **filters))
     result: list[dict[str, Any]] = []
+    every: list[dict[str, Any]] | None = None
     for wanted in selection.images:
+        if is_glob(wanted):
+            every = every if every is not None else _by_name(list_images(service))
+            matched = [i for i in every if name_matches(i, wanted)]
+            if not matched:
+                raise ConfigError(f"no image name matches {wanted!r}")
+            result += [i for i in matched if all(i["id"] != r["id"] for r in result)]
+            continue
         image = get_image(service, wanted)
         if image is None:
             matches = list(list_images(service, name=wanted))

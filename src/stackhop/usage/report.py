@@ -15,13 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot: never look for a display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from stackhop.usage.months import Breakdown, Figures  # noqa: E402
+from stackhop.usage.months import Breakdown, Figures
 
 #: Pixel size of a chart (width, height) at :data:`DPI`; the HTML shows it at this size.
 CHART_SIZE = (960, 600)
@@ -51,6 +45,14 @@ class ProjectReport:
 
 def chart_png(project: ProjectReport) -> bytes:
     """The project's monthly usage as a PNG: one bar panel per figure."""
+    # Imported here, not at the top: the CLI imports this module for every
+    # command, and matplotlib with numpy costs about 55 MB and 1 s.
+    import matplotlib
+
+    matplotlib.use("Agg")  # before pyplot: never look for a display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     months = project.breakdown.months
     labels = [m.month for m in months]
     width, height = CHART_SIZE
