@@ -123,7 +123,7 @@ def _flat(file: Path, data: Any) -> dict[str, str]:
 # -- reading identities --------------------------------------------------------
 
 
-def _domain_names(conn: Connection) -> dict[str, str]:
+def domain_names(conn: Connection) -> dict[str, str]:
     return {d.id: d.name for d in conn.identity.domains()}
 
 
@@ -138,7 +138,7 @@ class DomainListingError(ConfigError):
         self.domain = domain
 
 
-def _users_of_domain(conn: Connection, domain_id: str, domain_name: str) -> Iterator[Any]:
+def users_of_domain(conn: Connection, domain_id: str, domain_name: str) -> Iterator[Any]:
     """The raw user documents of one domain, following Keystone's ``links.next``.
 
     Keystone answers ``GET /v3/users`` without ``domain_id`` from the token's
@@ -183,8 +183,8 @@ def _http_reason(response: Any) -> str:
 def list_users(conn: Connection) -> Iterator[Record]:
     """Every user of the cloud as an ``identity.user`` record, one listing per domain."""
     seen: set[str] = set()
-    for domain_id, domain_name in _domain_names(conn).items():
-        for user in _users_of_domain(conn, domain_id, domain_name):
+    for domain_id, domain_name in domain_names(conn).items():
+        for user in users_of_domain(conn, domain_id, domain_name):
             if user["id"] in seen:
                 continue
             seen.add(user["id"])
@@ -206,7 +206,7 @@ DEFAULT_DOMAIN_ID = "default"
 
 def list_projects(conn: Connection) -> Iterator[Record]:
     """Every project of the cloud as an ``identity.project`` record."""
-    domains = _domain_names(conn)
+    domains = domain_names(conn)
     for project in conn.identity.projects():
         yield {
             "id": project.id,
