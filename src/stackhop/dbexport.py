@@ -115,6 +115,11 @@ class DatabaseReader:
         except sa.exc.OperationalError as exc:
             raise self._unreachable(database, url, path, exc) from exc
 
+    def quote(self, database: str, name: str) -> str:
+        """``name`` quoted for ``database``'s dialect (``limit`` is a reserved word)."""
+        engine, _, _ = self._engine(database)
+        return str(engine.dialect.identifier_preparer.quote(name))
+
     def require(self, database: str, table: str, needed: set[str]) -> set[str]:
         """``table``'s columns; a one-line :class:`SchemaError` naming what is missing."""
         found = self.columns(database, table)

@@ -28,11 +28,14 @@ MARIA = f"mysql://{layout.DB_USER}:{layout.DB_PASSWORD}@{layout.HOST}:{layout.MA
 PG = f"postgresql://{layout.DB_USER}:{layout.DB_PASSWORD}@{layout.HOST}:{layout.POSTGRES_PORT}"
 
 
-def _config_dir(root: Path, nova: dict[str, str]) -> Path:
-    """A --db-config-dir whose nova.conf has the ``nova`` sections given (section -> URL)."""
-    (root / "nova").mkdir(parents=True)
-    text = "".join(f"[{section}]\nconnection = {url}\n" for section, url in nova.items())
-    (root / "nova" / "nova.conf").write_text(text, encoding="utf-8")
+def _config_dir(root: Path, nova: dict[str, str], others: dict[str, str] | None = None) -> Path:
+    """A --db-config-dir: nova.conf with the sections given (section -> URL), and
+    neutron.conf / cinder.conf with ``[database]`` URLs (service -> URL)."""
+    files = {"nova": nova, **{svc: {"database": url} for svc, url in (others or {}).items()}}
+    for service, sections in files.items():
+        (root / service).mkdir(parents=True)
+        text = "".join(f"[{section}]\nconnection = {url}\n" for section, url in sections.items())
+        (root / service / f"{service}.conf").write_text(text, encoding="utf-8")
     return root
 
 
@@ -53,9 +56,10 @@ def test_db_export_matches_the_api_on_every_source(seeded: object, tmp_path: Pat
     scope = ExportScope(
         users=list(list_users(conn)), projects=list(list_projects(conn)), exported={}
     )
+    names = ("nova.keypair", "nova.quota", "neutron.quota", "cinder.quota")
+    from_api = {k: _canonical(registry.get(k).export(conn, scope)) for k in names}
+    assert all(from_api.values())  # the seed's keypairs and quotas
     kind = registry.get("nova.keypair")
-    from_api = _canonical(kind.export(conn, scope))
-    assert from_api  # the seed's keypairs
     sources = {
         "mariadb": {"api_database": f"{MARIA}/src_nova_api", "database": f"{MARIA}/src_nova_cell1"},
         "postgresql": {"api_database": f"{PG}/src_nova_api", "database": f"{PG}/src_nova_cell1"},
@@ -63,9 +67,15 @@ def test_db_export_matches_the_api_on_every_source(seeded: object, tmp_path: Pat
         "postgresql-liberty": {"database": f"{PG}/src_liberty_nova"},
     }
     for name, nova in sources.items():
-        reader = DatabaseReader(_config_dir(tmp_path / name, nova))
+        server, db = (MARIA if name.startswith("mariadb") else PG), "src_liberty_"
+        if not name.endswith("liberty"):
+            db = "src_"
+        others = {"neutron": f"{server}/{db}neutron", "cinder": f"{server}/{db}cinder"}
+        reader = DatabaseReader(_config_dir(tmp_path / name, nova, others))
         try:
-            assert _canonical(kind.read_db(reader, scope)) == from_api, name
+            for k in names:
+                got = _canonical(registry.get(k).read_db(reader, scope))
+                assert got == from_api[k], (name, k)
         finally:
             reader.close()
     # A schema stackhop does not know: a one-line error naming table and column.
