@@ -541,7 +541,37 @@ _NEEDS = {
     "manage": "adopting copied RBD volumes into Cinder",
     "usage": "archiving the usage history",
     "admin": "reading and writing every project's resources",
+    "users": "mapping users by name (--domain-map)",
 }
+
+
+def identity_capabilities(conn: Connection) -> list[Capability]:
+    """One capability per domain: can its users be listed (an LDAP domain's bind works)?
+
+    stackhop maps users per domain (:func:`stackhop.kinds.identity.list_users`);
+    a domain whose backend refuses (wrong bind password, directory down) is
+    named here rather than failing an export later.
+    """
+    from keystoneauth1 import exceptions as ksa
+    from openstack import exceptions as sdk
+
+    from stackhop.kinds import identity
+
+    try:
+        domains = identity.domain_names(conn)
+    except (sdk.SDKException, ksa.ClientException) as exc:
+        return [Capability("identity domains", False, _probe_failure(exc), _NEEDS["users"])]
+    caps = []
+    for domain_id, domain_name in domains.items():
+        name = f"identity users of domain {domain_name}"
+        try:
+            n = sum(1 for _ in identity.users_of_domain(conn, domain_id, domain_name))
+        except identity.DomainListingError as exc:
+            caps.append(Capability(name, False, exc.message, _NEEDS["users"]))
+            continue
+        caps.append(Capability(name, True, f"{n} user(s) listed", _NEEDS["users"]))
+    return caps
+
 
 #: Microversions stackhop needs: compute 2.10 lists other users' keypairs,
 #: block-storage 3.8 lists manageable volumes for "manage existing".
@@ -626,6 +656,7 @@ def check(name: str | None = None, events: EventSink | None = None) -> CloudRepo
                 "compute os-simple-tenant-usage", False, "no compute service", _NEEDS["usage"]
             )
         )
+    report.capabilities += identity_capabilities(conn)
     report.capabilities.append(
         Capability(
             "admin role",

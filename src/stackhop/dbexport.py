@@ -29,6 +29,8 @@ from stackhop.kinds.base import ExportScope, Kind, Record
 #: Where each database's connection URL is configured: (file, section).
 DATABASES: Mapping[str, tuple[str, str]] = {
     "nova_api": ("nova/nova.conf", "api_database"),
+    # Liberty kept keypairs and quotas in the cell database (``[database]``).
+    "nova": ("nova/nova.conf", "database"),
     "neutron": ("neutron/neutron.conf", "database"),
     "cinder": ("cinder/cinder.conf", "database"),
 }
@@ -55,6 +57,24 @@ def connection_url(config_dir: str | Path, database: str) -> tuple[str, Path]:
     return url.strip(), path
 
 
+#: The drivers stackhop ships (requirements): the services' plain URL schemes
+#: name other ones (``postgresql://`` means psycopg2, ``mysql://`` MySQLdb).
+DRIVERS: Mapping[str, str] = {"postgresql": "psycopg", "mysql": "pymysql"}
+
+
+def with_shipped_driver(url: str) -> sa.URL:
+    """``url`` with the driver stackhop ships for its backend when it names none."""
+    parsed = sa.make_url(url)
+    backend = parsed.get_backend_name()
+    if "+" not in parsed.drivername and backend in DRIVERS:
+        parsed = parsed.set(drivername=f"{backend}+{DRIVERS[backend]}")
+    return parsed
+
+
+class SchemaError(ConfigError):
+    """A database whose tables are not one of the shapes stackhop knows."""
+
+
 def _read_only(engine: sa.Engine) -> None:
     statement = (
         "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
@@ -76,30 +96,89 @@ class DatabaseReader:
     config_dir: str | Path
     _engines: dict[str, sa.Engine] = field(default_factory=dict)
 
-    def query(self, database: str, sql: str, **params: Any) -> list[sa.Row[Any]]:
+    def configured(self, database: str) -> bool:
+        """Whether ``database``'s service config names a connection (Liberty may lack one)."""
+        try:
+            connection_url(self.config_dir, database)
+        except ConfigError:
+            return False
+        return True
+
+    def columns(self, database: str, table: str) -> set[str] | None:
+        """The column names of ``table`` by reflection, or None when there is no such table."""
+        engine, url, path = self._engine(database)
+        try:
+            inspector = sa.inspect(engine)
+            if not inspector.has_table(table):
+                return None
+            return {str(c["name"]) for c in inspector.get_columns(table)}
+        except sa.exc.OperationalError as exc:
+            raise self._unreachable(database, url, path, exc) from exc
+
+    def quote(self, database: str, name: str) -> str:
+        """``name`` quoted for ``database``'s dialect (``limit`` is a reserved word)."""
+        engine, _, _ = self._engine(database)
+        return str(engine.dialect.identifier_preparer.quote(name))
+
+    def require(self, database: str, table: str, needed: set[str]) -> set[str]:
+        """``table``'s columns; a one-line :class:`SchemaError` naming what is missing."""
+        found = self.columns(database, table)
+        if found is None:
+            raise SchemaError(
+                f"the {database} database has no table {table}: not a Nova/Neutron/Cinder "
+                "schema stackhop knows (Liberty or later); export with --via api"
+            )
+        missing = sorted(needed - found)
+        if missing:
+            raise SchemaError(
+                f"table {table} of the {database} database has no column {missing[0]}: "
+                "not a schema stackhop knows (Liberty or later); export with --via api"
+            )
+        return found
+
+    def _engine(self, database: str) -> tuple[sa.Engine, str, Path]:
         engine = self._engines.get(database)
         url, path = connection_url(self.config_dir, database)
         if engine is None:
             try:
-                engine = sa.create_engine(url, pool_pre_ping=True)
+                engine = sa.create_engine(with_shipped_driver(url), pool_pre_ping=True)
             except (sa.exc.ArgumentError, ImportError) as exc:
                 raise ConfigError(f"{path}: cannot use connection URL: {exc}") from exc
             _read_only(engine)
             self._engines[database] = engine
+        return engine, url, path
+
+    @staticmethod
+    def _unreachable(database: str, url: str, path: Path, exc: sa.exc.DBAPIError) -> ConfigError:
+        where = sa.make_url(url).render_as_string(hide_password=True)
+        reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+        return ConfigError(
+            f"cannot read the {database} database at {where}: {reason} "
+            f"(check the connection in {path} and that the database answers)"
+        )
+
+    def query(self, database: str, sql: str, **params: Any) -> list[sa.Row[Any]]:
+        engine, url, path = self._engine(database)
         try:
             with engine.connect() as conn:
                 return list(conn.execute(sa.text(sql), params))
         except sa.exc.OperationalError as exc:
-            where = sa.make_url(url).render_as_string(hide_password=True)
-            reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
-            raise ConfigError(
-                f"cannot read the {database} database at {where}: {reason} "
-                f"(check the connection in {path} and that the database answers)"
-            ) from exc
+            raise self._unreachable(database, url, path, exc) from exc
 
     def close(self) -> None:
         for engine in self._engines.values():
             engine.dispose()
+
+
+def live(columns: set[str], *, boolean: bool = False) -> str:
+    """The SQL condition keeping live rows: soft-deleted ones (``deleted`` set) are not.
+
+    Nova's ``deleted`` is an integer (the row's ID once deleted), Cinder's a
+    boolean (``tinyint(1)`` on MariaDB, ``boolean`` on PostgreSQL).
+    """
+    if "deleted" not in columns:
+        return "1 = 1"
+    return "deleted = false" if boolean else "deleted = 0"
 
 
 def read(reader: DatabaseReader, kind: Kind, scope: ExportScope) -> Iterator[Record]:

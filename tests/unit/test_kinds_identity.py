@@ -46,3 +46,32 @@ def test_unmapped_are_named() -> None:
     assert message is not None
     assert "ldap/lars" in message and "--user-map" in message and "Default/old" in message
     assert unmapped_message(IdentityMapping()) is None
+
+
+def test_domain_map_keeps_default_sql_users_unless_asked(tmp_path: Path) -> None:
+    from stackhop.kinds.identity import OperatorMap, destination_domain, parse_domain_map
+
+    domains = parse_domain_map(["Default=ldap_users", " corp = people "])
+    assert domains == {"Default": "ldap_users", "corp": "people"}
+    op = OperatorMap().with_domains(domains)
+    sql = {
+        "id": "0123456789abcdef0123456789abcdef",
+        "domain_id": "default",
+        "domain_name": "Default",
+    }
+    person = {"id": "lina", "domain_id": "default", "domain_name": "Default"}
+    assert destination_domain(sql, op) == "Default"
+    assert destination_domain(person, op) == "ldap_users"
+    path = tmp_path / "m.yaml"
+    path.write_text("sql_users: true\ndomains:\n  Default: ldap_users\n")
+    asked = load_operator_map(path)
+    assert asked.sql_users and destination_domain(sql, asked) == "ldap_users"
+
+
+@pytest.mark.parametrize("value", ["Default", "=x", "Default="])
+def test_domain_map_rejects_bad_pairs(value: str) -> None:
+    from stackhop.errors import ConfigError
+    from stackhop.kinds.identity import parse_domain_map
+
+    with pytest.raises(ConfigError, match="SOURCE_DOMAIN=DESTINATION_DOMAIN"):
+        parse_domain_map([value])

@@ -78,6 +78,14 @@ def add_maps(parser: argparse.ArgumentParser, *, users: bool = True, projects: b
     """``--user-map FILE`` and ``--project-map FILE`` (docs/resources.md: users and projects)."""
     if users:
         parser.add_argument("--user-map", metavar="FILE", help=USER_MAP_HELP)
+        parser.add_argument(
+            "--domain-map",
+            action="append",
+            metavar="SRC=DST",
+            help="match the users of source domain SRC by name in destination domain DST "
+            "(repeatable; e.g. Default=ldap_users; the SQL users of Default stay in Default "
+            "unless the --user-map file says sql_users: true)",
+        )
     if projects:
         parser.add_argument("--project-map", metavar="FILE", help=PROJECT_MAP_HELP)
 

@@ -29,6 +29,7 @@ from stackhop.cli.volumes_backup import (
 )
 from stackhop.errors import ConflictError, UsageError
 from stackhop.journal import Journal
+from stackhop.kinds.identity import parse_domain_map
 from stackhop.project import migrate
 from stackhop.project.phases import PHASES
 from stackhop.project.report import MigrationReport
@@ -177,6 +178,7 @@ def _request(args: argparse.Namespace) -> migrate.MigrationRequest:
         allow_in_use=args.allow_in_use,
         storage_map=args.storage_map,
         user_map=args.user_map,
+        domain_map=parse_domain_map(args.domain_map),
         project_map=args.project_map,
         choose_volumes=_choose_from_stdin if args.interactive else None,
     )

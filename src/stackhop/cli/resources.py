@@ -31,7 +31,7 @@ from stackhop.events import Event, EventType
 from stackhop.images import archive as image_archive
 from stackhop.images import common as image_selection
 from stackhop.journal import Journal
-from stackhop.kinds.identity import load_operator_map
+from stackhop.kinds.identity import load_operator_map, parse_domain_map
 from stackhop.plan import Operation, summarize
 from stackhop.resolve import load_network_map
 
@@ -163,7 +163,9 @@ def _prepare(
         kinds,
         conn,
         args.destination,
-        user_map=load_operator_map(args.user_map),
+        user_map=load_operator_map(args.user_map).with_domains(
+            parse_domain_map(args.domain_map)
+        ),
         project_map=load_operator_map(args.project_map),
         journal=journal,
     )

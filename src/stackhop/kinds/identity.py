@@ -6,8 +6,13 @@ carries one ``identity.user`` and one ``identity.project`` record per object
 
 - a user is matched by (domain name, user name), so an LDAP user whose ID
   changed when the identity backend did gets their resources under the new
-  ID. ``--user-map`` renames domains (``domains: {old: new}``) or pins ID
-  pairs (``users: {source id: destination id}``, or a flat mapping of IDs);
+  ID. ``--domain-map SRC=DST`` (or ``domains: {old: new}`` in the
+  ``--user-map`` file) renames domains; ``--user-map`` also pins ID pairs
+  (``users: {source id: destination id}``, or a flat mapping of IDs). In the
+  source's default domain a rename applies to the *directory* users only
+  (SOC6's hybrid backend put service users and people in Default): a user
+  whose ID Keystone's SQL driver generated (32 hex digits) keeps the name
+  ``Default`` unless the map says ``sql_users: true``;
 - a project keeps its ID when the destination has a project with that ID;
   otherwise it is matched by (domain name, project name); ``--project-map``
   pins ID pairs.
@@ -41,6 +46,26 @@ class OperatorMap:
 
     domains: Mapping[str, str] = field(default_factory=dict)
     ids: Mapping[str, str] = field(default_factory=dict)
+    #: Rename the default domain for its SQL users too (``sql_users: true``).
+    sql_users: bool = False
+
+    def with_domains(self, domains: Mapping[str, str]) -> OperatorMap:
+        """This map with ``domains`` (``--domain-map``) added; they win over the file's."""
+        return OperatorMap({**self.domains, **domains}, self.ids, self.sql_users)
+
+
+def parse_domain_map(values: Iterable[str] | None) -> dict[str, str]:
+    """``--domain-map SRC=DST`` values as a mapping of domain names."""
+    result: dict[str, str] = {}
+    for value in values or ():
+        source, sep, destination = value.partition("=")
+        if not sep or not source.strip() or not destination.strip():
+            raise ConfigError(
+                f"--domain-map {value!r}: expected SOURCE_DOMAIN=DESTINATION_DOMAIN "
+                "(domain names, e.g. Default=ldap_users)"
+            )
+        result[source.strip()] = destination.strip()
+    return result
 
 
 def load_operator_map(path: str | os.PathLike[str] | None) -> OperatorMap:
@@ -65,8 +90,8 @@ def load_operator_map(path: str | os.PathLike[str] | None) -> OperatorMap:
         return OperatorMap()
     if not isinstance(data, Mapping):
         raise ConfigError(f"map {file} must be a mapping, not a {type(data).__name__}")
-    sections = {"domains", "users", "projects", "ids"}
-    if any(isinstance(v, Mapping) for v in data.values()):
+    sections = {"domains", "users", "projects", "ids", "sql_users"}
+    if any(isinstance(v, Mapping) for v in data.values()) or "sql_users" in data:
         unknown = set(data) - sections
         if unknown:
             raise ConfigError(
@@ -75,7 +100,12 @@ def load_operator_map(path: str | os.PathLike[str] | None) -> OperatorMap:
         ids: dict[str, str] = {}
         for section in ("users", "projects", "ids"):
             ids.update(_flat(file, data.get(section) or {}))
-        return OperatorMap(domains=_flat(file, data.get("domains") or {}), ids=ids)
+        sql_users = data.get("sql_users", False)
+        if not isinstance(sql_users, bool):
+            raise ConfigError(f"map {file}: sql_users must be true or false, not {sql_users!r}")
+        return OperatorMap(
+            domains=_flat(file, data.get("domains") or {}), ids=ids, sql_users=sql_users
+        )
     return OperatorMap(ids=_flat(file, data))
 
 
@@ -93,25 +123,90 @@ def _flat(file: Path, data: Any) -> dict[str, str]:
 # -- reading identities --------------------------------------------------------
 
 
-def _domain_names(conn: Connection) -> dict[str, str]:
+def domain_names(conn: Connection) -> dict[str, str]:
     return {d.id: d.name for d in conn.identity.domains()}
 
 
+class DomainListingError(ConfigError):
+    """Keystone could not list the users of one domain (an LDAP backend down, a bad bind)."""
+
+    def __init__(self, domain: str, reason: str) -> None:
+        super().__init__(
+            f"cannot list the users of domain {domain!r}: {reason} (check that domain's "
+            "identity backend, e.g. the LDAP url and bind password in keystone.<domain>.conf)"
+        )
+        self.domain = domain
+
+
+def users_of_domain(conn: Connection, domain_id: str, domain_name: str) -> Iterator[Any]:
+    """The raw user documents of one domain, following Keystone's ``links.next``.
+
+    Keystone answers ``GET /v3/users`` without ``domain_id`` from the token's
+    domain only once domain-specific drivers are on, so every listing names
+    its domain. A listing cut by ``[DEFAULT] list_limit`` says ``truncated``:
+    that is an error here, never a silent partial map.
+    """
+    url: str | None = "/users"
+    params: dict[str, str] | None = {"domain_id": domain_id}
+    while url:
+        try:
+            response = conn.identity.get(url, params=params)
+        except Exception as exc:  # keystoneauth raises its own tree
+            raise DomainListingError(domain_name, _first_line(exc)) from exc
+        if response.status_code >= 400:
+            raise DomainListingError(domain_name, _http_reason(response))
+        body = response.json()
+        if body.get("truncated"):
+            raise DomainListingError(
+                domain_name,
+                f"Keystone truncated the listing at {len(body.get('users', []))} users "
+                "([DEFAULT] list_limit / [identity] list_limit); raise the limit",
+            )
+        yield from body.get("users", [])
+        url = (body.get("links") or {}).get("next")
+        params = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _http_reason(response: Any) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200]
+    return f"HTTP {response.status_code}: {str(message).splitlines()[0] if message else ''}"
+
+
 def list_users(conn: Connection) -> Iterator[Record]:
-    """Every user of the cloud as an ``identity.user`` record."""
-    domains = _domain_names(conn)
-    for user in conn.identity.users():
-        yield {
-            "id": user.id,
-            "name": user.name,
-            "domain_id": user.domain_id,
-            "domain_name": domains.get(user.domain_id, user.domain_id),
-        }
+    """Every user of the cloud as an ``identity.user`` record, one listing per domain."""
+    seen: set[str] = set()
+    for domain_id, domain_name in domain_names(conn).items():
+        for user in users_of_domain(conn, domain_id, domain_name):
+            if user["id"] in seen:
+                continue
+            seen.add(user["id"])
+            yield {
+                "id": user["id"],
+                "name": user["name"],
+                "domain_id": user.get("domain_id", domain_id),
+                "domain_name": domain_name,
+            }
+
+
+def is_sql_id(user_id: str) -> bool:
+    """An ID Keystone's SQL driver generated (``uuid4().hex``): 32 lower-case hex digits."""
+    return len(user_id) == 32 and all(ch in "0123456789abcdef" for ch in user_id)
+
+
+DEFAULT_DOMAIN_ID = "default"
 
 
 def list_projects(conn: Connection) -> Iterator[Record]:
     """Every project of the cloud as an ``identity.project`` record."""
-    domains = _domain_names(conn)
+    domains = domain_names(conn)
     for project in conn.identity.projects():
         yield {
             "id": project.id,
@@ -159,8 +254,8 @@ def map_identities(
     """Match the archive's users and projects with the destination's.
 
     Users: a pinned ID pair first, else (domain name after renames, name) on the
-    destination. Projects: a pinned pair, else the same ID if the destination
-    has it, else (domain name after renames, name).
+    destination (:func:`destination_domain`). Projects: a pinned pair, else the
+    same ID if the destination has it, else (domain name after renames, name).
     """
     user_map = user_map or OperatorMap()
     project_map = project_map or OperatorMap()
@@ -174,7 +269,7 @@ def map_identities(
         result.labels[user["id"]] = label(user)
         found = user_map.ids.get(user["id"])
         if found is None:
-            domain = user_map.domains.get(user["domain_name"], user["domain_name"])
+            domain = destination_domain(user, user_map)
             found = dst_users.get((domain, user["name"]))
         if found is None:
             result.unmapped.append((USER, user["id"], label(user)))
@@ -193,3 +288,21 @@ def map_identities(
         else:
             result.projects[project["id"]] = found
     return result
+
+
+def destination_domain(user: Mapping[str, Any], user_map: OperatorMap) -> str:
+    """The destination domain name a source user is looked up in.
+
+    The domain map renames the user's domain, except for the SQL users of the
+    source's default domain (service users, ``admin``) unless the map says
+    ``sql_users: true``: on a hybrid source they share Default with the
+    directory's people but stay SQL users of Default on the destination.
+    """
+    name = str(user["domain_name"])
+    if (
+        not user_map.sql_users
+        and user.get("domain_id") == DEFAULT_DOMAIN_ID
+        and is_sql_id(str(user["id"]))
+    ):
+        return name
+    return user_map.domains.get(name, name)

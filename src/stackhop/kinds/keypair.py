@@ -81,12 +81,31 @@ class Keypair(Kind):
         return self.list(conn, users=scope.users)
 
     def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
+        from stackhop.dbexport import DatabaseReader, live
+
         by_id = {u["id"]: u for u in scope.users}
-        rows = db.query(
-            "nova_api",
-            "SELECT user_id, name, type, public_key, fingerprint FROM key_pairs "
-            "ORDER BY user_id, name",
-        )
+        if isinstance(db, DatabaseReader):
+            # Today key_pairs lives in the API database; Liberty kept it (soft-deleted
+            # rows and all) in the cell database: decided by reflection.
+            database = (
+                "nova_api"
+                if db.configured("nova_api") and db.columns("nova_api", "key_pairs") is not None
+                else "nova"
+            )
+            columns = db.require(database, "key_pairs", {"user_id", "name", "public_key"})
+            kind = "type" if "type" in columns else "'ssh'"
+            fingerprint = "fingerprint" if "fingerprint" in columns else "NULL"
+            rows = db.query(
+                database,
+                f"SELECT user_id, name, {kind} AS type, public_key, {fingerprint} AS fingerprint "
+                f"FROM key_pairs WHERE {live(columns)} ORDER BY user_id, name",
+            )
+        else:
+            rows = db.query(
+                "nova_api",
+                "SELECT user_id, name, type, public_key, fingerprint FROM key_pairs "
+                "ORDER BY user_id, name",
+            )
         for row in rows:
             user = by_id.get(row.user_id)
             if user is not None:  # a keypair of a deleted user is not listed by the API either

@@ -118,6 +118,57 @@ class QuotaKind(Kind):
                 yield quota_record(project, limits)
 
     def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
+        from stackhop.dbexport import DatabaseReader
+
+        if isinstance(db, DatabaseReader):
+            return self._read_reflected(db, scope)
+        return self._read_fixed(db, scope)
+
+    def _read_reflected(self, db: Any, scope: ExportScope) -> Iterator[Record]:
+        """Today's schema or Liberty's, decided by reflection (``dbexport``'s helpers).
+
+        Liberty: Nova's quotas in the cell database (``[database]``), ``deleted``
+        columns (integer in Nova, boolean in Cinder), Neutron's ``tenant_id``.
+        """
+        from stackhop.dbexport import live
+
+        database = self.database
+        if database == "nova_api" and not (
+            db.configured("nova_api") and db.columns("nova_api", "quotas") is not None
+        ):
+            database = "nova"
+        columns = db.require(database, "quotas", {"resource"})
+        project = "project_id" if "project_id" in columns else "tenant_id"
+        limit = "hard_limit" if "hard_limit" in columns else "limit"
+        db.require(database, "quotas", {project, limit})
+        boolean = self.database == "cinder"
+        quote = db.quote
+        by_project: dict[str, dict[str, int]] = defaultdict(dict)
+        rows = db.query(
+            database,
+            f"SELECT {project} AS project_id, resource, {quote(database, limit)} AS hard_limit "
+            f"FROM quotas WHERE {live(columns, boolean=boolean)}",
+        )
+        for row in rows:
+            by_project[row.project_id][row.resource] = int(row.hard_limit)
+        defaults: dict[str, int] = {}
+        classes = db.columns(database, "quota_classes") if self.defaults_sql else None
+        if classes is not None:  # without the table, the defaults live in the config file
+            db.require(database, "quota_classes", {"class_name", "resource", "hard_limit"})
+            defaults = {
+                r.resource: int(r.hard_limit)
+                for r in db.query(
+                    database,
+                    "SELECT resource, hard_limit FROM quota_classes WHERE class_name = 'default' "
+                    f"AND {live(classes, boolean=boolean)}",
+                )
+            }
+        for project_record in scope.projects:
+            limits = explicit(by_project.get(project_record["id"], {}), defaults)
+            if limits:
+                yield quota_record(project_record, limits)
+
+    def _read_fixed(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
         by_project: dict[str, dict[str, int]] = defaultdict(dict)
         for row in db.query(self.database, self.limits_sql):
             by_project[row.project_id][row.resource] = int(row.hard_limit)
