@@ -636,6 +636,14 @@ class Journal:
                 for r in conn.execute(query)
             ]
 
+    def mapped_kinds(self, scope: str | None = None) -> list[str]:
+        """The kinds that have at least one mapping (in ``scope``), sorted."""
+        query = sa.select(id_map.c.kind).distinct().order_by(id_map.c.kind)
+        if scope is not None:
+            query = query.where(id_map.c.scope == scope)
+        with self.engine.connect() as conn:
+            return [str(kind) for kind in conn.execute(query).scalars()]
+
     # -- chunks --------------------------------------------------------------
 
     def record_chunk(

@@ -23,7 +23,9 @@ progress and ``before_state``) for a call that resumes where it stopped.
 
 A task's kind is a :class:`TaskKind`: a name for the journal and the ID map,
 and a service for the engine's fair share of workers; it has no API of its
-own.
+own. ``stackhop rollback`` undoes only ``create``/``update`` rows, so a task's
+action must be another word (``run``, ``copy``...): its undo is a task of its
+own, planned from the journal.
 """
 
 from __future__ import annotations

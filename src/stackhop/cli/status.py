@@ -129,7 +129,7 @@ def _when(value: Any) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _open(location: str) -> Journal:
+def open_journal(location: str) -> Journal:
     # Reading status must not create an empty journal where there was none.
     if "://" not in location and not Path(location).expanduser().exists():
         raise ConfigError(
@@ -139,7 +139,7 @@ def _open(location: str) -> Journal:
 
 
 def show_status(args: argparse.Namespace) -> int:
-    with _open(args.journal) as journal:
+    with open_journal(args.journal) as journal:
         report = collect(journal, args.run)
     if args.format != "table":
         dump(report.as_dict(), args.format, sys.stdout)
