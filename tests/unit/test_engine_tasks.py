@@ -228,3 +228,19 @@ def test_status_shows_the_stage_and_progress_of_unfinished_tasks(
     assert main(["--journal", location, "status"]) == 0
     out = capsys.readouterr().out
     assert "exported" in out and "512/2048" in out
+
+
+def test_status_lists_a_task_a_crash_left_pending(
+    journal: Journal, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_row = journal.start_run("test copy", destination_cloud="dst")
+    row = journal.transition(run_row.id, "dst", "test.copy", "vol-g", "pending", action="copy",
+                             expected=None, source_id="vol-g", attempt=True)
+    assert journal.report(row, stage="imported", progress={"done": 3, "total": 4, "unit": "bytes"})
+    location = str(journal.url.database)
+    assert main(["--journal", location, "status", "--run", run_row.id[:8], "-f", "json"]) == 0
+    (pending,) = json.loads(capsys.readouterr().out)["pending"]
+    assert (pending["identity"], pending["stage"]) == ("vol-g", "imported")
+    assert main(["--journal", location, "status"]) == 0
+    out = capsys.readouterr().out
+    assert "In progress" in out and "3/4 bytes (75%)" in out
