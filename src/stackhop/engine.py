@@ -26,6 +26,13 @@ like any other, and when one is ``done`` the row it undid moves to
 ``rolled_back`` (and a deleted object's ID mapping is dropped) in the same
 transaction.
 
+Long work that is not a kind's API call (a volume pass, a project phase) is a
+:class:`~stackhop.task.Task`: journaled, retried and ordered like the rest,
+it runs with a :class:`~stackhop.task.TaskContext` through which it reports
+its stage and progress while it runs (events, and the row's ``stage`` and
+``progress`` columns); after an unfinished attempt its ``find`` looks on the
+destination before its work is done again.
+
 Resume is a re-run of the same command: rows already ``done`` are skipped.
 Ctrl-C (KeyboardInterrupt in the calling thread) or setting the ``stop`` event
 stops starting new operations; in-flight ones finish and are recorded; then
@@ -34,6 +41,7 @@ stops starting new operations; in-flight ones finish and are recorded; then
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -76,6 +84,7 @@ from stackhop.plan import (
 from stackhop.resolve import Resolver
 from stackhop.retry import RetryPolicy, classify, error_text
 from stackhop.schedule import Feed, Schedule
+from stackhop.task import Task, TaskContext
 
 #: Outcomes an operation can have in one run (the RunResult counts them per kind).
 OUTCOMES = ("done", "skipped", "conflict", "failed", "not_started")
@@ -136,6 +145,8 @@ class _Started:
     resolved: Record
     row: OperationRecord | None
     unknown: bool
+    #: The row before this attempt started (a task resumes from it).
+    previous: OperationRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -434,6 +445,12 @@ class Engine:
             change = self._change(op, row, PENDING, attempt=True)
             plan.add(change, _Started(op, {}, None, False))
             return
+        if isinstance(op, Task):
+            # An earlier attempt may have done (part of) the work: the task looks first.
+            unknown = row is not None and row.attempts > 0
+            change = self._change(op, row, PENDING, attempt=True)
+            plan.add(change, _Started(op, {}, None, unknown, previous=row))
+            return
         try:
             resolved = self.resolver.resolve(kind, op.source)
         except ConflictError as exc:
@@ -566,7 +583,7 @@ class Engine:
             if row is None or effect is None:
                 continue
             if isinstance(effect, _Started):
-                calls.append(_Started(effect.op, effect.resolved, row, effect.unknown))
+                calls.append(dataclasses.replace(effect, row=row))
             else:
                 plan.outcomes.append(effect)
         return calls
@@ -600,6 +617,9 @@ class Engine:
         attempt = 1
         while True:
             try:
+                if isinstance(op, Task):
+                    assert row is not None
+                    return self._run_task(op, row, item.previous, unknown)
                 if unknown:
                     found = kind.find(self.destination, item.resolved)
                     if found is not None:
@@ -607,6 +627,7 @@ class Engine:
                 return _Attempt(row, self._call(op, item.resolved))
             except Exception as exc:
                 failure = classify(exc)
+                unknown = unknown or isinstance(op, Task)
                 unknown = unknown or (isinstance(op, Create) and not failure.outcome_known)
                 if not failure.transient or attempt >= self.retry.max_attempts:
                     return _Attempt(row, error=error_text(exc))
@@ -624,6 +645,33 @@ class Engine:
                     return _Attempt(row, error=f"interrupted before retrying: {error_text(exc)}")
                 attempt += 1
                 row = self.journal.apply([self._change(op, row, PENDING, attempt=True)])[0]
+
+    def _run_task(
+        self, op: Task, row: OperationRecord, previous: OperationRecord | None, unknown: bool
+    ) -> _Attempt:
+        """Call a task; after an unfinished earlier attempt, its ``find`` first.
+
+        The task's context carries the row as the earlier attempts left it,
+        read afresh, so it holds what they reported (stage, progress, resume state).
+        """
+        if unknown:
+            previous = self.journal.operation(row.scope, row.kind, row.identity) or previous
+        ctx = TaskContext(
+            op,
+            journal=self.journal,
+            row=row,
+            previous=previous,
+            destination=self.destination,
+            events=self.events,
+            stop=self.stop,
+            run_id=self._run_id,
+            clock=self.clock,
+        )
+        if unknown:
+            found = op.find(ctx)
+            if found is not None:
+                return _Attempt(row, found, adopted=True)
+        return _Attempt(row, op.call(ctx))
 
     def _call(self, op: Operation, resolved: Record) -> str:
         kind = op.kind

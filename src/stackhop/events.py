@@ -20,6 +20,7 @@ class EventType(StrEnum):
     KIND_STARTED = "kind_started"  # kind, total = operations of that kind
     OPERATION_STARTED = "operation_started"
     PROGRESS = "progress"  # done/total in units (items or bytes)
+    STAGE = "stage"  # a task reached a stage: message names it
     OPERATION_FINISHED = "operation_finished"  # outcome: done / skipped / failed
     RETRY = "retry"  # message names the error, delay in detail
     WARNING = "warning"

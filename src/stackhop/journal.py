@@ -38,7 +38,6 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,17 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 from stackhop.errors import JournalError
+from stackhop.journal_records import (
+    IN_CHUNK,
+    Change,
+    ChunkRecord,
+    Mapping_,
+    OperationRecord,
+    RunRecord,
+    Unmapping,
+    operation_record,
+    run_record,
+)
 from stackhop.journal_schema import (
     chunks,
     id_map,
@@ -102,13 +112,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite drops the timezone; everything is written in UTC, so re-attach it.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def scrub_secrets(value: Any) -> Any:
     """Return ``value`` with every mapping entry whose key looks secret removed (recursively)."""
     if isinstance(value, Mapping):
@@ -120,117 +123,6 @@ def scrub_secrets(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [scrub_secrets(v) for v in value]
     return value
-
-
-# -- records -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One invocation of a stackhop command."""
-
-    id: str
-    command: str
-    source_cloud: str | None
-    destination_cloud: str | None
-    args: dict[str, Any]
-    started_at: datetime
-    finished_at: datetime | None
-    outcome: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "command": self.command,
-            "source_cloud": self.source_cloud,
-            "destination_cloud": self.destination_cloud,
-            "args": self.args,
-            "started_at": self.started_at.isoformat(),
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "outcome": self.outcome,
-        }
-
-
-@dataclass(frozen=True)
-class OperationRecord:
-    """The journaled state of one object: what was done to it and what came of it."""
-
-    id: int
-    run_id: str
-    scope: str
-    kind: str
-    identity: str
-    source_id: str | None
-    action: str
-    state: str
-    destination_id: str | None
-    error: str | None
-    attempts: int
-    before: Any
-    created_at: datetime
-    updated_at: datetime
-    #: The rollback run that undid this operation (state ``rolled_back``).
-    undone_by: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "run_id": self.run_id,
-            "scope": self.scope,
-            "kind": self.kind,
-            "identity": self.identity,
-            "source_id": self.source_id,
-            "action": self.action,
-            "state": self.state,
-            "destination_id": self.destination_id,
-            "error": self.error,
-            "attempts": self.attempts,
-            "before": self.before,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-            "undone_by": self.undone_by,
-        }
-
-
-@dataclass(frozen=True)
-class ChunkRecord:
-    """One chunk of a data transfer."""
-
-    object: str
-    offset: int
-    length: int
-    digest: str
-    state: str
-
-
-Mapping_ = tuple[str, str, str, str]
-"""An ID mapping to record: ``(scope, kind, source id, destination id)``."""
-
-Unmapping = tuple[str, str, str]
-"""An ID mapping to drop (its destination object was deleted): ``(scope, kind, source id)``."""
-
-#: Keys per ``IN (...)`` list, well under SQLite's limit on bound parameters.
-_IN_CHUNK = 500
-
-
-@dataclass(frozen=True)
-class Change:
-    """One state change of one operation row (see :meth:`Journal.transition`)."""
-
-    run_id: str
-    scope: str
-    kind: str
-    identity: str
-    state: str
-    action: str
-    expected: OperationRecord | None
-    source_id: str | None = None
-    destination_id: str | None = None
-    error: str | None = None
-    before: Any = None
-    attempt: bool = False
-    #: For a move to ``rolled_back``: the rollback run that undid the operation.
-    undone_by: str | None = None
 
 
 # -- the journal -------------------------------------------------------------
@@ -377,13 +269,13 @@ class Journal:
         if len(rows) != 1:
             problem = "is not in" if not rows else "is ambiguous in"
             raise JournalError(f"run {run_id!r} {problem} journal {self.describe()}")
-        return _run_record(rows[0])
+        return run_record(rows[0])
 
     def runs(self) -> list[RunRecord]:
         """Every run, oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(runs).order_by(runs.c.started_at, runs.c.id)).all()
-        return [_run_record(r) for r in rows]
+        return [run_record(r) for r in rows]
 
     # -- operations ----------------------------------------------------------
 
@@ -397,7 +289,7 @@ class Journal:
                     operations.c.identity == identity,
                 )
             ).first()
-        return None if row is None else _operation_record(row)
+        return None if row is None else operation_record(row)
 
     def operations(
         self,
@@ -418,7 +310,7 @@ class Journal:
             if value is not None:
                 query = query.where(column == value)
         with self.engine.connect() as conn:
-            return [_operation_record(r) for r in conn.execute(query)]
+            return [operation_record(r) for r in conn.execute(query)]
 
     def counts(self, run_id: str | None = None) -> dict[str, dict[str, int]]:
         """Per kind, the number of operations in each state (every state present, zeros too)."""
@@ -558,6 +450,7 @@ class Journal:
             assert key is not None
             row_id, created = int(key[0]), now
             source_id, destination_id, before = change.source_id, change.destination_id, None
+            stage, progress = None, None
         else:
             attempts = expected.attempts + (1 if change.attempt else 0)
             values["attempts"] = attempts
@@ -579,6 +472,7 @@ class Journal:
                 else expected.destination_id
             )
             before = expected.before
+            stage, progress = expected.stage, expected.progress
         return OperationRecord(
             id=row_id,
             run_id=change.run_id,
@@ -595,7 +489,43 @@ class Journal:
             created_at=created,
             updated_at=now,
             undone_by=values["undone_by"],
+            stage=stage,
+            progress=progress,
         )
+
+    def report(
+        self,
+        row: OperationRecord,
+        *,
+        stage: str | None = None,
+        progress: Mapping[str, Any] | None = None,
+        before: Any = None,
+    ) -> bool:
+        """Record how far the running operation ``row`` got; False if it is no longer running.
+
+        Only the ``pending`` row of ``row``'s run and attempt is touched, so a
+        late report never overwrites the outcome of a newer attempt. ``before``
+        replaces the row's ``before_state`` (a task's resume state).
+        """
+        values: dict[str, Any] = {"updated_at": _now()}
+        if stage is not None:
+            values["stage"] = stage
+        if progress is not None:
+            values["progress"] = dict(progress)
+        if before is not None:
+            values["before_state"] = before
+        with self._transaction() as conn:
+            result = conn.execute(
+                operations.update()
+                .where(
+                    operations.c.id == row.id,
+                    operations.c.run_id == row.run_id,
+                    operations.c.state == PENDING,
+                    operations.c.attempts == row.attempts,
+                )
+                .values(**values)
+            )
+        return result.rowcount == 1
 
     def rows(
         self, scope: str, keys: Sequence[tuple[str, str]]
@@ -605,14 +535,14 @@ class Journal:
         found: dict[tuple[str, str], OperationRecord] = {}
         identities = sorted({identity for _, identity in wanted})
         with self.engine.connect() as conn:
-            for start in range(0, len(identities), _IN_CHUNK):
+            for start in range(0, len(identities), IN_CHUNK):
                 query = sa.select(operations).where(
                     operations.c.scope == scope,
-                    operations.c.identity.in_(identities[start : start + _IN_CHUNK]),
+                    operations.c.identity.in_(identities[start : start + IN_CHUNK]),
                 )
                 for row in conn.execute(query):
                     if (row.kind, row.identity) in wanted:
-                        found[(row.kind, row.identity)] = _operation_record(row)
+                        found[(row.kind, row.identity)] = operation_record(row)
         return found
 
     # -- ID map --------------------------------------------------------------
@@ -666,6 +596,53 @@ class Journal:
                 )
             )
             return {str(r.source_id): str(r.destination_id) for r in rows}
+
+    def mappings(
+        self,
+        *,
+        scope: str | None = None,
+        kinds: Sequence[str] = (),
+        ids: Sequence[str] = (),
+    ) -> list[Mapping_]:
+        """Every recorded mapping ``(scope, kind, source id, destination id)``, sorted.
+
+        ``kinds`` keeps those kinds (a name ending in ``.`` keeps a whole
+        service, e.g. ``nova.``); ``ids`` keeps mappings whose source or
+        destination ID is one of them.
+        """
+        c = id_map.c
+        query = sa.select(c.scope, c.kind, c.source_id, c.destination_id)
+        if scope is not None:
+            query = query.where(id_map.c.scope == scope)
+        if kinds:
+            query = query.where(
+                sa.or_(
+                    *(
+                        id_map.c.kind.startswith(k, autoescape=True)
+                        if k.endswith(".")
+                        else id_map.c.kind == k
+                        for k in kinds
+                    )
+                )
+            )
+        if ids:
+            query = query.where(
+                sa.or_(id_map.c.source_id.in_(list(ids)), id_map.c.destination_id.in_(list(ids)))
+            )
+        query = query.order_by(id_map.c.scope, id_map.c.kind, id_map.c.source_id)
+        with self.engine.connect() as conn:
+            return [
+                (str(r.scope), str(r.kind), str(r.source_id), str(r.destination_id))
+                for r in conn.execute(query)
+            ]
+
+    def mapped_kinds(self, scope: str | None = None) -> list[str]:
+        """The kinds that have at least one mapping (in ``scope``), sorted."""
+        query = sa.select(id_map.c.kind).distinct().order_by(id_map.c.kind)
+        if scope is not None:
+            query = query.where(id_map.c.scope == scope)
+        with self.engine.connect() as conn:
+            return [str(kind) for kind in conn.execute(query).scalars()]
 
     # -- chunks --------------------------------------------------------------
 
@@ -728,39 +705,3 @@ class Journal:
             result = conn.execute(chunks.delete().where(chunks.c.object == object_key))
             return int(result.rowcount)
 
-
-def _run_record(row: sa.Row[Any]) -> RunRecord:
-    started = _utc(row.started_at)
-    assert started is not None
-    return RunRecord(
-        id=row.id,
-        command=row.command,
-        source_cloud=row.source_cloud,
-        destination_cloud=row.destination_cloud,
-        args=dict(row.args or {}),
-        started_at=started,
-        finished_at=_utc(row.finished_at),
-        outcome=row.outcome,
-    )
-
-
-def _operation_record(row: sa.Row[Any]) -> OperationRecord:
-    created, updated = _utc(row.created_at), _utc(row.updated_at)
-    assert created is not None and updated is not None
-    return OperationRecord(
-        id=int(row.id),
-        run_id=row.run_id,
-        scope=row.scope,
-        kind=row.kind,
-        identity=row.identity,
-        source_id=row.source_id,
-        action=row.action,
-        state=row.state,
-        destination_id=row.destination_id,
-        error=row.error,
-        attempts=int(row.attempts),
-        before=row.before_state,
-        created_at=created,
-        updated_at=updated,
-        undone_by=row.undone_by,
-    )

@@ -61,6 +61,8 @@ operations = sa.Table(
     sa.Column("created_at", _timestamp(), nullable=False),
     sa.Column("updated_at", _timestamp(), nullable=False),
     sa.Column("undone_by", sa.String(36)),
+    sa.Column("stage", sa.String(64)),
+    sa.Column("progress", sa.JSON),
     sa.UniqueConstraint("scope", "kind", "identity", name="uq_operations_key"),
 )
 
@@ -174,6 +176,20 @@ def _migrate_3_rolled_back(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE operations ADD COLUMN undone_by VARCHAR(36)")
 
 
+def _migrate_4_stage_and_progress(conn: Connection) -> None:
+    """Version 4: ``operations.stage`` and ``operations.progress`` of a long operation.
+
+    A task (:class:`stackhop.task.Task`: a volume pass, a project phase)
+    reports while it runs the stage it reached and how far it is (``{"done",
+    "total", "unit"}``), so ``stackhop status`` shows a running or
+    interrupted one and its resume knows where it stopped. Older rows have
+    neither (NULL): no data moves.
+    """
+    json_type = sa.JSON().compile(dialect=conn.dialect)
+    conn.exec_driver_sql("ALTER TABLE operations ADD COLUMN stage VARCHAR(64)")
+    conn.exec_driver_sql(f"ALTER TABLE operations ADD COLUMN progress {json_type}")
+
+
 Migration = Callable[[Connection], None]
 
 #: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n+1.
@@ -181,6 +197,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _migrate_1_initial,
     _migrate_2_rollback_and_chunks,
     _migrate_3_rolled_back,
+    _migrate_4_stage_and_progress,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

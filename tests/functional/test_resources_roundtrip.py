@@ -192,6 +192,33 @@ def test_dst_objects_that_existed_are_untouched(scenario: dict[str, Any]) -> Non
     assert len(webs) == 3
 
 
+def test_map_names_the_dst_objects_the_import_made(
+    scenario: dict[str, Any], cli: Callable[..., Any]
+) -> None:
+    shown = cli("--journal", scenario["journal"], "map", "--kind", "neutron.", "--json")
+    assert shown.code == 0, shown.err
+    groups = [m for m in shown.json() if m["kind"] == "neutron.security_group"]
+    assert groups and all(m["scope"] == "dst" for m in groups)
+    on_dst = {
+        g["id"]: g for g in paged(scenario["dst"].network, "/security-groups", "security_groups")
+    }
+    for m in groups:  # every mapped group exists on dst; those stackhop made carry the marker
+        group = on_dst[m["destination_id"]]
+        if group["name"] != "default":  # a project's default group is matched, not created
+            assert f"[stackhop-source:{m['source_id']}]" in group["description"]
+    assert any(on_dst[m["destination_id"]]["name"] != "default" for m in groups)
+    one = groups[0]
+    by_dst = cli("--journal", scenario["journal"], "map", one["destination_id"], "--json")
+    # The group and its rules (one record per group, keyed by the group) map alike.
+    assert {(m["kind"], m["source_id"]) for m in by_dst.json()} <= {
+        ("neutron.security_group", one["source_id"]),
+        ("neutron.security_group_rules", one["source_id"]),
+    }
+    assert ("neutron.security_group", one["source_id"]) in {
+        (m["kind"], m["source_id"]) for m in by_dst.json()
+    }
+
+
 def test_second_import_is_all_skips(scenario: dict[str, Any], cli: Callable[..., Any]) -> None:
     result = cli(
         "--journal",

@@ -227,17 +227,49 @@ def test_forward_migration_from_version_1(tmp_path: Path) -> None:
     engine.dispose()
 
     with Journal(path) as j:
-        assert j.schema_version == SCHEMA_VERSION == 3
+        assert j.schema_version == SCHEMA_VERSION == 4
         old = j.operation("dst", "nova.keypair", "a/k")
         assert old is not None and old.state == PENDING and old.before is None
+        assert old.stage is None and old.progress is None
         j.transition("r-new", "dst", "nova.keypair", "a/k", DONE, action="create", expected=old,
                      destination_id="d")
         j.record_chunk("obj", 0, 1, "d")
         assert j.run("r-old").outcome == "failed"
     with sa.create_engine(f"sqlite:///{path}").connect() as conn:
         assert conn.exec_driver_sql("SELECT version, written_by FROM schema_version").all() == [
-            (3, __version__)
+            (4, __version__)
         ]
+
+
+def test_forward_migration_from_version_3_adds_stage_and_progress(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    assert upgrade(engine, target=3) == 3
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("operations")}
+    assert "undone_by" in columns and "stage" not in columns and "progress" not in columns
+    now = "2024-05-01 10:00:00.000000"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO runs (id, command, started_at, outcome) "
+            f"VALUES ('r-3', 'volumes copy', '{now}', 'interrupted')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO operations (run_id, scope, kind, identity, action, state, attempts, "
+            "before_state, created_at, updated_at) VALUES ('r-3', 'dst', 'cinder.volume', "
+            f"'v1#1', 'copy', 'pending', 1, '{{\"stage\": \"exported\"}}', '{now}', '{now}')"
+        )
+    engine.dispose()
+
+    with Journal(path) as j:
+        assert j.schema_version == 4
+        old = j.operation("dst", "cinder.volume", "v1#1")
+        assert old is not None and old.before == {"stage": "exported"}
+        assert old.stage is None and old.progress is None
+        assert j.report(old, stage="imported", progress={"done": 1, "total": 2, "unit": "bytes"})
+        now_row = j.operation("dst", "cinder.volume", "v1#1")
+        assert now_row is not None and now_row.stage == "imported"
+        assert now_row.progress == {"done": 1, "total": 2, "unit": "bytes"}
+        assert now_row.before == {"stage": "exported"}  # untouched unless given
 
 
 def test_newer_journal_is_refused_with_the_version_to_use(tmp_path: Path) -> None:

@@ -27,7 +27,17 @@ from typing import NoReturn
 from rich_argparse import RichHelpFormatter
 
 from stackhop import __version__
-from stackhop.cli import clouds, images, project, resources, sdn, status, usage, volumes
+from stackhop.cli import (
+    clouds,
+    idmap,
+    images,
+    project,
+    resources,
+    sdn,
+    status,
+    usage,
+    volumes,
+)
 from stackhop.cli.output import report_error
 from stackhop.cli.render import make_renderer
 from stackhop.errors import StackhopError
@@ -35,7 +45,7 @@ from stackhop.events import EventBus
 
 #: Every command group, in the order ``--help`` lists them. Add a module here to add a command.
 COMMANDS: tuple[ModuleType, ...] = (
-    clouds, status, resources, sdn, images, volumes, usage, project
+    clouds, status, idmap, resources, sdn, images, volumes, usage, project
 )
 
 DEFAULT_JOURNAL = "./stackhop-journal.sqlite"

@@ -5,6 +5,9 @@ state (as of the latest run that touched each; ``rolled_back``: undone by a
 rollback run), then the failed operations with their errors. With ``--run
 ID`` (a unique prefix is enough): that run, and the operations it touched;
 for a run that was rolled back, which rollback runs undid its operations.
+Long operations (tasks: volume passes, project phases) show the stage and
+progress they reported: in "In progress" while their row is ``pending``
+(running, or interrupted), and beside their error when they failed.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from typing import Any
 
 from stackhop.cli.output import add_format_options, dump, render_table
 from stackhop.errors import ConfigError
-from stackhop.journal import ROLLED_BACK, STATES, Journal, OperationRecord, RunRecord
+from stackhop.journal import PENDING, ROLLED_BACK, STATES, Journal, OperationRecord, RunRecord
 
 RUN_COLUMNS = ("ID", "Command", "From", "To", "Started", "Finished", "Outcome")
 COUNT_COLUMNS = ("Kind", *(state.replace("_", " ").capitalize() for state in STATES))
 UNDONE_COLUMNS = ("Run", "Rolled back by", "Operations")
 FAILED_COLUMNS = ("Kind", "Identity", "Action", "Attempts", "Error")
+TASK_COLUMNS = ("Stage", "Progress")
+PENDING_COLUMNS = ("Kind", "Identity", "Action", "Run", "Attempts", *TASK_COLUMNS, "Updated")
 STATE_STYLES = {"failed": "bold red", "interrupted": "yellow", "succeeded": "green"}
 
 
@@ -54,6 +59,8 @@ class StatusReport:
     runs: list[RunRecord]
     counts: dict[str, dict[str, int]]
     failed: list[OperationRecord]
+    #: Operations left ``pending``: running now, or interrupted (a re-run resumes them).
+    pending: list[OperationRecord]
     #: (run, rollback run) -> operations of that run the rollback undid.
     undone: dict[tuple[str, str], int]
 
@@ -65,18 +72,33 @@ class StatusReport:
                 for (run, by), count in self.undone.items()
             ],
             "kinds": [{"kind": kind, **states} for kind, states in self.counts.items()],
-            "failed": [
-                {
-                    "kind": op.kind,
-                    "identity": op.identity,
-                    "action": op.action,
-                    "attempts": op.attempts,
-                    "run_id": op.run_id,
-                    "error": op.error,
-                }
-                for op in self.failed
+            "failed": [{**_brief(op), "error": op.error} for op in self.failed],
+            "pending": [
+                {**_brief(op), "updated_at": op.updated_at.isoformat()} for op in self.pending
             ],
         }
+
+
+def _brief(op: OperationRecord) -> dict[str, Any]:
+    return {
+        "kind": op.kind,
+        "identity": op.identity,
+        "action": op.action,
+        "attempts": op.attempts,
+        "run_id": op.run_id,
+        "stage": op.stage,
+        "progress": op.progress,
+    }
+
+
+def progress_text(progress: dict[str, Any] | None) -> str:
+    """``512/2048 bytes (25%)`` for a task's journaled progress; empty without one."""
+    if not progress:
+        return ""
+    done, total, unit = progress.get("done"), progress.get("total"), progress.get("unit", "")
+    if not total:
+        return f"{done} {unit}".strip()
+    return f"{done}/{total} {unit} ({100 * int(done or 0) // int(total)}%)".replace("  ", " ")
 
 
 def collect(journal: Journal, run_id: str | None = None) -> StatusReport:
@@ -91,12 +113,14 @@ def collect(journal: Journal, run_id: str | None = None) -> StatusReport:
             runs=journal.runs(),
             counts=journal.counts(),
             failed=journal.operations(state="failed"),
+            pending=journal.operations(state=PENDING),
             undone=undone,
         )
     return StatusReport(
         runs=[run],
         counts=journal.counts(run_id=run.id),
         failed=journal.operations(run_id=run.id, state="failed"),
+        pending=journal.operations(run_id=run.id, state=PENDING),
         undone=undone,
     )
 
@@ -105,7 +129,7 @@ def _when(value: Any) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _open(location: str) -> Journal:
+def open_journal(location: str) -> Journal:
     # Reading status must not create an empty journal where there was none.
     if "://" not in location and not Path(location).expanduser().exists():
         raise ConfigError(
@@ -115,7 +139,7 @@ def _open(location: str) -> Journal:
 
 
 def show_status(args: argparse.Namespace) -> int:
-    with _open(args.journal) as journal:
+    with open_journal(args.journal) as journal:
         report = collect(journal, args.run)
     if args.format != "table":
         dump(report.as_dict(), args.format, sys.stdout)
@@ -150,16 +174,35 @@ def show_status(args: argparse.Namespace) -> int:
             for (run, by), count in report.undone.items()
         ]
         render_table(undone_rows, UNDONE_COLUMNS, "table", title="Rolled back")
-    if report.failed:
-        failed_rows = [
+    if report.pending:
+        pending_rows = [
             dict(
                 zip(
-                    FAILED_COLUMNS,
-                    (op.kind, op.identity, op.action, op.attempts, op.error),
+                    PENDING_COLUMNS,
+                    (
+                        op.kind,
+                        op.identity,
+                        op.action,
+                        op.run_id,
+                        op.attempts,
+                        op.stage or "",
+                        progress_text(op.progress),
+                        _when(op.updated_at),
+                    ),
                     strict=True,
                 )
             )
-            for op in report.failed
+            for op in report.pending
         ]
-        render_table(failed_rows, FAILED_COLUMNS, "table", title="Failed operations")
+        render_table(pending_rows, PENDING_COLUMNS, "table", title="In progress (or interrupted)")
+    if report.failed:
+        tasks = any(op.stage or op.progress for op in report.failed)
+        columns = (*FAILED_COLUMNS[:-1], *TASK_COLUMNS, "Error") if tasks else FAILED_COLUMNS
+        failed_rows = []
+        for op in report.failed:
+            values: tuple[Any, ...] = (op.kind, op.identity, op.action, op.attempts)
+            if tasks:
+                values += (op.stage or "", progress_text(op.progress))
+            failed_rows.append(dict(zip(columns, (*values, op.error), strict=True)))
+        render_table(failed_rows, columns, "table", title="Failed operations")
     return 0
