@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -61,6 +61,26 @@ def listed(
 def owned(obj: Mapping[str, Any], source_id: str) -> bool:
     """Whether ``obj`` (a destination object) is stackhop's copy of source object ``source_id``."""
     return Kind.marked_source_id(obj.get("description")) == source_id
+
+
+def find_marked(
+    conn: Connection,
+    url: str,
+    key: str,
+    filter_name: str,
+    records: Sequence[Mapping[str, Any]],
+    view: Callable[[Mapping[str, Any]], Any],
+    accept: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None,
+) -> list[Any]:
+    """Each record's destination copy (``view`` of it), or None: found by marker among the
+    objects listed with ``filter_name`` set to the records' own values of that field."""
+    marked = by_marker(listed(conn, url, key, filter_name, (r[filter_name] for r in records)))
+    found: list[Any] = []
+    for record in records:
+        obj = marked.get(str(record["id"]))
+        wanted = obj is not None and (accept is None or accept(record, obj))
+        found.append(view(obj) if wanted and obj is not None else None)
+    return found
 
 
 def by_marker(objects: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:

@@ -42,6 +42,7 @@ from stackhop.kinds._neutron import (
     PHYSNET,
     SUBNET,
     by_marker,
+    find_marked,
     listed,
     project_facts,
 )
@@ -451,17 +452,11 @@ class Subnet(_Marked):
         self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
     ) -> builtins.list[Record | None]:
         """The subnets of the records' (mapped) networks, in a few listings."""
-        marked = by_marker(
-            listed(conn, "/subnets", "subnets", "network_id", (r["network_id"] for r in records))
-        )
-        found: builtins.list[Record | None] = []
-        for record in records:
-            subnet = marked.get(str(record["id"]))
-            if subnet is not None and subnet["network_id"] == record["network_id"]:
-                found.append(subnet_record(subnet, None))
-            else:
-                found.append(None)
-        return found
+        return find_marked(
+            conn, "/subnets", "subnets", "network_id", records,
+            lambda subnet: subnet_record(subnet, None),
+            lambda record, subnet: subnet["network_id"] == record["network_id"],
+        )  # fmt: skip
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         body = {

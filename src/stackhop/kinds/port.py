@@ -35,8 +35,7 @@ from stackhop.kinds._neutron import (
     ROUTER,
     ROUTER_INTERFACES,
     SUBNET,
-    by_marker,
-    listed,
+    find_marked,
     project_facts,
 )
 from stackhop.kinds.base import Connection, ExportScope, Record, SqlSource
@@ -185,14 +184,7 @@ class Port(_Marked):
         self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
     ) -> builtins.list[Record | None]:
         """The ports of the records' (mapped) networks, in a few listings."""
-        marked = by_marker(
-            listed(conn, "/ports", "ports", "network_id", (r["network_id"] for r in records))
-        )
-        found: builtins.list[Record | None] = []
-        for record in records:
-            port = marked.get(str(record["id"]))
-            found.append(None if port is None else self._view(port))
-        return found
+        return find_marked(conn, "/ports", "ports", "network_id", records, self._view)
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         body = {
@@ -270,19 +262,10 @@ class FloatingIP(_Marked):
         self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
     ) -> builtins.list[Record | None]:
         """The floating IPs of the records' projects, in a few listings."""
-        marked = by_marker(
-            listed(
-                conn,
-                "/floatingips",
-                "floatingips",
-                "project_id",
-                (r["project_id"] for r in records),
-            )
-        )
-        return [
-            None if marked.get(str(r["id"])) is None else fip_record(marked[str(r["id"])], None)
-            for r in records
-        ]
+        return find_marked(
+            conn, "/floatingips", "floatingips", "project_id", records,
+            lambda fip: fip_record(fip, None),
+        )  # fmt: skip
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         network, address = record["floating_network_id"], record["floating_ip_address"]

@@ -39,7 +39,7 @@ from stackhop.kinds._neutron import (
     ROUTER,
     ROUTER_INTERFACES,
     SUBNET,
-    by_marker,
+    find_marked,
     listed,
     project_facts,
 )
@@ -175,14 +175,10 @@ class Router(Kind):
         self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
     ) -> builtins.list[Record | None]:
         """The routers of the records' projects, in a few listings."""
-        marked = by_marker(
-            listed(conn, "/routers", "routers", "project_id", (r["project_id"] for r in records))
-        )
-        found: builtins.list[Record | None] = []
-        for record in records:
-            router = marked.get(str(record["id"]))
-            found.append(None if router is None else router_record(router, None))
-        return found
+        return find_marked(
+            conn, "/routers", "routers", "project_id", records,
+            lambda router: router_record(router, None),
+        )  # fmt: skip
 
     def _gateway(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
         if not record.get("external_network_id"):
