@@ -108,6 +108,7 @@ def test_image_method_end_to_end_with_backup_rerun_status_and_restore(
     status = cli("--journal", str(journal), "volumes", "status", "-f", "json")
     (row,) = status.json()["volumes"]
     assert row["state"] == "done" and row["before"]["stage"] == "verified"
+    assert row["stage"] == "verified" and row["progress"]["unit"] == "bytes"
     sent = row["before"]["backup_stream"]  # what reached the backup target, journaled
     assert sent["bytes"] == backup.stat().st_size and sent["exit_status"] is None
     assert sent["sha256"] == hashlib.sha256(backup.read_bytes()).hexdigest()
@@ -236,6 +237,10 @@ def test_killed_copy_leaves_temporaries_that_cleanup_removes_then_rerun_resumes(
     status = cli("--journal", str(journal), "volumes", "status", "--run", run.id, "-f", "json")
     (row,) = status.json()["volumes"]
     assert row["state"] == "pending" and row["before"]["stage"] == "exported"
+    assert row["stage"] == "exported"  # the journal's stage column, shown by `stackhop status`
+    shown = cli("--journal", str(journal), "status", "-f", "json").json()
+    passes = [(p["identity"], p["stage"]) for p in shown["pending"] if p["kind"] == "volume"]
+    assert passes == [(volume.id, "exported")]
     assert status.json()["temporaries"]
 
     cleaned = cli("--journal", str(journal), "volumes", "cleanup", "--run", run.id, "-f", "json")

@@ -5,7 +5,9 @@
 run copies it in full, passes incrementally, resumes an interrupted pass or
 skips it. :class:`PassRunner` runs one pass through the method, keeping the
 row's stage, destination ID and facts current, journaling the temporaries and
-checking the backup written from the same read.
+checking the backup written from the same read. The row's ``stage`` and
+``progress`` columns (journal schema 4) carry the stage reached and the bytes
+through, so ``stackhop status`` shows a running or interrupted pass.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from stackhop.volumes.storage import StorageMap
 from stackhop.volumes.temporaries import TemporaryLedger
 
 KIND = "volume"
+
+#: Seconds between two progress writes of one pass to the journal.
+PROGRESS_INTERVAL = 1.0
 
 
 def pass_identity(volume_id: str, number: int) -> str:
@@ -169,6 +174,7 @@ class PassRunner:
             "previous_digest": (previous or {}).get("content_digest"),
         }
         self.backup: BackupWriter | None = None
+        self._progress_written: float | None = None
 
     def _write(self, state: str, *, error: str | None = None, attempt: bool = False) -> None:
         with self.lock:
@@ -193,6 +199,7 @@ class PassRunner:
         self.facts["stage"] = name
         self.facts["stages"] = {**self.facts["stages"], name: {**facts, "at": time.time()}}
         self._write(PENDING)
+        self._report(stage=name)
         self.copier.emit(
             EventType.INFO,
             kind=KIND,
@@ -200,7 +207,18 @@ class PassRunner:
             message=f"{self.planned.volume.label}: {name}",
         )
 
+    def _report(self, **fields: Any) -> None:
+        with self.lock:
+            if self.row is not None:
+                self.copier.journal.report(self.row, **fields)
+
     def _on_progress(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        final = total is not None and done >= total
+        last = self._progress_written
+        if final or last is None or now - last >= PROGRESS_INTERVAL:
+            self._progress_written = now
+            self._report(progress={"done": done, "total": total, "unit": "bytes"})
         self.copier.emit(
             EventType.PROGRESS,
             kind=KIND,
