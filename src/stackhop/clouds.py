@@ -38,6 +38,7 @@ from stackhop.errors import (
     StackhopError,
 )
 from stackhop.events import Event, EventSink, EventType, NullSink
+from stackhop.retry import retry_reads
 
 if TYPE_CHECKING:
     from openstack.config.loader import OpenStackConfig
@@ -329,6 +330,7 @@ def connect(name: str | None = None) -> Connection:
     url = _cloud_config(loader, name).auth_url
     with api_errors(name, url):
         conn = Connection(config=loader.get_one(name))
+        retry_reads(conn.session)
         conn.session.get_token()
     log.debug("authenticated to cloud %s at %s", name, url)
     return conn

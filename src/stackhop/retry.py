@@ -2,7 +2,16 @@
 
 The engine (:mod:`stackhop.engine`) asks :func:`classify` about every
 exception an API call raises, and waits as :class:`RetryPolicy` says before
-the next attempt.
+the next attempt: that is how *writes* are retried, each after a lookup on the
+destination when its outcome is unknown (a lost response must not become a
+second object).
+
+*Reads* are retried below the engine, for every caller at once:
+:func:`retry_reads` makes a connection's keystoneauth session repeat its safe
+requests (``GET``, ``HEAD``, ``OPTIONS``, and the token request) on a
+transient failure, with tenacity's full-jitter exponential wait, honouring
+``Retry-After``. A listing, a lookup or a token then survives a busy API
+without every caller handling it.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
+import tenacity
 from keystoneauth1 import exceptions as ksa_exceptions
 from openstack import exceptions as sdk_exceptions
 
@@ -88,8 +98,9 @@ def classify(exc: BaseException) -> Failure:
 
 
 def error_text(exc: BaseException) -> str:
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {message}"
+    name = type(exc).__name__
+    message = getattr(exc, "message", None) or str(exc) or name
+    return message if message.startswith(f"{name}:") else f"{name}: {message}"
 
 
 @dataclass(frozen=True)
@@ -111,3 +122,73 @@ class RetryPolicy:
         if retry_after is not None:
             return min(retry_after, self.max_retry_after)
         return rng.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+#: Requests that change nothing on the server: repeated freely by :func:`retry_reads`.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: How reads are retried (attempts in all; the waits grow from ``base_delay``).
+READ_POLICY = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=30.0)
+
+
+def _safe(url: str, method: str) -> bool:
+    if method.upper() in SAFE_METHODS:
+        return True
+    # Asking for a token creates nothing an operator sees: a repeat is harmless.
+    return method.upper() == "POST" and str(url).rstrip("/").endswith("/auth/tokens")
+
+
+def _retryable_response(response: Any) -> bool:
+    return getattr(response, "status_code", None) in RETRYABLE_STATUS
+
+
+class _ReadWait(tenacity.wait.wait_base):
+    """The server's ``Retry-After`` when it sent one, else full jitter (capped)."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.jitter = tenacity.wait_random_exponential(
+            multiplier=policy.base_delay, max=policy.max_delay
+        )
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        retry_after: float | None = None
+        error = outcome.exception() if outcome is not None and outcome.failed else None
+        if error is not None:
+            retry_after = classify(error).retry_after
+        elif outcome is not None:
+            response = outcome.result()
+            retry_after = _parse_retry_after(getattr(response, "headers", {}).get("Retry-After"))
+        if retry_after is not None:
+            return min(retry_after, self.policy.max_retry_after)
+        return float(self.jitter(retry_state))
+
+
+def retry_reads(session: Any, policy: RetryPolicy = READ_POLICY) -> None:
+    """Make the keystoneauth ``session`` retry its safe requests on transient failures.
+
+    Writes pass through unchanged: the engine retries them, after looking on
+    the destination when a lost answer leaves their outcome unknown.
+    """
+    request = session.request
+    if getattr(request, "stackhop_retries_reads", False):
+        return
+    retrying = tenacity.Retrying(
+        retry=(
+            tenacity.retry_if_exception(lambda exc: classify(exc).transient)
+            | tenacity.retry_if_result(_retryable_response)
+        ),
+        wait=_ReadWait(policy),
+        stop=tenacity.stop_after_attempt(policy.max_attempts),
+        # Out of attempts: the last answer (an error response) or exception, as without retries.
+        retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
+        reraise=True,
+    )
+
+    def retried(url: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        if not _safe(url, method):
+            return request(url, method, *args, **kwargs)
+        return retrying(request, url, method, *args, **kwargs)
+
+    retried.stackhop_retries_reads = True  # type: ignore[attr-defined]
+    session.request = retried

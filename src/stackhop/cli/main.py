@@ -42,6 +42,7 @@ from stackhop.cli.output import report_error
 from stackhop.cli.render import make_renderer
 from stackhop.errors import StackhopError
 from stackhop.events import EventBus
+from stackhop.retry import classify, error_text
 
 #: Every command group, in the order ``--help`` lists them. Add a module here to add a command.
 COMMANDS: tuple[ModuleType, ...] = (
@@ -195,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # An API error no stackhop layer translated: still one line, not a traceback.
         if args.verbose:
             traceback.print_exc()
-        report_error(f"{type(exc).__name__}: {exc}")
+        report_error(f"{error_text(exc)} (a transient failure: re-run the same command to resume)"
+                     if classify(exc).transient else error_text(exc))
         return 1
 
 
