@@ -29,11 +29,11 @@ from typing import Any
 import openstack
 import pytest
 import yaml
+from tests.support.faultproxy import FaultProxy, Faults, catalog_upstreams, proxied_clouds
 
 from stackhop.clouds import connect
 from stackhop.kinds.base import Kind
 from stackhop.kinds.rest import call, paged
-from tests.support.faultproxy import FaultProxy, Faults, catalog_upstreams, proxied_clouds
 
 pytestmark = pytest.mark.functional
 
@@ -86,7 +86,7 @@ def groups(seeded: Any) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def proxy(seeded: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultProxy]:
-    """The proxy, and a clouds.yaml (0600: it holds passwords) naming ``src-faulty``/``dst-faulty``."""
+    """The proxy, and a clouds.yaml (0600: passwords) naming ``src-faulty``/``dst-faulty``."""
     clouds_yaml = Path(os.environ["OS_CLIENT_CONFIG_FILE"])
     base = yaml.safe_load(clouds_yaml.read_text())["clouds"]
     upstreams = catalog_upstreams(connect("src")) | catalog_upstreams(connect("dst"))

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from keystoneauth1 import exceptions as ksa_exceptions
 from keystoneauth1 import session as ksa_session
+from tests.support.faultproxy import FaultProxy, Faults
 
 from stackhop.retry import RetryPolicy, retry_reads
-from tests.support.faultproxy import FaultProxy, Faults
 
 FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
 

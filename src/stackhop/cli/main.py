@@ -40,7 +40,7 @@ from stackhop.cli import (
 )
 from stackhop.cli.output import report_error
 from stackhop.cli.render import make_renderer
-from stackhop.errors import StackhopError
+from stackhop.errors import StackhopError, TransientError
 from stackhop.events import EventBus
 from stackhop.retry import classify, error_text
 
@@ -196,8 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # An API error no stackhop layer translated: still one line, not a traceback.
         if args.verbose:
             traceback.print_exc()
-        report_error(f"{error_text(exc)} (a transient failure: re-run the same command to resume)"
-                     if classify(exc).transient else error_text(exc))
+        if classify(exc).transient:  # retries spent on a busy or unreachable API
+            report_error(f"{error_text(exc)} (the API kept failing: re-run the same command "
+                         "later; it resumes)")
+            return TransientError.exit_code
+        report_error(error_text(exc))
         return 1
 
 

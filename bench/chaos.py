@@ -1,0 +1,238 @@
+"""Chaos run: import and roll back a tenant through a fault-injecting proxy, at several fault rates.
+
+Creates a project of its own (``shchaos-<id>``, on both clouds, so it maps by
+name) holding ``--groups`` security groups on src with ``--rules`` rules each
+(one naming another group), and sets its quotas on src. Then, per fault rate,
+in one go so the rates compare on a noisy machine:
+
+1. ``stackhop export`` from ``src-faulty``, ``stackhop import`` into
+   ``dst-faulty`` (both through :class:`tests.support.faultproxy.FaultProxy`,
+   every API of both clouds, faults at that rate: 5xx, 429, resets, stalls past
+   the client's timeout, answers lost after the request was applied), re-run
+   until it exits 0 (at most ``--max-runs``);
+2. an independent listing of dst counts duplicates (a group or a rule twice)
+   and what is missing; ``stackhop verify`` through the plain ``dst``;
+3. ``stackhop rollback`` through the proxy, re-run until 0; the listing again
+   counts what is left.
+
+Everything it made is removed at the end.
+
+    .venv/bin/python bench/chaos.py                                # rates 0, 0.05, 0.1, 0.2
+    .venv/bin/python bench/chaos.py --rates 0,0.3 --groups 40 --seed 3
+
+Results: ``bench/results/chaos-<date>.json`` and ``.md`` (with the command).
+Goal (issue 17): no duplicate, nothing missing, nothing left after the
+rollback, at every rate; each run completes or stops with one line and a
+re-run completes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+from tests.support.faultproxy import (  # noqa: E402
+    FaultProxy,
+    Faults,
+    catalog_upstreams,
+    proxied_clouds,
+)
+
+from stackhop.clouds import connect  # noqa: E402
+from stackhop.kinds.base import Kind  # noqa: E402
+from stackhop.kinds.rest import call, paged  # noqa: E402
+
+
+def _population(name: str, groups: int, rules: int) -> dict[str, Any]:
+    src, dst = connect("src"), connect("dst")
+    made: dict[str, Any] = {"name": name, "groups": []}
+    for side, conn in (("src", src), ("dst", dst)):
+        body = {"project": {"name": name, "domain_id": "default", "description": "bench/chaos"}}
+        answer = call(conn.identity, "POST", "/projects", json=body)
+        made[f"{side}_project"] = answer["project"]["id"]
+    # Room for the groups on both sides; dst's differs, so the import updates it (and the
+    # rollback puts it back).
+    for side, conn, spare in (("src", src, 5), ("dst", dst, 10)):
+        quota = {"security_group": groups + spare, "security_group_rule": groups * (rules + 3)}
+        call(conn.network, "PUT", f"/quotas/{made[f'{side}_project']}", json={"quota": quota})
+    project = made["src_project"]
+    for i in range(groups):
+        body = {"name": f"{name}-{i}", "description": f"chaos {i}", "project_id": project}
+        gid = call(src.network, "POST", "/security-groups", json={"security_group": body})
+        made["groups"].append(gid["security_group"]["id"])
+        items: list[dict[str, Any]] = [
+            {"security_group_id": made["groups"][-1], "direction": "ingress", "ethertype": "IPv4",
+             "protocol": "tcp", "port_range_min": 1000 + j, "port_range_max": 1000 + j,
+             "remote_ip_prefix": f"10.{i % 250}.{j}.0/24", "project_id": project}
+            for j in range(rules - (1 if i else 0))
+        ]
+        if i:
+            items.append({"security_group_id": made["groups"][-1], "direction": "ingress",
+                          "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 22,
+                          "port_range_max": 22, "remote_group_id": made["groups"][-2],
+                          "project_id": project})
+        call(src.network, "POST", "/security-group-rules", json={"security_group_rules": items})
+    return made
+
+
+def _remove(made: dict[str, Any]) -> None:
+    src, dst = connect("src"), connect("dst")
+    for gid in made["groups"]:
+        call(src.network, "DELETE", f"/security-groups/{gid}", missing_ok=True)
+    for group in paged(dst.network, f"/security-groups?project_id={made['dst_project']}",
+                       "security_groups"):
+        if group["name"] != "default":
+            call(dst.network, "DELETE", f"/security-groups/{group['id']}", missing_ok=True)
+    for side, conn in (("src", src), ("dst", dst)):
+        project = made[f"{side}_project"]
+        for group in paged(conn.network, f"/security-groups?project_id={project}",
+                           "security_groups"):
+            call(conn.network, "DELETE", f"/security-groups/{group['id']}", missing_ok=True)
+        call(conn.network, "DELETE", f"/quotas/{project}", missing_ok=True)
+        call(conn.identity, "DELETE", f"/projects/{project}", missing_ok=True)
+
+
+def _dst_listing(made: dict[str, Any]) -> tuple[Counter[str], Counter[tuple[Any, ...]]]:
+    dst = connect("dst")
+    project = made["dst_project"]
+    groups = paged(dst.network, f"/security-groups?project_id={project}", "security_groups")
+    marks = Counter(m for g in groups if (m := Kind.marked_source_id(g.get("description") or "")))
+    ids = {g["id"] for g in groups if g["name"] != "default"}
+    rules = Counter(
+        (r["security_group_id"], r["direction"], r["ethertype"], r["protocol"],
+         r["port_range_min"], r["remote_ip_prefix"], r["remote_group_id"])
+        for r in paged(dst.network, f"/security-group-rules?project_id={project}",
+                       "security_group_rules")
+        if r["security_group_id"] in ids
+    )
+    return marks, rules
+
+
+def _until_zero(env: dict[str, str], argv: list[str], max_runs: int) -> dict[str, Any]:
+    started = time.monotonic()
+    stops: list[str] = []
+    for _ in range(max_runs):
+        proc = subprocess.run([sys.executable, "-m", "stackhop.cli.main", *argv], env=env,
+                              capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            return {"runs": len(stops) + 1, "seconds": round(time.monotonic() - started, 2),
+                    "stops": stops, "completed": True}
+        lines = proc.stderr.strip().splitlines()
+        one_line = bool(lines) and lines[-1].startswith("stackhop")
+        one_line = one_line and "Traceback" not in proc.stderr
+        stops.append(lines[-1] if one_line else f"NOT ONE LINE: {proc.stderr[-400:]}")
+    return {"runs": max_runs, "seconds": round(time.monotonic() - started, 2), "stops": stops,
+            "completed": False}
+
+
+def _one_rate(rate: float, seed: int, made: dict[str, Any], work: Path,
+              max_runs: int) -> dict[str, Any]:
+    base = yaml.safe_load(Path(os.environ["OS_CLIENT_CONFIG_FILE"]).read_text())["clouds"]
+    upstreams = catalog_upstreams(connect("src")) | catalog_upstreams(connect("dst"))
+    faults = Faults(rate=rate, seed=seed, stall_seconds=8)
+    row: dict[str, Any] = {"rate": rate}
+    with FaultProxy(sorted(upstreams), faults) as proxy:
+        clouds = dict(base)
+        for name, entry in proxied_clouds(proxy, base, ["src", "dst"], timeout=4).items():
+            clouds[f"{name}-faulty"] = entry
+        path = work / f"clouds-{rate}.yaml"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            yaml.safe_dump({"clouds": clouds}, out)
+        env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(path),
+               "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        archive, journal = work / f"a-{rate}.tar.zst", work / f"j-{rate}.sqlite"
+        selection = ["--security-groups", "--quotas", "--project", made["name"]]
+        row["export"] = _until_zero(env, ["export", "--from", "src-faulty", "-o", str(archive),
+                                          *selection], max_runs)
+        row["import"] = _until_zero(env, ["--journal", str(journal), "import", "--to",
+                                          "dst-faulty", str(archive), *selection[:2]], max_runs)
+        marks, rules = _dst_listing(made)
+        row["groups_on_dst"] = sum(marks.values())
+        row["duplicate_groups"] = sum(n - 1 for n in marks.values() if n > 1)
+        row["duplicate_rules"] = sum(n - 1 for n in rules.values() if n > 1)
+        row["missing_groups"] = len(set(made["groups"]) - set(marks))
+        verify = subprocess.run([sys.executable, "-m", "stackhop.cli.main", "verify", "--to",
+                                 "dst", str(archive), *selection[:2]], env=env,
+                                capture_output=True, text=True, check=False)
+        row["verify_exit"] = verify.returncode
+        from stackhop.journal import Journal
+
+        with Journal(journal) as j:
+            runs = [a for r in j.runs() for a in ("--run", r.id)]
+        row["rollback"] = _until_zero(env, ["--journal", str(journal), "rollback", "--to",
+                                            "dst-faulty", *runs], max_runs)
+        marks_after, rules_after = _dst_listing(made)
+        row["left_after_rollback"] = sum(marks_after.values()) + sum(rules_after.values())
+        row["faults"] = dict(Counter(d.fault for d in proxy.faulted()))
+        row["requests"] = len(proxy.log)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rates", default="0,0.05,0.1,0.2")
+    parser.add_argument("--groups", type=int, default=20)
+    parser.add_argument("--rules", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--max-runs", type=int, default=4)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",")]
+    made = _population(f"shchaos-{uuid.uuid4().hex[:6]}", args.groups, args.rules)
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="stackhop-chaos-") as tmp:
+            for rate in rates:
+                rows.append(_one_rate(rate, args.seed, made, Path(tmp), args.max_runs))
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        _remove(made)
+    ok = all(
+        r["import"]["completed"] and r["rollback"]["completed"] and r["duplicate_groups"] == 0
+        and r["duplicate_rules"] == 0 and r["missing_groups"] == 0 and r["verify_exit"] == 0
+        and r["left_after_rollback"] == 0
+        and not any(s.startswith("NOT ONE LINE") for p in ("export", "import", "rollback")
+                    for s in r[p]["stops"])
+        for r in rows
+    )
+    table = ["| rate | requests | faults | import runs | import s | dup groups | dup rules "
+             "| missing | verify | rollback runs | left |", "|" + "---|" * 11]
+    for r in rows:
+        table.append(
+            f"| {r['rate']} | {r['requests']} | {sum(r['faults'].values())} "
+            f"| {r['import']['runs']} | {r['import']['seconds']} | {r['duplicate_groups']} "
+            f"| {r['duplicate_rules']} | {r['missing_groups']} | {r['verify_exit']} "
+            f"| {r['rollback']['runs']} | {r['left_after_rollback']} |"
+        )
+    print("\n".join(table))
+    print("goal met" if ok else "GOAL NOT MET")
+    if not args.no_save:
+        out = ROOT / "bench" / "results" / f"chaos-{dt.date.today().isoformat()}"
+        command = " ".join([".venv/bin/python", "bench/chaos.py", *map(shlex.quote, argv or
+                                                                         sys.argv[1:])])
+        out.with_suffix(".json").write_text(json.dumps(
+            {"command": command, "groups": args.groups, "rules": args.rules, "seed": args.seed,
+             "rows": rows, "goal_met": ok, "load": os.getloadavg()}, indent=1))
+        out.with_suffix(".md").write_text(f"```\n{command}\n```\n\n" + "\n".join(table) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
