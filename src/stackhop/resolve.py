@@ -19,17 +19,15 @@ record, the field and the map to fix. An unmapped user is never guessed.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stackhop.errors import ConfigError, UnmappedReferenceError
 from stackhop.journal import Journal
 from stackhop.kinds.base import Kind, Record
+from stackhop.mapfile import read_mapping
 
 USER = "identity.user"
 PROJECT = "identity.project"
@@ -56,21 +54,7 @@ def load_id_map(path: str | os.PathLike[str]) -> dict[str, str]:
     a flat mapping of strings.
     """
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read ID map {file}: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        syntax = "JSON" if file.suffix == ".json" else "YAML"
-        raise ConfigError(f"ID map {file} is not valid {syntax}: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(
-            f"ID map {file} must map source IDs to destination IDs, not be a {type(data).__name__}"
-        )
+    data = read_mapping(file, "ID map", "map source IDs to destination IDs")
     result: dict[str, str] = {}
     for source, destination in data.items():
         if not isinstance(source, str | int) or not isinstance(destination, str | int):
@@ -89,15 +73,8 @@ def load_network_map(path: str | os.PathLike[str] | None) -> dict[str, dict[str,
     if path is None:
         return {}
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except OSError as exc:
-        raise ConfigError(f"cannot read network map {file}: {exc.strerror or exc}") from exc
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"network map {file} is not valid YAML or JSON: {exc}") from exc
-    data = data or {}
-    if not isinstance(data, Mapping) or set(data) - {"physnets", "networks"}:
+    data = read_mapping(file, "network map")
+    if set(data) - {"physnets", "networks"}:
         raise ConfigError(
             f"network map {file} must hold only 'physnets: {{src: dst}}' and "
             "'networks: {src id: dst id}'"

@@ -32,7 +32,7 @@ def test_type_map_takes_pairs_and_files_and_refuses_a_type_mapped_twice(tmp_path
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must map source type names"):
         parse_type_map([str(tmp_path / "list.yaml")])
-    with pytest.raises(ConfigError, match="cannot read the type map"):
+    with pytest.raises(ConfigError, match="cannot read type map"):
         parse_type_map([str(tmp_path / "missing.yaml")])
 
 

@@ -24,17 +24,15 @@ the rest of the run carries on.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stackhop.errors import ConfigError
 from stackhop.kinds.base import Connection, Record
+from stackhop.mapfile import read_mapping
 
 USER = "identity.user"
 PROJECT = "identity.project"
@@ -78,18 +76,9 @@ def load_operator_map(path: str | os.PathLike[str] | None) -> OperatorMap:
     if path is None:
         return OperatorMap()
     file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read map {file}: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"map {file} is not valid YAML or JSON: {exc}") from exc
-    if data is None:
+    data = read_mapping(file, "map")
+    if not data:
         return OperatorMap()
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"map {file} must be a mapping, not a {type(data).__name__}")
     sections = {"domains", "users", "projects", "ids", "sql_users"}
     if any(isinstance(v, Mapping) for v in data.values()) or "sql_users" in data:
         unknown = set(data) - sections

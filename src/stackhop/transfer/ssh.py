@@ -28,7 +28,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stackhop.errors import CloudUnreachableError
+from stackhop.errors import CloudUnreachableError, ConfigError
 
 ENV_CONFIG = "STACKHOP_SSH_CONFIG"
 ENV_SHARE = "STACKHOP_SSH_SHARE"
@@ -56,6 +56,16 @@ class SshHost:
     name: str
     config: str | None = None
 
+    def __post_init__(self) -> None:
+        # ssh would read a name beginning with '-' as an option (-oProxyCommand=...).
+        if not self.name or self.name.startswith("-") or any(
+            c.isspace() or not c.isprintable() for c in self.name
+        ):
+            raise ConfigError(
+                f"ssh host {self.name!r} is not a host name (empty, starts with '-', or holds "
+                "spaces or control characters); fix the storage map"
+            )
+
     @classmethod
     def named(cls, name: str, config: str | None = None) -> SshHost:
         """``name`` with ``config``, else ``$STACKHOP_SSH_CONFIG``, else ssh's own default."""
@@ -72,7 +82,7 @@ class SshHost:
         sharing = _SHARED.options(self) if shared else _UNSHARED
         for option in (*FORCED_OPTIONS, *sharing, *extra_options):
             argv += ["-o", option]
-        argv += ["-T", self.name, "--", shlex.join(command)]
+        argv += ["-T", "--", self.name, shlex.join(command)]
         return argv
 
     def run(

@@ -13,12 +13,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stackhop.errors import ConfigError, UsageError
+from stackhop.mapfile import read_mapping
 from stackhop.volumes.model import VolumeRef
 
 
@@ -33,13 +31,8 @@ def _pairs(values: Iterable[str], option: str) -> list[tuple[str, str]]:
 
 
 def _type_map_file(path: str) -> list[tuple[str, str]]:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read the type map {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"type map {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, Mapping) or not all(
+    data = read_mapping(path, "type map", "map source type names to destination type names")
+    if not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):
         raise ConfigError(f"type map {path} must map source type names to destination type names")

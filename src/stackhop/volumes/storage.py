@@ -34,12 +34,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stackhop.errors import ConfigError
+from stackhop.mapfile import read_mapping
 
 ENV_VAR = "STACKHOP_STORAGE_MAP"
 
@@ -107,6 +105,32 @@ class StorageMap:
         return self.backend(cloud, name)
 
 
+#: Characters no storage-map value needs and a shell would act on.
+_SHELL = frozenset(";&|`$<>()\\\"'*?{}[]!#~")
+#: Values that name things (hosts, pools, Ceph users): no '/' either.
+_NAMES = {"ssh_host", "pool", "user"}
+
+
+def _check_value(cloud: str, name: str, key: str, value: str, source: str) -> None:
+    """Refuse a value that could become an option or shell syntax on a command line."""
+    allowed_braces = key == "path"  # the {id} / {name} placeholders
+    bad = [
+        c for c in value
+        if not c.isprintable() or (c in _SHELL and not (allowed_braces and c in "{}"))
+        or (key in _NAMES and (c.isspace() or c == "/"))
+    ]
+    if value.startswith("-") or bad:
+        what = "starts with '-'" if value.startswith("-") else f"holds {bad[0]!r}"
+        raise ConfigError(
+            f"storage map {source}: {cloud}.{name}.{key} {what}; write a plain "
+            f"{'name' if key in _NAMES else 'absolute path'} there"
+        )
+    if key not in _NAMES and not value.startswith("/"):
+        raise ConfigError(
+            f"storage map {source}: {cloud}.{name}.{key} must be an absolute path, not {value!r}"
+        )
+
+
 def _backend(cloud: str, name: str, entry: Any, source: str) -> Backend:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"storage map {source}: {cloud}.{name} must be a mapping")
@@ -117,6 +141,9 @@ def _backend(cloud: str, name: str, entry: Any, source: str) -> Backend:
             f"storage map {source}: {cloud}.{name} has unknown keys {sorted(unknown)}"
         )
     driver = fields.pop("driver", None)
+    for key, value in fields.items():
+        if value is not None:
+            _check_value(cloud, name, key, value, source)
     if driver not in DRIVERS:
         raise ConfigError(
             f"storage map {source}: {cloud}.{name}.driver must be one of {', '.join(DRIVERS)}"
@@ -133,14 +160,7 @@ def load_storage_map(path: str | os.PathLike[str] | None = None) -> StorageMap:
     location = os.fspath(path) if path is not None else os.environ.get(ENV_VAR)
     if not location:
         return StorageMap(backends={})
-    try:
-        data = yaml.safe_load(Path(location).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read storage map {location}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"storage map {location} is not valid YAML: {exc}") from exc
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"storage map {location} must map cloud names to backends")
+    data = read_mapping(location, "storage map", "map cloud names to backends")
     backends: dict[tuple[str, str], Backend] = {}
     for cloud, entries in data.items():
         if not isinstance(entries, Mapping):
