@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import json
 import sys
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
@@ -175,10 +176,19 @@ def render_one(
     _print(table, title, stream)
 
 
+def printable(text: str) -> str:
+    """``text`` with control and format characters (newlines, right-to-left overrides, which
+    names from a cloud may hold) shown as escapes, so a name cannot forge or reorder a line."""
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c)[0] == "C" else c
+        for c in text
+    )
+
+
 def error_line(exc: StackhopError | str) -> str:
     """The one line an error prints as: ``stackhop: <message>``."""
     message = exc.message if isinstance(exc, StackhopError) else exc
-    return "stackhop: " + " ".join(str(message).split())
+    return "stackhop: " + printable(" ".join(str(message).split()))
 
 
 def report_error(exc: StackhopError | str, stream: TextIO | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -97,6 +98,14 @@ def name_matches(image: dict[str, Any], pattern: str) -> bool:
     return image.get("id") == pattern or fnmatchcase(str(image.get("name") or ""), pattern)
 
 
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _by_name(images: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(images, key=lambda i: (i.get("name") or "", i["id"]))
 
@@ -124,9 +133,13 @@ def select_images(conn: Any, selection: Selection) -> list[dict[str, Any]]:
                 raise ConfigError(f"no image name matches {wanted!r}")
             result += [i for i in matched if all(i["id"] != r["id"] for r in result)]
             continue
-        image = get_image(service, wanted)
+        # Glance's image IDs are UUIDs (it refuses others on create); anything else is a name.
+        image = get_image(service, wanted) if _is_uuid(wanted) else None
         if image is None:
-            matches = list(list_images(service, name=wanted))
+            # Glance reads "OP:" at the start of a filter as an operator (glance.common.utils.
+            # split_filter_op): "eq:" makes the rest, colons and all, the exact name.
+            found = list_images(service, name=f"eq:{wanted}")
+            matches = [i for i in found if i.get("name") == wanted]
             if not matches:
                 raise ConfigError(f"no image with ID or name {wanted!r}")
             if len(matches) > 1:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from openstack import exceptions as sdk_exceptions
 
@@ -108,7 +109,7 @@ def list_images(service: Any, **filters: str) -> Iterator[dict[str, Any]]:
     """
     base = {"limit": "200", "member_status": "all", "visibility": "all", **filters}
     for hidden in ("false", "true"):
-        query = "&".join(f"{k}={v}" for k, v in {**base, "os_hidden": hidden}.items())
+        query = urlencode({**base, "os_hidden": hidden})
         url: str | None = f"/images?{query}"
         while url:
             body = call(service, "GET", url) or {}

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 from openstack import exceptions as sdk_exceptions
 
@@ -37,7 +38,7 @@ def image_digest(image: dict[str, Any]) -> Digest | None:
 
 def get_image(service: Any, image_id: str) -> dict[str, Any] | None:
     """The image's JSON from Glance v2, or None if there is none with this ID."""
-    response = service.get(f"/images/{image_id}")
+    response = service.get(f"/images/{quote(image_id, safe='')}")
     if response.status_code == 404:
         return None
     sdk_exceptions.raise_from_response(response)
