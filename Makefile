@@ -3,7 +3,7 @@ PY := .venv/bin/python
 TESTBED := $(PY) -m testbed
 export PYTHONWARNINGS := ignore
 
-.PHONY: setup demo test test-long unit functional lint bench testbed-up testbed-down testbed-status testbed-seed
+.PHONY: setup demo test test-long chaos unit functional lint bench testbed-up testbed-down testbed-status testbed-seed
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,9 @@ test: testbed-seed
 # Long trials (marked `long`): their short forms are in `make test`.
 test-long: testbed-seed
 	$(PY) -m pytest -ra -m long tests
+
+chaos: testbed-seed
+	$(PY) bench/chaos.py --rates 0,0.05,0.1,0.2,0.3 --groups 40
 
 unit: setup
 	$(PY) -m pytest -ra tests/unit

@@ -651,3 +651,21 @@ def test_an_aborted_writer_cannot_be_reopened(tmp_path: Path) -> None:
         writer.close()
     assert str(caught.value) == f"archive {path} is finished; use a new ArchiveWriter"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_member_declaring_10_gb_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """A header may claim any size: the manifest's size is checked before the member is read."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info, data = regular("manifest.json", manifest({"nova.keypair": KEYS}))
+        tar.addfile(info, io.BytesIO(data or b""))
+        end = tar.offset  # where the end-of-archive blocks begin
+    huge = tarfile.TarInfo("records/nova.keypair.jsonl")
+    huge.size = 10 * 2**30
+    raw = buffer.getvalue()[:end] + huge.tobuf(tarfile.PAX_FORMAT) + KEYS
+    raw = raw.ljust(-(-len(raw) // 512) * 512 + 1024, b"\0")
+    path = tmp_path / "huge.shop"
+    path.write_bytes(zstandard.ZstdCompressor(write_checksum=True).compress(raw))
+    message = refusal(path)
+    assert message.startswith(f"archive {path} is damaged or was modified"), message
+    assert "is 10737418240 bytes, the manifest says" in message
