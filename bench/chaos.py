@@ -46,12 +46,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-import yaml  # noqa: E402
 from tests.support.faultproxy import (  # noqa: E402
     FaultProxy,
     Faults,
     catalog_upstreams,
-    proxied_clouds,
+    write_clouds_yaml,
 )
 
 from stackhop.clouds import connect  # noqa: E402
@@ -143,18 +142,12 @@ def _until_zero(env: dict[str, str], argv: list[str], max_runs: int) -> dict[str
 
 def _one_rate(rate: float, seed: int, made: dict[str, Any], work: Path,
               max_runs: int) -> dict[str, Any]:
-    base = yaml.safe_load(Path(os.environ["OS_CLIENT_CONFIG_FILE"]).read_text())["clouds"]
     upstreams = catalog_upstreams(connect("src")) | catalog_upstreams(connect("dst"))
     faults = Faults(rate=rate, seed=seed, stall_seconds=8)
     row: dict[str, Any] = {"rate": rate}
     with FaultProxy(sorted(upstreams), faults) as proxy:
-        clouds = dict(base)
-        for name, entry in proxied_clouds(proxy, base, ["src", "dst"], timeout=4).items():
-            clouds[f"{name}-faulty"] = entry
-        path = work / f"clouds-{rate}.yaml"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            yaml.safe_dump({"clouds": clouds}, out)
+        path = write_clouds_yaml(proxy, Path(os.environ["OS_CLIENT_CONFIG_FILE"]),
+                                 work / f"clouds-{rate}.yaml", ["src", "dst"], timeout=4)
         env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(path),
                "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         archive, journal = work / f"a-{rate}.tar.zst", work / f"j-{rate}.sqlite"

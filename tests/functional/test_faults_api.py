@@ -17,6 +17,7 @@ independent listing, not by stackhop), verify through the plain ``dst`` exits
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,8 +29,7 @@ from typing import Any
 
 import openstack
 import pytest
-import yaml
-from tests.support.faultproxy import FaultProxy, Faults, catalog_upstreams, proxied_clouds
+from tests.support.faultproxy import FaultProxy, Faults, catalog_upstreams, write_clouds_yaml
 
 from stackhop.clouds import connect
 from stackhop.kinds.base import Kind
@@ -84,22 +84,22 @@ def groups(seeded: Any) -> Iterator[str]:
                 call(dst.network, "DELETE", f"/security-groups/{group['id']}", missing_ok=True)
 
 
-@pytest.fixture(scope="module")
-def proxy(seeded: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultProxy]:
-    """The proxy, and a clouds.yaml (0600: passwords) naming ``src-faulty``/``dst-faulty``."""
-    clouds_yaml = Path(os.environ["OS_CLIENT_CONFIG_FILE"])
-    base = yaml.safe_load(clouds_yaml.read_text())["clouds"]
+@contextlib.contextmanager
+def faulty(script: tuple[tuple[str, str, str], ...], directory: Path) -> Iterator[FaultProxy]:
+    """The proxy over both clouds, and a clouds.yaml naming ``src-faulty``/``dst-faulty``."""
     upstreams = catalog_upstreams(connect("src")) | catalog_upstreams(connect("dst"))
-    faults = Faults(rate=RATE, seed=17, script=SCRIPT, stall_seconds=8, retry_after=1)
+    faults = Faults(rate=RATE, seed=17, script=script, stall_seconds=8, retry_after=1)
     with FaultProxy(sorted(upstreams), faults) as px:
-        clouds = dict(base)
-        for name, entry in proxied_clouds(px, base, ["src", "dst"], timeout=4).items():
-            clouds[f"{name}-faulty"] = entry
-        path = tmp_path_factory.mktemp("faults") / "clouds.yaml"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            yaml.safe_dump({"clouds": clouds}, out)
-        px.clouds_yaml = path  # type: ignore[attr-defined]
+        px.clouds_yaml = write_clouds_yaml(  # type: ignore[attr-defined]
+            px, Path(os.environ["OS_CLIENT_CONFIG_FILE"]), directory / "clouds.yaml",
+            ["src", "dst"], timeout=4,
+        )
+        yield px
+
+
+@pytest.fixture
+def proxy(seeded: Any, tmp_path: Path) -> Iterator[FaultProxy]:
+    with faulty(SCRIPT, tmp_path) as px:
         yield px
 
 
@@ -190,3 +190,42 @@ def test_import_verify_rollback_through_faults(
     assert len(proxy.faulted()) > len(SCRIPT), "the random faults never fired"
     print(f"imports: {len(imports)} run(s); rollbacks: {len(rollback)} run(s); "
           f"faults: {Counter(d.fault for d in proxy.faulted())}")
+
+
+IMAGES = ("alpha-base", "beta-app", "public-tools")
+IMAGE_SCRIPT = (
+    ("POST", r"/v2/images$", "drop"),  # created on dst, the client never learns its ID
+    ("PUT", r"/file$", "drop"),  # data stored, the answer lost
+    ("PUT", r"/file$", "reset"),  # the upload cut
+    ("DELETE", r"/v2/images/", "drop"),
+)
+
+
+def test_images_copy_and_rollback_through_faults(seeded: Any, tmp_path: Path) -> None:
+    journal = tmp_path / "journal.sqlite"
+    selection = [a for name in IMAGES for a in ("--image", name)]
+    src = openstack.connect(cloud="src")
+    checksums = {i.id: i.checksum for i in src.image.images() if i.name in IMAGES}
+    with faulty(IMAGE_SCRIPT, tmp_path) as px:
+        copies = _until_done(px, "--journal", str(journal), "images", "copy", "--from",
+                             "src-faulty", "--to", "dst-faulty", *selection)
+        try:
+            dst = openstack.connect(cloud="dst")
+            marked = [i for i in dst.image.images()
+                      if i.properties.get("stackhop_source") in checksums]
+            sources = Counter(i.properties["stackhop_source"] for i in marked)
+            assert sources == Counter(set(checksums)), f"an image twice or missing: {sources}"
+            for image in marked:  # the data is whole, whichever attempt stored it
+                assert image.status == "active"
+                assert image.checksum == checksums[image.properties["stackhop_source"]]
+        finally:
+            from stackhop.journal import Journal
+
+            with Journal(journal) as j:
+                runs = [a for r in j.runs() for a in ("--run", r.id)]
+            _until_done(px, "--journal", str(journal), "rollback", "--to", "dst-faulty", *runs)
+        assert px.unspent == [], f"scripted faults never met: {px.unspent}"
+    left = [i.id for i in openstack.connect(cloud="dst").image.images()
+            if i.properties.get("stackhop_source") in checksums]
+    assert left == []
+    print(f"images copy: {len(copies)} run(s)")

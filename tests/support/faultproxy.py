@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
 import socket
@@ -45,9 +46,11 @@ import struct
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from aiohttp import web
 
 FAULTS = ("500", "502", "503", "429", "reset", "stall", "drop")
@@ -346,6 +349,21 @@ def proxied_clouds(
         entry["auth"] = auth
         entry["api_timeout"] = timeout
         out[name] = entry
+    return out
+
+
+def write_clouds_yaml(
+    proxy: FaultProxy, clouds_yaml: Path, out: Path, names: Iterable[str], *, timeout: float
+) -> Path:
+    """``out``: the clouds of ``clouds_yaml``, plus ``<name>-faulty`` for each of ``names``
+    reached through ``proxy``; created 0600 from its first byte (it holds passwords)."""
+    base = yaml.safe_load(clouds_yaml.read_text())["clouds"]
+    clouds = dict(base)
+    for name, entry in proxied_clouds(proxy, base, names, timeout=timeout).items():
+        clouds[f"{name}-faulty"] = entry
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump({"clouds": clouds}, handle)
     return out
 
 
