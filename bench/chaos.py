@@ -15,10 +15,19 @@ in one go so the rates compare on a noisy machine:
 3. ``stackhop rollback`` through the proxy, re-run until 0; the listing again
    counts what is left.
 
+With ``--kills N``, then N trials of ``kill -9`` of a plain import at a random
+moment (up to the longest import seen), re-run until it exits 0, every other
+trial with the journal deleted first; duplicates, missing groups and verify
+are checked, then the rollback. With the journal lost, the re-run finds what
+the killed run made by its marker and keeps it without a journal row of its
+own, so the rollback of the re-run leaves it (reported, not a failure: the
+lost run's record is gone); the trial clears it before the next.
+
 Everything it made is removed at the end.
 
     .venv/bin/python bench/chaos.py                                # rates 0, 0.05, 0.1, 0.2
     .venv/bin/python bench/chaos.py --rates 0,0.3 --groups 40 --seed 3
+    .venv/bin/python bench/chaos.py --rates 0 --kills 20              # kill -9 trials
 
 Results: ``bench/results/chaos-<date>.json`` and ``.md`` (with the command).
 Goal (issue 17): no duplicate, nothing missing, nothing left after the
@@ -32,7 +41,9 @@ import argparse
 import datetime as dt
 import json
 import os
+import random
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -178,6 +189,61 @@ def _one_rate(rate: float, seed: int, made: dict[str, Any], work: Path,
     return row
 
 
+def _kill_trial(
+    trial: int, rng: random.Random, made: dict[str, Any], work: Path, longest: float,
+    keep_journal: bool, max_runs: int,
+) -> dict[str, Any]:
+    """``kill -9`` of an import at a random moment, then re-runs (the journal kept or deleted)."""
+    env = {**os.environ,
+           "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    archive, journal = work / "kill.tar.zst", work / f"kill-{trial}.sqlite"
+    selection = ["--security-groups", "--quotas"]
+    if not archive.exists():
+        subprocess.run([sys.executable, "-m", "stackhop.cli.main", "export", "--from", "src",
+                        "-o", str(archive), *selection, "--project", made["name"]],
+                       env=env, check=True, capture_output=True)
+    argv = ["--journal", str(journal), "import", "--to", "dst", str(archive), *selection]
+    at = rng.uniform(0.2, longest)
+    with subprocess.Popen([sys.executable, "-m", "stackhop.cli.main", *argv], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        try:
+            proc.wait(at)
+            finished_first = True
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)  # our own child, by its handle
+            proc.wait()
+            finished_first = False
+    if not keep_journal:
+        journal.unlink(missing_ok=True)
+    row: dict[str, Any] = {"trial": trial, "journal": "kept" if keep_journal else "deleted",
+                           "killed_at_s": round(at, 2), "finished_before_kill": finished_first}
+    row["rerun"] = _until_zero(env, argv, max_runs)
+    marks, rules = _dst_listing(made)
+    row["duplicate_groups"] = sum(n - 1 for n in marks.values() if n > 1)
+    row["duplicate_rules"] = sum(n - 1 for n in rules.values() if n > 1)
+    row["missing_groups"] = len(set(made["groups"]) - set(marks))
+    row["verify_exit"] = subprocess.run(
+        [sys.executable, "-m", "stackhop.cli.main", "verify", "--to", "dst", str(archive),
+         *selection], env=env, capture_output=True, check=False).returncode
+    from stackhop.journal import Journal
+
+    with Journal(journal) as j:
+        runs = [a for r in j.runs() for a in ("--run", r.id)]
+    row["rollback"] = _until_zero(env, ["--journal", str(journal), "rollback", "--to", "dst",
+                                        *runs], max_runs)
+    marks_after, rules_after = _dst_listing(made)
+    row["left_after_rollback"] = sum(marks_after.values()) + sum(rules_after.values())
+    # With the journal lost, the re-run finds what the killed run made by its marker and
+    # leaves it be (it cannot know that run made it): a rollback of the re-run keeps it.
+    # Cleared here, so the next trial starts from an empty project.
+    dst = connect("dst")
+    for group in paged(dst.network, f"/security-groups?project_id={made['dst_project']}",
+                       "security_groups"):
+        if Kind.marked_source_id(group.get("description") or ""):
+            call(dst.network, "DELETE", f"/security-groups/{group['id']}", missing_ok=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rates", default="0,0.05,0.1,0.2")
@@ -185,16 +251,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", type=int, default=5)
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--max-runs", type=int, default=4)
+    parser.add_argument("--kills", type=int, default=0,
+                        help="kill -9 trials of the import (half with the journal deleted)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     made = _population(f"shchaos-{uuid.uuid4().hex[:6]}", args.groups, args.rules)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    kills: list[dict[str, Any]] = []
+    rng = random.Random(args.seed)
     try:
         with tempfile.TemporaryDirectory(prefix="stackhop-chaos-") as tmp:
             for rate in rates:
                 rows.append(_one_rate(rate, args.seed, made, Path(tmp), args.max_runs))
                 print(json.dumps(rows[-1]), flush=True)
+            longest = max([r["import"]["seconds"] for r in rows] or [20.0])
+            for trial in range(args.kills):
+                kills.append(_kill_trial(trial, rng, made, Path(tmp), longest,
+                                         keep_journal=trial % 2 == 0, max_runs=args.max_runs))
+                print(json.dumps(kills[-1]), flush=True)
     finally:
         _remove(made)
     ok = all(
@@ -204,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         and not any(s.startswith("NOT ONE LINE") for p in ("export", "import", "rollback")
                     for s in r[p]["stops"])
         for r in rows
+    ) and all(
+        k["rerun"]["completed"] and k["rollback"]["completed"] and k["duplicate_groups"] == 0
+        and k["duplicate_rules"] == 0 and k["missing_groups"] == 0 and k["verify_exit"] == 0
+        and (k["left_after_rollback"] == 0 or k["journal"] == "deleted")
+        for k in kills
     )
     table = ["| rate | requests | faults | import runs | import s | dup groups | dup rules "
              "| missing | verify | rollback runs | left |", "|" + "---|" * 11]
@@ -214,6 +294,20 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['duplicate_rules']} | {r['missing_groups']} | {r['verify_exit']} "
             f"| {r['rollback']['runs']} | {r['left_after_rollback']} |"
         )
+    if kills:
+        table += ["", "| kill -9 trials | journal | killed before the end | re-runs | dup groups "
+                  "| dup rules | missing | verify 0 | left after rollback |", "|" + "---|" * 9]
+        for journal in ("kept", "deleted"):
+            these = [k for k in kills if k["journal"] == journal]
+            table.append(
+                f"| {len(these)} | {journal} | {sum(not k['finished_before_kill'] for k in these)} "
+                f"| {sum(k['rerun']['runs'] for k in these)} "
+                f"| {sum(k['duplicate_groups'] for k in these)} "
+                f"| {sum(k['duplicate_rules'] for k in these)} "
+                f"| {sum(k['missing_groups'] for k in these)} "
+                f"| {sum(k['verify_exit'] == 0 for k in these)} "
+                f"| {sum(k['left_after_rollback'] for k in these)} |"
+            )
     print("\n".join(table))
     print("goal met" if ok else "GOAL NOT MET")
     if not args.no_save:
@@ -222,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                          sys.argv[1:])])
         out.with_suffix(".json").write_text(json.dumps(
             {"command": command, "groups": args.groups, "rules": args.rules, "seed": args.seed,
-             "rows": rows, "goal_met": ok, "load": os.getloadavg()}, indent=1))
+             "rows": rows, "kills": kills, "goal_met": ok, "load": os.getloadavg()}, indent=1))
         out.with_suffix(".md").write_text(f"```\n{command}\n```\n\n" + "\n".join(table) + "\n")
     return 0 if ok else 1
 
