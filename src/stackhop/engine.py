@@ -233,6 +233,11 @@ class Engine:
         self._lock = threading.Lock()
         self._run_id = ""
 
+    @property
+    def run_id(self) -> str:
+        """The journal ID of the run in progress (or of the last one); "" before any."""
+        return self._run_id
+
     def _interruptible_sleep(self, seconds: float) -> None:
         self.stop.wait(seconds)
 
