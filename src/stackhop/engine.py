@@ -102,6 +102,10 @@ class RunResult:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
     elapsed: float = 0.0
+    #: The exception each failed operation's last attempt raised, by operation key: a
+    #: caller whose operations are its own steps (a task) re-raises it, keeping its class
+    #: (and exit code). Not in :meth:`as_dict`.
+    exceptions: dict[OperationKey, BaseException] = field(default_factory=dict, repr=False)
 
     def count(self, outcome: str) -> int:
         return sum(per_kind.get(outcome, 0) for per_kind in self.counts.values())
@@ -159,6 +163,8 @@ class _Attempt:
     error: str | None = None
     #: The error is not the API's (journal, programming error): nothing is journaled.
     raw: bool = False
+    #: What the call raised, when it failed.
+    exception: BaseException | None = None
 
 
 @dataclass
@@ -231,7 +237,27 @@ class Engine:
         self.rng = rng or random.Random()
         self._outcomes: dict[OperationKey, str] = {}
         self._lock = threading.Lock()
+        #: Notified whenever an operation gets its outcome (see :meth:`outcome`).
+        self._settled = threading.Condition(self._lock)
         self._run_id = ""
+
+    @property
+    def run_id(self) -> str:
+        """The journal ID of the run in progress (or of the last one); "" before any."""
+        return self._run_id
+
+    def outcome(self, ref: OperationKey, *, wait: bool = False) -> str | None:
+        """The outcome of operation ``ref`` in the run in progress (None: none yet).
+
+        With ``wait``, wait until it has one or the run is asked to stop. A
+        planner feeding :meth:`run_planned` uses it to hand over a step only
+        once the step before it is ``done`` (so a step after a failed one is
+        never journaled, not even as "not attempted").
+        """
+        with self._settled:
+            while wait and ref not in self._outcomes and not self.stop.is_set():
+                self._settled.wait(0.2)
+            return self._outcomes.get(ref)
 
     def _interruptible_sleep(self, seconds: float) -> None:
         self.stop.wait(seconds)
@@ -382,7 +408,9 @@ class Engine:
             try:
                 finished.append((item, future.result()))
             except Exception as exc:  # a journal or programming error: report, never swallow
-                finished.append((item, _Attempt(row=item.row, error=error_text(exc), raw=True)))
+                finished.append(
+                    (item, _Attempt(row=item.row, error=error_text(exc), raw=True, exception=exc))
+                )
         return finished
 
     # -- recording, in batches -----------------------------------------------------
@@ -404,6 +432,8 @@ class Engine:
         """
         plan = _Batch()
         for item, attempt in finished:
+            if attempt.exception is not None:
+                result.exceptions[item.op.ref] = attempt.exception
             if attempt.raw:
                 plan.settle(item.op, "failed", attempt.error)
             elif attempt.error is not None:
@@ -600,8 +630,9 @@ class Engine:
         if outcome == "failed":
             self._note_error(op, message or "failed", result)
         self._emit_finished(op, outcome, message, destination_id=destination_id)
-        with self._lock:
+        with self._settled:
             self._outcomes[op.ref] = outcome
+            self._settled.notify_all()
         schedule.finished(op)
 
     # -- one operation, in a worker thread -------------------------------------------
@@ -630,7 +661,7 @@ class Engine:
                 unknown = unknown or isinstance(op, Task)
                 unknown = unknown or (isinstance(op, Create) and not failure.outcome_known)
                 if not failure.transient or attempt >= self.retry.max_attempts:
-                    return _Attempt(row, error=error_text(exc))
+                    return _Attempt(row, error=error_text(exc), exception=exc)
                 delay = self.retry.delay(attempt, failure.retry_after, self.rng)
                 self._emit(
                     EventType.RETRY,
@@ -642,7 +673,9 @@ class Engine:
                 )
                 self.sleep(delay)
                 if self.stop.is_set():
-                    return _Attempt(row, error=f"interrupted before retrying: {error_text(exc)}")
+                    return _Attempt(
+                        row, error=f"interrupted before retrying: {error_text(exc)}", exception=exc
+                    )
                 attempt += 1
                 row = self.journal.apply([self._change(op, row, PENDING, attempt=True)])[0]
 

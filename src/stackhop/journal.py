@@ -500,12 +500,14 @@ class Journal:
         stage: str | None = None,
         progress: Mapping[str, Any] | None = None,
         before: Any = None,
+        destination_id: str | None = None,
     ) -> bool:
         """Record how far the running operation ``row`` got; False if it is no longer running.
 
         Only the ``pending`` row of ``row``'s run and attempt is touched, so a
         late report never overwrites the outcome of a newer attempt. ``before``
-        replaces the row's ``before_state`` (a task's resume state).
+        replaces the row's ``before_state`` (a task's resume state);
+        ``destination_id`` records the object the operation made as soon as it exists.
         """
         values: dict[str, Any] = {"updated_at": _now()}
         if stage is not None:
@@ -514,6 +516,8 @@ class Journal:
             values["progress"] = dict(progress)
         if before is not None:
             values["before_state"] = before
+        if destination_id is not None:
+            values["destination_id"] = destination_id
         with self._transaction() as conn:
             result = conn.execute(
                 operations.update()

@@ -99,10 +99,14 @@ class TaskContext:
         """True once the run is asked to stop: a long task should return or raise soon."""
         return self.stop.is_set()
 
-    def stage(self, name: str, state: Any = None) -> None:
-        """The task reached stage ``name``; ``state`` (JSON-able) is what its resume needs."""
+    def stage(self, name: str, state: Any = None, *, destination_id: str | None = None) -> None:
+        """The task reached stage ``name``; ``state`` (JSON-able) is what its resume needs.
+
+        ``destination_id``: the object the task made, recorded as soon as it exists (a
+        resumed attempt and ``testbed undo`` find it even when the task never finishes).
+        """
         self.stages.append(name)
-        self.journal.report(self.row, stage=name, before=state)
+        self.journal.report(self.row, stage=name, before=state, destination_id=destination_id)
         self._emit(EventType.STAGE, message=name)
 
     def progress(self, done: int, total: int | None, unit: str = "bytes") -> None:

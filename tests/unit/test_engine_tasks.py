@@ -244,3 +244,44 @@ def test_status_lists_a_task_a_crash_left_pending(
     assert main(["--journal", location, "status"]) == 0
     out = capsys.readouterr().out
     assert "In progress" in out and "3/4 bytes (75%)" in out
+
+
+class PhaseBroke(Exception):
+    """A step's own error class (its exit code must survive the engine)."""
+
+
+def test_steps_fed_one_after_another_stop_at_the_failing_one_with_its_own_error(
+    journal: Journal,
+) -> None:
+    """The hooks `project migrate` needs: only the failing step gets a row, its exception
+    is kept, and the stop event the steps see is the engine's (Ctrl-C reaches sub-runs)."""
+    seen_stop: list[Any] = []
+
+    def broke(ctx: TaskContext) -> None:
+        seen_stop.append(ctx.stop)
+        raise PhaseBroke("step two broke")
+
+    steps = [
+        Pass(kind=COPY, identity="p/one", of="one", script=Script()),
+        Pass(kind=COPY, identity="p/two", of="two", script=Script(steps=[broke])),
+        Pass(kind=COPY, identity="p/three", of="three", script=Script()),
+    ]
+    engine = Engine(journal, object(), Resolver("dst", journal=journal), workers=1,
+                    sleep=lambda _s: None)  # fmt: skip
+    fed: list[str] = []
+
+    def one_at_a_time() -> Any:
+        for step in steps:
+            fed.append(step.identity)
+            yield [step]
+            if engine.outcome(step.ref, wait=True) != "done":
+                return
+
+    result = engine.run_planned(one_at_a_time(), total=len(steps), command="test steps")
+    assert fed == ["p/one", "p/two"]
+    assert [(r.identity, r.state) for r in journal.operations(kind="test.copy")] == [
+        ("p/one", DONE), ("p/two", FAILED)], "no row for the step after the failed one"
+    caught = result.exceptions[("test.copy", "p/two")]
+    assert isinstance(caught, PhaseBroke) and str(caught) == "step two broke"
+    assert seen_stop == [engine.stop]
+    assert result.outcome == "failed" and result.failed == 1

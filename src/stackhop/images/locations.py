@@ -8,8 +8,8 @@ to add ``file://`` locations (``RESTRICTED_URI_SCHEMAS`` in
 ``glance/common/store_utils.py``), so nothing can be moved *into* a file
 store this way. Per image:
 
-1. journal ``pending`` with the image's original protection, status, hash,
-   checksum, size and locations;
+1. journal the image's original protection, status, hash, checksum, size
+   and locations (the row's ``before``);
 2. protect it (and reactivate a deactivated one: Glance changes locations
    of ``active`` images only);
 3. write its data, downloaded through Glance and hashed against
@@ -24,7 +24,12 @@ store this way. Per image:
 6. read the image back through Glance and hash it (unless
    ``verify_data=False``);
 7. remove every other location: Glance deletes their data;
-8. put protection and deactivation back; journal ``done``.
+8. put protection and deactivation back.
+
+Each image is a :class:`~stackhop.images.move_store.MoveImage` task of one
+engine run (:func:`~stackhop.images.move_store.run_moves`, kind
+``glance.image-location``): the engine journals ``pending``/``done``/``failed``
+and retries transient failures; the task reports its steps as the row's stage.
 
 Every step looks at the image and the pool first, so a run killed anywhere
 is finished by running it again: it ends with exactly one location, in the
@@ -40,16 +45,17 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 from stackhop.errors import CapabilityError, ConfigError, IntegrityError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.images.common import JSON_PATCH, import_methods, set_protected
-from stackhop.images.move_store import MovePlan, MoveResult, run_moves
+from stackhop.images.move_store import MovePlan, MoveResult, resuming, run_moves
 from stackhop.images.rbd_store import GlanceRbdStore
-from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal, OperationRecord
+from stackhop.journal import Journal
 from stackhop.kinds.rest import call
+from stackhop.task import TaskContext, TaskKind
 from stackhop.transfer.base import DEFAULT_CHUNK_SIZE, READ_AHEAD, Digest, chunk_filters
 from stackhop.transfer.glance import GlanceSource, get_image, image_digest
 from stackhop.transfer.rbd_access import read_ahead
@@ -58,6 +64,13 @@ KIND = "glance.image-location"
 """The journal kind of a location move (one row per image and pair of stores)."""
 
 TARGETS = ("rbd",)
+
+
+class LocationMoveKind(TaskKind):
+    """The journal kind of a location move (a task: the engine calls MoveImage.call)."""
+
+    name = KIND
+    service = "image"
 """Stores an image can be moved into by adding a location."""
 
 
@@ -144,6 +157,8 @@ def _patch(service: Any, image_id: str, ops: list[dict[str, Any]]) -> None:
 class LocationMover:
     """Moves images of one legacy Glance into its RBD store (``service`` is ``conn.image``)."""
 
+    task_kind: ClassVar[TaskKind] = LocationMoveKind()
+
     service: Any
     journal: Journal
     cloud: str
@@ -171,19 +186,13 @@ class LocationMover:
     def _key(self, image_id: str) -> str:
         return f"{image_id}:{self.from_store}->{self.to_store}"
 
-    def _row(self, image_id: str) -> OperationRecord | None:
-        return self.journal.operation(self.scope, KIND, self._key(image_id))
+    def key(self, image_id: str) -> str:
+        return self._key(image_id)
 
-    def _transition(self, run_id: str, image_id: str, state: str, row: OperationRecord | None,
-                    **kwargs: Any) -> OperationRecord:
-        return self.journal.transition(run_id, self.scope, KIND, self._key(image_id), state,
-                                       action="move", expected=row, source_id=image_id,
-                                       destination_id=image_id, **kwargs)
-
-    def _record_failure(self, run_id: str, image_id: str, message: str) -> None:
-        row = self._row(image_id)
-        if row is None or row.state != DONE:
-            self._transition(run_id, image_id, FAILED, row, error=message)
+    def skip_reason(self, image: dict[str, Any]) -> str | None:
+        if {location_store(u) for u in location_urls(image)} == {self.to_store}:
+            return f"already in {self.to_store}"
+        return None
 
     def _image(self, image_id: str) -> dict[str, Any]:
         image = get_image(self.service, image_id)
@@ -191,21 +200,15 @@ class LocationMover:
             raise ConfigError(f"image {image_id} no longer exists")
         return image
 
-    def _move(self, run_id: str, image_id: str) -> str:
-        row = self._row(image_id)
-        if row is not None and row.state == DONE:
-            return "skipped"
+    def move(self, ctx: TaskContext, image_id: str) -> None:
+        row = ctx.previous
         image = self._image(image_id)
         target = self.store.location(image_id)
         urls = location_urls(image)
-        resuming = row is not None and row.state in (PENDING, FAILED) and bool(row.before)
-        if not resuming:
-            if {location_store(u) for u in urls} == {self.to_store}:
-                self._transition(run_id, image_id, SKIPPED, row,
-                                 error=f"already in {self.to_store}")
-                return "skipped"
+        started = resuming(row)
+        if not started:
             self._check_movable(image)
-        before = (row.before if resuming and row and row.before else None) or {
+        before = (row.before if started and row and row.before else None) or {
             "protected": bool(image.get("protected")),
             "status": image.get("status"),
             "os_hash_algo": image.get("os_hash_algo"),
@@ -214,12 +217,13 @@ class LocationMover:
             "size": image.get("size"),
             "locations": urls,
         }
-        row = self._transition(run_id, image_id, PENDING, row, before=before, attempt=True)
+        ctx.stage("pending", before, destination_id=image_id)
         self._step(image_id, "pending")
         if image.get("status") == "deactivated":
             call(self.service, "POST", f"/images/{image_id}/actions/reactivate")
         if not image.get("protected"):
             set_protected(self.service, image_id, True)
+        ctx.stage("prepared")
         self._step(image_id, "prepared")
         if target not in urls:
             try:
@@ -228,10 +232,11 @@ class LocationMover:
                 if target not in location_urls(self._image(image_id)):
                     self._restore(image_id, before)
                 raise
+        ctx.stage("added")
         self._swap(image_id, target, before)
+        ctx.stage("swapped")
         self._restore(image_id, before)
-        self._transition(run_id, image_id, DONE, row)
-        return "done"
+        ctx.stage("restored")
 
     def _check_movable(self, image: dict[str, Any]) -> None:
         image_id = image["id"]

@@ -4,19 +4,24 @@ Method ``copy-image`` (the default; the cloud needs multi-store and the
 ``copy-image`` import method, and the admin policy to delete an image's data
 from one store), per image:
 
-1. journal ``pending``, with the image's original protection and hash;
+1. journal the image's original protection and hash (the row's ``before``);
 2. protect the image (nobody deletes it while its data moves);
 3. import it into the target store with ``copy-image`` and wait for Glance;
 4. check the target store is listed and ``os_hash_value`` is unchanged;
 5. delete the data from the source store (unless ``--keep-source``);
 6. read the data back (now only the target store holds it) and hash it
    against ``os_hash_value`` (unless ``verify_data=False``);
-7. restore the original protection; journal ``done``.
+7. restore the original protection.
 
-Every step looks at the image first, so a run killed anywhere is finished by
-re-running the same command: the journal row keeps the original protection,
-and an import Glance is still running is waited for, not started twice.
-Images already only in the target store are skipped.
+Each image is a :class:`MoveImage` task of one engine run (:func:`run_moves`):
+the engine journals the row (kind ``glance.image-store``, key
+``<image ID>:<from>-><to>``) ``pending`` before and ``done``/``failed`` after,
+retries transient failures and stops on Ctrl-C; the task reports each step as
+the row's stage and the copy and read-back as progress. Every step looks at
+the image first, so a run killed anywhere is finished by re-running the same
+command: the journal row keeps the original protection, and an import Glance
+is still running is waited for, not started twice. Images already only in
+the target store are skipped (a ``Skip``, no call).
 
 Method ``recreate`` is in :mod:`stackhop.images.recreate`.
 """
@@ -25,12 +30,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from stackhop.errors import CapabilityError, ConfigError, IntegrityError, StackhopError
-from stackhop.events import Event, EventSink, EventType, NullSink
+from stackhop.engine import Engine
+from stackhop.errors import CapabilityError, ConfigError, IntegrityError
+from stackhop.events import EventSink, NullSink
 from stackhop.images.common import (
     Waiter,
     check_stores,
@@ -38,8 +43,11 @@ from stackhop.images.common import (
     import_methods,
     set_protected,
 )
-from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal, OperationRecord
+from stackhop.journal import DONE, FAILED, PENDING, Journal, OperationRecord
 from stackhop.kinds.rest import call
+from stackhop.plan import Operation, Skip
+from stackhop.resolve import Resolver
+from stackhop.task import Task, TaskContext, TaskKind
 from stackhop.transfer import HashingDestination
 from stackhop.transfer import copy as transfer_copy
 from stackhop.transfer.glance import GlanceSource, get_image
@@ -127,67 +135,123 @@ def check_cloud(
         )
 
 
+class StoreMoveKind(TaskKind):
+    """The journal kind of a store move (a task: the engine calls MoveImage.call)."""
+
+    name = KIND
+    service = "image"
+
+
+STORE_MOVE_KIND = StoreMoveKind()
+
+
 class Mover(Protocol):
     """What :func:`run_moves` needs of a mover (:class:`StoreMover`, the locations mover)."""
 
+    #: The journal kind of its moves.
+    task_kind: ClassVar[TaskKind]
     journal: Journal
+    service: Any
     cloud: str
     workers: int
     stop: threading.Event
+    events: EventSink
 
-    def _move(self, run_id: str, image_id: str) -> str: ...
+    @property
+    def scope(self) -> str: ...
 
-    def _record_failure(self, run_id: str, image_id: str, message: str) -> None: ...
+    def key(self, image_id: str) -> str:
+        """The journal key of the image's move."""
+        ...
 
-    def _emit(self, type_: EventType, run_id: str | None, **fields: Any) -> None: ...
+    def skip_reason(self, image: dict[str, Any]) -> str | None:
+        """Why the image needs no move (its data is already where the move puts it)."""
+        ...
+
+    def move(self, ctx: TaskContext, image_id: str) -> None:
+        """Move one image; resumable from ``ctx.previous`` (its ``before`` state)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class MoveImage(Task):
+    """The engine's task for one image: ``identity`` is its label, the key its move's."""
+
+    action: ClassVar[str] = "move"
+
+    mover: Mover = field(compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        assert self.of is not None
+        return self.mover.key(self.of)
+
+    def call(self, ctx: TaskContext) -> str:
+        assert self.of is not None
+        self.mover.move(ctx, self.of)
+        return self.of
+
+    # ``find`` stays None: an unfinished move is finished by ``call`` itself (every step
+    # looks at the image first), since its last step restores the original protection.
+
+
+def resuming(row: OperationRecord | None) -> bool:
+    """Whether an earlier attempt started the move (its ``before`` state is journaled)."""
+    return row is not None and row.state in (PENDING, FAILED) and bool(row.before)
 
 
 def run_moves(
     mover: Mover, command: str, images: Sequence[dict[str, Any]], args: dict[str, Any]
 ) -> MoveResult:
-    """One journaled run moving every image of ``images``; failures are recorded, not raised."""
-    run = mover.journal.start_run(command, source_cloud=mover.cloud,
-                                  destination_cloud=mover.cloud, args=args)
-    result = MoveResult(run_id=run.id)
-    lock = threading.Lock()
-    mover._emit(EventType.RUN_STARTED, run.id, total=len(images))
+    """One engine run moving every image of ``images``; failures are recorded, not raised.
 
-    def one(image: dict[str, Any]) -> None:
-        if mover.stop.is_set():
-            return
-        label = f"{image.get('name') or ''}/{image['id']}"
-        mover._emit(EventType.OPERATION_STARTED, run.id, identity=label, operation="move")
-        try:
-            outcome = mover._move(run.id, image["id"])
-        except Exception as exc:
-            message = (exc.message if isinstance(exc, StackhopError)
-                       else f"{type(exc).__name__}: {exc}")
-            mover._record_failure(run.id, image["id"], message)
-            with lock:
-                result.failed[image["id"]] = message
-            mover._emit(EventType.OPERATION_FINISHED, run.id, identity=label,
-                        operation="move", outcome="failed", message=message)
-            return
-        with lock:
-            (result.done if outcome == "done" else result.skipped).append(image["id"])
-        mover._emit(EventType.OPERATION_FINISHED, run.id, identity=label, operation="move",
-                    outcome=outcome)
-
-    try:
-        with ThreadPoolExecutor(max_workers=mover.workers) as pool:
-            list(pool.map(one, images))
-    except KeyboardInterrupt:
-        mover.stop.set()
-        raise
-    result.outcome = "failed" if result.failed else "succeeded"
-    mover.journal.finish_run(run.id, result.outcome)
-    mover._emit(EventType.RUN_FINISHED, run.id, outcome=result.outcome, detail=result.as_dict())
+    Per image a :class:`MoveImage` task, or a ``Skip`` when the journal has
+    its move ``done`` or the image is already where the move puts it (and no
+    earlier attempt left the move unfinished).
+    """
+    operations: list[Operation] = []
+    skipped: list[str] = []
+    for image in images:
+        image_id = image["id"]
+        key = mover.key(image_id)
+        row = mover.journal.operation(mover.scope, mover.task_kind.name, key)
+        reason = None
+        if row is not None and row.state == DONE:
+            reason = "done in an earlier run"
+        elif not resuming(row):
+            reason = mover.skip_reason(image)
+        if reason is not None:
+            skipped.append(image_id)
+            operations.append(Skip(kind=mover.task_kind, identity=key,
+                                   source={"id": image_id}, resolved={}))
+            continue
+        label = f"{image.get('name') or ''}/{image_id}"
+        operations.append(MoveImage(kind=mover.task_kind, identity=label, of=image_id,
+                                    mover=mover))
+    engine = Engine(mover.journal, mover.service, Resolver(mover.scope, journal=mover.journal),
+                    scope=mover.scope, workers=mover.workers, events=mover.events,
+                    stop=mover.stop)
+    run = engine.run(operations, command=command, source_cloud=mover.cloud,
+                     destination_cloud=mover.cloud, args=args)
+    result = MoveResult(run_id=run.run_id, skipped=skipped, outcome=run.outcome)
+    for op in operations:
+        if not isinstance(op, MoveImage) or op.of is None:
+            continue
+        row = mover.journal.operation(mover.scope, mover.task_kind.name, op.key)
+        if row is None or row.run_id != run.run_id:
+            result.failed[op.of] = "not attempted"
+        elif row.state == DONE:
+            result.done.append(op.of)
+        else:
+            result.failed[op.of] = row.error or row.state
     return result
 
 
 @dataclass
 class StoreMover:
     """Moves images between two stores of one cloud (``service`` is ``conn.image``)."""
+
+    task_kind: ClassVar[TaskKind] = STORE_MOVE_KIND
 
     service: Any
     journal: Journal
@@ -217,23 +281,13 @@ class StoreMover:
         if self.on_step is not None:
             self.on_step(image_id, step)
 
-    def _row(self, image_id: str) -> OperationRecord | None:
-        return self.journal.operation(
-            self.scope, KIND, operation_key(image_id, self.from_store, self.to_store)
-        )
+    def key(self, image_id: str) -> str:
+        return operation_key(image_id, self.from_store, self.to_store)
 
-    def _transition(self, run_id: str, image_id: str, state: str, row: OperationRecord | None,
-                    **kwargs: Any) -> OperationRecord:
-        return self.journal.transition(
-            run_id, self.scope, KIND, operation_key(image_id, self.from_store, self.to_store),
-            state, action="move", expected=row, source_id=image_id, destination_id=image_id,
-            **kwargs,
-        )
-
-    def _record_failure(self, run_id: str, image_id: str, message: str) -> None:
-        row = self._row(image_id)
-        if row is None or row.state != DONE:
-            self._transition(run_id, image_id, FAILED, row, error=message)
+    def skip_reason(self, image: dict[str, Any]) -> str | None:
+        if moved(image, self.from_store, self.to_store, self.keep_source):
+            return f"already in {self.to_store}"
+        return None
 
     def _image(self, image_id: str) -> dict[str, Any]:
         image = get_image(self.service, image_id)
@@ -241,37 +295,33 @@ class StoreMover:
             raise ConfigError(f"image {image_id} no longer exists")
         return image
 
-    def _move(self, run_id: str, image_id: str) -> str:
-        row = self._row(image_id)
-        if row is not None and row.state == DONE:
-            return "skipped"
+    def move(self, ctx: TaskContext, image_id: str) -> None:
+        row = ctx.previous
         image = self._image(image_id)
         # A row with the original state (``before``) was started: finish it, whatever
         # the image looks like now (it may be moved but still protected by us).
-        resuming = row is not None and row.state in (PENDING, FAILED) and bool(row.before)
-        if not resuming and moved(image, self.from_store, self.to_store, self.keep_source):
-            self._transition(run_id, image_id, SKIPPED, row,
-                             error=f"already in {self.to_store}")
-            return "skipped"
-        if not resuming:
+        started = resuming(row)
+        if not started:
             if image.get("status") != "active":
                 raise ConfigError(f"image {image_id} is {image.get('status')}, not active; "
                                   "nothing was moved")
             if self.from_store not in image_stores(image):
                 raise ConfigError(f"image {image_id} is not in store {self.from_store} "
                                   f"(its stores: {image.get('stores')})")
-        before = (row.before if resuming and row and row.before else None) or {
+        before = (row.before if started and row and row.before else None) or {
             "protected": bool(image.get("protected")),
             "os_hash_value": image.get("os_hash_value"),
             "os_hash_algo": image.get("os_hash_algo"),
         }
-        row = self._transition(run_id, image_id, PENDING, row, before=before, attempt=True)
+        ctx.stage("pending", before, destination_id=image_id)
         self._step(image_id, "pending")
         if not image.get("protected"):
             set_protected(self.service, image_id, True)
+        ctx.stage("protected")
         self._step(image_id, "protected")
         if self.to_store not in image_stores(image):
-            self._copy_image(image)
+            self._copy_image(ctx, image)
+        ctx.stage("copied")
         self._step(image_id, "copied")
         image = self._image(image_id)
         if self.to_store not in image_stores(image):
@@ -283,15 +333,15 @@ class StoreMover:
             )
         if not self.keep_source and self.from_store in image_stores(image):
             call(self.service, "DELETE", f"/stores/{self.from_store}/{image_id}")
+        ctx.stage("source-removed")
         self._step(image_id, "source-removed")
         if self.verify_data and not self.keep_source:
-            self._verify_data(image)
+            self._verify_data(ctx, image)
         if bool(self._image(image_id).get("protected")) != before["protected"]:
             set_protected(self.service, image_id, before["protected"])
-        self._transition(run_id, image_id, DONE, row)
-        return "done"
+        ctx.stage("restored")
 
-    def _copy_image(self, image: dict[str, Any]) -> None:
+    def _copy_image(self, ctx: TaskContext, image: dict[str, Any]) -> None:
         image_id = image["id"]
         importing = str(image.get("os_glance_importing_to_stores") or "").split(",")
         if self.to_store not in importing:
@@ -309,21 +359,17 @@ class StoreMover:
                     "(see the glance-api log); its data stays in "
                     f"{self.from_store}, re-run to retry"
                 )
-            return self.to_store in image_stores(current)
+            there = self.to_store in image_stores(current)
+            ctx.progress(int(there), 1, "stores")
+            return there
 
         self.waiter.until(arrived, f"copy of image {image_id} into {self.to_store}")
 
-    def _verify_data(self, image: dict[str, Any]) -> None:
-        label = f"{image.get('name') or ''}/{image['id']}"
+    def _verify_data(self, ctx: TaskContext, image: dict[str, Any]) -> None:
+        ctx.stage("verifying")
 
         def progress(done: int, total: int | None) -> None:
-            self._emit(EventType.PROGRESS, None, identity=label, operation="verify",
-                       done=done, total=total, unit="bytes")
+            ctx.progress(done, total, "bytes")
 
         transfer_copy(GlanceSource(self.service, image), HashingDestination(),
                       key=f"{KIND}:{image['id']}:verify", progress=progress)
-
-    def _emit(self, type_: EventType, run_id: str | None, **fields: Any) -> None:
-        fields.setdefault("kind", KIND)
-        self.events.emit(Event(type_, run_id=run_id, **fields))
-

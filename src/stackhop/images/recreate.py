@@ -2,7 +2,7 @@
 
 What the original tool did, made safe to run twice. Per image:
 
-1. journal ``pending`` with the original's protection; protect the original;
+1. journal the original's protection (the row's ``before``); protect the original;
 2. find the copy an earlier run made (``stackhop_source`` = the original's ID,
    active, same hash) or create it: a new image with every attribute
    (properties, tags, visibility, formats, min_disk/min_ram, hidden flag,
@@ -12,7 +12,10 @@ What the original tool did, made safe to run twice. Per image:
 3. retire the original as ``--original`` says: ``protect`` (default; both
    images stay, both protected), ``deactivate`` (the original is deactivated
    and stays protected), ``delete`` (the original is deleted);
-4. journal ``done`` with the new image's ID (also in the ID map).
+4. the new image's ID goes to the row (``done``) and the ID map.
+
+Each image is a :class:`RecreateImage` task of one engine run (journaled
+``pending``/``done``/``failed`` by the engine, transient failures retried).
 
 What the cloud must allow, checked before anything moves: multi-store with
 both stores (the upload names the target store with ``X-Image-Meta-Store``);
@@ -22,16 +25,22 @@ then, as each step needs it, image create/upload and ``protected`` changes
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from stackhop.errors import ConfigError, StackhopError
-from stackhop.events import Event, EventSink, EventType
+from stackhop.engine import Engine
+from stackhop.errors import ConfigError
+from stackhop.events import EventSink
 from stackhop.images.common import PropertyFilter, image_stores, set_protected
-from stackhop.journal import DONE, FAILED, PENDING, SKIPPED, Journal
+from stackhop.images.move_store import resuming
+from stackhop.journal import DONE, Journal
 from stackhop.kinds import get
 from stackhop.kinds.base import Connection
 from stackhop.kinds.image import MARKER_PROPERTY, Image, image_record, list_images, list_members
 from stackhop.kinds.rest import call
+from stackhop.plan import Operation, Skip
+from stackhop.resolve import Resolver
+from stackhop.task import Task, TaskContext, TaskKind
 from stackhop.transfer.glance import get_image
 
 KIND = "glance.image-recreate"
@@ -47,47 +56,63 @@ def _copy_of(conn: Connection, original: dict[str, Any], to_store: str) -> dict[
     return None
 
 
-def recreate_one(conn: Connection, kind: Image, journal: Journal, run_id: str, scope: str,
-                 image_id: str, from_store: str, to_store: str, original_policy: str,
-                 properties: PropertyFilter | None = None) -> str:
-    """Move one image by re-creating it; return ``done`` or ``skipped``."""
-    key = f"{image_id}:{from_store}->{to_store}"
-    row = journal.operation(scope, KIND, key)
-    if row is not None and row.state == DONE:
-        return "skipped"
-    original = get_image(conn.image, image_id)
-    if original is None:
-        raise ConfigError(f"image {image_id} no longer exists")
-    resuming = row is not None and row.state in (PENDING, FAILED) and bool(row.before)
-    if not resuming:
-        if image_stores(original) == {to_store}:
-            journal.transition(run_id, scope, KIND, key, SKIPPED, action="recreate",
-                               expected=row, source_id=image_id, error=f"already in {to_store}")
-            return "skipped"
-        if original.get("status") != "active":
-            raise ConfigError(f"image {image_id} is {original.get('status')}, not active")
-        if from_store not in image_stores(original):
-            raise ConfigError(f"image {image_id} is not in store {from_store}")
-    before = (row.before if resuming and row and row.before else None) or {
-        "protected": bool(original.get("protected"))}
-    row = journal.transition(run_id, scope, KIND, key, PENDING, action="recreate", expected=row,
-                             source_id=image_id, before=before, attempt=True)
-    if not original.get("protected") and original.get("status") == "active":
-        set_protected(conn.image, image_id, True)
-    record = (properties or PropertyFilter()).apply(
-        image_record(original, list_members(conn.image, original)))
-    record["protected"] = True if original_policy != "delete" else before["protected"]
-    existing = _copy_of(conn, original, to_store)
-    new_id = str(existing["id"]) if existing else kind.create(conn, record)
-    if original_policy == "deactivate" and original.get("status") == "active":
-        call(conn.image, "POST", f"/images/{image_id}/actions/deactivate")
-    elif original_policy == "delete":
-        set_protected(conn.image, image_id, False)
-        call(conn.image, "DELETE", f"/images/{image_id}", missing_ok=True)
-    journal.transition(run_id, scope, KIND, key, DONE, action="recreate", expected=row,
-                       destination_id=new_id)
-    journal.map_id(scope, Image.name, image_id, new_id)
-    return "done"
+class RecreateKind(TaskKind):
+    """The journal kind of a move by re-creation (a task: the engine calls its ``call``)."""
+
+    name = KIND
+    service = "image"
+
+
+RECREATE_KIND = RecreateKind()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecreateImage(Task):
+    """Move one image (``of``) by re-creating it; the journal key is ``<ID>:<from>-><to>``."""
+
+    action: ClassVar[str] = "recreate"
+
+    conn: Connection = field(compare=False, repr=False)
+    image_kind: Image = field(compare=False, repr=False)
+    scope: str
+    from_store: str
+    to_store: str
+    original_policy: str
+    properties: PropertyFilter | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.of}:{self.from_store}->{self.to_store}"
+
+    def call(self, ctx: TaskContext) -> str:
+        conn, image_id, to_store = self.conn, str(self.of), self.to_store
+        row = ctx.previous
+        original = get_image(conn.image, image_id)
+        if original is None:
+            raise ConfigError(f"image {image_id} no longer exists")
+        if not resuming(row):
+            if original.get("status") != "active":
+                raise ConfigError(f"image {image_id} is {original.get('status')}, not active")
+            if self.from_store not in image_stores(original):
+                raise ConfigError(f"image {image_id} is not in store {self.from_store}")
+        before = (row.before if resuming(row) and row and row.before else None) or {
+            "protected": bool(original.get("protected"))}
+        ctx.stage("pending", before)
+        if not original.get("protected") and original.get("status") == "active":
+            set_protected(conn.image, image_id, True)
+        record = (self.properties or PropertyFilter()).apply(
+            image_record(original, list_members(conn.image, original)))
+        record["protected"] = True if self.original_policy != "delete" else before["protected"]
+        existing = _copy_of(conn, original, to_store)
+        new_id = str(existing["id"]) if existing else self.image_kind.create(conn, record)
+        ctx.stage("created", destination_id=new_id)
+        if self.original_policy == "deactivate" and original.get("status") == "active":
+            call(conn.image, "POST", f"/images/{image_id}/actions/deactivate")
+        elif self.original_policy == "delete":
+            set_protected(conn.image, image_id, False)
+            call(conn.image, "DELETE", f"/images/{image_id}", missing_ok=True)
+        ctx.journal.map_id(self.scope, Image.name, image_id, new_id)
+        return new_id
 
 
 def recreate_images(conn: Connection, journal: Journal, images: list[dict[str, Any]], *,
@@ -96,35 +121,45 @@ def recreate_images(conn: Connection, journal: Journal, images: list[dict[str, A
                     ) -> tuple[str, list[dict[str, str]]]:
     """Move each image by re-creating it; return the run ID and per image its outcome.
 
-    A failure is journaled and reported in the outcomes; the others carry on.
+    One engine run, one :class:`RecreateImage` task per image (a ``Skip`` for
+    one moved before or already only in ``to_store``); a failure is journaled
+    and reported in the outcomes, the others carry on.
     """
     registered = get(Image.name)
     assert isinstance(registered, Image)
     scope = f"{cloud}/stores"
     kind = registered.bound(conn, journal=journal, events=events, store=to_store)
-    run = journal.start_run("images move-store --method recreate", source_cloud=cloud,
-                            destination_cloud=cloud,
-                            args={"from_store": from_store, "to_store": to_store,
-                                  "original": original_policy})
-    outcomes = []
+    operations: list[Operation] = []
     for image in images:
-        label = f"{image.get('name') or ''}/{image['id']}"
-        try:
-            outcome = recreate_one(conn, kind, journal, run.id, scope, image["id"],
-                                   from_store, to_store, original_policy, properties)
-            detail = journal.mapped_id(scope, Image.name, image["id"]) or ""
-        except Exception as exc:
-            outcome = "failed"
-            detail = (exc.message if isinstance(exc, StackhopError)
-                      else f"{type(exc).__name__}: {exc}")
-            key = f"{image['id']}:{from_store}->{to_store}"
-            row = journal.operation(scope, KIND, key)
-            journal.transition(run.id, scope, KIND, key, FAILED, action="recreate",
-                               expected=row, source_id=image["id"], error=detail)
-        events.emit(Event(EventType.OPERATION_FINISHED, kind=KIND, identity=label,
-                          operation="recreate", outcome=outcome, message=detail or None,
-                          run_id=run.id))
-        outcomes.append({"id": image["id"], "outcome": outcome, "detail": detail})
-    failed = any(o["outcome"] == "failed" for o in outcomes)
-    journal.finish_run(run.id, "failed" if failed else "succeeded")
-    return run.id, outcomes
+        image_id = image["id"]
+        key = f"{image_id}:{from_store}->{to_store}"
+        row = journal.operation(scope, KIND, key)
+        if (row is not None and row.state == DONE) or (
+            not resuming(row) and image_stores(image) == {to_store}
+        ):
+            operations.append(Skip(kind=RECREATE_KIND, identity=key, source={"id": image_id},
+                                   resolved={}))
+            continue
+        operations.append(RecreateImage(
+            kind=RECREATE_KIND, identity=f"{image.get('name') or ''}/{image_id}", of=image_id,
+            conn=conn, image_kind=kind, scope=scope, from_store=from_store, to_store=to_store,
+            original_policy=original_policy, properties=properties))
+    engine = Engine(journal, conn, Resolver(scope, journal=journal), scope=scope, workers=1,
+                    events=events)
+    run = engine.run(operations, command="images move-store --method recreate",
+                     source_cloud=cloud, destination_cloud=cloud,
+                     args={"from_store": from_store, "to_store": to_store,
+                           "original": original_policy})
+    outcomes = []
+    for image, op in zip(images, operations, strict=True):
+        detail = journal.mapped_id(scope, Image.name, image["id"]) or ""
+        if isinstance(op, Skip):
+            outcomes.append({"id": image["id"], "outcome": "skipped", "detail": detail})
+            continue
+        row = journal.operation(scope, KIND, op.key)
+        if row is not None and row.run_id == run.run_id and row.state == DONE:
+            outcomes.append({"id": image["id"], "outcome": "done", "detail": detail})
+        else:
+            error = row.error if row is not None and row.error else "not attempted"
+            outcomes.append({"id": image["id"], "outcome": "failed", "detail": error})
+    return run.run_id, outcomes

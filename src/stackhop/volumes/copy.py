@@ -29,16 +29,18 @@ Journal (scope ``<source cloud>-><destination cloud>``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackhop.errors import StackhopError
-from stackhop.events import Event, EventSink, EventType, NullSink
+from stackhop.engine import Engine
+from stackhop.events import EventSink, NullSink
 from stackhop.journal import DONE, FAILED, Journal
 from stackhop.kinds.identity import OperatorMap
+from stackhop.plan import Operation
+from stackhop.resolve import Resolver
 from stackhop.volumes import grant, preflight
+from stackhop.volumes.cleanup import cleanup_run
 from stackhop.volumes.inventory import (
     map_project,
     project_connection,
@@ -50,9 +52,9 @@ from stackhop.volumes.methods import get_method
 from stackhop.volumes.model import Temporary, VolumeMethod, VolumeRef
 from stackhop.volumes.passes import (
     KIND,
-    PassRunner,
     PlannedVolume,
     VolumeOutcome,
+    operation_of,
     pass_identity,
     plan_volume,
 )
@@ -234,94 +236,85 @@ class VolumeCopier:
     # -- running -------------------------------------------------------------
 
     def run(self, plan: Sequence[PlannedVolume]) -> CopyResult:
-        """Copy every planned volume; failures are in the result, not raised."""
-        run = self.journal.start_run(
-            COMMAND,
-            source_cloud=self.request.source_cloud,
-            destination_cloud=self.request.destination_cloud,
-            args=self.request.args(),
+        """Copy every planned volume through the engine; failures are in the result.
+
+        One engine run: each pass is a :class:`~.passes.VolumePass` task (a
+        verified pass not to be repeated a ``Skip``), on ``workers`` threads,
+        with the engine's journaling, retries, resume and Ctrl-C. A
+        ``--grant-role`` grant is journaled and made when the run starts (the
+        planner hands the passes over only then) and revoked when it ends.
+        """
+        engine = Engine(
+            self.journal,
+            self.destination_conn,
+            Resolver(self.scope, journal=self.journal),
+            scope=self.scope,
+            workers=max(1, self.request.workers),
+            events=self.events,
         )
-        result = CopyResult(run.id, self.method.name, list(plan))
-        self.emit(EventType.RUN_STARTED, run_id=run.id, total=len(plan))
-        self.emit(EventType.KIND_STARTED, kind=KIND, total=len(plan))
-        outcome = "failed"
-        granted = self.grant
-        try:
-            if granted is not None:  # journaled first: a crash leaves it to `volumes cleanup`
-                self.ledger.created(run.id, None, granted)
-                grant.grant(self.destination_conn, granted)
+        operations = [operation_of(self, p) for p in plan]
+        granted: list[Temporary] = []
+
+        def batches() -> Iterator[list[Operation]]:
+            if self.grant is not None:  # journaled first: a crash leaves it to `volumes cleanup`
+                self.ledger.created(engine.run_id, None, self.grant)
+                granted.append(self.grant)
+                grant.grant(self.destination_conn, self.grant)
                 self.destination_project_conn = project_connection(
                     self.destination_conn, self.request.destination_cloud,
                     self.destination_project,
                 )  # fmt: skip
-            with ThreadPoolExecutor(
-                max_workers=max(1, self.request.workers), thread_name_prefix="volume"
-            ) as pool:
-                result.outcomes = list(pool.map(lambda p: self._one(run.id, p), plan))
-            outcome = "failed" if result.failed else "succeeded"
-        except KeyboardInterrupt:
-            outcome = "interrupted"
-            raise
-        finally:
-            if granted is not None:
-                grant.revoke(self.destination_conn, granted)
-                self.ledger.removed(run.id, granted)
-            self.journal.finish_run(run.id, outcome)
-            self.emit(EventType.RUN_FINISHED, run_id=run.id, outcome=outcome)
-        return result
+            yield operations
 
-    def emit(self, type_: EventType, **fields: Any) -> None:
-        self.events.emit(Event(type_, **fields))
-
-    def _one(self, run_id: str, planned: PlannedVolume) -> VolumeOutcome:
-        volume = planned.volume
-        label = volume.name or volume.id
-        if planned.action == "skip":
-            self.emit(
-                EventType.OPERATION_FINISHED,
-                kind=KIND,
-                identity=label,
-                operation="skip",
-                outcome="skipped",
-                message=planned.reason,
-            )
-            return VolumeOutcome(
-                volume.id, volume.name, "skipped", planned.destination_id, planned.pass_number
-            )
-        self.emit(EventType.OPERATION_STARTED, kind=KIND, identity=label, operation=planned.action)
-        pass_run = PassRunner(self, run_id, planned)
         try:
-            outcome = pass_run.execute()
-        except Exception as exc:  # recorded, reported; the other volumes go on
-            message = (
-                exc.message if isinstance(exc, StackhopError) else f"{type(exc).__name__}: {exc}"
+            engine.run_planned(
+                [operations] if self.grant is None else batches(),
+                total=len(operations),
+                command=COMMAND,
+                source_cloud=self.request.source_cloud,
+                destination_cloud=self.request.destination_cloud,
+                args=self.request.args(),
             )
-            pass_run.fail(message)
-            self.emit(
-                EventType.OPERATION_FINISHED,
-                kind=KIND,
-                identity=label,
-                operation=planned.action,
-                outcome="failed",
-                message=message,
-            )
-            return VolumeOutcome(
-                volume.id,
-                volume.name,
-                "failed",
-                pass_run.destination_id,
-                planned.pass_number,
-                error=message,
-            )
-        self.emit(
-            EventType.OPERATION_FINISHED,
-            kind=KIND,
-            identity=label,
-            operation=planned.action,
-            outcome="done",
-            message=f"-> {outcome.destination_id}, {outcome.bytes_sent} bytes sent",
+        finally:
+            for made in granted:
+                grant.revoke(self.destination_conn, made)
+                self.ledger.removed(engine.run_id, made)
+        return CopyResult(
+            engine.run_id, self.method.name, list(plan), self._outcomes(engine.run_id, plan)
         )
-        return outcome
+
+    def _outcomes(self, run_id: str, plan: Sequence[PlannedVolume]) -> list[VolumeOutcome]:
+        """Each volume's outcome in run ``run_id``, as its journal row says."""
+        outcomes = []
+        for planned in plan:
+            volume = planned.volume
+            identity = pass_identity(volume.id, planned.pass_number)
+            row = self.journal.operation(self.scope, KIND, identity)
+            if planned.action == "skip" or row is None or row.run_id != run_id:
+                state = "skipped" if planned.action == "skip" else "failed"
+                error = None if state == "skipped" else "not attempted"
+                outcomes.append(
+                    VolumeOutcome(
+                        volume.id, volume.name, state, planned.destination_id,
+                        planned.pass_number, error=error,
+                    )  # fmt: skip
+                )
+                continue
+            facts = row.before or {}
+            outcomes.append(
+                VolumeOutcome(
+                    volume.id,
+                    volume.name,
+                    "done" if row.state == DONE else FAILED,
+                    row.destination_id,
+                    planned.pass_number,
+                    int(facts.get("bytes_sent") or 0) if row.state == DONE else 0,
+                    str(facts.get("content_digest") or "") if row.state == DONE else "",
+                    error=row.error if row.state != DONE else None,
+                    backup=facts.get("backup") if row.state == DONE else None,
+                )
+            )
+        return outcomes
 
 
 def copy_volumes(
@@ -350,56 +343,3 @@ def copy_volumes(
     if request.dry_run:
         return CopyResult(None, copier.method.name, plan)
     return copier.run(plan)
-
-
-def cleanup_run(
-    run_id: str,
-    scope: str,
-    clouds: Clouds,
-    journal: Journal,
-    storage: StorageMap,
-    *,
-    end_chains: bool = False,
-    events: EventSink | None = None,
-) -> list[dict[str, Any]]:
-    """Remove every temporary run ``run_id`` left in ``scope`` (pending, not kept); each outcome.
-
-    With ``end_chains`` also end the incremental chains of the volumes that run
-    verified: the method drops what it kept for a next pass (its snapshots).
-    """
-    ledger = TemporaryLedger(journal, scope)
-    sink = events or NullSink()
-    report: list[dict[str, Any]] = []
-    for _row, temporary in ledger.leftovers(run_id):
-        try:
-            if temporary.method == grant.METHOD:
-                grant.revoke(clouds.destination, temporary)
-            else:
-                get_method(temporary.method).remove_temporary(
-                    temporary, clouds.source, clouds.destination, storage
-                )
-            ledger.removed(run_id, temporary)
-            report.append({"temporary": temporary.identity, "outcome": "removed"})
-        except StackhopError as exc:
-            report.append(
-                {"temporary": temporary.identity, "outcome": "failed", "error": exc.message}
-            )
-            sink.emit(
-                Event(
-                    EventType.WARNING,
-                    kind="volume.temporary",
-                    identity=temporary.identity,
-                    message=exc.message,
-                )
-            )
-    if end_chains:
-        for row in journal.operations(run_id=run_id, scope=scope, kind=KIND, state=DONE):
-            before = row.before or {}
-            if not before.get("state"):
-                continue
-            get_method(str(before["method"])).forget_incremental(
-                before["state"], clouds.source, clouds.destination, storage
-            )
-            ledger.forget_kept(run_id, str(row.source_id))
-            report.append({"temporary": f"chain of {row.source_id}", "outcome": "ended"})
-    return report

@@ -1,26 +1,35 @@
-"""One pass of one volume: what the journal says it needs, and running it with its row.
+"""One pass of one volume: what the journal says it needs, and the engine task that runs it.
 
 :func:`plan_volume` reads a volume's ``volume`` rows (one per pass; see
 :mod:`stackhop.volumes.copy` and ``docs/journal.md``) and decides whether this
 run copies it in full, passes incrementally, resumes an interrupted pass or
-skips it. :class:`PassRunner` runs one pass through the method, keeping the
-row's stage, destination ID and facts current, journaling the temporaries and
-checking the backup written from the same read. The row's ``stage`` and
-``progress`` columns (journal schema 4) carry the stage reached and the bytes
-through, so ``stackhop status`` shows a running or interrupted pass.
+skips it; :func:`operation_of` turns that decision into the engine's
+operation: a :class:`VolumePass` task (action ``copy``), an
+:class:`IncrementalPass` (``incremental``) or a :class:`~stackhop.plan.Skip`.
+
+The engine journals the pass's row (``pending`` before, ``done``/``failed``
+after, retries of transient failures, resume); the task's :meth:`VolumePass.call`
+runs the method and reports every stage with its facts (``before``) and the
+destination volume as soon as it exists, and the bytes through as progress
+(the row's ``stage`` and ``progress`` columns, which ``stackhop status``
+shows). The last report, ``verified``, carries the final facts (digest, bytes,
+backup), so a ``done`` row holds them. The temporaries ledger
+(``volume.temporary``) is written by the pass itself, as it creates and
+removes temporaries mid-step.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 from stackhop.errors import IntegrityError, StackhopError
-from stackhop.events import EventSink, EventType
-from stackhop.journal import DONE, FAILED, PENDING, Journal, OperationRecord
+from stackhop.events import Event, EventSink, EventType
+from stackhop.journal import DONE, Journal, OperationRecord
+from stackhop.plan import Operation, Skip
+from stackhop.task import Task, TaskContext, TaskKind
 from stackhop.volumes.backup import BackupWriter, IncrementalBackupWriter
 from stackhop.volumes.inventory import wait_volume
 from stackhop.volumes.model import PassContext, PassResult, Temporary, VolumeMethod, VolumeRef
@@ -30,13 +39,26 @@ from stackhop.volumes.temporaries import TemporaryLedger
 
 KIND = "volume"
 
-#: Seconds between two progress writes of one pass to the journal.
-PROGRESS_INTERVAL = 1.0
+
+class VolumeKind(TaskKind):
+    """The journal kind of a volume pass (rows ``<ID>`` / ``<ID>#<n>``)."""
+
+    name = KIND
+    service = "volume"
+
+
+VOLUME_KIND = VolumeKind()
 
 
 def pass_identity(volume_id: str, number: int) -> str:
     """The journal identity of pass ``number`` (1-based) of a volume."""
     return volume_id if number == 1 else f"{volume_id}#{number}"
+
+
+def pass_number(identity: str) -> int:
+    """The pass number a row's identity names (``<ID>`` = 1, ``<ID>#<n>`` = n)."""
+    _, sep, number = identity.rpartition("#")
+    return int(number) if sep and number.isdigit() else 1
 
 
 @dataclass
@@ -100,14 +122,16 @@ def plan_volume(
     dst_type: str | None,
 ) -> PlannedVolume:
     """Decide, from the journal, what this run does to ``volume``."""
+    # The pass number is the identity's: a row an attempt left before its first report
+    # has no facts yet.
     rows = sorted(
         (r for r in journal.operations(scope=scope, kind=KIND) if r.source_id == volume.id),
-        key=lambda r: int((r.before or {}).get("pass", 1)),
+        key=lambda r: pass_number(r.identity),
     )
     done = [r for r in rows if r.state == DONE]
     previous = done[-1] if done else None
     latest = rows[-1] if rows else None
-    number = int((latest.before or {}).get("pass", 1)) if latest else 1
+    number = pass_number(latest.identity) if latest else 1
     planned = PlannedVolume(
         volume, "copy", "not copied yet", dst_project, dst_type, number, previous=previous
     )
@@ -129,7 +153,6 @@ def plan_volume(
 class PassHost(Protocol):
     """What a pass needs of the run it belongs to (the :class:`~.copy.VolumeCopier`)."""
 
-    journal: Journal
     scope: str
     method: VolumeMethod
     ledger: TemporaryLedger
@@ -147,25 +170,83 @@ class PassHost(Protocol):
     #: The cutover pass: end each volume's incremental chain once verified.
     final: bool
 
-    def emit(self, type_: EventType, **fields: Any) -> None: ...
+
+@dataclass(frozen=True, kw_only=True)
+class VolumePass(Task):
+    """A full pass of one volume (action ``copy``): the engine's task for it.
+
+    ``identity`` is the volume's label (events); the journal key is the pass's
+    identity (``<ID>`` / ``<ID>#<n>``); ``of`` the source volume ID.
+    """
+
+    action: ClassVar[str] = "copy"
+
+    planned: PlannedVolume = field(compare=False)
+    host: PassHost = field(compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        return pass_identity(self.planned.volume.id, self.planned.pass_number)
+
+    def call(self, ctx: TaskContext) -> str:
+        attempt = _PassAttempt(self.host, self.planned, ctx)
+        try:
+            return attempt.execute()
+        except BaseException as exc:
+            attempt.abandon(exc)
+            raise
+
+    def find(self, ctx: TaskContext) -> str | None:
+        """An earlier attempt that reached ``verified`` (only the ``done`` write was lost):
+        its destination volume, if it is still there."""
+        previous = ctx.previous
+        if previous is None or not previous.destination_id:
+            return None
+        if (previous.before or {}).get("stage") != "verified":
+            return None
+        volume = self.host.destination_conn.block_storage.find_volume(
+            previous.destination_id, ignore_missing=True
+        )
+        return None if volume is None else previous.destination_id
 
 
-class PassRunner:
-    """One pass of one volume: its journal row, its temporaries, its backup."""
+@dataclass(frozen=True, kw_only=True)
+class IncrementalPass(VolumePass):
+    """A pass that sends what changed since the volume's last verified pass."""
 
-    def __init__(self, copier: PassHost, run_id: str, planned: PlannedVolume) -> None:
-        self.copier = copier
-        self.run_id = run_id
+    action: ClassVar[str] = "incremental"
+
+
+def operation_of(host: PassHost, planned: PlannedVolume) -> Operation:
+    """The engine's operation for one planned volume."""
+    volume = planned.volume
+    label = volume.name or volume.id
+    if planned.action == "skip":
+        # Keyed by the verified pass's row: the engine counts it skipped and keeps its mapping.
+        return Skip(
+            kind=VOLUME_KIND,
+            identity=pass_identity(volume.id, planned.pass_number),
+            source={"id": volume.id},
+            resolved={},
+        )
+    cls = IncrementalPass if planned.action == "incremental" else VolumePass
+    return cls(kind=VOLUME_KIND, identity=label, of=volume.id, planned=planned, host=host)
+
+
+class _PassAttempt:
+    """One attempt at one pass: runs the method, reports to the task context."""
+
+    def __init__(self, host: PassHost, planned: PlannedVolume, ctx: TaskContext) -> None:
+        self.host = host
         self.planned = planned
-        self.identity = pass_identity(planned.volume.id, planned.pass_number)
-        self.destination_id = planned.destination_id
+        self.ctx = ctx
+        earlier = ctx.previous.destination_id if ctx.previous is not None else None
+        self.destination_id = earlier or planned.destination_id
         self.temporaries: list[Temporary] = []
-        self.lock = threading.Lock()
-        self.row: OperationRecord | None = planned.resume
         previous = planned.previous.before if planned.previous is not None else {}
         self.facts: dict[str, Any] = {
             "pass": planned.pass_number,
-            "method": copier.method.name,
+            "method": host.method.name,
             "stage": "started",
             "stages": {},
             "state": {},
@@ -174,103 +255,71 @@ class PassRunner:
             "previous_digest": (previous or {}).get("content_digest"),
         }
         self.backup: BackupWriter | None = None
-        self._progress_written: float | None = None
 
-    def _write(self, state: str, *, error: str | None = None, attempt: bool = False) -> None:
-        with self.lock:
-            self.row = self.copier.journal.transition(
-                self.run_id,
-                self.copier.scope,
-                KIND,
-                self.identity,
-                state,
-                action=self.planned.action,
-                expected=self.row,
-                source_id=self.planned.volume.id,
-                destination_id=self.destination_id,
-                error=error,
-                before=dict(self.facts),
-                attempt=attempt,
-            )
+    @property
+    def label(self) -> str:
+        return self.planned.volume.name or self.planned.volume.id
+
+    def _report(self, name: str) -> None:
+        self.facts["stage"] = name
+        self.ctx.stage(name, dict(self.facts), destination_id=self.destination_id)
 
     def _on_stage(self, name: str, facts: Mapping[str, Any]) -> None:
         if facts.get("destination_id"):
             self.destination_id = str(facts["destination_id"])
-        self.facts["stage"] = name
         self.facts["stages"] = {**self.facts["stages"], name: {**facts, "at": time.time()}}
-        self._write(PENDING)
-        self._report(stage=name)
-        self.copier.emit(
-            EventType.INFO,
-            kind=KIND,
-            identity=self.planned.volume.name,
-            message=f"{self.planned.volume.label}: {name}",
-        )
-
-    def _report(self, **fields: Any) -> None:
-        with self.lock:
-            if self.row is not None:
-                self.copier.journal.report(self.row, **fields)
+        self._report(name)
+        self._emit(EventType.INFO, message=f"{self.planned.volume.label}: {name}")
 
     def _on_progress(self, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        final = total is not None and done >= total
-        last = self._progress_written
-        if final or last is None or now - last >= PROGRESS_INTERVAL:
-            self._progress_written = now
-            self._report(progress={"done": done, "total": total, "unit": "bytes"})
-        self.copier.emit(
-            EventType.PROGRESS,
-            kind=KIND,
-            identity=self.planned.volume.name or self.planned.volume.id,
-            done=done,
-            total=total,
-            unit="bytes",
+        self.ctx.progress(done, total, "bytes")
+
+    def _emit(self, type_: EventType, **fields: Any) -> None:
+        self.ctx.events.emit(
+            Event(type_, kind=KIND, identity=self.label, run_id=self.ctx.run_id, **fields)
         )
 
     def _created(self, temporary: Temporary) -> None:
-        self.copier.ledger.created(self.run_id, self.planned.volume.id, temporary)
+        self.host.ledger.created(self.ctx.run_id, self.planned.volume.id, temporary)
         self.temporaries.append(temporary)
 
     def _removed(self, temporary: Temporary) -> None:
-        self.copier.ledger.removed(self.run_id, temporary)
+        self.host.ledger.removed(self.ctx.run_id, temporary)
         if temporary in self.temporaries:
             self.temporaries.remove(temporary)
 
-    def execute(self) -> VolumeOutcome:
-        copier, planned = self.copier, self.planned
-        self._write(PENDING, attempt=True)
+    def execute(self) -> str:
+        host, planned = self.host, self.planned
+        self._report("started")
         full = planned.action == "copy"
         previous = planned.previous.before if planned.previous is not None else {}
         base = (previous or {}).get("content_digest")
-        if copier.backup_to and full:
-            self.backup = BackupWriter(copier.backup_to, planned.volume)
-        elif copier.backup_to and base:  # only what changed, chained to the previous pass
+        if host.backup_to and full:
+            self.backup = BackupWriter(host.backup_to, planned.volume)
+        elif host.backup_to and base:  # only what changed, chained to the previous pass
             self.backup = IncrementalBackupWriter(
-                copier.backup_to,
+                host.backup_to,
                 planned.volume,
                 base_digest=str(base),
                 pass_number=planned.pass_number,
             )
-        elif copier.backup_to:
-            copier.emit(
+        elif host.backup_to:
+            self._emit(
                 EventType.WARNING,
-                kind=KIND,
-                identity=planned.volume.name,
                 message="no backup from this pass: the pass before it recorded no content digest",
             )
         ctx = PassContext(
-            run_id=self.run_id,
+            run_id=self.ctx.run_id,
             source=planned.volume,
             destination_project_id=planned.destination_project_id,
             destination_type=planned.destination_type,
-            source_conn=copier.source_conn,
-            destination_conn=copier.destination_conn,
-            storage=copier.storage,
-            journal=copier.journal,
-            events=_as_bus(copier.events),
+            source_conn=host.source_conn,
+            destination_conn=host.destination_conn,
+            storage=host.storage,
+            journal=self.ctx.journal,
+            events=_as_bus(self.ctx.events),
             # The operator's --incremental: keep what a next pass needs, diff from previous.
-            incremental=copier.incremental,
+            incremental=host.incremental,
             previous=dict((previous or {}).get("state") or {}),
             destination_id=self.destination_id,
             backup=self.backup,
@@ -278,33 +327,32 @@ class PassRunner:
             on_temporary=self._created,
             on_temporary_removed=self._removed,
             on_progress=self._on_progress,
-            destination_cloud=copier.destination_cloud,
-            destination_project_conn=copier.destination_project_conn,
+            destination_cloud=host.destination_cloud,
+            destination_project_conn=host.destination_project_conn,
         )
-        result = copier.method.copy_pass(ctx)
+        result = host.method.copy_pass(ctx)
         self._check_backup(result)
         self.destination_id = result.destination_id
-        target = copier.reshape.target_gib(planned.volume)
+        target = host.reshape.target_gib(planned.volume)
         # Verified at the source's size, then extended; in an incremental chain only by its
         # last pass (a diff applied to a grown image could resize it back).
-        if target > planned.volume.size_gib and (copier.final or not copier.incremental):
-            grown = grow_volume(copier.destination_conn, result.destination_id, target)
+        if target > planned.volume.size_gib and (host.final or not host.incremental):
+            grown = grow_volume(host.destination_conn, result.destination_id, target)
             self.facts["destination_size_gib"] = grown
-        copier.journal.map_id(copier.scope, KIND, planned.volume.id, result.destination_id)
         state = result.state
-        if copier.final:  # the cutover pass ends the chain: nothing is kept for a next pass
-            copier.method.forget_incremental(
-                state, copier.source_conn, copier.destination_conn, copier.storage
+        if host.final:  # the cutover pass ends the chain: nothing is kept for a next pass
+            host.method.forget_incremental(
+                state, host.source_conn, host.destination_conn, host.storage
             )
             for temporary in list(self.temporaries):
                 self._removed(temporary)
-            copier.ledger.forget_kept(self.run_id, planned.volume.id)
+            host.ledger.forget_kept(self.ctx.run_id, planned.volume.id)
             state = {}
         for kept in self.temporaries:  # what the next incremental pass starts from
-            copier.ledger.keep(self.run_id, kept)
+            host.ledger.keep(self.ctx.run_id, kept)
+        self.temporaries = []
         self.facts.update(
-            stage="verified",
-            final=copier.final,
+            final=host.final,
             state=state,
             content_digest=result.content_digest,
             bytes_read=result.bytes_read,
@@ -316,17 +364,9 @@ class PassRunner:
                 self.backup.result.as_facts() if self.backup and self.backup.result else None
             ),
         )
-        self._write(DONE)
-        return VolumeOutcome(
-            planned.volume.id,
-            planned.volume.name,
-            "done",
-            result.destination_id,
-            planned.pass_number,
-            result.bytes_sent,
-            result.content_digest,
-            backup=self.backup.location if self.backup else None,
-        )
+        # The last report carries the final facts: the engine's ``done`` keeps them.
+        self._report("verified")
+        return result.destination_id
 
     def _check_backup(self, result: PassResult) -> None:
         if self.backup is None:
@@ -335,7 +375,7 @@ class PassRunner:
             self.backup.finish(result.content_digest)  # sealed with what the pass verified
             return
         if self.backup.content_digest is None:
-            raise StackhopError(f"the {self.copier.method.name} method did not write the backup")
+            raise StackhopError(f"the {self.host.method.name} method did not write the backup")
         if self.backup.content_digest != result.content_digest:
             self.backup.discard()
             raise IntegrityError(
@@ -345,31 +385,26 @@ class PassRunner:
                 "re-run"
             )
 
-    def fail(self, message: str) -> None:
-        """Record the failure and remove what this pass created."""
-        copier = self.copier
+    def abandon(self, exc: BaseException) -> None:
+        """The attempt failed: cut the backup short and remove what it created.
+
+        The engine records the failure (the row keeps the facts last reported).
+        """
+        host = self.host
         if self.backup is not None:  # a backup not sealed yet is cut short (nothing if it was)
-            self.backup.abort(StackhopError(message))
+            self.backup.abort(exc)
         for temporary in list(self.temporaries):
             try:
-                copier.method.remove_temporary(
-                    temporary, copier.source_conn, copier.destination_conn, copier.storage
+                host.method.remove_temporary(
+                    temporary, host.source_conn, host.destination_conn, host.storage
                 )
                 self._removed(temporary)
-            except Exception as exc:  # left for `volumes cleanup --run`, and said so
-                copier.emit(
+            except Exception as problem:  # left for `volumes cleanup --run`, and said so
+                self._emit(
                     EventType.WARNING,
-                    kind=KIND,
-                    identity=self.planned.volume.name,
-                    message=f"could not remove {temporary.identity}: {exc}; "
-                    f"run `stackhop volumes cleanup --run {self.run_id}`",
+                    message=f"could not remove {temporary.identity}: {problem}; "
+                    f"run `stackhop volumes cleanup --run {self.ctx.run_id}`",
                 )
-        try:
-            self._write(FAILED, error=message)
-        except StackhopError as exc:
-            copier.emit(
-                EventType.WARNING, kind=KIND, identity=self.planned.volume.name, message=str(exc)
-            )
 
 
 def grow_volume(conn: Any, volume_id: str, size_gib: int) -> int:
