@@ -53,7 +53,9 @@ def selected_kinds(chosen: Iterable[str]) -> list[str]:
         for name in SELECTORS[selector]:
             if name not in names:
                 names.append(name)
-    return [k for k in ALL_KINDS if k in names] if names else list(ALL_KINDS)
+    if names:
+        return [k for k in ALL_KINDS if k in names]
+    return [k for k in ALL_KINDS if registry.get(k).default_selected]
 
 
 class RecordSink(Protocol):
