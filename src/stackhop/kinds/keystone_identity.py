@@ -99,6 +99,24 @@ def role_record(row: Mapping[str, Any], domain_name: str | None) -> Record:
     }
 
 
+def _with_subtrees(records: Sequence[Record], scope: ExportScope) -> Iterator[Record]:
+    """The project records in ``scope``: all, or the chosen projects with their subtrees
+    (parents first)."""
+    wanted = None if scope.whole_cloud else {str(p["id"]) for p in scope.projects}
+    children: dict[str | None, builtins.list[Record]] = {}
+    for record in records:
+        children.setdefault(record["parent_id"], []).append(record)
+    ids = {r["id"] for r in records}
+    roots = [r for r in records if r["parent_id"] is None or r["parent_id"] not in ids]
+    stack = [(r, False) for r in reversed(roots)]
+    while stack:
+        record, inside = stack.pop()
+        inside = inside or wanted is None or record["id"] in wanted
+        if inside:
+            yield record
+        stack.extend((child, inside) for child in reversed(children.get(record["id"], [])))
+
+
 class _Keystone(Kind):
     """What the three kinds share: description markers, refusal to delete foreign objects."""
 
@@ -269,13 +287,9 @@ class Project(_Keystone):
                 yield self._view(project, domains)
 
     def export(self, conn: Connection, scope: ExportScope) -> Iterator[Record]:
-        wanted = None if scope.whole_cloud else {str(p["id"]) for p in scope.projects}
-        for record in self.list(conn):
-            if wanted is None or record["id"] in wanted:
-                yield record
+        yield from _with_subtrees(builtins.list(self.list(conn)), scope)
 
     def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
-        wanted = None if scope.whole_cloud else {str(p["id"]) for p in scope.projects}
         domains = {
             row.id: row.name
             for row in db.query("keystone", "SELECT id, name FROM project WHERE is_domain = 1")
@@ -288,12 +302,13 @@ class Project(_Keystone):
             "SELECT id, name, description, enabled, domain_id, parent_id FROM project "
             "WHERE is_domain = 0 ORDER BY id",
         )
-        for row in rows:
-            if wanted is not None and row.id not in wanted:
-                continue
-            yield project_record(
+        records = [
+            project_record(
                 row._mapping, tags.get(row.id, []), domains.get(row.domain_id, row.domain_id)
             )
+            for row in rows
+        ]
+        yield from _with_subtrees(records, scope)
 
     def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
         return self.find_many(conn, [record])[0]
@@ -322,9 +337,16 @@ class Project(_Keystone):
         return {f: existing.get(f) for f in ("id", "description", "enabled", "tags")}
 
     def delete(self, conn: Connection, destination_id: str) -> None:
-        """Keystone refuses to delete a project with children: the engine undoes children
-        first (they were created later)."""
-        super().delete(conn, destination_id)
+        """Keystone deletes only a leaf project: children stackhop made go first (the
+        rollback does not order objects of one kind); an unmarked child refuses it all."""
+        found = self._get(conn, destination_id)
+        if found is None:
+            return
+        self._refuse_unmarked(found, destination_id)
+        children = _listing(conn, f"/projects?parent_id={segment(destination_id)}", "projects")
+        for child in children:
+            self.delete(conn, str(child["id"]))
+        call(conn.identity, "DELETE", f"/projects/{segment(destination_id)}", missing_ok=True)
 
 
 @register
