@@ -33,6 +33,7 @@ DATABASES: Mapping[str, tuple[str, str]] = {
     "nova": ("nova/nova.conf", "database"),
     "neutron": ("neutron/neutron.conf", "database"),
     "cinder": ("cinder/cinder.conf", "database"),
+    "keystone": ("keystone/keystone.conf", "database"),
 }
 
 

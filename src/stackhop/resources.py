@@ -46,14 +46,17 @@ ALL_KINDS: tuple[str, ...] = tuple(kind.name for kind in registry.transfer_kinds
 IDENTITY_KINDS = (USER, PROJECT)
 
 
-def selected_kinds(chosen: Iterable[str]) -> list[str]:
-    """The kind names for the selector flags set (none set: every kind)."""
+def selected_kinds(chosen: Iterable[str], *, archive: bool = False) -> list[str]:
+    """The kind names for the selector flags set (none set: every kind, except the opt-in
+    ones unless reading an ``archive``, which holds only what its export chose)."""
     names: list[str] = []
     for selector in chosen:
         for name in SELECTORS[selector]:
             if name not in names:
                 names.append(name)
-    return [k for k in ALL_KINDS if k in names] if names else list(ALL_KINDS)
+    if names:
+        return [k for k in ALL_KINDS if k in names]
+    return [k for k in ALL_KINDS if archive or registry.get(k).default_selected]
 
 
 class RecordSink(Protocol):

@@ -40,7 +40,9 @@ def test_quota_keeps_only_explicit_limits() -> None:
 
 def test_selectors() -> None:
     every = [registry.selector_dest(flag) for flag in registry.selectors()]
-    assert selected_kinds([]) == selected_kinds(every)
+    # No selector: every kind but the opt-in ones (Keystone's, ``--identity``).
+    assert selected_kinds([]) == [k for k in selected_kinds(every) if get(k).default_selected]
+    assert selected_kinds([], archive=True) == selected_kinds(every)
     assert sorted(selected_kinds(["quotas"])) == ["cinder.quota", "neutron.quota", "nova.quota"]
     records = RecordSet()
     records.add_kind("nova.keypair")

@@ -157,7 +157,8 @@ def _prepare(
     journal: Journal | None,
 ) -> resources.Prepared:
     chosen = _chosen(args)
-    kinds = resources.check_selection(source, resources.selected_kinds(chosen), bool(chosen))
+    selected = resources.selected_kinds(chosen, archive=True)
+    kinds = resources.check_selection(source, selected, bool(chosen))
     prepared = resources.prepare(
         source,
         kinds,

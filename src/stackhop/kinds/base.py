@@ -122,6 +122,9 @@ class Kind(ABC):
     #: Whether the kind moves with ``stackhop export|import|migrate`` (images have
     #: their own commands and are not).
     transfer: ClassVar[bool] = False
+    #: Whether the kind moves when no selector flag is given (opt-in kinds such as the
+    #: Keystone ones set False and move only with their selector).
+    default_selected: ClassVar[bool] = True
     #: The kind whose deletion removes objects of this kind along with it (rollback):
     #: an object whose journaled destination ID is that of a deleted parent is not
     #: deleted on its own, its undo waits for the parent's.

@@ -50,7 +50,7 @@ from stackhop.volumes.reshape import Reshape
 ARCHIVE_NAME = "resources.tar.zst"
 
 #: The resource kinds a project migration carries (all of them).
-RESOURCE_KINDS = resources.ALL_KINDS
+RESOURCE_KINDS = tuple(resources.selected_kinds(()))  # opt-in kinds (identity) stay out
 
 
 @dataclass(frozen=True)
