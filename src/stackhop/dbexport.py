@@ -164,6 +164,13 @@ class DatabaseReader:
                 return list(conn.execute(sa.text(sql), params))
         except sa.exc.OperationalError as exc:
             raise self._unreachable(database, url, path, exc) from exc
+        except sa.exc.DBAPIError as exc:  # a statement the server refuses: one line, no traceback
+            where = sa.make_url(url).render_as_string(hide_password=True)
+            reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+            raise ConfigError(
+                f"reading the {database} database at {where} failed: {reason} "
+                f"({engine.dialect.name}); export with --via api"
+            ) from exc
 
     def close(self) -> None:
         for engine in self._engines.values():
