@@ -620,8 +620,10 @@ def export_routes(
     for _ in range(args.export_rounds):
         for name, extra in routes.items():
             out = work / f"export-{name}.tar.zst"
+            out.unlink(missing_ok=True)  # stackhop refuses to overwrite an archive
             argv = stackhop("export", "--from", SRC, "-o", str(out), *extra, *selectors, *KINDS)
             times[name].append(round(run_child(argv)[0], 2))
+            print(f"export via {name}: {times[name][-1]} s", flush=True)
     best = {name: min(ts) for name, ts in times.items()}
     result["export_api_s"] = best["api"]
     result["export_db_s"] = best["mariadb"]
