@@ -23,11 +23,15 @@ being measured. (a) runs once. Each time runs from authenticating to the
 last call (a reference also reads the archive and maps projects and users
 by name on dst; stackhop's is its whole process).
 
-Export time is measured via the API and via the databases. Everything
-generated is removed at the end (``--keep`` leaves src's population).
+Export time is measured via the API and via the databases: src's MariaDB and
+its PostgreSQL mirror (refreshed by ``python -m testbed legacy-dbs`` first),
+best of ``--export-rounds``; ``--export-only`` stops there, ``--profile-dir``
+adds a cProfile of each DB route. Everything generated is removed at the end
+(``--keep`` leaves src's population).
 
     .venv/bin/python bench/resources.py                      # the issue's sizes
     .venv/bin/python bench/resources.py --projects 20 --keypairs 200 --groups 200 --rules 10
+    .venv/bin/python bench/resources.py --projects 20 --keypairs 200 --groups 200 --export-only
 
 Results: ``bench/results/resources-<date>.json`` and ``.md`` (with the command).
 Goal: stackhop at least as fast as (b), peak RSS under 300 MB.
@@ -67,6 +71,8 @@ from stackhop.kinds.rest import call, paged, segment  # noqa: E402
 GOAL_PEAK_RSS_MB = 300
 SRC, DST = "src", "dst"
 KP = "2.10"
+#: The kinds the benchmark moves (the networking kinds are not generated).
+KINDS = ("--keypairs", "--quotas", "--security-groups")
 
 
 def parallel(workers: int, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
@@ -550,6 +556,8 @@ def summary(result: dict[str, Any]) -> str:
                 f"{row.get('setup_s', '')} | {row['objects_per_s']} | "
                 f"{row.get('peak_rss_mb', '')} |"
             )
+    if "export" in result:
+        lines += ["", "export (best of rounds, seconds): " + json.dumps(result["export"])]
     for key in ("ratios", "goals"):
         if key in result:
             lines += ["", f"{key}: " + ", ".join(f"{k} = {v}" for k, v in result[key].items())]
@@ -564,6 +572,78 @@ def summary(result: dict[str, Any]) -> str:
 
 def stackhop(*args: str) -> list[str]:
     return [sys.executable, "-m", "stackhop.cli.main", *args]
+
+
+def postgresql_config_dir(root: Path) -> Path:
+    """A ``--db-config-dir`` naming src's PostgreSQL mirror (``testbed legacy-dbs``)."""
+    pg = f"postgresql://{layout.DB_USER}:{layout.DB_PASSWORD}@{layout.HOST}:{layout.POSTGRES_PORT}"
+    files = {
+        "nova": {"api_database": f"{pg}/src_nova_api", "database": f"{pg}/src_nova_cell1"},
+        "neutron": {"database": f"{pg}/src_neutron"},
+        "cinder": {"database": f"{pg}/src_cinder"},
+    }
+    for service, sections in files.items():
+        (root / service).mkdir(parents=True, exist_ok=True)
+        text = "".join(f"[{name}]\nconnection = {url}\n" for name, url in sections.items())
+        path = root / service / f"{service}.conf"
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o600)  # the URL holds the database password
+    return root
+
+
+def export_routes(
+    args: argparse.Namespace, result: dict[str, Any], work: Path, selectors: list[str]
+) -> None:
+    """Time ``stackhop export`` via the API, via MariaDB and via the PostgreSQL mirror.
+
+    Each is the whole child process (interpreter start, Keystone's users and
+    projects, the reads, the archive), best of ``--export-rounds``. The
+    PostgreSQL mirror is refreshed from MariaDB first (``testbed legacy-dbs``,
+    not timed). With ``--profile-dir`` each DB route runs once more under
+    cProfile (not timed) and its profile is written there.
+    """
+    sources = {"mariadb": args.db_config_dir}
+    if not args.no_postgresql:
+        t = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "testbed", "legacy-dbs"],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        result["postgresql_mirror_refresh_s"] = round(time.perf_counter() - t, 1)
+        sources["postgresql"] = str(postgresql_config_dir(work / "pg-etc"))
+    routes: dict[str, list[str]] = {"api": []}
+    for name, config_dir in sources.items():
+        routes[name] = ["--via", "db", "--db-config-dir", config_dir]
+    times: dict[str, list[float]] = {name: [] for name in routes}
+    for _ in range(args.export_rounds):
+        for name, extra in routes.items():
+            out = work / f"export-{name}.tar.zst"
+            out.unlink(missing_ok=True)  # stackhop refuses to overwrite an archive
+            argv = stackhop("export", "--from", SRC, "-o", str(out), *extra, *selectors, *KINDS)
+            times[name].append(round(run_child(argv)[0], 2))
+            print(f"export via {name}: {times[name][-1]} s", flush=True)
+    best = {name: min(ts) for name, ts in times.items()}
+    result["export_api_s"] = best["api"]
+    result["export_db_s"] = best["mariadb"]
+    result["export"] = {
+        "rounds": times,
+        "best_s": best,
+        "api_over_db": {n: round(best["api"] / best[n], 1) for n in sources},
+        "goal_db_at_least_10x_api": all(best["api"] >= 10 * best[n] for n in sources),
+    }
+    print(f"export: {result['export']}", flush=True)
+    if args.profile_dir:
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+        for name in sources:
+            out = work / f"profile-{name}.tar.zst"
+            prof = Path(args.profile_dir) / f"export-db-{name}.prof"
+            argv = stackhop(
+                "export", "--from", SRC, "-o", str(out), *routes[name], *selectors, *KINDS
+            )
+            argv[1:3] = ["-m", "cProfile", "-o", str(prof), "-m", "stackhop.cli.main"]
+            run_child(argv)
 
 
 def main() -> None:
@@ -586,6 +666,14 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="leave src's population in place")
     parser.add_argument("--db-config-dir", default="/var/lib/stackhop-testbed/src/etc")
+    parser.add_argument(
+        "--export-only", action="store_true", help="time the exports only (no import contenders)"
+    )
+    parser.add_argument("--export-rounds", type=int, default=3, help="each export route's runs")
+    parser.add_argument(
+        "--no-postgresql", action="store_true", help="skip the PostgreSQL mirror's DB route"
+    )
+    parser.add_argument("--profile-dir", help="write a cProfile of each DB export route here")
     args = parser.parse_args()
     pop = Population(args)
     # The testbed's clouds unless the caller points elsewhere; children inherit it.
@@ -599,7 +687,8 @@ def main() -> None:
         },
     }
     work = Path(tempfile.mkdtemp(prefix="shbench-"))
-    out = ROOT / "bench" / "results" / f"resources-{dt.date.today().isoformat()}"
+    suffix = "-export" if args.export_only else ""
+    out = ROOT / "bench" / "results" / f"resources-{dt.date.today().isoformat()}{suffix}"
 
     def save() -> None:
         # After every phase, so a testbed hiccup late in the run keeps what was measured.
@@ -618,28 +707,11 @@ def main() -> None:
         print(f"generated {pop.tag} in {result['generate_s']} s", flush=True)
 
         selectors = [a for p in pop.projects for a in ("--project", p)]
-        api, db = work / "api.tar.zst", work / "db.tar.zst"
-        result["export_api_s"] = round(
-            run_child(stackhop("export", "--from", SRC, "-o", str(api), *selectors))[0], 2
-        )
-        result["export_db_s"] = round(
-            run_child(
-                stackhop(
-                    "export",
-                    "--from",
-                    SRC,
-                    "-o",
-                    str(db),
-                    "--via",
-                    "db",
-                    "--db-config-dir",
-                    args.db_config_dir,
-                    *selectors,
-                )
-            )[0],
-            2,
-        )
-        print(f"export: api {result['export_api_s']} s, db {result['export_db_s']} s", flush=True)
+        api = work / "export-api.tar.zst"  # written by export_routes
+        export_routes(args, result, work, selectors)
+        save()
+        if args.export_only:
+            return
 
         reference = Reference(dst, api, pop.tag)
         objects = reference.objects()

@@ -96,6 +96,7 @@ class DatabaseReader:
 
     config_dir: str | Path
     _engines: dict[str, sa.Engine] = field(default_factory=dict)
+    _columns: dict[tuple[str, str], set[str] | None] = field(default_factory=dict)
 
     def configured(self, database: str) -> bool:
         """Whether ``database``'s service config names a connection (Liberty may lack one)."""
@@ -106,15 +107,26 @@ class DatabaseReader:
         return True
 
     def columns(self, database: str, table: str) -> set[str] | None:
-        """The column names of ``table`` by reflection, or None when there is no such table."""
+        """The column names of ``table`` by reflection, or None when there is no such table.
+
+        Reflected once per table and reader: every kind asks again (keypairs and
+        three quota kinds, groups and rules), the schema does not change meanwhile.
+        """
+        key = (database, table)
+        if key in self._columns:
+            return self._columns[key]
         engine, url, path = self._engine(database)
         try:
             inspector = sa.inspect(engine)
-            if not inspector.has_table(table):
-                return None
-            return {str(c["name"]) for c in inspector.get_columns(table)}
+            found = (
+                {str(c["name"]) for c in inspector.get_columns(table)}
+                if inspector.has_table(table)
+                else None
+            )
         except sa.exc.OperationalError as exc:
             raise self._unreachable(database, url, path, exc) from exc
+        self._columns[key] = found
+        return found
 
     def quote(self, database: str, name: str) -> str:
         """``name`` quoted for ``database``'s dialect (``limit`` is a reserved word)."""
@@ -165,6 +177,13 @@ class DatabaseReader:
                 return list(conn.execute(sa.text(sql), params))
         except sa.exc.OperationalError as exc:
             raise self._unreachable(database, url, path, exc) from exc
+        except sa.exc.DBAPIError as exc:  # a statement the server refuses: one line, no traceback
+            where = sa.make_url(url).render_as_string(hide_password=True)
+            reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+            raise ConfigError(
+                f"reading the {database} database at {where} failed: {reason} "
+                f"({engine.dialect.name}); export with --via api"
+            ) from exc
 
     def close(self) -> None:
         for engine in self._engines.values():

@@ -25,7 +25,9 @@ rollback, the rules of a group stackhop created go with the group
 removed one by one.
 
 ``--via db`` reads Neutron's ``securitygroups`` and ``securitygrouprules``
-tables (descriptions from ``standardattributes``).
+tables, today's schema (``project_id``, descriptions in ``standardattributes``)
+or Liberty's (``tenant_id``, the group's description on its row, rules
+without descriptions, every group stateful), decided by reflection.
 """
 
 from __future__ import annotations
@@ -176,13 +178,7 @@ class SecurityGroup(Kind):
 
     def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
         by_id = {p["id"]: p for p in scope.projects}
-        rows = db.query(
-            "neutron",
-            "SELECT g.id, g.project_id, g.name, g.stateful, s.description "
-            "FROM securitygroups g JOIN standardattributes s ON s.id = g.standard_attr_id "
-            "ORDER BY s.id",
-        )
-        for row in rows:
+        for row in db.query("neutron", _groups_sql(db)):
             if row.project_id in by_id:
                 yield group_record(row._asdict(), by_id[row.project_id])
 
@@ -340,14 +336,8 @@ class SecurityGroupRules(Kind):
     def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
         by_id = {g["id"]: g for g in scope.exported.get(GROUP, [])}
         by_project = {p["id"]: p for p in scope.projects}
-        rows = db.query(
-            "neutron",
-            "SELECT r.id, r.security_group_id, r.remote_group_id, r.direction, r.ethertype, "
-            "r.protocol, r.port_range_min, r.port_range_max, r.remote_ip_prefix, s.description "
-            "FROM securitygrouprules r JOIN standardattributes s ON s.id = r.standard_attr_id",
-        )
         by_group: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-        for row in rows:
+        for row in db.query("neutron", _rules_sql(db)):
             if row.security_group_id in by_id:
                 by_group[row.security_group_id].append(row._asdict())
         for group_id, group in by_id.items():
@@ -499,6 +489,68 @@ def _automatic_egress(rule: Mapping[str, Any]) -> bool:
             "remote_group",
         )
     )
+
+
+def _groups_sql(db: SqlSource) -> str:
+    """The SELECT of every group, for today's schema or Liberty's (decided by reflection).
+
+    Today: ``project_id``, ``stateful`` and the description in
+    ``standardattributes``. Liberty: ``tenant_id``, the description on the
+    group row (moved to ``standardattributes`` by Mitaka's ``4ffceebfcdc``),
+    no ``stateful`` (every group was stateful).
+    """
+    from stackhop.dbexport import DatabaseReader
+
+    if not isinstance(db, DatabaseReader):
+        return (
+            "SELECT g.id, g.project_id, g.name, g.stateful, s.description "
+            "FROM securitygroups g JOIN standardattributes s ON s.id = g.standard_attr_id "
+            "ORDER BY s.id"
+        )
+    columns = db.require("neutron", "securitygroups", {"id", "name"})
+    project = "g.project_id" if "project_id" in columns else "g.tenant_id"
+    db.require("neutron", "securitygroups", {project[2:]})
+    stateful = "g.stateful" if "stateful" in columns else "TRUE"
+    if "standard_attr_id" in columns:
+        db.require("neutron", "standardattributes", {"id", "description"})
+        return (
+            f"SELECT g.id, {project} AS project_id, g.name, {stateful} AS stateful, "
+            "s.description FROM securitygroups g "
+            "JOIN standardattributes s ON s.id = g.standard_attr_id ORDER BY s.id"
+        )
+    description = "g.description" if "description" in columns else "NULL"
+    return (
+        f"SELECT g.id, {project} AS project_id, g.name, {stateful} AS stateful, "
+        f"{description} AS description FROM securitygroups g ORDER BY g.id"
+    )
+
+
+#: The rule columns read from ``securitygrouprules`` besides the description.
+_RULE_COLUMNS = ("id", "security_group_id", "remote_group_id", *RULE_FIELDS)
+
+
+def _rules_sql(db: SqlSource) -> str:
+    """The SELECT of every rule, for today's schema or Liberty's (decided by reflection).
+
+    A Liberty rule has no description (rule descriptions came with Mitaka's
+    ``standardattributes.description``): it is read as empty.
+    """
+    from stackhop.dbexport import DatabaseReader
+
+    selected = ", ".join(f"r.{c}" for c in _RULE_COLUMNS)
+    if not isinstance(db, DatabaseReader):
+        return (
+            f"SELECT {selected}, s.description "
+            "FROM securitygrouprules r JOIN standardattributes s ON s.id = r.standard_attr_id"
+        )
+    columns = db.require("neutron", "securitygrouprules", set(_RULE_COLUMNS))
+    if "standard_attr_id" in columns:
+        db.require("neutron", "standardattributes", {"id", "description"})
+        return (
+            f"SELECT {selected}, s.description "
+            "FROM securitygrouprules r JOIN standardattributes s ON s.id = r.standard_attr_id"
+        )
+    return f"SELECT {selected}, NULL AS description FROM securitygrouprules r"
 
 
 #: Values per filter in one listing request (keeps the URL well under 8 KiB).
