@@ -15,15 +15,19 @@ step "Both clouds answer: services, API versions, what stackhop needs"
 stackhop clouds --check src dst
 
 step "What the source cloud holds (the seeded tenant data)"
-for what in "project list --long" "user list --domain ldap" "keypair list --user alice --os-compute-api-version 2.10" "keypair list --user lina --user-domain ldap --os-compute-api-version 2.10" \
+# src's Default domain holds SQL users and the LDAP directory's 1,209 people (SOC6's hybrid
+# backend); dst reads the same directory as domain ldap_users (SOC7's domain-specific backend).
+for what in "project list --long" "user show lina" "keypair list --user alice --os-compute-api-version 2.10" "keypair list --user lina --os-compute-api-version 2.10" \
             "security group list" "network list" "router list" "floating ip list" \
             "image list --long" "volume list --all-projects --long" "server list --all-projects"; do
   echo "\$ openstack --os-cloud src $what"
   # shellcheck disable=SC2086
   openstack --os-cloud src $what || true
 done
-step "The destination cloud's projects (same IDs as the source)"
+step "The destination cloud's projects (same IDs as the source) and its LDAP people (new IDs)"
 openstack --os-cloud dst project list --long
+echo "\$ openstack --os-cloud dst user show lina --domain ldap_users"
+openstack --os-cloud dst user show lina --domain ldap_users || true
 
 work=$(mktemp -d /tmp/stackhop-demo.XXXXXX)
 journal="$work/journal.sqlite"
@@ -35,17 +39,20 @@ sh export --from src -o "$archive"
 ls -l "$archive"
 
 step "Plan: what importing it into dst would do (changes nothing)"
-sh plan --to dst "$archive" || true
+echo "(--domain-map Default=ldap_users: src's LDAP people are dst's ldap_users people, matched by"
+echo " name; the SQL users of Default stay in Default)"
+sh plan --to dst "$archive" --domain-map Default=ldap_users || true
 
 step "Import into dst (journaled: a re-run resumes and never duplicates)"
 # dst holds a keypair and a group of its own with the same names: reported as conflicts, left alone.
-sh import --to dst "$archive" || echo "(exit $?: the conflicts above are dst's own objects, untouched)"
+sh import --to dst "$archive" --domain-map Default=ldap_users \
+  || echo "(exit $?: the conflicts above are dst's own objects, untouched)"
 
 step "Verify dst against the archive"
-sh verify --to dst "$archive" || echo "(exit $?: differences listed above)"
+sh verify --to dst "$archive" --domain-map Default=ldap_users || echo "(exit $?: differences listed above)"
 
 step "Import again: everything is already there"
-sh import --to dst "$archive" || true
+sh import --to dst "$archive" --domain-map Default=ldap_users || true
 
 step "The journal"
 sh status

@@ -23,18 +23,13 @@ from testbed.openstack import runtime
 from testbed.openstack.config import Sections, service_etc, write_ini
 from testbed.process import Daemon
 
-#: The clouds whose shared Keystone has the domain-specific LDAP domain. Empty for
-#: now: with domain-specific drivers on, ``GET /v3/users`` without ``domain_id``
-#: lists only the token's domain, and today's stackhop lists dst's users in one
-#: unscoped call (its ``ldap`` users would vanish from the remap). Set to
-#: ``("dst",)`` together with stackhop's per-domain listing (issue 21, stackhop
-#: half); until then :mod:`testbed.openstack.keystone_private` runs this
-#: configuration on a private copy of dst's Keystone.
-DOMAIN_SPECIFIC_CLOUDS: tuple[str, ...] = ()
-#: The clouds whose shared Keystone runs the hybrid shape (Default = SQL users +
-#: the directory's people, raw LDAP IDs). Empty for the same reason: flip to
-#: ``("src",)`` with stackhop's per-domain user mapping (docs/testbed.md).
-HYBRID_CLOUDS: tuple[str, ...] = ()
+#: The clouds whose shared Keystone has the domain-specific LDAP domain (SOC7's shape).
+#: With domain-specific drivers on, ``GET /v3/users`` without ``domain_id`` lists
+#: only the token's domain: stackhop and the seed list users per domain.
+DOMAIN_SPECIFIC_CLOUDS: tuple[str, ...] = ("dst",)
+#: The clouds whose shared Keystone runs the hybrid shape (SOC6's: Default = SQL
+#: users + the directory's people, raw LDAP IDs).
+HYBRID_CLOUDS: tuple[str, ...] = ("src",)
 #: Results per LDAP page: several pages for the directory's 1,209 people.
 PAGE_SIZE = 200
 

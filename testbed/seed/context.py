@@ -80,8 +80,23 @@ class Directory:
         ident = conn.identity
         self.domains = {d.name: d.id for d in ident.domains()}
         self.projects = {(p.domain_id, p.name): p.id for p in ident.projects()}
-        self.users = {(u.domain_id, u.name): u.id for u in ident.users()}
+        # One listing per domain: with domain-specific drivers (dst), an unscoped
+        # listing shows only Default's users.
+        users: dict[tuple[str, str], str] = {}
+        for domain_id in self.domains.values():
+            for u in ident.users(domain_id=domain_id):
+                key = (u.domain_id, u.name)
+                # src's hybrid Default holds SQL alice and the directory's alice:
+                # the inventory's Default users are the SQL ones (generated hex IDs).
+                if key not in users or _sql_id(u.id):
+                    users[key] = u.id
+        self.users = users
         self.loaded = True
+
+
+def _sql_id(user_id: str) -> bool:
+    """Keystone's SQL driver makes 32-digit hex IDs; raw LDAP IDs are the directory's uids."""
+    return len(user_id) == 32 and all(c in "0123456789abcdef" for c in user_id)
 
 
 @dataclass
@@ -145,7 +160,7 @@ class SeedContext:
         raise KeyError(f"user {name!r} is not in the seed inventory")
 
     def user_id(self, name: str) -> str:
-        domain_id = self.domain_id(self.user(name).domain)
+        domain_id = self.domain_id(self.user(name).domain_on(self.name))
         return self._lookup(lambda d: d.users.get((domain_id, name)), f"user {name}")
 
     def has_project(self, name: str) -> bool:
@@ -183,7 +198,7 @@ class SeedContext:
             auth_url=self.cloud.keystone_url,
             username=user.name,
             password=user.password,
-            user_domain_name=user.domain,
+            user_domain_name=user.domain_on(self.name),
             project_name=project,
             project_domain_name=domain,
             region_name=layout.REGION,

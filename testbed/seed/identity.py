@@ -3,12 +3,13 @@ upgrade-style copy of Keystone's tables on dst.
 
 Keystone's API always picks a new project ID, yet a migration assumes the
 projects of src and dst have equal IDs, as after a database upgrade. So dst
-gets its ``ldap`` domain, its projects and its Default-domain users as copies
-of src's rows (same MariaDB server: ``INSERT INTO dst_keystone.t SELECT ... FROM
-src_keystone.t``). The ``ldap`` users are created on dst through the API
-instead, so they get new IDs — as they do when LDAP users move from a hybrid
-backend to a domain-specific one. Role assignments go through the API on both
-clouds (role IDs differ per cloud; names do not).
+gets its ``ldap`` domain, its projects and its Default-domain SQL users as
+copies of src's rows (same MariaDB server: ``INSERT INTO dst_keystone.t SELECT
+... FROM src_keystone.t``). The directory's people are never created: both
+Keystones read them from slapd (src as users of Default with their raw LDAP
+IDs, dst as users of ``ldap_users`` with generated IDs — the SOC6 -> SOC7
+move). Role assignments go through the API on both clouds (role IDs differ per
+cloud; names do not; a person's ID differs too).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ def seed_src(ctx: SeedContext) -> None:
         ident.create_project(name=p.name, domain_id=domain_id, description=p.description)
         ctx.made("project", f"{p.domain}/{p.name}")
     ctx.forget_ids()
+    _retire_sql_people(ctx)
     for u in inv.USERS:
-        _ensure_user_by_api(ctx, u)
+        if not u.person:
+            _ensure_user_by_api(ctx, u)
     ctx.forget_ids()
     _ensure_roles(ctx, inv.USERS)
 
@@ -63,13 +66,36 @@ def seed_dst(ctx: SeedContext, src: SeedContext) -> None:
         else:
             ctx.found("user")
     ctx.forget_ids()
+    _retire_sql_people(ctx)
     for u in inv.USERS:
-        if u.on_dst and not u.same_id_on_dst:
+        if u.on_dst and not u.same_id_on_dst and not u.person:
             _ensure_user_by_api(ctx, u)
     _ensure_roles(ctx, [u for u in inv.USERS if u.on_dst])
 
 
 # -- API --------------------------------------------------------------------------------
+
+
+def _retire_sql_people(ctx: SeedContext) -> None:
+    """Delete the SQL stand-ins of the directory's people that older testbeds seeded.
+
+    Before issue 21 the testbed had no directory and made ``lina``, ``leo``, ...
+    SQL users of the ``ldap`` domain. A testbed seeded then keeps them (and their
+    keypairs) until this removes them; on a new testbed it finds nothing.
+    """
+    if "ldap" not in ctx.ids().domains:
+        return
+    people = {u.name for u in inv.USERS if u.person}
+    domain_id = ctx.domain_id("ldap")
+    stand_ins = [(name, uid) for (d, name), uid in ctx.ids().users.items()
+                 if d == domain_id and name in people]
+    for name, uid in stand_ins:
+        for kp in ctx.conn.compute.keypairs(user_id=uid):
+            ctx.conn.compute.delete_keypair(kp, user_id=uid)
+        ctx.conn.identity.delete_user(uid)
+        ctx.changed("user", f"ldap/{name} removed (now a person of the directory)")
+    if stand_ins:
+        ctx.forget_ids()
 
 
 def _ensure_user_by_api(ctx: SeedContext, u: inv.User) -> None:

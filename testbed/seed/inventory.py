@@ -13,6 +13,8 @@ import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from testbed import layout
+from testbed.infra import ldap_directory
 from testbed.seed.content import GIB, Dense, Pattern, padded_chunks, sha256_of
 from testbed.seed.public_keys import PUBLIC_KEYS
 
@@ -38,28 +40,50 @@ class Project:
 
 @dataclass(frozen=True)
 class User:
-    """A user; ``roles`` are (project, role) pairs. ``on_dst`` False: a src-only user."""
+    """A user; ``roles`` are (project, role) pairs. ``on_dst`` False: a src-only user.
+
+    ``person``: one of the LDAP directory's people (issue 21), not a Keystone SQL
+    user. The seed never creates a person: src's Keystone (the hybrid shape) shows
+    them as users of ``Default`` under their raw LDAP ID (``uid``, here equal to
+    the name), dst's as users of the domain-specific LDAP domain ``ldap_users``
+    under IDs Keystone generates. They log in with their directory password.
+    """
 
     name: str
     domain: str
     roles: tuple[tuple[str, str], ...]
     on_dst: bool = True
     email: str = ""
+    person: bool = False
 
     @property
     def password(self) -> str:
+        if self.person:
+            return ldap_directory.password(self.name)
         return f"{self.name}-seed-pw"
 
     @property
     def same_id_on_dst(self) -> bool:
-        """Default-domain users keep their ID on dst; ``ldap`` users get a new one."""
-        return self.domain == "Default"
+        """SQL users of Default keep their ID on dst (an upgrade); people get a generated one."""
+        return not self.person and self.domain == "Default"
+
+    def domain_on(self, cloud: str) -> str:
+        """The user's domain on ``cloud`` (people change domain between the two shapes)."""
+        if self.person and cloud == DST:
+            return LDAP_USERS_DOMAIN
+        return self.domain
 
 
-#: ``Default`` exists from bootstrap (ID ``default``); the seed only creates ``ldap``.
+#: dst's domain-specific LDAP domain (the testbed makes it at boot, see
+#: testbed/openstack/keystone_ldap.py); the seed never creates it.
+LDAP_USERS_DOMAIN = layout.LDAP_DOMAIN
+
+#: ``Default`` exists from bootstrap (ID ``default``); the seed only creates ``ldap``, a
+#: domain of projects (its project ``delta`` is the directory people's lab). It holds no
+#: users: the people are users of Default on src and of ``ldap_users`` on dst.
 DOMAINS = (
     Domain("Default", "The default domain"),
-    Domain("ldap", "Users moved from the hybrid LDAP backend to a domain-specific one"),
+    Domain("ldap", "Projects of the LDAP directory's people"),
 )
 
 PROJECTS = (
@@ -76,10 +100,12 @@ USERS = (
     User("dave", "Default", (("beta", "member"), ("gamma", "reader"))),
     User("erin", "Default", (("gamma", "member"),), on_dst=False),
     User("frank", "Default", (("beta", "member"),), on_dst=False),
-    User("lina", "ldap", (("delta", "member"), ("alpha", "member")), email="lina@ldap.example.org"),
-    User("leo", "ldap", (("delta", "member"),)),
-    User("lucy", "ldap", (("delta", "reader"), ("gamma", "member"))),
-    User("lars", "ldap", (("delta", "admin"),), on_dst=False),
+    # The directory's people (testbed/infra/ldap_directory.py): Default on src, ldap_users on dst.
+    User("lina", "Default", (("delta", "member"), ("alpha", "member")),
+         email="lina@ldap.example.org", person=True),
+    User("leo", "Default", (("delta", "member"),), person=True),
+    User("lucy", "Default", (("delta", "reader"), ("gamma", "member")), person=True),
+    User("lars", "Default", (("delta", "admin"),), person=True),
 )
 
 #: The user whose token the seed uses for what the API only does inside a project

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testbed.openstack import keystone_ldap
 from testbed.seed import inventory
 
 from stackhop.clouds import connect
@@ -20,21 +21,34 @@ from stackhop.kinds.rest import call, paged
 
 pytestmark = pytest.mark.functional
 
-#: Objects of the seed the import cannot carry: users missing on dst, lina's conflicting key.
+#: Objects of the seed the import cannot carry: SQL users missing on dst, lina's
+#: conflicting key (lina is a person of the directory: Default on src, ldap_users on dst).
 EXPECTED_CONFLICTS = {
     "Default/erin/erin-laptop",
     "Default/frank/frank-deploy",
-    "ldap/lars/lars-laptop",
-    "ldap/lina/lina-laptop",
+    "Default/lina/lina-laptop",
 }
+#: The SOC6 -> SOC7 move: src's Default people are dst's ldap_users people.
+DOMAIN_MAP = ("--domain-map", f"Default={inventory.LDAP_USERS_DOMAIN}")
+
+
+def seed_users(conn: Any, cloud: str) -> dict[str, str]:
+    """ID by name of the inventory's users on ``cloud``, listed per domain."""
+    domains = {d.name: d.id for d in conn.identity.domains()}
+    ids: dict[str, str] = {}
+    for u in inventory.USERS:
+        for found in conn.identity.users(domain_id=domains[u.domain_on(cloud)], name=u.name):
+            # src's hybrid Default has SQL alice and the directory's alice: take the SQL one.
+            if u.name not in ids or (not u.person and len(found.id) == 32):
+                ids[u.name] = found.id
+    return ids
 
 
 def dst_state(conn: Any) -> dict[str, Any]:
-    """What the scenario may change on dst: keypairs, quotas, groups and rules of seed projects."""
+    """What the scenario may change on dst: the seed users' keypairs, quotas, groups, rules."""
     projects = {p.name: p.id for p in conn.identity.projects()}
-    users = {(u.domain_id, u.name): u.id for u in conn.identity.users()}
     keypairs = {}
-    for (_, name), user_id in sorted(users.items()):
+    for name, user_id in sorted(seed_users(conn, "dst").items()):
         body = call(conn.compute, "GET", f"/os-keypairs?user_id={user_id}", microversion="2.10")
         keypairs[name] = sorted(
             (k["keypair"]["name"], k["keypair"]["public_key"]) for k in body["keypairs"]
@@ -124,11 +138,12 @@ def test_export_writes_every_kind(scenario: dict[str, Any], cli: Callable[..., A
 
 
 def test_plan_then_import_do_the_same(scenario: dict[str, Any], cli: Callable[..., Any]) -> None:
-    plan = cli("plan", "--to", "dst", str(scenario["archive"]), "-f", "json")
+    plan = cli("plan", "--to", "dst", str(scenario["archive"]), *DOMAIN_MAP, "-f", "json")
     assert plan.code == 0, plan.err
     planned = {(op["kind"], op["identity"]): op["action"] for op in plan.json()["operations"]}
     assert {i for (_, i), a in planned.items() if a == "conflict"} == EXPECTED_CONFLICTS
-    assert "ldap/lars" in plan.err and "Default/erin" in plan.err  # unmapped users, by name
+    assert "Default/erin" in plan.err and "Default/frank" in plan.err  # unmapped, by name
+    assert "lars" not in plan.err  # a person: mapped into ldap_users by name
 
     result = cli(
         "--journal",
@@ -137,6 +152,7 @@ def test_plan_then_import_do_the_same(scenario: dict[str, Any], cli: Callable[..
         "--to",
         "dst",
         str(scenario["archive"]),
+        *DOMAIN_MAP,
         "-f",
         "json",
     )
@@ -157,17 +173,19 @@ def test_verify_matches_except_the_conflicts(
 ) -> None:
     ok = cli("verify", "--to", "dst", str(scenario["archive"]), "--security-groups", "--quotas")
     assert ok.code == 0, ok.out + ok.err
-    full = cli("verify", "--to", "dst", str(scenario["archive"]), "-f", "json")
+    full = cli("verify", "--to", "dst", str(scenario["archive"]), *DOMAIN_MAP, "-f", "json")
     assert full.code == 13
     assert {m["identity"] for m in full.json()["mismatches"]} == EXPECTED_CONFLICTS
 
 
 def test_ldap_users_get_their_keypairs_under_their_dst_ids(scenario: dict[str, Any]) -> None:
     dst, src = scenario["dst"], connect("src")
-    for name in ("leo", "lina", "lucy"):
-        src_id = next(u.id for u in src.identity.users(name=name))
-        dst_id = next(u.id for u in dst.identity.users(name=name))
-        assert src_id != dst_id
+    src_ids, dst_ids = seed_users(src, "src"), seed_users(dst, "dst")
+    ldap_users = dst.identity.find_domain(inventory.LDAP_USERS_DOMAIN).id
+    for name in ("leo", "lina", "lucy", "lars"):
+        src_id, dst_id = src_ids[name], dst_ids[name]
+        assert src_id == name  # the raw LDAP ID of the hybrid shape
+        assert dst_id == keystone_ldap.public_id(ldap_users, name)  # generated on dst
         body = call(dst.compute, "GET", f"/os-keypairs?user_id={dst_id}", microversion="2.10")
         names = {k["keypair"]["name"] for k in body["keypairs"]}
         expected = {k.name for k in inventory.KEYPAIRS if k.user == name and k.cloud == "src"}
@@ -227,6 +245,7 @@ def test_second_import_is_all_skips(scenario: dict[str, Any], cli: Callable[...,
         "--to",
         "dst",
         str(scenario["archive"]),
+        *DOMAIN_MAP,
         "-f",
         "json",
     )

@@ -21,8 +21,10 @@ import openstack.config
 import pytest
 from openstack.connection import Connection
 from testbed import layout
+from testbed.openstack import keystone_ldap
 from testbed.openstack.cinder import CEPH_POOL
 from testbed.seed import inventory as inv
+from testbed.seed.context import Directory
 from testbed.seed.security_groups import rule_key, wanted_key
 
 pytestmark = pytest.mark.functional
@@ -48,21 +50,22 @@ class Cloud:
     @classmethod
     def open(cls, c: layout.CloudLayout) -> Cloud:
         conn = _connect(c.name)
-        domains = {"Default": "default"}
-        ldap = conn.identity.find_domain("ldap")
-        if ldap is not None:
-            domains["ldap"] = ldap.id
-        projects = {}
-        for p in inv.PROJECTS:
-            found = conn.identity.find_project(p.name, domain_id=domains.get(p.domain, "-"))
-            if found is not None:
-                projects[p.name] = found.id
+        # Users listed per domain (dst's ldap_users is a domain-specific driver); where
+        # src's hybrid Default holds a name twice (alice), the SQL user is the seed's.
+        ids = Directory()
+        ids.load(conn)
+        domains = {**ids.domains, "Default": "default"}
+        projects = {
+            p.name: ids.projects[(domains[p.domain], p.name)]
+            for p in inv.PROJECTS
+            if p.domain in domains and (domains[p.domain], p.name) in ids.projects
+        }
         projects[inv.ADMIN_PROJECT] = conn.identity.find_project(inv.ADMIN_PROJECT).id
         users = {}
         for u in inv.USERS:
-            found = conn.identity.find_user(u.name, domain_id=domains.get(u.domain, "-"))
-            if found is not None:
-                users[u.name] = found.id
+            key = (domains.get(u.domain_on(c.name), "-"), u.name)
+            if key in ids.users:
+                users[u.name] = ids.users[key]
         return cls(c, conn, projects, users)
 
 
@@ -166,17 +169,21 @@ def test_projects_exist_on_both_clouds_with_the_same_ids(src: Cloud, dst: Cloud)
     assert src.conn.identity.find_domain("ldap").id == dst.conn.identity.find_domain("ldap").id
 
 
-def test_users_keep_default_ids_and_ldap_users_get_new_ids(src: Cloud, dst: Cloud) -> None:
+def test_sql_users_keep_their_ids_and_people_get_generated_ones(src: Cloud, dst: Cloud) -> None:
+    ldap_users = dst.conn.identity.find_domain(inv.LDAP_USERS_DOMAIN).id
     for u in inv.USERS:
         assert u.name in src.users, u.name
         if not u.on_dst:
             assert u.name not in dst.users, f"{u.name} is a src-only user"
-        elif u.domain == "Default":
-            assert dst.users[u.name] == src.users[u.name], u.name
+        elif u.person:
+            # src: the hybrid Default shows the raw LDAP ID; dst: Keystone's generated one.
+            assert src.users[u.name] == u.name, u.name
+            assert dst.users[u.name] == keystone_ldap.public_id(ldap_users, u.name), u.name
         else:
-            assert u.name in dst.users, u.name
-            assert dst.users[u.name] != src.users[u.name], f"ldap user {u.name} kept its ID"
-    assert {u.domain for u in inv.USERS if u.on_dst} == {"Default", "ldap"}
+            assert dst.users[u.name] == src.users[u.name], u.name
+    assert {u.domain_on("dst") for u in inv.USERS if u.on_dst} == {
+        "Default", inv.LDAP_USERS_DOMAIN
+    }
     assert any(not u.on_dst for u in inv.USERS)
 
 
@@ -186,7 +193,7 @@ def test_users_log_in_on_dst_with_their_src_password(dst: Cloud, user: str, proj
     p = next(x for x in inv.PROJECTS if x.name == project)
     conn = Connection(
         auth_url=layout.DST.keystone_url, username=u.name, password=u.password,
-        user_domain_name=u.domain, project_name=p.name, project_domain_name=p.domain,
+        user_domain_name=u.domain_on("dst"), project_name=p.name, project_domain_name=p.domain,
         region_name=layout.REGION, identity_api_version="3",
     )
     assert conn.session.get_user_id() == dst.users[user]

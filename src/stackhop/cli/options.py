@@ -86,6 +86,12 @@ def add_maps(parser: argparse.ArgumentParser, *, users: bool = True, projects: b
             "(repeatable; e.g. Default=ldap_users; the SQL users of Default stay in Default "
             "unless the --user-map file says sql_users: true)",
         )
+        parser.add_argument(
+            "--disabled-users",
+            choices=("carry", "skip"),
+            help="users disabled on the source: carry their objects like anyone's (the "
+            "default, or the map file's disabled_users) or skip them, named in the report",
+        )
     if projects:
         parser.add_argument("--project-map", metavar="FILE", help=PROJECT_MAP_HELP)
 

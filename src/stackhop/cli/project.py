@@ -179,6 +179,7 @@ def _request(args: argparse.Namespace) -> migrate.MigrationRequest:
         storage_map=args.storage_map,
         user_map=args.user_map,
         domain_map=parse_domain_map(args.domain_map),
+        disabled_users=args.disabled_users,
         project_map=args.project_map,
         choose_volumes=_choose_from_stdin if args.interactive else None,
     )

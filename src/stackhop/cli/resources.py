@@ -164,9 +164,9 @@ def _prepare(
         kinds,
         conn,
         args.destination,
-        user_map=load_operator_map(args.user_map).with_domains(
-            parse_domain_map(args.domain_map)
-        ),
+        user_map=load_operator_map(args.user_map)
+        .with_domains(parse_domain_map(args.domain_map))
+        .with_disabled_users(args.disabled_users),
         project_map=load_operator_map(args.project_map),
         journal=journal,
     )

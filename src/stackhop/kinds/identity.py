@@ -15,7 +15,11 @@ carries one ``identity.user`` and one ``identity.project`` record per object
   ``Default`` unless the map says ``sql_users: true``;
 - a project keeps its ID when the destination has a project with that ID;
   otherwise it is matched by (domain name, project name); ``--project-map``
-  pins ID pairs.
+  pins ID pairs;
+- a user disabled on the source (the archive records ``enabled``) is mapped
+  like anyone unless the operator says ``--disabled-users skip`` (or
+  ``disabled_users: skip`` in the map file): then they and their objects stay
+  behind, named in the report.
 
 What matches nothing is reported by name (:class:`IdentityMapping.unmapped`);
 the resolver then turns every record that refers to it into a conflict, and
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +50,31 @@ class OperatorMap:
     ids: Mapping[str, str] = field(default_factory=dict)
     #: Rename the default domain for its SQL users too (``sql_users: true``).
     sql_users: bool = False
+    #: What becomes of a user disabled on the source (``disabled_users``):
+    #: ``carry`` maps them like anyone (their objects move; the account stays as
+    #: disabled as the destination has it), ``skip`` leaves them and their objects
+    #: behind, reported by name.
+    disabled_users: str = "carry"
 
     def with_domains(self, domains: Mapping[str, str]) -> OperatorMap:
         """This map with ``domains`` (``--domain-map``) added; they win over the file's."""
-        return OperatorMap({**self.domains, **domains}, self.ids, self.sql_users)
+        return replace(self, domains={**self.domains, **domains})
+
+    def with_disabled_users(self, choice: str | None) -> OperatorMap:
+        """This map with ``--disabled-users`` applied (None: the file's choice stands)."""
+        return self if choice is None else replace(self, disabled_users=_disabled_choice(choice))
+
+
+DISABLED_USER_CHOICES = ("carry", "skip")
+
+
+def _disabled_choice(value: object, where: str = "--disabled-users") -> str:
+    if value not in DISABLED_USER_CHOICES:
+        raise ConfigError(
+            f"{where}: {value!r} is not one of {', '.join(DISABLED_USER_CHOICES)} "
+            "(carry: move a disabled user's objects too; skip: leave them, named in the report)"
+        )
+    return str(value)
 
 
 def parse_domain_map(values: Iterable[str] | None) -> dict[str, str]:
@@ -79,8 +104,10 @@ def load_operator_map(path: str | os.PathLike[str] | None) -> OperatorMap:
     data = read_mapping(file, "map")
     if not data:
         return OperatorMap()
-    sections = {"domains", "users", "projects", "ids", "sql_users"}
-    if any(isinstance(v, Mapping) for v in data.values()) or "sql_users" in data:
+    sections = {"domains", "users", "projects", "ids", "sql_users", "disabled_users"}
+    if any(isinstance(v, Mapping) for v in data.values()) or {
+        "sql_users", "disabled_users"
+    } & set(data):
         unknown = set(data) - sections
         if unknown:
             raise ConfigError(
@@ -93,7 +120,12 @@ def load_operator_map(path: str | os.PathLike[str] | None) -> OperatorMap:
         if not isinstance(sql_users, bool):
             raise ConfigError(f"map {file}: sql_users must be true or false, not {sql_users!r}")
         return OperatorMap(
-            domains=_flat(file, data.get("domains") or {}), ids=ids, sql_users=sql_users
+            domains=_flat(file, data.get("domains") or {}),
+            ids=ids,
+            sql_users=sql_users,
+            disabled_users=_disabled_choice(
+                data.get("disabled_users", "carry"), f"map {file}: disabled_users"
+            ),
         )
     return OperatorMap(ids=_flat(file, data))
 
@@ -182,6 +214,7 @@ def list_users(conn: Connection) -> Iterator[Record]:
                 "name": user["name"],
                 "domain_id": user.get("domain_id", domain_id),
                 "domain_name": domain_name,
+                "enabled": bool(user.get("enabled", True)),
             }
 
 
@@ -256,6 +289,10 @@ def map_identities(
 
     for user in users:
         result.labels[user["id"]] = label(user)
+        # Archives written before the flag was recorded hold no ``enabled``: enabled.
+        if user_map.disabled_users == "skip" and user.get("enabled", True) is False:
+            result.unmapped.append((USER, user["id"], f"{label(user)} (disabled on the source)"))
+            continue
         found = user_map.ids.get(user["id"])
         if found is None:
             domain = destination_domain(user, user_map)

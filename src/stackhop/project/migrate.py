@@ -80,6 +80,7 @@ class MigrationRequest:
     user_map: str | None = None
     #: ``--domain-map SRC=DST`` pairs (they win over the user map file's ``domains``).
     domain_map: dict[str, str] = field(default_factory=dict)
+    disabled_users: str | None = None
     project_map: str | None = None
     #: Interactive selection: given the project's volumes, return the chosen ones.
     choose_volumes: Callable[[list[Any]], list[Any]] | None = field(default=None, compare=False)
@@ -99,8 +100,10 @@ class Migration:
             raise UsageError("--from and --to name the same cloud; a project migrates between two")
         self.source = connect(self.request.source_cloud)
         self.destination = connect(self.request.destination_cloud)
-        self.user_map = load_operator_map(self.request.user_map).with_domains(
-            self.request.domain_map
+        self.user_map = (
+            load_operator_map(self.request.user_map)
+            .with_domains(self.request.domain_map)
+            .with_disabled_users(self.request.disabled_users)
         )
         self.project_map = load_operator_map(self.request.project_map)
         self.archive_path = self.request.output_dir / ARCHIVE_NAME
