@@ -420,8 +420,12 @@ class Subnet(_Marked):
         ):
             pools[row.subnet_id].append({"start": row.first_ip, "end": row.last_ip})
         dns: dict[str, builtins.list[str]] = defaultdict(builtins.list)
+        from stackhop.dbexport import DatabaseReader
+
+        # ``order`` is a reserved word: quoted as the source's dialect wants it.
+        order = db.quote("neutron", "order") if isinstance(db, DatabaseReader) else '"order"'
         for row in db.query(
-            "neutron", "SELECT subnet_id, address FROM dnsnameservers ORDER BY subnet_id, `order`"
+            "neutron", f"SELECT subnet_id, address FROM dnsnameservers ORDER BY subnet_id, {order}"
         ):
             dns[row.subnet_id].append(row.address)
         routes: dict[str, builtins.list[dict[str, str]]] = defaultdict(builtins.list)
