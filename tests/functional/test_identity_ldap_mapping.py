@@ -1,8 +1,8 @@
 """Issue 21: users mapped per domain between the two LDAP shapes of the SOC6 -> SOC7 move.
 
-src is a private copy of src's Keystone in the hybrid shape (SQL users and the
-directory's 1,209 people all in Default, raw LDAP IDs), dst a private copy of
-dst's with the domain-specific ``ldap_users`` domain (generated IDs). Both
+src's Keystone is the hybrid shape (SQL users and the directory's 1,209 people
+all in Default, raw LDAP IDs), dst's has the domain-specific ``ldap_users``
+domain (generated IDs): the shared clouds (docs/testbed.md). Both
 listings page through the directory; the mapping with ``--domain-map
 Default=ldap_users`` sends the people to ``ldap_users`` and keeps Default's
 SQL users in Default.
@@ -10,7 +10,6 @@ SQL users in Default.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,23 +17,15 @@ from testbed import layout
 from testbed.infra import ldap_directory
 from testbed.openstack import keystone_ldap, keystone_private
 
-from stackhop.clouds import identity_capabilities
+from stackhop.clouds import connect, identity_capabilities
 from stackhop.kinds import identity
 
 pytestmark = pytest.mark.functional
 
 
 @pytest.fixture(scope="module")
-def shapes(seeded: object) -> Iterator[tuple[Any, Any]]:
-    with (
-        keystone_private.private_keystone(
-            layout.SRC, "hybridmap", hybrid_bind_password=layout.LDAP_BIND_PASSWORD, slot=3
-        ) as src,
-        keystone_private.private_keystone(
-            layout.DST, "ldapmap", ldap_bind_password=layout.LDAP_BIND_PASSWORD, slot=4
-        ) as dst,
-    ):
-        yield src.connection(), dst.connection()
+def shapes(seeded: object) -> tuple[Any, Any]:
+    return connect("src"), connect("dst")
 
 
 def test_domain_map_maps_directory_people_and_keeps_sql_users(shapes: tuple[Any, Any]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import subprocess
 import sys
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import ldap
@@ -267,20 +267,38 @@ def test_liberty_rows_are_srcs_plus_one_soft_deleted_twin(legacy_dbs: None, serv
 
 
 
-# -- Keystone with a domain-specific LDAP domain (a private copy of dst's) ----------------
+@dataclass(frozen=True)
+class SharedKeystone:
+    """A shared cloud's Keystone, as the checks below use it (like a PrivateKeystone)."""
+
+    cloud: layout.CloudLayout
+
+    @property
+    def name(self) -> str:
+        return self.cloud.db_name("keystone")
+
+    def connection(self, **auth: str) -> Any:
+        import openstack.connection
+
+        creds: dict[str, Any] = {
+            "username": "admin", "password": layout.ADMIN_PASSWORD, "project_name": "admin",
+            "user_domain_name": "Default", "project_domain_name": "Default", **auth,
+        }
+        return openstack.connection.Connection(
+            auth_url=self.cloud.keystone_url, identity_api_version="3",
+            region_name=layout.REGION, **creds,
+        )
+
+
+# -- dst's Keystone: a domain-specific LDAP domain ------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def ldap_keystone(seeded: object) -> Iterator[keystone_private.PrivateKeystone]:
-    with keystone_private.private_keystone(
-        layout.DST, "ldapcheck", ldap_bind_password=layout.LDAP_BIND_PASSWORD
-    ) as ks:
-        yield ks
+def ldap_keystone(seeded: object) -> SharedKeystone:
+    return SharedKeystone(layout.DST)
 
 
-def test_ldap_domain_lists_every_person_with_generated_ids(
-    ldap_keystone: keystone_private.PrivateKeystone,
-) -> None:
+def test_ldap_domain_lists_every_person_with_generated_ids(ldap_keystone: SharedKeystone) -> None:
     ident: Any = ldap_keystone.connection().identity
     domain = ident.find_domain(layout.LDAP_DOMAIN)
     users = {u.name: u for u in ident.users(domain_id=domain.id)}  # pages through slapd
@@ -303,9 +321,7 @@ def test_ldap_domain_lists_every_person_with_generated_ids(
     assert int(mapped) == len(users)
 
 
-def test_ldap_people_log_in_and_the_disabled_one_does_not(
-    ldap_keystone: keystone_private.PrivateKeystone,
-) -> None:
+def test_ldap_people_log_in_and_the_disabled_one_does_not(ldap_keystone: SharedKeystone) -> None:
     for uid, name in (("lina", "lina"), ("lilei", "李雷")):
         conn = ldap_keystone.connection(
             username=name, password=ldap_directory.password(uid),
@@ -333,19 +349,16 @@ def test_wrong_bind_password_breaks_only_that_domain(seeded: object) -> None:
     assert "Invalid credentials" in log or "INVALID_CREDENTIALS" in log, str(failure.value)
 
 
-# -- src's hybrid shape (a private copy of src's Keystone) --------------------------------
+# -- src's Keystone: the hybrid shape ---------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def hybrid_keystone(seeded: object) -> Iterator[keystone_private.PrivateKeystone]:
-    with keystone_private.private_keystone(
-        layout.SRC, "hybridcheck", hybrid_bind_password=layout.LDAP_BIND_PASSWORD, slot=2
-    ) as ks:
-        yield ks
+def hybrid_keystone(seeded: object) -> SharedKeystone:
+    return SharedKeystone(layout.SRC)
 
 
 def test_hybrid_default_domain_holds_sql_users_and_people_with_raw_ids(
-    hybrid_keystone: keystone_private.PrivateKeystone,
+    hybrid_keystone: SharedKeystone,
 ) -> None:
     ident: Any = hybrid_keystone.connection().identity
     users = list(ident.users(domain_id="default"))
@@ -365,9 +378,7 @@ def test_hybrid_default_domain_holds_sql_users_and_people_with_raw_ids(
     assert int(mapped) == 0
 
 
-def test_hybrid_logins_and_role_assignment(
-    hybrid_keystone: keystone_private.PrivateKeystone,
-) -> None:
+def test_hybrid_logins_and_role_assignment(hybrid_keystone: SharedKeystone) -> None:
     ident: Any = hybrid_keystone.connection().identity
     for name, pw in (("lina", ldap_directory.password("lina")), ("alice", "alice-seed-pw")):
         conn = hybrid_keystone.connection(username=name, password=pw, project_name="",
@@ -379,8 +390,11 @@ def test_hybrid_logins_and_role_assignment(
     project = ident.find_project("alpha", domain_id="default")
     role = ident.find_role("member")
     ident.assign_project_role_to_user(project, "zoe", role)
-    assert [a.scope["project"]["id"] for a in ident.role_assignments(user_id="zoe")] == [
-        project.id]
+    try:
+        assert [a.scope["project"]["id"] for a in ident.role_assignments(user_id="zoe")] == [
+            project.id]
+    finally:
+        ident.unassign_project_role_from_user(project, "zoe", role)
 
 
 def _is_hex_id(value: str) -> bool:
