@@ -15,6 +15,7 @@ kinds' own declarations (:mod:`stackhop.kinds`): nothing here names a kind.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +31,7 @@ from stackhop.kinds.identity import (
     USER,
     IdentityMapping,
     OperatorMap,
+    domain_names,
     list_projects,
     list_users,
     map_identities,
@@ -101,17 +103,26 @@ def _pick_projects(projects: list[Record], wanted: Sequence[str] | None) -> list
     return picked
 
 
-def _users_of(conn: Connection, users: list[Record], projects: list[Record]) -> list[Record]:
-    """The users with a role in one of ``projects`` (whose keypairs a project export carries)."""
-    # One listing of every assignment, filtered here: a listing per project cost one
-    # Keystone round trip (about 0.45 s on the testbed) per project, most of a
-    # ``--via db`` export's time (bench/resources.py --profile-dir).
-    wanted = {p["id"] for p in projects}
-    ids: set[str] = set()
+def _project_members(conn: Connection) -> dict[str, set[str]]:
+    """Project ID -> the IDs of the users with a role in it, from one listing.
+
+    One listing of every assignment, filtered by the caller: a listing per project
+    cost one Keystone round trip (about 0.45 s on the testbed) per project, most of
+    a ``--via db`` export's time (bench/resources.py --profile-dir).
+    """
+    members: dict[str, set[str]] = {}
     for assignment in conn.identity.role_assignments():
         project = (assignment.scope or {}).get("project") or {}
-        if assignment.user and project.get("id") in wanted:
-            ids.add(assignment.user["id"])
+        if assignment.user and project.get("id"):
+            members.setdefault(project["id"], set()).add(assignment.user["id"])
+    return members
+
+
+def _users_of(
+    members: Mapping[str, set[str]], users: list[Record], projects: list[Record]
+) -> list[Record]:
+    """The users with a role in one of ``projects`` (whose keypairs a project export carries)."""
+    ids = set().union(*(members.get(p["id"], set()) for p in projects))
     return [u for u in users if u["id"] in ids]
 
 
@@ -131,10 +142,17 @@ def export(
     ``database`` is given (``--via db``).
     """
     events = events or NullSink()
-    all_users = list(list_users(conn))
-    all_projects = list(list_projects(conn))
+    # Keystone's three listings at once: a source whose Default holds an LDAP
+    # directory spends a second on its users alone.
+    domains = domain_names(conn)
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="keystone") as pool:
+        users_read = pool.submit(lambda: list(list_users(conn, domains)))
+        projects_read = pool.submit(lambda: list(list_projects(conn, domains)))
+        members_read = pool.submit(_project_members, conn) if projects else None
+        all_users, all_projects = users_read.result(), projects_read.result()
+        members = members_read.result() if members_read is not None else {}
     chosen = _pick_projects(all_projects, projects)
-    users = _users_of(conn, all_users, chosen) if projects else all_users
+    users = _users_of(members, all_users, chosen) if projects else all_users
     counts = {USER: _write_all(sink, USER, users), PROJECT: _write_all(sink, PROJECT, chosen)}
     exported: dict[str, list[Record]] = {}
     scope = ExportScope(

@@ -75,3 +75,23 @@ def test_domain_map_rejects_bad_pairs(value: str) -> None:
 
     with pytest.raises(ConfigError, match="SOURCE_DOMAIN=DESTINATION_DOMAIN"):
         parse_domain_map([value])
+
+
+def test_disabled_users_choice_from_file_and_flag(tmp_path: Path) -> None:
+    path = tmp_path / "map.yaml"
+    path.write_text("disabled_users: skip\n", encoding="utf-8")
+    from_file = load_operator_map(path)
+    assert from_file.disabled_users == "skip"
+    assert from_file.with_disabled_users(None).disabled_users == "skip"  # no flag: the file's
+    assert from_file.with_disabled_users("carry").disabled_users == "carry"  # the flag wins
+    assert load_operator_map(None).disabled_users == "carry"  # the default: lose nothing
+    # The choice survives a domain map added afterwards.
+    assert from_file.with_domains({"Default": "ldap_users"}).disabled_users == "skip"
+
+
+@pytest.mark.parametrize("text", ["disabled_users: drop\n", "disabled_users: true\n"])
+def test_disabled_users_rejects_other_values(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "map.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="disabled_users.*carry, skip"):
+        load_operator_map(path)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -201,10 +202,11 @@ def _http_reason(response: Any) -> str:
     return f"HTTP {response.status_code}: {str(message).splitlines()[0] if message else ''}"
 
 
-def list_users(conn: Connection) -> Iterator[Record]:
-    """Every user of the cloud as an ``identity.user`` record, one listing per domain."""
+def list_users(conn: Connection, domains: Mapping[str, str] | None = None) -> Iterator[Record]:
+    """Every user of the cloud as an ``identity.user`` record, one listing per domain
+    (``domains``: the domains' names by ID, when the caller has listed them already)."""
     seen: set[str] = set()
-    for domain_id, domain_name in domain_names(conn).items():
+    for domain_id, domain_name in (domains or domain_names(conn)).items():
         for user in users_of_domain(conn, domain_id, domain_name):
             if user["id"] in seen:
                 continue
@@ -226,9 +228,9 @@ def is_sql_id(user_id: str) -> bool:
 DEFAULT_DOMAIN_ID = "default"
 
 
-def list_projects(conn: Connection) -> Iterator[Record]:
+def list_projects(conn: Connection, domains: Mapping[str, str] | None = None) -> Iterator[Record]:
     """Every project of the cloud as an ``identity.project`` record."""
-    domains = domain_names(conn)
+    domains = domains or domain_names(conn)
     for project in conn.identity.projects():
         yield {
             "id": project.id,
@@ -282,8 +284,12 @@ def map_identities(
     user_map = user_map or OperatorMap()
     project_map = project_map or OperatorMap()
     result = IdentityMapping()
-    dst_users = {(r["domain_name"], r["name"]): r["id"] for r in list_users(destination)}
-    dst_projects = list(list_projects(destination))
+    domains = domain_names(destination)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="keystone") as pool:
+        users_read = pool.submit(lambda: list(list_users(destination, domains)))
+        projects_read = pool.submit(lambda: list(list_projects(destination, domains)))
+        dst_users = {(r["domain_name"], r["name"]): r["id"] for r in users_read.result()}
+        dst_projects = projects_read.result()
     dst_project_ids = {r["id"] for r in dst_projects}
     dst_project_names = {(r["domain_name"], r["name"]): r["id"] for r in dst_projects}
 
