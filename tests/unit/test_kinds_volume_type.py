@@ -6,7 +6,7 @@ import argparse
 
 from stackhop.cli.options import add_create_flags, chosen_creations
 from stackhop.kinds import create_flags, get
-from stackhop.kinds.base import Difference, ExportScope
+from stackhop.kinds.base import Difference, ExportScope, Kind
 from stackhop.kinds.volume_type import VOLUME_TYPE_NAME, _in_scope, volume_type_record
 from stackhop.resolve import Resolver
 from stackhop.volumes.reshape import parse_type_map
@@ -47,6 +47,10 @@ def test_a_mapped_type_is_never_changed_and_missing_ones_name_the_fixes() -> Non
     message = kind.unmatched([_record(), _record(name="gold")], "dst")
     assert "'fast', 'gold'" in message and "--type-map fast=TYPE gold=TYPE" in message
     assert "--create-volume-types" in message and "\n" not in message
+    # The base's wording, for any future mapped kind: identities and the flag, one line.
+    plain = Kind.unmatched(kind, [_record()], "dst")
+    assert plain == "cinder.volume_type 'fast': no counterpart on cloud 'dst'; pass " \
+        "--create-volume-types"
 
 
 def test_the_create_flag_comes_from_the_kind() -> None:
