@@ -155,36 +155,19 @@ class VolumeType(Kind):
                 yield kept
 
     def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
-        from stackhop.dbexport import DatabaseReader, live
-
-        def alive(table: str, needed: set[str]) -> str:
-            if not isinstance(db, DatabaseReader):
-                return "1 = 1"
-            return live(db.require("cinder", table, needed), boolean=True)
-
         specs: dict[str, dict[str, str]] = defaultdict(dict)
-        where = alive("volume_type_extra_specs", {"volume_type_id", "key", "value"})
-        for row in db.query(
-            "cinder",
-            "SELECT e.volume_type_id, e.key AS spec, e.value "
-            f"FROM volume_type_extra_specs e WHERE {where}",
-        ):
-            specs[row.volume_type_id][row.spec] = row.value
+        for row in _live_rows(db, "volume_type_extra_specs", "volume_type_id, key, value"):
+            specs[row.volume_type_id][row.key] = row.value
         access: dict[str, builtins.list[str]] = defaultdict(builtins.list)
-        where = alive("volume_type_projects", {"volume_type_id", "project_id"})
-        for row in db.query(
-            "cinder", f"SELECT volume_type_id, project_id FROM volume_type_projects WHERE {where}"
-        ):
+        for row in _live_rows(db, "volume_type_projects", "volume_type_id, project_id"):
             access[row.volume_type_id].append(row.project_id)
-        where = alive("volume_types", {"id", "name", "description", "is_public"})
-        rows = db.query(
-            "cinder",
-            f"SELECT id, name, description, is_public FROM volume_types WHERE {where} "
-            "ORDER BY name",
-        )
-        for row in rows:
+        rows = _live_rows(db, "volume_types", "id, name, description, is_public")
+        for row in sorted(rows, key=lambda r: r.name):
             record = volume_type_record(
-                row._asdict(), specs.get(row.id, {}), access.get(row.id, [])
+                {"id": row.id, "name": row.name, "description": row.description,
+                 "is_public": row.is_public},
+                specs.get(row.id, {}),
+                access.get(row.id, []),
             )
             kept = _in_scope(record, scope)
             if kept is not None:
@@ -269,3 +252,23 @@ class VolumeType(Kind):
             )
         call(conn.block_storage, "DELETE", url, missing_ok=True)
 
+
+def _live_rows(db: SqlSource, table: str, columns: str) -> builtins.list[Any]:
+    """``columns`` of the rows of Cinder's ``table`` that are not soft-deleted.
+
+    Cinder's ``deleted`` is a boolean on most tables but an integer on
+    ``volume_type_projects`` (changed for its unique constraint), and
+    PostgreSQL compares neither with the other's literal: the flag is read
+    and filtered here rather than in SQL.
+    """
+    from stackhop.dbexport import DatabaseReader
+
+    names = [c.strip() for c in columns.split(",")]
+    if isinstance(db, DatabaseReader):
+        present = db.require("cinder", table, set(names))
+        quoted = ", ".join(f"t.{db.quote('cinder', n)}" for n in names)
+        deleted = "t.deleted" if "deleted" in present else "0"
+    else:
+        quoted, deleted = ", ".join(f"t.{n}" for n in names), "t.deleted"
+    rows = db.query("cinder", f"SELECT {quoted}, {deleted} AS gone FROM {table} t")
+    return [row for row in rows if not row.gone]
