@@ -76,3 +76,20 @@ def test_a_project_export_keeps_what_its_projects_may_use() -> None:
     assert _in_scope(record, alpha) == {**record, "access": ["p1"]}
     assert _in_scope(record, other) is None
     assert _in_scope(_record(is_public=True), other) is not None
+
+
+def test_the_commands_take_the_type_map_and_the_create_flag() -> None:
+    from stackhop.cli.main import build_parser
+
+    parser = build_parser()
+    for argv in (
+        ["plan", "--to", "dst", "a.tar"],
+        ["import", "--to", "dst", "a.tar"],
+        ["migrate", "--from", "src", "--to", "dst"],
+        ["project", "migrate", "--from", "src", "--to", "dst", "--project", "p"],
+    ):
+        args = parser.parse_args([*argv, "--type-map", "lvm=ceph", "--create-volume-types"])
+        assert parse_type_map(args.type_map) == {"lvm": "ceph"}, argv
+        assert chosen_creations(args) == {"cinder.volume_type"}, argv
+    verify = parser.parse_args(["verify", "--to", "dst", "a.tar", "--type-map", "lvm=ceph"])
+    assert verify.type_map == ["lvm=ceph"]
