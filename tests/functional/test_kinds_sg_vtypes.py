@@ -235,6 +235,13 @@ def test_volume_types_are_mapped_or_created_on_request(
                 str(archive), "--create-volume-types", "-f", "json")
     assert again.code == 0, again.err
     assert again.json()["counts"][VT]["done"] == 0 and _types(dst) == after
+    # A creation cut off before the access list (the type exists, no project may use it):
+    # with the journal lost, a re-run completes that type instead of making another.
+    dst.block_storage.remove_type_access(made["id"], dst.current_project_id)
+    resumed = cli("--journal", str(tmp_path / "lost.sqlite"), "import", "--to", "dst",
+                  str(archive), "--create-volume-types", "-f", "json")
+    assert resumed.code == 0, resumed.err
+    assert resumed.json()["counts"][VT]["done"] == 1 and _types(dst) == after
     undo = cli("--journal", journal, "rollback", "--to", "dst", *_runs(journal), "-f", "json")
     assert undo.code == 0, undo.err
     assert _types(dst) == before
