@@ -45,7 +45,7 @@ def test_a_mapped_type_is_never_changed_and_missing_ones_name_the_fixes() -> Non
     stamped = {**_record(), "description": kind.stamp("", _record())}
     assert kind.compare(_record(), stamped) == []
     message = kind.unmatched([_record(), _record(name="gold")], "dst")
-    assert "'fast', 'gold'" in message and "--type-map fast=TYPE gold=TYPE" in message
+    assert "'fast', 'gold'" in message and "--type-map fast=TYPE --type-map gold=TYPE" in message
     assert "--create-volume-types" in message and "\n" not in message
     # The base's wording, for any future mapped kind: identities and the flag, one line.
     plain = Kind.unmatched(kind, [_record()], "dst")

@@ -118,11 +118,11 @@ class VolumeType(Kind):
         return "skip"  # the destination's types are its operator's: mapped, never changed
 
     def unmatched(self, records: Sequence[Mapping[str, Any]], destination: str) -> str:
-        pairs = " ".join(f"{r['name']}=TYPE" for r in records)
+        options = " ".join(f"--type-map {r['name']}=TYPE" for r in records)
         names = ", ".join(repr(r["name"]) for r in records)
         return (
             f"volume type(s) {names} have no counterpart on cloud {destination!r}: map them with "
-            f"--type-map {pairs}, or pass --{CREATE_FLAG} to create them"
+            f"{options}, or pass --{CREATE_FLAG} to create them"
         )
 
     # -- reading ----------------------------------------------------------------
