@@ -27,6 +27,7 @@ from typing import Any
 from stackhop.errors import ConfigError, UnmappedReferenceError
 from stackhop.journal import Journal
 from stackhop.kinds.base import Kind, Record
+from stackhop.kinds.volume_type import VOLUME_TYPE_NAME
 from stackhop.mapfile import read_mapping
 
 USER = "identity.user"
@@ -43,8 +44,9 @@ _HINTS = {
 }
 
 #: Referenced kinds that map to themselves when no map names them, whatever ``keep_ids``
-#: says: a provider physical network keeps its name unless ``--network-map`` renames it.
-_SAME_UNLESS_MAPPED = frozenset({PHYSNET})
+#: says: a provider physical network keeps its name unless ``--network-map`` renames it, a
+#: volume type unless ``--type-map`` does.
+_SAME_UNLESS_MAPPED = frozenset({PHYSNET, VOLUME_TYPE_NAME})
 
 
 def load_id_map(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from stackhop import dbexport
 from stackhop import kinds as registry
 from stackhop.dbexport import DatabaseReader
-from stackhop.errors import UsageError
+from stackhop.errors import ConfigError, UnmappedReferenceError, UsageError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import Journal
 from stackhop.kinds.base import Connection, ExportScope, Kind, Record
@@ -282,6 +282,37 @@ def plan_stream(
     )
 
 
+def check_counterparts(
+    prepared: Prepared,
+    destination: Connection,
+    cloud: str,
+    creatable: Iterable[str] = (),
+    workers: int = 8,
+) -> None:
+    """Refuse, before anything is created, records of a mapped kind (``create_flags``: volume
+    types) that nothing on the destination matches, unless ``creatable`` names the kind.
+
+    One ConfigError line per run, the kind's own (:meth:`~stackhop.kinds.base.Kind.unmatched`):
+    it names the objects, the map option and the create flag. The planner would otherwise
+    plan creates for them while other kinds are already being applied.
+    """
+    allowed = set(creatable)
+    for kind, records in prepared.records.items():
+        if not kind.create_flags or kind.name in allowed or not records:
+            continue
+        resolved: list[tuple[Record, Record]] = []
+        for record in records:
+            try:
+                resolved.append((record, prepared.resolver.resolve(kind, record)))
+            except UnmappedReferenceError:
+                continue  # a conflict in the plan, which names the map to fix
+        found = kind.find_many(destination, [r for _, r in resolved], workers)
+        pairs = zip(resolved, found, strict=True)
+        missing = [record for (record, _), match in pairs if match is None]
+        if missing:
+            raise ConfigError(kind.unmatched(missing, cloud))
+
+
 def unmapped_message(identities: IdentityMapping) -> str | None:
     """One line naming the users and projects with no destination counterpart."""
     parts = []
@@ -348,6 +379,7 @@ __all__ = [
     "Prepared",
     "RecordSet",
     "bulk_finder",
+    "check_counterparts",
     "check_selection",
     "export",
     "plan_import",

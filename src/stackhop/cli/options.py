@@ -6,6 +6,8 @@ here, so its spelling, type, default and help are the same everywhere:
 - ``--from CLOUD`` / ``--to CLOUD`` (:func:`add_clouds`);
 - ``--user-map FILE`` / ``--project-map FILE`` (:func:`add_maps`);
 - ``--network-map FILE`` (:func:`add_network_map`);
+- ``--type-map SRC_TYPE=DST_TYPE|FILE`` (:func:`add_type_map`: ``volumes copy``,
+  ``project migrate`` and the resource commands, one parser);
 - ``--workers N``, a positive integer (:func:`add_workers`): ``--workers 0`` is
   a one-line usage error (exit 2), never a traceback;
 - ``--dry-run`` (:func:`add_dry_run`);
@@ -13,26 +15,34 @@ here, so its spelling, type, default and help are the same everywhere:
 - the selection of objects (:func:`add_selection`): ``--volume ID`` repeatable
   (several after one flag work too) and ``--all-volumes``.
 
-The resource kinds' selector flags (``--keypairs``, ``--quotas``, ...) come
-from the kinds' declarations (:func:`add_kind_selectors`).
+The resource kinds' selector flags (``--keypairs``, ``--quotas``, ...) and the
+flags that let a mapped kind create (``--create-volume-types``) come from the
+kinds' declarations (:func:`add_kind_selectors`, :func:`add_create_flags`).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from stackhop import kinds as registry
 from stackhop.cli.output import add_format_options
+from stackhop.errors import StackhopError
+from stackhop.volumes.reshape import parse_type_map
 
 __all__ = [
     "add_clouds",
+    "add_create_flags",
     "add_dry_run",
     "add_format_options",
     "add_kind_selectors",
     "add_maps",
     "add_network_map",
     "add_selection",
+    "add_type_map",
     "add_workers",
+    "checked_each",
+    "chosen_creations",
     "chosen_selectors",
     "positive_int",
 ]
@@ -107,6 +117,33 @@ def add_network_map(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--network-map", metavar="FILE", help=NETWORK_MAP_HELP)
 
 
+def checked_each(parse: Callable[[list[str]], object]) -> Callable[[str], str]:
+    """An argparse type that checks one value of a repeatable option with ``parse``."""
+
+    def check(value: str) -> str:
+        try:
+            parse([value])
+        except StackhopError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from exc
+        return value
+
+    return check
+
+
+def add_type_map(parser: argparse.ArgumentParser) -> None:
+    """``--type-map SRC_TYPE=DST_TYPE|FILE``, repeatable (``args.type_map``, a list; read it
+    with :func:`stackhop.volumes.reshape.parse_type_map`)."""
+    parser.add_argument(
+        "--type-map",
+        action="append",
+        default=[],
+        type=checked_each(parse_type_map),
+        metavar="SRC_TYPE=DST_TYPE|FILE",
+        help="the destination volume type of a source type (repeatable; or a YAML file "
+        "{source type: destination type}); unmapped types keep their name",
+    )
+
+
 def add_workers(parser: argparse.ArgumentParser, default: int, what: str) -> None:
     """``--workers N``, a positive integer; ``what`` says what runs N at a time."""
     parser.add_argument(
@@ -168,3 +205,19 @@ def chosen_selectors(args: argparse.Namespace) -> list[str]:
         for flag in registry.selectors()
         if getattr(args, registry.selector_dest(flag), False)
     ]
+
+
+def add_create_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per mapped kind that may create what the destination lacks
+    (``--create-volume-types``)."""
+    for flag, (help_text, _) in registry.create_flags().items():
+        parser.add_argument(f"--{flag}", action="store_true", help=help_text)
+
+
+def chosen_creations(args: argparse.Namespace) -> set[str]:
+    """The kinds whose create flag is set on the command line (absent flags: none)."""
+    return {
+        name
+        for flag, (_, name) in registry.create_flags().items()
+        if getattr(args, registry.selector_dest(flag), False)
+    }

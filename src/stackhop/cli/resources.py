@@ -15,12 +15,15 @@ from stackhop import rollback as undo
 from stackhop.archive import ArchiveReader, ArchiveWriter
 from stackhop.cli.options import (
     add_clouds,
+    add_create_flags,
     add_dry_run,
     add_format_options,
     add_kind_selectors,
     add_maps,
     add_network_map,
+    add_type_map,
     add_workers,
+    chosen_creations,
     chosen_selectors,
 )
 from stackhop.cli.output import dump, render_table
@@ -32,8 +35,10 @@ from stackhop.images import archive as image_archive
 from stackhop.images import common as image_selection
 from stackhop.journal import Journal
 from stackhop.kinds.identity import load_operator_map, parse_domain_map
+from stackhop.kinds.volume_type import VOLUME_TYPE_NAME
 from stackhop.plan import Operation, summarize
 from stackhop.resolve import load_network_map
+from stackhop.volumes.reshape import parse_type_map
 
 PLAN_COLUMNS = ("Action", "Kind", "Identity", "Detail")
 RESULT_COLUMNS = ("Kind", "Done", "Skipped", "Conflict", "Failed", "Not started")
@@ -93,6 +98,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_kind_selectors(p)
     add_maps(p)
     add_network_map(p)
+    add_type_map(p)
+    add_create_flags(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=plan_command)
 
@@ -102,6 +109,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_kind_selectors(p)
     add_maps(p)
     add_network_map(p)
+    add_type_map(p)
+    add_create_flags(p)
     _import_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=import_command)
@@ -112,6 +121,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_kind_selectors(p)
     add_maps(p)
     add_network_map(p)
+    add_type_map(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=verify_command)
 
@@ -138,6 +148,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_kind_selectors(p)
     add_maps(p)
     add_network_map(p)
+    add_type_map(p)
+    add_create_flags(p)
     _import_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=migrate_command)
@@ -171,6 +183,7 @@ def _prepare(
         journal=journal,
     )
     prepared.resolver.maps.update(load_network_map(getattr(args, "network_map", None)))
+    prepared.resolver.maps[VOLUME_TYPE_NAME] = parse_type_map(getattr(args, "type_map", []))
     warning = resources.unmapped_message(prepared.identities)
     if warning:
         args.events.emit(Event(EventType.WARNING, message=warning))
@@ -234,6 +247,9 @@ def _apply(
     conn = connect(args.destination)
     with Journal(args.journal) as journal:
         prepared = _prepare(args, source, conn, journal)
+        resources.check_counterparts(
+            prepared, conn, args.destination, chosen_creations(args), args.workers
+        )
         engine = Engine(journal, conn, prepared.resolver, workers=args.workers, events=args.events)
         # The destination is read kind by kind while the kinds read first are applied.
         return engine.run_planned(
@@ -296,6 +312,7 @@ def plan_command(args: argparse.Namespace) -> int:
     conn = connect(args.destination)
     with ArchiveReader(args.archive) as reader:
         prepared = _prepare(args, reader, conn, None)
+        resources.check_counterparts(prepared, conn, args.destination, chosen_creations(args))
         operations = resources.plan_import(prepared, conn, args.overwrite)
     _print_plan(operations, args.format)
     return 0

@@ -2,21 +2,21 @@
 
 ``backup verify|extract`` read a backup file or a stream (``-``: stdin, e.g.
 ``dd if=/dev/nst0 bs=1M |``), without any cloud, check every piece against the
-manifest, and say what the backup holds. The ``--backup-to``, ``--type-map``,
-``--min-size`` and ``--grow-to`` options are declared here once for ``volumes
-copy`` and ``project migrate``.
+manifest, and say what the backup holds. The ``--backup-to``, ``--min-size``
+and ``--grow-to`` options are declared here once for ``volumes copy`` and
+``project migrate`` (``--type-map``, which the resource commands take too, in
+:mod:`stackhop.cli.options`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
 
-from stackhop.cli.options import positive_int
+from stackhop.cli.options import add_type_map, checked_each, positive_int
 from stackhop.cli.output import add_format_options, dump, render_table
-from stackhop.errors import StackhopError, UsageError
+from stackhop.errors import UsageError
 from stackhop.volumes.backup_reader import BackupSummary, extract_backup, verify_chain
 from stackhop.volumes.backup_target import check_target
 from stackhop.volumes.reshape import Reshape, parse_grow_to, parse_type_map
@@ -32,30 +32,9 @@ def backup_target(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _checked(parse: Callable[[list[str]], object]) -> Callable[[str], str]:
-    """An argparse type that checks one value of a repeatable option with ``parse``."""
-
-    def check(value: str) -> str:
-        try:
-            parse([value])
-        except StackhopError as exc:
-            raise argparse.ArgumentTypeError(exc.message) from exc
-        return value
-
-    return check
-
-
 def add_reshape_options(p: argparse.ArgumentParser) -> None:
     """``--type-map``, ``--min-size`` and ``--grow-to`` (volumes copy, project migrate)."""
-    p.add_argument(
-        "--type-map",
-        action="append",
-        default=[],
-        type=_checked(parse_type_map),
-        metavar="SRC_TYPE=DST_TYPE|FILE",
-        help="the destination volume type of a source type (repeatable; or a YAML file "
-        "{source type: destination type}); unmapped types keep their name",
-    )
+    add_type_map(p)
     p.add_argument(
         "--min-size",
         type=positive_int,
@@ -68,7 +47,7 @@ def add_reshape_options(p: argparse.ArgumentParser) -> None:
         "--grow-to",
         action="append",
         default=[],
-        type=_checked(parse_grow_to),
+        type=checked_each(parse_grow_to),
         metavar="NAME_OR_ID=GIB",
         help="this volume's destination size (repeatable; never smaller than the source)",
     )

@@ -7,7 +7,8 @@ kind is one new file and nothing else lists it. ``get("nova.keypair")`` works
 without the caller importing anything.
 
 Everything that enumerates kinds reads this registry: the resource transfer's
-kinds (:func:`transfer_kinds`), the CLI selector flags (:func:`selectors`),
+kinds (:func:`transfer_kinds`), the CLI selector flags (:func:`selectors`) and
+the flags that let a mapped kind create (:func:`create_flags`),
 the ``--via db`` dispatch (each kind's ``read_db``) and the list in
 ``docs/cli.md`` (a unit test compares them).
 """
@@ -30,6 +31,7 @@ __all__ = [
     "Kind",
     "Record",
     "all_kinds",
+    "create_flags",
     "dependency_levels",
     "get",
     "kind_modules",
@@ -108,6 +110,18 @@ def selectors() -> dict[str, tuple[str, tuple[str, ...]]]:
             names = (known[1] if known else ()) + (kind.name,)
             found[flag] = (help_text, names)
     return dict(sorted(found.items()))
+
+
+def create_flags() -> dict[str, tuple[str, str]]:
+    """Every flag that lets a mapped kind create what the destination lacks
+    (``create-volume-types``) -> (help, the kind's name), in kind order."""
+    found: dict[str, tuple[str, str]] = {}
+    for kind in transfer_kinds():
+        for flag, help_text in kind.create_flags.items():
+            if flag in found:
+                raise ValueError(f"--{flag} is declared by {found[flag][1]} and {kind.name}")
+            found[flag] = (help_text, kind.name)
+    return found
 
 
 def selector_dest(flag: str) -> str:

@@ -13,6 +13,8 @@ A kind module (``kinds/keypair.py``, ``kinds/security_group.py``, ...) subclasse
   and :meth:`~Kind.find_many`, :meth:`~Kind.create`, :meth:`~Kind.update`,
   :meth:`~Kind.delete`, :meth:`~Kind.restore` and :meth:`~Kind.observe`;
 - its SQL reader for ``--via db`` (:meth:`~Kind.read_db`);
+- whether it is *mapped* onto the destination's own objects and created only on
+  request (``create_flags``: volume types);
 - its rollback behaviour: created objects are deleted, updated ones restored
   from the journaled ``before``; ``deleted_with`` names the kind whose
   deletion takes this one along (a group's rules go with the group).
@@ -125,6 +127,11 @@ class Kind(ABC):
     #: Whether the kind moves when no selector flag is given (opt-in kinds such as the
     #: Keystone ones set False and move only with their selector).
     default_selected: ClassVar[bool] = True
+    #: For a kind *mapped* onto objects the destination already has rather than created
+    #: (volume types): the flag (without ``--``) -> help that lets ``plan``, ``import`` and
+    #: ``migrate`` create the missing ones. Without it, a record with no destination
+    #: counterpart stops the run before anything is created (:meth:`unmatched` says so).
+    create_flags: ClassVar[Mapping[str, str]] = {}
     #: The kind whose deletion removes objects of this kind along with it (rollback):
     #: an object whose journaled destination ID is that of a deleted parent is not
     #: deleted on its own, its undo waits for the parent's.
@@ -153,6 +160,13 @@ class Kind(ABC):
     def dependencies(self) -> set[str]:
         """Kinds this kind refers to (other than itself)."""
         return {kind for kind in self.references.values() if kind != self.name}
+
+    def unmatched(self, records: Sequence[Mapping[str, Any]], destination: str) -> str:
+        """The one-line error for records of a ``create_flags`` kind that nothing on cloud
+        ``destination`` matches (override to name the kind's own map option too)."""
+        names = ", ".join(repr(self.identity(r)) for r in records)
+        flags = " or ".join(f"--{flag}" for flag in self.create_flags)
+        return f"{self.name} {names}: no counterpart on cloud {destination!r}; pass {flags}"
 
     # -- comparison ------------------------------------------------------------
 

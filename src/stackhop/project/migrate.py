@@ -41,6 +41,7 @@ from stackhop.images import copy as image_copy
 from stackhop.images.common import images_of_projects, inactive
 from stackhop.journal import Journal
 from stackhop.kinds.identity import list_projects, load_operator_map, map_identities
+from stackhop.kinds.volume_type import VOLUME_TYPE_NAME
 from stackhop.project import volumes as project_volumes
 from stackhop.project.phases import Facts, PhaseOutcome, PhaseResult, PhaseRunner
 from stackhop.project.report import CONFLICT, MigrationReport, objects_of_runs
@@ -69,6 +70,8 @@ class MigrationRequest:
     backup_to: str | None = None
     #: Destination volume types and sizes (``--type-map``, ``--min-size``, ``--grow-to``).
     reshape: Reshape = field(default_factory=Reshape)
+    #: Mapped kinds allowed to create what the destination lacks (``--create-volume-types``).
+    create_kinds: frozenset[str] = frozenset()
     #: ``--grant-role``: the role the operator's user holds in the destination project while
     #: volumes are copied (granted and removed by stackhop only when it was missing).
     grant_role: str | None = None
@@ -230,8 +233,9 @@ class Migration:
         )
 
     def prepare(self, records: Any, journal: Journal | None = None) -> resources.Prepared:
-        """The project's resource records mapped on the destination, ready to plan or verify."""
-        return resources.prepare(
+        """The project's resource records mapped on the destination, ready to plan or verify
+        (volume types through ``--type-map``, as the volumes are)."""
+        prepared = resources.prepare(
             records,
             list(RESOURCE_KINDS),
             self.destination,
@@ -240,6 +244,12 @@ class Migration:
             project_map=self.project_map,
             journal=journal,
         )
+        prepared.resolver.maps[VOLUME_TYPE_NAME] = dict(self.request.reshape.type_map)
+        # A volume type missing on the destination is an error now, unless it may be created.
+        resources.check_counterparts(
+            prepared, self.destination, self.request.destination_cloud, self.request.create_kinds
+        )
+        return prepared
 
     def import_resources(self, reader: ArchiveReader, project_id: str) -> RunResult:
         prepared = self.prepare(reader, self.journal)
