@@ -19,6 +19,8 @@ back, and what was made on src is deleted.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -197,20 +199,51 @@ def test_person_removed_from_the_directory_is_named_and_skipped(
     assert _dst_keypairs(world) == world["before"]
 
 
+def _liberty_postgresql(root: Path) -> Path:
+    """A --db-config-dir whose nova.conf names the Liberty-shaped nova database on PostgreSQL."""
+    url = (f"postgresql://{layout.DB_USER}:{layout.DB_PASSWORD}@{layout.HOST}:"
+           f"{layout.POSTGRES_PORT}/src_liberty_nova")
+    (root / "nova").mkdir(parents=True)
+    (root / "nova" / "nova.conf").write_text(f"[database]\nconnection = {url}\n",
+                                              encoding="utf-8")
+    return root
+
+
+def _keypair_records(path: Path) -> list[tuple[str, str, str]]:
+    with ArchiveReader(path) as reader:
+        return sorted((k["user_id"], k["name"], k["public_key"])
+                      for k in reader.records("nova.keypair"))
+
+
+@pytest.mark.parametrize("source", ["mariadb", "postgresql-liberty"])
 def test_db_route_exports_the_peoples_keypairs_as_the_api_does(
-    world: dict[str, Any], archive: Path, cli: Callable[..., Any]
+    world: dict[str, Any], archive: Path, cli: Callable[..., Any], source: str
 ) -> None:
-    via_db = world["work"] / "via-db.stackhop"
+    if source == "mariadb":
+        config = layout.SRC.etc
+    else:  # SOC6's shape: keypairs in Nova's main database, on PostgreSQL
+        refresh = subprocess.run([sys.executable, "-m", "testbed", "legacy-dbs"],
+                                 cwd=layout.REPO_DIR, capture_output=True, text=True, timeout=900)
+        assert refresh.returncode == 0, refresh.stderr[-2000:]
+        config = _liberty_postgresql(world["work"] / source)
+    via_db = world["work"] / f"via-{source}.stackhop"
     made = cli("export", "--from", "src", "-o", str(via_db), "--project", world["project"],
-               "--keypairs", "--via", "db", "--db-config-dir", str(layout.SRC.etc))
+               "--keypairs", "--via", "db", "--db-config-dir", str(config))
     assert made.code == 0, made.err
-
-    def records(path: Path) -> list[tuple[str, str, str]]:
-        with ArchiveReader(path) as reader:
-            return sorted((k["user_id"], k["name"], k["public_key"])
-                          for k in reader.records("nova.keypair"))
-
-    assert records(via_db) == records(archive)
+    assert _keypair_records(via_db) == _keypair_records(archive)
+    if source == "mariadb":
+        return
+    # And what SOC7 gets from it: the people's keypairs under their ldap_users IDs.
+    journal = world["work"] / "liberty.sqlite"
+    result = _import(cli, world, via_db, journal)
+    assert result.code == 0, result.err
+    try:
+        after = _dst_keypairs(world)
+        for owner in OWNERS:
+            assert after[owner].get(world["keypairs"][owner]) == PUBLIC_KEY, owner
+    finally:
+        _rollback(cli, journal, result.json()["run_id"])
+    assert _dst_keypairs(world) == world["before"]
 
 
 def test_both_clouds_list_every_person_one_domain_at_a_time(world: dict[str, Any]) -> None:
