@@ -27,8 +27,9 @@ from typing import Protocol, TypeVar
 from stackhop.errors import CloudUnreachableError, StackhopError
 from stackhop.transfer.rbd_diff import ChunkDigests, ChunkHasher, DiffHeader, Record, WriteExtent
 
-READ_AHEAD = 8
-"""Records (pieces of at most 4 MiB) read ahead of the writer."""
+READ_AHEAD = 4
+"""Records (pieces of at most 4 MiB) read ahead of the writer: with librbd's reads and writes
+in flight besides, 8 only added 25 MB of peak memory, no speed (measured on the testbed)."""
 
 T = TypeVar("T")
 
