@@ -221,8 +221,10 @@ class LibRbdCluster:
     def export_diff(self, image: str, snap: str, from_snap: str | None = None) -> LibDiffReader:
         return LibDiffReader(self, image, snap, from_snap)
 
-    def import_diff(self, image: str, retire: str | None = None) -> LibDiffSink:
-        return LibDiffSink(self, image, retire)
+    def import_diff(
+        self, image: str, retire: str | None = None, *, fresh: bool = False
+    ) -> LibDiffSink:
+        return LibDiffSink(self, image, retire, fresh=fresh)
 
     def chunk_digests(
         self, image: str, snap: str, chunk: int, from_snap: str | None = None
