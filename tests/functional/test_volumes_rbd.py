@@ -19,10 +19,12 @@ from tests.functional.rbd_support import (
     Recorder,
     Write,
     expected_digest,
+    image_content_digest,
     make_context,
     stackhop_leftovers,
     volume_ref,
     write_image,
+    write_zeros,
 )
 
 from stackhop.clouds import connect
@@ -129,6 +131,7 @@ def _pass(
     incremental: bool,
     previous: dict[str, Any] | None = None,
     destination_id: str | None = None,
+    method: RbdMethod | None = None,
 ) -> Any:
     volume = world.src.block_storage.get_volume(world.volume.id)
     ctx = make_context(
@@ -144,7 +147,7 @@ def _pass(
         previous=previous,
         destination_id=destination_id,
     )
-    result = RbdMethod().copy_pass(ctx)
+    result = (method or RbdMethod()).copy_pass(ctx)
     if result.destination_id not in world.destination_ids:
         world.destination_ids.append(result.destination_id)
     return result
@@ -270,6 +273,8 @@ def test_full_pass_over_ssh_replaces_an_interrupted_copy(world: World, tmp_path:
         is None
     )
     assert second.content_digest == expected_digest(GIB, FIRST)
+    # rbd import-diff wrote it (another program): the destination was read back.
+    assert recorder.stages[-1][1]["verified_by"] == "reread"
     assert second.state == {} and recorder.live == {}
     assert stackhop_leftovers(world.src_backend, [f"volume-{world.volume.id}"]) == []
     assert stackhop_leftovers(world.dst_backend, [f"volume-{second.destination_id}"]) == []
@@ -350,3 +355,39 @@ def test_bindings_and_cli_paths_copy_the_same_content(world: World, tmp_path: Pa
     RbdMethod().forget_incremental(third.state, world.src, world.dst, local)
     assert stackhop_leftovers(world.src_backend, [source_image]) == []
     assert stackhop_leftovers(world.dst_backend, [image]) == []
+
+
+def test_full_pass_trusts_confirmed_writes_sends_no_zeros_and_rereads_on_request(
+    world: World, tmp_path: Path
+) -> None:
+    # 4 MiB of zeros written as data: allocated on src, so read, but neither hashed nor sent.
+    source_image = f"volume-{world.volume.id}"
+    write_zeros(world.src_backend, source_image, 600 * MIB, 4 * MIB)
+    recorder = Recorder()
+    first = _pass(world, tmp_path, recorder, uuid.uuid4().hex, incremental=False)
+    facts = recorder.stages[-1][1]
+    assert facts["verified_by"] == "writes" and first.details["verified_by"] == "writes"
+    assert first.details["zero_bytes"] >= 4 * MIB
+    assert _allocated(FIRST) <= first.bytes_sent <= _allocated(FIRST) + 4 * VERIFY_CHUNK
+    # What the pass did not re-read is on the destination: read it with the rbd tool.
+    expected = expected_digest(GIB, FIRST)
+    assert first.content_digest == expected
+    image = f"volume-{first.destination_id}"
+    assert image_content_digest(world.dst_backend, image) == expected
+
+    # Asked to, a pass re-reads the whole destination (and replaces the first copy).
+    recorder = Recorder()
+    second = _pass(
+        world,
+        tmp_path,
+        recorder,
+        uuid.uuid4().hex,
+        incremental=False,
+        destination_id=first.destination_id,
+        method=RbdMethod(reread=True),
+    )
+    assert recorder.stages[-1][1]["verified_by"] == "reread"
+    assert second.content_digest == expected
+    assert image_content_digest(world.dst_backend, f"volume-{second.destination_id}") == expected
+    assert stackhop_leftovers(world.src_backend, [source_image]) == []
+    assert stackhop_leftovers(world.dst_backend, [f"volume-{second.destination_id}"]) == []
