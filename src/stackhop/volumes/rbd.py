@@ -37,7 +37,7 @@ One pass of one volume (both clouds' backends are ``driver: rbd`` in the storage
    snapshot, while Cinder adopts it (the snapshot survives the rename), when
    ``rbd import-diff`` wrote it (a separate program, perhaps over ssh, whose
    exit status is all stackhop learns) or when asked
-   (``RbdMethod(reread=True)``). An incremental pass re-reads only the chunks
+   (``--reread``: ``RbdMethod(reread=True)``). An incremental pass re-reads only the chunks
    changed since P, both sides at once, and updates the per-chunk digests
    kept in the journal's chunk table (key ``volume-rbd:<source id>``, rows
    only for non-zero chunks).
