@@ -26,12 +26,14 @@ from tests.functional.rbd_support import (
     write_image,
     write_zeros,
 )
+from tests.functional.stream_support import Project, project_pair
 
 from stackhop.clouds import connect
 from stackhop.errors import CapabilityError
 from stackhop.transfer.rbd import RbdCluster
 from stackhop.transfer.rbd_lib import LibRbdCluster
 from stackhop.volumes.cinder_adopt import previous_copies
+from stackhop.volumes.inventory import project_connection
 from stackhop.volumes.model import GIB, VERIFY_CHUNK
 from stackhop.volumes.rbd import MARKER, RbdMethod, cluster_of, import_image
 from stackhop.volumes.storage import Backend, StorageMap, load_storage_map
@@ -391,3 +393,52 @@ def test_full_pass_trusts_confirmed_writes_sends_no_zeros_and_rereads_on_request
     assert image_content_digest(world.dst_backend, f"volume-{second.destination_id}") == expected
     assert stackhop_leftovers(world.src_backend, [source_image]) == []
     assert stackhop_leftovers(world.dst_backend, [f"volume-{second.destination_id}"]) == []
+
+
+@pytest.fixture
+def pair(testbed: Testbed) -> Iterator[Project]:
+    """A project on both clouds where the admin user holds the admin role (removed after)."""
+    yield from project_pair()
+
+
+def test_full_pass_manages_right_in_a_project_where_the_user_may(
+    pair: Project, tmp_path: Path
+) -> None:
+    # With a connection scoped to the destination project whose role there may manage
+    # volumes, Cinder adopts the image right in that project: no volume transfer.
+    storage = load_storage_map()
+    src_backend, dst_backend = storage.backend("src", "ceph"), storage.backend("dst", "ceph")
+    source = pair.create_source_volume(f"voltest-rbd-{uuid.uuid4().hex[:8]}", 1, "ceph")
+    source_image = f"volume-{source.id}"
+    write_image(src_backend, source_image, FIRST)
+    recorder = Recorder()
+    ctx = make_context(
+        run_id=uuid.uuid4().hex,
+        source=source,
+        destination_project_id=pair.dst_id,
+        source_conn=pair.src_admin,
+        destination_conn=pair.dst_admin,
+        storage=storage,
+        journal_path=tmp_path / "journal.sqlite",
+        recorder=recorder,
+        incremental=False,
+    )
+    ctx.destination_project_conn = project_connection(pair.dst_admin, "dst", pair.dst_id)
+    try:
+        result = RbdMethod().copy_pass(ctx)
+        assert dict(recorder.stages)["adopted"]["handed_over"] is False
+        dest = pair.dst_admin.block_storage.get_volume(result.destination_id)
+        assert dest.project_id == pair.dst_id and dest.status == "available"
+        assert dest.metadata[MARKER] == source.id and dest.volume_type == "ceph"
+        expected = expected_digest(GIB, FIRST)
+        assert result.content_digest == expected
+        image = f"volume-{result.destination_id}"
+        assert image_content_digest(dst_backend, image) == expected
+        assert recorder.live == {}
+        assert stackhop_leftovers(dst_backend, [image]) == []
+    finally:
+        # What a failed pass may leave, so that the project's volumes can be deleted.
+        for leftover in stackhop_leftovers(src_backend, [source_image]):
+            if "@" in leftover:
+                cluster_of(src_backend).remove_snapshot(*leftover.split("@"))
+        cluster_of(dst_backend).remove_image(import_image(source.id))

@@ -18,7 +18,8 @@ One pass of one volume (both clouds' backends are ``driver: rbd`` in the storage
    ``import-diff`` locally or on the backend's ``ssh_host``.
 3. **Adopt** (full pass): :func:`stackhop.volumes.cinder_adopt.adopt` manages
    the image into the destination Cinder (which renames it
-   ``volume-<new id>``) and hands it to the destination project; the volume
+   ``volume-<new id>``), right in the destination project when the user's
+   role there allows it, else by the admin and handed over; the volume
    carries the :data:`MARKER`, so a re-run finds an interrupted adoption.
 4. **Verify**: a full pass hashes the source from the stream itself (one
    read; a piece of zeros is not hashed, nor written into the fresh image).
@@ -231,7 +232,7 @@ class RbdMethod:
         ctx.stage("exported", snapshot=snap, bytes=stats.data_bytes)
         ctx.stage("imported", image=dst.spec(staging), bytes_wire=stats.wire_bytes)
 
-        adopted: list[str] = []
+        adopted: list[tuple[str, bool]] = []
 
         def adopt() -> None:
             host = cinder_adopt.pool_host(ctx.destination_conn, pair.dst_backend.name)
@@ -252,13 +253,15 @@ class RbdMethod:
             )
         else:
             adopt()
-        volume_id = adopted[0]
+        volume_id, handed_over = adopted[0]
         ctx.removed(staging_temp)  # Cinder renamed it volume-<id>
         image = pair.dst_backend.rbd_image(volume_id)
         ctx.removed(dst_snap)
         dst_snap = snapshot_temporary(pair.dst_backend, image, snap)
         ctx.created(dst_snap)
-        ctx.stage("adopted", destination_id=volume_id, image=dst.spec(image))
+        ctx.stage(
+            "adopted", destination_id=volume_id, image=dst.spec(image), handed_over=handed_over
+        )
 
         source_digests = hasher.finish()
         if dest_digests is not None:
