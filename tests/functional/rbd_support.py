@@ -34,7 +34,8 @@ try:
     ioctx = cluster.open_ioctx(spec["pool"])
     with rbd.Image(ioctx, spec["image"]) as image:
         for offset, length, seed in spec["writes"]:
-            image.write(random.Random(seed).randbytes(length), offset)
+            data = bytes(length) if seed is None else random.Random(seed).randbytes(length)
+            image.write(data, offset)
     ioctx.close()
 finally:
     cluster.shutdown()
@@ -55,6 +56,33 @@ def write_image(backend: Backend, image: str, writes: list[Write]) -> None:
         "writes": writes,
     }
     subprocess.run(["/usr/bin/python3", "-c", _WRITER], input=json.dumps(spec).encode(), check=True)
+
+
+def write_zeros(backend: Backend, image: str, offset: int, length: int) -> None:
+    """Write ``length`` zero bytes as data (the objects get allocated) into ``image``."""
+    spec = {
+        "conf": backend.ceph_conf,
+        "keyring": backend.keyring,
+        "pool": backend.pool,
+        "image": image,
+        "writes": [(offset, length, None)],
+    }
+    subprocess.run(["/usr/bin/python3", "-c", _WRITER], input=json.dumps(spec).encode(), check=True)
+
+
+def image_content_digest(backend: Backend, spec: str) -> str:
+    """The content digest of RBD ``spec`` (``image[@snap]`` in the backend's pool), read
+    with ``rbd export`` to a pipe: independently of stackhop's readers."""
+    argv = ["rbd", "-c", str(backend.ceph_conf), "--keyring", str(backend.keyring)]
+    export = subprocess.Popen(
+        [*argv, "export", "--no-progress", f"{backend.pool}/{spec}", "-"], stdout=subprocess.PIPE
+    )
+    assert export.stdout is not None
+    digests = []
+    while piece := export.stdout.read(VERIFY_CHUNK):
+        digests.append(hashlib.sha256(piece).hexdigest())
+    assert export.wait() == 0
+    return content_digest(digests)
 
 
 def expected_digest(size: int, history: list[Write]) -> str:

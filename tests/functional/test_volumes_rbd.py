@@ -19,17 +19,21 @@ from tests.functional.rbd_support import (
     Recorder,
     Write,
     expected_digest,
+    image_content_digest,
     make_context,
     stackhop_leftovers,
     volume_ref,
     write_image,
+    write_zeros,
 )
+from tests.functional.stream_support import Project, project_pair
 
 from stackhop.clouds import connect
 from stackhop.errors import CapabilityError
 from stackhop.transfer.rbd import RbdCluster
 from stackhop.transfer.rbd_lib import LibRbdCluster
 from stackhop.volumes.cinder_adopt import previous_copies
+from stackhop.volumes.inventory import project_connection
 from stackhop.volumes.model import GIB, VERIFY_CHUNK
 from stackhop.volumes.rbd import MARKER, RbdMethod, cluster_of, import_image
 from stackhop.volumes.storage import Backend, StorageMap, load_storage_map
@@ -129,6 +133,7 @@ def _pass(
     incremental: bool,
     previous: dict[str, Any] | None = None,
     destination_id: str | None = None,
+    method: RbdMethod | None = None,
 ) -> Any:
     volume = world.src.block_storage.get_volume(world.volume.id)
     ctx = make_context(
@@ -144,7 +149,7 @@ def _pass(
         previous=previous,
         destination_id=destination_id,
     )
-    result = RbdMethod().copy_pass(ctx)
+    result = (method or RbdMethod()).copy_pass(ctx)
     if result.destination_id not in world.destination_ids:
         world.destination_ids.append(result.destination_id)
     return result
@@ -270,6 +275,8 @@ def test_full_pass_over_ssh_replaces_an_interrupted_copy(world: World, tmp_path:
         is None
     )
     assert second.content_digest == expected_digest(GIB, FIRST)
+    # rbd import-diff wrote it (another program): the destination was read back.
+    assert recorder.stages[-1][1]["verified_by"] == "reread"
     assert second.state == {} and recorder.live == {}
     assert stackhop_leftovers(world.src_backend, [f"volume-{world.volume.id}"]) == []
     assert stackhop_leftovers(world.dst_backend, [f"volume-{second.destination_id}"]) == []
@@ -350,3 +357,88 @@ def test_bindings_and_cli_paths_copy_the_same_content(world: World, tmp_path: Pa
     RbdMethod().forget_incremental(third.state, world.src, world.dst, local)
     assert stackhop_leftovers(world.src_backend, [source_image]) == []
     assert stackhop_leftovers(world.dst_backend, [image]) == []
+
+
+def test_full_pass_trusts_confirmed_writes_sends_no_zeros_and_rereads_on_request(
+    world: World, tmp_path: Path
+) -> None:
+    # 4 MiB of zeros written as data: allocated on src, so read, but neither hashed nor sent.
+    source_image = f"volume-{world.volume.id}"
+    write_zeros(world.src_backend, source_image, 600 * MIB, 4 * MIB)
+    recorder = Recorder()
+    first = _pass(world, tmp_path, recorder, uuid.uuid4().hex, incremental=False)
+    facts = recorder.stages[-1][1]
+    assert facts["verified_by"] == "writes" and first.details["verified_by"] == "writes"
+    assert first.details["zero_bytes"] >= 4 * MIB
+    assert _allocated(FIRST) <= first.bytes_sent <= _allocated(FIRST) + 4 * VERIFY_CHUNK
+    # What the pass did not re-read is on the destination: read it with the rbd tool.
+    expected = expected_digest(GIB, FIRST)
+    assert first.content_digest == expected
+    image = f"volume-{first.destination_id}"
+    assert image_content_digest(world.dst_backend, image) == expected
+
+    # Asked to, a pass re-reads the whole destination (and replaces the first copy).
+    recorder = Recorder()
+    second = _pass(
+        world,
+        tmp_path,
+        recorder,
+        uuid.uuid4().hex,
+        incremental=False,
+        destination_id=first.destination_id,
+        method=RbdMethod(reread=True),
+    )
+    assert recorder.stages[-1][1]["verified_by"] == "reread"
+    assert second.content_digest == expected
+    assert image_content_digest(world.dst_backend, f"volume-{second.destination_id}") == expected
+    assert stackhop_leftovers(world.src_backend, [source_image]) == []
+    assert stackhop_leftovers(world.dst_backend, [f"volume-{second.destination_id}"]) == []
+
+
+@pytest.fixture
+def pair(testbed: Testbed) -> Iterator[Project]:
+    """A project on both clouds where the admin user holds the admin role (removed after)."""
+    yield from project_pair()
+
+
+def test_full_pass_manages_right_in_a_project_where_the_user_may(
+    pair: Project, tmp_path: Path
+) -> None:
+    # With a connection scoped to the destination project whose role there may manage
+    # volumes, Cinder adopts the image right in that project: no volume transfer.
+    storage = load_storage_map()
+    src_backend, dst_backend = storage.backend("src", "ceph"), storage.backend("dst", "ceph")
+    source = pair.create_source_volume(f"voltest-rbd-{uuid.uuid4().hex[:8]}", 1, "ceph")
+    source_image = f"volume-{source.id}"
+    write_image(src_backend, source_image, FIRST)
+    recorder = Recorder()
+    ctx = make_context(
+        run_id=uuid.uuid4().hex,
+        source=source,
+        destination_project_id=pair.dst_id,
+        source_conn=pair.src_admin,
+        destination_conn=pair.dst_admin,
+        storage=storage,
+        journal_path=tmp_path / "journal.sqlite",
+        recorder=recorder,
+        incremental=False,
+    )
+    ctx.destination_project_conn = project_connection(pair.dst_admin, "dst", pair.dst_id)
+    try:
+        result = RbdMethod().copy_pass(ctx)
+        assert dict(recorder.stages)["adopted"]["handed_over"] is False
+        dest = pair.dst_admin.block_storage.get_volume(result.destination_id)
+        assert dest.project_id == pair.dst_id and dest.status == "available"
+        assert dest.metadata[MARKER] == source.id and dest.volume_type == "ceph"
+        expected = expected_digest(GIB, FIRST)
+        assert result.content_digest == expected
+        image = f"volume-{result.destination_id}"
+        assert image_content_digest(dst_backend, image) == expected
+        assert recorder.live == {}
+        assert stackhop_leftovers(dst_backend, [image]) == []
+    finally:
+        # What a failed pass may leave, so that the project's volumes can be deleted.
+        for leftover in stackhop_leftovers(src_backend, [source_image]):
+            if "@" in leftover:
+                cluster_of(src_backend).remove_snapshot(*leftover.split("@"))
+        cluster_of(dst_backend).remove_image(import_image(source.id))

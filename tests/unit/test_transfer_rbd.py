@@ -150,16 +150,21 @@ class _ListReader:
 
 
 class _ListSink:
+    confirms_writes = False
+
     def __init__(self) -> None:
         self.bytes = 0
         self.written: list[tuple[int, bytes]] = []
+        self.zeroed: list[tuple[int, int]] = []
         self.finished = self.aborted = False
 
     def header(self, header: DiffHeader) -> None:
         self.size = header.size
 
     def record(self, record: WriteExtent | ZeroExtent) -> None:
-        assert isinstance(record, WriteExtent)
+        if isinstance(record, ZeroExtent):
+            self.zeroed.append((record.offset, record.length))
+            return
         self.written.append((record.offset, record.data))
         self.bytes += record.length
 
@@ -178,8 +183,36 @@ def test_copy_diff_passes_every_record_in_order_through_the_hooks() -> None:
         _ListReader(320, records), sink, chunk=32, hooks=[lambda _h, r: seen.append(r.offset)]
     )
     assert seen == [r.offset for r in records] == [o for o, _ in sink.written]
-    assert sink.finished and not sink.aborted
+    assert sink.finished and not sink.aborted and sink.zeroed == []
     assert stats.data_bytes == stats.wire_bytes == 320 and stats.touched == set(range(10))
+    assert not stats.writes_confirmed  # this sink does not say it saw its writes land
+
+
+def test_copy_diff_turns_pieces_of_zeros_into_zeroed_extents_when_asked() -> None:
+    records = [
+        WriteExtent(0, b"a" * 16),
+        WriteExtent(16, bytes(16)),
+        WriteExtent(32, bytes(15) + b"\1"),
+        WriteExtent(48, bytes(5)),
+    ]
+    sink = _ListSink()
+    sink.confirms_writes = True
+    hooked: list[WriteExtent | ZeroExtent] = []
+    hasher = ChunkHasher(size=64, chunk=16, complete=True)
+    stats = copy_diff(
+        _ListReader(64, records),
+        sink,
+        chunk=16,
+        hooks=[lambda _h, r: hooked.append(r), lambda _h, r: hasher.add(r)],
+        zero_data=True,
+    )
+    assert hooked == [records[0], ZeroExtent(16, 16), records[2], ZeroExtent(48, 5)]
+    assert sink.written == [(0, b"a" * 16), (32, bytes(15) + b"\1")]
+    assert sink.zeroed == [(16, 16), (48, 5)]
+    assert (stats.data_bytes, stats.zero_bytes, stats.writes_confirmed) == (32, 21, True)
+    # The digests are those of the bytes, zeros or not.
+    plain = [b"a" * 16, bytes(16), bytes(15) + b"\1", bytes(16)]
+    assert hasher.finish() == {i: hashlib.sha256(d).hexdigest() for i, d in enumerate(plain)}
 
 
 def test_copy_diff_failure_on_the_read_thread_aborts_the_sink() -> None:

@@ -101,6 +101,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="stream method: how chunks travel (default auto: zstd where both storage hosts "
         "have it, else raw with a warning; zlib pays on slow links)",
     )
+    p.add_argument(
+        "--reread",
+        action="store_true",
+        help="rbd method: verify a full pass by reading the whole destination back, even "
+        "where librbd confirmed every write (a second read and hash of each volume)",
+    )
     add_workers(p, 1, "volumes copied")
     p.add_argument(
         "--allow-in-use",
@@ -195,9 +201,21 @@ def _pick_volumes(volumes: list[VolumeRef], stdin: TextIO) -> list[VolumeRef]:
     return chosen
 
 
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of the chosen method given on the command line (checked above)."""
+    options: dict[str, Any] = {}
+    if args.codec:
+        options["codec"] = args.codec
+    if args.reread:
+        options["reread"] = True
+    return options
+
+
 def copy_command(args: argparse.Namespace) -> int:
     if args.codec and args.method != "stream":
         raise UsageError(f"--codec is an option of the stream method, not of {args.method}")
+    if args.reread and args.method != "rbd":
+        raise UsageError(f"--reread is an option of the rbd method, not of {args.method}")
     if args.interactive and (args.volumes or args.all_volumes):
         raise UsageError("--interactive picks the volumes: leave out --volume and --all-volumes")
     if not args.interactive and not args.project:
@@ -224,7 +242,7 @@ def copy_command(args: argparse.Namespace) -> int:
         backup_to=args.backup_to,
         reshape=volumes_backup.reshape_of(args),
         grant_role=args.grant_role,
-        method_options={"codec": args.codec} if args.codec else {},
+        method_options=_method_options(args),
         workers=args.workers,
         allow_in_use=args.allow_in_use,
         dry_run=args.dry_run,

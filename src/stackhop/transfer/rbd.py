@@ -172,9 +172,11 @@ class RbdCluster:
             args.append("--whole-object")
         return CliDiffReader(self.popen([*args, self.spec(image), "-"], stdout=subprocess.PIPE))
 
-    def import_diff(self, image: str, retire: str | None = None) -> CliDiffSink:
+    def import_diff(
+        self, image: str, retire: str | None = None, *, fresh: bool = False
+    ) -> CliDiffSink:
         """``rbd import-diff - image``, fed the re-serialised stream; ``retire`` is removed
-        once it has finished."""
+        once it has finished. ``fresh`` changes nothing: import-diff zeroes what it is told."""
         process = self.popen(
             ["import-diff", "--no-progress", "-", self.spec(image)], stdin=subprocess.PIPE
         )
@@ -305,6 +307,9 @@ class CliDiffReader:
 
 class CliDiffSink:
     """A running ``rbd import-diff -`` fed the v1 stream."""
+
+    #: import-diff's exit status says it succeeded, not what it wrote where.
+    confirms_writes = False
 
     def __init__(self, process: RbdProcess, after: Callable[[], None] | None = None) -> None:
         self.process = process

@@ -6,7 +6,9 @@ the parent included, then the changed extents), in windows of
 size, with up to :data:`READS_IN_FLIGHT` asynchronous reads outstanding; it
 is applied the way ``rbd import-diff`` applies it (base snapshot checked,
 image resized, ``aio_write`` with at most :data:`WRITES_IN_FLIGHT` pieces in
-flight, zeroed extents written as zeroes, end snapshot created).
+flight, zeroed extents written as zeroes unless the image is fresh, end
+snapshot created), and every write's completion is checked and counted, so
+the sink knows that all of it was acknowledged (:attr:`LibDiffSink.confirms_writes`).
 """
 
 from __future__ import annotations
@@ -204,12 +206,25 @@ class LibDiffReader:
 
 
 class LibDiffSink:
-    """Applies a diff to ``image`` with librbd, as ``rbd import-diff`` does."""
+    """Applies a diff to ``image`` with librbd, as ``rbd import-diff`` does.
 
-    def __init__(self, cluster: LibRbdCluster, image: str, retire: str | None = None) -> None:
+    ``fresh``: the image was just created and never written, so it reads as zeros
+    wherever nothing is written, and zeroed extents are skipped.
+    """
+
+    #: Every write's completion is seen here: finish() returns only once all of them
+    #: succeeded and their bytes add up to what was handed over.
+    confirms_writes = True
+
+    def __init__(
+        self, cluster: LibRbdCluster, image: str, retire: str | None = None, *, fresh: bool = False
+    ) -> None:
         _, rbd = bindings()
         self.cluster = cluster
         self.bytes = 0
+        self._fresh = fresh
+        self._zeroed = 0
+        self._acknowledged = 0
         self._name = image
         self._retire = retire
         self._label = cluster.spec(image)
@@ -222,8 +237,9 @@ class LibDiffSink:
         self._to_snap: str | None = None
         self._retire_error: RbdError | None = None
         self._slots = threading.Semaphore(WRITES_IN_FLIGHT)
-        # Keeps each piece alive until librbd has written it; the first error wins.
-        self._in_flight: dict[int, bytes] = {}
+        # Keeps each piece alive until librbd has written it (None for zeroes), with its
+        # length; the first error wins.
+        self._in_flight: dict[int, tuple[bytes | None, int]] = {}
         self._lock = threading.Lock()
         self._error: str | None = None
         self._closed = False
@@ -253,27 +269,37 @@ class LibDiffSink:
             raise RbdError(f"rbd import-diff on {self.cluster.where} failed: {self._error}")
 
     def _written(self, completion: Any) -> None:
-        # On librbd's callback thread: record the outcome, free the slot.
+        # On librbd's callback thread: record the outcome, count the bytes, free the slot.
         code = completion.get_return_value()
         with self._lock:
-            self._in_flight.pop(id(completion), None)
-            if code < 0 and self._error is None:
-                self._error = f"write of {self._label} returned {code}"
+            _, length = self._in_flight.pop(id(completion), (None, 0))
+            if code < 0:
+                if self._error is None:
+                    self._error = f"write of {self._label} returned {code}"
+            else:
+                self._acknowledged += length
         self._slots.release()
 
     def record(self, record: Record) -> None:
         _, rbd = bindings()
         self._check()
+        if isinstance(record, ZeroExtent) and self._fresh:
+            return  # a fresh image reads as zeros already
         try:
-            if isinstance(record, ZeroExtent):
-                self._image.write_zeroes(record.offset, record.length)
-                return
             self._slots.acquire()
             with self._lock:
-                completion = self._image.aio_write(record.data, record.offset, self._written)
-                self._in_flight[id(completion)] = record.data
-            self.bytes += record.length
+                if isinstance(record, ZeroExtent):
+                    completion = self._image.aio_write_zeroes(
+                        record.offset, record.length, self._written
+                    )
+                    self._in_flight[id(completion)] = (None, record.length)
+                    self._zeroed += record.length
+                else:
+                    completion = self._image.aio_write(record.data, record.offset, self._written)
+                    self._in_flight[id(completion)] = (record.data, record.length)
+                    self.bytes += record.length
         except rbd.Error as exc:
+            self._slots.release()
             raise self.cluster.failed(f"import-diff {self._label}", exc) from exc
 
     def _drain(self) -> None:
@@ -287,6 +313,12 @@ class LibDiffSink:
         try:
             self._drain()
             self._check()
+            if self._acknowledged != self.bytes + self._zeroed:
+                raise RbdError(
+                    f"rbd import-diff on {self.cluster.where}: librbd acknowledged "
+                    f"{self._acknowledged} of the {self.bytes + self._zeroed} bytes written to "
+                    f"{self._label}; re-run"
+                )
             self._image.flush()
             if self._to_snap is not None:
                 self._snapshot(self._to_snap)

@@ -12,7 +12,9 @@ backend, whatever moved them:
   accept and revoked right after; the grant is announced as a
   ``role-assignment`` :class:`~stackhop.volumes.model.Temporary` of the
   calling method (whose ``remove_temporary`` must call :func:`revoke_role`);
-- :func:`adopt` is both, for a method that lands bytes in a backend;
+- :func:`adopt` is both, for a method that lands bytes in a backend, or manages
+  right in the destination project when the user's role there allows it
+  (:func:`manage_in_project`: no hand-over);
 - :func:`sync_volume_fields` carries the fields over again (a later pass);
 - :func:`previous_copies` and :func:`delete_volume` find and remove what an
   interrupted pass adopted, so there is never a second copy.
@@ -94,12 +96,12 @@ def delete_volume(ctx: PassContext, volume: Any) -> None:
         ) from exc
 
 
-def manage_existing(ctx: PassContext, host: str, reference: Mapping[str, Any]) -> str:
-    """Adopt the backend object ``reference`` on ``host`` as a volume with the source's fields.
+def _manage(conn: Any, ctx: PassContext, host: str, reference: Mapping[str, Any]) -> str:
+    """Have ``conn``'s Cinder manage ``reference`` with the source's fields; its volume ID.
 
-    The volume belongs to the admin's project until :func:`hand_over`; returns its ID.
+    Cinder puts the volume in the project of ``conn``'s token. SDK errors other than a
+    refusal (403, raised as it is) become a one-line ConflictError.
     """
-    conn = ctx.destination_conn
     src = ctx.source
     try:
         volume = conn.block_storage.manage_volume(
@@ -114,6 +116,8 @@ def manage_existing(ctx: PassContext, host: str, reference: Mapping[str, Any]) -
         volume = conn.block_storage.wait_for_status(
             volume, "available", failures=["error"], interval=POLL_INTERVAL, wait=CINDER_WAIT
         )
+    except sdk_exc.ForbiddenException:
+        raise
     except sdk_exc.SDKException as exc:
         raise ConflictError(
             f"{src.label}: the destination Cinder could not manage {dict(reference)} "
@@ -122,12 +126,52 @@ def manage_existing(ctx: PassContext, host: str, reference: Mapping[str, Any]) -
     return str(volume.id)
 
 
-def adopt(ctx: PassContext, *, method: str, host: str, reference: Mapping[str, Any]) -> str:
-    """:func:`manage_existing`, then :func:`hand_over` unless the admin is in the project."""
+def manage_existing(ctx: PassContext, host: str, reference: Mapping[str, Any]) -> str:
+    """Adopt the backend object ``reference`` on ``host`` as a volume with the source's fields.
+
+    The volume belongs to the admin's project until :func:`hand_over`; returns its ID.
+    """
+    try:
+        return _manage(ctx.destination_conn, ctx, host, reference)
+    except sdk_exc.ForbiddenException as exc:
+        raise ConflictError(
+            f"{ctx.source.label}: the destination Cinder refuses to manage volumes for your "
+            f"user ({exc}); use credentials with the admin role"
+        ) from exc
+
+
+def manage_in_project(ctx: PassContext, host: str, reference: Mapping[str, Any]) -> str | None:
+    """:func:`manage_existing` right in the destination project, with the user's connection
+    scoped there (``ctx.destination_project_conn``); None when there is none or Cinder
+    refuses the user's role there the right to manage volumes."""
+    if ctx.destination_project_conn is None:
+        return None
+    try:
+        return _manage(ctx.destination_project_conn, ctx, host, reference)
+    except sdk_exc.ForbiddenException:
+        return None
+
+
+def adopt(
+    ctx: PassContext, *, method: str, host: str, reference: Mapping[str, Any]
+) -> tuple[str, bool]:
+    """Manage ``reference`` into the destination project: the volume's ID, and whether it
+    had to be handed over.
+
+    Managed right in the project (:func:`manage_in_project`), the volume needs no
+    hand-over; else the admin manages it and :func:`hand_over` moves it, unless the admin's
+    own project is the destination. A hand-over costs a volume transfer, a token for the
+    project and a role-assignment listing: 1.8 s of the 2.5 s of Cinder calls of a 1 GiB
+    rbd pass on the testbed.
+    """
+    if ctx.destination_conn.current_project_id == ctx.destination_project_id:
+        return manage_existing(ctx, host, reference), False
+    volume_id = manage_in_project(ctx, host, reference)
+    if volume_id is not None:
+        return volume_id, False
     volume_id = manage_existing(ctx, host, reference)
-    if ctx.destination_conn.current_project_id != ctx.destination_project_id:
-        hand_over(ctx, volume_id, method=method)
-    return volume_id
+    hand_over(ctx, volume_id, method=method)
+    return volume_id, True
 
 
 def role_grant(ctx: PassContext, *, method: str, user: str, role: str) -> Temporary:

@@ -18,14 +18,30 @@ One pass of one volume (both clouds' backends are ``driver: rbd`` in the storage
    ``import-diff`` locally or on the backend's ``ssh_host``.
 3. **Adopt** (full pass): :func:`stackhop.volumes.cinder_adopt.adopt` manages
    the image into the destination Cinder (which renames it
-   ``volume-<new id>``) and hands it to the destination project; the volume
+   ``volume-<new id>``), right in the destination project when the user's
+   role there allows it, else by the admin and handed over; the volume
    carries the :data:`MARKER`, so a re-run finds an interrupted adoption.
 4. **Verify**: a full pass hashes the source from the stream itself (one
-   read) and the destination by reading its snapshot's allocated extents,
-   while Cinder adopts it (the snapshot survives the rename); an incremental
-   pass re-reads only the chunks changed since P, both sides at once, and
-   updates the per-chunk digests kept in the journal's chunk table (key
-   ``volume-rbd:<source id>``, rows only for non-zero chunks).
+   read; a piece of zeros is not hashed, nor written into the fresh image).
+   When librbd writes the destination in this process, the pass is verified
+   from the write path: the records hashed are the very buffers handed to
+   ``aio_write`` at their offsets, every completion is checked and the
+   acknowledged bytes must add up to what was written (the sink's
+   ``confirms_writes``), the image was created empty by this pass (what is
+   not written reads as zeros), writes go uncached and are flushed before the
+   destination snapshot, and Ceph guards the bytes themselves (crc32c on the
+   wire and, in BlueStore, at rest, checked on every read). That is sound
+   for the copy; what it does not re-check is librbd or an OSD storing other
+   bytes than it acknowledged, which a re-read would, at the price of a
+   second read and hash of the whole volume (about half the cost of the
+   copy: see docs/volumes.md). So a full pass re-reads the destination's
+   snapshot, while Cinder adopts it (the snapshot survives the rename), when
+   ``rbd import-diff`` wrote it (a separate program, perhaps over ssh, whose
+   exit status is all stackhop learns) or when asked
+   (``--reread``: ``RbdMethod(reread=True)``). An incremental pass re-reads only the chunks
+   changed since P, both sides at once, and updates the per-chunk digests
+   kept in the journal's chunk table (key ``volume-rbd:<source id>``, rows
+   only for non-zero chunks).
 
 Without ``--incremental`` both snapshots are removed at the end. With it,
 they are kept and named in :attr:`PassResult.state` (``snapshot``), and so is
@@ -109,9 +125,16 @@ def _in_parallel(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]
 
 
 class RbdMethod:
-    """Copy a volume Ceph to Ceph with RBD diffs; see the module docstring."""
+    """Copy a volume Ceph to Ceph with RBD diffs; see the module docstring.
+
+    ``reread``: verify a full pass by reading the destination back even when librbd in
+    this process confirmed every write (see "Verify" in the module docstring).
+    """
 
     name: ClassVar[str] = METHOD
+
+    def __init__(self, *, reread: bool = False) -> None:
+        self.reread = reread
 
     # -- preflight -------------------------------------------------------------
 
@@ -205,11 +228,11 @@ class RbdMethod:
         dst_snap = snapshot_temporary(pair.dst_backend, staging, snap)
         ctx.created(dst_snap)
         hasher = ChunkHasher(size=size, chunk=VERIFY_CHUNK, complete=True)
-        stats = self._stream(ctx, src, source_image, snap, None, dst, staging, hasher)
+        stats = self._stream(ctx, src, source_image, snap, None, dst, staging, hasher, fresh=True)
         ctx.stage("exported", snapshot=snap, bytes=stats.data_bytes)
         ctx.stage("imported", image=dst.spec(staging), bytes_wire=stats.wire_bytes)
 
-        adopted: list[str] = []
+        adopted: list[tuple[str, bool]] = []
 
         def adopt() -> None:
             host = cinder_adopt.pool_host(ctx.destination_conn, pair.dst_backend.name)
@@ -219,26 +242,34 @@ class RbdMethod:
                 )
             )
 
-        # The destination is read back from its snapshot while Cinder adopts (and renames)
-        # the image: opened before the adoption starts, it is read by ID, and the snapshot
-        # survives the rename.
-        readback = dst.export_diff(staging, snap)
-        dest_digests, _ = _in_parallel(
-            lambda: hash_diff(readback, chunk=VERIFY_CHUNK).digests, adopt
-        )
-        volume_id = adopted[0]
+        dest_digests: dict[int, str] | None = None
+        if self.reread or not stats.writes_confirmed:
+            # The destination is read back from its snapshot while Cinder adopts (and
+            # renames) the image: opened before the adoption starts, it is read by ID, and
+            # the snapshot survives the rename.
+            readback = dst.export_diff(staging, snap)
+            dest_digests, _ = _in_parallel(
+                lambda: hash_diff(readback, chunk=VERIFY_CHUNK).digests, adopt
+            )
+        else:
+            adopt()
+        volume_id, handed_over = adopted[0]
         ctx.removed(staging_temp)  # Cinder renamed it volume-<id>
         image = pair.dst_backend.rbd_image(volume_id)
         ctx.removed(dst_snap)
         dst_snap = snapshot_temporary(pair.dst_backend, image, snap)
         ctx.created(dst_snap)
-        ctx.stage("adopted", destination_id=volume_id, image=dst.spec(image))
+        ctx.stage(
+            "adopted", destination_id=volume_id, image=dst.spec(image), handed_over=handed_over
+        )
 
         source_digests = hasher.finish()
-        compare_digests(ctx.source.label, source_digests, dest_digests, volume_id)
+        if dest_digests is not None:
+            compare_digests(ctx.source.label, source_digests, dest_digests, volume_id)
         digest = content_digest(source_digests[i] for i in sorted(source_digests))
         record_digests(ctx.journal, ctx.source.id, source_digests, size, clear=True)
-        ctx.stage("verified", content_digest=digest)
+        verified_by = "writes" if dest_digests is None else "reread"
+        ctx.stage("verified", content_digest=digest, verified_by=verified_by)
         self._commit_backup(ctx)
 
         result = PassResult(
@@ -247,7 +278,12 @@ class RbdMethod:
             bytes_sent=stats.data_bytes,
             bytes_wire=stats.wire_bytes,
             content_digest=digest,
-            details={"snapshot": snap, "zero_bytes": stats.zero_bytes, "pass": number},
+            details={
+                "snapshot": snap,
+                "zero_bytes": stats.zero_bytes,
+                "pass": number,
+                "verified_by": verified_by,
+            },
         )
         self._finish(ctx, result, number, snap, source_image, image, pair, src_snap, dst_snap, size)
         return result
@@ -348,6 +384,7 @@ class RbdMethod:
         hasher: ChunkHasher | None,
         *,
         retire: str | None = None,
+        fresh: bool = False,
     ) -> DiffStats:
         backup = ctx.backup
         total = ctx.source.size_bytes or None
@@ -371,7 +408,7 @@ class RbdMethod:
         try:
             reader = src.export_diff(source_image, snap, base)
             try:
-                sink = dst.import_diff(image, retire)
+                sink = dst.import_diff(image, retire, fresh=fresh)
             except BaseException:
                 reader.cancel()
                 reader.close()
@@ -382,6 +419,7 @@ class RbdMethod:
                 chunk=VERIFY_CHUNK,
                 hooks=hooks,
                 on_progress=lambda done: ctx.on_progress(done, total),
+                zero_data=True,
             )
         except BaseException as exc:
             if backup is not None:
