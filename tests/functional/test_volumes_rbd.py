@@ -359,14 +359,15 @@ def test_bindings_and_cli_paths_copy_the_same_content(world: World, tmp_path: Pa
     assert stackhop_leftovers(world.dst_backend, [image]) == []
 
 
-def test_full_pass_trusts_confirmed_writes_sends_no_zeros_and_rereads_on_request(
+def test_full_pass_trusting_confirmed_writes_sends_no_zeros_and_rereads_by_default(
     world: World, tmp_path: Path
 ) -> None:
     # 4 MiB of zeros written as data: allocated on src, so read, but neither hashed nor sent.
     source_image = f"volume-{world.volume.id}"
     write_zeros(world.src_backend, source_image, 600 * MIB, 4 * MIB)
     recorder = Recorder()
-    first = _pass(world, tmp_path, recorder, uuid.uuid4().hex, incremental=False)
+    first = _pass(world, tmp_path, recorder, uuid.uuid4().hex, incremental=False,
+                  method=RbdMethod(reread=False))
     facts = recorder.stages[-1][1]
     assert facts["verified_by"] == "writes" and first.details["verified_by"] == "writes"
     assert first.details["zero_bytes"] >= 4 * MIB
@@ -377,7 +378,7 @@ def test_full_pass_trusts_confirmed_writes_sends_no_zeros_and_rereads_on_request
     image = f"volume-{first.destination_id}"
     assert image_content_digest(world.dst_backend, image) == expected
 
-    # Asked to, a pass re-reads the whole destination (and replaces the first copy).
+    # By default, a pass re-reads the whole destination (and replaces the first copy).
     recorder = Recorder()
     second = _pass(
         world,
@@ -386,7 +387,6 @@ def test_full_pass_trusts_confirmed_writes_sends_no_zeros_and_rereads_on_request
         uuid.uuid4().hex,
         incremental=False,
         destination_id=first.destination_id,
-        method=RbdMethod(reread=True),
     )
     assert recorder.stages[-1][1]["verified_by"] == "reread"
     assert second.content_digest == expected

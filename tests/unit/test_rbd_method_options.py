@@ -11,14 +11,14 @@ from stackhop.volumes.rbd import RbdMethod
 
 
 def test_reread_is_an_option_of_the_rbd_method_only(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["volumes", "copy", "--from", "a", "--to", "b", "--project", "p", "--reread"]
+    argv = ["volumes", "copy", "--from", "a", "--to", "b", "--project", "p", "--trust-writes"]
     code = cli_main.main([*argv, "--method", "stream"])
     err = capsys.readouterr().err
     assert code == UsageError.exit_code
-    assert err == "stackhop: --reread is an option of the rbd method, not of stream\n"
+    assert err == "stackhop: --trust-writes is an option of the rbd method, not of stream\n"
 
 
 def test_the_method_registry_hands_reread_to_the_rbd_method() -> None:
-    method = get_method("rbd", reread=True)
-    assert isinstance(method, RbdMethod) and method.reread
-    assert not get_method("rbd").reread  # by default a pass trusts librbd's confirmed writes
+    method = get_method("rbd", reread=False)
+    assert isinstance(method, RbdMethod) and not method.reread
+    assert get_method("rbd").reread  # by default a pass reads the destination back

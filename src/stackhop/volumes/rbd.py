@@ -35,10 +35,11 @@ One pass of one volume (both clouds' backends are ``driver: rbd`` in the storage
    bytes than it acknowledged, which a re-read would, at the price of a
    second read and hash of the whole volume (about half the cost of the
    copy: see docs/volumes.md). So a full pass re-reads the destination's
-   snapshot, while Cinder adopts it (the snapshot survives the rename), when
-   ``rbd import-diff`` wrote it (a separate program, perhaps over ssh, whose
-   exit status is all stackhop learns) or when asked
-   (``--reread``: ``RbdMethod(reread=True)``). An incremental pass re-reads only the chunks
+   snapshot, while Cinder adopts it (the snapshot survives the rename), by
+   default and always when ``rbd import-diff`` wrote it (a separate program,
+   perhaps over ssh, whose exit status is all stackhop learns); the operator
+   may trade that check for speed where librbd wrote it
+   (``--trust-writes``: ``RbdMethod(reread=False)``). An incremental pass re-reads only the chunks
    changed since P, both sides at once, and updates the per-chunk digests
    kept in the journal's chunk table (key ``volume-rbd:<source id>``, rows
    only for non-zero chunks).
@@ -127,13 +128,14 @@ def _in_parallel(first: Callable[[], T], second: Callable[[], U]) -> tuple[T, U]
 class RbdMethod:
     """Copy a volume Ceph to Ceph with RBD diffs; see the module docstring.
 
-    ``reread``: verify a full pass by reading the destination back even when librbd in
-    this process confirmed every write (see "Verify" in the module docstring).
+    ``reread`` (the default): verify a full pass by reading the destination back even
+    when librbd in this process confirmed every write; False (``--trust-writes``) trusts
+    those confirmed writes instead (see "Verify" in the module docstring).
     """
 
     name: ClassVar[str] = METHOD
 
-    def __init__(self, *, reread: bool = False) -> None:
+    def __init__(self, *, reread: bool = True) -> None:
         self.reread = reread
 
     # -- preflight -------------------------------------------------------------
