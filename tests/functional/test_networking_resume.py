@@ -49,7 +49,7 @@ from stackhop.archive import ArchiveReader
 from stackhop.cli.main import main
 from stackhop.clouds import connect
 from stackhop.journal import Journal
-from stackhop.kinds.base import Kind
+from stackhop.kinds.base import MARKER_PREFIX, Kind
 
 pytestmark = pytest.mark.functional
 
@@ -213,11 +213,16 @@ def assert_complete_without_duplicates(world: dict[str, Any]) -> None:
 # -- cleaning up -----------------------------------------------------------------------------
 
 
-def _rollback(journal: Path) -> None:
-    with Journal(journal) as j:
-        runs = [a for r in j.runs() for a in ("--run", r.id)]
-    if runs:
-        assert main(["--journal", str(journal), "rollback", "--to", "dst", *runs]) == 0
+def _rollback(journals: tuple[Path, ...]) -> list[int]:
+    """Roll back every run of each journal that exists; the exit codes."""
+    codes = []
+    for journal in journals:
+        if not journal.exists():
+            continue
+        with Journal(journal) as j:
+            runs = [a for r in j.runs() for a in ("--run", r.id)]
+        codes.append(main(["--journal", str(journal), "rollback", "--to", "dst", *runs]))
+    return codes
 
 
 def _sweep(dst: Any, source_ids: set[str], before: dict[str, list[Any]]) -> None:
@@ -295,11 +300,45 @@ def test_kill_then_rerun(
         assert completed.returncode == 0, completed.stderr
         assert_complete_without_duplicates(world)
     finally:
-        for path in (journal, kept):
-            if path.exists():
-                _rollback(path)
+        codes = _rollback((journal, kept))
         rolled_back = _listing(dst, gamma, world["source_ids"])
         _sweep(dst, world["source_ids"], before)  # a no-op when the rollback undid everything
+    assert set(codes) == {0}, codes
     if keep_journal:
         assert rolled_back == before
     assert _listing(dst, gamma, world["source_ids"]) == before
+
+
+def test_interface_port_left_unattached_is_reused(world: dict[str, Any], tmp_path: Path) -> None:
+    """Killed between creating an interface's port and attaching it, journal lost: the re-run
+    attaches that port (a new one would be refused: the port holds the address)."""
+    dst = connect("dst")
+    gamma = _project(dst)
+    before = _listing(dst, gamma, world["source_ids"])
+    first, second = tmp_path / "first.sqlite", tmp_path / "second.sqlite"
+    archive = str(world["archive"])
+    try:
+        assert main(["--journal", str(first), "import", "--to", "dst", archive, *SELECT]) == 0
+        r1 = next(r for r in world["records"][ROUTER] if r["name"].endswith("-r1"))
+        router = next(r for r in dst.network.routers() if _mark(r) == r1["id"])
+        port = next(
+            p for p in dst.network.ports(device_id=router.id)
+            if any(ip["ip_address"] == "10.91.0.254" for ip in p.fixed_ips)
+        )
+        dst.network.remove_interface_from_router(router, port=port.id)  # deletes the port
+        fixed = port.fixed_ips[0]
+        left = dst.network.create_port(
+            network_id=port.network_id, project_id=gamma,
+            fixed_ips=[{"subnet_id": fixed["subnet_id"], "ip_address": "10.91.0.254"}],
+            description=f"[{MARKER_PREFIX}{r1['id']}]",
+        )
+        assert main(["--journal", str(second), "import", "--to", "dst", archive, *SELECT]) == 0
+        attached = dst.network.get_port(left.id)
+        assert (attached.device_id, attached.device_owner) == (router.id, INTERFACE_OWNERS[0])
+        assert_complete_without_duplicates(world)
+    finally:
+        codes = _rollback((second, first))
+        rolled_back = _listing(dst, gamma, world["source_ids"])
+        _sweep(dst, world["source_ids"], before)
+    assert set(codes) == {0}, codes
+    assert rolled_back == before
