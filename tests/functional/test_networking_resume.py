@@ -23,8 +23,9 @@ with src's by CIDR and address), then ``verify`` must exit 0. A re-run with the
 journal is rolled back with that journal; after a re-run without it, both journals
 are rolled back and what is still marked with our source IDs is removed by hand: an
 object the killed run created but had not journaled ``done`` is only *found* by the
-journal-less re-run (a skip), and no journal says stackhop created it. Either way dst
-must list as it did before.
+journal-less re-run (a skip), and no journal says stackhop created it (so those
+rollbacks may also fail, on a subnet such an object still uses). Either way dst must
+list as it did before.
 """
 
 from __future__ import annotations
@@ -303,8 +304,8 @@ def test_kill_then_rerun(
         codes = _rollback((journal, kept))
         rolled_back = _listing(dst, gamma, world["source_ids"])
         _sweep(dst, world["source_ids"], before)  # a no-op when the rollback undid everything
-    assert set(codes) == {0}, codes
     if keep_journal:
+        assert set(codes) == {0}, codes
         assert rolled_back == before
     assert _listing(dst, gamma, world["source_ids"]) == before
 
