@@ -210,8 +210,13 @@ def prepare(
     user_map: OperatorMap | None = None,
     project_map: OperatorMap | None = None,
     journal: Journal | None = None,
+    options: Mapping[str, bool] | None = None,
 ) -> Prepared:
-    """Map the archive's users and projects on the destination and build the resolver."""
+    """Map the archive's users and projects on the destination and build the resolver.
+
+    ``options`` are the kinds' import options (``{"keep_segmentation_ids": True}``):
+    each kind is configured with them (:meth:`~stackhop.kinds.base.Kind.configured`).
+    """
     identities = map_identities(
         records_of(source, USER),
         records_of(source, PROJECT),
@@ -220,7 +225,7 @@ def prepare(
         project_map=project_map,
     )
     resolver = Resolver(scope, maps=identities.maps(), keep_ids=frozenset(), journal=journal)
-    records = {registry.get(k): records_of(source, k) for k in kinds}
+    records = {registry.get(k).configured(options or {}): records_of(source, k) for k in kinds}
     return Prepared(records=records, identities=identities, resolver=resolver)
 
 

@@ -13,8 +13,9 @@ here, so its spelling, type, default and help are the same everywhere:
 - the selection of objects (:func:`add_selection`): ``--volume ID`` repeatable
   (several after one flag work too) and ``--all-volumes``.
 
-The resource kinds' selector flags (``--keypairs``, ``--quotas``, ...) come
-from the kinds' declarations (:func:`add_kind_selectors`).
+The resource kinds' selector flags (``--keypairs``, ``--quotas``, ...) and
+import options (``--keep-segmentation-ids``) come from the kinds' declarations
+(:func:`add_kind_selectors`, :func:`add_kind_options`).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ __all__ = [
     "add_clouds",
     "add_dry_run",
     "add_format_options",
+    "add_kind_options",
     "add_kind_selectors",
     "add_maps",
     "add_network_map",
     "add_selection",
     "add_workers",
+    "chosen_options",
     "chosen_selectors",
     "positive_int",
 ]
@@ -153,6 +156,21 @@ def add_kind_selectors(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("what to move (none given: everything)")
     for flag, (help_text, _) in registry.selectors().items():
         group.add_argument(f"--{flag}", action="store_true", help=help_text)
+
+
+def add_kind_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per import option the resource kinds declare (``--keep-segmentation-ids``)."""
+    group = parser.add_argument_group("how to import (options of some kinds)")
+    for flag, (help_text, _) in registry.import_options().items():
+        group.add_argument(f"--{flag}", action="store_true", help=help_text)
+
+
+def chosen_options(args: argparse.Namespace) -> dict[str, bool]:
+    """The import options by argparse attribute (``keep_segmentation_ids``), set or not."""
+    return {
+        registry.selector_dest(flag): bool(getattr(args, registry.selector_dest(flag), False))
+        for flag in registry.import_options()
+    }
 
 
 def chosen_selectors(args: argparse.Namespace) -> list[str]:

@@ -17,10 +17,12 @@ from stackhop.cli.options import (
     add_clouds,
     add_dry_run,
     add_format_options,
+    add_kind_options,
     add_kind_selectors,
     add_maps,
     add_network_map,
     add_workers,
+    chosen_options,
     chosen_selectors,
 )
 from stackhop.cli.output import dump, render_table
@@ -49,6 +51,7 @@ ACTION_STYLES = {
 
 
 def _import_options(p: argparse.ArgumentParser) -> None:
+    add_kind_options(p)
     add_workers(p, 8, "concurrent API requests")
     p.add_argument(
         "--overwrite",
@@ -93,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_kind_selectors(p)
     add_maps(p)
     add_network_map(p)
+    add_kind_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=plan_command)
 
@@ -169,6 +173,7 @@ def _prepare(
         ),
         project_map=load_operator_map(args.project_map),
         journal=journal,
+        options=chosen_options(args),
     )
     prepared.resolver.maps.update(load_network_map(getattr(args, "network_map", None)))
     warning = resources.unmapped_message(prepared.identities)
@@ -246,6 +251,7 @@ def _apply(
                 "archive": getattr(args, "archive", None),
                 "kinds": _chosen(args),
                 "overwrite": args.overwrite,
+                "options": sorted(k for k, on in chosen_options(args).items() if on),
             },
         )
 

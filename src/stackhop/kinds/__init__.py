@@ -7,7 +7,8 @@ kind is one new file and nothing else lists it. ``get("nova.keypair")`` works
 without the caller importing anything.
 
 Everything that enumerates kinds reads this registry: the resource transfer's
-kinds (:func:`transfer_kinds`), the CLI selector flags (:func:`selectors`),
+kinds (:func:`transfer_kinds`), the CLI selector flags (:func:`selectors`) and
+import option flags (:func:`import_options`),
 the ``--via db`` dispatch (each kind's ``read_db``) and the list in
 ``docs/cli.md`` (a unit test compares them).
 """
@@ -32,6 +33,7 @@ __all__ = [
     "all_kinds",
     "dependency_levels",
     "get",
+    "import_options",
     "kind_modules",
     "register",
     "selector_dest",
@@ -107,6 +109,24 @@ def selectors() -> dict[str, tuple[str, tuple[str, ...]]]:
                 )
             names = (known[1] if known else ()) + (kind.name,)
             found[flag] = (help_text, names)
+    return dict(sorted(found.items()))
+
+
+def import_options() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every import option flag (without ``--``) -> (help, the kinds that read it).
+
+    A flag several kinds declare must have the same help in each.
+    """
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for kind in transfer_kinds():
+        for flag, help_text in kind.import_options.items():
+            known = found.get(flag)
+            if known is not None and known[0] != help_text:
+                raise ValueError(
+                    f"import option --{flag}: {kind.name} says {help_text!r}, another kind "
+                    f"{known[0]!r}"
+                )
+            found[flag] = (help_text, (known[1] if known else ()) + (kind.name,))
     return dict(sorted(found.items()))
 
 
