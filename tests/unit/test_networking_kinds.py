@@ -180,3 +180,23 @@ def test_plan_shows_the_choice() -> None:
         kind = registry.get("neutron.network").configured({"keep_segmentation_ids": keep})
         (operation,) = plan({kind: [record]}, lambda kind, record: None, resolver)
         assert operation.action == "create" and shown in operation.as_dict()["detail"]
+
+
+def test_a_floating_ip_refers_to_the_subnet_of_its_address() -> None:
+    subnets = [
+        {"id": "v4", "network_id": "ext", "ip_version": 4, "cidr": "172.24.4.0/24"},
+        {"id": "v4b", "network_id": "ext", "ip_version": 4, "cidr": "172.24.5.0/24"},
+        {"id": "v6", "network_id": "ext", "ip_version": 6, "cidr": "2001:db8::/64"},
+        {"id": "other", "network_id": "net", "ip_version": 4, "cidr": "172.24.4.0/24"},
+    ]
+    fip = {"id": "f1", "floating_ip_address": "172.24.4.10", "project_id": "p1",
+           "floating_network_id": "ext"}
+    record = fip_record(fip, ALPHA, subnets)
+    assert record["floating_subnet_ids"] == ["v4"]
+    assert fip_record(fip, ALPHA)["floating_subnet_ids"] == []  # networks not exported
+    kind = registry.get("neutron.floating_ip")
+    # Waits for that subnet's create (a reference), and a subnet nothing maps is dropped.
+    assert "neutron.subnet" in kind.dependencies()
+    resolved = Resolver("dst", maps={NETWORK: {"ext": "dst-ext"}},
+                        keep_ids=frozenset({PROJECT})).resolve(kind, record)
+    assert resolved["floating_subnet_ids"] == []

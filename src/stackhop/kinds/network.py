@@ -49,6 +49,7 @@ from stackhop.kinds._neutron import (
     by_marker,
     find_marked,
     listed,
+    neutron_error,
     project_facts,
 )
 from stackhop.kinds.base import Connection, ExportScope, Kind, Record, SqlSource
@@ -174,18 +175,6 @@ def _segment_ids(record: Mapping[str, Any]) -> str:
         for s in record.get("segments", [])
         if s.get("segmentation_id") is not None
     )
-
-
-def _neutron_message(exc: sdk_exceptions.HttpException) -> str:
-    """Neutron's own explanation in an error response (openstacksdk keeps only the code)."""
-    try:
-        body = exc.response.json() if exc.response is not None else {}
-    except ValueError:
-        body = {}
-    error = body.get("NeutronError") if isinstance(body, dict) else None
-    if isinstance(error, dict) and error.get("message"):
-        return str(error["message"])
-    return str(exc.details or exc.message or exc.status_code)
 
 
 def _scoped(network: Mapping[str, Any], projects: Mapping[str, Any]) -> dict[str, Any]:
@@ -427,7 +416,7 @@ class Network(_Marked):
                 raise
             raise ConflictError(
                 f"network {record['name']!r}: the destination refuses {_segment_ids(record)} "
-                f"({_neutron_message(exc)}); import it without --keep-segmentation-ids to "
+                f"({neutron_error(exc)[1]}); import it without --keep-segmentation-ids to "
                 "let the destination allocate one"
             ) from exc
         return str(created["network"]["id"])
