@@ -269,6 +269,21 @@ def plan_stream(
     )
 
 
+def record_aliases(
+    journal: Journal, destination: Connection, scope: str, kinds: Iterable[Kind]
+) -> None:
+    """Put the other names the kinds' objects got on the destination (a floating IP's
+    address) into the ID map, by source ID, from one read of the mapped objects."""
+    for kind in kinds:
+        if kind.alias_kind is None:
+            continue
+        mapped = journal.id_map(scope, kind.name)
+        if not mapped:
+            continue
+        for source_id, alias in kind.aliases(destination, mapped).items():
+            journal.map_id(scope, kind.alias_kind, source_id, alias)
+
+
 def unmapped_message(identities: IdentityMapping) -> str | None:
     """One line naming the users and projects with no destination counterpart."""
     parts = []
@@ -340,6 +355,7 @@ __all__ = [
     "plan_import",
     "plan_stream",
     "prepare",
+    "record_aliases",
     "selected_kinds",
     "unmapped_message",
     "verify",

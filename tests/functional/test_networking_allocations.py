@@ -194,11 +194,13 @@ def test_floating_ip_taken_on_dst_gets_a_new_address(
         assert moved.floating_ip_address != address
         assert moved.project_id == world["gamma"]
 
-        # The ID map says where it went, as JSON too.
+        # The ID map says where it went and at which address, as JSON too.
         code, pairs = _run("--journal", str(journal), "map", fip.id)
         assert code == 0
-        assert {(p["kind"], p["destination_id"]) for p in pairs} >= {
-            ("neutron.floating_ip", moved.id)}
+        assert {(p["kind"], p["destination_id"]) for p in pairs} == {
+            ("neutron.floating_ip", moved.id),
+            ("neutron.floating_ip.address", moved.floating_ip_address),
+        }
 
         # A re-run keeps it (Neutron cannot move a floating IP), and verify passes.
         code, result = _import(journal, world["archive"], "--floating-ips")
@@ -211,3 +213,6 @@ def test_floating_ip_taken_on_dst_gets_a_new_address(
         code = _rollback(journal) if journal.exists() else 0
     assert code == 0
     assert _listing(dst, world["gamma"]) == before
+    # Rolled back: neither the floating IP nor its address is in the ID map any more.
+    with Journal(journal) as j:
+        assert j.mappings(ids=[fip.id]) == []

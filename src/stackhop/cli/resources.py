@@ -241,7 +241,7 @@ def _apply(
         prepared = _prepare(args, source, conn, journal)
         engine = Engine(journal, conn, prepared.resolver, workers=args.workers, events=args.events)
         # The destination is read kind by kind while the kinds read first are applied.
-        return engine.run_planned(
+        result = engine.run_planned(
             resources.plan_stream(prepared, conn, args.overwrite, args.workers),
             total=sum(len(records) for records in prepared.records.values()),
             command=command,
@@ -254,6 +254,8 @@ def _apply(
                 "options": sorted(k for k, on in chosen_options(args).items() if on),
             },
         )
+        resources.record_aliases(journal, conn, args.destination, prepared.records)
+        return result
 
 
 # -- commands --------------------------------------------------------------------

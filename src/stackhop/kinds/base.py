@@ -133,6 +133,10 @@ class Kind(ABC):
     #: Import options (flags without ``--``) -> help: ``stackhop plan|import|migrate`` take
     #: one flag per option any kind declares, and :meth:`configured` reads the ones set.
     import_options: ClassVar[Mapping[str, str]] = {}
+    #: The ID map kind of another name the kind's objects get on the destination, kept by
+    #: source ID next to their IDs (``neutron.floating_ip.address``: a floating IP's
+    #: address), or None; :meth:`aliases` reads them.
+    alias_kind: ClassVar[str | None] = None
 
     # -- declaration helpers ---------------------------------------------------
 
@@ -280,6 +284,11 @@ class Kind(ABC):
     @abstractmethod
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         """Create the resolved record on the destination; return its destination ID."""
+
+    def aliases(self, conn: Connection, destination_ids: Mapping[str, str]) -> dict[str, str]:
+        """The ``alias_kind`` value of the destination objects ``destination_ids`` (source ID
+        -> destination ID) by source ID, for the ID map; default: none."""
+        return {}
 
     def create_detail(self, record: Mapping[str, Any]) -> str:
         """What ``stackhop plan`` adds to "create" for ``record`` (a choice the import options

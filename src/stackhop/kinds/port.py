@@ -42,6 +42,7 @@ from stackhop.kinds._neutron import (
     ROUTER_INTERFACES,
     SUBNET,
     find_marked,
+    listed,
     neutron_error,
     project_facts,
 )
@@ -273,6 +274,13 @@ class FloatingIP(_Marked):
     put_fields = ("port_id",)
     selectors = {"floating-ips": "floating IPs (same address when free, else a new one)"}
     transfer = True
+    alias_kind = "neutron.floating_ip.address"
+
+    def aliases(self, conn: Connection, destination_ids: Mapping[str, str]) -> dict[str, str]:
+        """Each floating IP's destination address, by source ID (one listing per 40)."""
+        found = listed(conn, "/floatingips", "floatingips", "id", destination_ids.values())
+        address = {f["id"]: f["floating_ip_address"] for f in found}
+        return {s: address[d] for s, d in destination_ids.items() if d in address}
 
     def identity(self, record: Mapping[str, Any]) -> str:
         return f"{record['project_domain']}/{record['project_name']}/{record['id']}"
