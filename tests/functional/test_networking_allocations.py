@@ -2,8 +2,10 @@
 floating IP addresses (a new one when the source's is taken on dst).
 
 Made for this module in src's ``gamma`` project: two VLAN networks on ``physnet1`` (the
-testbed's VLAN range is 100-199 on both clouds) with IDs free on both clouds, and a
-floating IP on ``public`` at an address free on src. What each test takes on dst first (a
+testbed's VLAN range is 100-199 on both clouds) with IDs free on both clouds, an
+external network of its own (VLAN too, with a TEST-NET-3 subnet) and a floating IP on
+it. The archive is rewritten without the testbed's ``public`` (``only_ours``: other
+tests import and roll it back at the same time). What each test takes on dst first (a
 VLAN ID, the address) and what the imports make there is removed at the end; dst is
 checked by listing it with openstacksdk, and must list as before afterwards.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.functional.networking_support import only_ours
 
 from stackhop.cli.main import main
 from stackhop.clouds import connect
@@ -30,7 +33,8 @@ pytestmark = pytest.mark.functional
 PROJECT = "gamma"
 PHYSNET = "physnet1"
 VLANS = range(100, 200)
-FLOATING_POOL = [f"172.24.4.{n}" for n in range(199, 99, -1)]
+EXTERNAL_CIDR = "203.0.113.0/24"
+ADDRESS = "203.0.113.50"
 
 
 def _mark(obj: Any) -> str | None:
@@ -52,38 +56,38 @@ def _vlans_in_use(conn: Any) -> set[int]:
     }
 
 
-def _addresses_in_use(conn: Any) -> set[str]:
-    ports = {ip["ip_address"] for p in conn.network.ports() for ip in p.fixed_ips}
-    return ports | {f.floating_ip_address for f in conn.network.ips()}
-
-
 @pytest.fixture(scope="module")
 def world(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     src, dst = connect("src"), connect("dst")
     gamma = _project(src)
     tag = f"shalloc-{uuid.uuid4().hex[:6]}"
     free = sorted(set(VLANS) - _vlans_in_use(src) - _vlans_in_use(dst), reverse=True)
-    taken_on_src = _addresses_in_use(src)
-    address = next(a for a in FLOATING_POOL if a not in taken_on_src)
     made: list[Any] = []
     fip = None
     try:
-        for name, vlan in (("a", free[0]), ("b", free[1])):
+        for name, vlan in (("a", free[0]), ("b", free[1]), ("ext", free[2])):
             made.append(src.network.create_network(
                 name=f"{tag}-{name}", project_id=gamma, provider_network_type="vlan",
                 provider_physical_network=PHYSNET, provider_segmentation_id=vlan,
+                is_router_external=name == "ext",
             ))
-        public = next(src.network.networks(name="public", is_router_external=True))
+        external = made[-1]
+        src.network.create_subnet(
+            name=f"{tag}-ext", network_id=external.id, project_id=gamma, ip_version=4,
+            cidr=EXTERNAL_CIDR, enable_dhcp=False,
+        )
         fip = src.network.create_ip(
-            floating_network_id=public.id, project_id=gamma, floating_ip_address=address,
+            floating_network_id=external.id, project_id=gamma, floating_ip_address=ADDRESS,
             description=f"{tag} front",
         )
-        archive = tmp_path_factory.mktemp("alloc") / "net.tar.zst"
-        assert main(["export", "--from", "src", "-o", str(archive), "--networks",
+        exported = tmp_path_factory.mktemp("alloc") / "net.tar.zst"
+        assert main(["export", "--from", "src", "-o", str(exported), "--networks",
                      "--floating-ips", "--project", PROJECT]) == 0
+        archive = only_ours(exported, tag)
         yield {
             "archive": str(archive), "gamma": gamma, "tag": tag, "vlans": (free[0], free[1]),
-            "networks": {n.name: n for n in made}, "fip": fip, "address": address,
+            "networks": {n.name: n for n in made}, "fip": fip, "address": ADDRESS,
+            "source_ids": {n.id for n in made} | {fip.id},
         }
     finally:
         if fip is not None:
@@ -92,14 +96,14 @@ def world(testbed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
             src.network.delete_network(network, ignore_missing=True)
 
 
-def _listing(dst: Any, gamma: str) -> dict[str, list[Any]]:
-    """gamma's networks and floating IPs on dst, and every network stackhop marked."""
-    net = dst.network
+def _listing(dst: Any, world: dict[str, Any]) -> dict[str, list[Any]]:
+    """gamma's networks and floating IPs on dst, and every network marked with our IDs."""
+    net, gamma = dst.network, world["gamma"]
     return {
         "networks": sorted(
             (n.id, n.name, n.provider_segmentation_id or 0)
             for n in net.networks()
-            if n.project_id == gamma or _mark(n) is not None
+            if n.project_id == gamma or _mark(n) in world["source_ids"]
         ),
         "floating_ips": sorted(
             (f.id, f.floating_ip_address) for f in net.ips() if f.project_id == gamma
@@ -127,7 +131,7 @@ def _import(journal: Path, archive: str, *flags: str) -> tuple[int, Any]:
 
 def test_vlan_ids_are_allocated_by_dst_unless_kept(world: dict[str, Any], tmp_path: Path) -> None:
     dst = connect("dst")
-    before = _listing(dst, world["gamma"])
+    before = _listing(dst, world)
     vlan_a, vlan_b = world["vlans"]
     a, b = (world["networks"][f"{world['tag']}-{n}"] for n in "ab")
     journal = tmp_path / "journal.sqlite"
@@ -167,30 +171,31 @@ def test_vlan_ids_are_allocated_by_dst_unless_kept(world: dict[str, Any], tmp_pa
         code = _rollback(journal) if journal.exists() else 0
         dst.network.delete_network(taken, ignore_missing=True)
     assert code == 0
-    assert _listing(dst, world["gamma"]) == before
+    assert _listing(dst, world) == before
 
 
 def test_floating_ip_taken_on_dst_gets_a_new_address(
     world: dict[str, Any], tmp_path: Path
 ) -> None:
     dst = connect("dst")
-    before = _listing(dst, world["gamma"])
+    before = _listing(dst, world)
     journal = tmp_path / "journal.sqlite"
     address, fip = world["address"], world["fip"]
     holder = None
     try:
         code, result = _import(journal, world["archive"], "--networks")
         assert code == 0, result
-        public = next(n for n in dst.network.networks(name="public", is_router_external=True))
+        source_external = world["networks"][f"{world['tag']}-ext"]
+        external = next(n for n in dst.network.networks() if _mark(n) == source_external.id)
         # The address is held on dst by a plain port (as a router's gateway would hold it).
         holder = dst.network.create_port(
-            network_id=public.id, name=f"{world['tag']}-holder",
+            network_id=external.id, name=f"{world['tag']}-holder",
             fixed_ips=[{"ip_address": address}],
         )
         code, result = _import(journal, world["archive"], "--floating-ips")
         assert code == 0, result
         (moved,) = [f for f in dst.network.ips() if _mark(f) == fip.id]
-        assert moved.floating_network_id == public.id
+        assert moved.floating_network_id == external.id
         assert moved.floating_ip_address != address
         assert moved.project_id == world["gamma"]
 
@@ -212,7 +217,7 @@ def test_floating_ip_taken_on_dst_gets_a_new_address(
             dst.network.delete_port(holder, ignore_missing=True)
         code = _rollback(journal) if journal.exists() else 0
     assert code == 0
-    assert _listing(dst, world["gamma"]) == before
+    assert _listing(dst, world) == before
     # Rolled back: neither the floating IP nor its address is in the ID map any more.
     with Journal(journal) as j:
         assert j.mappings(ids=[fip.id]) == []
