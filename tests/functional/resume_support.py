@@ -46,8 +46,11 @@ def finished(seen: States, kind: str) -> int:
     return seen[(kind, "done")] + seen[(kind, "skipped")]
 
 
-def import_command(archive: Path, journal: Path, selectors: Sequence[str]) -> list[str]:
-    """``stackhop import`` of ``archive`` into dst with one worker, as a child process."""
+def import_command(
+    archive: Path, journal: Path, selectors: Sequence[str], workers: int = 1
+) -> list[str]:
+    """``stackhop import`` of ``archive`` into dst as a child process; one worker (the
+    default) goes through the kinds in plan order, so a kill point is a place in it."""
     return [
         sys.executable,
         "-m",
@@ -60,7 +63,7 @@ def import_command(archive: Path, journal: Path, selectors: Sequence[str]) -> li
         str(archive),
         *selectors,
         "--workers",
-        "1",
+        str(workers),
     ]
 
 

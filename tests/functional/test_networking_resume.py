@@ -292,7 +292,7 @@ def test_kill_then_rerun(
             for suffix in ("", "-wal", "-shm"):
                 if Path(f"{journal}{suffix}").exists():
                     shutil.move(f"{journal}{suffix}", f"{kept}{suffix}")
-        completed = run_to_the_end(command)
+        completed = run_to_the_end(import_command(world["archive"], journal, SELECT, workers=8))
         assert completed.returncode == 0, completed.stderr
         assert_complete_without_duplicates(world)
     finally:
