@@ -544,6 +544,8 @@ class Engine:
         )
         if isinstance(op, Delete) and undone.source_id is not None:
             plan.unmappings.append((undone.scope, undone.kind, undone.source_id))
+            if op.kind.alias_kind is not None:
+                plan.unmappings.append((undone.scope, op.kind.alias_kind, undone.source_id))
 
     def _fail(self, plan: _Batch, op: Operation, row: OperationRecord | None, error: str) -> None:
         plan.add(self._change(op, row, FAILED, error=error), (op, "failed", error, None))

@@ -114,6 +114,9 @@ class Create(Operation):
 
     action: ClassVar[str] = "create"
 
+    def _detail(self) -> str:
+        return self.kind.create_detail(self.resolved)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Update(Operation):

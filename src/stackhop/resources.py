@@ -228,8 +228,13 @@ def prepare(
     user_map: OperatorMap | None = None,
     project_map: OperatorMap | None = None,
     journal: Journal | None = None,
+    options: Mapping[str, bool] | None = None,
 ) -> Prepared:
-    """Map the archive's users and projects on the destination and build the resolver."""
+    """Map the archive's users and projects on the destination and build the resolver.
+
+    ``options`` are the kinds' import options (``{"keep_segmentation_ids": True}``):
+    each kind is configured with them (:meth:`~stackhop.kinds.base.Kind.configured`).
+    """
     identities = map_identities(
         records_of(source, USER),
         records_of(source, PROJECT),
@@ -238,7 +243,7 @@ def prepare(
         project_map=project_map,
     )
     resolver = Resolver(scope, maps=identities.maps(), keep_ids=frozenset(), journal=journal)
-    records = {registry.get(k): records_of(source, k) for k in kinds}
+    records = {registry.get(k).configured(options or {}): records_of(source, k) for k in kinds}
     return Prepared(records=records, identities=identities, resolver=resolver)
 
 
@@ -313,6 +318,21 @@ def check_counterparts(
             raise ConfigError(kind.unmatched(missing, cloud))
 
 
+def record_aliases(
+    journal: Journal, destination: Connection, scope: str, kinds: Iterable[Kind]
+) -> None:
+    """Put the other names the kinds' objects got on the destination (a floating IP's
+    address) into the ID map, by source ID, from one read of the mapped objects."""
+    for kind in kinds:
+        if kind.alias_kind is None:
+            continue
+        mapped = journal.id_map(scope, kind.name)
+        if not mapped:
+            continue
+        for source_id, alias in kind.aliases(destination, mapped).items():
+            journal.map_id(scope, kind.alias_kind, source_id, alias)
+
+
 def unmapped_message(identities: IdentityMapping) -> str | None:
     """One line naming the users and projects with no destination counterpart."""
     parts = []
@@ -385,6 +405,7 @@ __all__ = [
     "plan_import",
     "plan_stream",
     "prepare",
+    "record_aliases",
     "selected_kinds",
     "unmapped_message",
     "verify",

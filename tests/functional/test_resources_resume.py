@@ -11,11 +11,6 @@ the end) give the groups and rules phases enough objects to be stopped midway.
 from __future__ import annotations
 
 import shutil
-import signal
-import sqlite3
-import subprocess
-import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.functional.resume_support import (
+    States,
+    finished,
+    import_command,
+    import_killed_when,
+    run_to_the_end,
+)
 
 from stackhop.clouds import connect
 from stackhop.kinds.base import Kind
@@ -32,7 +34,6 @@ pytestmark = pytest.mark.functional
 
 #: gamma's default network quota allows ten groups, its ``default`` one of them.
 GROUPS = 8
-KILL_TIMEOUT = 240
 
 
 @pytest.fixture(scope="module")
@@ -111,76 +112,29 @@ def archive(extra_groups: str, tmp_path_factory: pytest.TempPathFactory) -> Path
     return path
 
 
-def _states(journal: Path) -> Counter[tuple[str, str]]:
-    if not journal.exists():
-        return Counter()
-    try:
-        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1) as db:
-            rows = db.execute(
-                "SELECT kind, state, count(*) FROM operations GROUP BY kind, state"
-            ).fetchall()
-    except sqlite3.OperationalError:  # not created yet, or busy: look again
-        return Counter()
-    return Counter({(k, s): n for k, s, n in rows})
-
-
 def _import(archive: Path, journal: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "stackhop.cli.main",
-        "--journal",
-        str(journal),
-        "import",
-        "--to",
-        "dst",
-        str(archive),
-        "--security-groups",
-        "--quotas",
-        "--workers",
-        "1",
-    ]
+    return import_command(archive, journal, ("--security-groups", "--quotas"))
 
 
-def import_killed_when(
-    archive: Path, journal: Path, point: Callable[[Counter[tuple[str, str]]], bool]
-) -> Counter[tuple[str, str]]:
+def import_killed_at(
+    archive: Path, journal: Path, point: Callable[[States], bool]
+) -> States:
     """Run the import and ``kill -9`` it as soon as ``point(journal counts)`` holds."""
-    with subprocess.Popen(
-        _import(archive, journal), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    ) as proc:
-        deadline = time.monotonic() + KILL_TIMEOUT
-        while time.monotonic() < deadline:
-            states = _states(journal)
-            if point(states):
-                proc.send_signal(signal.SIGKILL)  # our own child, by its handle
-                proc.wait()
-                assert proc.returncode == -signal.SIGKILL, "the import ended before the kill"
-                return states
-            if proc.poll() is not None:
-                pytest.fail(f"the import finished (exit {proc.returncode}) before the kill point")
-            time.sleep(0.005)
-        proc.kill()
-        proc.wait()
-        pytest.fail("the kill point was never reached")
+    return import_killed_when(_import(archive, journal), journal, point)
 
 
-def finished(states: Counter[tuple[str, str]], kind: str) -> int:
-    return states[(kind, "done")] + states[(kind, "skipped")]
-
-
-def midway_quotas(s: Counter[tuple[str, str]]) -> bool:
+def midway_quotas(s: States) -> bool:
     return finished(s, "cinder.quota") >= 1
 
 
-def after_groups(total: int) -> Callable[[Counter[tuple[str, str]]], bool]:
-    def point(s: Counter[tuple[str, str]]) -> bool:
+def after_groups(total: int) -> Callable[[States], bool]:
+    def point(s: States) -> bool:
         return finished(s, "neutron.security_group") >= total
 
     return point
 
 
-def midway_rules(s: Counter[tuple[str, str]]) -> bool:
+def midway_rules(s: States) -> bool:
     return s[("neutron.security_group_rules", "done")] >= 3
 
 
@@ -230,18 +184,16 @@ def _rollback(journal: Path) -> None:
 def test_kill_at_three_points_then_rerun(archive: Path, extra_groups: str, tmp_path: Path) -> None:
     journal = tmp_path / "journal.sqlite"
     try:
-        seen = import_killed_when(archive, journal, midway_quotas)
+        seen = import_killed_at(archive, journal, midway_quotas)
         assert finished(seen, "neutron.security_group") == 0
         from stackhop.archive import ArchiveReader
 
         with ArchiveReader(archive) as reader:
             total = reader.count("neutron.security_group")
-        seen = import_killed_when(archive, journal, after_groups(total))
+        seen = import_killed_at(archive, journal, after_groups(total))
         assert seen[("neutron.security_group_rules", "done")] == 0
-        seen = import_killed_when(archive, journal, midway_rules)
-        completed = subprocess.run(
-            _import(archive, journal), capture_output=True, text=True, timeout=KILL_TIMEOUT
-        )
+        seen = import_killed_at(archive, journal, midway_rules)
+        completed = run_to_the_end(_import(archive, journal))
         assert completed.returncode == 0, completed.stderr
         assert_dst_equals_src(archive, extra_groups)
     finally:
@@ -260,15 +212,13 @@ def test_kill_then_rerun_without_the_journal(
 ) -> None:
     journal, kept = tmp_path / "journal.sqlite", tmp_path / "journal-of-killed-run.sqlite"
     try:
-        import_killed_when(archive, journal, midway_rules)
+        import_killed_at(archive, journal, midway_rules)
         # The re-run starts without the journal (and its WAL); it is kept only to clean up.
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{journal}{suffix}").exists():
                 shutil.move(f"{journal}{suffix}", f"{kept}{suffix}")
         assert not journal.exists()
-        completed = subprocess.run(
-            _import(archive, journal), capture_output=True, text=True, timeout=KILL_TIMEOUT
-        )
+        completed = run_to_the_end(_import(archive, journal))
         assert completed.returncode == 0, completed.stderr
         assert_dst_equals_src(archive, extra_groups)
     finally:

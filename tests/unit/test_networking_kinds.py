@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 
 from stackhop import kinds as registry
+from stackhop.cli.main import build_parser
+from stackhop.cli.options import chosen_options
 from stackhop.errors import ConfigError, UnmappedReferenceError
+from stackhop.kinds.network import KEEP_IDS_HELP
 from stackhop.kinds.port import fip_record
 from stackhop.kinds.router import interfaces_record, router_record
+from stackhop.plan import plan
 from stackhop.resolve import NETWORK, PHYSNET, PROJECT, Resolver, load_network_map
 
 ALPHA = {"id": "p1", "name": "alpha", "domain_name": "Default"}
@@ -103,3 +107,96 @@ def test_selectors_and_order() -> None:
     assert order.index("neutron.subnet") < order.index("neutron.router")
     assert order.index("neutron.router_interfaces") < order.index("neutron.floating_ip")
     assert order.index("neutron.port") < order.index("neutron.floating_ip")
+
+
+#: A network with a VLAN segment on physnet1 and a VXLAN one, resolved (physnet1 mapped to
+#: datacentre), as ``Network.create`` receives it.
+SEGMENTED = {
+    "id": "n1",
+    "name": "multi",
+    "description": "",
+    "project_id": "p1",
+    "physical_networks": ["datacentre"],
+    "segments": [
+        {"network_type": "vlan", "physical_network": "physnet1", "segmentation_id": 120},
+        {"network_type": "vxlan", "physical_network": None, "segmentation_id": 77},
+    ],
+}
+
+
+def test_the_destination_allocates_segmentation_ids_by_default() -> None:
+    network = registry.get("neutron.network")
+    wired = network.create_body(SEGMENTED)["network"]
+    # The VLAN segment goes to the mapped physnet without its ID; the overlay one is left
+    # to the destination's tenant network types.
+    assert (wired["provider:network_type"], wired["provider:physical_network"]) == (
+        "vlan", "datacentre")
+    assert "provider:segmentation_id" not in wired and "segments" not in wired
+    assert network.create_detail(SEGMENTED) == (
+        "segmentation IDs allocated by the destination (source: vlan 120 on physnet1, vxlan 77)"
+    )
+
+
+def test_keep_segmentation_ids_sends_every_segments_id() -> None:
+    network = registry.get("neutron.network").configured({"keep_segmentation_ids": True})
+    assert network is not registry.get("neutron.network")  # the registry's stays as it was
+    body = network.create_body(SEGMENTED)["network"]
+    assert body["segments"] == [
+        {"provider:network_type": "vlan", "provider:physical_network": "datacentre",
+         "provider:segmentation_id": 120},
+        {"provider:network_type": "vxlan", "provider:segmentation_id": 77},
+    ]
+    flat = {**SEGMENTED, "segments": [
+        {"network_type": "flat", "physical_network": "physnet1", "segmentation_id": None}]}
+    assert "provider:segmentation_id" not in network.create_body(flat)["network"]
+    assert network.create_detail(SEGMENTED) == (
+        "segmentation IDs kept: vlan 120 on physnet1, vxlan 77"
+    )
+    assert network.create_detail(flat) == ""
+    off = network.configured({"keep_segmentation_ids": False})
+    assert "provider:segmentation_id" not in str(off.create_body(SEGMENTED))
+
+
+def test_keep_segmentation_ids_is_a_flag_of_plan_import_and_migrate() -> None:
+    assert registry.import_options() == {
+        "keep-segmentation-ids": (KEEP_IDS_HELP, ("neutron.network",))
+    }
+    parser = build_parser()
+    for command in ("plan", "import", "migrate"):
+        args = parser.parse_args(
+            [command, "--to", "dst", *(["--from", "src"] if command == "migrate" else ["a"]),
+             "--keep-segmentation-ids"]
+        )
+        assert chosen_options(args) == {"keep_segmentation_ids": True}, command
+    args = parser.parse_args(["import", "--to", "dst", "a"])
+    assert chosen_options(args) == {"keep_segmentation_ids": False}
+
+
+def test_plan_shows_the_choice() -> None:
+    record = {**SEGMENTED, "physical_networks": ["physnet1"], "project_name": "alpha",
+              "project_domain": "Default"}
+    resolver = Resolver("dst", keep_ids=frozenset({PROJECT}))
+    for keep, shown in ((True, "kept"), (False, "allocated by the destination")):
+        kind = registry.get("neutron.network").configured({"keep_segmentation_ids": keep})
+        (operation,) = plan({kind: [record]}, lambda kind, record: None, resolver)
+        assert operation.action == "create" and shown in operation.as_dict()["detail"]
+
+
+def test_a_floating_ip_refers_to_the_subnet_of_its_address() -> None:
+    subnets = [
+        {"id": "v4", "network_id": "ext", "ip_version": 4, "cidr": "172.24.4.0/24"},
+        {"id": "v4b", "network_id": "ext", "ip_version": 4, "cidr": "172.24.5.0/24"},
+        {"id": "v6", "network_id": "ext", "ip_version": 6, "cidr": "2001:db8::/64"},
+        {"id": "other", "network_id": "net", "ip_version": 4, "cidr": "172.24.4.0/24"},
+    ]
+    fip = {"id": "f1", "floating_ip_address": "172.24.4.10", "project_id": "p1",
+           "floating_network_id": "ext"}
+    record = fip_record(fip, ALPHA, subnets)
+    assert record["floating_subnet_ids"] == ["v4"]
+    assert fip_record(fip, ALPHA)["floating_subnet_ids"] == []  # networks not exported
+    kind = registry.get("neutron.floating_ip")
+    # Waits for that subnet's create (a reference), and a subnet nothing maps is dropped.
+    assert "neutron.subnet" in kind.dependencies()
+    resolved = Resolver("dst", maps={NETWORK: {"ext": "dst-ext"}},
+                        keep_ids=frozenset({PROJECT})).resolve(kind, record)
+    assert resolved["floating_subnet_ids"] == []

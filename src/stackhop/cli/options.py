@@ -15,9 +15,10 @@ here, so its spelling, type, default and help are the same everywhere:
 - the selection of objects (:func:`add_selection`): ``--volume ID`` repeatable
   (several after one flag work too) and ``--all-volumes``.
 
-The resource kinds' selector flags (``--keypairs``, ``--quotas``, ...) and the
-flags that let a mapped kind create (``--create-volume-types``) come from the
-kinds' declarations (:func:`add_kind_selectors`, :func:`add_create_flags`).
+The resource kinds' selector flags (``--keypairs``, ``--quotas``, ...), the
+flags that let a mapped kind create (``--create-volume-types``) and the import
+options (``--keep-segmentation-ids``) come from the kinds' declarations
+(:func:`add_kind_selectors`, :func:`add_create_flags`, :func:`add_kind_options`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "add_create_flags",
     "add_dry_run",
     "add_format_options",
+    "add_kind_options",
     "add_kind_selectors",
     "add_maps",
     "add_network_map",
@@ -43,6 +45,7 @@ __all__ = [
     "add_workers",
     "checked_each",
     "chosen_creations",
+    "chosen_options",
     "chosen_selectors",
     "positive_int",
 ]
@@ -196,6 +199,21 @@ def add_kind_selectors(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("what to move (none given: everything)")
     for flag, (help_text, _) in registry.selectors().items():
         group.add_argument(f"--{flag}", action="store_true", help=help_text)
+
+
+def add_kind_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per import option the resource kinds declare (``--keep-segmentation-ids``)."""
+    group = parser.add_argument_group("how to import (options of some kinds)")
+    for flag, (help_text, _) in registry.import_options().items():
+        group.add_argument(f"--{flag}", action="store_true", help=help_text)
+
+
+def chosen_options(args: argparse.Namespace) -> dict[str, bool]:
+    """The import options by argparse attribute (``keep_segmentation_ids``), set or not."""
+    return {
+        registry.selector_dest(flag): bool(getattr(args, registry.selector_dest(flag), False))
+        for flag in registry.import_options()
+    }
 
 
 def chosen_selectors(args: argparse.Namespace) -> list[str]:

@@ -18,12 +18,14 @@ from stackhop.cli.options import (
     add_create_flags,
     add_dry_run,
     add_format_options,
+    add_kind_options,
     add_kind_selectors,
     add_maps,
     add_network_map,
     add_type_map,
     add_workers,
     chosen_creations,
+    chosen_options,
     chosen_selectors,
 )
 from stackhop.cli.output import dump, render_table
@@ -54,6 +56,7 @@ ACTION_STYLES = {
 
 
 def _import_options(p: argparse.ArgumentParser) -> None:
+    add_kind_options(p)
     add_workers(p, 8, "concurrent API requests")
     p.add_argument(
         "--overwrite",
@@ -100,6 +103,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_network_map(p)
     add_type_map(p)
     add_create_flags(p)
+    add_kind_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=plan_command)
 
@@ -181,6 +185,7 @@ def _prepare(
         .with_disabled_users(args.disabled_users),
         project_map=load_operator_map(args.project_map),
         journal=journal,
+        options=chosen_options(args),
     )
     prepared.resolver.maps.update(load_network_map(getattr(args, "network_map", None)))
     prepared.resolver.maps[VOLUME_TYPE_NAME] = parse_type_map(getattr(args, "type_map", []))
@@ -252,7 +257,7 @@ def _apply(
         )
         engine = Engine(journal, conn, prepared.resolver, workers=args.workers, events=args.events)
         # The destination is read kind by kind while the kinds read first are applied.
-        return engine.run_planned(
+        result = engine.run_planned(
             resources.plan_stream(prepared, conn, args.overwrite, args.workers),
             total=sum(len(records) for records in prepared.records.values()),
             command=command,
@@ -262,8 +267,11 @@ def _apply(
                 "archive": getattr(args, "archive", None),
                 "kinds": _chosen(args),
                 "overwrite": args.overwrite,
+                "options": sorted(k for k, on in chosen_options(args).items() if on),
             },
         )
+        resources.record_aliases(journal, conn, args.destination, prepared.records)
+        return result
 
 
 # -- commands --------------------------------------------------------------------

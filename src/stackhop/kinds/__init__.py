@@ -8,7 +8,8 @@ without the caller importing anything.
 
 Everything that enumerates kinds reads this registry: the resource transfer's
 kinds (:func:`transfer_kinds`), the CLI selector flags (:func:`selectors`) and
-the flags that let a mapped kind create (:func:`create_flags`),
+the flags that let a mapped kind create (:func:`create_flags`), the
+import option flags (:func:`import_options`),
 the ``--via db`` dispatch (each kind's ``read_db``) and the list in
 ``docs/cli.md`` (a unit test compares them).
 """
@@ -34,6 +35,7 @@ __all__ = [
     "create_flags",
     "dependency_levels",
     "get",
+    "import_options",
     "kind_modules",
     "register",
     "selector_dest",
@@ -122,6 +124,24 @@ def create_flags() -> dict[str, tuple[str, str]]:
                 raise ValueError(f"--{flag} is declared by {found[flag][1]} and {kind.name}")
             found[flag] = (help_text, kind.name)
     return found
+
+
+def import_options() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every import option flag (without ``--``) -> (help, the kinds that read it).
+
+    A flag several kinds declare must have the same help in each.
+    """
+    found: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for kind in transfer_kinds():
+        for flag, help_text in kind.import_options.items():
+            known = found.get(flag)
+            if known is not None and known[0] != help_text:
+                raise ValueError(
+                    f"import option --{flag}: {kind.name} says {help_text!r}, another kind "
+                    f"{known[0]!r}"
+                )
+            found[flag] = (help_text, (known[1] if known else ()) + (kind.name,))
+    return dict(sorted(found.items()))
 
 
 def selector_dest(flag: str) -> str:

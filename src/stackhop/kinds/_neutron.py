@@ -3,7 +3,8 @@
 - :func:`listed`: the objects of a listing filtered by many values, in a few requests
   (the destination reads of a plan);
 - :func:`project_facts`: the project name and domain a record carries for its identity;
-- :func:`owned`: whether a destination object carries stackhop's marker for a source ID.
+- :func:`owned`: whether a destination object carries stackhop's marker for a source ID;
+- :func:`neutron_error`: Neutron's error type and message in an error response.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
+
+from openstack import exceptions as sdk_exceptions
 
 from stackhop.kinds.base import Connection, Kind
 from stackhop.kinds.rest import paged
@@ -91,3 +94,16 @@ def by_marker(objects: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, An
         if source is not None:
             found.setdefault(source, obj)
     return found
+
+
+def neutron_error(exc: sdk_exceptions.HttpException) -> tuple[str, str]:
+    """Neutron's error type (``IpAddressAlreadyAllocated``) and message in an error response:
+    openstacksdk keeps only the status code of Neutron's ``NeutronError`` body."""
+    try:
+        body = exc.response.json() if exc.response is not None else {}
+    except ValueError:
+        body = {}
+    error = body.get("NeutronError") if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error.get("type") or ""), str(error["message"])
+    return "", str(exc.details or exc.message or exc.status_code)

@@ -97,7 +97,8 @@ class Kind(ABC):
     """A resource kind: what it is, what it refers to, and how to read and write it.
 
     Subclasses set the class attributes and implement the abstract methods.
-    Instances hold no state; the registry keeps one per kind.
+    Instances hold no state; the registry keeps one per kind, and a kind with
+    ``import_options`` gives a configured copy from :meth:`configured`.
     """
 
     #: Unique name, ``<service>.<resource>`` (e.g. ``nova.keypair``).
@@ -136,6 +137,13 @@ class Kind(ABC):
     #: an object whose journaled destination ID is that of a deleted parent is not
     #: deleted on its own, its undo waits for the parent's.
     deleted_with: ClassVar[str | None] = None
+    #: Import options (flags without ``--``) -> help: ``stackhop plan|import|migrate`` take
+    #: one flag per option any kind declares, and :meth:`configured` reads the ones set.
+    import_options: ClassVar[Mapping[str, str]] = {}
+    #: The ID map kind of another name the kind's objects get on the destination, kept by
+    #: source ID next to their IDs (``neutron.floating_ip.address``: a floating IP's
+    #: address), or None; :meth:`aliases` reads them.
+    alias_kind: ClassVar[str | None] = None
 
     # -- declaration helpers ---------------------------------------------------
 
@@ -156,6 +164,11 @@ class Kind(ABC):
         keypair ``<user>/<name>``; security group ``<project>/<name>/<source id>``
         (names repeat, so the source ID is part of it).
         """
+
+    def configured(self, options: Mapping[str, bool]) -> Kind:
+        """This kind as the import options set ask (by argparse attribute:
+        ``keep_segmentation_ids``); default: itself, for kinds that declare none."""
+        return self
 
     def dependencies(self) -> set[str]:
         """Kinds this kind refers to (other than itself)."""
@@ -285,6 +298,16 @@ class Kind(ABC):
     @abstractmethod
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         """Create the resolved record on the destination; return its destination ID."""
+
+    def aliases(self, conn: Connection, destination_ids: Mapping[str, str]) -> dict[str, str]:
+        """The ``alias_kind`` value of the destination objects ``destination_ids`` (source ID
+        -> destination ID) by source ID, for the ID map; default: none."""
+        return {}
+
+    def create_detail(self, record: Mapping[str, Any]) -> str:
+        """What ``stackhop plan`` adds to "create" for ``record`` (a choice the import options
+        made, say); default: nothing."""
+        return ""
 
     def update(
         self, conn: Connection, record: Mapping[str, Any], existing: Mapping[str, Any]

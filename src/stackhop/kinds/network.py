@@ -13,9 +13,12 @@ also pin it with ``--network-map``: ``networks: {src id: dst id}``).
 
 Segments: a network bound to a physical network (``flat``, ``vlan``) is created
 on the mapped physnet (``--network-map``: ``physnets: {src: dst}``; a physnet
-no map names keeps its name), with its VLAN ID kept. Overlay segments
-(``vxlan``, ``geneve``, ``gre``) get whatever ID the destination allocates: the
-source's IDs say nothing about the destination's ranges.
+no map names keeps its name). Segmentation IDs (VLAN, VXLAN, GRE, Geneve) are
+allocated by the destination: the source's IDs say nothing about the
+destination's ranges or what is taken there. ``--keep-segmentation-ids`` asks
+for the source's IDs instead (overlay segments then become provider segments
+of their type); an ID the destination refuses (taken) fails that network with
+a one-line error naming the flag.
 
 Subnets are matched the same way (marker, inside the mapped network) and carry
 CIDR, gateway, allocation pools, DNS servers, host routes, DHCP and the IPv6
@@ -35,6 +38,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from openstack import exceptions as sdk_exceptions
+
 from stackhop.errors import ConflictError
 from stackhop.kinds import register
 from stackhop.kinds._neutron import (
@@ -44,6 +49,7 @@ from stackhop.kinds._neutron import (
     by_marker,
     find_marked,
     listed,
+    neutron_error,
     project_facts,
 )
 from stackhop.kinds.base import Connection, ExportScope, Kind, Record, SqlSource
@@ -51,8 +57,13 @@ from stackhop.kinds.identity import PROJECT
 from stackhop.kinds.rest import call, paged
 
 NETWORK_HELP = "networks and their subnets"
+KEEP_IDS_HELP = (
+    "create networks with the source's segmentation IDs (VLAN, VXLAN, ...); default: "
+    "the destination allocates them"
+)
 PHYSICAL = ("flat", "vlan")
-"""Segment types bound to a physical network (their IDs mean something on the wire)."""
+"""Segment types bound to a physical network (created as provider segments on the mapped
+physnet)."""
 
 
 def _sorted_json(value: Any) -> Any:
@@ -128,6 +139,42 @@ def subnet_record(subnet: Mapping[str, Any], project: Mapping[str, Any] | None) 
         "subnetpool_id": subnet.get("subnetpool_id"),
         **project_facts(project, subnet["project_id"]),
     }
+
+
+def wired_segments(record: Mapping[str, Any], keep_ids: bool) -> builtins.list[dict[str, Any]]:
+    """The provider attributes of a resolved network record's segments, for its create request.
+
+    Segments on a physical network go to the mapped physnet (``physical_networks`` is
+    resolved, in the order of the source's sorted physnet names); segmentation IDs only
+    with ``keep_ids``, which also makes overlay segments provider segments of their type.
+    Other overlay segments are left to the destination's tenant network types.
+    """
+    source_physnets = sorted(
+        {s["physical_network"] for s in record.get("segments", []) if s["physical_network"]}
+    )
+    mapped = dict(zip(source_physnets, record.get("physical_networks") or [], strict=False))
+    wired = []
+    for segment in record.get("segments", []):
+        kept = keep_ids and segment.get("segmentation_id") is not None
+        if segment["network_type"] not in PHYSICAL and not kept:
+            continue
+        attributes: dict[str, Any] = {"provider:network_type": segment["network_type"]}
+        if segment["physical_network"]:
+            attributes["provider:physical_network"] = mapped.get(segment["physical_network"])
+        if kept:
+            attributes["provider:segmentation_id"] = segment["segmentation_id"]
+        wired.append(attributes)
+    return wired
+
+
+def _segment_ids(record: Mapping[str, Any]) -> str:
+    """``vlan 120 on physnet1, vxlan 77``: the record's segmentation IDs, for messages."""
+    return ", ".join(
+        f"{s['network_type']} {s['segmentation_id']}"
+        + (f" on {s['physical_network']}" if s["physical_network"] else "")
+        for s in record.get("segments", [])
+        if s.get("segmentation_id") is not None
+    )
 
 
 def _scoped(network: Mapping[str, Any], projects: Mapping[str, Any]) -> dict[str, Any]:
@@ -222,6 +269,16 @@ class Network(_Marked):
     put_fields = ("name", "admin_state_up", "shared", "external", "mtu", "port_security_enabled")
     selectors = {"networks": NETWORK_HELP}
     transfer = True
+    import_options = {"keep-segmentation-ids": KEEP_IDS_HELP}
+
+    def __init__(self, *, keep_segmentation_ids: bool = False) -> None:
+        self.keep_segmentation_ids = keep_segmentation_ids
+
+    def configured(self, options: Mapping[str, bool]) -> Network:
+        keep = bool(options.get("keep_segmentation_ids"))
+        if keep == self.keep_segmentation_ids:
+            return self
+        return type(self)(keep_segmentation_ids=keep)
 
     def list(self, conn: Connection, **filters: Any) -> Iterator[Record]:
         """Every network owned by one of ``projects`` (``identity.project`` records)."""
@@ -322,7 +379,8 @@ class Network(_Marked):
         external = self._external(conn, records)
         return [self._match(r, marked, external) for r in records]
 
-    def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
+    def create_body(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``POST /networks`` body for a resolved record."""
         body: dict[str, Any] = {
             "name": record["name"],
             "description": self.stamp(record.get("description"), record),
@@ -335,29 +393,32 @@ class Network(_Marked):
             body["project_id"] = record["project_id"]
         if record.get("mtu"):
             body["mtu"] = record["mtu"]
-        physnets = iter(record.get("physical_networks") or [])
-        source_physnets = sorted(
-            {s["physical_network"] for s in record.get("segments", []) if s["physical_network"]}
-        )
-        mapped = dict(zip(source_physnets, physnets, strict=False))
-        wired = [
-            {
-                "provider:network_type": s["network_type"],
-                "provider:physical_network": mapped.get(s["physical_network"]),
-                **(
-                    {"provider:segmentation_id": s["segmentation_id"]}
-                    if s["network_type"] == "vlan"
-                    else {}
-                ),
-            }
-            for s in record.get("segments", [])
-            if s["network_type"] in PHYSICAL
-        ]
+        wired = wired_segments(record, self.keep_segmentation_ids)
         if len(wired) == 1:
             body.update(wired[0])
         elif wired:
             body["segments"] = wired
-        created = call(conn.network, "POST", "/networks", json={"network": body})
+        return {"network": body}
+
+    def create_detail(self, record: Mapping[str, Any]) -> str:
+        ids = _segment_ids(record)
+        if not ids:
+            return ""
+        if self.keep_segmentation_ids:
+            return f"segmentation IDs kept: {ids}"
+        return f"segmentation IDs allocated by the destination (source: {ids})"
+
+    def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
+        try:
+            created = call(conn.network, "POST", "/networks", json=self.create_body(record))
+        except sdk_exceptions.ConflictException as exc:
+            if not (self.keep_segmentation_ids and _segment_ids(record)):
+                raise
+            raise ConflictError(
+                f"network {record['name']!r}: the destination refuses {_segment_ids(record)} "
+                f"({neutron_error(exc)[1]}); import it without --keep-segmentation-ids to "
+                "let the destination allocate one"
+            ) from exc
         return str(created["network"]["id"])
 
 

@@ -6,11 +6,14 @@ address, allowed address pairs, security groups (mapped, so move them too:
 ``--security-groups``), port security and admin state. Ports owned by servers
 move with their servers; those of routers and DHCP are made by Neutron.
 
-A floating IP keeps its address when that address is free in the mapped
-external network, otherwise it gets a new one (the ID map has source ->
-destination IDs; ``verify`` then reports the address as differing). Its port
-is mapped when that port moved; a floating IP of a port that did not (a
-server's) is created unassociated.
+A floating IP keeps its address when that address is free in the mapped external
+network, otherwise it gets a new one: the create asks for the address, and when
+Neutron refuses it (held by another floating IP, a router's gateway, any port;
+or not in the network's subnets) asks again without it. The ID map has source ->
+destination IDs; as Neutron cannot move a floating IP to another address, a
+floating IP that differs only in its address is kept as it is (a skip naming
+the field, so a re-run and ``verify`` pass). Its port is mapped when that port
+moved; a floating IP of a port that did not (a server's) is created unassociated.
 
 Both are found by the marker stamped into their description in the create
 request, never by name or address: a re-run, journal or not, creates none
@@ -24,10 +27,13 @@ and ``floatingips`` tables (descriptions from ``standardattributes``).
 from __future__ import annotations
 
 import builtins
+import ipaddress
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+from openstack import exceptions as sdk_exceptions
 
 from stackhop.kinds import register
 from stackhop.kinds._neutron import (
@@ -36,9 +42,18 @@ from stackhop.kinds._neutron import (
     ROUTER_INTERFACES,
     SUBNET,
     find_marked,
+    listed,
+    neutron_error,
     project_facts,
 )
-from stackhop.kinds.base import Connection, ExportScope, Record, SqlSource
+from stackhop.kinds.base import (
+    Connection,
+    Decision,
+    Difference,
+    ExportScope,
+    Record,
+    SqlSource,
+)
 from stackhop.kinds.identity import PROJECT
 from stackhop.kinds.network import _Marked
 from stackhop.kinds.rest import call, paged
@@ -46,6 +61,10 @@ from stackhop.kinds.rest import call, paged
 PORT = "neutron.port"
 FLOATING_IP = "neutron.floating_ip"
 GROUP = "neutron.security_group"
+#: Neutron's refusals of a requested floating IP address that a new address answers.
+ADDRESS_REFUSED = frozenset(
+    {"IpAddressAlreadyAllocated", "IpAddressInUse", "InvalidIpForNetwork", "InvalidIpForSubnet"}
+)
 
 
 def port_record(port: Mapping[str, Any], project: Mapping[str, Any] | None) -> Record:
@@ -74,8 +93,25 @@ def port_record(port: Mapping[str, Any], project: Mapping[str, Any] | None) -> R
     }
 
 
-def fip_record(fip: Mapping[str, Any], project: Mapping[str, Any] | None) -> Record:
-    """The archive record of one floating IP."""
+def floating_subnets(fip: Mapping[str, Any], subnets: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The exported subnets of the floating IP's network that hold its address: the floating
+    IP waits for them on import, and goes before them on rollback."""
+    address = ipaddress.ip_address(fip["floating_ip_address"])
+    return sorted(
+        s["id"]
+        for s in subnets
+        if s["network_id"] == fip["floating_network_id"]
+        and address.version == s["ip_version"]
+        and address in ipaddress.ip_network(s["cidr"], strict=False)
+    )
+
+
+def fip_record(
+    fip: Mapping[str, Any],
+    project: Mapping[str, Any] | None,
+    subnets: Iterable[Mapping[str, Any]] = (),
+) -> Record:
+    """The archive record of one floating IP (``subnets``: the exported subnet records)."""
     return {
         "id": fip["id"],
         "name": fip["floating_ip_address"],
@@ -86,6 +122,7 @@ def fip_record(fip: Mapping[str, Any], project: Mapping[str, Any] | None) -> Rec
         "fixed_ip_address": fip.get("fixed_ip_address"),
         "router_id": fip.get("router_id"),
         "via_router_id": fip.get("router_id"),
+        "floating_subnet_ids": floating_subnets(fip, subnets),
         **project_facts(project, fip["project_id"]),
     }
 
@@ -214,36 +251,53 @@ class FloatingIP(_Marked):
         "port_id": PORT,
         "router_id": ROUTER_INTERFACES,
         "via_router_id": ROUTER,
+        "floating_subnet_ids": SUBNET,
     }
     #: A floating IP of a port that does not move (a server's) is created unassociated;
     #: one behind a router waits for that router's interfaces (Neutron refuses to
     #: associate a port whose subnet does not reach the external network).
     #: ``via_router_id`` (the same router) makes a rollback delete the floating IP before
-    #: the router, whose interface Neutron keeps while a floating IP needs it.
-    ordering_references = ("port_id", "router_id", "via_router_id")
+    #: the router, whose interface Neutron keeps while a floating IP needs it;
+    #: ``floating_subnet_ids`` (its address's subnet) makes an unassociated one wait for
+    #: that subnet (Neutron has no address to give on a network without a subnet) and a
+    #: rollback delete it before the subnet (in use while the floating IP exists).
+    ordering_references = ("port_id", "router_id", "via_router_id", "floating_subnet_ids")
     portable_fields = ("description", "floating_network_id", "floating_ip_address", "port_id")
     source_only_fields = (
         "fixed_ip_address",
         "router_id",
         "via_router_id",
+        "floating_subnet_ids",
         "project_name",
         "project_domain",
     )
     put_fields = ("port_id",)
     selectors = {"floating-ips": "floating IPs (same address when free, else a new one)"}
     transfer = True
+    alias_kind = "neutron.floating_ip.address"
+
+    def aliases(self, conn: Connection, destination_ids: Mapping[str, str]) -> dict[str, str]:
+        """Each floating IP's destination address, by source ID (one listing per 40)."""
+        found = listed(conn, "/floatingips", "floatingips", "id", destination_ids.values())
+        address = {f["id"]: f["floating_ip_address"] for f in found}
+        return {s: address[d] for s, d in destination_ids.items() if d in address}
 
     def identity(self, record: Mapping[str, Any]) -> str:
         return f"{record['project_domain']}/{record['project_name']}/{record['id']}"
 
+    def export(self, conn: Connection, scope: ExportScope) -> Iterator[Record]:
+        return self.list(conn, projects=scope.projects, subnets=scope.exported.get(SUBNET, []))
+
     def list(self, conn: Connection, **filters: Any) -> Iterator[Record]:
         projects = {p["id"]: p for p in filters["projects"]}
+        subnets = filters.get("subnets", [])
         for fip in paged(conn.network, "/floatingips", "floatingips"):
             if fip["project_id"] in projects:
-                yield fip_record(fip, projects[fip["project_id"]])
+                yield fip_record(fip, projects[fip["project_id"]], subnets)
 
     def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
         projects = {p["id"]: p for p in scope.projects}
+        subnets = scope.exported.get(SUBNET, [])
         rows = db.query(
             "neutron",
             "SELECT f.id, f.project_id, f.floating_network_id, f.floating_ip_address, "
@@ -253,7 +307,7 @@ class FloatingIP(_Marked):
         )
         for row in rows:
             if row.project_id in projects:
-                yield fip_record(row._asdict(), projects[row.project_id])
+                yield fip_record(row._asdict(), projects[row.project_id], subnets)
 
     def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
         return self.find_many(conn, [record])[0]
@@ -267,23 +321,28 @@ class FloatingIP(_Marked):
             lambda fip: fip_record(fip, None),
         )  # fmt: skip
 
+    def on_difference(self, differences: builtins.list[Difference], overwrite: bool) -> Decision:
+        """An address alone differs when the source's was taken on the destination: kept."""
+        if all(d.field == "floating_ip_address" for d in differences):
+            return "skip"
+        return super().on_difference(differences, overwrite)
+
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
-        network, address = record["floating_network_id"], record["floating_ip_address"]
-        taken = call(
-            conn.network,
-            "GET",
-            f"/floatingips?floating_network_id={network}&floating_ip_address={address}",
-        )["floatingips"]
         body: dict[str, Any] = {
             "description": self.stamp(record.get("description"), record),
             "project_id": record["project_id"],
-            "floating_network_id": network,
+            "floating_network_id": record["floating_network_id"],
+            "floating_ip_address": record["floating_ip_address"],
         }
-        if not taken:
-            body["floating_ip_address"] = address
         if record.get("port_id"):
             body["port_id"] = record["port_id"]
             if record.get("fixed_ip_address"):
                 body["fixed_ip_address"] = record["fixed_ip_address"]
-        created = call(conn.network, "POST", "/floatingips", json={"floatingip": body})
+        try:
+            created = call(conn.network, "POST", "/floatingips", json={"floatingip": body})
+        except sdk_exceptions.HttpException as exc:
+            if exc.status_code not in (400, 409) or neutron_error(exc)[0] not in ADDRESS_REFUSED:
+                raise
+            del body["floating_ip_address"]  # taken there: Neutron picks one
+            created = call(conn.network, "POST", "/floatingips", json={"floatingip": body})
         return str(created["floatingip"]["id"])

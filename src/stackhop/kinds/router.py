@@ -41,6 +41,7 @@ from stackhop.kinds._neutron import (
     SUBNET,
     find_marked,
     listed,
+    owned,
     project_facts,
 )
 from stackhop.kinds.base import Connection, ExportScope, Kind, Record, SqlSource
@@ -375,36 +376,18 @@ class RouterInterfaces(Kind):
                 "destination; re-run the import to create it again"
             )
         have = {(i["subnet"], i["ip_address"]) for i in state["interfaces"]}
-        gateways: dict[str, Any] = {}
+        subnets: dict[str, Any] = {}
         for wanted in self._wanted(record):
             if (wanted["subnet"], wanted["ip_address"]) in have:
                 continue
             subnet_id = wanted["subnet"]
-            if subnet_id not in gateways:
-                gateways[subnet_id] = call(conn.network, "GET", f"/subnets/{subnet_id}")[
-                    "subnet"
-                ].get("gateway_ip")
-            if wanted["ip_address"] == gateways[subnet_id]:
+            if subnet_id not in subnets:
+                subnets[subnet_id] = call(conn.network, "GET", f"/subnets/{subnet_id}")["subnet"]
+            subnet = subnets[subnet_id]
+            if wanted["ip_address"] == subnet.get("gateway_ip"):
                 attach: dict[str, str] = {"subnet_id": subnet_id}
             else:
-                port = call(
-                    conn.network,
-                    "POST",
-                    "/ports",
-                    json={
-                        "port": {
-                            "network_id": call(conn.network, "GET", f"/subnets/{subnet_id}")[
-                                "subnet"
-                            ]["network_id"],
-                            "project_id": record["project_id"],
-                            "fixed_ips": [
-                                {"subnet_id": subnet_id, "ip_address": wanted["ip_address"]}
-                            ],
-                            "description": self.stamp("", record),
-                        }
-                    },
-                )
-                attach = {"port_id": port["port"]["id"]}
+                attach = {"port_id": self._interface_port(conn, record, subnet, wanted)}
             call(conn.network, "PUT", f"/routers/{router_id}/add_router_interface", json=attach)
         if _routes(record.get("routes")) != state["routes"]:
             call(
@@ -414,6 +397,37 @@ class RouterInterfaces(Kind):
                 json={"router": {"routes": record.get("routes") or []}},
             )
         return router_id
+
+    def _interface_port(
+        self,
+        conn: Connection,
+        record: Mapping[str, Any],
+        subnet: Mapping[str, Any],
+        wanted: Mapping[str, Any],
+    ) -> str:
+        """The port of an interface on a non-gateway address: the marked one an interrupted
+        attempt left unattached (it holds the address, so a new port would be refused), or
+        a new one."""
+        fixed = {"subnet_id": subnet["id"], "ip_address": wanted["ip_address"]}
+        for port in paged(
+            conn.network, f"/ports?network_id={subnet['network_id']}&device_owner=", "ports"
+        ):
+            if owned(port, self.source_id(record)) and fixed in port.get("fixed_ips", []):
+                return str(port["id"])
+        port = call(
+            conn.network,
+            "POST",
+            "/ports",
+            json={
+                "port": {
+                    "network_id": subnet["network_id"],
+                    "project_id": record["project_id"],
+                    "fixed_ips": [fixed],
+                    "description": self.stamp("", record),
+                }
+            },
+        )
+        return str(port["port"]["id"])
 
     def delete(self, conn: Connection, destination_id: str) -> None:
         """Detach the interfaces and routes of router ``destination_id`` (rollback)."""
