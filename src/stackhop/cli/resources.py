@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from stackhop import dbexport, resources
+from stackhop import dbexport, resources, user_passwords
 from stackhop import rollback as undo
 from stackhop.archive import ArchiveReader, ArchiveWriter
 from stackhop.cli.options import (
@@ -62,6 +62,20 @@ def _import_options(p: argparse.ArgumentParser) -> None:
         "--overwrite",
         action="store_true",
         help="update objects that differ on the destination (default: report conflict)",
+    )
+    p.add_argument(
+        "--user-passwords",
+        choices=user_passwords.MODES,
+        default="none",
+        help="what a user keystone.user creates gets: none (cannot log in until the operator "
+        "sets one; the default), random (written to a 0600 file to hand out) or file "
+        "(a YAML map name or domain/name: password)",
+    )
+    p.add_argument(
+        "--user-passwords-file",
+        metavar="FILE",
+        help="random: where the generated passwords go (default: next to the journal, "
+        "<journal>.user-passwords.yaml); file: the operator's password map",
     )
 
 
@@ -250,7 +264,10 @@ def _apply(
     source_cloud: str | None,
 ) -> RunResult:
     conn = connect(args.destination)
-    with Journal(args.journal) as journal:
+    issuer = user_passwords.issuer_for(
+        args.user_passwords, args.user_passwords_file, str(args.journal)
+    )
+    with Journal(args.journal) as journal, user_passwords.issuing(issuer):
         prepared = _prepare(args, source, conn, journal)
         resources.check_counterparts(
             prepared, conn, args.destination, chosen_creations(args), args.workers

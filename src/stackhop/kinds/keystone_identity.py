@@ -42,6 +42,7 @@ from stackhop.kinds.base import (
     Record,
     SqlSource,
 )
+from stackhop.kinds.identity import is_sql_id
 from stackhop.kinds.rest import call, segment
 
 DOMAIN = "keystone.domain"
@@ -52,7 +53,10 @@ ROLE = "keystone.role"
 BUILTIN_ROLES = frozenset({"admin", "member", "reader"})
 #: Keystone's hidden root of the domain tree (a row of ``project``).
 ROOT_DOMAIN_ID = "<<keystone.domain.root>>"
-SELECTOR = {"identity": "Keystone domains, projects (with hierarchy) and custom roles (opt-in)"}
+SELECTOR = {
+    "identity": "Keystone domains, projects (with hierarchy), custom roles and SQL users "
+    "(opt-in)"
+}
 
 
 def _listing(conn: Connection, url: str, key: str) -> builtins.list[dict[str, Any]]:
@@ -115,6 +119,15 @@ def _with_subtrees(records: Sequence[Record], scope: ExportScope) -> Iterator[Re
         if inside:
             yield record
         stack.extend((child, inside) for child in reversed(children.get(record["id"], [])))
+
+
+def _domains_in(scope: ExportScope) -> set[str] | None:
+    """The domain IDs an export with ``--project`` covers (None: all): those of the projects
+    and of the SQL users (``keystone.user`` refers to its users' domains)."""
+    if scope.whole_cloud:
+        return None
+    users = {str(u.get("domain_id")) for u in scope.users if is_sql_id(str(u["id"]))}
+    return {str(p.get("domain_id")) for p in scope.projects} | users
 
 
 class _Keystone(Kind):
@@ -211,13 +224,13 @@ class Domain(_Keystone):
             yield domain_record(domain)
 
     def export(self, conn: Connection, scope: ExportScope) -> Iterator[Record]:
-        wanted = None if scope.whole_cloud else {str(p.get("domain_id")) for p in scope.projects}
+        wanted = _domains_in(scope)
         for record in self.list(conn):
             if wanted is None or record["id"] in wanted:
                 yield record
 
     def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
-        wanted = None if scope.whole_cloud else {str(p.get("domain_id")) for p in scope.projects}
+        wanted = _domains_in(scope)
         rows = db.query(
             "keystone",
             "SELECT id, name, description, enabled FROM project "
