@@ -31,7 +31,9 @@ from typing import Any
 import keystone.conf
 from keystone import exception
 from keystone.common import driver_hints
+from keystone.common import sql as ks_sql
 from keystone.identity.backends import sql
+from keystone.identity.backends import sql_model as model
 from keystone.identity.backends.ldap import core as ldap_core
 
 CONF = keystone.conf.CONF
@@ -49,11 +51,23 @@ class HybridIdentity(sql.Identity):
         return {**ref, "domain_id": CONF.identity.default_domain_id}
 
     def _known_to_sql(self, user_id: str) -> bool:
-        try:
-            super().get_user(user_id)
-        except exception.UserNotFound:
-            return False
-        return True
+        """The user is a local SQL account (a ``local_user`` row), not a shadow.
+
+        Keystone's identity manager writes a *shadow* row (``user`` +
+        ``nonlocal_user``, no ``local_user``) for a directory person once they
+        log in; the SQL driver would then claim them and fail on the missing
+        ``local_user`` (``'NoneType' object has no attribute
+        'failed_auth_count'``): the directory stays their home.
+        """
+        with ks_sql.session_for_read() as session:
+            ref = session.get(model.User, user_id)
+            return ref is not None and ref.local_user is not None
+
+    @staticmethod
+    def _shadows() -> set[str]:
+        """The IDs of the directory people Keystone keeps shadow rows of."""
+        with ks_sql.session_for_read() as session:
+            return {row.user_id for row in session.query(model.NonLocalUser.user_id)}
 
     def is_domain_aware(self) -> bool:
         return True
@@ -64,10 +78,9 @@ class HybridIdentity(sql.Identity):
         return self._in_default_domain(self.directory.authenticate(user_id, password))
 
     def get_user(self, user_id: str) -> dict[str, Any]:
-        try:
+        if self._known_to_sql(user_id):
             return super().get_user(user_id)  # type: ignore[no-any-return]
-        except exception.UserNotFound:
-            return self._in_default_domain(self.directory.get_user(user_id))
+        return self._in_default_domain(self.directory.get_user(user_id))
 
     def get_user_by_name(self, user_name: str, domain_id: str) -> dict[str, Any]:
         try:
@@ -81,7 +94,8 @@ class HybridIdentity(sql.Identity):
         # The SQL query satisfies (and removes) the filters it knows: ask the directory
         # with the caller's hints as they came, minus the domain it does not store.
         directory_hints = copy.deepcopy(hints)
-        users = list(super().list_users(hints))
+        shadows = self._shadows()
+        users = [u for u in super().list_users(hints) if u["id"] not in shadows]
         domain = directory_hints.get_exact_filter_by_name("domain_id")
         if domain is not None:
             if domain["value"] != CONF.identity.default_domain_id:
