@@ -90,8 +90,11 @@ def _write_config(c: layout.CloudLayout) -> bool:
 
 
 def _manage(c: layout.CloudLayout, *args: str) -> None:
+    # The service's environment: keystone-manage loads the identity driver the
+    # config names (src's ``stackhop_hybrid`` is one of the testbed's shims).
     run(
         [str(layout.VENV_BIN / "keystone-manage"), "--config-file", str(config_file(c)), *args],
+        env=runtime.service_env(),
         log=layout.LOG_DIR / f"{NAME}-{c.name}-manage.log",
     )
 

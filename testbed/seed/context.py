@@ -88,13 +88,13 @@ class Directory:
                 key = (u.domain_id, u.name)
                 # src's hybrid Default holds SQL alice and the directory's alice:
                 # the inventory's Default users are the SQL ones (generated hex IDs).
-                if key not in users or _sql_id(u.id):
+                if key not in users or sql_user_id(u.id):
                     users[key] = u.id
         self.users = users
         self.loaded = True
 
 
-def _sql_id(user_id: str) -> bool:
+def sql_user_id(user_id: str) -> bool:
     """Keystone's SQL driver makes 32-digit hex IDs; raw LDAP IDs are the directory's uids."""
     return len(user_id) == 32 and all(c in "0123456789abcdef" for c in user_id)
 

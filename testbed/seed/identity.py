@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from testbed.infra.mariadb import sql
 from testbed.seed import inventory as inv
-from testbed.seed.context import SeedContext
+from testbed.seed.context import SeedContext, sql_user_id
 
 
 def seed_src(ctx: SeedContext) -> None:
@@ -100,7 +100,9 @@ def _retire_sql_people(ctx: SeedContext) -> None:
 
 def _ensure_user_by_api(ctx: SeedContext, u: inv.User) -> None:
     domain_id = ctx.domain_id(u.domain)
-    if (domain_id, u.name) in ctx.ids().users:
+    found = ctx.ids().users.get((domain_id, u.name))
+    # src's hybrid Default also lists the directory's alice: only an SQL user is ours.
+    if found is not None and sql_user_id(found):
         ctx.found("user")
         return
     first_project = u.roles[0][0]
