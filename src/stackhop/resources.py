@@ -333,16 +333,39 @@ def record_aliases(
             journal.map_id(scope, kind.alias_kind, source_id, alias)
 
 
+#: How many unmapped names the warning spells out; a directory of a thousand people
+#: left unmapped (a forgotten ``--domain-map``) must not fill the terminal.
+UNMAPPED_NAMED = 10
+
+
 def unmapped_message(identities: IdentityMapping) -> str | None:
-    """One line naming the users and projects with no destination counterpart."""
+    """One line naming the users and projects with no destination counterpart.
+
+    At most :data:`UNMAPPED_NAMED` names per kind, then how many more; the full
+    list is in the ``--log-json`` events and the run's skipped operations.
+    """
     parts = []
     for kind, flag in ((USER, "--user-map"), (PROJECT, "--project-map")):
         names = identities.unmapped_labels(kind)
         if names:
-            parts.append(f"{kind.split('.')[1]}s {', '.join(names)} (map them with {flag})")
+            shown = ", ".join(names[:UNMAPPED_NAMED])
+            if len(names) > UNMAPPED_NAMED:
+                shown += f" and {len(names) - UNMAPPED_NAMED} more"
+            parts.append(f"{len(names)} {kind.split('.')[1]}s: {shown} (map them with {flag})")
     if not parts:
         return None
     return "not on the destination, their objects are skipped: " + "; ".join(parts)
+
+
+def unmapped_warning(identities: IdentityMapping) -> Event | None:
+    """:func:`unmapped_message` as a warning whose detail lists every name (``--log-json``)."""
+    message = unmapped_message(identities)
+    if message is None:
+        return None
+    detail = {
+        kind.split(".")[1] + "s": identities.unmapped_labels(kind) for kind in (USER, PROJECT)
+    }
+    return Event(EventType.WARNING, message=message, detail=detail)
 
 
 # -- verify --------------------------------------------------------------------
@@ -408,5 +431,6 @@ __all__ = [
     "record_aliases",
     "selected_kinds",
     "unmapped_message",
+    "unmapped_warning",
     "verify",
 ]

@@ -8,7 +8,7 @@ import pytest
 
 from stackhop.errors import ConfigError
 from stackhop.kinds.identity import IdentityMapping, load_operator_map
-from stackhop.resources import unmapped_message
+from stackhop.resources import unmapped_message, unmapped_warning
 
 
 def test_flat_map_pins_ids(tmp_path: Path) -> None:
@@ -95,3 +95,13 @@ def test_disabled_users_rejects_other_values(tmp_path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match="disabled_users.*carry, skip"):
         load_operator_map(path)
+
+
+def test_unmapped_warning_is_capped() -> None:
+    people = [("identity.user", f"u{i}", f"Default/person{i:04d}") for i in range(1200)]
+    message = unmapped_message(IdentityMapping(unmapped=people))
+    assert message is not None
+    assert "1200 users" in message and "and 1190 more" in message
+    assert "Default/person0009" in message and "Default/person0010" not in message
+    event = unmapped_warning(IdentityMapping(unmapped=people))
+    assert event is not None and len(event.detail["users"]) == 1200

@@ -203,9 +203,9 @@ def _prepare(
     )
     prepared.resolver.maps.update(load_network_map(getattr(args, "network_map", None)))
     prepared.resolver.maps[VOLUME_TYPE_NAME] = parse_type_map(getattr(args, "type_map", []))
-    warning = resources.unmapped_message(prepared.identities)
+    warning = resources.unmapped_warning(prepared.identities)
     if warning:
-        args.events.emit(Event(EventType.WARNING, message=warning))
+        args.events.emit(warning)
     return prepared
 
 
