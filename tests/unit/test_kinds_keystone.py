@@ -5,6 +5,7 @@ from __future__ import annotations
 from stackhop.kinds import get
 from stackhop.kinds.base import ExportScope
 from stackhop.kinds.keystone_identity import (
+    _built_in,
     _with_subtrees,
     domain_record,
     project_record,
@@ -28,6 +29,11 @@ def test_records() -> None:
     assert top["parent_id"] is None and top["tags"] == ["a", "b"] and top["enabled"] is True
     assert _project("c", "p")["parent_id"] == "p"
     assert role_record({"id": "r", "name": "x", "domain_id": "<<null>>"}, None)["domain_id"] is None
+
+
+def test_bootstrap_roles_are_built_in_only_globally() -> None:
+    assert _built_in("manager", None) and _built_in("service", None)
+    assert not _built_in("manager", "acme") and not _built_in("auditor", None)
 
 
 def test_subtrees_parents_first() -> None:

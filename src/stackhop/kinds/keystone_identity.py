@@ -13,9 +13,9 @@ only meant to move keypairs or networks.
   tags, enabled flag and parent are kept; a parent is a reference to another
   ``keystone.project`` so the engine creates parents first. A top-level
   project's Keystone ``parent_id`` is its domain: the record has ``None``;
-- a **role** is a custom role (Keystone's built-in ``admin``, ``member`` and
-  ``reader`` are never moved), matched by (domain, name); implied-role rules
-  are not touched.
+- a **role** is a custom role (the roles ``keystone-manage bootstrap`` makes,
+  ``admin``, ``member``, ``reader``, ``manager`` and ``service``, are never
+  moved), matched by (domain, name); implied-role rules are not touched.
 
 The marker is the description stamp (Keystone keeps descriptions of domains,
 projects and roles as given), so a re-run without the journal finds its own
@@ -49,8 +49,10 @@ DOMAIN = "keystone.domain"
 PROJECT = "keystone.project"
 ROLE = "keystone.role"
 
-#: Roles every Keystone bootstraps: never moved.
-BUILTIN_ROLES = frozenset({"admin", "member", "reader"})
+#: Roles ``keystone-manage bootstrap`` makes (``manager`` and ``service`` in
+#: recent releases; on an older source they are the operator's, but a new destination's
+#: bootstrap already has them by name): never moved.
+BUILTIN_ROLES = frozenset({"admin", "member", "reader", "manager", "service"})
 #: Keystone's hidden root of the domain tree (a row of ``project``).
 ROOT_DOMAIN_ID = "<<keystone.domain.root>>"
 SELECTOR = {
@@ -91,6 +93,11 @@ def project_record(row: Mapping[str, Any], tags: Sequence[str], domain_name: str
         "enabled": bool(row.get("enabled", True)),
         "tags": sorted(str(t) for t in tags),
     }
+
+
+def _built_in(name: str, domain_name: str | None) -> bool:
+    """A global role that bootstrap makes; a domain's own ``admin`` is the operator's."""
+    return domain_name is None and name in BUILTIN_ROLES
 
 
 def role_record(row: Mapping[str, Any], domain_name: str | None) -> Record:
@@ -382,7 +389,7 @@ class Role(_Keystone):
 
     def export(self, conn: Connection, scope: ExportScope) -> Iterator[Record]:
         for record in self.list(conn):
-            if record["name"] not in BUILTIN_ROLES:
+            if not _built_in(record["name"], record.get("domain_name")):
                 yield record
 
     def read_db(self, db: SqlSource, scope: ExportScope) -> Iterator[Record]:
@@ -393,7 +400,7 @@ class Role(_Keystone):
         for row in db.query(
             "keystone", "SELECT id, name, domain_id, description FROM role ORDER BY name"
         ):
-            if row.name in BUILTIN_ROLES:
+            if _built_in(row.name, domains.get(row.domain_id)):
                 continue
             yield role_record(row._mapping, domains.get(row.domain_id))
 
