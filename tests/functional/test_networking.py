@@ -5,7 +5,8 @@ project ``alpha`` and the ``admin`` project's external network ``public``, plus,
 for this test on src, two networks of the same name in ``alpha`` (one with DNS servers,
 host routes and a narrowed pool), and on dst a subnet in project ``beta`` whose CIDR
 overlaps ``alpha-v4``. dst is checked by listing it with openstacksdk, never through
-stackhop; everything made here is removed at the end.
+stackhop (the projects the test touches: others' tests may run meanwhile); everything
+made here is removed at the end.
 """
 
 from __future__ import annotations
@@ -36,17 +37,33 @@ SELECT = ("--networks", "--routers", "--ports", "--floating-ips", "--security-gr
           "--project", "alpha", "--project", "admin")
 
 
+#: The dst projects this test moves into or builds on: the listing is of them only, as
+#: other tests (their own projects) may create and remove networking meanwhile.
+LISTED = ("alpha", "admin", "beta")
+
+
 def _listing(conn: Any) -> dict[str, Any]:
-    """dst's networking as plain data: every network, subnet, router and port."""
+    """dst's networking in :data:`LISTED` as plain data: networks, subnets, routers, ports."""
     net = conn.network
+    mine = {p.id for p in conn.identity.projects() if p.name in LISTED}
+
+    def of(items: Any) -> list[Any]:
+        return [i for i in items if i.project_id in mine]
+
     return {
-        "networks": sorted((n.id, n.name, n.project_id) for n in net.networks()),
-        "subnets": sorted((s.id, s.name, s.cidr, s.network_id) for s in net.subnets()),
-        "routers": sorted((r.id, r.name, tuple(sorted(r.routes or []))) for r in net.routers()),
-        "ports": sorted((p.id, p.device_owner or "", p.network_id) for p in net.ports()),
-        "floating_ips": sorted((f.id, f.floating_ip_address, f.port_id or "") for f in net.ips()),
+        "networks": sorted((n.id, n.name, n.project_id) for n in of(net.networks())),
+        "subnets": sorted((s.id, s.name, s.cidr, s.network_id) for s in of(net.subnets())),
+        "routers": sorted(
+            (r.id, r.name, tuple(sorted(r.routes or []))) for r in of(net.routers())
+        ),
+        "ports": sorted((p.id, p.device_owner or "", p.network_id) for p in of(net.ports())),
+        "floating_ips": sorted(
+            (f.id, f.floating_ip_address, f.port_id or "") for f in of(net.ips())
+        ),
         # Neutron makes a project's ``default`` group on first listing: not ours to undo.
-        "groups": sorted((g.id, g.name) for g in net.security_groups() if g.name != "default"),
+        "groups": sorted(
+            (g.id, g.name) for g in of(net.security_groups()) if g.name != "default"
+        ),
     }
 
 
