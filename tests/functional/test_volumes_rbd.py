@@ -134,6 +134,7 @@ def _pass(
     previous: dict[str, Any] | None = None,
     destination_id: str | None = None,
     method: RbdMethod | None = None,
+    journal: str = "journal.sqlite",
 ) -> Any:
     volume = world.src.block_storage.get_volume(world.volume.id)
     ctx = make_context(
@@ -143,7 +144,7 @@ def _pass(
         source_conn=world.src,
         destination_conn=world.dst,
         storage=storage or world.storage,
-        journal_path=tmp_path / "journal.sqlite",
+        journal_path=tmp_path / journal,
         recorder=recorder,
         incremental=incremental,
         previous=previous,
@@ -245,7 +246,9 @@ def test_full_then_incremental_copy_is_adopted_verified_and_leaves_nothing(
     assert stackhop_leftovers(world.dst_backend, [f"volume-{inc.destination_id}"]) == []
 
 
-def test_full_pass_over_ssh_replaces_an_interrupted_copy(world: World, tmp_path: Path) -> None:
+def test_rerun_keeps_the_copy_and_sends_only_what_differs_even_without_the_journal(
+    world: World, tmp_path: Path
+) -> None:
     # rbd runs on src-storage / dst-storage over ssh (the same machine, so the same paths).
     hop = StorageMap(
         backends={
@@ -256,7 +259,7 @@ def test_full_pass_over_ssh_replaces_an_interrupted_copy(world: World, tmp_path:
         source="test",
     )
     first = _pass(world, tmp_path, Recorder(), uuid.uuid4().hex, storage=hop, incremental=False)
-    # A re-run that believes the first one was interrupted replaces it: never two copies.
+    # A re-run that believes the first one was interrupted: the same volume, nothing sent.
     recorder = Recorder()
     second = _pass(
         world,
@@ -267,19 +270,32 @@ def test_full_pass_over_ssh_replaces_an_interrupted_copy(world: World, tmp_path:
         incremental=False,
         destination_id=first.destination_id,
     )
-    assert second.destination_id != first.destination_id
-    assert (
-        world.dst.block_storage.find_volume(
-            first.destination_id, ignore_missing=True, all_projects=True
-        )
-        is None
-    )
+    assert second.destination_id == first.destination_id
+    assert second.bytes_sent == 0 and second.details["chunks_differing"] == 0
     assert second.content_digest == expected_digest(GIB, FIRST)
     # rbd import-diff wrote it (another program): the destination was read back.
     assert recorder.stages[-1][1]["verified_by"] == "reread"
+    assert [s for s, _ in recorder.stages] == ["exported", "imported", "adopted", "verified"]
     assert second.state == {} and recorder.live == {}
+
+    # The source changes and the journal is lost (a new one, no destination ID): the
+    # marker finds the copy, and only the three changed chunks cross (librbd this time).
+    write_image(world.src_backend, f"volume-{world.volume.id}", CHANGES)
+    third = _pass(
+        world, tmp_path, Recorder(), uuid.uuid4().hex, incremental=False, journal="lost.sqlite"
+    )
+    assert third.destination_id == first.destination_id
+    assert third.details["chunks_differing"] == 3
+    assert 0 < third.bytes_sent <= 3 * VERIFY_CHUNK
+    assert third.content_digest == expected_digest(GIB, FIRST + CHANGES)
+    assert image_content_digest(
+        world.dst_backend, f"volume-{first.destination_id}"
+    ) == expected_digest(GIB, FIRST + CHANGES)
+    assert [v.id for v in previous_copies(world.dst, world.volume.id, None)] == [
+        first.destination_id
+    ]
     assert stackhop_leftovers(world.src_backend, [f"volume-{world.volume.id}"]) == []
-    assert stackhop_leftovers(world.dst_backend, [f"volume-{second.destination_id}"]) == []
+    assert stackhop_leftovers(world.dst_backend, [f"volume-{first.destination_id}"]) == []
 
 
 #: More changed blocks for a third pass: one inside a chunk the second pass changed too.
@@ -378,16 +394,15 @@ def test_full_pass_trusting_confirmed_writes_sends_no_zeros_and_rereads_by_defau
     image = f"volume-{first.destination_id}"
     assert image_content_digest(world.dst_backend, image) == expected
 
-    # By default, a pass re-reads the whole destination (and replaces the first copy).
-    recorder = Recorder()
-    second = _pass(
-        world,
-        tmp_path,
-        recorder,
-        uuid.uuid4().hex,
-        incremental=False,
-        destination_id=first.destination_id,
+    # By default, a full pass re-reads the whole destination (a fresh copy: the first one
+    # is deleted, else the pass would only compare and keep it).
+    world.dst.block_storage.delete_volume(first.destination_id)
+    world.dst.block_storage.wait_for_delete(
+        world.dst.block_storage.get_volume(first.destination_id), wait=300
     )
+    recorder = Recorder()
+    second = _pass(world, tmp_path, recorder, uuid.uuid4().hex, incremental=False)
+    assert second.destination_id != first.destination_id and "reused" not in recorder.stages[-1][1]
     assert recorder.stages[-1][1]["verified_by"] == "reread"
     assert second.content_digest == expected
     assert image_content_digest(world.dst_backend, f"volume-{second.destination_id}") == expected

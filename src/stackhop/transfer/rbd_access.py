@@ -316,3 +316,98 @@ def hash_diff(reader: DiffReader, *, chunk: int) -> ChunkDigests:
         reader.close()
     hasher.finish()
     return ChunkDigests(hasher.digests, hasher.partial)
+
+
+def chunk_spans(chunks: Iterable[int], *, chunk: int, size: int) -> list[tuple[int, int]]:
+    """The byte ranges ``[start, end)`` of ``chunks`` (indexes), adjacent ones merged."""
+    spans: list[tuple[int, int]] = []
+    for index in sorted(set(chunks)):
+        start, end = index * chunk, min(size, (index + 1) * chunk)
+        if spans and spans[-1][1] == start:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    return spans
+
+
+def _clip(record: Record, start: int, end: int) -> Record:
+    if isinstance(record, ZeroExtent):
+        return ZeroExtent(start, end - start)
+    if start == record.offset and end == record.offset + record.length:
+        return record
+    return WriteExtent(start, record.data[start - record.offset : end - record.offset])
+
+
+def only_spans(records: Iterable[Record], spans: Sequence[tuple[int, int]]) -> Iterator[Record]:
+    """``records`` (a diff from nothing, in offset order) cut to ``spans``, holes as zeros.
+
+    What a diff applied to an image that already holds most of the content needs: every
+    byte of every span written (the source's data where the diff has it, zeros where the
+    source is a hole, since the destination may hold data there), nothing outside them.
+    The pieces come in offset order and never overlap.
+    """
+    i = 0
+    cursor = spans[0][0] if spans else 0
+    for record in records:
+        start, end = record.offset, record.offset + record.length
+        while i < len(spans) and spans[i][1] <= start:
+            if cursor < spans[i][1]:
+                yield ZeroExtent(cursor, spans[i][1] - cursor)
+            i += 1
+            cursor = spans[i][0] if i < len(spans) else cursor
+        while i < len(spans) and spans[i][0] < end:
+            span_end = spans[i][1]
+            if cursor < start:
+                yield ZeroExtent(cursor, start - cursor)
+            piece_end = min(end, span_end)
+            yield _clip(record, max(start, cursor), piece_end)
+            cursor = piece_end
+            if cursor < span_end:
+                break
+            i += 1
+            cursor = spans[i][0] if i < len(spans) else cursor
+        if i >= len(spans):
+            return
+    for j in range(i, len(spans)):
+        begin = cursor if j == i else spans[j][0]
+        if begin < spans[j][1]:
+            yield ZeroExtent(begin, spans[j][1] - begin)
+
+
+@dataclass
+class SpanReader:
+    """A :class:`DiffReader` that yields only ``spans`` of another (:func:`only_spans`).
+
+    ``tap``: called with every record of the whole diff, in order, before it is cut (a
+    backup of the whole volume); without one, reading stops after the last span.
+    """
+
+    reader: DiffReader
+    spans: Sequence[tuple[int, int]]
+    tap: Callable[[Record], None] | None = None
+    header: DiffHeader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.header = self.reader.header
+
+    def _tapped(self) -> Iterator[Record]:
+        for record in self.reader.records():
+            if self.tap is not None:
+                self.tap(record)
+            yield record
+
+    def records(self) -> Iterator[Record]:
+        whole = self._tapped()
+        yield from only_spans(whole, self.spans)
+        if self.tap is not None:
+            for _ in whole:
+                pass  # the rest goes to the tap only
+        else:
+            # Nothing after the last span is needed: stop reading (close() does not raise).
+            self.reader.cancel()
+
+    def cancel(self) -> None:
+        self.reader.cancel()
+
+    def close(self) -> None:
+        self.reader.close()

@@ -71,7 +71,15 @@ from typing import Any, ClassVar, TypeVar
 
 from stackhop.errors import ConfigError, ConflictError
 from stackhop.transfer.base import Chunk
-from stackhop.transfer.rbd_access import DiffStats, RbdAccess, copy_diff, hash_diff
+from stackhop.transfer.rbd_access import (
+    DiffReader,
+    DiffStats,
+    RbdAccess,
+    SpanReader,
+    chunk_spans,
+    copy_diff,
+    hash_diff,
+)
 from stackhop.transfer.rbd_diff import ChunkDigests, ChunkHasher, DiffHeader, Record, WriteExtent
 from stackhop.volumes import cinder_adopt
 from stackhop.volumes.cinder_adopt import MARKER
@@ -211,9 +219,32 @@ class RbdMethod:
                     dst.remove_snapshot(image, snap)
             cinder_adopt.delete_volume(ctx, volume)
 
+    def _reusable_copy(self, ctx: PassContext, pair: RbdEnds, size: int | None) -> Any | None:
+        """The one destination volume an earlier pass adopted (found by the journal's
+        ``ctx.destination_id`` or by the marker: a journal lost), if it can take the
+        differing chunks in place: ``available``, in the destination project, its image
+        the source's size. None: a full pass replaces whatever there is."""
+        copies = cinder_adopt.previous_copies(
+            ctx.destination_conn, ctx.source.id, ctx.destination_id
+        )
+        if len(copies) != 1 or size is None:
+            return None
+        volume = copies[0]
+        project = getattr(volume, "project_id", None) or getattr(
+            volume, "os-vol-tenant-attr:tenant_id", None
+        )
+        if volume.status != "available" or project != ctx.destination_project_id:
+            return None
+        if pair.dst.size(pair.dst_backend.rbd_image(volume.id)) != size:
+            return None
+        return volume
+
     def _full(self, ctx: PassContext, number: int, snap: str, pair: RbdEnds) -> PassResult:
         src, dst = pair.src, pair.dst
         source_image = pair.src_backend.rbd_image(ctx.source.id)
+        reusable = self._reusable_copy(ctx, pair, src.size(source_image))
+        if reusable is not None:
+            return self._reconcile(ctx, number, snap, pair, str(reusable.id))
         self._replace_previous_copies(ctx, dst)
         staging = import_image(ctx.source.id)
         staging_temp = image_temporary(pair.dst_backend, staging)
@@ -285,6 +316,87 @@ class RbdMethod:
                 "zero_bytes": stats.zero_bytes,
                 "pass": number,
                 "verified_by": verified_by,
+            },
+        )
+        self._finish(ctx, result, number, snap, source_image, image, pair, src_snap, dst_snap, size)
+        return result
+
+    def _reconcile(
+        self, ctx: PassContext, number: int, snap: str, pair: RbdEnds, volume_id: str
+    ) -> PassResult:
+        """A full pass into a copy an earlier pass made: only the chunks that differ.
+
+        Both sides are hashed chunk by chunk (at once, on two threads), the chunks whose
+        digests differ are written into the volume's own image from the source's
+        snapshot (zeros where the source has a hole), and re-read. The volume keeps its
+        ID, so nothing on the destination that refers to it breaks; when nothing changed,
+        nothing is written.
+        """
+        src, dst = pair.src, pair.dst
+        source_image = pair.src_backend.rbd_image(ctx.source.id)
+        image = pair.dst_backend.rbd_image(volume_id)
+        for old in dst.snapshots(image):
+            if old.startswith("stackhop-"):
+                dst.remove_snapshot(image, old)  # a lost chain's or an interrupted pass's
+        src_snap = self._take_snapshot(ctx, pair.src_backend, src, source_image, snap)
+        before = f"{snap}-before"
+        before_snap = self._take_snapshot(ctx, pair.dst_backend, dst, image, before)
+        source, found = _in_parallel(
+            lambda: src.chunk_digests(source_image, snap, VERIFY_CHUNK),
+            lambda: dst.chunk_digests(image, before, VERIFY_CHUNK),
+        )
+        size = int(src.size(source_image) or 0)
+        differ = sorted(
+            i
+            for i in set(source.digests) | set(found.digests)
+            if source.digests.get(i) != found.digests.get(i)
+        )
+        dst_snap = snapshot_temporary(pair.dst_backend, image, snap)
+        ctx.created(dst_snap)
+        dst.remove_snapshot(image, snap)
+        stats = self._stream(
+            ctx,
+            src,
+            source_image,
+            snap,
+            None,
+            dst,
+            image,
+            None,
+            spans=chunk_spans(differ, chunk=VERIFY_CHUNK, size=size),
+        )
+        ctx.stage("exported", snapshot=snap, bytes=stats.data_bytes, chunks=len(differ))
+        ctx.stage("imported", image=dst.spec(image), bytes_wire=stats.wire_bytes)
+        ctx.stage("adopted", destination_id=volume_id, reused=True)
+        if differ:
+            written = dst.chunk_digests(image, snap, VERIFY_CHUNK, from_snap=before)
+            if written.partial:
+                written = dst.chunk_digests(image, snap, VERIFY_CHUNK)
+            compare_digests(
+                ctx.source.label,
+                {i: source.digests[i] for i in written.digests},
+                written.digests,
+                volume_id,
+            )
+        dst.remove_snapshot(image, before)
+        ctx.removed(before_snap)
+        cinder_adopt.sync_volume_fields(ctx, volume_id)
+        digest = content_digest(source.digests[i] for i in sorted(source.digests))
+        record_digests(ctx.journal, ctx.source.id, source.digests, size, clear=True)
+        ctx.stage("verified", content_digest=digest, verified_by="reread", reused=True)
+        self._commit_backup(ctx)
+        result = PassResult(
+            destination_id=volume_id,
+            bytes_read=size,
+            bytes_sent=stats.data_bytes,
+            bytes_wire=stats.wire_bytes,
+            content_digest=digest,
+            details={
+                "snapshot": snap,
+                "pass": number,
+                "verified_by": "reread",
+                "reused": True,
+                "chunks_differing": len(differ),
             },
         )
         self._finish(ctx, result, number, snap, source_image, image, pair, src_snap, dst_snap, size)
@@ -387,7 +499,10 @@ class RbdMethod:
         *,
         retire: str | None = None,
         fresh: bool = False,
+        spans: list[tuple[int, int]] | None = None,
     ) -> DiffStats:
+        """Copy the diff ``base`` -> ``snap`` of the source into ``image`` (teed, hashed);
+        ``spans``: only these byte ranges of a diff from nothing (:func:`only_spans`)."""
         backup = ctx.backup
         total = ctx.source.size_bytes or None
 
@@ -404,11 +519,20 @@ class RbdMethod:
                     backup.write(Chunk(record.offset + done, bytes(n)))
                     done += n
 
-        hooks = [tee] + ([lambda _h, r: hasher.add(r)] if hasher is not None else [])
+        hooks: list[Callable[[DiffHeader, Record], None]] = []
+        if hasher is not None:
+            hooks.append(lambda _h, r: hasher.add(r))
         if backup is not None:
             backup.open(ctx.source.size_bytes)
         try:
-            reader = src.export_diff(source_image, snap, base)
+            reader: DiffReader = src.export_diff(source_image, snap, base)
+            if spans is None:
+                hooks.insert(0, tee)
+            else:
+                # The backup takes the whole volume, the destination only the spans.
+                header = reader.header
+                tap = (lambda r: tee(header, r)) if backup is not None else None
+                reader = SpanReader(reader, spans, tap)
             try:
                 sink = dst.import_diff(image, retire, fresh=fresh)
             except BaseException:
