@@ -95,7 +95,8 @@ def test_image_method_end_to_end_with_backup_rerun_status_and_restore(
     assert (copied.name, copied.description, copied.volume_type, copied.size) == (
         "voltest-data", "known content", "file", 1,
     )  # fmt: skip
-    assert copied.metadata == {"purpose": "voltest", "seed": "e2e"}
+    # The source's metadata, and the marker by which a re-run without the journal finds it.
+    assert copied.metadata == {"purpose": "voltest", "seed": "e2e", "stackhop_source": volume.id}
     assert copied.is_bootable is False
     assert digest_of("dst", copied.id) == want
     assert box.images("src") == [] and box.images("dst") == []
@@ -119,6 +120,23 @@ def test_image_method_end_to_end_with_backup_rerun_status_and_restore(
     assert [v["outcome"] for v in again.json()["volumes"]] == ["skipped"]
     assert len(box.volumes("dst")) == 1
 
+    # The journal lost: the marked copy is found, compared and kept (nothing sent) ...
+    lost = _copy(cli, tmp_path / "lost.sqlite", box, "--all", "--method", "image", "-f", "json")
+    assert lost.code == 0, lost.err
+    (kept,) = lost.json()["volumes"]
+    assert (kept["outcome"], kept["destination_id"], kept["bytes_sent"]) == ("done", copied.id, 0)
+    assert [v.id for v in box.volumes("dst")] == [copied.id]
+    # ... and when the source changed meanwhile, re-imaged in place: same volume, new bytes.
+    write_pattern(file_backend_path("src", volume.id), "e2e-2", PIECES)
+    changed = _copy(cli, tmp_path / "lost2.sqlite", box, "--all", "--method", "image",
+                    "-f", "json")  # fmt: skip
+    assert changed.code == 0, changed.err
+    (redone,) = changed.json()["volumes"]
+    assert redone["destination_id"] == copied.id and redone["bytes_sent"] == GIB
+    assert [v.id for v in box.volumes("dst")] == [copied.id]
+    assert digest_of("dst", copied.id) == expected_digest(GIB, "e2e-2", PIECES)
+    assert box.images("src") == [] and box.images("dst") == []
+
     restored = cli("--journal", str(journal), "volumes", "restore-backup", "--to", "dst",
                    "--project", box.name, str(backup), "--name", "voltest-restored",
                    "-f", "json")  # fmt: skip
@@ -127,7 +145,8 @@ def test_image_method_end_to_end_with_backup_rerun_status_and_restore(
     assert new_id != copied.id
     assert digest_of("dst", new_id) == want
     # The restore's marker is gone once verified: the volume's metadata is the backed-up one.
-    assert box.dst.block_storage.get_volume(new_id).metadata == copied.metadata
+    restored_metadata = box.dst.block_storage.get_volume(new_id).metadata
+    assert restored_metadata == {"purpose": "voltest", "seed": "e2e"}
     assert box.images("dst") == []
 
 

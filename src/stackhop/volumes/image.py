@@ -12,14 +12,23 @@ One pass of one volume:
    the source image is deleted;
 3. **imported** — the destination volume is created from that image in the
    destination project, with the source's name, description, type and
-   metadata (the orchestration records its ID at once, so an interrupted pass
-   replaces it instead of leaving two);
+   metadata plus the :data:`~stackhop.volumes.cinder_adopt.MARKER` (the
+   orchestration records its ID at once);
 4. **adopted** — it is ``available``; its bootable flag is set like the
    source's; the destination image is deleted;
 5. **verified** — when the storage map knows the destination volume's
    backend, its bytes are read back there (:mod:`.readback`) and must hash to
    the digest of step 2; otherwise Cinder uploads the new volume to an image on
    the destination and its Glance hash must equal the source upload's.
+
+**A copy made before** (the journal's destination ID of an interrupted pass,
+or, the journal lost, the volume carrying the marker) is kept, never doubled:
+the source image is read and hashed (not sent), the copy is read back (or
+uploaded, and Glance's hashes compared) and, when it holds the same bytes,
+it stays as it is; when it differs, the new image is written into it with
+Cinder's re-image (microversion 3.68: same volume, same ID). Only a copy that
+is not ``available``, or a Cinder without re-image, is replaced by a new
+volume.
 
 Both temporary images are named ``stackhop-volume-<source id>-<run>`` and
 journaled before they are created, so ``volumes cleanup --run`` finds them by
@@ -35,11 +44,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from openstack import exceptions as sdk_exceptions
+from openstack import utils as sdk_utils
 
-from stackhop.errors import CapabilityError, IntegrityError, TransientError
+from stackhop.errors import CapabilityError, ConflictError, IntegrityError, TransientError
 from stackhop.transfer.base import Chunk, Destination, Digest, Source, copy
 from stackhop.transfer.glance import GlanceDestination, GlanceSource, get_image, image_digest
+from stackhop.volumes import cinder_adopt
 from stackhop.volumes.backup import ContentHasher, Tee
+from stackhop.volumes.cinder_adopt import MARKER
 from stackhop.volumes.inventory import project_connection, wait_volume
 from stackhop.volumes.model import PassContext, PassResult, Temporary, VolumeRef
 from stackhop.volumes.readback import backend_knows, describe, volume_digest
@@ -146,17 +158,44 @@ def upload_volume(
 
 
 def volume_from_image(
-    conn: Any, source: VolumeRef, image_id: str, volume_type: str | None, name: str | None = None
+    conn: Any,
+    source: VolumeRef,
+    image_id: str,
+    volume_type: str | None,
+    name: str | None = None,
+    *,
+    marker: Mapping[str, str] | None = None,
 ) -> Any:
-    """Create (not wait for) a volume like ``source`` from image ``image_id`` on ``conn``."""
+    """Create (not wait for) a volume like ``source`` from image ``image_id`` on ``conn``;
+    ``marker``: metadata added to the source's."""
     return conn.block_storage.create_volume(
         size=source.size_gib,
         image_id=image_id,
         name=name if name is not None else source.name,
         description=source.description,
         volume_type=volume_type,
-        metadata=dict(source.metadata),
+        metadata={**source.metadata, **(marker or {})},
     )
+
+
+REIMAGE_VERSION = "3.68"
+"""The Block Storage microversion of ``os-reimage`` (Yoga)."""
+
+
+def reimage(conn: Any, volume_id: str, image_id: str) -> bool:
+    """Write image ``image_id`` into volume ``volume_id`` in place (Cinder's re-image) and
+    wait until it is available; False, doing nothing, when the Cinder is too old for it."""
+    if not sdk_utils.supports_microversion(conn.block_storage, REIMAGE_VERSION):
+        return False
+    response = conn.block_storage.post(
+        f"/volumes/{volume_id}/action",
+        json={"os-reimage": {"image_id": image_id, "reimage_reserved": False}},
+        microversion=REIMAGE_VERSION,
+    )
+    sdk_exceptions.raise_from_response(response)
+    # The API has set ``downloading`` before answering: wait for the end of the write.
+    wait_volume(conn, volume_id, ("available",))
+    return True
 
 
 def delete_volume(conn: Any, volume_id: str) -> None:
@@ -206,22 +245,33 @@ class ImageMethod:
         scoped = ctx.destination_project_conn or project_connection(
             dst, _destination_cloud(ctx), ctx.destination_project_id
         )
-        if ctx.destination_id:  # an interrupted pass left a volume: replace it
-            delete_volume(dst, ctx.destination_id)
+        earlier = self._earlier_copy(ctx)
 
         upload = self._temporary(ctx, "source")
         ctx.created(upload)
         src_image = upload_volume(src, source.id, upload.name, force=bool(source.attachments))
         ctx.stage("exported", source_image=src_image["id"])
+        source_hash = image_digest(src_image)
+        glance: Source = GlanceSource(src.image, src_image)
+
+        backed_up = False
+        if earlier is not None:
+            # Read and hash the source only (and back it up): is the copy already equal?
+            digest, read = self._hash_source(ctx, glance, source.id)
+            backed_up = ctx.backup is not None
+            same = self._matches(ctx, scoped, earlier, digest, source_hash)
+            if same is not None:
+                delete_images_named(src.image, upload.name)
+                ctx.removed(upload)
+                return self._kept(ctx, earlier, digest, same, read)
 
         landing = self._temporary(ctx, "destination")
         ctx.created(landing)
         dst_image = create_image(dst.image, landing.name, ctx.destination_project_id)
         sink = HashingSink()
         parts: list[Destination] = [GlanceDestination(dst.image, dst_image["id"]), sink]
-        if ctx.backup is not None:
+        if ctx.backup is not None and not backed_up:
             parts.append(ctx.backup)
-        glance: Source = GlanceSource(src.image, src_image)
         moved = copy(
             glance,
             Tee(*parts),
@@ -229,27 +279,46 @@ class ImageMethod:
             journal=ctx.journal,
             progress=ctx.on_progress,
         )
-        source_hash = image_digest(src_image)
         delete_images_named(src.image, upload.name)
         ctx.removed(upload)
 
-        volume = volume_from_image(scoped, source, dst_image["id"], ctx.destination_type)
-        ctx.stage("imported", destination_id=volume.id, destination_image=dst_image["id"])
-        wait_volume(dst, volume.id, ("available",))
-        dst.block_storage.set_volume_bootable_status(volume.id, source.bootable)
+        if earlier is not None and reimage(scoped, earlier, dst_image["id"]):
+            volume_id = earlier
+            ctx.stage(
+                "imported",
+                destination_id=volume_id,
+                destination_image=dst_image["id"],
+                reimaged=True,
+            )
+            cinder_adopt.sync_volume_fields(ctx, volume_id)
+        else:
+            if earlier is not None:
+                delete_volume(dst, earlier)  # a Cinder without re-image: replaced
+            volume = volume_from_image(
+                scoped, source, dst_image["id"], ctx.destination_type, marker={MARKER: source.id}
+            )
+            volume_id = str(volume.id)
+            ctx.stage("imported", destination_id=volume_id, destination_image=dst_image["id"])
+            wait_volume(dst, volume_id, ("available",))
+            dst.block_storage.set_volume_bootable_status(volume_id, source.bootable)
         delete_images_named(dst.image, landing.name)
         ctx.removed(landing)
-        ctx.stage("adopted", destination_id=volume.id)
+        ctx.stage("adopted", destination_id=volume_id)
 
-        verified_by = self._verify(ctx, scoped, volume.id, sink.content_digest, source_hash)
+        verified_by = self._matches(ctx, scoped, volume_id, sink.content_digest, source_hash)
+        if verified_by is None:
+            raise IntegrityError(
+                f"{ctx.source.label}: the destination volume {volume_id} does not hold the "
+                "source's bytes after the copy; re-run to copy it again"
+            )
         ctx.stage(
             "verified",
-            destination_id=volume.id,
+            destination_id=volume_id,
             content_digest=sink.content_digest,
             verified_by=verified_by,
         )
         return PassResult(
-            destination_id=str(volume.id),
+            destination_id=volume_id,
             bytes_read=moved.bytes,
             bytes_sent=moved.bytes,
             bytes_wire=moved.bytes,
@@ -257,21 +326,94 @@ class ImageMethod:
             details={"verified_by": verified_by},
         )
 
-    def _verify(
+    def _earlier_copy(self, ctx: PassContext) -> str | None:
+        """The copy an earlier pass made, to keep: the journal's (an interrupted pass) or,
+        the journal lost, the oldest carrying the marker; ``available``, in the destination
+        project, big enough.
+
+        Deleted: the journal's copy when it cannot be kept and is not attached (as an
+        interrupted pass's always was) and marked copies whose creation failed. A marked
+        copy attached to a server is never touched: with nothing to keep, the pass stops
+        and says so rather than make a second copy.
+        """
+        dst = ctx.destination_conn
+        copies = cinder_adopt.previous_copies(dst, ctx.source.id, ctx.destination_id)
+
+        def usable(volume: Any) -> bool:
+            return (
+                volume.status == "available"
+                and volume.project_id == ctx.destination_project_id
+                and int(volume.size or 0) >= ctx.source.size_gib
+            )
+
+        journaled = [v for v in copies if v.id == ctx.destination_id and usable(v)]
+        others = sorted((v for v in copies if usable(v)), key=lambda v: str(v.created_at))
+        keep = (journaled or others or [None])[0]
+        for volume in copies:
+            if keep is not None and volume.id == keep.id:
+                continue
+            if (volume.id == ctx.destination_id and not volume.attachments) or str(
+                volume.status
+            ).startswith("error"):
+                delete_volume(dst, str(volume.id))
+        if keep is None:
+            attached = [str(v.id) for v in copies if v.attachments]
+            if attached:
+                raise ConflictError(
+                    f"{ctx.source.label}: its copy on the destination, volume {attached[0]}, "
+                    "is attached to a server; detach it to copy again, or leave the volume out"
+                )
+        return None if keep is None else str(keep.id)
+
+    def _hash_source(self, ctx: PassContext, glance: Source, volume_id: str) -> tuple[str, int]:
+        """The source image's content digest (and the backup, if asked), sending nothing."""
+        sink = HashingSink()
+        parts: list[Destination] = [sink] + ([ctx.backup] if ctx.backup is not None else [])
+        moved = copy(
+            glance,
+            Tee(*parts),
+            key=f"volume:{volume_id}:image",
+            journal=ctx.journal,
+            progress=ctx.on_progress,
+        )
+        return sink.content_digest, moved.bytes
+
+    def _kept(
+        self, ctx: PassContext, volume_id: str, digest: str, verified_by: str, read: int
+    ) -> PassResult:
+        """The result of a pass that found its earlier copy equal to the source."""
+        cinder_adopt.sync_volume_fields(ctx, volume_id)
+        ctx.stage("imported", destination_id=volume_id, reused=True)
+        ctx.stage("adopted", destination_id=volume_id)
+        ctx.stage(
+            "verified",
+            destination_id=volume_id,
+            content_digest=digest,
+            verified_by=verified_by,
+            reused=True,
+        )
+        return PassResult(
+            destination_id=volume_id,
+            bytes_read=read,
+            bytes_sent=0,
+            bytes_wire=0,
+            content_digest=digest,
+            details={"verified_by": verified_by, "reused": True},
+        )
+
+    def _matches(
         self, ctx: PassContext, scoped: Any, volume_id: str, digest: str, source_hash: Digest | None
-    ) -> str:
+    ) -> str | None:
+        """How the destination volume was found to hold the source's bytes, or None when it
+        does not: read back where the storage map knows its backend, else uploaded to
+        Glance and its hash compared with the source upload's."""
         dst = ctx.destination_conn
         cloud = _destination_cloud(ctx)
         host = dst.block_storage.get_volume(volume_id).host
         backend = backend_knows(ctx.storage, cloud, host)
         if backend is not None:
             found = volume_digest(backend, volume_id, ctx.source.size_bytes)
-            if found != digest:
-                raise IntegrityError(
-                    f"{ctx.source.label}: the destination volume {volume_id} hashes to "
-                    f"{found[:16]}..., not {digest[:16]}...; re-run to copy it again"
-                )
-            return describe(backend)
+            return describe(backend) if found == digest else None
         check = self._temporary(ctx, "destination", "verify")
         ctx.created(check)
         try:
@@ -281,11 +423,7 @@ class ImageMethod:
             ctx.removed(check)
         stored = image_digest(image)
         if source_hash is None or stored != source_hash:
-            raise IntegrityError(
-                f"{ctx.source.label}: the destination volume {volume_id} uploads as "
-                f"{stored.value[:16] if stored else 'nothing'}..., the source as "
-                f"{source_hash.value[:16] if source_hash else 'nothing'}...; re-run to copy again"
-            )
+            return None
         return f"Glance {stored.algorithm} of both uploads"
 
     def remove_temporary(
