@@ -30,9 +30,10 @@ Cinder's re-image (microversion 3.68: same volume, same ID). Only a copy that
 is not ``available``, or a Cinder without re-image, is replaced by a new
 volume.
 
-Both temporary images are named ``stackhop-volume-<source id>-<run>`` and
+Both temporary images are named ``stackhop-volume-<source id>`` and
 journaled before they are created, so ``volumes cleanup --run`` finds them by
-name even when a crash came before their ID was known. The method keeps no
+name even when a crash came before their ID was known; and a pass removes
+what is already under those names first (a killed run's, its journal lost). The method keeps no
 incremental state: every pass copies the whole volume (the preflight refuses
 ``--incremental`` with it).
 """
@@ -87,10 +88,11 @@ class HashingSink:
         return None
 
 
-def temporary_name(volume_id: str, run_id: str, purpose: str = "") -> str:
-    """The name of a temporary image of this method (found by it at cleanup)."""
+def temporary_name(volume_id: str, purpose: str = "") -> str:
+    """The name of a temporary image of this method: the source volume's, not the run's, so
+    a pass finds and removes what a killed run whose journal is lost left under it."""
     suffix = f"-{purpose}" if purpose else ""
-    return f"stackhop-volume-{volume_id}-{run_id[:8]}{suffix}"
+    return f"stackhop-volume-{volume_id}{suffix}"
 
 
 def images_named(service: Any, name: str) -> list[dict[str, Any]]:
@@ -235,7 +237,7 @@ class ImageMethod:
     def _temporary(self, ctx: PassContext, side: str, purpose: str = "") -> Temporary:
         cloud = ctx.source.cloud if side == "source" else _destination_cloud(ctx)
         return Temporary(
-            NAME, "image", cloud, temporary_name(ctx.source.id, ctx.run_id, purpose), {"side": side}
+            NAME, "image", cloud, temporary_name(ctx.source.id, purpose), {"side": side}
         )
 
     def copy_pass(self, ctx: PassContext) -> PassResult:
@@ -249,6 +251,7 @@ class ImageMethod:
 
         upload = self._temporary(ctx, "source")
         ctx.created(upload)
+        delete_images_named(src.image, upload.name)  # a killed run's, its journal lost
         src_image = upload_volume(src, source.id, upload.name, force=bool(source.attachments))
         ctx.stage("exported", source_image=src_image["id"])
         source_hash = image_digest(src_image)
@@ -267,6 +270,7 @@ class ImageMethod:
 
         landing = self._temporary(ctx, "destination")
         ctx.created(landing)
+        delete_images_named(dst.image, landing.name)
         dst_image = create_image(dst.image, landing.name, ctx.destination_project_id)
         sink = HashingSink()
         parts: list[Destination] = [GlanceDestination(dst.image, dst_image["id"]), sink]
@@ -416,6 +420,7 @@ class ImageMethod:
             return describe(backend) if found == digest else None
         check = self._temporary(ctx, "destination", "verify")
         ctx.created(check)
+        delete_images_named(dst.image, check.name)
         try:
             image = upload_volume(scoped, volume_id, check.name, force=False, settle=("available",))
         finally:
