@@ -288,22 +288,18 @@ def plan_stream(
 
 
 def check_counterparts(
-    prepared: Prepared,
-    destination: Connection,
-    cloud: str,
-    creatable: Iterable[str] = (),
-    workers: int = 8,
+    prepared: Prepared, destination: Connection, cloud: str, workers: int = 8
 ) -> None:
-    """Refuse, before anything is created, records of a mapped kind (``create_flags``: volume
-    types) that nothing on the destination matches, unless ``creatable`` names the kind.
+    """Refuse, before anything is created, records of a :attr:`~Kind.mapped` kind (volume
+    types) that nothing on the destination matches, unless the kind as configured
+    :attr:`~Kind.may_create` (``--create-volume-types``).
 
     One ConfigError line per run, the kind's own (:meth:`~stackhop.kinds.base.Kind.unmatched`):
     it names the objects, the map option and the create flag. The planner would otherwise
     plan creates for them while other kinds are already being applied.
     """
-    allowed = set(creatable)
     for kind, records in prepared.records.items():
-        if not kind.create_flags or kind.name in allowed or not records:
+        if not kind.mapped or kind.may_create or not records:
             continue
         resolved: list[tuple[Record, Record]] = []
         for record in records:

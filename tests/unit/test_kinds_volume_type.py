@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from stackhop.cli.options import add_create_flags, chosen_creations
-from stackhop.kinds import create_flags, get
+from stackhop.cli.options import add_kind_options, chosen_options
+from stackhop.kinds import get, import_options
 from stackhop.kinds.base import Difference, ExportScope, Kind
 from stackhop.kinds.volume_type import VOLUME_TYPE_NAME, _in_scope, volume_type_record
 from stackhop.resolve import Resolver
@@ -53,20 +53,17 @@ def test_a_mapped_type_is_never_changed_and_missing_ones_name_the_fixes() -> Non
         "--create-volume-types"
 
 
-def test_the_create_flag_comes_from_the_kind() -> None:
-    assert create_flags() == {
-        "create-volume-types": (
-            "create the volume types the destination lacks (journaled)",
-            "cinder.volume_type",
-        )
-    }
+def test_the_create_flag_is_the_kinds_import_option() -> None:
+    assert import_options()["create-volume-types"] == (
+        "create the volume types the destination lacks (journaled)",
+        ("cinder.volume_type",),
+    )
     parser = argparse.ArgumentParser()
-    add_create_flags(parser)
-    assert chosen_creations(parser.parse_args(["--create-volume-types"])) == {
-        "cinder.volume_type"
-    }
-    assert chosen_creations(parser.parse_args([])) == set()
-    assert chosen_creations(argparse.Namespace()) == set()
+    add_kind_options(parser)
+    kind = get("cinder.volume_type")
+    assert kind.mapped and not kind.may_create
+    assert kind.configured(chosen_options(parser.parse_args(["--create-volume-types"]))).may_create
+    assert not kind.configured(chosen_options(parser.parse_args([]))).may_create
 
 
 def test_a_project_export_keeps_what_its_projects_may_use() -> None:
@@ -90,6 +87,6 @@ def test_the_commands_take_the_type_map_and_the_create_flag() -> None:
     ):
         args = parser.parse_args([*argv, "--type-map", "lvm=ceph", "--create-volume-types"])
         assert parse_type_map(args.type_map) == {"lvm": "ceph"}, argv
-        assert chosen_creations(args) == {"cinder.volume_type"}, argv
+        assert chosen_options(args)["create_volume_types"], argv
     verify = parser.parse_args(["verify", "--to", "dst", "a.tar", "--type-map", "lvm=ceph"])
     assert verify.type_map == ["lvm=ceph"]

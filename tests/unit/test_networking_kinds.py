@@ -158,18 +158,17 @@ def test_keep_segmentation_ids_sends_every_segments_id() -> None:
 
 
 def test_keep_segmentation_ids_is_a_flag_of_plan_import_and_migrate() -> None:
-    assert registry.import_options() == {
-        "keep-segmentation-ids": (KEEP_IDS_HELP, ("neutron.network",))
-    }
+    assert registry.import_options()["keep-segmentation-ids"] == (
+        KEEP_IDS_HELP, ("neutron.network",)
+    )
     parser = build_parser()
-    for command in ("plan", "import", "migrate"):
-        args = parser.parse_args(
-            [command, "--to", "dst", *(["--from", "src"] if command == "migrate" else ["a"]),
-             "--keep-segmentation-ids"]
-        )
-        assert chosen_options(args) == {"keep_segmentation_ids": True}, command
+    for argv in (["plan", "--to", "dst", "a"], ["import", "--to", "dst", "a"],
+                 ["migrate", "--from", "src", "--to", "dst"],
+                 ["project", "migrate", "--from", "src", "--to", "dst", "--project", "p"]):
+        args = parser.parse_args([*argv, "--keep-segmentation-ids"])
+        assert chosen_options(args)["keep_segmentation_ids"], argv
     args = parser.parse_args(["import", "--to", "dst", "a"])
-    assert chosen_options(args) == {"keep_segmentation_ids": False}
+    assert not chosen_options(args)["keep_segmentation_ids"]
 
 
 def test_plan_shows_the_choice() -> None:

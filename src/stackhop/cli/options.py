@@ -18,7 +18,7 @@ here, so its spelling, type, default and help are the same everywhere:
 The resource kinds' selector flags (``--keypairs``, ``--quotas``, ...), the
 flags that let a mapped kind create (``--create-volume-types``) and the import
 options (``--keep-segmentation-ids``) come from the kinds' declarations
-(:func:`add_kind_selectors`, :func:`add_create_flags`, :func:`add_kind_options`).
+(:func:`add_kind_selectors`, :func:`add_kind_options`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from stackhop.volumes.reshape import parse_type_map
 
 __all__ = [
     "add_clouds",
-    "add_create_flags",
     "add_dry_run",
     "add_format_options",
     "add_kind_options",
@@ -44,7 +43,6 @@ __all__ = [
     "add_type_map",
     "add_workers",
     "checked_each",
-    "chosen_creations",
     "chosen_options",
     "chosen_selectors",
     "positive_int",
@@ -202,7 +200,8 @@ def add_kind_selectors(parser: argparse.ArgumentParser) -> None:
 
 
 def add_kind_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per import option the resource kinds declare (``--keep-segmentation-ids``)."""
+    """One flag per import option the resource kinds declare (``--keep-segmentation-ids``,
+    ``--create-volume-types``)."""
     group = parser.add_argument_group("how to import (options of some kinds)")
     for flag, (help_text, _) in registry.import_options().items():
         group.add_argument(f"--{flag}", action="store_true", help=help_text)
@@ -225,17 +224,3 @@ def chosen_selectors(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def add_create_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per mapped kind that may create what the destination lacks
-    (``--create-volume-types``)."""
-    for flag, (help_text, _) in registry.create_flags().items():
-        parser.add_argument(f"--{flag}", action="store_true", help=help_text)
-
-
-def chosen_creations(args: argparse.Namespace) -> set[str]:
-    """The kinds whose create flag is set on the command line (absent flags: none)."""
-    return {
-        name
-        for flag, (_, name) in registry.create_flags().items()
-        if getattr(args, registry.selector_dest(flag), False)
-    }

@@ -14,13 +14,13 @@ from typing import Any
 
 from stackhop.cli.options import (
     add_clouds,
-    add_create_flags,
     add_dry_run,
     add_format_options,
+    add_kind_options,
     add_maps,
     add_selection,
     add_workers,
-    chosen_creations,
+    chosen_options,
 )
 from stackhop.cli.output import dump, render_table
 from stackhop.cli.volumes_backup import (
@@ -98,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="also write each volume's backup to DIR or pipe it to COMMAND, from the same read",
     )
     add_reshape_options(p)
-    add_create_flags(p)
+    add_kind_options(p)
     add_grant_option(p)
     p.add_argument(
         "--allow-in-use",
@@ -174,7 +174,7 @@ def _request(args: argparse.Namespace) -> migrate.MigrationRequest:
         method=args.method,
         backup_to=args.backup_to,
         reshape=reshape_of(args),
-        create_kinds=frozenset(chosen_creations(args)),
+        kind_options=chosen_options(args),
         grant_role=args.grant_role,
         usage_start=args.usage_start,
         usage_end=args.usage_end,

@@ -15,7 +15,6 @@ from stackhop import rollback as undo
 from stackhop.archive import ArchiveReader, ArchiveWriter
 from stackhop.cli.options import (
     add_clouds,
-    add_create_flags,
     add_dry_run,
     add_format_options,
     add_kind_options,
@@ -24,7 +23,6 @@ from stackhop.cli.options import (
     add_network_map,
     add_type_map,
     add_workers,
-    chosen_creations,
     chosen_options,
     chosen_selectors,
 )
@@ -116,7 +114,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_maps(p)
     add_network_map(p)
     add_type_map(p)
-    add_create_flags(p)
     add_kind_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=plan_command)
@@ -128,7 +125,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_maps(p)
     add_network_map(p)
     add_type_map(p)
-    add_create_flags(p)
     _import_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=import_command)
@@ -167,7 +163,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_maps(p)
     add_network_map(p)
     add_type_map(p)
-    add_create_flags(p)
     _import_options(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=migrate_command)
@@ -269,9 +264,7 @@ def _apply(
     )
     with Journal(args.journal) as journal, user_passwords.issuing(issuer):
         prepared = _prepare(args, source, conn, journal)
-        resources.check_counterparts(
-            prepared, conn, args.destination, chosen_creations(args), args.workers
-        )
+        resources.check_counterparts(prepared, conn, args.destination, args.workers)
         engine = Engine(journal, conn, prepared.resolver, workers=args.workers, events=args.events)
         # The destination is read kind by kind while the kinds read first are applied.
         result = engine.run_planned(
@@ -337,7 +330,7 @@ def plan_command(args: argparse.Namespace) -> int:
     conn = connect(args.destination)
     with ArchiveReader(args.archive) as reader:
         prepared = _prepare(args, reader, conn, None)
-        resources.check_counterparts(prepared, conn, args.destination, chosen_creations(args))
+        resources.check_counterparts(prepared, conn, args.destination)
         operations = resources.plan_import(prepared, conn, args.overwrite)
     _print_plan(operations, args.format)
     return 0

@@ -7,9 +7,9 @@ kind is one new file and nothing else lists it. ``get("nova.keypair")`` works
 without the caller importing anything.
 
 Everything that enumerates kinds reads this registry: the resource transfer's
-kinds (:func:`transfer_kinds`), the CLI selector flags (:func:`selectors`) and
-the flags that let a mapped kind create (:func:`create_flags`), the
-import option flags (:func:`import_options`),
+kinds (:func:`transfer_kinds`), the CLI selector flags (:func:`selectors`), the
+import option flags (:func:`import_options`: ``--keep-segmentation-ids``, and the
+flag that lets a mapped kind create, ``--create-volume-types``),
 the ``--via db`` dispatch (each kind's ``read_db``) and the list in
 ``docs/cli.md`` (a unit test compares them).
 """
@@ -32,7 +32,6 @@ __all__ = [
     "Kind",
     "Record",
     "all_kinds",
-    "create_flags",
     "dependency_levels",
     "get",
     "import_options",
@@ -112,18 +111,6 @@ def selectors() -> dict[str, tuple[str, tuple[str, ...]]]:
             names = (known[1] if known else ()) + (kind.name,)
             found[flag] = (help_text, names)
     return dict(sorted(found.items()))
-
-
-def create_flags() -> dict[str, tuple[str, str]]:
-    """Every flag that lets a mapped kind create what the destination lacks
-    (``create-volume-types``) -> (help, the kind's name), in kind order."""
-    found: dict[str, tuple[str, str]] = {}
-    for kind in transfer_kinds():
-        for flag, help_text in kind.create_flags.items():
-            if flag in found:
-                raise ValueError(f"--{flag} is declared by {found[flag][1]} and {kind.name}")
-            found[flag] = (help_text, kind.name)
-    return found
 
 
 def import_options() -> dict[str, tuple[str, tuple[str, ...]]]:

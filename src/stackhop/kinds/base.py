@@ -14,7 +14,7 @@ A kind module (``kinds/keypair.py``, ``kinds/security_group.py``, ...) subclasse
   :meth:`~Kind.delete`, :meth:`~Kind.restore` and :meth:`~Kind.observe`;
 - its SQL reader for ``--via db`` (:meth:`~Kind.read_db`);
 - whether it is *mapped* onto the destination's own objects and created only on
-  request (``create_flags``: volume types);
+  request (``mapped`` kinds such as volume types, with an import option);
 - its rollback behaviour: created objects are deleted, updated ones restored
   from the journaled ``before``; ``deleted_with`` names the kind whose
   deletion takes this one along (a group's rules go with the group).
@@ -128,18 +128,23 @@ class Kind(ABC):
     #: Whether the kind moves when no selector flag is given (opt-in kinds such as the
     #: Keystone ones set False and move only with their selector).
     default_selected: ClassVar[bool] = True
-    #: For a kind *mapped* onto objects the destination already has rather than created
-    #: (volume types): the flag (without ``--``) -> help that lets ``plan``, ``import`` and
-    #: ``migrate`` create the missing ones. Without it, a record with no destination
-    #: counterpart stops the run before anything is created (:meth:`unmatched` says so).
-    create_flags: ClassVar[Mapping[str, str]] = {}
+    #: A kind *mapped* onto objects the destination already has rather than created
+    #: (volume types): a record with no destination counterpart stops the run before
+    #: anything is created (:meth:`unmatched` says so), unless the configured kind
+    #: :attr:`may_create` (one of its ``import_options`` says so).
+    mapped: ClassVar[bool] = False
     #: The kind whose deletion removes objects of this kind along with it (rollback):
     #: an object whose journaled destination ID is that of a deleted parent is not
     #: deleted on its own, its undo waits for the parent's.
     deleted_with: ClassVar[str | None] = None
-    #: Import options (flags without ``--``) -> help: ``stackhop plan|import|migrate`` take
-    #: one flag per option any kind declares, and :meth:`configured` reads the ones set.
+    #: Import options (flags without ``--``) -> help: ``stackhop plan|import|migrate`` and
+    #: ``project migrate`` take one flag per option any kind declares, and
+    #: :meth:`configured` reads the ones set (``--keep-segmentation-ids``,
+    #: ``--create-volume-types``): the one way a kind declares a flag of the import.
     import_options: ClassVar[Mapping[str, str]] = {}
+    #: For a :attr:`mapped` kind: whether this (configured) kind may create what the
+    #: destination lacks.
+    may_create: bool = False
     #: The ID map kind of another name the kind's objects get on the destination, kept by
     #: source ID next to their IDs (``neutron.floating_ip.address``: a floating IP's
     #: address), or None; :meth:`aliases` reads them.
@@ -175,10 +180,10 @@ class Kind(ABC):
         return {kind for kind in self.references.values() if kind != self.name}
 
     def unmatched(self, records: Sequence[Mapping[str, Any]], destination: str) -> str:
-        """The one-line error for records of a ``create_flags`` kind that nothing on cloud
+        """The one-line error for records of a :attr:`mapped` kind that nothing on cloud
         ``destination`` matches (override to name the kind's own map option too)."""
         names = ", ".join(repr(self.identity(r)) for r in records)
-        flags = " or ".join(f"--{flag}" for flag in self.create_flags)
+        flags = " or ".join(f"--{flag}" for flag in self.import_options)
         return f"{self.name} {names}: no counterpart on cloud {destination!r}; pass {flags}"
 
     # -- comparison ------------------------------------------------------------

@@ -101,8 +101,16 @@ class VolumeType(Kind):
         "volume-types": "volume types, mapped by name or --type-map (created only with "
         f"--{CREATE_FLAG})"
     }
-    create_flags = {CREATE_FLAG: "create the volume types the destination lacks (journaled)"}
+    mapped = True
+    import_options = {CREATE_FLAG: "create the volume types the destination lacks (journaled)"}
     transfer = True
+
+    def __init__(self, *, may_create: bool = False) -> None:
+        self.may_create = may_create
+
+    def configured(self, options: Mapping[str, bool]) -> VolumeType:
+        wanted = bool(options.get("create_volume_types"))
+        return self if wanted == self.may_create else type(self)(may_create=wanted)
 
     def identity(self, record: Mapping[str, Any]) -> str:
         return str(record["name"])

@@ -70,8 +70,9 @@ class MigrationRequest:
     backup_to: str | None = None
     #: Destination volume types and sizes (``--type-map``, ``--min-size``, ``--grow-to``).
     reshape: Reshape = field(default_factory=Reshape)
-    #: Mapped kinds allowed to create what the destination lacks (``--create-volume-types``).
-    create_kinds: frozenset[str] = frozenset()
+    #: The kinds' import options by argparse attribute (``--create-volume-types``,
+    #: ``--keep-segmentation-ids``), for the resources phase.
+    kind_options: Mapping[str, bool] = field(default_factory=dict)
     #: ``--grant-role``: the role the operator's user holds in the destination project while
     #: volumes are copied (granted and removed by stackhop only when it was missing).
     grant_role: str | None = None
@@ -243,12 +244,11 @@ class Migration:
             user_map=self.user_map,
             project_map=self.project_map,
             journal=journal,
+            options=self.request.kind_options,
         )
         prepared.resolver.maps[VOLUME_TYPE_NAME] = dict(self.request.reshape.type_map)
         # A volume type missing on the destination is an error now, unless it may be created.
-        resources.check_counterparts(
-            prepared, self.destination, self.request.destination_cloud, self.request.create_kinds
-        )
+        resources.check_counterparts(prepared, self.destination, self.request.destination_cloud)
         return prepared
 
     def import_resources(self, reader: ArchiveReader, project_id: str) -> RunResult:
