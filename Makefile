@@ -32,6 +32,7 @@ test-long: testbed-seed
 
 chaos: testbed-seed
 	$(PY) bench/chaos.py --rates 0,0.05,0.1,0.2,0.3 --groups 40 --kills 20
+	$(PY) bench/chaos_volumes.py --kills 20
 
 unit: setup
 	$(PY) -m pytest -ra tests/unit

@@ -8,7 +8,8 @@ takes, and ``--kills`` trials each:
 
 1. start ``stackhop volumes copy --all --method M`` with a fresh journal and
    ``kill -9`` it after a random delay (up to the uninterrupted run's time);
-2. every other trial deletes the journal (the re-run knows nothing);
+2. every other trial deletes the journal (the re-run knows nothing), or every
+   trial (``--journal deleted``), or none (``--journal kept``);
 3. re-run until it exits 0 (at most ``--max-runs``), then count, per source
    volume, the destination volumes carrying its marker (a duplicate is a
    failure) and read each back from its backend: its content digest must be
@@ -21,6 +22,7 @@ Everything it made is removed at the end.
 
     .venv/bin/python bench/chaos_volumes.py                        # 4 trials per method
     .venv/bin/python bench/chaos_volumes.py --methods rbd --kills 20 --seed 3
+    .venv/bin/python bench/chaos_volumes.py --kills 1 --volumes 1 --journal deleted --no-save
 
 Results: ``bench/results/chaos-volumes-<date>.json`` and ``.md`` (with the
 command). Goal (issue 17): 0 duplicates, 0 missing, every digest equal,
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--volumes", type=int, default=2)
     parser.add_argument("--kills", type=int, default=4, help="trials per method (half with "
                         "the journal deleted)")
+    parser.add_argument("--journal", choices=("both", "kept", "deleted"), default="both",
+                        help="what happens to the killed run's journal (both: alternately)")
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--max-runs", type=int, default=3)
     parser.add_argument("--no-save", action="store_true")
@@ -226,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                 _clear_dst(box, env, journal)
                 for trial in range(args.kills):
                     at = rng.uniform(0.5, max(1.0, first["seconds"]))
+                    keep = trial % 2 == 0 if args.journal == "both" else args.journal == "kept"
                     rows.append(_trial(box, env, method, sources, names, work, at,
-                                       keep=trial % 2 == 0, max_runs=args.max_runs))
+                                       keep=keep, max_runs=args.max_runs))
                     print(json.dumps(rows[-1]), flush=True)
     finally:
         _drop_snapshots(box, "src")

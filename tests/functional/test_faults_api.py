@@ -17,10 +17,6 @@ independent listing, not by stackhop), verify through the plain ``dst`` exits
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +25,8 @@ from typing import Any
 
 import openstack
 import pytest
-from tests.support.faultproxy import FaultProxy, Faults, catalog_upstreams, write_clouds_yaml
+from tests.functional.faults_support import faulty, stackhop_through, until_done
+from tests.support.faultproxy import FaultProxy
 
 from stackhop.clouds import connect
 from stackhop.kinds.base import Kind
@@ -39,9 +36,6 @@ pytestmark = pytest.mark.functional
 
 PROJECTS = ("gamma", "delta")
 GROUPS = 4
-RATE = 0.15
-#: Re-runs allowed after a run stopped by a fault (each must name it in one line).
-RUNS = 4
 SCRIPT = (
     ("POST", r"/v2\.0/security-groups$", "drop"),
     ("POST", r"/v2\.0/security-groups$", "reset"),
@@ -84,46 +78,10 @@ def groups(seeded: Any) -> Iterator[str]:
                 call(dst.network, "DELETE", f"/security-groups/{group['id']}", missing_ok=True)
 
 
-@contextlib.contextmanager
-def faulty(script: tuple[tuple[str, str, str], ...], directory: Path) -> Iterator[FaultProxy]:
-    """The proxy over both clouds, and a clouds.yaml naming ``src-faulty``/``dst-faulty``."""
-    upstreams = catalog_upstreams(connect("src")) | catalog_upstreams(connect("dst"))
-    faults = Faults(rate=RATE, seed=17, script=script, stall_seconds=8, retry_after=1)
-    with FaultProxy(sorted(upstreams), faults) as px:
-        px.clouds_yaml = write_clouds_yaml(  # type: ignore[attr-defined]
-            px, Path(os.environ["OS_CLIENT_CONFIG_FILE"]), directory / "clouds.yaml",
-            ["src", "dst"], timeout=4,
-        )
-        yield px
-
-
 @pytest.fixture
 def proxy(seeded: Any, tmp_path: Path) -> Iterator[FaultProxy]:
     with faulty(SCRIPT, tmp_path) as px:
         yield px
-
-
-def _stackhop(proxy: FaultProxy, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(proxy.clouds_yaml)}  # type: ignore[attr-defined]
-    return subprocess.run(
-        [sys.executable, "-m", "stackhop.cli.main", *argv],
-        env=env, capture_output=True, text=True, timeout=900, check=False,
-    )
-
-
-def _until_done(proxy: FaultProxy, *argv: str) -> list[subprocess.CompletedProcess[str]]:
-    """Run ``stackhop argv`` until it exits 0; every stop before must be one line on stderr."""
-    runs = []
-    for _ in range(RUNS):
-        proc = _stackhop(proxy, *argv)
-        runs.append(proc)
-        if proc.returncode == 0:
-            return runs
-        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-        assert last.startswith("stackhop"), f"no one-line error: {proc.stderr[-2000:]}"
-    pytest.fail(f"`stackhop {' '.join(argv)}` did not complete in {RUNS} runs: "
-                f"{runs[-1].stderr[-2000:]}")
 
 
 def _dst_state(prefix: str) -> tuple[Counter[str | None], list[tuple[Any, ...]], dict[str, Any]]:
@@ -155,8 +113,8 @@ def test_import_verify_rollback_through_faults(
     projects = [a for p in PROJECTS for a in ("--project", p)]
     marks_before, _, quotas_before = _dst_state(groups)
 
-    _until_done(proxy, "export", "--from", "src-faulty", "-o", str(archive), *selection, *projects)
-    imports = _until_done(proxy, "--journal", str(journal), "import", "--to", "dst-faulty",
+    until_done(proxy, "export", "--from", "src-faulty", "-o", str(archive), *selection, *projects)
+    imports = until_done(proxy, "--journal", str(journal), "import", "--to", "dst-faulty",
                           str(archive), *selection, "--workers", "2")
     try:
         # The worst case happened: requests applied on dst whose answers were lost.
@@ -168,11 +126,11 @@ def test_import_verify_rollback_through_faults(
         assert marks and max(marks.values()) == 1, f"a group was created twice: {marks}"
         assert len(rules) == len(set(rules)), "a rule was created twice"
         assert len(rules) == GROUPS + (GROUPS - 1) + 2 * GROUPS  # ports, remotes, egress pair
-        verify = _stackhop(proxy, "verify", "--to", "dst", str(archive), *selection)
+        verify = stackhop_through(proxy, "verify", "--to", "dst", str(archive), *selection)
         assert verify.returncode == 0, verify.stdout + verify.stderr
 
         # A re-run with the journal lost changes nothing (markers and quotas found on dst).
-        again = _stackhop(proxy, "--journal", str(tmp_path / "fresh.sqlite"), "import",
+        again = stackhop_through(proxy, "--journal", str(tmp_path / "fresh.sqlite"), "import",
                           "--to", "dst", str(archive), *selection, "-f", "json")
         assert again.returncode == 0, again.stderr
         assert _dst_state(groups)[0] == marks
@@ -181,7 +139,7 @@ def test_import_verify_rollback_through_faults(
 
         with Journal(journal) as j:
             runs = [a for r in j.runs() for a in ("--run", r.id)]
-        rollback = _until_done(proxy, "--journal", str(journal), "rollback", "--to",
+        rollback = until_done(proxy, "--journal", str(journal), "rollback", "--to",
                                "dst-faulty", *runs)
     assert proxy.unspent == [], f"scripted faults never met: {proxy.unspent}"
     marks_after, rules_after, quotas_after = _dst_state(groups)
@@ -207,7 +165,7 @@ def test_images_copy_and_rollback_through_faults(seeded: Any, tmp_path: Path) ->
     src = openstack.connect(cloud="src")
     checksums = {i.id: i.checksum for i in src.image.images() if i.name in IMAGES}
     with faulty(IMAGE_SCRIPT, tmp_path) as px:
-        copies = _until_done(px, "--journal", str(journal), "images", "copy", "--from",
+        copies = until_done(px, "--journal", str(journal), "images", "copy", "--from",
                              "src-faulty", "--to", "dst-faulty", *selection)
         try:
             dst = openstack.connect(cloud="dst")
@@ -223,7 +181,7 @@ def test_images_copy_and_rollback_through_faults(seeded: Any, tmp_path: Path) ->
 
             with Journal(journal) as j:
                 runs = [a for r in j.runs() for a in ("--run", r.id)]
-            _until_done(px, "--journal", str(journal), "rollback", "--to", "dst-faulty", *runs)
+            until_done(px, "--journal", str(journal), "rollback", "--to", "dst-faulty", *runs)
         assert px.unspent == [], f"scripted faults never met: {px.unspent}"
     left = [i.id for i in openstack.connect(cloud="dst").image.images()
             if i.properties.get("stackhop_source") in checksums]

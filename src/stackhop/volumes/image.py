@@ -40,6 +40,7 @@ incremental state: every pass copies the whole volume (the preflight refuses
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -60,6 +61,8 @@ from stackhop.volumes.storage import StorageMap
 
 NAME = "image"
 COPYABLE = ("available", "in-use")
+#: Statuses a volume leaves by itself (Cinder is still writing it).
+SETTLING = ("creating", "downloading", "uploading", "extending")
 
 
 class HashingSink:
@@ -228,7 +231,9 @@ class ImageMethod:
         destination_cloud: str,
         destination_type: str | None,
     ) -> None:
-        if source.status not in COPYABLE:
+        # An upload still running (a killed run's, an answer lost) ends by itself: the
+        # pass waits for it.
+        if source.status not in COPYABLE + ("uploading",):
             raise CapabilityError(
                 f"{source.label} is {source.status}; the image method copies available or "
                 "in-use volumes only: wait for it or fix its status"
@@ -251,7 +256,10 @@ class ImageMethod:
 
         upload = self._temporary(ctx, "source")
         ctx.created(upload)
-        delete_images_named(src.image, upload.name)  # a killed run's, its journal lost
+        # An upload whose answer was lost (or a killed run's) may still run: let it end,
+        # then remove what it made (a killed run's image too, its journal lost).
+        wait_volume(src, source.id, COPYABLE)
+        delete_images_named(src.image, upload.name)
         src_image = upload_volume(src, source.id, upload.name, force=bool(source.attachments))
         ctx.stage("exported", source_image=src_image["id"])
         source_hash = image_digest(src_image)
@@ -342,6 +350,13 @@ class ImageMethod:
         """
         dst = ctx.destination_conn
         copies = cinder_adopt.previous_copies(dst, ctx.source.id, ctx.destination_id)
+        if any(v.status in SETTLING for v in copies):
+            # A create whose answer was lost is still writing the image: let it finish.
+            for volume in copies:
+                if volume.status in SETTLING:
+                    with contextlib.suppress(IntegrityError):
+                        wait_volume(dst, str(volume.id), ("available", "in-use"))
+            copies = cinder_adopt.previous_copies(dst, ctx.source.id, ctx.destination_id)
 
         def usable(volume: Any) -> bool:
             return (
