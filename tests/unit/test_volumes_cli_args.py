@@ -49,3 +49,23 @@ def test_one_vocabulary_for_volumes_with_the_old_spellings_kept() -> None:
     every = parser.parse_args(["project", "migrate", "--from", "a", "--to", "b",
                                "--project", "p", "--all-volumes"])
     assert every.all_volumes is True and every.workers == 2
+
+
+def test_project_migrate_hands_trust_writes_to_the_rbd_method_only() -> None:
+    from types import SimpleNamespace
+
+    from stackhop.cli.main import build_parser
+    from stackhop.cli.project import _request
+    from stackhop.project.volumes import _copy_request
+
+    args = build_parser().parse_args(["project", "migrate", "--from", "a", "--to", "b",
+                                      "--project", "p", "--trust-writes"])
+    request = _request(args)
+    assert request.trust_writes
+    migration = SimpleNamespace(request=request)
+    rbd = _copy_request(migration, "pid", "rbd", ["v"])  # type: ignore[arg-type]
+    stream = _copy_request(migration, "pid", "stream", ["v"])  # type: ignore[arg-type]
+    assert rbd.method_options == {"reread": False} and stream.method_options == {}
+    plain = _request(build_parser().parse_args(["project", "migrate", "--from", "a", "--to",
+                                                "b", "--project", "p"]))
+    assert _copy_request(SimpleNamespace(request=plain), "pid", "rbd", ["v"]).method_options == {}  # type: ignore[arg-type]

@@ -97,6 +97,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR|cmd:COMMAND",
         help="also write each volume's backup to DIR or pipe it to COMMAND, from the same read",
     )
+    p.add_argument(
+        "--trust-writes",
+        action="store_true",
+        help="volumes the rbd method copies: verify a full pass from the writes librbd "
+        "confirmed instead of reading the whole destination back (faster)",
+    )
     add_reshape_options(p)
     add_kind_options(p)
     add_grant_option(p)
@@ -173,6 +179,7 @@ def _request(args: argparse.Namespace) -> migrate.MigrationRequest:
         all_volumes=args.all_volumes,
         method=args.method,
         backup_to=args.backup_to,
+        trust_writes=args.trust_writes,
         reshape=reshape_of(args),
         kind_options=chosen_options(args),
         grant_role=args.grant_role,

@@ -68,6 +68,9 @@ class MigrationRequest:
     #: file backends with an ssh host, else image.
     method: str = "auto"
     backup_to: str | None = None
+    #: ``--trust-writes``: volumes copied by the rbd method are verified from the writes
+    #: librbd confirmed, not by reading the destination back.
+    trust_writes: bool = False
     #: Destination volume types and sizes (``--type-map``, ``--min-size``, ``--grow-to``).
     reshape: Reshape = field(default_factory=Reshape)
     #: The kinds' import options by argparse attribute (``--create-volume-types``,

@@ -89,6 +89,7 @@ def _copy_request(
         project=project_id,
         volumes=tuple(volumes),
         method=method,
+        method_options={"reread": False} if method == "rbd" and request.trust_writes else {},
         incremental=request.allow_in_use,
         backup_to=str(request.backup_to) if request.backup_to else None,
         reshape=request.reshape,
