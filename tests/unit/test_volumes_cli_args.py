@@ -69,3 +69,22 @@ def test_project_migrate_hands_trust_writes_to_the_rbd_method_only() -> None:
     plain = _request(build_parser().parse_args(["project", "migrate", "--from", "a", "--to",
                                                 "b", "--project", "p"]))
     assert _copy_request(SimpleNamespace(request=plain), "pid", "rbd", ["v"]).method_options == {}  # type: ignore[arg-type]
+
+
+def test_images_commands_share_the_options_and_their_vocabulary() -> None:
+    from stackhop.cli.main import build_parser
+
+    parser = build_parser()
+    copy = parser.parse_args(["images", "copy", "--from", "a", "--to", "b", "--image", "x", "y",
+                              "--image", "z*"])
+    assert copy.images == ["x", "y", "z*"] and not copy.all_images and copy.workers == 2
+    every = parser.parse_args(["images", "move-store", "--cloud", "c", "--from-store", "s1",
+                               "--to-store", "s2", "--all", "--dry-run"])
+    assert every.all_images and every.dry_run
+    for argv in (["images", "copy", "--from", "a", "--to", "b", "--all-images"],
+                 ["images", "import", "--to", "b", "f.tar"],
+                 ["images", "move-store", "--cloud", "c", "--from-store", "s1", "--to-store",
+                  "s2", "--all"]):
+        code, err = _run(*argv, "--workers", "0")
+        assert code == 2 and "argument --workers: must be at least 1" in err, argv
+        assert len(err.strip().splitlines()) == 1

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from stackhop.archive import ArchiveReader, ArchiveWriter
+from stackhop.cli.options import add_clouds, add_dry_run, add_selection, add_workers
 from stackhop.cli.output import add_format_options, dump, render_table
 from stackhop.clouds import cloud_config, connect
 from stackhop.engine import RunResult
@@ -51,13 +52,15 @@ ACTION_STYLES = {"move": "green", "create": "green", "error": "bold red", "faile
                  "conflict": "bold red"}
 
 
+#: What ``--image`` says besides the shared wording.
+PATTERN_HELP = "; a name with * ? [ is a pattern: every image whose name matches (quote it)"
+
+
 def _selection(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("which images (exactly one of)")
-    group.add_argument("--image", action="append", default=[], metavar="ID_OR_NAME",
-                       help="this image (repeat for several); a name with * ? [ is a "
-                       "pattern: every image whose name matches (quote it)")
+    group = add_selection(p, "image", title="which images (exactly one of)",
+                          every="every image of the cloud (also spelled --all)",
+                          aliases_all=("--all",), more=PATTERN_HELP)
     group.add_argument("--project", metavar="ID_OR_NAME", help="every image the project owns")
-    group.add_argument("--all", action="store_true", help="every image of the cloud")
 
 
 def _property_filter_options(p: argparse.ArgumentParser, what: str) -> None:
@@ -115,9 +118,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--no-verify-data", dest="verify_data", action="store_false",
                    help="copy-image, locations: skip reading the moved data back through "
                    "Glance to hash it")
-    p.add_argument("--dry-run", action="store_true", help="show what would move, change nothing")
-    p.add_argument("--workers", type=int, default=2, metavar="N",
-                   help="images moved at once (default: 2)")
+    add_dry_run(p, "show what would move")
+    add_workers(p, 2, "images moved")
     add_format_options(p, columns=False)
     p.set_defaults(func=move_store_command)
 
@@ -130,8 +132,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "else --project-map). --keep-id keeps the image ID where it is free."
         ),
     )
-    p.add_argument("--from", dest="source", required=True, metavar="CLOUD")
-    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    add_clouds(p)
     _selection(p)
     p.add_argument("--keep-id", action="store_true", help="same image ID where it is free")
     p.add_argument("--project-map", metavar="FILE", help="YAML: {source id: destination id}")
@@ -147,9 +148,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--storage-map", metavar="FILE",
                    help="with --location-cloud: how to reach the RBD pools (default: "
                    "$STACKHOP_STORAGE_MAP)")
-    p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
-    p.add_argument("--workers", type=int, default=2, metavar="N",
-                   help="images copied at once (default: 2)")
+    add_dry_run(p)
+    add_workers(p, 2, "images copied")
     add_format_options(p, columns=False)
     p.set_defaults(func=copy_command)
 
@@ -162,7 +162,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "each other. `stackhop images import` uploads it."
         ),
     )
-    p.add_argument("--from", dest="source", required=True, metavar="CLOUD")
+    add_clouds(p, destination=False)
     p.add_argument("-o", "--output", required=True, metavar="FILE")
     _selection(p)
     p.add_argument("--with-image-data", action="store_true", help="put the images' data in too")
@@ -178,27 +178,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "left out with a warning."
         ),
     )
-    p.add_argument("--to", dest="destination", required=True, metavar="CLOUD")
+    add_clouds(p, source=False)
     p.add_argument("archive", metavar="FILE")
-    p.add_argument("--image", action="append", default=[], metavar="ID_OR_NAME",
-                   help="import only this image of the archive (repeat for several; a name "
-                   "with * ? [ is a pattern; default: every image)")
+    p.add_argument("--image", dest="images", action="extend", nargs="+", default=[],
+                   metavar="ID_OR_NAME",
+                   help="import only this image of the archive (repeat the option, or name "
+                   f"several after it{PATTERN_HELP}; default: every image)")
     p.add_argument("--keep-id", action="store_true", help="same image ID where it is free")
     p.add_argument("--project-map", metavar="FILE", help="YAML: {source id: destination id}")
     _property_filter_options(p, "import")
-    p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
-    p.add_argument("--workers", type=int, default=2, metavar="N")
+    add_dry_run(p)
+    add_workers(p, 2, "images imported")
     add_format_options(p, columns=False)
     p.set_defaults(func=import_command)
 
 
-def _check_workers(n: int) -> None:
-    if n < 1:
-        raise UsageError("--workers must be at least 1")
-
-
 def _selection_of(args: argparse.Namespace) -> Selection:
-    selection = Selection(images=tuple(args.image), project=args.project, all=args.all)
+    selection = Selection(images=tuple(args.images), project=args.project, all=args.all_images)
     selection.check()
     return selection
 
@@ -211,7 +207,6 @@ def _print(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str, data:
 
 
 def move_store_command(args: argparse.Namespace) -> int:
-    _check_workers(args.workers)
     selection = _selection_of(args)
     conn = connect(args.cloud)
     images = select_images(conn, selection)
@@ -235,8 +230,8 @@ def move_store_command(args: argparse.Namespace) -> int:
                            keep_source=args.keep_source, verify_data=args.verify_data,
                            workers=args.workers, events=args.events)
         result = mover.run(images, args={"cloud": args.cloud, "from_store": args.from_store,
-                                         "to_store": args.to_store, "images": args.image,
-                                         "project": args.project, "all": args.all})
+                                         "to_store": args.to_store, "images": args.images,
+                                         "project": args.project, "all": args.all_images})
     return _print_moves(result, args.format)
 
 
@@ -258,7 +253,7 @@ def _locations(conn: Any, args: argparse.Namespace, images: list[dict[str, Any]]
                                             args.to_store)
     plans = plan_location_moves(images, args.from_store, args.to_store)
     refused = [f"{p.name} ({p.image_id}): {p.reason}" for p in plans if p.action == "error"]
-    if refused and args.image and not args.dry_run:
+    if refused and args.images and not args.dry_run:
         raise ConflictError("cannot move " + "; ".join(refused))
     if args.dry_run:
         _print([{"Action": p.action, "ID": p.image_id, "Name": p.name, "Reason": p.reason}
@@ -269,8 +264,8 @@ def _locations(conn: Any, args: argparse.Namespace, images: list[dict[str, Any]]
                               store, verify_data=args.verify_data, workers=args.workers,
                               events=args.events)
         result = mover.run(images, args={"cloud": args.cloud, "from_store": args.from_store,
-                                         "to_store": args.to_store, "images": args.image,
-                                         "project": args.project, "all": args.all})
+                                         "to_store": args.to_store, "images": args.images,
+                                         "project": args.project, "all": args.all_images})
     return _print_moves(result, args.format)
 
 
@@ -289,7 +284,6 @@ def _recreate(conn: Any, args: argparse.Namespace, images: list[dict[str, Any]])
 
 
 def copy_command(args: argparse.Namespace) -> int:
-    _check_workers(args.workers)
     selection = _selection_of(args)
     source = connect(args.source)
     destination = connect(args.destination)
@@ -313,8 +307,8 @@ def copy_command(args: argparse.Namespace) -> int:
                      "Reason": op.as_dict().get("detail") or ""} for op in operations]
             _print(rows, PLAN_COLUMNS, args.format, [op.as_dict() for op in operations])
             return 0
-        result = copier.run(operations, args={"images": args.image, "project": args.project,
-                                              "all": args.all, "keep_id": args.keep_id})
+        result = copier.run(operations, args={"images": args.images, "project": args.project,
+                                              "all": args.all_images, "keep_id": args.keep_id})
     _print_run(result, args.format)
     result.raise_for_failures()
     return 0
@@ -373,14 +367,13 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def import_command(args: argparse.Namespace) -> int:
-    _check_workers(args.workers)
     destination = connect(args.destination)
     project_map = load_operator_map(args.project_map)
     with ArchiveReader(args.archive) as reader, Journal(args.journal) as journal:
         importer = image_archive.ArchiveImageImporter(
             reader, destination, journal, args.destination, keep_id=args.keep_id,
             workers=args.workers, events=args.events, project_map=project_map,
-            images=tuple(args.image), properties=_property_filter(args),
+            images=tuple(args.images), properties=_property_filter(args),
         )
         operations = importer.plan()
         if args.dry_run:
@@ -388,7 +381,7 @@ def import_command(args: argparse.Namespace) -> int:
                      "Reason": op.as_dict().get("detail") or ""} for op in operations]
             _print(rows, PLAN_COLUMNS, args.format, [op.as_dict() for op in operations])
             return 0
-        result = importer.run(operations, args={"archive": args.archive, "images": args.image,
+        result = importer.run(operations, args={"archive": args.archive, "images": args.images,
                                                 "keep_id": args.keep_id})
     _print_run(result, args.format)
     result.raise_for_failures()

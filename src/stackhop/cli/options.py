@@ -169,11 +169,13 @@ def add_selection(
     every: str,
     aliases_all: tuple[str, ...] = (),
     aliases_one: tuple[str, ...] = (),
+    more: str = "",
 ) -> argparse._ArgumentGroup:
     """``--<noun> ID_OR_NAME`` (repeatable; several after one flag too) and ``--all-<noun>s``.
 
     The values land in ``args.<noun>s`` (a list) and ``args.all_<noun>s``.
-    ``aliases_*`` keep older spellings working (``--all``, ``--volumes``).
+    ``aliases_*`` keep older spellings working (``--all``, ``--volumes``); ``more`` is
+    added to the help of ``--<noun>``.
     """
     group = parser.add_argument_group(title)
     group.add_argument(
@@ -184,7 +186,7 @@ def add_selection(
         nargs="+",
         default=[],
         metavar="ID_OR_NAME",
-        help=f"this {noun} (repeat the option, or name several after it)",
+        help=f"this {noun} (repeat the option, or name several after it){more}",
     )
     group.add_argument(
         f"--all-{noun}s", *aliases_all, dest=f"all_{noun}s", action="store_true", help=every
