@@ -57,6 +57,10 @@ FAULTS = ("500", "502", "503", "429", "reset", "stall", "drop")
 #: Faults whose request never reaches the upstream (safe to resend).
 NOT_FORWARDED = frozenset({"500", "502", "503", "429", "reset", "stall"})
 #: Request headers not passed on (hop-by-hop, or recomputed by the client session).
+#: Request bodies up to this size are read whole before they are forwarded; larger ones
+#: are streamed.
+STREAM_ABOVE = 1 << 20
+
 _SKIP_REQUEST = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
 )
@@ -270,11 +274,15 @@ class FaultProxy:
     ) -> web.StreamResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST}
-        # A sized body is sent sized (uWSGI-served APIs do not read chunked bodies); a chunked
-        # one (an image upload) streams on, chunked.
+        # A sized body is sent sized (uWSGI-served APIs do not read chunked bodies): a small
+        # one read whole, a large one (an image upload of GiBs) streamed on with its length
+        # kept, so the proxy's memory stays flat; a chunked one streams on, chunked.
         data: Any = None
-        if request.content_length is not None:
+        if request.content_length is not None and request.content_length <= STREAM_ABOVE:
             data = await request.read()
+        elif request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+            data = request.content
         elif request.body_exists:
             data = request.content
         async with self._session.request(
@@ -286,7 +294,8 @@ class FaultProxy:
         ) as answer:
             out_headers = _response_headers(answer.headers, self.rewrite)
             if drop:
-                await answer.read()  # the upstream applied it; the client never learns
+                async for _ in answer.content.iter_chunked(1 << 20):
+                    pass  # the upstream applied it; the client never learns
                 self._record(Decision(port, request.method, request.path, "drop", answer.status))
                 _abort(request)
                 return web.Response(status=599)
