@@ -98,8 +98,15 @@ def classify(exc: BaseException) -> Failure:
 
 
 def error_text(exc: BaseException) -> str:
+    """One line naming the failure: the exception's class and message, and for an HTTP
+    error the service's own words (openstacksdk keeps only the status in ``message``; a
+    Neutron 409 says *which* address is in use in ``details``)."""
     name = type(exc).__name__
-    message = getattr(exc, "message", None) or str(exc) or name
+    message = str(getattr(exc, "message", None) or str(exc) or name)
+    details = getattr(exc, "details", None)
+    if isinstance(details, str) and details.strip() and details.strip() not in message:
+        message = f"{message}: {details.strip()}"
+    message = " ".join(message.split())  # one line, whatever the service sent
     return message if message.startswith(f"{name}:") else f"{name}: {message}"
 
 

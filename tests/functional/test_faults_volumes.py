@@ -52,7 +52,7 @@ def test_image_method_copy_through_faults_makes_one_equal_copy_per_volume(
     box: Sandbox, tmp_path: Path
 ) -> None:
     wanted = {}
-    for n in range(2):
+    for n in range(1):  # one 1 GiB volume: through the proxy, every byte crosses 3-4 times
         volume = box.volume(f"faulty-{n}", metadata={"n": str(n)})
         write_pattern(file_backend_path("src", volume.id), f"fault{n}", PIECES)
         wanted[volume.id] = expected_digest(GIB, f"fault{n}", PIECES)

@@ -112,3 +112,31 @@ def test_json_answers_lead_back_through_the_proxy(upstream: Upstream) -> None:
         assert proxy.rewrite(f'{{"href": "{upstream.url}/v3"}}') == (
             f'{{"href": "{proxy.url(upstream.url)}/v3"}}'
         )
+
+
+def test_an_http_error_names_the_services_message_on_one_line() -> None:
+    """A Neutron 409's reason (which address is in use) reaches the error line: openstacksdk
+    keeps only the status in ``message``. Built from a real ``requests.Response`` object."""
+    import json as json_module
+
+    import requests
+    from openstack import exceptions as sdk_exceptions
+
+    from stackhop.retry import error_text
+
+    response = requests.Response()
+    response.status_code = 409
+    response.reason = "Conflict"
+    response.url = "http://127.0.0.1:9696/v2.0/ports"
+    response.headers["content-type"] = "application/json"
+    body = {"NeutronError": {"type": "IpAddressInUse", "detail": "",
+                             "message": "IP address 10.0.0.5 already allocated\nin subnet s1."}}
+    response._content = json_module.dumps(body).encode()
+    response.request = requests.Request("POST", response.url).prepare()
+    try:
+        sdk_exceptions.raise_from_response(response)
+    except sdk_exceptions.HttpException as exc:
+        text = error_text(exc)
+    assert text.startswith("ConflictException: 409")
+    assert "IP address 10.0.0.5 already allocated" in text and "\n" not in text
+    assert error_text(ValueError("plain")) == "ValueError: plain"
