@@ -121,6 +121,11 @@ class TransientError(StackhopError):
         self.retry_after = retry_after
 
 
+class ConnectionCutError(TransientError):
+    """A connection that worked was cut mid-transfer (an ssh session killed, a link down):
+    retried, and the retry resumes from what was confirmed."""
+
+
 class OperationFailedError(StackhopError):
     """One or more operations of a run failed; the journal has each error."""
 

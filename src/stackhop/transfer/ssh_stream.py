@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stackhop.errors import CloudUnreachableError, IntegrityError
+from stackhop.errors import CloudUnreachableError, ConnectionCutError, IntegrityError
 from stackhop.transfer import stream_agent as agent
 from stackhop.transfer.base import Chunk, Destination
 from stackhop.transfer.ssh import SshHost, describe_failure
@@ -362,7 +362,8 @@ def pump(
                 "re-run to resume from the first unconfirmed chunk"
             ) from exc
         err.join(timeout=5)
-        raise CloudUnreachableError(
+        # The session worked until now: a cut, worth a retry that resumes.
+        raise ConnectionCutError(
             describe_failure(
                 broken.host.name,
                 ["stackhop-agent", mode],
