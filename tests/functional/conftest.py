@@ -82,7 +82,8 @@ def testbed() -> Iterator[Testbed]:
 
     For the whole session ``OS_CLIENT_CONFIG_FILE`` points at the testbed's
     clouds.yaml and no other ``OS_*`` variable of the caller's shell applies;
-    ``STACKHOP_STORAGE_MAP`` and ``STACKHOP_SSH_CONFIG`` are the testbed's.
+    ``STACKHOP_STORAGE_MAP``, ``STACKHOP_SSH_CONFIG`` and the file backends' directories
+    (``STACKHOP_{SRC,DST}_FILE_BACKEND_DIR``) are the testbed's.
     """
     if not _testbed_answers():
         if os.environ.get("STACKHOP_TESTBED_NO_BOOT"):
@@ -105,6 +106,8 @@ def testbed() -> Iterator[Testbed]:
         # What env.sh gives a shell: how volume backends and storage hosts are reached.
         mp.setenv("STACKHOP_STORAGE_MAP", str(layout.STORAGE_MAP))
         mp.setenv("STACKHOP_SSH_CONFIG", str(layout.SSH_DIR / "ssh_config"))
+        mp.setenv("STACKHOP_SRC_FILE_BACKEND_DIR", str(layout.SRC.file_backend_dir))
+        mp.setenv("STACKHOP_DST_FILE_BACKEND_DIR", str(layout.DST.file_backend_dir))
         yield Testbed(clouds_yaml=layout.CLOUDS_YAML)
 
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testbed import layout
 from tests.functional.conftest import Testbed
 from tests.functional.faults_support import faulty, until_done
 from tests.functional.volumes_support import (
@@ -37,15 +36,9 @@ SCRIPT = (
 
 
 @pytest.fixture
-def box(seeded: Testbed, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    monkeypatch.setenv("STACKHOP_STORAGE_MAP", str(layout.STORAGE_MAP))
-    monkeypatch.setenv("STACKHOP_SRC_FILE_BACKEND_DIR", str(layout.SRC.file_backend_dir))
-    monkeypatch.setenv("STACKHOP_DST_FILE_BACKEND_DIR", str(layout.DST.file_backend_dir))
-    sandbox = Sandbox.create("shfaultvol")
-    try:
+def box(seeded: Testbed) -> Iterator[Sandbox]:
+    with Sandbox.create("shfaultvol") as sandbox:
         yield sandbox
-    finally:
-        sandbox.close()
 
 
 def test_image_method_copy_through_faults_makes_one_equal_copy_per_volume(

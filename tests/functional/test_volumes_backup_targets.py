@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testbed import layout
 from tests.functional.conftest import CliResult
 from tests.functional.conftest import Testbed as TestbedInfo
 from tests.functional.rbd_support import write_image
@@ -45,14 +44,9 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-def box(testbed: TestbedInfo, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    monkeypatch.setenv("STACKHOP_SRC_FILE_BACKEND_DIR", str(layout.SRC.file_backend_dir))
-    monkeypatch.setenv("STACKHOP_DST_FILE_BACKEND_DIR", str(layout.DST.file_backend_dir))
-    sandbox = Sandbox.create("voltest-bk")
-    try:
+def box(testbed: TestbedInfo) -> Iterator[Sandbox]:
+    with Sandbox.create("voltest-bk") as sandbox:
         yield sandbox
-    finally:
-        sandbox.close()
 
 
 def _raw_digest(path: Path) -> str:

@@ -34,16 +34,9 @@ DATA_MIB = 640
 
 
 @pytest.fixture
-def box(seeded: Testbed, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
-    monkeypatch.setenv("STACKHOP_STORAGE_MAP", str(layout.STORAGE_MAP))
-    monkeypatch.setenv("STACKHOP_SSH_CONFIG", str(layout.SSH_DIR / "ssh_config"))
-    monkeypatch.setenv("STACKHOP_SRC_FILE_BACKEND_DIR", str(layout.SRC.file_backend_dir))
-    monkeypatch.setenv("STACKHOP_DST_FILE_BACKEND_DIR", str(layout.DST.file_backend_dir))
-    sandbox = Sandbox.create("shsshcut")
-    try:
+def box(seeded: Testbed) -> Iterator[Sandbox]:
+    with Sandbox.create("shsshcut") as sandbox:
         yield sandbox
-    finally:
-        sandbox.close()
 
 
 def _sessions_of_src_sshd() -> list[int]:

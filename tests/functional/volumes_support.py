@@ -129,6 +129,12 @@ class Sandbox:
         ids = {v.id for side in ("src", "dst") for v in self.volumes(side)}
         return any(v in str(image.get("name")) for v in ids)
 
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for side, c in (("src", self.src), ("dst", self.dst)):
             for image in self.images(side):
