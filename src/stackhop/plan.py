@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from stackhop.errors import UnmappedReferenceError
 from stackhop.journal import OperationRecord
 from stackhop.kinds import dependency_levels
-from stackhop.kinds.base import Difference, Kind, Record
+from stackhop.kinds.base import CREATED_AS, Difference, Kind, Record
 from stackhop.resolve import Resolver
 
 OperationKey = tuple[str, str]
@@ -234,7 +234,9 @@ class _Planner:
             for v in value if isinstance(value, list | tuple) else [value]:
                 if v is None:
                     continue
-                created = self.creates.get((target, str(v)))
+                created = self.creates.get((target, str(v))) or self.creates.get(
+                    (CREATED_AS.get(target, target), str(v))
+                )
                 if created is not None and created not in deps:
                     deps.append(created)
         return tuple(deps)

@@ -26,7 +26,7 @@ from typing import Any
 
 from stackhop.errors import ConfigError, UnmappedReferenceError
 from stackhop.journal import Journal
-from stackhop.kinds.base import Kind, Record
+from stackhop.kinds.base import CREATED_AS, Kind, Record
 from stackhop.kinds.volume_type import VOLUME_TYPE_NAME
 from stackhop.mapfile import read_mapping
 
@@ -90,6 +90,19 @@ def load_network_map(path: str | os.PathLike[str] | None) -> dict[str, dict[str,
             raise ConfigError(f"network map {file}: '{key}' must map names or IDs to one each")
         maps[kind] = {str(k): str(v) for k, v in section.items()}
     return maps
+
+
+def _planned(
+    target: str, source_id: str, planned: Mapping[tuple[str, str], str | None] | None
+) -> bool:
+    """Whether the plan in progress has the object: found, or created first by this run
+    (by its own kind, or by the kind that creates such objects: :data:`CREATED_AS`)."""
+    if planned is None:
+        return False
+    creator = CREATED_AS.get(target)
+    return (target, source_id) in planned or (
+        creator is not None and (creator, source_id) in planned
+    )
 
 
 class Resolver:
@@ -178,6 +191,12 @@ class Resolver:
                 return found
         if planned is not None and planned.get((kind, source_id)) is not None:
             return planned[(kind, source_id)]
+        creator = CREATED_AS.get(kind)
+        if creator is not None:
+            # An object the creating kind made (this run or an earlier one, in this scope).
+            made = self.lookup(creator, source_id, planned)
+            if made is not None:
+                return made
         if kind in self.keep_ids or kind in _SAME_UNLESS_MAPPED:
             return source_id
         return None
@@ -212,7 +231,7 @@ class Resolver:
                     self._one(kind, record, field, target, str(v), planned)
                     for v in value
                     if self.lookup(target, str(v), planned) is not None
-                    or (planned is not None and (target, str(v)) in planned)
+                    or _planned(target, str(v), planned)
                 ]
                 continue
             if field in soft and self._unknown(target, str(value), planned):
@@ -229,8 +248,8 @@ class Resolver:
     def _unknown(
         self, target: str, source_id: str, planned: Mapping[tuple[str, str], str | None] | None
     ) -> bool:
-        return self.lookup(target, source_id, planned) is None and not (
-            planned is not None and (target, source_id) in planned
+        return self.lookup(target, source_id, planned) is None and not _planned(
+            target, source_id, planned
         )
 
     def _one(
@@ -245,7 +264,7 @@ class Resolver:
         found = self.lookup(target, source_id, planned)
         if found is not None:
             return found
-        if planned is not None and (target, source_id) in planned:
+        if _planned(target, source_id, planned):
             return source_id
         raise UnmappedReferenceError(
             kind=kind.name,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from stackhop import dbexport
@@ -25,7 +25,7 @@ from stackhop.dbexport import DatabaseReader
 from stackhop.errors import ConfigError, UnmappedReferenceError, UsageError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.journal import Journal
-from stackhop.kinds.base import Connection, ExportScope, Kind, Record
+from stackhop.kinds.base import CREATED_AS, Connection, ExportScope, Kind, Record
 from stackhop.kinds.identity import (
     PROJECT,
     USER,
@@ -353,8 +353,23 @@ def unmapped_message(identities: IdentityMapping) -> str | None:
     return "not on the destination, their objects are skipped: " + "; ".join(parts)
 
 
-def unmapped_warning(identities: IdentityMapping) -> Event | None:
-    """:func:`unmapped_message` as a warning whose detail lists every name (``--log-json``)."""
+def unmapped_warning(
+    identities: IdentityMapping, prepared: Prepared | None = None
+) -> Event | None:
+    """:func:`unmapped_message` as a warning whose detail lists every name (``--log-json``).
+
+    With ``prepared``, users and projects its Keystone kinds move are not named: the run
+    creates them (or finds them) and maps what refers to them.
+    """
+    if prepared is not None:
+        moved = {
+            str(r["id"])
+            for kind, records in prepared.records.items()
+            if kind.name in CREATED_AS.values()
+            for r in records
+        }
+        kept = [entry for entry in identities.unmapped if entry[1] not in moved]
+        identities = replace(identities, unmapped=kept)
     message = unmapped_message(identities)
     if message is None:
         return None

@@ -190,3 +190,43 @@ def test_no_password_by_default(
     done = _import_and_check(world, cli, archive, tmp_path)
     assert not _logs_in(first, "x" * 20)  # the source's password does not travel
     _roll_back(world, cli, done["journal"])
+
+
+def test_a_users_keypair_moves_in_the_run_that_creates_the_user(
+    world: dict[str, Any], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The keypair refers to ``identity.user``; the user is one ``keystone.user`` creates in
+    the same run: one run moves both (the planner orders and maps the keypair through the
+    created user), and rollback removes both."""
+    import subprocess
+
+    from stackhop.kinds.rest import call
+
+    src, dst, tag = world["src"], world["dst"], world["tag"]
+    first, _ = _names(tag)
+    owner = _users(src, tag)[first]
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+                   check=True)
+    public = (tmp_path / "k.pub").read_text().strip()
+    name = f"shu-{tag}-key"
+    call(src.compute, "POST", "/os-keypairs", microversion="2.10",
+         json={"keypair": {"name": name, "public_key": public, "user_id": owner.id}})
+    try:
+        archive = tmp_path / "keys.tar.zst"
+        assert cli("export", "--from", "src", "-o", str(archive), "--identity", "--keypairs",
+                   "--project", world["project"]).code == 0
+        journal = str(tmp_path / "journal.sqlite")
+        run = cli("--journal", journal, "import", "--to", "dst", str(archive), "-f", "json")
+        assert run.code == 0, run.err + run.out
+        created = _users(dst, tag)[first]
+        moved = call(dst.compute, "GET", f"/os-keypairs/{name}?user_id={created.id}",
+                     microversion="2.10")
+        assert moved["keypair"]["public_key"].strip() == public
+        assert moved["keypair"]["user_id"] == created.id
+        _roll_back(world, cli, journal)
+        gone = call(dst.compute, "GET", f"/os-keypairs/{name}?user_id={created.id}",
+                    microversion="2.10", missing_ok=True)
+        assert gone is None
+    finally:
+        call(src.compute, "DELETE", f"/os-keypairs/{name}?user_id={owner.id}",
+             microversion="2.10", missing_ok=True)

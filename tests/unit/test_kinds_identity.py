@@ -105,3 +105,17 @@ def test_unmapped_warning_is_capped() -> None:
     assert "Default/person0009" in message and "Default/person0010" not in message
     event = unmapped_warning(IdentityMapping(unmapped=people))
     assert event is not None and len(event.detail["users"]) == 1200
+
+
+def test_users_the_run_creates_are_not_named_unmapped() -> None:
+    from stackhop.kinds import get
+    from stackhop.resolve import Resolver
+    from stackhop.resources import Prepared
+
+    mapping = IdentityMapping(unmapped=[("identity.user", "u1", "Default/new"),
+                                        ("identity.user", "u2", "Default/gone")])
+    prepared = Prepared(records={get("keystone.user"): [{"id": "u1", "name": "new"}]},
+                        identities=mapping, resolver=Resolver("dst"))
+    event = unmapped_warning(mapping, prepared)
+    assert event is not None and event.detail["users"] == ["Default/gone"]
+    assert event.message is not None and "Default/new" not in event.message

@@ -198,7 +198,7 @@ def _prepare(
     )
     prepared.resolver.maps.update(load_network_map(getattr(args, "network_map", None)))
     prepared.resolver.maps[VOLUME_TYPE_NAME] = parse_type_map(getattr(args, "type_map", []))
-    warning = resources.unmapped_warning(prepared.identities)
+    warning = resources.unmapped_warning(prepared.identities, prepared)
     if warning:
         args.events.emit(warning)
     return prepared

@@ -93,6 +93,17 @@ class Difference:
         return {"field": self.field, "source": self.source, "destination": self.destination}
 
 
+#: Reference kinds whose objects another kind may *create* in the same run: a user a
+#: keypair refers to (``identity.user``, mapped onto the destination's users) may be one
+#: ``keystone.user`` creates, a quota's project one ``keystone.project`` creates. The
+#: planner orders and resolves such a reference through the creating kind too, so one run
+#: moves both.
+CREATED_AS: Mapping[str, str] = {
+    "identity.user": "keystone.user",
+    "identity.project": "keystone.project",
+}
+
+
 class Kind(ABC):
     """A resource kind: what it is, what it refers to, and how to read and write it.
 
@@ -176,8 +187,11 @@ class Kind(ABC):
         return self
 
     def dependencies(self) -> set[str]:
-        """Kinds this kind refers to (other than itself)."""
-        return {kind for kind in self.references.values() if kind != self.name}
+        """Kinds this kind refers to (other than itself), and the kinds that may create
+        what it refers to in the same run (:data:`CREATED_AS`)."""
+        targets = set(self.references.values())
+        targets |= {CREATED_AS[t] for t in targets if t in CREATED_AS}
+        return {kind for kind in targets if kind != self.name}
 
     def unmatched(self, records: Sequence[Mapping[str, Any]], destination: str) -> str:
         """The one-line error for records of a :attr:`mapped` kind that nothing on cloud

@@ -256,9 +256,9 @@ class Migration:
 
     def import_resources(self, reader: ArchiveReader, project_id: str) -> RunResult:
         prepared = self.prepare(reader, self.journal)
-        warning = resources.unmapped_message(prepared.identities)
+        warning = resources.unmapped_warning(prepared.identities, prepared)
         if warning:
-            self.events.emit(Event(EventType.WARNING, message=warning))
+            self.events.emit(warning)
         operations = resources.plan_import(prepared, self.destination, False, self.request.workers)
         engine = Engine(
             self.journal,
