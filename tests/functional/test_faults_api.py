@@ -170,7 +170,7 @@ def test_images_copy_and_rollback_through_faults(seeded: Any, tmp_path: Path) ->
         try:
             dst = openstack.connect(cloud="dst")
             marked = [i for i in dst.image.images()
-                      if i.properties.get("stackhop_source") in checksums]
+                      if (i.properties or {}).get("stackhop_source") in checksums]
             sources = Counter(i.properties["stackhop_source"] for i in marked)
             assert sources == Counter(set(checksums)), f"an image twice or missing: {sources}"
             for image in marked:  # the data is whole, whichever attempt stored it
@@ -184,6 +184,6 @@ def test_images_copy_and_rollback_through_faults(seeded: Any, tmp_path: Path) ->
             until_done(px, "--journal", str(journal), "rollback", "--to", "dst-faulty", *runs)
         assert px.unspent == [], f"scripted faults never met: {px.unspent}"
     left = [i.id for i in openstack.connect(cloud="dst").image.images()
-            if i.properties.get("stackhop_source") in checksums]
+            if (i.properties or {}).get("stackhop_source") in checksums]
     assert left == []
     print(f"images copy: {len(copies)} run(s)")
