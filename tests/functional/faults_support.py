@@ -49,10 +49,12 @@ def stackhop_through(proxy: FaultProxy, *argv: str) -> subprocess.CompletedProce
     )
 
 
-def until_done(proxy: FaultProxy, *argv: str) -> list[subprocess.CompletedProcess[str]]:
+def until_done(
+    proxy: FaultProxy, *argv: str, runs_allowed: int = RUNS
+) -> list[subprocess.CompletedProcess[str]]:
     """Run ``stackhop argv`` until it exits 0; every stop before must be one line on stderr."""
     runs = []
-    for _ in range(RUNS):
+    for _ in range(runs_allowed):
         proc = stackhop_through(proxy, *argv)
         runs.append(proc)
         if proc.returncode == 0:
@@ -60,5 +62,5 @@ def until_done(proxy: FaultProxy, *argv: str) -> list[subprocess.CompletedProces
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert last.startswith("stackhop"), f"no one-line error: {proc.stderr[-2000:]}"
-    pytest.fail(f"`stackhop {' '.join(argv)}` did not complete in {RUNS} runs: "
+    pytest.fail(f"`stackhop {' '.join(argv)}` did not complete in {runs_allowed} runs: "
                 f"{runs[-1].stderr[-2000:]}")

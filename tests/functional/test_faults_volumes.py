@@ -1,12 +1,14 @@
 """``volumes copy --method image`` through the fault-injecting proxy (both clouds' APIs).
 
-Besides random faults at 15 % of calls (seed 17: 5xx, 429, resets, stalls past the
-client's timeout, answers lost after the request was applied), the worst cases are
-scripted: the source volume's upload to Glance and the destination volume's create are
-applied and their answers lost, so a retry must find what the lost call made instead of
-making it twice. Afterwards, counted independently of stackhop: one destination volume per
-source volume (by its marker), its content read back from the backend equal to the
-source's, no temporary image left on either cloud.
+Besides random faults at 5 % of calls (seed 17: 5xx, 429, resets, stalls past the
+client's timeout, answers lost after the request was applied; a 1 GiB image-method pass
+makes some forty calls over minutes, so the resource tests' 15 % makes a run of retries
+rather than a test), the worst cases are scripted: the source volume's upload to Glance
+and the destination volume's create are applied and their answers lost, so a retry must
+find what the lost call made instead of making it twice. Afterwards, counted
+independently of stackhop: one destination volume per source volume (by its marker), its
+content read back from the backend equal to the source's, no temporary image left on
+either cloud.
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ def test_image_method_copy_through_faults_makes_one_equal_copy_per_volume(
         write_pattern(file_backend_path("src", volume.id), f"fault{n}", PIECES)
         wanted[volume.id] = expected_digest(GIB, f"fault{n}", PIECES)
     journal = tmp_path / "journal.sqlite"
-    with faulty(SCRIPT, tmp_path) as px:
+    with faulty(SCRIPT, tmp_path, rate=0.05) as px:
         runs = until_done(px, "--journal", str(journal), "volumes", "copy", "--from",
                           "src-faulty", "--to", "dst-faulty", "--project", box.name, "--all",
-                          "--method", "image")  # fmt: skip
+                          "--method", "image", runs_allowed=6)  # fmt: skip
         assert px.unspent == [], f"scripted faults never met: {px.unspent}"
         faults = len(px.faulted())
     copies: dict[str, list[str]] = {source: [] for source in wanted}
