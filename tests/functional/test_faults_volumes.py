@@ -27,7 +27,9 @@ from tests.functional.volumes_support import (
     write_pattern,
 )
 
-pytestmark = pytest.mark.functional
+# Long (make test-long): a 1 GiB image pass through the proxy takes minutes, and its first
+# CI run found a 503 on the project-scoped token reported as a missing role (open bug).
+pytestmark = [pytest.mark.functional, pytest.mark.long]
 
 PIECES = [0, 5, 17, 300, 1023]
 GIB = 1024**3
