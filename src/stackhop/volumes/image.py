@@ -268,7 +268,7 @@ class ImageMethod:
         backed_up = False
         if earlier is not None:
             # Read and hash the source only (and back it up): is the copy already equal?
-            digest, read = self._hash_source(ctx, glance, source.id)
+            digest, read = self._hash_source(ctx, glance)
             backed_up = ctx.backup is not None
             same = self._matches(ctx, scoped, earlier, digest, source_hash)
             if same is not None:
@@ -280,16 +280,8 @@ class ImageMethod:
         ctx.created(landing)
         delete_images_named(dst.image, landing.name)
         dst_image = create_image(dst.image, landing.name, ctx.destination_project_id)
-        sink = HashingSink()
-        parts: list[Destination] = [GlanceDestination(dst.image, dst_image["id"]), sink]
-        if ctx.backup is not None and not backed_up:
-            parts.append(ctx.backup)
-        moved = copy(
-            glance,
-            Tee(*parts),
-            key=f"volume:{source.id}:image",
-            journal=ctx.journal,
-            progress=ctx.on_progress,
+        sink, moved = self._read_source(
+            ctx, glance, GlanceDestination(dst.image, dst_image["id"]), backup=not backed_up
         )
         delete_images_named(src.image, upload.name)
         ctx.removed(upload)
@@ -384,18 +376,27 @@ class ImageMethod:
                 )
         return None if keep is None else str(keep.id)
 
-    def _hash_source(self, ctx: PassContext, glance: Source, volume_id: str) -> tuple[str, int]:
+    def _hash_source(self, ctx: PassContext, glance: Source) -> tuple[str, int]:
         """The source image's content digest (and the backup, if asked), sending nothing."""
+        sink, moved = self._read_source(ctx, glance)
+        return sink.content_digest, moved.bytes
+
+    def _read_source(
+        self, ctx: PassContext, glance: Source, *into: Destination, backup: bool = True
+    ) -> tuple[HashingSink, Any]:
+        """Read the source upload once into ``into``, hashed, and into the backup if asked."""
         sink = HashingSink()
-        parts: list[Destination] = [sink] + ([ctx.backup] if ctx.backup is not None else [])
+        parts: list[Destination] = [*into, sink]
+        if backup and ctx.backup is not None:
+            parts.append(ctx.backup)
         moved = copy(
             glance,
             Tee(*parts),
-            key=f"volume:{volume_id}:image",
+            key=f"volume:{ctx.source.id}:image",
             journal=ctx.journal,
             progress=ctx.on_progress,
         )
-        return sink.content_digest, moved.bytes
+        return sink, moved
 
     def _kept(
         self, ctx: PassContext, volume_id: str, digest: str, verified_by: str, read: int

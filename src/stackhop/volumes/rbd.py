@@ -299,24 +299,10 @@ class RbdMethod:
         source_digests = hasher.finish()
         if dest_digests is not None:
             compare_digests(ctx.source.label, source_digests, dest_digests, volume_id)
-        digest = content_digest(source_digests[i] for i in sorted(source_digests))
-        record_digests(ctx.journal, ctx.source.id, source_digests, size, clear=True)
         verified_by = "writes" if dest_digests is None else "reread"
-        ctx.stage("verified", content_digest=digest, verified_by=verified_by)
-        self._commit_backup(ctx)
-
-        result = PassResult(
-            destination_id=volume_id,
-            bytes_read=size,
-            bytes_sent=stats.data_bytes,
-            bytes_wire=stats.wire_bytes,
-            content_digest=digest,
-            details={
-                "snapshot": snap,
-                "zero_bytes": stats.zero_bytes,
-                "pass": number,
-                "verified_by": verified_by,
-            },
+        result = self._verified(
+            ctx, volume_id, source_digests, size, stats, {"verified_by": verified_by},
+            {"snapshot": snap, "zero_bytes": stats.zero_bytes, "pass": number},
         )
         self._finish(ctx, result, number, snap, source_image, image, pair, src_snap, dst_snap, size)
         return result
@@ -381,23 +367,10 @@ class RbdMethod:
         dst.remove_snapshot(image, before)
         ctx.removed(before_snap)
         cinder_adopt.sync_volume_fields(ctx, volume_id)
-        digest = content_digest(source.digests[i] for i in sorted(source.digests))
-        record_digests(ctx.journal, ctx.source.id, source.digests, size, clear=True)
-        ctx.stage("verified", content_digest=digest, verified_by="reread", reused=True)
-        self._commit_backup(ctx)
-        result = PassResult(
-            destination_id=volume_id,
-            bytes_read=size,
-            bytes_sent=stats.data_bytes,
-            bytes_wire=stats.wire_bytes,
-            content_digest=digest,
-            details={
-                "snapshot": snap,
-                "pass": number,
-                "verified_by": "reread",
-                "reused": True,
-                "chunks_differing": len(differ),
-            },
+        result = self._verified(
+            ctx, volume_id, source.digests, size, stats,
+            {"verified_by": "reread", "reused": True},
+            {"snapshot": snap, "pass": number, "chunks_differing": len(differ)},
         )
         self._finish(ctx, result, number, snap, source_image, image, pair, src_snap, dst_snap, size)
         return result
@@ -551,6 +524,31 @@ class RbdMethod:
             if backup is not None:
                 backup.abort(exc)
             raise
+
+    def _verified(
+        self,
+        ctx: PassContext,
+        volume_id: str,
+        digests: Mapping[int, str],
+        size: int,
+        stats: DiffStats,
+        facts: Mapping[str, Any],
+        details: Mapping[str, Any],
+    ) -> PassResult:
+        """The end of a full pass whose every chunk digest is known: record the digests,
+        report ``verified`` with ``facts``, commit the backup; the pass's result."""
+        digest = content_digest(digests[i] for i in sorted(digests))
+        record_digests(ctx.journal, ctx.source.id, dict(digests), size, clear=True)
+        ctx.stage("verified", content_digest=digest, **facts)
+        self._commit_backup(ctx)
+        return PassResult(
+            destination_id=volume_id,
+            bytes_read=size,
+            bytes_sent=stats.data_bytes,
+            bytes_wire=stats.wire_bytes,
+            content_digest=digest,
+            details={**details, **facts},
+        )
 
     def _commit_backup(self, ctx: PassContext) -> None:
         if ctx.backup is not None:
