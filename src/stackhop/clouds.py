@@ -38,7 +38,7 @@ from stackhop.errors import (
     StackhopError,
 )
 from stackhop.events import Event, EventSink, EventType, NullSink
-from stackhop.retry import retry_reads
+from stackhop.retry import classify, retry_reads
 
 if TYPE_CHECKING:
     from openstack.config.loader import OpenStackConfig
@@ -334,6 +334,38 @@ def connect(name: str | None = None) -> Connection:
         conn.session.get_token()
     log.debug("authenticated to cloud %s at %s", name, url)
     return conn
+
+
+def scoped_connection(conn: Connection, project_id: str, *, purpose: str, role: str) -> Connection:
+    """``conn``'s user scoped to ``project_id`` (Cinder and Nova create in the token's project).
+
+    The new connection's session retries its reads and token requests as
+    :func:`connect`'s does, so a busy Keystone (a 503 on the scoped token) is
+    waited out; only a refusal (401/403/404: no role there, no such project)
+    becomes a one-line ConfigError naming the grant that fixes it. A failure
+    still transient after the retries is re-raised as it is, for the engine to
+    retry the step.
+    """
+    from keystoneauth1 import exceptions as ksa
+    from openstack import exceptions as sdk_exceptions
+
+    if getattr(conn, "current_project_id", None) == project_id:
+        return conn
+    try:
+        scoped = conn.connect_as(project_id=project_id, project_name=None)
+        retry_reads(scoped.session)
+        scoped.session.get_token()
+    except StackhopError:
+        raise
+    except (ksa.ClientException, sdk_exceptions.SDKException) as exc:
+        if classify(exc).transient:
+            raise
+        raise ConfigError(
+            f"the credentials cannot act in project {project_id} to {purpose} "
+            f"({type(exc).__name__}); grant your user a role there, e.g. `openstack role add "
+            f"--user <you> --project {project_id} {role}`"
+        ) from exc
+    return cast("Connection", scoped)
 
 
 # -- checking ----------------------------------------------------------------

@@ -113,3 +113,22 @@ def test_identity_moves_verifies_reruns_and_rolls_back(
     undo = cli("--journal", journal, "rollback", "--to", "dst", *runs, "-f", "json")
     assert undo.code == 0, undo.err
     assert _state(dst, tag) == before
+
+
+def test_keep_domain_ids_creates_the_domain_with_its_source_id(
+    world: dict[str, Any], cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    src, dst, tag = world["src"], world["dst"], world["tag"]
+    source_id = next(d.id for d in src.identity.domains() if d.name == f"shid-{tag}")
+    archive, journal = tmp_path / "id.tar.zst", str(tmp_path / "journal.sqlite")
+    assert cli("export", "--from", "src", "-o", str(archive), "--identity", "--project",
+               world["parent"]).code == 0
+    plan = cli("plan", "--to", "dst", str(archive), "--keep-domain-ids")
+    assert plan.code == 0 and f"with its source ID {source_id}" in plan.out, plan.out
+    run = cli("--journal", journal, "import", "--to", "dst", str(archive), "--keep-domain-ids")
+    assert run.code == 0, run.err
+    assert _state(dst, tag)["domain"] == source_id
+    with Journal(journal) as j:
+        runs = [a for r in j.runs() for a in ("--run", r.id)]
+    assert cli("--journal", journal, "rollback", "--to", "dst", *runs).code == 0
+    assert _state(dst, tag) == {"domain": None, "projects": {}, "roles": []}

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 from keystoneauth1 import exceptions as ksa_exceptions
+from keystoneauth1 import plugin
 from keystoneauth1 import session as ksa_session
 from tests.support.faultproxy import FaultProxy, Faults
 
@@ -140,3 +141,57 @@ def test_an_http_error_names_the_services_message_on_one_line() -> None:
     assert text.startswith("ConflictException: 409")
     assert "IP address 10.0.0.5 already allocated" in text and "\n" not in text
     assert error_text(ValueError("plain")) == "ValueError: plain"
+
+
+class _TokenPlugin(plugin.BaseAuthPlugin):
+    """Asks ``url``/v3/auth/tokens for a token, as keystoneauth's password plugin does (the
+    small server here is no Keystone; what counts is the request and its retries)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    def get_token(self, session: ksa_session.Session, **kwargs: object) -> str:
+        session.post(self.url + "/v3/auth/tokens", json={}, authenticated=False)
+        return "token"
+
+
+class _Connection:
+    """What :func:`clouds.scoped_connection` asks of an openstacksdk connection: its
+    ``connect_as`` gives a new connection with a new keystoneauth session (the testbed's real
+    Keystone cannot be made to fail the project-scoped token request only)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.current_project_id = "admin-project"
+
+    def connect_as(self, **_: object) -> _Connection:
+        scoped = _Connection(self.url)
+        scoped.session = ksa_session.Session(auth=_TokenPlugin(self.url), timeout=2)  # type: ignore[attr-defined]
+        return scoped
+
+
+def test_a_busy_keystone_is_waited_out_for_a_project_scoped_token(upstream: Upstream) -> None:
+    from stackhop.clouds import scoped_connection
+
+    faults = Faults(script=(("POST", "/v3/auth/tokens", "503"),) * 2, retry_after=0)
+    with FaultProxy([upstream.url], faults) as proxy:
+        conn = _Connection(proxy.url(upstream.url))
+        scoped_connection(conn, "p1", purpose="create volumes", role="admin")
+        assert proxy.unspent == [] and len(proxy.faulted("503")) == 2
+    assert upstream.seen["POST"] == 1
+
+
+def test_a_refused_project_scoped_token_names_the_grant(upstream: Upstream) -> None:
+    from stackhop.clouds import scoped_connection
+    from stackhop.errors import ConfigError
+
+    class Refusing(Upstream):
+        async def _answer(self, request: web.Request) -> web.Response:
+            self.seen[request.method] += 1
+            return web.json_response({"error": {"code": 403}}, status=403)
+
+    with Refusing() as refusing:
+        with pytest.raises(ConfigError, match=r"cannot act in project p1 .* role add .* admin"):
+            scoped_connection(_Connection(refusing.url), "p1", purpose="x", role="admin")
+        assert refusing.seen["POST"] == 1  # a refusal is not retried

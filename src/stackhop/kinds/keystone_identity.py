@@ -56,8 +56,8 @@ BUILTIN_ROLES = frozenset({"admin", "member", "reader", "manager", "service"})
 #: Keystone's hidden root of the domain tree (a row of ``project``).
 ROOT_DOMAIN_ID = "<<keystone.domain.root>>"
 SELECTOR = {
-    "identity": "Keystone domains, projects (with hierarchy), custom roles and SQL users "
-    "(opt-in)"
+    "identity": "Keystone domains, projects (with hierarchy), custom roles, SQL users, "
+    "groups with their members, and role assignments (opt-in)"
 }
 
 
@@ -222,6 +222,24 @@ class Domain(_Keystone):
     portable_fields = ("description", "enabled")
     path = "domains"
     key = "domain"
+    import_options = {
+        "keep-domain-ids": "create each domain with its source ID (Keystone's "
+        "explicit_domain_id), so the IDs Keystone derives from it for LDAP users stay the same"
+    }
+
+    def __init__(self, *, keep_ids: bool = False) -> None:
+        self.keep_ids = keep_ids
+
+    def configured(self, options: Mapping[str, bool]) -> Domain:
+        keep = bool(options.get("keep_domain_ids"))
+        return self if keep == self.keep_ids else type(self)(keep_ids=keep)
+
+    def _keeps(self, record: Mapping[str, Any]) -> bool:
+        """Whether the domain is created with its source ID (Keystone takes a UUID only)."""
+        return self.keep_ids and is_sql_id(self.source_id(record))
+
+    def create_detail(self, record: Mapping[str, Any]) -> str:
+        return f"with its source ID {record['id']}" if self._keeps(record) else ""
 
     def identity(self, record: Mapping[str, Any]) -> str:
         return str(record["name"])
@@ -268,6 +286,7 @@ class Domain(_Keystone):
                     "name": record["name"],
                     "description": self.stamp(record.get("description"), record),
                     "enabled": record["enabled"],
+                    **({"explicit_domain_id": record["id"]} if self._keeps(record) else {}),
                 }
             },
         )

@@ -42,7 +42,8 @@ from typing import Any
 
 from openstack import exceptions as sdk_exceptions
 
-from stackhop.errors import ConfigError, ConflictError
+from stackhop.clouds import scoped_connection
+from stackhop.errors import ConflictError
 from stackhop.kinds import register
 from stackhop.kinds.base import Connection, ExportScope, Kind, Record, SqlSource
 from stackhop.kinds.identity import PROJECT
@@ -174,25 +175,6 @@ def pair(
     return found
 
 
-def project_connection(conn: Connection, project_id: str) -> Connection:
-    """``conn``'s user scoped to ``project_id``, as Nova puts a new group in the token's project.
-
-    ConfigError (one line, with the fix) when that user has no role there.
-    """
-    if getattr(conn, "current_project_id", None) == project_id:
-        return conn
-    try:
-        scoped = conn.connect_as(project_id=project_id, project_name=None)
-        scoped.session.get_token()
-    except Exception as exc:  # keystoneauth's and openstacksdk's errors alike
-        raise ConfigError(
-            f"cannot act in destination project {project_id} to create its server groups "
-            f"({type(exc).__name__}); grant your user a role there, e.g. `openstack role add "
-            f"--user <you> --project {project_id} member`"
-        ) from exc
-    return scoped
-
-
 @register
 class ServerGroup(Kind):
     name = "nova.server_group"
@@ -266,7 +248,9 @@ class ServerGroup(Kind):
         body: dict[str, Any] = {"name": record["name"], "policy": record["policy"]}
         if record.get("rules"):
             body["rules"] = dict(record["rules"])
-        scoped = project_connection(conn, str(record["project_id"]))
+        scoped = scoped_connection(
+            conn, str(record["project_id"]), purpose="create its server groups", role="member"
+        )
         created = call(
             scoped.compute,
             "POST",

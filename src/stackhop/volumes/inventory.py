@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from openstack import exceptions as sdk_exceptions
-
+from stackhop.clouds import scoped_connection
 from stackhop.errors import ConfigError, IntegrityError, UsageError
 from stackhop.kinds.base import Record
 from stackhop.kinds.identity import OperatorMap, map_identities
@@ -117,18 +116,9 @@ def project_connection(conn: Any, cloud: str, project_id: str) -> Any:
     Cinder puts a new or managed volume in the project of the token, so the
     operator's user needs a role (admin, to manage existing volumes) there.
     """
-    try:
-        scoped = conn.connect_as(project_id=project_id, project_name=None)
-        scoped.session.get_token()
-    except (sdk_exceptions.SDKException, Exception) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(
-            f"the credentials of cloud {cloud!r} cannot act in project {project_id} "
-            f"({type(exc).__name__}); grant your user a role there, e.g. `openstack role add "
-            f"--user <you> --project {project_id} admin`"
-        ) from exc
-    return scoped
+    return scoped_connection(
+        conn, project_id, purpose=f"create volumes on cloud {cloud!r}", role="admin"
+    )
 
 
 @dataclass(frozen=True)
