@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(
         r["rerun"]["completed"] and r["duplicates"] == 0 and r["missing"] == 0
         and r["digest_mismatches"] == 0 and r["cleanup_failed"] == 0
+        and r["stale_source_snapshots"] == 0
         and not any(s.startswith("NOT ONE LINE") for s in r["rerun"]["stops"])
         for r in rows
     )

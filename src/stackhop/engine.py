@@ -296,6 +296,7 @@ class Engine:
         source_cloud: str | None = None,
         destination_cloud: str | None = None,
         args: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> RunResult:
         """Apply operations as the planner hands them over, batch by batch (see :meth:`run`).
 
@@ -305,16 +306,20 @@ class Engine:
         kinds first). ``total`` is the expected number of operations, for
         progress. If the planner raises, nothing more starts, what is in flight
         is recorded, the run ends ``failed`` and the planner's error is raised.
+        ``run_id`` names a run the caller started already (whose ID its operations needed
+        before they were planned: a project migration's sub-runs name it); the engine
+        finishes it as its own.
         """
-        run = self.journal.start_run(
-            command,
-            source_cloud=source_cloud,
-            destination_cloud=destination_cloud or self.scope,
-            args=args,
-        )
-        self._run_id = run.id
+        if run_id is None:
+            run_id = self.journal.start_run(
+                command,
+                source_cloud=source_cloud,
+                destination_cloud=destination_cloud or self.scope,
+                args=args,
+            ).id
+        self._run_id = run_id
         self._outcomes = {}
-        result = RunResult(run_id=run.id)
+        result = RunResult(run_id=run_id)
         started = self.clock()
         self._emit(EventType.RUN_STARTED, total=total)
         feed = Feed(batches, self.stop)
@@ -337,12 +342,12 @@ class Engine:
             result.outcome = "conflicts"
         else:
             result.outcome = "succeeded"
-        self.journal.finish_run(run.id, result.outcome)
+        self.journal.finish_run(run_id, result.outcome)
         self._emit(EventType.RUN_FINISHED, outcome=result.outcome, detail=result.as_dict())
         if feed.error is not None:
             raise feed.error
         if interrupted:
-            raise Interrupted(run=run.id, result=result)
+            raise Interrupted(run=run_id, result=result)
         return result
 
     def _apply_all(self, feed: Feed, result: RunResult) -> None:

@@ -34,4 +34,5 @@ def test_killed_copies_rerun_without_journal_make_one_equal_copy_each(seeded: An
         assert row["journal"] == "deleted" and row["rerun"]["completed"], row
         assert (row["duplicates"], row["missing"], row["digest_mismatches"]) == (0, 0, 0), row
         assert row["cleanup_failed"] == 0 and row["stale_images"] == 0, row
+        assert row["stale_source_snapshots"] == 0, row  # the re-run's full pass swept them
     assert proc.returncode == 0 and "goal met" in proc.stdout, proc.stdout[-2000:] + proc.stderr

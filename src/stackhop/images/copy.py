@@ -12,6 +12,7 @@ marker) on the destination.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,8 @@ class ImageCopier:
     properties: PropertyFilter = field(default_factory=PropertyFilter)
     #: Copy pool to pool where both images are in RBD (stackhop.images.ceph_copy).
     ceph_route: CephRoute | None = None
+    #: Set to stop starting copies (a project migration's Ctrl-C); in-flight ones finish.
+    stop: threading.Event | None = None
 
     def __post_init__(self) -> None:
         registered = get(Image.name)
@@ -92,7 +95,7 @@ class ImageCopier:
         """Apply ``operations``; failures are in the result (the caller raises)."""
         engine = Engine(
             self.journal, self.destination, self.resolver, workers=self.workers,
-            events=self.events,
+            events=self.events, stop=self.stop,
         )
         return engine.run(
             operations, command="images copy", source_cloud=self.source_cloud,

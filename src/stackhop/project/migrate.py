@@ -25,6 +25,7 @@ exactly as that command would, journal included.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -101,6 +102,8 @@ class Migration:
     journal: Journal
     run_id: str
     events: EventSink
+    #: The phases' engine's stop event (Ctrl-C): every run a phase starts stops with it.
+    stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         if self.request.source_cloud == self.request.destination_cloud:
@@ -266,6 +269,7 @@ class Migration:
             prepared.resolver,
             workers=self.request.workers,
             events=self.events,
+            stop=self.stop,
         )
         return engine.run(
             operations,
@@ -286,6 +290,7 @@ class Migration:
             workers=self.request.workers,
             events=self.events,
             project_map=self.project_map,
+            stop=self.stop,
         )
 
     def project_images(self, project_id: str) -> list[dict[str, Any]]:
@@ -451,7 +456,7 @@ def migrate_project(
     )
     migration = Migration(request, journal, run.id, events)
     project = migration.source_project()
-    runner = PhaseRunner(journal, run.id, migration.scope, project["id"], events)
+    runner = PhaseRunner(journal, run.id, migration.scope, project["id"], events, migration.stop)
     outcomes: list[PhaseOutcome] = []
     try:
         outcomes = runner.run(migration.steps(), outcomes)

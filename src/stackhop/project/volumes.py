@@ -165,6 +165,7 @@ def _copier(
         load_storage_map(migration.request.storage_map),
         events=migration.events,
         project_map=migration.project_map,
+        stop=migration.stop,
     )
 
 

@@ -29,6 +29,7 @@ Journal (scope ``<source cloud>-><destination cloud>``):
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,8 +161,11 @@ class VolumeCopier:
         events: EventSink | None = None,
         project_map: OperatorMap | None = None,
         selected: Sequence[VolumeRef] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.request = request
+        #: Set to stop starting passes (a project migration's Ctrl-C); in-flight ones finish.
+        self.stop = stop
         self.clouds = clouds
         self.journal = journal
         self.storage = storage
@@ -251,6 +255,7 @@ class VolumeCopier:
             scope=self.scope,
             workers=max(1, self.request.workers),
             events=self.events,
+            stop=self.stop,
         )
         operations = [operation_of(self, p) for p in plan]
         granted: list[Temporary] = []

@@ -33,7 +33,9 @@ volume.
 Both temporary images are named ``stackhop-volume-<source id>`` and
 journaled before they are created, so ``volumes cleanup --run`` finds them by
 name even when a crash came before their ID was known; and a pass removes
-what is already under those names first (a killed run's, its journal lost). The method keeps no
+what is already under those names first (a killed run's, its journal lost),
+on the destination as soon as the earlier copy has settled, whether the pass
+then keeps that copy or not. The method keeps no
 incremental state: every pass copies the whole volume (the preflight refuses
 ``--incremental`` with it).
 """
@@ -253,6 +255,11 @@ class ImageMethod:
             dst, _destination_cloud(ctx), ctx.destination_project_id
         )
         earlier = self._earlier_copy(ctx)
+        # What a killed run left on the destination (its journal lost), now that the volumes
+        # it was making have settled: a pass that keeps its copy never reaches the landing
+        # step, which removes it otherwise.
+        for purpose in ("", "verify"):
+            delete_images_named(dst.image, temporary_name(source.id, purpose))
 
         upload = self._temporary(ctx, "source")
         ctx.created(upload)

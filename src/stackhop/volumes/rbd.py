@@ -205,7 +205,11 @@ class RbdMethod:
     ) -> Temporary:
         temporary = snapshot_temporary(backend, image, snap)
         ctx.created(temporary)
-        cluster.remove_snapshot(image, snap)  # a crashed attempt of this same pass left it
+        # A full pass starts a chain: any stackhop snapshot the image has is an interrupted
+        # attempt's, or a chain's whose journal was lost (no journal names it any more).
+        for old in cluster.snapshots(image):
+            if old.startswith("stackhop-"):
+                cluster.remove_snapshot(image, old)
         cluster.create_snapshot(image, snap)
         return temporary
 
@@ -321,9 +325,6 @@ class RbdMethod:
         src, dst = pair.src, pair.dst
         source_image = pair.src_backend.rbd_image(ctx.source.id)
         image = pair.dst_backend.rbd_image(volume_id)
-        for old in dst.snapshots(image):
-            if old.startswith("stackhop-"):
-                dst.remove_snapshot(image, old)  # a lost chain's or an interrupted pass's
         src_snap = self._take_snapshot(ctx, pair.src_backend, src, source_image, snap)
         before = f"{snap}-before"
         before_snap = self._take_snapshot(ctx, pair.dst_backend, dst, image, before)
