@@ -307,9 +307,10 @@ class Engine:
         progress. If the planner raises, nothing more starts, what is in flight
         is recorded, the run ends ``failed`` and the planner's error is raised.
         ``run_id`` names a run the caller started already (whose ID its operations needed
-        before they were planned: a project migration's sub-runs name it); the engine
-        finishes it as its own.
+        before they were planned: a project migration's sub-runs name it); the caller
+        finishes it too (its outcome may depend on more than these operations).
         """
+        owned = run_id is None
         if run_id is None:
             run_id = self.journal.start_run(
                 command,
@@ -342,7 +343,8 @@ class Engine:
             result.outcome = "conflicts"
         else:
             result.outcome = "succeeded"
-        self.journal.finish_run(run_id, result.outcome)
+        if owned:
+            self.journal.finish_run(run_id, result.outcome)
         self._emit(EventType.RUN_FINISHED, outcome=result.outcome, detail=result.as_dict())
         if feed.error is not None:
             raise feed.error

@@ -67,8 +67,7 @@ def test_phases_run_in_order_each_given_the_facts_before_it(tmp_path: Path) -> N
         rows = _rows(journal)
         assert {p: r.state for p, r in rows.items()} == dict.fromkeys(PHASES, DONE)
         assert rows["usage"].before["facts"] == {"n": 4, "phase": "usage"}
-        assert {r.run_id for r in rows.values()} == {run_id}
-        assert next(r for r in journal.runs() if r.id == run_id).outcome == "succeeded"
+        assert {r.run_id for r in rows.values()} == {run_id}  # the caller's run
 
 
 def test_a_failing_phase_raises_its_own_error_and_a_rerun_resumes_there(tmp_path: Path) -> None:

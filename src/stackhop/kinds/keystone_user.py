@@ -34,7 +34,10 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from openstack import exceptions as sdk_exceptions
+
 from stackhop import user_passwords
+from stackhop.errors import ConflictError
 from stackhop.kinds import register
 from stackhop.kinds.base import Connection, ExportScope, Record, SqlSource
 from stackhop.kinds.identity import is_sql_id, users_of_domain
@@ -179,9 +182,31 @@ class User(_Keystone):
             body["options"] = dict(record["options"])
         if password is not None:
             body["password"] = password
-        created = call(conn.identity, "POST", "/users", json={"user": body})
+        try:
+            created = call(conn.identity, "POST", "/users", json={"user": body})
+        except sdk_exceptions.ForbiddenException as exc:
+            raise self._refused(conn, record) from exc
         issuer.record(domain, str(record["name"]), password)
         return str(created["user"]["id"])
+
+    def _refused(self, conn: Connection, record: Mapping[str, Any]) -> ConflictError:
+        """Why Keystone refused to create the user, as the operator can act on it.
+
+        Keystone answers a user created in a directory-backed (LDAP) domain with a bare
+        403 "not authorized"; a domain whose users have no SQL IDs is such a domain.
+        """
+        domain_id, domain = str(record["domain_id"]), str(record.get("domain_name"))
+        listed = users_of_domain(conn, domain_id, domain)
+        if any(not is_sql_id(str(user["id"])) for user in listed):
+            return ConflictError(
+                f"user {self.identity(record)!r} cannot be created: domain {domain!r} on the "
+                "destination is backed by a directory (LDAP), which Keystone does not write; "
+                "add the user to that directory (it is then mapped by name, not created)"
+            )
+        return ConflictError(
+            f"user {self.identity(record)!r}: the destination's Keystone refused to create it "
+            f"in domain {domain!r} (403); check that your user is admin there"
+        )
 
     def before(self, existing: Mapping[str, Any]) -> Record:
         fields = ("id", "email", "description", "enabled", "default_project_id", "options")
