@@ -153,6 +153,16 @@ class _Started:
     previous: OperationRecord | None = None
 
 
+#: The most creates one bulk request carries, and the fewest worth one when a kind's ready
+#: creates are spread over the free workers.
+BULK_LIMIT = 100
+BULK_MIN = 10
+
+
+def _bulk(op: Operation) -> bool:
+    return isinstance(op, Create) and op.kind.bulk_create
+
+
 @dataclass(frozen=True)
 class _Attempt:
     """What the API call of one operation came to, for the journal."""
@@ -354,7 +364,7 @@ class Engine:
 
     def _apply_all(self, feed: Feed, result: RunResult) -> None:
         schedule = Schedule(sequential=self.workers == 1)
-        in_flight: dict[Future[_Attempt], _Started] = {}
+        in_flight: dict[Future[list[_Attempt]], list[_Started]] = {}
         kinds_started: set[str] = set()
         self.resolver.forget_remembered()
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="stackhop") as pool:
@@ -367,6 +377,7 @@ class Engine:
                         self.stop.set()
                     free = self.workers - len(in_flight)
                     batch = [] if self.stop.is_set() else schedule.take(free)
+                    batch += self._bulk_companions(batch, schedule)
                     for op in batch:
                         if op.kind.name not in kinds_started:
                             kinds_started.add(op.kind.name)
@@ -374,8 +385,8 @@ class Engine:
                             self._emit(EventType.KIND_STARTED, kind=op.kind.name, total=total)
                     started = self._settle(finished, batch, schedule, result)
                     finished = []
-                    for item in started:
-                        in_flight[pool.submit(self._attempt, item)] = item
+                    for group in self._groups(started, free):
+                        in_flight[pool.submit(self._attempt_group, group)] = group
                     if in_flight:
                         can_start = (
                             not self.stop.is_set()
@@ -399,24 +410,76 @@ class Engine:
             finally:
                 self.resolver.forget_remembered()
 
+    # -- bulk creates --------------------------------------------------------------
+
+    def _bulk_companions(self, batch: list[Operation], schedule: Schedule) -> list[Operation]:
+        """More ready creates of the bulk kinds in ``batch`` (``Kind.bulk_create``): they go
+        to the API in the same requests, so they take no worker of their own."""
+        extra: list[Operation] = []
+        for name in {op.kind.name for op in batch if _bulk(op)}:
+            extra += schedule.take_kind(name, BULK_LIMIT * self.workers)
+        return extra
+
+    def _groups(self, started: list[_Started], free: int) -> list[list[_Started]]:
+        """The calls to make: one per operation, except first attempts of bulk creates,
+        which go per kind in up to ``free`` requests of at most :data:`BULK_LIMIT`."""
+        groups: list[list[_Started]] = []
+        bulk: dict[str, list[_Started]] = {}
+        for item in started:
+            if _bulk(item.op) and not item.unknown:
+                bulk.setdefault(item.op.kind.name, []).append(item)
+            else:
+                groups.append([item])
+        for items in bulk.values():
+            size = min(BULK_LIMIT, max(BULK_MIN, -(-len(items) // max(1, free))))
+            groups += [items[i : i + size] for i in range(0, len(items), size)]
+        return groups
+
+    def _attempt_group(self, group: list[_Started]) -> list[_Attempt]:
+        """One call for ``group``: its one operation, or its creates in one bulk request.
+
+        A bulk request is all or nothing (Neutron's guarantee). When it fails, each
+        create is attempted on its own, as if it had been alone: after a lookup when the
+        request's outcome is unknown (a lost answer), so nothing is created twice, and
+        with its own error when the destination refuses one of them.
+        """
+        if len(group) == 1:
+            return [self._attempt(group[0])]
+        kind = group[0].op.kind
+        try:
+            ids = kind.create_many(self.destination, [item.resolved for item in group])
+        except Exception as exc:
+            failure = classify(exc)
+            self._emit(
+                EventType.RETRY,
+                kind=kind.name,
+                identity=f"{len(group)} objects",
+                operation="create",
+                message=f"bulk request failed, one by one now: {error_text(exc)}",
+            )
+            unknown = not failure.outcome_known
+            return [self._attempt(dataclasses.replace(item, unknown=unknown)) for item in group]
+        return [_Attempt(item.row, made) for item, made in zip(group, ids, strict=True)]
+
     @staticmethod
     def _collect(
-        in_flight: dict[Future[_Attempt], _Started], *, block: bool
+        in_flight: dict[Future[list[_Attempt]], list[_Started]], *, block: bool
     ) -> list[tuple[_Started, _Attempt]]:
         # Wait in short slices so Ctrl-C reaches this (the main) thread promptly.
-        done: set[Future[_Attempt]] = set()
+        done: set[Future[list[_Attempt]]] = set()
         while not done:
             done, _ = wait(in_flight, timeout=0.2 if block else 0, return_when=FIRST_COMPLETED)
             if not block:
                 break
-        finished = []
+        finished: list[tuple[_Started, _Attempt]] = []
         for future in done:
-            item = in_flight.pop(future)
+            group = in_flight.pop(future)
             try:
-                finished.append((item, future.result()))
+                finished.extend(zip(group, future.result(), strict=True))
             except Exception as exc:  # a journal or programming error: report, never swallow
-                finished.append(
+                finished.extend(
                     (item, _Attempt(row=item.row, error=error_text(exc), raw=True, exception=exc))
+                    for item in group
                 )
         return finished
 

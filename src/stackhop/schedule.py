@@ -116,6 +116,16 @@ class Schedule:
             self._running[service] += 1
         return batch
 
+    def take_kind(self, kind: str, count: int) -> list[Operation]:
+        """Up to ``count`` more ready operations of ``kind``, next in their service's order
+        (a bulk request's companions: they are taken, and finish, like any operation)."""
+        batch: list[Operation] = []
+        for service, ready in self._ready.items():
+            while len(batch) < count and ready and ready[0][2].kind.name == kind:
+                batch.append(heapq.heappop(ready)[2])
+                self._running[service] += 1
+        return batch
+
     def finished(self, op: Operation) -> None:
         """``op`` (taken before) has an outcome: the operations waiting for it may be ready."""
         service = getattr(op.kind, "service", "")

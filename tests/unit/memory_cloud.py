@@ -28,6 +28,9 @@ class MemoryCloud:
         self._hooks: dict[tuple[str, str, str], Callable[[], None]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        #: A bulk create naming this object is refused as a whole (``refusal()`` raised).
+        self.refused_name: str | None = None
+        self.refusal: Fault = lambda: ValueError("refused")
 
     def fail(self, kind: str, call: str, *faults: Fault, after_commit: bool = False) -> None:
         """Make the next calls fail, one fault each; ``after_commit``: the call took effect."""
@@ -138,6 +141,32 @@ class Gadget(MemoryKind):
     name = "test.gadget"
     references = {"widget_id": "test.widget", "project_id": "identity.project"}
     portable_fields = ("name", "widget_id", "project_id")
+
+
+class BulkWidget(Widget):
+    """A widget whose creates may go many to one request, all or none (like Neutron's bulk
+    ``POST``): ``create_many`` is one call ``create_many`` on the cloud."""
+
+    name = "test.bulk_widget"
+    bulk_create = True
+
+    def create_many(self, conn: MemoryCloud, records: Any) -> list[str]:
+        def effect() -> list[str]:
+            made = []
+            for record in records:
+                new = {f: record.get(f) for f in self.portable_fields}
+                new["id"] = conn.new_id(self.name)
+                new["description"] = self.stamp(record.get("description"), record)
+                made.append(new)
+            if any(r["name"] == conn.refused_name for r in records):
+                raise conn.refusal()  # refused as a whole: nothing made
+            for new in made:
+                conn.objects.setdefault(self.name, {})[new["id"]] = new
+            return [str(new["id"]) for new in made]
+
+        names = ",".join(str(r["name"]) for r in records)
+        result: list[str] = conn.call(self.name, "create_many", names, effect)
+        return result
 
 
 def widget(n: int, *, owner: str = "u-src-1", project: str = "p-1", size: int = 1) -> Record:

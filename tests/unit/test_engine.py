@@ -20,7 +20,7 @@ import pytest
 import requests
 from keystoneauth1 import exceptions as ksa_exceptions
 from openstack import exceptions as sdk_exceptions
-from tests.unit.memory_cloud import Gadget, MemoryCloud, Widget, gadget, widget
+from tests.unit.memory_cloud import BulkWidget, Gadget, MemoryCloud, Widget, gadget, widget
 
 from stackhop.engine import Engine, RunResult
 from stackhop.errors import ConflictError, Interrupted, OperationFailedError, TransientError
@@ -563,3 +563,58 @@ def test_run_planned_applies_batches_as_they_come_and_raises_a_planner_error(
     states = [h.row("test.widget", f"p-1/w{i}") for i in (1, 2)]
     assert all(row is None or row.state == DONE for row in states)
     assert h.row("test.gadget", "p-1/g0") is None
+
+
+# -- bulk creates (Kind.bulk_create: one request, all or none) ------------------------
+
+BULK = BulkWidget()
+
+
+def test_bulk_creates_go_in_few_requests_and_each_gets_its_id(h: Harness) -> None:
+    ops = h.plan({BULK: [widget(i) for i in range(40)]})
+
+    result = h.run(ops, workers=4)
+
+    assert result.outcome == "succeeded" and result.counts["test.bulk_widget"]["done"] == 40
+    assert h.cloud.count("create") == 0 and 1 <= h.cloud.count("create_many") <= 4
+    ids = h.journal.id_map("dst", "test.bulk_widget")
+    assert len(ids) == 40 and set(ids.values()) == set(h.cloud.objects["test.bulk_widget"])
+    for source_id, destination_id in ids.items():  # each row got its own object's ID
+        made = h.cloud.objects["test.bulk_widget"][destination_id]
+        assert h.row("test.bulk_widget", f"p-1/{made['name']}").destination_id == destination_id
+        assert made["description"].endswith(f"[stackhop-source:{source_id}]")
+
+
+def test_a_refused_bulk_request_falls_back_to_one_by_one_and_only_the_bad_one_fails(
+    h: Harness,
+) -> None:
+    h.cloud.refused_name = "w7"
+    h.cloud.refusal = lambda: http_error(409)
+    # A bulk request naming w7 is refused whole; alone, w7 is refused too.
+
+    def refuse() -> None:
+        raise http_error(409)
+
+    h.cloud.on("test.bulk_widget", "create", "w7", refuse)
+    ops = h.plan({BULK: [widget(i) for i in range(20)]})
+
+    result = h.run(ops, workers=2)
+
+    assert result.counts["test.bulk_widget"]["done"] == 19
+    assert result.counts["test.bulk_widget"]["failed"] == 1
+    assert h.row("test.bulk_widget", "p-1/w7").state == FAILED
+    assert len(h.cloud.objects["test.bulk_widget"]) == 19
+    assert h.cloud.count("find") == 0  # the refusal's outcome was known: no lookups
+
+
+def test_a_bulk_request_whose_answer_is_lost_is_adopted_not_duplicated(h: Harness) -> None:
+    h.cloud.fail("test.bulk_widget", "create_many", lambda: ConnectionResetError("reset"),
+                 after_commit=True)
+    ops = h.plan({BULK: [widget(i) for i in range(12)]})
+
+    result = h.run(ops, workers=1)
+
+    assert result.outcome == "succeeded"
+    assert len(h.cloud.objects["test.bulk_widget"]) == 12  # made once, found by marker
+    assert h.cloud.count("find") >= 12 and h.cloud.count("create") == 0
+    assert len(set(h.journal.id_map("dst", "test.bulk_widget").values())) == 12

@@ -156,6 +156,10 @@ class Kind(ABC):
     #: For a :attr:`mapped` kind: whether this (configured) kind may create what the
     #: destination lacks.
     may_create: bool = False
+    #: Whether :meth:`create_many` creates many objects in one request, all or none
+    #: (Neutron's bulk ``POST``): the engine then sends the first attempts of a kind's
+    #: ready creates together, and each on its own when such a request fails.
+    bulk_create: ClassVar[bool] = False
     #: The ID map kind of another name the kind's objects get on the destination, kept by
     #: source ID next to their IDs (``neutron.floating_ip.address``: a floating IP's
     #: address), or None; :meth:`aliases` reads them.
@@ -317,6 +321,13 @@ class Kind(ABC):
     @abstractmethod
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         """Create the resolved record on the destination; return its destination ID."""
+
+    def create_many(
+        self, conn: Connection, records: Sequence[Mapping[str, Any]]
+    ) -> builtins.list[str]:
+        """Create the resolved ``records`` in one request; their destination IDs, in order
+        (kinds with :attr:`bulk_create`: all are created or none)."""
+        raise NotImplementedError(f"{self.name} creates one object per request")
 
     def aliases(self, conn: Connection, destination_ids: Mapping[str, str]) -> dict[str, str]:
         """The ``alias_kind`` value of the destination objects ``destination_ids`` (source ID

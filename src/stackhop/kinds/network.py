@@ -212,6 +212,19 @@ class _Marked(Kind):
             return _sorted_json(value)
         return super().normalize(field, value)
 
+    def create_body(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``POST`` body creating the resolved record (``{singular: {...}}``), for kinds
+        that create with one plain request (:attr:`bulk_create`)."""
+        raise NotImplementedError(f"{self.name} has no single create body")
+
+    def create_many(
+        self, conn: Connection, records: Sequence[Mapping[str, Any]]
+    ) -> builtins.list[str]:
+        """One bulk ``POST`` (Neutron creates all of them or none)."""
+        bodies = [self.create_body(record)[self.singular] for record in records]
+        created = call(conn.network, "POST", f"/{self.collection}", json={self.collection: bodies})
+        return [str(item["id"]) for item in created[self.collection]]
+
     def _body(self, record: Mapping[str, Any], fields: Iterable[str]) -> dict[str, Any]:
         return {self.singular: {self._wire(f): record.get(f) for f in fields if f in record}}
 
@@ -268,6 +281,7 @@ class Network(_Marked):
     source_only_fields = ("segments", "project_name", "project_domain")
     put_fields = ("name", "admin_state_up", "shared", "external", "mtu", "port_security_enabled")
     selectors = {"networks": NETWORK_HELP}
+    bulk_create = True
     transfer = True
     import_options = {"keep-segmentation-ids": KEEP_IDS_HELP}
 
@@ -427,6 +441,7 @@ class Subnet(_Marked):
     name = SUBNET
     service = "network"
     collection, singular = "subnets", "subnet"
+    bulk_create = True
     references = {"project_id": PROJECT, "network_id": NETWORK}
     portable_fields = (
         "name",
@@ -524,6 +539,10 @@ class Subnet(_Marked):
         )  # fmt: skip
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
+        created = call(conn.network, "POST", "/subnets", json=self.create_body(record))
+        return str(created["subnet"]["id"])
+
+    def create_body(self, record: Mapping[str, Any]) -> dict[str, Any]:
         body = {
             "name": record["name"],
             "description": self.stamp(record.get("description"), record),
@@ -543,5 +562,4 @@ class Subnet(_Marked):
                 body[mode] = record[mode]
         if not body["allocation_pools"]:
             del body["allocation_pools"]
-        created = call(conn.network, "POST", "/subnets", json={"subnet": body})
-        return str(created["subnet"]["id"])
+        return {"subnet": body}

@@ -140,6 +140,7 @@ class Port(_Marked):
     name = PORT
     service = "network"
     collection, singular = "ports", "port"
+    bulk_create = True
     references = {
         "project_id": PROJECT,
         "network_id": NETWORK,
@@ -224,6 +225,10 @@ class Port(_Marked):
         return find_marked(conn, "/ports", "ports", "network_id", records, self._view)
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
+        created = call(conn.network, "POST", "/ports", json=self.create_body(record))
+        return str(created["port"]["id"])
+
+    def create_body(self, record: Mapping[str, Any]) -> dict[str, Any]:
         body = {
             "name": record["name"],
             "description": self.stamp(record.get("description"), record),
@@ -236,8 +241,7 @@ class Port(_Marked):
             "security_groups": record.get("security_group_ids") or [],
             "allowed_address_pairs": record.get("allowed_address_pairs") or [],
         }
-        created = call(conn.network, "POST", "/ports", json={"port": body})
-        return str(created["port"]["id"])
+        return {"port": body}
 
 
 @register
