@@ -36,7 +36,7 @@ from stackhop.errors import ConflictError
 from stackhop.kinds import register
 from stackhop.kinds.base import Connection, ExportScope, Kind, Record, SqlSource
 from stackhop.kinds.identity import USER, is_sql_id, list_users
-from stackhop.kinds.keystone_identity import DOMAIN, SELECTOR, _domains_in, _Keystone, _listing
+from stackhop.kinds.keystone_identity import DOMAIN, SELECTOR, _domains_in, _InDomains, _listing
 from stackhop.kinds.rest import call, segment
 
 GROUP = "keystone.group"
@@ -82,7 +82,7 @@ def _group_table(db: SqlSource) -> str:
 
 
 @register
-class Group(_Keystone):
+class Group(_InDomains):
     name = GROUP
     references = {"domain_id": DOMAIN}
     portable_fields = ("domain_id", "description")
@@ -90,17 +90,14 @@ class Group(_Keystone):
     path = "groups"
     key = "group"
 
-    def identity(self, record: Mapping[str, Any]) -> str:
-        return f"{record.get('domain_name')}/{record['name']}"
-
-    def _groups(self, conn: Connection, domains: Mapping[str, str]) -> Iterator[Record]:
+    def in_domains(self, conn: Connection, domains: Mapping[str, str]) -> Iterator[Record]:
         for domain_id, domain_name in domains.items():
             for group in _listing(conn, f"/groups?domain_id={segment(domain_id)}", "groups"):
                 yield group_record(group, domain_name)
 
     def list(self, conn: Connection, **filters: Any) -> Iterator[Record]:
         domains = {d["id"]: d["name"] for d in _listing(conn, "/domains", "domains")}
-        yield from self._groups(conn, domains)
+        yield from self.in_domains(conn, domains)
 
     def export(self, conn: Connection, scope: ExportScope) -> Iterator[Record]:
         groups = None
@@ -131,17 +128,6 @@ class Group(_Keystone):
             for row in rows
         )
         yield from _in_scope(records, scope, groups)
-
-    def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
-        return self.find_many(conn, [record])[0]
-
-    def find_many(
-        self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
-    ) -> builtins.list[Record | None]:
-        """One listing per destination domain the records name: by (domain, name)."""
-        domains = {str(r["domain_id"]): str(r.get("domain_name")) for r in records}
-        by_key = {(g["domain_id"], g["name"]): g for g in self._groups(conn, domains)}
-        return [by_key.get((str(r["domain_id"]), r["name"])) for r in records]
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         if not is_sql_id(self.source_id(record)):

@@ -216,6 +216,28 @@ class _Keystone(Kind):
         call(conn.identity, "DELETE", f"/{self.path}/{segment(destination_id)}", missing_ok=True)
 
 
+class _InDomains(_Keystone):
+    """Users and groups: named uniquely within a domain, listed one domain at a time."""
+
+    def in_domains(self, conn: Connection, domains: Mapping[str, str]) -> Iterator[Record]:
+        """The records of the domains ``domains`` (ID -> name), one listing each."""
+        raise NotImplementedError
+
+    def identity(self, record: Mapping[str, Any]) -> str:
+        return f"{record.get('domain_name')}/{record['name']}"
+
+    def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
+        return self.find_many(conn, [record])[0]
+
+    def find_many(
+        self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
+    ) -> builtins.list[Record | None]:
+        """One listing per destination domain the records name: by (domain, name)."""
+        domains = {str(r["domain_id"]): str(r.get("domain_name")) for r in records}
+        by_key = {(o["domain_id"], o["name"]): o for o in self.in_domains(conn, domains)}
+        return [by_key.get((str(r["domain_id"]), r["name"])) for r in records]
+
+
 @register
 class Domain(_Keystone):
     name = DOMAIN

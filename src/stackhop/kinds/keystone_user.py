@@ -28,10 +28,9 @@ users, and rollback deletes only users that carry it.
 
 from __future__ import annotations
 
-import builtins
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from openstack import exceptions as sdk_exceptions
@@ -41,7 +40,7 @@ from stackhop.errors import ConflictError
 from stackhop.kinds import register
 from stackhop.kinds.base import Connection, ExportScope, Record, SqlSource
 from stackhop.kinds.identity import is_sql_id, users_of_domain
-from stackhop.kinds.keystone_identity import DOMAIN, PROJECT, SELECTOR, _Keystone, _listing
+from stackhop.kinds.keystone_identity import DOMAIN, PROJECT, SELECTOR, _InDomains, _listing
 from stackhop.kinds.rest import call
 
 USER = "keystone.user"
@@ -75,7 +74,7 @@ def user_record(row: Mapping[str, Any], domain_name: str) -> Record:
 
 
 @register
-class User(_Keystone):
+class User(_InDomains):
     name = USER
     selectors = SELECTOR
     references = {"domain_id": DOMAIN, "default_project_id": PROJECT}
@@ -93,9 +92,6 @@ class User(_Keystone):
     path = "users"
     key = "user"
 
-    def identity(self, record: Mapping[str, Any]) -> str:
-        return f"{record.get('domain_name')}/{record['name']}"
-
     def normalize(self, field: str, value: Any) -> Any:
         if field == "options":
             return dict(value or {})
@@ -103,20 +99,20 @@ class User(_Keystone):
             return value or None
         return super().normalize(field, value)
 
-    def _users(self, conn: Connection, domains: Mapping[str, str]) -> Iterator[Record]:
+    def in_domains(self, conn: Connection, domains: Mapping[str, str]) -> Iterator[Record]:
         for domain_id, domain_name in domains.items():
             for user in users_of_domain(conn, domain_id, domain_name):
                 yield user_record(user, domain_name)
 
     def list(self, conn: Connection, **filters: Any) -> Iterator[Record]:
         domains = {d["id"]: d["name"] for d in _listing(conn, "/domains", "domains")}
-        yield from self._users(conn, domains)
+        yield from self.in_domains(conn, domains)
 
     def export(self, conn: Connection, scope: ExportScope) -> Iterator[Record]:
         """The SQL users of the scope (all, or those with a role in ``--project``)."""
         wanted = {u["id"]: u for u in scope.users if is_sql_id(str(u["id"]))}
         domains = {str(u["domain_id"]): str(u["domain_name"]) for u in wanted.values()}
-        for record in self._users(conn, domains):
+        for record in self.in_domains(conn, domains):
             if record["id"] in wanted:
                 yield record
 
@@ -150,17 +146,6 @@ class User(_Keystone):
                 },
                 domains.get(row.domain_id, row.domain_id),
             )
-
-    def find(self, conn: Connection, record: Mapping[str, Any]) -> Record | None:
-        return self.find_many(conn, [record])[0]
-
-    def find_many(
-        self, conn: Connection, records: Sequence[Mapping[str, Any]], workers: int = 8
-    ) -> builtins.list[Record | None]:
-        """One listing per destination domain the records name: by (domain, name)."""
-        domains = {str(r["domain_id"]): str(r.get("domain_name")) for r in records}
-        by_key = {(u["domain_id"], u["name"]): u for u in self._users(conn, domains)}
-        return [by_key.get((str(r["domain_id"]), r["name"])) for r in records]
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
         """Create the user with the password ``--user-passwords`` gives (random ones are
