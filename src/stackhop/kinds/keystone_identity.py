@@ -29,6 +29,7 @@ first, as Keystone requires).
 from __future__ import annotations
 
 import builtins
+from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -219,9 +220,9 @@ class _Keystone(Kind):
 class _InDomains(_Keystone):
     """Users and groups: named uniquely within a domain, listed one domain at a time."""
 
+    @abstractmethod
     def in_domains(self, conn: Connection, domains: Mapping[str, str]) -> Iterator[Record]:
         """The records of the domains ``domains`` (ID -> name), one listing each."""
-        raise NotImplementedError
 
     def identity(self, record: Mapping[str, Any]) -> str:
         return f"{record.get('domain_name')}/{record['name']}"

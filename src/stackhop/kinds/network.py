@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import builtins
 import json
+from abc import abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -212,19 +213,6 @@ class _Marked(Kind):
             return _sorted_json(value)
         return super().normalize(field, value)
 
-    def create_body(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``POST`` body creating the resolved record (``{singular: {...}}``), for kinds
-        that create with one plain request (:attr:`bulk_create`)."""
-        raise NotImplementedError(f"{self.name} has no single create body")
-
-    def create_many(
-        self, conn: Connection, records: Sequence[Mapping[str, Any]]
-    ) -> builtins.list[str]:
-        """One bulk ``POST`` (Neutron creates all of them or none)."""
-        bodies = [self.create_body(record)[self.singular] for record in records]
-        created = call(conn.network, "POST", f"/{self.collection}", json={self.collection: bodies})
-        return [str(item["id"]) for item in created[self.collection]]
-
     def _body(self, record: Mapping[str, Any], fields: Iterable[str]) -> dict[str, Any]:
         return {self.singular: {self._wire(f): record.get(f) for f in fields if f in record}}
 
@@ -262,8 +250,31 @@ class _Marked(Kind):
         call(conn.network, "DELETE", url, missing_ok=True)
 
 
+class _Bulk(_Marked):
+    """Kinds created with one plain ``POST`` each, so many at once with Neutron's bulk
+    ``POST`` (networks, subnets, ports)."""
+
+    bulk_create = True
+
+    @abstractmethod
+    def create_body(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``POST`` body creating the resolved record (``{singular: {...}}``)."""
+
+    def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
+        created = call(conn.network, "POST", f"/{self.collection}", json=self.create_body(record))
+        return str(created[self.singular]["id"])
+
+    def create_many(
+        self, conn: Connection, records: Sequence[Mapping[str, Any]]
+    ) -> builtins.list[str]:
+        """One bulk ``POST`` (Neutron creates all of them or none)."""
+        bodies = [self.create_body(record)[self.singular] for record in records]
+        created = call(conn.network, "POST", f"/{self.collection}", json={self.collection: bodies})
+        return [str(item["id"]) for item in created[self.collection]]
+
+
 @register
-class Network(_Marked):
+class Network(_Bulk):
     name = NETWORK
     service = "network"
     collection, singular = "networks", "network"
@@ -281,7 +292,6 @@ class Network(_Marked):
     source_only_fields = ("segments", "project_name", "project_domain")
     put_fields = ("name", "admin_state_up", "shared", "external", "mtu", "port_security_enabled")
     selectors = {"networks": NETWORK_HELP}
-    bulk_create = True
     transfer = True
     import_options = {"keep-segmentation-ids": KEEP_IDS_HELP}
 
@@ -437,11 +447,10 @@ class Network(_Marked):
 
 
 @register
-class Subnet(_Marked):
+class Subnet(_Bulk):
     name = SUBNET
     service = "network"
     collection, singular = "subnets", "subnet"
-    bulk_create = True
     references = {"project_id": PROJECT, "network_id": NETWORK}
     portable_fields = (
         "name",
@@ -537,10 +546,6 @@ class Subnet(_Marked):
             lambda subnet: subnet_record(subnet, None),
             lambda record, subnet: subnet["network_id"] == record["network_id"],
         )  # fmt: skip
-
-    def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
-        created = call(conn.network, "POST", "/subnets", json=self.create_body(record))
-        return str(created["subnet"]["id"])
 
     def create_body(self, record: Mapping[str, Any]) -> dict[str, Any]:
         body = {

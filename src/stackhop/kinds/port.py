@@ -55,7 +55,7 @@ from stackhop.kinds.base import (
     SqlSource,
 )
 from stackhop.kinds.identity import PROJECT
-from stackhop.kinds.network import _Marked
+from stackhop.kinds.network import _Bulk, _Marked
 from stackhop.kinds.rest import call, paged
 
 PORT = "neutron.port"
@@ -136,11 +136,10 @@ def _fixed(record: Mapping[str, Any]) -> builtins.list[dict[str, Any]]:
 
 
 @register
-class Port(_Marked):
+class Port(_Bulk):
     name = PORT
     service = "network"
     collection, singular = "ports", "port"
-    bulk_create = True
     references = {
         "project_id": PROJECT,
         "network_id": NETWORK,
@@ -223,10 +222,6 @@ class Port(_Marked):
     ) -> builtins.list[Record | None]:
         """The ports of the records' (mapped) networks, in a few listings."""
         return find_marked(conn, "/ports", "ports", "network_id", records, self._view)
-
-    def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
-        created = call(conn.network, "POST", "/ports", json=self.create_body(record))
-        return str(created["port"]["id"])
 
     def create_body(self, record: Mapping[str, Any]) -> dict[str, Any]:
         body = {
