@@ -106,9 +106,9 @@ def load_operator_map(path: str | os.PathLike[str] | None) -> OperatorMap:
     if not data:
         return OperatorMap()
     sections = {"domains", "users", "projects", "ids", "sql_users", "disabled_users"}
-    if any(isinstance(v, Mapping) for v in data.values()) or {
-        "sql_users", "disabled_users"
-    } & set(data):
+    if any(isinstance(v, Mapping) for v in data.values()) or {"sql_users", "disabled_users"} & set(
+        data
+    ):
         unknown = set(data) - sections
         if unknown:
             raise ConfigError(
@@ -283,12 +283,23 @@ def map_identities(
     """
     user_map = user_map or OperatorMap()
     project_map = project_map or OperatorMap()
+    users, projects = list(users), list(projects)
     result = IdentityMapping()
     domains = domain_names(destination)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="keystone") as pool:
-        users_read = pool.submit(lambda: list(list_users(destination, domains)))
+    # Only the domains a source user is looked up in are listed, side by side (a
+    # directory-backed domain of thousands of people takes a second to list, and one
+    # whose directory is down must not fail a run that maps nobody there).
+    wanted = {destination_domain(u, user_map) for u in users if u["id"] not in user_map.ids}
+    listed = {i: n for i, n in domains.items() if n in wanted}
+    with ThreadPoolExecutor(max_workers=1 + len(listed), thread_name_prefix="keystone") as pool:
+        users_read = [
+            pool.submit(lambda one: list(list_users(destination, one)), {i: n})
+            for i, n in listed.items()
+        ]
         projects_read = pool.submit(lambda: list(list_projects(destination, domains)))
-        dst_users = {(r["domain_name"], r["name"]): r["id"] for r in users_read.result()}
+        dst_users = {
+            (r["domain_name"], r["name"]): r["id"] for read in users_read for r in read.result()
+        }
         dst_projects = projects_read.result()
     dst_project_ids = {r["id"] for r in dst_projects}
     dst_project_names = {(r["domain_name"], r["name"]): r["id"] for r in dst_projects}

@@ -376,14 +376,18 @@ class RouterInterfaces(Kind):
                 "destination; re-run the import to create it again"
             )
         have = {(i["subnet"], i["ip_address"]) for i in state["interfaces"]}
-        subnets: dict[str, Any] = {}
-        for wanted in self._wanted(record):
-            if (wanted["subnet"], wanted["ip_address"]) in have:
-                continue
+        missing = [w for w in self._wanted(record) if (w["subnet"], w["ip_address"]) not in have]
+        # The missing interfaces' subnets in one listing (gateway address, network).
+        needed = [w["subnet"] for w in missing]
+        subnets = {s["id"]: s for s in listed(conn, "/subnets", "subnets", "id", needed)}
+        for wanted in missing:
             subnet_id = wanted["subnet"]
-            if subnet_id not in subnets:
-                subnets[subnet_id] = call(conn.network, "GET", f"/subnets/{subnet_id}")["subnet"]
-            subnet = subnets[subnet_id]
+            subnet = subnets.get(subnet_id)
+            if subnet is None:
+                raise ConflictError(
+                    f"{self.name} {self.identity(record)!r}: subnet {subnet_id} is gone from "
+                    "the destination; re-run the import to create it again"
+                )
             if wanted["ip_address"] == subnet.get("gateway_ip"):
                 attach: dict[str, str] = {"subnet_id": subnet_id}
             else:
