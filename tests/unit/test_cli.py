@@ -6,6 +6,7 @@ import io
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,15 +172,24 @@ def test_unknown_cloud_is_one_line_with_its_exit_code(run, clouds_yaml: Path) ->
     assert r.err.startswith("stackhop: cloud 'gamma' is not configured; known clouds: alpha, beta")
 
 
-def test_check_of_an_unreachable_cloud(run, clouds_yaml: Path) -> None:
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The retry waits, recorded instead of slept (a refused port is retried for seconds)."""
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    return slept
+
+
+def test_check_of_an_unreachable_cloud(run, clouds_yaml: Path, waits: list[float]) -> None:
     r = run("clouds", "--check", "alpha")
+    assert waits, "a refused connection is retried before it is reported"
     assert r.code == CloudUnreachableError.exit_code
     assert r.err.count("\n") == 1
     assert r.err.startswith("stackhop: cannot reach cloud 'alpha' at http://127.0.0.1:")
     assert "Traceback" not in r.err
 
 
-def test_check_json_reports_each_failed_cloud(run, clouds_yaml: Path) -> None:
+def test_check_json_reports_each_failed_cloud(run, clouds_yaml: Path, waits: list[float]) -> None:
     r = run("clouds", "--check", "-f", "json")
     assert r.code == CloudUnreachableError.exit_code
     reports = json.loads(r.out)
