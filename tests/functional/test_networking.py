@@ -27,6 +27,7 @@ pytestmark = pytest.mark.functional
 
 KINDS = (
     "neutron.network",
+    "neutron.subnet_pool",
     "neutron.subnet",
     "neutron.router",
     "neutron.router_interfaces",
@@ -52,7 +53,13 @@ def _listing(conn: Any) -> dict[str, Any]:
 
     return {
         "networks": sorted((n.id, n.name, n.project_id) for n in of(net.networks())),
-        "subnets": sorted((s.id, s.name, s.cidr, s.network_id) for s in of(net.subnets())),
+        "subnet_pools": sorted(
+            (p.id, p.name, tuple(p.prefixes), p.is_shared) for p in of(net.subnet_pools())
+        ),
+        "subnets": sorted(
+            (s.id, s.name, s.cidr, s.network_id, s.subnet_pool_id or "")
+            for s in of(net.subnets())
+        ),
         "routers": sorted(
             (r.id, r.name, tuple(sorted(r.routes or []))) for r in of(net.routers())
         ),
@@ -78,6 +85,7 @@ def world(seeded: Any) -> Iterator[dict[str, Any]]:
     dup = f"sh-dup-{tag}"
     made_src: list[Any] = []
     made_dst: list[Any] = []
+    pools: list[tuple[Any, Any]] = []
     try:
         alpha = _project(src, "alpha")
         first = src.network.create_network(name=dup, project_id=alpha, description="first")
@@ -101,6 +109,28 @@ def world(seeded: Any) -> Iterator[dict[str, Any]]:
             name=f"{dup}-b", network_id=second.id, project_id=alpha, ip_version=6,
             cidr="fd00:77::/64", ipv6_ra_mode="slaac", ipv6_address_mode="slaac",
         )
+        # A pool of alpha's with a subnet carved from it, and a shared one of admin's.
+        pool = src.network.create_subnet_pool(
+            name=f"{dup}-pool", project_id=alpha, prefixes=["10.78.0.0/16"],
+            default_prefix_length=26, minimum_prefix_length=24, maximum_prefix_length=28,
+            default_quota=1024, description="alpha's pool",
+        )
+        shared = src.network.create_subnet_pool(
+            name=f"{dup}-shared", project_id=_project(src, "admin"),
+            prefixes=["10.79.0.0/16", "10.80.0.0/16"], default_prefix_length=24, is_shared=True,
+        )
+        pools += [(src, pool), (src, shared)]
+        # (Neutron: a network's subnets of one IP version all come from one pool, or none.)
+        pooled = src.network.create_network(name=f"{dup}-pooled", project_id=alpha)
+        made_src.append(pooled)
+        src.network.create_subnet(
+            name=f"{dup}-c", network_id=pooled.id, project_id=alpha, ip_version=4,
+            cidr="10.78.4.0/24", subnetpool_id=pool.id,
+        )
+        src.network.create_subnet(
+            name=f"{dup}-d", network_id=second.id, project_id=alpha, ip_version=4,
+            cidr="10.79.7.0/24", subnetpool_id=shared.id,
+        )
         beta = _project(dst, "beta")
         theirs = dst.network.create_network(name=f"sh-overlap-{tag}", project_id=beta)
         made_dst.append(theirs)
@@ -111,6 +141,8 @@ def world(seeded: Any) -> Iterator[dict[str, Any]]:
         for conn, made in ((src, made_src), (dst, made_dst)):
             for network in made:
                 _remove_network(conn, network.id)
+        for conn, pool in pools:
+            conn.network.delete_subnet_pool(pool, ignore_missing=True)
 
 
 def _remove_network(conn: Any, network_id: str) -> None:
@@ -155,6 +187,26 @@ def test_networking_moves_verifies_reruns_and_rolls_back(
                "--db-config-dir", str(layout.SRC.etc)).code == 0
     assert _records(via_db) == exported
 
+    # A shared pool of a project the export does not cover is the provider's: exported
+    # without its project, and a shared dst pool of its name is adopted, never copied.
+    alpha_only = tmp_path / "alpha.tar.zst"
+    assert cli("export", "--from", "src", "-o", str(alpha_only), "--networks",
+               "--project", "alpha").code == 0
+    (provider,) = [r for r in _records(alpha_only)["neutron.subnet_pool"]
+                   if r["name"] == f"{dup}-shared"]
+    assert (provider["project_id"], provider["project_name"]) == (None, "(provider)")
+    theirs = dst.network.create_subnet_pool(
+        name=f"{dup}-shared", prefixes=["10.79.0.0/16", "10.80.0.0/16"],
+        default_prefix_length=24, is_shared=True,
+    )
+    try:
+        planned = cli("plan", "--to", "dst", str(alpha_only), "-f", "json")
+        assert planned.code == 0, planned.err
+        (op,) = [o for o in planned.json()["operations"] if o["source_id"] == provider["id"]]
+        assert (op["action"], op["destination_id"]) == ("skip", theirs.id)
+    finally:
+        dst.network.delete_subnet_pool(theirs)
+
     first = cli("--journal", journal, "import", "--to", "dst", str(archive), "-f", "json")
     assert first.code == 0, first.err
     net = dst.network
@@ -171,6 +223,18 @@ def test_networking_moves_verifies_reruns_and_rolls_back(
     assert (subnets[f"{dup}-b"].ipv6_ra_mode, subnets[f"{dup}-b"].ipv6_address_mode) == (
         "slaac", "slaac")
     assert subnets["alpha-v4"].cidr == "10.10.1.0/24"  # overlaps beta's, in another project
+    # The pools, and the subnets carved from them with their own CIDRs.
+    pools = {p.name: p for p in net.subnet_pools()}
+    pool, shared = pools[f"{dup}-pool"], pools[f"{dup}-shared"]
+    assert (pool.prefixes, pool.default_prefix_length, pool.minimum_prefix_length,
+            pool.maximum_prefix_length, pool.default_quota, pool.is_shared) == (
+        ["10.78.0.0/16"], 26, 24, 28, 1024, False)
+    assert pool.project_id == _project(dst, "alpha")
+    assert (sorted(shared.prefixes), shared.is_shared) == (["10.79.0.0/16", "10.80.0.0/16"], True)
+    assert (subnets[f"{dup}-c"].cidr, subnets[f"{dup}-c"].subnet_pool_id) == (
+        "10.78.4.0/24", pool.id)
+    assert (subnets[f"{dup}-d"].cidr, subnets[f"{dup}-d"].subnet_pool_id) == (
+        "10.79.7.0/24", shared.id)
     router = next(r for r in net.routers() if r.name == "alpha-router")
     assert router.external_gateway_info["network_id"] == public.id
     attached = {

@@ -101,10 +101,11 @@ def test_interfaces_and_floating_ip_records() -> None:
 
 def test_selectors_and_order() -> None:
     selectors = registry.selectors()
-    assert selectors["networks"][1] == ("neutron.network", "neutron.subnet")
+    assert selectors["networks"][1] == ("neutron.network", "neutron.subnet_pool", "neutron.subnet")
     assert selectors["routers"][1] == ("neutron.router", "neutron.router_interfaces")
     order = [k.name for k in registry.transfer_kinds()]
     assert order.index("neutron.subnet") < order.index("neutron.router")
+    assert order.index("neutron.subnet_pool") < order.index("neutron.subnet")
     assert order.index("neutron.router_interfaces") < order.index("neutron.floating_ip")
     assert order.index("neutron.port") < order.index("neutron.floating_ip")
 

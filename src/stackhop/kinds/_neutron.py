@@ -23,6 +23,7 @@ FILTER_CHUNK = 40
 
 NETWORK = "neutron.network"
 SUBNET = "neutron.subnet"
+SUBNET_POOL = "neutron.subnet_pool"
 ROUTER = "neutron.router"
 ROUTER_INTERFACES = "neutron.router_interfaces"
 PHYSNET = "neutron.physnet"

@@ -22,7 +22,8 @@ a one-line error naming the flag.
 
 Subnets are matched the same way (marker, inside the mapped network) and carry
 CIDR, gateway, allocation pools, DNS servers, host routes, DHCP and the IPv6
-modes. A subnet pool is a source-only fact (the CIDR is asked for explicitly).
+modes; a subnet of a subnet pool is made from the destination's copy of that pool
+(:mod:`stackhop.kinds.subnet_pool`), its CIDR asked for explicitly.
 
 ``--via db`` reads Neutron's ``networks``, ``networksegments``,
 ``externalnetworks``, ``networkrbacs``, ``networksecuritybindings``,
@@ -47,6 +48,7 @@ from stackhop.kinds._neutron import (
     NETWORK,
     PHYSNET,
     SUBNET,
+    SUBNET_POOL,
     by_marker,
     find_marked,
     listed,
@@ -57,7 +59,7 @@ from stackhop.kinds.base import Connection, ExportScope, Kind, Record, SqlSource
 from stackhop.kinds.identity import PROJECT
 from stackhop.kinds.rest import call, paged
 
-NETWORK_HELP = "networks and their subnets"
+NETWORK_HELP = "networks, their subnets and subnet pools"
 KEEP_IDS_HELP = (
     "create networks with the source's segmentation IDs (VLAN, VXLAN, ...); default: "
     "the destination allocates them"
@@ -451,7 +453,10 @@ class Subnet(_Bulk):
     name = SUBNET
     service = "network"
     collection, singular = "subnets", "subnet"
-    references = {"project_id": PROJECT, "network_id": NETWORK}
+    references = {"project_id": PROJECT, "network_id": NETWORK, "subnetpool_id": SUBNET_POOL}
+    #: The pool is created first; an archive without its pool (written before pools moved)
+    #: makes a subnet of no pool, with the same CIDR.
+    ordering_references = ("subnetpool_id",)
     portable_fields = (
         "name",
         "description",
@@ -465,8 +470,9 @@ class Subnet(_Bulk):
         "host_routes",
         "ipv6_ra_mode",
         "ipv6_address_mode",
+        "subnetpool_id",
     )
-    source_only_fields = ("subnetpool_id", "project_name", "project_domain")
+    source_only_fields = ("project_name", "project_domain")
     put_fields = (
         "name",
         "gateway_ip",
@@ -562,6 +568,8 @@ class Subnet(_Bulk):
         }
         if record.get("project_id"):
             body["project_id"] = record["project_id"]
+        if record.get("subnetpool_id"):
+            body["subnetpool_id"] = record["subnetpool_id"]
         for mode in ("ipv6_ra_mode", "ipv6_address_mode"):
             if record.get(mode):
                 body[mode] = record[mode]
