@@ -1,0 +1,234 @@
+"""Chaos run of ``stackhop project migrate``: the seeded project ``beta`` through API faults,
+once per seed.
+
+Per seed, in one go: the fault-injecting proxy
+(:class:`tests.support.faultproxy.FaultProxy`) in front of every API of both clouds at
+``--rate`` (5xx, 429 with ``Retry-After``, resets, stalls past the client's timeout,
+answers lost after the request was applied), and ``stackhop project migrate --from
+src-faulty --to dst-faulty --project beta --all-volumes`` re-run with the same journal
+until every phase is done (at most ``--max-runs``; each stop before must be one line).
+The volume data moves over ssh and Ceph as usual (the storage map names the faulty
+clouds too); only the API calls cross the proxy. ``beta`` holds a dense 1 GiB Ceph
+volume (rbd method), a sparse file-backed one (stream method), two security groups
+(one refers to the other), quotas, its members' keypairs (frank's user is not on dst:
+one conflict, every run) and an image.
+
+Then, counted on dst by listing it directly, not through stackhop: each of beta's
+volumes and groups once (duplicates, missing); ``stackhop verify`` of the run's resource
+archive through the plain ``dst`` (frank's keypair the only mismatch). Then what the
+runs made is removed (``testbed.undo``) and dst must list as before. (The volumes'
+content is checked by the copy itself, against the source's digest, before a volume
+counts as moved.)
+
+    .venv/bin/python bench/chaos_project.py                      # seeds 17-21 at 10 %
+    .venv/bin/python bench/chaos_project.py --seeds 3 --rate 0.2 --no-save
+
+Results: ``bench/results/chaos-project-<date>.json`` and ``.md`` (with the command).
+Goal (issue 17): every seed completes (directly or after re-runs), 0 duplicates,
+0 missing, no verify mismatch but frank's keypair, dst as before afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from testbed import layout  # noqa: E402
+from testbed.undo import undo_migration  # noqa: E402
+from tests.support.faultproxy import (  # noqa: E402
+    FaultProxy,
+    Faults,
+    catalog_upstreams,
+    write_clouds_yaml,
+)
+
+from stackhop.clouds import connect  # noqa: E402
+
+PROJECT = "beta"
+VOLUMES = ("beta-archive", "beta-logs")
+GROUPS = ("ssh", "mgmt")
+#: frank's keypair: its user is not on dst, a conflict every run reports (exit 10).
+CONFLICT_EXIT = 10
+EXPECTED_MISMATCH = "Default/frank/frank-deploy"
+
+
+def _dst_state(project_id: str) -> dict[str, list[str]]:
+    dst = connect("dst")
+    volumes = [
+        v.name
+        for v in dst.block_storage.volumes(details=True, all_projects=True, project_id=project_id)
+        if v.project_id == project_id
+    ]
+    groups = [g.name for g in dst.network.security_groups(project_id=project_id)]
+    return {"volumes": sorted(volumes), "groups": sorted(groups)}
+
+
+def _admin_in_beta() -> tuple[Any, Any, Any, str] | None:
+    """Give dst's admin the admin role in beta (Cinder makes volumes in the token's
+    project); what to revoke afterwards, or None when it was there already."""
+    dst = connect("dst")
+    user = dst.identity.find_user("admin", domain_id="default")
+    role = dst.identity.find_role("admin")
+    project = str(dst.identity.find_project(PROJECT, domain_id="default",
+                                            ignore_missing=False).id)
+    if any(True for _ in dst.identity.role_assignments(
+            user_id=user.id, scope_project_id=project, role_id=role.id)):
+        return None
+    dst.identity.assign_project_role_to_user(project, user, role)
+    return dst, project, user, role
+
+
+def _storage_map(work: Path) -> Path:
+    """The testbed's storage map with ``src-faulty``/``dst-faulty`` beside ``src``/``dst``."""
+    source = Path(os.environ.get("STACKHOP_STORAGE_MAP") or layout.STORAGE_MAP)
+    data = yaml.safe_load(source.read_text())
+    for name in ("src", "dst"):
+        data[f"{name}-faulty"] = data[name]
+    out = work / "storage.yaml"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump(data, handle)
+    return out
+
+
+def _phases_done(report: Path) -> bool:
+    if not report.exists():
+        return False
+    phases = json.loads(report.read_text()).get("phases", [])
+    return bool(phases) and all(p["status"] in ("done", "done earlier") for p in phases)
+
+
+def _one_seed(seed: int, rate: float, work: Path, max_runs: int,
+              project_id: str, before: dict[str, list[str]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"seed": seed, "rate": rate}
+    here = work / f"seed-{seed}"
+    here.mkdir()
+    journal, out = here / "journal.sqlite", here / "out"
+    upstreams = catalog_upstreams(connect("src")) | catalog_upstreams(connect("dst"))
+    faults = Faults(rate=rate, seed=seed, stall_seconds=8, retry_after=1)
+    started = time.monotonic()
+    try:
+        with FaultProxy(sorted(upstreams), faults) as proxy:
+            clouds = write_clouds_yaml(proxy, Path(os.environ["OS_CLIENT_CONFIG_FILE"]),
+                                       here / "clouds.yaml", ["src", "dst"], timeout=4)
+            env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(clouds),
+                   "STACKHOP_STORAGE_MAP": str(_storage_map(here)),
+                   "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+            argv = ["--journal", str(journal), "project", "migrate", "--from", "src-faulty",
+                    "--to", "dst-faulty", "--project", PROJECT, "--all-volumes", "-o", str(out)]
+            stops: list[str] = []
+            exits: list[int] = []
+            for _ in range(max_runs):
+                proc = subprocess.run([sys.executable, "-m", "stackhop.cli.main", *argv],
+                                      env=env, capture_output=True, text=True, check=False)
+                exits.append(proc.returncode)
+                if _phases_done(out / "report.json") and proc.returncode in (0, CONFLICT_EXIT):
+                    break
+                lines = proc.stderr.strip().splitlines()
+                one_line = bool(lines) and lines[-1].startswith("stackhop")
+                one_line = one_line and "Traceback" not in proc.stderr
+                stops.append(lines[-1] if one_line else f"NOT ONE LINE: {proc.stderr[-600:]}")
+            row["runs"], row["exits"], row["stops"] = len(exits), exits, stops
+            row["completed"] = _phases_done(out / "report.json")
+            row["seconds"] = round(time.monotonic() - started, 1)
+            row["requests"] = len(proxy.log)
+            row["faults"] = dict(Counter(d.fault for d in proxy.faulted()))
+        after = _dst_state(project_id)
+        for what, moved in (("volumes", VOLUMES), ("groups", GROUPS)):
+            counts = Counter(after[what])
+            row[f"duplicate_{what}"] = sum(max(0, counts[n] - 1 - before[what].count(n))
+                                           for n in moved)
+            row[f"missing_{what}"] = sum(counts[n] <= before[what].count(n) for n in moved)
+        archive = out / "resources.tar.zst"
+        if archive.exists():
+            verify = subprocess.run(
+                [sys.executable, "-m", "stackhop.cli.main", "verify", "--to", "dst",
+                 str(archive), "-f", "json"],
+                capture_output=True, text=True, check=False)
+            row["verify_exit"] = verify.returncode
+            try:
+                found = json.loads(verify.stdout)["mismatches"]
+            except (ValueError, KeyError):
+                found = [{"identity": f"unreadable verify output: {verify.stderr[-300:]}"}]
+            # frank's keypair is expected: its user is not on dst (the seed's conflict).
+            row["mismatches"] = [m["identity"] for m in found
+                                 if m["identity"] != EXPECTED_MISMATCH]
+        else:
+            row["verify_exit"], row["mismatches"] = None, ["no resource archive written"]
+    finally:
+        row["undone"] = len(undo_migration(journal))
+    row["dst_as_before"] = _dst_state(project_id) == before
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seeds", default="17,18,19,20,21")
+    parser.add_argument("--rate", type=float, default=0.1)
+    parser.add_argument("--max-runs", type=int, default=5)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OS_CLIENT_CONFIG_FILE", str(layout.CLOUDS_YAML))
+    src = connect("src")
+    project_id = str(src.identity.find_project(PROJECT, domain_id="default",
+                                               ignore_missing=False).id)
+    before = _dst_state(project_id)
+    granted = _admin_in_beta()
+    rows: list[dict[str, Any]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="stackhop-chaos-project-") as tmp:
+            for seed in (int(s) for s in args.seeds.split(",")):
+                rows.append(_one_seed(seed, args.rate, Path(tmp), args.max_runs,
+                                      project_id, before))
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        if granted is not None:
+            dst, project, user, role = granted
+            dst.identity.unassign_project_role_from_user(project, user, role)
+    ok = all(
+        r["completed"] and r["duplicate_volumes"] == 0 and r["duplicate_groups"] == 0
+        and r["missing_volumes"] == 0 and r["missing_groups"] == 0
+        and not r["mismatches"] and r["dst_as_before"]
+        and not any(s.startswith("NOT ONE LINE") for s in r["stops"])
+        for r in rows
+    )
+    table = ["| seed | rate | requests | faults | runs | seconds | dup volumes | dup groups "
+             "| missing | verify: other mismatches | dst as before |", "|" + "---|" * 11]
+    for r in rows:
+        table.append(
+            f"| {r['seed']} | {r['rate']} | {r['requests']} | {sum(r['faults'].values())} "
+            f"| {r['runs']} | {r['seconds']} | {r['duplicate_volumes']} "
+            f"| {r['duplicate_groups']} | {r['missing_volumes'] + r['missing_groups']} "
+            f"| {len(r['mismatches'])} | {r['dst_as_before']} |"
+        )
+    print("\n".join(table))
+    print("goal met" if ok else "GOAL NOT MET")
+    if not args.no_save:
+        out = ROOT / "bench" / "results" / f"chaos-project-{dt.date.today().isoformat()}"
+        command = " ".join([".venv/bin/python", "bench/chaos_project.py",
+                            *map(shlex.quote, argv or sys.argv[1:])])
+        out.with_suffix(".json").write_text(json.dumps(
+            {"command": command, "rate": args.rate, "rows": rows, "goal_met": ok,
+             "load": os.getloadavg()}, indent=1))
+        out.with_suffix(".md").write_text(f"```\n{command}\n```\n\n" + "\n".join(table) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
