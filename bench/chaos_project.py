@@ -123,58 +123,79 @@ def _one_seed(seed: int, rate: float, work: Path, max_runs: int,
     upstreams = catalog_upstreams(connect("src")) | catalog_upstreams(connect("dst"))
     faults = Faults(rate=rate, seed=seed, stall_seconds=8, retry_after=1)
     started = time.monotonic()
-    try:
-        with FaultProxy(sorted(upstreams), faults) as proxy:
-            clouds = write_clouds_yaml(proxy, Path(os.environ["OS_CLIENT_CONFIG_FILE"]),
-                                       here / "clouds.yaml", ["src", "dst"], timeout=4)
-            env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(clouds),
-                   "STACKHOP_STORAGE_MAP": str(_storage_map(here)),
-                   "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-            argv = ["--journal", str(journal), "project", "migrate", "--from", "src-faulty",
-                    "--to", "dst-faulty", "--project", PROJECT, "--all-volumes", "-o", str(out)]
-            stops: list[str] = []
-            exits: list[int] = []
-            for _ in range(max_runs):
-                proc = subprocess.run([sys.executable, "-m", "stackhop.cli.main", *argv],
-                                      env=env, capture_output=True, text=True, check=False)
-                exits.append(proc.returncode)
-                if _phases_done(out / "report.json") and proc.returncode in (0, CONFLICT_EXIT):
-                    break
-                lines = proc.stderr.strip().splitlines()
-                one_line = bool(lines) and lines[-1].startswith("stackhop")
-                one_line = one_line and "Traceback" not in proc.stderr
-                stops.append(lines[-1] if one_line else f"NOT ONE LINE: {proc.stderr[-600:]}")
-            row["runs"], row["exits"], row["stops"] = len(exits), exits, stops
-            row["completed"] = _phases_done(out / "report.json")
+    with FaultProxy(sorted(upstreams), faults) as proxy:
+        clouds = write_clouds_yaml(proxy, Path(os.environ["OS_CLIENT_CONFIG_FILE"]),
+                                   here / "clouds.yaml", ["src", "dst"], timeout=4)
+        env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(clouds),
+               "STACKHOP_STORAGE_MAP": str(_storage_map(here)),
+               "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        try:
+            row.update(_migrate(env, journal, out, max_runs))
             row["seconds"] = round(time.monotonic() - started, 1)
             row["requests"] = len(proxy.log)
             row["faults"] = dict(Counter(d.fault for d in proxy.faulted()))
-        after = _dst_state(project_id)
-        for what, moved in (("volumes", VOLUMES), ("groups", GROUPS)):
-            counts = Counter(after[what])
-            row[f"duplicate_{what}"] = sum(max(0, counts[n] - 1 - before[what].count(n))
-                                           for n in moved)
-            row[f"missing_{what}"] = sum(counts[n] <= before[what].count(n) for n in moved)
-        archive = out / "resources.tar.zst"
-        if archive.exists():
-            verify = subprocess.run(
-                [sys.executable, "-m", "stackhop.cli.main", "verify", "--to", "dst",
-                 str(archive), "-f", "json"],
-                capture_output=True, text=True, check=False)
-            row["verify_exit"] = verify.returncode
+            row.update(_counted(project_id, before))
+            row.update(_verified(env, out / "resources.tar.zst"))
+        finally:
+            # The runs' destination is dst-faulty: undone through the proxy, faults off.
+            proxy.enabled = False
+            plain = os.environ["OS_CLIENT_CONFIG_FILE"]
+            os.environ["OS_CLIENT_CONFIG_FILE"] = str(clouds)
             try:
-                found = json.loads(verify.stdout)["mismatches"]
-            except (ValueError, KeyError):
-                found = [{"identity": f"unreadable verify output: {verify.stderr[-300:]}"}]
-            # frank's keypair is expected: its user is not on dst (the seed's conflict).
-            row["mismatches"] = [m["identity"] for m in found
-                                 if m["identity"] != EXPECTED_MISMATCH]
-        else:
-            row["verify_exit"], row["mismatches"] = None, ["no resource archive written"]
-    finally:
-        row["undone"] = len(undo_migration(journal))
+                row["undone"] = len(undo_migration(journal, destination="dst-faulty"))
+            finally:
+                os.environ["OS_CLIENT_CONFIG_FILE"] = plain
     row["dst_as_before"] = _dst_state(project_id) == before
     return row
+
+
+def _migrate(env: dict[str, str], journal: Path, out: Path, max_runs: int) -> dict[str, Any]:
+    """``project migrate`` through the proxy, re-run until every phase is done."""
+    argv = ["--journal", str(journal), "project", "migrate", "--from", "src-faulty",
+            "--to", "dst-faulty", "--project", PROJECT, "--all-volumes", "-o", str(out)]
+    stops: list[str] = []
+    exits: list[int] = []
+    for _ in range(max_runs):
+        proc = subprocess.run([sys.executable, "-m", "stackhop.cli.main", *argv],
+                              env=env, capture_output=True, text=True, check=False)
+        exits.append(proc.returncode)
+        if _phases_done(out / "report.json") and proc.returncode in (0, CONFLICT_EXIT):
+            break
+        lines = proc.stderr.strip().splitlines()
+        one_line = bool(lines) and lines[-1].startswith("stackhop")
+        one_line = one_line and "Traceback" not in proc.stderr
+        stops.append(lines[-1] if one_line else f"NOT ONE LINE: {proc.stderr[-600:]}")
+    return {"runs": len(exits), "exits": exits, "stops": stops,
+            "completed": _phases_done(out / "report.json")}
+
+
+def _counted(project_id: str, before: dict[str, list[str]]) -> dict[str, int]:
+    """Duplicates and missing objects of beta's on dst, by an independent listing."""
+    after = _dst_state(project_id)
+    row: dict[str, int] = {}
+    for what, moved in (("volumes", VOLUMES), ("groups", GROUPS)):
+        counts = Counter(after[what])
+        row[f"duplicate_{what}"] = sum(max(0, counts[n] - 1 - before[what].count(n))
+                                       for n in moved)
+        row[f"missing_{what}"] = sum(counts[n] <= before[what].count(n) for n in moved)
+    return row
+
+
+def _verified(env: dict[str, str], archive: Path) -> dict[str, Any]:
+    """``stackhop verify`` of the run's resource archive against the plain dst."""
+    if not archive.exists():
+        return {"verify_exit": None, "mismatches": ["no resource archive written"]}
+    verify = subprocess.run(
+        [sys.executable, "-m", "stackhop.cli.main", "verify", "--to", "dst", str(archive),
+         "-f", "json"],
+        env=env, capture_output=True, text=True, check=False)
+    try:
+        found = json.loads(verify.stdout)["mismatches"]
+    except (ValueError, KeyError):
+        found = [{"identity": f"unreadable verify output: {verify.stderr[-300:]}"}]
+    # frank's keypair is expected: its user is not on dst (the seed's conflict).
+    return {"verify_exit": verify.returncode,
+            "mismatches": [m["identity"] for m in found if m["identity"] != EXPECTED_MISMATCH]}
 
 
 def main(argv: list[str] | None = None) -> int:
