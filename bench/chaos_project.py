@@ -31,6 +31,7 @@ Goal (issue 17): every seed completes (directly or after re-runs), 0 duplicates,
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import os
@@ -99,7 +100,7 @@ def _storage_map(work: Path) -> Path:
     source = Path(os.environ.get("STACKHOP_STORAGE_MAP") or layout.STORAGE_MAP)
     data = yaml.safe_load(source.read_text())
     for name in ("src", "dst"):
-        data[f"{name}-faulty"] = data[name]
+        data[f"{name}-faulty"] = copy.deepcopy(data[name])  # no YAML alias: refused
     out = work / "storage.yaml"
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
