@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("OS_CLIENT_CONFIG_FILE", str(layout.CLOUDS_YAML))
+    os.environ.setdefault("STACKHOP_SSH_CONFIG", str(layout.SSH_DIR / "ssh_config"))
     src = connect("src")
     project_id = str(src.identity.find_project(PROJECT, domain_id="default",
                                                ignore_missing=False).id)
