@@ -144,6 +144,8 @@ def _one_seed(seed: int, rate: float, work: Path, max_runs: int,
             os.environ["OS_CLIENT_CONFIG_FILE"] = str(clouds)
             try:
                 row["undone"] = len(undo_migration(journal, destination="dst-faulty"))
+            except subprocess.CalledProcessError as exc:
+                row["undo_error"] = f"rollback exited {exc.returncode}"
             finally:
                 os.environ["OS_CLIENT_CONFIG_FILE"] = plain
     row["dst_as_before"] = _dst_state(project_id) == before

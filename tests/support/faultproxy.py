@@ -279,7 +279,9 @@ class FaultProxy:
         # kept, so the proxy's memory stays flat; a chunked one streams on, chunked.
         data: Any = None
         if request.content_length is not None and request.content_length <= STREAM_ABOVE:
-            data = await request.read()
+            # An empty body goes on as none: aiohttp would label b"" octet-stream, and Nova
+            # refuses a DELETE with that Content-Type (415).
+            data = await request.read() or None
         elif request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
             data = request.content
