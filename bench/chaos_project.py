@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from testbed import layout  # noqa: E402
 from testbed.undo import undo_migration  # noqa: E402
+from tests.support.beta import admin_role_in, dst_state  # noqa: E402
 from tests.support.faultproxy import (  # noqa: E402
     FaultProxy,
     Faults,
@@ -70,29 +71,7 @@ EXPECTED_MISMATCH = "Default/frank/frank-deploy"
 
 
 def _dst_state(project_id: str) -> dict[str, list[str]]:
-    dst = connect("dst")
-    volumes = [
-        v.name
-        for v in dst.block_storage.volumes(details=True, all_projects=True, project_id=project_id)
-        if v.project_id == project_id
-    ]
-    groups = [g.name for g in dst.network.security_groups(project_id=project_id)]
-    return {"volumes": sorted(volumes), "groups": sorted(groups)}
-
-
-def _admin_in_beta() -> tuple[Any, Any, Any, str] | None:
-    """Give dst's admin the admin role in beta (Cinder makes volumes in the token's
-    project); what to revoke afterwards, or None when it was there already."""
-    dst = connect("dst")
-    user = dst.identity.find_user("admin", domain_id="default")
-    role = dst.identity.find_role("admin")
-    project = str(dst.identity.find_project(PROJECT, domain_id="default",
-                                            ignore_missing=False).id)
-    if any(True for _ in dst.identity.role_assignments(
-            user_id=user.id, scope_project_id=project, role_id=role.id)):
-        return None
-    dst.identity.assign_project_role_to_user(project, user, role)
-    return dst, project, user, role
+    return dst_state(connect("dst"), project_id)
 
 
 def _storage_map(work: Path) -> Path:
@@ -214,18 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     project_id = str(src.identity.find_project(PROJECT, domain_id="default",
                                                ignore_missing=False).id)
     before = _dst_state(project_id)
-    granted = _admin_in_beta()
     rows: list[dict[str, Any]] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="stackhop-chaos-project-") as tmp:
-            for seed in (int(s) for s in args.seeds.split(",")):
-                rows.append(_one_seed(seed, args.rate, Path(tmp), args.max_runs,
-                                      project_id, before))
-                print(json.dumps(rows[-1]), flush=True)
-    finally:
-        if granted is not None:
-            dst, project, user, role = granted
-            dst.identity.unassign_project_role_from_user(project, user, role)
+    with admin_role_in(connect("dst"), PROJECT), tempfile.TemporaryDirectory(
+        prefix="stackhop-chaos-project-"
+    ) as tmp:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            rows.append(_one_seed(seed, args.rate, Path(tmp), args.max_runs, project_id, before))
+            print(json.dumps(rows[-1]), flush=True)
     ok = all(
         r["completed"] and r["duplicate_volumes"] == 0 and r["duplicate_groups"] == 0
         and r["missing_volumes"] == 0 and r["missing_groups"] == 0

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import openstack
 import pytest
 from testbed.undo import undo_migration
+from tests.support.beta import admin_role_in, dst_state
 
 from stackhop.errors import ConflictError
 from stackhop.journal import Journal
@@ -51,38 +52,14 @@ def _project_id(conn: Any) -> str:
 
 @pytest.fixture
 def admin_in_beta(seeded: Testbed) -> Iterator[None]:
-    """The operator's admin user holds the admin role in dst's beta, as a migration needs.
-
-    Cinder creates and manages a volume in the project of the token, so the
-    operator grants themselves a role in the destination project first (the
-    preflight says so when it is missing). Revoked afterwards if granted here.
-    """
-    dst = _connect("dst")
-    user = dst.identity.find_user("admin", domain_id="default")
-    role = dst.identity.find_role("admin")
-    project = _project_id(dst)
-    had = any(
-        True
-        for _ in dst.identity.role_assignments(
-            user_id=user.id, scope_project_id=project, role_id=role.id
-        )
-    )
-    if not had:
-        dst.identity.assign_project_role_to_user(project, user, role)
-    yield
-    if not had:
-        dst.identity.unassign_project_role_from_user(project, user, role)
+    """The operator's admin user holds the admin role in dst's beta, as a migration needs
+    (:func:`tests.support.beta.admin_role_in`)."""
+    with admin_role_in(_connect("dst"), PROJECT):
+        yield
 
 
 def _dst_state(project_id: str) -> dict[str, list[str]]:
-    dst = _connect("dst")
-    volumes = [
-        v.name
-        for v in dst.block_storage.volumes(details=True, all_projects=True, project_id=project_id)
-        if v.project_id == project_id
-    ]
-    groups = [g.name for g in dst.network.security_groups(project_id=project_id)]
-    return {"volumes": sorted(volumes), "groups": sorted(groups)}
+    return dst_state(_connect("dst"), project_id)
 
 
 def _volume_pending(journal_path: Path) -> bool:

@@ -106,9 +106,9 @@ def load_operator_map(path: str | os.PathLike[str] | None) -> OperatorMap:
     if not data:
         return OperatorMap()
     sections = {"domains", "users", "projects", "ids", "sql_users", "disabled_users"}
-    if any(isinstance(v, Mapping) for v in data.values()) or {"sql_users", "disabled_users"} & set(
-        data
-    ):
+    if any(isinstance(v, Mapping) for v in data.values()) or {
+        "sql_users", "disabled_users"
+    } & set(data):
         unknown = set(data) - sections
         if unknown:
             raise ConfigError(

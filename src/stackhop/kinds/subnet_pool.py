@@ -44,10 +44,11 @@ _SETTINGS = ("default_prefixlen", "min_prefixlen", "max_prefixlen", "default_quo
 
 def _prefixes(prefixes: Any) -> builtins.list[str]:
     """The prefixes in canonical form and a stable order."""
-    return sorted(
-        (str(ipaddress.ip_network(p, strict=False)) for p in prefixes or []),
-        key=lambda p: (ipaddress.ip_network(p).version, ipaddress.ip_network(p)),
+    networks = sorted(
+        (ipaddress.ip_network(p, strict=False) for p in prefixes or []),
+        key=lambda n: (n.version, n),
     )
+    return [str(n) for n in networks]
 
 
 def pool_record(pool: Mapping[str, Any], project: Mapping[str, Any] | None) -> Record:
