@@ -4,19 +4,24 @@
 demo or a test moved must not stay there. Given the journal of the
 migration, this removes from dst what its runs created and nothing else:
 resources through ``stackhop rollback`` (which also restores changed quota
-values and never touches what existed before), and the images and volumes
-the journal says were created (``python -m testbed undo --journal FILE``).
+values and never touches what existed before), the temporaries a killed or
+failed volume copy left (``stackhop volumes cleanup``: staging images and
+snapshots, on either side), and the images and volumes the journal says were
+created (``python -m testbed undo --journal FILE``).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import openstack
 
-from stackhop.journal import DONE, Journal
+from stackhop.journal import DONE, PENDING, Journal
+from stackhop.volumes import temporaries
+from testbed import layout
 
 #: Commands whose runs ``stackhop rollback`` undoes (resource imports).
 RESOURCE_COMMANDS = ("import", "migrate", "project migrate: import")
@@ -37,7 +42,34 @@ def undo_migration(journal_path: Path, destination: str = "dst") -> list[str]:
         volumes = [
             op.destination_id for op in journal.operations(kind="volume") if op.destination_id
         ]
+        leftover_runs = {
+            op.run_id
+            for op in journal.operations(kind=temporaries.KIND, state=PENDING)
+            if not (op.before or {}).get("kept")
+        }
+        cleanup_runs = [r.id for r in runs if r.id in leftover_runs]
     removed: list[str] = []
+    # Staging images and snapshots first: Cinder deletes no volume that has RBD snapshots.
+    storage_map = os.environ.get("STACKHOP_STORAGE_MAP") or str(layout.STORAGE_MAP)
+    for run_id in cleanup_runs:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stackhop.cli.main",
+                "--journal",
+                str(journal_path),
+                "volumes",
+                "cleanup",
+                "--run",
+                run_id,
+                "--storage-map",
+                storage_map,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        removed.append(f"temporaries of run {run_id}")
     for run_id in resource_runs:
         subprocess.run(
             [

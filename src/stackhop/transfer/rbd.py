@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from stackhop.errors import ConfigError
 from stackhop.transfer import rbd_lib
-from stackhop.transfer.rbd_access import RbdAccess, RbdError
+from stackhop.transfer.rbd_access import RbdAccess, RbdError, once_unwatched
 from stackhop.transfer.rbd_diff import (
     ChunkDigests,
     ChunkHasher,
@@ -53,6 +53,9 @@ def open_cluster(
     if ssh is None and rbd_lib.available():
         return rbd_lib.LibRbdCluster(cloud, pool, ceph_conf, keyring, user)
     return RbdCluster(cloud, pool, ceph_conf, keyring, user, ssh)
+
+_BUSY = ("(16) Device or resource busy", "image is still open", "still has watchers")
+"""What ``rbd rm`` says, in one release or another, about an image that has watchers."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,10 @@ class RbdCluster:
     def remove_image(self, image: str) -> None:
         """Remove ``image`` and its snapshots; a missing image is fine."""
         self.run(["snap", "purge", "--no-progress", self.spec(image)], missing_ok=True)
-        self.run(["rm", "--no-progress", self.spec(image)], missing_ok=True)
+        once_unwatched(
+            lambda: self.run(["rm", "--no-progress", self.spec(image)], missing_ok=True),
+            lambda exc: any(sign in str(exc) for sign in _BUSY),
+        )
 
     def export_diff(
         self, image: str, snap: str, from_snap: str | None = None, whole_object: bool = False

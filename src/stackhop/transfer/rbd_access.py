@@ -25,6 +25,8 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+import tenacity
+
 from stackhop.errors import CloudUnreachableError, StackhopError
 from stackhop.transfer.rbd_diff import (
     ChunkDigests,
@@ -41,11 +43,33 @@ in flight besides, 8 only added 25 MB of peak memory, no speed (measured on the 
 
 T = TypeVar("T")
 
+WATCH_EXPIRY = 45.0
+"""Seconds a removal waits for an image's watchers to go. A process killed while it had the
+image open (a copy killed -9) leaves its watch registered until the OSDs time it out
+(``osd_client_watch_timeout``, 30 s by default), and until then Ceph refuses to remove the
+image (EBUSY, "image still has watchers"); a re-run right after the kill meets exactly that."""
+
+WATCH_POLL = 3.0
+"""Seconds between two removal attempts while the image has watchers."""
+
 
 class RbdError(StackhopError):
     """An RBD operation failed (exit code of a cloud that cannot be reached)."""
 
     exit_code = CloudUnreachableError.exit_code
+
+
+def once_unwatched(remove: Callable[[], None], busy: Callable[[Exception], bool]) -> None:
+    """Run ``remove``; while it fails because the image still has watchers (``busy``), try
+    again every :data:`WATCH_POLL` s for up to :data:`WATCH_EXPIRY` s, then raise its error
+    (a client that still has the image open: it must close it first)."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, Exception) and busy(exc)),
+        stop=tenacity.stop_after_delay(WATCH_EXPIRY),
+        wait=tenacity.wait_fixed(WATCH_POLL),
+        reraise=True,
+    )
+    retrying(remove)
 
 
 class DiffReader(Protocol):

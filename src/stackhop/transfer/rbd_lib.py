@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from stackhop.transfer.rbd_access import RbdError
+from stackhop.transfer.rbd_access import RbdError, once_unwatched
 from stackhop.transfer.rbd_diff import ChunkDigests
 from stackhop.transfer.rbd_lib_io import (
     LibDiffReader,
@@ -210,7 +210,10 @@ class LibRbdCluster:
                 with self.open_image(ioctx, image, read_only=False) as handle:
                     for snap in list(handle.list_snaps()):
                         handle.remove_snap(snap["name"])
-                rbd.RBD().remove(ioctx, image)
+                once_unwatched(
+                    lambda: rbd.RBD().remove(ioctx, image),
+                    lambda exc: isinstance(exc, rbd.ImageBusy),
+                )
             except rbd.ImageNotFound:
                 return
             except rbd.Error as exc:
