@@ -27,6 +27,12 @@ from testbed import layout
 RESOURCE_COMMANDS = ("import", "migrate", "project migrate: import")
 
 
+def _stackhop(journal_path: Path, *args: str) -> None:
+    """Run ``stackhop --journal JOURNAL ARGS``; raise when it fails."""
+    command = [sys.executable, "-m", "stackhop.cli.main", "--journal", str(journal_path), *args]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
 def undo_migration(journal_path: Path, destination: str = "dst") -> list[str]:
     """Remove from ``destination`` what the runs of ``journal_path`` created; what was removed."""
     if not journal_path.exists():
@@ -52,41 +58,10 @@ def undo_migration(journal_path: Path, destination: str = "dst") -> list[str]:
     # Staging images and snapshots first: Cinder deletes no volume that has RBD snapshots.
     storage_map = os.environ.get("STACKHOP_STORAGE_MAP") or str(layout.STORAGE_MAP)
     for run_id in cleanup_runs:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "stackhop.cli.main",
-                "--journal",
-                str(journal_path),
-                "volumes",
-                "cleanup",
-                "--run",
-                run_id,
-                "--storage-map",
-                storage_map,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        _stackhop(journal_path, "volumes", "cleanup", "--run", run_id, "--storage-map", storage_map)
         removed.append(f"temporaries of run {run_id}")
     for run_id in resource_runs:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "stackhop.cli.main",
-                "--journal",
-                str(journal_path),
-                "rollback",
-                "--to",
-                destination,
-                "--run",
-                run_id,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        _stackhop(journal_path, "rollback", "--to", destination, "--run", run_id)
         removed.append(f"resources of run {run_id}")
     conn = openstack.connect(cloud=destination)
     for image_id in images:
