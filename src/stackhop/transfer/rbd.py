@@ -54,6 +54,7 @@ def open_cluster(
         return rbd_lib.LibRbdCluster(cloud, pool, ceph_conf, keyring, user)
     return RbdCluster(cloud, pool, ceph_conf, keyring, user, ssh)
 
+
 _BUSY = ("(16) Device or resource busy", "image is still open", "still has watchers")
 """What ``rbd rm`` says, in one release or another, about an image that has watchers."""
 
