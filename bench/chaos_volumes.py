@@ -113,7 +113,7 @@ def _until_zero(env: dict[str, str], argv: list[str], max_runs: int) -> dict[str
             "completed": False}
 
 
-def _copy_argv(box: Sandbox, journal: Path, method: str, names: list[str]) -> list[str]:
+def _copy_argv(box: Sandbox, journal: Path | str, method: str, names: list[str]) -> list[str]:
     selection = [a for name in names for a in ("--volume", name)]
     return ["--journal", str(journal), "volumes", "copy", "--from", "src", "--to", "dst",
             "--project", box.name, "--method", method, *selection]
@@ -134,11 +134,11 @@ def _check(box: Sandbox, sources: dict[str, str]) -> dict[str, Any]:
             "digest_mismatches": len(wrong)}
 
 
-def _clear_dst(box: Sandbox, env: dict[str, str], journal: Path) -> int:
+def _clear_dst(box: Sandbox, env: dict[str, str], journal: Path | str) -> int:
     """``volumes cleanup`` of the journal's runs (temporaries left: counted), then every dst
-    volume of the box (and its stackhop snapshots) goes."""
+    volume of the box (and its stackhop snapshots) goes. ``journal``: a file or a URL."""
     failed = 0
-    if journal.exists():
+    if not isinstance(journal, Path) or journal.exists():
         with Journal(journal) as j:
             runs = [r.id for r in j.runs()]
         for run in runs:

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from stackhop.errors import ConfigError
 from stackhop.kinds.base import ExportScope, Kind, Record
+from stackhop.sqlurl import with_shipped_driver
 
 #: Where each database's connection URL is configured: (file, section).
 DATABASES: Mapping[str, tuple[str, str]] = {
@@ -56,20 +57,6 @@ def connection_url(config_dir: str | Path, database: str) -> tuple[str, Path]:
     if not url:
         raise ConfigError(f"{path} has no [{section}] connection; it names the database to read")
     return url.strip(), path
-
-
-#: The drivers stackhop ships (requirements): the services' plain URL schemes
-#: name other ones (``postgresql://`` means psycopg2, ``mysql://`` MySQLdb).
-DRIVERS: Mapping[str, str] = {"postgresql": "psycopg", "mysql": "pymysql"}
-
-
-def with_shipped_driver(url: str) -> sa.URL:
-    """``url`` with the driver stackhop ships for its backend when it names none."""
-    parsed = sa.make_url(url)
-    backend = parsed.get_backend_name()
-    if "+" not in parsed.drivername and backend in DRIVERS:
-        parsed = parsed.set(drivername=f"{backend}+{DRIVERS[backend]}")
-    return parsed
 
 
 class SchemaError(ConfigError):

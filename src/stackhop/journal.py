@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import tenacity
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
@@ -65,6 +67,7 @@ from stackhop.journal_schema import (
     runs,
     upgrade,
 )
+from stackhop.sqlurl import with_shipped_driver
 
 DEFAULT_PATH = "stackhop-journal.sqlite"
 """The journal file used when the operator names none (in the working directory)."""
@@ -169,6 +172,57 @@ def _sqlite_engine(url: sa.URL, *, timeout: float) -> Engine:
     return engine
 
 
+#: How long a journal on a database server waits for the server to answer again (a
+#: restart, a failover) before the command stops with one line.
+SERVER_WAIT = 120.0
+
+
+def _server_engine(url: sa.URL, opened: threading.Event) -> Engine:
+    """An engine for PostgreSQL or MariaDB that rides out the server's restart.
+
+    Every connection is checked before use (``pool_pre_ping``): one the server
+    closed is replaced. Once the journal is ``opened`` (a wrong URL fails at
+    once), a new connection is retried with jittered waits for up to
+    :data:`SERVER_WAIT` seconds while the server is away. A statement that was
+    in flight when the server went is not repeated (its commit may or may not
+    have happened): the command stops with one line, and a re-run resumes.
+    """
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=16)
+    refused = engine.dialect.loaded_dbapi.OperationalError
+    where = url.render_as_string(hide_password=True)
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        if not opened.is_set():
+            return dialect.connect(*cargs, **cparams)
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(refused),
+            wait=tenacity.wait_random_exponential(multiplier=0.5, max=5),
+            stop=tenacity.stop_after_delay(SERVER_WAIT),
+            reraise=True,
+        ):
+            with attempt:
+                return dialect.connect(*cargs, **cparams)
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _one_line(context: sa.engine.ExceptionContext) -> None:
+        if context.is_pre_ping:  # the pool replaces that connection by itself
+            return
+        if context.connection is None or context.is_disconnect:
+            reason = str(context.original_exception).strip().splitlines()[0]
+            if context.connection is None:
+                what, fix = "refused the connection", "check the URL and the server"
+            else:
+                what, fix = "went away mid-write", "once the server answers"
+            raise JournalError(
+                f"the journal's database server ({where}) {what}: {reason}; "
+                f"{fix}, then re-run the same command: it resumes"
+            ) from context.original_exception
+
+    return engine
+
+
 class Journal:
     """A handle on one journal database; thread-safe, share one per process.
 
@@ -178,13 +232,15 @@ class Journal:
 
     def __init__(self, location: str | os.PathLike[str] = DEFAULT_PATH, *, timeout: float = 60.0):
         self.url = sa.make_url(journal_url(location))
+        self._opened = threading.Event()
         if self.url.get_backend_name() == "sqlite":
             if self.url.database in (None, "", ":memory:"):
                 raise JournalError("the journal must be a file or a server database, not :memory:")
             _create_private_file(Path(self.url.database))
             self.engine = _sqlite_engine(self.url, timeout=timeout)
         else:
-            self.engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=16)
+            self.url = with_shipped_driver(self.url)
+            self.engine = _server_engine(self.url, self._opened)
         try:
             self.schema_version = upgrade(self.engine)
         except JournalError:
@@ -193,6 +249,7 @@ class Journal:
         except sa.exc.SQLAlchemyError as exc:
             self.engine.dispose()
             raise JournalError(f"cannot open journal {self.describe()}: {exc}") from exc
+        self._opened.set()
 
     def describe(self) -> str:
         """The journal's location without any password, for messages."""

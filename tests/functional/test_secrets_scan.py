@@ -12,7 +12,8 @@ anything shaped like a Keystone token):
 - the command line of every process the commands started, sampled from
   ``/proc`` while they run (what ``ps`` shows any user of the machine).
 
-Volume copies (which start ssh and rbd) are not in this short form yet.
+Volume copies (which start ssh, rbd and compressors and write backups) are scanned
+the same way, with the Ceph client keys of both clusters among the secrets.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import pytest
 import yaml
 import zstandard
 from testbed import layout
+from tests.functional.volumes_support import Sandbox, file_backend_path, write_pattern
 
 pytestmark = pytest.mark.functional
 
@@ -176,19 +178,63 @@ def test_nothing_written_or_started_holds_a_secret(
             undone = run("rollback", "--to", "dst", *runs)
             assert undone.returncode == 0, undone.stderr[-2000:]
 
+    files = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    assert {api.name, db.name, "journal.sqlite"} <= files
+    leaks = _scan(tmp_path, run.ran, secrets)  # type: ignore[attr-defined]
+    assert not leaks, "secrets found:\n" + "\n".join(sorted(set(leaks)))
+
+
+def _ceph_keys() -> list[bytes]:
+    """The Ceph client keys of both testbed clusters (``key = ...`` of their keyrings)."""
+    keys = []
+    for side in (layout.SRC, layout.DST):
+        text = (side.ceph_dir / "ceph.client.admin.keyring").read_text()
+        keys += [line.split("=", 1)[1].strip().encode() for line in text.splitlines()
+                 if line.strip().startswith("key")]
+    assert len(keys) == 2, "a testbed keyring without its key: the scan would prove less"
+    return keys
+
+
+def test_volume_copies_write_and_start_nothing_holding_a_secret(
+    seeded: Any, run: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Volume copies start ssh, dd, rbd and compressors, and write backups: every command
+    line, the backup files, the journal and the logs scanned, the Ceph keys too."""
+    secrets = _secrets() + _ceph_keys()
+    backups = tmp_path / "backups"
+    with Sandbox.create("shsecrets") as box:
+        plain = box.volume("secret-file")
+        write_pattern(file_backend_path("src", plain.id), "secret", [0, 7, 300])
+        box.volume("secret-ceph", volume_type="ceph")
+        copies = (("stream", "secret-file", ["--backup-to", str(backups)]),
+                  ("rbd", "secret-ceph", []))
+        for method, name, extra in copies:
+            copied = run("volumes", "copy", "--from", "src", "--to", "dst", "--project",
+                         box.name, "--volume", name, "--method", method, *extra)
+            assert copied.returncode == 0, copied.stderr[-2000:]
+        assert run("volumes", "status", "-f", "json").returncode == 0
+        status = json.loads(run("status", "-f", "json").stdout)
+        for item in status["runs"]:
+            cleaned = run("volumes", "cleanup", "--run", item["id"], "--end-chains")
+            assert cleaned.returncode == 0, cleaned.stderr[-2000:]
+    assert any(backups.rglob("*")), "no backup written: the scan would not cover one"
+    leaks = _scan(tmp_path, run.ran, secrets)  # type: ignore[attr-defined]
+    assert not leaks, "secrets found:\n" + "\n".join(sorted(set(leaks)))
+
+
+def _scan(tmp_path: Path, ran: list[Any], secrets: list[bytes]) -> list[str]:
+    """Every file under ``tmp_path`` (and inside it), every output and command line seen."""
     leaks: list[str] = []
-    files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert {api.name, db.name, "journal.sqlite"} <= {p.name for p in files}
-    for path in files:
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
         for name, data in _contents(path):
             leaks += _leaks(name, data, secrets)
     lines_seen = 0
-    for argv, done, lines in run.ran:  # type: ignore[attr-defined]
+    for argv, done, lines in ran:
         label = " ".join(argv[:2])
         leaks += _leaks(f"stdout of {label}", done.stdout, secrets)
         leaks += _leaks(f"stderr of {label}", done.stderr, secrets)
         for line in lines:
             leaks += _leaks(f"command line under {label}", line, secrets)
         lines_seen += len(lines)
-    assert lines_seen >= len(run.ran)  # type: ignore[attr-defined]
-    assert not leaks, "secrets found:\n" + "\n".join(sorted(set(leaks)))
+    assert lines_seen >= len(ran)
+    return leaks

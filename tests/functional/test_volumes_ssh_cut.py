@@ -21,9 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testbed import layout
 from tests.functional.conftest import Testbed
-from tests.functional.volumes_support import Sandbox, digest_of, file_backend_path
+from tests.functional.volumes_support import (
+    Sandbox,
+    digest_of,
+    file_backend_path,
+    src_sshd_sessions,
+)
 
 from stackhop.journal import Journal
 
@@ -37,27 +41,6 @@ DATA_MIB = 640
 def box(seeded: Testbed) -> Iterator[Sandbox]:
     with Sandbox.create("shsshcut") as sandbox:
         yield sandbox
-
-
-def _sessions_of_src_sshd() -> list[int]:
-    """PIDs of the children of the testbed's src-storage sshd listener (its sessions)."""
-    config = str(layout.SRC.dir / "sshd" / "sshd_config")
-    listeners, parents = set(), {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        ppid = int(next(line.split()[1] for line in status.splitlines()
-                        if line.startswith("PPid:")))
-        parents[int(entry.name)] = ppid
-        if "sshd" in cmdline and config in cmdline and "listener" in cmdline:
-            listeners.add(int(entry.name))
-    assert listeners, "the testbed's src sshd listener is not running"
-    return [pid for pid, ppid in parents.items() if ppid in listeners]
 
 
 def _sent(journal: Path) -> tuple[int, int]:
@@ -87,7 +70,7 @@ def test_stream_copy_survives_its_ssh_session_killed_mid_volume(
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
             if journal.exists() and _sent(journal)[1] >= 128 * MIB:
-                for pid in _sessions_of_src_sshd():
+                for pid in src_sshd_sessions():
                     os.kill(pid, signal.SIGKILL)  # a session of our testbed's sshd
                     cut += 1
                 break

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import openstack
+from testbed import layout
 
 from stackhop.volumes.model import VERIFY_CHUNK, content_digest
 from stackhop.volumes.readback import backend_knows, volume_digest
@@ -75,6 +76,28 @@ def digest_of(cloud: str, volume_id: str) -> str:
     backend = backend_knows(load_storage_map(), cloud, volume.host)
     assert backend is not None, f"storage map does not know {volume.host}"
     return volume_digest(backend, volume_id, volume.size * 1024**3)
+
+
+def src_sshd_sessions() -> list[int]:
+    """PIDs of the children of the testbed's src-storage sshd listener (its sessions)."""
+    config = str(layout.SRC.dir / "sshd" / "sshd_config")
+    listeners, parents = set(), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        ppid = int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("PPid:")))
+        parents[int(entry.name)] = ppid
+        if "sshd" in cmdline and config in cmdline and "listener" in cmdline:
+            listeners.add(int(entry.name))
+    if not listeners:
+        raise RuntimeError("the testbed's src sshd listener is not running")
+    return [pid for pid, ppid in parents.items() if ppid in listeners]
 
 
 @dataclass

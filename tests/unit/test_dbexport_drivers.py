@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from stackhop.dbexport import live, with_shipped_driver
+from stackhop.dbexport import live
+from stackhop.sqlurl import with_shipped_driver
 
 
 @pytest.mark.parametrize(
