@@ -47,7 +47,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -57,6 +56,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from chaos_common import (  # noqa: E402
+    dst_listing,
+    remove_security_group_tenant,
+    security_group_tenant,
+    until_zero,
+)
 from tests.support.faultproxy import (  # noqa: E402
     FaultProxy,
     Faults,
@@ -67,88 +72,6 @@ from tests.support.faultproxy import (  # noqa: E402
 from stackhop.clouds import connect  # noqa: E402
 from stackhop.kinds.base import Kind  # noqa: E402
 from stackhop.kinds.rest import call, paged  # noqa: E402
-
-
-def _population(name: str, groups: int, rules: int) -> dict[str, Any]:
-    src, dst = connect("src"), connect("dst")
-    made: dict[str, Any] = {"name": name, "groups": []}
-    for side, conn in (("src", src), ("dst", dst)):
-        body = {"project": {"name": name, "domain_id": "default", "description": "bench/chaos"}}
-        answer = call(conn.identity, "POST", "/projects", json=body)
-        made[f"{side}_project"] = answer["project"]["id"]
-    # Room for the groups on both sides; dst's differs, so the import updates it (and the
-    # rollback puts it back).
-    for side, conn, spare in (("src", src, 5), ("dst", dst, 10)):
-        quota = {"security_group": groups + spare, "security_group_rule": groups * (rules + 3)}
-        call(conn.network, "PUT", f"/quotas/{made[f'{side}_project']}", json={"quota": quota})
-    project = made["src_project"]
-    for i in range(groups):
-        body = {"name": f"{name}-{i}", "description": f"chaos {i}", "project_id": project}
-        gid = call(src.network, "POST", "/security-groups", json={"security_group": body})
-        made["groups"].append(gid["security_group"]["id"])
-        items: list[dict[str, Any]] = [
-            {"security_group_id": made["groups"][-1], "direction": "ingress", "ethertype": "IPv4",
-             "protocol": "tcp", "port_range_min": 1000 + j, "port_range_max": 1000 + j,
-             "remote_ip_prefix": f"10.{i % 250}.{j}.0/24", "project_id": project}
-            for j in range(rules - (1 if i else 0))
-        ]
-        if i:
-            items.append({"security_group_id": made["groups"][-1], "direction": "ingress",
-                          "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 22,
-                          "port_range_max": 22, "remote_group_id": made["groups"][-2],
-                          "project_id": project})
-        call(src.network, "POST", "/security-group-rules", json={"security_group_rules": items})
-    return made
-
-
-def _remove(made: dict[str, Any]) -> None:
-    src, dst = connect("src"), connect("dst")
-    for gid in made["groups"]:
-        call(src.network, "DELETE", f"/security-groups/{gid}", missing_ok=True)
-    for group in paged(dst.network, f"/security-groups?project_id={made['dst_project']}",
-                       "security_groups"):
-        if group["name"] != "default":
-            call(dst.network, "DELETE", f"/security-groups/{group['id']}", missing_ok=True)
-    for side, conn in (("src", src), ("dst", dst)):
-        project = made[f"{side}_project"]
-        for group in paged(conn.network, f"/security-groups?project_id={project}",
-                           "security_groups"):
-            call(conn.network, "DELETE", f"/security-groups/{group['id']}", missing_ok=True)
-        call(conn.network, "DELETE", f"/quotas/{project}", missing_ok=True)
-        call(conn.identity, "DELETE", f"/projects/{project}", missing_ok=True)
-
-
-def _dst_listing(made: dict[str, Any]) -> tuple[Counter[str], Counter[tuple[Any, ...]]]:
-    dst = connect("dst")
-    project = made["dst_project"]
-    groups = paged(dst.network, f"/security-groups?project_id={project}", "security_groups")
-    marks = Counter(m for g in groups if (m := Kind.marked_source_id(g.get("description") or "")))
-    ids = {g["id"] for g in groups if g["name"] != "default"}
-    rules = Counter(
-        (r["security_group_id"], r["direction"], r["ethertype"], r["protocol"],
-         r["port_range_min"], r["remote_ip_prefix"], r["remote_group_id"])
-        for r in paged(dst.network, f"/security-group-rules?project_id={project}",
-                       "security_group_rules")
-        if r["security_group_id"] in ids
-    )
-    return marks, rules
-
-
-def _until_zero(env: dict[str, str], argv: list[str], max_runs: int) -> dict[str, Any]:
-    started = time.monotonic()
-    stops: list[str] = []
-    for _ in range(max_runs):
-        proc = subprocess.run([sys.executable, "-m", "stackhop.cli.main", *argv], env=env,
-                              capture_output=True, text=True, check=False)
-        if proc.returncode == 0:
-            return {"runs": len(stops) + 1, "seconds": round(time.monotonic() - started, 2),
-                    "stops": stops, "completed": True}
-        lines = proc.stderr.strip().splitlines()
-        one_line = bool(lines) and lines[-1].startswith("stackhop")
-        one_line = one_line and "Traceback" not in proc.stderr
-        stops.append(lines[-1] if one_line else f"NOT ONE LINE: {proc.stderr[-400:]}")
-    return {"runs": max_runs, "seconds": round(time.monotonic() - started, 2), "stops": stops,
-            "completed": False}
 
 
 def _one_rate(rate: float, seed: int, made: dict[str, Any], work: Path,
@@ -163,11 +86,11 @@ def _one_rate(rate: float, seed: int, made: dict[str, Any], work: Path,
                "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         archive, journal = work / f"a-{rate}.tar.zst", work / f"j-{rate}.sqlite"
         selection = ["--security-groups", "--quotas", "--project", made["name"]]
-        row["export"] = _until_zero(env, ["export", "--from", "src-faulty", "-o", str(archive),
+        row["export"] = until_zero(env, ["export", "--from", "src-faulty", "-o", str(archive),
                                           *selection], max_runs)
-        row["import"] = _until_zero(env, ["--journal", str(journal), "import", "--to",
+        row["import"] = until_zero(env, ["--journal", str(journal), "import", "--to",
                                           "dst-faulty", str(archive), *selection[:2]], max_runs)
-        marks, rules = _dst_listing(made)
+        marks, rules = dst_listing(made)
         row["groups_on_dst"] = sum(marks.values())
         row["duplicate_groups"] = sum(n - 1 for n in marks.values() if n > 1)
         row["duplicate_rules"] = sum(n - 1 for n in rules.values() if n > 1)
@@ -180,9 +103,9 @@ def _one_rate(rate: float, seed: int, made: dict[str, Any], work: Path,
 
         with Journal(journal) as j:
             runs = [a for r in j.runs() for a in ("--run", r.id)]
-        row["rollback"] = _until_zero(env, ["--journal", str(journal), "rollback", "--to",
+        row["rollback"] = until_zero(env, ["--journal", str(journal), "rollback", "--to",
                                             "dst-faulty", *runs], max_runs)
-        marks_after, rules_after = _dst_listing(made)
+        marks_after, rules_after = dst_listing(made)
         row["left_after_rollback"] = sum(marks_after.values()) + sum(rules_after.values())
         row["faults"] = dict(Counter(d.fault for d in proxy.faulted()))
         row["requests"] = len(proxy.log)
@@ -217,8 +140,8 @@ def _kill_trial(
         journal.unlink(missing_ok=True)
     row: dict[str, Any] = {"trial": trial, "journal": "kept" if keep_journal else "deleted",
                            "killed_at_s": round(at, 2), "finished_before_kill": finished_first}
-    row["rerun"] = _until_zero(env, argv, max_runs)
-    marks, rules = _dst_listing(made)
+    row["rerun"] = until_zero(env, argv, max_runs)
+    marks, rules = dst_listing(made)
     row["duplicate_groups"] = sum(n - 1 for n in marks.values() if n > 1)
     row["duplicate_rules"] = sum(n - 1 for n in rules.values() if n > 1)
     row["missing_groups"] = len(set(made["groups"]) - set(marks))
@@ -229,9 +152,9 @@ def _kill_trial(
 
     with Journal(journal) as j:
         runs = [a for r in j.runs() for a in ("--run", r.id)]
-    row["rollback"] = _until_zero(env, ["--journal", str(journal), "rollback", "--to", "dst",
+    row["rollback"] = until_zero(env, ["--journal", str(journal), "rollback", "--to", "dst",
                                         *runs], max_runs)
-    marks_after, rules_after = _dst_listing(made)
+    marks_after, rules_after = dst_listing(made)
     row["left_after_rollback"] = sum(marks_after.values()) + sum(rules_after.values())
     # With the journal lost, the re-run finds what the killed run made by its marker and
     # leaves it be (it cannot know that run made it): a rollback of the re-run keeps it.
@@ -256,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
-    made = _population(f"shchaos-{uuid.uuid4().hex[:6]}", args.groups, args.rules)
+    made = security_group_tenant(f"shchaos-{uuid.uuid4().hex[:6]}", args.groups, args.rules)
     rows: list[dict[str, Any]] = []
     kills: list[dict[str, Any]] = []
     rng = random.Random(args.seed)
@@ -271,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                                          keep_journal=trial % 2 == 0, max_runs=args.max_runs))
                 print(json.dumps(kills[-1]), flush=True)
     finally:
-        _remove(made)
+        remove_security_group_tenant(made)
     ok = all(
         r["import"]["completed"] and r["rollback"]["completed"] and r["duplicate_groups"] == 0
         and r["duplicate_rules"] == 0 and r["missing_groups"] == 0 and r["verify_exit"] == 0

@@ -31,7 +31,6 @@ Goal (issue 17): every seed completes (directly or after re-runs), 0 duplicates,
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 import os
@@ -44,21 +43,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from chaos_common import faulty_clouds, undo_through  # noqa: E402
 from testbed import layout  # noqa: E402
-from testbed.undo import undo_migration  # noqa: E402
 from tests.support.beta import admin_role_in, dst_state  # noqa: E402
-from tests.support.faultproxy import (  # noqa: E402
-    FaultProxy,
-    Faults,
-    catalog_upstreams,
-    write_clouds_yaml,
-)
+from tests.support.faultproxy import Faults  # noqa: E402
 
 from stackhop.clouds import connect  # noqa: E402
 
@@ -74,19 +66,6 @@ def _dst_state(project_id: str) -> dict[str, list[str]]:
     return dst_state(connect("dst"), project_id)
 
 
-def _storage_map(work: Path) -> Path:
-    """The testbed's storage map with ``src-faulty``/``dst-faulty`` beside ``src``/``dst``."""
-    source = Path(os.environ.get("STACKHOP_STORAGE_MAP") or layout.STORAGE_MAP)
-    data = yaml.safe_load(source.read_text())
-    for name in ("src", "dst"):
-        data[f"{name}-faulty"] = copy.deepcopy(data[name])  # no YAML alias: refused
-    out = work / "storage.yaml"
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(data, handle)
-    return out
-
-
 def _phases_done(report: Path) -> bool:
     if not report.exists():
         return False
@@ -100,15 +79,9 @@ def _one_seed(seed: int, rate: float, work: Path, max_runs: int,
     here = work / f"seed-{seed}"
     here.mkdir()
     journal, out = here / "journal.sqlite", here / "out"
-    upstreams = catalog_upstreams(connect("src")) | catalog_upstreams(connect("dst"))
     faults = Faults(rate=rate, seed=seed, stall_seconds=8, retry_after=1)
     started = time.monotonic()
-    with FaultProxy(sorted(upstreams), faults) as proxy:
-        clouds = write_clouds_yaml(proxy, Path(os.environ["OS_CLIENT_CONFIG_FILE"]),
-                                   here / "clouds.yaml", ["src", "dst"], timeout=4)
-        env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(clouds),
-               "STACKHOP_STORAGE_MAP": str(_storage_map(here)),
-               "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with faulty_clouds(faults, here) as (proxy, env):
         try:
             row.update(_migrate(env, journal, out, max_runs))
             row["seconds"] = round(time.monotonic() - started, 1)
@@ -118,15 +91,7 @@ def _one_seed(seed: int, rate: float, work: Path, max_runs: int,
             row.update(_verified(env, out / "resources.tar.zst"))
         finally:
             # The runs' destination is dst-faulty: undone through the proxy, faults off.
-            proxy.enabled = False
-            plain = os.environ["OS_CLIENT_CONFIG_FILE"]
-            os.environ["OS_CLIENT_CONFIG_FILE"] = str(clouds)
-            try:
-                row["undone"] = len(undo_migration(journal, destination="dst-faulty"))
-            except subprocess.CalledProcessError as exc:
-                row["undo_error"] = f"rollback exited {exc.returncode}"
-            finally:
-                os.environ["OS_CLIENT_CONFIG_FILE"] = plain
+            row.update(undo_through(proxy, env, journal))
     row["dst_as_before"] = _dst_state(project_id) == before
     return row
 
