@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from tests.functional.test_images_support import (
     own_images,
 )
 
+from stackhop.images.move_store import PROTECTED_BY_MOVE
 from stackhop.journal import DONE, PENDING, Journal
 from stackhop.kinds.image import image_record
 
@@ -126,6 +128,46 @@ def test_move_store_killed_mid_move_is_finished_by_a_rerun(
     assert after["os_hash_value"] == image["os_hash_value"]
     with Journal(journal) as j:
         assert [r.state for r in j.operations(kind=KIND)] == [DONE]
+
+
+def test_move_store_killed_mid_move_then_journal_lost_still_restores_protection(
+    own_images: ImageFactory, tmp_path: Path
+) -> None:
+    """The journal of a move killed while the image was protected is lost: a re-run with a
+    fresh one finds the move unfinished by the image's own property, finishes it and
+    unprotects the image. (It used to skip the moved image and leave it protected:
+    bench/chaos_kills.py.)"""
+    image = own_images.create("killed-lost", size=64 * MIB)
+    journal = tmp_path / "journal.sqlite"
+    cmd = [sys.executable, "-m", "stackhop.cli.main", "--journal", str(journal), "images",
+           "move-store", "--cloud", "src", "--from-store", "fast", "--to-store", "slow",
+           "--image", image["id"]]
+    env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(layout.CLOUDS_YAML)}
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            current = glance_json(own_images.src, image["id"])
+            if current is not None and current["protected"]:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)  # our own child, by its handle
+        proc.wait()
+    killed = glance_json(own_images.src, image["id"])
+    assert killed is not None and killed["protected"], "the kill must come mid-move"
+    assert killed[PROTECTED_BY_MOVE] == "true"
+    for path in tmp_path.glob("journal.sqlite*"):
+        path.unlink()  # the journal lost: the re-run knows nothing of the killed one
+
+    rerun = subprocess.run(cmd + ["-f", "json"], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["done"] == [image["id"]]
+    after = glance_json(own_images.src, image["id"])
+    assert after is not None and _stores(after) == {"slow"}
+    assert after["protected"] is False, "the original protection must be restored"
+    assert PROTECTED_BY_MOVE not in after
+    assert download_sha512(own_images.src, image["id"]) == image["os_hash_value"]
 
 
 def test_move_store_recreate_copies_everything_and_retires_the_original(

@@ -128,6 +128,7 @@ class CephImage(Image):
             self._note(record, f"API stream: {why_not}")
             return super().create(conn, record)
         image_id = self._left_over(conn, record) or self._create_record(conn, record)
+        self._protect_and_share(conn, image_id, record)  # before the data: see Image.create
         self._note(record, f"Ceph to Ceph into {self.route.destination.cluster.spec(image_id)}")
         destination = self.route.destination
         destination.remove(image_id)  # a partial copy of a killed run (never attached: queued)
@@ -153,7 +154,6 @@ class CephImage(Image):
                 # re-uses the ID of a deleted image).
                 destination.remove(image_id)
             raise
-        self._finish(conn, image_id, record)
         return image_id
 
     def _why_not(self, record: Mapping[str, Any]) -> str:

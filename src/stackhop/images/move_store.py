@@ -5,13 +5,14 @@ Method ``copy-image`` (the default; the cloud needs multi-store and the
 from one store), per image:
 
 1. journal the image's original protection and hash (the row's ``before``);
-2. protect the image (nobody deletes it while its data moves);
+2. protect the image (nobody deletes it while its data moves); an image that was
+   not protected gets the property ``stackhop_move_protected`` in the same call;
 3. import it into the target store with ``copy-image`` and wait for Glance;
 4. check the target store is listed and ``os_hash_value`` is unchanged;
 5. delete the data from the source store (unless ``--keep-source``);
 6. read the data back (now only the target store holds it) and hash it
    against ``os_hash_value`` (unless ``verify_data=False``);
-7. restore the original protection.
+7. restore the original protection (and drop the property).
 
 Each image is a :class:`MoveImage` task of one engine run (:func:`run_moves`):
 the engine journals the row (kind ``glance.image-store``, key
@@ -20,8 +21,10 @@ retries transient failures and stops on Ctrl-C; the task reports each step as
 the row's stage and the copy and read-back as progress. Every step looks at
 the image first, so a run killed anywhere is finished by re-running the same
 command: the journal row keeps the original protection, and an import Glance
-is still running is waited for, not started twice. Images already only in
-the target store are skipped (a ``Skip``, no call).
+is still running is waited for, not started twice. Without the journal (lost,
+or a fresh one) the property says the image was unprotected and its move is
+unfinished, so a re-run still finishes it. Images already only in the target
+store and without the property are skipped (a ``Skip``, no call).
 
 Method ``recreate`` is in :mod:`stackhop.images.recreate`.
 """
@@ -33,15 +36,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from openstack import exceptions as sdk_exceptions
+
 from stackhop.engine import Engine
 from stackhop.errors import CapabilityError, ConfigError, IntegrityError
 from stackhop.events import EventSink, NullSink
 from stackhop.images.common import (
+    JSON_PATCH,
     Waiter,
     check_stores,
     image_stores,
     import_methods,
-    set_protected,
 )
 from stackhop.journal import DONE, FAILED, PENDING, Journal, OperationRecord
 from stackhop.kinds.rest import call
@@ -56,6 +61,10 @@ KIND = "glance.image-store"
 """The journal kind of a store move (one row per image and pair of stores)."""
 
 METHODS = ("auto", "copy-image", "locations", "recreate")
+
+PROTECTED_BY_MOVE = "stackhop_move_protected"
+"""The property on an image a move protected that was not protected: the original
+protection, kept on the image itself so that a re-run without the journal restores it."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,32 @@ def moved(image: dict[str, Any], from_store: str, to_store: str, keep_source: bo
     return to_store in stores and (keep_source or from_store not in stores)
 
 
+def protected_by_move(image: dict[str, Any]) -> bool:
+    """Whether a move protected the image and has not restored it (an unfinished move)."""
+    return PROTECTED_BY_MOVE in image
+
+
+def protect_for_move(service: Any, image_id: str) -> None:
+    """Protect an unprotected image, noting on it that it was not (one call)."""
+    response = service.patch(f"/images/{image_id}", headers=JSON_PATCH, json=[
+        {"op": "replace", "path": "/protected", "value": True},
+        {"op": "add", "path": f"/{PROTECTED_BY_MOVE}", "value": "true"},
+    ])
+    sdk_exceptions.raise_from_response(response)
+
+
+def restore_protection(service: Any, image: dict[str, Any], protected: bool) -> None:
+    """Give the image its original protection back and drop the move's property."""
+    patch = []
+    if bool(image.get("protected")) != protected:
+        patch.append({"op": "replace", "path": "/protected", "value": protected})
+    if protected_by_move(image):
+        patch.append({"op": "remove", "path": f"/{PROTECTED_BY_MOVE}"})
+    if patch:
+        response = service.patch(f"/images/{image['id']}", json=patch, headers=JSON_PATCH)
+        sdk_exceptions.raise_from_response(response)
+
+
 def plan_moves(
     images: Sequence[dict[str, Any]], from_store: str, to_store: str, keep_source: bool
 ) -> list[MovePlan]:
@@ -104,7 +139,7 @@ def plan_moves(
     plans = []
     for image in images:
         name = image.get("name") or ""
-        if moved(image, from_store, to_store, keep_source):
+        if moved(image, from_store, to_store, keep_source) and not protected_by_move(image):
             plans.append(MovePlan(image["id"], name, "skip", f"already in {to_store}"))
         elif image.get("status") != "active":
             plans.append(MovePlan(image["id"], name, "error",
@@ -285,6 +320,8 @@ class StoreMover:
         return operation_key(image_id, self.from_store, self.to_store)
 
     def skip_reason(self, image: dict[str, Any]) -> str | None:
+        if protected_by_move(image):
+            return None  # moved, maybe, but its protection is still the move's
         if moved(image, self.from_store, self.to_store, self.keep_source):
             return f"already in {self.to_store}"
         return None
@@ -299,8 +336,9 @@ class StoreMover:
         row = ctx.previous
         image = self._image(image_id)
         # A row with the original state (``before``) was started: finish it, whatever
-        # the image looks like now (it may be moved but still protected by us).
-        started = resuming(row)
+        # the image looks like now (it may be moved but still protected by us). Without a
+        # row (the journal lost), the image's own property says a move protected it.
+        started = resuming(row) or protected_by_move(image)
         if not started:
             if image.get("status") != "active":
                 raise ConfigError(f"image {image_id} is {image.get('status')}, not active; "
@@ -308,15 +346,15 @@ class StoreMover:
             if self.from_store not in image_stores(image):
                 raise ConfigError(f"image {image_id} is not in store {self.from_store} "
                                   f"(its stores: {image.get('stores')})")
-        before = (row.before if started and row and row.before else None) or {
-            "protected": bool(image.get("protected")),
+        before = (row.before if resuming(row) and row and row.before else None) or {
+            "protected": bool(image.get("protected")) and not protected_by_move(image),
             "os_hash_value": image.get("os_hash_value"),
             "os_hash_algo": image.get("os_hash_algo"),
         }
         ctx.stage("pending", before, destination_id=image_id)
         self._step(image_id, "pending")
         if not image.get("protected"):
-            set_protected(self.service, image_id, True)
+            protect_for_move(self.service, image_id)
         ctx.stage("protected")
         self._step(image_id, "protected")
         if self.to_store not in image_stores(image):
@@ -337,8 +375,7 @@ class StoreMover:
         self._step(image_id, "source-removed")
         if self.verify_data and not self.keep_source:
             self._verify_data(ctx, image)
-        if bool(self._image(image_id).get("protected")) != before["protected"]:
-            set_protected(self.service, image_id, before["protected"])
+        restore_protection(self.service, self._image(image_id), before["protected"])
         ctx.stage("restored")
 
     def _copy_image(self, ctx: TaskContext, image: dict[str, Any]) -> None:

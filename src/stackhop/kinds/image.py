@@ -9,13 +9,16 @@ source-only facts (size, checksums, stores, status).
 Glance uploads are all-or-nothing: one PUT whose body Glance discards when
 it breaks off. So for images *create is the copy*: :meth:`Image.create`
 creates (or re-uses a left-over ``queued``) image stamped with the
-``stackhop_source`` property, streams the data from the source cloud
-through :mod:`stackhop.transfer`, verifies it, and only then sets protection
-and members. A copy that fails its hash check is deleted; an upload that
-broke off leaves a ``queued`` image without data, which the retry re-uses
-(so ``--keep-id`` keeps its ID). :meth:`Image.find` only ever recognises an
-``active`` image whose hash equals the source's, so a half-made copy is never
-taken for a finished one.
+``stackhop_source`` property, sets its members and protection, then streams
+the data from the source cloud through :mod:`stackhop.transfer` and verifies
+it: the data is the last step, so the image Glance makes ``active`` when the
+data is in is a finished copy (a run killed between the two would otherwise
+leave an active copy without them, which re-runs report as differing). A
+copy that fails its hash check is deleted; an upload that broke off leaves a
+``queued`` image without data, which the retry re-uses (so ``--keep-id``
+keeps its ID). :meth:`Image.find` only ever recognises an ``active`` image
+whose hash equals the source's, so a half-made copy is never taken for a
+finished one.
 
 Copying needs the source cloud: the registered instance only reads and
 compares; :meth:`Image.bound` returns one that can create.
@@ -219,9 +222,11 @@ class Image(Kind):
     # -- writing ---------------------------------------------------------------
 
     def create(self, conn: Connection, record: Mapping[str, Any]) -> str:
-        """Create the image on ``conn``, copy its data from the source, verify, then finish it."""
+        """Create the image on ``conn`` with its members and protection, then copy its data
+        from the source and verify it."""
         source = self._open_data(record)
         image_id = self._left_over(conn, record) or self._create_record(conn, record)
+        self._protect_and_share(conn, image_id, record)
 
         def progress(done: int, total: int | None) -> None:
             self.events.emit(Event(
@@ -241,7 +246,6 @@ class Image(Kind):
             # A copy that fails its check must leave nothing behind.
             self.delete(conn, image_id)
             raise
-        self._finish(conn, image_id, record)
         return image_id
 
     def _open_data(self, record: Mapping[str, Any]) -> Source:
@@ -286,7 +290,10 @@ class Image(Kind):
                 ))
         return str(call(conn.image, "POST", "/images", json=body)["id"])
 
-    def _finish(self, conn: Connection, image_id: str, record: Mapping[str, Any]) -> None:
+    def _protect_and_share(
+        self, conn: Connection, image_id: str, record: Mapping[str, Any]
+    ) -> None:
+        """Members and protection, before the data: an ``active`` copy is a finished one."""
         for member, status in zip(
             record.get("members") or [], record.get("member_statuses") or [], strict=False
         ):
