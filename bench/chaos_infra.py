@@ -70,7 +70,7 @@ from tests.functional.volumes_support import Sandbox, src_sshd_sessions  # noqa:
 METHODS = {"sql": "rbd", "osd": "rbd", "ssh": "stream"}
 
 
-def _restart_postgresql(down: float, _trial: int) -> str:
+def _restart_postgresql(down: float, _trial: int, _alive: Callable[[], bool]) -> str | None:
     """A restart as ``systemctl restart`` makes it: PostgreSQL's fast shutdown (SIGINT)
     ends every session at once (SIGTERM's smart one would wait for the copy to end)."""
     server = postgresql.daemon()
@@ -86,7 +86,7 @@ def _restart_postgresql(down: float, _trial: int) -> str:
     return "postgresql"
 
 
-def _restart_osd(down: float, trial: int) -> str:
+def _restart_osd(down: float, trial: int, _alive: Callable[[], bool]) -> str | None:
     side = layout.DST if trial % 2 == 0 else layout.SRC
     osd = osd_daemon(side)
     osd.stop()
@@ -95,18 +95,25 @@ def _restart_osd(down: float, trial: int) -> str:
     return f"ceph-{side.name} osd"
 
 
-def _cut_ssh(_down: float, _trial: int) -> str:
+def _cut_ssh(_down: float, _trial: int, alive: Callable[[], bool]) -> str | None:
+    """Kill the sessions once the copy has one (its ssh legs open after the API calls)."""
+    sessions = src_sshd_sessions()
+    while not sessions and alive():
+        time.sleep(0.1)
+        sessions = src_sshd_sessions()
     killed = 0
-    for pid in src_sshd_sessions():
+    for pid in sessions:
         try:
             os.kill(pid, signal.SIGKILL)  # a session of our testbed's sshd
             killed += 1
         except ProcessLookupError:
             continue
-    return f"{killed} src-storage ssh session(s)"
+    return f"{killed} src-storage ssh session(s)" if killed else None
 
 
-FAULTS: dict[str, Callable[[float, int], str]] = {
+#: Each fault, given how long to stay down, the trial's number and whether the copy still
+#: runs; returns what it hit, or None when the copy ended before it could.
+FAULTS: dict[str, Callable[[float, int, Callable[[], bool]], str | None]] = {
     "sql": _restart_postgresql, "osd": _restart_osd, "ssh": _cut_ssh}
 
 
@@ -130,9 +137,9 @@ def _trial(box: Sandbox, env: dict[str, str], fault: str, n: int, sources: dict[
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
         try:
             proc.wait(at)
-            row["hit"] = "the run had ended"
+            row["hit"] = None
         except subprocess.TimeoutExpired:
-            row["hit"] = FAULTS[fault](down, n)
+            row["hit"] = FAULTS[fault](down, n, lambda: proc.poll() is None)
         _, err = proc.communicate(timeout=1800)
     row["first_exit"] = proc.returncode
     if proc.returncode != 0:
@@ -157,7 +164,7 @@ def _table(rows: list[dict[str, Any]], faults: list[str]) -> list[str]:
         these = [r for r in rows if r["fault"] == fault]
         stops = sorted({r.get("first_stop", "")[:90] for r in these} - {""})
         table.append(
-            f"| {fault} | {len(these)} | {sum(r['hit'] != 'the run had ended' for r in these)} "
+            f"| {fault} | {len(these)} | {sum(r['hit'] is not None for r in these)} "
             f"| {sum(r['first_exit'] == 0 for r in these)} "
             f"| {sum(r['rerun']['runs'] for r in these)} "
             f"| {sum(r['duplicates'] for r in these)} | {sum(r['missing'] for r in these)} "

@@ -12,6 +12,7 @@ import pytest
 from stackhop.errors import CapabilityError, ConflictError, UsageError
 from stackhop.journal import DONE, FAILED, PENDING, Journal
 from stackhop.volumes import methods
+from stackhop.volumes.cinder_adopt import marks
 from stackhop.volumes.copy import KIND, pass_identity, plan_volume, scope_of
 from stackhop.volumes.inventory import QuotaRoom
 from stackhop.volumes.model import Temporary, VolumeRef
@@ -122,3 +123,11 @@ def test_registry_names_a_missing_method_clearly(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(UsageError, match="unknown volume copy method"):
         methods.get_method("dd")
     assert methods.supports_incremental(methods.get_method("image")) is False
+
+
+def test_copy_marker_is_the_bare_source_id_and_the_older_cloud_prefixed_one_still_counts() -> None:
+    assert marks({"stackhop_source": "abc"}, "abc")
+    assert marks({"stackhop_source": "src-faulty:abc"}, "abc")  # the stream method's, before
+    assert not marks({"stackhop_source": "abcd"}, "abc")
+    assert not marks({"stackhop_source": "src:xabc"}, "abc")
+    assert not marks({}, "abc") and not marks(None, "abc")

@@ -37,7 +37,7 @@ from stackhop.transfer.rbd_diff import (
     Record,
     read_diff,
 )
-from stackhop.transfer.ssh import SshHost, describe_failure
+from stackhop.transfer.ssh import SshHost, describe_failure, run_until_logged_in
 
 
 def open_cluster(
@@ -95,9 +95,7 @@ class RbdCluster:
     def run(self, args: Sequence[str], *, missing_ok: bool = False, timeout: float = 600) -> str:
         """Run ``rbd ARGS``; its stdout. ``missing_ok``: a missing image or snapshot returns ''."""
         try:
-            done = subprocess.run(
-                self.command(args), capture_output=True, timeout=timeout, check=False
-            )
+            done = run_until_logged_in(self.command(args), input=None, timeout=timeout)
         except FileNotFoundError as exc:
             raise ConfigError(
                 f"the rbd tool is not installed here; install ceph-common or set ssh_host for "

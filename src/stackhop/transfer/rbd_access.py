@@ -59,7 +59,7 @@ class RbdError(StackhopError):
     exit_code = CloudUnreachableError.exit_code
 
 
-def once_unwatched(remove: Callable[[], None], busy: Callable[[Exception], bool]) -> None:
+def once_unwatched(remove: Callable[[], object], busy: Callable[[Exception], bool]) -> None:
     """Run ``remove``; while it fails because the image still has watchers (``busy``), try
     again every :data:`WATCH_POLL` s for up to :data:`WATCH_EXPIRY` s, then raise its error
     (a client that still has the image open: it must close it first)."""

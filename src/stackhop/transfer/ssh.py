@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -27,6 +28,9 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import tenacity
 
 from stackhop.errors import CloudUnreachableError, ConfigError
 
@@ -90,13 +94,7 @@ class SshHost:
     ) -> bytes:
         """Run ``command`` there and return its stdout; CloudUnreachableError with ssh's reason."""
         try:
-            done = subprocess.run(
-                self.argv(command),
-                input=input,
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
+            done = run_until_logged_in(self.argv(command), input=input, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise CloudUnreachableError(
                 f"ssh {self.name}: {shlex.join(command)} did not finish in {timeout:.0f} s; "
@@ -161,6 +159,44 @@ def close_shared() -> None:
     _SHARED.close()
 
 
+#: What ssh says when the server closed or reset the connection before the login was
+#: done (its sshd restarted, a session limit such as MaxStartups, a cut): the command
+#: never ran there, so trying again is safe.
+_CLOSED_BEFORE_LOGIN = re.compile(
+    r"(?:kex|ssh)_exchange_identification|Connection (?:closed|reset) by \S+ port \d+"
+    r"|during banner exchange"
+)
+#: Tries of a command whose connection is closed before the login (the first included).
+LOGIN_TRIES = 4
+
+
+def closed_before_login(returncode: int, stderr: bytes) -> bool:
+    """Whether ssh failed because the connection was closed before the login completed."""
+    return returncode == 255 and bool(_CLOSED_BEFORE_LOGIN.search(stderr.decode(errors="replace")))
+
+
+def _last_result(state: tenacity.RetryCallState) -> Any:
+    assert state.outcome is not None  # called after an attempt
+    return state.outcome.result()
+
+
+def run_until_logged_in(
+    argv: Sequence[str], *, input: bytes | None, timeout: float
+) -> subprocess.CompletedProcess[bytes]:
+    """``subprocess.run`` of an ssh command, tried again (jittered waits, up to
+    :data:`LOGIN_TRIES` in all) while its connection is closed before the login; the last
+    result otherwise. ``subprocess.TimeoutExpired`` passes through."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_result(lambda done: closed_before_login(done.returncode,
+                                                                        done.stderr)),
+        wait=tenacity.wait_random_exponential(multiplier=0.5, max=4),
+        stop=tenacity.stop_after_attempt(LOGIN_TRIES),
+        retry_error_callback=_last_result,
+    )
+    return retrying(subprocess.run, list(argv), input=input, capture_output=True,
+                    timeout=timeout, check=False)
+
+
 def describe_failure(host: str, command: Sequence[str], returncode: int, stderr: bytes) -> str:
     """One line saying why an ssh command failed, with the fix for the usual causes."""
     text = stderr.decode(errors="replace").strip()
@@ -169,6 +205,12 @@ def describe_failure(host: str, command: Sequence[str], returncode: int, stderr:
         return (
             f"ssh {host}: host key not known or changed; verify it and add it to the "
             "known_hosts file of your ssh config (stackhop never skips this check)"
+        )
+    if closed_before_login(returncode, stderr):
+        return (
+            f"ssh {host}: the connection was closed before the login ({last}), "
+            f"{LOGIN_TRIES} times; check that the host's sshd runs and accepts this many "
+            "connections at once (MaxStartups), then re-run"
         )
     if returncode == 255:
         return f"ssh {host}: cannot connect ({last}); check the host name in your ssh config"

@@ -38,7 +38,7 @@ from typing import Any
 from stackhop.errors import CloudUnreachableError, ConnectionCutError, IntegrityError
 from stackhop.transfer import stream_agent as agent
 from stackhop.transfer.base import Chunk, Destination
-from stackhop.transfer.ssh import SshHost, describe_failure
+from stackhop.transfer.ssh import SshHost, describe_failure, run_until_logged_in
 
 #: Offered in this order; OpenSSH takes the first the server also allows.
 SSH_OPTIONS = (
@@ -135,13 +135,8 @@ class AgentHost:
     def call(self, mode: str, params: Mapping[str, Any], *, timeout: float = 3600) -> Any:
         """Run a mode that answers one JSON line (``probe``, ``digests``) and return it."""
         try:
-            done = subprocess.run(
-                self.argv(mode),
-                input=self.prelude(params),
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
+            done = run_until_logged_in(self.argv(mode), input=self.prelude(params),
+                                       timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             raise CloudUnreachableError(
                 f"ssh {self.host.name}: the stream agent ({mode}) did not finish in "

@@ -69,12 +69,23 @@ def pool_host(conn: Any, backend_name: str) -> str:
     )
 
 
+def marks(metadata: Any, source_id: str) -> bool:
+    """Whether a destination volume's metadata marks it as the copy of ``source_id``.
+
+    Every method writes the bare source ID; the stream method of earlier releases wrote
+    ``<source cloud>:<source ID>``, which is still recognised (so a copy it made is
+    found whatever the method and the cloud's name in clouds.yaml of the re-run).
+    """
+    value = (metadata or {}).get(MARKER)
+    return isinstance(value, str) and value.rsplit(":", 1)[-1] == source_id
+
+
 def previous_copies(conn: Any, source_id: str, volume_id: str | None) -> list[Any]:
     """Destination volumes an earlier pass of ``source_id`` adopted: marked, or ``volume_id``."""
     found = {
         v.id: v
         for v in conn.block_storage.volumes(all_projects=True, details=True)
-        if (v.metadata or {}).get(MARKER) == source_id
+        if marks(v.metadata, source_id)
     }
     if volume_id and volume_id not in found:
         volume = conn.block_storage.find_volume(volume_id, ignore_missing=True, all_projects=True)

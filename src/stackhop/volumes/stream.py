@@ -58,6 +58,7 @@ from stackhop.events import Event, EventType
 from stackhop.journal import CHUNK_CONFIRMED, ChunkRecord
 from stackhop.transfer import stream_agent as agent
 from stackhop.transfer.ssh_stream import AgentHost, PumpResult, pump, pump_direct
+from stackhop.volumes.cinder_adopt import MARKER, marks
 from stackhop.volumes.inventory import project_connection
 from stackhop.volumes.model import (
     VERIFY_CHUNK,
@@ -69,9 +70,6 @@ from stackhop.volumes.model import (
     content_digest,
 )
 from stackhop.volumes.storage import Backend, StorageMap
-
-MARKER = "stackhop_source"
-"""Metadata key on a destination volume: ``<source cloud>:<source volume ID>``."""
 
 CODEC_CHOICES = ("auto", "zstd", "zlib", "raw")
 ROUTE_CHOICES = ("auto", "relay")
@@ -570,7 +568,6 @@ class StreamMethod:
 
     def _destination_volume(self, ctx: PassContext) -> _Volume:
         admin = ctx.destination_conn
-        marker = f"{ctx.source.cloud}:{ctx.source.id}"
         existing = None
         if ctx.destination_id:
             existing = admin.block_storage.find_volume(
@@ -583,7 +580,7 @@ class StreamMethod:
                     for v in admin.block_storage.volumes(
                         all_projects=True, project_id=ctx.destination_project_id
                     )
-                    if (v.metadata or {}).get(MARKER) == marker
+                    if marks(v.metadata, ctx.source.id)
                 ),
                 None,
             )
@@ -619,7 +616,7 @@ class StreamMethod:
             name=source.name or None,
             description=source.description,
             volume_type=ctx.destination_type,
-            metadata={**dict(source.metadata), MARKER: marker},
+            metadata={**dict(source.metadata), MARKER: source.id},
         )
         ready = self._wait(admin, created.id)
         return _Volume(
