@@ -2,7 +2,9 @@
 
 An image so named is selected by name (it goes into a Glance query string and,
 tried first as an ID, into a URL path); a security group so named moves to
-dst with its name intact, verifies, and is rolled back.
+dst with its name intact, verifies, and is rolled back; a volume so named, in a
+project named with the same characters (but the newline), is selected by both
+names and copied by the stream method (names reach ssh command lines only as IDs).
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.functional.volumes_support import (
+    Sandbox,
+    digest_of,
+    file_backend_path,
+    write_pattern,
+)
 
 from stackhop.clouds import connect
 from stackhop.kinds.rest import call, paged
@@ -84,3 +92,23 @@ def test_a_group_with_a_hostile_name_moves_verifies_and_rolls_back(
         assert cli("--journal", str(journal), "rollback", "--to", "dst", *runs).code == 0
     assert not [g for g in paged(dst.network, "/security-groups", "security_groups")
                 if g["name"] == named["name"]]
+
+
+def test_a_volume_and_its_project_with_hostile_names_are_selected_and_copied(
+    seeded: Any, cli: Callable, tmp_path: Path
+) -> None:
+    with Sandbox.create(f"shname {HOSTILE.replace(chr(10), ' ')}") as box:
+        volume = box.volume(f"v {HOSTILE}")
+        write_pattern(file_backend_path("src", volume.id), "hostile", [0, 5])
+        copied = cli("--journal", str(tmp_path / "j.sqlite"), "volumes", "copy", "--from",
+                     "src", "--to", "dst", "--project", box.name, "--volume", volume.name,
+                     "--method", "stream", "-f", "json")
+        assert copied.code == 0, copied.err
+        (copy,) = box.volumes("dst")
+        assert copy.name == volume.name  # arrived under its exact name
+        assert digest_of("dst", copy.id) == digest_of("src", volume.id)
+        missing = cli("--journal", str(tmp_path / "j.sqlite"), "volumes", "copy", "--from",
+                      "src", "--to", "dst", "--project", box.name, "--volume",
+                      "in:" + volume.name, "--method", "stream")
+        assert missing.code != 0 and missing.err.count("\n") == 1, missing.err
+        assert "\u202e" not in missing.err  # the right-to-left override shown escaped
