@@ -42,7 +42,6 @@ import datetime as dt
 import json
 import os
 import random
-import shlex
 import signal
 import subprocess
 import sys
@@ -59,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 from chaos_common import (  # noqa: E402
     dst_listing,
     remove_security_group_tenant,
+    save_results,
     security_group_tenant,
     until_zero,
 )
@@ -234,13 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table))
     print("goal met" if ok else "GOAL NOT MET")
     if not args.no_save:
-        out = ROOT / "bench" / "results" / f"chaos-{dt.date.today().isoformat()}"
-        command = " ".join([".venv/bin/python", "bench/chaos.py", *map(shlex.quote, argv or
-                                                                         sys.argv[1:])])
-        out.with_suffix(".json").write_text(json.dumps(
-            {"command": command, "groups": args.groups, "rules": args.rules, "seed": args.seed,
-             "rows": rows, "kills": kills, "goal_met": ok, "load": os.getloadavg()}, indent=1))
-        out.with_suffix(".md").write_text(f"```\n{command}\n```\n\n" + "\n".join(table) + "\n")
+        save_results(
+            f"chaos-{dt.date.today().isoformat()}", "chaos.py", argv,
+            {"groups": args.groups, "rules": args.rules, "seed": args.seed, "rows": rows,
+             "kills": kills, "goal_met": ok},
+            table,
+        )
     return 0 if ok else 1
 
 

@@ -46,7 +46,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from chaos_common import (  # noqa: E402
     dst_listing,
     faulty_clouds,
     remove_security_group_tenant,
+    save_results,
     security_group_tenant,
     undo_through,
     until_zero,
@@ -382,14 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         name = f"chaos-api-{dt.date.today().isoformat()}" + (f"-{args.label}" if args.label
                                                              else "")
-        out = ROOT / "bench" / "results" / name
-        command_line = " ".join([".venv/bin/python", "bench/chaos_api.py",
-                                 *map(shlex.quote, argv or sys.argv[1:])])
-        out.with_suffix(".json").write_text(json.dumps(
-            {"command": command_line, "rate": args.rate, "lost_posts": args.lost_posts,
-             "rows": rows, "goal_met": ok, "load": os.getloadavg()}, indent=1))
-        out.with_suffix(".md").write_text(f"```\n{command_line}\n```\n\n" + "\n".join(table)
-                                          + "\n")
+        save_results(
+            name, "chaos_api.py", argv,
+            {"rate": args.rate, "lost_posts": args.lost_posts, "rows": rows, "goal_met": ok},
+            table,
+        )
     return 0 if ok else 1
 
 

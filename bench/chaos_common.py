@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -163,3 +165,16 @@ def dst_listing(made: dict[str, Any]) -> tuple[Counter[str], Counter[tuple[Any, 
         if r["security_group_id"] in ids
     )
     return marks, rules
+
+
+def save_results(name: str, script: str, argv: list[str] | None, payload: dict[str, Any],
+                 table: list[str], results: Path | None = None) -> Path:
+    """Write ``bench/results/<name>.json`` (``payload`` with the command and the load) and
+    ``.md`` (the command, then ``table``); the command is how ``script`` was run."""
+    command = " ".join([".venv/bin/python", f"bench/{script}",
+                        *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
+    out = (results or Path(__file__).resolve().parent / "results") / name
+    out.with_suffix(".json").write_text(json.dumps(
+        {"command": command, **payload, "load": os.getloadavg()}, indent=1))
+    out.with_suffix(".md").write_text(f"```\n{command}\n```\n\n" + "\n".join(table) + "\n")
+    return out

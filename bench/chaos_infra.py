@@ -41,7 +41,6 @@ import datetime as dt
 import json
 import os
 import random
-import shlex
 import signal
 import subprocess
 import sys
@@ -54,7 +53,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from chaos_volumes import (  # noqa: E402  (it puts src/ and the testbed's env in place)
+from chaos_volumes import (  # noqa: E402, I001  (it puts src/ and the testbed's env in place)
     _check,
     _clear_dst,
     _copy_argv,
@@ -62,6 +61,7 @@ from chaos_volumes import (  # noqa: E402  (it puts src/ and the testbed's env i
     _until_zero,
     _volumes,
 )
+from chaos_common import save_results  # noqa: E402, I001  (after chaos_volumes: paths)
 from testbed import layout  # noqa: E402
 from testbed.infra import postgresql  # noqa: E402
 from testbed.infra.ceph import osd_daemon  # noqa: E402
@@ -231,13 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table))
     print("goal met" if ok else "GOAL NOT MET")
     if not args.no_save:
-        out = ROOT / "bench" / "results" / f"chaos-infra-{dt.date.today().isoformat()}"
-        command = " ".join([".venv/bin/python", "bench/chaos_infra.py",
-                            *map(shlex.quote, argv or sys.argv[1:])])
-        out.with_suffix(".json").write_text(json.dumps(
-            {"command": command, "seed": args.seed, "rows": rows, "baselines": baselines,
-             "goal_met": ok, "load": os.getloadavg()}, indent=1))
-        out.with_suffix(".md").write_text(f"```\n{command}\n```\n\n" + "\n".join(table) + "\n")
+        save_results(
+            f"chaos-infra-{dt.date.today().isoformat()}", "chaos_infra.py", argv,
+            {"seed": args.seed, "rows": rows, "baselines": baselines, "goal_met": ok},
+            table,
+        )
     return 0 if ok else 1
 
 

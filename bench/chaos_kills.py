@@ -57,7 +57,6 @@ import datetime as dt
 import json
 import os
 import random
-import shlex
 import signal
 import subprocess
 import sys
@@ -72,6 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from chaos_common import save_results  # noqa: E402
 from testbed import layout, outputs  # noqa: E402
 
 for _line in outputs.env_lines():  # the testbed's environment, as `source env.sh` gives it
@@ -668,14 +668,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table))
     print("goal met" if ok else "GOAL NOT MET")
     if not args.no_save:
-        out = ROOT / "bench" / "results" / f"chaos-kills-{dt.date.today().isoformat()}"
-        command_line = " ".join([".venv/bin/python", "bench/chaos_kills.py",
-                                 *map(shlex.quote, argv or sys.argv[1:])])
-        out.with_suffix(".json").write_text(json.dumps(
-            {"command": command_line, "seed": args.seed, "rows": rows, "baselines": baselines,
-             "goal_met": ok, "load": os.getloadavg()}, indent=1))
-        out.with_suffix(".md").write_text(f"```\n{command_line}\n```\n\n" + "\n".join(table)
-                                          + "\n")
+        save_results(
+            f"chaos-kills-{dt.date.today().isoformat()}", "chaos_kills.py", argv,
+            {"seed": args.seed, "rows": rows, "baselines": baselines, "goal_met": ok},
+            table,
+        )
     return 0 if ok else 1
 
 

@@ -34,7 +34,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from chaos_common import faulty_clouds, undo_through  # noqa: E402
+from chaos_common import faulty_clouds, save_results, undo_through  # noqa: E402
 from testbed import layout  # noqa: E402
 from tests.support.beta import admin_role_in, dst_state  # noqa: E402
 from tests.support.faultproxy import Faults  # noqa: E402
@@ -184,13 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table))
     print("goal met" if ok else "GOAL NOT MET")
     if not args.no_save:
-        out = ROOT / "bench" / "results" / f"chaos-project-{dt.date.today().isoformat()}"
-        command = " ".join([".venv/bin/python", "bench/chaos_project.py",
-                            *map(shlex.quote, argv or sys.argv[1:])])
-        out.with_suffix(".json").write_text(json.dumps(
-            {"command": command, "rate": args.rate, "rows": rows, "goal_met": ok,
-             "load": os.getloadavg()}, indent=1))
-        out.with_suffix(".md").write_text(f"```\n{command}\n```\n\n" + "\n".join(table) + "\n")
+        save_results(
+            f"chaos-project-{dt.date.today().isoformat()}", "chaos_project.py", argv,
+            {"rate": args.rate, "rows": rows, "goal_met": ok},
+            table,
+        )
     return 0 if ok else 1
 
 

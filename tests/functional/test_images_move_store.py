@@ -93,26 +93,34 @@ def test_move_store_refuses_unknown_store_and_changes_nothing(
     assert _stores(after) == {"fast"} and after is not None and after["protected"] is False
 
 
-def test_move_store_killed_mid_move_is_finished_by_a_rerun(
-    own_images: ImageFactory, tmp_path: Path
-) -> None:
-    image = own_images.create("killed", size=96 * MIB)
-    journal = str(tmp_path / "journal.sqlite")
+def _killed_once_protected(
+    own_images: ImageFactory, image_id: str, journal: str
+) -> tuple[list[str], dict[str, str]]:
+    """Start a move-store of the image and ``kill -9`` it once the move has protected it
+    (mid-move, before the protection is restored); the command and its environment."""
     cmd = [sys.executable, "-m", "stackhop.cli.main", "--journal", journal, "images",
            "move-store", "--cloud", "src", "--from-store", "fast", "--to-store", "slow",
-           "--image", image["id"]]
+           "--image", image_id]
     env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(layout.CLOUDS_YAML)}
     with subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL) as proc:
         deadline = time.monotonic() + 60
-        # Kill once the move has protected the image: mid-move, before it is restored.
         while time.monotonic() < deadline:
-            current = glance_json(own_images.src, image["id"])
+            current = glance_json(own_images.src, image_id)
             if current is not None and current["protected"]:
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)  # our own child, by its handle
         proc.wait()
+    return cmd, env
+
+
+def test_move_store_killed_mid_move_is_finished_by_a_rerun(
+    own_images: ImageFactory, tmp_path: Path
+) -> None:
+    image = own_images.create("killed", size=96 * MIB)
+    journal = str(tmp_path / "journal.sqlite")
+    cmd, env = _killed_once_protected(own_images, image["id"], journal)
     with Journal(journal) as j:
         rows = j.operations(kind=KIND)
     assert [r.state for r in rows] == [PENDING], "the kill must leave the move pending"
@@ -138,21 +146,7 @@ def test_move_store_killed_mid_move_then_journal_lost_still_restores_protection(
     unprotects the image. (It used to skip the moved image and leave it protected:
     bench/chaos_kills.py.)"""
     image = own_images.create("killed-lost", size=64 * MIB)
-    journal = tmp_path / "journal.sqlite"
-    cmd = [sys.executable, "-m", "stackhop.cli.main", "--journal", str(journal), "images",
-           "move-store", "--cloud", "src", "--from-store", "fast", "--to-store", "slow",
-           "--image", image["id"]]
-    env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(layout.CLOUDS_YAML)}
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL) as proc:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            current = glance_json(own_images.src, image["id"])
-            if current is not None and current["protected"]:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)  # our own child, by its handle
-        proc.wait()
+    cmd, env = _killed_once_protected(own_images, image["id"], str(tmp_path / "journal.sqlite"))
     killed = glance_json(own_images.src, image["id"])
     assert killed is not None and killed["protected"], "the kill must come mid-move"
     assert killed[PROTECTED_BY_MOVE] == "true"
