@@ -31,9 +31,9 @@ test-long: testbed-seed
 	$(PY) -m pytest -ra -m long tests
 
 chaos: testbed-seed
-	$(PY) bench/chaos.py --rates 0,0.05,0.1,0.2,0.3 --groups 40 --kills 20
-	$(PY) bench/chaos_volumes.py --kills 20
-	$(PY) bench/chaos_kills.py --kills 20
+	$(PY) bench/chaos.py --rates 0,0.05,0.1,0.2,0.3 --groups 40 --kills 40
+	$(PY) bench/chaos_volumes.py --kills 40
+	$(PY) bench/chaos_kills.py --kills 40
 	$(PY) bench/chaos_project.py
 	$(PY) bench/chaos_api.py
 	$(PY) bench/chaos_api.py --lost-posts --images 30 --image-mib 1 --volumes 6 --label lost-posts

@@ -38,7 +38,6 @@ re-run completes.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import random
@@ -58,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 from chaos_common import (  # noqa: E402
     dst_listing,
     remove_security_group_tenant,
+    results_name,
     save_results,
     security_group_tenant,
     until_zero,
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=0,
                         help="kill -9 trials of the import (half with the journal deleted)")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--label", help="results as chaos-<date>-LABEL")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     made = security_group_tenant(f"shchaos-{uuid.uuid4().hex[:6]}", args.groups, args.rules)
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print("goal met" if ok else "GOAL NOT MET")
     if not args.no_save:
         save_results(
-            f"chaos-{dt.date.today().isoformat()}", "chaos.py", argv,
+            results_name("chaos", args.label), "chaos.py", argv,
             {"groups": args.groups, "rules": args.rules, "seed": args.seed, "rows": rows,
              "kills": kills, "goal_met": ok},
             table,

@@ -43,7 +43,6 @@ missing, data equal, verify 0, nothing left after the undo, dst as before.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import subprocess
@@ -63,6 +62,7 @@ from chaos_common import (  # noqa: E402
     dst_listing,
     faulty_clouds,
     remove_security_group_tenant,
+    results_name,
     save_results,
     security_group_tenant,
     undo_through,
@@ -380,10 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(table))
     print("goal met" if ok else "GOAL NOT MET")
     if not args.no_save:
-        name = f"chaos-api-{dt.date.today().isoformat()}" + (f"-{args.label}" if args.label
-                                                             else "")
         save_results(
-            name, "chaos_api.py", argv,
+            results_name("chaos-api", args.label), "chaos_api.py", argv,
             {"rate": args.rate, "lost_posts": args.lost_posts, "rows": rows, "goal_met": ok},
             table,
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime as dt
 import json
 import os
 import shlex
@@ -165,6 +166,11 @@ def dst_listing(made: dict[str, Any]) -> tuple[Counter[str], Counter[tuple[Any, 
         if r["security_group_id"] in ids
     )
     return marks, rules
+
+
+def results_name(stem: str, label: str | None) -> str:
+    """``<stem>-<today>[-<label>]``: a results file's name, one per labelled run."""
+    return f"{stem}-{dt.date.today().isoformat()}" + (f"-{label}" if label else "")
 
 
 def save_results(name: str, script: str, argv: list[str] | None, payload: dict[str, Any],

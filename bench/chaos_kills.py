@@ -53,7 +53,6 @@ deleted.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import random
@@ -71,7 +70,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from chaos_common import save_results  # noqa: E402
+from chaos_common import results_name, save_results  # noqa: E402
 from testbed import layout, outputs  # noqa: E402
 
 for _line in outputs.env_lines():  # the testbed's environment, as `source env.sh` gives it
@@ -637,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--max-runs", type=int, default=3)
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--label", help="results as chaos-kills-<date>-LABEL")
     args = parser.parse_args(argv)
     commands = args.commands.split(",")
     unknown = sorted(set(commands) - set(COMMANDS))
@@ -669,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     print("goal met" if ok else "GOAL NOT MET")
     if not args.no_save:
         save_results(
-            f"chaos-kills-{dt.date.today().isoformat()}", "chaos_kills.py", argv,
+            results_name("chaos-kills", args.label), "chaos_kills.py", argv,
             {"seed": args.seed, "rows": rows, "baselines": baselines, "goal_met": ok},
             table,
         )

@@ -32,7 +32,6 @@ with the journal kept and deleted.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import random
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from chaos_common import save_results  # noqa: E402
+from chaos_common import results_name, save_results  # noqa: E402
 from testbed import outputs  # noqa: E402
 
 for _line in outputs.env_lines():  # the testbed's environment, as `source env.sh` gives it
@@ -211,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--max-runs", type=int, default=3)
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--label", help="results as chaos-volumes-<date>-LABEL")
     args = parser.parse_args(argv)
     env = {**os.environ,
            "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     print("goal met" if ok else "GOAL NOT MET")
     if not args.no_save:
         save_results(
-            f"chaos-volumes-{dt.date.today().isoformat()}", "chaos_volumes.py", argv,
+            results_name("chaos-volumes", args.label), "chaos_volumes.py", argv,
             {"seed": args.seed, "rows": rows, "baselines": baselines, "goal_met": ok},
             table,
         )

@@ -1,0 +1,132 @@
+"""The gather step of ``servers migrate`` against the testbed's real Nova, Neutron, Cinder.
+
+A server booted from a volume, with a data volume (deleted with the server, tagged), two
+ports (one with a floating IP, allowed address pairs and its own security group), a
+server group, a keypair, metadata, tags and user data: everything read back as the
+source's APIs show it, the boot volume told from the data volume by the root device.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from tests.functional.volumes_support import Sandbox, wait_status
+
+from stackhop.servers.gather import find_server, gather
+
+pytestmark = pytest.mark.functional
+
+WAIT = 180
+
+
+@pytest.fixture
+def box(testbed: Any) -> Iterator[Sandbox]:
+    sandbox = Sandbox.create("srvtest")
+    undo: list[Callable[[], Any]] = []
+    sandbox.undo = undo  # type: ignore[attr-defined]
+    try:
+        yield sandbox
+    finally:
+        for step in reversed(undo):
+            with contextlib.suppress(Exception):
+                step()
+        sandbox.close()
+
+
+def test_gather_reads_a_volume_booted_server_with_ports_fip_group_and_volumes(
+    box: Sandbox,
+) -> None:
+    admin, c = box.src, box.scoped("src")
+    undo: list[Callable[[], Any]] = box.undo  # type: ignore[attr-defined]
+    net = c.network.create_network(name="srv-net")
+    undo.append(lambda: admin.network.delete_network(net))
+    subnet = c.network.create_subnet(network_id=net.id, cidr="10.77.0.0/24", ip_version=4,
+                                     name="srv-v4")
+    undo.append(lambda: admin.network.delete_subnet(subnet))
+    public = admin.network.find_network("public")
+    router = c.network.create_router(name="srv-router",
+                                     external_gateway_info={"network_id": public.id})
+    undo.append(lambda: admin.network.delete_router(router))
+    admin.network.add_interface_to_router(router, subnet_id=subnet.id)
+    undo.append(lambda: admin.network.remove_interface_from_router(router, subnet_id=subnet.id))
+    group = c.network.create_security_group(name="srv-web")
+    undo.append(lambda: admin.network.delete_security_group(group))
+    front = c.network.create_port(
+        network_id=net.id, name="front", fixed_ips=[{"subnet_id": subnet.id,
+                                                     "ip_address": "10.77.0.10"}],
+        mac_address="fa:16:3e:77:00:10", security_groups=[group.id],
+        allowed_address_pairs=[{"ip_address": "10.77.0.200"}],
+    )
+    undo.append(lambda: admin.network.delete_port(front))
+    back = c.network.create_port(network_id=net.id, name="back",
+                                 fixed_ips=[{"subnet_id": subnet.id,
+                                             "ip_address": "10.77.0.11"}])
+    undo.append(lambda: admin.network.delete_port(back))
+    fip = c.network.create_ip(floating_network_id=public.id, port_id=front.id)
+    undo.append(lambda: admin.network.delete_ip(fip))
+    sgroup = c.compute.create_server_group(name="srv-group", policy="soft-anti-affinity")
+    undo.append(lambda: admin.compute.delete_server_group(sgroup))
+    key = c.compute.create_keypair(name=f"srv-key-{uuid.uuid4().hex[:6]}")
+    undo.append(lambda: c.compute.delete_keypair(key))
+
+    root = box.volume("srv-root")
+    box.src.block_storage.set_volume_bootable_status(root, True)
+    data = box.volume("srv-data")
+    user_data = base64.b64encode(b"#cloud-config\nhostname: moved\n").decode()
+    server = c.compute.create_server(
+        name="srv-app", flavor_id=admin.compute.find_flavor("m1.tiny").id,
+        networks=[{"port": front.id}, {"port": back.id}],
+        block_device_mapping=[{"uuid": root.id, "source_type": "volume",
+                               "destination_type": "volume", "boot_index": 0,
+                               "delete_on_termination": False}],
+        key_name=key.name, metadata={"role": "web", "tier": "front"}, tags=["prod", "web"],
+        user_data=user_data, scheduler_hints={"group": sgroup.id},
+    )
+
+    def delete_server() -> None:
+        admin.compute.delete_server(server)
+        admin.compute.wait_for_delete(server, interval=1, wait=WAIT)
+
+    undo.append(delete_server)
+    server = admin.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"],
+                                           interval=1, wait=WAIT)
+    c.compute.create_volume_attachment(server, volume_id=data.id, tag="db",
+                                       delete_on_termination=True)
+    wait_status(admin, data.id, ("in-use",))
+
+    found = find_server(admin.compute, box.ids["src"], "srv-app")
+    assert found.id == server.id
+    record = gather(admin, found)
+
+    assert (record.boot, record.image_id) == ("volume", None)
+    assert record.boot_volume is not None and record.boot_volume.volume_id == root.id
+    assert record.boot_volume.delete_on_termination is False
+    (extra,) = record.data_volumes
+    assert (extra.volume_id, extra.delete_on_termination, extra.tag) == (data.id, True, "db")
+    assert [a.volume_id for a in record.attachments] == [root.id, data.id]  # device order
+    assert record.flavor["original_name"] == "m1.tiny"
+    assert {k: record.flavor[k] for k in ("vcpus", "ram", "disk")} == {
+        "vcpus": 1, "ram": 512, "disk": 1}
+    ports = {p.name: p for p in record.ports}
+    assert set(ports) == {"front", "back"}
+    assert ports["front"].mac_address == "fa:16:3e:77:00:10"
+    assert [(f.subnet_id, f.ip_address) for f in ports["front"].fixed_ips] == [
+        (subnet.id, "10.77.0.10")]
+    assert ports["front"].security_group_ids == (group.id,)
+    assert [p["ip_address"] for p in ports["front"].allowed_address_pairs] == ["10.77.0.200"]
+    assert [(f.id, f.address) for f in ports["front"].floating_ips] == [
+        (fip.id, fip.floating_ip_address)]
+    assert ports["back"].floating_ips == ()
+    assert record.key_name == key.name
+    assert record.metadata == {"role": "web", "tier": "front"}
+    assert sorted(record.tags or ()) == ["prod", "web"]
+    assert [(g.id, g.policy) for g in record.server_groups] == [
+        (sgroup.id, "soft-anti-affinity")]
+    assert record.user_data == user_data
+    assert record.compute_host  # where an image-booted server's disk would be read
+    assert any("personality" in line for line in record.not_carried)
