@@ -15,9 +15,10 @@ in one go so the rates compare on a noisy machine:
 3. ``stackhop rollback`` through the proxy, re-run until 0; the listing again
    counts what is left.
 
-With ``--kills N``, then N trials of ``kill -9`` of a plain import at a random
-moment (up to the longest import seen), re-run until it exits 0, every other
-trial with the journal deleted first; duplicates, missing groups and verify
+With ``--kills N``, then trials of ``kill -9`` of a plain import at a random
+moment (up to the longest import seen) until N of them killed it before its end
+(``chaos_common.kill_trials``: half with the journal kept, half with it deleted),
+each re-run until it exits 0; duplicates, missing groups and verify
 are checked, then the rollback. With the journal lost, the re-run finds what
 the killed run made by its marker and keeps it without a journal row of its
 own, so the rollback of the re-run leaves it (reported, not a failure: the
@@ -38,6 +39,7 @@ re-run completes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -45,6 +47,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -56,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from chaos_common import (  # noqa: E402
     dst_listing,
+    kill_trials,
     remove_security_group_tenant,
     results_name,
     save_results,
@@ -113,20 +117,18 @@ def _one_rate(rate: float, seed: int, made: dict[str, Any], work: Path,
 
 
 def _kill_trial(
-    trial: int, rng: random.Random, made: dict[str, Any], work: Path, longest: float,
-    keep_journal: bool, max_runs: int,
+    made: dict[str, Any], work: Path, *, at: float, keep: bool, max_runs: int,
 ) -> dict[str, Any]:
     """``kill -9`` of an import at a random moment, then re-runs (the journal kept or deleted)."""
     env = {**os.environ,
            "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    archive, journal = work / "kill.tar.zst", work / f"kill-{trial}.sqlite"
+    archive, journal = work / "kill.tar.zst", work / f"kill-{time.monotonic_ns()}.sqlite"
     selection = ["--security-groups", "--quotas"]
     if not archive.exists():
         subprocess.run([sys.executable, "-m", "stackhop.cli.main", "export", "--from", "src",
                         "-o", str(archive), *selection, "--project", made["name"]],
                        env=env, check=True, capture_output=True)
     argv = ["--journal", str(journal), "import", "--to", "dst", str(archive), *selection]
-    at = rng.uniform(0.2, longest)
     with subprocess.Popen([sys.executable, "-m", "stackhop.cli.main", *argv], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         try:
@@ -136,9 +138,9 @@ def _kill_trial(
             proc.send_signal(signal.SIGKILL)  # our own child, by its handle
             proc.wait()
             finished_first = False
-    if not keep_journal:
+    if not keep:
         journal.unlink(missing_ok=True)
-    row: dict[str, Any] = {"trial": trial, "journal": "kept" if keep_journal else "deleted",
+    row: dict[str, Any] = {"journal": "kept" if keep else "deleted",
                            "killed_at_s": round(at, 2), "finished_before_kill": finished_first}
     row["rerun"] = until_zero(env, argv, max_runs)
     marks, rules = dst_listing(made)
@@ -190,10 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(_one_rate(rate, args.seed, made, Path(tmp), args.max_runs))
                 print(json.dumps(rows[-1]), flush=True)
             longest = max([r["import"]["seconds"] for r in rows] or [20.0])
-            for trial in range(args.kills):
-                kills.append(_kill_trial(trial, rng, made, Path(tmp), longest,
-                                         keep_journal=trial % 2 == 0, max_runs=args.max_runs))
-                print(json.dumps(kills[-1]), flush=True)
+            kills += kill_trials(args.kills, "both", rng, longest, functools.partial(
+                _kill_trial, made, Path(tmp), max_runs=args.max_runs))
     finally:
         remove_security_group_tenant(made)
     ok = all(

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +166,36 @@ def dst_listing(made: dict[str, Any]) -> tuple[Counter[str], Counter[tuple[Any, 
         if r["security_group_id"] in ids
     )
     return marks, rules
+
+
+def kill_trials(kills: int, journal: str, rng: Any, window: float,
+                trial: Callable[[float, bool], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials until ``kills`` of them killed the command before its end (``--kills``).
+
+    ``trial(at, keep)`` kills the command ``at`` seconds in, keeping its journal or not,
+    and returns its row (``finished_before_kill`` true when the command was done by then).
+    With ``journal`` ``both``, half the kills keep the journal and half delete it. A trial
+    that came too late is kept in the rows but does not count, and the window (seconds
+    drawn from, at first the uninterrupted run's) shrinks to 80 % of that moment; at most
+    ``3 * kills`` trials.
+    """
+    wanted = {"kept": 0, "deleted": 0}
+    if journal == "both":
+        wanted["kept"], wanted["deleted"] = kills - kills // 2, kills // 2
+    else:
+        wanted[journal] = kills
+    done = {"kept": 0, "deleted": 0}
+    rows: list[dict[str, Any]] = []
+    while done != wanted and len(rows) < 3 * kills:
+        keep = wanted["kept"] - done["kept"] >= wanted["deleted"] - done["deleted"]
+        at = rng.uniform(0.5, max(1.0, window))
+        rows.append(trial(at=at, keep=keep))
+        print(json.dumps(rows[-1]), flush=True)
+        if rows[-1]["finished_before_kill"]:
+            window = max(1.0, 0.8 * at)
+        else:
+            done["kept" if keep else "deleted"] += 1
+    return rows
 
 
 def results_name(stem: str, label: str | None) -> str:

@@ -9,8 +9,9 @@ Per command, one uninterrupted run measures how long a run takes (and is undone)
    seed left it);
 2. the command starts with a fresh journal and is ``kill -9``-ed (by its ``Popen``
    handle) after a seeded random delay up to the uninterrupted run's time;
-3. the killed run's journal is kept, or deleted (every other trial, or as ``--journal``
-   says): the re-run then knows nothing of it;
+3. the killed run's journal is kept, or deleted (half the kills each, or as ``--journal``
+   says): the re-run then knows nothing of it; a trial whose command was done before its
+   kill does not count, trials go on until ``--kills`` killed it (``chaos_common.kill_trials``);
 4. the same command is re-run until it exits 0 (``project migrate``: 0, or 10 for frank's
    keypair, the seed's expected conflict, with every phase done), at most ``--max-runs``;
    every stop before must be one line (no traceback);
@@ -53,6 +54,7 @@ deleted.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -70,7 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from chaos_common import results_name, save_results  # noqa: E402
+from chaos_common import kill_trials, results_name, save_results  # noqa: E402
 from testbed import layout, outputs  # noqa: E402
 
 for _line in outputs.env_lines():  # the testbed's environment, as `source env.sh` gives it
@@ -656,11 +658,9 @@ def main(argv: list[str] | None = None) -> int:
                 uninterrupted = _baseline(subject, env, work)
                 print(json.dumps({"uninterrupted": uninterrupted}), flush=True)
                 baselines[command] = uninterrupted["rerun"]["seconds"]
-                for trial in range(args.kills):
-                    at = rng.uniform(0.5, max(1.0, baselines[command]))
-                    keep = trial % 2 == 0 if args.journal == "both" else args.journal == "kept"
-                    rows.append(_trial(subject, env, work, at, keep, args.max_runs))
-                    print(json.dumps(rows[-1]), flush=True)
+                rows += kill_trials(
+                    args.kills, args.journal, rng, baselines[command],
+                    functools.partial(_trial, subject, env, work, max_runs=args.max_runs))
             finally:
                 subject.close()
     ok = bool(rows) and all(_ok(r) for r in rows)

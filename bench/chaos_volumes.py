@@ -8,8 +8,10 @@ takes, and ``--kills`` trials each:
 
 1. start ``stackhop volumes copy --all --method M`` with a fresh journal and
    ``kill -9`` it after a random delay (up to the uninterrupted run's time);
-2. every other trial deletes the journal (the re-run knows nothing), or every
-   trial (``--journal deleted``), or none (``--journal kept``);
+2. half the kills delete the journal (the re-run knows nothing), or every
+   one (``--journal deleted``), or none (``--journal kept``); a trial whose copy was done
+   before its kill does not count, trials go on until ``--kills`` killed it
+   (``chaos_common.kill_trials``);
 3. re-run until it exits 0 (at most ``--max-runs``), then count, per source
    volume, the destination volumes carrying its marker (a duplicate is a
    failure) and read each back from its backend: its content digest must be
@@ -32,7 +34,7 @@ with the journal kept and deleted.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import random
 import signal
@@ -47,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from chaos_common import results_name, save_results  # noqa: E402
+from chaos_common import kill_trials, results_name, save_results  # noqa: E402
 from testbed import outputs  # noqa: E402
 
 for _line in outputs.env_lines():  # the testbed's environment, as `source env.sh` gives it
@@ -228,12 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                 first = _until_zero(env, _copy_argv(box, journal, method, names), 1)
                 baselines[method] = first["seconds"]
                 _clear_dst(box, env, journal)
-                for trial in range(args.kills):
-                    at = rng.uniform(0.5, max(1.0, first["seconds"]))
-                    keep = trial % 2 == 0 if args.journal == "both" else args.journal == "kept"
-                    rows.append(_trial(box, env, method, sources, names, work, at,
-                                       keep=keep, max_runs=args.max_runs))
-                    print(json.dumps(rows[-1]), flush=True)
+                rows += kill_trials(
+                    args.kills, args.journal, rng, first["seconds"],
+                    functools.partial(_trial, box, env, method, sources, names, work,
+                                      max_runs=args.max_runs))
     finally:
         _drop_snapshots(box, "src")
         box.close()

@@ -182,6 +182,36 @@ def test_locations_killed_at_each_step_converges_on_rerun(
     assert ours == [image["id"]]
 
 
+def test_locations_killed_with_the_journal_lost_puts_protection_and_deactivation_back(
+    legacy_images: LegacyImages, tmp_path: Path
+) -> None:
+    """The move reactivated and protected a deactivated image, then was killed and its
+    journal lost: the re-run (a fresh journal) learns from the image itself what to put
+    back. Before the marks, the image stayed active and protected."""
+    image = legacy_images.create("killed-deactivated", 6 * MIB, deactivated=True,
+                                 protected=False)
+    env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(layout.CLOUDS_YAML)}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, "added",
+         *_move_args(tmp_path / "lost.sqlite", image["id"])],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    mid = glance_json(legacy_images.conn, image["id"])
+    assert mid is not None and mid["status"] == "active" and mid["protected"] is True
+    (tmp_path / "lost.sqlite").unlink()
+
+    rerun = subprocess.run([sys.executable, "-m", "stackhop.cli.main",
+                            *_move_args(tmp_path / "fresh.sqlite", image["id"])],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    after = glance_json(legacy_images.conn, image["id"])
+    assert after is not None
+    assert after["status"] == "deactivated" and after["protected"] is False
+    assert not [k for k in after if k.startswith("stackhop_move")], after
+    assert _portable(after) == _portable(image), "only the location may change"
+    _assert_moved(legacy_images, image)
+
+
 def test_locations_flipped_byte_in_the_rbd_copy_stops_before_the_add(
     legacy_images: LegacyImages, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,7 +11,9 @@ store this way. Per image:
 1. journal the image's original protection, status, hash, checksum, size
    and locations (the row's ``before``);
 2. protect it (and reactivate a deactivated one: Glance changes locations
-   of ``active`` images only);
+   of ``active`` images only), noting on the image what the move changed
+   (``stackhop_move_protected``, ``stackhop_move_deactivated``) in the same
+   call, so that a re-run whose journal was lost puts it back too;
 3. write its data, downloaded through Glance and hashed against
    ``os_hash_value`` while it streams, into the RBD image named after the
    image ID, then snapshot ``snap`` and protect it, as Glance's driver does
@@ -50,8 +52,15 @@ from urllib.parse import urlparse
 
 from stackhop.errors import CapabilityError, ConfigError, IntegrityError
 from stackhop.events import Event, EventSink, EventType, NullSink
-from stackhop.images.common import JSON_PATCH, import_methods, set_protected
-from stackhop.images.move_store import MovePlan, MoveResult, resuming, run_moves
+from stackhop.images.common import JSON_PATCH, import_methods
+from stackhop.images.move_store import (
+    PROTECTED_BY_MOVE,
+    MovePlan,
+    MoveResult,
+    protected_by_move,
+    resuming,
+    run_moves,
+)
 from stackhop.images.rbd_store import GlanceRbdStore
 from stackhop.journal import Journal
 from stackhop.kinds.rest import call
@@ -64,6 +73,10 @@ KIND = "glance.image-location"
 """The journal kind of a location move (one row per image and pair of stores)."""
 
 TARGETS = ("rbd",)
+
+DEACTIVATED_BY_MOVE = "stackhop_move_deactivated"
+"""The property on a deactivated image a move reactivated (Glance changes the locations of
+active images only), so that a re-run without the journal deactivates it again."""
 
 
 class LocationMoveKind(TaskKind):
@@ -86,6 +99,11 @@ def location_urls(image: dict[str, Any]) -> list[str]:
 def shows_locations(image: dict[str, Any]) -> bool:
     """Whether Glance shows this image's locations (``show_multiple_locations``)."""
     return "locations" in image
+
+
+def left_by_move(image: dict[str, Any]) -> bool:
+    """Whether a move protected or reactivated the image and has not put it back."""
+    return protected_by_move(image) or DEACTIVATED_BY_MOVE in image
 
 
 def check_locations_method(cloud: str, images: Sequence[dict[str, Any]], to_store: str) -> None:
@@ -112,7 +130,9 @@ def plan_location_moves(images: Sequence[dict[str, Any]], from_store: str,
     for image in images:
         name = image.get("name") or ""
         stores = {location_store(u) for u in location_urls(image)}
-        if stores == {to_store}:
+        if left_by_move(image):  # a move started (its journal maybe lost): finish it
+            plans.append(MovePlan(image["id"], name, "move", "finish an unfinished move"))
+        elif stores == {to_store}:
             plans.append(MovePlan(image["id"], name, "skip", f"already in {to_store}"))
         elif image.get("status") not in ("active", "deactivated"):
             plans.append(MovePlan(image["id"], name, "error",
@@ -190,6 +210,8 @@ class LocationMover:
         return self._key(image_id)
 
     def skip_reason(self, image: dict[str, Any]) -> str | None:
+        if left_by_move(image):
+            return None  # moved, maybe, but its flags are still the move's
         if {location_store(u) for u in location_urls(image)} == {self.to_store}:
             return f"already in {self.to_store}"
         return None
@@ -205,12 +227,14 @@ class LocationMover:
         image = self._image(image_id)
         target = self.store.location(image_id)
         urls = location_urls(image)
-        started = resuming(row)
+        # Without a row (the journal lost), the image's own properties say that a move
+        # protected or reactivated it: the move is finished, and they are put back.
+        started = resuming(row) or left_by_move(image)
         if not started:
             self._check_movable(image)
-        before = (row.before if started and row and row.before else None) or {
-            "protected": bool(image.get("protected")),
-            "status": image.get("status"),
+        before = (row.before if resuming(row) and row and row.before else None) or {
+            "protected": bool(image.get("protected")) and not protected_by_move(image),
+            "status": "deactivated" if DEACTIVATED_BY_MOVE in image else image.get("status"),
             "os_hash_algo": image.get("os_hash_algo"),
             "os_hash_value": image.get("os_hash_value"),
             "checksum": image.get("checksum"),
@@ -219,10 +243,16 @@ class LocationMover:
         }
         ctx.stage("pending", before, destination_id=image_id)
         self._step(image_id, "pending")
+        marks: list[dict[str, Any]] = []
+        if not image.get("protected"):
+            marks += [{"op": "replace", "path": "/protected", "value": True},
+                      {"op": "add", "path": f"/{PROTECTED_BY_MOVE}", "value": "true"}]
+        if image.get("status") == "deactivated" and DEACTIVATED_BY_MOVE not in image:
+            marks.append({"op": "add", "path": f"/{DEACTIVATED_BY_MOVE}", "value": "true"})
+        if marks:  # one call, before the reactivation: the image says what to put back
+            _patch(self.service, image_id, marks)
         if image.get("status") == "deactivated":
             call(self.service, "POST", f"/images/{image_id}/actions/reactivate")
-        if not image.get("protected"):
-            set_protected(self.service, image_id, True)
         ctx.stage("prepared")
         self._step(image_id, "prepared")
         if target not in urls:
@@ -377,12 +407,17 @@ class LocationMover:
                                  "old location was kept, investigate before re-running")
 
     def _restore(self, image_id: str, before: dict[str, Any]) -> None:
-        """Put the image's own protection and deactivation back."""
+        """Put the image's own protection and deactivation back, then drop the move's marks."""
         image = self._image(image_id)
-        if bool(image.get("protected")) != bool(before["protected"]):
-            set_protected(self.service, image_id, bool(before["protected"]))
         if before.get("status") == "deactivated" and image.get("status") == "active":
             call(self.service, "POST", f"/images/{image_id}/actions/deactivate")
+        ops: list[dict[str, Any]] = []
+        if bool(image.get("protected")) != bool(before["protected"]):
+            ops.append({"op": "replace", "path": "/protected", "value": bool(before["protected"])})
+        ops += [{"op": "remove", "path": f"/{mark}"}
+                for mark in (PROTECTED_BY_MOVE, DEACTIVATED_BY_MOVE) if mark in image]
+        if ops:
+            _patch(self.service, image_id, ops)
         self._step(image_id, "restored")
 
     def _emit(self, type_: EventType, run_id: str | None, **fields: Any) -> None:
