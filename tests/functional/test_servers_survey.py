@@ -1,9 +1,10 @@
-"""The gather step of ``servers migrate`` against the testbed's real Nova, Neutron, Cinder.
+"""``servers migrate``'s gather and preflight steps on the testbed's Nova, Neutron, Cinder.
 
 A server booted from a volume, with a data volume (deleted with the server, tagged), two
 ports (one with a floating IP, allowed address pairs and its own security group), a
 server group, a keypair, metadata, tags and user data: everything read back as the
 source's APIs show it, the boot volume told from the data volume by the root device.
+Then checked against dst: unmapped networks and groups, a fixed IP taken, a quota full.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 from tests.functional.volumes_support import Sandbox, wait_status
 
+from stackhop.resolve import Resolver
 from stackhop.servers.gather import find_server, gather
+from stackhop.servers.preflight import preflight
 
 pytestmark = pytest.mark.functional
 
@@ -38,7 +41,7 @@ def box(testbed: Any) -> Iterator[Sandbox]:
         sandbox.close()
 
 
-def test_gather_reads_a_volume_booted_server_with_ports_fip_group_and_volumes(
+def test_gather_then_preflight_a_volume_booted_server_with_ports_fip_group_and_volumes(
     box: Sandbox,
 ) -> None:
     admin, c = box.src, box.scoped("src")
@@ -130,3 +133,59 @@ def test_gather_reads_a_volume_booted_server_with_ports_fip_group_and_volumes(
     assert record.user_data == user_data
     assert record.compute_host  # where an image-booted server's disk would be read
     assert any("personality" in line for line in record.not_carried)
+
+    # Preflight on dst: nothing is mapped yet.
+    dst_admin, d = box.dst, box.scoped("dst")
+    unmapped = preflight(dst_admin, box.ids["dst"], [record], Resolver("dst"))
+    problems = "\n".join(unmapped.all_problems)
+    assert "is not mapped" in problems and f"server group 'srv-group' ({sgroup.id})" in problems
+    assert "flavor" not in problems  # m1.tiny is on dst with the same shape
+
+    # Mapped by the operator's maps; the front address taken on dst, no instance left.
+    dnet = d.network.create_network(name="srv-net")
+    undo.append(lambda: dst_admin.network.delete_network(dnet))
+    dsub = d.network.create_subnet(network_id=dnet.id, cidr="10.77.0.0/24", ip_version=4)
+    undo.append(lambda: dst_admin.network.delete_subnet(dsub))
+    dgroup = d.network.create_security_group(name="srv-web")
+    undo.append(lambda: dst_admin.network.delete_security_group(dgroup))
+    dsgroup = d.compute.create_server_group(name="srv-group", policy="soft-anti-affinity")
+    undo.append(lambda: dst_admin.compute.delete_server_group(dsgroup))
+    squatter = d.network.create_port(network_id=dnet.id, fixed_ips=[
+        {"subnet_id": dsub.id, "ip_address": "10.77.0.10"}])
+    undo.append(lambda: dst_admin.network.delete_port(squatter))
+    dst_admin.compute.update_quota_set(box.ids["dst"], instances=0)
+    # dst has no external network of its own (the seed makes none there): one for the test.
+    dpublic = dst_admin.network.create_network(
+        name="srv-public", is_router_external=True, provider_network_type="flat",
+        provider_physical_network="physnet1")
+    undo.append(lambda: dst_admin.network.delete_network(dpublic))
+    maps = {"neutron.network": {net.id: dnet.id, public.id: dpublic.id},
+            "neutron.subnet": {subnet.id: dsub.id},
+            "neutron.security_group": {group.id: dgroup.id, **{
+                g: next(dst_admin.network.security_groups(project_id=box.ids["dst"],
+                                                          name="default")).id
+                for g in ports["back"].security_group_ids}},  # the projects' default groups
+            "nova.server_group": {sgroup.id: dsgroup.id}}
+    wrong = preflight(dst_admin, box.ids["dst"], [record], Resolver("dst", maps={
+        **maps, "neutron.network": {net.id: dnet.id, public.id: dnet.id}}))
+    assert [p for p in wrong.all_problems if "floating IP" in p] == [
+        f"server {server.id}: floating IP {fip.floating_ip_address}: its network maps to "
+        f"{dnet.id}, not an external network on the destination"]
+    blocked = preflight(dst_admin, box.ids["dst"], [record], Resolver("dst", maps=maps))
+    assert len(blocked.all_problems) == 2, blocked.all_problems
+    assert "10.77.0.10 is taken on the destination by port " + squatter.id in (
+        blocked.all_problems[1])
+    assert blocked.all_problems[0].startswith("the destination project's instances quota is 0")
+
+    dst_admin.network.delete_port(squatter)
+    dst_admin.compute.update_quota_set(box.ids["dst"], instances=10)
+    ready = preflight(dst_admin, box.ids["dst"], [record], Resolver("dst", maps=maps))
+    assert ready.ok, ready.all_problems
+    (plan,) = ready.servers
+    assert plan.flavor_id == dst_admin.compute.find_flavor("m1.tiny").id
+    assert plan.server_group_ids == [dsgroup.id]
+    front_plan = next(p for p in plan.ports if p.source_id == front.id)
+    assert front_plan.network_id == dnet.id
+    assert front_plan.fixed_ips == ((dsub.id, "10.77.0.10"),)
+    assert front_plan.security_group_ids == (dgroup.id,)
+    assert front_plan.mac_address == "fa:16:3e:77:00:10"
