@@ -65,6 +65,30 @@ POSTGRES_PORT = 35432
 
 
 @dataclass(frozen=True)
+class ComputeHost:
+    """One nova-compute of the testbed, and the ssh "compute host" of the same name.
+
+    The testbed's fake driver keeps each image-booted instance's root disk at
+    ``<instances_path>/<uuid>/disk``, as libvirt does
+    (``testbed/openstack/shims/stackhop_fake_disk.py``); an sshd on
+    :attr:`ssh_port` named like the host reaches those files
+    (``testbed/infra/sshhost.py``).
+    """
+
+    #: Nova's ``host`` (``OS-EXT-SRV-ATTR:host``), and the host's name in ``ssh_config``.
+    name: str
+    cloud: str
+    #: Nova's ``state_path`` on this compute.
+    state_path: Path
+    ssh_port: int
+
+    @property
+    def instances_path(self) -> Path:
+        """Nova's ``instances_path``: a directory per instance, named by its UUID."""
+        return self.state_path / "instances"
+
+
+@dataclass(frozen=True)
 class CloudLayout:
     """Everything that differs between the ``src`` and ``dst`` clouds."""
 
@@ -147,6 +171,21 @@ class CloudLayout:
         return f"{self.name}-compute"
 
     @property
+    def compute(self) -> ComputeHost:
+        """This cloud's nova-compute (host :attr:`compute_host`); its sshd on ``ssh_port + 1``."""
+        return ComputeHost(self.compute_host, self.name, self.data / "nova", self.ssh_port + 1)
+
+    @property
+    def legacy_compute(self) -> ComputeHost:
+        """The second nova-compute of a cloud in :data:`LEGACY_CLOUDS` (``src-legacy-compute``).
+
+        See ``testbed/openstack/nova_legacy.py``; its sshd is on ``ssh_port + 2``.
+        """
+        return ComputeHost(
+            f"{self.name}-legacy-compute", self.name, self.data / "nova_legacy", self.ssh_port + 2
+        )
+
+    @property
     def volume_host(self) -> str:
         """Host of this cloud's Cinder services; backends are ``<host>@ceph``, ``<host>@file``."""
         return f"{self.name}-volume"
@@ -194,6 +233,15 @@ DST = CloudLayout(
     ssh_port=22122,
 )
 CLOUDS: tuple[CloudLayout, ...] = (SRC, DST)
+#: The clouds with a legacy single-store Glance and a legacy Nova pair (only src: one is
+#: enough to test against); see testbed/openstack/glance_legacy.py and nova_legacy.py.
+LEGACY_CLOUDS: tuple[CloudLayout, ...] = (SRC,)
+#: Every nova-compute of the testbed (src-compute, src-legacy-compute, dst-compute).
+COMPUTE_HOSTS: tuple[ComputeHost, ...] = (
+    SRC.compute,
+    *(c.legacy_compute for c in LEGACY_CLOUDS),
+    DST.compute,
+)
 
 
 def cloud(name: str) -> CloudLayout:

@@ -88,11 +88,14 @@ def _image_backends(c: layout.CloudLayout) -> dict:
 def storage_map() -> dict:
     """stackhop's storage map for the testbed: each cloud's Cinder backends and how to reach them.
 
-    The format is documented in ``docs/volumes.md``. The ``ceph`` backend is
-    reached with the rbd tools on this host; the ``file`` backend through the
-    cloud's storage host over ssh, where each volume is a file in the share.
-    The legacy Glance's cloud (``src-legacy``) lists its RBD image store
-    (``glance-rbd``; docs/images.md).
+    The format is documented in ``docs/volumes.md`` and ``stackhop.volumes.storage``.
+    The ``ceph`` backend is reached with the rbd tools on this host; the
+    ``file`` backend through the cloud's storage host over ssh, where each
+    volume is a file in the share. ``compute`` names each nova-compute of the
+    cloud (``src-compute``, ``src-legacy-compute``) with its ssh compute host
+    and ``instances_path``, where an image-booted server's root disk is
+    ``<instances_path>/<uuid>/disk``. The legacy Glance's cloud
+    (``src-legacy``) lists its RBD image store (``glance-rbd``; docs/images.md).
     """
     from testbed.openstack import glance_legacy
 
@@ -113,6 +116,11 @@ def storage_map() -> dict:
                 # Both storage hosts are this machine: the client's ssh config reaches the
                 # other one from there too, so the stream method can send host to host.
                 "direct_ssh_config": str(layout.SSH_DIR / "ssh_config"),
+            },
+            "compute": {
+                h.name: {"ssh_host": h.name, "instances_path": str(h.instances_path)}
+                for h in layout.COMPUTE_HOSTS
+                if h.cloud == c.name
             },
         }
     for c in glance_legacy.CLOUDS:

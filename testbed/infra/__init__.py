@@ -17,5 +17,5 @@ def components() -> list[Component]:
         slapd.component(),
         postgresql.component(),
         *(ceph.component(c) for c in layout.CLOUDS),
-        *(sshhost.component(c) for c in layout.CLOUDS),
+        *sshhost.components(),
     ]

@@ -1,12 +1,18 @@
-"""The storage hosts ``src-storage`` and ``dst-storage``: an sshd per cloud on loopback.
+"""The testbed's ssh hosts: an sshd per storage host and per compute host, on loopback.
 
-Volume streaming runs commands on a cloud's storage host over ssh. On the
-testbed both hosts are this machine, each an ``sshd`` with its own port, host
-key and configuration, so a client that connects to the wrong one, or accepts
-an unknown host key, is caught. Under ``layout.SSH_DIR`` the client side is
-generated: a key (``id_ed25519``), a ``known_hosts`` with both host keys, and
-an ``ssh_config`` naming both hosts (``ssh -F ssh_config src-storage``).
-Sessions get ``CEPH_CONF`` and ``STACKHOP_FILE_BACKEND_DIR`` of their cloud.
+Volume streaming runs commands on a cloud's *storage host* over ssh
+(``src-storage``, ``dst-storage``); copying an image-booted server's root
+disk reads it on its *compute host*, named exactly like Nova's compute host
+(``src-compute``, ``src-legacy-compute``, ``dst-compute``; see
+:class:`testbed.layout.ComputeHost`). On the testbed every host is this
+machine, each an ``sshd`` with its own port, host key and configuration, so a
+client that connects to the wrong one (a storage host for a compute host, or
+the other cloud's), or accepts an unknown host key, is caught. Under
+``layout.SSH_DIR`` the client side is generated: a key (``id_ed25519``), a
+``known_hosts`` with every host key, and an ``ssh_config`` naming every host
+(``ssh -F ssh_config src-compute``). Sessions get their host's variables:
+``CEPH_CONF`` and ``STACKHOP_FILE_BACKEND_DIR`` of its cloud on a storage
+host, ``NOVA_INSTANCES_PATH`` of its nova-compute on a compute host.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from testbed import layout
@@ -29,25 +36,65 @@ SSH_CONFIG = layout.SSH_DIR / "ssh_config"
 PRIVSEP_DIR = Path("/run/sshd")
 
 
-def component_name(c: layout.CloudLayout) -> str:
-    return f"ssh-{c.name}"
+@dataclass(frozen=True)
+class Host:
+    """One ssh host of the testbed: an sshd on ``layout.HOST:port`` with a key of its own."""
+
+    #: The host's name in ``ssh_config`` and ``known_hosts``.
+    name: str
+    port: int
+    #: Its key, sshd_config, authorized keys and pid file.
+    dir: Path
+    #: The testbed component running its sshd.
+    component: str
+    #: What it stands for, as the first line of its sshd_config says.
+    role: str
+    #: ``SetEnv`` of its sessions.
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def host_key(self) -> Path:
+        return self.dir / "ssh_host_ed25519_key"
+
+    @property
+    def sshd_config(self) -> Path:
+        return self.dir / "sshd_config"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.dir / "authorized_keys"
 
 
-def host_dir(c: layout.CloudLayout) -> Path:
-    """Where the storage host's sshd keeps its key, config, authorized keys and pid file."""
-    return c.dir / "sshd"
+def storage_host(c: layout.CloudLayout) -> Host:
+    """The storage host of cloud ``c`` (``src-storage``; component ``ssh-src``)."""
+    return Host(
+        name=c.ssh_host,
+        port=c.ssh_port,
+        dir=c.dir / "sshd",
+        component=f"ssh-{c.name}",
+        role=f"storage host {c.ssh_host} of the {c.name} cloud",
+        env={"CEPH_CONF": str(c.ceph_conf), "STACKHOP_FILE_BACKEND_DIR": str(c.file_backend_dir)},
+    )
 
 
-def host_key(c: layout.CloudLayout) -> Path:
-    return host_dir(c) / "ssh_host_ed25519_key"
+def compute_host(h: layout.ComputeHost) -> Host:
+    """The compute host of one nova-compute (``src-compute``; component ``ssh-src-compute``)."""
+    return Host(
+        name=h.name,
+        port=h.ssh_port,
+        dir=layout.cloud(h.cloud).dir / f"sshd-{h.name}",
+        component=f"ssh-{h.name}",
+        role=f"compute host {h.name} of the {h.cloud} cloud",
+        env={"NOVA_INSTANCES_PATH": str(h.instances_path)},
+    )
 
 
-def sshd_config(c: layout.CloudLayout) -> Path:
-    return host_dir(c) / "sshd_config"
-
-
-def authorized_keys(c: layout.CloudLayout) -> Path:
-    return host_dir(c) / "authorized_keys"
+def hosts() -> list[Host]:
+    """Every ssh host of the testbed: the storage hosts, then the compute hosts."""
+    return [
+        *(storage_host(c) for c in layout.CLOUDS),
+        *(compute_host(h) for h in layout.COMPUTE_HOSTS),
+    ]
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -68,18 +115,18 @@ def _pub(key: Path) -> Path:
     return key.with_name(key.name + ".pub")
 
 
-def _public_key(path: Path) -> str:
-    return _pub(path).read_text().strip()
+def public_key(key: Path) -> str:
+    """The public half of a key made here (``<key>.pub``), one line."""
+    return _pub(key).read_text().strip()
 
 
-def _sshd_config_text(c: layout.CloudLayout) -> str:
-    d = host_dir(c)
-    return "\n".join([
-        f"# storage host {c.ssh_host} of the {c.name} cloud (stackhop testbed)",
-        f"ListenAddress {layout.HOST}:{c.ssh_port}",
-        f"HostKey {host_key(c)}",
-        f"PidFile {d / 'sshd.pid'}",
-        f"AuthorizedKeysFile {authorized_keys(c)}",
+def _sshd_config_text(h: Host) -> str:
+    lines = [
+        f"# {h.role} (stackhop testbed)",
+        f"ListenAddress {layout.HOST}:{h.port}",
+        f"HostKey {h.host_key}",
+        f"PidFile {h.dir / 'sshd.pid'}",
+        f"AuthorizedKeysFile {h.authorized_keys}",
         "PermitRootLogin prohibit-password",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
@@ -92,24 +139,24 @@ def _sshd_config_text(c: layout.CloudLayout) -> str:
         "MaxStartups 100:30:200",
         "MaxSessions 64",
         "ClientAliveInterval 30",
-        f"SetEnv CEPH_CONF={c.ceph_conf} STACKHOP_FILE_BACKEND_DIR={c.file_backend_dir}",
-        "Subsystem sftp /usr/lib/openssh/sftp-server",
-        "",
-    ])
+    ]
+    if h.env:
+        lines.append("SetEnv " + " ".join(f"{k}={v}" for k, v in h.env.items()))
+    return "\n".join([*lines, "Subsystem sftp /usr/lib/openssh/sftp-server", ""])
 
 
 def _client_files() -> None:
-    """Client key, both host keys, known_hosts and ssh_config (shared by both hosts)."""
+    """Client key, every host key, known_hosts and ssh_config (shared by all hosts)."""
     layout.SSH_DIR.mkdir(parents=True, exist_ok=True)
     _keygen(CLIENT_KEY, "stackhop-testbed-client")
-    hosts, config = [], []
-    for c in layout.CLOUDS:
-        _keygen(host_key(c), f"{c.ssh_host}-host")
-        hosts.append(f"{c.ssh_host},[{layout.HOST}]:{c.ssh_port} {_public_key(host_key(c))}")
+    known, config = [], []
+    for h in hosts():
+        _keygen(h.host_key, f"{h.name}-host")
+        known.append(f"{h.name},[{layout.HOST}]:{h.port} {public_key(h.host_key)}")
         config += [
-            f"Host {c.ssh_host}",
+            f"Host {h.name}",
             f"    HostName {layout.HOST}",
-            f"    Port {c.ssh_port}",
+            f"    Port {h.port}",
             "    User root",
             f"    IdentityFile {CLIENT_KEY}",
             "    IdentitiesOnly yes",
@@ -119,18 +166,18 @@ def _client_files() -> None:
             "    BatchMode yes",
             "",
         ]
-    write_file(KNOWN_HOSTS, "\n".join(hosts) + "\n")
+    write_file(KNOWN_HOSTS, "\n".join(known) + "\n")
     write_file(SSH_CONFIG, "\n".join(config))
 
 
-def _setup(c: layout.CloudLayout) -> None:
-    # Both hosts' components write the shared client files: one at a time.
+def _setup(h: Host) -> None:
+    # Every host's component writes the shared client files: one at a time.
     with component_lock("ssh-client"):
         _client_files()
-    write_file(authorized_keys(c), _public_key(CLIENT_KEY) + "\n", mode=0o600)
-    write_file(sshd_config(c), _sshd_config_text(c))
+    write_file(h.authorized_keys, public_key(CLIENT_KEY) + "\n", mode=0o600)
+    write_file(h.sshd_config, _sshd_config_text(h))
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
-    run(["/usr/sbin/sshd", "-t", "-f", str(sshd_config(c))])
+    run(["/usr/sbin/sshd", "-t", "-f", str(h.sshd_config)])
 
 
 def _banner(port: int, timeout: float = 2.0) -> bool:
@@ -142,17 +189,22 @@ def _banner(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def daemon(c: layout.CloudLayout) -> Daemon:
+def daemon(h: Host) -> Daemon:
     return Daemon(
-        name=component_name(c),
+        name=h.component,
         # -D: stay in the foreground; -e: log to stderr, i.e. the daemon's log.
-        argv=["/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_config(c))],
-        check=lambda: _banner(c.ssh_port),
+        argv=["/usr/sbin/sshd", "-D", "-e", "-f", str(h.sshd_config)],
+        check=lambda: _banner(h.port),
         ready_timeout=30,
         stop_timeout=10,
     )
 
 
-def component(c: layout.CloudLayout) -> Component:
-    """The storage host of cloud ``c`` (``ssh-src`` / ``ssh-dst``)."""
-    return LockedComponent(name=component_name(c), daemons=[daemon(c)], setup=lambda: _setup(c))
+def component(h: Host) -> Component:
+    """The sshd of host ``h`` (``ssh-src``, ``ssh-src-compute``, ...)."""
+    return LockedComponent(name=h.component, daemons=[daemon(h)], setup=lambda: _setup(h))
+
+
+def components() -> list[Component]:
+    """One component per ssh host."""
+    return [component(h) for h in hosts()]

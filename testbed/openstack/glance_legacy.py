@@ -39,7 +39,7 @@ from testbed.process import Daemon, run
 
 NAME = "glance_legacy"
 #: The clouds that have a legacy Glance (only src: one is enough to test against).
-CLOUDS: tuple[layout.CloudLayout, ...] = (layout.SRC,)
+CLOUDS: tuple[layout.CloudLayout, ...] = layout.LEGACY_CLOUDS
 #: Store types of the legacy Glance, as ``[glance_store] stores`` lists them.
 STORES = ("file", "rbd")
 DEFAULT_STORE = "file"

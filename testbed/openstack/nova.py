@@ -1,13 +1,20 @@
 """Nova of one cloud: API, conductor, scheduler and a fake-driver compute over RabbitMQ.
 
-Cells v2 with cell0 and cell1. The fake driver keeps servers as records
-only (no disks, no guests), so a server goes ACTIVE in seconds and its usage
-is recorded like on a real cloud. The schema work is its own component,
+Cells v2 with cell0 and cell1. The compute runs no guest: a server goes
+ACTIVE in seconds and its usage is recorded like on a real cloud. Its driver
+is Nova's fake one plus root disks (``shims/stackhop_fake_disk.py``, launched
+by ``shims/stackhop_nova_compute.py``): an image-booted server gets
+``<instances_path>/<uuid>/disk`` (the image's bytes, extended sparse to the
+flavor's root disk), read over ssh on the compute host of the same name
+(``src-compute``, :class:`testbed.layout.ComputeHost`); a volume-booted one
+gets none. Power states are kept in the instance directories, so stop and
+start work after the compute restarts. The schema work is its own component,
 ``nova-<cloud>-db``, so it runs while Keystone and Placement come up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +28,6 @@ from testbed.openstack.config import (
     common_sections,
     make_service_dirs,
     service_auth,
-    service_data,
     service_etc,
     write_ini,
 )
@@ -29,6 +35,10 @@ from testbed.process import Daemon, TestbedError, run
 
 NAME = "nova"
 API_DB, CELL0_DB, CELL1_DB = "nova_api", "nova_cell0", "nova_cell1"
+#: The compute driver: Nova's fake one keeping root disks (shims/stackhop_fake_disk.py).
+COMPUTE_DRIVER = "stackhop_fake_disk.DiskFakeDriver"
+#: Runs nova-compute with that driver importable where Nova looks (``nova.virt.*``).
+COMPUTE_LAUNCHER = "stackhop_nova_compute"
 
 
 @dataclass(frozen=True)
@@ -66,17 +76,19 @@ def _paste_ini() -> Path:
 
 def _write_config(c: layout.CloudLayout) -> bool:
     make_service_dirs(c, NAME)
-    data = service_data(c, NAME)
+    compute = c.compute  # its state_path is service_data(c, NAME), as for every service
     sections = _database_sections(c)
     sections["DEFAULT"].update(
         {
-            "host": c.compute_host,
+            "host": compute.name,
             "my_ip": layout.HOST,
-            "state_path": data,
+            "state_path": compute.state_path,
+            "instances_path": compute.instances_path,
             # FakeDriver itself invents a new node UUID in every process, so a
             # restarted nova-compute collides with its own compute node record;
-            # this subclass keeps the node identity in state_path like a real driver.
-            "compute_driver": "fake.FakeDriverWithoutFakeNodes",
+            # FakeDriverWithoutFakeNodes, which ours extends, keeps the node
+            # identity in state_path like a real driver.
+            "compute_driver": COMPUTE_DRIVER,
             # oslo.service waits up to 60 s for in-flight work on SIGTERM; a
             # testbed stops (and restarts after a config change) faster.
             "graceful_shutdown_timeout": 5,
@@ -177,6 +189,24 @@ def _create_flavors(c: layout.CloudLayout) -> None:
     done.mark()
 
 
+def compute_daemon_for(
+    name: str, c: layout.CloudLayout, host: str, config_files: Sequence[Path]
+) -> Daemon:
+    """A nova-compute of cloud ``c`` named ``host``, through :data:`COMPUTE_LAUNCHER`."""
+    return runtime.console_daemon(
+        name,
+        [str(layout.VENV_BIN / "python"), "-m", COMPUTE_LAUNCHER],
+        config_files,
+        runtime.heartbeat_check(name, c.db_name(CELL1_DB), "nova-compute", host),
+        env=runtime.service_env(),
+    )
+
+
+def compute_daemon(c: layout.CloudLayout) -> Daemon:
+    """``nova-compute-<cloud>`` (host ``<cloud>-compute``)."""
+    return compute_daemon_for(f"nova-compute-{c.name}", c, c.compute_host, [config_file(c)])
+
+
 def daemons(c: layout.CloudLayout) -> list[Daemon]:
     conf = [config_file(c)]
     cell1 = c.db_name(CELL1_DB)
@@ -200,9 +230,9 @@ def daemons(c: layout.CloudLayout) -> list[Daemon]:
             runtime.heartbeat_check(f"nova-{s}-{c.name}", cell1, f"nova-{s}", c.compute_host),
             env=env,
         )
-        for s in ("conductor", "scheduler", "compute")
+        for s in ("conductor", "scheduler")
     ]
-    return [api, *services]
+    return [api, *services, compute_daemon(c)]
 
 
 def components(c: layout.CloudLayout) -> list[Component]:

@@ -8,14 +8,18 @@ without touching src's Nova:
 - it shares src's Nova databases, cells, RabbitMQ vhost, conductor and
   scheduler (same ``nova.conf``), with one overlay file read after it:
   ``[glance] endpoint_override`` = the legacy Glance, its own ``host``
-  (``src-legacy-compute``), ``state_path`` and lock directory;
+  (``src-legacy-compute``), ``state_path``, ``instances_path`` and lock
+  directory (:attr:`testbed.layout.CloudLayout.legacy_compute`);
 - ``nova-api-legacy-src`` on :func:`port` (src: 18784), not in the catalog;
   clients reach it with ``compute_endpoint_override`` (:func:`url`);
-- ``nova-compute-legacy-src`` on the fake driver, like src's compute, with
-  almost all of its RAM, vCPUs and disk reserved: the scheduler's weighers
-  always prefer src's own compute, so servers of other tests never land here.
-  A server is put here with ``availability_zone="nova:src-legacy-compute"``
-  (admin), booted and rebuilt through :func:`url`.
+- ``nova-compute-legacy-src`` on the testbed's fake driver, like src's
+  compute (image-booted servers get a root disk under its own
+  ``instances_path``, downloaded from the legacy Glance; its compute host is
+  ``src-legacy-compute`` over ssh), with almost all of its RAM, vCPUs and disk
+  reserved: the scheduler's weighers always prefer src's own compute, so
+  servers of other tests never land here. A server is put here with
+  ``availability_zone="nova:src-legacy-compute"`` (admin), booted and rebuilt
+  through :func:`url`.
 
 Nova reads an image's record at the API (boot, rebuild) and again on the
 compute (rebuild): both must see the legacy Glance. The conductor does not
@@ -29,7 +33,7 @@ from pathlib import Path
 from testbed import layout
 from testbed.component import Component
 from testbed.openstack import glance_legacy, nova, runtime
-from testbed.openstack.config import service_data, service_etc, write_ini
+from testbed.openstack.config import service_etc, write_ini
 from testbed.process import Daemon, TestbedError
 
 NAME = "nova_legacy"
@@ -51,7 +55,7 @@ def url(c: layout.CloudLayout) -> str:
 
 def compute_host(c: layout.CloudLayout) -> str:
     """Host name of the legacy compute (``src-legacy-compute``)."""
-    return f"{c.name}-legacy-compute"
+    return c.legacy_compute.name
 
 
 def availability_zone(c: layout.CloudLayout) -> str:
@@ -64,7 +68,7 @@ def overlay_file(c: layout.CloudLayout) -> Path:
 
 
 def _write_overlay(c: layout.CloudLayout) -> bool:
-    data = service_data(c, NAME)
+    data = c.legacy_compute.state_path  # service_data(c, NAME), as for every service
     for d in (service_etc(c, NAME), data, data / "locks"):
         d.mkdir(parents=True, exist_ok=True)
     # FakeDriverWithoutFakeNodes reports 1000 vCPUs, 800000 MiB and 600000 GiB.
@@ -74,6 +78,7 @@ def _write_overlay(c: layout.CloudLayout) -> bool:
             "DEFAULT": {
                 "host": compute_host(c),
                 "state_path": data,
+                "instances_path": c.legacy_compute.instances_path,
                 "reserved_host_memory_mb": 800000 - FREE_RAM_MB,
                 "reserved_host_cpus": 1000 - FREE_VCPUS,
                 "reserved_host_disk_mb": (600000 - FREE_DISK_GB) * 1024,
@@ -99,17 +104,14 @@ def daemons(c: layout.CloudLayout) -> list[Daemon]:
             ),
         },
     )
-    compute = runtime.console_daemon(
-        f"nova-compute-legacy-{c.name}",
-        "nova-compute",
-        [nova.config_file(c), overlay_file(c)],
-        runtime.heartbeat_check(
-            f"nova-compute-legacy-{c.name}", c.db_name(nova.CELL1_DB), "nova-compute",
-            compute_host(c),
-        ),
-        env=env,
+    return [api, compute_daemon(c)]
+
+
+def compute_daemon(c: layout.CloudLayout) -> Daemon:
+    """``nova-compute-legacy-<cloud>``: src's ``nova.conf``, then the overlay."""
+    return nova.compute_daemon_for(
+        f"nova-compute-legacy-{c.name}", c, compute_host(c), [nova.config_file(c), overlay_file(c)]
     )
-    return [api, compute]
 
 
 def _discover(c: layout.CloudLayout) -> None:
@@ -143,6 +145,8 @@ def component(c: layout.CloudLayout) -> Component:
     def setup() -> None:
         runtime.write_shared_files()
         runtime.restart_on_change(_write_overlay(c), ds)
+        # src's nova.conf is read first and written by src's Nova component (before this one).
+        runtime.restart_if_newer(nova.config_file(c), ds)
 
     return runtime.ServiceComponent(
         name=f"nova-legacy-{c.name}",

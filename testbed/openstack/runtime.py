@@ -167,15 +167,19 @@ def uwsgi_daemon(
 
 def console_daemon(
     name: str,
-    program: str,
+    program: str | Sequence[str],
     config_files: Sequence[Path],
     check: Callable[[], bool],
     *,
     env: Mapping[str, str] | None = None,
     wrapper: Sequence[str] = (),
 ) -> Daemon:
-    """A non-API service (conductor, scheduler, compute, volume...) in the foreground."""
-    argv = [str(layout.VENV_BIN / program)]
+    """A non-API service (conductor, scheduler, compute, volume...) in the foreground.
+
+    ``program`` is a console script of the venv, or a whole command (a shim run
+    with ``python -m``).
+    """
+    argv = [str(layout.VENV_BIN / program)] if isinstance(program, str) else list(program)
     for f in config_files:
         argv += ["--config-file", str(f)]
     # oslo.service takes up to ~20 s to stop gracefully.
@@ -194,6 +198,22 @@ def restart_on_change(changed: bool, daemons: Sequence[Daemon]) -> None:
     """Stop running daemons whose configuration just changed; ``ensure`` starts them again."""
     if changed:
         for d in daemons:
+            d.stop()
+
+
+def restart_if_newer(path: Path, daemons: Sequence[Daemon]) -> None:
+    """Stop running daemons started before ``path`` (written by another component) changed.
+
+    A daemon's pid file is written when it starts; ``write_file`` leaves an
+    unchanged file's mtime alone.
+    """
+    changed = path.stat().st_mtime
+    for d in daemons:
+        try:
+            started = d.pidfile.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if started < changed:
             d.stop()
 
 

@@ -324,7 +324,7 @@ def test_ssh_refuses_a_wrong_host_key(infra_up: None, cloud: layout.CloudLayout,
     other = next(c for c in layout.CLOUDS if c is not cloud)
     # The other host's key filed under this host's names: a man in the middle.
     wrong = tmp_path / "known_hosts"
-    key = sshhost.host_key(other).with_name(sshhost.host_key(other).name + ".pub").read_text()
+    key = sshhost.public_key(sshhost.storage_host(other).host_key)
     wrong.write_text(f"{cloud.ssh_host},[{layout.HOST}]:{cloud.ssh_port} {key}")
     proc = _ssh(cloud.ssh_host, "true", "-o", f"UserKnownHostsFile={wrong}")
     assert proc.returncode == 255
@@ -350,11 +350,11 @@ def test_ssh_refuses_an_unknown_client_key(infra_up: None, tmp_path: Path) -> No
 
 def test_ssh_client_files_are_private_where_needed(infra_up: None) -> None:
     assert sshhost.CLIENT_KEY.stat().st_mode & 0o777 == 0o600
-    for c in layout.CLOUDS:
-        assert sshhost.host_key(c).stat().st_mode & 0o777 == 0o600
-        text = sshhost.sshd_config(c).read_text()
+    for h in sshhost.hosts():
+        assert h.host_key.stat().st_mode & 0o777 == 0o600
+        text = h.sshd_config.read_text()
         assert "PasswordAuthentication no" in text
-        assert f"ListenAddress {layout.HOST}:{c.ssh_port}" in text
+        assert f"ListenAddress {layout.HOST}:{h.port}" in text
 
 
 # -- the whole ---------------------------------------------------------------------
@@ -374,7 +374,8 @@ def test_up_when_up_restarts_nothing(infra_up: None) -> None:
 def test_every_infra_daemon_answers(infra_up: None) -> None:
     names = {c.name for c in infra.components()}
     assert names == {"mariadb", "rabbitmq", "zookeeper", "ceph-src", "ceph-dst",
-                     "ssh-src", "ssh-dst", "slapd", "postgresql"}
+                     "ssh-src", "ssh-dst", "ssh-src-compute", "ssh-src-legacy-compute",
+                     "ssh-dst-compute", "slapd", "postgresql"}
     for component in infra.components():
         for d in component.daemons:
             assert d.answers(), f"{d.name} does not answer; see {d.log}"

@@ -118,6 +118,50 @@ def test_a_plain_storage_map_still_loads(tmp_path: Path) -> None:
     assert backend.volume_path("v1") == "/srv/cinder/volume-v1"
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("ssh_host", "-oProxyCommand=touch /tmp/pwned", "starts with '-'"),
+        ("ssh_host", "host; reboot", "holds ';'"),
+        ("ssh_host", "$(reboot)", "holds '$'"),
+        ("ssh_host", "host\nProxyCommand x", "holds '\\n'"),
+        ("instances_path", "/var/lib/nova/`reboot`", "holds '`'"),
+        ("instances_path", "/var/lib/$(id)/instances", "holds '$'"),
+        ("instances_path", "/var/lib/nova/instances; reboot", "holds ';'"),
+        ("instances_path", "/var/lib/nova/instances\n", "holds '\\n'"),
+        ("instances_path", "-/var/lib/nova/instances", "starts with '-'"),
+        ("instances_path", "var/lib/nova/instances", "must be an absolute path"),
+        ("instances_path", "/var/lib/nova/{id}", "holds '{'"),
+    ],
+)
+def test_compute_host_values_that_a_shell_or_ssh_would_act_on(
+    key: str, value: str, expected: str, tmp_path: Path
+) -> None:
+    import yaml
+
+    entry = {"ssh_host": "src-compute", "instances_path": "/var/lib/nova/instances", key: value}
+    path = tmp_path / "storage.yaml"
+    path.write_text(yaml.safe_dump({"src": {"compute": {"src-compute": entry}}}))
+    with pytest.raises(ConfigError) as exc:
+        load_storage_map(path)
+    message = _one_line(exc, path)
+    assert expected in message and f"src.compute.src-compute.{key}" in message
+
+
+@pytest.mark.parametrize("host", ["-oProxyCommand=x", "a b", "host\nx", "h;reboot", "$(x)", "a/b"])
+def test_a_compute_host_name_that_a_shell_or_ssh_would_act_on_is_refused(
+    host: str, tmp_path: Path
+) -> None:
+    import yaml
+
+    entry = {"ssh_host": "src-compute", "instances_path": "/var/lib/nova/instances"}
+    path = tmp_path / "storage.yaml"
+    path.write_text(yaml.safe_dump({"src": {"compute": {host: entry}}}))
+    with pytest.raises(ConfigError) as exc:
+        load_storage_map(path)
+    assert "src.compute has the host name" in _one_line(exc, path)
+
+
 @pytest.mark.parametrize("name", ["-oProxyCommand=x", "", "a b", "host\n"])
 def test_an_ssh_host_that_ssh_would_read_as_an_option_is_refused(name: str) -> None:
     with pytest.raises(ConfigError, match="is not a host name"):

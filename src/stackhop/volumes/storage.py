@@ -1,8 +1,9 @@
-"""The storage map: how stackhop reaches each cloud's volume backends.
+"""The storage map: how stackhop reaches each cloud's volume backends and compute hosts.
 
 Cinder's API says which backend holds a volume (``host@backend#pool``) but
-not how to reach its bytes. The storage map, a YAML file, says it per cloud
-and per backend name::
+not how to reach its bytes; Nova says which compute host runs a server
+(``OS-EXT-SRV-ATTR:host``) but not how to reach its root disk. The storage
+map, a YAML file, says it per cloud, per backend name and per compute host::
 
     src:                      # cloud name, as in clouds.yaml
       ceph:                   # Cinder backend name (``host@<backend>#pool``)
@@ -17,6 +18,13 @@ and per backend name::
         ssh_host: src-storage # a Host of the ssh config (host keys verified)
         path: /srv/cinder/volume-{id}   # {id}: the volume's ID, {name}: its backend name
         direct_ssh_config: /etc/stackhop/ssh_config  # optional, see below
+      compute:                # not a backend: the cloud's Nova compute hosts
+        src-compute:          # Nova's host name (``OS-EXT-SRV-ATTR:host``)
+          ssh_host: src-compute   # a Host of the ssh config (host keys verified)
+          instances_path: /var/lib/nova/instances   # Nova's instances_path there
+
+An image-booted server's root disk is ``<instances_path>/<server id>/disk`` on
+its compute host (libvirt's layout). A backend cannot be named ``compute``.
 
 ``direct_ssh_config`` (file backends) is an ssh config file *on* ``ssh_host``
 with which that host reaches the other clouds' storage hosts by the names
@@ -32,8 +40,9 @@ testbed writes one).
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stackhop.errors import ConfigError
@@ -43,6 +52,9 @@ ENV_VAR = "STACKHOP_STORAGE_MAP"
 
 DRIVERS = ("rbd", "file")
 KEYS = {"driver", "ssh_host", "pool", "ceph_conf", "keyring", "user", "path", "direct_ssh_config"}
+#: The section of a cloud naming its compute hosts instead of a backend.
+COMPUTE = "compute"
+COMPUTE_KEYS = {"ssh_host", "instances_path"}
 
 
 @dataclass(frozen=True)
@@ -78,11 +90,35 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class ComputeHost:
+    """One Nova compute host of one cloud, and how to reach its instances' files."""
+
+    cloud: str
+    #: Nova's name of the host (``OS-EXT-SRV-ATTR:host``).
+    name: str
+    #: A Host of the ssh config.
+    ssh_host: str
+    #: Nova's ``instances_path`` on that host.
+    instances_path: str
+
+    def disk_path(self, server_id: str) -> str:
+        """The root disk of image-booted server ``server_id`` on :attr:`ssh_host`."""
+        try:
+            canonical = str(uuid.UUID(server_id)) == server_id  # Nova's form, no braces or URN
+        except ValueError:
+            canonical = False
+        if not canonical:
+            raise ValueError(f"{server_id!r} is not a server ID")
+        return f"{self.instances_path.rstrip('/')}/{server_id}/disk"
+
+
+@dataclass(frozen=True)
 class StorageMap:
-    """Every known backend, by (cloud, backend name)."""
+    """Every known backend, by (cloud, backend name); every compute host, by (cloud, host)."""
 
     backends: Mapping[tuple[str, str], Backend]
     source: str = "(empty)"
+    computes: Mapping[tuple[str, str], ComputeHost] = field(default_factory=dict)
 
     def backend(self, cloud: str, name: str) -> Backend:
         """The backend ``name`` of ``cloud``; ConfigError naming the file to edit if unknown."""
@@ -103,6 +139,22 @@ class StorageMap:
             )
         name = volume_host.split("@", 1)[1].split("#", 1)[0]
         return self.backend(cloud, name)
+
+    def compute_host(self, cloud: str, host: str | None) -> ComputeHost:
+        """The compute host ``host`` of ``cloud`` (a server's ``OS-EXT-SRV-ATTR:host``)."""
+        if not host:
+            raise ConfigError(
+                f"cloud {cloud!r} did not say which compute host runs the server; "
+                "use an admin account"
+            )
+        try:
+            return self.computes[(cloud, host)]
+        except KeyError:
+            raise ConfigError(
+                f"storage map {self.source}: no compute host {host!r} for cloud {cloud!r}; "
+                f"add it under {cloud}.{COMPUTE} with its ssh_host and instances_path, "
+                "or pass --storage-map FILE"
+            ) from None
 
 
 #: Characters no storage-map value needs and a shell would act on.
@@ -155,6 +207,40 @@ def _backend(cloud: str, name: str, entry: Any, source: str) -> Backend:
     return Backend(cloud=cloud, name=name, driver=driver, **fields)
 
 
+def _compute_hosts(cloud: str, section: Any, source: str) -> dict[tuple[str, str], ComputeHost]:
+    """The ``compute`` section of ``cloud``: Nova host name -> ssh host and instances_path."""
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"storage map {source}: {cloud}.{COMPUTE} must map compute host names")
+    hosts: dict[tuple[str, str], ComputeHost] = {}
+    for name, entry in section.items():
+        host = str(name)
+        # Nova's host name picks the entry; like an ssh host, it is a plain name.
+        if not host or host.startswith("-") or any(
+            not c.isprintable() or c.isspace() or c in _SHELL or c == "/" for c in host
+        ):
+            raise ConfigError(
+                f"storage map {source}: {cloud}.{COMPUTE} has the host name {host!r}; "
+                "write Nova's host name there (OS-EXT-SRV-ATTR:host)"
+            )
+        where = f"{COMPUTE}.{host}"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"storage map {source}: {cloud}.{where} must be a mapping")
+        fields = {str(k): v for k, v in entry.items()}
+        unknown = set(fields) - COMPUTE_KEYS
+        if unknown:
+            raise ConfigError(
+                f"storage map {source}: {cloud}.{where} has unknown keys {sorted(unknown)}"
+            )
+        values: dict[str, str] = {}
+        for key in sorted(COMPUTE_KEYS):
+            if fields.get(key) in (None, ""):
+                raise ConfigError(f"storage map {source}: {cloud}.{where} needs '{key}'")
+            values[key] = str(fields[key])
+            _check_value(cloud, where, key, values[key], source)
+        hosts[(cloud, host)] = ComputeHost(cloud=cloud, name=host, **values)
+    return hosts
+
+
 def load_storage_map(path: str | os.PathLike[str] | None = None) -> StorageMap:
     """Read the storage map from ``path``, else ``$STACKHOP_STORAGE_MAP``; empty if neither."""
     location = os.fspath(path) if path is not None else os.environ.get(ENV_VAR)
@@ -162,9 +248,13 @@ def load_storage_map(path: str | os.PathLike[str] | None = None) -> StorageMap:
         return StorageMap(backends={})
     data = read_mapping(location, "storage map", "map cloud names to backends")
     backends: dict[tuple[str, str], Backend] = {}
+    computes: dict[tuple[str, str], ComputeHost] = {}
     for cloud, entries in data.items():
         if not isinstance(entries, Mapping):
             raise ConfigError(f"storage map {location}: {cloud} must map backend names")
         for name, entry in entries.items():
-            backends[(str(cloud), str(name))] = _backend(str(cloud), str(name), entry, location)
-    return StorageMap(backends=backends, source=location)
+            if str(name) == COMPUTE:
+                computes.update(_compute_hosts(str(cloud), entry, location))
+            else:
+                backends[(str(cloud), str(name))] = _backend(str(cloud), str(name), entry, location)
+    return StorageMap(backends=backends, source=location, computes=computes)
