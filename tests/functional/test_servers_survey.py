@@ -10,9 +10,9 @@ Then checked against dst: unmapped networks and groups, a fixed IP taken, a quot
 from __future__ import annotations
 
 import base64
-import contextlib
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,23 +29,16 @@ WAIT = 180
 
 @pytest.fixture
 def box(testbed: Any) -> Iterator[Sandbox]:
-    sandbox = Sandbox.create("srvtest")
-    undo: list[Callable[[], Any]] = []
-    sandbox.undo = undo  # type: ignore[attr-defined]
-    try:
+    """A project of our own on src and dst; ``box.undo`` steps run after the test."""
+    with Sandbox.create("srvtest") as sandbox:
         yield sandbox
-    finally:
-        for step in reversed(undo):
-            with contextlib.suppress(Exception):
-                step()
-        sandbox.close()
 
 
 def test_gather_then_preflight_a_volume_booted_server_with_ports_fip_group_and_volumes(
-    box: Sandbox,
+    box: Sandbox, cli: Callable[..., Any], tmp_path: Path,
 ) -> None:
     admin, c = box.src, box.scoped("src")
-    undo: list[Callable[[], Any]] = box.undo  # type: ignore[attr-defined]
+    undo = box.undo
     net = c.network.create_network(name="srv-net")
     undo.append(lambda: admin.network.delete_network(net))
     subnet = c.network.create_subnet(network_id=net.id, cidr="10.77.0.0/24", ip_version=4,
@@ -189,3 +182,14 @@ def test_gather_then_preflight_a_volume_booted_server_with_ports_fip_group_and_v
     assert front_plan.fixed_ips == ((dsub.id, "10.77.0.10"),)
     assert front_plan.security_group_ids == (dgroup.id,)
     assert front_plan.mac_address == "fa:16:3e:77:00:10"
+
+    # The command: the same gather and preflight, from a journal that maps nothing yet.
+    plan = cli("--journal", str(tmp_path / "j.sqlite"), "servers", "plan", "--from", "src",
+               "--to", "dst", "--project", box.name, "--server", "srv-app", "-f", "json")
+    assert plan.code == 10, plan.err
+    assert len(plan.err.strip().splitlines()) == 1 and "nothing was changed" in plan.err
+    (shown,) = plan.json()["servers"]
+    assert shown["id"] == server.id and shown["boot"] == "volume"
+    assert any("is not mapped" in p for p in shown["preflight"]["problems"])
+    assert sorted(p["mac_address"] for p in shown["ports"]) == sorted(
+        [front.mac_address, back.mac_address])

@@ -9,9 +9,11 @@ deletes every volume, temporary image and project it made, on failure too.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from testbed import layout
 from stackhop.volumes.model import VERIFY_CHUNK, content_digest
 from stackhop.volumes.readback import backend_knows, volume_digest
 from stackhop.volumes.storage import load_storage_map
+
+log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 
@@ -109,6 +113,9 @@ class Sandbox:
     dst: Any = field(default_factory=lambda: conn("dst"))
     ids: dict[str, str] = field(default_factory=dict)
     extra_projects: list[tuple[Any, str]] = field(default_factory=list)
+    #: Steps that remove what a test made besides volumes and images (servers, ports,
+    #: networks...): run in reverse order by :meth:`close`, each whatever the others did.
+    undo: list[Callable[[], Any]] = field(default_factory=list)
 
     @classmethod
     def create(cls, prefix: str = "voltest", *, dst_role: bool = True) -> Sandbox:
@@ -159,6 +166,12 @@ class Sandbox:
         self.close()
 
     def close(self) -> None:
+        for step in reversed(self.undo):
+            try:
+                step()
+            except Exception:  # the others must still run; the failure is logged
+                log.exception("cleanup step failed")
+        self.undo.clear()
         for side, c in (("src", self.src), ("dst", self.dst)):
             for image in self.images(side):
                 c.image.delete(f"/images/{image['id']}")

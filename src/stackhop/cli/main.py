@@ -34,6 +34,7 @@ from stackhop.cli import (
     project,
     resources,
     sdn,
+    servers,
     status,
     usage,
     volumes,
@@ -46,7 +47,7 @@ from stackhop.retry import classify, error_text
 
 #: Every command group, in the order ``--help`` lists them. Add a module here to add a command.
 COMMANDS: tuple[ModuleType, ...] = (
-    clouds, status, idmap, resources, sdn, images, volumes, usage, project
+    clouds, status, idmap, resources, sdn, images, volumes, servers, usage, project
 )
 
 DEFAULT_JOURNAL = "./stackhop-journal.sqlite"
