@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from stackhop.errors import ConfigError
+from stackhop.errors import ConfigError, UsageError
 
 #: A map file larger than this is refused unread (the largest real ones are a few MB).
 MAX_BYTES = 64 * 1024 * 1024
@@ -105,3 +105,14 @@ def read_mapping(
     if not isinstance(data, Mapping):
         raise ConfigError(f"{what} {file} must {shape}, not be a {type(data).__name__}")
     return data
+
+
+def parse_pairs(values: Iterable[str], option: str) -> list[tuple[str, str]]:
+    """``SOURCE=DESTINATION`` values of a repeatable option, stripped; UsageError otherwise."""
+    pairs = []
+    for value in values:
+        left, sep, right = value.partition("=")
+        if not sep or not left.strip() or not right.strip():
+            raise UsageError(f"{option} {value!r}: write SOURCE=DESTINATION")
+        pairs.append((left.strip(), right.strip()))
+    return pairs

@@ -15,9 +15,10 @@ from typing import Any
 from stackhop.cli.options import add_clouds, add_network_map
 from stackhop.cli.output import add_format_options, dump, render_table
 from stackhop.clouds import connect
-from stackhop.errors import ConflictError, UsageError
+from stackhop.errors import ConflictError
 from stackhop.journal import Journal
 from stackhop.kinds.identity import load_operator_map
+from stackhop.mapfile import parse_pairs
 from stackhop.resolve import Resolver, load_network_map
 from stackhop.servers.gather import ServerRecord, find_server, gather
 from stackhop.servers.preflight import Preflight, preflight
@@ -61,18 +62,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=plan_command)
 
 
-def _flavor_map(pairs: list[str]) -> dict[str, str]:
-    mapped = {}
-    for pair in pairs:
-        source, sep, destination = pair.partition("=")
-        if not sep or not source or not destination:
-            raise UsageError(f"--flavor-map {pair!r} is not SRC=DST (flavor names)")
-        mapped[source] = destination
-    return mapped
-
-
 def plan_command(args: argparse.Namespace) -> int:
-    flavor_map = _flavor_map(args.flavor_map)
+    flavor_map = dict(parse_pairs(args.flavor_map, "--flavor-map"))
     src, dst = connect(args.source), connect(args.destination)
     project = project_record(src, args.project)
     dst_project = map_project(project, dst, load_operator_map(args.project_map))

@@ -16,18 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackhop.errors import ConfigError, UsageError
-from stackhop.mapfile import read_mapping
+from stackhop.mapfile import parse_pairs, read_mapping
 from stackhop.volumes.model import VolumeRef
-
-
-def _pairs(values: Iterable[str], option: str) -> list[tuple[str, str]]:
-    pairs = []
-    for value in values:
-        left, sep, right = value.partition("=")
-        if not sep or not left.strip() or not right.strip():
-            raise UsageError(f"{option} {value!r}: write SOURCE=DESTINATION")
-        pairs.append((left.strip(), right.strip()))
-    return pairs
 
 
 def _type_map_file(path: str) -> list[tuple[str, str]]:
@@ -43,7 +33,7 @@ def parse_type_map(values: Sequence[str]) -> dict[str, str]:
     """``--type-map`` values (``SRC=DST`` pairs or YAML files) as one map; no type mapped twice."""
     result: dict[str, str] = {}
     for value in values:
-        pairs = _pairs([value], "--type-map") if "=" in value else _type_map_file(value)
+        pairs = parse_pairs([value], "--type-map") if "=" in value else _type_map_file(value)
         for source, destination in pairs:
             if result.get(source, destination) != destination:
                 raise UsageError(
@@ -57,7 +47,7 @@ def parse_type_map(values: Sequence[str]) -> dict[str, str]:
 def parse_grow_to(values: Sequence[str]) -> dict[str, int]:
     """``--grow-to NAME_OR_ID=GIB`` values."""
     result: dict[str, int] = {}
-    for volume, size in _pairs(values, "--grow-to"):
+    for volume, size in parse_pairs(values, "--grow-to"):
         if not size.isdigit() or int(size) < 1:
             raise UsageError(f"--grow-to {volume}={size}: the size is a whole number of GiB")
         result[volume] = int(size)
