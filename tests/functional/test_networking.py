@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from testbed import layout
+from testbed.undo import undo_migration
 
 from stackhop.archive import ArchiveReader
 from stackhop.clouds import connect
@@ -79,8 +80,9 @@ def _project(conn: Any, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(seeded: Any) -> Iterator[dict[str, Any]]:
+def world(seeded: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     src, dst = connect("src"), connect("dst")
+    journal = tmp_path_factory.mktemp("networking") / "journal.sqlite"
     tag = uuid.uuid4().hex[:6]
     dup = f"sh-dup-{tag}"
     made_src: list[Any] = []
@@ -136,8 +138,11 @@ def world(seeded: Any) -> Iterator[dict[str, Any]]:
         made_dst.append(theirs)
         dst.network.create_subnet(name=f"sh-overlap-{tag}", network_id=theirs.id,
                                   project_id=beta, ip_version=4, cidr="10.10.1.0/24")
-        yield {"src": src, "dst": dst, "dup": dup, "before": _listing(dst)}
+        yield {"src": src, "dst": dst, "dup": dup, "before": _listing(dst),
+               "journal": str(journal)}
     finally:
+        if journal.exists():  # a test that failed midway: what it moved is undone all the same
+            undo_migration(journal)
         for conn, made in ((src, made_src), (dst, made_dst)):
             for network in made:
                 _remove_network(conn, network.id)
@@ -175,7 +180,7 @@ def test_networking_moves_verifies_reruns_and_rolls_back(
     assert _listing(dst) == world["before"]
 
     archive = tmp_path / "net.tar.zst"
-    journal = str(tmp_path / "journal.sqlite")
+    journal = world["journal"]
     assert cli("export", "--from", "src", "-o", str(archive), *SELECT).code == 0
     exported = _records(archive)
     names = [n["name"] for n in exported["neutron.network"]]
@@ -237,6 +242,9 @@ def test_networking_moves_verifies_reruns_and_rolls_back(
         "10.79.7.0/24", shared.id)
     router = next(r for r in net.routers() if r.name == "alpha-router")
     assert router.external_gateway_info["network_id"] == public.id
+    src_router = next(r for r in world["src"].network.routers() if r.name == "alpha-router")
+    assert router.external_gateway_info["external_fixed_ips"][0]["ip_address"] == (
+        src_router.external_gateway_info["external_fixed_ips"][0]["ip_address"])  # SNAT kept
     attached = {
         (ip["subnet_id"], ip["ip_address"])
         for p in net.ports(device_id=router.id, device_owner="network:router_interface")

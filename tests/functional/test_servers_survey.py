@@ -147,10 +147,10 @@ def test_gather_then_preflight_a_volume_booted_server_with_ports_fip_group_and_v
         {"subnet_id": dsub.id, "ip_address": "10.77.0.10"}])
     undo.append(lambda: dst_admin.network.delete_port(squatter))
     dst_admin.compute.update_quota_set(box.ids["dst"], instances=0)
-    # dst has no external network of its own (the seed makes none there): one for the test.
-    dpublic = dst_admin.network.create_network(
-        name="srv-public", is_router_external=True, provider_network_type="flat",
-        provider_physical_network="physnet1")
+    # dst has no external network of its own (the seed makes none there): one for the test,
+    # of the tenant type, so that it never holds the physnet an import's "public" needs.
+    dpublic = dst_admin.network.create_network(name="srv-public", is_router_external=True,
+                                               project_id=box.ids["dst"])
     undo.append(lambda: dst_admin.network.delete_network(dpublic))
     maps = {"neutron.network": {net.id: dnet.id, public.id: dpublic.id},
             "neutron.subnet": {subnet.id: dsub.id},

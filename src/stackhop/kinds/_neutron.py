@@ -108,3 +108,14 @@ def neutron_error(exc: sdk_exceptions.HttpException) -> tuple[str, str]:
     if isinstance(error, dict) and error.get("message"):
         return str(error.get("type") or ""), str(error["message"])
     return "", str(exc.details or exc.message or exc.status_code)
+
+
+#: Neutron's refusals of an address asked for: taken, or outside the network's subnets.
+ADDRESS_REFUSED = frozenset(
+    {"IpAddressAlreadyAllocated", "IpAddressInUse", "InvalidIpForNetwork", "InvalidIpForSubnet"}
+)
+
+
+def address_refused(exc: sdk_exceptions.HttpException) -> bool:
+    """Whether Neutron refused an address asked for (taken, or outside the subnets)."""
+    return exc.status_code in (400, 409) and neutron_error(exc)[0] in ADDRESS_REFUSED

@@ -41,9 +41,9 @@ from stackhop.kinds._neutron import (
     ROUTER,
     ROUTER_INTERFACES,
     SUBNET,
+    address_refused,
     find_marked,
     listed,
-    neutron_error,
     project_facts,
 )
 from stackhop.kinds.base import (
@@ -62,11 +62,6 @@ PORT = "neutron.port"
 FLOATING_IP = "neutron.floating_ip"
 GROUP = "neutron.security_group"
 #: Neutron's refusals of a requested floating IP address that a new address answers.
-ADDRESS_REFUSED = frozenset(
-    {"IpAddressAlreadyAllocated", "IpAddressInUse", "InvalidIpForNetwork", "InvalidIpForSubnet"}
-)
-
-
 def port_record(port: Mapping[str, Any], project: Mapping[str, Any] | None) -> Record:
     """The archive record of one port; each fixed IP's ``subnet`` indexes ``subnet_ids``."""
     pairs = sorted({(ip["subnet_id"], ip["ip_address"]) for ip in port.get("fixed_ips") or []})
@@ -340,7 +335,7 @@ class FloatingIP(_Marked):
         try:
             created = call(conn.network, "POST", "/floatingips", json={"floatingip": body})
         except sdk_exceptions.HttpException as exc:
-            if exc.status_code not in (400, 409) or neutron_error(exc)[0] not in ADDRESS_REFUSED:
+            if not address_refused(exc):
                 raise
             del body["floating_ip_address"]  # taken there: Neutron picks one
             created = call(conn.network, "POST", "/floatingips", json={"floatingip": body})

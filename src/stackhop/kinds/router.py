@@ -32,6 +32,8 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from openstack import exceptions as sdk_exceptions
+
 from stackhop.errors import ConflictError
 from stackhop.kinds import register
 from stackhop.kinds._neutron import (
@@ -39,6 +41,7 @@ from stackhop.kinds._neutron import (
     ROUTER,
     ROUTER_INTERFACES,
     SUBNET,
+    address_refused,
     find_marked,
     listed,
     owned,
@@ -68,6 +71,10 @@ def router_record(router: Mapping[str, Any], project: Mapping[str, Any] | None) 
         "enable_snat": bool(gateway.get("enable_snat", True)) if gateway else None,
         "external_subnet_ids": sorted(
             {ip["subnet_id"] for ip in gateway.get("external_fixed_ips") or []}
+        ),
+        # The gateway's (SNAT) addresses: firewalls outside the cloud often allow them.
+        "external_ips": sorted(
+            {ip["ip_address"] for ip in gateway.get("external_fixed_ips") or []}
         ),
         "ha": router.get("ha"),
         "distributed": router.get("distributed"),
@@ -143,6 +150,7 @@ class Router(Kind):
         "ha",
         "distributed",
         "external_subnet_ids",
+        "external_ips",
         "project_name",
         "project_domain",
     )
@@ -197,6 +205,18 @@ class Router(Kind):
             "admin_state_up": record.get("admin_state_up", True),
         }
         gateway = self._gateway(record)
+        if gateway is not None and record.get("external_ips"):
+            # The source's gateway addresses where the destination has them free; where one
+            # is taken or outside the network's subnets, Neutron picks the gateway's address.
+            # (A refused gateway deletes the router it came with: nothing is left over.)
+            pinned = [{"ip_address": a} for a in record["external_ips"]]
+            body["external_gateway_info"] = {**gateway, "external_fixed_ips": pinned}
+            try:
+                created = call(conn.network, "POST", "/routers", json={"router": body})
+                return str(created["router"]["id"])
+            except sdk_exceptions.HttpException as exc:
+                if not address_refused(exc):
+                    raise
         if gateway is not None:
             body["external_gateway_info"] = gateway
         created = call(conn.network, "POST", "/routers", json={"router": body})
