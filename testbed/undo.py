@@ -3,7 +3,9 @@
 ``make demo`` migrates into dst and the functional tests share dst, so what a
 demo or a test moved must not stay there. Given the journal of the
 migration, this removes from dst what its runs created and nothing else:
-resources through ``stackhop rollback`` (which also restores changed quota
+servers through ``stackhop rollback`` on their runs (the destination servers,
+ports and floating IPs; the source servers started again), resources through
+``stackhop rollback`` (which also restores changed quota
 values and never touches what existed before), the temporaries a killed or
 failed volume copy left (``stackhop volumes cleanup``: staging images and
 snapshots, on either side), and the images and volumes the journal says were
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import openstack
 
-from stackhop.journal import DONE, PENDING, Journal
+from stackhop.journal import DONE, PENDING, ROLLED_BACK, Journal
+from stackhop.servers.migrate import COMMAND as SERVERS_COMMAND
+from stackhop.servers.migrate import STEP_KIND
 from stackhop.volumes import temporaries
 from testbed import layout
 
@@ -54,7 +58,16 @@ def undo_migration(journal_path: Path, destination: str = "dst") -> list[str]:
             if not (op.before or {}).get("kept")
         }
         cleanup_runs = [r.id for r in runs if r.id in leftover_runs]
+        # Servers first: they hold the volumes and the ports on the networks.
+        server_runs = [
+            r.id for r in runs if r.command == SERVERS_COMMAND and any(
+                op.state != ROLLED_BACK for op in journal.operations(run_id=r.id,
+                                                                     kind=STEP_KIND))
+        ]
     removed: list[str] = []
+    for run_id in server_runs:
+        _stackhop(journal_path, "rollback", "--to", destination, "--run", run_id)
+        removed.append(f"servers of run {run_id}")
     # Staging images and snapshots first: Cinder deletes no volume that has RBD snapshots.
     storage_map = os.environ.get("STACKHOP_STORAGE_MAP") or str(layout.STORAGE_MAP)
     for run_id in cleanup_runs:

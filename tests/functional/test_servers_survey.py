@@ -9,14 +9,13 @@ Then checked against dst: unmapped networks and groups, a fixed IP taken, a quot
 
 from __future__ import annotations
 
-import base64
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.functional.volumes_support import Sandbox, wait_status
+from tests.functional.servers_support import USER_DATA, build_web_server, dst_external_network
+from tests.functional.volumes_support import Sandbox
 
 from stackhop.resolve import Resolver
 from stackhop.servers.gather import find_server, gather
@@ -24,7 +23,6 @@ from stackhop.servers.preflight import preflight
 
 pytestmark = pytest.mark.functional
 
-WAIT = 180
 
 
 @pytest.fixture
@@ -37,63 +35,13 @@ def box(testbed: Any) -> Iterator[Sandbox]:
 def test_gather_then_preflight_a_volume_booted_server_with_ports_fip_group_and_volumes(
     box: Sandbox, cli: Callable[..., Any], tmp_path: Path,
 ) -> None:
-    admin, c = box.src, box.scoped("src")
-    undo = box.undo
-    net = c.network.create_network(name="srv-net")
-    undo.append(lambda: admin.network.delete_network(net))
-    subnet = c.network.create_subnet(network_id=net.id, cidr="10.77.0.0/24", ip_version=4,
-                                     name="srv-v4")
-    undo.append(lambda: admin.network.delete_subnet(subnet))
-    public = admin.network.find_network("public")
-    router = c.network.create_router(name="srv-router",
-                                     external_gateway_info={"network_id": public.id})
-    undo.append(lambda: admin.network.delete_router(router))
-    admin.network.add_interface_to_router(router, subnet_id=subnet.id)
-    undo.append(lambda: admin.network.remove_interface_from_router(router, subnet_id=subnet.id))
-    group = c.network.create_security_group(name="srv-web")
-    undo.append(lambda: admin.network.delete_security_group(group))
-    front = c.network.create_port(
-        network_id=net.id, name="front", fixed_ips=[{"subnet_id": subnet.id,
-                                                     "ip_address": "10.77.0.10"}],
-        mac_address="fa:16:3e:77:00:10", security_groups=[group.id],
-        allowed_address_pairs=[{"ip_address": "10.77.0.200"}],
-    )
-    undo.append(lambda: admin.network.delete_port(front))
-    back = c.network.create_port(network_id=net.id, name="back",
-                                 fixed_ips=[{"subnet_id": subnet.id,
-                                             "ip_address": "10.77.0.11"}])
-    undo.append(lambda: admin.network.delete_port(back))
-    fip = c.network.create_ip(floating_network_id=public.id, port_id=front.id)
-    undo.append(lambda: admin.network.delete_ip(fip))
-    sgroup = c.compute.create_server_group(name="srv-group", policy="soft-anti-affinity")
-    undo.append(lambda: admin.compute.delete_server_group(sgroup))
-    key = c.compute.create_keypair(name=f"srv-key-{uuid.uuid4().hex[:6]}")
-    undo.append(lambda: c.compute.delete_keypair(key))
-
-    root = box.volume("srv-root")
-    box.src.block_storage.set_volume_bootable_status(root, True)
-    data = box.volume("srv-data")
-    user_data = base64.b64encode(b"#cloud-config\nhostname: moved\n").decode()
-    server = c.compute.create_server(
-        name="srv-app", flavor_id=admin.compute.find_flavor("m1.tiny").id,
-        networks=[{"port": front.id}, {"port": back.id}],
-        block_device_mapping=[{"uuid": root.id, "source_type": "volume",
-                               "destination_type": "volume", "boot_index": 0,
-                               "delete_on_termination": False}],
-        key_name=key.name, metadata={"role": "web", "tier": "front"}, tags=["prod", "web"],
-        user_data=user_data, scheduler_hints={"group": sgroup.id},
-    )
-
-    def delete_server() -> None:
-        admin.compute.delete_server(server)
-        admin.compute.wait_for_delete(server, interval=1, wait=WAIT)
-
-    undo.append(delete_server)
-    server = admin.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"],
-                                           interval=1, wait=WAIT)
-    c.compute.create_volume_attachment(server, volume_id=data.id, tag="db",
-                                       delete_on_termination=True)
-    wait_status(admin, data.id, ("in-use",))
+    admin, undo = box.src, box.undo
+    web = build_web_server(box)
+    server, subnet, group, fip, sgroup, key = (web.server, web.subnet, web.group, web.fip,
+                                               web.server_group, web.key)
+    root, data, net, public, front, back = (web.root, web.data, web.net, web.public,
+                                            web.front, web.back)
+    user_data = USER_DATA
 
     found = find_server(admin.compute, box.ids["src"], "srv-app")
     assert found.id == server.id
@@ -147,11 +95,7 @@ def test_gather_then_preflight_a_volume_booted_server_with_ports_fip_group_and_v
         {"subnet_id": dsub.id, "ip_address": "10.77.0.10"}])
     undo.append(lambda: dst_admin.network.delete_port(squatter))
     dst_admin.compute.update_quota_set(box.ids["dst"], instances=0)
-    # dst has no external network of its own (the seed makes none there): one for the test,
-    # of the tenant type, so that it never holds the physnet an import's "public" needs.
-    dpublic = dst_admin.network.create_network(name="srv-public", is_router_external=True,
-                                               project_id=box.ids["dst"])
-    undo.append(lambda: dst_admin.network.delete_network(dpublic))
+    dpublic = dst_external_network(box)
     maps = {"neutron.network": {net.id: dnet.id, public.id: dpublic.id},
             "neutron.subnet": {subnet.id: dsub.id},
             "neutron.security_group": {group.id: dgroup.id, **{

@@ -38,6 +38,7 @@ from stackhop.kinds.identity import load_operator_map, parse_domain_map
 from stackhop.kinds.volume_type import VOLUME_TYPE_NAME
 from stackhop.plan import Operation, summarize
 from stackhop.resolve import load_network_map
+from stackhop.servers import rollback as server_rollback
 from stackhop.volumes.reshape import parse_type_map
 
 PLAN_COLUMNS = ("Action", "Kind", "Identity", "Detail")
@@ -386,6 +387,10 @@ def verify_command(args: argparse.Namespace) -> int:
 
 
 def rollback_command(args: argparse.Namespace) -> int:
+    with Journal(args.journal) as journal:
+        servers = [r for r in args.run if server_rollback.is_servers_run(journal, r)]
+        if servers:
+            return _rollback_servers(args, journal, servers)
     conn = None if args.dry_run else connect(args.destination)
     with Journal(args.journal) as journal:
         if args.dry_run:
@@ -407,6 +412,27 @@ def rollback_command(args: argparse.Namespace) -> int:
         _print_result(result, "table")
     if result is not None:
         result.raise_for_failures()
+    return 0
+
+
+def _rollback_servers(args: argparse.Namespace, journal: Journal, runs: list[str]) -> int:
+    """``servers migrate`` runs: their own undo (stackhop.servers.rollback)."""
+    if len(runs) != len(args.run):
+        raise UsageError("roll back servers migrate runs on their own (without other runs)")
+    if args.dry_run:
+        raise UsageError("--dry-run is not offered for servers migrate runs yet; "
+                         "`stackhop status --run ID` shows what the run did")
+    run_id, undone = server_rollback.rollback_servers(
+        journal, connect(journal.run(runs[0]).source_cloud or ""), connect(args.destination),
+        runs, args.destination)
+    if args.format != "table":
+        dump({"run": run_id, "servers": [{"id": u.server_id, "actions": u.actions}
+                                         for u in undone]}, args.format, sys.stdout)
+        return 0
+    for u in undone:
+        for action in u.actions or ["nothing to undo"]:
+            print(f"{u.server_id}: {action}")
+    print(f"rollback run {run_id}: {len(undone)} server(s) undone")
     return 0
 
 

@@ -1,8 +1,8 @@
-"""``stackhop servers plan``: what moving a project's servers needs, checked on the destination.
+"""``stackhop servers plan|migrate``: a project's servers between clouds.
 
-Thin: parse, open the clouds and the journal, call :mod:`stackhop.servers` (gather, then
-preflight), render. Reads only; changes nothing on either cloud. The migration itself
-(``servers migrate``) is being built on these steps: ``docs/design/servers.md``.
+Thin: parse, open the clouds, the journal and the storage map, call
+:mod:`stackhop.servers` (``plan``: gather, then preflight, no change; ``migrate``: the
+steps of :mod:`stackhop.servers.migrate`), render. docs/servers.md says what is carried.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from stackhop.cli.options import add_clouds, add_network_map
+from stackhop.cli.options import add_clouds, add_dry_run, add_network_map
 from stackhop.cli.output import add_format_options, dump, render_table
 from stackhop.clouds import connect
 from stackhop.errors import ConflictError
@@ -21,16 +21,27 @@ from stackhop.kinds.identity import load_operator_map
 from stackhop.mapfile import parse_pairs
 from stackhop.resolve import Resolver, load_network_map
 from stackhop.servers.gather import ServerRecord, find_server, gather
+from stackhop.servers.migrate import (
+    CUTOVERS,
+    METHODS,
+    SETTLE_BYTES,
+    PreflightFailed,
+    ServerMigration,
+    ServerRequest,
+    migrate_servers,
+)
 from stackhop.servers.preflight import Preflight, preflight
 from stackhop.volumes.inventory import map_project, project_record
+from stackhop.volumes.storage import load_storage_map
 
 COLUMNS = ("Server", "Name", "Boot", "Flavor", "Ports", "Volumes", "Problems")
+STEP_COLUMNS = ("Server", "Name", "Step", "Status", "Summary")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``servers`` command group."""
     servers = subparsers.add_parser(
-        "servers", help="a project's servers: what moving them needs (plan)",
+        "servers", help="a project's servers: what moving them needs (plan), moving them",
         description="Servers between clouds (issue 19; docs/design/servers.md).",
     )
     sub = servers.add_subparsers(
@@ -45,6 +56,38 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "groups and server groups mapped (the journal's ID map, --network-map), fixed IPs "
         "free, quotas. Exit 10 when something would stop the migration.",
     )
+    _selection(p)
+    p.set_defaults(func=plan_command)
+    m = sub.add_parser(
+        "migrate",
+        help="move the selected servers: pre-copy while running, cut over, verify",
+        description="For each selected server of --project: its volumes copied while it "
+        "runs (incremental passes until one is small), the source stopped, the last changed "
+        "chunks sent, the destination ports made with the same fixed IPs and MACs, the "
+        "server booted from its copied boot volume, data volumes attached in order, floating "
+        "IPs moved, everything verified. Gather and preflight come first: a problem stops "
+        "there with nothing stopped or created (exit 10). Every step is journaled: a re-run "
+        "carries on where a run stopped; `stackhop rollback --run ID` undoes a run.",
+    )
+    _selection(m)
+    m.add_argument("--cutover", choices=CUTOVERS, default="stop",
+                   help="how the source is quiesced for the last pass (default stop; none: "
+                   "a test copy, the source keeps running and its floating IPs)")
+    m.add_argument("--method", choices=METHODS, default="auto",
+                   help="how the volumes are copied (default auto: rbd, else stream, else "
+                   "image)")
+    m.add_argument("--settle", type=int, default=SETTLE_BYTES, metavar="BYTES",
+                   help="pre-copy passes go on while a pass sends more than this (default "
+                   f"{SETTLE_BYTES // 2**20} MiB)")
+    m.add_argument("--max-passes", type=int, default=4, metavar="N",
+                   help="pre-copy passes at most (default 4)")
+    m.add_argument("--storage-map", metavar="FILE",
+                   help="how each cloud's backends are reached (default: $STACKHOP_STORAGE_MAP)")
+    add_dry_run(m, "print the plan per server")
+    m.set_defaults(func=migrate_command)
+
+
+def _selection(p: argparse.ArgumentParser) -> None:
     add_clouds(p)
     p.add_argument("--project", required=True, help="the source project (name or ID)")
     which = p.add_mutually_exclusive_group(required=True)
@@ -59,7 +102,46 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    "domain and name)")
     add_network_map(p)
     add_format_options(p, columns=False)
-    p.set_defaults(func=plan_command)
+
+
+def migrate_command(args: argparse.Namespace) -> int:
+    request = ServerRequest(
+        source_cloud=args.source, destination_cloud=args.destination, project=args.project,
+        servers=tuple(args.server or ()), all=args.all, cutover=args.cutover,
+        method=args.method, flavor_map=dict(parse_pairs(args.flavor_map, "--flavor-map")),
+        settle=args.settle, max_passes=args.max_passes, dry_run=args.dry_run,
+    )
+    src, dst = connect(args.source), connect(args.destination)
+    with Journal(args.journal) as journal:
+        resolver = Resolver(args.destination, maps=load_network_map(args.network_map),
+                            journal=journal)
+        try:
+            migration = migrate_servers(
+                request, src, dst, journal, load_storage_map(args.storage_map), resolver,
+                project_map=load_operator_map(args.project_map), events=args.events)
+        except PreflightFailed as failed:
+            _print(failed.migration.records, failed.migration.checked, args.format)
+            raise
+    if args.dry_run:
+        _print(migration.records, migration.checked, args.format)
+        return 0
+    _print_steps(migration, args.format)
+    return 0
+
+
+def _print_steps(migration: ServerMigration, fmt: str) -> None:
+    if fmt != "table":
+        dump({"run": migration.run_id, "servers": [
+            {"id": o.server_id, "name": o.name, "destination_id": o.destination_id,
+             "steps": [s.as_dict() for s in o.steps]} for o in migration.outcomes]},
+            fmt, sys.stdout)
+        return
+    rows = [{"Server": o.server_id, "Name": o.name, "Step": s.name, "Status": s.status,
+             "Summary": s.summary} for o in migration.outcomes for s in o.steps]
+    render_table(rows, STEP_COLUMNS, fmt)
+    print(f"run {migration.run_id}: {len(migration.outcomes)} server(s) migrated; undo with "
+          f"`stackhop rollback --to {migration.request.destination_cloud} --run "
+          f"{migration.run_id}`")
 
 
 def plan_command(args: argparse.Namespace) -> int:

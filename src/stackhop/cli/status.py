@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stackhop.cli.output import add_format_options, dump, render_table
 from stackhop.errors import ConfigError
 from stackhop.journal import PENDING, ROLLED_BACK, STATES, Journal, OperationRecord, RunRecord
+from stackhop.servers.rollback import unfinished_cutovers
 
 RUN_COLUMNS = ("ID", "Command", "From", "To", "Started", "Finished", "Outcome")
 COUNT_COLUMNS = ("Kind", *(state.replace("_", " ").capitalize() for state in STATES))
@@ -63,6 +64,8 @@ class StatusReport:
     pending: list[OperationRecord]
     #: (run, rollback run) -> operations of that run the rollback undid.
     undone: dict[tuple[str, str], int]
+    #: Servers whose source a run stopped, their cutover unfinished (one line each).
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +79,7 @@ class StatusReport:
             "pending": [
                 {**_brief(op), "updated_at": op.updated_at.isoformat()} for op in self.pending
             ],
+            "warnings": self.warnings,
         }
 
 
@@ -108,6 +112,7 @@ def collect(journal: Journal, run_id: str | None = None) -> StatusReport:
     for op in journal.operations(run_id=run.id if run else None, state=ROLLED_BACK):
         key = (op.run_id, op.undone_by or "?")
         undone[key] = undone.get(key, 0) + 1
+    warnings = unfinished_cutovers(journal, run.id if run else None)
     if run is None:
         return StatusReport(
             runs=journal.runs(),
@@ -115,6 +120,7 @@ def collect(journal: Journal, run_id: str | None = None) -> StatusReport:
             failed=journal.operations(state="failed"),
             pending=journal.operations(state=PENDING),
             undone=undone,
+            warnings=warnings,
         )
     return StatusReport(
         runs=[run],
@@ -122,6 +128,7 @@ def collect(journal: Journal, run_id: str | None = None) -> StatusReport:
         failed=journal.operations(run_id=run.id, state="failed"),
         pending=journal.operations(run_id=run.id, state=PENDING),
         undone=undone,
+        warnings=warnings,
     )
 
 
@@ -205,4 +212,6 @@ def show_status(args: argparse.Namespace) -> int:
                 values += (op.stage or "", progress_text(op.progress))
             failed_rows.append(dict(zip(columns, (*values, op.error), strict=True)))
         render_table(failed_rows, columns, "table", title="Failed operations")
+    for line in report.warnings:
+        print(f"warning: {line}")
     return 0

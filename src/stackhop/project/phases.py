@@ -101,18 +101,26 @@ class PhaseRunner:
     events: EventSink
     #: The engine's stop event: set by Ctrl-C; the runs a phase starts share it.
     stop: threading.Event = field(default_factory=threading.Event)
+    #: The phases in order, their journal kind and the run's command: a project
+    #: migration's by default; a server migration's steps are phases of their own kind.
+    phases: tuple[str, ...] = PHASES
+    kind: TaskKind = field(default_factory=lambda: PHASE)
+    command: str = "project migrate"
+    #: The running phase's task context (its journal row: ``stage`` reports, and
+    #: ``previous``, what an interrupted earlier attempt reported): phases run one at a time.
+    ctx: TaskContext | None = field(default=None, init=False, repr=False)
 
     def identity(self, phase: str) -> str:
         return f"{self.project_id}/{phase}"
 
     def record(self, phase: str) -> OperationRecord | None:
         """The journal row of ``phase`` for this project, if any run touched it."""
-        return self.journal.operation(self.scope, PHASE_KIND, self.identity(phase))
+        return self.journal.operation(self.scope, self.kind.name, self.identity(phase))
 
     def finished(self) -> dict[str, Facts]:
         """Facts of every phase a run has finished, by phase name."""
         done: dict[str, Facts] = {}
-        for phase in PHASES:
+        for phase in self.phases:
             row = self.record(phase)
             if row is not None and row.state == DONE:
                 done[phase] = dict(row.before or {}).get("facts", {})
@@ -140,24 +148,24 @@ class PhaseRunner:
         )
 
         def batches() -> Iterator[list[Operation]]:
-            for phase in PHASES:
+            for phase in self.phases:
                 row = self.record(phase)
                 if phase in facts and row is not None:
                     summary = str(dict(row.before or {}).get("summary", ""))
                     earlier = PhaseOutcome(phase, "done earlier", summary, facts=facts[phase])
                     outcomes.append(earlier)
                     self._announce(phase, "done earlier", summary)
-                    yield [Skip(kind=PHASE, identity=self.identity(phase),
+                    yield [Skip(kind=self.kind, identity=self.identity(phase),
                                 source={"id": self.project_id}, resolved={})]  # fmt: skip
                     continue
-                task = PhaseTask(kind=PHASE, identity=self.identity(phase), of=self.project_id,
+                task = PhaseTask(kind=self.kind, identity=self.identity(phase), of=self.project_id,
                                  phase=phase, step=steps[phase], runner=self, facts=facts,
                                  outcomes=outcomes)  # fmt: skip
                 yield [task]
                 if engine.outcome(task.ref, wait=True) != "done":
                     return
 
-        result = engine.run_planned(batches(), total=len(PHASES), command="project migrate",
+        result = engine.run_planned(batches(), total=len(self.phases), command=self.command,
                                     run_id=self.run_id)  # fmt: skip
         for exc in result.exceptions.values():
             raise exc
@@ -168,7 +176,7 @@ class PhaseRunner:
         self.events.emit(
             Event(
                 EventType.INFO,
-                kind=PHASE_KIND,
+                kind=self.kind.name,
                 identity=phase,
                 outcome=status,
                 message=f"phase {phase}: {status}: {summary}",
@@ -195,13 +203,14 @@ class PhaseTask(Task):
         runner.events.emit(
             Event(
                 EventType.INFO,
-                kind=PHASE_KIND,
+                kind=runner.kind.name,
                 identity=phase,
                 message=f"phase {phase}: started",
                 run_id=runner.run_id,
             )
         )
         started = time.monotonic()
+        runner.ctx = ctx
         try:
             result = self.step(self.facts)
         except BaseException as exc:

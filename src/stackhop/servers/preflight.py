@@ -76,11 +76,16 @@ class Preflight:
 
 
 def preflight(dst: Any, dst_project_id: str, records: Sequence[ServerRecord],
-              resolver: Resolver, flavor_map: Mapping[str, str] | None = None) -> Preflight:
-    """Check ``records`` against the destination (``dst``: the operator's connection)."""
+              resolver: Resolver, flavor_map: Mapping[str, str] | None = None,
+              counted: Sequence[ServerRecord] | None = None) -> Preflight:
+    """Check ``records`` against the destination (``dst``: the operator's connection).
+
+    ``counted``: the records the quotas must have room for (default: all; a re-run
+    leaves out the servers an earlier run booted).
+    """
     flavors = {f.name: f for f in dst.compute.flavors(is_public=None)}
     result = Preflight([_one(dst, r, resolver, flavors, flavor_map or {}) for r in records])
-    result.problems += _quotas(dst, dst_project_id, records)
+    result.problems += _quotas(dst, dst_project_id, records if counted is None else counted)
     return result
 
 
@@ -162,6 +167,8 @@ def _port(dst: Any, port: Any, resolver: Resolver, problems: list[str]) -> PortP
 
 
 def _quotas(dst: Any, project_id: str, records: Sequence[ServerRecord]) -> list[str]:
+    if not records:
+        return []
     need = {
         "instances": len(records),
         "cores": sum(int(r.flavor.get("vcpus") or 0) for r in records),

@@ -104,6 +104,9 @@ class CopyRequest:
     #: The cutover pass (implies ``incremental``): volumes must be detached; each volume's
     #: incremental chain ends once it is verified (the method's kept snapshots are removed).
     final: bool = False
+    #: The volumes' server is stopped by the caller (a server migration's cutover): a final
+    #: pass of attached volumes is then as consistent as one of detached volumes.
+    quiesced: bool = False
     #: Destination type and size of the volumes (``--type-map``, ``--min-size``, ``--grow-to``).
     reshape: Reshape = field(default_factory=Reshape)
     #: ``--grant-role``: the operator's user holds this role in the destination project for
@@ -227,7 +230,9 @@ class VolumeCopier:
             label, quota_room(dst, dst_project), request.reshape.sized(creating), types
         )
         preflight.check_in_use(
-            moving, request.allow_in_use and not request.final, request.incremental
+            moving,
+            request.quiesced or (request.allow_in_use and not request.final),
+            request.incremental or request.quiesced,
         )
         preflight.check_method(
             self.method, moving, self.storage, request.destination_cloud, types, request.incremental

@@ -1,0 +1,431 @@
+"""``stackhop servers migrate``: the servers of one project, with minutes of downtime.
+
+:func:`migrate_servers` gathers the selected servers and checks them all on the
+destination first (:mod:`.preflight`, and the volume copy's own preflight for their
+volumes); any problem stops there, with nothing stopped and nothing created. Then, one
+server after the other, the steps of :data:`STEPS`, each a journaled engine task of kind
+``server.step`` (scope ``servers <src>-><dst>``, identity ``<server ID>/<step>``) run by
+the :class:`~stackhop.project.phases.PhaseRunner`: a step done is not run again, its
+facts are read back from the journal, and a re-run resumes at the first step not done.
+
+- ``precopy``: incremental passes of the server's volumes while it runs (the volume
+  copy's ``--allow-in-use`` chain), repeated while a pass sent more than ``settle``
+  bytes, at most ``max_passes``;
+- ``stop``: the source server stopped (or shelved); journaled before the call, so that
+  ``stackhop status`` says "source stopped, cutover unfinished" until ``verify`` is done;
+  ``--cutover none`` leaves it running (a test copy: the volumes are then only
+  crash-consistent);
+- ``final``: the last pass of every volume (the chain ends, the method's snapshots go);
+- ``ports``: the destination ports, same fixed IPs, MACs, groups and address pairs;
+- ``boot``: the server from the copied boot volume, with the ports, key, metadata,
+  tags, user data, config drive, and the server group as a scheduler hint;
+- ``attach``: the data volumes in device order;
+- ``floating``: each floating IP released on the source and made (same address where
+  free) on the destination port;
+- ``verify``: destination ACTIVE, flavor shape, addresses, MACs, metadata, tags equal,
+  every volume's final pass verified, the source stopped; then each volume's
+  ``delete_on_termination`` as on the source (False until then: a rollback's delete of
+  the server keeps the copies).
+
+The rollback (:mod:`.rollback`) undoes a run from the facts these steps journal.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stackhop.clouds import scoped_connection
+from stackhop.errors import ConflictError, StackhopError
+from stackhop.events import EventSink, NullSink
+from stackhop.journal import Journal
+from stackhop.kinds.identity import OperatorMap
+from stackhop.project.phases import Facts, PhaseOutcome, PhaseResult, PhaseRunner
+from stackhop.resolve import Resolver
+from stackhop.servers import steps
+from stackhop.servers.gather import ServerRecord, find_server, gather
+from stackhop.servers.preflight import Preflight, ServerPreflight, preflight
+from stackhop.task import TaskKind
+from stackhop.volumes import copy as volume_copy
+from stackhop.volumes.inventory import map_project, project_record, volume_ref
+from stackhop.volumes.methods import get_method, supports_incremental
+from stackhop.volumes.model import VolumeRef
+from stackhop.volumes.storage import StorageMap
+
+STEPS = ("precopy", "stop", "final", "ports", "boot", "attach", "floating", "verify")
+STEP_KIND = "server.step"
+COMMAND = "servers migrate"
+CUTOVERS = ("stop", "shelve", "none")
+METHODS = ("auto", "rbd", "stream", "image")
+#: ``auto``: the first of these whose checks accept every volume of the server.
+AUTO_ORDER = ("rbd", "stream", "image")
+#: A pre-copy pass that sent no more than this ends the pre-copy (the default ``settle``).
+SETTLE_BYTES = 64 * 2**20
+
+
+class ServerStepKind(TaskKind):
+    """The journal kind of one step of one server (a task: PhaseTask calls it)."""
+
+    name = STEP_KIND
+    service = "compute"
+
+
+STEP = ServerStepKind()
+
+
+def scope_of(source_cloud: str, destination_cloud: str) -> str:
+    return f"servers {source_cloud}->{destination_cloud}"
+
+
+@dataclass(frozen=True)
+class ServerRequest:
+    """The options of ``stackhop servers migrate``."""
+
+    source_cloud: str
+    destination_cloud: str
+    project: str
+    servers: tuple[str, ...] = ()
+    all: bool = False
+    cutover: str = "stop"
+    method: str = "auto"
+    flavor_map: Mapping[str, str] = field(default_factory=dict)
+    settle: int = SETTLE_BYTES
+    max_passes: int = 4
+    dry_run: bool = False
+
+    def args(self) -> dict[str, Any]:
+        return {"project": self.project, "servers": list(self.servers), "all": self.all,
+                "cutover": self.cutover, "method": self.method,
+                "flavor_map": dict(self.flavor_map), "settle": self.settle,
+                "max_passes": self.max_passes}
+
+
+@dataclass
+class ServerOutcome:
+    server_id: str
+    name: str
+    steps: list[PhaseOutcome]
+    destination_id: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return bool(self.steps) and self.steps[-1].name == "verify" and \
+            self.steps[-1].status != "failed"
+
+
+@dataclass
+class ServerMigration:
+    """The servers of one run: what was gathered, checked, and what each step did."""
+
+    request: ServerRequest
+    records: list[ServerRecord]
+    checked: Preflight
+    methods: dict[str, str]
+    run_id: str | None = None
+    outcomes: list[ServerOutcome] = field(default_factory=list)
+
+
+class Migrator:
+    """Runs one request (see the module docstring)."""
+
+    def __init__(self, request: ServerRequest, src: Any, dst: Any, journal: Journal,
+                 storage: StorageMap, *, resolver: Resolver,
+                 project_map: OperatorMap | None = None, events: EventSink | None = None,
+                 stop: threading.Event | None = None) -> None:
+        if request.cutover not in CUTOVERS:
+            raise ConflictError(f"--cutover {request.cutover!r}: choose one of "
+                                f"{', '.join(CUTOVERS)}")
+        self.request, self.src, self.dst = request, src, dst
+        self.journal, self.storage, self.resolver = journal, storage, resolver
+        self.project_map = project_map
+        self.events = events or NullSink()
+        self.stop = stop or threading.Event()
+        self.scope = scope_of(request.source_cloud, request.destination_cloud)
+        self.project: dict[str, Any] = {}
+        self.dst_project = ""
+
+    # -- gather and preflight -------------------------------------------------
+
+    def prepare(self) -> ServerMigration:
+        """Gather and check every selected server; raises ConflictError on any problem."""
+        request = self.request
+        self.project = project_record(self.src, request.project)
+        self.dst_project = map_project(self.project, self.dst, self.project_map)
+        if request.all:
+            listed = self.src.compute.servers(all_projects=True, project_id=self.project["id"])
+            servers = [self.src.compute.get_server(s.id) for s in
+                       sorted(listed, key=lambda s: s.name)]
+        else:
+            servers = [find_server(self.src.compute, self.project["id"], s)
+                       for s in request.servers]
+        records = [gather(self.src, s) for s in servers]
+        images = [r.name for r in records if r.boot == "image"]
+        if images:
+            raise ConflictError(
+                f"server(s) {', '.join(images)} boot from an image; this release moves "
+                "servers booted from a volume only (docs/servers.md); nothing was changed")
+        # Servers booted on dst by an earlier run are checked too (their ports there are
+        # marked as theirs), but only the others count against the quotas.
+        checked = preflight(self.dst, self.dst_project, records, self.resolver,
+                            request.flavor_map, counted=self._not_booted(records))
+        methods = {}
+        for record in records:
+            volumes = self._volumes(record)
+            methods[record.id] = self._method(volumes)
+            checked.problems += self._volume_problems(record, volumes, methods[record.id])
+        migration = ServerMigration(request, records, checked, methods)
+        if not checked.ok:
+            raise PreflightFailed(migration)
+        return migration
+
+    def _not_booted(self, records: Sequence[ServerRecord]) -> list[ServerRecord]:
+        """The records whose server is not on the destination yet (quota counts them)."""
+        return [r for r in records
+                if steps.find_booted(self.dst, self.dst_project, r.id) is None]
+
+    def _volumes(self, record: ServerRecord) -> list[VolumeRef]:
+        cloud = self.request.source_cloud
+        return [volume_ref(cloud, self.src.block_storage.get_volume(a.volume_id))
+                for a in record.attachments]
+
+    def _method(self, volumes: Sequence[VolumeRef]) -> str:
+        if self.request.method != "auto":
+            return self.request.method
+        types = {v.id: v.volume_type for v in volumes}
+        for name in AUTO_ORDER:
+            method = get_method(name)
+            try:
+                for v in volumes:
+                    method.check(v, self.storage, self.request.destination_cloud, types[v.id])
+            except StackhopError:
+                continue
+            return name
+        return "image"
+
+    def _copier(self, record: ServerRecord, method: str, *, final: bool,
+                dry_run: bool = False) -> volume_copy.VolumeCopier:
+        request = self.request
+        copy = volume_copy.CopyRequest(
+            source_cloud=request.source_cloud, destination_cloud=request.destination_cloud,
+            project=self.project["id"], volumes=tuple(a.volume_id for a in record.attachments),
+            method=method, incremental=True, allow_in_use=True, final=final,
+            quiesced=final, dry_run=dry_run,
+        )
+        return volume_copy.VolumeCopier(
+            copy, volume_copy.Clouds(self.src, self.dst), self.journal, self.storage,
+            events=self.events, project_map=self.project_map, stop=self.stop)
+
+    def _volume_problems(self, record: ServerRecord, volumes: Sequence[VolumeRef],
+                         method: str) -> list[str]:
+        if not volumes:
+            return []
+        try:
+            self._copier(record, method, final=True, dry_run=True).prepare()
+        except StackhopError as exc:
+            return [f"server {record.id}: its volumes by the {method} method: {exc.message}"]
+        return []
+
+    # -- the steps -------------------------------------------------------------
+
+    def run(self, migration: ServerMigration) -> ServerMigration:
+        """Run every server's steps not done yet; stops at the first server that fails."""
+        run = self.journal.start_run(COMMAND, source_cloud=self.request.source_cloud,
+                                     destination_cloud=self.request.destination_cloud,
+                                     args=self.request.args())
+        migration.run_id = run.id
+        try:
+            for record, check in zip(migration.records, migration.checked.servers,
+                                     strict=True):
+                outcome = ServerOutcome(record.id, record.name, [])
+                migration.outcomes.append(outcome)
+                runner = PhaseRunner(self.journal, run.id, self.scope, record.id, self.events,
+                                     self.stop, phases=STEPS, kind=STEP, command=COMMAND)
+                cutover = _Cutover(self, runner, record, check, migration.methods[record.id])
+                runner.run(cutover.steps(), outcome.steps)
+                outcome.destination_id = runner.finished().get("boot", {}).get("server")
+        except BaseException:
+            self.journal.finish_run(run.id, "failed")
+            raise
+        self.journal.finish_run(run.id, "succeeded")
+        return migration
+
+
+class PreflightFailed(ConflictError):
+    """A problem found before anything moved; the migration's findings ride along."""
+
+    def __init__(self, migration: ServerMigration) -> None:
+        self.migration = migration
+        problems = migration.checked.all_problems
+        super().__init__(f"{len(problems)} problem(s) stop the migration of these servers; "
+                         f"nothing was stopped or created: {problems[0]}")
+
+
+@dataclass
+class _Cutover:
+    """The step functions of one server (their facts by step name, from the runner)."""
+
+    migrator: Migrator
+    runner: PhaseRunner
+    record: ServerRecord
+    check: ServerPreflight
+    method: str
+
+    def steps(self) -> dict[str, Callable[[Mapping[str, Facts]], PhaseResult]]:
+        return {"precopy": self.precopy, "stop": self.stop, "final": self.final,
+                "ports": self.ports, "boot": self.boot, "attach": self.attach,
+                "floating": self.floating, "verify": self.verify}
+
+    def note(self, facts: dict[str, Any]) -> None:
+        """Journal what the running step made so far (read by a rollback, a re-run)."""
+        ctx = self.runner.ctx
+        assert ctx is not None
+        ctx.stage("partial", {"facts": {**self.earlier(), **facts}})
+
+    def earlier(self) -> dict[str, Any]:
+        """What an interrupted earlier attempt of the running step noted."""
+        ctx = self.runner.ctx
+        previous = ctx.previous if ctx is not None else None
+        return dict(((previous.before or {}) if previous else {}).get("facts") or {})
+
+    @property
+    def request(self) -> ServerRequest:
+        return self.migrator.request
+
+    def precopy(self, facts: Mapping[str, Facts]) -> PhaseResult:
+        method = get_method(self.method)
+        if not self.record.attachments or not supports_incremental(method):
+            why = ("no volumes" if not self.record.attachments
+                   else f"the {self.method} method is not incremental")
+            return PhaseResult(f"no pre-copy ({why})", {"passes": []})
+        sent: list[int] = []
+        for _ in range(max(1, self.request.max_passes)):
+            result = self._pass(final=False)
+            sent.append(sum(o.bytes_sent for o in result.outcomes))
+            self.note({"passes": sent})
+            if sent[-1] <= self.request.settle:
+                break
+        return PhaseResult(f"{len(sent)} pass(es) while running, bytes sent {sent}",
+                           {"passes": sent})
+
+    def _pass(self, *, final: bool) -> volume_copy.CopyResult:
+        copier = self.migrator._copier(self.record, self.method, final=final)
+        result = copier.run(copier.prepare())
+        if result.failed:
+            first = result.failed[0]
+            raise ConflictError(f"volume {first.volume_id}: {first.error}; re-run to carry on")
+        return result
+
+    def stop(self, facts: Mapping[str, Facts]) -> PhaseResult:
+        src = self.migrator.src
+        server = src.compute.get_server(self.record.id)
+        was = self.earlier().get("was", server.status)
+        cutover = self.request.cutover
+        if cutover == "none":
+            return PhaseResult("left running (--cutover none: a test copy)",
+                               {"was": was, "stopped": False})
+        self.note({"was": was, "cutover": cutover})  # journaled before the call
+        if cutover == "stop":
+            if server.status == "ACTIVE":
+                src.compute.stop_server(server)
+            want: tuple[str, ...] = ("SHUTOFF",)
+        else:
+            if server.status not in ("SHELVED", "SHELVED_OFFLOADED"):
+                src.compute.shelve_server(server)
+            want = ("SHELVED", "SHELVED_OFFLOADED")
+        steps.wait_for(f"source server {server.id} ({cutover})",
+                       lambda: src.compute.get_server(server.id), lambda s: s.status in want,
+                       lambda s: "Nova put it in ERROR" if s.status == "ERROR" else None)
+        return PhaseResult(f"source {was} -> {want[0]}",
+                           {"was": was, "stopped": was == "ACTIVE", "cutover": cutover})
+
+    def final(self, facts: Mapping[str, Facts]) -> PhaseResult:
+        if not self.record.attachments:
+            return PhaseResult("no volumes", {"volumes": {}})
+        result = self._pass(final=True)
+        volumes = {o.volume_id: {"destination": o.destination_id, "digest": o.content_digest,
+                                 "bytes_sent": o.bytes_sent} for o in result.outcomes}
+        sent = sum(o.bytes_sent for o in result.outcomes)
+        return PhaseResult(f"final pass of {len(volumes)} volume(s), {sent} bytes sent",
+                           {"volumes": volumes, "run": result.run_id})
+
+    def ports(self, facts: Mapping[str, Facts]) -> PhaseResult:
+        created = list(self.earlier().get("created") or [])  # by an interrupted attempt
+        made = steps.ensure_ports(self.migrator.dst, self.migrator.dst_project, self.record,
+                                  self.check.ports, created, self.note)
+        return PhaseResult(f"{len(made)} port(s), {len(created)} made",
+                           {"ports": made, "created": created})
+
+    def boot(self, facts: Mapping[str, Facts]) -> PhaseResult:
+        m = self.migrator
+        scoped = scoped_connection(m.dst, m.dst_project, purpose="boot servers", role="admin")
+        boot = self.record.boot_volume
+        volumes = facts.get("final", {}).get("volumes", {})
+        boot_volume = volumes[boot.volume_id]["destination"] if boot else None
+        user_id = getattr(m.src.compute.get_server(self.record.id), "user_id", None)
+        key_name, made_key = steps.keypair_for_boot(m.src, scoped, self.record, user_id,
+                                                    self.note)
+        ports = facts["ports"]["ports"]
+        try:
+            server_id = steps.boot(
+                m.dst, scoped, m.dst_project, self.record, str(self.check.flavor_id),
+                [ports[p.id] for p in self.record.ports], boot_volume, None,
+                self.check.server_group_ids, key_name,
+                lambda f: self.note({**f, "keypair_made": made_key}))
+        finally:
+            if made_key and key_name:  # the server keeps the key's name and data
+                scoped.compute.delete_keypair(key_name, ignore_missing=True)
+        return PhaseResult(f"destination server {server_id} ACTIVE", {"server": server_id})
+
+    def attach(self, facts: Mapping[str, Facts]) -> PhaseResult:
+        m = self.migrator
+        volumes = facts.get("final", {}).get("volumes", {})
+        data = [(volumes[a.volume_id]["destination"], a.tag) for a in self.record.data_volumes]
+        if data:
+            scoped = scoped_connection(m.dst, m.dst_project, purpose="attach volumes",
+                                       role="admin")
+            steps.attach(m.dst, scoped, facts["boot"]["server"], data)
+        return PhaseResult(f"{len(data)} data volume(s) attached",
+                           {"volumes": [v for v, _ in data]})
+
+    def floating(self, facts: Mapping[str, Facts]) -> PhaseResult:
+        m = self.migrator
+        moved = steps.move_floating_ips(
+            m.src, m.dst, m.dst_project, self.record, self.check.ports,
+            facts["ports"]["ports"], release=self.request.cutover != "none", note=self.note)
+        return PhaseResult(f"{len(moved)} floating IP(s): " + ", ".join(
+            f"{f['address']} -> {f['destination_address']}" for f in moved) or "none",
+            {"floating_ips": moved})
+
+    def verify(self, facts: Mapping[str, Facts]) -> PhaseResult:
+        m = self.migrator
+        server_id = facts["boot"]["server"]
+        volumes = facts.get("final", {}).get("volumes", {})
+        found = steps.verify(m.src, m.dst, self.record, server_id, facts["ports"]["ports"],
+                             expect_source_stopped=self.request.cutover != "none")
+        found += steps.check_digests(volumes)
+        if found:
+            raise ConflictError(f"server {self.record.id}: the destination differs: "
+                                f"{'; '.join(found)}")
+        steps.set_delete_on_termination(m.dst, server_id, {
+            volumes[a.volume_id]["destination"]: a.delete_on_termination
+            for a in self.record.attachments})
+        return PhaseResult(f"destination server {server_id} equal to the source",
+                           {"server": server_id})
+
+
+def migrate_servers(request: ServerRequest, src: Any, dst: Any, journal: Journal,
+                    storage: StorageMap, resolver: Resolver, *,
+                    project_map: OperatorMap | None = None,
+                    events: EventSink | None = None,
+                    on_plan: Callable[[ServerMigration], None] | None = None) -> ServerMigration:
+    """Prepare, then (unless ``dry_run``) run: see the module docstring."""
+    migrator = Migrator(request, src, dst, journal, storage, resolver=resolver,
+                        project_map=project_map, events=events)
+    migration = migrator.prepare()
+    if on_plan is not None:
+        on_plan(migration)
+    if request.dry_run:
+        return migration
+    return migrator.run(migration)

@@ -1,0 +1,192 @@
+"""Undoing a ``servers migrate`` run: ``stackhop rollback --to DST --run ID`` on its runs.
+
+From the facts the steps journaled (done, or noted while a step ran and was cut short),
+for each server of the run, in this order:
+
+1. the destination server is deleted, its volumes' ``delete_on_termination`` first set
+   False (the copies stay: a rollback keeps copied volumes);
+2. each floating IP made on the destination is deleted (one that was there before is
+   only disassociated), and the source's is given back to its source port;
+3. the destination ports the run made are deleted (Nova keeps ports it was given);
+4. a keypair made for the boot and left behind by a kill is deleted;
+5. the source server is started (or unshelved) if the run stopped it.
+
+Then the step rows are marked: ``done`` ones ``rolled_back`` (the same command may do
+them again), unfinished ones ``failed`` with what undid them. Each action looks first, so
+a rollback cut short is run again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from openstack import exceptions as sdk_exceptions
+
+from stackhop.journal import DONE, FAILED, ROLLED_BACK, Journal, OperationRecord
+from stackhop.kinds.base import Kind
+from stackhop.kinds.rest import call
+from stackhop.servers import steps
+from stackhop.servers.migrate import COMMAND, STEP_KIND
+
+ROLLBACK_COMMAND = "rollback"
+
+
+@dataclass
+class ServerRollback:
+    """What the rollback of one server did, one line each."""
+
+    server_id: str
+    actions: list[str] = field(default_factory=list)
+
+
+def is_servers_run(journal: Journal, run_id: str) -> bool:
+    return journal.run(run_id).command == COMMAND
+
+
+def _facts(row: OperationRecord) -> dict[str, Any]:
+    return dict((row.before or {}).get("facts") or {})
+
+
+def rollback_servers(journal: Journal, src: Any, dst: Any, run_ids: Sequence[str],
+                     destination_cloud: str) -> tuple[str, list[ServerRollback]]:
+    """Undo the server runs ``run_ids`` (see the module docstring); the rollback run's ID."""
+    runs = [journal.run(r) for r in run_ids]
+    rows = [row for run in runs for row in journal.operations(run_id=run.id, kind=STEP_KIND)
+            if row.state != ROLLED_BACK]
+    by_server: dict[str, dict[str, OperationRecord]] = defaultdict(dict)
+    for row in rows:
+        server, _, step = row.identity.rpartition("/")
+        by_server[server][step] = row
+    run = journal.start_run(ROLLBACK_COMMAND, source_cloud=runs[0].source_cloud if runs else None,
+                            destination_cloud=destination_cloud,
+                            args={"runs": list(run_ids), "servers": sorted(by_server)})
+    done: list[ServerRollback] = []
+    try:
+        for server_id, server_rows in sorted(by_server.items()):
+            undone = ServerRollback(server_id)
+            facts = {step: _facts(row) for step, row in server_rows.items()}
+            _undo_server(dst, facts, undone)
+            _undo_floating(src, dst, facts.get("floating", {}), undone)
+            _undo_ports(dst, facts.get("ports", {}), undone)
+            _undo_keypair(dst, facts.get("boot", {}), undone)
+            _undo_stop(src, server_id, facts.get("stop", {}), undone)
+            for row in server_rows.values():
+                _mark(journal, run.id, row)
+            done.append(undone)
+    except BaseException:
+        journal.finish_run(run.id, "failed")
+        raise
+    journal.finish_run(run.id, "succeeded")
+    return run.id, done
+
+
+def _undo_server(dst: Any, facts: Mapping[str, Mapping[str, Any]], out: ServerRollback) -> None:
+    server_id = facts.get("verify", {}).get("server") or facts.get("boot", {}).get("server")
+    if not server_id:
+        return
+    try:
+        server = dst.compute.get_server(server_id)
+    except sdk_exceptions.NotFoundException:
+        return
+    if (server.metadata or {}).get(steps.SOURCE_KEY) is None:
+        out.actions.append(f"destination server {server_id} carries no {steps.SOURCE_KEY}: "
+                           "left in place")
+        return
+    keep = {a.volume_id: False for a in dst.compute.volume_attachments(server_id)}
+    steps.set_delete_on_termination(dst, server_id, keep)
+    dst.compute.delete_server(server_id)
+    dst.compute.wait_for_delete(server, interval=1, wait=steps.WAIT)
+    out.actions.append(f"deleted destination server {server_id} (its {len(keep)} volume(s) "
+                       "kept)")
+
+
+def _undo_floating(src: Any, dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:
+    for entry in facts.get("floating_ips") or []:
+        target = entry.get("destination")
+        if target and entry.get("created"):
+            call(dst.network, "DELETE", f"/floatingips/{target}", missing_ok=True)
+            out.actions.append("deleted destination floating IP "
+                               f"{entry.get('destination_address')}")
+        elif target:
+            call(dst.network, "PUT", f"/floatingips/{target}",
+                 json={"floatingip": {"port_id": None}}, missing_ok=True)
+            out.actions.append(f"disassociated destination floating IP {target}")
+        if entry.get("released"):
+            call(src.network, "PUT", f"/floatingips/{entry['source']}",
+                 json={"floatingip": {"port_id": entry["source_port"]}})
+            out.actions.append(f"gave {entry['address']} back to source port "
+                               f"{entry['source_port']}")
+
+
+def _undo_ports(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:
+    for port_id in facts.get("created") or []:
+        found = call(dst.network, "GET", f"/ports/{port_id}", missing_ok=True)
+        if found is None:
+            continue
+        if Kind.marked_source_id(found["port"].get("description")) is None:
+            out.actions.append(f"destination port {port_id} carries no marker: left in place")
+            continue
+        call(dst.network, "DELETE", f"/ports/{port_id}", missing_ok=True)
+        out.actions.append(f"deleted destination port {port_id}")
+
+
+def _undo_keypair(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:
+    if facts.get("keypair_made") and facts.get("keypair"):
+        dst.compute.delete_keypair(facts["keypair"], ignore_missing=True)
+        out.actions.append(f"deleted the boot's keypair {facts['keypair']}")
+
+
+def _undo_stop(src: Any, server_id: str, facts: Mapping[str, Any], out: ServerRollback) -> None:
+    if facts.get("was") != "ACTIVE" or facts.get("cutover") is None:
+        return
+    server = src.compute.get_server(server_id)
+    if server.status == "SHUTOFF":
+        src.compute.start_server(server)
+    elif server.status in ("SHELVED", "SHELVED_OFFLOADED"):
+        src.compute.unshelve_server(server)
+    elif server.status == "ACTIVE":
+        return
+    steps.wait_for(f"source server {server_id} starting", lambda: src.compute.get_server(
+        server_id), lambda s: s.status == "ACTIVE",
+        lambda s: "Nova put it in ERROR" if s.status == "ERROR" else None)
+    out.actions.append(f"started source server {server_id} again")
+
+
+def _mark(journal: Journal, run_id: str, row: OperationRecord) -> None:
+    if row.state == DONE:
+        journal.transition(run_id, row.scope, row.kind, row.identity, ROLLED_BACK,
+                           action=row.action, expected=row, undone_by=run_id,
+                           before=row.before)
+    elif row.state != FAILED:
+        journal.transition(run_id, row.scope, row.kind, row.identity, FAILED,
+                           action=row.action, expected=row,
+                           error=f"undone by rollback run {run_id}")
+
+
+def unfinished_cutovers(journal: Journal, run_id: str | None = None) -> list[str]:
+    """One line per server whose source a run stopped and whose cutover is not verified
+    (``stackhop status`` shows them: the workload is down until a re-run or a rollback)."""
+    rows = journal.operations(run_id=run_id, kind=STEP_KIND)
+    if run_id is not None:  # the verify of a later run counts too
+        rows += [r for r in journal.operations(kind=STEP_KIND) if r.run_id != run_id]
+    steps_of: dict[tuple[str, str], dict[str, OperationRecord]] = defaultdict(dict)
+    for row in rows:
+        server, _, step = row.identity.rpartition("/")
+        steps_of[(row.scope, server)][step] = row
+    lines = []
+    for (_, server), found in sorted(steps_of.items()):
+        stop, verify = found.get("stop"), found.get("verify")
+        if stop is None or stop.state == ROLLED_BACK or (run_id and stop.run_id != run_id):
+            continue
+        facts = _facts(stop)
+        if facts.get("cutover") is None or facts.get("was") != "ACTIVE":
+            continue
+        if stop.state == FAILED and (stop.error or "").startswith("undone by rollback"):
+            continue
+        if verify is None or verify.state != DONE:
+            lines.append(f"server {server}: source stopped, cutover unfinished (run "
+                         f"{stop.run_id}): re-run servers migrate, or roll the run back")
+    return lines

@@ -1,0 +1,195 @@
+"""``servers migrate`` end to end on the testbed: pre-copy while running, cutover, verify,
+re-run, rollback (issue 19). Nova runs its fake driver here: the servers are records, but
+ports, volumes, attachments, floating IPs and power states are the real services'.
+
+The server of :mod:`tests.functional.servers_support` (booted from a volume, a data
+volume, two ports with fixed MACs, one with a floating IP, a server group, a keypair).
+Its project's networking, security groups and server group move first with ``stackhop
+migrate`` (the journal's ID map is what ``servers migrate`` resolves against), src's
+``public`` mapped to an external network made on dst. Data is written into both volumes
+between the pre-copy and the cutover (from the events of the run): it must arrive.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testbed.undo import undo_migration
+from tests.functional.servers_support import build_web_server, dst_external_network
+from tests.functional.volumes_support import (
+    Sandbox,
+    digest_of,
+    file_backend_path,
+    write_pattern,
+)
+
+from stackhop.clouds import connect
+from stackhop.events import Event
+from stackhop.journal import DONE, Journal
+from stackhop.resolve import Resolver, load_network_map
+from stackhop.servers.migrate import STEP_KIND, STEPS, ServerRequest, migrate_servers
+from stackhop.volumes.storage import load_storage_map
+
+pytestmark = pytest.mark.functional
+
+
+@pytest.fixture
+def box(testbed: Any) -> Iterator[Sandbox]:
+    with Sandbox.create("srvmig") as sandbox:
+        yield sandbox
+
+
+class WriteAfterPrecopy:
+    """An event sink that writes into the source volumes once the pre-copy is done."""
+
+    def __init__(self, volumes: list[str]) -> None:
+        self.volumes = volumes
+        self.written = False
+
+    def emit(self, event: Event) -> None:
+        if (event.kind == STEP_KIND and event.identity == "precopy"
+                and event.outcome == "done" and not self.written):
+            for volume_id in self.volumes:
+                write_pattern(file_backend_path("src", volume_id), "after-precopy", [3, 700])
+            self.written = True
+
+
+def test_a_volume_booted_server_moves_with_its_ports_ips_volumes_and_rolls_back(
+    box: Sandbox, cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    web = build_web_server(box)
+    src, dst = box.src, box.dst
+    for volume, seed in ((web.root, "root"), (web.data, "data")):
+        write_pattern(file_backend_path("src", volume.id), seed, [0, 1, 512])
+    journal = tmp_path / "journal.sqlite"
+    box.undo.append(lambda: undo_migration(journal))  # volumes and resources, even on failure
+    dpublic = dst_external_network(box)
+    network_map = tmp_path / "network-map.yaml"
+    network_map.write_text(f"networks: {{{web.public.id}: {dpublic.id}}}\n")
+    moved = cli("--journal", str(journal), "migrate", "--from", "src", "--to", "dst",
+                "--project", box.name, "--networks", "--routers", "--security-groups",
+                "--server-groups", "--network-map", str(network_map), "-f", "json")
+    assert moved.code == 0, moved.err
+    select = ("--from", "src", "--to", "dst", "--project", box.name, "--server", "srv-app",
+              "--network-map", str(network_map), "--method", "stream")
+
+    # Too few cores on dst: refused before anything stops or is made.
+    dst.compute.update_quota_set(box.ids["dst"], cores=0)
+    refused = cli("--journal", str(journal), "servers", "migrate", *select)
+    assert refused.code == 10, refused.err
+    assert "cores quota is 0" in refused.err and len(refused.err.strip().splitlines()) == 1
+    assert src.compute.get_server(web.server.id).status == "ACTIVE"
+    assert list(dst.compute.servers(all_projects=True, project_id=box.ids["dst"])) == []
+    assert [p for p in dst.network.ports(project_id=box.ids["dst"], device_owner="")] == []
+    dst.compute.update_quota_set(box.ids["dst"], cores=20)
+
+    # The migration, data written between the pre-copy and the cutover.
+    sink = WriteAfterPrecopy([web.root.id, web.data.id])
+    with Journal(journal) as jr:
+        request = ServerRequest("src", "dst", box.name, servers=("srv-app",), method="stream")
+        result = migrate_servers(request, connect("src"), connect("dst"), jr,
+                                 load_storage_map(), Resolver(
+                                     "dst", maps=load_network_map(network_map), journal=jr),
+                                 events=sink)
+    assert sink.written
+    (outcome,) = result.outcomes
+    assert [s.name for s in outcome.steps] == list(STEPS)
+    assert all(s.status == "done" for s in outcome.steps), outcome.steps
+
+    (twin,) = list(dst.compute.servers(all_projects=True, project_id=box.ids["dst"]))
+    assert twin.id == outcome.destination_id and twin.status == "ACTIVE"
+    assert src.compute.get_server(web.server.id).status == "SHUTOFF"
+    ports = {p.name: p for p in dst.network.ports(device_id=twin.id)}
+    assert {n: (p.mac_address, [i["ip_address"] for i in p.fixed_ips])
+            for n, p in ports.items()} == {
+        "front": ("fa:16:3e:77:00:10", ["10.77.0.10"]),
+        "back": (web.back.mac_address, ["10.77.0.11"])}
+    assert [a["ip_address"] for a in ports["front"].allowed_address_pairs] == ["10.77.0.200"]
+    (dfip,) = list(dst.network.ips(port_id=ports["front"].id))
+    assert dfip.floating_ip_address == web.fip.floating_ip_address  # same address
+    assert src.network.get_ip(web.fip.id).port_id is None  # released on the source
+    assert twin.metadata["role"] == "web" and sorted(twin.tags) == ["prod", "web"]
+    assert twin.key_name == web.key.name
+    attached = list(dst.compute.volume_attachments(twin))
+    assert len(attached) == 2
+    for source in (web.root, web.data):  # the writes after the pre-copy arrived
+        copy = next(v for v in dst.block_storage.volumes(details=True, all_projects=True,
+                                                         project_id=box.ids["dst"])
+                    if v.name == source.name)
+        assert digest_of("dst", copy.id) == digest_of("src", source.id), source.name
+    (dgroup,) = [g for g in dst.compute.server_groups(all_projects=True)
+                 if g.project_id == box.ids["dst"]]
+    assert twin.id in dgroup.member_ids
+
+    # A re-run changes nothing: every step done earlier, one server on dst.
+    again = cli("--journal", str(journal), "servers", "migrate", *select, "-f", "json")
+    assert again.code == 0, again.err
+    (shown,) = again.json()["servers"]
+    assert {s["status"] for s in shown["steps"]} == {"done earlier"}
+    assert len(list(dst.compute.servers(all_projects=True, project_id=box.ids["dst"]))) == 1
+
+    # Rollback: dst server and ports gone, the floating IP back, the source running.
+    with Journal(journal) as jr:
+        (run,) = [r.id for r in jr.runs() if r.command == "servers migrate"
+                  and jr.operations(run_id=r.id, kind=STEP_KIND)]
+    undone = cli("--journal", str(journal), "rollback", "--to", "dst", "--run", run)
+    assert undone.code == 0, undone.err
+    assert list(dst.compute.servers(all_projects=True, project_id=box.ids["dst"])) == []
+    assert [p for p in dst.network.ports(project_id=box.ids["dst"], device_owner="")] == []
+    assert list(dst.network.ips(project_id=box.ids["dst"])) == []
+    assert src.network.get_ip(web.fip.id).port_id == web.front.id
+    assert src.compute.get_server(web.server.id).status == "ACTIVE"
+
+
+def test_killed_after_the_source_stopped_the_rerun_finishes_with_one_server(
+    box: Sandbox, cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """kill -9 once the source is stopped, before the destination boots: ``status`` says
+    the source is stopped with the cutover unfinished; the re-run finishes; one server."""
+    web = build_web_server(box)
+    journal = tmp_path / "journal.sqlite"
+    box.undo.append(lambda: undo_migration(journal))
+    dpublic = dst_external_network(box)
+    network_map = tmp_path / "network-map.yaml"
+    network_map.write_text(f"networks: {{{web.public.id}: {dpublic.id}}}\n")
+    assert cli("--journal", str(journal), "migrate", "--from", "src", "--to", "dst",
+               "--project", box.name, "--networks", "--routers", "--security-groups",
+               "--server-groups", "--network-map", str(network_map)).code == 0
+    select = ("servers", "migrate", "--from", "src", "--to", "dst", "--project", box.name,
+              "--server", "srv-app", "--network-map", str(network_map), "--method", "stream")
+
+    child = subprocess.Popen([sys.executable, "-m", "stackhop.cli.main", "--journal",
+                              str(journal), *select], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    stop_row = f"{web.server.id}/stop"
+    deadline = time.monotonic() + 600
+    try:
+        while True:
+            assert child.poll() is None, "the migration ended before the source stopped"
+            assert time.monotonic() < deadline, "the source was not stopped in time"
+            with Journal(journal) as jr:
+                rows = {r.identity: r for r in jr.operations(kind=STEP_KIND)}
+            if stop_row in rows and rows[stop_row].state == DONE:
+                break
+            time.sleep(0.1)
+    finally:
+        child.kill()
+        child.wait()
+    with Journal(journal) as jr:
+        boot = jr.operation(rows[stop_row].scope, STEP_KIND, f"{web.server.id}/boot")
+    assert boot is None or boot.state != DONE  # killed before the destination booted
+    assert box.src.compute.get_server(web.server.id).status == "SHUTOFF"
+    status = cli("--journal", str(journal), "status")
+    assert f"server {web.server.id}: source stopped, cutover unfinished" in status.out
+
+    again = cli("--journal", str(journal), *select, "-f", "json")
+    assert again.code == 0, again.err
+    servers = list(box.dst.compute.servers(all_projects=True, project_id=box.ids["dst"]))
+    assert [s.status for s in servers] == ["ACTIVE"]
+    assert "cutover unfinished" not in cli("--journal", str(journal), "status").out
