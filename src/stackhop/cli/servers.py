@@ -14,8 +14,9 @@ from typing import Any
 
 from stackhop.cli.options import add_clouds, add_dry_run, add_network_map
 from stackhop.cli.output import add_format_options, dump, render_table
+from stackhop.cli.volumes import ask
 from stackhop.clouds import connect
-from stackhop.errors import ConflictError
+from stackhop.errors import ConflictError, UsageError
 from stackhop.journal import Journal
 from stackhop.kinds.identity import load_operator_map
 from stackhop.mapfile import parse_pairs
@@ -80,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="pre-copy passes go on while a pass sends more than this (default "
                    f"{SETTLE_BYTES // 2**20} MiB)")
     m.add_argument("--max-passes", type=int, default=4, metavar="N",
-                   help="pre-copy passes at most (default 4)")
+                   help="pre-copy passes at most (default 4; 0: no pre-copy, the whole "
+                   "copy with the source stopped)")
     m.add_argument("--storage-map", metavar="FILE",
                    help="how each cloud's backends are reached (default: $STACKHOP_STORAGE_MAP)")
     add_dry_run(m, "print the plan per server")
@@ -94,6 +96,8 @@ def _selection(p: argparse.ArgumentParser) -> None:
     which.add_argument("--server", action="append", metavar="NAME_OR_ID",
                        help="a server of the project (repeatable)")
     which.add_argument("--all", action="store_true", help="every server of the project")
+    which.add_argument("--interactive", action="store_true",
+                       help="list the project's servers and let me pick")
     p.add_argument("--flavor-map", action="append", default=[], metavar="SRC=DST",
                    help="run a source flavor's servers on the destination flavor DST "
                    "(names; repeatable; its shape must still be the same)")
@@ -104,14 +108,40 @@ def _selection(p: argparse.ArgumentParser) -> None:
     add_format_options(p, columns=False)
 
 
+def _picked(args: argparse.Namespace, src: Any) -> tuple[str, ...]:
+    """``--server`` as given, or the servers picked from a numbered list (``--interactive``)."""
+    if not args.interactive:
+        return tuple(args.server or ())
+    project = project_record(src, args.project)
+    servers = sorted(src.compute.servers(all_projects=True, project_id=project["id"]),
+                     key=lambda s: s.name)
+    if not servers:
+        raise UsageError(f"--interactive: project {project['name']} has no servers")
+    for i, server in enumerate(servers, 1):
+        sys.stderr.write(f"{i:3}  {server.name:24} {server.status:8} {server.id}\n")
+    answer = ask("servers to move (numbers separated by spaces or commas, or 'all'): ",
+                 sys.stdin)
+    if answer.lower() == "all":
+        return tuple(s.id for s in servers)
+    chosen: list[str] = []
+    for word in answer.replace(",", " ").split():
+        if not word.isdigit() or not 1 <= int(word) <= len(servers):
+            raise UsageError(f"--interactive: {word!r} is not a number from 1 to {len(servers)}")
+        if servers[int(word) - 1].id not in chosen:
+            chosen.append(servers[int(word) - 1].id)
+    if not chosen:
+        raise UsageError("--interactive: no server chosen")
+    return tuple(chosen)
+
+
 def migrate_command(args: argparse.Namespace) -> int:
+    src, dst = connect(args.source), connect(args.destination)
     request = ServerRequest(
         source_cloud=args.source, destination_cloud=args.destination, project=args.project,
-        servers=tuple(args.server or ()), all=args.all, cutover=args.cutover,
+        servers=_picked(args, src), all=args.all, cutover=args.cutover,
         method=args.method, flavor_map=dict(parse_pairs(args.flavor_map, "--flavor-map")),
         settle=args.settle, max_passes=args.max_passes, dry_run=args.dry_run,
     )
-    src, dst = connect(args.source), connect(args.destination)
     with Journal(args.journal) as journal:
         resolver = Resolver(args.destination, maps=load_network_map(args.network_map),
                             journal=journal)
@@ -153,7 +183,7 @@ def plan_command(args: argparse.Namespace) -> int:
         found = list(src.compute.servers(all_projects=True, project_id=project["id"]))
         servers = [src.compute.get_server(s.id) for s in sorted(found, key=lambda s: s.name)]
     else:
-        servers = [find_server(src.compute, project["id"], s) for s in args.server]
+        servers = [find_server(src.compute, project["id"], s) for s in _picked(args, src)]
     records = [gather(src, s) for s in servers]
     with Journal(args.journal) as journal:
         resolver = Resolver(args.destination, maps=load_network_map(args.network_map),

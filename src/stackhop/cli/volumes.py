@@ -159,7 +159,7 @@ def _print(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str, data: A
         dump(data, fmt, sys.stdout)
 
 
-def _ask(prompt: str, stdin: TextIO) -> str:
+def ask(prompt: str, stdin: TextIO) -> str:
     sys.stderr.write(prompt)
     sys.stderr.flush()
     line = stdin.readline()
@@ -172,7 +172,7 @@ def _pick_project(conn: Any, stdin: TextIO) -> str:
     projects = list_projects(conn)
     for i, project in enumerate(projects, 1):
         sys.stderr.write(f"{i:3}  {project['domain_name']}/{project['name']}  {project['id']}\n")
-    answer = _ask("project (number, name or ID): ", stdin)
+    answer = ask("project (number, name or ID): ", stdin)
     if answer.isdigit() and 1 <= int(answer) <= len(projects):
         return str(projects[int(answer) - 1]["id"])
     return answer
@@ -187,7 +187,7 @@ def _pick_volumes(volumes: list[VolumeRef], stdin: TextIO) -> list[VolumeRef]:
             f"{i:3}  {v.name or '-':24} {v.size_gib:>4} GiB  "
             f"{v.volume_type or '-':10} {v.status:10} attached: {attached}\n"
         )
-    answer = _ask("volumes to copy (numbers separated by spaces or commas, or 'all'): ", stdin)
+    answer = ask("volumes to copy (numbers separated by spaces or commas, or 'all'): ", stdin)
     if answer.lower() == "all":
         return volumes
     chosen: list[VolumeRef] = []

@@ -295,12 +295,14 @@ class _Cutover:
 
     def precopy(self, facts: Mapping[str, Facts]) -> PhaseResult:
         method = get_method(self.method)
-        if not self.record.attachments or not supports_incremental(method):
-            why = ("no volumes" if not self.record.attachments
-                   else f"the {self.method} method is not incremental")
+        why = ("no volumes" if not self.record.attachments
+               else f"the {self.method} method is not incremental"
+               if not supports_incremental(method)
+               else "--max-passes 0: stop, then copy" if self.request.max_passes < 1 else "")
+        if why:
             return PhaseResult(f"no pre-copy ({why})", {"passes": []})
         sent: list[int] = []
-        for _ in range(max(1, self.request.max_passes)):
+        for _ in range(self.request.max_passes):
             result = self._pass(final=False)
             sent.append(sum(o.bytes_sent for o in result.outcomes))
             self.note({"passes": sent})

@@ -1,0 +1,172 @@
+"""Benchmark a server's downtime: stackhop's pre-copy cutover vs stop-then-copy (issue 19).
+
+Two servers of the same shape in a project of their own (``srvbench-*``, same name on
+both clouds): each boots from an ``--gib`` GiB volume (default 8, ``file`` type), 25 %
+of it written (a MiB at the start of every 4 MiB), with one port on a network of the
+project's. The project's network and security groups move first (``stackhop migrate``).
+
+- ``precopy`` (stackhop's way): ``servers migrate`` with the default pre-copy; once the
+  pre-copy is done, 1 % of the volume is written (1 MiB at random places) before the
+  source stops, so that the final pass has that much to send;
+- ``stop-then-copy`` (os-migrate's way): ``servers migrate --max-passes 0`` — the source
+  stops, then the whole volume is copied, then the server boots.
+
+Downtime is from the start of the ``stop`` step to the end of ``boot`` (the destination
+ACTIVE): its parts are the stop, the final pass, the ports and the boot. Both servers use
+the stream method, in one run, one after the other. Goal: the pre-copy's downtime at most
+15 % of stop-then-copy's. Everything is rolled back and removed at the end.
+
+    .venv/bin/python bench/servers.py            # bench/results/servers-<date>.{json,md}
+    .venv/bin/python bench/servers.py --gib 2 --label quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from bench.chaos_common import results_name, save_results  # noqa: E402
+from testbed.undo import undo_migration  # noqa: E402
+from tests.functional.volumes_support import (  # noqa: E402
+    Sandbox,
+    file_backend_path,
+    wait_status,
+    write_pattern,
+)
+
+from stackhop.cli.main import main as stackhop  # noqa: E402
+from stackhop.clouds import connect  # noqa: E402
+from stackhop.events import Event  # noqa: E402
+from stackhop.journal import Journal  # noqa: E402
+from stackhop.resolve import Resolver  # noqa: E402
+from stackhop.servers.migrate import STEP_KIND, ServerRequest, migrate_servers  # noqa: E402
+from stackhop.volumes.storage import load_storage_map  # noqa: E402
+
+MIB = 1024 * 1024
+DOWNTIME = ("stop", "final", "ports", "boot")
+GOAL = 0.15
+
+
+class OnePercentAfterPrecopy:
+    """Writes 1 % of the volume (1 MiB pieces at random places) once the pre-copy is done."""
+
+    def __init__(self, volume_id: str, gib: int, seed: int) -> None:
+        self.volume_id, self.gib, self.seed = volume_id, gib, seed
+        self.written = 0
+
+    def emit(self, event: Event) -> None:
+        if (event.kind == STEP_KIND and event.identity == "precopy"
+                and event.outcome == "done" and not self.written):
+            rng = random.Random(self.seed)
+            mibs = self.gib * 1024
+            pieces = sorted(rng.sample(range(mibs), max(1, mibs // 100)))
+            write_pattern(file_backend_path("src", self.volume_id), f"late-{self.seed}", pieces)
+            self.written = len(pieces) * MIB
+
+
+def build(box: Sandbox, name: str, gib: int, net: Any) -> tuple[Any, Any]:
+    c = box.scoped("src")
+    root = box.volume(f"{name}-root", size=gib)
+    box.src.block_storage.set_volume_bootable_status(root, True)
+    write_pattern(file_backend_path("src", root.id), name, list(range(0, gib * 1024, 4)))
+    port = c.network.create_port(network_id=net.id, name=f"{name}-port")
+    box.undo.append(lambda: box.src.network.delete_port(port, ignore_missing=True))
+    server = c.compute.create_server(
+        name=name, flavor_id=box.src.compute.find_flavor("m1.tiny").id,
+        networks=[{"port": port.id}],
+        block_device_mapping=[{"uuid": root.id, "source_type": "volume",
+                               "destination_type": "volume", "boot_index": 0,
+                               "delete_on_termination": False}],
+    )
+
+    def delete_server() -> None:
+        box.src.compute.delete_server(server, ignore_missing=True)
+        box.src.compute.wait_for_delete(server, interval=1, wait=300)
+
+    box.undo.append(delete_server)
+    server = box.src.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"],
+                                             interval=1, wait=300)
+    wait_status(box.src, root.id, ("in-use",))
+    return server, root
+
+
+def migrate(journal: Path, box: Sandbox, name: str, max_passes: int,
+            sink: Any = None) -> dict[str, Any]:
+    request = ServerRequest("src", "dst", box.name, servers=(name,), method="stream",
+                            max_passes=max_passes)
+    started = time.perf_counter()
+    with Journal(journal) as jr:
+        result = migrate_servers(request, connect("src"), connect("dst"), jr,
+                                 load_storage_map(), Resolver("dst", journal=jr), events=sink)
+    total = time.perf_counter() - started
+    (outcome,) = result.outcomes
+    steps = {s.name: round(s.elapsed, 2) for s in outcome.steps}
+    assert all(s.status == "done" for s in outcome.steps), outcome.steps
+    return {"steps": steps, "downtime_s": round(sum(steps[s] for s in DOWNTIME), 2),
+            "total_s": round(total, 2), "summaries": {s.name: s.summary for s in outcome.steps}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gib", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument("--label")
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="stackhop-bench-servers-"))
+    journal = work / "journal.sqlite"
+    with Sandbox.create("srvbench") as box:
+        box.undo.append(lambda: undo_migration(journal))
+        c = box.scoped("src")
+        net = c.network.create_network(name="bench-net")
+        box.undo.append(lambda: box.src.network.delete_network(net))
+        subnet = c.network.create_subnet(network_id=net.id, cidr="10.78.0.0/24",
+                                         ip_version=4, name="bench-v4")
+        box.undo.append(lambda: box.src.network.delete_subnet(subnet))
+        baseline_server, _ = build(box, "stop-then-copy", args.gib, net)
+        precopy_server, root = build(box, "precopy", args.gib, net)
+        code = stackhop(["--journal", str(journal), "migrate", "--from", "src", "--to", "dst",
+                         "--project", box.name, "--networks", "--security-groups"])
+        assert code == 0, "moving the project's network failed"
+        baseline = migrate(journal, box, "stop-then-copy", max_passes=0)
+        sink = OnePercentAfterPrecopy(root.id, args.gib, args.seed)
+        precopy = migrate(journal, box, "precopy", max_passes=4, sink=sink)
+        del baseline_server, precopy_server
+    ratio = precopy["downtime_s"] / baseline["downtime_s"]
+    payload = {"gib": args.gib, "written_during_precopy_mib": sink.written // MIB,
+               "stop_then_copy": baseline, "precopy": precopy,
+               "downtime_ratio": round(ratio, 3), "goal": GOAL, "goal_met": ratio <= GOAL}
+    table = [
+        f"Server booted from a {args.gib} GiB volume (25 % written), stream method; "
+        f"{sink.written // MIB} MiB written after the pre-copy.",
+        "",
+        "| way | downtime s | " + " | ".join(f"{s} s" for s in DOWNTIME) + " | pre-copy s |",
+        "|---|---|" + "---|" * len(DOWNTIME) + "---|",
+    ]
+    for label, got in (("stop-then-copy", baseline), ("stackhop pre-copy", precopy)):
+        table.append(f"| {label} | {got['downtime_s']} | "
+                     + " | ".join(str(got["steps"][s]) for s in DOWNTIME)
+                     + f" | {got['steps']['precopy']} |")
+    table += ["", f"Downtime ratio {ratio:.3f} (goal <= {GOAL}): "
+              f"{'met' if ratio <= GOAL else 'not met'}.",
+              f"Pre-copy: {precopy['summaries']['precopy']}; final: "
+              f"{precopy['summaries']['final']}."]
+    print("\n".join(table))
+    if not args.no_save:
+        out = save_results(results_name("servers", args.label), "servers.py", argv, payload,
+                           table)
+        print(f"results: {out}.json, {out}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
