@@ -12,6 +12,7 @@ between the pre-copy and the cutover (from the events of the run): it must arriv
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testbed import layout
 from testbed.undo import undo_migration
 from tests.functional.servers_support import build_web_server, dst_external_network
 from tests.functional.volumes_support import (
@@ -193,3 +195,65 @@ def test_killed_after_the_source_stopped_the_rerun_finishes_with_one_server(
     servers = list(box.dst.compute.servers(all_projects=True, project_id=box.ids["dst"]))
     assert [s.status for s in servers] == ["ACTIVE"]
     assert "cutover unfinished" not in cli("--journal", str(journal), "status").out
+
+
+def _on(host: str, command: str) -> str:
+    """``command`` on a compute host through the testbed's ssh config (host keys verified)."""
+    done = subprocess.run(["ssh", "-F", str(layout.SSH_DIR / "ssh_config"), host, command],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_an_image_booted_server_moves_with_its_root_disk_from_the_compute_host(
+    box: Sandbox, cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Its root disk is the file the testbed's fake driver keeps on the compute host: what
+    the guest wrote there after the boot must be on the destination host's disk."""
+    c = box.scoped("src")
+    image = c.image.create_image(name="srvimg-base", disk_format="raw",
+                                 container_format="bare", allow_duplicates=True)
+    box.undo.append(lambda: box.src.image.delete_image(image.id, ignore_missing=True))
+    c.image.put(f"/images/{image.id}/file", data=b"boot sector " * 100_000,
+                headers={"Content-Type": "application/octet-stream"}).raise_for_status()
+    server = c.compute.create_server(name="srv-img", networks="none", image_id=image.id,
+                                     flavor_id=box.src.compute.find_flavor("m1.tiny").id,
+                                     metadata={"role": "batch"})
+
+    def delete() -> None:
+        box.src.compute.delete_server(server, ignore_missing=True)
+        box.src.compute.wait_for_delete(server, interval=1, wait=300)
+
+    box.undo.append(delete)
+    server = box.src.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"],
+                                             interval=1, wait=300)
+    storage = load_storage_map()
+    src_host = storage.compute_host("src", box.src.compute.get_server(server.id).compute_host)
+    disk = shlex.quote(src_host.disk_path(server.id))
+    _on(src_host.ssh_host, f"printf 'written by the guest' | dd of={disk} bs=1 seek=5000000 "
+                           "conv=notrunc status=none")  # after the boot, past the image's bytes
+    before = _on(src_host.ssh_host, f"sha256sum {disk}").split()[0]
+    journal = tmp_path / "journal.sqlite"
+    box.undo.append(lambda: undo_migration(journal))
+
+    done = cli("--journal", str(journal), "servers", "migrate", "--from", "src", "--to", "dst",
+               "--project", box.name, "--server", "srv-img", "-f", "json")
+    assert done.code == 0, done.err
+    (shown,) = done.json()["servers"]
+    (twin,) = list(box.dst.compute.servers(all_projects=True, project_id=box.ids["dst"]))
+    assert twin.id == shown["destination_id"] and twin.status == "ACTIVE"
+    assert twin.metadata["role"] == "batch"
+    dst_host = storage.compute_host("dst", box.dst.compute.get_server(twin.id).compute_host)
+    copied = _on(dst_host.ssh_host, f"sha256sum {shlex.quote(dst_host.disk_path(twin.id))}")
+    assert copied.split()[0] == before
+    assert box.src.compute.get_server(server.id).status == "SHUTOFF"
+    # Its image on dst holds the disk; the rollback removes it with the server.
+    (root,) = [i for i in box.dst.image.images(owner=box.ids["dst"])]
+    assert root.properties.get("stackhop_source_server") == server.id
+
+    with Journal(journal) as jr:
+        (run,) = [r.id for r in jr.runs() if r.command == "servers migrate"]
+    assert cli("--journal", str(journal), "rollback", "--to", "dst", "--run", run).code == 0
+    assert list(box.dst.compute.servers(all_projects=True, project_id=box.ids["dst"])) == []
+    assert list(box.dst.image.images(owner=box.ids["dst"])) == []
+    assert box.src.compute.get_server(server.id).status == "ACTIVE"

@@ -44,7 +44,7 @@ from stackhop.journal import Journal
 from stackhop.kinds.identity import OperatorMap
 from stackhop.project.phases import Facts, PhaseOutcome, PhaseResult, PhaseRunner
 from stackhop.resolve import Resolver
-from stackhop.servers import steps
+from stackhop.servers import root_disk, steps
 from stackhop.servers.gather import ServerRecord, find_server, gather
 from stackhop.servers.preflight import Preflight, ServerPreflight, preflight
 from stackhop.task import TaskKind
@@ -161,11 +161,6 @@ class Migrator:
             servers = [find_server(self.src.compute, self.project["id"], s)
                        for s in request.servers]
         records = [gather(self.src, s) for s in servers]
-        images = [r.name for r in records if r.boot == "image"]
-        if images:
-            raise ConflictError(
-                f"server(s) {', '.join(images)} boot from an image; this release moves "
-                "servers booted from a volume only (docs/servers.md); nothing was changed")
         # Servers booted on dst by an earlier run are checked too (their ports there are
         # marked as theirs), but only the others count against the quotas.
         checked = preflight(self.dst, self.dst_project, records, self.resolver,
@@ -175,6 +170,12 @@ class Migrator:
             volumes = self._volumes(record)
             methods[record.id] = self._method(volumes)
             checked.problems += self._volume_problems(record, volumes, methods[record.id])
+            if record.boot == "image":
+                try:  # its root disk is read from its compute host
+                    self.storage.compute_host(request.source_cloud, record.compute_host)
+                except StackhopError as exc:
+                    checked.problems.append(f"server {record.id} boots from an image: "
+                                            f"{exc.message}")
         migration = ServerMigration(request, records, checked, methods)
         if not checked.ok:
             raise PreflightFailed(migration)
@@ -343,14 +344,25 @@ class _Cutover:
                            {"was": was, "stopped": was == "ACTIVE", "cutover": cutover})
 
     def final(self, facts: Mapping[str, Facts]) -> PhaseResult:
-        if not self.record.attachments:
-            return PhaseResult("no volumes", {"volumes": {}})
-        result = self._pass(final=True)
-        volumes = {o.volume_id: {"destination": o.destination_id, "digest": o.content_digest,
-                                 "bytes_sent": o.bytes_sent} for o in result.outcomes}
-        sent = sum(o.bytes_sent for o in result.outcomes)
-        return PhaseResult(f"final pass of {len(volumes)} volume(s), {sent} bytes sent",
-                           {"volumes": volumes, "run": result.run_id})
+        m, record = self.migrator, self.record
+        found: dict[str, Any] = {"volumes": {}}
+        sent = 0
+        if record.attachments:
+            result = self._pass(final=True)
+            found["volumes"] = {o.volume_id: {"destination": o.destination_id,
+                                              "digest": o.content_digest,
+                                              "bytes_sent": o.bytes_sent}
+                                for o in result.outcomes}
+            found["run"] = result.run_id
+            sent += sum(o.bytes_sent for o in result.outcomes)
+        if record.boot == "image":
+            host = m.storage.compute_host(self.request.source_cloud, record.compute_host)
+            found["root"] = root_disk.copy_root_disk(host, m.dst, m.dst_project, record.id,
+                                                     record.name, self.note)
+            sent += int(found["root"]["bytes_sent"] or 0)
+        what = f"{len(found['volumes'])} volume(s)" + (
+            ", the root disk" if record.boot == "image" else "")
+        return PhaseResult(f"final pass of {what}, {sent} bytes sent", found)
 
     def ports(self, facts: Mapping[str, Facts]) -> PhaseResult:
         created = list(self.earlier().get("created") or [])  # by an interrupted attempt
@@ -365,6 +377,7 @@ class _Cutover:
         boot = self.record.boot_volume
         volumes = facts.get("final", {}).get("volumes", {})
         boot_volume = volumes[boot.volume_id]["destination"] if boot else None
+        image = facts.get("final", {}).get("root", {}).get("image")
         user_id = getattr(m.src.compute.get_server(self.record.id), "user_id", None)
         key_name, made_key = steps.keypair_for_boot(m.src, scoped, self.record, user_id,
                                                     self.note)
@@ -372,7 +385,7 @@ class _Cutover:
         try:
             server_id = steps.boot(
                 m.dst, scoped, m.dst_project, self.record, str(self.check.flavor_id),
-                [ports[p.id] for p in self.record.ports], boot_volume, None,
+                [ports[p.id] for p in self.record.ports], boot_volume, image,
                 self.check.server_group_ids, key_name,
                 lambda f: self.note({**f, "keypair_made": made_key}))
         finally:
@@ -407,6 +420,14 @@ class _Cutover:
         found = steps.verify(m.src, m.dst, self.record, server_id, facts["ports"]["ports"],
                              expect_source_stopped=self.request.cutover != "none")
         found += steps.check_digests(volumes)
+        root = facts.get("final", {}).get("root")
+        if root:  # the disk Nova made on the destination host from the copied image
+            host = m.dst.compute.get_server(server_id).compute_host
+            copied = root_disk.disk_digest(
+                m.storage.compute_host(self.request.destination_cloud, host), server_id)
+            if copied != root.get("digest"):
+                found.append(f"root disk: sha512 {copied[:16]}... on the destination host, "
+                             f"{str(root.get('digest'))[:16]}... on the source")
         if found:
             raise ConflictError(f"server {self.record.id}: the destination differs: "
                                 f"{'; '.join(found)}")

@@ -4,7 +4,8 @@ From the facts the steps journaled (done, or noted while a step ran and was cut 
 for each server of the run, in this order:
 
 1. the destination server is deleted, its volumes' ``delete_on_termination`` first set
-   False (the copies stay: a rollback keeps copied volumes);
+   False (the copies stay: a rollback keeps copied volumes), then the image an
+   image-booted server's root disk was copied into;
 2. each floating IP made on the destination is deleted (one that was there before is
    only disassociated), and the source's is given back to its source port;
 3. the destination ports the run made are deleted (Nova keeps ports it was given);
@@ -30,6 +31,7 @@ from stackhop.kinds.base import Kind
 from stackhop.kinds.rest import call
 from stackhop.servers import steps
 from stackhop.servers.migrate import COMMAND, STEP_KIND
+from stackhop.servers.root_disk import SOURCE_PROPERTY
 
 ROLLBACK_COMMAND = "rollback"
 
@@ -69,6 +71,7 @@ def rollback_servers(journal: Journal, src: Any, dst: Any, run_ids: Sequence[str
             undone = ServerRollback(server_id)
             facts = {step: _facts(row) for step, row in server_rows.items()}
             _undo_server(dst, facts, undone)
+            _undo_root_image(dst, facts.get("final", {}), undone)
             _undo_floating(src, dst, facts.get("floating", {}), undone)
             _undo_ports(dst, facts.get("ports", {}), undone)
             _undo_keypair(dst, facts.get("boot", {}), undone)
@@ -101,6 +104,20 @@ def _undo_server(dst: Any, facts: Mapping[str, Mapping[str, Any]], out: ServerRo
     dst.compute.wait_for_delete(server, interval=1, wait=steps.WAIT)
     out.actions.append(f"deleted destination server {server_id} (its {len(keep)} volume(s) "
                        "kept)")
+
+
+def _undo_root_image(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:
+    image_id = (facts.get("root") or {}).get("image") or facts.get("image")
+    if not image_id:
+        return
+    image = call(dst.image, "GET", f"/images/{image_id}", missing_ok=True)
+    if image is None:
+        return
+    if image.get(SOURCE_PROPERTY) is None:
+        out.actions.append(f"image {image_id} carries no {SOURCE_PROPERTY}: left in place")
+        return
+    call(dst.image, "DELETE", f"/images/{image_id}", missing_ok=True)
+    out.actions.append(f"deleted the root disk's image {image_id}")
 
 
 def _undo_floating(src: Any, dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:
