@@ -73,9 +73,13 @@ def undo_migration(journal_path: Path, destination: str = "dst") -> list[str]:
     for run_id in cleanup_runs:
         _stackhop(journal_path, "volumes", "cleanup", "--run", run_id, "--storage-map", storage_map)
         removed.append(f"temporaries of run {run_id}")
-    for run_id in resource_runs:
-        _stackhop(journal_path, "rollback", "--to", destination, "--run", run_id)
-        removed.append(f"resources of run {run_id}")
+    if resource_runs:
+        # All in one rollback: it orders the undos by kind across the runs. One run at a
+        # time, the oldest first, would try a killed run's subnets before the ports its
+        # re-run made on them (Neutron: 409, "ports have an IP allocation").
+        _stackhop(journal_path, "rollback", "--to", destination,
+                  *[arg for run_id in resource_runs for arg in ("--run", run_id)])
+        removed += [f"resources of run {run_id}" for run_id in resource_runs]
     conn = openstack.connect(cloud=destination)
     for image_id in images:
         image = conn.image.find_image(image_id, ignore_missing=True)
