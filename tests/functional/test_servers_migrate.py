@@ -5,9 +5,10 @@ ports, volumes, attachments, floating IPs and power states are the real services
 The server of :mod:`tests.functional.servers_support` (booted from a volume, a data
 volume, two ports with fixed MACs, one with a floating IP, a server group, a keypair).
 Its project's networking, security groups and server group move first with ``stackhop
-migrate`` (the journal's ID map is what ``servers migrate`` resolves against), src's
-``public`` mapped to an external network made on dst. Data is written into both volumes
-between the pre-copy and the cutover (from the events of the run): it must arrive.
+migrate`` (the journal's ID map is what ``servers migrate`` resolves against; src's
+external network ``public`` is created on dst by it, as ``project migrate`` does). Data
+is written into both volumes between the pre-copy and the cutover (from the events of the
+run): it must arrive.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 from testbed import layout
 from testbed.undo import undo_migration
-from tests.functional.servers_support import build_web_server, dst_external_network
+from tests.functional.servers_support import build_web_server
 from tests.functional.volumes_support import (
     Sandbox,
     digest_of,
@@ -34,7 +35,7 @@ from tests.functional.volumes_support import (
 from stackhop.clouds import connect
 from stackhop.events import Event
 from stackhop.journal import DONE, Journal
-from stackhop.resolve import Resolver, load_network_map
+from stackhop.resolve import Resolver
 from stackhop.servers.migrate import STEP_KIND, STEPS, ServerRequest, migrate_servers
 from stackhop.volumes.storage import load_storage_map
 
@@ -71,15 +72,12 @@ def test_a_volume_booted_server_moves_with_its_ports_ips_volumes_and_rolls_back(
         write_pattern(file_backend_path("src", volume.id), seed, [0, 1, 512])
     journal = tmp_path / "journal.sqlite"
     box.undo.append(lambda: undo_migration(journal))  # volumes and resources, even on failure
-    dpublic = dst_external_network(box)
-    network_map = tmp_path / "network-map.yaml"
-    network_map.write_text(f"networks: {{{web.public.id}: {dpublic.id}}}\n")
     moved = cli("--journal", str(journal), "migrate", "--from", "src", "--to", "dst",
                 "--project", box.name, "--networks", "--routers", "--security-groups",
-                "--server-groups", "--network-map", str(network_map), "-f", "json")
+                "--server-groups", "-f", "json")
     assert moved.code == 0, moved.err
     select = ("--from", "src", "--to", "dst", "--project", box.name, "--server", "srv-app",
-              "--network-map", str(network_map), "--method", "stream")
+              "--method", "stream")
 
     # Too few cores on dst: refused before anything stops or is made.
     dst.compute.update_quota_set(box.ids["dst"], cores=0)
@@ -96,8 +94,7 @@ def test_a_volume_booted_server_moves_with_its_ports_ips_volumes_and_rolls_back(
     with Journal(journal) as jr:
         request = ServerRequest("src", "dst", box.name, servers=("srv-app",), method="stream")
         result = migrate_servers(request, connect("src"), connect("dst"), jr,
-                                 load_storage_map(), Resolver(
-                                     "dst", maps=load_network_map(network_map), journal=jr),
+                                 load_storage_map(), Resolver("dst", journal=jr),
                                  events=sink)
     assert sink.written
     (outcome,) = result.outcomes
@@ -157,14 +154,11 @@ def test_killed_after_the_source_stopped_the_rerun_finishes_with_one_server(
     web = build_web_server(box)
     journal = tmp_path / "journal.sqlite"
     box.undo.append(lambda: undo_migration(journal))
-    dpublic = dst_external_network(box)
-    network_map = tmp_path / "network-map.yaml"
-    network_map.write_text(f"networks: {{{web.public.id}: {dpublic.id}}}\n")
     assert cli("--journal", str(journal), "migrate", "--from", "src", "--to", "dst",
                "--project", box.name, "--networks", "--routers", "--security-groups",
-               "--server-groups", "--network-map", str(network_map)).code == 0
+               "--server-groups").code == 0
     select = ("servers", "migrate", "--from", "src", "--to", "dst", "--project", box.name,
-              "--server", "srv-app", "--network-map", str(network_map), "--method", "stream")
+              "--server", "srv-app", "--method", "stream")
 
     child = subprocess.Popen([sys.executable, "-m", "stackhop.cli.main", "--journal",
                               str(journal), *select], stdout=subprocess.DEVNULL,
