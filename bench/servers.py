@@ -125,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="stackhop-bench-servers-"))
     journal = work / "journal.sqlite"
     with Sandbox.create("srvbench") as box:
-        box.undo.append(lambda: undo_migration(journal))
         c = box.scoped("src")
         net = c.network.create_network(name="bench-net")
         box.undo.append(lambda: box.src.network.delete_network(net))
@@ -134,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         box.undo.append(lambda: box.src.network.delete_subnet(subnet))
         baseline_server, _ = build(box, "stop-then-copy", args.gib, net)
         precopy_server, root = build(box, "precopy", args.gib, net)
+        # After the servers' own undo steps in the list: run before them (reverse order).
+        box.undo.append(lambda: undo_migration(journal))
         code = stackhop(["--journal", str(journal), "migrate", "--from", "src", "--to", "dst",
                          "--project", box.name, "--networks", "--security-groups"])
         assert code == 0, "moving the project's network failed"

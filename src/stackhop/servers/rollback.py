@@ -159,7 +159,11 @@ def _undo_keypair(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> No
 def _undo_stop(src: Any, server_id: str, facts: Mapping[str, Any], out: ServerRollback) -> None:
     if facts.get("was") != "ACTIVE" or facts.get("cutover") is None:
         return
-    server = src.compute.get_server(server_id)
+    try:
+        server = src.compute.get_server(server_id)
+    except sdk_exceptions.NotFoundException:
+        out.actions.append(f"source server {server_id} is gone: nothing to start")
+        return
     if server.status == "SHUTOFF":
         src.compute.start_server(server)
     elif server.status in ("SHELVED", "SHELVED_OFFLOADED"):
