@@ -141,6 +141,24 @@ class Skip(Operation):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Pinned(Skip):
+    """The operator's map names the destination object (``pinned_to``), or the object of
+    the destination's that holds it (``parent``): nothing is created or compared."""
+
+    pinned_to: str | None = None
+    parent: str | None = None
+
+    @property
+    def destination_id(self) -> str | None:
+        return self.pinned_to
+
+    def _detail(self) -> str:
+        if self.pinned_to is not None:
+            return f"pinned to {self.pinned_to} by the operator's map"
+        return f"its parent is pinned to {self.parent} by the operator's map: the destination's"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Conflict(Operation):
     """Cannot proceed without the operator: the reason says what to do."""
 
@@ -249,7 +267,13 @@ class _Planner:
         return self.decide(started, existing)
 
     def start(self, kind: Kind, record: Record) -> list[Operation] | _Lookup:
-        """Resolve ``record``: a conflict, or what to look up on the destination."""
+        """Resolve ``record``: a conflict, a skip the operator's map pins, or what to look up
+        on the destination."""
+        pinned = self.pinned(kind, record)
+        if pinned is not None:
+            if pinned.destination_id is not None:  # a pinned parent's child maps to nothing
+                self.remember(pinned)
+            return [pinned]
         try:
             resolved = self.resolver.resolve(kind, record, planned=self.planned)
         except UnmappedReferenceError as exc:
@@ -263,6 +287,21 @@ class _Planner:
                 )
             ]
         return _Lookup(kind, record, resolved, self.pending_dependencies(kind, record))
+
+    def pinned(self, kind: Kind, record: Record) -> Pinned | None:
+        """A skip for a record the operator's map pins (or whose parent it pins)."""
+        common: dict[str, Any] = {"kind": kind, "identity": kind.identity(record),
+                                  "source": record, "resolved": dict(record)}
+        if kind.pinnable:
+            target = self.resolver.maps.get(kind.name, {}).get(str(kind.source_id(record)))
+            if target is not None:
+                return Pinned(pinned_to=target, **common)
+        if kind.pinned_with is not None:
+            field_name, parent_kind = kind.pinned_with
+            parent = self.resolver.maps.get(parent_kind, {}).get(str(record.get(field_name)))
+            if parent is not None:
+                return Pinned(pinned_to=None, parent=parent, **common)
+        return None
 
     def decide(self, started: _Lookup, existing: Record | None) -> list[Operation]:
         """The operations for a resolved record given its destination counterpart."""

@@ -8,7 +8,8 @@ then took the address a floating IP of the same import wanted.
 
 On src, in a project of the test's own: an external network with two routers pinned to
 two addresses. On dst: an external network of the same range (the operator's
-``--network-map`` pins it), one of the two addresses taken by a port.
+``--network-map`` pins it: exported too, it is the destination's, never created), one of
+the two addresses taken by a port.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def test_gateway_addresses_kept_where_free_and_picked_where_taken(
     undo.append(lambda: dst.network.delete_port(squatter))
 
     archive = tmp_path / "routers.tar.zst"
-    assert cli("export", "--from", "src", "-o", str(archive), "--routers",
+    assert cli("export", "--from", "src", "-o", str(archive), "--networks", "--routers",
                "--project", box.name).code == 0
     network_map = tmp_path / "network-map.yaml"
     network_map.write_text(f"networks: {{{snet.id}: {dnet.id}}}\n")
@@ -86,6 +87,9 @@ def test_gateway_addresses_kept_where_free_and_picked_where_taken(
     assert _gateway_address(dst, box.ids["dst"], "gw-kept") == KEPT
     picked = _gateway_address(dst, box.ids["dst"], "gw-taken")
     assert picked != TAKEN and picked.startswith("203.0.113.")
+    # The pinned network is the destination's, with its subnets: nothing made beside it.
+    assert [n.id for n in dst.network.networks(project_id=box.ids["dst"])] == [dnet.id]
+    assert [s.id for s in dst.network.subnets(project_id=box.ids["dst"])] == [dsub.id]
     # Exactly the two routers: the refused try left no router of its own behind.
     assert sorted(r.name for r in dst.network.routers(project_id=box.ids["dst"])) == [
         "gw-kept", "gw-taken"]

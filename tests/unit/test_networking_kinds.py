@@ -200,3 +200,36 @@ def test_a_floating_ip_refers_to_the_subnet_of_its_address() -> None:
     resolved = Resolver("dst", maps={NETWORK: {"ext": "dst-ext"}},
                         keep_ids=frozenset({PROJECT})).resolve(kind, record)
     assert resolved["floating_subnet_ids"] == []
+
+
+def test_a_network_the_map_pins_is_the_destinations_with_its_subnets() -> None:
+    """``networks: {ext: dst-ext}`` with the external network exported too: it and its
+    subnets are skipped (the destination's), never created; the router's gateway and the
+    project's own network are as without the map."""
+    facts = {"project_name": "alpha", "project_domain": "Default", "description": ""}
+    ext = {**facts, "id": "ext", "name": "public", "project_id": "p1",
+           "physical_networks": [], "segments": []}
+    own = {**facts, "id": "n1", "name": "alpha-net", "project_id": "p1",
+           "physical_networks": [], "segments": []}
+    subnet = {**facts, "project_id": "p1", "ip_version": 4, "subnetpool_id": None}
+    ext_sub = {**subnet, "id": "ext-sub", "name": "public-v4", "network_id": "ext",
+               "cidr": "172.24.4.0/24"}
+    own_sub = {**subnet, "id": "s1", "name": "alpha-v4", "network_id": "n1",
+               "cidr": "10.0.0.0/24"}
+    router = router_record(ROUTER, ALPHA)
+    resolver = Resolver("dst", maps={NETWORK: {"ext": "dst-ext"}},
+                        keep_ids=frozenset({PROJECT}))
+    kinds = {name: registry.get(name) for name in
+             ("neutron.network", "neutron.subnet", "neutron.router")}
+    planned = plan({kinds["neutron.network"]: [ext, own],
+                    kinds["neutron.subnet"]: [ext_sub, own_sub],
+                    kinds["neutron.router"]: [router]},
+                   lambda kind, record: None, resolver)
+    by_id = {op.source_id: op for op in planned}
+    assert (by_id["ext"].action, by_id["ext"].destination_id) == ("skip", "dst-ext")
+    assert "pinned to dst-ext" in by_id["ext"].describe()
+    assert (by_id["ext-sub"].action, by_id["ext-sub"].destination_id) == ("skip", None)
+    assert by_id["n1"].action == by_id["s1"].action == by_id["r1"].action == "create"
+    assert by_id["r1"].resolved["external_network_id"] == "dst-ext"
+    assert by_id["r1"].resolved["external_subnet_ids"] == []  # the pinned network's own
+    assert by_id["s1"].depends_on and not by_id["r1"].depends_on

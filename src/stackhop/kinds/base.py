@@ -148,6 +148,12 @@ class Kind(ABC):
     #: an object whose journaled destination ID is that of a deleted parent is not
     #: deleted on its own, its undo waits for the parent's.
     deleted_with: ClassVar[str | None] = None
+    #: Whether the operator's map of this kind (``--network-map``'s ``networks``) pins a
+    #: record itself: a pinned record is the destination object the map names (a skip),
+    #: never created. ``pinned_with``: (field, kind) — a record whose parent the map pins
+    #: (a pinned network's subnets) is the destination's too: skipped, mapped to nothing.
+    pinnable: ClassVar[bool] = False
+    pinned_with: ClassVar[tuple[str, str] | None] = None
     #: Import options (flags without ``--``) -> help: ``stackhop plan|import|migrate`` and
     #: ``project migrate`` take one flag per option any kind declares, and
     #: :meth:`configured` reads the ones set (``--keep-segmentation-ids``,

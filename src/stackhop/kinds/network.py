@@ -279,6 +279,8 @@ class _Bulk(_Marked):
 class Network(_Bulk):
     name = NETWORK
     service = "network"
+    #: ``--network-map``'s ``networks: {src: dst}`` names the destination network itself.
+    pinnable = True
     collection, singular = "networks", "network"
     references = {"project_id": PROJECT, "physical_networks": PHYSNET}
     portable_fields = (
@@ -452,6 +454,8 @@ class Network(_Bulk):
 class Subnet(_Bulk):
     name = SUBNET
     service = "network"
+    #: A pinned network's subnets are the destination network's own.
+    pinned_with = ("network_id", NETWORK)
     collection, singular = "subnets", "subnet"
     references = {"project_id": PROJECT, "network_id": NETWORK, "subnetpool_id": SUBNET_POOL}
     #: The pool is created first; an archive without its pool (written before pools moved)
