@@ -146,6 +146,9 @@ def test_a_volume_booted_server_moves_with_its_ports_ips_volumes_and_rolls_back(
     assert src.compute.get_server(web.server.id).status == "ACTIVE"
 
 
+@pytest.mark.long  # about 100 s (a second server and its networking); make test-long.
+# make test keeps the short form: tests/unit/test_servers_steps_journal.py (the warning,
+# the resume from the journal) and the re-run of the first test here.
 def test_killed_after_the_source_stopped_the_rerun_finishes_with_one_server(
     box: Sandbox, cli: Callable[..., Any], tmp_path: Path
 ) -> None:
