@@ -233,6 +233,17 @@ def test_an_image_booted_server_moves_with_its_root_disk_from_the_compute_host(
     journal = tmp_path / "journal.sqlite"
     box.undo.append(lambda: undo_migration(journal))
 
+    # No disk where Nova keeps it: refused before the source is stopped.
+    _on(src_host.ssh_host, f"mv {disk} {disk}.aside")
+    try:
+        refused = cli("--journal", str(journal), "servers", "migrate", "--from", "src",
+                      "--to", "dst", "--project", box.name, "--server", "srv-img")
+    finally:
+        _on(src_host.ssh_host, f"mv {disk}.aside {disk}")
+    assert refused.code == 10, refused.err
+    assert "its root disk cannot be read on its compute host" in refused.err
+    assert box.src.compute.get_server(server.id).status == "ACTIVE"
+
     done = cli("--journal", str(journal), "servers", "migrate", "--from", "src", "--to", "dst",
                "--project", box.name, "--server", "srv-img", "-f", "json")
     assert done.code == 0, done.err

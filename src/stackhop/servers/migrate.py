@@ -48,6 +48,7 @@ from stackhop.servers import root_disk, steps
 from stackhop.servers.gather import ServerRecord, find_server, gather
 from stackhop.servers.preflight import Preflight, ServerPreflight, preflight
 from stackhop.task import TaskKind
+from stackhop.transfer.ssh import SshHost
 from stackhop.volumes import copy as volume_copy
 from stackhop.volumes.inventory import map_project, project_record, volume_ref
 from stackhop.volumes.methods import get_method, supports_incremental
@@ -171,15 +172,23 @@ class Migrator:
             methods[record.id] = self._method(volumes)
             checked.problems += self._volume_problems(record, volumes, methods[record.id])
             if record.boot == "image":
-                try:  # its root disk is read from its compute host
-                    self.storage.compute_host(request.source_cloud, record.compute_host)
-                except StackhopError as exc:
-                    checked.problems.append(f"server {record.id} boots from an image: "
-                                            f"{exc.message}")
+                checked.problems += self._root_disk_problems(record)
         migration = ServerMigration(request, records, checked, methods)
         if not checked.ok:
             raise PreflightFailed(migration)
         return migration
+
+    def _root_disk_problems(self, record: ServerRecord) -> list[str]:
+        """An image-booted server's disk must be readable on its compute host before the
+        server is stopped: the host in the storage map, the file there."""
+        try:
+            host = self.storage.compute_host(self.request.source_cloud, record.compute_host)
+            path = host.disk_path(record.id)
+            SshHost.named(host.ssh_host).run(["test", "-f", path])
+        except StackhopError as exc:
+            return [f"server {record.id} boots from an image, and its root disk cannot be "
+                    f"read on its compute host: {exc.message}"]
+        return []
 
     def _not_booted(self, records: Sequence[ServerRecord]) -> list[ServerRecord]:
         """The records whose server is not on the destination yet (quota counts them)."""
