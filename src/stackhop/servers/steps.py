@@ -15,8 +15,8 @@ from typing import Any
 
 from openstack import exceptions as sdk_exceptions
 
+from stackhop import kinds as registry
 from stackhop.errors import ConflictError, StackhopError
-from stackhop.kinds._neutron import address_refused
 from stackhop.kinds.base import MARKER_PREFIX, Kind
 from stackhop.kinds.rest import call
 from stackhop.servers.gather import FLAVOR_SHAPE, ServerRecord
@@ -29,6 +29,7 @@ ATTACHMENT_UPDATE = "2.85"
 WAIT = 600
 
 Note = Callable[[dict[str, Any]], None]
+FLOATING_IP = registry.get("neutron.floating_ip")
 
 
 def mark(text: str | None, source_id: str) -> str:
@@ -240,28 +241,17 @@ def move_floating_ips(src: Any, dst: Any, project_id: str, record: ServerRecord,
                 call(dst.network, "PUT", f"/floatingips/{found[0].id}", json={"floatingip": body})
                 entry.update(destination=found[0].id, created=False,
                              destination_address=found[0].floating_ip_address)
-            else:
-                created = _create_floating(dst, project_id, network, fip.address, fip.id, body)
-                entry.update(destination=created["id"], created=True,
-                             destination_address=created["floating_ip_address"])
+            else:  # the floating IP kind's create: marked, the same address where free
+                made = FLOATING_IP.create(dst, {
+                    "id": fip.id, "description": "", "project_id": project_id,
+                    "floating_network_id": network, "floating_ip_address": fip.address,
+                    "port_id": body["port_id"], "fixed_ip_address": fip.fixed_ip_address})
+                address = call(dst.network, "GET", f"/floatingips/{made}")["floatingip"][
+                    "floating_ip_address"]
+                entry.update(destination=made, created=True, destination_address=address)
             moved.append(entry)
             note({"floating_ips": list(moved)})
     return moved
-
-
-def _create_floating(dst: Any, project_id: str, network: str, address: str, source_id: str,
-                     body: Mapping[str, Any]) -> dict[str, Any]:
-    wanted = {"floating_network_id": network, "project_id": project_id,
-              "description": mark("", source_id), "floating_ip_address": address, **body}
-    try:
-        return dict(call(dst.network, "POST", "/floatingips", json={"floatingip": wanted})[
-            "floatingip"])
-    except sdk_exceptions.HttpException as exc:
-        if not address_refused(exc):
-            raise
-    del wanted["floating_ip_address"]  # taken on the destination: Neutron picks one
-    return dict(call(dst.network, "POST", "/floatingips", json={"floatingip": wanted})[
-        "floatingip"])
 
 
 # -- verify --------------------------------------------------------------------
