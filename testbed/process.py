@@ -77,10 +77,15 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run a one-shot setup command; on failure raise with the tail of its output."""
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run(
-        list(argv), env=full_env, cwd=cwd, input=input, text=True,
-        capture_output=True, timeout=timeout,
-    )
+    try:
+        proc = subprocess.run(
+            list(argv), env=full_env, cwd=cwd, input=input, text=True,
+            capture_output=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise TestbedError(
+            f"{' '.join(map(str, argv[:3]))} did not answer within {timeout:.0f}s"
+        ) from None
     if log is not None:
         with open(log, "a") as fh:
             fh.write(f"$ {' '.join(map(str, argv))}\n{proc.stdout}{proc.stderr}\n")
