@@ -45,7 +45,7 @@ from stackhop.kinds.identity import OperatorMap
 from stackhop.project.phases import Facts, PhaseOutcome, PhaseResult, PhaseRunner
 from stackhop.resolve import Resolver
 from stackhop.servers import root_disk, steps
-from stackhop.servers.gather import ServerRecord, find_server, gather
+from stackhop.servers.gather import STOPPED_KEY, ServerRecord, find_server, gather
 from stackhop.servers.preflight import Preflight, ServerPreflight, preflight
 from stackhop.task import TaskKind
 from stackhop.transfer.ssh import SshHost
@@ -146,6 +146,16 @@ class Migrator:
         self.scope = scope_of(request.source_cloud, request.destination_cloud)
         self.project: dict[str, Any] = {}
         self.dst_project = ""
+        self._scoped: Any = None
+
+    def scoped(self) -> Any:
+        """The operator's connection scoped to the destination project (Nova boots and
+        attaches in the token's project); made once, before the source stops."""
+        if self._scoped is None:
+            self._scoped = scoped_connection(self.dst, self.dst_project,
+                                             purpose="boot servers and attach volumes",
+                                             role="admin")
+        return self._scoped
 
     # -- gather and preflight -------------------------------------------------
 
@@ -281,6 +291,8 @@ class _Cutover:
     record: ServerRecord
     check: ServerPreflight
     method: str
+    #: The final pass planned and checked before the source stopped (see :meth:`_ready`).
+    _final: tuple[volume_copy.VolumeCopier, list[Any]] | None = None
 
     def steps(self) -> dict[str, Callable[[Mapping[str, Facts]], PhaseResult]]:
         return {"precopy": self.precopy, "stop": self.stop, "final": self.final,
@@ -322,8 +334,12 @@ class _Cutover:
                            {"passes": sent})
 
     def _pass(self, *, final: bool) -> volume_copy.CopyResult:
-        copier = self.migrator._copier(self.record, self.method, final=final)
-        result = copier.run(copier.prepare())
+        prepared, self._final = (self._final if final else None), None
+        if prepared is None:
+            copier = self.migrator._copier(self.record, self.method, final=final)
+            prepared = (copier, copier.prepare())
+        copier, plan = prepared
+        result = copier.run(plan)
         if result.failed:
             first = result.failed[0]
             raise ConflictError(f"volume {first.volume_id}: {first.error}; re-run to carry on")
@@ -332,12 +348,16 @@ class _Cutover:
     def stop(self, facts: Mapping[str, Facts]) -> PhaseResult:
         src = self.migrator.src
         server = src.compute.get_server(self.record.id)
-        was = self.earlier().get("was", server.status)
+        marked = (server.metadata or {}).get(STOPPED_KEY)  # by a run whose journal is lost
+        was = self.earlier().get("was") or marked or server.status
         cutover = self.request.cutover
         if cutover == "none":
             return PhaseResult("left running (--cutover none: a test copy)",
                                {"was": was, "stopped": False})
+        self._ready()
         self.note({"was": was, "cutover": cutover})  # journaled before the call
+        if was == "ACTIVE" and marked is None:  # and on the server, for a lost journal
+            src.compute.set_server_metadata(server, **{STOPPED_KEY: was})
         if cutover == "stop":
             if server.status == "ACTIVE":
                 src.compute.stop_server(server)
@@ -351,6 +371,15 @@ class _Cutover:
                        lambda s: "Nova put it in ERROR" if s.status == "ERROR" else None)
         return PhaseResult(f"source {was} -> {want[0]}",
                            {"was": was, "stopped": was == "ACTIVE", "cutover": cutover})
+
+    def _ready(self) -> None:
+        """What the downtime's steps need, made while the source still runs: the final
+        pass planned and checked (Cinder, quotas, the storage hosts), the destination
+        project's connection. A problem found here stops the step before the stop."""
+        if self.record.attachments and self._final is None:
+            copier = self.migrator._copier(self.record, self.method, final=True)
+            self._final = (copier, copier.prepare())
+        self.migrator.scoped()
 
     def final(self, facts: Mapping[str, Facts]) -> PhaseResult:
         m, record = self.migrator, self.record
@@ -382,7 +411,7 @@ class _Cutover:
 
     def boot(self, facts: Mapping[str, Facts]) -> PhaseResult:
         m = self.migrator
-        scoped = scoped_connection(m.dst, m.dst_project, purpose="boot servers", role="admin")
+        scoped = m.scoped()
         boot = self.record.boot_volume
         volumes = facts.get("final", {}).get("volumes", {})
         boot_volume = volumes[boot.volume_id]["destination"] if boot else None
@@ -407,8 +436,7 @@ class _Cutover:
         volumes = facts.get("final", {}).get("volumes", {})
         data = [(volumes[a.volume_id]["destination"], a.tag) for a in self.record.data_volumes]
         if data:
-            scoped = scoped_connection(m.dst, m.dst_project, purpose="attach volumes",
-                                       role="admin")
+            scoped = m.scoped()
             steps.attach(m.dst, scoped, facts["boot"]["server"], data)
         return PhaseResult(f"{len(data)} data volume(s) attached",
                            {"volumes": [v for v, _ in data]})

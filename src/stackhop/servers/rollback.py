@@ -30,6 +30,7 @@ from stackhop.journal import DONE, FAILED, ROLLED_BACK, Journal, OperationRecord
 from stackhop.kinds.base import Kind
 from stackhop.kinds.rest import call
 from stackhop.servers import steps
+from stackhop.servers.gather import STOPPED_KEY, without_released_mark
 from stackhop.servers.migrate import COMMAND, STEP_KIND
 from stackhop.servers.root_disk import SOURCE_PROPERTY
 
@@ -132,8 +133,10 @@ def _undo_floating(src: Any, dst: Any, facts: Mapping[str, Any], out: ServerRoll
                  json={"floatingip": {"port_id": None}}, missing_ok=True)
             out.actions.append(f"disassociated destination floating IP {target}")
         if entry.get("released"):
-            call(src.network, "PUT", f"/floatingips/{entry['source']}",
-                 json={"floatingip": {"port_id": entry["source_port"]}})
+            found = call(src.network, "GET", f"/floatingips/{entry['source']}")["floatingip"]
+            call(src.network, "PUT", f"/floatingips/{entry['source']}", json={"floatingip": {
+                "port_id": entry["source_port"],
+                "description": without_released_mark(found.get("description"))}})
             out.actions.append(f"gave {entry['address']} back to source port "
                                f"{entry['source_port']}")
 
@@ -168,12 +171,13 @@ def _undo_stop(src: Any, server_id: str, facts: Mapping[str, Any], out: ServerRo
         src.compute.start_server(server)
     elif server.status in ("SHELVED", "SHELVED_OFFLOADED"):
         src.compute.unshelve_server(server)
-    elif server.status == "ACTIVE":
-        return
-    steps.wait_for(f"source server {server_id} starting", lambda: src.compute.get_server(
-        server_id), lambda s: s.status == "ACTIVE",
-        lambda s: "Nova put it in ERROR" if s.status == "ERROR" else None)
-    out.actions.append(f"started source server {server_id} again")
+    if server.status != "ACTIVE":
+        steps.wait_for(f"source server {server_id} starting", lambda: src.compute.get_server(
+            server_id), lambda s: s.status == "ACTIVE",
+            lambda s: "Nova put it in ERROR" if s.status == "ERROR" else None)
+        out.actions.append(f"started source server {server_id} again")
+    if STOPPED_KEY in (server.metadata or {}):  # last: a rollback cut short starts it again
+        src.compute.delete_server_metadata(server, [STOPPED_KEY])
 
 
 def _mark(journal: Journal, run_id: str, row: OperationRecord) -> None:
