@@ -33,6 +33,7 @@ The rollback (:mod:`.rollback`) undoes a run from the facts these steps journal.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,15 @@ class ServerOutcome:
     name: str
     steps: list[PhaseOutcome]
     destination_id: str | None = None
+
+    @property
+    def downtime(self) -> float | None:
+        """Seconds from the source's stop call to the destination ACTIVE (the journal's
+        times, so also when the steps ran in different runs); None without a stop."""
+        facts = {s.name: s.facts for s in self.steps}
+        stopped = facts.get("stop", {}).get("stopped_at")
+        active = facts.get("boot", {}).get("active_at")
+        return round(active - stopped, 2) if stopped and active else None
 
     @property
     def done(self) -> bool:
@@ -355,7 +365,8 @@ class _Cutover:
             return PhaseResult("left running (--cutover none: a test copy)",
                                {"was": was, "stopped": False})
         self._ready()
-        self.note({"was": was, "cutover": cutover})  # journaled before the call
+        stopped_at = self.earlier().get("stopped_at") or time.time()  # the downtime's start
+        self.note({"was": was, "cutover": cutover, "stopped_at": stopped_at})  # before the call
         if was == "ACTIVE" and marked is None:  # and on the server, for a lost journal
             src.compute.set_server_metadata(server, **{STOPPED_KEY: was})
         if cutover == "stop":
@@ -370,7 +381,8 @@ class _Cutover:
                        lambda: src.compute.get_server(server.id), lambda s: s.status in want,
                        lambda s: "Nova put it in ERROR" if s.status == "ERROR" else None)
         return PhaseResult(f"source {was} -> {want[0]}",
-                           {"was": was, "stopped": was == "ACTIVE", "cutover": cutover})
+                           {"was": was, "stopped": was == "ACTIVE", "cutover": cutover,
+                            "stopped_at": stopped_at})
 
     def _ready(self) -> None:
         """What the downtime's steps need, made while the source still runs: the final
@@ -429,7 +441,8 @@ class _Cutover:
         finally:
             if made_key and key_name:  # the server keeps the key's name and data
                 scoped.compute.delete_keypair(key_name, ignore_missing=True)
-        return PhaseResult(f"destination server {server_id} ACTIVE", {"server": server_id})
+        return PhaseResult(f"destination server {server_id} ACTIVE",
+                           {"server": server_id, "active_at": time.time()})
 
     def attach(self, facts: Mapping[str, Facts]) -> PhaseResult:
         m = self.migrator
