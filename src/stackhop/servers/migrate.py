@@ -43,6 +43,7 @@ from stackhop.errors import ConflictError, StackhopError
 from stackhop.events import EventSink, NullSink
 from stackhop.journal import Journal
 from stackhop.kinds.identity import OperatorMap
+from stackhop.kinds.port import FLOATING_IP, PORT
 from stackhop.project.phases import Facts, PhaseOutcome, PhaseResult, PhaseRunner
 from stackhop.resolve import Resolver
 from stackhop.servers import root_disk, steps
@@ -58,6 +59,9 @@ from stackhop.volumes.storage import StorageMap
 
 STEPS = ("precopy", "stop", "final", "ports", "boot", "attach", "floating", "verify")
 STEP_KIND = "server.step"
+#: The ID map's kind of a server (source ID -> the destination server), as ``stackhop map``
+#: shows it; its ports and floating IPs are mapped as the resource kinds map theirs.
+SERVER_KIND = "nova.server"
 COMMAND = "servers migrate"
 CUTOVERS = ("stop", "shelve", "none")
 METHODS = ("auto", "rbd", "stream", "image")
@@ -315,6 +319,13 @@ class _Cutover:
         assert ctx is not None
         ctx.stage("partial", {"facts": {**self.earlier(), **facts}})
 
+    def map_ids(self, kind: str, pairs: Mapping[str, str]) -> None:
+        """Record ``source -> destination`` IDs in the journal's ID map (a floating IP's
+        ``verify`` after a project migration resolves its port through it)."""
+        scope = self.request.destination_cloud
+        self.migrator.journal.apply(
+            [], mappings=[(scope, kind, s, d) for s, d in pairs.items() if d])
+
     def earlier(self) -> dict[str, Any]:
         """What an interrupted earlier attempt of the running step noted."""
         ctx = self.runner.ctx
@@ -418,6 +429,7 @@ class _Cutover:
         created = list(self.earlier().get("created") or [])  # by an interrupted attempt
         made = steps.ensure_ports(self.migrator.dst, self.migrator.dst_project, self.record,
                                   self.check.ports, created, self.note)
+        self.map_ids(PORT, made)
         return PhaseResult(f"{len(made)} port(s), {len(created)} made",
                            {"ports": made, "created": created})
 
@@ -441,6 +453,7 @@ class _Cutover:
         finally:
             if made_key and key_name:  # the server keeps the key's name and data
                 scoped.compute.delete_keypair(key_name, ignore_missing=True)
+        self.map_ids(SERVER_KIND, {self.record.id: server_id})
         return PhaseResult(f"destination server {server_id} ACTIVE",
                            {"server": server_id, "active_at": time.time()})
 
@@ -459,6 +472,7 @@ class _Cutover:
         moved = steps.move_floating_ips(
             m.src, m.dst, m.dst_project, self.record, self.check.ports,
             facts["ports"]["ports"], release=self.request.cutover != "none", note=self.note)
+        self.map_ids(FLOATING_IP, {f["source"]: f["destination"] for f in moved})
         return PhaseResult(f"{len(moved)} floating IP(s): " + ", ".join(
             f"{f['address']} -> {f['destination_address']}" for f in moved) or "none",
             {"floating_ips": moved})
