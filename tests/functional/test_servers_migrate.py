@@ -127,6 +127,9 @@ def test_a_volume_booted_server_moves_with_its_ports_ips_volumes_and_rolls_back(
                                                          project_id=box.ids["dst"])
                     if v.name == source.name)
         assert digest_of("dst", copy.id) == digest_of("src", source.id), source.name
+    with Journal(journal) as jr:  # the ID map knows the server and its ports (stackhop map)
+        assert jr.mapped_id("dst", "nova.server", web.server.id) == twin.id
+        assert jr.mapped_id("dst", "neutron.port", web.front.id) == ports["front"].id
     (dgroup,) = [g for g in dst.compute.server_groups(all_projects=True)
                  if g.project_id == box.ids["dst"]]
     assert twin.id in dgroup.member_ids
@@ -151,6 +154,9 @@ def test_a_volume_booted_server_moves_with_its_ports_ips_volumes_and_rolls_back(
     assert given_back.port_id == web.front.id and released_from(given_back.description) is None
     source = src.compute.get_server(web.server.id)
     assert source.status == "ACTIVE" and STOPPED_KEY not in source.metadata
+    with Journal(journal) as jr:  # what the rollback deleted is out of the ID map
+        assert jr.mapped_id("dst", "nova.server", web.server.id) is None
+        assert jr.mapped_id("dst", "neutron.port", web.front.id) is None
 
 
 @pytest.mark.long  # about 100 s (a second server and its networking); make test-long.
