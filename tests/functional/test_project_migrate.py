@@ -131,11 +131,12 @@ def test_project_migrate_killed_in_phase_3_then_resumed_then_no_op(
             "gather",
             "export",
             "import",
+            "servers",
             "usage",
             "cleanup",
         ]
         assert [p["status"] for p in report["phases"][:2]] == ["done earlier"] * 2
-        assert [p["status"] for p in report["phases"][2:]] == ["done"] * 3
+        assert [p["status"] for p in report["phases"][2:]] == ["done"] * 4
         assert report == json.loads((out / "report.json").read_text())
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for line in report["objects"]:

@@ -36,6 +36,8 @@ from stackhop.clouds import connect
 from stackhop.events import Event
 from stackhop.journal import DONE, Journal
 from stackhop.resolve import Resolver
+from stackhop.servers import steps
+from stackhop.servers.gather import STOPPED_KEY, released_from
 from stackhop.servers.migrate import STEP_KIND, STEPS, ServerRequest, migrate_servers
 from stackhop.volumes.storage import load_storage_map
 
@@ -112,7 +114,10 @@ def test_a_volume_booted_server_moves_with_its_ports_ips_volumes_and_rolls_back(
     assert [a["ip_address"] for a in ports["front"].allowed_address_pairs] == ["10.77.0.200"]
     (dfip,) = list(dst.network.ips(port_id=ports["front"].id))
     assert dfip.floating_ip_address == web.fip.floating_ip_address  # same address
-    assert src.network.get_ip(web.fip.id).port_id is None  # released on the source
+    released = src.network.get_ip(web.fip.id)
+    assert released.port_id is None  # released on the source, marked for a lost journal
+    assert released_from(released.description) == (web.front.id, "10.77.0.10")
+    assert src.compute.get_server(web.server.id).metadata[STOPPED_KEY] == "ACTIVE"
     assert twin.metadata["role"] == "web" and sorted(twin.tags) == ["prod", "web"]
     assert twin.key_name == web.key.name
     attached = list(dst.compute.volume_attachments(twin))
@@ -122,6 +127,9 @@ def test_a_volume_booted_server_moves_with_its_ports_ips_volumes_and_rolls_back(
                                                          project_id=box.ids["dst"])
                     if v.name == source.name)
         assert digest_of("dst", copy.id) == digest_of("src", source.id), source.name
+    with Journal(journal) as jr:  # the ID map knows the server and its ports (stackhop map)
+        assert jr.mapped_id("dst", "nova.server", web.server.id) == twin.id
+        assert jr.mapped_id("dst", "neutron.port", web.front.id) == ports["front"].id
     (dgroup,) = [g for g in dst.compute.server_groups(all_projects=True)
                  if g.project_id == box.ids["dst"]]
     assert twin.id in dgroup.member_ids
@@ -142,8 +150,13 @@ def test_a_volume_booted_server_moves_with_its_ports_ips_volumes_and_rolls_back(
     assert list(dst.compute.servers(all_projects=True, project_id=box.ids["dst"])) == []
     assert [p for p in dst.network.ports(project_id=box.ids["dst"], device_owner="")] == []
     assert list(dst.network.ips(project_id=box.ids["dst"])) == []
-    assert src.network.get_ip(web.fip.id).port_id == web.front.id
-    assert src.compute.get_server(web.server.id).status == "ACTIVE"
+    given_back = src.network.get_ip(web.fip.id)
+    assert given_back.port_id == web.front.id and released_from(given_back.description) is None
+    source = src.compute.get_server(web.server.id)
+    assert source.status == "ACTIVE" and STOPPED_KEY not in source.metadata
+    with Journal(journal) as jr:  # what the rollback deleted is out of the ID map
+        assert jr.mapped_id("dst", "nova.server", web.server.id) is None
+        assert jr.mapped_id("dst", "neutron.port", web.front.id) is None
 
 
 @pytest.mark.long  # about 100 s (a second server and its networking); make test-long.
@@ -192,6 +205,98 @@ def test_killed_after_the_source_stopped_the_rerun_finishes_with_one_server(
     servers = list(box.dst.compute.servers(all_projects=True, project_id=box.ids["dst"]))
     assert [s.status for s in servers] == ["ACTIVE"]
     assert "cutover unfinished" not in cli("--journal", str(journal), "status").out
+
+
+def test_project_migrate_moves_a_server_in_its_servers_phase(
+    box: Sandbox, cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """``project migrate --server``: the import phase moves the networking and leaves the
+    server's volumes alone; the servers phase pre-copies them and cuts the server over."""
+    web = build_web_server(box)
+    write_pattern(file_backend_path("src", web.root.id), "root", [0, 9])
+    journal, out = tmp_path / "journal.sqlite", tmp_path / "out"
+    box.undo.append(lambda: undo_migration(journal))
+    done = cli("--journal", str(journal), "project", "migrate", "--from", "src", "--to", "dst",
+               "--project", box.name, "--server", "srv-app", "--all-volumes", "--method",
+               "stream", "-o", str(out), "-f", "json")
+    assert done.code in (0, 10), done.err  # 10: keypairs of other users, left as conflicts
+    report = done.json()
+    assert [(p["phase"], p["status"]) for p in report["phases"]] == [
+        (p, "done") for p in ("gather", "export", "import", "servers", "usage", "cleanup")]
+    (line,) = [o for o in report["objects"] if o["kind"] == "server"]
+    assert line["source_id"] == web.server.id and line["outcome"] == "moved"
+    assert line["detail"].startswith("down ")
+    # The server's volumes were the servers phase's, not the import's.
+    assert not [o for o in report["objects"] if o["kind"] == "volume"]
+    (twin,) = list(box.dst.compute.servers(all_projects=True, project_id=box.ids["dst"]))
+    assert twin.id == line["destination_id"] and twin.status == "ACTIVE"
+    ports = {p.name: p for p in box.dst.network.ports(device_id=twin.id)}
+    assert [i["ip_address"] for i in ports["front"].fixed_ips] == ["10.77.0.10"]
+    assert box.src.compute.get_server(web.server.id).status == "SHUTOFF"
+    copy = next(v for v in box.dst.block_storage.volumes(details=True, all_projects=True,
+                                                          project_id=box.ids["dst"])
+                if v.name == web.root.name)
+    assert digest_of("dst", copy.id) == digest_of("src", web.root.id)
+
+
+class Killed(BaseException):
+    """Stands for a kill -9 at one exact point (between two calls of a step)."""
+
+
+@pytest.mark.long  # about two minutes (the networking moved twice); make test-long.
+def test_journal_lost_after_the_floating_ip_was_released_the_rerun_finishes_and_rolls_back(
+    box: Sandbox, cli: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run dies after the source was stopped and its floating IP released, before the
+    destination's was made; its journal is then lost. What it did is on the source (the
+    server's ``stackhop_stopped_from``, the floating IP's release mark): a re-run with a
+    fresh journal moves the floating IP all the same, and its rollback starts the source
+    and gives the address back. (The death is in-process, at that exact point: a kill -9
+    at random would rarely land in the few milliseconds between the two calls.)"""
+    web = build_web_server(box)
+    lost, journal = tmp_path / "lost.sqlite", tmp_path / "journal.sqlite"
+    box.undo.append(lambda: undo_migration(lost))  # the lost run's ports, networks, volumes
+    box.undo.append(lambda: undo_migration(journal))
+    networks = ("migrate", "--from", "src", "--to", "dst", "--project", box.name,
+                "--networks", "--routers", "--security-groups", "--server-groups")
+    assert cli("--journal", str(journal), *networks).code == 0
+
+    def die(*_: Any, **__: Any) -> str:
+        raise Killed
+
+    monkeypatch.setattr(steps.FLOATING_IP, "create", die)
+    with Journal(journal) as jr, pytest.raises(Killed):
+        migrate_servers(ServerRequest("src", "dst", box.name, servers=("srv-app",),
+                                      method="stream"),
+                        connect("src"), connect("dst"), jr, load_storage_map(),
+                        Resolver("dst", journal=jr))
+    monkeypatch.undo()
+    journal.rename(lost)
+    src, dst = box.src, box.dst
+    source = src.compute.get_server(web.server.id)
+    assert source.status == "SHUTOFF" and source.metadata[STOPPED_KEY] == "ACTIVE"
+    assert src.network.get_ip(web.fip.id).port_id is None
+    assert list(dst.network.ips(project_id=box.ids["dst"])) == []
+
+    assert cli("--journal", str(journal), *networks).code == 0  # adopted by their markers
+    again = cli("--journal", str(journal), "servers", "migrate", "--from", "src", "--to",
+                "dst", "--project", box.name, "--server", "srv-app", "--method", "stream")
+    assert again.code == 0, again.err
+    (twin,) = list(dst.compute.servers(all_projects=True, project_id=box.ids["dst"]))
+    assert twin.status == "ACTIVE"
+    (front,) = list(dst.network.ports(device_id=twin.id, name="front"))
+    (dfip,) = list(dst.network.ips(port_id=front.id))
+    assert dfip.floating_ip_address == web.fip.floating_ip_address
+
+    with Journal(journal) as jr:
+        (run,) = [r.id for r in jr.runs() if r.command == "servers migrate"]
+    undone = cli("--journal", str(journal), "rollback", "--to", "dst", "--run", run)
+    assert undone.code == 0, undone.err
+    assert list(dst.compute.servers(all_projects=True, project_id=box.ids["dst"])) == []
+    source = src.compute.get_server(web.server.id)
+    assert source.status == "ACTIVE" and STOPPED_KEY not in source.metadata
+    given_back = src.network.get_ip(web.fip.id)
+    assert given_back.port_id == web.front.id and released_from(given_back.description) is None
 
 
 def _on(host: str, command: str) -> str:

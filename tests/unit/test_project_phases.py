@@ -66,7 +66,7 @@ def test_phases_run_in_order_each_given_the_facts_before_it(tmp_path: Path) -> N
         assert [(o.name, o.status) for o in outcomes] == [(p, "done") for p in PHASES]
         rows = _rows(journal)
         assert {p: r.state for p, r in rows.items()} == dict.fromkeys(PHASES, DONE)
-        assert rows["usage"].before["facts"] == {"n": 4, "phase": "usage"}
+        assert rows["usage"].before["facts"] == {"n": 5, "phase": "usage"}
         assert {r.run_id for r in rows.values()} == {run_id}  # the caller's run
 
 
@@ -83,9 +83,9 @@ def test_a_failing_phase_raises_its_own_error_and_a_rerun_resumes_there(tmp_path
 
         again = Phases()
         outcomes, _ = _run(journal, again)
-        assert again.calls == ["import", "usage", "cleanup"]
+        assert again.calls == ["import", "servers", "usage", "cleanup"]
         # The phases done earlier were not run; their facts came from the journal.
         assert again.seen["import"] == {"gather": {"n": 1, "phase": "gather"},
                                         "export": {"n": 2, "phase": "export"}}
-        assert [o.status for o in outcomes] == ["done earlier"] * 2 + ["done"] * 3
+        assert [o.status for o in outcomes] == ["done earlier"] * 2 + ["done"] * 4
         assert {r.state for r in _rows(journal).values()} == {DONE}

@@ -105,3 +105,17 @@ def test_a_test_copy_never_warns(tmp_path: Path) -> None:
         with pytest.raises(ConflictError):
             runner.run(steps, [])
         assert unfinished_cutovers(journal) == []
+
+
+def test_a_released_floating_ip_mark_round_trips_and_comes_off_whole() -> None:
+    """The mark a cutover adds to a source floating IP's description names its port and
+    fixed address; the rollback's removal leaves the operator's description as it was."""
+    from stackhop.servers.gather import released_from, released_mark, without_released_mark
+
+    marked = released_mark("web tier [x]", "port-1", "10.0.0.5")
+    assert released_from(marked) == ("port-1", "10.0.0.5")
+    assert without_released_mark(marked) == "web tier [x]"
+    bare = released_mark("", "port-2", None)
+    assert released_from(bare) == ("port-2", None)
+    assert without_released_mark(bare) == ""
+    assert released_from("web tier [stackhop-source:abc]") is None

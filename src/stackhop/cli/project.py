@@ -35,6 +35,7 @@ from stackhop.kinds.identity import parse_domain_map
 from stackhop.project import migrate
 from stackhop.project.phases import PHASES
 from stackhop.project.report import MigrationReport
+from stackhop.servers.migrate import CUTOVERS
 
 PHASE_COLUMNS = ("Phase", "Status", "Summary")
 PLAN_COLUMNS = ("Phase", "Action", "Object", "Detail")
@@ -66,9 +67,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="move a project from one cloud to another, all phases",
         description=(
             "Run the phases " + ", ".join(PHASES) + " for one project: gather (inventory, "
-            "volume selection, preflight), export (keypairs of its members, quotas, security "
-            "groups, images into the run's archive), import (resources, images, volumes with "
-            "their backups), usage (archive and report), cleanup (temporaries, final verify). "
+            "volume and server selection, preflight), export (keypairs of its members, quotas, "
+            "security groups, networking, images into the run's archive), import (resources, "
+            "images, volumes with their backups), servers (pre-copy, cutover, verify), usage "
+            "(archive and report), cleanup (temporaries, final verify). "
             "A re-run continues at the first phase not finished."
         ),
     )
@@ -83,6 +85,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     which.add_argument(
         "--interactive", action="store_true", help="list the project's volumes and let me pick"
+    )
+    servers = add_selection(
+        p,
+        "server",
+        title="which servers (default: none): their volumes pre-copied while they run, then "
+        "the cutover, as `servers migrate` does",
+        every="every server of the project",
+    )
+    servers.add_argument(
+        "--cutover",
+        choices=CUTOVERS,
+        default="stop",
+        help="how each source server is taken down for its last pass (default stop; none: a "
+        "test copy, the source keeps running)",
     )
     p.add_argument(
         "--method",
@@ -167,6 +183,8 @@ def _request(args: argparse.Namespace) -> migrate.MigrationRequest:
     picked = sum(bool(x) for x in (args.volumes, args.all_volumes, args.interactive))
     if picked > 1:
         raise UsageError("use one of --volume, --all-volumes and --interactive")
+    if args.servers and args.all_servers:
+        raise UsageError("use one of --server and --all-servers")
     if args.usage_start and args.usage_end and args.usage_end <= args.usage_start:
         raise UsageError("--usage-end must be after --usage-start")
     output = args.output or Path(f"stackhop-project-{args.project}")
@@ -193,6 +211,9 @@ def _request(args: argparse.Namespace) -> migrate.MigrationRequest:
         disabled_users=args.disabled_users,
         project_map=args.project_map,
         choose_volumes=_choose_from_stdin if args.interactive else None,
+        servers=tuple(args.servers),
+        all_servers=args.all_servers,
+        cutover=args.cutover,
     )
 
 

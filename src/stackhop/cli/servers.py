@@ -163,12 +163,17 @@ def _print_steps(migration: ServerMigration, fmt: str) -> None:
     if fmt != "table":
         dump({"run": migration.run_id, "servers": [
             {"id": o.server_id, "name": o.name, "destination_id": o.destination_id,
-             "steps": [s.as_dict() for s in o.steps]} for o in migration.outcomes]},
+             "downtime_s": o.downtime, "steps": [s.as_dict() for s in o.steps]}
+            for o in migration.outcomes]},
             fmt, sys.stdout)
         return
     rows = [{"Server": o.server_id, "Name": o.name, "Step": s.name, "Status": s.status,
              "Summary": s.summary} for o in migration.outcomes for s in o.steps]
     render_table(rows, STEP_COLUMNS, fmt)
+    for o in migration.outcomes:
+        if o.downtime is not None:
+            print(f"server {o.name} ({o.server_id}): down {o.downtime:.1f} s, from the "
+                  "source's stop to the destination ACTIVE")
     print(f"run {migration.run_id}: {len(migration.outcomes)} server(s) migrated; undo with "
           f"`stackhop rollback --to {migration.request.destination_cloud} --run "
           f"{migration.run_id}`")

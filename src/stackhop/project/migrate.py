@@ -12,10 +12,13 @@
    ``stackhop import``), the images (``stackhop images copy``, IDs kept where
    the destination allows), then the volumes (``stackhop volumes copy``),
    each volume's backup written from the same read when ``--backup-to`` is
-   given.
-4. **usage** — the project's usage archive and report (``stackhop usage
+   given. The volumes of the selected servers are left to the next phase.
+4. **servers** — the selected servers (``--server``, ``--all-servers``) moved as
+   ``stackhop servers migrate`` moves them: their volumes pre-copied while they run,
+   then the cutover (:mod:`stackhop.project.servers`).
+5. **usage** — the project's usage archive and report (``stackhop usage
    archive``) under ``<output>/usage``.
-5. **cleanup** — the temporaries of the volume copies removed, and a final
+6. **cleanup** — the temporaries of the volume copies removed, and a final
    verify of everything moved: resources compared with the archive, images
    by checksum, volumes by their verified content digests.
 
@@ -43,6 +46,7 @@ from stackhop.images.common import images_of_projects, inactive
 from stackhop.journal import Journal
 from stackhop.kinds.identity import list_projects, load_operator_map, map_identities
 from stackhop.kinds.volume_type import VOLUME_TYPE_NAME
+from stackhop.project import servers as project_servers
 from stackhop.project import volumes as project_volumes
 from stackhop.project.phases import Facts, PhaseOutcome, PhaseResult, PhaseRunner
 from stackhop.project.report import CONFLICT, MigrationReport, objects_of_runs
@@ -90,6 +94,11 @@ class MigrationRequest:
     domain_map: dict[str, str] = field(default_factory=dict)
     disabled_users: str | None = None
     project_map: str | None = None
+    #: ``--server`` / ``--all-servers``: the servers the servers phase moves.
+    servers: tuple[str, ...] = ()
+    all_servers: bool = False
+    #: ``--cutover``: how the servers phase stops each source server (stop, shelve, none).
+    cutover: str = "stop"
     #: Interactive selection: given the project's volumes, return the chosen ones.
     choose_volumes: Callable[[list[Any]], list[Any]] | None = field(default=None, compare=False)
 
@@ -154,7 +163,10 @@ class Migration:
                 f"{self.request.destination_cloud}: create it there (same name and domain) or "
                 "map it with --project-map"
             )
-        selection = project_volumes.select(self, project["id"], destination_id)
+        servers = project_servers.select(self, project["id"])
+        selection = project_volumes.select(
+            self, project["id"], destination_id, leave=project_servers.attached(servers)
+        )
         inventory = {
             "source": project_volumes.inventory(self.source, project["id"]),
             "destination": project_volumes.inventory(self.destination, destination_id),
@@ -167,6 +179,7 @@ class Migration:
             },
             "destination_project_id": destination_id,
             "volumes": selection,
+            "servers": servers,
             "inventory": inventory,
         }
         src = inventory["source"]
@@ -175,6 +188,8 @@ class Migration:
             f"{src['images']} images, {src['volumes']} volumes ({src['gigabytes']} GiB); "
             f"{len(selection)} volume(s) selected, preflight passed"
         )
+        if servers:
+            summary += f"; {len(servers)} server(s) selected, for the servers phase"
         return PhaseResult(summary, facts)
 
     # -- 2. export -----------------------------------------------------------
@@ -308,12 +323,17 @@ class Migration:
             operations, args={"project_migration": self.key(project_id), "keep_id": True}
         )
 
-    # -- 4. usage ------------------------------------------------------------
+    # -- 4. servers ----------------------------------------------------------
+
+    def servers(self, facts: Mapping[str, Facts]) -> PhaseResult:
+        return project_servers.migrate(self, facts["gather"])
+
+    # -- 5. usage ------------------------------------------------------------
 
     def usage(self, facts: Mapping[str, Facts]) -> PhaseResult:
         return archive_project_usage(self, facts["gather"]["project"])
 
-    # -- 5. cleanup and final verify ----------------------------------------
+    # -- 6. cleanup and final verify ----------------------------------------
 
     def cleanup(self, facts: Mapping[str, Facts]) -> PhaseResult:
         removed = project_volumes.cleanup(self, facts["import"]["volume_runs"])
@@ -360,6 +380,7 @@ class Migration:
             "gather": self.gather,
             "export": self.export,
             "import": self.import_,
+            "servers": self.servers,
             "usage": self.usage,
             "cleanup": self.cleanup,
         }
@@ -414,6 +435,16 @@ def dry_run_plan(migration: Migration) -> list[dict[str, Any]]:
             }
         )
     rows += project_volumes.plan_rows(migration, gathered.facts)
+    for server in gathered.facts["servers"]:
+        rows.append(
+            {
+                "phase": "servers",
+                "action": "migrate",
+                "object": f"server {server['name']}",
+                "detail": f"{len(server['volumes'])} volume(s) pre-copied while it runs, "
+                f"then --cutover {migration.request.cutover}",
+            }
+        )
     rows.append(
         {
             "phase": "usage",
@@ -451,6 +482,9 @@ def migrate_project(
             "method": request.method,
             "volumes": list(request.volumes),
             "all_volumes": request.all_volumes,
+            "servers": list(request.servers),
+            "all_servers": request.all_servers,
+            "cutover": request.cutover,
             **request.reshape.as_args(),
         },
     )
@@ -477,8 +511,10 @@ def report_of(
     key = migration.key(project["id"])
     runs = [r.id for r in migration.journal.runs() if r.args.get("project_migration") == key]
     objects = objects_of_runs(migration.journal, runs)
-    gathered = {o.name: o.facts for o in outcomes}.get("gather", {})
+    facts = {o.name: o.facts for o in outcomes}
+    gathered = facts.get("gather", {})
     objects += project_volumes.volume_lines(migration, gathered.get("volumes", []))
+    objects += project_servers.server_lines(facts.get("servers", {}))
     return MigrationReport(
         project={"id": project["id"], "name": project["name"]},
         source_cloud=migration.request.source_cloud,

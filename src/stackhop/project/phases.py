@@ -33,7 +33,7 @@ from stackhop.resolve import Resolver
 from stackhop.retry import RetryPolicy
 from stackhop.task import Task, TaskContext, TaskKind
 
-PHASES = ("gather", "export", "import", "usage", "cleanup")
+PHASES = ("gather", "export", "import", "servers", "usage", "cleanup")
 """The phases of a project migration, in order."""
 
 PHASE_KIND = "project.phase"

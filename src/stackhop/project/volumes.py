@@ -10,6 +10,7 @@ per method.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from stackhop.errors import OperationFailedError, StackhopError, UsageError
@@ -58,20 +59,18 @@ def _choose_method(migration: Migration, volume: VolumeRef, dst_type: str | None
     return "image"
 
 
-def _selected(migration: Migration, project_id: str) -> list[VolumeRef]:
+def _selected(migration: Migration, project_id: str, leave: AbstractSet[str]) -> list[VolumeRef]:
     request = migration.request
     cloud = request.source_cloud
     if request.choose_volumes is not None:
-        return list(
-            request.choose_volumes(
-                volume_inventory.list_volumes(migration.source, cloud, project_id)
-            )
-        )
+        listed = volume_inventory.list_volumes(migration.source, cloud, project_id)
+        return list(request.choose_volumes([v for v in listed if v.id not in leave]))
     if not request.volumes and not request.all_volumes:
         return []
-    return volume_inventory.select_volumes(
+    chosen = volume_inventory.select_volumes(
         migration.source, cloud, project_id, request.volumes, request.all_volumes
     )
+    return [v for v in chosen if v.id not in leave]
 
 
 def _copy_request(
@@ -107,9 +106,15 @@ def _groups(selection: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     return groups
 
 
-def select(migration: Migration, project_id: str, destination_id: str) -> list[dict[str, Any]]:
-    """The selected volumes with their method, after the whole preflight (gather phase)."""
-    volumes = _selected(migration, project_id)
+def select(
+    migration: Migration,
+    project_id: str,
+    destination_id: str,
+    leave: AbstractSet[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """The selected volumes with their method, after the whole preflight (gather phase);
+    those in ``leave`` (the selected servers' volumes) are the servers phase's."""
+    volumes = _selected(migration, project_id, leave)
     if not volumes:
         return []
     dst = migration.destination

@@ -16,6 +16,7 @@ stackhop, the contents of a flavor's ephemeral and swap disks are not copied.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,6 +27,30 @@ from stackhop.errors import ConfigError
 
 #: The flavor fields that make its shape (what the destination flavor must equal).
 FLAVOR_SHAPE = ("vcpus", "ram", "disk", "ephemeral", "swap")
+#: The metadata key the cutover sets on a source server just before it stops it: the
+#: status it had. A re-run whose journal was lost still knows the migration stopped it
+#: (its rollback starts it again); it is not carried to the destination.
+STOPPED_KEY = "stackhop_stopped_from"
+#: What the cutover adds to a source floating IP's description as it releases it: the
+#: port and fixed address it was on, so that a re-run whose journal was lost still moves
+#: it, and a rollback gives it back.
+_RELEASED = re.compile(r" ?\[stackhop-released-from:([^@\]]+)@([^\]]*)\]")
+
+
+def released_mark(description: str | None, port_id: str, fixed_ip: str | None) -> str:
+    """``description`` with the mark of a floating IP released from ``port_id``."""
+    stamp = f"[stackhop-released-from:{port_id}@{fixed_ip or ''}]"
+    return f"{description} {stamp}" if description else stamp
+
+
+def released_from(description: str | None) -> tuple[str, str | None] | None:
+    """The (port, fixed IP) a floating IP was released from by a cutover, or None."""
+    found = _RELEASED.search(description or "")
+    return (found.group(1), found.group(2) or None) if found else None
+
+
+def without_released_mark(description: str | None) -> str:
+    return _RELEASED.sub("", description or "")
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,9 @@ class FloatingIp:
     address: str
     network_id: str
     fixed_ip_address: str | None
+    description: str = ""
+    #: Released from its port by an earlier cutover whose journal is not this run's.
+    released: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,9 +177,9 @@ def gather(conn: Any, server: Any) -> ServerRecord:
         boot="image" if image_id else "volume",
         image_id=image_id,
         attachments=attachments,
-        ports=tuple(_ports(conn.network, server.id, not_carried)),
+        ports=tuple(_ports(conn.network, server.id, server.project_id, not_carried)),
         key_name=server.key_name or None,
-        metadata=dict(server.metadata or {}),
+        metadata={k: v for k, v in (server.metadata or {}).items() if k != STOPPED_KEY},
         tags=tags,
         server_groups=tuple(_server_groups(conn.compute, server)),
         availability_zone=server.availability_zone or None,
@@ -193,17 +221,20 @@ def _attachments(compute: Any, server: Any, image_id: str | None,
     return found
 
 
-def _ports(network: Any, server_id: str, not_carried: list[str]) -> Iterable[Port]:
+def _ports(network: Any, server_id: str, project_id: str,
+           not_carried: list[str]) -> Iterable[Port]:
+    released: dict[str, list[FloatingIp]] = {}
+    for f in network.ips(project_id=project_id):
+        mark = released_from(f.description) if f.port_id is None else None
+        if mark:
+            released.setdefault(mark[0], []).append(_floating(f, mark[1], released=True))
     for p in sorted(network.ports(device_id=server_id), key=lambda p: p.created_at or ""):
         if p.qos_policy_id:
             not_carried.append(f"port {p.id}: its QoS policy {p.qos_policy_id}")
         if getattr(p, "trunk_details", None):
             not_carried.append(f"port {p.id}: its trunk and subports")
-        floating = tuple(
-            FloatingIp(id=f.id, address=f.floating_ip_address,
-                       network_id=f.floating_network_id, fixed_ip_address=f.fixed_ip_address)
-            for f in network.ips(port_id=p.id)
-        )
+        floating = tuple(_floating(f, f.fixed_ip_address) for f in network.ips(port_id=p.id))
+        floating += tuple(released.get(p.id, ()))
         yield Port(
             id=p.id, network_id=p.network_id, mac_address=p.mac_address,
             fixed_ips=tuple(FixedIp(ip["subnet_id"], ip["ip_address"]) for ip in p.fixed_ips),
@@ -213,6 +244,12 @@ def _ports(network: Any, server_id: str, not_carried: list[str]) -> Iterable[Por
             floating_ips=floating,
             name=p.name or "",
         )
+
+
+def _floating(f: Any, fixed_ip: str | None, *, released: bool = False) -> FloatingIp:
+    return FloatingIp(id=f.id, address=f.floating_ip_address, network_id=f.floating_network_id,
+                      fixed_ip_address=fixed_ip, description=f.description or "",
+                      released=released)
 
 
 def _server_groups(compute: Any, server: Any) -> Iterable[ServerGroup]:

@@ -33,6 +33,7 @@ The rollback (:mod:`.rollback`) undoes a run from the facts these steps journal.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,10 +43,11 @@ from stackhop.errors import ConflictError, StackhopError
 from stackhop.events import EventSink, NullSink
 from stackhop.journal import Journal
 from stackhop.kinds.identity import OperatorMap
+from stackhop.kinds.port import FLOATING_IP, PORT
 from stackhop.project.phases import Facts, PhaseOutcome, PhaseResult, PhaseRunner
 from stackhop.resolve import Resolver
 from stackhop.servers import root_disk, steps
-from stackhop.servers.gather import ServerRecord, find_server, gather
+from stackhop.servers.gather import STOPPED_KEY, ServerRecord, find_server, gather
 from stackhop.servers.preflight import Preflight, ServerPreflight, preflight
 from stackhop.task import TaskKind
 from stackhop.transfer.ssh import SshHost
@@ -57,6 +59,9 @@ from stackhop.volumes.storage import StorageMap
 
 STEPS = ("precopy", "stop", "final", "ports", "boot", "attach", "floating", "verify")
 STEP_KIND = "server.step"
+#: The ID map's kind of a server (source ID -> the destination server), as ``stackhop map``
+#: shows it; its ports and floating IPs are mapped as the resource kinds map theirs.
+SERVER_KIND = "nova.server"
 COMMAND = "servers migrate"
 CUTOVERS = ("stop", "shelve", "none")
 METHODS = ("auto", "rbd", "stream", "image")
@@ -111,6 +116,15 @@ class ServerOutcome:
     destination_id: str | None = None
 
     @property
+    def downtime(self) -> float | None:
+        """Seconds from the source's stop call to the destination ACTIVE (the journal's
+        times, so also when the steps ran in different runs); None without a stop."""
+        facts = {s.name: s.facts for s in self.steps}
+        stopped = facts.get("stop", {}).get("stopped_at")
+        active = facts.get("boot", {}).get("active_at")
+        return round(active - stopped, 2) if stopped and active else None
+
+    @property
     def done(self) -> bool:
         return bool(self.steps) and self.steps[-1].name == "verify" and \
             self.steps[-1].status != "failed"
@@ -146,6 +160,16 @@ class Migrator:
         self.scope = scope_of(request.source_cloud, request.destination_cloud)
         self.project: dict[str, Any] = {}
         self.dst_project = ""
+        self._scoped: Any = None
+
+    def scoped(self) -> Any:
+        """The operator's connection scoped to the destination project (Nova boots and
+        attaches in the token's project); made once, before the source stops."""
+        if self._scoped is None:
+            self._scoped = scoped_connection(self.dst, self.dst_project,
+                                             purpose="boot servers and attach volumes",
+                                             role="admin")
+        return self._scoped
 
     # -- gather and preflight -------------------------------------------------
 
@@ -281,6 +305,8 @@ class _Cutover:
     record: ServerRecord
     check: ServerPreflight
     method: str
+    #: The final pass planned and checked before the source stopped (see :meth:`_ready`).
+    _final: tuple[volume_copy.VolumeCopier, list[Any]] | None = None
 
     def steps(self) -> dict[str, Callable[[Mapping[str, Facts]], PhaseResult]]:
         return {"precopy": self.precopy, "stop": self.stop, "final": self.final,
@@ -292,6 +318,13 @@ class _Cutover:
         ctx = self.runner.ctx
         assert ctx is not None
         ctx.stage("partial", {"facts": {**self.earlier(), **facts}})
+
+    def map_ids(self, kind: str, pairs: Mapping[str, str]) -> None:
+        """Record ``source -> destination`` IDs in the journal's ID map (a floating IP's
+        ``verify`` after a project migration resolves its port through it)."""
+        scope = self.request.destination_cloud
+        self.migrator.journal.apply(
+            [], mappings=[(scope, kind, s, d) for s, d in pairs.items() if d])
 
     def earlier(self) -> dict[str, Any]:
         """What an interrupted earlier attempt of the running step noted."""
@@ -322,8 +355,12 @@ class _Cutover:
                            {"passes": sent})
 
     def _pass(self, *, final: bool) -> volume_copy.CopyResult:
-        copier = self.migrator._copier(self.record, self.method, final=final)
-        result = copier.run(copier.prepare())
+        prepared, self._final = (self._final if final else None), None
+        if prepared is None:
+            copier = self.migrator._copier(self.record, self.method, final=final)
+            prepared = (copier, copier.prepare())
+        copier, plan = prepared
+        result = copier.run(plan)
         if result.failed:
             first = result.failed[0]
             raise ConflictError(f"volume {first.volume_id}: {first.error}; re-run to carry on")
@@ -332,12 +369,17 @@ class _Cutover:
     def stop(self, facts: Mapping[str, Facts]) -> PhaseResult:
         src = self.migrator.src
         server = src.compute.get_server(self.record.id)
-        was = self.earlier().get("was", server.status)
+        marked = (server.metadata or {}).get(STOPPED_KEY)  # by a run whose journal is lost
+        was = self.earlier().get("was") or marked or server.status
         cutover = self.request.cutover
         if cutover == "none":
             return PhaseResult("left running (--cutover none: a test copy)",
                                {"was": was, "stopped": False})
-        self.note({"was": was, "cutover": cutover})  # journaled before the call
+        self._ready()
+        stopped_at = self.earlier().get("stopped_at") or time.time()  # the downtime's start
+        self.note({"was": was, "cutover": cutover, "stopped_at": stopped_at})  # before the call
+        if was == "ACTIVE" and marked is None:  # and on the server, for a lost journal
+            src.compute.set_server_metadata(server, **{STOPPED_KEY: was})
         if cutover == "stop":
             if server.status == "ACTIVE":
                 src.compute.stop_server(server)
@@ -350,7 +392,17 @@ class _Cutover:
                        lambda: src.compute.get_server(server.id), lambda s: s.status in want,
                        lambda s: "Nova put it in ERROR" if s.status == "ERROR" else None)
         return PhaseResult(f"source {was} -> {want[0]}",
-                           {"was": was, "stopped": was == "ACTIVE", "cutover": cutover})
+                           {"was": was, "stopped": was == "ACTIVE", "cutover": cutover,
+                            "stopped_at": stopped_at})
+
+    def _ready(self) -> None:
+        """What the downtime's steps need, made while the source still runs: the final
+        pass planned and checked (Cinder, quotas, the storage hosts), the destination
+        project's connection. A problem found here stops the step before the stop."""
+        if self.record.attachments and self._final is None:
+            copier = self.migrator._copier(self.record, self.method, final=True)
+            self._final = (copier, copier.prepare())
+        self.migrator.scoped()
 
     def final(self, facts: Mapping[str, Facts]) -> PhaseResult:
         m, record = self.migrator, self.record
@@ -377,12 +429,13 @@ class _Cutover:
         created = list(self.earlier().get("created") or [])  # by an interrupted attempt
         made = steps.ensure_ports(self.migrator.dst, self.migrator.dst_project, self.record,
                                   self.check.ports, created, self.note)
+        self.map_ids(PORT, made)
         return PhaseResult(f"{len(made)} port(s), {len(created)} made",
                            {"ports": made, "created": created})
 
     def boot(self, facts: Mapping[str, Facts]) -> PhaseResult:
         m = self.migrator
-        scoped = scoped_connection(m.dst, m.dst_project, purpose="boot servers", role="admin")
+        scoped = m.scoped()
         boot = self.record.boot_volume
         volumes = facts.get("final", {}).get("volumes", {})
         boot_volume = volumes[boot.volume_id]["destination"] if boot else None
@@ -400,15 +453,16 @@ class _Cutover:
         finally:
             if made_key and key_name:  # the server keeps the key's name and data
                 scoped.compute.delete_keypair(key_name, ignore_missing=True)
-        return PhaseResult(f"destination server {server_id} ACTIVE", {"server": server_id})
+        self.map_ids(SERVER_KIND, {self.record.id: server_id})
+        return PhaseResult(f"destination server {server_id} ACTIVE",
+                           {"server": server_id, "active_at": time.time()})
 
     def attach(self, facts: Mapping[str, Facts]) -> PhaseResult:
         m = self.migrator
         volumes = facts.get("final", {}).get("volumes", {})
         data = [(volumes[a.volume_id]["destination"], a.tag) for a in self.record.data_volumes]
         if data:
-            scoped = scoped_connection(m.dst, m.dst_project, purpose="attach volumes",
-                                       role="admin")
+            scoped = m.scoped()
             steps.attach(m.dst, scoped, facts["boot"]["server"], data)
         return PhaseResult(f"{len(data)} data volume(s) attached",
                            {"volumes": [v for v, _ in data]})
@@ -418,6 +472,7 @@ class _Cutover:
         moved = steps.move_floating_ips(
             m.src, m.dst, m.dst_project, self.record, self.check.ports,
             facts["ports"]["ports"], release=self.request.cutover != "none", note=self.note)
+        self.map_ids(FLOATING_IP, {f["source"]: f["destination"] for f in moved})
         return PhaseResult(f"{len(moved)} floating IP(s): " + ", ".join(
             f"{f['address']} -> {f['destination_address']}" for f in moved) or "none",
             {"floating_ips": moved})

@@ -28,9 +28,11 @@ from openstack import exceptions as sdk_exceptions
 
 from stackhop.journal import DONE, FAILED, ROLLED_BACK, Journal, OperationRecord
 from stackhop.kinds.base import Kind
+from stackhop.kinds.port import FLOATING_IP, PORT
 from stackhop.kinds.rest import call
 from stackhop.servers import steps
-from stackhop.servers.migrate import COMMAND, STEP_KIND
+from stackhop.servers.gather import STOPPED_KEY, without_released_mark
+from stackhop.servers.migrate import COMMAND, SERVER_KIND, STEP_KIND
 from stackhop.servers.root_disk import SOURCE_PROPERTY
 
 ROLLBACK_COMMAND = "rollback"
@@ -42,6 +44,8 @@ class ServerRollback:
 
     server_id: str
     actions: list[str] = field(default_factory=list)
+    #: ``(kind, source ID)`` of the ID map entries whose destination object is gone.
+    unmap: list[tuple[str, str]] = field(default_factory=list)
 
 
 def is_servers_run(journal: Journal, run_id: str) -> bool:
@@ -70,12 +74,14 @@ def rollback_servers(journal: Journal, src: Any, dst: Any, run_ids: Sequence[str
         for server_id, server_rows in sorted(by_server.items()):
             undone = ServerRollback(server_id)
             facts = {step: _facts(row) for step, row in server_rows.items()}
-            _undo_server(dst, facts, undone)
+            _undo_server(dst, server_id, facts, undone)
             _undo_root_image(dst, facts.get("final", {}), undone)
             _undo_floating(src, dst, facts.get("floating", {}), undone)
             _undo_ports(dst, facts.get("ports", {}), undone)
             _undo_keypair(dst, facts.get("boot", {}), undone)
             _undo_stop(src, server_id, facts.get("stop", {}), undone)
+            journal.apply([], unmappings=[(destination_cloud, kind, source)
+                                          for kind, source in undone.unmap])
             for row in server_rows.values():
                 _mark(journal, run.id, row)
             done.append(undone)
@@ -86,10 +92,12 @@ def rollback_servers(journal: Journal, src: Any, dst: Any, run_ids: Sequence[str
     return run.id, done
 
 
-def _undo_server(dst: Any, facts: Mapping[str, Mapping[str, Any]], out: ServerRollback) -> None:
+def _undo_server(dst: Any, source_id: str, facts: Mapping[str, Mapping[str, Any]],
+                 out: ServerRollback) -> None:
     server_id = facts.get("verify", {}).get("server") or facts.get("boot", {}).get("server")
     if not server_id:
         return
+    out.unmap.append((SERVER_KIND, source_id))
     try:
         server = dst.compute.get_server(server_id)
     except sdk_exceptions.NotFoundException:
@@ -124,6 +132,7 @@ def _undo_floating(src: Any, dst: Any, facts: Mapping[str, Any], out: ServerRoll
     for entry in facts.get("floating_ips") or []:
         target = entry.get("destination")
         if target and entry.get("created"):
+            out.unmap.append((FLOATING_IP, entry["source"]))
             call(dst.network, "DELETE", f"/floatingips/{target}", missing_ok=True)
             out.actions.append("deleted destination floating IP "
                                f"{entry.get('destination_address')}")
@@ -132,14 +141,19 @@ def _undo_floating(src: Any, dst: Any, facts: Mapping[str, Any], out: ServerRoll
                  json={"floatingip": {"port_id": None}}, missing_ok=True)
             out.actions.append(f"disassociated destination floating IP {target}")
         if entry.get("released"):
-            call(src.network, "PUT", f"/floatingips/{entry['source']}",
-                 json={"floatingip": {"port_id": entry["source_port"]}})
+            found = call(src.network, "GET", f"/floatingips/{entry['source']}")["floatingip"]
+            call(src.network, "PUT", f"/floatingips/{entry['source']}", json={"floatingip": {
+                "port_id": entry["source_port"],
+                "description": without_released_mark(found.get("description"))}})
             out.actions.append(f"gave {entry['address']} back to source port "
                                f"{entry['source_port']}")
 
 
 def _undo_ports(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:
+    made = {d: s for s, d in (facts.get("ports") or {}).items()}
     for port_id in facts.get("created") or []:
+        if port_id in made:
+            out.unmap.append((PORT, made[port_id]))
         found = call(dst.network, "GET", f"/ports/{port_id}", missing_ok=True)
         if found is None:
             continue
@@ -168,12 +182,13 @@ def _undo_stop(src: Any, server_id: str, facts: Mapping[str, Any], out: ServerRo
         src.compute.start_server(server)
     elif server.status in ("SHELVED", "SHELVED_OFFLOADED"):
         src.compute.unshelve_server(server)
-    elif server.status == "ACTIVE":
-        return
-    steps.wait_for(f"source server {server_id} starting", lambda: src.compute.get_server(
-        server_id), lambda s: s.status == "ACTIVE",
-        lambda s: "Nova put it in ERROR" if s.status == "ERROR" else None)
-    out.actions.append(f"started source server {server_id} again")
+    if server.status != "ACTIVE":
+        steps.wait_for(f"source server {server_id} starting", lambda: src.compute.get_server(
+            server_id), lambda s: s.status == "ACTIVE",
+            lambda s: "Nova put it in ERROR" if s.status == "ERROR" else None)
+        out.actions.append(f"started source server {server_id} again")
+    if STOPPED_KEY in (server.metadata or {}):  # last: a rollback cut short starts it again
+        src.compute.delete_server_metadata(server, [STOPPED_KEY])
 
 
 def _mark(journal: Journal, run_id: str, row: OperationRecord) -> None:

@@ -19,7 +19,7 @@ from stackhop import kinds as registry
 from stackhop.errors import ConflictError, StackhopError
 from stackhop.kinds.base import MARKER_PREFIX, Kind
 from stackhop.kinds.rest import call
-from stackhop.servers.gather import FLAVOR_SHAPE, ServerRecord
+from stackhop.servers.gather import FLAVOR_SHAPE, ServerRecord, released_mark
 from stackhop.servers.preflight import PortPlan
 
 #: The metadata key a server stackhop booted carries: the source server's ID.
@@ -42,7 +42,7 @@ def wait_for(what: str, probe: Callable[[], Any], done: Callable[[Any], bool],
              failed: Callable[[Any], str | None] = lambda _: None, timeout: float = WAIT) -> Any:
     """Poll ``probe`` until ``done``; a ``failed`` answer or the timeout raise one line."""
     deadline = time.monotonic() + timeout
-    delay = 0.5
+    delay = 0.2  # the cutover's waits are downtime: look often at first
     while True:
         seen = probe()
         if done(seen):
@@ -54,7 +54,7 @@ def wait_for(what: str, probe: Callable[[], Any], done: Callable[[Any], bool],
             raise ConflictError(f"{what}: still not done after {timeout:.0f} s; re-run to "
                                 "carry on")
         time.sleep(delay)
-        delay = min(delay * 1.5, 5.0)
+        delay = min(delay * 1.25, 3.0)
 
 
 # -- ports -------------------------------------------------------------------
@@ -226,11 +226,14 @@ def move_floating_ips(src: Any, dst: Any, project_id: str, record: ServerRecord,
                                 strict=False):
             entry: dict[str, Any] = {"source": fip.id, "address": fip.address,
                                      "source_port": port.id, "released": False}
-            if release:
-                call(src.network, "PUT", f"/floatingips/{fip.id}",
-                     json={"floatingip": {"port_id": None}})
-                entry["released"] = True
-                note({"floating_ips": [*moved, entry]})
+            entry["released"] = release or fip.released  # fip.released: by a lost run
+            if entry["released"]:
+                note({"floating_ips": [*moved, entry]})  # journaled before the call
+            if release and not fip.released:
+                call(src.network, "PUT", f"/floatingips/{fip.id}", json={"floatingip": {
+                    "port_id": None,
+                    "description": released_mark(fip.description, port.id,
+                                                 fip.fixed_ip_address)}})
             found = [f for f in dst.network.ips(floating_network_id=network)
                      if Kind.marked_source_id(f.description) == fip.id
                      or (f.floating_ip_address == fip.address and f.project_id == project_id)]
