@@ -338,17 +338,26 @@ class Migration:
     def cleanup(self, facts: Mapping[str, Facts]) -> PhaseResult:
         removed = project_volumes.cleanup(self, facts["import"]["volume_runs"])
         with ArchiveReader(self.archive_path) as reader:
-            checked, mismatches = resources.verify(self.prepare(reader), self.destination)
+            # Through the journal's ID map: a floating IP's port is a server's, which the
+            # servers phase moved (no resource record names it).
+            checked, mismatches = resources.verify(
+                self.prepare(reader, self.journal), self.destination
+            )
         images = self.verify_images(facts["gather"]["project"]["id"])
         volumes = project_volumes.verify(self, facts["gather"]["volumes"])
         # Conflicts were reported by the import and left alone on purpose: not a surprise.
         known = set(facts["import"].get("conflicts", []))
         differ = [m.as_dict() for m in mismatches if f"{m.kind} {m.identity}" not in known]
         if differ or images["differ"] or volumes["unverified"]:
+            first = (
+                f" (first: {differ[0]['kind']} {differ[0]['identity']}: {differ[0]['problem']})"
+                if differ
+                else ""
+            )
             raise VerificationError(
-                f"final verify: {len(differ)} of {checked} resources differ, "
+                f"final verify: {len(differ)} of {checked} resources differ{first}, "
                 f"{len(images['differ'])} image(s) and {len(volumes['unverified'])} volume(s) "
-                "not verified on the destination; see the report, fix, and re-run"
+                "not verified on the destination; fix, and re-run"
             )
         return PhaseResult(
             f"{removed} temporaries removed; verified {checked} resources, "
