@@ -288,6 +288,19 @@ def test_journal_lost_after_the_floating_ip_was_released_the_rerun_finishes_and_
     (dfip,) = list(dst.network.ips(port_id=front.id))
     assert dfip.floating_ip_address == web.fip.floating_ip_address
 
+    # Lost again, after the migration finished: the source names its twin; nothing redone.
+    third = tmp_path / "third.sqlite"
+    box.undo.append(lambda: undo_migration(third))
+    assert cli("--journal", str(third), *networks).code == 0
+    finished = cli("--journal", str(third), "servers", "migrate", "--from", "src", "--to",
+                   "dst", "--project", box.name, "--server", "srv-app", "-f", "json")
+    assert finished.code == 0, finished.err
+    (shown,) = finished.json()["servers"]
+    assert shown["destination_id"] == twin.id
+    assert [s["status"] for s in shown["steps"]] == ["done earlier"]
+    assert [s.id for s in dst.compute.servers(all_projects=True,
+                                              project_id=box.ids["dst"])] == [twin.id]
+
     with Journal(journal) as jr:
         (run,) = [r.id for r in jr.runs() if r.command == "servers migrate"]
     undone = cli("--journal", str(journal), "rollback", "--to", "dst", "--run", run)

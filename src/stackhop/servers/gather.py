@@ -31,6 +31,12 @@ FLAVOR_SHAPE = ("vcpus", "ram", "disk", "ephemeral", "swap")
 #: status it had. A re-run whose journal was lost still knows the migration stopped it
 #: (its rollback starts it again); it is not carried to the destination.
 STOPPED_KEY = "stackhop_stopped_from"
+#: Set on the source server by the ``verify`` step: the destination server that replaced
+#: it. A re-run whose journal was lost leaves a server so marked alone (its migration is
+#: finished); a destination twin without it is an unfinished cutover's.
+MIGRATED_KEY = "stackhop_migrated_to"
+#: The metadata stackhop puts on a source server (never carried to the destination).
+SOURCE_MARKS = (STOPPED_KEY, MIGRATED_KEY)
 #: What the cutover adds to a source floating IP's description as it releases it: the
 #: port and fixed address it was on, so that a re-run whose journal was lost still moves
 #: it, and a rollback gives it back.
@@ -179,7 +185,7 @@ def gather(conn: Any, server: Any) -> ServerRecord:
         attachments=attachments,
         ports=tuple(_ports(conn.network, server.id, server.project_id, not_carried)),
         key_name=server.key_name or None,
-        metadata={k: v for k, v in (server.metadata or {}).items() if k != STOPPED_KEY},
+        metadata={k: v for k, v in (server.metadata or {}).items() if k not in SOURCE_MARKS},
         tags=tags,
         server_groups=tuple(_server_groups(conn.compute, server)),
         availability_zone=server.availability_zone or None,

@@ -47,7 +47,13 @@ from stackhop.kinds.port import FLOATING_IP, PORT
 from stackhop.project.phases import Facts, PhaseOutcome, PhaseResult, PhaseRunner
 from stackhop.resolve import Resolver
 from stackhop.servers import root_disk, steps
-from stackhop.servers.gather import STOPPED_KEY, ServerRecord, find_server, gather
+from stackhop.servers.gather import (
+    MIGRATED_KEY,
+    STOPPED_KEY,
+    ServerRecord,
+    find_server,
+    gather,
+)
 from stackhop.servers.preflight import Preflight, ServerPreflight, preflight
 from stackhop.task import TaskKind
 from stackhop.transfer.ssh import SshHost
@@ -202,6 +208,21 @@ class Migrator:
             raise PreflightFailed(migration)
         return migration
 
+    def _finished_elsewhere(self, record: ServerRecord, outcome: ServerOutcome) -> bool:
+        """A server whose migration a run with another journal finished (the source says
+        which destination server replaced it, and that server is there): left alone."""
+        twin = (self.src.compute.get_server(record.id).metadata or {}).get(MIGRATED_KEY)
+        if not twin or self.journal.operation(self.scope, STEP_KIND, f"{record.id}/verify"):
+            return False  # this journal's own run: its steps say what is done
+        booted = steps.find_booted(self.dst, self.dst_project, record.id)
+        if booted is None or booted.id != twin:
+            return False
+        outcome.destination_id = booted.id
+        outcome.steps.append(PhaseOutcome(
+            "verify", "done earlier", f"migrated to {booted.id} by a run of another journal "
+            f"(the source's {MIGRATED_KEY}); nothing done"))
+        return True
+
     def _root_disk_problems(self, record: ServerRecord) -> list[str]:
         """An image-booted server's disk must be readable on its compute host before the
         server is stopped: the host in the storage map, the file there."""
@@ -274,6 +295,8 @@ class Migrator:
                                      strict=True):
                 outcome = ServerOutcome(record.id, record.name, [])
                 migration.outcomes.append(outcome)
+                if self._finished_elsewhere(record, outcome):
+                    continue
                 runner = PhaseRunner(self.journal, run.id, self.scope, record.id, self.events,
                                      self.stop, phases=STEPS, kind=STEP, command=COMMAND)
                 cutover = _Cutover(self, runner, record, check, migration.methods[record.id])
@@ -342,8 +365,9 @@ class _Cutover:
                else f"the {self.method} method is not incremental"
                if not supports_incremental(method)
                else "--max-passes 0: stop, then copy" if self.request.max_passes < 1 else "")
+        replaced = self._unfinished_twin()
         if why:
-            return PhaseResult(f"no pre-copy ({why})", {"passes": []})
+            return PhaseResult(f"no pre-copy ({why})", {"passes": [], "replaced": replaced})
         sent: list[int] = []
         for _ in range(self.request.max_passes):
             result = self._pass(final=False)
@@ -352,7 +376,22 @@ class _Cutover:
             if sent[-1] <= self.request.settle:
                 break
         return PhaseResult(f"{len(sent)} pass(es) while running, bytes sent {sent}",
-                           {"passes": sent})
+                           {"passes": sent, "replaced": replaced})
+
+    def _unfinished_twin(self) -> str | None:
+        """A destination server an earlier run booted for this one, whose journal this run
+        does not have (it was lost): its cutover never verified, and its volumes, in use
+        there, would refuse the passes. It is deleted (its volumes kept, then copied again
+        from the stopped source), to be booted anew; returns its ID."""
+        m = self.migrator
+        twin = steps.find_booted(m.dst, m.dst_project, self.record.id)
+        if twin is None:
+            return None
+        steps.set_delete_on_termination(
+            m.dst, twin.id, {a.volume_id: False for a in m.dst.compute.volume_attachments(twin)})
+        m.dst.compute.delete_server(twin)
+        m.dst.compute.wait_for_delete(twin, interval=1, wait=steps.WAIT)
+        return str(twin.id)
 
     def _pass(self, *, final: bool) -> volume_copy.CopyResult:
         prepared, self._final = (self._final if final else None), None
@@ -498,6 +537,8 @@ class _Cutover:
         steps.set_delete_on_termination(m.dst, server_id, {
             volumes[a.volume_id]["destination"]: a.delete_on_termination
             for a in self.record.attachments})
+        if self.request.cutover != "none":  # the source says what replaced it
+            m.src.compute.set_server_metadata(self.record.id, **{MIGRATED_KEY: server_id})
         return PhaseResult(f"destination server {server_id} equal to the source",
                            {"server": server_id})
 

@@ -31,7 +31,7 @@ from stackhop.kinds.base import Kind
 from stackhop.kinds.port import FLOATING_IP, PORT
 from stackhop.kinds.rest import call
 from stackhop.servers import steps
-from stackhop.servers.gather import STOPPED_KEY, without_released_mark
+from stackhop.servers.gather import SOURCE_MARKS, without_released_mark
 from stackhop.servers.migrate import COMMAND, SERVER_KIND, STEP_KIND
 from stackhop.servers.root_disk import SOURCE_PROPERTY
 
@@ -187,8 +187,9 @@ def _undo_stop(src: Any, server_id: str, facts: Mapping[str, Any], out: ServerRo
             server_id), lambda s: s.status == "ACTIVE",
             lambda s: "Nova put it in ERROR" if s.status == "ERROR" else None)
         out.actions.append(f"started source server {server_id} again")
-    if STOPPED_KEY in (server.metadata or {}):  # last: a rollback cut short starts it again
-        src.compute.delete_server_metadata(server, [STOPPED_KEY])
+    marks = [k for k in SOURCE_MARKS if k in (server.metadata or {})]
+    if marks:  # last: a rollback cut short starts it again
+        src.compute.delete_server_metadata(server, marks)
 
 
 def _mark(journal: Journal, run_id: str, row: OperationRecord) -> None:
