@@ -32,6 +32,8 @@ def box(testbed: Any) -> Iterator[Sandbox]:
         yield sandbox
 
 
+@pytest.mark.long  # 31 s; make test keeps its short form: test_servers_migrate.py's gather
+# and preflight (a cores quota refused before anything stops) on the same server.
 def test_gather_then_preflight_a_volume_booted_server_with_ports_fip_group_and_volumes(
     box: Sandbox, cli: Callable[..., Any], tmp_path: Path,
 ) -> None:

@@ -164,6 +164,8 @@ def test_every_compute_host_is_a_nova_host_and_answers_with_its_instances_path(
         assert proc.stdout.split() == [host.instances_path, "0"]
 
 
+@pytest.mark.long  # 35 s; make test keeps its short form: test_servers_migrate.py's
+# image-booted server, whose disk is read and hashed on both compute hosts.
 def test_an_image_booted_server_has_its_disk_on_its_compute_host(
     box: Sandbox, storage: StorageMap
 ) -> None:
