@@ -401,10 +401,7 @@ class _Cutover:
         twin = steps.find_booted(m.dst, m.dst_project, self.record.id)
         if twin is None:
             return None
-        steps.set_delete_on_termination(
-            m.dst, twin.id, {a.volume_id: False for a in m.dst.compute.volume_attachments(twin)})
-        m.dst.compute.delete_server(twin)
-        m.dst.compute.wait_for_delete(twin, interval=1, wait=steps.WAIT)
+        steps.delete_keeping_volumes(m.dst, twin)
         return str(twin.id)
 
     def _pass(self, *, final: bool) -> volume_copy.CopyResult:

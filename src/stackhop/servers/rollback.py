@@ -106,12 +106,8 @@ def _undo_server(dst: Any, source_id: str, facts: Mapping[str, Mapping[str, Any]
         out.actions.append(f"destination server {server_id} carries no {steps.SOURCE_KEY}: "
                            "left in place")
         return
-    keep = {a.volume_id: False for a in dst.compute.volume_attachments(server_id)}
-    steps.set_delete_on_termination(dst, server_id, keep)
-    dst.compute.delete_server(server_id)
-    dst.compute.wait_for_delete(server, interval=1, wait=steps.WAIT)
-    out.actions.append(f"deleted destination server {server_id} (its {len(keep)} volume(s) "
-                       "kept)")
+    kept = steps.delete_keeping_volumes(dst, server)
+    out.actions.append(f"deleted destination server {server_id} (its {kept} volume(s) kept)")
 
 
 def _undo_root_image(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:

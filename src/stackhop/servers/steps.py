@@ -207,6 +207,15 @@ def set_delete_on_termination(dst: Any, server_id: str, wanted: Mapping[str, boo
              microversion=ATTACHMENT_UPDATE)
 
 
+def delete_keeping_volumes(dst: Any, server: Any) -> int:
+    """Delete a destination server, its volumes first set to outlive it; how many it had."""
+    keep = {a.volume_id: False for a in dst.compute.volume_attachments(server.id)}
+    set_delete_on_termination(dst, server.id, keep)
+    dst.compute.delete_server(server)
+    dst.compute.wait_for_delete(server, interval=1, wait=WAIT)
+    return len(keep)
+
+
 # -- floating IPs --------------------------------------------------------------
 
 
