@@ -1,5 +1,5 @@
-"""Kill trials of ``images copy``, ``images move-store`` and ``project migrate``: ``kill -9``
-at a random moment, re-run, count on the cloud.
+"""Kill trials of ``images copy``, ``images move-store``, ``project migrate`` and ``servers
+migrate``: ``kill -9`` at a random moment, re-run, count on the cloud.
 
 Per command, one uninterrupted run measures how long a run takes (and is undone), then
 ``--kills`` trials each:
@@ -44,6 +44,7 @@ What is counted, per command:
     .venv/bin/python bench/chaos_kills.py --commands move-store --kills 10 --seed 3
     .venv/bin/python bench/chaos_kills.py --commands images-copy --kills 1 --journal deleted \
         --no-save
+    .venv/bin/python bench/chaos_kills.py --commands servers-migrate --kills 20 --label servers
 
 Results: ``bench/results/chaos-kills-<date>.json`` and ``.md`` (with the command). Goal
 (issue 17): every trial completes, 0 duplicates, 0 missing, all data equal, nothing left
@@ -58,6 +59,7 @@ import functools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +84,7 @@ for _line in outputs.env_lines():  # the testbed's environment, as `source env.s
 
 from testbed.openstack.glance import store_dir  # noqa: E402
 from testbed.undo import undo_migration  # noqa: E402
+from tests.functional.servers_support import build_web_server  # noqa: E402
 from tests.functional.test_images_support import (  # noqa: E402
     JSON_PATCH,
     MIB,
@@ -91,20 +94,31 @@ from tests.functional.test_images_support import (  # noqa: E402
     glance_json,
     marked_copies,
 )
-from tests.functional.volumes_support import digest_of  # noqa: E402
+from tests.functional.volumes_support import (  # noqa: E402
+    Sandbox,
+    digest_of,
+    file_backend_path,
+    write_pattern,
+)
 from tests.support.beta import admin_role_in  # noqa: E402
 
+from stackhop.journal import Journal  # noqa: E402
 from stackhop.kinds.image import MARKER_PROPERTY, list_images  # noqa: E402
 from stackhop.kinds.rest import call, paged  # noqa: E402
+from stackhop.servers.gather import STOPPED_KEY, released_from  # noqa: E402
+from stackhop.servers.migrate import COMMAND as SERVERS_COMMAND  # noqa: E402
+from stackhop.servers.steps import SOURCE_KEY as SERVER_SOURCE_KEY  # noqa: E402
 from stackhop.volumes.cinder_adopt import MARKER as VOLUME_MARKER  # noqa: E402
-from stackhop.volumes.rbd_ends import cluster_of, import_image  # noqa: E402
+from stackhop.volumes.rbd_ends import cluster_of  # noqa: E402
 from stackhop.volumes.storage import load_storage_map  # noqa: E402
 
-COMMANDS = ("images-copy", "move-store", "project-migrate")
+COMMANDS = ("images-copy", "move-store", "project-migrate", "servers-migrate")
 #: project migrate: frank's keypair, whose user is not on dst, is a conflict every run.
 CONFLICT_EXIT = 10
 BETA = "beta"
 COUNTS = ("duplicates", "missing", "data_mismatches", "leftovers")
+#: Commands whose rollback may leave what a lost journal's run made (counted, then swept).
+LEFT_AFTER_UNDO = ("project-migrate", "servers-migrate")
 
 
 class Subject(Protocol):
@@ -114,6 +128,11 @@ class Subject(Protocol):
 
     def prepare(self) -> None:
         """Make the starting state of a trial."""
+        ...
+
+    def fresh_journal(self, journal: Path) -> None:
+        """Make the journal a trial's first run starts with, and a deleted one goes back to
+        (nothing: an empty journal)."""
         ...
 
     def argv(self, journal: Path) -> list[str]:
@@ -135,6 +154,11 @@ class Subject(Protocol):
     def close(self) -> None:
         """Remove everything the subject made."""
         ...
+
+
+class _EmptyJournal:
+    def fresh_journal(self, journal: Path) -> None:
+        return None
 
 
 # -- Glance's file stores: data of no image ------------------------------------------------
@@ -165,7 +189,7 @@ def _delete_image(conn: Any, image_id: str) -> None:
 # -- images copy -----------------------------------------------------------------------------
 
 
-class ImagesCopy:
+class ImagesCopy(_EmptyJournal):
     """``images copy`` of a few images of ours from src to dst (new IDs, marked)."""
 
     name = "images-copy"
@@ -235,7 +259,7 @@ class ImagesCopy:
 # -- move-store ------------------------------------------------------------------------------
 
 
-class MoveStore:
+class MoveStore(_EmptyJournal):
     """``images move-store`` of fresh images of ours on src, store ``fast`` -> ``slow``."""
 
     name = "move-store"
@@ -356,7 +380,7 @@ def _quota(service: Any, url: str, key: str) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "id"}
 
 
-class ProjectMigrate:
+class ProjectMigrate(_EmptyJournal):
     """``project migrate`` of the seeded ``beta`` from src to dst, all its volumes."""
 
     name = "project-migrate"
@@ -437,11 +461,6 @@ class ProjectMigrate:
                 if download_sha512(dst, copy["id"]) != source["os_hash_value"]:
                     row["data_mismatches"] += 1
                     findings.append(f"image {copy['id']} of {source_id}: sha512 differs")
-        staging = cluster_of(load_storage_map().backend("dst", "ceph"))
-        for source_id in self.volumes:
-            if staging.size(import_image(source_id)) is not None:
-                row["leftovers"] += 1
-                findings.append(f"dst staging RBD image {import_image(source_id)}")
         return {**row, "findings": findings,
                 "source_snapshots": len(self._source_snapshots())}
 
@@ -520,6 +539,171 @@ class ProjectMigrate:
         self.role.__exit__(None, None, None)
 
 
+class ServersMigrate:
+    """``servers migrate`` of one web server (``tests.functional.servers_support``)."""
+
+    name = "servers-migrate"
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.box = Sandbox.create("srvkill")
+        try:
+            self.web = build_web_server(self.box)
+            for volume, seed in ((self.web.root, "root"), (self.web.data, "data")):
+                write_pattern(file_backend_path("src", volume.id), seed, [0, 1, 512])
+            self.digests = {v.id: digest_of("src", v.id) for v in (self.web.root, self.web.data)}
+            self.networking = work / "networking.sqlite"
+            subprocess.run(
+                [sys.executable, "-m", "stackhop.cli.main", "--journal", str(self.networking),
+                 "migrate", "--from", "src", "--to", "dst", "--project", self.box.name,
+                 "--networks", "--routers", "--security-groups", "--server-groups"],
+                check=True, capture_output=True)
+            self.before = self._dst_listing()
+        except BaseException:
+            self.box.close()
+            raise
+
+    def prepare(self) -> None:
+        return None  # restore() left the source running and dst's project as before
+
+    def fresh_journal(self, journal: Path) -> None:
+        shutil.copyfile(self.networking, journal)  # the networking's ID map
+
+    def argv(self, journal: Path) -> list[str]:
+        return ["--journal", str(journal), "servers", "migrate", "--from", "src", "--to",
+                "dst", "--project", self.box.name, "--server", "srv-app", "--method",
+                "stream"]
+
+    def done(self, proc: subprocess.CompletedProcess[str]) -> bool:
+        return proc.returncode == 0
+
+    def _dst_project(self) -> str:
+        return self.box.ids["dst"]
+
+    def _dst_listing(self) -> dict[str, Any]:
+        dst, project = self.box.dst, self._dst_project()
+        return {
+            "servers": sorted(s.id for s in dst.compute.servers(all_projects=True,
+                                                                project_id=project)),
+            "ports": sorted(p.id for p in dst.network.ports(project_id=project)),
+            "floatingips": sorted(f.id for f in dst.network.ips(project_id=project)),
+            "volumes": sorted(v.id for v in self.box.volumes("dst")),
+        }
+
+    def _copies(self) -> dict[str, list[Any]]:
+        on_dst = self.box.volumes("dst")
+        return {source: [v for v in on_dst if str((v.metadata or {}).get(VOLUME_MARKER, ""))
+                         .endswith(source)] for source in self.digests}
+
+    def check(self) -> dict[str, Any]:
+        row = dict.fromkeys(COUNTS, 0)
+        findings: list[str] = []
+        src, dst, web = self.box.src, self.box.dst, self.web
+        twins = [s for s in dst.compute.servers(all_projects=True, project_id=self._dst_project())
+                 if (s.metadata or {}).get(SERVER_SOURCE_KEY) == web.server.id]
+        row["duplicates"] += max(0, len(twins) - 1)
+        row["missing"] += not twins
+        for twin in twins:
+            if twin.status != "ACTIVE":
+                findings.append(f"destination server {twin.id} is {twin.status}")
+                row["data_mismatches"] += 1
+        if src.compute.get_server(web.server.id).status != "SHUTOFF":
+            findings.append("the source server is not SHUTOFF")
+            row["data_mismatches"] += 1
+        for source, copies in self._copies().items():
+            row["duplicates"] += max(0, len(copies) - 1)
+            row["missing"] += not copies
+            for copy in copies:
+                if digest_of("dst", copy.id) != self.digests[source]:
+                    row["data_mismatches"] += 1
+                    findings.append(f"volume {copy.id} of {source}: digest differs")
+        ours = {p.id for t in twins for p in dst.network.ports(device_id=t.id)}
+        before = set(self.before["ports"])
+        for port in dst.network.ports(project_id=self._dst_project()):
+            if port.id not in before and port.id not in ours:
+                row["leftovers"] += 1
+                findings.append(f"destination port {port.id} ({port.name}) of no server")
+        ips = [f for f in dst.network.ips(project_id=self._dst_project())
+               if f.id not in self.before["floatingips"]]
+        moved = [f for f in ips if f.port_id in ours
+                 and f.floating_ip_address == web.fip.floating_ip_address]
+        row["missing"] += not moved
+        row["leftovers"] += len(ips) - len(moved)
+        return {**row, "findings": findings}
+
+    def restore(self, journal: Path) -> dict[str, Any]:
+        error = ""
+        with Journal(journal) as jr:
+            runs = [r.id for r in jr.runs() if r.command == SERVERS_COMMAND]
+            copied = {op.destination_id for op in jr.operations(kind="volume")
+                      if op.destination_id}
+        undone = 0
+        if runs:
+            rollback = subprocess.run(
+                [sys.executable, "-m", "stackhop.cli.main", "--journal", str(journal),
+                 "rollback", "--to", "dst", *[a for r in runs for a in ("--run", r)]],
+                capture_output=True, text=True, check=False)
+            if rollback.returncode != 0:
+                error = f"rollback exited {rollback.returncode}: {rollback.stderr[-300:]}"
+            undone = len(runs)
+        dst = self.box.dst
+        for volume_id in copied:
+            volume = dst.block_storage.find_volume(volume_id, ignore_missing=True,
+                                                  all_projects=True)
+            if volume is not None:
+                _delete_volume(dst, volume)
+        after = self._dst_listing()
+        left = {k: len(set(after[k]) - set(self.before[k])) for k in after}
+        swept = self._sweep(after) if any(left.values()) else 0
+        source = self.box.src.compute.get_server(self.web.server.id)
+        fip = self.box.src.network.get_ip(self.web.fip.id)
+        as_before = (source.status == "ACTIVE" and STOPPED_KEY not in (source.metadata or {})
+                     and fip.port_id == self.web.front.id
+                     and released_from(fip.description) is None
+                     and self._dst_listing() == self.before)
+        if source.status != "ACTIVE":  # the next trial starts from a running source
+            self.box.src.compute.start_server(source)
+            self.box.src.compute.wait_for_server(source, status="ACTIVE", interval=1, wait=300)
+        return {"undone": undone, "undo_error": error,
+                "left_after_undo": {k: n for k, n in left.items() if n}, "swept": swept,
+                "as_before": as_before}
+
+    def _sweep(self, after: dict[str, Any]) -> int:
+        """Remove from dst's project what a lost journal's run made and no rollback knew."""
+        dst, removed = self.box.dst, 0
+        extra = {k: [i for i in after[k] if i not in self.before[k]] for k in after}
+        for server_id in extra["servers"]:
+            server = dst.compute.get_server(server_id)
+            dst.compute.delete_server(server)
+            dst.compute.wait_for_delete(server, interval=1, wait=300)
+            removed += 1
+        for object_id in extra["floatingips"]:
+            dst.network.delete_ip(object_id, ignore_missing=True)
+            removed += 1
+        for object_id in extra["ports"]:
+            dst.network.delete_port(object_id, ignore_missing=True)
+            removed += 1
+        for volume_id in extra["volumes"]:
+            _delete_volume(dst, dst.block_storage.get_volume(volume_id))
+            removed += 1
+        return removed
+
+    def close(self) -> None:
+        try:
+            undo_migration(self.networking)
+        finally:
+            self.box.close()
+
+
+def _delete_volume(dst: Any, volume: Any) -> None:
+    if volume.status == "in-use":
+        for attachment in volume.attachments or []:
+            dst.compute.delete_volume_attachment(attachment["server_id"], volume.id)
+        dst.block_storage.wait_for_status(volume, "available", interval=1, wait=300)
+    dst.block_storage.delete_volume(volume)
+    dst.block_storage.wait_for_delete(volume, interval=1, wait=300)
+
+
 # -- the trials ------------------------------------------------------------------------------
 
 
@@ -553,6 +737,7 @@ def _trial(subject: Subject, env: dict[str, str], work: Path, at: float, keep: b
            max_runs: int) -> dict[str, Any]:
     subject.prepare()
     journal = work / f"{subject.name}-{time.monotonic_ns()}.sqlite"
+    subject.fresh_journal(journal)
     argv = subject.argv(journal)
     with subprocess.Popen([sys.executable, "-m", "stackhop.cli.main", *argv], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
@@ -565,6 +750,7 @@ def _trial(subject: Subject, env: dict[str, str], work: Path, at: float, keep: b
             finished = False
     if not keep:
         _forget(journal)
+        subject.fresh_journal(journal)
     row: dict[str, Any] = {"command": subject.name, "journal": "kept" if keep else "deleted",
                            "killed_at_s": round(at, 2), "finished_before_kill": finished}
     row["rerun"] = _until_done(env, argv, max_runs, subject.done)
@@ -577,6 +763,7 @@ def _baseline(subject: Subject, env: dict[str, str], work: Path) -> dict[str, An
     """One uninterrupted run, counted and undone like a trial's: how long a run takes."""
     subject.prepare()
     journal = work / f"{subject.name}-baseline.sqlite"
+    subject.fresh_journal(journal)
     run = _until_done(env, subject.argv(journal), 1, subject.done)
     if not run["completed"]:
         raise SystemExit(f"the uninterrupted {subject.name} failed: {run['stops']}")
@@ -610,7 +797,7 @@ def _table(rows: list[dict[str, Any]], commands: list[str],
                 f"| {sum(not r['finished_before_kill'] for r in these)} "
                 f"| {sum(r['rerun']['runs'] for r in these)} | "
                 + " | ".join(map(str, sums))
-                + f" | {undo if command == 'project-migrate' else '-'} | {lines} "
+                + f" | {undo if command in LEFT_AFTER_UNDO else '-'} | {lines} "
                 f"| {sum(r['as_before'] for r in these)}/{len(these)} |"
             )
     table.append("")
@@ -623,6 +810,8 @@ def _subject(command: str, images: int, work: Path) -> Subject:
         return ImagesCopy(images)
     if command == "move-store":
         return MoveStore(images)
+    if command == "servers-migrate":
+        return ServersMigrate(work)
     return ProjectMigrate(work)
 
 

@@ -14,8 +14,8 @@ project's. The project's network and security groups move first (``stackhop migr
 Downtime is from the source's stop call to the destination ACTIVE, as the journal times
 them (``stopped_at`` of the ``stop`` step, ``active_at`` of ``boot``): its parts are the
 stop, the final pass, the ports and the boot. Both servers use the same method (``--type
-file``: the stream method; ``--type ceph``: image with ``auto``; rbd once servers may use
-it: docs/volumes.md, "An rbd copy and Nova"), in one run, one after the other. Goal:
+file``: the stream method; ``--type ceph``: rbd, as ``auto`` picks; ``--method`` names
+another), in one run, one after the other. Goal:
 the pre-copy's downtime at most 15 % of stop-then-copy's. Everything is rolled back and
 removed at the end.
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gib", type=int, default=8)
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--type", default="file", choices=("file", "ceph"),
-                        help="the volume type (file: the stream method; ceph: image)")
+                        help="the volume type (file: the stream method; ceph: rbd)")
     parser.add_argument("--method", default="auto", help="servers migrate --method")
     parser.add_argument("--label")
     parser.add_argument("--no-save", action="store_true")

@@ -572,7 +572,6 @@ _NEEDS = {
     "keypairs": "exporting and importing every user's keypairs",
     "multistore": "moving images between Glance backends",
     "copy-image": "copying image data between stores without a download",
-    "manage": "adopting copied RBD volumes into Cinder",
     "usage": "archiving the usage history",
     "admin": "reading and writing every project's resources",
     "users": "mapping users by name (--domain-map)",
@@ -607,10 +606,8 @@ def identity_capabilities(conn: Connection) -> list[Capability]:
     return caps
 
 
-#: Microversions stackhop needs: compute 2.10 lists other users' keypairs,
-#: block-storage 3.8 lists manageable volumes for "manage existing".
+#: The microversion stackhop needs: compute 2.10 lists other users' keypairs.
 COMPUTE_KEYPAIRS_MICROVERSION = "2.10"
-BLOCK_STORAGE_MANAGE_MICROVERSION = "3.8"
 
 
 def _microversion_capability(
@@ -673,15 +670,6 @@ def check(name: str | None = None, events: EventSink | None = None) -> CloudRepo
             report.capabilities.append(
                 Capability(cap_name, False, "no image service", _NEEDS[need])
             )
-    report.capabilities.append(
-        _microversion_capability(
-            report,
-            "block-storage",
-            BLOCK_STORAGE_MANAGE_MICROVERSION,
-            f"block-storage manage existing (microversion >= {BLOCK_STORAGE_MANAGE_MICROVERSION})",
-            _NEEDS["manage"],
-        )
-    )
     if "compute" in in_catalog:
         report.capabilities.append(_usage_capability(conn))
     else:

@@ -59,7 +59,6 @@ def test_check_json_reports_what_stackhop_needs(testbed, cli, cloud) -> None:
     apis = {a["service_type"]: a for a in report["apis"]}
     assert set(clouds.CORE_SERVICES) <= set(apis)
     assert clouds.version_at_least(apis["compute"]["max_microversion"], "2.10")
-    assert clouds.version_at_least(apis["block-storage"]["max_microversion"], "3.8")
     assert apis["identity"]["version"].startswith("3.")
     assert apis["image"]["version"].startswith("2.")
 
@@ -68,7 +67,6 @@ def test_check_json_reports_what_stackhop_needs(testbed, cli, cloud) -> None:
         "compute microversion >= 2.10",
         "image multi-store",
         "image import copy-image",
-        "block-storage manage existing (microversion >= 3.8)",
         "compute os-simple-tenant-usage",
         "admin role",
     ):

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from testbed import layout
 from testbed.undo import undo_migration
+from tests.functional.rbd_support import expected_digest, image_content_digest, write_image
 from tests.functional.servers_support import build_web_server
 from tests.functional.volumes_support import (
     Sandbox,
@@ -39,6 +40,7 @@ from stackhop.resolve import Resolver
 from stackhop.servers import steps
 from stackhop.servers.gather import STOPPED_KEY, released_from
 from stackhop.servers.migrate import STEP_KIND, STEPS, ServerRequest, migrate_servers
+from stackhop.volumes.model import GIB
 from stackhop.volumes.storage import load_storage_map
 
 pytestmark = pytest.mark.functional
@@ -382,4 +384,53 @@ def test_an_image_booted_server_moves_with_its_root_disk_from_the_compute_host(
     assert cli("--journal", str(journal), "rollback", "--to", "dst", "--run", run).code == 0
     assert list(box.dst.compute.servers(all_projects=True, project_id=box.ids["dst"])) == []
     assert list(box.dst.image.images(owner=box.ids["dst"])) == []
+    assert box.src.compute.get_server(server.id).status == "ACTIVE"
+
+
+def test_a_server_booted_from_a_ceph_volume_moves_by_the_rbd_method(
+    box: Sandbox, cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The rbd method writes into a volume the destination Cinder created, which Nova can
+    attach (a volume adopted with "manage existing" lacks its service_uuid, and the
+    destination server went to ERROR: docs/volumes.md)."""
+    storage = load_storage_map()
+    root = box.volume("srvrbd-root", volume_type="ceph")
+    box.src.block_storage.set_volume_bootable_status(root, True)
+    writes = [(0, 1 << 20, 1), (300 << 20, 3 << 20, 2)]
+    write_image(storage.backend("src", "ceph"), f"volume-{root.id}", writes)
+    c = box.scoped("src")
+    server = c.compute.create_server(
+        name="srv-rbd", flavor_id=box.src.compute.find_flavor("m1.tiny").id, networks="none",
+        block_device_mapping=[{"uuid": root.id, "source_type": "volume",
+                               "destination_type": "volume", "boot_index": 0,
+                               "delete_on_termination": False}])
+
+    def delete() -> None:
+        box.src.compute.delete_server(server, ignore_missing=True)
+        box.src.compute.wait_for_delete(server, interval=1, wait=300)
+
+    box.undo.append(delete)
+    box.src.compute.wait_for_server(server, status="ACTIVE", failures=["ERROR"], interval=1,
+                                    wait=300)
+    journal = tmp_path / "journal.sqlite"
+    box.undo.append(lambda: undo_migration(journal))
+
+    done = cli("--journal", str(journal), "servers", "migrate", "--from", "src", "--to", "dst",
+               "--project", box.name, "--server", "srv-rbd", "--method", "rbd", "-f", "json")
+    assert done.code == 0, done.err
+    (twin,) = list(box.dst.compute.servers(all_projects=True, project_id=box.ids["dst"]))
+    assert twin.status == "ACTIVE"
+    (attached,) = list(box.dst.compute.volume_attachments(twin))
+    copy = box.dst.block_storage.get_volume(attached.volume_id)
+    assert copy.metadata["stackhop_source"] == root.id and copy.is_bootable
+    shown = box.dst.block_storage.get(f"/volumes/{copy.id}", microversion="3.48").json()
+    assert shown["volume"]["service_uuid"]  # created by Cinder, not adopted
+    assert image_content_digest(storage.backend("dst", "ceph"), f"volume-{copy.id}") == (
+        expected_digest(GIB, writes))
+    assert box.src.compute.get_server(server.id).status == "SHUTOFF"
+
+    with Journal(journal) as jr:
+        (run,) = [r.id for r in jr.runs() if r.command == "servers migrate"]
+    assert cli("--journal", str(journal), "rollback", "--to", "dst", "--run", run).code == 0
+    assert list(box.dst.compute.servers(all_projects=True, project_id=box.ids["dst"])) == []
     assert box.src.compute.get_server(server.id).status == "ACTIVE"

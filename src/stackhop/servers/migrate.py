@@ -71,20 +71,8 @@ SERVER_KIND = "nova.server"
 COMMAND = "servers migrate"
 CUTOVERS = ("stop", "shelve", "none")
 METHODS = ("auto", "rbd", "stream", "image")
-#: ``auto``: the first of these whose checks accept every volume of the server. Not rbd:
-#: see :data:`RBD_UNBOOTABLE`.
-AUTO_ORDER = ("stream", "image")
-#: Why a server's volumes are not moved by the rbd method: it adopts each copy with
-#: Cinder's manage-existing, which (Cinder 29.0.0, ``VolumeManager.manage_existing``)
-#: leaves the volume's ``service_uuid`` and ``shared_targets`` unset, unlike a create;
-#: os-brick (7.1.1, ``guard_connection``) then locks on a ``None`` name and Nova's attach
-#: fails, so the destination server would go to ERROR after the source was stopped.
-RBD_UNBOOTABLE = (
-    "the rbd method adopts the copies with Cinder's manage-existing, which leaves their "
-    "service_uuid unset, and Nova cannot attach such a volume until `cinder-manage volume "
-    "update_service` runs on the destination: use --method image (Ceph) or stream (file "
-    "backends), or copy the volumes first with `volumes copy --method rbd` and run that"
-)
+#: ``auto``: the first of these whose checks accept every volume of the server.
+AUTO_ORDER = ("rbd", "stream", "image")
 #: A pre-copy pass that sent no more than this ends the pre-copy (the default ``settle``).
 SETTLE_BYTES = 64 * 2**20
 
@@ -288,8 +276,6 @@ class Migrator:
                          method: str) -> list[str]:
         if not volumes:
             return []
-        if method == "rbd":
-            return [f"server {record.id}: its volumes by the rbd method: {RBD_UNBOOTABLE}"]
         try:
             self._copier(record, method, final=True, dry_run=True).prepare()
         except StackhopError as exc:

@@ -1,26 +1,26 @@
-"""Putting a volume into the destination Cinder and project: manage existing, hand-over, fields.
+"""Putting a volume into the destination Cinder and project: create, hand-over, fields.
 
-What a copy method needs from the destination Cinder once the bytes are in a
-backend, whatever moved them:
+What a copy method needs from the destination Cinder around the bytes it moves:
 
-- :func:`manage_existing` adopts a backend object (an RBD image, ...) as a
-  volume with the source's name, description, type, metadata (plus the
-  :data:`MARKER`) and bootable flag;
+- :func:`create` has Cinder create the destination volume (empty, the source's
+  size) with the source's name, description, type and metadata plus the
+  :data:`MARKER`, for a method that then writes into the volume's own backend
+  object (the rbd method). Not Cinder's "manage existing" of an image written
+  aside, as the rbd method did before: a managed volume lacks fields a create
+  sets (``service_uuid``, ``shared_targets``, Cinder 29.0.0), and Nova cannot
+  attach it;
 - :func:`hand_over` moves a volume the admin owns into the destination
   project with a volume transfer, accepted by a connection scoped to that
   project. When the admin has no role there, ``member`` is granted for the
   accept and revoked right after; the grant is announced as a
   ``role-assignment`` :class:`~stackhop.volumes.model.Temporary` of the
   calling method (whose ``remove_temporary`` must call :func:`revoke_role`);
-- :func:`adopt` is both, for a method that lands bytes in a backend, or manages
-  right in the destination project when the user's role there allows it
-  (:func:`manage_in_project`: no hand-over);
 - :func:`sync_volume_fields` carries the fields over again (a later pass);
 - :func:`previous_copies` and :func:`delete_volume` find and remove what an
-  interrupted pass adopted, so there is never a second copy.
+  interrupted pass made, so there is never a second copy.
 
 The marker (``stackhop_source=<source id>`` in the metadata) is how a re-run
-finds a volume whose adoption was interrupted before the journal learnt its ID.
+finds a volume whose pass was interrupted before the journal learnt its ID.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from typing import Any
 
 from openstack import exceptions as sdk_exc
 
-from stackhop.errors import CapabilityError, ConfigError, ConflictError
+from stackhop.errors import ConfigError, ConflictError
 from stackhop.volumes.model import PassContext, Temporary
 
 MARKER = "stackhop_source"
-"""Metadata key on an adopted volume: the source volume's ID (finds an interrupted adoption)."""
+"""Metadata key on a copy: the source volume's ID (finds the copy of an interrupted pass)."""
 
 CINDER_WAIT = 600
-"""How long Cinder may take to manage an image, delete a volume or accept a transfer (s)."""
+"""How long Cinder may take to create or manage a volume, delete one or accept a transfer (s)."""
 
 POLL_INTERVAL = 0.5
 """Seconds between status polls: openstacksdk's 2 s default wastes a second per wait on
@@ -55,18 +55,6 @@ def destination_backend_name(conn: Any, volume_type: str | None) -> str | None:
             "the source type to an existing one"
         )
     return (found.extra_specs or {}).get("volume_backend_name")
-
-
-def pool_host(conn: Any, backend_name: str) -> str:
-    """``host@backend#pool`` of Cinder backend ``backend_name`` from the pool list."""
-    names = [str(p.name) for p in conn.block_storage.backend_pools()]
-    for name in names:
-        if "@" in name and name.split("@", 1)[1].split("#", 1)[0] == backend_name:
-            return name
-    raise CapabilityError(
-        f"the destination Cinder reports no pool of backend {backend_name!r} (pools: "
-        f"{', '.join(names) or 'none'}); check its cinder-volume service is up"
-    )
 
 
 def marks(metadata: Any, source_id: str) -> bool:
@@ -95,9 +83,20 @@ def previous_copies(conn: Any, source_id: str, volume_id: str | None) -> list[An
 
 
 def delete_volume(ctx: PassContext, volume: Any) -> None:
-    """Delete a destination volume left by an interrupted pass and wait until it is gone."""
+    """Delete a destination volume left by an interrupted pass and wait until it is gone.
+
+    A pass killed between a hand-over's transfer and its accept left the volume
+    ``awaiting-transfer``, which Cinder will not delete: the transfer goes first.
+    """
     conn = ctx.destination_conn
     try:
+        if volume.status == "awaiting-transfer":
+            for transfer in conn.block_storage.transfers(details=True, all_projects=True):
+                if transfer.volume_id == volume.id:
+                    conn.block_storage.delete_transfer(transfer, ignore_missing=True)
+            conn.block_storage.wait_for_status(
+                volume, "available", interval=POLL_INTERVAL, wait=CINDER_WAIT
+            )
         conn.block_storage.delete_volume(volume, ignore_missing=True)
         conn.block_storage.wait_for_delete(volume, interval=POLL_INTERVAL, wait=CINDER_WAIT)
     except sdk_exc.SDKException as exc:
@@ -107,22 +106,18 @@ def delete_volume(ctx: PassContext, volume: Any) -> None:
         ) from exc
 
 
-def _manage(conn: Any, ctx: PassContext, host: str, reference: Mapping[str, Any]) -> str:
-    """Have ``conn``'s Cinder manage ``reference`` with the source's fields; its volume ID.
-
-    Cinder puts the volume in the project of ``conn``'s token. SDK errors other than a
-    refusal (403, raised as it is) become a one-line ConflictError.
-    """
+def _create(conn: Any, ctx: PassContext) -> str:
+    """Have ``conn``'s Cinder create an empty volume with the source's size and fields (in
+    the project of ``conn``'s token); its ID once available. A refusal (403) is raised as
+    it is; any other SDK error becomes a one-line ConflictError."""
     src = ctx.source
     try:
-        volume = conn.block_storage.manage_volume(
-            host=host,
-            ref=dict(reference),
+        volume = conn.block_storage.create_volume(
+            size=src.size_gib,
             name=src.name or None,
             description=src.description,
             volume_type=ctx.destination_type,
             metadata={**src.metadata, MARKER: src.id},
-            bootable=src.bootable,
         )
         volume = conn.block_storage.wait_for_status(
             volume, "available", failures=["error"], interval=POLL_INTERVAL, wait=CINDER_WAIT
@@ -131,58 +126,40 @@ def _manage(conn: Any, ctx: PassContext, host: str, reference: Mapping[str, Any]
         raise
     except sdk_exc.SDKException as exc:
         raise ConflictError(
-            f"{src.label}: the destination Cinder could not manage {dict(reference)} "
-            f"({exc}); check its cinder-volume log, then run `stackhop volumes cleanup` and re-run"
+            f"{src.label}: the destination Cinder could not create its {src.size_gib} GiB copy "
+            f"({exc}); check the destination quota, volume type and cinder-volume log, then "
+            "re-run"
         ) from exc
     return str(volume.id)
 
 
-def manage_existing(ctx: PassContext, host: str, reference: Mapping[str, Any]) -> str:
-    """Adopt the backend object ``reference`` on ``host`` as a volume with the source's fields.
+def create(ctx: PassContext, *, method: str) -> tuple[str, bool]:
+    """Create the source's empty copy in the destination project: the volume's ID, and
+    whether it had to be handed over. Its bootable flag is set by
+    :func:`sync_volume_fields` once the bytes are in.
 
-    The volume belongs to the admin's project until :func:`hand_over`; returns its ID.
+    Right in the project when the user's connection scoped there
+    (``ctx.destination_project_conn``) may create volumes, else by the admin and moved
+    with :func:`hand_over`, unless the admin's own project is the destination. A hand-over
+    costs a volume transfer, a token for the project and a role-assignment listing: 1.8 s
+    of the 2.5 s of Cinder calls of a 1 GiB rbd pass on the testbed.
     """
+    admin_project = ctx.destination_conn.current_project_id == ctx.destination_project_id
+    if not admin_project and ctx.destination_project_conn is not None:
+        try:
+            return _create(ctx.destination_project_conn, ctx), False
+        except sdk_exc.ForbiddenException:
+            pass
     try:
-        return _manage(ctx.destination_conn, ctx, host, reference)
+        volume_id = _create(ctx.destination_conn, ctx)
     except sdk_exc.ForbiddenException as exc:
         raise ConflictError(
-            f"{ctx.source.label}: the destination Cinder refuses to manage volumes for your "
+            f"{ctx.source.label}: the destination Cinder refuses to create volumes for your "
             f"user ({exc}); use credentials with the admin role"
         ) from exc
-
-
-def manage_in_project(ctx: PassContext, host: str, reference: Mapping[str, Any]) -> str | None:
-    """:func:`manage_existing` right in the destination project, with the user's connection
-    scoped there (``ctx.destination_project_conn``); None when there is none or Cinder
-    refuses the user's role there the right to manage volumes."""
-    if ctx.destination_project_conn is None:
-        return None
-    try:
-        return _manage(ctx.destination_project_conn, ctx, host, reference)
-    except sdk_exc.ForbiddenException:
-        return None
-
-
-def adopt(
-    ctx: PassContext, *, method: str, host: str, reference: Mapping[str, Any]
-) -> tuple[str, bool]:
-    """Manage ``reference`` into the destination project: the volume's ID, and whether it
-    had to be handed over.
-
-    Managed right in the project (:func:`manage_in_project`), the volume needs no
-    hand-over; else the admin manages it and :func:`hand_over` moves it, unless the admin's
-    own project is the destination. A hand-over costs a volume transfer, a token for the
-    project and a role-assignment listing: 1.8 s of the 2.5 s of Cinder calls of a 1 GiB
-    rbd pass on the testbed.
-    """
-    if ctx.destination_conn.current_project_id == ctx.destination_project_id:
-        return manage_existing(ctx, host, reference), False
-    volume_id = manage_in_project(ctx, host, reference)
-    if volume_id is not None:
-        return volume_id, False
-    volume_id = manage_existing(ctx, host, reference)
-    hand_over(ctx, volume_id, method=method)
-    return volume_id, True
+    if not admin_project:
+        hand_over(ctx, volume_id, method=method)
+    return volume_id, not admin_project
 
 
 def role_grant(ctx: PassContext, *, method: str, user: str, role: str) -> Temporary:

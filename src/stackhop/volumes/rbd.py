@@ -1,26 +1,29 @@
-"""The ``rbd`` volume copy method: Ceph to Ceph by RBD diffs, adopted with "manage existing".
+"""The ``rbd`` volume copy method: Ceph to Ceph by RBD diffs, into a volume Cinder created.
 
 One pass of one volume (both clouds' backends are ``driver: rbd`` in the storage map):
 
 1. **Snapshot** the source image ``volume-<id>`` as ``stackhop-<run[:8]>-<n>``
-   (``n`` counts the passes of an incremental chain). Each snapshot and image
-   is announced with :meth:`PassContext.created` before it exists.
-2. **Stream** the diff of that snapshot (since the previous pass's snapshot
-   P on an incremental pass) through stackhop into the destination: the
-   temporary image ``stackhop-import-<source id>`` on a full pass, the
-   adopted volume's own image ``volume-<destination id>`` on an incremental
-   one. No temporary file: the records are hashed per :data:`VERIFY_CHUNK`,
-   teed to ``ctx.backup`` and written, while a thread reads ahead
+   (``n`` counts the passes of an incremental chain). Each snapshot is
+   announced with :meth:`PassContext.created` before it exists.
+2. **Create** (full pass, while the source is snapshotted):
+   :func:`stackhop.volumes.cinder_adopt.create` has the destination Cinder
+   create an empty volume of the source's size, type and fields, right in the
+   destination project when the user's role there allows it, else by the admin
+   and handed over; it carries the :data:`MARKER`, so a re-run finds it.
+   Its image ``volume-<destination id>`` is on the backend Cinder's scheduler
+   chose for the type, which must be an RBD backend of the storage map.
+   (Earlier releases wrote a staging image and adopted it with Cinder's "manage
+   existing"; a managed volume lacks the ``service_uuid`` a create sets, and
+   Nova could not attach it: see docs/volumes.md.)
+3. **Stream** the diff of that snapshot (since the previous pass's snapshot
+   P on an incremental pass) through stackhop into the volume's image. No
+   temporary file: the records are hashed per :data:`VERIFY_CHUNK`, teed to
+   ``ctx.backup`` and written, while a thread reads ahead
    (:func:`~stackhop.transfer.rbd_access.copy_diff`); the destination gets
    snapshot S too. Each side is reached as
    :func:`~stackhop.transfer.rbd.open_cluster` decides: librbd in-process
    for a local cluster when the bindings import, else ``rbd export-diff`` /
    ``import-diff`` locally or on the backend's ``ssh_host``.
-3. **Adopt** (full pass): :func:`stackhop.volumes.cinder_adopt.adopt` manages
-   the image into the destination Cinder (which renames it
-   ``volume-<new id>``), right in the destination project when the user's
-   role there allows it, else by the admin and handed over; the volume
-   carries the :data:`MARKER`, so a re-run finds an interrupted adoption.
 4. **Verify**: a full pass hashes the source from the stream itself (one
    read; a piece of zeros is not hashed, nor written into the fresh image).
    When librbd writes the destination in this process, the pass is verified
@@ -35,7 +38,7 @@ One pass of one volume (both clouds' backends are ``driver: rbd`` in the storage
    bytes than it acknowledged, which a re-read would, at the price of a
    second read and hash of the whole volume (about half the cost of the
    copy: see docs/volumes.md). So a full pass re-reads the destination's
-   snapshot, while Cinder adopts it (the snapshot survives the rename), by
+   snapshot, while Cinder's fields (bootable flag) are set, by
    default and always when ``rbd import-diff`` wrote it (a separate program,
    perhaps over ssh, whose exit status is all stackhop learns); the operator
    may trade that check for speed where librbd wrote it
@@ -55,11 +58,16 @@ chain ends (after the cutover pass, on ``volumes cleanup``, or before giving
 up on the volume): Cinder does not know these snapshots, and an RBD image
 with snapshots cannot be deleted through Cinder on either cloud.
 
-Resume: a full pass replaces whatever an interrupted pass left (the
-``stackhop-import-*`` image, a destination volume named by
-``ctx.destination_id`` or by the marker), so there is never a second copy.
-An incremental pass whose base snapshot is gone on either side falls back to
-such a full pass.
+Resume: a full pass first looks for the copy an earlier pass made (named by
+``ctx.destination_id`` or by the marker). One that is ``available``, in the
+destination project and of the source's size keeps its ID and gets only the
+chunks whose digests differ (:meth:`RbdMethod._reconcile`): that is how a
+full pass killed mid-stream resumes, and how a re-run whose journal was lost
+sends nothing when nothing changed. Anything else is deleted first, so there
+is never a second copy. An incremental pass whose base snapshot is gone on
+either side falls back to such a full pass. (A ``stackhop-import-*`` image
+of an earlier release's interrupted pass is a journaled temporary that
+``volumes cleanup`` removes.)
 """
 
 from __future__ import annotations
@@ -69,7 +77,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
-from stackhop.errors import ConfigError, ConflictError
+from stackhop.errors import CapabilityError, ConfigError, ConflictError, StackhopError
 from stackhop.transfer.base import Chunk
 from stackhop.transfer.rbd_access import (
     DiffReader,
@@ -103,14 +111,12 @@ from stackhop.volumes.rbd_ends import (
     RbdEnds,
     cluster_of,
     destination_backend,
-    image_temporary,
-    import_image,
     snapshot_temporary,
     source_backend,
 )
 from stackhop.volumes.storage import Backend, StorageMap
 
-__all__ = ["MARKER", "RbdMethod", "chunk_key", "cluster_of", "import_image"]
+__all__ = ["MARKER", "RbdMethod", "chunk_key", "cluster_of"]
 
 
 T = TypeVar("T")
@@ -205,13 +211,18 @@ class RbdMethod:
     ) -> Temporary:
         temporary = snapshot_temporary(backend, image, snap)
         ctx.created(temporary)
-        # A full pass starts a chain: any stackhop snapshot the image has is an interrupted
-        # attempt's, or a chain's whose journal was lost (no journal names it any more).
+        self._fresh_snapshot(cluster, image, snap)
+        return temporary
+
+    @staticmethod
+    def _fresh_snapshot(cluster: RbdAccess, image: str, snap: str) -> None:
+        """Snapshot ``image`` as ``snap``, the start of a chain: any stackhop snapshot the
+        image has is an interrupted attempt's, or a chain's whose journal was lost (no
+        journal names it any more), and goes first."""
         for old in cluster.snapshots(image):
             if old.startswith("stackhop-"):
                 cluster.remove_snapshot(image, old)
         cluster.create_snapshot(image, snap)
-        return temporary
 
     def _replace_previous_copies(self, ctx: PassContext, dst: RbdAccess) -> None:
         """Never two copies: whatever an interrupted pass adopted goes first, snapshots first."""
@@ -244,62 +255,48 @@ class RbdMethod:
         return volume
 
     def _full(self, ctx: PassContext, number: int, snap: str, pair: RbdEnds) -> PassResult:
-        src, dst = pair.src, pair.dst
+        src = pair.src
         source_image = pair.src_backend.rbd_image(ctx.source.id)
-        reusable = self._reusable_copy(ctx, pair, src.size(source_image))
+        size = src.size(source_image)
+        reusable = self._reusable_copy(ctx, pair, size)
         if reusable is not None:
             return self._reconcile(ctx, number, snap, pair, str(reusable.id))
-        self._replace_previous_copies(ctx, dst)
-        staging = import_image(ctx.source.id)
-        staging_temp = image_temporary(pair.dst_backend, staging)
-        ctx.created(staging_temp)
-        dst.remove_image(staging)
-        size = src.size(source_image)
         if size is None:
             raise ConflictError(
                 f"{ctx.source.label}: its RBD image {src.spec(source_image)} does not exist on "
                 f"cloud {ctx.source.cloud!r}; check the storage map's pool for that backend"
             )
-        src_snap = self._take_snapshot(ctx, pair.src_backend, src, source_image, snap)
-        dst.create_image(staging, size)
-        dst_snap = snapshot_temporary(pair.dst_backend, staging, snap)
+        self._replace_previous_copies(ctx, pair.dst)
+        # Cinder creates the (empty, marked) destination volume while the source is
+        # snapshotted: a cinder-volume round trip and a monitor commit, a second each.
+        src_snap = snapshot_temporary(pair.src_backend, source_image, snap)
+        ctx.created(src_snap)
+        (volume_id, handed_over), _ = _in_parallel(
+            lambda: cinder_adopt.create(ctx, method=METHOD),
+            lambda: self._fresh_snapshot(src, source_image, snap),
+        )
+        pair = self._placed(ctx, pair, volume_id)
+        dst = pair.dst
+        image = pair.dst_backend.rbd_image(volume_id)
+        dst_snap = snapshot_temporary(pair.dst_backend, image, snap)
         ctx.created(dst_snap)
         hasher = ChunkHasher(size=size, chunk=VERIFY_CHUNK, complete=True)
-        stats = self._stream(ctx, src, source_image, snap, None, dst, staging, hasher, fresh=True)
+        stats = self._stream(ctx, src, source_image, snap, None, dst, image, hasher, fresh=True)
         ctx.stage("exported", snapshot=snap, bytes=stats.data_bytes)
-        ctx.stage("imported", image=dst.spec(staging), bytes_wire=stats.wire_bytes)
-
-        adopted: list[tuple[str, bool]] = []
-
-        def adopt() -> None:
-            host = cinder_adopt.pool_host(ctx.destination_conn, pair.dst_backend.name)
-            adopted.append(
-                cinder_adopt.adopt(
-                    ctx, method=METHOD, host=host, reference={"source-name": staging}
-                )
-            )
+        ctx.stage("imported", image=dst.spec(image), bytes_wire=stats.wire_bytes)
 
         dest_digests: dict[int, str] | None = None
         if self.reread or not stats.writes_confirmed:
-            # The destination is read back from its snapshot while Cinder adopts (and
-            # renames) the image: opened before the adoption starts, it is read by ID, and
-            # the snapshot survives the rename.
-            readback = dst.export_diff(staging, snap)
+            # The destination's snapshot is read back while Cinder's fields are set.
             dest_digests, _ = _in_parallel(
-                lambda: hash_diff(readback, chunk=VERIFY_CHUNK).digests, adopt
+                lambda: hash_diff(dst.export_diff(image, snap), chunk=VERIFY_CHUNK).digests,
+                lambda: cinder_adopt.sync_volume_fields(ctx, volume_id),
             )
         else:
-            adopt()
-        volume_id, handed_over = adopted[0]
-        ctx.removed(staging_temp)  # Cinder renamed it volume-<id>
-        image = pair.dst_backend.rbd_image(volume_id)
-        ctx.removed(dst_snap)
-        dst_snap = snapshot_temporary(pair.dst_backend, image, snap)
-        ctx.created(dst_snap)
+            cinder_adopt.sync_volume_fields(ctx, volume_id)
         ctx.stage(
             "adopted", destination_id=volume_id, image=dst.spec(image), handed_over=handed_over
         )
-
         source_digests = hasher.finish()
         if dest_digests is not None:
             compare_digests(ctx.source.label, source_digests, dest_digests, volume_id)
@@ -310,6 +307,31 @@ class RbdMethod:
         )
         self._finish(ctx, result, number, snap, source_image, image, pair, src_snap, dst_snap, size)
         return result
+
+    def _placed(self, ctx: PassContext, pair: RbdEnds, volume_id: str) -> RbdEnds:
+        """The ends with the destination backend Cinder's scheduler put ``volume_id`` on.
+
+        That is the volume type's backend, or any when the type pins none; one that is not
+        an RBD backend of the storage map is refused (the empty volume is deleted first).
+        """
+        host = str(ctx.destination_conn.block_storage.get_volume(volume_id).host or "")
+        name = host.split("@", 1)[1].split("#", 1)[0] if "@" in host else ""
+        if name == pair.dst_backend.name:
+            return pair
+        cloud = pair.dst_backend.cloud
+        try:
+            if (cloud, name) not in ctx.storage.backends:
+                raise CapabilityError(
+                    f"{ctx.source.label}: the destination Cinder put its copy on {host!r}, "
+                    f"which the storage map does not name for cloud {cloud!r}; map the source "
+                    "type to a Ceph volume type with --type-map"
+                )
+            backend = destination_backend(ctx.storage, cloud, name)
+        except StackhopError:
+            volume = ctx.destination_conn.block_storage.get_volume(volume_id)
+            cinder_adopt.delete_volume(ctx, volume)
+            raise
+        return RbdEnds(pair.src_backend, backend, pair.src, cluster_of(backend))
 
     def _reconcile(
         self, ctx: PassContext, number: int, snap: str, pair: RbdEnds, volume_id: str

@@ -26,11 +26,6 @@ def cluster_of(backend: Backend) -> RbdAccess:
     )
 
 
-def import_image(source_id: str) -> str:
-    """The temporary destination image a full pass imports into before adoption."""
-    return f"stackhop-import-{source_id}"
-
-
 def snapshot_temporary(backend: Backend, image: str, snap: str) -> Temporary:
     return Temporary(
         method=METHOD,
@@ -38,16 +33,6 @@ def snapshot_temporary(backend: Backend, image: str, snap: str) -> Temporary:
         cloud=backend.cloud,
         name=f"{backend.pool}/{image}@{snap}",
         details={"backend": backend.name, "image": image, "snap": snap},
-    )
-
-
-def image_temporary(backend: Backend, image: str) -> Temporary:
-    return Temporary(
-        method=METHOD,
-        kind="rbd-image",
-        cloud=backend.cloud,
-        name=f"{backend.pool}/{image}",
-        details={"backend": backend.name, "image": image},
     )
 
 
