@@ -46,7 +46,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +56,7 @@ from stackhop.errors import (
     OperationFailedError,
 )
 from stackhop.events import Event, EventSink, EventType, NullSink
+from stackhop.executor import Executor, LocalExecutor
 from stackhop.journal import (
     DONE,
     FAILED,
@@ -364,51 +364,59 @@ class Engine:
 
     def _apply_all(self, feed: Feed, result: RunResult) -> None:
         schedule = Schedule(sequential=self.workers == 1)
-        in_flight: dict[Future[list[_Attempt]], list[_Started]] = {}
         kinds_started: set[str] = set()
         self.resolver.forget_remembered()
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="stackhop") as pool:
-            try:
-                finished: list[tuple[_Started, _Attempt]] = []
-                while True:
-                    for operations in feed.take(block=False):
+        executor = self._executor()
+        try:
+            finished: list[tuple[_Started, _Attempt]] = []
+            while True:
+                for operations in feed.take(block=False):
+                    self.resolver.preload(schedule.add(operations))
+                if feed.error is not None:
+                    self.stop.set()
+                free = executor.capacity - executor.in_flight()
+                batch = [] if self.stop.is_set() else schedule.take(free)
+                batch += self._bulk_companions(batch, schedule)
+                for op in batch:
+                    if op.kind.name not in kinds_started:
+                        kinds_started.add(op.kind.name)
+                        total = schedule.per_kind[op.kind.name]
+                        self._emit(EventType.KIND_STARTED, kind=op.kind.name, total=total)
+                started = self._settle(finished, batch, schedule, result)
+                finished = []
+                for group in self._groups(started, free):
+                    executor.submit(group)
+                if executor.in_flight():
+                    can_start = (
+                        not self.stop.is_set()
+                        and schedule.ready
+                        and executor.in_flight() < executor.capacity
+                    )
+                    finished = executor.collect(block=not can_start)
+                elif self.stop.is_set() or feed.done and not schedule.ready:
+                    return
+                elif not schedule.ready:
+                    for operations in feed.take(block=True):
                         self.resolver.preload(schedule.add(operations))
-                    if feed.error is not None:
-                        self.stop.set()
-                    free = self.workers - len(in_flight)
-                    batch = [] if self.stop.is_set() else schedule.take(free)
-                    batch += self._bulk_companions(batch, schedule)
-                    for op in batch:
-                        if op.kind.name not in kinds_started:
-                            kinds_started.add(op.kind.name)
-                            total = schedule.per_kind[op.kind.name]
-                            self._emit(EventType.KIND_STARTED, kind=op.kind.name, total=total)
-                    started = self._settle(finished, batch, schedule, result)
-                    finished = []
-                    for group in self._groups(started, free):
-                        in_flight[pool.submit(self._attempt_group, group)] = group
-                    if in_flight:
-                        can_start = (
-                            not self.stop.is_set()
-                            and schedule.ready
-                            and len(in_flight) < self.workers
-                        )
-                        finished = self._collect(in_flight, block=not can_start)
-                    elif self.stop.is_set() or feed.done and not schedule.ready:
-                        return
-                    elif not schedule.ready:
-                        for operations in feed.take(block=True):
-                            self.resolver.preload(schedule.add(operations))
-            except KeyboardInterrupt:
-                # Queued operations are never started; in-flight ones finish and
-                # are recorded before Interrupted is raised.
-                self.stop.set()
-                while in_flight:
-                    finished.extend(self._collect(in_flight, block=True))
-                self._settle(finished, [], schedule, result)
-                raise
-            finally:
-                self.resolver.forget_remembered()
+        except KeyboardInterrupt:
+            # Queued operations are never started; in-flight ones finish and
+            # are recorded before Interrupted is raised.
+            self.stop.set()
+            while executor.in_flight():
+                finished.extend(executor.collect(block=True))
+            self._settle(finished, [], schedule, result)
+            raise
+        finally:
+            executor.close()
+            self.resolver.forget_remembered()
+
+    def _executor(self) -> Executor[_Started, _Attempt]:
+        """Where this run's calls go: threads of this process (``workers`` of them)."""
+
+        def failed(item: _Started, exc: Exception) -> _Attempt:
+            return _Attempt(row=item.row, error=error_text(exc), raw=True, exception=exc)
+
+        return LocalExecutor(self._attempt_group, failed, workers=self.workers)
 
     # -- bulk creates --------------------------------------------------------------
 
@@ -460,28 +468,6 @@ class Engine:
             unknown = not failure.outcome_known
             return [self._attempt(dataclasses.replace(item, unknown=unknown)) for item in group]
         return [_Attempt(item.row, made) for item, made in zip(group, ids, strict=True)]
-
-    @staticmethod
-    def _collect(
-        in_flight: dict[Future[list[_Attempt]], list[_Started]], *, block: bool
-    ) -> list[tuple[_Started, _Attempt]]:
-        # Wait in short slices so Ctrl-C reaches this (the main) thread promptly.
-        done: set[Future[list[_Attempt]]] = set()
-        while not done:
-            done, _ = wait(in_flight, timeout=0.2 if block else 0, return_when=FIRST_COMPLETED)
-            if not block:
-                break
-        finished: list[tuple[_Started, _Attempt]] = []
-        for future in done:
-            group = in_flight.pop(future)
-            try:
-                finished.extend(zip(group, future.result(), strict=True))
-            except Exception as exc:  # a journal or programming error: report, never swallow
-                finished.extend(
-                    (item, _Attempt(row=item.row, error=error_text(exc), raw=True, exception=exc))
-                    for item in group
-                )
-        return finished
 
     # -- recording, in batches -----------------------------------------------------
 
