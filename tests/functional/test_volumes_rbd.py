@@ -455,3 +455,38 @@ def test_full_pass_creates_right_in_a_project_where_the_user_may(
         for leftover in stackhop_leftovers(src_backend, [source_image]):
             if "@" in leftover:
                 cluster_of(src_backend).remove_snapshot(*leftover.split("@"))
+
+
+def test_a_copy_cinder_puts_on_a_backend_that_is_not_rbd_is_refused_and_removed(
+    pair: Project, tmp_path: Path
+) -> None:
+    # The destination type decides where Cinder's scheduler puts the copy; the type "file"
+    # lands on the NFS backend, which the rbd method cannot write into: one line, and the
+    # empty volume it had Cinder create is gone again.
+    storage = load_storage_map()
+    src_backend = storage.backend("src", "ceph")
+    source = pair.create_source_volume(f"voltest-rbd-{uuid.uuid4().hex[:8]}", 1, "ceph")
+    recorder = Recorder()
+    ctx = make_context(
+        run_id=uuid.uuid4().hex,
+        source=source,
+        destination_project_id=pair.dst_id,
+        source_conn=pair.src_admin,
+        destination_conn=pair.dst_admin,
+        storage=storage,
+        journal_path=tmp_path / "journal.sqlite",
+        recorder=recorder,
+        incremental=False,
+    )
+    ctx.destination_type = "file"
+    try:
+        with pytest.raises(CapabilityError, match="not an RBD backend of the storage map") as err:
+            RbdMethod().copy_pass(ctx)
+        assert "\n" not in str(err.value)
+        assert [v for v in pair.dst_admin.block_storage.volumes(all_projects=True,
+                                                                 project_id=pair.dst_id)
+                if (v.metadata or {}).get(MARKER) == source.id] == []
+    finally:
+        for leftover in stackhop_leftovers(src_backend, [f"volume-{source.id}"]):
+            if "@" in leftover:
+                cluster_of(src_backend).remove_snapshot(*leftover.split("@"))

@@ -119,19 +119,3 @@ def test_a_released_floating_ip_mark_round_trips_and_comes_off_whole() -> None:
     assert released_from(bare) == ("port-2", None)
     assert without_released_mark(bare) == ""
     assert released_from("web tier [stackhop-source:abc]") is None
-
-
-def test_a_servers_volumes_by_the_rbd_method_are_a_preflight_problem() -> None:
-    """Nova cannot attach a volume Cinder's manage-existing adopted (its service_uuid is
-    unset): refused in preflight, before the source stops; ``auto`` never picks rbd."""
-    from types import SimpleNamespace
-
-    from stackhop.servers.migrate import AUTO_ORDER, Migrator
-
-    migrator = Migrator.__new__(Migrator)  # only the check, no clouds
-    record = SimpleNamespace(id="srv-1")
-    volumes: list[Any] = [SimpleNamespace(id="v")]
-    (problem,) = migrator._volume_problems(record, volumes, "rbd")  # type: ignore[arg-type]
-    assert problem.startswith("server srv-1: its volumes by the rbd method:")
-    assert "cinder-manage volume update_service" in problem
-    assert "rbd" not in AUTO_ORDER

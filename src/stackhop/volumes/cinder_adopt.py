@@ -25,23 +25,24 @@ finds a volume whose pass was interrupted before the journal learnt its ID.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from openstack import exceptions as sdk_exc
 
-from stackhop.errors import ConfigError, ConflictError
+from stackhop.errors import CapabilityError, ConfigError, ConflictError
 from stackhop.volumes.model import PassContext, Temporary
 
 MARKER = "stackhop_source"
 """Metadata key on a copy: the source volume's ID (finds the copy of an interrupted pass)."""
 
 CINDER_WAIT = 600
-"""How long Cinder may take to create or manage a volume, delete one or accept a transfer (s)."""
+"""How long Cinder may take to create or delete a volume or accept a transfer (s)."""
 
 POLL_INTERVAL = 0.5
 """Seconds between status polls: openstacksdk's 2 s default wastes a second per wait on
-average, and a manage of an RBD image takes only a few seconds."""
+average, and Cinder creates an RBD volume in about a second."""
 
 
 def destination_backend_name(conn: Any, volume_type: str | None) -> str | None:
@@ -82,14 +83,30 @@ def previous_copies(conn: Any, source_id: str, volume_id: str | None) -> list[An
     return list(found.values())
 
 
+#: Statuses a volume leaves by itself; a delete must wait them out (Cinder refuses it).
+SETTLING = ("creating", "extending", "downloading", "reserved", "attaching", "detaching")
+
+#: A delete Cinder gave up (the RBD image still had a watcher: a writer killed -9 keeps
+#: its watch for ``osd_client_watch_timeout``, 30 s) is asked again, this many times,
+#: this far apart (s).
+DELETE_TRIES = 3
+DELETE_PAUSE = 15.0
+
+
 def delete_volume(ctx: PassContext, volume: Any) -> None:
     """Delete a destination volume left by an interrupted pass and wait until it is gone.
 
-    A pass killed between a hand-over's transfer and its accept left the volume
-    ``awaiting-transfer``, which Cinder will not delete: the transfer goes first.
+    A volume in a status it leaves by itself (``creating``...) is waited for first. A
+    pass killed between a hand-over's transfer and its accept left the volume
+    ``awaiting-transfer``, which Cinder will not delete: the transfer goes first. When
+    Cinder gives a delete up (the volume comes back ``available`` or ``error_deleting``,
+    e.g. its RBD image still watched by a killed writer), it is asked again.
     """
     conn = ctx.destination_conn
     try:
+        volume = _settled(conn, volume)
+        if volume is None:
+            return
         if volume.status == "awaiting-transfer":
             for transfer in conn.block_storage.transfers(details=True, all_projects=True):
                 if transfer.volume_id == volume.id:
@@ -97,8 +114,12 @@ def delete_volume(ctx: PassContext, volume: Any) -> None:
             conn.block_storage.wait_for_status(
                 volume, "available", interval=POLL_INTERVAL, wait=CINDER_WAIT
             )
-        conn.block_storage.delete_volume(volume, ignore_missing=True)
-        conn.block_storage.wait_for_delete(volume, interval=POLL_INTERVAL, wait=CINDER_WAIT)
+        for _ in range(DELETE_TRIES):
+            conn.block_storage.delete_volume(volume, ignore_missing=True)
+            if _gone(conn, volume.id):
+                return
+            time.sleep(DELETE_PAUSE)
+        raise sdk_exc.SDKException(f"Cinder gave the delete up {DELETE_TRIES} times")
     except sdk_exc.SDKException as exc:
         raise ConflictError(
             f"{ctx.source.label}: cannot replace destination volume {volume.id} left by an "
@@ -106,14 +127,61 @@ def delete_volume(ctx: PassContext, volume: Any) -> None:
         ) from exc
 
 
-def _create(conn: Any, ctx: PassContext) -> str:
-    """Have ``conn``'s Cinder create an empty volume with the source's size and fields (in
-    the project of ``conn``'s token); its ID once available. A refusal (403) is raised as
-    it is; any other SDK error becomes a one-line ConflictError."""
+def _settled(conn: Any, volume: Any) -> Any | None:
+    """``volume`` once out of the :data:`SETTLING` statuses (None: it went away)."""
+    deadline = time.monotonic() + CINDER_WAIT
+    while True:
+        found = conn.block_storage.find_volume(volume.id, ignore_missing=True, all_projects=True)
+        if found is None or found.status == "deleting" and _gone(conn, volume.id):
+            return None
+        if found.status not in SETTLING or time.monotonic() > deadline:
+            return found
+        time.sleep(POLL_INTERVAL)
+
+
+def _gone(conn: Any, volume_id: str) -> bool:
+    """Wait for a deleting volume to go: True once gone, False when Cinder gave it up."""
+    deadline = time.monotonic() + CINDER_WAIT
+    while time.monotonic() < deadline:
+        found = conn.block_storage.find_volume(volume_id, ignore_missing=True, all_projects=True)
+        if found is None:
+            return True
+        if found.status in ("available", "error_deleting", "error"):
+            return False
+        time.sleep(POLL_INTERVAL)
+    return False
+
+
+def refuse_encrypted_type(ctx: PassContext) -> None:
+    """CapabilityError when the destination volume type encrypts: Cinder would create the
+    copy with a LUKS header under a new key, which no byte copy of the source can fill."""
+    name = ctx.destination_type
+    if not name:
+        return
+    conn = ctx.destination_conn
+    found = conn.block_storage.find_type(name, ignore_missing=True)
+    if found is None:
+        return  # Cinder's create names the missing type
+    try:
+        encryption = conn.block_storage.get_type_encryption(found.id)
+    except sdk_exc.NotFoundException:
+        return
+    if getattr(encryption, "provider", None) or getattr(encryption, "encryption_id", None):
+        raise CapabilityError(
+            f"{ctx.source.label}: destination volume type {name!r} is encrypted; a copy of "
+            "the bytes cannot be opened with the key Cinder would make: map the source type "
+            "to a type without encryption (--type-map)"
+        )
+
+
+def _create(conn: Any, ctx: PassContext, size_gib: int) -> str:
+    """Have ``conn``'s Cinder create an empty volume of ``size_gib`` with the source's fields
+    (in the project of ``conn``'s token); its ID once available. A refusal (403) is raised
+    as it is; any other SDK error becomes a one-line ConflictError."""
     src = ctx.source
     try:
         volume = conn.block_storage.create_volume(
-            size=src.size_gib,
+            size=size_gib,
             name=src.name or None,
             description=src.description,
             volume_type=ctx.destination_type,
@@ -126,17 +194,18 @@ def _create(conn: Any, ctx: PassContext) -> str:
         raise
     except sdk_exc.SDKException as exc:
         raise ConflictError(
-            f"{src.label}: the destination Cinder could not create its {src.size_gib} GiB copy "
+            f"{src.label}: the destination Cinder could not create its {size_gib} GiB copy "
             f"({exc}); check the destination quota, volume type and cinder-volume log, then "
             "re-run"
         ) from exc
     return str(volume.id)
 
 
-def create(ctx: PassContext, *, method: str) -> tuple[str, bool]:
-    """Create the source's empty copy in the destination project: the volume's ID, and
-    whether it had to be handed over. Its bootable flag is set by
-    :func:`sync_volume_fields` once the bytes are in.
+def create(ctx: PassContext, *, method: str, size_gib: int | None = None) -> tuple[str, bool]:
+    """Create the source's empty copy in the destination project (``size_gib``: the
+    source's size unless its backend object is larger): the volume's ID, and whether it had
+    to be handed over. Its bootable flag is set by :func:`sync_volume_fields` once the
+    bytes are in.
 
     Right in the project when the user's connection scoped there
     (``ctx.destination_project_conn``) may create volumes, else by the admin and moved
@@ -144,14 +213,15 @@ def create(ctx: PassContext, *, method: str) -> tuple[str, bool]:
     costs a volume transfer, a token for the project and a role-assignment listing: 1.8 s
     of the 2.5 s of Cinder calls of a 1 GiB rbd pass on the testbed.
     """
+    size = max(ctx.source.size_gib, size_gib or 0)
     admin_project = ctx.destination_conn.current_project_id == ctx.destination_project_id
     if not admin_project and ctx.destination_project_conn is not None:
         try:
-            return _create(ctx.destination_project_conn, ctx), False
+            return _create(ctx.destination_project_conn, ctx, size), False
         except sdk_exc.ForbiddenException:
             pass
     try:
-        volume_id = _create(ctx.destination_conn, ctx)
+        volume_id = _create(ctx.destination_conn, ctx, size)
     except sdk_exc.ForbiddenException as exc:
         raise ConflictError(
             f"{ctx.source.label}: the destination Cinder refuses to create volumes for your "
@@ -197,8 +267,9 @@ def hand_over(ctx: PassContext, volume_id: str, *, method: str) -> None:
             raise
     except sdk_exc.SDKException as exc:
         raise ConflictError(
-            f"{ctx.source.label}: adopted as {volume_id} but could not move it into project "
-            f"{project} ({exc}); check the destination quota, then re-run"
+            f"{ctx.source.label}: its copy {volume_id} is in your own project, not yet in "
+            f"project {project} ({exc}); check the destination quota, then re-run (it "
+            "replaces that copy)"
         ) from exc
     finally:
         if grant is not None:

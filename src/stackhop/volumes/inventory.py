@@ -36,6 +36,7 @@ def volume_ref(cloud: str, volume: Any) -> VolumeRef:
         metadata={str(k): str(v) for k, v in (volume.metadata or {}).items()},
         attachments=tuple(str(a.get("server_id")) for a in volume.attachments or ()),
         availability_zone=volume.availability_zone,
+        encrypted=bool(volume.is_encrypted),
     )
 
 
@@ -113,8 +114,8 @@ def map_project(source_project: Record, destination: Any, project_map: OperatorM
 def project_connection(conn: Any, cloud: str, project_id: str) -> Any:
     """A connection of the same user scoped to ``project_id``, where volumes are created.
 
-    Cinder puts a new or managed volume in the project of the token, so the
-    operator's user needs a role (admin, to manage existing volumes) there.
+    Cinder puts a new volume in the project of the token, so the operator's user needs
+    a role there.
     """
     return scoped_connection(
         conn, project_id, purpose=f"create volumes on cloud {cloud!r}", role="admin"

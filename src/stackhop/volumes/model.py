@@ -80,6 +80,8 @@ class VolumeRef:
     #: Server IDs the volume is attached to.
     attachments: tuple[str, ...] = ()
     availability_zone: str | None = None
+    #: Encrypted with a key of the source cloud's key manager (``encryption_key_id``).
+    encrypted: bool = False
 
     @property
     def size_bytes(self) -> int:

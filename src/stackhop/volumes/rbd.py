@@ -92,6 +92,7 @@ from stackhop.transfer.rbd_diff import ChunkDigests, ChunkHasher, DiffHeader, Re
 from stackhop.volumes import cinder_adopt
 from stackhop.volumes.cinder_adopt import MARKER
 from stackhop.volumes.model import (
+    GIB,
     VERIFY_CHUNK,
     PassContext,
     PassResult,
@@ -161,7 +162,14 @@ class RbdMethod:
         destination_cloud: str,
         destination_type: str | None,
     ) -> None:
-        """CapabilityError/ConfigError unless both ends are RBD backends of the storage map."""
+        """CapabilityError/ConfigError unless both ends are RBD backends of the storage map
+        and the source is not encrypted."""
+        if source.encrypted:
+            raise CapabilityError(
+                f"{source.label} is encrypted with a key of the source cloud's key manager, "
+                "which stackhop does not move; leave it out, or copy its data from inside "
+                "the guest"
+            )
         source_backend(storage, source)
         hint = (
             destination_type if (destination_cloud, destination_type) in storage.backends else None
@@ -171,30 +179,32 @@ class RbdMethod:
     # -- one pass --------------------------------------------------------------
 
     def copy_pass(self, ctx: PassContext) -> PassResult:
-        """One pass up to ``verified``: incremental from ``ctx.previous`` when possible."""
+        """One pass up to ``verified``: incremental from ``ctx.previous`` when possible.
+
+        The destination's backend is always where Cinder put the copy (its ``host``),
+        never guessed from the volume type: a chain's from its state, an earlier pass's
+        copy from its volume, a new copy from where the scheduler placed it.
+        """
         if not ctx.destination_cloud:
             raise ConfigError("the rbd method needs the destination cloud's name; pass --to CLOUD")
         src_backend = source_backend(ctx.storage, ctx.source)
-        dst_backend = destination_backend(
-            ctx.storage,
-            ctx.destination_cloud,
-            cinder_adopt.destination_backend_name(ctx.destination_conn, ctx.destination_type),
-        )
-        src, dst = cluster_of(src_backend), cluster_of(dst_backend)
+        src = cluster_of(src_backend)
         previous = dict(ctx.previous)
         number = int(previous.get("pass", 0)) + 1
         snap = f"stackhop-{ctx.run_id[:8]}-{number}"
-        pair = RbdEnds(src_backend, dst_backend, src, dst)
-        if ctx.incremental and self._chain_usable(ctx, previous, src, dst):
-            return self._incremental(ctx, previous, number, snap, pair)
+        if ctx.incremental and previous.get("destination_backend"):
+            backend = ctx.storage.backend(
+                str(previous["destination_cloud"]), str(previous["destination_backend"])
+            )
+            pair = RbdEnds(src_backend, backend, src, cluster_of(backend))
+            if self._chain_usable(ctx, previous, pair):
+                return self._incremental(ctx, previous, number, snap, pair)
         if previous:
             # A chain that cannot continue (or a pass without --incremental) ends here.
             self.forget_incremental(previous, ctx.source_conn, ctx.destination_conn, ctx.storage)
-        return self._full(ctx, number, snap, pair)
+        return self._full(ctx, number, snap, src_backend, src)
 
-    def _chain_usable(
-        self, ctx: PassContext, previous: Mapping[str, Any], src: RbdAccess, dst: RbdAccess
-    ) -> bool:
+    def _chain_usable(self, ctx: PassContext, previous: Mapping[str, Any], pair: RbdEnds) -> bool:
         base = previous.get("snapshot")
         if (
             not base
@@ -202,9 +212,21 @@ class RbdMethod:
             or previous.get("destination_id") != ctx.destination_id
         ):
             return False
-        return base in src.snapshots(str(previous["source_image"])) and base in dst.snapshots(
-            str(previous["destination_image"])
+        return base in pair.src.snapshots(str(previous["source_image"])) and base in (
+            pair.dst.snapshots(str(previous["destination_image"]))
         )
+
+    def _ends_at(
+        self, ctx: PassContext, src_backend: Backend, src: RbdAccess, host: str | None
+    ) -> RbdEnds | None:
+        """The ends of a pass into a destination volume on Cinder ``host``
+        (``host@backend#pool``); None when that is not an RBD backend of the storage map."""
+        cloud = ctx.destination_cloud
+        name = host.split("@", 1)[1].split("#", 1)[0] if host and "@" in host else ""
+        backend = ctx.storage.backends.get((cloud, name))
+        if backend is None or backend.driver != "rbd":
+            return None
+        return RbdEnds(src_backend, backend, src, cluster_of(backend))
 
     def _take_snapshot(
         self, ctx: PassContext, backend: Backend, cluster: RbdAccess, image: str, snap: str
@@ -224,25 +246,36 @@ class RbdMethod:
                 cluster.remove_snapshot(image, old)
         cluster.create_snapshot(image, snap)
 
-    def _replace_previous_copies(self, ctx: PassContext, dst: RbdAccess) -> None:
-        """Never two copies: whatever an interrupted pass adopted goes first, snapshots first."""
-        conn = ctx.destination_conn
-        for volume in cinder_adopt.previous_copies(conn, ctx.source.id, ctx.destination_id):
-            image = f"volume-{volume.id}"
-            for snap in dst.snapshots(image):
-                if snap.startswith("stackhop-"):
-                    dst.remove_snapshot(image, snap)
+    def _replace_previous_copies(
+        self, ctx: PassContext, copies: list[Any], src_backend: Backend, src: RbdAccess
+    ) -> None:
+        """Never two copies: whatever an earlier pass made goes first, its stackhop
+        snapshots first (Cinder cannot delete an RBD image with snapshots). A copy attached
+        to a server is refused, never deleted."""
+        for volume in copies:
+            if volume.status == "in-use":
+                raise ConflictError(
+                    f"{ctx.source.label}: its destination copy {volume.id} is attached to a "
+                    "server and cannot take a full pass; detach it (or delete that server), "
+                    "then re-run"
+                )
+            pair = self._ends_at(ctx, src_backend, src, volume.host)
+            if pair is not None:
+                image = pair.dst_backend.rbd_image(volume.id)
+                for snap in pair.dst.snapshots(image):
+                    if snap.startswith("stackhop-"):
+                        pair.dst.remove_snapshot(image, snap)
             cinder_adopt.delete_volume(ctx, volume)
 
-    def _reusable_copy(self, ctx: PassContext, pair: RbdEnds, size: int | None) -> Any | None:
-        """The one destination volume an earlier pass adopted (found by the journal's
-        ``ctx.destination_id`` or by the marker: a journal lost), if it can take the
-        differing chunks in place: ``available``, in the destination project, its image
-        the source's size. None: a full pass replaces whatever there is."""
-        copies = cinder_adopt.previous_copies(
-            ctx.destination_conn, ctx.source.id, ctx.destination_id
-        )
-        if len(copies) != 1 or size is None:
+    def _reusable_copy(
+        self, ctx: PassContext, copies: list[Any], size: int, src_backend: Backend, src: RbdAccess
+    ) -> tuple[Any, RbdEnds] | None:
+        """The one destination volume an earlier pass made (found by the journal's
+        ``ctx.destination_id`` or by the marker: a journal lost), with the ends of a pass
+        into it, if it can take the differing chunks in place: ``available``, in the
+        destination project, on an RBD backend, its image the source's size. None: a full
+        pass replaces whatever there is."""
+        if len(copies) != 1:
             return None
         volume = copies[0]
         project = getattr(volume, "project_id", None) or getattr(
@@ -250,40 +283,50 @@ class RbdMethod:
         )
         if volume.status != "available" or project != ctx.destination_project_id:
             return None
-        if pair.dst.size(pair.dst_backend.rbd_image(volume.id)) != size:
+        pair = self._ends_at(ctx, src_backend, src, volume.host)
+        if pair is None or pair.dst.size(pair.dst_backend.rbd_image(volume.id)) != size:
             return None
-        return volume
+        return volume, pair
 
-    def _full(self, ctx: PassContext, number: int, snap: str, pair: RbdEnds) -> PassResult:
-        src = pair.src
-        source_image = pair.src_backend.rbd_image(ctx.source.id)
+    def _full(
+        self, ctx: PassContext, number: int, snap: str, src_backend: Backend, src: RbdAccess
+    ) -> PassResult:
+        source_image = src_backend.rbd_image(ctx.source.id)
         size = src.size(source_image)
-        reusable = self._reusable_copy(ctx, pair, size)
-        if reusable is not None:
-            return self._reconcile(ctx, number, snap, pair, str(reusable.id))
         if size is None:
             raise ConflictError(
                 f"{ctx.source.label}: its RBD image {src.spec(source_image)} does not exist on "
                 f"cloud {ctx.source.cloud!r}; check the storage map's pool for that backend"
             )
-        self._replace_previous_copies(ctx, pair.dst)
+        copies = cinder_adopt.previous_copies(
+            ctx.destination_conn, ctx.source.id, ctx.destination_id
+        )
+        reusable = self._reusable_copy(ctx, copies, size, src_backend, src)
+        if reusable is not None:
+            volume, pair = reusable
+            return self._reconcile(ctx, number, snap, pair, str(volume.id))
+        cinder_adopt.refuse_encrypted_type(ctx)
+        self._replace_previous_copies(ctx, copies, src_backend, src)
         # Cinder creates the (empty, marked) destination volume while the source is
         # snapshotted: a cinder-volume round trip and a monitor commit, a second each.
-        src_snap = snapshot_temporary(pair.src_backend, source_image, snap)
+        src_snap = snapshot_temporary(src_backend, source_image, snap)
         ctx.created(src_snap)
         (volume_id, handed_over), _ = _in_parallel(
-            lambda: cinder_adopt.create(ctx, method=METHOD),
+            lambda: cinder_adopt.create(ctx, method=METHOD, size_gib=-(-size // GIB)),
             lambda: self._fresh_snapshot(src, source_image, snap),
         )
-        pair = self._placed(ctx, pair, volume_id)
+        # Journaled at once: an interrupted pass's copy is resumed (or removed) through it.
+        ctx.stage("exported", destination_id=volume_id, snapshot=snap)
+        pair = self._placed(ctx, src_backend, src, volume_id)
         dst = pair.dst
         image = pair.dst_backend.rbd_image(volume_id)
         dst_snap = snapshot_temporary(pair.dst_backend, image, snap)
         ctx.created(dst_snap)
         hasher = ChunkHasher(size=size, chunk=VERIFY_CHUNK, complete=True)
         stats = self._stream(ctx, src, source_image, snap, None, dst, image, hasher, fresh=True)
-        ctx.stage("exported", snapshot=snap, bytes=stats.data_bytes)
-        ctx.stage("imported", image=dst.spec(image), bytes_wire=stats.wire_bytes)
+        ctx.stage(
+            "imported", image=dst.spec(image), bytes=stats.data_bytes, bytes_wire=stats.wire_bytes
+        )
 
         dest_digests: dict[int, str] | None = None
         if self.reread or not stats.writes_confirmed:
@@ -308,30 +351,30 @@ class RbdMethod:
         self._finish(ctx, result, number, snap, source_image, image, pair, src_snap, dst_snap, size)
         return result
 
-    def _placed(self, ctx: PassContext, pair: RbdEnds, volume_id: str) -> RbdEnds:
-        """The ends with the destination backend Cinder's scheduler put ``volume_id`` on.
-
-        That is the volume type's backend, or any when the type pins none; one that is not
-        an RBD backend of the storage map is refused (the empty volume is deleted first).
-        """
-        host = str(ctx.destination_conn.block_storage.get_volume(volume_id).host or "")
-        name = host.split("@", 1)[1].split("#", 1)[0] if "@" in host else ""
-        if name == pair.dst_backend.name:
+    def _placed(
+        self, ctx: PassContext, src_backend: Backend, src: RbdAccess, volume_id: str
+    ) -> RbdEnds:
+        """The ends of the pass into ``volume_id``, on the backend Cinder's scheduler chose
+        for its type: one that is not an RBD backend of the storage map is refused, the
+        empty volume deleted first."""
+        volume = ctx.destination_conn.block_storage.get_volume(volume_id)
+        pair = self._ends_at(ctx, src_backend, src, volume.host)
+        if pair is not None:
             return pair
-        cloud = pair.dst_backend.cloud
+        type_note = f"type {ctx.destination_type!r}" if ctx.destination_type else "its type"
+        refusal = (
+            f"{ctx.source.label}: the destination Cinder put its copy ({type_note}) on "
+            f"{volume.host or 'an unnamed host'}, not an RBD backend of the storage map for "
+            f"cloud {ctx.destination_cloud!r}; map the source type to a Ceph type "
+            "(volumes copy --type-map), or use --method stream or image"
+        )
         try:
-            if (cloud, name) not in ctx.storage.backends:
-                raise CapabilityError(
-                    f"{ctx.source.label}: the destination Cinder put its copy on {host!r}, "
-                    f"which the storage map does not name for cloud {cloud!r}; map the source "
-                    "type to a Ceph volume type with --type-map"
-                )
-            backend = destination_backend(ctx.storage, cloud, name)
-        except StackhopError:
-            volume = ctx.destination_conn.block_storage.get_volume(volume_id)
             cinder_adopt.delete_volume(ctx, volume)
-            raise
-        return RbdEnds(pair.src_backend, backend, pair.src, cluster_of(backend))
+        except StackhopError as exc:
+            raise CapabilityError(
+                f"{refusal} (and delete its empty volume {volume.id}: {exc.message})"
+            ) from exc
+        raise CapabilityError(refusal)
 
     def _reconcile(
         self, ctx: PassContext, number: int, snap: str, pair: RbdEnds, volume_id: str
@@ -379,7 +422,8 @@ class RbdMethod:
         ctx.stage("adopted", destination_id=volume_id, reused=True)
         if differ:
             written = dst.chunk_digests(image, snap, VERIFY_CHUNK, from_snap=before)
-            if written.partial:
+            if written.partial or not set(differ) <= set(written.digests):
+                # Every chunk the pass meant to rewrite is checked, changed or not.
                 written = dst.chunk_digests(image, snap, VERIFY_CHUNK)
             compare_digests(
                 ctx.source.label,
