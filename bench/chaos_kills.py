@@ -684,7 +684,10 @@ class ServersMigrate:
             dst.network.delete_port(object_id, ignore_missing=True)
             removed += 1
         for volume_id in extra["volumes"]:
-            _delete_volume(dst, dst.block_storage.get_volume(volume_id))
+            volume = dst.block_storage.find_volume(volume_id, ignore_missing=True,
+                                                   all_projects=True)
+            if volume is not None:  # a data volume went with its server
+                _delete_volume(dst, volume)
             removed += 1
         return removed
 
