@@ -415,6 +415,31 @@ def pair(testbed: Testbed) -> Iterator[Project]:
     yield from project_pair()
 
 
+def _pair_context(
+    pair: Project, source: Any, storage: StorageMap, tmp_path: Path, recorder: Recorder
+) -> Any:
+    """A full pass's context from the pair's source project into its destination one."""
+    return make_context(
+        run_id=uuid.uuid4().hex,
+        source=source,
+        destination_project_id=pair.dst_id,
+        source_conn=pair.src_admin,
+        destination_conn=pair.dst_admin,
+        storage=storage,
+        journal_path=tmp_path / "journal.sqlite",
+        recorder=recorder,
+        incremental=False,
+    )
+
+
+def _drop_source_snapshots(backend: Backend, image: str) -> None:
+    """What a failed pass may leave on the source, so that the project's volumes can be
+    deleted."""
+    for leftover in stackhop_leftovers(backend, [image]):
+        if "@" in leftover:
+            cluster_of(backend).remove_snapshot(*leftover.split("@"))
+
+
 def test_full_pass_creates_right_in_a_project_where_the_user_may(
     pair: Project, tmp_path: Path
 ) -> None:
@@ -426,17 +451,7 @@ def test_full_pass_creates_right_in_a_project_where_the_user_may(
     source_image = f"volume-{source.id}"
     write_image(src_backend, source_image, FIRST)
     recorder = Recorder()
-    ctx = make_context(
-        run_id=uuid.uuid4().hex,
-        source=source,
-        destination_project_id=pair.dst_id,
-        source_conn=pair.src_admin,
-        destination_conn=pair.dst_admin,
-        storage=storage,
-        journal_path=tmp_path / "journal.sqlite",
-        recorder=recorder,
-        incremental=False,
-    )
+    ctx = _pair_context(pair, source, storage, tmp_path, recorder)
     ctx.destination_project_conn = project_connection(pair.dst_admin, "dst", pair.dst_id)
     try:
         result = RbdMethod().copy_pass(ctx)
@@ -451,10 +466,7 @@ def test_full_pass_creates_right_in_a_project_where_the_user_may(
         assert recorder.live == {}
         assert stackhop_leftovers(dst_backend, [image]) == []
     finally:
-        # What a failed pass may leave, so that the project's volumes can be deleted.
-        for leftover in stackhop_leftovers(src_backend, [source_image]):
-            if "@" in leftover:
-                cluster_of(src_backend).remove_snapshot(*leftover.split("@"))
+        _drop_source_snapshots(src_backend, source_image)
 
 
 def test_a_copy_cinder_puts_on_a_backend_that_is_not_rbd_is_refused_and_removed(
@@ -467,17 +479,7 @@ def test_a_copy_cinder_puts_on_a_backend_that_is_not_rbd_is_refused_and_removed(
     src_backend = storage.backend("src", "ceph")
     source = pair.create_source_volume(f"voltest-rbd-{uuid.uuid4().hex[:8]}", 1, "ceph")
     recorder = Recorder()
-    ctx = make_context(
-        run_id=uuid.uuid4().hex,
-        source=source,
-        destination_project_id=pair.dst_id,
-        source_conn=pair.src_admin,
-        destination_conn=pair.dst_admin,
-        storage=storage,
-        journal_path=tmp_path / "journal.sqlite",
-        recorder=recorder,
-        incremental=False,
-    )
+    ctx = _pair_context(pair, source, storage, tmp_path, recorder)
     ctx.destination_type = "file"
     try:
         with pytest.raises(CapabilityError, match="not an RBD backend of the storage map") as err:
@@ -487,6 +489,4 @@ def test_a_copy_cinder_puts_on_a_backend_that_is_not_rbd_is_refused_and_removed(
                                                                  project_id=pair.dst_id)
                 if (v.metadata or {}).get(MARKER) == source.id] == []
     finally:
-        for leftover in stackhop_leftovers(src_backend, [f"volume-{source.id}"]):
-            if "@" in leftover:
-                cluster_of(src_backend).remove_snapshot(*leftover.split("@"))
+        _drop_source_snapshots(src_backend, f"volume-{source.id}")
