@@ -104,6 +104,9 @@ def _dst_state(prefix: str) -> tuple[Counter[str | None], list[tuple[Any, ...]],
     return marks, rules, quotas
 
 
+# About 85 s (the resource import, verify and rollback, every call through the proxy);
+# make test keeps its short form: test_images_copy_and_rollback_through_faults below.
+@pytest.mark.long
 def test_import_verify_rollback_through_faults(
     groups: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:

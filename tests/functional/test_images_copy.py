@@ -190,6 +190,8 @@ def test_copy_is_finished_before_its_data_makes_it_active(
     _assert_copied(own_images, image["id"], copy["id"])
 
 
+# About 20 s; every other copy here is the same path with smaller images.
+@pytest.mark.long
 def test_copy_one_gib_image(own_images: ImageFactory, cli: Any, tmp_path: Path) -> None:
     image = own_images.create("gib", size=1024 * MIB)
     result = _copy(cli, tmp_path / "j.sqlite", "--keep-id", "--image", image["id"])
@@ -271,6 +273,8 @@ def test_copy_ceph_to_ceph_when_both_images_live_in_rbd(
     assert again.code == 0, again.err
 
 
+# About 17 s; make test keeps test_corrupted_stream_is_detected_and_leaves_nothing_on_dst.
+@pytest.mark.long
 def test_copy_ceph_to_ceph_flipped_byte_leaves_nothing_on_dst(
     own_images: ImageFactory, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

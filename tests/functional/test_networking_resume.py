@@ -277,8 +277,19 @@ def _check_point(point: str, seen: States, world: dict[str, Any]) -> None:
         assert finished(seen, INTERFACES) < len(world["records"][INTERFACES]), seen
 
 
-@pytest.mark.parametrize("keep_journal", [True, False], ids=["journal", "no-journal"])
-@pytest.mark.parametrize("point", sorted(POINTS))
+#: make test kills at two points, one with its journal and one without (about 50 s); the
+#: other four pairings are long (about 80 s more): make test-long.
+SHORT = {("interfaces", True), ("subnets", False)}
+
+
+@pytest.mark.parametrize(
+    ("point", "keep_journal"),
+    [
+        pytest.param(point, keep, id=f"{point}-{'journal' if keep else 'no-journal'}",
+                     marks=() if (point, keep) in SHORT else pytest.mark.long)
+        for point in sorted(POINTS) for keep in (True, False)
+    ],
+)
 def test_kill_then_rerun(
     world: dict[str, Any], point: str, keep_journal: bool, tmp_path: Path
 ) -> None:

@@ -76,6 +76,10 @@ def _volume_pending(journal_path: Path) -> bool:
     return bool(row and row[0])
 
 
+# About 70 s; make test keeps the whole project migrate in test_servers_migrate.py's servers
+# phase test, and the phase resume in tests/unit/test_project_phases.py; the kill trials
+# are bench/chaos_kills.py --commands project-migrate.
+@pytest.mark.long
 def test_project_migrate_killed_in_phase_3_then_resumed_then_no_op(
     admin_in_beta: None, cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:

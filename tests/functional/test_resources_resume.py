@@ -207,6 +207,9 @@ def test_kill_at_three_points_then_rerun(archive: Path, extra_groups: str, tmp_p
     assert left == []
 
 
+# About 35 s; make test keeps test_kill_at_three_points_then_rerun above and the journal-lost
+# re-runs of tests/functional/test_kill_trials.py.
+@pytest.mark.long
 def test_kill_then_rerun_without_the_journal(
     archive: Path, extra_groups: str, tmp_path: Path
 ) -> None:

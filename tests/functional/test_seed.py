@@ -460,6 +460,9 @@ def test_servers_live_and_gone_with_usage_history(src: Cloud) -> None:
 # -- re-running -----------------------------------------------------------------------------
 
 
+# About 50 s (a second seed, both clouds snapshotted twice); make test runs the seed twice
+# itself (`make testbed-seed` then the session fixture), without the snapshots.
+@pytest.mark.long
 def test_second_seed_changes_nothing(second_run: SecondRun) -> None:
     assert second_run.code == 0, second_run.output
     assert "nothing to do" in second_run.output, second_run.output
@@ -468,6 +471,8 @@ def test_second_seed_changes_nothing(second_run: SecondRun) -> None:
             assert second_run.after[cloud][kind] == before, f"{cloud} {kind} changed"
 
 
+# Guards the test above and shares its fixture: long with it.
+@pytest.mark.long
 def test_snapshot_sees_the_seed(second_run: SecondRun) -> None:
     """Guards the test above: an empty snapshot would compare equal too."""
     src = second_run.before["src"]

@@ -197,6 +197,8 @@ def test_an_image_booted_server_has_its_disk_on_its_compute_host(
     assert not _exists(host, disk.rsplit("/", 1)[0])
 
 
+# About 20 s; a volume-booted server is booted on both clouds by test_servers_migrate.py.
+@pytest.mark.long
 def test_a_volume_booted_server_gets_no_disk(box: Sandbox, storage: StorageMap) -> None:
     root = box.volume("srvdisk-root")
     box.src.block_storage.set_volume_bootable_status(root, True)

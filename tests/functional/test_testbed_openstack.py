@@ -298,6 +298,9 @@ def test_network_and_subnet(demo: Connection, name: str, cleanup: Callable[..., 
     assert net.provider_network_type is None or net.provider_network_type == "vxlan"
 
 
+# About 12 s a cloud; test_servers_migrate.py boots servers with a router and a floating IP
+# on both clouds in make test.
+@pytest.mark.long
 def test_server_goes_active_with_router_and_floating_ip(
     admin: Connection, demo: Connection, name: str, cleanup: Callable[..., None]
 ) -> None:

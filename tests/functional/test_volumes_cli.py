@@ -235,6 +235,10 @@ def _wait_for(check: Callable[[], Any], what: str, timeout: float = 600) -> Any:
     pytest.fail(f"{what} did not happen in {timeout} s")
 
 
+# About a minute (a 1 GiB image-method pass, killed, then whole); make test keeps its short
+# forms: test_volumes_kill_trials.py (killed, re-run) and `volumes cleanup` of a killed run
+# in test_volumes_backup_targets.py and test_volumes_grant.py.
+@pytest.mark.long
 def test_killed_copy_leaves_temporaries_that_cleanup_removes_then_rerun_resumes(
     cli: Callable[..., CliResult], box: Sandbox, tmp_path: Path
 ) -> None:

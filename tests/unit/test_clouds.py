@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 from keystoneauth1 import discover
 from keystoneauth1 import exceptions as ksa
 
-from stackhop import clouds
+from stackhop import clouds, retry
 from stackhop.errors import (
     AuthError,
     CloudUnknownError,
@@ -139,7 +140,11 @@ def test_unknown_os_cloud(clouds_yaml: Path, monkeypatch: pytest.MonkeyPatch) ->
         clouds.connect(None)
 
 
-def test_unreachable_cloud_is_one_line(clouds_yaml: Path) -> None:
+def test_unreachable_cloud_is_one_line(clouds_yaml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The token request is retried as a read (up to 6 attempts, jittered waits of seconds):
+    # the same retries here, with waits of milliseconds.
+    quick = retry.RetryPolicy(max_attempts=6, base_delay=0.001, max_delay=0.01)
+    monkeypatch.setattr(clouds, "retry_reads", functools.partial(retry.retry_reads, policy=quick))
     with pytest.raises(CloudUnreachableError) as info:
         clouds.connect("alpha")
     message = info.value.message
