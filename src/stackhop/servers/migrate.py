@@ -464,9 +464,11 @@ class _Cutover:
         return PhaseResult(f"final pass of {what}, {sent} bytes sent", found)
 
     def ports(self, facts: Mapping[str, Facts]) -> PhaseResult:
-        created = list(self.earlier().get("created") or [])  # by an interrupted attempt
+        earlier = self.earlier()  # what an interrupted attempt made, or was making
+        created = list(earlier.get("created") or [])
         made = steps.ensure_ports(self.migrator.dst, self.migrator.dst_project, self.record,
-                                  self.check.ports, created, self.note)
+                                  self.check.ports, created, self.note,
+                                  creating=earlier.get("creating"))
         self.map_ids(PORT, made)
         return PhaseResult(f"{len(made)} port(s), {len(created)} made",
                            {"ports": made, "created": created})

@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from openstack import exceptions as sdk_exceptions
 
@@ -147,7 +148,13 @@ def _undo_floating(src: Any, dst: Any, facts: Mapping[str, Any], out: ServerRoll
 
 def _undo_ports(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:
     made = {d: s for s, d in (facts.get("ports") or {}).items()}
-    for port_id in facts.get("created") or []:
+    created = list(facts.get("created") or [])
+    if facts.get("creating"):  # a kill cut the step between a port's create and its note
+        wanted = steps.mark("", str(facts["creating"]))
+        listed = call(dst.network, "GET", f"/ports?{urlencode({'description': wanted})}")
+        created += [p["id"] for p in listed["ports"]  # (filtered here too: a Neutron
+                    if p.get("description") == wanted and p["id"] not in created]  # may not)
+    for port_id in created:
         if port_id in made:
             out.unmap.append((PORT, made[port_id]))
         found = call(dst.network, "GET", f"/ports/{port_id}", missing_ok=True)
