@@ -33,6 +33,7 @@ named like a password, token, secret or key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -63,6 +64,7 @@ from stackhop.journal_records import (
 from stackhop.journal_schema import (
     chunks,
     id_map,
+    journal_info,
     operations,
     runs,
     upgrade,
@@ -113,6 +115,30 @@ _SECRET_WORDS = (
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def db_clock(dialect: str, plus: float = 0.0) -> sa.ColumnElement[Any]:
+    """The database server's time, ``plus`` seconds, as SQL: a lease is written and
+    judged by one clock, never by those of the hosts that take it. On SQLite (one
+    host) the text form SQLAlchemy stores, with microseconds."""
+    micros = int(round(plus * 1_000_000))
+    if dialect == "sqlite":
+        return sa.literal_column(
+            f"strftime('%Y-%m-%d %H:%M:%f', 'now', '{micros / 1_000_000:+.6f} seconds') || '000'"
+        )
+    if dialect == "postgresql":
+        return sa.literal_column(f"(statement_timestamp() + INTERVAL '{micros} microseconds')")
+    if dialect in ("mysql", "mariadb"):
+        return sa.literal_column(f"(UTC_TIMESTAMP(6) + INTERVAL {micros} MICROSECOND)")
+    raise JournalError(f"journal: no clock for database {dialect!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """Who holds an operation's lease, and whether it ran out (by the database's clock)."""
+
+    owner: str
+    expired: bool
 
 
 def scrub_secrets(value: Any) -> Any:
@@ -491,6 +517,8 @@ class Journal:
         if change.before is not None:
             values["before_state"] = change.before
         values["undone_by"] = change.undone_by if change.state == ROLLED_BACK else None
+        if change.state != PENDING:  # an outcome ends the lease and the work's payload
+            values.update(lease_owner=None, lease_expires=None, payload=None)
         if expected is None:
             attempts = 1 if change.attempt else 0
             result = conn.execute(
@@ -587,6 +615,84 @@ class Journal:
                 .values(**values)
             )
         return result.rowcount == 1
+
+    # -- leases: an operation run by a worker on another host (issue 20) -------
+
+    def journal_id(self) -> str:
+        """This journal's random ID (schema 5): a worker refuses work naming another."""
+        with self.engine.connect() as conn:
+            return str(conn.execute(sa.select(journal_info.c.journal_id)).scalar_one())
+
+    def _clock(self, plus: float = 0.0) -> sa.ColumnElement[Any]:
+        return db_clock(self.engine.dialect.name, plus)
+
+    def take_lease(self, row: OperationRecord, owner: str, ttl: float) -> OperationRecord | None:
+        """Take the lease of the ``pending`` operation ``row`` for ``ttl`` seconds; the row
+        as taken, or None when it moved on or another holds a lease that has not run out.
+
+        Taking counts an attempt: ``attempts`` is the fencing token, so after a steal
+        (the take of an expired lease) every write of the earlier holder, which
+        compares ``attempts``, changes nothing.
+        """
+        c = operations.c
+        with self._transaction() as conn:
+            result = conn.execute(
+                operations.update()
+                .where(
+                    c.id == row.id,
+                    c.run_id == row.run_id,
+                    c.state == PENDING,
+                    c.attempts == row.attempts,
+                    sa.or_(c.lease_owner.is_(None), c.lease_expires < self._clock()),
+                )
+                .values(
+                    lease_owner=owner,
+                    lease_expires=self._clock(ttl),
+                    attempts=row.attempts + 1,
+                    updated_at=_now(),
+                )
+            )
+        if result.rowcount != 1:
+            return None
+        return dataclasses.replace(row, attempts=row.attempts + 1)
+
+    def renew_lease(self, row: OperationRecord, owner: str, ttl: float) -> bool:
+        """Extend ``owner``'s lease of ``row`` (as taken); False once it is lost."""
+        c = operations.c
+        with self._transaction() as conn:
+            result = conn.execute(
+                operations.update()
+                .where(
+                    c.id == row.id,
+                    c.state == PENDING,
+                    c.attempts == row.attempts,
+                    c.lease_owner == owner,
+                )
+                .values(lease_expires=self._clock(ttl))
+            )
+        return result.rowcount == 1
+
+    def release_lease(self, row: OperationRecord, owner: str) -> bool:
+        """Give ``row``'s lease up without an outcome (the holder stops); False if not held."""
+        c = operations.c
+        with self._transaction() as conn:
+            result = conn.execute(
+                operations.update()
+                .where(c.id == row.id, c.attempts == row.attempts, c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires=None)
+            )
+        return result.rowcount == 1
+
+    def lease(self, row_id: int) -> Lease | None:
+        """The lease on operation ``row_id``, or None when nobody holds one."""
+        c = operations.c
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(c.lease_owner, c.lease_expires < self._clock()).where(c.id == row_id)
+            ).first()
+        if found is None or found[0] is None:
+            return None
+        return Lease(str(found[0]), bool(found[1]))
 
     def rows(
         self, scope: str, keys: Sequence[tuple[str, str]]

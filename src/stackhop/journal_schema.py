@@ -9,6 +9,7 @@ concurrent upgraders. The tables are described in ``docs/journal.md``.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -41,6 +42,9 @@ runs = sa.Table(
     sa.Column("started_at", _timestamp(), nullable=False),
     sa.Column("finished_at", _timestamp()),
     sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("executor", sa.String(16)),
+    sa.Column("coordinator", sa.String(255)),
+    sa.Column("coordinator_seen_at", _timestamp()),
 )
 
 operations = sa.Table(
@@ -63,7 +67,13 @@ operations = sa.Table(
     sa.Column("undone_by", sa.String(36)),
     sa.Column("stage", sa.String(64)),
     sa.Column("progress", sa.JSON),
+    sa.Column("lease_owner", sa.String(255)),
+    sa.Column("lease_expires", _timestamp()),
+    sa.Column("dispatched_at", _timestamp()),
+    sa.Column("payload", sa.JSON),
+    sa.Column("error_class", sa.String(128)),
     sa.UniqueConstraint("scope", "kind", "identity", name="uq_operations_key"),
+    sa.Index("ix_operations_run_state", "run_id", "state"),
 )
 
 id_map = sa.Table(
@@ -87,6 +97,24 @@ chunks = sa.Table(
     sa.Column("digest", sa.String(128), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.UniqueConstraint("object", "offset", name="uq_chunks_key"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(36), nullable=False, index=True),
+    sa.Column("operation_id", sa.Integer),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("message", sa.Text),
+    sa.Column("detail", sa.JSON),
+    sa.Column("at", _timestamp(), nullable=False),
+)
+
+journal_info = sa.Table(
+    "journal_info",
+    metadata,
+    sa.Column("journal_id", sa.String(36), primary_key=True),
 )
 
 schema_version = sa.Table(
@@ -190,6 +218,53 @@ def _migrate_4_stage_and_progress(conn: Connection) -> None:
     conn.exec_driver_sql(f"ALTER TABLE operations ADD COLUMN progress {json_type}")
 
 
+def _migrate_5_leases(conn: Connection) -> None:
+    """Version 5: what runs the operations of one run on several hosts needs (issue 20).
+
+    ``operations``: a lease (``lease_owner``, ``lease_expires`` by the database's
+    clock), ``dispatched_at`` (sent to a worker), ``payload`` (what the worker
+    rebuilds the operation from), ``error_class`` (the failure's class, for the
+    coordinator's exit code), and an index on ``(run_id, state)``. ``runs``: the
+    executor and the coordinator following the run. ``events``: what workers say
+    besides their rows. ``journal_info``: this journal's random ID (a worker refuses a
+    message naming another journal). Every new column is NULL on older rows, which
+    means "no lease, run in-process, not dispatched": no data moves. The bump keeps
+    an older stackhop, which would ignore leases, off this journal.
+    """
+    json_type = sa.JSON().compile(dialect=conn.dialect)
+    stamp = _timestamp().compile(dialect=conn.dialect)
+    for column, type_ in (
+        ("lease_owner", "VARCHAR(255)"),
+        ("lease_expires", stamp),
+        ("dispatched_at", stamp),
+        ("payload", json_type),
+        ("error_class", "VARCHAR(128)"),
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE operations ADD COLUMN {column} {type_}")
+    for column, type_ in (
+        ("executor", "VARCHAR(16)"),
+        ("coordinator", "VARCHAR(255)"),
+        ("coordinator_seen_at", stamp),
+    ):
+        conn.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {column} {type_}")
+    m = sa.MetaData()
+    sa.Table(
+        "events",
+        m,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("run_id", sa.String(36), nullable=False, index=True),
+        sa.Column("operation_id", sa.Integer),
+        sa.Column("type", sa.String(32), nullable=False),
+        sa.Column("message", sa.Text),
+        sa.Column("detail", sa.JSON),
+        sa.Column("at", _timestamp(), nullable=False),
+    )
+    info = sa.Table("journal_info", m, sa.Column("journal_id", sa.String(36), primary_key=True))
+    m.create_all(conn)
+    conn.exec_driver_sql("CREATE INDEX ix_operations_run_state ON operations (run_id, state)")
+    conn.execute(info.insert().values(journal_id=str(uuid.uuid4())))
+
+
 Migration = Callable[[Connection], None]
 
 #: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n+1.
@@ -198,6 +273,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _migrate_2_rollback_and_chunks,
     _migrate_3_rolled_back,
     _migrate_4_stage_and_progress,
+    _migrate_5_leases,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

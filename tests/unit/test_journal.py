@@ -227,7 +227,7 @@ def test_forward_migration_from_version_1(tmp_path: Path) -> None:
     engine.dispose()
 
     with Journal(path) as j:
-        assert j.schema_version == SCHEMA_VERSION == 4
+        assert j.schema_version == SCHEMA_VERSION == 5
         old = j.operation("dst", "nova.keypair", "a/k")
         assert old is not None and old.state == PENDING and old.before is None
         assert old.stage is None and old.progress is None
@@ -237,7 +237,7 @@ def test_forward_migration_from_version_1(tmp_path: Path) -> None:
         assert j.run("r-old").outcome == "failed"
     with sa.create_engine(f"sqlite:///{path}").connect() as conn:
         assert conn.exec_driver_sql("SELECT version, written_by FROM schema_version").all() == [
-            (4, __version__)
+            (5, __version__)
         ]
 
 
@@ -261,7 +261,7 @@ def test_forward_migration_from_version_3_adds_stage_and_progress(tmp_path: Path
     engine.dispose()
 
     with Journal(path) as j:
-        assert j.schema_version == 4
+        assert j.schema_version == 5
         old = j.operation("dst", "cinder.volume", "v1#1")
         assert old is not None and old.before == {"stage": "exported"}
         assert old.stage is None and old.progress is None

@@ -40,6 +40,7 @@ from stackhop.plan import Operation, summarize
 from stackhop.resolve import load_network_map
 from stackhop.servers import rollback as server_rollback
 from stackhop.volumes.reshape import parse_type_map
+from stackhop.volumes.storage import load_storage_map
 
 PLAN_COLUMNS = ("Action", "Kind", "Identity", "Detail")
 RESULT_COLUMNS = ("Kind", "Done", "Skipped", "Conflict", "Failed", "Not started")
@@ -153,6 +154,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the run to undo (repeat for several; see `stackhop status`)",
     )
     add_dry_run(p, "list the undo operations")
+    p.add_argument(
+        "--delete-volumes",
+        action="store_true",
+        help="servers migrate runs: delete the copies of the servers' volumes too "
+        "(kept by default)",
+    )
     add_workers(p, 8, "concurrent API requests")
     add_format_options(p, columns=False)
     p.set_defaults(func=rollback_command)
@@ -391,6 +398,9 @@ def rollback_command(args: argparse.Namespace) -> int:
         servers = [r for r in args.run if server_rollback.is_servers_run(journal, r)]
         if servers:
             return _rollback_servers(args, journal, servers)
+    if args.delete_volumes:
+        raise UsageError("--delete-volumes is for servers migrate runs; drop it to roll "
+                         "back these runs")
     conn = None if args.dry_run else connect(args.destination)
     with Journal(args.journal) as journal:
         if args.dry_run:
@@ -424,7 +434,8 @@ def _rollback_servers(args: argparse.Namespace, journal: Journal, runs: list[str
                          "`stackhop status --run ID` shows what the run did")
     run_id, undone = server_rollback.rollback_servers(
         journal, connect(journal.run(runs[0]).source_cloud or ""), connect(args.destination),
-        runs, args.destination)
+        runs, args.destination, delete_volumes=args.delete_volumes,
+        storage=load_storage_map() if args.delete_volumes else None)
     if args.format != "table":
         dump({"run": run_id, "servers": [{"id": u.server_id, "actions": u.actions}
                                          for u in undone]}, args.format, sys.stdout)

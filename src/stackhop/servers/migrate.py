@@ -368,17 +368,20 @@ class _Cutover:
                if not supports_incremental(method)
                else "--max-passes 0: stop, then copy" if self.request.max_passes < 1 else "")
         replaced = self._unfinished_twin()
+        volumes = [a.volume_id for a in self.record.attachments]  # (a rollback's to delete)
         if why:
-            return PhaseResult(f"no pre-copy ({why})", {"passes": [], "replaced": replaced})
+            return PhaseResult(f"no pre-copy ({why})",
+                               {"passes": [], "replaced": replaced, "volumes": volumes})
         sent: list[int] = []
+        self.note({"passes": sent, "volumes": volumes})
         for _ in range(self.request.max_passes):
             result = self._pass(final=False)
             sent.append(sum(o.bytes_sent for o in result.outcomes))
-            self.note({"passes": sent})
+            self.note({"passes": sent, "volumes": volumes})
             if sent[-1] <= self.request.settle:
                 break
         return PhaseResult(f"{len(sent)} pass(es) while running, bytes sent {sent}",
-                           {"passes": sent, "replaced": replaced})
+                           {"passes": sent, "replaced": replaced, "volumes": volumes})
 
     def _unfinished_twin(self) -> str | None:
         """A destination server an earlier run booted for this one, whose journal this run
@@ -464,9 +467,11 @@ class _Cutover:
         return PhaseResult(f"final pass of {what}, {sent} bytes sent", found)
 
     def ports(self, facts: Mapping[str, Facts]) -> PhaseResult:
-        created = list(self.earlier().get("created") or [])  # by an interrupted attempt
+        earlier = self.earlier()  # what an interrupted attempt made, or was making
+        created = list(earlier.get("created") or [])
         made = steps.ensure_ports(self.migrator.dst, self.migrator.dst_project, self.record,
-                                  self.check.ports, created, self.note)
+                                  self.check.ports, created, self.note,
+                                  creating=earlier.get("creating"))
         self.map_ids(PORT, made)
         return PhaseResult(f"{len(made)} port(s), {len(created)} made",
                            {"ports": made, "created": created})

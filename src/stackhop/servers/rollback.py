@@ -10,7 +10,11 @@ for each server of the run, in this order:
    only disassociated), and the source's is given back to its source port;
 3. the destination ports the run made are deleted (Nova keeps ports it was given);
 4. a keypair made for the boot and left behind by a kill is deleted;
-5. the source server is started (or unshelved) if the run stopped it.
+5. the source server is started (or unshelved) if the run stopped it;
+6. with ``delete_volumes`` (``rollback --delete-volumes``), the copies of its volumes:
+   each volume's incremental chain ended (the snapshots a next pass would start from),
+   each destination volume carrying the source's marker deleted, and the passes that
+   made it marked ``rolled_back`` (a re-run then copies that volume anew).
 
 Then the step rows are marked: ``done`` ones ``rolled_back`` (the same command may do
 them again), unfinished ones ``failed`` with what undid them. Each action looks first, so
@@ -23,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from openstack import exceptions as sdk_exceptions
 
@@ -34,6 +39,14 @@ from stackhop.servers import steps
 from stackhop.servers.gather import SOURCE_MARKS, without_released_mark
 from stackhop.servers.migrate import COMMAND, SERVER_KIND, STEP_KIND
 from stackhop.servers.root_disk import SOURCE_PROPERTY
+from stackhop.volumes import copy as volume_copy
+from stackhop.volumes.cinder_adopt import MARKER
+from stackhop.volumes.inventory import wait_volume
+from stackhop.volumes.methods import get_method
+from stackhop.volumes.passes import KIND as PASS_KIND
+from stackhop.volumes.passes import pass_number
+from stackhop.volumes.storage import StorageMap
+from stackhop.volumes.temporaries import TemporaryLedger
 
 ROLLBACK_COMMAND = "rollback"
 
@@ -57,8 +70,10 @@ def _facts(row: OperationRecord) -> dict[str, Any]:
 
 
 def rollback_servers(journal: Journal, src: Any, dst: Any, run_ids: Sequence[str],
-                     destination_cloud: str) -> tuple[str, list[ServerRollback]]:
-    """Undo the server runs ``run_ids`` (see the module docstring); the rollback run's ID."""
+                     destination_cloud: str, *, delete_volumes: bool = False,
+                     storage: StorageMap | None = None) -> tuple[str, list[ServerRollback]]:
+    """Undo the server runs ``run_ids`` (see the module docstring); the rollback run's ID.
+    ``delete_volumes`` needs the ``storage`` map (an rbd chain's snapshots end there)."""
     runs = [journal.run(r) for r in run_ids]
     rows = [row for run in runs for row in journal.operations(run_id=run.id, kind=STEP_KIND)
             if row.state != ROLLED_BACK]
@@ -80,6 +95,13 @@ def rollback_servers(journal: Journal, src: Any, dst: Any, run_ids: Sequence[str
             _undo_ports(dst, facts.get("ports", {}), undone)
             _undo_keypair(dst, facts.get("boot", {}), undone)
             _undo_stop(src, server_id, facts.get("stop", {}), undone)
+            if delete_volumes:
+                assert storage is not None, "deleting the copies needs the storage map"
+                volumes = list(facts.get("precopy", {}).get("volumes") or facts.get(
+                    "final", {}).get("volumes") or [])
+                scope = volume_copy.scope_of(runs[0].source_cloud or "", destination_cloud)
+                _undo_volumes(journal, run.id, scope, volume_copy.Clouds(src, dst), storage,
+                              volumes, undone)
             journal.apply([], unmappings=[(destination_cloud, kind, source)
                                           for kind, source in undone.unmap])
             for row in server_rows.values():
@@ -147,7 +169,13 @@ def _undo_floating(src: Any, dst: Any, facts: Mapping[str, Any], out: ServerRoll
 
 def _undo_ports(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:
     made = {d: s for s, d in (facts.get("ports") or {}).items()}
-    for port_id in facts.get("created") or []:
+    created = list(facts.get("created") or [])
+    if facts.get("creating"):  # a kill cut the step between a port's create and its note
+        wanted = steps.mark("", str(facts["creating"]))
+        listed = call(dst.network, "GET", f"/ports?{urlencode({'description': wanted})}")
+        created += [p["id"] for p in listed["ports"]  # (filtered here too: a Neutron
+                    if p.get("description") == wanted and p["id"] not in created]  # may not)
+    for port_id in created:
         if port_id in made:
             out.unmap.append((PORT, made[port_id]))
         found = call(dst.network, "GET", f"/ports/{port_id}", missing_ok=True)
@@ -158,6 +186,38 @@ def _undo_ports(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None
             continue
         call(dst.network, "DELETE", f"/ports/{port_id}", missing_ok=True)
         out.actions.append(f"deleted destination port {port_id}")
+
+
+def _undo_volumes(journal: Journal, run_id: str, scope: str, clouds: volume_copy.Clouds,
+                  storage: StorageMap, volumes: Sequence[str], out: ServerRollback) -> None:
+    """The copies of ``volumes`` (source IDs) deleted, see the module docstring."""
+    dst = clouds.destination
+    for source_id in volumes:
+        rows = [r for r in journal.operations(scope=scope, kind=PASS_KIND, state=DONE)
+                if r.source_id == source_id]
+        if not rows:
+            continue
+        last = max(rows, key=lambda r: pass_number(r.identity))
+        state = (last.before or {}).get("state")
+        if state:  # the chain ends before its destination goes
+            get_method(str(last.before["method"])).forget_incremental(
+                state, clouds.source, dst, storage)
+        TemporaryLedger(journal, scope).forget_kept(run_id, source_id)
+        for copy_id in sorted({r.destination_id for r in rows if r.destination_id}):
+            try:
+                copy = dst.block_storage.get_volume(copy_id)
+            except sdk_exceptions.NotFoundException:
+                continue
+            if (copy.metadata or {}).get(MARKER) != source_id:
+                out.actions.append(f"destination volume {copy_id} does not carry "
+                                   f"{MARKER}={source_id}: left in place")
+                continue
+            wait_volume(dst, copy_id, ("available", "error"))  # detached with its server
+            dst.block_storage.delete_volume(copy_id)
+            dst.block_storage.wait_for_delete(copy, interval=1, wait=600)
+            out.actions.append(f"deleted copied volume {copy_id}")
+        for row in rows:
+            _mark(journal, run_id, row)
 
 
 def _undo_keypair(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:

@@ -61,11 +61,14 @@ def wait_for(what: str, probe: Callable[[], Any], done: Callable[[Any], bool],
 
 
 def ensure_ports(dst: Any, project_id: str, record: ServerRecord, plans: Sequence[PortPlan],
-                 created: list[str], note: Note) -> dict[str, str]:
+                 created: list[str], note: Note, *, creating: str | None = None) -> dict[str, str]:
     """The destination twin of each source port: source -> dst ID.
 
     A marked port already there (an earlier attempt's, or the resource import's) is
     taken; a missing one is made, and its ID appended to ``created`` and noted at once.
+    Each creation is noted before its call (``creating``: the source port): the twin of
+    the port an interrupted attempt was creating (``creating``, from its notes) is
+    counted as made by this run when it is found, so a rollback deletes it.
     """
     sources = {p.id: p for p in record.ports}
     made: dict[str, str] = {}
@@ -74,7 +77,11 @@ def ensure_ports(dst: Any, project_id: str, record: ServerRecord, plans: Sequenc
                  if Kind.marked_source_id(p.description) == plan.source_id]
         if found:
             made[plan.source_id] = found[0].id
+            if plan.source_id == creating and found[0].id not in created:
+                created.append(found[0].id)  # made by the attempt a kill cut short
+                note({"ports": dict(made), "created": list(created)})
             continue
+        note({"ports": dict(made), "created": list(created), "creating": plan.source_id})
         source = sources[plan.source_id]
         body: dict[str, Any] = {
             "network_id": plan.network_id,
