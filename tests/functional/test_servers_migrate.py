@@ -24,7 +24,12 @@ from typing import Any
 import pytest
 from testbed import layout
 from testbed.undo import undo_migration
-from tests.functional.rbd_support import expected_digest, image_content_digest, write_image
+from tests.functional.rbd_support import (
+    expected_digest,
+    image_content_digest,
+    stackhop_leftovers,
+    write_image,
+)
 from tests.functional.servers_support import build_web_server
 from tests.functional.volumes_support import (
     Sandbox,
@@ -492,6 +497,9 @@ def test_a_server_booted_from_a_ceph_volume_moves_by_the_rbd_method(
     assert image_content_digest(storage.backend("dst", "ceph"), f"volume-{copy.id}") == (
         expected_digest(GIB, writes))
     assert box.src.compute.get_server(server.id).status == "SHUTOFF"
+    # The final pass ended the chains: no stackhop snapshot on either side.
+    assert stackhop_leftovers(storage.backend("src", "ceph"), [f"volume-{root.id}"]) == []
+    assert stackhop_leftovers(storage.backend("dst", "ceph"), [f"volume-{copy.id}"]) == []
 
     with Journal(journal) as jr:
         (run,) = [r.id for r in jr.runs() if r.command == "servers migrate"]
