@@ -81,7 +81,8 @@ def ensure_ports(dst: Any, project_id: str, record: ServerRecord, plans: Sequenc
                 created.append(found[0].id)  # made by the attempt a kill cut short
                 note({"ports": dict(made), "created": list(created)})
             continue
-        note({"ports": dict(made), "created": list(created), "creating": plan.source_id})
+        note({"ports": dict(made), "created": list(created), "creating": plan.source_id,
+              "creating_in": {"network_id": plan.network_id, "project_id": project_id}})
         source = sources[plan.source_id]
         body: dict[str, Any] = {
             "network_id": plan.network_id,
@@ -99,7 +100,7 @@ def ensure_ports(dst: Any, project_id: str, record: ServerRecord, plans: Sequenc
         port = call(dst.network, "POST", "/ports", json={"port": body})["port"]
         made[plan.source_id] = port["id"]
         created.append(port["id"])
-        note({"ports": dict(made), "created": list(created)})
+        note({"ports": dict(made), "created": list(created), "creating": None})
     return made
 
 
