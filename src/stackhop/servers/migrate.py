@@ -512,7 +512,8 @@ class _Cutover:
         m = self.migrator
         moved = steps.move_floating_ips(
             m.src, m.dst, m.dst_project, self.record, self.check.ports,
-            facts["ports"]["ports"], release=self.request.cutover != "none", note=self.note)
+            facts["ports"]["ports"], release=self.request.cutover != "none", note=self.note,
+            earlier=self.earlier().get("floating_ips") or ())
         self.map_ids(FLOATING_IP, {f["source"]: f["destination"] for f in moved})
         return PhaseResult(f"{len(moved)} floating IP(s): " + ", ".join(
             f"{f['address']} -> {f['destination_address']}" for f in moved) or "none",

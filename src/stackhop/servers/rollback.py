@@ -168,6 +168,12 @@ def _undo_root_image(dst: Any, facts: Mapping[str, Any], out: ServerRollback) ->
 def _undo_floating(src: Any, dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:
     for entry in facts.get("floating_ips") or []:
         target = entry.get("destination")
+        if entry.get("creating") and not target:  # a kill came between create and note
+            listed = call(dst.network, "GET", "/floatingips?" + urlencode({
+                "floating_network_id": entry["network"], "project_id": entry["project"]}))
+            marked = [f["id"] for f in listed["floatingips"]
+                      if Kind.marked_source_id(f.get("description")) == entry["source"]]
+            target, entry = (marked[0], {**entry, "created": True}) if marked else (None, entry)
         if target and entry.get("created"):
             out.unmap.append((FLOATING_IP, entry["source"]))
             call(dst.network, "DELETE", f"/floatingips/{target}", missing_ok=True)
