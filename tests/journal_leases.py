@@ -26,10 +26,12 @@ def fill(location: str, rows: int) -> None:
                                expected=None)
 
 
-def _worker(location: str, owner: str, out: Any) -> None:
+def _worker(location: str, owner: str, out: Any, start: Any) -> None:
     taken: list[str] = []
     with Journal(location) as journal:
-        for row in journal.operations(run_id=RUN, scope=SCOPE, kind=KIND, state=PENDING):
+        rows = journal.operations(run_id=RUN, scope=SCOPE, kind=KIND, state=PENDING)
+        start.wait(timeout=120)  # every process has listed the rows: they race from here
+        for row in rows:
             mine = journal.take_lease(row, owner, ttl=60)
             if mine is None:
                 continue
@@ -44,7 +46,8 @@ def race(location: str, processes: int, rows: int) -> dict[str, list[str]]:
     fill(location, rows)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    workers = [ctx.Process(target=_worker, args=(location, f"w{n}", out))
+    start = ctx.Barrier(processes)
+    workers = [ctx.Process(target=_worker, args=(location, f"w{n}", out, start))
                for n in range(processes)]
     for w in workers:
         w.start()

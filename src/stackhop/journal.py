@@ -652,9 +652,10 @@ class Journal:
                     updated_at=_now(),
                 )
             )
-        if result.rowcount != 1:
-            return None
-        return dataclasses.replace(row, attempts=row.attempts + 1)
+            if result.rowcount != 1:
+                return None
+            # As it is now: what the holders before reported (stage, destination...).
+            return operation_record(conn.execute(sa.select(operations).where(c.id == row.id)).one())
 
     def renew_lease(self, row: OperationRecord, owner: str, ttl: float) -> bool:
         """Extend ``owner``'s lease of ``row`` (as taken); False once it is lost."""

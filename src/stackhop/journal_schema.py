@@ -231,22 +231,22 @@ def _migrate_5_leases(conn: Connection) -> None:
     means "no lease, run in-process, not dispatched": no data moves. The bump keeps
     an older stackhop, which would ignore leases, off this journal.
     """
+    # MariaDB commits each DDL statement by itself: a migration cut short there is taken
+    # up again, so each step looks first.
+    inspector = sa.inspect(conn)
     json_type = sa.JSON().compile(dialect=conn.dialect)
     stamp = _timestamp().compile(dialect=conn.dialect)
-    for column, type_ in (
-        ("lease_owner", "VARCHAR(255)"),
-        ("lease_expires", stamp),
-        ("dispatched_at", stamp),
-        ("payload", json_type),
-        ("error_class", "VARCHAR(128)"),
+    for table, columns in (
+        ("operations", (("lease_owner", "VARCHAR(255)"), ("lease_expires", stamp),
+                        ("dispatched_at", stamp), ("payload", json_type),
+                        ("error_class", "VARCHAR(128)"))),
+        ("runs", (("executor", "VARCHAR(16)"), ("coordinator", "VARCHAR(255)"),
+                  ("coordinator_seen_at", stamp))),
     ):
-        conn.exec_driver_sql(f"ALTER TABLE operations ADD COLUMN {column} {type_}")
-    for column, type_ in (
-        ("executor", "VARCHAR(16)"),
-        ("coordinator", "VARCHAR(255)"),
-        ("coordinator_seen_at", stamp),
-    ):
-        conn.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {column} {type_}")
+        present = {c["name"] for c in inspector.get_columns(table)}
+        for column, type_ in columns:
+            if column not in present:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {type_}")
     m = sa.MetaData()
     sa.Table(
         "events",
@@ -260,9 +260,11 @@ def _migrate_5_leases(conn: Connection) -> None:
         sa.Column("at", _timestamp(), nullable=False),
     )
     info = sa.Table("journal_info", m, sa.Column("journal_id", sa.String(36), primary_key=True))
-    m.create_all(conn)
-    conn.exec_driver_sql("CREATE INDEX ix_operations_run_state ON operations (run_id, state)")
-    conn.execute(info.insert().values(journal_id=str(uuid.uuid4())))
+    m.create_all(conn)  # (tables that exist are left as they are)
+    if "ix_operations_run_state" not in {i["name"] for i in inspector.get_indexes("operations")}:
+        conn.exec_driver_sql("CREATE INDEX ix_operations_run_state ON operations (run_id, state)")
+    if conn.execute(sa.select(sa.func.count()).select_from(info)).scalar_one() == 0:
+        conn.execute(info.insert().values(journal_id=str(uuid.uuid4())))
 
 
 Migration = Callable[[Connection], None]

@@ -497,11 +497,9 @@ def test_a_server_booted_from_a_ceph_volume_moves_by_the_rbd_method(
     assert image_content_digest(storage.backend("dst", "ceph"), f"volume-{copy.id}") == (
         expected_digest(GIB, writes))
     assert box.src.compute.get_server(server.id).status == "SHUTOFF"
-    # The final pass kept its snapshots through the downtime; verify ended the chains.
+    # The final pass ended the chains: no stackhop snapshot on either side.
     assert stackhop_leftovers(storage.backend("src", "ceph"), [f"volume-{root.id}"]) == []
     assert stackhop_leftovers(storage.backend("dst", "ceph"), [f"volume-{copy.id}"]) == []
-    with Journal(journal) as jr:
-        assert not jr.operations(kind="volume.temporary", state="pending")
 
     with Journal(journal) as jr:
         (run,) = [r.id for r in jr.runs() if r.command == "servers migrate"]

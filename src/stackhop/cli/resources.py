@@ -160,6 +160,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="servers migrate runs: delete the copies of the servers' volumes too "
         "(kept by default)",
     )
+    p.add_argument(
+        "--storage-map",
+        metavar="FILE",
+        help="with --delete-volumes: how each cloud's backends are reached "
+        "(default: $STACKHOP_STORAGE_MAP)",
+    )
     add_workers(p, 8, "concurrent API requests")
     add_format_options(p, columns=False)
     p.set_defaults(func=rollback_command)
@@ -435,7 +441,7 @@ def _rollback_servers(args: argparse.Namespace, journal: Journal, runs: list[str
     run_id, undone = server_rollback.rollback_servers(
         journal, connect(journal.run(runs[0]).source_cloud or ""), connect(args.destination),
         runs, args.destination, delete_volumes=args.delete_volumes,
-        storage=load_storage_map() if args.delete_volumes else None)
+        storage=load_storage_map(args.storage_map) if args.delete_volumes else None)
     if args.format != "table":
         dump({"run": run_id, "servers": [{"id": u.server_id, "actions": u.actions}
                                          for u in undone]}, args.format, sys.stdout)

@@ -15,8 +15,7 @@ facts are read back from the journal, and a re-run resumes at the first step not
   ``stackhop status`` says "source stopped, cutover unfinished" until ``verify`` is done;
   ``--cutover none`` leaves it running (a test copy: the volumes are then only
   crash-consistent);
-- ``final``: the last pass of every volume, verified; the method's snapshots stay until
-  ``verify`` (their removals, monitor commits, are kept out of the downtime);
+- ``final``: the last pass of every volume (the chain ends, the method's snapshots go);
 - ``ports``: the destination ports, same fixed IPs, MACs, groups and address pairs;
 - ``boot``: the server from the copied boot volume, with the ports, key, metadata,
   tags, user data, config drive, and the server group as a scheduler hint;
@@ -24,9 +23,9 @@ facts are read back from the journal, and a re-run resumes at the first step not
 - ``floating``: each floating IP released on the source and made (same address where
   free) on the destination port;
 - ``verify``: destination ACTIVE, flavor shape, addresses, MACs, metadata, tags equal,
-  every volume's final pass verified, the source stopped; then the volumes' chains end
-  (the final pass's snapshots go) and each volume's ``delete_on_termination`` is set as
-  on the source (False until then: a rollback's delete of the server keeps the copies).
+  every volume's final pass verified, the source stopped; then each volume's
+  ``delete_on_termination`` as on the source (False until then: a rollback's delete of
+  the server keeps the copies).
 
 The rollback (:mod:`.rollback`) undoes a run from the facts these steps journal.
 """
@@ -58,7 +57,6 @@ from stackhop.servers.gather import (
 from stackhop.servers.preflight import Preflight, ServerPreflight, preflight
 from stackhop.task import TaskKind
 from stackhop.transfer.ssh import SshHost
-from stackhop.volumes import cleanup
 from stackhop.volumes import copy as volume_copy
 from stackhop.volumes.inventory import map_project, project_record, volume_ref
 from stackhop.volumes.methods import get_method, supports_incremental
@@ -268,7 +266,7 @@ class Migrator:
             source_cloud=request.source_cloud, destination_cloud=request.destination_cloud,
             project=self.project["id"], volumes=tuple(a.volume_id for a in record.attachments),
             method=method, incremental=True, allow_in_use=True, final=final,
-            keep_chain=final, quiesced=final, dry_run=dry_run,
+            quiesced=final, dry_run=dry_run,
         )
         return volume_copy.VolumeCopier(
             copy, volume_copy.Clouds(self.src, self.dst), self.journal, self.storage,
@@ -514,7 +512,8 @@ class _Cutover:
         m = self.migrator
         moved = steps.move_floating_ips(
             m.src, m.dst, m.dst_project, self.record, self.check.ports,
-            facts["ports"]["ports"], release=self.request.cutover != "none", note=self.note)
+            facts["ports"]["ports"], release=self.request.cutover != "none", note=self.note,
+            earlier=self.earlier().get("floating_ips") or ())
         self.map_ids(FLOATING_IP, {f["source"]: f["destination"] for f in moved})
         return PhaseResult(f"{len(moved)} floating IP(s): " + ", ".join(
             f"{f['address']} -> {f['destination_address']}" for f in moved) or "none",
@@ -538,11 +537,6 @@ class _Cutover:
         if found:
             raise ConflictError(f"server {self.record.id}: the destination differs: "
                                 f"{'; '.join(found)}")
-        if facts.get("final", {}).get("run"):  # the final pass kept its snapshots: out of
-            cleanup.end_volume_chains(  # the downtime, they go now
-                facts["final"]["run"], volume_copy.scope_of(self.request.source_cloud,
-                                                            self.request.destination_cloud),
-                volume_copy.Clouds(m.src, m.dst), m.journal, m.storage)
         steps.set_delete_on_termination(m.dst, server_id, {
             volumes[a.volume_id]["destination"]: a.delete_on_termination
             for a in self.record.attachments})

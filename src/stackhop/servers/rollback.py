@@ -11,10 +11,13 @@ for each server of the run, in this order:
 3. the destination ports the run made are deleted (Nova keeps ports it was given);
 4. a keypair made for the boot and left behind by a kill is deleted;
 5. the source server is started (or unshelved) if the run stopped it;
-6. with ``delete_volumes`` (``rollback --delete-volumes``), the copies of its volumes:
-   each volume's incremental chain ended (the snapshots a next pass would start from),
-   each destination volume carrying the source's marker deleted, and the passes that
-   made it marked ``rolled_back`` (a re-run then copies that volume anew).
+6. with ``delete_volumes`` (``rollback --delete-volumes``), once every server above is
+   done (their sources run again first), the copies of its volumes: the temporaries the
+   passes keep or a kill left (snapshots on both sides) removed, each volume's chain
+   ended, each destination volume carrying the source's marker deleted (one without it,
+   or attached, is named and left with its passes as they are), and the passes marked
+   ``rolled_back``/``failed``, so a re-run copies the volume anew. A copy that cannot
+   go fails the rollback at the end with one line, after everything else was undone.
 
 Then the step rows are marked: ``done`` ones ``rolled_back`` (the same command may do
 them again), unfinished ones ``failed`` with what undid them. Each action looks first, so
@@ -31,6 +34,7 @@ from urllib.parse import urlencode
 
 from openstack import exceptions as sdk_exceptions
 
+from stackhop.errors import ConflictError, StackhopError
 from stackhop.journal import DONE, FAILED, ROLLED_BACK, Journal, OperationRecord
 from stackhop.kinds.base import Kind
 from stackhop.kinds.port import FLOATING_IP, PORT
@@ -39,14 +43,14 @@ from stackhop.servers import steps
 from stackhop.servers.gather import SOURCE_MARKS, without_released_mark
 from stackhop.servers.migrate import COMMAND, SERVER_KIND, STEP_KIND
 from stackhop.servers.root_disk import SOURCE_PROPERTY
+from stackhop.volumes import cinder_adopt
 from stackhop.volumes import copy as volume_copy
 from stackhop.volumes.cinder_adopt import MARKER
-from stackhop.volumes.inventory import wait_volume
 from stackhop.volumes.methods import get_method
 from stackhop.volumes.passes import KIND as PASS_KIND
 from stackhop.volumes.passes import pass_number
 from stackhop.volumes.storage import StorageMap
-from stackhop.volumes.temporaries import TemporaryLedger
+from stackhop.volumes.temporaries import TemporaryLedger, from_json
 
 ROLLBACK_COMMAND = "rollback"
 
@@ -85,6 +89,7 @@ def rollback_servers(journal: Journal, src: Any, dst: Any, run_ids: Sequence[str
                             destination_cloud=destination_cloud,
                             args={"runs": list(run_ids), "servers": sorted(by_server)})
     done: list[ServerRollback] = []
+    copies: list[tuple[ServerRollback, list[str]]] = []
     try:
         for server_id, server_rows in sorted(by_server.items()):
             undone = ServerRollback(server_id)
@@ -95,18 +100,32 @@ def rollback_servers(journal: Journal, src: Any, dst: Any, run_ids: Sequence[str
             _undo_ports(dst, facts.get("ports", {}), undone)
             _undo_keypair(dst, facts.get("boot", {}), undone)
             _undo_stop(src, server_id, facts.get("stop", {}), undone)
-            if delete_volumes:
-                assert storage is not None, "deleting the copies needs the storage map"
-                volumes = list(facts.get("precopy", {}).get("volumes") or facts.get(
-                    "final", {}).get("volumes") or [])
-                scope = volume_copy.scope_of(runs[0].source_cloud or "", destination_cloud)
-                _undo_volumes(journal, run.id, scope, volume_copy.Clouds(src, dst), storage,
-                              volumes, undone)
             journal.apply([], unmappings=[(destination_cloud, kind, source)
                                           for kind, source in undone.unmap])
             for row in server_rows.values():
                 _mark(journal, run.id, row)
             done.append(undone)
+            copies.append((undone, list(facts.get("precopy", {}).get("volumes") or facts.get(
+                "final", {}).get("volumes") or [])))
+        # Every source runs again before the first copy goes (a copy may take minutes).
+        failures: list[str] = []
+        if delete_volumes:
+            assert storage is not None, "deleting the copies needs the storage map"
+            scope = volume_copy.scope_of(runs[0].source_cloud or "", destination_cloud)
+            for undone, volumes in copies:
+                if not volumes:
+                    undone.actions.append("no volume copies known to this run")
+                for volume_id in volumes:
+                    try:
+                        _undo_volume(journal, run.id, scope, volume_copy.Clouds(src, dst),
+                                     storage, volume_id, undone)
+                    except (StackhopError, sdk_exceptions.SDKException) as exc:
+                        line = f"the copy of volume {volume_id} is not deleted: {exc}"
+                        undone.actions.append(line)
+                        failures.append(line)
+        if failures:
+            raise ConflictError(f"{len(failures)} volume copies are not deleted ({failures[0]}); "
+                                "what else the runs did is undone")
     except BaseException:
         journal.finish_run(run.id, "failed")
         raise
@@ -149,6 +168,12 @@ def _undo_root_image(dst: Any, facts: Mapping[str, Any], out: ServerRollback) ->
 def _undo_floating(src: Any, dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:
     for entry in facts.get("floating_ips") or []:
         target = entry.get("destination")
+        if entry.get("creating") and not target:  # a kill came between create and note
+            listed = call(dst.network, "GET", "/floatingips?" + urlencode({
+                "floating_network_id": entry["network"], "project_id": entry["project"]}))
+            marked = [f["id"] for f in listed["floatingips"]
+                      if Kind.marked_source_id(f.get("description")) == entry["source"]]
+            target, entry = (marked[0], {**entry, "created": True}) if marked else (None, entry)
         if target and entry.get("created"):
             out.unmap.append((FLOATING_IP, entry["source"]))
             call(dst.network, "DELETE", f"/floatingips/{target}", missing_ok=True)
@@ -170,11 +195,12 @@ def _undo_floating(src: Any, dst: Any, facts: Mapping[str, Any], out: ServerRoll
 def _undo_ports(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:
     made = {d: s for s, d in (facts.get("ports") or {}).items()}
     created = list(facts.get("created") or [])
-    if facts.get("creating"):  # a kill cut the step between a port's create and its note
-        wanted = steps.mark("", str(facts["creating"]))
-        listed = call(dst.network, "GET", f"/ports?{urlencode({'description': wanted})}")
-        created += [p["id"] for p in listed["ports"]  # (filtered here too: a Neutron
-                    if p.get("description") == wanted and p["id"] not in created]  # may not)
+    where = dict(facts.get("creating_in") or {})
+    if facts.get("creating") and where:  # a kill came between a port's create and its note
+        wanted = {"description": steps.mark("", str(facts["creating"])), **where}
+        listed = call(dst.network, "GET", f"/ports?{urlencode(wanted)}")["ports"]
+        created += [p["id"] for p in listed  # (filtered here too: a Neutron may not)
+                    if all(p.get(k) == v for k, v in wanted.items()) and p["id"] not in created]
     for port_id in created:
         if port_id in made:
             out.unmap.append((PORT, made[port_id]))
@@ -188,36 +214,48 @@ def _undo_ports(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None
         out.actions.append(f"deleted destination port {port_id}")
 
 
-def _undo_volumes(journal: Journal, run_id: str, scope: str, clouds: volume_copy.Clouds,
-                  storage: StorageMap, volumes: Sequence[str], out: ServerRollback) -> None:
-    """The copies of ``volumes`` (source IDs) deleted, see the module docstring."""
+def _undo_volume(journal: Journal, run_id: str, scope: str, clouds: volume_copy.Clouds,
+                 storage: StorageMap, source_id: str, out: ServerRollback) -> None:
+    """The copies the passes of source volume ``source_id`` made, deleted (see the module
+    docstring): every pass of it in ``scope``, whatever its state, names its copy."""
     dst = clouds.destination
-    for source_id in volumes:
-        rows = [r for r in journal.operations(scope=scope, kind=PASS_KIND, state=DONE)
-                if r.source_id == source_id]
-        if not rows:
+    rows = [r for r in journal.operations(scope=scope, kind=PASS_KIND)
+            if r.source_id == source_id and r.state != ROLLED_BACK]
+    deletable: list[Any] = []
+    for copy_id in sorted({r.destination_id for r in rows if r.destination_id}):
+        copy = dst.block_storage.find_volume(copy_id, ignore_missing=True, all_projects=True)
+        if copy is None:
             continue
-        last = max(rows, key=lambda r: pass_number(r.identity))
+        if (copy.metadata or {}).get(MARKER) != source_id:
+            out.actions.append(f"destination volume {copy_id} does not carry "
+                               f"{MARKER}={source_id}: left in place")
+            return  # and its passes as they are: a re-run must not take it for a copy
+        if copy.status == "in-use":
+            raise ConflictError(f"destination volume {copy_id} is attached to "
+                                f"{[a.get('server_id') for a in copy.attachments]}")
+        deletable.append(copy)
+    # What the passes keep for a next one, and what an interrupted pass left (snapshots
+    # on both sides), goes first: Cinder does not delete an RBD image with snapshots.
+    ledger = TemporaryLedger(journal, scope)
+    for entry in ledger.pending():
+        if entry.source_id == source_id:
+            temporary = from_json(entry.before)
+            get_method(temporary.method).remove_temporary(
+                temporary, clouds.source, dst, storage)
+            ledger.removed(entry.run_id, temporary)
+    done = [r for r in rows if r.state == DONE]
+    if done:
+        last = max(done, key=lambda r: pass_number(r.identity))
         state = (last.before or {}).get("state")
-        if state:  # the chain ends before its destination goes
+        if state:
             get_method(str(last.before["method"])).forget_incremental(
                 state, clouds.source, dst, storage)
-        TemporaryLedger(journal, scope).forget_kept(run_id, source_id)
-        for copy_id in sorted({r.destination_id for r in rows if r.destination_id}):
-            try:
-                copy = dst.block_storage.get_volume(copy_id)
-            except sdk_exceptions.NotFoundException:
-                continue
-            if (copy.metadata or {}).get(MARKER) != source_id:
-                out.actions.append(f"destination volume {copy_id} does not carry "
-                                   f"{MARKER}={source_id}: left in place")
-                continue
-            wait_volume(dst, copy_id, ("available", "error"))  # detached with its server
-            dst.block_storage.delete_volume(copy_id)
-            dst.block_storage.wait_for_delete(copy, interval=1, wait=600)
-            out.actions.append(f"deleted copied volume {copy_id}")
-        for row in rows:
-            _mark(journal, run_id, row)
+        ledger.forget_kept(run_id, source_id)
+    for copy in deletable:
+        cinder_adopt.delete_and_wait(dst, copy)
+        out.actions.append(f"deleted copied volume {copy.id}")
+    for row in rows:
+        _mark(journal, run_id, row)
 
 
 def _undo_keypair(dst: Any, facts: Mapping[str, Any], out: ServerRollback) -> None:

@@ -81,7 +81,8 @@ def ensure_ports(dst: Any, project_id: str, record: ServerRecord, plans: Sequenc
                 created.append(found[0].id)  # made by the attempt a kill cut short
                 note({"ports": dict(made), "created": list(created)})
             continue
-        note({"ports": dict(made), "created": list(created), "creating": plan.source_id})
+        note({"ports": dict(made), "created": list(created), "creating": plan.source_id,
+              "creating_in": {"network_id": plan.network_id, "project_id": project_id}})
         source = sources[plan.source_id]
         body: dict[str, Any] = {
             "network_id": plan.network_id,
@@ -99,7 +100,7 @@ def ensure_ports(dst: Any, project_id: str, record: ServerRecord, plans: Sequenc
         port = call(dst.network, "POST", "/ports", json={"port": body})["port"]
         made[plan.source_id] = port["id"]
         created.append(port["id"])
-        note({"ports": dict(made), "created": list(created)})
+        note({"ports": dict(made), "created": list(created), "creating": None})
     return made
 
 
@@ -228,12 +229,16 @@ def delete_keeping_volumes(dst: Any, server: Any) -> int:
 
 def move_floating_ips(src: Any, dst: Any, project_id: str, record: ServerRecord,
                       plans: Sequence[PortPlan], ports: Mapping[str, str], release: bool,
-                      note: Note) -> list[dict[str, Any]]:
+                      note: Note, earlier: Sequence[Mapping[str, Any]] = ()
+                      ) -> list[dict[str, Any]]:
     """Each source floating IP on the destination port, the same address where free.
 
     ``release``: the source's floating IP is disassociated first (a cutover); a test copy
-    (``--cutover none``) leaves it where it is. What was done is noted as it happens.
+    (``--cutover none``) leaves it where it is. What was done is noted as it happens, a
+    create before its call (``creating``): the marked floating IP an interrupted attempt
+    (``earlier``, its notes) was creating counts as made by this run when it is found.
     """
+    was_creating = {e["source"] for e in earlier if e.get("creating") or e.get("created")}
     moved: list[dict[str, Any]] = []
     by_port = {p.source_id: p for p in plans}
     for port in record.ports:
@@ -258,9 +263,13 @@ def move_floating_ips(src: Any, dst: Any, project_id: str, record: ServerRecord,
                 body["fixed_ip_address"] = fip.fixed_ip_address
             if found:
                 call(dst.network, "PUT", f"/floatingips/{found[0].id}", json={"floatingip": body})
-                entry.update(destination=found[0].id, created=False,
+                ours = (fip.id in was_creating
+                        and Kind.marked_source_id(found[0].description) == fip.id)
+                entry.update(destination=found[0].id, created=ours,
                              destination_address=found[0].floating_ip_address)
             else:  # the floating IP kind's create: marked, the same address where free
+                note({"floating_ips": [*moved, {**entry, "creating": True,
+                                                "network": network, "project": project_id}]})
                 made = FLOATING_IP.create(dst, {
                     "id": fip.id, "description": "", "project_id": project_id,
                     "floating_network_id": network, "floating_ip_address": fip.address,

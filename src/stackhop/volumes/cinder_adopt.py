@@ -102,29 +102,33 @@ def delete_volume(ctx: PassContext, volume: Any) -> None:
     Cinder gives a delete up (the volume comes back ``available`` or ``error_deleting``,
     e.g. its RBD image still watched by a killed writer), it is asked again.
     """
-    conn = ctx.destination_conn
     try:
-        volume = _settled(conn, volume)
-        if volume is None:
-            return
-        if volume.status == "awaiting-transfer":
-            for transfer in conn.block_storage.transfers(details=True, all_projects=True):
-                if transfer.volume_id == volume.id:
-                    conn.block_storage.delete_transfer(transfer, ignore_missing=True)
-            conn.block_storage.wait_for_status(
-                volume, "available", interval=POLL_INTERVAL, wait=CINDER_WAIT
-            )
-        for _ in range(DELETE_TRIES):
-            conn.block_storage.delete_volume(volume, ignore_missing=True)
-            if _gone(conn, volume.id):
-                return
-            time.sleep(DELETE_PAUSE)
-        raise sdk_exc.SDKException(f"Cinder gave the delete up {DELETE_TRIES} times")
+        delete_and_wait(ctx.destination_conn, volume)
     except sdk_exc.SDKException as exc:
         raise ConflictError(
             f"{ctx.source.label}: cannot replace destination volume {volume.id} left by an "
             f"interrupted pass ({exc}); delete it by hand and re-run"
         ) from exc
+
+
+def delete_and_wait(conn: Any, volume: Any) -> None:
+    """:func:`delete_volume`'s work: ``SDKException`` when Cinder will not let it go."""
+    volume = _settled(conn, volume)
+    if volume is None:
+        return
+    if volume.status == "awaiting-transfer":
+        for transfer in conn.block_storage.transfers(details=True, all_projects=True):
+            if transfer.volume_id == volume.id:
+                conn.block_storage.delete_transfer(transfer, ignore_missing=True)
+        conn.block_storage.wait_for_status(
+            volume, "available", interval=POLL_INTERVAL, wait=CINDER_WAIT
+        )
+    for _ in range(DELETE_TRIES):
+        conn.block_storage.delete_volume(volume, ignore_missing=True)
+        if _gone(conn, volume.id):
+            return
+        time.sleep(DELETE_PAUSE)
+    raise sdk_exc.SDKException(f"Cinder gave the delete up {DELETE_TRIES} times")
 
 
 def _settled(conn: Any, volume: Any) -> Any | None:

@@ -126,25 +126,13 @@ def cleanup_run(
                 error = row.error if row is not None and row.error else "not attempted"
                 report.append({"temporary": task.identity, "outcome": "failed", "error": error})
     if end_chains:
-        ended = end_volume_chains(run_id, scope, clouds, journal, storage)
-        report += [{"temporary": f"chain of {v}", "outcome": "ended"} for v in ended]
+        for row in journal.operations(run_id=run_id, scope=scope, kind=KIND, state=DONE):
+            before = row.before or {}
+            if not before.get("state"):
+                continue
+            get_method(str(before["method"])).forget_incremental(
+                before["state"], clouds.source, clouds.destination, storage
+            )
+            ledger.forget_kept(run_id, str(row.source_id))
+            report.append({"temporary": f"chain of {row.source_id}", "outcome": "ended"})
     return report
-
-
-def end_volume_chains(
-    run_id: str, scope: str, clouds: Any, journal: Journal, storage: StorageMap
-) -> list[str]:
-    """End the incremental chains of the volumes run ``run_id`` verified: each method drops
-    what it kept for a next pass (its snapshots). Safe to repeat; the volumes' IDs."""
-    ledger = TemporaryLedger(journal, scope)
-    ended = []
-    for row in journal.operations(run_id=run_id, scope=scope, kind=KIND, state=DONE):
-        before = row.before or {}
-        if not before.get("state"):
-            continue
-        get_method(str(before["method"])).forget_incremental(
-            before["state"], clouds.source, clouds.destination, storage
-        )
-        ledger.forget_kept(run_id, str(row.source_id))
-        ended.append(str(row.source_id))
-    return ended

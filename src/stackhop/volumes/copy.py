@@ -104,10 +104,6 @@ class CopyRequest:
     #: The cutover pass (implies ``incremental``): volumes must be detached; each volume's
     #: incremental chain ends once it is verified (the method's kept snapshots are removed).
     final: bool = False
-    #: A final pass that leaves its chain's snapshots for the caller to end with
-    #: :func:`stackhop.volumes.cleanup.end_chains` (a server cutover does, once the
-    #: destination server is up: the removals are then out of the downtime).
-    keep_chain: bool = False
     #: The volumes' server is stopped by the caller (a server migration's cutover): a final
     #: pass of attached volumes is then as consistent as one of detached volumes.
     quiesced: bool = False
@@ -188,7 +184,6 @@ class VolumeCopier:
         self.reshape = request.reshape
         self.destination_cloud = request.destination_cloud
         self.final = request.final
-        self.keep_chain = request.keep_chain
         self.incremental = request.incremental
         self.destination_project_conn: Any = None
         self.destination_project = ""

@@ -167,10 +167,8 @@ class PassHost(Protocol):
     destination_project_conn: Any
     #: ``--incremental``: passes keep what the next one needs and send only what changed.
     incremental: bool
-    #: The cutover pass: end each volume's incremental chain once verified ...
+    #: The cutover pass: end each volume's incremental chain once verified.
     final: bool
-    #: ... unless the caller ends it later (:func:`stackhop.volumes.cleanup.end_chains`).
-    keep_chain: bool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -342,7 +340,7 @@ class _PassAttempt:
             grown = grow_volume(host.destination_conn, result.destination_id, target)
             self.facts["destination_size_gib"] = grown
         state = result.state
-        if host.final and not host.keep_chain:  # the chain ends: nothing kept for a next pass
+        if host.final:  # the cutover pass ends the chain: nothing is kept for a next pass
             host.method.forget_incremental(
                 state, host.source_conn, host.destination_conn, host.storage
             )
