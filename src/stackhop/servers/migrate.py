@@ -482,8 +482,11 @@ class _Cutover:
         boot_volume = volumes[boot.volume_id]["destination"] if boot else None
         image = facts.get("final", {}).get("root", {}).get("image")
         user_id = getattr(m.src.compute.get_server(self.record.id), "user_id", None)
-        key_name, made_key = steps.keypair_for_boot(m.src, scoped, self.record, user_id,
-                                                    self.note)
+        earlier = self.earlier()
+        key_name, made_key = steps.keypair_for_boot(
+            m.src, scoped, self.record, user_id, self.note,
+            made_earlier=bool(earlier.get("keypair_made"))
+            and earlier.get("keypair") == self.record.key_name)
         ports = facts["ports"]["ports"]
         try:
             server_id = steps.boot(

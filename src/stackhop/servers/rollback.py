@@ -136,6 +136,10 @@ def rollback_servers(journal: Journal, src: Any, dst: Any, run_ids: Sequence[str
 def _undo_server(dst: Any, source_id: str, facts: Mapping[str, Mapping[str, Any]],
                  out: ServerRollback) -> None:
     server_id = facts.get("verify", {}).get("server") or facts.get("boot", {}).get("server")
+    booting = facts.get("boot", {}).get("booting")
+    if not server_id and booting:  # a kill came between Nova's create and the note
+        found = steps.find_booted(dst, str(booting), source_id)
+        server_id = found.id if found is not None else None
     if not server_id:
         return
     out.unmap.append((SERVER_KIND, source_id))

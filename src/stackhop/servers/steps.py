@@ -146,6 +146,7 @@ def boot(dst: Any, scoped: Any, project_id: str, record: ServerRecord, flavor_id
             attrs["tags"] = list(record.tags)
         if group_ids:
             attrs["scheduler_hints"] = {"group": group_ids[0]}
+        note({"booting": project_id})  # before the call: a rollback looks for what it made
         server = scoped.compute.create_server(**attrs)
     note({"server": server.id})
 
@@ -160,12 +161,14 @@ def boot(dst: Any, scoped: Any, project_id: str, record: ServerRecord, flavor_id
 
 
 def keypair_for_boot(src: Any, scoped: Any, record: ServerRecord, user_id: str | None,
-                     note: Note) -> tuple[str | None, bool]:
+                     note: Note, *, made_earlier: bool = False) -> tuple[str | None, bool]:
     """The key name to boot with and whether stackhop made that keypair for the boot.
 
     Nova boots with a keypair of the user who asks, so the operator's user on the
     destination gets one of the source key's name and public key for the boot (removed
-    once the server is ACTIVE: the server keeps the key's name and data).
+    once the server is ACTIVE: the server keeps the key's name and data). It is noted as
+    made before the create; ``made_earlier``: an interrupted attempt noted so, and the
+    keypair found is that one.
     """
     if not record.key_name:
         return None, False
@@ -179,8 +182,8 @@ def keypair_for_boot(src: Any, scoped: Any, record: ServerRecord, user_id: str |
             raise ConflictError(
                 f"the destination user already has a keypair {record.key_name!r} with another "
                 "public key; remove or rename it, then re-run")
-        return record.key_name, False
-    note({"keypair": record.key_name})
+        return record.key_name, made_earlier
+    note({"keypair": record.key_name, "keypair_made": True})
     scoped.compute.create_keypair(name=record.key_name, public_key=source_key.public_key)
     return record.key_name, True
 
