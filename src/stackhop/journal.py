@@ -133,6 +133,12 @@ def db_clock(dialect: str, plus: float = 0.0) -> sa.ColumnElement[Any]:
     raise JournalError(f"journal: no clock for database {dialect!r}")
 
 
+def _still_running(row: OperationRecord) -> tuple[sa.ColumnElement[bool], ...]:
+    """``row`` still ``pending`` at the attempt it was read at (the fencing token)."""
+    c = operations.c
+    return (c.id == row.id, c.state == PENDING, c.attempts == row.attempts)
+
+
 @dataclasses.dataclass(frozen=True)
 class Lease:
     """Who holds an operation's lease, and whether it ran out (by the database's clock)."""
@@ -606,12 +612,7 @@ class Journal:
         with self._transaction() as conn:
             result = conn.execute(
                 operations.update()
-                .where(
-                    operations.c.id == row.id,
-                    operations.c.run_id == row.run_id,
-                    operations.c.state == PENDING,
-                    operations.c.attempts == row.attempts,
-                )
+                .where(*_still_running(row), operations.c.run_id == row.run_id)
                 .values(**values)
             )
         return result.rowcount == 1
@@ -639,10 +640,8 @@ class Journal:
             result = conn.execute(
                 operations.update()
                 .where(
-                    c.id == row.id,
+                    *_still_running(row),
                     c.run_id == row.run_id,
-                    c.state == PENDING,
-                    c.attempts == row.attempts,
                     sa.or_(c.lease_owner.is_(None), c.lease_expires < self._clock()),
                 )
                 .values(
@@ -663,12 +662,7 @@ class Journal:
         with self._transaction() as conn:
             result = conn.execute(
                 operations.update()
-                .where(
-                    c.id == row.id,
-                    c.state == PENDING,
-                    c.attempts == row.attempts,
-                    c.lease_owner == owner,
-                )
+                .where(*_still_running(row), c.lease_owner == owner)
                 .values(lease_expires=self._clock(ttl))
             )
         return result.rowcount == 1

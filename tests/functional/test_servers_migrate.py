@@ -175,12 +175,7 @@ def test_killed_after_the_source_stopped_the_rerun_finishes_with_one_server(
 ) -> None:
     """kill -9 once the source is stopped, before the destination boots: ``status`` says
     the source is stopped with the cutover unfinished; the re-run finishes; one server."""
-    web = build_web_server(box)
-    journal = tmp_path / "journal.sqlite"
-    box.undo.append(lambda: undo_migration(journal))
-    assert cli("--journal", str(journal), "migrate", "--from", "src", "--to", "dst",
-               "--project", box.name, "--networks", "--routers", "--security-groups",
-               "--server-groups").code == 0
+    web, journal = _web_server_with_its_networking_moved(box, cli, tmp_path)
     select = ("servers", "migrate", "--from", "src", "--to", "dst", "--project", box.name,
               "--server", "srv-app", "--method", "stream")
 
@@ -245,6 +240,19 @@ def test_project_migrate_moves_a_server_in_its_servers_phase(
                                                           project_id=box.ids["dst"])
                 if v.name == web.root.name)
     assert digest_of("dst", copy.id) == digest_of("src", web.root.id)
+
+
+def _web_server_with_its_networking_moved(box: Sandbox, cli: Callable[..., Any],
+                                          tmp_path: Path) -> tuple[Any, Path]:
+    """The web server on src, and its networks, routers, groups moved by ``migrate`` into
+    the journal returned (undone with the sandbox)."""
+    web = build_web_server(box)
+    journal = tmp_path / "journal.sqlite"
+    box.undo.append(lambda: undo_migration(journal))
+    assert cli("--journal", str(journal), "migrate", "--from", "src", "--to", "dst",
+               "--project", box.name, "--networks", "--routers", "--security-groups",
+               "--server-groups").code == 0
+    return web, journal
 
 
 class Killed(BaseException):
@@ -328,12 +336,7 @@ def test_a_port_made_just_before_a_kill_is_adopted_by_the_rerun_and_rolled_back(
     (found by ``bench/chaos_kills.py``: the rollback left that port). The step notes the
     port it is creating first: the re-run counts the marked port it finds as made by the
     run, and the rollback of the killed run alone deletes it too."""
-    web = build_web_server(box)
-    journal = tmp_path / "journal.sqlite"
-    box.undo.append(lambda: undo_migration(journal))
-    assert cli("--journal", str(journal), "migrate", "--from", "src", "--to", "dst",
-               "--project", box.name, "--networks", "--routers", "--security-groups",
-               "--server-groups").code == 0
+    web, journal = _web_server_with_its_networking_moved(box, cli, tmp_path)
     real_call = steps.call
 
     def die_after_a_port(service: Any, method: str, url: str, **kw: Any) -> Any:
