@@ -40,6 +40,10 @@ DB_USER = "openstack"
 DB_PASSWORD = "openstackpw"
 RABBIT_USER = "openstack"
 RABBIT_PASSWORD = "rabbitpw"
+#: stackhop's own vhost and user on the shared broker (``--executor celery``, issue 20).
+STACKHOP_RABBIT_VHOST = "stackhop"
+STACKHOP_RABBIT_USER = "stackhop"
+STACKHOP_RABBIT_PASSWORD = "stackhoprabbitpw"
 
 MARIADB_PORT = 33306
 RABBIT_PORT = 35672
@@ -257,3 +261,11 @@ def make_dirs() -> None:
     for c in CLOUDS:
         for d in (c.etc, c.data, c.ceph_dir):
             d.mkdir(parents=True, exist_ok=True)
+
+
+def stackhop_broker_url() -> str:
+    """The testbed broker's URL for stackhop's executor (vhost and user ``stackhop``)."""
+    return (
+        f"amqp://{STACKHOP_RABBIT_USER}:{STACKHOP_RABBIT_PASSWORD}@{HOST}:{RABBIT_PORT}/"
+        f"{STACKHOP_RABBIT_VHOST}"
+    )

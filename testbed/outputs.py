@@ -58,6 +58,7 @@ def env_lines() -> list[str]:
         f"export STACKHOP_DB_URL_PREFIX=mysql+pymysql://{layout.DB_USER}:{layout.DB_PASSWORD}"
         f"@{layout.HOST}:{layout.MARIADB_PORT}",
         f"export STACKHOP_STORAGE_MAP={layout.STORAGE_MAP}",
+        f"export STACKHOP_BROKER_URL={layout.stackhop_broker_url()}",
     ]
     for c in layout.CLOUDS:
         up = c.name.upper()

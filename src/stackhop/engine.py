@@ -86,6 +86,9 @@ from stackhop.retry import RetryPolicy, classify, error_text
 from stackhop.schedule import Feed, Schedule
 from stackhop.task import Task, TaskContext
 
+#: Makes the executor of one run (given the engine): ``Engine(executor=...)``.
+ExecutorFactory = Callable[["Engine"], "Executor[_Started, _Attempt]"]
+
 #: Outcomes an operation can have in one run (the RunResult counts them per kind).
 OUTCOMES = ("done", "skipped", "conflict", "failed", "not_started")
 
@@ -175,6 +178,8 @@ class _Attempt:
     raw: bool = False
     #: What the call raised, when it failed.
     exception: BaseException | None = None
+    #: The outcome is in the journal already (a worker on another host wrote it).
+    recorded: bool = False
 
 
 @dataclass
@@ -231,6 +236,7 @@ class Engine:
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        executor: ExecutorFactory | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -250,6 +256,9 @@ class Engine:
         #: Notified whenever an operation gets its outcome (see :meth:`outcome`).
         self._settled = threading.Condition(self._lock)
         self._run_id = ""
+        self._make_executor = executor
+        #: The executor of the run in progress takes leases (its workers count attempts).
+        self._leased = False
 
     @property
     def run_id(self) -> str:
@@ -367,6 +376,7 @@ class Engine:
         kinds_started: set[str] = set()
         self.resolver.forget_remembered()
         executor = self._executor()
+        self._leased = executor.takes_leases
         try:
             finished: list[tuple[_Started, _Attempt]] = []
             while True:
@@ -411,7 +421,10 @@ class Engine:
             self.resolver.forget_remembered()
 
     def _executor(self) -> Executor[_Started, _Attempt]:
-        """Where this run's calls go: threads of this process (``workers`` of them)."""
+        """Where this run's calls go: threads of this process (``workers`` of them), or the
+        executor the caller chose (``executor``: made for this run)."""
+        if self._make_executor is not None:
+            return self._make_executor(self)
 
         def failed(item: _Started, exc: Exception) -> _Attempt:
             return _Attempt(row=item.row, error=error_text(exc), raw=True, exception=exc)
@@ -492,6 +505,8 @@ class Engine:
                 result.exceptions[item.op.ref] = attempt.exception
             if attempt.raw:
                 plan.settle(item.op, "failed", attempt.error)
+            elif attempt.recorded:
+                self._learned(plan, item.op, attempt)
             elif attempt.error is not None:
                 self._fail(plan, item.op, attempt.row, attempt.error)
             else:
@@ -511,6 +526,17 @@ class Engine:
             self._finish(op, outcome, message, destination_id, result, schedule)
         return calls
 
+    def _learned(self, plan: _Batch, op: Operation, attempt: _Attempt) -> None:
+        """An outcome a worker journaled: the run counts it, nothing is written again."""
+        if attempt.error is not None:
+            plan.outcomes.append((op, "failed", attempt.error, None))
+            return
+        destination_id = attempt.destination_id
+        if op.source_id is not None and destination_id is not None and not isinstance(op, Undo):
+            self.resolver.remember(op.kind.name, op.source_id, destination_id)
+        message = "adopted the object an earlier attempt created" if attempt.adopted else None
+        plan.outcomes.append((op, "done", message, destination_id))
+
     def _start(self, op: Operation, row: OperationRecord | None, plan: _Batch) -> None:
         kind = op.kind
         if isinstance(op, Skip | Conflict):
@@ -527,14 +553,16 @@ class Engine:
         if blocked is not None:
             self._fail(plan, op, row, f"not attempted: it depends on {blocked}, which failed")
             return
+        # Under leases the worker's take counts the attempt.
+        counted = not self._leased
         if isinstance(op, Undo):
-            change = self._change(op, row, PENDING, attempt=True)
+            change = self._change(op, row, PENDING, attempt=counted)
             plan.add(change, _Started(op, {}, None, False))
             return
         if isinstance(op, Task):
             # An earlier attempt may have done (part of) the work: the task looks first.
             unknown = row is not None and row.attempts > 0
-            change = self._change(op, row, PENDING, attempt=True)
+            change = self._change(op, row, PENDING, attempt=counted)
             plan.add(change, _Started(op, {}, None, unknown, previous=row))
             return
         try:
@@ -545,7 +573,7 @@ class Engine:
         # A create tried before (this row has attempts) may have happened.
         unknown = isinstance(op, Create) and row is not None and row.attempts > 0
         before = kind.before(op.existing) if isinstance(op, Update) and op.existing else None
-        change = self._change(op, row, PENDING, before=before, attempt=True)
+        change = self._change(op, row, PENDING, before=before, attempt=counted)
         plan.add(change, _Started(op, resolved, None, unknown))
 
     def _unapplied(self, op: Skip | Conflict, row: OperationRecord | None, plan: _Batch) -> None:
@@ -694,6 +722,33 @@ class Engine:
         schedule.finished(op)
 
     # -- one operation, in a worker thread -------------------------------------------
+
+    def work(
+        self, op: Operation, row: OperationRecord, previous: OperationRecord | None
+    ) -> _Attempt:
+        """Run one operation whose ``pending`` row a worker took the lease of, and journal
+        its outcome (``done`` with its ID mapping, or ``failed``) as a local run would.
+
+        ``row`` is the row as taken (its attempt counted); ``previous`` the row before
+        the take. A create or task with an earlier attempt looks first (``find``).
+        """
+        self._run_id = row.run_id
+        unknown = previous is not None and previous.attempts > 0
+        resolved: Record = {}
+        if isinstance(op, Create | Update):
+            resolved = self.resolver.resolve(op.kind, op.source)
+        unknown = unknown and isinstance(op, Create | Task)
+        attempt = self._attempt(_Started(op, resolved, row, unknown, previous=previous))
+        if attempt.raw:
+            return attempt
+        plan = _Batch()
+        if attempt.error is not None:
+            self._fail(plan, op, attempt.row, attempt.error)
+        else:
+            message = "adopted the object an earlier attempt created" if attempt.adopted else None
+            self._done(plan, op, attempt.row, attempt.destination_id, message)
+        self._write(plan)
+        return attempt
 
     def _attempt(self, item: _Started) -> _Attempt:
         """The API call of one started operation, retried while the failure is transient.

@@ -657,15 +657,46 @@ class Journal:
             return operation_record(conn.execute(sa.select(operations).where(c.id == row.id)).one())
 
     def renew_lease(self, row: OperationRecord, owner: str, ttl: float) -> bool:
-        """Extend ``owner``'s lease of ``row`` (as taken); False once it is lost."""
+        """Extend ``owner``'s lease of ``row``; False once it is lost.
+
+        ``owner`` names one take (a worker adds a nonce of its own), so the holder's
+        retries, which count attempts, keep their lease, and a steal ends it.
+        """
         c = operations.c
         with self._transaction() as conn:
             result = conn.execute(
                 operations.update()
-                .where(*_still_running(row), c.lease_owner == owner)
+                .where(c.id == row.id, c.state == PENDING, c.lease_owner == owner)
                 .values(lease_expires=self._clock(ttl))
             )
         return result.rowcount == 1
+
+    def operations_by_id(self, ids: Sequence[int]) -> dict[int, OperationRecord]:
+        """The operation rows of ``ids`` (those that exist), in one read per chunk."""
+        found: dict[int, OperationRecord] = {}
+        wanted = sorted(set(ids))
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), IN_CHUNK):
+                part = wanted[start : start + IN_CHUNK]
+                for r in conn.execute(sa.select(operations).where(operations.c.id.in_(part))):
+                    found[int(r.id)] = operation_record(r)
+        return found
+
+    def dispatch(self, rows: Sequence[tuple[OperationRecord, Any]]) -> list[int]:
+        """Record that each ``(row, payload)`` goes to a worker: the payload it rebuilds the
+        operation from, and the time (by the database's clock). The IDs of the rows
+        still ``pending`` at the attempt read, which may be sent; the others moved on."""
+        sent: list[int] = []
+        with self._transaction() as conn:
+            for row, payload in rows:
+                result = conn.execute(
+                    operations.update()
+                    .where(*_still_running(row))
+                    .values(payload=payload, dispatched_at=self._clock())
+                )
+                if result.rowcount == 1:
+                    sent.append(row.id)
+        return sent
 
     def release_lease(self, row: OperationRecord, owner: str) -> bool:
         """Give ``row``'s lease up without an outcome (the holder stops); False if not held."""

@@ -74,6 +74,8 @@ class OperationRecord:
     stage: str | None = None
     #: How far a task got: ``{"done": n, "total": n, "unit": "bytes"}``.
     progress: dict[str, Any] | None = None
+    #: While the operation is dispatched to a worker (schema 5): what it rebuilds it from.
+    payload: Any = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -174,4 +176,5 @@ def operation_record(row: sa.Row[Any]) -> OperationRecord:
         undone_by=row.undone_by,
         stage=row.stage,
         progress=dict(row.progress) if row.progress else None,
+        payload=getattr(row, "payload", None),
     )

@@ -158,3 +158,8 @@ class Task(Operation):
         """After an unfinished earlier attempt: the destination ID if its work is already
         complete on the destination (adopted, :meth:`call` is skipped), else None."""
         return None
+
+    def to_payload(self) -> dict[str, Any] | None:
+        """What a worker on another host rebuilds this task from, with the run's arguments
+        (JSON; IDs, never a secret), or None: the task runs only where it was planned."""
+        return None

@@ -26,6 +26,7 @@ from testbed.process import Daemon, run, tcp_open
 NAME = "rabbitmq"
 NODE = "stackhop@localhost"
 VHOSTS = tuple(c.rabbit_vhost for c in layout.CLOUDS)
+ALL_VHOSTS = (*VHOSTS, layout.STACKHOP_RABBIT_VHOST)
 
 BASE_DIR = layout.SHARED_DIR / "rabbitmq"
 HOME = BASE_DIR / "home"
@@ -54,17 +55,24 @@ def _password_hash(password: str) -> str:
 
 def _definitions() -> str:
     user = layout.RABBIT_USER
+    # stackhop's executor has a vhost and a user of its own, with rights there only.
+    ours = (layout.STACKHOP_RABBIT_USER, layout.STACKHOP_RABBIT_VHOST)
     return json.dumps({
         "users": [{
-            "name": user,
-            "password_hash": _password_hash(layout.RABBIT_PASSWORD),
+            "name": name,
+            "password_hash": _password_hash(password),
             "hashing_algorithm": "rabbit_password_hashing_sha256",
-            "tags": ["administrator"],
-        }],
-        "vhosts": [{"name": v} for v in VHOSTS],
+            "tags": tags,
+        } for name, password, tags in (
+            (user, layout.RABBIT_PASSWORD, ["administrator"]),
+            (ours[0], layout.STACKHOP_RABBIT_PASSWORD, []),
+        )],
+        "vhosts": [{"name": v} for v in ALL_VHOSTS],
         "permissions": [
             {"user": user, "vhost": v, "configure": ".*", "write": ".*", "read": ".*"}
-            for v in VHOSTS
+            for v in ALL_VHOSTS
+        ] + [
+            {"user": ours[0], "vhost": ours[1], "configure": ".*", "write": ".*", "read": ".*"}
         ],
     }, indent=2) + "\n"
 
@@ -77,6 +85,9 @@ def _config() -> str:
         "loopback_users.guest = true",
         "log.console = false",
         "log.file.level = warning",
+        # A volume copy may hold its (late-acknowledged) message for hours; RabbitMQ
+        # 3.10 closes the channel after 30 min by default (node-wide: nothing finer there).
+        "consumer_timeout = 86400000",
         "",
     ])
 
@@ -185,7 +196,7 @@ def _vhosts_exist() -> bool:
     if not _server_answers():
         return False
     listed = set(rabbitmqctl("list_vhosts", "--quiet", "--no-table-headers").split())
-    return set(VHOSTS) <= listed
+    return set(ALL_VHOSTS) <= listed
 
 
 def epmd_daemon() -> Daemon:

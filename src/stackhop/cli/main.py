@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,7 @@ from stackhop.cli import (
     status,
     usage,
     volumes,
+    worker,
 )
 from stackhop.cli.output import report_error
 from stackhop.cli.render import make_renderer
@@ -47,7 +49,7 @@ from stackhop.retry import classify, error_text
 
 #: Every command group, in the order ``--help`` lists them. Add a module here to add a command.
 COMMANDS: tuple[ModuleType, ...] = (
-    clouds, status, idmap, resources, sdn, images, volumes, servers, usage, project
+    clouds, status, idmap, resources, sdn, images, volumes, servers, usage, project, worker
 )
 
 DEFAULT_JOURNAL = "./stackhop-journal.sqlite"
@@ -92,9 +94,9 @@ def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> N
     group.add_argument(
         "--journal",
         metavar="PATH_OR_URL",
-        default=default(DEFAULT_JOURNAL),
-        help=f"journal file or SQLAlchemy URL, for commands that keep one "
-        f"(default: {DEFAULT_JOURNAL})",
+        default=default(os.environ.get("STACKHOP_JOURNAL") or DEFAULT_JOURNAL),
+        help=f"journal file or SQLAlchemy URL, for commands that keep one (default: "
+        f"$STACKHOP_JOURNAL, where a URL with a password belongs, else {DEFAULT_JOURNAL})",
     )
 
 

@@ -34,6 +34,7 @@ from stackhop.volumes.reshape import parse_type_map
 __all__ = [
     "add_clouds",
     "add_dry_run",
+    "add_executor",
     "add_format_options",
     "add_kind_options",
     "add_kind_selectors",
@@ -43,6 +44,7 @@ __all__ = [
     "add_type_map",
     "add_workers",
     "checked_each",
+    "executor_app",
     "chosen_options",
     "chosen_selectors",
     "positive_int",
@@ -154,6 +156,35 @@ def add_workers(parser: argparse.ArgumentParser, default: int, what: str) -> Non
         metavar="N",
         help=f"{what} at once (default: {default})",
     )
+
+
+def add_executor(parser: argparse.ArgumentParser) -> None:
+    """``--executor local|celery`` and ``--broker URL`` (docs/scale.md)."""
+    parser.add_argument(
+        "--executor",
+        choices=("local", "celery"),
+        default="local",
+        help="where the work runs: threads of this process (local, the default) or "
+        "`stackhop worker` processes through the message broker (celery; docs/scale.md)",
+    )
+    parser.add_argument(
+        "--broker",
+        metavar="URL",
+        help="with --executor celery: the broker, without a password "
+        "(default: $STACKHOP_BROKER_URL, where a password belongs)",
+    )
+
+
+def executor_app(args: argparse.Namespace) -> object | None:
+    """The Celery app of ``--executor celery`` (None for local); imports Celery only then."""
+    if getattr(args, "executor", "local") != "celery":
+        if getattr(args, "broker", None):
+            raise StackhopError("--broker goes with --executor celery")
+        return None
+    from stackhop.executor.celery_app import make_app
+    from stackhop.executor.names import broker_url
+
+    return make_app(broker_url(args.broker))
 
 
 def add_dry_run(parser: argparse.ArgumentParser, what: str = "show the plan") -> None:

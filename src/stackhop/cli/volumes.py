@@ -15,10 +15,12 @@ from stackhop.cli import volumes_backup
 from stackhop.cli.options import (
     add_clouds,
     add_dry_run,
+    add_executor,
     add_format_options,
     add_maps,
     add_selection,
     add_workers,
+    executor_app,
 )
 from stackhop.cli.output import dump, render_table
 from stackhop.clouds import connect
@@ -108,6 +110,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "reading the whole destination back (faster; does not re-check what Ceph stored)",
     )
     add_workers(p, 1, "volumes copied")
+    add_executor(p)
     p.add_argument(
         "--allow-in-use",
         action="store_true",
@@ -246,7 +249,9 @@ def copy_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         allow_in_use=args.allow_in_use,
         dry_run=args.dry_run,
+        executor=args.executor,
     )
+    app = executor_app(args)
     with Journal(args.journal) as journal:
         result = volume_copy.copy_volumes(
             request,
@@ -256,6 +261,7 @@ def copy_command(args: argparse.Namespace) -> int:
             events=args.events,
             project_map=project_map,
             selected=selected,
+            app=app,
         )
     if args.dry_run:
         rows = [

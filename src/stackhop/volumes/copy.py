@@ -29,14 +29,17 @@ Journal (scope ``<source cloud>-><destination cloud>``):
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from stackhop.engine import Engine
+from stackhop.errors import StackhopError, UsageError
 from stackhop.events import EventSink, NullSink
-from stackhop.journal import DONE, FAILED, Journal
+from stackhop.executor.names import DEFAULT_QUEUE
+from stackhop.journal import DONE, FAILED, Journal, OperationRecord, RunRecord
 from stackhop.kinds.identity import OperatorMap
 from stackhop.plan import Operation
 from stackhop.resolve import Resolver
@@ -48,6 +51,7 @@ from stackhop.volumes.inventory import (
     project_record,
     quota_room,
     select_volumes,
+    volume_ref,
 )
 from stackhop.volumes.methods import get_method
 from stackhop.volumes.model import Temporary, VolumeMethod, VolumeRef
@@ -60,7 +64,7 @@ from stackhop.volumes.passes import (
     plan_volume,
 )
 from stackhop.volumes.reshape import Reshape
-from stackhop.volumes.storage import StorageMap
+from stackhop.volumes.storage import StorageMap, load_storage_map
 from stackhop.volumes.temporaries import TemporaryLedger
 
 COMMAND = "volumes copy"
@@ -114,6 +118,8 @@ class CopyRequest:
     grant_role: str | None = None
     #: Options of the method (``--codec`` of the stream method).
     method_options: Mapping[str, Any] = field(default_factory=dict)
+    #: ``local`` (threads of this process) or ``celery`` (workers; ``docs/scale.md``).
+    executor: str = "local"
 
     def __post_init__(self) -> None:
         if self.final:  # a cutover pass is the last pass of an incremental chain
@@ -127,6 +133,17 @@ class CopyRequest:
             **self.reshape.as_args(),
             **dict(self.method_options),
         }
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> CopyRequest:
+        """The request a run was started with, from its journal arguments (a worker's)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"reshape", "method_options"}
+        reshape_keys = set(Reshape().as_args())
+        plain = {k: v for k, v in args.items() if k in names}
+        plain["volumes"] = tuple(plain.get("volumes") or ())
+        reshape = Reshape(**{k: v for k, v in args.items() if k in reshape_keys})
+        options = {k: v for k, v in args.items() if k not in names | reshape_keys}
+        return cls(**plain, reshape=reshape, method_options=options)
 
 
 @dataclass
@@ -165,8 +182,13 @@ class VolumeCopier:
         project_map: OperatorMap | None = None,
         selected: Sequence[VolumeRef] | None = None,
         stop: threading.Event | None = None,
+        app: Any = None,
     ) -> None:
         self.request = request
+        #: ``--executor celery``: the Celery app the passes are published with.
+        self.app = app
+        #: Source volume ID -> the queue of its pass (the storage sites it needs).
+        self.queues: dict[str, str] = {}
         #: Set to stop starting passes (a project migration's Ctrl-C); in-flight ones finish.
         self.stop = stop
         self.clouds = clouds
@@ -240,7 +262,28 @@ class VolumeCopier:
         preflight.check_hosts(
             self.method, moving, self.storage, dst, request.destination_cloud, types
         )
+        if request.executor == "celery":
+            self.queues = {v.id: self._queue(v, types.get(v.id)) for v in moving}
         return plan
+
+    def _queue(self, volume: VolumeRef, destination_type: str | None) -> str:
+        """The queue of a pass: ``stackhop.volumes.<source site>.<destination site>``, so a
+        worker on the storage hosts of that pair copies it; the image method needs no
+        storage host (the default queue)."""
+        if self.method.name == "image":
+            return DEFAULT_QUEUE
+        source = self.storage.backend_of(volume.cloud, volume.host).site
+        name = preflight.backend_for_type(self.destination_conn, destination_type)
+        known = name is not None and (self.request.destination_cloud, name) in self.storage.backends
+        destination = (
+            self.storage.backend(self.request.destination_cloud, name).site
+            if known and name is not None
+            else self.request.destination_cloud
+        )
+        return f"{DEFAULT_QUEUE}.volumes.{source}.{destination}"
+
+    def queue_of(self, op: Operation) -> str:
+        return self.queues.get(op.source_id or "", DEFAULT_QUEUE)
 
     # -- running -------------------------------------------------------------
 
@@ -253,14 +296,23 @@ class VolumeCopier:
         ``--grant-role`` grant is journaled and made when the run starts (the
         planner hands the passes over only then) and revoked when it ends.
         """
+        workers = max(1, self.request.workers)
+        executor = None
+        if self.request.executor == "celery":
+            from stackhop.executor.dispatch import celery_executor
+
+            if self.app is None:
+                raise UsageError("--executor celery needs a broker: set $STACKHOP_BROKER_URL")
+            executor = celery_executor(self.app, self.queue_of, workers)
         engine = Engine(
             self.journal,
             self.destination_conn,
             Resolver(self.scope, journal=self.journal),
             scope=self.scope,
-            workers=max(1, self.request.workers),
+            workers=workers,
             events=self.events,
             stop=self.stop,
+            executor=executor,
         )
         operations = [operation_of(self, p) for p in plan]
         granted: list[Temporary] = []
@@ -337,6 +389,7 @@ def copy_volumes(
     project_map: OperatorMap | None = None,
     selected: Sequence[VolumeRef] | None = None,
     on_plan: Callable[[list[PlannedVolume]], None] | None = None,
+    app: Any = None,
 ) -> CopyResult:
     """Copy the requested volumes (see the module docstring); with ``dry_run`` only plan.
 
@@ -345,11 +398,60 @@ def copy_volumes(
     the result (and the journal), the others carry on.
     """
     copier = VolumeCopier(
-        request, clouds, journal, storage, events=events, project_map=project_map, selected=selected
-    )
+        request, clouds, journal, storage, events=events, project_map=project_map,
+        selected=selected, app=app,
+    )  # fmt: skip
     plan = copier.prepare()
     if on_plan is not None:
         on_plan(plan)
     if request.dry_run:
         return CopyResult(None, copier.method.name, plan)
     return copier.run(plan)
+
+
+class _WorkerJob:
+    """A ``volumes copy`` run as a worker sees it (:mod:`stackhop.executor.worker`): the
+    run's request, the worker's own clouds and storage map, and each pass re-planned from
+    the journal (the row is ``pending`` in the run, so the plan resumes it)."""
+
+    def __init__(self, run: RunRecord, journal: Journal, events: EventSink) -> None:
+        from stackhop.clouds import connect
+
+        self.request = CopyRequest.from_args(run.args)
+        clouds = Clouds(connect(self.request.source_cloud), connect(self.request.destination_cloud))
+        self.destination = clouds.destination
+        self.copier = VolumeCopier(
+            self.request, clouds, journal, load_storage_map(None), events=events
+        )
+        self._projects: dict[str, Any] = {}
+
+    def operation(self, row: OperationRecord) -> Operation:
+        payload = row.payload or {}
+        request, copier = self.request, self.copier
+        project = str(payload["destination_project"])
+        if project not in self._projects:
+            self._projects[project] = project_connection(
+                copier.destination_conn, request.destination_cloud, project
+            )
+        copier.destination_project_conn = self._projects[project]
+        source = copier.source_conn.block_storage.get_volume(str(payload["volume"]))
+        planned = plan_volume(
+            copier.journal,
+            copier.scope,
+            volume_ref(request.source_cloud, source),
+            request.incremental,
+            project,
+            payload.get("destination_type"),
+        )
+        op = operation_of(copier, planned)
+        if op.key != row.identity:
+            raise StackhopError(
+                f"volume {source.id}: the journal plans pass {op.key!r}, the worker was sent "
+                f"{row.identity!r}; re-run the command to plan again"
+            )
+        return op
+
+
+def worker_job(run: RunRecord, journal: Journal, events: EventSink) -> _WorkerJob:
+    """The worker's job for a ``volumes copy`` run (registered in ``executor.worker.JOBS``)."""
+    return _WorkerJob(run, journal, events)

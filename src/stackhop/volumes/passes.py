@@ -196,6 +196,15 @@ class VolumePass(Task):
             attempt.abandon(exc)
             raise
 
+    def to_payload(self) -> dict[str, Any]:
+        """The volume and where it goes; a worker re-plans the rest from the journal."""
+        planned = self.planned
+        return {
+            "volume": planned.volume.id,
+            "destination_project": planned.destination_project_id,
+            "destination_type": planned.destination_type,
+        }
+
     def find(self, ctx: TaskContext) -> str | None:
         """An earlier attempt that reached ``verified`` (only the ``done`` write was lost):
         its destination volume, if it is still there."""

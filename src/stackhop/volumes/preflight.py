@@ -132,7 +132,8 @@ def destination_types(
     return result
 
 
-def _backend_for_type(dst: Any, type_name: str | None) -> str | None:
+def backend_for_type(dst: Any, type_name: str | None) -> str | None:
+    """The ``volume_backend_name`` of destination type ``type_name`` (None: not set)."""
     if not type_name:
         return None
     for volume_type in dst.block_storage.types():
@@ -160,7 +161,7 @@ def check_hosts(
             host = storage.backends[(volume.cloud, name)].ssh_host
             if host:
                 hosts.add(host)
-        backend = _backend_for_type(dst, types.get(volume.id))
+        backend = backend_for_type(dst, types.get(volume.id))
         if backend and (destination_cloud, backend) in storage.backends:
             host = storage.backends[(destination_cloud, backend)].ssh_host
             if host:

@@ -88,6 +88,12 @@ class Backend:
         """The RBD image name Cinder's RBD driver gives volume ``volume_id``."""
         return f"volume-{volume_id}"
 
+    @property
+    def site(self) -> str:
+        """Where this backend's bytes are reached: its ssh host, else ``<cloud>-<name>``
+        (a Ceph cluster). Workers on that site serve its queues (``docs/scale.md``)."""
+        return self.ssh_host or f"{self.cloud}-{self.name}"
+
 
 @dataclass(frozen=True)
 class ComputeHost:

@@ -7,8 +7,10 @@ journals it. The executor decides only *where* a call runs:
 
 - :class:`LocalExecutor` runs each group on a thread of a pool in this process (the
   ``--workers`` of every command);
-- a distributed executor (issue 20, ``docs/design/executor.md``) would publish the
-  group to a queue and learn its outcome from the journal, which the worker writes.
+- :class:`~stackhop.executor.dispatch.CeleryExecutor` publishes each group to a
+  Celery queue and learns its outcome from the journal, which the worker
+  (:mod:`stackhop.executor.worker`) writes; the worker's lease take counts the
+  attempt (``takes_leases``), so the engine's ``pending`` write does not.
 
 The engine never waits on anything but :meth:`Executor.collect`, which returns in short
 slices so that Ctrl-C reaches the main thread promptly.
@@ -33,6 +35,9 @@ class Executor(Protocol[Item, Outcome]):
 
     #: Groups that may be in flight at once.
     capacity: int
+    #: The call side takes a lease on each row and counts its attempt there, and writes
+    #: the outcome itself (the engine then only learns it).
+    takes_leases: bool
 
     def submit(self, group: list[Item]) -> None:
         """Start the calls of ``group`` (one request: its items succeed or fail together)."""
@@ -66,6 +71,7 @@ class LocalExecutor(Generic[Item, Outcome]):
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.capacity = workers
+        self.takes_leases = False
         self._call = call
         self._failed = failed
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stackhop")

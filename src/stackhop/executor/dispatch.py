@@ -1,0 +1,161 @@
+"""The coordinator side of the Celery executor: publish each call, follow it in the journal.
+
+:class:`CeleryExecutor` is the engine's :class:`~stackhop.executor.Executor` for
+``--executor celery``. The engine plans, orders and journals ``pending`` as in a
+local run; :meth:`CeleryExecutor.submit` then records each row's payload (what
+the worker rebuilds the operation from) and publishes one message per group to
+the queue ``route`` names for it, and :meth:`CeleryExecutor.collect` polls the
+rows in flight: a stage or progress a worker reported becomes the same event a
+local run emits, and a ``done``/``failed`` row the outcome the engine counts (the
+worker journaled it already). A group is at most ``capacity`` in flight, so the
+plan's dependency order holds across workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+
+from stackhop.engine import Engine, _Attempt, _Started
+from stackhop.errors import StackhopError
+from stackhop.events import Event, EventType
+from stackhop.executor.names import DEFAULT_QUEUE, MESSAGE_VERSION, TASK
+from stackhop.journal import DONE, PENDING, OperationRecord
+from stackhop.plan import Operation
+from stackhop.task import Task
+
+#: Seconds between two reads of the rows in flight while they change, and when idle.
+POLL_FAST = 0.2
+POLL_SLOW = 1.0
+
+Route = Callable[[Operation], str]
+
+
+def default_route(op: Operation) -> str:
+    return DEFAULT_QUEUE
+
+
+class CeleryExecutor:
+    """Publishes the engine's calls to Celery queues; learns their outcomes from the journal."""
+
+    def __init__(
+        self, engine: Engine, app: Celery, *, route: Route = default_route, capacity: int
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.engine = engine
+        self.journal = engine.journal
+        self.app = app
+        self.route = route
+        self.capacity = capacity
+        self.takes_leases = True
+        self._journal_id = self.journal.journal_id()
+        #: Row ID -> (the started call, the row as last seen).
+        self._flight: dict[int, tuple[_Started, OperationRecord]] = {}
+        self._quiet = 0
+        #: The queue each row went to (tests and the summary read it).
+        self.queues: dict[int, str] = {}
+
+    @staticmethod
+    def payload(op: Operation) -> dict[str, Any]:
+        made = op.to_payload() if isinstance(op, Task) else None
+        if made is None:
+            raise StackhopError(
+                f"{op.kind.name} {op.identity!r}: this operation cannot run on a worker yet; "
+                "use --executor local"
+            )
+        return made
+
+    def submit(self, group: list[_Started]) -> None:
+        rows = []
+        for item in group:
+            assert item.row is not None
+            rows.append((item.row, self.payload(item.op)))
+        sent = set(self.journal.dispatch(rows))
+        queue = self.route(group[0].op)
+        ids = [row.id for row, _ in rows if row.id in sent]
+        for item in group:
+            assert item.row is not None
+            self._flight[item.row.id] = (item, item.row)
+            self.queues[item.row.id] = queue
+        if ids:
+            message = {"v": MESSAGE_VERSION, "journal": self._journal_id,
+                       "run": self.engine.run_id, "ops": ids}  # fmt: skip
+            self.app.send_task(TASK, args=[message], queue=queue, routing_key=queue)
+
+    def in_flight(self) -> int:
+        return len(self._flight)
+
+    def collect(self, *, block: bool) -> list[tuple[_Started, _Attempt]]:
+        while True:
+            finished = self._poll()
+            if finished or not block or not self._flight:
+                return finished
+            time.sleep(POLL_FAST if self._quiet < 5 else POLL_SLOW)
+
+    def _poll(self) -> list[tuple[_Started, _Attempt]]:
+        rows = self.journal.operations_by_id(list(self._flight))
+        finished: list[tuple[_Started, _Attempt]] = []
+        changed = False
+        for row_id, (item, seen) in list(self._flight.items()):
+            row = rows.get(row_id)
+            if row is None:  # removed under us: the journal was edited by hand
+                del self._flight[row_id]
+                finished.append((item, _Attempt(seen, error="its journal row vanished",
+                                                 recorded=True)))  # fmt: skip
+                continue
+            changed |= self._report(item, seen, row)
+            self._flight[row_id] = (item, row)
+            if row.state == PENDING:
+                continue
+            del self._flight[row_id]
+            changed = True
+            if row.state == DONE:
+                finished.append((item, _Attempt(row, row.destination_id, recorded=True)))
+            else:
+                error = row.error or f"the worker left it {row.state}"
+                finished.append((item, _Attempt(row, error=error, recorded=True)))
+        self._quiet = 0 if changed else self._quiet + 1
+        return finished
+
+    def _report(self, item: _Started, seen: OperationRecord, row: OperationRecord) -> bool:
+        """The events a local run would have emitted for what the worker reported."""
+        op = item.op
+        fields: dict[str, Any] = {"kind": op.kind.name, "identity": op.identity,
+                                  "operation": op.action, "run_id": self.engine.run_id}  # fmt: skip
+        changed = False
+        if row.stage and row.stage != seen.stage:
+            self.engine.events.emit(Event(EventType.STAGE, message=row.stage, **fields))
+            changed = True
+        if row.progress and row.progress != seen.progress:
+            progress = row.progress
+            self.engine.events.emit(
+                Event(
+                    EventType.PROGRESS,
+                    done=int(progress.get("done") or 0),
+                    total=progress.get("total"),
+                    unit=str(progress.get("unit") or "bytes"),
+                    **fields,
+                )
+            )
+            changed = True
+        if row.attempts > max(seen.attempts, 1) and row.state == PENDING:
+            message = f"attempt {row.attempts} (a worker took it over, or retried)"
+            self.engine.events.emit(Event(EventType.RETRY, message=message, **fields))
+            changed = True
+        return changed
+
+    def close(self) -> None:
+        self._flight.clear()
+
+
+def celery_executor(app: Celery, route: Route, capacity: int) -> Callable[[Engine], CeleryExecutor]:
+    """An ``Engine(executor=...)`` factory publishing to ``app``."""
+
+    def make(engine: Engine) -> CeleryExecutor:
+        return CeleryExecutor(engine, app, route=route, capacity=capacity)
+
+    return make

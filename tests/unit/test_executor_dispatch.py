@@ -1,0 +1,174 @@
+"""The Celery executor's two halves on a SQLite journal, the broker left out.
+
+The coordinator (:class:`CeleryExecutor` inside the engine) and the worker's message
+handler (:func:`stackhop.executor.worker.run_message`) are the real code; only the
+publish is replaced: ``send_task`` hands the message to the handler on a thread of
+this process, once or twice (a redelivery), as RabbitMQ would to a worker. The real
+broker and worker processes are in tests/functional/test_executor_celery.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from stackhop.engine import Engine
+from stackhop.errors import ConfigError, UsageError
+from stackhop.events import CollectingSink, EventType
+from stackhop.executor import worker
+from stackhop.executor.dispatch import celery_executor
+from stackhop.executor.names import broker_url
+from stackhop.journal import DONE, Journal, OperationRecord, RunRecord
+from stackhop.plan import Operation
+from stackhop.resolve import Resolver
+from stackhop.task import Task, TaskContext, TaskKind
+from stackhop.volumes.copy import CopyRequest
+from stackhop.volumes.reshape import Reshape
+
+COMMAND = "test dispatch"
+
+
+class Copy(TaskKind):
+    name: ClassVar[str] = "test.copy"
+    service: ClassVar[str] = "test"
+
+
+#: What the worker side did, per source ID (tasks are rebuilt there from payloads).
+CALLS: dict[str, int] = {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pass(Task):
+    action: ClassVar[str] = "copy"
+
+    def call(self, ctx: TaskContext) -> str:
+        CALLS[str(self.of)] = CALLS.get(str(self.of), 0) + 1
+        ctx.stage("exported")
+        ctx.progress(10, 10, "bytes")
+        return f"dst-{self.of}"
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"of": self.of}
+
+
+class _Job:
+    destination = object()
+
+    def operation(self, row: OperationRecord) -> Operation:
+        return Pass(kind=Copy(), identity=str(row.payload["of"]), of=str(row.payload["of"]))
+
+
+def job(run: RunRecord, journal: Journal, events: Any) -> _Job:
+    return _Job()
+
+
+class _App:
+    """Stands in for the Celery app: each publish is delivered ``deliveries`` times."""
+
+    def __init__(self, deliveries: int = 1) -> None:
+        self.deliveries = deliveries
+        self.sent: list[tuple[dict[str, Any], str]] = []
+        self.threads: list[threading.Thread] = []
+
+    def send_task(self, name: str, args: list[Any], queue: str, routing_key: str) -> None:
+        message = args[0]
+        self.sent.append((message, queue))
+
+        def deliver() -> None:
+            for n in range(self.deliveries):
+                worker.run_message(message, redelivered=n > 0, queue=queue)
+
+        thread = threading.Thread(target=deliver)
+        thread.start()
+        self.threads.append(thread)
+
+
+@pytest.fixture
+def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Journal]:
+    path = tmp_path / "journal.sqlite"
+    monkeypatch.setenv(worker.JOURNAL_ENV, str(path))
+    monkeypatch.setitem(worker.JOBS, COMMAND, f"{__name__}:job")
+    monkeypatch.setattr(worker, "_process", worker._Process())
+    CALLS.clear()
+    with Journal(path) as j:
+        yield j
+
+
+def _run(journal: Journal, app: _App, names: list[str]) -> tuple[Any, CollectingSink]:
+    events = CollectingSink()
+    engine = Engine(
+        journal, object(), Resolver("dst", journal=journal), workers=2, events=events,
+        executor=celery_executor(app, lambda op: f"q-{op.identity}", 2),  # type: ignore[arg-type]
+    )  # fmt: skip
+    ops = [Pass(kind=Copy(), identity=n, of=n) for n in names]
+    result = engine.run(ops, command=COMMAND, source_cloud="src")
+    for thread in app.threads:
+        thread.join()
+    return result, events
+
+
+def test_a_worker_runs_each_pass_once_and_the_coordinator_learns_it(journal: Journal) -> None:
+    app = _App()
+    result, events = _run(journal, app, ["a", "b", "c"])
+    assert result.outcome == "succeeded" and result.count("done") == 3
+    assert CALLS == {"a": 1, "b": 1, "c": 1}
+    rows = journal.operations(run_id=result.run_id)
+    # The worker's take counted the one attempt; its outcome cleared lease and payload.
+    assert [(r.identity, r.state, r.attempts) for r in rows] == [
+        ("a", DONE, 1), ("b", DONE, 1), ("c", DONE, 1),
+    ]
+    assert all(journal.lease(r.id) is None and r.payload is None for r in rows)
+    assert journal.id_map("dst", "test.copy") == {n: f"dst-{n}" for n in "abc"}
+    # Messages carry IDs only, each to the queue its route named.
+    assert sorted(q for _, q in app.sent) == ["q-a", "q-b", "q-c"]
+    assert all(set(m) == {"v", "journal", "run", "ops"} for m, _ in app.sent)
+    # What the worker reported reached the coordinator's events, as in a local run.
+    assert {e.identity for e in events.of_type(EventType.STAGE)} == {"a", "b", "c"}
+    finished = events.of_type(EventType.OPERATION_FINISHED)
+    assert sorted((e.identity, e.outcome) for e in finished) == [
+        ("a", "done"), ("b", "done"), ("c", "done"),
+    ]
+
+
+def test_a_redelivered_message_finds_the_work_done_and_does_nothing(journal: Journal) -> None:
+    app = _App(deliveries=2)
+    result, _ = _run(journal, app, ["a", "b"])
+    assert result.outcome == "succeeded"
+    assert CALLS == {"a": 1, "b": 1}
+    assert {r.attempts for r in journal.operations(run_id=result.run_id)} == {1}
+
+
+def test_a_message_naming_another_journal_is_refused(
+    journal: Journal, capsys: pytest.CaptureFixture[str]
+) -> None:
+    worker.run_message({"v": 1, "journal": "elsewhere", "run": "r", "ops": [1]},
+                       redelivered=False, queue="q")  # fmt: skip
+    assert '"event": "refused"' in capsys.readouterr().out and CALLS == {}
+
+
+def test_a_copy_request_survives_the_journal_args_round_trip() -> None:
+    request = CopyRequest(
+        source_cloud="src", destination_cloud="dst", project="p", volumes=("v1", "v2"),
+        method="stream", incremental=True, backup_to="cmd:cat >/dev/null", workers=3,
+        reshape=Reshape(type_map={"old": "new"}, min_size_gib=2, grow_to={"v1": 5}),
+        grant_role="member", method_options={"codec": "raw"}, executor="celery",
+    )  # fmt: skip
+    assert CopyRequest.from_args(request.args()) == request
+
+
+def test_the_broker_url_never_comes_with_a_password_on_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(UsageError, match="STACKHOP_BROKER_URL"):
+        broker_url("amqp://u:secret@host/stackhop")
+    assert broker_url("amqp://u@host/stackhop") == "amqp://u@host/stackhop"
+    monkeypatch.delenv("STACKHOP_BROKER_URL", raising=False)
+    with pytest.raises(ConfigError, match="STACKHOP_BROKER_URL"):
+        broker_url(None)
+    monkeypatch.setenv("STACKHOP_BROKER_URL", "amqp://u:pw@host/stackhop")
+    assert broker_url(None) == "amqp://u:pw@host/stackhop"
