@@ -154,12 +154,24 @@ class _Started:
     unknown: bool
     #: The row before this attempt started (a task resumes from it).
     previous: OperationRecord | None = None
+    #: Sent to a worker by an earlier coordinator of this run: followed, not sent again.
+    follow: bool = False
 
 
 #: The most creates one bulk request carries, and the fewest worth one when a kind's ready
 #: creates are spread over the free workers.
 BULK_LIMIT = 100
 BULK_MIN = 10
+
+
+def _dispatched_in(row: OperationRecord | None, run_id: str) -> bool:
+    """``row`` was sent to a worker in run ``run_id`` and has no outcome yet."""
+    return (
+        row is not None
+        and row.state == PENDING
+        and row.run_id == run_id
+        and row.dispatched_at is not None
+    )
 
 
 def _bulk(op: Operation) -> bool:
@@ -193,6 +205,8 @@ class _Batch:
     mappings: list[Mapping_] = field(default_factory=list)
     unmappings: list[Unmapping] = field(default_factory=list)
     outcomes: list[_Settled] = field(default_factory=list)
+    #: Operations a worker runs already (a reattached run): nothing to write or send.
+    follow: list[_Started] = field(default_factory=list)
 
     def add(self, change: Change, effect: _Started | _Settled | None) -> None:
         self.changes.append(change)
@@ -521,7 +535,7 @@ class Engine:
                 self._start(op, rows.get((op.kind.name, op.key)), plan)
             except Exception as exc:  # a programming error in a kind: report, never swallow
                 plan.settle(op, "failed", error_text(exc))
-        calls = self._write(plan)
+        calls = self._write(plan) + plan.follow
         for op, outcome, message, destination_id in plan.outcomes:
             self._finish(op, outcome, message, destination_id, result, schedule)
         return calls
@@ -562,6 +576,10 @@ class Engine:
         if isinstance(op, Task):
             # An earlier attempt may have done (part of) the work: the task looks first.
             unknown = row is not None and row.attempts > 0
+            if self._leased and _dispatched_in(row, self._run_id):
+                assert row is not None
+                plan.follow.append(_Started(op, {}, row, unknown, previous=row, follow=True))
+                return
             change = self._change(op, row, PENDING, attempt=counted)
             plan.add(change, _Started(op, {}, None, unknown, previous=row))
             return

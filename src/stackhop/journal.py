@@ -349,6 +349,42 @@ class Journal:
             self._expect_one(result, f"finishing run {run_id}")
         return self.run(run_id)
 
+    def claim_run(
+        self, run_id: str, coordinator: str, *, stale_after: float, dead: str | None = None
+    ) -> bool:
+        """Become the coordinator of the running celery run ``run_id``: when it has none,
+        or its coordinator has not been seen for ``stale_after`` seconds (by the database's
+        clock) or is ``dead`` (a process of this host that is gone). False: another follows it."""
+        c = runs.c
+        with self._transaction() as conn:
+            result = conn.execute(
+                runs.update()
+                .where(
+                    c.id == run_id,
+                    c.outcome == RUN_RUNNING,
+                    sa.or_(
+                        c.coordinator.is_(None),
+                        c.coordinator == coordinator,
+                        c.coordinator == (dead or ""),
+                        c.coordinator_seen_at < self._clock(-stale_after),
+                    ),
+                )
+                .values(executor="celery", coordinator=coordinator,
+                        coordinator_seen_at=self._clock())  # fmt: skip
+            )
+        return result.rowcount == 1
+
+    def touch_run(self, run_id: str, coordinator: str) -> bool:
+        """The coordinator of ``run_id`` is alive; False if another took the run over."""
+        c = runs.c
+        with self._transaction() as conn:
+            result = conn.execute(
+                runs.update()
+                .where(c.id == run_id, c.coordinator == coordinator)
+                .values(coordinator_seen_at=self._clock())
+            )
+        return result.rowcount == 1
+
     def run(self, run_id: str) -> RunRecord:
         """The run with this ID (a unique prefix is enough); JournalError if unknown."""
         with self.engine.connect() as conn:
@@ -627,9 +663,13 @@ class Journal:
     def _clock(self, plus: float = 0.0) -> sa.ColumnElement[Any]:
         return db_clock(self.engine.dialect.name, plus)
 
-    def take_lease(self, row: OperationRecord, owner: str, ttl: float) -> OperationRecord | None:
+    def take_lease(
+        self, row: OperationRecord, owner: str, ttl: float, *, steal_from: str | None = None
+    ) -> OperationRecord | None:
         """Take the lease of the ``pending`` operation ``row`` for ``ttl`` seconds; the row
         as taken, or None when it moved on or another holds a lease that has not run out.
+        ``steal_from``: a holder known dead (a process of this host that is gone), whose
+        lease is taken at once instead of after it runs out.
 
         Taking counts an attempt: ``attempts`` is the fencing token, so after a steal
         (the take of an expired lease) every write of the earlier holder, which
@@ -642,7 +682,11 @@ class Journal:
                 .where(
                     *_still_running(row),
                     c.run_id == row.run_id,
-                    sa.or_(c.lease_owner.is_(None), c.lease_expires < self._clock()),
+                    sa.or_(
+                        c.lease_owner.is_(None),
+                        c.lease_expires < self._clock(),
+                        c.lease_owner == (steal_from or ""),
+                    ),
                 )
                 .values(
                     lease_owner=owner,

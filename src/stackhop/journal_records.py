@@ -36,6 +36,10 @@ class RunRecord:
     started_at: datetime
     finished_at: datetime | None
     outcome: str
+    #: ``celery`` when workers run its operations (schema 5), else None (this process).
+    executor: str | None = None
+    #: The process following a celery run (``host:pid``).
+    coordinator: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,8 @@ class OperationRecord:
     progress: dict[str, Any] | None = None
     #: While the operation is dispatched to a worker (schema 5): what it rebuilds it from.
     payload: Any = None
+    #: When the operation was sent to a worker (schema 5), None if it never was.
+    dispatched_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -152,6 +158,8 @@ def run_record(row: sa.Row[Any]) -> RunRecord:
         started_at=started,
         finished_at=utc(row.finished_at),
         outcome=row.outcome,
+        executor=getattr(row, "executor", None),
+        coordinator=getattr(row, "coordinator", None),
     )
 
 
@@ -177,4 +185,5 @@ def operation_record(row: sa.Row[Any]) -> OperationRecord:
         stage=row.stage,
         progress=dict(row.progress) if row.progress else None,
         payload=getattr(row, "payload", None),
+        dispatched_at=utc(getattr(row, "dispatched_at", None)),
     )

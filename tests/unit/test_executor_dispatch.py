@@ -9,6 +9,7 @@ broker and worker processes are in tests/functional/test_executor_celery.py.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ import pytest
 from stackhop.engine import Engine
 from stackhop.errors import ConfigError, UsageError
 from stackhop.events import CollectingSink, EventType
-from stackhop.executor import worker
+from stackhop.executor import dispatch, worker
 from stackhop.executor.dispatch import celery_executor
 from stackhop.executor.names import broker_url
-from stackhop.journal import DONE, Journal, OperationRecord, RunRecord
+from stackhop.executor.reattach import reattach
+from stackhop.journal import DONE, PENDING, Journal, OperationRecord, RunRecord
 from stackhop.plan import Operation
 from stackhop.resolve import Resolver
 from stackhop.task import Task, TaskContext, TaskKind
@@ -70,14 +72,17 @@ def job(run: RunRecord, journal: Journal, events: Any) -> _Job:
 class _App:
     """Stands in for the Celery app: each publish is delivered ``deliveries`` times."""
 
-    def __init__(self, deliveries: int = 1) -> None:
+    def __init__(self, deliveries: int = 1, lose_first: bool = False) -> None:
         self.deliveries = deliveries
+        self.lose_first = lose_first
         self.sent: list[tuple[dict[str, Any], str]] = []
         self.threads: list[threading.Thread] = []
 
     def send_task(self, name: str, args: list[Any], queue: str, routing_key: str) -> None:
         message = args[0]
         self.sent.append((message, queue))
+        if self.lose_first and len(self.sent) == 1:
+            return  # the broker lost it
 
         def deliver() -> None:
             for n in range(self.deliveries):
@@ -143,6 +148,18 @@ def test_a_redelivered_message_finds_the_work_done_and_does_nothing(journal: Jou
     assert {r.attempts for r in journal.operations(run_id=result.run_id)} == {1}
 
 
+def test_a_lost_message_is_sent_again_once_nobody_holds_its_row(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STACKHOP_LEASE_TTL", "0.3")
+    monkeypatch.setattr(dispatch, "ORPHAN_MARGIN", 0.2)
+    app = _App(lose_first=True)
+    result, events = _run(journal, app, ["a"])
+    assert result.outcome == "succeeded" and CALLS == {"a": 1}
+    assert len(app.sent) == 2 and app.sent[0][0]["ops"] == app.sent[1][0]["ops"]
+    assert any("sent again" in (e.message or "") for e in events.of_type(EventType.RETRY))
+
+
 def test_a_message_naming_another_journal_is_refused(
     journal: Journal, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -172,3 +189,45 @@ def test_the_broker_url_never_comes_with_a_password_on_the_command_line(
         broker_url(None)
     monkeypatch.setenv("STACKHOP_BROKER_URL", "amqp://u:pw@host/stackhop")
     assert broker_url(None) == "amqp://u:pw@host/stackhop"
+
+
+def test_a_rerun_reattaches_to_the_run_of_a_dead_coordinator_and_sends_nothing_again(
+    journal: Journal,
+) -> None:
+    # What a coordinator killed after sending its messages leaves: the run `running`,
+    # claimed by a process of this host that is gone, its rows pending and dispatched.
+    args = {"what": "abc"}
+    run = journal.start_run(COMMAND, source_cloud="src", destination_cloud="dst", args=args)
+    assert journal.claim_run(run.id, f"{socket.gethostname()}:999999999", stale_after=15)
+    rows = [journal.transition(run.id, "dst", "test.copy", n, PENDING, action="copy",
+                               expected=None, source_id=n) for n in "abc"]  # fmt: skip
+    assert len(journal.dispatch([(r, {"of": r.identity}) for r in rows])) == 3
+    sent_before = {"v": 1, "journal": journal.journal_id(), "run": run.id,
+                   "ops": [r.id for r in rows]}  # fmt: skip
+    # Another run, or other arguments, is not this one.
+    assert reattach(journal, COMMAND, source_cloud="src", destination_cloud="dst",
+                    args={"what": "xyz"}) is None  # fmt: skip
+    found = reattach(journal, COMMAND, source_cloud="src", destination_cloud="dst",
+                     args={**args, "workers": 8})  # fmt: skip
+    assert found == run.id
+    app = _App()
+    events = CollectingSink()
+    engine = Engine(
+        journal, object(), Resolver("dst", journal=journal), workers=2, events=events,
+        executor=celery_executor(app, lambda op: "q", 2),  # type: ignore[arg-type]
+    )  # fmt: skip
+    # The messages the dead coordinator sent are still in the queue: a worker runs them.
+    late = threading.Timer(0.5, worker.run_message, [sent_before],
+                           {"redelivered": False, "queue": "q"})  # fmt: skip
+    late.start()
+    ops = [Pass(kind=Copy(), identity=n, of=n) for n in "abc"]
+    result = engine.run_planned([ops], total=3, command=COMMAND, run_id=found)
+    late.join()
+    assert result.outcome == "succeeded" and app.sent == []  # followed, never sent again
+    assert CALLS == {"a": 1, "b": 1, "c": 1}
+    assert {r.attempts for r in journal.operations(run_id=run.id)} == {1}
+    # While this coordinator is seen, one on another host is refused the run.
+    assert not journal.claim_run(run.id, "elsewhere:1", stale_after=15)
+    journal.finish_run(run.id, result.outcome)
+    assert reattach(journal, COMMAND, source_cloud="src", destination_cloud="dst",
+                    args=args) is None  # fmt: skip

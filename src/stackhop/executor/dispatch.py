@@ -20,9 +20,10 @@ from typing import Any
 from celery import Celery
 
 from stackhop.engine import Engine, _Attempt, _Started
-from stackhop.errors import StackhopError
+from stackhop.errors import ConflictError, StackhopError
 from stackhop.events import Event, EventType
-from stackhop.executor.names import DEFAULT_QUEUE, MESSAGE_VERSION, TASK
+from stackhop.executor.names import DEFAULT_QUEUE, MESSAGE_VERSION, TASK, lease_ttl, this_process
+from stackhop.executor.reattach import COORDINATOR_STALE
 from stackhop.journal import DONE, PENDING, OperationRecord
 from stackhop.plan import Operation
 from stackhop.task import Task
@@ -30,6 +31,8 @@ from stackhop.task import Task
 #: Seconds between two reads of the rows in flight while they change, and when idle.
 POLL_FAST = 0.2
 POLL_SLOW = 1.0
+#: Seconds past a lease term after which a row nobody holds is sent again.
+ORPHAN_MARGIN = 10.0
 
 Route = Callable[[Operation], str]
 
@@ -53,9 +56,19 @@ class CeleryExecutor:
         self.capacity = capacity
         self.takes_leases = True
         self._journal_id = self.journal.journal_id()
+        self.coordinator = this_process()
+        if not self.journal.claim_run(
+            engine.run_id, self.coordinator, stale_after=COORDINATOR_STALE
+        ):
+            raise ConflictError(f"run {engine.run_id} is followed by another coordinator")
+        self._touched = time.monotonic()
         #: Row ID -> (the started call, the row as last seen).
         self._flight: dict[int, tuple[_Started, OperationRecord]] = {}
         self._quiet = 0
+        #: Row ID -> when its message was last published (monotonic).
+        self._sent_at: dict[int, float] = {}
+        self._orphans_seen = time.monotonic()
+        self.orphan_after = lease_ttl() + ORPHAN_MARGIN
         #: The queue each row went to (tests and the summary read it).
         self.queues: dict[int, str] = {}
 
@@ -70,6 +83,13 @@ class CeleryExecutor:
         return made
 
     def submit(self, group: list[_Started]) -> None:
+        if all(item.follow for item in group):  # a worker has it already (reattached run)
+            for item in group:
+                assert item.row is not None
+                self._flight[item.row.id] = (item, item.row)
+                self.queues[item.row.id] = self.route(item.op)
+                self._sent_at[item.row.id] = time.monotonic()
+            return
         rows = []
         for item in group:
             assert item.row is not None
@@ -82,9 +102,15 @@ class CeleryExecutor:
             self._flight[item.row.id] = (item, item.row)
             self.queues[item.row.id] = queue
         if ids:
-            message = {"v": MESSAGE_VERSION, "journal": self._journal_id,
-                       "run": self.engine.run_id, "ops": ids}  # fmt: skip
-            self.app.send_task(TASK, args=[message], queue=queue, routing_key=queue)
+            self._publish(ids, queue)
+
+    def _publish(self, ids: list[int], queue: str) -> None:
+        message = {"v": MESSAGE_VERSION, "journal": self._journal_id,
+                   "run": self.engine.run_id, "ops": ids}  # fmt: skip
+        self.app.send_task(TASK, args=[message], queue=queue, routing_key=queue)
+        now = time.monotonic()
+        for row_id in ids:
+            self._sent_at[row_id] = now
 
     def in_flight(self) -> int:
         return len(self._flight)
@@ -119,7 +145,46 @@ class CeleryExecutor:
                 error = row.error or f"the worker left it {row.state}"
                 finished.append((item, _Attempt(row, error=error, recorded=True)))
         self._quiet = 0 if changed else self._quiet + 1
+        if time.monotonic() - self._touched > COORDINATOR_STALE / 3:
+            self._touched = time.monotonic()
+            if not self.journal.touch_run(self.engine.run_id, self.coordinator):
+                raise ConflictError(
+                    f"run {self.engine.run_id} was taken over by another coordinator: this one "
+                    "stops following it"
+                )
+        if time.monotonic() - self._orphans_seen > self.orphan_after / 2:
+            self._orphans_seen = time.monotonic()
+            self._resend_orphans()
         return finished
+
+    def _resend_orphans(self) -> None:
+        """Publish again the rows nobody works on: no lease (or one run out) well after
+        their message went, while their queue holds nothing. Their message was lost: a
+        duplicate acknowledged while the original's worker later died, or the broker lost
+        a message it had not written. The lease makes a second copy harmless."""
+        now = time.monotonic()
+        for row_id, (item, row) in list(self._flight.items()):
+            if row.state != PENDING or now - self._sent_at.get(row_id, now) < self.orphan_after:
+                continue
+            lease = self.journal.lease(row_id)
+            queue = self.queues[row_id]
+            if lease is not None and not lease.expired or self._waiting(queue):
+                continue
+            self.engine.events.emit(
+                Event(EventType.RETRY, kind=item.op.kind.name, identity=item.op.identity,
+                      operation=item.op.action, run_id=self.engine.run_id,
+                      message=f"no worker holds it: sent again to {queue}")  # fmt: skip
+            )
+            self._publish([row_id], queue)
+
+    def _waiting(self, queue: str) -> bool:
+        """Whether ``queue`` holds messages no worker took yet (a passive declare)."""
+        try:
+            with self.app.connection_for_write() as conn:
+                _, count, _ = conn.default_channel.queue_declare(queue=queue, passive=True)
+        except Exception:  # the queue is gone or the broker away: judge it empty
+            return False
+        return bool(count)
 
     def _report(self, item: _Started, seen: OperationRecord, row: OperationRecord) -> bool:
         """The events a local run would have emitted for what the worker reported."""

@@ -8,6 +8,7 @@ The queue of a volume pass is ``stackhop.volumes.<source site>.<destination site
 from __future__ import annotations
 
 import os
+import socket
 from urllib.parse import urlsplit
 
 from stackhop.errors import ConfigError, UsageError
@@ -20,6 +21,13 @@ DEFAULT_QUEUE = "stackhop"
 BROKER_ENV = "STACKHOP_BROKER_URL"
 #: The message format this stackhop writes and reads.
 MESSAGE_VERSION = 1
+#: Seconds a worker's lease lasts unless renewed (``$STACKHOP_LEASE_TTL``).
+LEASE_TTL = 60.0
+
+
+def lease_ttl() -> float:
+    """The lease term: ``$STACKHOP_LEASE_TTL`` seconds, else :data:`LEASE_TTL`."""
+    return float(os.environ.get("STACKHOP_LEASE_TTL") or LEASE_TTL)
 
 
 def broker_url(given: str | None = None) -> str:
@@ -38,3 +46,24 @@ def broker_url(given: str | None = None) -> str:
             "or give --broker"
         )
     return url
+
+
+def this_process() -> str:
+    """``host:pid``: how a coordinator names itself in the journal."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_gone(name: str) -> bool:
+    """``name`` (``host:pid[:...]``) was a process of this host that no longer runs: its
+    lease or run can be taken over at once. False for another host's or a live process."""
+    host, _, rest = name.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -36,18 +36,20 @@ from typing import Any, Protocol
 from stackhop.engine import Engine
 from stackhop.errors import ConfigError
 from stackhop.events import Event, EventType
-from stackhop.executor.names import MESSAGE_VERSION
-from stackhop.journal import PENDING, Journal, OperationRecord, RunRecord
+from stackhop.executor.names import MESSAGE_VERSION, lease_ttl, process_gone
+from stackhop.journal import FAILED, PENDING, Journal, OperationRecord, RunRecord
 from stackhop.kinds.base import Connection
 from stackhop.plan import Operation
 from stackhop.resolve import Resolver
+from stackhop.retry import RetryPolicy
 
 #: The journal a worker opens (``stackhop worker`` sets it from ``--journal``).
 JOURNAL_ENV = "STACKHOP_JOURNAL"
-#: Seconds a lease lasts unless renewed (``$STACKHOP_LEASE_TTL``); renewed every third.
-LEASE_TTL = 60.0
 #: How often a redelivered message looks whether the lease it waits for ended (s).
 LEASE_POLL = 2.0
+#: Takes of one row past which it fails instead of running again (a poison message:
+#: a pass that kills its worker every time). Above the engine's own retries.
+MAX_TAKES = RetryPolicy().max_attempts + 3
 
 
 class Job(Protocol):
@@ -64,10 +66,6 @@ class Job(Protocol):
 JOBS: dict[str, str] = {
     "volumes copy": "stackhop.volumes.copy:worker_job",
 }
-
-
-def lease_ttl() -> float:
-    return float(os.environ.get("STACKHOP_LEASE_TTL") or LEASE_TTL)
 
 
 def say(event: str, **fields: Any) -> None:
@@ -144,13 +142,22 @@ def _run_row(
         if row is None or row.run_id != run_id or row.state != PENDING:
             say("skipped", row=row_id, queue=queue, state=row.state if row else None)
             return
-        taken = journal.take_lease(row, owner, ttl)
+        lease = journal.lease(row_id) if redelivered else None
+        dead = lease.owner if lease is not None and process_gone(lease.owner) else None
+        taken = journal.take_lease(row, owner, ttl, steal_from=dead)
         if taken is not None:
             break
         if not redelivered or time.monotonic() > deadline:
             say("skipped", row=row_id, queue=queue, reason="another worker holds its lease")
             return
         time.sleep(LEASE_POLL)
+    if taken.attempts > MAX_TAKES:
+        error = (f"its worker was lost {taken.attempts - 1} times; see the workers' logs, "
+                 "then re-run the command")  # fmt: skip
+        journal.transition(taken.run_id, taken.scope, taken.kind, taken.identity, FAILED,
+                           action=taken.action, expected=taken, error=error)  # fmt: skip
+        say("finished", row=row_id, queue=queue, outcome="failed", error=error)
+        return
     say("started", row=row_id, queue=queue, attempt=taken.attempts, redelivered=redelivered)
     job = _process.job(journal.run(run_id))
     stop = threading.Event()

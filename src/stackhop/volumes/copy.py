@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackhop.engine import Engine
-from stackhop.errors import StackhopError, UsageError
-from stackhop.events import EventSink, NullSink
+from stackhop.errors import Interrupted, StackhopError, UsageError
+from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.executor.names import DEFAULT_QUEUE
 from stackhop.journal import DONE, FAILED, Journal, OperationRecord, RunRecord
 from stackhop.kinds.identity import OperatorMap
@@ -328,16 +328,35 @@ class VolumeCopier:
                 )  # fmt: skip
             yield operations
 
+        run_id = None
+        if executor is not None:  # a run whose coordinator died is taken over, not redone
+            from stackhop.executor.reattach import reattach
+
+            run_id = reattach(
+                self.journal, COMMAND, source_cloud=self.request.source_cloud,
+                destination_cloud=self.request.destination_cloud, args=self.request.args(),
+            )  # fmt: skip
+            if run_id is not None:
+                self.events.emit(Event(EventType.INFO, run_id=run_id,
+                                       message=f"reattached to run {run_id}"))  # fmt: skip
+        outcome = "failed"
         try:
-            engine.run_planned(
+            result = engine.run_planned(
                 [operations] if self.grant is None else batches(),
                 total=len(operations),
                 command=COMMAND,
                 source_cloud=self.request.source_cloud,
                 destination_cloud=self.request.destination_cloud,
                 args=self.request.args(),
+                run_id=run_id,
             )
+            outcome = result.outcome
+        except Interrupted:
+            outcome = "interrupted"
+            raise
         finally:
+            if run_id is not None:  # a reattached run is this coordinator's to end
+                self.journal.finish_run(run_id, outcome)
             for made in granted:
                 grant.revoke(self.destination_conn, made)
                 self.ledger.removed(engine.run_id, made)
