@@ -271,8 +271,8 @@ class Engine:
         self._settled = threading.Condition(self._lock)
         self._run_id = ""
         self._make_executor = executor
-        #: The executor of the run in progress takes leases (its workers count attempts).
-        self._leased = False
+        #: The executor of the run in progress (whose workers may count attempts).
+        self._running: Executor[_Started, _Attempt] | None = None
 
     @property
     def run_id(self) -> str:
@@ -390,7 +390,7 @@ class Engine:
         kinds_started: set[str] = set()
         self.resolver.forget_remembered()
         executor = self._executor()
-        self._leased = executor.takes_leases
+        self._running = executor
         try:
             finished: list[tuple[_Started, _Attempt]] = []
             while True:
@@ -567,8 +567,9 @@ class Engine:
         if blocked is not None:
             self._fail(plan, op, row, f"not attempted: it depends on {blocked}, which failed")
             return
-        # Under leases the worker's take counts the attempt.
-        counted = not self._leased
+        # Where a worker takes a lease, its take counts the attempt.
+        leased = self._running is not None and self._running.leases(op)
+        counted = not leased
         if isinstance(op, Undo):
             change = self._change(op, row, PENDING, attempt=counted)
             plan.add(change, _Started(op, {}, None, False))
@@ -576,7 +577,7 @@ class Engine:
         if isinstance(op, Task):
             # An earlier attempt may have done (part of) the work: the task looks first.
             unknown = row is not None and row.attempts > 0
-            if self._leased and _dispatched_in(row, self._run_id):
+            if leased and _dispatched_in(row, self._run_id):
                 assert row is not None
                 plan.follow.append(_Started(op, {}, row, unknown, previous=row, follow=True))
                 return
@@ -742,7 +743,11 @@ class Engine:
     # -- one operation, in a worker thread -------------------------------------------
 
     def work(
-        self, op: Operation, row: OperationRecord, previous: OperationRecord | None
+        self,
+        op: Operation,
+        row: OperationRecord,
+        previous: OperationRecord | None,
+        resolved: Record | None = None,
     ) -> _Attempt:
         """Run one operation whose ``pending`` row a worker took the lease of, and journal
         its outcome (``done`` with its ID mapping, or ``failed``) as a local run would.
@@ -752,9 +757,8 @@ class Engine:
         """
         self._run_id = row.run_id
         unknown = previous is not None and previous.attempts > 0
-        resolved: Record = {}
-        if isinstance(op, Create | Update):
-            resolved = self.resolver.resolve(op.kind, op.source)
+        if resolved is None:  # as the coordinator resolved it, when it says
+            resolved = self.resolver.resolve(op.kind, op.source) if op.source else {}
         unknown = unknown and isinstance(op, Create | Task)
         attempt = self._attempt(_Started(op, resolved, row, unknown, previous=previous))
         if attempt.raw:

@@ -61,8 +61,9 @@ class Pass(Task):
 class _Job:
     destination = object()
 
-    def operation(self, row: OperationRecord) -> Operation:
-        return Pass(kind=Copy(), identity=str(row.payload["of"]), of=str(row.payload["of"]))
+    def operation(self, row: OperationRecord) -> tuple[Operation, None]:
+        of = str(row.payload["of"])
+        return Pass(kind=Copy(), identity=of, of=of), None
 
 
 def job(run: RunRecord, journal: Journal, events: Any) -> _Job:

@@ -16,6 +16,7 @@ from stackhop.archive import ArchiveReader, ArchiveWriter
 from stackhop.cli.options import (
     add_clouds,
     add_dry_run,
+    add_executor,
     add_format_options,
     add_kind_options,
     add_kind_selectors,
@@ -25,6 +26,7 @@ from stackhop.cli.options import (
     add_workers,
     chosen_options,
     chosen_selectors,
+    executor_app,
 )
 from stackhop.cli.output import dump, render_table
 from stackhop.clouds import cloud_config, connect
@@ -58,6 +60,7 @@ ACTION_STYLES = {
 def _import_options(p: argparse.ArgumentParser) -> None:
     add_kind_options(p)
     add_workers(p, 8, "concurrent API requests")
+    add_executor(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -279,7 +282,14 @@ def _apply(
     with Journal(args.journal) as journal, user_passwords.issuing(issuer):
         prepared = _prepare(args, source, conn, journal)
         resources.check_counterparts(prepared, conn, args.destination, args.workers)
-        engine = Engine(journal, conn, prepared.resolver, workers=args.workers, events=args.events)
+        app = executor_app(args)
+        executor = None
+        if app is not None:  # creates and updates on the workers (users' stay here)
+            from stackhop.executor.dispatch import celery_executor, default_route
+
+            executor = celery_executor(app, default_route, args.workers)
+        engine = Engine(journal, conn, prepared.resolver, workers=args.workers,
+                        events=args.events, executor=executor)  # fmt: skip
         # The destination is read kind by kind while the kinds read first are applied.
         result = engine.run_planned(
             resources.plan_stream(prepared, conn, args.overwrite, args.workers),

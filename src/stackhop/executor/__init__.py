@@ -10,7 +10,7 @@ journals it. The executor decides only *where* a call runs:
 - :class:`~stackhop.executor.dispatch.CeleryExecutor` publishes each group to a
   Celery queue and learns its outcome from the journal, which the worker
   (:mod:`stackhop.executor.worker`) writes; the worker's lease take counts the
-  attempt (``takes_leases``), so the engine's ``pending`` write does not.
+  attempt (:meth:`Executor.leases`), so the engine's ``pending`` write does not.
 
 The engine never waits on anything but :meth:`Executor.collect`, which returns in short
 slices so that Ctrl-C reaches the main thread promptly.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 #: One call's input (the engine's started operation) and outcome (its attempt).
 Item = TypeVar("Item")
@@ -35,9 +35,9 @@ class Executor(Protocol[Item, Outcome]):
 
     #: Groups that may be in flight at once.
     capacity: int
-    #: The call side takes a lease on each row and counts its attempt there, and writes
-    #: the outcome itself (the engine then only learns it).
-    takes_leases: bool
+
+    def leases(self, op: Any) -> bool:
+        """Whether ``op`` runs where a lease take counts its attempt (a worker's)."""
 
     def submit(self, group: list[Item]) -> None:
         """Start the calls of ``group`` (one request: its items succeed or fail together)."""
@@ -71,11 +71,13 @@ class LocalExecutor(Generic[Item, Outcome]):
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.capacity = workers
-        self.takes_leases = False
         self._call = call
         self._failed = failed
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stackhop")
         self._groups: dict[Future[list[Outcome]], list[Item]] = {}
+
+    def leases(self, op: Any) -> bool:
+        return False
 
     def submit(self, group: list[Item]) -> None:
         self._groups[self._pool.submit(self._call, group)] = group

@@ -13,6 +13,7 @@ plan's dependency order holds across workers.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,12 +21,14 @@ from typing import Any
 from celery import Celery
 
 from stackhop.engine import Engine, _Attempt, _Started
-from stackhop.errors import ConflictError, StackhopError
+from stackhop.errors import ConflictError
 from stackhop.events import Event, EventType
+from stackhop.executor import LocalExecutor
 from stackhop.executor.names import DEFAULT_QUEUE, MESSAGE_VERSION, TASK, lease_ttl, this_process
 from stackhop.executor.reattach import COORDINATOR_STALE
 from stackhop.journal import DONE, PENDING, OperationRecord
-from stackhop.plan import Operation
+from stackhop.plan import Create, Operation, Update
+from stackhop.retry import error_text
 from stackhop.task import Task
 
 #: Seconds between two reads of the rows in flight while they change, and when idle.
@@ -41,6 +44,10 @@ def default_route(op: Operation) -> str:
     return DEFAULT_QUEUE
 
 
+def _failed(item: _Started, exc: Exception) -> _Attempt:
+    return _Attempt(row=item.row, error=error_text(exc), raw=True, exception=exc)
+
+
 class CeleryExecutor:
     """Publishes the engine's calls to Celery queues; learns their outcomes from the journal."""
 
@@ -54,7 +61,10 @@ class CeleryExecutor:
         self.app = app
         self.route = route
         self.capacity = capacity
-        self.takes_leases = True
+        #: Operations that must run here (coordinator-only kinds, rollbacks): threads.
+        self._local: LocalExecutor[_Started, _Attempt] = LocalExecutor(
+            engine._attempt_group, _failed, workers=capacity
+        )
         self._journal_id = self.journal.journal_id()
         self.coordinator = this_process()
         if not self.journal.claim_run(
@@ -72,17 +82,30 @@ class CeleryExecutor:
         #: The queue each row went to (tests and the summary read it).
         self.queues: dict[int, str] = {}
 
+    def leases(self, op: Operation) -> bool:
+        """Whether ``op`` goes to a worker: a task that says how to rebuild it, a create or
+        update of a kind that may run anywhere. The rest runs on the coordinator."""
+        if isinstance(op, Task):
+            return op.to_payload() is not None
+        return isinstance(op, Create | Update) and not op.kind.coordinator_only
+
     @staticmethod
-    def payload(op: Operation) -> dict[str, Any]:
-        made = op.to_payload() if isinstance(op, Task) else None
-        if made is None:
-            raise StackhopError(
-                f"{op.kind.name} {op.identity!r}: this operation cannot run on a worker yet; "
-                "use --executor local"
-            )
-        return made
+    def payload(item: _Started) -> dict[str, Any]:
+        """What the worker rebuilds ``item`` from: IDs and records (no secret by contract)."""
+        op = item.op
+        if isinstance(op, Task):
+            made = op.to_payload()
+            assert made is not None
+            return made
+        return json.loads(json.dumps({
+            "action": op.action, "kind": op.kind.name, "identity": op.identity,
+            "source": op.source, "resolved": item.resolved, "existing": op.existing,
+        }, default=str))  # fmt: skip
 
     def submit(self, group: list[_Started]) -> None:
+        if not self.leases(group[0].op):  # the coordinator's own lane
+            self._local.submit(group)
+            return
         if all(item.follow for item in group):  # a worker has it already (reattached run)
             for item in group:
                 assert item.row is not None
@@ -93,7 +116,7 @@ class CeleryExecutor:
         rows = []
         for item in group:
             assert item.row is not None
-            rows.append((item.row, self.payload(item.op)))
+            rows.append((item.row, self.payload(item)))
         sent = set(self.journal.dispatch(rows))
         queue = self.route(group[0].op)
         ids = [row.id for row, _ in rows if row.id in sent]
@@ -113,14 +136,15 @@ class CeleryExecutor:
             self._sent_at[row_id] = now
 
     def in_flight(self) -> int:
-        return len(self._flight)
+        return len(self._flight) + self._local.in_flight()
 
     def collect(self, *, block: bool) -> list[tuple[_Started, _Attempt]]:
         while True:
-            finished = self._poll()
-            if finished or not block or not self._flight:
+            finished = self._local.collect(block=False)
+            finished += self._poll() if self._flight else []
+            if finished or not block or not self.in_flight():
                 return finished
-            time.sleep(POLL_FAST if self._quiet < 5 else POLL_SLOW)
+            time.sleep(POLL_FAST if self._quiet < 5 or self._local.in_flight() else POLL_SLOW)
 
     def _poll(self) -> list[tuple[_Started, _Attempt]]:
         rows = self.journal.operations_by_id(list(self._flight))
@@ -214,6 +238,7 @@ class CeleryExecutor:
         return changed
 
     def close(self) -> None:
+        self._local.close()
         self._flight.clear()
 
 

@@ -38,7 +38,7 @@ from stackhop.errors import ConfigError
 from stackhop.events import Event, EventType
 from stackhop.executor.names import MESSAGE_VERSION, lease_ttl, process_gone
 from stackhop.journal import FAILED, PENDING, Journal, OperationRecord, RunRecord
-from stackhop.kinds.base import Connection
+from stackhop.kinds.base import Connection, Record
 from stackhop.plan import Operation
 from stackhop.resolve import Resolver
 from stackhop.retry import RetryPolicy
@@ -58,13 +58,16 @@ class Job(Protocol):
     #: The destination connection the engine works on.
     destination: Connection
 
-    def operation(self, row: OperationRecord) -> Operation:
-        """The operation of ``row`` (its payload and the run's arguments)."""
+    def operation(self, row: OperationRecord) -> tuple[Operation, Record | None]:
+        """The operation of ``row`` (its payload and the run's arguments), and the record
+        the coordinator resolved for it (None: resolve here)."""
 
 
 #: Per command: the function making its :class:`Job` from ``(run, journal, events)``.
 JOBS: dict[str, str] = {
     "volumes copy": "stackhop.volumes.copy:worker_job",
+    "import": "stackhop.executor.jobs:resources_job",
+    "migrate": "stackhop.executor.jobs:resources_job",
 }
 
 
@@ -173,7 +176,8 @@ def _run_row(
     heartbeat = _Heartbeat(journal, taken, owner, ttl, stop)
     heartbeat.start()
     try:
-        attempt = engine.work(job.operation(taken), taken, row)
+        op, resolved = job.operation(taken)
+        attempt = engine.work(op, taken, row, resolved)
     except Exception as exc:
         # Not the operation's failure (the engine journals those) but the worker's: the
         # lease is given up, so another take (a re-run) may retry at once.

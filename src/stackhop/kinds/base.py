@@ -130,6 +130,9 @@ class Kind(ABC):
     #: The API service the kind talks to (``compute``, ``network``, ...): the engine
     #: spreads concurrent work over services, each its own API server.
     service: ClassVar[str] = ""
+    #: Its creates run on the coordinator, never on a worker (``--executor celery``):
+    #: they need what only that host holds (the user passwords stackhop issues).
+    coordinator_only: ClassVar[bool] = False
     #: CLI selector flags (without ``--``) -> help; a flag shared by several kinds
     #: (``quotas``) selects them all and must have the same help in each.
     selectors: ClassVar[Mapping[str, str]] = {}

@@ -77,6 +77,8 @@ def user_record(row: Mapping[str, Any], domain_name: str) -> Record:
 class User(_InDomains):
     name = USER
     selectors = SELECTOR
+    #: A password stackhop issues never leaves the coordinator's host.
+    coordinator_only = True
     references = {"domain_id": DOMAIN, "default_project_id": PROJECT}
     #: A default project that was not moved is left out rather than failing the user.
     ordering_references = ("default_project_id",)

@@ -444,7 +444,7 @@ class _WorkerJob:
         )
         self._projects: dict[str, Any] = {}
 
-    def operation(self, row: OperationRecord) -> Operation:
+    def operation(self, row: OperationRecord) -> tuple[Operation, None]:
         payload = row.payload or {}
         request, copier = self.request, self.copier
         project = str(payload["destination_project"])
@@ -468,7 +468,7 @@ class _WorkerJob:
                 f"volume {source.id}: the journal plans pass {op.key!r}, the worker was sent "
                 f"{row.identity!r}; re-run the command to plan again"
             )
-        return op
+        return op, None
 
 
 def worker_job(run: RunRecord, journal: Journal, events: EventSink) -> _WorkerJob:
