@@ -11,12 +11,18 @@ sharing the workers and the journal.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.functional.volumes_support import (
+    MIB,
     Sandbox,
     digest_of,
     file_backend_path,
@@ -24,7 +30,7 @@ from tests.functional.volumes_support import (
 )
 from tests.functional.workers_support import server_journal, worker_env, workers
 
-from stackhop.journal import DONE, Journal
+from stackhop.journal import DONE, PENDING, Journal
 from stackhop.volumes.passes import KIND
 
 pytestmark = pytest.mark.functional
@@ -34,10 +40,12 @@ CEPH_QUEUE = "stackhop.volumes.src-ceph.dst-ceph"
 PIECES = [0, 3, 200, 511, 1023]
 
 
-def _copy(journal: str, box: Sandbox, method: str, volumes: list[Any]) -> subprocess.Popen[str]:
+def _copy(
+    journal: str, box: Sandbox, method: str, volumes: list[Any], *extra: str
+) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "stackhop", "--log-json", "volumes", "copy",
             "--from", "src", "--to", "dst", "--project", box.name, "--method", method,
-            "--executor", "celery", "--workers", "3", "-f", "json"]  # fmt: skip
+            "--executor", "celery", "--workers", "3", "-f", "json", *extra]  # fmt: skip
     for volume in volumes:
         argv += ["--volume", volume.id]
     return subprocess.Popen(argv, env=worker_env(journal), stdout=subprocess.PIPE,
@@ -88,3 +96,108 @@ def test_six_volumes_on_two_queues_each_pass_on_the_worker_of_its_storage(
             assert digest_of("dst", outcome["destination_id"]) == digest_of(
                 "src", outcome["volume_id"]
             )
+
+
+def _pending_row(journal: str, run_outcome: Callable[[], int | None], at_least: float) -> Any:
+    """The first ``volume`` row of the journal once a pass reported ``at_least`` of its
+    bytes (polled while the coordinator runs)."""
+    deadline = time.monotonic() + 600
+    with Journal(journal) as j:
+        while time.monotonic() < deadline:
+            assert run_outcome() is None, "the copy ended before the moment the test waits for"
+            for row in j.operations(kind=KIND):
+                progress = row.progress or {}
+                if row.state == PENDING and progress.get("total") and (
+                    progress.get("done", 0) >= at_least * progress["total"]
+                ):
+                    return row
+            time.sleep(0.2)
+    raise AssertionError("no pass reached the point the test waits for")
+
+
+def _stream_agents() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "stream_agent" in cmdline:
+                found.append(cmdline)
+    return found
+
+
+def _random_volume(box: Sandbox, name: str, gib: int) -> Any:
+    """A file volume full of incompressible data (a random MiB, numbered per MiB)."""
+    volume = box.volume(name, size=gib, volume_type="file")
+    block = os.urandom(MIB)
+    with file_backend_path("src", volume.id).open("r+b") as f:
+        for mib in range(gib * 1024):
+            f.write(mib.to_bytes(8, "big") + block[8:])
+    return volume
+
+
+def test_a_worker_killed_mid_copy_is_replaced_and_the_copy_resumes(seeded: Any) -> None:
+    with Sandbox.create("voltest-celkill") as box, \
+            server_journal("mariadb", "shjournal_celkill") as journal:  # fmt: skip
+        volume = _random_volume(box, "voltest-ck", 2)
+        with workers(journal, [FILE_QUEUE], [FILE_QUEUE], STACKHOP_LEASE_TTL="10") as pool:
+            proc = _copy(journal, box, "stream", [volume], "--codec", "raw")
+            row = _pending_row(journal, proc.poll, 0.3)
+            with Journal(journal) as j:
+                lease = j.lease(row.id)
+            assert lease is not None
+            victim = int(lease.owner.split(":")[1])  # the pool process running the pass
+            os.kill(victim, signal.SIGKILL)
+            out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        outcome = json.loads(out)["volumes"][0]
+        with Journal(journal) as j:
+            done = j.operation(row.scope, KIND, row.identity)
+        assert done is not None and done.state == DONE
+        # Taken twice: the killed attempt, then the redelivery's steal, which resumed from
+        # the chunks the first confirmed instead of sending them all again.
+        assert done.attempts == 2
+        assert done.before["details"]["resumed_chunks"] > 0
+        assert outcome["bytes_sent"] < 2 * 1024 * MIB
+        redelivered = [line for w in pool for line in w.events("started") if line["redelivered"]]
+        assert [line["row"] for line in redelivered] == [row.id]
+        assert [v.id for v in box.volumes("dst")] == [outcome["destination_id"]]
+        assert digest_of("dst", outcome["destination_id"]) == digest_of("src", volume.id)
+        assert _stream_agents() == []
+
+
+def test_a_killed_coordinator_is_reattached_by_the_rerun_and_nothing_is_sent_twice(
+    seeded: Any,
+) -> None:
+    with Sandbox.create("voltest-celcoord") as box, \
+            server_journal("postgresql", "shjournal_celcoord") as journal:  # fmt: skip
+        volumes = [_random_volume(box, f"voltest-cr{n}", 1) for n in range(3)]
+        with workers(journal, [FILE_QUEUE]) as (worker,):
+            first = _copy(journal, box, "stream", volumes, "--codec", "raw")
+            row = _pending_row(journal, first.poll, 0.2)
+            first.kill()  # our own child, by its handle: kill -9 of the coordinator
+            first.wait()
+            with Journal(journal) as j:
+                (run,) = [r for r in j.runs() if r.command == "volumes copy"]
+                assert run.outcome == "running"
+            second = _copy(journal, box, "stream", volumes, "--codec", "raw")
+            out, err = second.communicate(timeout=900)
+        assert second.returncode == 0, err[-3000:]
+        assert f"reattached to run {run.id}" in err
+        with Journal(journal) as j:
+            assert [r.id for r in j.runs() if r.command == "volumes copy"] == [run.id]
+            assert j.run(run.id).outcome == "succeeded"
+            rows = j.operations(run_id=run.id, kind=KIND)
+        assert len(rows) == 3 and {r.state for r in rows} == {DONE}
+        assert {r.attempts for r in rows} == {1}  # each pass ran once
+        assert sorted(line["row"] for line in worker.events("started")) == sorted(
+            r.id for r in rows
+        )
+        assert row.id in {r.id for r in rows}
+        copies = box.volumes("dst")
+        assert len(copies) == 3
+        for volume in volumes:
+            (copy,) = [c for c in copies if c.name == volume.name]
+            assert digest_of("dst", copy.id) == digest_of("src", volume.id)
