@@ -28,7 +28,12 @@ from tests.functional.volumes_support import (
     file_backend_path,
     write_pattern,
 )
-from tests.functional.workers_support import server_journal, worker_env, workers
+from tests.functional.workers_support import (
+    private_broker,
+    server_journal,
+    worker_env,
+    workers,
+)
 
 from stackhop.journal import DONE, PENDING, Journal
 from stackhop.volumes.passes import KIND
@@ -41,14 +46,14 @@ PIECES = [0, 3, 200, 511, 1023]
 
 
 def _copy(
-    journal: str, box: Sandbox, method: str, volumes: list[Any], *extra: str
+    journal: str, box: Sandbox, method: str, volumes: list[Any], *extra: str, **env: str
 ) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "stackhop", "--log-json", "volumes", "copy",
             "--from", "src", "--to", "dst", "--project", box.name, "--method", method,
             "--executor", "celery", "--workers", "3", "-f", "json", *extra]  # fmt: skip
     for volume in volumes:
         argv += ["--volume", volume.id]
-    return subprocess.Popen(argv, env=worker_env(journal), stdout=subprocess.PIPE,
+    return subprocess.Popen(argv, env=worker_env(journal, **env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
@@ -196,6 +201,35 @@ def test_a_killed_coordinator_is_reattached_by_the_rerun_and_nothing_is_sent_twi
             r.id for r in rows
         )
         assert row.id in {r.id for r in rows}
+        copies = box.volumes("dst")
+        assert len(copies) == 3
+        for volume in volumes:
+            (copy,) = [c for c in copies if c.name == volume.name]
+            assert digest_of("dst", copy.id) == digest_of("src", volume.id)
+
+
+def test_the_broker_restarted_mid_run_loses_no_work(seeded: Any, tmp_path: Path) -> None:
+    with Sandbox.create("voltest-celbroker") as box, \
+            server_journal("postgresql", "shjournal_celbroker") as journal, \
+            private_broker(tmp_path / "broker") as broker:  # fmt: skip
+        volumes = [_random_volume(box, f"voltest-cb{n}", 1) for n in range(3)]
+        env = {"STACKHOP_BROKER_URL": broker.url, "STACKHOP_LEASE_TTL": "10"}
+        # One process: two of the three messages wait in the queue while the first runs.
+        with workers(journal, [FILE_QUEUE], **env) as (worker,):
+            proc = _copy(journal, box, "stream", volumes, "--codec", "raw", **env)
+            _pending_row(journal, proc.poll, 0.2)
+            broker.stop()  # kill -9 of the node, mid-copy
+            time.sleep(5)
+            broker.start()  # the same node and data: durable queues, persistent messages
+            out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        run_id = json.loads(out)["run_id"]
+        with Journal(journal) as j:
+            rows = j.operations(run_id=run_id, kind=KIND)
+        assert len(rows) == 3 and {r.state for r in rows} == {DONE}
+        assert {r.attempts for r in rows} == {1}  # no pass ran twice
+        started = sorted(line["row"] for line in worker.events("started"))
+        assert started == sorted(r.id for r in rows)
         copies = box.volumes("dst")
         assert len(copies) == 3
         for volume in volumes:

@@ -40,6 +40,10 @@ def make_app(url: str) -> Celery:
         broker_channel_error_retry=True,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"confirm_publish": True},
+        # A publish while the broker restarts waits for it (about a minute) instead of
+        # failing the run at once.
+        task_publish_retry_policy={"max_retries": 30, "interval_start": 0.5,
+                                   "interval_step": 0.5, "interval_max": 2},
         task_default_queue=DEFAULT_QUEUE,
         task_default_delivery_mode="persistent",
         worker_enable_remote_control=False,
