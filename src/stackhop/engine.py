@@ -753,24 +753,42 @@ class Engine:
         its outcome (``done`` with its ID mapping, or ``failed``) as a local run would.
 
         ``row`` is the row as taken (its attempt counted); ``previous`` the row before
-        the take. A create or task with an earlier attempt looks first (``find``).
+        the take; ``resolved`` the record the coordinator resolved (None: resolve here).
+        A create or task with an earlier attempt looks first (``find``).
         """
-        self._run_id = row.run_id
-        unknown = previous is not None and previous.attempts > 0
-        if resolved is None:  # as the coordinator resolved it, when it says
-            resolved = self.resolver.resolve(op.kind, op.source) if op.source else {}
-        unknown = unknown and isinstance(op, Create | Task)
-        attempt = self._attempt(_Started(op, resolved, row, unknown, previous=previous))
-        if attempt.raw:
-            return attempt
-        plan = _Batch()
-        if attempt.error is not None:
-            self._fail(plan, op, attempt.row, attempt.error)
+        return self.work_group([(op, row, previous, resolved)])[0]
+
+    def work_group(
+        self,
+        items: Sequence[tuple[Operation, OperationRecord, OperationRecord | None, Record | None]],
+    ) -> list[_Attempt]:
+        """:meth:`work` for the operations of one message: first attempts of creates of one
+        bulk kind go in one request, as :meth:`_attempt_group` sends them in a local run."""
+        started = []
+        for op, row, previous, resolved in items:
+            self._run_id = row.run_id
+            unknown = previous is not None and previous.attempts > 0
+            if resolved is None:
+                resolved = self.resolver.resolve(op.kind, op.source) if op.source else {}
+            unknown = unknown and isinstance(op, Create | Task)
+            started.append(_Started(op, resolved, row, unknown, previous=previous))
+        together = len(started) > 1 and all(_bulk(s.op) and not s.unknown for s in started)
+        if together and len({s.op.kind.name for s in started}) == 1:
+            attempts = self._attempt_group(started)
         else:
-            message = "adopted the object an earlier attempt created" if attempt.adopted else None
-            self._done(plan, op, attempt.row, attempt.destination_id, message)
+            attempts = [self._attempt(item) for item in started]
+        plan = _Batch()
+        for item, attempt in zip(started, attempts, strict=True):
+            if attempt.raw:
+                continue
+            if attempt.error is not None:
+                self._fail(plan, item.op, attempt.row, attempt.error)
+            else:
+                adopted = "adopted the object an earlier attempt created"
+                message = adopted if attempt.adopted else None
+                self._done(plan, item.op, attempt.row, attempt.destination_id, message)
         self._write(plan)
-        return attempt
+        return attempts
 
     def _attempt(self, item: _Started) -> _Attempt:
         """The API call of one started operation, retried while the failure is transient.

@@ -560,7 +560,7 @@ class Journal:
             values["before_state"] = change.before
         values["undone_by"] = change.undone_by if change.state == ROLLED_BACK else None
         if change.state != PENDING:  # an outcome ends the lease and the work's payload
-            values.update(lease_owner=None, lease_expires=None, payload=None)
+            values.update(lease_owner=None, lease_expires=None, payload=None, dispatched_at=None)
         if expected is None:
             attempts = 1 if change.attempt else 0
             result = conn.execute(

@@ -25,7 +25,7 @@ from stackhop.executor import dispatch, worker
 from stackhop.executor.dispatch import celery_executor
 from stackhop.executor.names import broker_url
 from stackhop.executor.reattach import reattach
-from stackhop.journal import DONE, PENDING, Journal, OperationRecord, RunRecord
+from stackhop.journal import DONE, FAILED, PENDING, Journal, OperationRecord, RunRecord
 from stackhop.plan import Operation
 from stackhop.resolve import Resolver
 from stackhop.task import Task, TaskContext, TaskKind
@@ -232,3 +232,21 @@ def test_a_rerun_reattaches_to_the_run_of_a_dead_coordinator_and_sends_nothing_a
     journal.finish_run(run.id, result.outcome)
     assert reattach(journal, COMMAND, source_cloud="src", destination_cloud="dst",
                     args=args) is None  # fmt: skip
+
+
+def test_a_row_that_lost_its_worker_too_often_fails_instead_of_running_again(
+    journal: Journal,
+) -> None:
+    run = journal.start_run(COMMAND, source_cloud="src", destination_cloud="dst")
+    row = journal.transition(run.id, "dst", "test.copy", "a", PENDING, action="copy",
+                             expected=None, source_id="a")  # fmt: skip
+    journal.dispatch([(row, {"of": "a", "_attempts": row.attempts})])
+    for n in range(worker.MAX_ATTEMPTS_DISPATCHED):  # each take a worker lost at once
+        taken = journal.take_lease(row, f"gone:{n}", ttl=60)
+        assert taken is not None and journal.release_lease(taken, f"gone:{n}")
+        row = taken
+    message = {"v": 1, "journal": journal.journal_id(), "run": run.id, "ops": [row.id]}
+    worker.run_message(message, redelivered=True, queue="q")
+    failed = journal.operation("dst", "test.copy", "a")
+    assert failed is not None and failed.state == FAILED and CALLS == {}
+    assert "attempts since it was sent to the workers" in (failed.error or "")

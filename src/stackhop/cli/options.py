@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from stackhop import kinds as registry
 from stackhop.cli.output import add_format_options
-from stackhop.errors import StackhopError
+from stackhop.errors import StackhopError, UsageError
 from stackhop.volumes.reshape import parse_type_map
 
 __all__ = [
@@ -179,7 +179,7 @@ def executor_app(args: argparse.Namespace) -> object | None:
     """The Celery app of ``--executor celery`` (None for local); imports Celery only then."""
     if getattr(args, "executor", "local") != "celery":
         if getattr(args, "broker", None):
-            raise StackhopError("--broker goes with --executor celery")
+            raise UsageError("--broker goes with --executor celery")
         return None
     from stackhop.executor.celery_app import make_app
     from stackhop.executor.names import broker_url

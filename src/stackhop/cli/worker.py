@@ -14,6 +14,7 @@ on stdout, and stops cleanly on SIGTERM (the tasks in flight finish first).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import socket
 from typing import Any
@@ -54,6 +55,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run)
 
 
+def _preload() -> None:
+    """Import what the tasks run before the pool forks, so that no process pays for it
+    on its first task (an optional method missing here fails its task, not the worker)."""
+    from stackhop.executor.worker import JOBS
+    from stackhop.volumes.methods import METHODS
+
+    for target in (*JOBS.values(), *METHODS.values()):
+        try:
+            importlib.import_module(target.partition(":")[0])
+        except ImportError:
+            pass
+
+
 def run(args: argparse.Namespace) -> int:
     from celery.signals import worker_ready
 
@@ -68,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     with Journal(args.journal):  # reachable, and at this stackhop's schema, before any work
         pass
     os.environ[JOURNAL_ENV] = args.journal  # the pool's processes open it themselves
+    _preload()
     app = make_app(url)
 
     def ready(**_: Any) -> None:

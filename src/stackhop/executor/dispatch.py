@@ -21,7 +21,7 @@ from typing import Any
 from celery import Celery
 
 from stackhop.engine import Engine, _Attempt, _Started
-from stackhop.errors import ConflictError
+from stackhop.errors import ConflictError, TransientError
 from stackhop.events import Event, EventType
 from stackhop.executor import LocalExecutor
 from stackhop.executor.names import DEFAULT_QUEUE, MESSAGE_VERSION, TASK, lease_ttl, this_process
@@ -31,9 +31,11 @@ from stackhop.plan import Create, Operation, Update
 from stackhop.retry import error_text
 from stackhop.task import Task
 
-#: Seconds between two reads of the rows in flight while they change, and when idle.
-POLL_FAST = 0.2
-POLL_SLOW = 1.0
+#: Seconds between two reads of the rows in flight while they change, and once nothing
+#: changed for :data:`QUIET_POLLS` reads (a read is one indexed SELECT).
+POLL_FAST = 0.1
+POLL_SLOW = 0.5
+QUIET_POLLS = 20
 #: Seconds past a lease term after which a row nobody holds is sent again.
 ORPHAN_MARGIN = 10.0
 
@@ -116,7 +118,8 @@ class CeleryExecutor:
         rows = []
         for item in group:
             assert item.row is not None
-            rows.append((item.row, self.payload(item)))
+            # The attempts at dispatch: a worker's poison bound counts from there.
+            rows.append((item.row, {**self.payload(item), "_attempts": item.row.attempts}))
         sent = set(self.journal.dispatch(rows))
         queue = self.route(group[0].op)
         ids = [row.id for row, _ in rows if row.id in sent]
@@ -130,7 +133,13 @@ class CeleryExecutor:
     def _publish(self, ids: list[int], queue: str) -> None:
         message = {"v": MESSAGE_VERSION, "journal": self._journal_id,
                    "run": self.engine.run_id, "ops": ids}  # fmt: skip
-        self.app.send_task(TASK, args=[message], queue=queue, routing_key=queue)
+        try:
+            self.app.send_task(TASK, args=[message], queue=queue, routing_key=queue)
+        except Exception as exc:  # kombu's OperationalError after its retries, and the like
+            raise TransientError(
+                f"the message broker did not take the work of run {self.engine.run_id} "
+                f"({exc}); when it answers again, re-run the same command"
+            ) from exc
         now = time.monotonic()
         for row_id in ids:
             self._sent_at[row_id] = now
@@ -140,11 +149,14 @@ class CeleryExecutor:
 
     def collect(self, *, block: bool) -> list[tuple[_Started, _Attempt]]:
         while True:
+            self._touch()
             finished = self._local.collect(block=False)
             finished += self._poll() if self._flight else []
             if finished or not block or not self.in_flight():
                 return finished
-            time.sleep(POLL_FAST if self._quiet < 5 or self._local.in_flight() else POLL_SLOW)
+            time.sleep(
+                POLL_FAST if self._quiet < QUIET_POLLS or self._local.in_flight() else POLL_SLOW
+            )
 
     def _poll(self) -> list[tuple[_Started, _Attempt]]:
         rows = self.journal.operations_by_id(list(self._flight))
@@ -169,17 +181,22 @@ class CeleryExecutor:
                 error = row.error or f"the worker left it {row.state}"
                 finished.append((item, _Attempt(row, error=error, recorded=True)))
         self._quiet = 0 if changed else self._quiet + 1
-        if time.monotonic() - self._touched > COORDINATOR_STALE / 3:
-            self._touched = time.monotonic()
-            if not self.journal.touch_run(self.engine.run_id, self.coordinator):
-                raise ConflictError(
-                    f"run {self.engine.run_id} was taken over by another coordinator: this one "
-                    "stops following it"
-                )
         if time.monotonic() - self._orphans_seen > self.orphan_after / 2:
             self._orphans_seen = time.monotonic()
             self._resend_orphans()
         return finished
+
+    def _touch(self) -> None:
+        """Say in the journal that this coordinator lives (a re-run then does not take the
+        run over); ConflictError if another took it over meanwhile."""
+        if time.monotonic() - self._touched <= COORDINATOR_STALE / 3:
+            return
+        self._touched = time.monotonic()
+        if not self.journal.touch_run(self.engine.run_id, self.coordinator):
+            raise ConflictError(
+                f"run {self.engine.run_id} was taken over by another coordinator: this one "
+                "stops following it"
+            )
 
     def _resend_orphans(self) -> None:
         """Publish again the rows nobody works on: no lease (or one run out) well after

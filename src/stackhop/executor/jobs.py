@@ -24,11 +24,11 @@ class ResourcesJob:
     """The creates and updates of one ``import``/``migrate`` run, as a worker runs them."""
 
     def __init__(self, run: RunRecord) -> None:
-        from stackhop.clouds import connect
+        from stackhop.executor.worker import connection
 
         if not run.destination_cloud:
             raise ConfigError(f"run {run.id} names no destination cloud")
-        self.destination: Any = connect(run.destination_cloud)
+        self.destination: Any = connection(run.destination_cloud)
 
     def operation(self, row: OperationRecord) -> tuple[Operation, Record | None]:
         payload = row.payload or {}

@@ -47,9 +47,10 @@ from stackhop.retry import RetryPolicy
 JOURNAL_ENV = "STACKHOP_JOURNAL"
 #: How often a redelivered message looks whether the lease it waits for ended (s).
 LEASE_POLL = 2.0
-#: Takes of one row past which it fails instead of running again (a poison message:
-#: a pass that kills its worker every time). Above the engine's own retries.
-MAX_TAKES = RetryPolicy().max_attempts + 3
+#: Attempts of one row since it was dispatched past which a take fails it instead of
+#: running it again (a poison message: a pass that kills its worker every time). Each
+#: take may retry up to the engine's own bound, so this allows about three takes.
+MAX_ATTEMPTS_DISPATCHED = 3 * RetryPolicy().max_attempts
 
 
 class Job(Protocol):
@@ -95,6 +96,7 @@ class _Process:
         self.journal: Journal | None = None
         self.journal_id = ""
         self.jobs: dict[str, Job] = {}
+        self.connections: dict[str, Any] = {}
 
     def opened(self) -> Journal:
         # A pool child forks from the parent: what the parent opened is not shared.
@@ -102,10 +104,20 @@ class _Process:
             location = os.environ.get(JOURNAL_ENV)
             if not location:
                 raise ConfigError(f"the worker has no journal: set ${JOURNAL_ENV} or --journal")
-            self.pid, self.jobs = os.getpid(), {}
+            self.pid, self.jobs, self.connections = os.getpid(), {}, {}
             self.journal = Journal(location)
             self.journal_id = self.journal.journal_id()
         return self.journal
+
+    def connection(self, cloud: str) -> Any:
+        """A connection to ``cloud`` kept for the process's life: runs after the first
+        reuse its session (keystoneauth renews the token when it runs out)."""
+        self.opened()
+        if cloud not in self.connections:
+            from stackhop.clouds import connect
+
+            self.connections[cloud] = connect(cloud)
+        return self.connections[cloud]
 
     def job(self, run: RunRecord) -> Job:
         if run.id not in self.jobs:
@@ -121,6 +133,11 @@ class _Process:
 _process = _Process()
 
 
+def connection(cloud: str) -> Any:
+    """This worker process's connection to ``cloud`` (jobs use it)."""
+    return _process.connection(cloud)
+
+
 def run_message(message: Mapping[str, Any], *, redelivered: bool, queue: str) -> None:
     """Run the operations of one message (see the module docstring)."""
     if message.get("v") != MESSAGE_VERSION:
@@ -131,20 +148,60 @@ def run_message(message: Mapping[str, Any], *, redelivered: bool, queue: str) ->
         say("refused", reason="the message names another journal", queue=queue)
         return
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    run_id = str(message["run"])
+    taken: list[tuple[OperationRecord, OperationRecord]] = []
     for row_id in message.get("ops", ()):
-        _run_row(journal, str(message["run"]), int(row_id), owner, redelivered, queue)
+        got = _take(journal, run_id, int(row_id), owner, redelivered, queue)
+        if got is not None:
+            taken.append(got)
+    if not taken:
+        return
+    ttl = lease_ttl()
+    job = _process.job(journal.run(run_id))
+    stop = threading.Event()
+    engine = Engine(
+        journal,
+        job.destination,
+        Resolver(taken[0][0].scope, journal=journal),
+        scope=taken[0][0].scope,
+        workers=1,
+        events=_LineSink(),
+        stop=stop,
+    )
+    heartbeat = _Heartbeat(journal, [row for row, _ in taken], owner, ttl, stop)
+    heartbeat.start()
+    try:
+        work = []
+        for row, before in taken:
+            op, resolved = job.operation(row)
+            work.append((op, row, before, resolved))
+        attempts = engine.work_group(work)
+    except Exception as exc:
+        # Not the operations' failure (the engine journals those) but the worker's: the
+        # leases are given up, so another take (a re-run) may retry at once.
+        for row, _ in taken:
+            journal.release_lease(row, owner)
+        say("error", rows=[row.id for row, _ in taken], queue=queue, error=str(exc))
+        raise
+    finally:
+        heartbeat.stop()
+    for (row, _), attempt in zip(taken, attempts, strict=True):
+        outcome = "failed" if attempt.error is not None else "done"
+        say("finished", row=row.id, queue=queue, outcome=outcome, error=attempt.error)
 
 
-def _run_row(
+def _take(
     journal: Journal, run_id: str, row_id: int, owner: str, redelivered: bool, queue: str
-) -> None:
+) -> tuple[OperationRecord, OperationRecord] | None:
+    """The lease of row ``row_id``: the row as taken and as it was before, or None when
+    there is nothing to do (done already, another run's, held by a live worker)."""
     ttl = lease_ttl()
     deadline = time.monotonic() + ttl + 10
     while True:
         row = journal.operations_by_id([row_id]).get(row_id)
         if row is None or row.run_id != run_id or row.state != PENDING:
             say("skipped", row=row_id, queue=queue, state=row.state if row else None)
-            return
+            return None
         lease = journal.lease(row_id) if redelivered else None
         dead = lease.owner if lease is not None and process_gone(lease.owner) else None
         taken = journal.take_lease(row, owner, ttl, steal_from=dead)
@@ -152,65 +209,49 @@ def _run_row(
             break
         if not redelivered or time.monotonic() > deadline:
             say("skipped", row=row_id, queue=queue, reason="another worker holds its lease")
-            return
+            return None
         time.sleep(LEASE_POLL)
-    if taken.attempts > MAX_TAKES:
-        error = (f"its worker was lost {taken.attempts - 1} times; see the workers' logs, "
-                 "then re-run the command")  # fmt: skip
+    since = taken.attempts - int((taken.payload or {}).get("_attempts") or 0)
+    if since > MAX_ATTEMPTS_DISPATCHED:
+        error = (f"{since - 1} attempts since it was sent to the workers, none finished "
+                 "(a worker lost each time?); see the workers' logs, then re-run the "
+                 "command")  # fmt: skip
         journal.transition(taken.run_id, taken.scope, taken.kind, taken.identity, FAILED,
                            action=taken.action, expected=taken, error=error)  # fmt: skip
         say("finished", row=row_id, queue=queue, outcome="failed", error=error)
-        return
+        return None
     say("started", row=row_id, queue=queue, attempt=taken.attempts, redelivered=redelivered)
-    job = _process.job(journal.run(run_id))
-    stop = threading.Event()
-    engine = Engine(
-        journal,
-        job.destination,
-        Resolver(taken.scope, journal=journal),
-        scope=taken.scope,
-        workers=1,
-        events=_LineSink(),
-        stop=stop,
-    )
-    heartbeat = _Heartbeat(journal, taken, owner, ttl, stop)
-    heartbeat.start()
-    try:
-        op, resolved = job.operation(taken)
-        attempt = engine.work(op, taken, row, resolved)
-    except Exception as exc:
-        # Not the operation's failure (the engine journals those) but the worker's: the
-        # lease is given up, so another take (a re-run) may retry at once.
-        journal.release_lease(taken, owner)
-        say("error", row=row_id, queue=queue, error=str(exc))
-        raise
-    finally:
-        heartbeat.stop()
-    outcome = "failed" if attempt.error is not None else "done"
-    say("finished", row=row_id, queue=queue, outcome=outcome, error=attempt.error)
+    return taken, row
 
 
 class _Heartbeat(threading.Thread):
-    """Renews a lease every third of its term; sets ``lost`` when it cannot."""
+    """Renews the leases of ``rows`` every third of their term; sets ``lost`` when one
+    cannot be (another worker took it over: this attempt must stop)."""
 
     def __init__(
-        self, journal: Journal, row: OperationRecord, owner: str, ttl: float, lost: threading.Event
+        self,
+        journal: Journal,
+        rows: list[OperationRecord],
+        owner: str,
+        ttl: float,
+        lost: threading.Event,
     ) -> None:
         super().__init__(name="stackhop-lease", daemon=True)
-        self.journal, self.row, self.owner, self.ttl, self.lost = journal, row, owner, ttl, lost
+        self.journal, self.rows, self.owner, self.ttl, self.lost = journal, rows, owner, ttl, lost
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.wait(self.ttl / 3):
-            try:
-                held = self.journal.renew_lease(self.row, self.owner, self.ttl)
-            except Exception as exc:  # the journal is unreachable: keep trying until the term
-                say("warning", row=self.row.id, message=f"lease not renewed: {exc}")
-                continue
-            if not held:
-                say("warning", row=self.row.id, message="lease lost: another worker took over")
-                self.lost.set()
-                return
+            for row in self.rows:
+                try:
+                    held = self.journal.renew_lease(row, self.owner, self.ttl)
+                except Exception as exc:  # the journal is unreachable: try again next time
+                    say("warning", row=row.id, message=f"lease not renewed: {exc}")
+                    continue
+                now = self.journal.operations_by_id([row.id]).get(row.id)
+                if not held and now is not None and now.state == PENDING:
+                    say("warning", row=row.id, message="lease lost: another worker took over")
+                    self.lost.set()  # the others' leases are still renewed
 
     def stop(self) -> None:
         self._done.set()

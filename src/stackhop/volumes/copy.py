@@ -434,10 +434,12 @@ class _WorkerJob:
     the journal (the row is ``pending`` in the run, so the plan resumes it)."""
 
     def __init__(self, run: RunRecord, journal: Journal, events: EventSink) -> None:
-        from stackhop.clouds import connect
+        from stackhop.executor.worker import connection
 
         self.request = CopyRequest.from_args(run.args)
-        clouds = Clouds(connect(self.request.source_cloud), connect(self.request.destination_cloud))
+        clouds = Clouds(
+            connection(self.request.source_cloud), connection(self.request.destination_cloud)
+        )
         self.destination = clouds.destination
         self.copier = VolumeCopier(
             self.request, clouds, journal, load_storage_map(None), events=events
