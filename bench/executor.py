@@ -32,6 +32,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -108,23 +109,25 @@ def timed(argv: list[str]) -> float:
 
 @contextmanager
 def workers(count: int, concurrency: int, queues: list[str]) -> Iterator[None]:
-    """``count`` workers of ``concurrency`` processes on ``queues``, ready before this yields."""
-    procs = []
+    """``count`` workers of ``concurrency`` processes on ``queues``, ready before this yields.
+
+    Their JSON lines go to files (a pipe nobody reads would fill and stop them)."""
+    procs, logs = [], []
     try:
         for _ in range(count):
             argv = stackhop("worker", "--concurrency", str(concurrency))
             for queue in queues:
                 argv += ["--queue", queue]
-            proc = subprocess.Popen(argv, env=env(), stdout=subprocess.PIPE, text=True,
-                                    stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-            procs.append(proc)
-        for proc in procs:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if '"worker_ready"' in line:
-                    break
-            else:
-                raise SystemExit("a worker did not start")
+            log = tempfile.NamedTemporaryFile(prefix="shbench-worker-", suffix=".log")
+            logs.append(log)
+            procs.append(subprocess.Popen(argv, env=env(), stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))  # fmt: skip
+        deadline = time.monotonic() + 120
+        for proc, log in zip(procs, logs, strict=True):
+            while b'"worker_ready"' not in Path(log.name).read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"a worker did not start: {Path(log.name).read_text()}")
+                time.sleep(0.2)
         yield
     finally:
         for proc in procs:
@@ -135,6 +138,8 @@ def workers(count: int, concurrency: int, queues: list[str]) -> Iterator[None]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for log in logs:
+            log.close()
 
 
 # -- the volumes -------------------------------------------------------------------

@@ -570,6 +570,12 @@ class Engine:
         # Where a worker takes a lease, its take counts the attempt.
         leased = self._running is not None and self._running.leases(op)
         counted = not leased
+        if not leased and self._held_elsewhere(row):
+            assert row is not None
+            held = (f"a worker holds it for run {row.run_id} (--executor celery): re-run "
+                    "that command to follow it, or wait for its outcome")  # fmt: skip
+            plan.settle(op, "failed", held)  # the row stays the worker's to end
+            return
         if isinstance(op, Undo):
             change = self._change(op, row, PENDING, attempt=counted)
             plan.add(change, _Started(op, {}, None, False))
@@ -594,6 +600,16 @@ class Engine:
         before = kind.before(op.existing) if isinstance(op, Update) and op.existing else None
         change = self._change(op, row, PENDING, before=before, attempt=counted)
         plan.add(change, _Started(op, resolved, None, unknown))
+
+    def _held_elsewhere(self, row: OperationRecord | None) -> bool:
+        """``row`` went to a worker in another run and a worker's lease on it runs still:
+        doing it here too would do it twice."""
+        if row is None or row.state != PENDING or row.dispatched_at is None:
+            return False
+        if row.run_id == self._run_id:
+            return False
+        lease = self.journal.lease(row.id)
+        return lease is not None and not lease.expired
 
     def _unapplied(self, op: Skip | Conflict, row: OperationRecord | None, plan: _Batch) -> None:
         outcome = "skipped" if isinstance(op, Skip) else "conflict"

@@ -250,3 +250,19 @@ def test_a_row_that_lost_its_worker_too_often_fails_instead_of_running_again(
     failed = journal.operation("dst", "test.copy", "a")
     assert failed is not None and failed.state == FAILED and CALLS == {}
     assert "attempts since it was sent to the workers" in (failed.error or "")
+
+
+def test_a_local_run_leaves_alone_a_row_a_worker_holds_for_another_run(
+    journal: Journal,
+) -> None:
+    first = journal.start_run(COMMAND, source_cloud="src", destination_cloud="dst")
+    row = journal.transition(first.id, "dst", "test.copy", "a", PENDING, action="copy",
+                             expected=None, source_id="a")  # fmt: skip
+    journal.dispatch([(row, {"of": "a", "_attempts": 0})])
+    assert journal.take_lease(row, "elsewhere:1:x", ttl=60) is not None
+    engine = Engine(journal, object(), Resolver("dst", journal=journal), workers=1)
+    result = engine.run([Pass(kind=Copy(), identity="a", of="a")], command=COMMAND)
+    assert result.outcome == "failed" and CALLS == {}
+    assert "a worker holds it" in result.errors[0]["error"]
+    still = journal.operation("dst", "test.copy", "a")  # untouched: the worker's to end
+    assert still is not None and still.state == PENDING and still.run_id == first.id
