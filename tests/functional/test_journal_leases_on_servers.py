@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from testbed import layout
-from testbed.infra import mariadb, postgresql
 from tests import journal_leases
+from tests.functional import workers_support
 
 from stackhop.errors import JournalError
 from stackhop.journal import DONE, PENDING, Journal
@@ -23,26 +22,9 @@ DATABASE = "shjournal_leases"
 
 
 @pytest.fixture(params=["postgresql", "mariadb"])
-def server_journal(request: pytest.FixtureRequest, seeded: Any,
-                   monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    if request.param == "postgresql":
-        postgresql.require()
-        postgresql.drop_database(DATABASE)
-        postgresql.create_database(DATABASE)
-        monkeypatch.setenv("PGPASSWORD", layout.DB_PASSWORD)  # never in the URL
-        try:
-            yield (f"postgresql://{layout.DB_USER}@{layout.HOST}:{layout.POSTGRES_PORT}/"
-                   f"{DATABASE}")
-        finally:
-            postgresql.drop_database(DATABASE)
-    else:
-        mariadb.sql(f"DROP DATABASE IF EXISTS `{DATABASE}`")
-        mariadb.create_database(DATABASE)
-        try:
-            yield (f"mysql://{layout.DB_USER}:{layout.DB_PASSWORD}@{layout.HOST}:"
-                   f"{layout.MARIADB_PORT}/{DATABASE}")
-        finally:
-            mariadb.sql(f"DROP DATABASE IF EXISTS `{DATABASE}`")
+def server_journal(request: pytest.FixtureRequest, seeded: Any) -> Iterator[str]:
+    with workers_support.server_journal(request.param, DATABASE) as url:
+        yield url
 
 
 def test_four_processes_take_every_lease_exactly_once(server_journal: str) -> None:

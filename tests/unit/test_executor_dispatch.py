@@ -237,10 +237,7 @@ def test_a_rerun_reattaches_to_the_run_of_a_dead_coordinator_and_sends_nothing_a
 def test_a_row_that_lost_its_worker_too_often_fails_instead_of_running_again(
     journal: Journal,
 ) -> None:
-    run = journal.start_run(COMMAND, source_cloud="src", destination_cloud="dst")
-    row = journal.transition(run.id, "dst", "test.copy", "a", PENDING, action="copy",
-                             expected=None, source_id="a")  # fmt: skip
-    journal.dispatch([(row, {"of": "a", "_attempts": row.attempts})])
+    run, row = _sent(journal, "a")
     for n in range(worker.MAX_ATTEMPTS_DISPATCHED):  # each take a worker lost at once
         taken = journal.take_lease(row, f"gone:{n}", ttl=60)
         assert taken is not None and journal.release_lease(taken, f"gone:{n}")
@@ -255,10 +252,7 @@ def test_a_row_that_lost_its_worker_too_often_fails_instead_of_running_again(
 def test_a_local_run_leaves_alone_a_row_a_worker_holds_for_another_run(
     journal: Journal,
 ) -> None:
-    first = journal.start_run(COMMAND, source_cloud="src", destination_cloud="dst")
-    row = journal.transition(first.id, "dst", "test.copy", "a", PENDING, action="copy",
-                             expected=None, source_id="a")  # fmt: skip
-    journal.dispatch([(row, {"of": "a", "_attempts": 0})])
+    first, row = _sent(journal, "a")
     assert journal.take_lease(row, "elsewhere:1:x", ttl=60) is not None
     engine = Engine(journal, object(), Resolver("dst", journal=journal), workers=1)
     result = engine.run([Pass(kind=Copy(), identity="a", of="a")], command=COMMAND)
@@ -266,3 +260,12 @@ def test_a_local_run_leaves_alone_a_row_a_worker_holds_for_another_run(
     assert "a worker holds it" in result.errors[0]["error"]
     still = journal.operation("dst", "test.copy", "a")  # untouched: the worker's to end
     assert still is not None and still.state == PENDING and still.run_id == first.id
+
+
+def _sent(journal: Journal, name: str) -> tuple[RunRecord, OperationRecord]:
+    """A run whose one pass ``name`` a coordinator journaled ``pending`` and sent."""
+    run = journal.start_run(COMMAND, source_cloud="src", destination_cloud="dst")
+    row = journal.transition(run.id, "dst", "test.copy", name, PENDING, action="copy",
+                             expected=None, source_id=name)  # fmt: skip
+    journal.dispatch([(row, {"of": name, "_attempts": row.attempts})])
+    return run, row
