@@ -374,6 +374,16 @@ class Journal:
             )
         return result.rowcount == 1
 
+    def coordinator_seen(self, run_id: str, within: float) -> bool:
+        """Whether the coordinator of celery run ``run_id`` said it lives in the last
+        ``within`` seconds (by the database's clock)."""
+        c = runs.c
+        with self.engine.connect() as conn:
+            fresh = conn.execute(
+                sa.select(c.coordinator_seen_at >= self._clock(-within)).where(c.id == run_id)
+            ).scalar()
+        return bool(fresh)
+
     def touch_run(self, run_id: str, coordinator: str) -> bool:
         """The coordinator of ``run_id`` is alive; False if another took the run over."""
         c = runs.c

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from stackhop.cli.output import add_format_options, dump, render_table
-from stackhop.errors import ConfigError
+from stackhop.errors import ConfigError, UsageError
 from stackhop.journal import PENDING, ROLLED_BACK, STATES, Journal, OperationRecord, RunRecord
 from stackhop.servers.rollback import unfinished_cutovers
 
@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--run",
         metavar="ID",
         help="only this run (an ID prefix is enough) and the operations it touched",
+    )
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="with --run: show the run's progress until it ends (from any host, local or "
+        "celery), and exit with its command's exit code",
     )
     add_format_options(p, columns=False)
     p.set_defaults(func=show_status)
@@ -146,6 +152,13 @@ def open_journal(location: str) -> Journal:
 
 
 def show_status(args: argparse.Namespace) -> int:
+    if getattr(args, "follow", False):
+        if not args.run:
+            raise UsageError("--follow follows one run: name it with --run ID")
+        from stackhop.executor.follow import follow
+
+        with open_journal(args.journal) as journal:
+            return follow(journal, args.run, args.events)
     with open_journal(args.journal) as journal:
         report = collect(journal, args.run)
     if args.format != "table":
