@@ -15,6 +15,7 @@ from typing import Any
 from stackhop.cli.options import (
     add_clouds,
     add_dry_run,
+    add_executor,
     add_format_options,
     add_kind_options,
     add_maps,
@@ -145,6 +146,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(default: ./stackhop-project-<project>)",
     )
     add_workers(p, 2, "objects and volumes handled")
+    add_executor(p)
     p.add_argument(
         "--storage-map",
         metavar="FILE",
@@ -187,6 +189,8 @@ def _request(args: argparse.Namespace) -> migrate.MigrationRequest:
         raise UsageError("use one of --server and --all-servers")
     if args.usage_start and args.usage_end and args.usage_end <= args.usage_start:
         raise UsageError("--usage-end must be after --usage-start")
+    if args.broker and args.executor != "celery":
+        raise UsageError("--broker goes with --executor celery")
     output = args.output or Path(f"stackhop-project-{args.project}")
     return migrate.MigrationRequest(
         source_cloud=args.source,
@@ -214,6 +218,8 @@ def _request(args: argparse.Namespace) -> migrate.MigrationRequest:
         servers=tuple(args.servers),
         all_servers=args.all_servers,
         cutover=args.cutover,
+        executor=args.executor,
+        broker=args.broker,
     )
 
 

@@ -69,6 +69,7 @@ JOBS: dict[str, str] = {
     "volumes copy": "stackhop.volumes.copy:worker_job",
     "import": "stackhop.executor.jobs:resources_job",
     "migrate": "stackhop.executor.jobs:resources_job",
+    "project migrate: import": "stackhop.executor.jobs:resources_job",
 }
 
 

@@ -99,6 +99,10 @@ class MigrationRequest:
     all_servers: bool = False
     #: ``--cutover``: how the servers phase stops each source server (stop, shelve, none).
     cutover: str = "stop"
+    #: ``--executor celery``: the resources phase's creates and the volume passes run on
+    #: ``stackhop worker`` processes (``--broker``: the broker, without a password).
+    executor: str = "local"
+    broker: str | None = None
     #: Interactive selection: given the project's volumes, return the chosen ones.
     choose_volumes: Callable[[list[Any]], list[Any]] | None = field(default=None, compare=False)
 
@@ -126,6 +130,13 @@ class Migration:
         )
         self.project_map = load_operator_map(self.request.project_map)
         self.archive_path = self.request.output_dir / ARCHIVE_NAME
+        #: The Celery app of ``--executor celery`` (None: everything runs here).
+        self.app: Any = None
+        if self.request.executor == "celery":
+            from stackhop.executor.celery_app import make_app
+            from stackhop.executor.names import broker_url
+
+            self.app = make_app(broker_url(self.request.broker))
 
     @property
     def scope(self) -> str:
@@ -278,6 +289,11 @@ class Migration:
         if warning:
             self.events.emit(warning)
         operations = resources.plan_import(prepared, self.destination, False, self.request.workers)
+        executor = None
+        if self.app is not None:
+            from stackhop.executor.dispatch import celery_executor, default_route
+
+            executor = celery_executor(self.app, default_route, self.request.workers)
         engine = Engine(
             self.journal,
             self.destination,
@@ -285,6 +301,7 @@ class Migration:
             workers=self.request.workers,
             events=self.events,
             stop=self.stop,
+            executor=executor,
         )
         return engine.run(
             operations,

@@ -96,6 +96,7 @@ def _copy_request(
         workers=request.workers,
         allow_in_use=request.allow_in_use,
         dry_run=dry_run,
+        executor=request.executor,
     )
 
 
@@ -171,6 +172,7 @@ def _copier(
         events=migration.events,
         project_map=migration.project_map,
         stop=migration.stop,
+        app=migration.app,
     )
 
 
