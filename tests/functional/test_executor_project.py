@@ -43,7 +43,7 @@ def test_project_migrate_runs_its_import_and_volume_passes_on_workers(
                                "-f", "json")  # fmt: skip
             assert done.returncode == ConflictError.exit_code, done.stderr[-3000:]  # frank
             report = json.loads(done.stdout)
-            assert {p["phase"]: p["status"] for p in report["phases"]}["volumes"] == "done"
+            assert {p["phase"]: p["status"] for p in report["phases"]}["import"] == "done"
             on_files, on_ceph = pool
             with Journal(journal) as j:
                 passes = {r.identity: r for r in j.operations(kind=KIND)}
