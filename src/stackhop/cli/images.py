@@ -11,7 +11,14 @@ import sys
 from typing import Any
 
 from stackhop.archive import ArchiveReader, ArchiveWriter
-from stackhop.cli.options import add_clouds, add_dry_run, add_selection, add_workers
+from stackhop.cli.options import (
+    add_clouds,
+    add_dry_run,
+    add_executor,
+    add_selection,
+    add_workers,
+    executor_app,
+)
 from stackhop.cli.output import add_format_options, dump, render_table
 from stackhop.clouds import cloud_config, connect
 from stackhop.engine import RunResult
@@ -150,6 +157,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    "$STACKHOP_STORAGE_MAP)")
     add_dry_run(p)
     add_workers(p, 2, "images copied")
+    add_executor(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=copy_command)
 
@@ -307,8 +315,14 @@ def copy_command(args: argparse.Namespace) -> int:
                      "Reason": op.as_dict().get("detail") or ""} for op in operations]
             _print(rows, PLAN_COLUMNS, args.format, [op.as_dict() for op in operations])
             return 0
+        app = executor_app(args)
+        if app is not None and copier.ceph_route is not None:
+            raise UsageError("--executor celery does not copy Ceph to Ceph (--location-cloud) "
+                             "yet: leave one of them out")  # fmt: skip
         result = copier.run(operations, args={"images": args.images, "project": args.project,
-                                              "all": args.all_images, "keep_id": args.keep_id})
+                                              "all": args.all_images, "keep_id": args.keep_id,
+                                              "to_store": args.to_store,
+                                              "location_cloud": args.location_cloud}, app=app)
     _print_run(result, args.format)
     result.raise_for_failures()
     return 0

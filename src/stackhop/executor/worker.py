@@ -70,6 +70,7 @@ JOBS: dict[str, str] = {
     "import": "stackhop.executor.jobs:resources_job",
     "migrate": "stackhop.executor.jobs:resources_job",
     "project migrate: import": "stackhop.executor.jobs:resources_job",
+    "images copy": "stackhop.images.copy:worker_job",
 }
 
 

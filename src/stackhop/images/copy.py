@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackhop.engine import Engine, RunResult
+from stackhop.errors import ConfigError
 from stackhop.events import Event, EventSink, EventType, NullSink
 from stackhop.images.ceph_copy import CephImage, CephRoute
 from stackhop.images.common import PropertyFilter
-from stackhop.journal import Journal
+from stackhop.journal import Journal, OperationRecord, RunRecord
 from stackhop.kinds import get
 from stackhop.kinds.base import Connection, Record
 from stackhop.kinds.identity import OperatorMap, list_projects, map_identities
 from stackhop.kinds.image import Image, image_record, list_members
-from stackhop.plan import Operation, plan
+from stackhop.plan import Create, Operation, plan
 from stackhop.resolve import Resolver
 
 
@@ -91,13 +92,59 @@ class ImageCopier:
             self.resolver,
         )
 
-    def run(self, operations: Sequence[Operation], args: dict[str, Any]) -> RunResult:
-        """Apply ``operations``; failures are in the result (the caller raises)."""
+    def run(
+        self, operations: Sequence[Operation], args: dict[str, Any], *, app: Any = None
+    ) -> RunResult:
+        """Apply ``operations``; failures are in the result (the caller raises). ``app``:
+        the Celery app of ``--executor celery`` (each copy then runs on a worker, which
+        rebuilds this copier from ``args``: see :func:`worker_job`)."""
+        executor = None
+        if app is not None:
+            from stackhop.executor.dispatch import celery_executor, default_route
+
+            executor = celery_executor(app, default_route, self.workers)
         engine = Engine(
             self.journal, self.destination, self.resolver, workers=self.workers,
-            events=self.events, stop=self.stop,
+            events=self.events, stop=self.stop, executor=executor,
         )
         return engine.run(
             operations, command="images copy", source_cloud=self.source_cloud,
             destination_cloud=self.destination_cloud, args=args,
         )
+
+
+class _WorkerJob:
+    """An ``images copy`` run as a worker sees it: the copier rebuilt from the run's
+    arguments (``keep_id``, ``to_store``) with the worker's own connections; each create
+    from its payload (the records the coordinator planned, properties filtered, owner and
+    members resolved)."""
+
+    def __init__(self, run: RunRecord, journal: Journal, events: EventSink) -> None:
+        from stackhop.executor.worker import connection
+
+        if not run.source_cloud or not run.destination_cloud:
+            raise ConfigError(f"run {run.id} names no source or destination cloud")
+        args = run.args
+        if args.get("location_cloud"):
+            raise ConfigError(
+                "a Ceph-to-Ceph images copy (--location-cloud) runs on the coordinator only; "
+                "re-run it with --executor local"
+            )
+        self.copier = ImageCopier(
+            connection(run.source_cloud), connection(run.destination_cloud), journal,
+            source_cloud=run.source_cloud, destination_cloud=run.destination_cloud,
+            keep_id=bool(args.get("keep_id")), events=events, to_store=args.get("to_store"),
+        )  # fmt: skip
+        self.destination = self.copier.destination
+
+    def operation(self, row: OperationRecord) -> tuple[Operation, Record | None]:
+        payload = row.payload or {}
+        resolved = dict(payload.get("resolved") or {})
+        op = Create(kind=self.copier.kind, identity=str(payload["identity"]),
+                    source=dict(payload.get("source") or {}), resolved=resolved)  # fmt: skip
+        return op, resolved
+
+
+def worker_job(run: RunRecord, journal: Journal, events: EventSink) -> _WorkerJob:
+    """The worker's job for an ``images copy`` run (``executor.worker.JOBS``)."""
+    return _WorkerJob(run, journal, events)
