@@ -127,6 +127,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    "Glance to hash it")
     add_dry_run(p, "show what would move")
     add_workers(p, 2, "images moved")
+    add_executor(p)
     add_format_options(p, columns=False)
     p.set_defaults(func=move_store_command)
 
@@ -219,6 +220,9 @@ def move_store_command(args: argparse.Namespace) -> int:
     conn = connect(args.cloud)
     images = select_images(conn, selection)
     method = choose_method(conn.image, args.cloud, args.method, images)
+    if method != "copy-image" and args.executor == "celery":
+        raise UsageError(f"--executor celery moves images by copy-image only, not by "
+                         f"{method}: leave one of them out")  # fmt: skip
     if method == "locations":
         return _locations(conn, args, images)
     check_cloud(conn.image, args.cloud, args.from_store, args.to_store, method)
@@ -239,7 +243,10 @@ def move_store_command(args: argparse.Namespace) -> int:
                            workers=args.workers, events=args.events)
         result = mover.run(images, args={"cloud": args.cloud, "from_store": args.from_store,
                                          "to_store": args.to_store, "images": args.images,
-                                         "project": args.project, "all": args.all_images})
+                                         "project": args.project, "all": args.all_images,
+                                         "keep_source": args.keep_source,
+                                         "verify_data": args.verify_data},
+                           app=executor_app(args))
     return _print_moves(result, args.format)
 
 

@@ -71,6 +71,7 @@ JOBS: dict[str, str] = {
     "migrate": "stackhop.executor.jobs:resources_job",
     "project migrate: import": "stackhop.executor.jobs:resources_job",
     "images copy": "stackhop.images.copy:worker_job",
+    "images move-store": "stackhop.images.move_store:worker_job",
 }
 
 

@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Protocol
 from openstack import exceptions as sdk_exceptions
 
 from stackhop.engine import Engine
-from stackhop.errors import CapabilityError, ConfigError, IntegrityError
+from stackhop.errors import CapabilityError, ConfigError, IntegrityError, StackhopError
 from stackhop.events import EventSink, NullSink
 from stackhop.images.common import (
     JSON_PATCH,
@@ -48,7 +48,7 @@ from stackhop.images.common import (
     image_stores,
     import_methods,
 )
-from stackhop.journal import DONE, FAILED, PENDING, Journal, OperationRecord
+from stackhop.journal import DONE, FAILED, PENDING, Journal, OperationRecord, RunRecord
 from stackhop.kinds.rest import call
 from stackhop.plan import Operation, Skip
 from stackhop.resolve import Resolver
@@ -226,6 +226,10 @@ class MoveImage(Task):
         self.mover.move(ctx, self.of)
         return self.of
 
+    def to_payload(self) -> dict[str, Any]:
+        """The image; a worker rebuilds the mover from the run's arguments."""
+        return {"image": self.of, "label": self.identity}
+
     # ``find`` stays None: an unfinished move is finished by ``call`` itself (every step
     # looks at the image first), since its last step restores the original protection.
 
@@ -236,7 +240,12 @@ def resuming(row: OperationRecord | None) -> bool:
 
 
 def run_moves(
-    mover: Mover, command: str, images: Sequence[dict[str, Any]], args: dict[str, Any]
+    mover: Mover,
+    command: str,
+    images: Sequence[dict[str, Any]],
+    args: dict[str, Any],
+    *,
+    app: Any = None,
 ) -> MoveResult:
     """One engine run moving every image of ``images``; failures are recorded, not raised.
 
@@ -263,9 +272,14 @@ def run_moves(
         label = f"{image.get('name') or ''}/{image_id}"
         operations.append(MoveImage(kind=mover.task_kind, identity=label, of=image_id,
                                     mover=mover))
+    executor = None
+    if app is not None:  # ``--executor celery``: each move on a worker (docs/scale.md)
+        from stackhop.executor.dispatch import celery_executor, default_route
+
+        executor = celery_executor(app, default_route, mover.workers)
     engine = Engine(mover.journal, mover.service, Resolver(mover.scope, journal=mover.journal),
                     scope=mover.scope, workers=mover.workers, events=mover.events,
-                    stop=mover.stop)
+                    stop=mover.stop, executor=executor)
     run = engine.run(operations, command=command, source_cloud=mover.cloud,
                      destination_cloud=mover.cloud, args=args)
     result = MoveResult(run_id=run.run_id, skipped=skipped, outcome=run.outcome)
@@ -306,9 +320,11 @@ class StoreMover:
     def scope(self) -> str:
         return f"{self.cloud}/stores"
 
-    def run(self, images: Sequence[dict[str, Any]], args: dict[str, Any]) -> MoveResult:
+    def run(
+        self, images: Sequence[dict[str, Any]], args: dict[str, Any], *, app: Any = None
+    ) -> MoveResult:
         """Move every image of ``images`` (Glance JSON); failures are recorded, not raised."""
-        return run_moves(self, "images move-store", images, args)
+        return run_moves(self, "images move-store", images, args, app=app)
 
     # -- one image -------------------------------------------------------------
 
@@ -410,3 +426,35 @@ class StoreMover:
 
         transfer_copy(GlanceSource(self.service, image), HashingDestination(),
                       key=f"{KIND}:{image['id']}:verify", progress=progress)
+
+
+class _WorkerJob:
+    """An ``images move-store`` run as a worker sees it: the mover rebuilt from the run's
+    arguments with the worker's own connection; each move from its payload (the image)."""
+
+    def __init__(self, run: RunRecord, journal: Journal, events: EventSink) -> None:
+        from stackhop.executor.worker import connection
+
+        args = run.args
+        self.mover = StoreMover(
+            connection(str(args["cloud"])).image, journal, str(args["cloud"]),
+            str(args["from_store"]), str(args["to_store"]),
+            keep_source=bool(args.get("keep_source")),
+            verify_data=bool(args.get("verify_data", True)), events=events,
+        )  # fmt: skip
+        self.destination = self.mover.service
+
+    def operation(self, row: OperationRecord) -> tuple[Operation, None]:
+        payload = row.payload or {}
+        image_id = str(payload["image"])
+        op = MoveImage(kind=self.mover.task_kind, identity=str(payload.get("label") or image_id),
+                       of=image_id, mover=self.mover)  # fmt: skip
+        if op.key != row.identity:
+            raise StackhopError(f"image {image_id}: the worker was sent {row.identity!r}, "
+                                f"its move is {op.key!r}; re-run the command")  # fmt: skip
+        return op, None
+
+
+def worker_job(run: RunRecord, journal: Journal, events: EventSink) -> _WorkerJob:
+    """The worker's job for an ``images move-store`` run (``executor.worker.JOBS``)."""
+    return _WorkerJob(run, journal, events)
