@@ -28,6 +28,10 @@ from stackhop.volumes.passes import KIND
 pytestmark = pytest.mark.functional
 
 
+# A whole project migration (about three minutes): make test keeps its parts on workers,
+# the import (test_executor_import.py) and the volume passes (test_executor_celery.py).
+# make test-long.
+@pytest.mark.long
 def test_project_migrate_runs_its_import_and_volume_passes_on_workers(
     seeded: Any, tmp_path: Path
 ) -> None:
