@@ -273,6 +273,8 @@ class Engine:
         self._make_executor = executor
         #: The executor of the run in progress (whose workers may count attempts).
         self._running: Executor[_Started, _Attempt] | None = None
+        #: A worker's engine: its tasks stop when their lease is lost (TaskContext.fenced).
+        self.fenced = False
 
     @property
     def run_id(self) -> str:
@@ -570,8 +572,12 @@ class Engine:
         # Where a worker takes a lease, its take counts the attempt.
         leased = self._running is not None and self._running.leases(op)
         counted = not leased
-        if not leased and self._held_elsewhere(row):
+        if self._held_elsewhere(row):
             assert row is not None
+            if leased:  # a worker of an earlier run has it: follow it, never send it again
+                unknown = row.attempts > 0
+                plan.follow.append(_Started(op, {}, row, unknown, previous=row, follow=True))
+                return
             held = (f"a worker holds it for run {row.run_id} (--executor celery): re-run "
                     "that command to follow it, or wait for its outcome")  # fmt: skip
             plan.settle(op, "failed", held)  # the row stays the worker's to end
@@ -868,6 +874,7 @@ class Engine:
             stop=self.stop,
             run_id=self._run_id,
             clock=self.clock,
+            fenced=self.fenced,
         )
         if unknown:
             found = op.find(ctx)

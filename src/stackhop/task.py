@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from stackhop.errors import StackhopError
 from stackhop.events import Event, EventSink, EventType
 from stackhop.journal import Journal, OperationRecord
 from stackhop.kinds.base import Connection, Kind, Record
@@ -61,6 +62,13 @@ class TaskKind(Kind):
         raise TypeError(f"{self.name} is a task: undo it with a task of its own")
 
 
+class LeaseLost(StackhopError):
+    """A worker's operation was taken over by another: the attempt stops, writes nothing
+    more and leaves its temporaries to the one that took over (and to the ledger)."""
+
+    exit_code = 1
+
+
 class TaskContext:
     """What a running task may use: the destination, the stop flag, and stage/progress reports."""
 
@@ -79,8 +87,12 @@ class TaskContext:
         stop: threading.Event,
         run_id: str,
         clock: Callable[[], float] = time.monotonic,
+        fenced: bool = False,
     ) -> None:
         self.task = task
+        #: A worker's attempt under a lease: a report the journal refuses (another worker
+        #: took the operation over) or the stop flag raises :class:`LeaseLost`.
+        self.fenced = fenced
         self.journal = journal
         self.row = row
         #: After an unfinished earlier attempt: the row with what it reported (stage,
@@ -106,7 +118,9 @@ class TaskContext:
         resumed attempt and ``testbed undo`` find it even when the task never finishes).
         """
         self.stages.append(name)
-        self.journal.report(self.row, stage=name, before=state, destination_id=destination_id)
+        self._check(
+            self.journal.report(self.row, stage=name, before=state, destination_id=destination_id)
+        )
         self._emit(EventType.STAGE, message=name)
 
     def progress(self, done: int, total: int | None, unit: str = "bytes") -> None:
@@ -116,7 +130,17 @@ class TaskContext:
         final = total is not None and done >= total
         if final or self._written_at is None or now - self._written_at >= self.interval:
             self._written_at = now
-            self.journal.report(self.row, progress={"done": done, "total": total, "unit": unit})
+            progress = {"done": done, "total": total, "unit": unit}
+            self._check(self.journal.report(self.row, progress=progress))
+        elif self.fenced and self.stop.is_set():
+            raise LeaseLost(f"{self.task.kind.name} {self.task.identity!r}: stopped")
+
+    def _check(self, reported: bool) -> None:
+        if self.fenced and (not reported or self.stop.is_set()):
+            raise LeaseLost(
+                f"{self.task.kind.name} {self.task.identity!r}: another worker took it over "
+                "(or this one lost the journal longer than its lease); this attempt stops"
+            )
 
     def _emit(self, type_: EventType, **fields: Any) -> None:
         self.events.emit(

@@ -269,3 +269,81 @@ def _sent(journal: Journal, name: str) -> tuple[RunRecord, OperationRecord]:
                              expected=None, source_id=name)  # fmt: skip
     journal.dispatch([(row, {"of": name, "_attempts": row.attempts})])
     return run, row
+
+
+def broken_job(run: RunRecord, journal: Journal, events: Any) -> _Job:
+    raise ConfigError("cloud 'dst' is not in this worker's clouds.yaml")
+
+
+def test_a_worker_that_cannot_run_the_job_fails_the_row_at_once(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(worker.JOBS, COMMAND, f"{__name__}:broken_job")
+    result, _ = _run(journal, _App(), ["a"])
+    assert result.outcome == "failed" and CALLS == {}
+    (row,) = journal.operations(run_id=result.run_id)
+    assert row.state == FAILED and "not in this worker's clouds.yaml" in (row.error or "")
+    assert journal.lease(row.id) is None
+
+
+def test_a_new_run_follows_a_row_a_live_worker_of_an_earlier_run_holds(
+    journal: Journal,
+) -> None:
+    first, row = _sent(journal, "a")
+    taken = journal.take_lease(row, "elsewhere:1:x", ttl=60)
+    assert taken is not None
+    app = _App()
+    events = CollectingSink()
+    engine = Engine(
+        journal, object(), Resolver("dst", journal=journal), workers=1, events=events,
+        executor=celery_executor(app, lambda op: "q", 1),  # type: ignore[arg-type]
+    )  # fmt: skip
+
+    def finish() -> None:  # the earlier run's worker ends its pass
+        journal.transition(first.id, "dst", "test.copy", "a", DONE, action="copy",
+                           expected=taken, destination_id="dst-a")  # fmt: skip
+
+    threading.Timer(0.5, finish).start()
+    result = engine.run([Pass(kind=Copy(), identity="a", of="a")], command=COMMAND)
+    assert result.outcome == "succeeded" and result.count("done") == 1
+    assert app.sent == [] and CALLS == {}  # followed: neither sent again nor re-pended
+    done = journal.operation("dst", "test.copy", "a")
+    assert done is not None and done.run_id == first.id and done.attempts == 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class StolenPass(Pass):
+    """A pass whose lease another worker steals while it runs."""
+
+    def call(self, ctx: TaskContext) -> str:
+        CALLS[str(self.of)] = CALLS.get(str(self.of), 0) + 1
+        ctx.stage("exported")
+        lease = ctx.journal.lease(ctx.row.id)
+        assert lease is not None
+        assert ctx.journal.take_lease(ctx.row, "thief:1:x", ttl=60, steal_from=lease.owner)
+        ctx.stage("imported")  # refused: this attempt must stop here
+        CALLS["went on"] = 1
+        return "never"
+
+
+class _StolenJob(_Job):
+    def operation(self, row: OperationRecord) -> tuple[Operation, None]:
+        return StolenPass(kind=Copy(), identity="a", of="a"), None
+
+
+def stolen_job(run: RunRecord, journal: Journal, events: Any) -> _Job:
+    return _StolenJob()
+
+
+def test_an_attempt_whose_lease_was_taken_over_stops_and_writes_nothing(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(worker.JOBS, COMMAND, f"{__name__}:stolen_job")
+    run, row = _sent(journal, "a")
+    message = {"v": 1, "journal": journal.journal_id(), "run": run.id, "ops": [row.id]}
+    worker.run_message(message, redelivered=False, queue="q")
+    after = journal.operation("dst", "test.copy", "a")
+    # The thief's attempt holds the row: the first neither finished nor failed it.
+    assert after is not None and after.state == PENDING and after.stage == "exported"
+    assert after.attempts == 2 and journal.lease(after.id).owner == "thief:1:x"  # type: ignore[union-attr]
+    assert CALLS == {"a": 1}

@@ -41,7 +41,7 @@ from stackhop.journal import FAILED, PENDING, Journal, OperationRecord, RunRecor
 from stackhop.kinds.base import Connection, Record
 from stackhop.plan import Operation
 from stackhop.resolve import Resolver
-from stackhop.retry import RetryPolicy
+from stackhop.retry import RetryPolicy, classify, error_text
 
 #: The journal a worker opens (``stackhop worker`` sets it from ``--journal``).
 JOURNAL_ENV = "STACKHOP_JOURNAL"
@@ -100,8 +100,14 @@ class _Process:
         self.journal_id = ""
         self.jobs: dict[str, Job] = {}
         self.connections: dict[str, Any] = {}
+        #: Pool processes run one task at a time; threads (tests) share this object.
+        self.lock = threading.RLock()
 
     def opened(self) -> Journal:
+        with self.lock:
+            return self._opened()
+
+    def _opened(self) -> Journal:
         # A pool child forks from the parent: what the parent opened is not shared.
         if self.pid != os.getpid() or self.journal is None:
             location = os.environ.get(JOURNAL_ENV)
@@ -116,6 +122,10 @@ class _Process:
         """A connection to ``cloud`` kept for the process's life: runs after the first
         reuse its session (keystoneauth renews the token when it runs out)."""
         self.opened()
+        with self.lock:
+            return self._connection(cloud)
+
+    def _connection(self, cloud: str) -> Any:
         if cloud not in self.connections:
             from stackhop.clouds import connect
 
@@ -123,13 +133,18 @@ class _Process:
         return self.connections[cloud]
 
     def job(self, run: RunRecord) -> Job:
+        journal = self.opened()
+        with self.lock:
+            return self._job(run, journal)
+
+    def _job(self, run: RunRecord, journal: Journal) -> Job:
         if run.id not in self.jobs:
             target = JOBS.get(run.command)
             if target is None:
                 raise ConfigError(f"the worker cannot run operations of {run.command!r}")
             module, _, name = target.partition(":")
             make = getattr(importlib.import_module(module), name)
-            self.jobs = {run.id: make(run, self.opened(), _LineSink())}  # one run at a time
+            self.jobs = {run.id: make(run, journal, _LineSink())}  # one run at a time
         return self.jobs[run.id]
 
 
@@ -159,38 +174,62 @@ def run_message(message: Mapping[str, Any], *, redelivered: bool, queue: str) ->
             taken.append(got)
     if not taken:
         return
-    ttl = lease_ttl()
-    job = _process.job(journal.run(run_id))
     stop = threading.Event()
-    engine = Engine(
-        journal,
-        job.destination,
-        Resolver(taken[0][0].scope, journal=journal),
-        scope=taken[0][0].scope,
-        workers=1,
-        events=_LineSink(),
-        stop=stop,
-    )
-    heartbeat = _Heartbeat(journal, [row for row, _ in taken], owner, ttl, stop)
+    heartbeat = _Heartbeat(journal, [row for row, _ in taken], owner, lease_ttl(), stop)
     heartbeat.start()
     try:
+        job = _process.job(journal.run(run_id))
+        engine = Engine(
+            journal,
+            job.destination,
+            Resolver(taken[0][0].scope, journal=journal),
+            scope=taken[0][0].scope,
+            workers=1,
+            events=_LineSink(),
+            stop=stop,
+        )
+        engine.fenced = True
         work = []
         for row, before in taken:
             op, resolved = job.operation(row)
             work.append((op, row, before, resolved))
         attempts = engine.work_group(work)
     except Exception as exc:
-        # Not the operations' failure (the engine journals those) but the worker's: the
-        # leases are given up, so another take (a re-run) may retry at once.
-        for row, _ in taken:
-            journal.release_lease(row, owner)
-        say("error", rows=[row.id for row, _ in taken], queue=queue, error=str(exc))
-        raise
+        _worker_failed(journal, taken, owner, exc, queue)
+        if classify(exc).transient:
+            raise  # logged by Celery; the coordinator sends the rows again
+        return
     finally:
         heartbeat.stop()
     for (row, _), attempt in zip(taken, attempts, strict=True):
         outcome = "failed" if attempt.error is not None else "done"
         say("finished", row=row.id, queue=queue, outcome=outcome, error=attempt.error)
+
+
+def _worker_failed(
+    journal: Journal,
+    taken: list[tuple[OperationRecord, OperationRecord]],
+    owner: str,
+    exc: Exception,
+    queue: str,
+) -> None:
+    """The worker itself failed (its configuration, the source or journal away), not an
+    operation (the engine journals those). A transient failure gives the leases up, so
+    another take may come at once; any other fails the rows with its one line, as a local
+    run would (a worker missing a cloud or the storage map must not loop)."""
+    error = error_text(exc)
+    say("error", rows=[row.id for row, _ in taken], queue=queue, error=error)
+    for row, _ in taken:
+        try:
+            if classify(exc).transient:
+                journal.release_lease(row, owner)
+            else:
+                journal.transition(row.run_id, row.scope, row.kind, row.identity, FAILED,
+                                   action=row.action, expected=row,
+                                   error=f"on worker {owner.rsplit(':', 1)[0]}: {error}",
+                                   )  # fmt: skip
+        except Exception as problem:  # the lease runs out instead; said in the log
+            say("warning", row=row.id, message=f"could not record the failure: {problem}")
 
 
 def _take(
@@ -244,17 +283,21 @@ class _Heartbeat(threading.Thread):
         self._done = threading.Event()
 
     def run(self) -> None:
+        renewed = time.monotonic()
         while not self._done.wait(self.ttl / 3):
             for row in self.rows:
                 try:
-                    held = self.journal.renew_lease(row, self.owner, self.ttl)
-                except Exception as exc:  # the journal is unreachable: try again next time
+                    if self.journal.renew_lease(row, self.owner, self.ttl):
+                        renewed = time.monotonic()
+                        continue
+                    now = self.journal.operations_by_id([row.id]).get(row.id)
+                    if now is not None and now.state == PENDING:
+                        say("warning", row=row.id, message="lease lost: another worker took over")
+                        self.lost.set()  # the others' leases are still renewed
+                except Exception as exc:  # the journal is away: try again, up to the term
                     say("warning", row=row.id, message=f"lease not renewed: {exc}")
-                    continue
-                now = self.journal.operations_by_id([row.id]).get(row.id)
-                if not held and now is not None and now.state == PENDING:
-                    say("warning", row=row.id, message="lease lost: another worker took over")
-                    self.lost.set()  # the others' leases are still renewed
+                    if time.monotonic() - renewed > self.ttl:
+                        self.lost.set()
 
     def stop(self) -> None:
         self._done.set()

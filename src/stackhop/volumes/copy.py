@@ -340,6 +340,9 @@ class VolumeCopier:
                 self.events.emit(Event(EventType.INFO, run_id=run_id,
                                        message=f"reattached to run {run_id}"))  # fmt: skip
         outcome = "failed"
+        #: Workers may still hold passes of this run when it stops on an error: it stays
+        #: ``running`` with its grant, for the re-run that takes it over.
+        left_to_workers = executor is not None
         try:
             result = engine.run_planned(
                 [operations] if self.grant is None else batches(),
@@ -351,13 +354,14 @@ class VolumeCopier:
                 run_id=run_id,
             )
             outcome = result.outcome
-        except Interrupted:
-            outcome = "interrupted"
+            left_to_workers = False
+        except Interrupted:  # the passes on workers were waited for
+            outcome, left_to_workers = "interrupted", False
             raise
         finally:
-            if run_id is not None:  # a reattached run is this coordinator's to end
+            if run_id is not None and not left_to_workers:  # a reattached run: ours to end
                 self.journal.finish_run(run_id, outcome)
-            for made in granted:
+            for made in granted if not left_to_workers else ():
                 grant.revoke(self.destination_conn, made)
                 self.ledger.removed(engine.run_id, made)
         return CopyResult(
@@ -371,7 +375,9 @@ class VolumeCopier:
             volume = planned.volume
             identity = pass_identity(volume.id, planned.pass_number)
             row = self.journal.operation(self.scope, KIND, identity)
-            if planned.action == "skip" or row is None or row.run_id != run_id:
+            # A pass followed while a worker of an earlier run finished it counts as done.
+            followed = row is not None and row.state == DONE and planned.action != "skip"
+            if planned.action == "skip" or row is None or (row.run_id != run_id and not followed):
                 state = "skipped" if planned.action == "skip" else "failed"
                 error = None if state == "skipped" else "not attempted"
                 outcomes.append(

@@ -29,7 +29,7 @@ from stackhop.errors import IntegrityError, StackhopError
 from stackhop.events import Event, EventSink, EventType
 from stackhop.journal import DONE, Journal, OperationRecord
 from stackhop.plan import Operation, Skip
-from stackhop.task import Task, TaskContext, TaskKind
+from stackhop.task import LeaseLost, Task, TaskContext, TaskKind
 from stackhop.volumes.backup import BackupWriter, IncrementalBackupWriter
 from stackhop.volumes.inventory import wait_volume
 from stackhop.volumes.model import PassContext, PassResult, Temporary, VolumeMethod, VolumeRef
@@ -402,6 +402,8 @@ class _PassAttempt:
         host = self.host
         if self.backup is not None:  # a backup not sealed yet is cut short (nothing if it was)
             self.backup.abort(exc)
+        if isinstance(exc, LeaseLost):  # the worker that took over may be using them
+            return
         for temporary in list(self.temporaries):
             try:
                 host.method.remove_temporary(
