@@ -257,6 +257,8 @@ def main() -> int:
     parser.add_argument("--rules", type=int, default=10)
     parser.add_argument("--workers", type=int, default=4, help="concurrency of both executors")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", choices=("volumes", "import"),
+                        help="one workload, and no scale runs (results -<workload>)")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     postgresql.require()
@@ -272,39 +274,47 @@ def main() -> int:
     work.mkdir(parents=True)
     volumes = groups = None
     try:
-        volumes = Volumes(args.volumes, args.gib)
-        groups = Groups(args.groups, args.rules, work)
+        if args.only != "import":
+            volumes = Volumes(args.volumes, args.gib)
+        if args.only != "volumes":
+            groups = Groups(args.groups, args.rules, work)
         times: dict[str, list[float]] = {k: [] for k in
                                          ("volumes_local", "volumes_celery",
                                           "import_local", "import_celery")}  # fmt: skip
         fresh_journal()  # the schema, before the workers open it
         with workers(1, args.workers, [FILE_QUEUE, "stackhop"]):
             for round_ in range(args.rounds):
-                times["volumes_local"].append(volumes.copy("local", args.workers))
-                times["volumes_celery"].append(volumes.copy("celery", args.workers))
-                times["import_local"].append(groups.apply("local", args.workers))
-                times["import_celery"].append(groups.apply("celery", args.workers))
+                if volumes is not None:
+                    times["volumes_local"].append(volumes.copy("local", args.workers))
+                    times["volumes_celery"].append(volumes.copy("celery", args.workers))
+                if groups is not None:
+                    times["import_local"].append(groups.apply("local", args.workers))
+                    times["import_celery"].append(groups.apply("celery", args.workers))
                 print(f"round {round_ + 1}: {times}", flush=True)
         result["runs_s"] = times
         for work_ in ("volumes", "import"):
+            if not times[f"{work_}_local"]:
+                continue
             local, celery = best(times[f"{work_}_local"]), best(times[f"{work_}_celery"])
             overhead = round((celery - local) / local, 4)
             result[work_] = {"local_s": local, "celery_s": celery, "overhead": overhead,
                              "pass": overhead < GOAL_OVERHEAD}  # fmt: skip
         # The model: 1, 2 and 4 workers of one process each, --workers = workers.
         scale: dict[int, float] = {}
-        for hosts in (1, 2, 4):
+        for hosts in (1, 2, 4) if volumes is not None and args.only is None else ():
             with workers(hosts, 1, [FILE_QUEUE]):  # best of the rounds: the first warms up
                 scale[hosts] = best([volumes.copy("celery", hosts) for _ in range(args.rounds)])
             print(f"{hosts} worker(s): {scale[hosts]} s", flush=True)
-        result["scale_s"] = scale
-        result["model"] = model(scale, args.volumes)
+        if scale:
+            result["scale_s"] = scale
+            result["model"] = model(scale, args.volumes)
     finally:
         for made in (volumes, groups):
             if made is not None:
                 made.close()
         postgresql.drop_database(DATABASE)
-    out = ROOT / "bench" / "results" / f"executor-{dt.date.today().isoformat()}"
+    suffix = f"-{args.only}" if args.only else ""
+    out = ROOT / "bench" / "results" / f"executor-{dt.date.today().isoformat()}{suffix}"
     if not args.no_save:
         out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         out.with_suffix(".md").write_text(summary(result))

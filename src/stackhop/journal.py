@@ -739,18 +739,58 @@ class Journal:
     def dispatch(self, rows: Sequence[tuple[OperationRecord, Any]]) -> list[int]:
         """Record that each ``(row, payload)`` goes to a worker: the payload it rebuilds the
         operation from, and the time (by the database's clock). The IDs of the rows
-        still ``pending`` at the attempt read, which may be sent; the others moved on."""
-        sent: list[int] = []
+        still ``pending`` at the attempt read, which may be sent; the others moved on.
+        One statement for them all (executemany), then one read of what it wrote."""
+        if not rows:
+            return []
+        c = operations.c
         with self._transaction() as conn:
-            for row, payload in rows:
-                result = conn.execute(
-                    operations.update()
-                    .where(*_still_running(row))
-                    .values(payload=payload, dispatched_at=self._clock())
+            conn.execute(
+                operations.update()
+                .where(
+                    c.id == sa.bindparam("rid"),
+                    c.state == PENDING,
+                    c.attempts == sa.bindparam("seen"),
                 )
-                if result.rowcount == 1:
-                    sent.append(row.id)
-        return sent
+                .values(payload=sa.bindparam("body"), dispatched_at=self._clock()),
+                [{"rid": row.id, "seen": row.attempts, "body": payload} for row, payload in rows],
+            )
+            ids = [row.id for row, _ in rows]
+            written = conn.execute(
+                sa.select(c.id).where(c.id.in_(ids), c.state == PENDING, c.payload.is_not(None))
+            ).scalars()
+            sent = set(int(i) for i in written)
+        return [row.id for row, _ in rows if row.id in sent]
+
+    def take_leases(
+        self, run_id: str, ids: Sequence[int], owner: str, ttl: float
+    ) -> list[OperationRecord]:
+        """:meth:`take_lease` of every row of ``ids`` that is ``pending`` in run ``run_id``
+        and free, in one statement (a worker's first delivery of a bulk message); the rows
+        as taken. Each take counts an attempt, as one by one."""
+        if not ids:
+            return []
+        c = operations.c
+        with self._transaction() as conn:
+            conn.execute(
+                operations.update()
+                .where(
+                    c.id.in_(list(ids)),
+                    c.run_id == run_id,
+                    c.state == PENDING,
+                    sa.or_(c.lease_owner.is_(None), c.lease_expires < self._clock()),
+                )
+                .values(
+                    lease_owner=owner,
+                    lease_expires=self._clock(ttl),
+                    attempts=c.attempts + 1,
+                    updated_at=_now(),
+                )
+            )
+            taken = conn.execute(
+                sa.select(operations).where(c.id.in_(list(ids)), c.lease_owner == owner)
+            )
+            return [operation_record(r) for r in taken]
 
     def release_lease(self, row: OperationRecord, owner: str) -> bool:
         """Give ``row``'s lease up without an outcome (the holder stops); False if not held."""

@@ -347,3 +347,19 @@ def test_an_attempt_whose_lease_was_taken_over_stops_and_writes_nothing(
     assert after is not None and after.state == PENDING and after.stage == "exported"
     assert after.attempts == 2 and journal.lease(after.id).owner == "thief:1:x"  # type: ignore[union-attr]
     assert CALLS == {"a": 1}
+
+
+def test_a_message_of_several_rows_takes_their_leases_at_once(journal: Journal) -> None:
+    run, a = _sent(journal, "a")
+    b = journal.transition(run.id, "dst", "test.copy", "b", PENDING, action="copy",
+                           expected=None, source_id="b")  # fmt: skip
+    journal.dispatch([(b, {"of": "b", "_attempts": 0})])
+    held = journal.take_lease(b, "elsewhere:1:x", ttl=60)  # b: another worker has it
+    assert held is not None
+    message = {"v": 1, "journal": journal.journal_id(), "run": run.id, "ops": [a.id, b.id]}
+    worker.run_message(message, redelivered=False, queue="q")
+    assert CALLS == {"a": 1}
+    done = journal.operation("dst", "test.copy", "a")
+    assert done is not None and done.state == DONE and done.attempts == 1
+    still = journal.operation("dst", "test.copy", "b")
+    assert still is not None and still.state == PENDING and still.attempts == 1

@@ -22,6 +22,7 @@ Everything comes from the worker's environment, never from the message: the jour
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -167,11 +168,23 @@ def run_message(message: Mapping[str, Any], *, redelivered: bool, queue: str) ->
         return
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     run_id = str(message["run"])
+    ids = [int(i) for i in message.get("ops", ())]
     taken: list[tuple[OperationRecord, OperationRecord]] = []
-    for row_id in message.get("ops", ()):
-        got = _take(journal, run_id, int(row_id), owner, redelivered, queue)
-        if got is not None:
-            taken.append(got)
+    if len(ids) > 1 and not redelivered:  # a bulk message on its first delivery
+        got = {row.id: row for row in journal.take_leases(run_id, ids, owner, lease_ttl())}
+        for row_id in ids:
+            row = got.get(row_id)
+            if row is None:
+                say("skipped", row=row_id, queue=queue, reason="done, or held by another")
+            elif not _poisoned(journal, row, queue):
+                say("started", row=row_id, queue=queue, attempt=row.attempts, redelivered=False)
+                # As it was before the take (an attempt less): what ``unknown`` is judged on.
+                taken.append((row, dataclasses.replace(row, attempts=row.attempts - 1)))
+    else:
+        for row_id in ids:
+            one = _take(journal, run_id, row_id, owner, redelivered, queue)
+            if one is not None:
+                taken.append(one)
     if not taken:
         return
     stop = threading.Event()
@@ -253,6 +266,16 @@ def _take(
             say("skipped", row=row_id, queue=queue, reason="another worker holds its lease")
             return None
         time.sleep(LEASE_POLL)
+    if _poisoned(journal, taken, queue):
+        return None
+    say("started", row=row_id, queue=queue, attempt=taken.attempts, redelivered=redelivered)
+    return taken, row
+
+
+def _poisoned(journal: Journal, taken: OperationRecord, queue: str) -> bool:
+    """Whether the row just taken had too many attempts since its dispatch: then it is
+    failed here instead of run again (a pass that kills its worker every time)."""
+    row_id = taken.id
     since = taken.attempts - int((taken.payload or {}).get("_attempts") or 0)
     if since > MAX_ATTEMPTS_DISPATCHED:
         error = (f"{since - 1} attempts since it was sent to the workers, none finished "
@@ -261,9 +284,8 @@ def _take(
         journal.transition(taken.run_id, taken.scope, taken.kind, taken.identity, FAILED,
                            action=taken.action, expected=taken, error=error)  # fmt: skip
         say("finished", row=row_id, queue=queue, outcome="failed", error=error)
-        return None
-    say("started", row=row_id, queue=queue, attempt=taken.attempts, redelivered=redelivered)
-    return taken, row
+        return True
+    return False
 
 
 class _Heartbeat(threading.Thread):
