@@ -673,6 +673,17 @@ class Journal:
     def _clock(self, plus: float = 0.0) -> sa.ColumnElement[Any]:
         return db_clock(self.engine.dialect.name, plus)
 
+    def _lease_free(self) -> sa.ColumnElement[bool]:
+        """Nobody holds the row's lease, or it ran out (by the database's clock)."""
+        c = operations.c
+        return sa.or_(c.lease_owner.is_(None), c.lease_expires < self._clock())
+
+    def _taken(self, owner: str, ttl: float) -> dict[str, Any]:
+        """What a take writes: the holder, the end of its term, one attempt more."""
+        c = operations.c
+        return {"lease_owner": owner, "lease_expires": self._clock(ttl),
+                "attempts": c.attempts + 1, "updated_at": _now()}  # fmt: skip
+
     def take_lease(
         self, row: OperationRecord, owner: str, ttl: float, *, steal_from: str | None = None
     ) -> OperationRecord | None:
@@ -692,18 +703,9 @@ class Journal:
                 .where(
                     *_still_running(row),
                     c.run_id == row.run_id,
-                    sa.or_(
-                        c.lease_owner.is_(None),
-                        c.lease_expires < self._clock(),
-                        c.lease_owner == (steal_from or ""),
-                    ),
+                    sa.or_(self._lease_free(), c.lease_owner == (steal_from or "")),
                 )
-                .values(
-                    lease_owner=owner,
-                    lease_expires=self._clock(ttl),
-                    attempts=row.attempts + 1,
-                    updated_at=_now(),
-                )
+                .values(**self._taken(owner, ttl))
             )
             if result.rowcount != 1:
                 return None
@@ -778,14 +780,9 @@ class Journal:
                     c.id.in_(list(ids)),
                     c.run_id == run_id,
                     c.state == PENDING,
-                    sa.or_(c.lease_owner.is_(None), c.lease_expires < self._clock()),
+                    self._lease_free(),
                 )
-                .values(
-                    lease_owner=owner,
-                    lease_expires=self._clock(ttl),
-                    attempts=c.attempts + 1,
-                    updated_at=_now(),
-                )
+                .values(**self._taken(owner, ttl))
             )
             taken = conn.execute(
                 sa.select(operations).where(c.id.in_(list(ids)), c.lease_owner == owner)

@@ -105,12 +105,23 @@ def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Journal
         yield j
 
 
+def _coordinator(
+    journal: Journal,
+    app: _App,
+    workers: int,
+    events: CollectingSink | None = None,
+    route: Any = lambda op: "q",
+) -> Engine:
+    """An engine publishing to ``app`` (the broker replaced, see the module docstring)."""
+    return Engine(
+        journal, object(), Resolver("dst", journal=journal), workers=workers, events=events,
+        executor=celery_executor(app, route, workers),  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
 def _run(journal: Journal, app: _App, names: list[str]) -> tuple[Any, CollectingSink]:
     events = CollectingSink()
-    engine = Engine(
-        journal, object(), Resolver("dst", journal=journal), workers=2, events=events,
-        executor=celery_executor(app, lambda op: f"q-{op.identity}", 2),  # type: ignore[arg-type]
-    )  # fmt: skip
+    engine = _coordinator(journal, app, 2, events, lambda op: f"q-{op.identity}")
     ops = [Pass(kind=Copy(), identity=n, of=n) for n in names]
     result = engine.run(ops, command=COMMAND, source_cloud="src")
     for thread in app.threads:
@@ -212,11 +223,7 @@ def test_a_rerun_reattaches_to_the_run_of_a_dead_coordinator_and_sends_nothing_a
                      args={**args, "workers": 8})  # fmt: skip
     assert found == run.id
     app = _App()
-    events = CollectingSink()
-    engine = Engine(
-        journal, object(), Resolver("dst", journal=journal), workers=2, events=events,
-        executor=celery_executor(app, lambda op: "q", 2),  # type: ignore[arg-type]
-    )  # fmt: skip
+    engine = _coordinator(journal, app, 2)
     # The messages the dead coordinator sent are still in the queue: a worker runs them.
     late = threading.Timer(0.5, worker.run_message, [sent_before],
                            {"redelivered": False, "queue": "q"})  # fmt: skip
@@ -293,11 +300,7 @@ def test_a_new_run_follows_a_row_a_live_worker_of_an_earlier_run_holds(
     taken = journal.take_lease(row, "elsewhere:1:x", ttl=60)
     assert taken is not None
     app = _App()
-    events = CollectingSink()
-    engine = Engine(
-        journal, object(), Resolver("dst", journal=journal), workers=1, events=events,
-        executor=celery_executor(app, lambda op: "q", 1),  # type: ignore[arg-type]
-    )  # fmt: skip
+    engine = _coordinator(journal, app, 1)
 
     def finish() -> None:  # the earlier run's worker ends its pass
         journal.transition(first.id, "dst", "test.copy", "a", DONE, action="copy",
