@@ -3,7 +3,8 @@
 Two workloads on the testbed, each run with ``--executor local --workers N`` and with
 ``--executor celery --workers N`` through one ``stackhop worker --concurrency N`` (started
 before the clock starts, as a deployment's workers are), taking turns for ``--rounds``
-rounds (each round in the other order than the last), each pair judged as a pair and the
+rounds after ``--warmup`` uncounted ones (each round in the other order than the last),
+each pair judged as a pair and the
 overhead the median of the pairs (the machine is shared: API servers drift over minutes, a
 best-of comparison of two noisy series is decided by the noise):
 
@@ -267,6 +268,10 @@ def main() -> int:
     parser.add_argument("--rules", type=int, default=10)
     parser.add_argument("--workers", type=int, default=4, help="concurrency of both executors")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="rounds run first and not counted (default 1): the workers' "
+                        "first jobs authenticate and connect, once in a deployment")
+    parser.add_argument("--label", help="results file suffix (default: the workload of --only)")
     parser.add_argument("--only", choices=("volumes", "import"),
                         help="one workload, and no scale runs (results -<workload>)")
     parser.add_argument("--no-save", action="store_true")
@@ -291,17 +296,20 @@ def main() -> int:
         times: dict[str, list[float]] = {k: [] for k in
                                          ("volumes_local", "volumes_celery",
                                           "import_local", "import_celery")}  # fmt: skip
+        warmups: dict[str, list[float]] = {k: [] for k in times}
         fresh_journal()  # the schema, before the workers open it
         with workers(1, args.workers, [FILE_QUEUE, "stackhop"]):
-            for round_ in range(args.rounds):
+            for round_ in range(args.warmup + args.rounds):
                 order = ("local", "celery") if round_ % 2 == 0 else ("celery", "local")
+                counted = times if round_ >= args.warmup else warmups
                 for executor in order:  # alternate: neither always runs on a warmer cache
                     if volumes is not None:
-                        times[f"volumes_{executor}"].append(volumes.copy(executor, args.workers))
+                        counted[f"volumes_{executor}"].append(volumes.copy(executor, args.workers))
                     if groups is not None:
-                        times[f"import_{executor}"].append(groups.apply(executor, args.workers))
-                print(f"round {round_ + 1}: {times}", flush=True)
+                        counted[f"import_{executor}"].append(groups.apply(executor, args.workers))
+                print(f"round {round_ + 1}: {times} (warm-up: {warmups})", flush=True)
         result["runs_s"] = times
+        result["warmup_runs_s"] = warmups
         for work_ in ("volumes", "import"):
             if not times[f"{work_}_local"]:
                 continue
@@ -324,7 +332,8 @@ def main() -> int:
             if made is not None:
                 made.close()
         postgresql.drop_database(DATABASE)
-    suffix = f"-{args.only}" if args.only else ""
+    label = args.label or args.only
+    suffix = f"-{label}" if label else ""
     out = ROOT / "bench" / "results" / f"executor-{dt.date.today().isoformat()}{suffix}"
     if not args.no_save:
         out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
@@ -395,6 +404,9 @@ def summary(result: dict[str, Any]) -> str:
         ]
     lines.append("")
     lines.append("Raw runs: " + json.dumps(result.get("runs_s", {})))
+    if result.get("warmup_runs_s"):
+        lines.append("")
+        lines.append("Warm-up runs (not counted): " + json.dumps(result["warmup_runs_s"]))
     return "\n".join(lines) + "\n"
 
 

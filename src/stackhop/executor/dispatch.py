@@ -7,8 +7,14 @@ the worker rebuilds the operation from) and publishes one message per group to
 the queue ``route`` names for it, and :meth:`CeleryExecutor.collect` polls the
 rows in flight: a stage or progress a worker reported becomes the same event a
 local run emits, and a ``done``/``failed`` row the outcome the engine counts (the
-worker journaled it already). A group is at most ``capacity`` in flight, so the
-plan's dependency order holds across workers.
+worker journaled it already). The engine never starts an operation before those
+it depends on are done, so the plan's order holds across workers.
+
+The engine keeps up to ``capacity`` (the run's ``--workers``) times
+:data:`DISPATCH_DEPTH` operations in flight: the workers' processes still run
+``--workers`` calls at once at most (one message each, prefetch 1), and a worker
+process that finishes one takes the next from the queue at once instead of
+waiting for this coordinator to notice the outcome (a poll away) and publish it.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ POLL_SLOW = 0.5
 QUIET_POLLS = 20
 #: Seconds past a lease term after which a row nobody holds is sent again.
 ORPHAN_MARGIN = 10.0
+#: Operations in flight per unit of concurrency: queued ones keep the workers busy while
+#: the coordinator learns what finished. With the capacity alone (1), an import of 200
+#: security groups through 4 worker processes ran 15-25 % slower than in threads here:
+#: every wave of operations waited a poll for the next one to be sent.
+DISPATCH_DEPTH = 2
 
 Route = Callable[[Operation], str]
 
@@ -62,7 +73,8 @@ class CeleryExecutor:
         self.journal = engine.journal
         self.app = app
         self.route = route
-        self.capacity = capacity
+        #: How many operations the engine keeps in flight (see :data:`DISPATCH_DEPTH`).
+        self.capacity = capacity * DISPATCH_DEPTH
         #: Operations that must run here (coordinator-only kinds, rollbacks): threads.
         self._local: LocalExecutor[_Started, _Attempt] = LocalExecutor(
             engine._attempt_group, _failed, workers=capacity
