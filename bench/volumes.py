@@ -12,6 +12,7 @@ since Cinder sizes are whole GiB), on each backend:
 
 Per size point: ``StreamMethod.copy_pass`` (hosts' ``python3``) and raw
 one-hop ssh (``ssh src cat FILE > /dev/null``, dense), ``RbdMethod.copy_pass``
+(on dense volumes also with ``--trust-writes``, for reference)
 and ``rbd export - | rbd import -`` between the two clusters, and on the
 sparse volumes an incremental pass of each method after 1 % changed (1 MiB
 writes at random 1 MiB-aligned places). Every pass runs in a child process
@@ -175,7 +176,7 @@ def child_pass(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         from stackhop.volumes.rbd import RbdMethod
 
-        method = RbdMethod()
+        method = RbdMethod(reread=spec.get("reread", True))
     recorder = support.Recorder()
     ctx = support.make_context(
         project=project,
@@ -479,6 +480,12 @@ def bench_rbd(
                 **_pass_row(full),
             }
             state = full["state"]
+            if shape == "dense":
+                # The same copy with --trust-writes (verified by librbd's acknowledgements,
+                # nothing read back): what the read-back costs per GiB.
+                trusting = run_child({**spec, "incremental": False, "reread": False})
+                point["trust_writes_s"] = trusting["seconds"]
+                delete_volume(project.dst_admin, trusting["destination_id"])
             if shape == "sparse":
                 changes = change_one_percent(local, size, 4)
                 write_rbd(volume.id, local, changes)

@@ -56,7 +56,11 @@ def fits(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # (contender, key of its seconds in a size point), per section.
 CONTENDERS = {
     "stream": [("stream_pass", "pass_s"), ("raw_ssh_one_hop", "raw_one_hop_s")],
-    "rbd": [("rbd_pass", "pass_s"), ("rbd_export_import", "export_import_s")],
+    "rbd": [
+        ("rbd_pass", "pass_s"),
+        ("rbd_pass_trust_writes", "trust_writes_s"),
+        ("rbd_export_import", "export_import_s"),
+    ],
 }
 
 
@@ -75,6 +79,13 @@ def goals(results: dict[str, Any], lines: dict[str, dict[str, Any]]) -> dict[str
             )
         if rbd:
             out[f"rbd_fixed_cost_s_{shape}"] = _judge(rbd["fixed_s"], 3.0)
+        trusting = lines.get(f"rbd_pass_trust_writes/{shape}")
+        if trusting and plain:  # reference only: not the default verification
+            out[f"rbd_trust_writes_slope_vs_export_import_{shape}"] = {
+                "value": ratio(trusting["per_gib_s"], plain["per_gib_s"]),
+                "limit": 1.1,
+                "reference": True,
+            }
     stream, raw = lines.get("stream_pass/dense"), lines.get("raw_ssh_one_hop/dense")
     if stream and raw:
         out["stream_slope_vs_raw_ssh_dense"] = _judge(
@@ -178,7 +189,11 @@ def _fmt(value: Any) -> str:
 
 
 def _verdict(row: dict[str, Any] | None) -> str:
-    return "not measured" if row is None else ("PASS" if row["pass"] else "FAIL")
+    if row is None:
+        return "not measured"
+    if row.get("reference"):
+        return "(reference)"
+    return "PASS" if row["pass"] else "FAIL"
 
 
 def render(results: dict[str, Any]) -> str:
@@ -227,6 +242,12 @@ def render(results: dict[str, Any]) -> str:
             f"rbd method slope vs `rbd export \\| rbd import` slope ({shape})",
             "≤ 1.1×",
             f"rbd_slope_vs_export_import_{shape}",
+        )
+    if "rbd_trust_writes_slope_vs_export_import_dense" in g:
+        row(
+            "(reference) the same with `--trust-writes`, nothing read back (dense)",
+            "≤ 1.1×",
+            "rbd_trust_writes_slope_vs_export_import_dense",
         )
     for shape in ("sparse", "dense"):
         row(f"rbd method fixed cost ({shape})", "≤ 3 s", f"rbd_fixed_cost_s_{shape}", " s")

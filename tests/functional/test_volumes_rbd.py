@@ -393,8 +393,8 @@ def test_full_pass_trusting_confirmed_writes_sends_no_zeros_and_rereads_by_defau
     image = f"volume-{first.destination_id}"
     assert image_content_digest(world.dst_backend, image) == expected
 
-    # By default, a full pass re-reads the whole destination (a fresh copy: the first one
-    # is deleted, else the pass would only compare and keep it).
+    # By default, a full pass reads every extent back as it writes it (a fresh copy: the
+    # first one is deleted, else the pass would only compare and keep it).
     world.dst.block_storage.delete_volume(first.destination_id)
     world.dst.block_storage.wait_for_delete(
         world.dst.block_storage.get_volume(first.destination_id), wait=300
@@ -402,7 +402,7 @@ def test_full_pass_trusting_confirmed_writes_sends_no_zeros_and_rereads_by_defau
     recorder = Recorder()
     second = _pass(world, tmp_path, recorder, uuid.uuid4().hex, incremental=False)
     assert second.destination_id != first.destination_id and "reused" not in recorder.stages[-1][1]
-    assert recorder.stages[-1][1]["verified_by"] == "reread"
+    assert recorder.stages[-1][1]["verified_by"] == "read-back"
     assert second.content_digest == expected
     assert image_content_digest(world.dst_backend, f"volume-{second.destination_id}") == expected
     assert stackhop_leftovers(world.src_backend, [source_image]) == []

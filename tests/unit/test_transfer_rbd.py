@@ -151,6 +151,7 @@ class _ListReader:
 
 class _ListSink:
     confirms_writes = False
+    reads_back = False
 
     def __init__(self) -> None:
         self.bytes = 0

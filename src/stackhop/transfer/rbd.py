@@ -178,10 +178,13 @@ class RbdCluster:
         return CliDiffReader(self.popen([*args, self.spec(image), "-"], stdout=subprocess.PIPE))
 
     def import_diff(
-        self, image: str, retire: str | None = None, *, fresh: bool = False
+        self, image: str, retire: str | None = None, *, fresh: bool = False,
+        read_back: bool = False,
     ) -> CliDiffSink:
         """``rbd import-diff - image``, fed the re-serialised stream; ``retire`` is removed
-        once it has finished. ``fresh`` changes nothing: import-diff zeroes what it is told."""
+        once it has finished. ``fresh`` changes nothing: import-diff zeroes what it is told;
+        nor does ``read_back``: another program writes, nothing can be read back as it does
+        (the caller re-reads the image instead)."""
         process = self.popen(
             ["import-diff", "--no-progress", "-", self.spec(image)], stdin=subprocess.PIPE
         )
@@ -315,6 +318,7 @@ class CliDiffSink:
 
     #: import-diff's exit status says it succeeded, not what it wrote where.
     confirms_writes = False
+    reads_back = False
 
     def __init__(self, process: RbdProcess, after: Callable[[], None] | None = None) -> None:
         self.process = process

@@ -100,6 +100,11 @@ class DiffSink(Protocol):
     #: applies the diff and its exit status is all stackhop learns.
     confirms_writes: bool
 
+    #: True when, once :meth:`finish` has returned, every extent written was read back
+    #: from the cluster and compared equal (:class:`~stackhop.transfer.rbd_lib_io.LibDiffSink`
+    #: asked to ``read_back``); False when nothing was read back.
+    reads_back: bool
+
     @property
     def bytes(self) -> int:
         """Bytes handed to the cluster so far (the serialised stream for the CLI)."""
@@ -163,11 +168,14 @@ class RbdAccess(Protocol):
         ...
 
     def import_diff(
-        self, image: str, retire: str | None = None, *, fresh: bool = False
+        self, image: str, retire: str | None = None, *, fresh: bool = False,
+        read_back: bool = False,
     ) -> DiffSink:
         """A sink applying a diff to ``image`` (which exists); ``retire``: a snapshot of
         ``image`` to remove when the diff's end snapshot is created; ``fresh``: the image
-        was just created and never written, so zeroed extents need not be written."""
+        was just created and never written, so zeroed extents need not be written;
+        ``read_back``: read every extent back as it is written, where the sink can
+        (:attr:`DiffSink.reads_back` says whether it did)."""
         ...
 
     def chunk_digests(
@@ -242,6 +250,8 @@ class DiffStats:
     touched: set[int] = field(default_factory=set)
     #: Whether the sink saw every write acknowledged (:attr:`DiffSink.confirms_writes`).
     writes_confirmed: bool = False
+    #: Whether the sink read every write back equal (:attr:`DiffSink.reads_back`).
+    read_back: bool = False
 
 
 @functools.lru_cache(maxsize=4)
@@ -318,6 +328,7 @@ def copy_diff(
         raise
     stats.wire_bytes = sink.bytes
     stats.writes_confirmed = sink.confirms_writes
+    stats.read_back = sink.reads_back
     return stats
 
 

@@ -225,9 +225,10 @@ class LibRbdCluster:
         return LibDiffReader(self, image, snap, from_snap)
 
     def import_diff(
-        self, image: str, retire: str | None = None, *, fresh: bool = False
+        self, image: str, retire: str | None = None, *, fresh: bool = False,
+        read_back: bool = False,
     ) -> LibDiffSink:
-        return LibDiffSink(self, image, retire, fresh=fresh)
+        return LibDiffSink(self, image, retire, fresh=fresh, read_back=read_back)
 
     def chunk_digests(
         self, image: str, snap: str, chunk: int, from_snap: str | None = None

@@ -9,11 +9,17 @@ image resized, ``aio_write`` with at most :data:`WRITES_IN_FLIGHT` pieces in
 flight, zeroed extents written as zeroes unless the image is fresh, end
 snapshot created), and every write's completion is checked and counted, so
 the sink knows that all of it was acknowledged (:attr:`LibDiffSink.confirms_writes`).
+Asked to (``read_back``), it also reads every extent back once its write is acknowledged,
+while the next ones are written, and compares it byte for byte with what it wrote
+(:attr:`LibDiffSink.reads_back`): the verification of a re-read, without a second pass over
+the image nor a second hash.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import queue
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -51,6 +57,29 @@ READS_IN_FLIGHT = 2
 
 WRITES_IN_FLIGHT = 4
 """Pieces (at most 4 MiB each) written asynchronously at once by a :class:`LibDiffSink`."""
+
+READS_BACK_IN_FLIGHT = 2
+"""Pieces a reading-back :class:`LibDiffSink` holds besides, written and being read back."""
+
+
+class _WrittenSpans:
+    """The byte ranges a sink wrote or zeroed, adjacent ones merged (a diff comes in offset
+    order, so a dense copy is one range): what this sink may have changed in the image."""
+
+    def __init__(self) -> None:
+        self.spans: list[list[int]] = []
+
+    def add(self, offset: int, length: int) -> None:
+        if self.spans and self.spans[-1][1] == offset:
+            self.spans[-1][1] = offset + length
+        else:
+            self.spans.append([offset, offset + length])
+
+    def cover(self, offset: int, length: int) -> bool:
+        """Whether [offset, offset+length) overlaps a range written. The ranges are
+        disjoint and sorted, so only the last one starting before the end can."""
+        index = bisect.bisect_left(self.spans, [offset + length]) - 1
+        return index >= 0 and self.spans[index][1] > offset
 
 
 def available() -> bool:
@@ -210,6 +239,14 @@ class LibDiffSink:
 
     ``fresh``: the image was just created and never written, so it reads as zeros
     wherever nothing is written, and zeroed extents are skipped.
+
+    ``read_back``: each extent, once librbd acknowledged its write, is read back from the
+    cluster (librbd's cache is off: the OSDs answer) by a thread of this sink while later
+    ones are written, and compared with the very bytes written (a zeroed one with zeros);
+    :meth:`finish` then also checks that nothing else changed the image: on a fresh one,
+    every object holding data is one this sink wrote into (the rest still reads as zeros);
+    under an incremental diff, every extent changed since its base snapshot is one this
+    sink wrote or zeroed (the rest is the base, which the previous pass verified).
     """
 
     #: Every write's completion is seen here: finish() returns only once all of them
@@ -217,14 +254,25 @@ class LibDiffSink:
     confirms_writes = True
 
     def __init__(
-        self, cluster: LibRbdCluster, image: str, retire: str | None = None, *, fresh: bool = False
+        self,
+        cluster: LibRbdCluster,
+        image: str,
+        retire: str | None = None,
+        *,
+        fresh: bool = False,
+        read_back: bool = False,
     ) -> None:
         _, rbd = bindings()
         self.cluster = cluster
         self.bytes = 0
+        #: True once finish() has checked every extent read back equal (see the class doc).
+        self.reads_back = False
+        self._read_back = read_back
         self._fresh = fresh
         self._zeroed = 0
         self._acknowledged = 0
+        self._compared = 0
+        self._written_spans = _WrittenSpans()
         self._name = image
         self._retire = retire
         self._label = cluster.spec(image)
@@ -235,14 +283,25 @@ class LibDiffSink:
             self._ioctx.close()
             raise cluster.failed(f"import-diff {self._label}", exc) from exc
         self._to_snap: str | None = None
+        self._from_snap: str | None = None
         self._retire_error: RbdError | None = None
-        self._slots = threading.Semaphore(WRITES_IN_FLIGHT)
-        # Keeps each piece alive until librbd has written it (None for zeroes), with its
-        # length; the first error wins.
-        self._in_flight: dict[int, tuple[bytes | None, int]] = {}
+        self._depth = WRITES_IN_FLIGHT + (READS_BACK_IN_FLIGHT if read_back else 0)
+        self._slots = threading.Semaphore(self._depth)
+        # Keeps each piece alive until librbd has written it (and it was read back), with
+        # its offset and length (None for zeroes); the first error wins.
+        self._in_flight: dict[int, tuple[bytes | None, int, int]] = {}
         self._lock = threading.Lock()
         self._error: str | None = None
         self._closed = False
+        self._to_compare: queue.SimpleQueue[tuple[int, bytes | None, int] | None] = (
+            queue.SimpleQueue()
+        )
+        self._comparer: threading.Thread | None = None
+        if read_back:
+            self._comparer = threading.Thread(
+                target=self._compare_loop, name="rbd read back", daemon=True
+            )
+            self._comparer.start()
 
     def header(self, header: DiffHeader) -> None:
         _, rbd = bindings()
@@ -258,6 +317,7 @@ class LibDiffSink:
                 f"exists on {self._label}; run `stackhop volumes cleanup` and re-run"
             )
         self._to_snap = header.to_snap
+        self._from_snap = header.from_snap
         try:
             if int(self._image.size()) != header.size:
                 self._image.resize(header.size)
@@ -268,17 +328,93 @@ class LibDiffSink:
         if self._error is not None:
             raise RbdError(f"rbd import-diff on {self.cluster.where} failed: {self._error}")
 
+    def _failed(self, message: str) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = message
+
     def _written(self, completion: Any) -> None:
-        # On librbd's callback thread: record the outcome, count the bytes, free the slot.
+        # On librbd's callback thread: record the outcome, count the bytes, then free the
+        # slot or hand the piece to the comparer (which frees it once read back).
         code = completion.get_return_value()
         with self._lock:
-            _, length = self._in_flight.pop(id(completion), (None, 0))
-            if code < 0:
-                if self._error is None:
-                    self._error = f"write of {self._label} returned {code}"
-            else:
+            data, offset, length = self._in_flight.pop(id(completion), (None, 0, 0))
+            if code >= 0:
                 self._acknowledged += length
+        if code < 0:
+            self._failed(f"write of {self._label} returned {code}")
+        elif self._read_back:
+            self._to_compare.put((offset, data, length))
+            return
         self._slots.release()
+
+    def _compare_loop(self) -> None:
+        """Read each acknowledged piece back and compare it with what was written, with up
+        to :data:`READS_BACK_IN_FLIGHT` reads outstanding (the OSDs answer them in
+        parallel); ends at the ``None`` that :meth:`_stop_comparer` queues."""
+        pending: deque[tuple[int, bytes, Any, list[Any]]] = deque()
+        taking = True
+        while taking or pending:
+            while taking and len(pending) < READS_BACK_IN_FLIGHT:
+                try:
+                    item = self._to_compare.get(block=not pending)
+                except queue.Empty:
+                    break
+                if item is None:
+                    taking = False
+                    break
+                offset, data, length = item
+                if data is None:
+                    self._compare_zeroes(offset, length)
+                    continue
+                holder: list[Any] = []
+                try:
+                    completion = self._image.aio_read(
+                        offset, length, lambda _c, got, into=holder: into.append(got)
+                    )
+                except Exception as exc:  # rbd.Error: reported by finish()
+                    self._failed(f"read back of {self._label} at {offset} failed: {exc}")
+                    self._slots.release()
+                    continue
+                pending.append((offset, data, completion, holder))
+            if pending:
+                offset, data, completion, holder = pending.popleft()
+                completion.wait_for_complete_and_cb()
+                code = completion.get_return_value()
+                self._compared_piece(offset, data, holder[0] if code >= 0 and holder else None)
+
+    def _compare_zeroes(self, offset: int, length: int) -> None:
+        """A zeroed extent must read back as zeros (piece by piece: it may be large)."""
+        try:
+            for start in range(offset, offset + length, MAX_PIECE):
+                size = min(MAX_PIECE, offset + length - start)
+                if self._image.read(start, size) != bytes(size):
+                    self._failed(f"{self._label} does not read back as zeros at offset {start}")
+                    return
+            with self._lock:
+                self._compared += length
+        except Exception as exc:  # rbd.Error: reported by finish()
+            self._failed(f"read back of {self._label} at {offset} failed: {exc}")
+        finally:
+            self._slots.release()
+
+    def _compared_piece(self, offset: int, data: bytes, got: bytes | None) -> None:
+        if got is None:
+            self._failed(f"read back of {self._label} at offset {offset} failed")
+        elif got != data:
+            self._failed(
+                f"{self._label} reads back other bytes at offset {offset} than were written"
+            )
+        else:
+            with self._lock:
+                self._compared += len(data)
+        self._slots.release()
+
+    def _stop_comparer(self) -> None:
+        if self._comparer is not None:
+            self._to_compare.put(None)
+            self._comparer.join()
+            self._comparer = None
 
     def record(self, record: Record) -> None:
         _, rbd = bindings()
@@ -292,20 +428,23 @@ class LibDiffSink:
                     completion = self._image.aio_write_zeroes(
                         record.offset, record.length, self._written
                     )
-                    self._in_flight[id(completion)] = (None, record.length)
+                    self._in_flight[id(completion)] = (None, record.offset, record.length)
                     self._zeroed += record.length
+                    self._written_spans.add(record.offset, record.length)
                 else:
                     completion = self._image.aio_write(record.data, record.offset, self._written)
-                    self._in_flight[id(completion)] = (record.data, record.length)
+                    self._in_flight[id(completion)] = (record.data, record.offset, record.length)
                     self.bytes += record.length
+                    self._written_spans.add(record.offset, record.length)
         except rbd.Error as exc:
             self._slots.release()
             raise self.cluster.failed(f"import-diff {self._label}", exc) from exc
 
     def _drain(self) -> None:
-        for _ in range(WRITES_IN_FLIGHT):
+        """Wait until every piece is written (and read back): all slots free."""
+        for _ in range(self._depth):
             self._slots.acquire()
-        for _ in range(WRITES_IN_FLIGHT):
+        for _ in range(self._depth):
             self._slots.release()
 
     def finish(self) -> None:
@@ -320,12 +459,41 @@ class LibDiffSink:
                     f"{self._label}; re-run"
                 )
             self._image.flush()
+            if self._read_back:
+                self._check_read_back()
             if self._to_snap is not None:
                 self._snapshot(self._to_snap)
         except rbd.Error as exc:
             raise self.cluster.failed(f"import-diff {self._label}", exc) from exc
         finally:
             self._close()
+
+    def _check_read_back(self) -> None:
+        """Everything written compared equal, and nothing else changed: on a fresh image
+        no object holds data this sink did not write; on an image the diff applies to, no
+        change since its base snapshot lies outside what this sink wrote or zeroed."""
+        if self._compared != self.bytes + self._zeroed:
+            raise RbdError(
+                f"rbd import-diff on {self.cluster.where}: {self._compared} of the "
+                f"{self.bytes + self._zeroed} bytes written to {self._label} were read back; "
+                "re-run"
+            )
+        base = self._from_snap
+        if self._fresh or base is not None:
+            size = int(self._image.size())
+            for offset, length, exists in _changed_extents(
+                self._image, size, base, whole_object=self._fresh
+            ):
+                if (exists or base is not None) and not self._written_spans.cover(
+                    offset, length
+                ):
+                    what = "holds data" if self._fresh else "changed"
+                    since = "it was created empty" if self._fresh else f"since {base}"
+                    raise RbdError(
+                        f"{self._label} {what} at offset {offset} where this copy wrote "
+                        f"nothing ({since}): something else writes it; stop that, then re-run"
+                    )
+        self.reads_back = True
 
     def _snapshot(self, snap: str) -> None:
         """Create ``snap``, removing the snapshot to retire at the same time: each is a
@@ -359,5 +527,6 @@ class LibDiffSink:
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
+            self._stop_comparer()
             self._image.close()
             self._ioctx.close()

@@ -35,17 +35,22 @@ One pass of one volume (both clouds' backends are ``driver: rbd`` in the storage
    destination snapshot, and Ceph guards the bytes themselves (crc32c on the
    wire and, in BlueStore, at rest, checked on every read). That is sound
    for the copy; what it does not re-check is librbd or an OSD storing other
-   bytes than it acknowledged, which a re-read would, at the price of a
-   second read and hash of the whole volume (about half the cost of the
-   copy: see docs/volumes.md). So a full pass re-reads the destination's
-   snapshot, while Cinder's fields (bootable flag) are set, by
-   default and always when ``rbd import-diff`` wrote it (a separate program,
-   perhaps over ssh, whose exit status is all stackhop learns); the operator
-   may trade that check for speed where librbd wrote it
-   (``--trust-writes``: ``RbdMethod(reread=False)``). An incremental pass re-reads only the chunks
-   changed since P, both sides at once, and updates the per-chunk digests
-   kept in the journal's chunk table (key ``volume-rbd:<source id>``, rows
-   only for non-zero chunks).
+   bytes than it acknowledged. So by default the sink also **reads back**
+   each extent as soon as its write is acknowledged, while the next ones
+   are written, and compares it byte for byte with the buffer it wrote
+   (no second hash, no second pass over the image: see
+   :class:`~stackhop.transfer.rbd_lib_io.LibDiffSink`), then checks that no
+   object of the fresh image holds data it did not write. Where ``rbd
+   import-diff`` wrote (a separate program, perhaps over ssh, whose exit
+   status is all stackhop learns) the destination's snapshot is re-read and
+   hashed instead, while Cinder's fields (bootable flag) are set. The
+   operator may trade the read-back for speed where librbd wrote
+   (``--trust-writes``: ``RbdMethod(reread=False)``). An incremental pass
+   re-reads the source's chunks changed since P (their digests), reads back
+   what it writes into the destination and checks that nothing else there
+   changed since P (else it re-reads the destination's changed chunks too),
+   and updates the per-chunk digests kept in the journal's chunk table (key
+   ``volume-rbd:<source id>``, rows only for non-zero chunks).
 
 Without ``--incremental`` both snapshots are removed at the end. With it,
 they are kept and named in :attr:`PassResult.state` (``snapshot``), and so is
@@ -323,27 +328,32 @@ class RbdMethod:
         dst_snap = snapshot_temporary(pair.dst_backend, image, snap)
         ctx.created(dst_snap)
         hasher = ChunkHasher(size=size, chunk=VERIFY_CHUNK, complete=True)
-        stats = self._stream(ctx, src, source_image, snap, None, dst, image, hasher, fresh=True)
+        # Cinder's fields (name, metadata, bootable flag) are set while the bytes stream:
+        # a GET and a few updates, off the critical path.
+        _, stats = _in_parallel(
+            lambda: cinder_adopt.sync_volume_fields(ctx, volume_id),
+            lambda: self._stream(
+                ctx, src, source_image, snap, None, dst, image, hasher, fresh=True,
+                read_back=self.reread,
+            ),
+        )
         ctx.stage(
             "imported", image=dst.spec(image), bytes=stats.data_bytes, bytes_wire=stats.wire_bytes
         )
 
         dest_digests: dict[int, str] | None = None
-        if self.reread or not stats.writes_confirmed:
-            # The destination's snapshot is read back while Cinder's fields are set.
-            dest_digests, _ = _in_parallel(
-                lambda: hash_diff(dst.export_diff(image, snap), chunk=VERIFY_CHUNK).digests,
-                lambda: cinder_adopt.sync_volume_fields(ctx, volume_id),
-            )
-        else:
-            cinder_adopt.sync_volume_fields(ctx, volume_id)
+        if not stats.read_back and (self.reread or not stats.writes_confirmed):
+            # Another program wrote it: the destination's snapshot is read back.
+            dest_digests = hash_diff(dst.export_diff(image, snap), chunk=VERIFY_CHUNK).digests
         ctx.stage(
             "adopted", destination_id=volume_id, image=dst.spec(image), handed_over=handed_over
         )
         source_digests = hasher.finish()
         if dest_digests is not None:
             compare_digests(ctx.source.label, source_digests, dest_digests, volume_id)
-        verified_by = "writes" if dest_digests is None else "reread"
+        verified_by = (
+            "read-back" if stats.read_back else "writes" if dest_digests is None else "reread"
+        )
         result = self._verified(
             ctx, volume_id, source_digests, size, stats, {"verified_by": verified_by},
             {"snapshot": snap, "zero_bytes": stats.zero_bytes, "pass": number},
@@ -465,12 +475,17 @@ class RbdMethod:
         dst_snap = snapshot_temporary(pair.dst_backend, image, snap)
         ctx.created(dst_snap)
         dst.remove_snapshot(image, snap)
-        # The source's changed chunks are re-read for the verification while the diff
-        # streams and the destination creates its snapshot (a monitor commit).
+        # Cinder's fields are synced, then the source's changed chunks re-read for their
+        # digests, while the diff streams and the destination creates its snapshot.
+        def fields_then_digests() -> ChunkDigests:
+            cinder_adopt.sync_volume_fields(ctx, destination_id)
+            return src.chunk_digests(source_image, snap, VERIFY_CHUNK, from_snap=base)
+
         source_changed, stats = _in_parallel(
-            lambda: src.chunk_digests(source_image, snap, VERIFY_CHUNK, from_snap=base),
+            fields_then_digests,
             lambda: self._stream(
-                ctx, src, source_image, snap, base, dst, image, None, retire=stale or None
+                ctx, src, source_image, snap, base, dst, image, None, retire=stale or None,
+                read_back=self.reread,
             ),
         )
         if stale:
@@ -486,11 +501,12 @@ class RbdMethod:
         ctx.stage("exported", snapshot=snap, since=base, bytes=stats.data_bytes)
         ctx.stage("imported", image=dst.spec(image), bytes_wire=stats.wire_bytes)
 
-        # Cinder's fields are synced while the destination re-reads the changed chunks.
-        dest_changed, _ = _in_parallel(
-            lambda: dst.chunk_digests(image, snap, VERIFY_CHUNK, from_snap=base),
-            lambda: cinder_adopt.sync_volume_fields(ctx, destination_id),
-        )
+        if stats.read_back:
+            # Every change read back as written, and nothing else changed since the base
+            # (which the previous pass verified): the changed chunks are the source's.
+            dest_changed = source_changed
+        else:
+            dest_changed = dst.chunk_digests(image, snap, VERIFY_CHUNK, from_snap=base)
         changed = self._changed_digests(ctx, source_changed, dest_changed, stats.touched)
         ctx.stage("adopted", destination_id=destination_id, reused=True)
         rows = int(previous.get("chunk_rows", -1))
@@ -509,7 +525,8 @@ class RbdMethod:
             reread = f"{len(changed)} chunk(s)"
         digest = content_digest(digests[i] for i in sorted(digests))
         record_digests(ctx.journal, ctx.source.id, changed, size, clear=reread == "all")
-        ctx.stage("verified", content_digest=digest, reread=reread)
+        verified_by = "read-back" if stats.read_back and reread != "all" else "reread"
+        ctx.stage("verified", content_digest=digest, reread=reread, verified_by=verified_by)
         self._commit_backup(ctx)
         result = PassResult(
             destination_id=destination_id,
@@ -517,7 +534,8 @@ class RbdMethod:
             bytes_sent=stats.data_bytes,
             bytes_wire=stats.wire_bytes,
             content_digest=digest,
-            details={"snapshot": snap, "since": base, "reread": reread, "pass": number},
+            details={"snapshot": snap, "since": base, "reread": reread, "pass": number,
+                     "verified_by": verified_by},
         )
         self._finish(ctx, result, number, snap, source_image, image, pair, src_snap, dst_snap, size)
         # The base stays until the next pass (or forget_incremental) removes it.
@@ -539,6 +557,7 @@ class RbdMethod:
         *,
         retire: str | None = None,
         fresh: bool = False,
+        read_back: bool = False,
         spans: list[tuple[int, int]] | None = None,
     ) -> DiffStats:
         """Copy the diff ``base`` -> ``snap`` of the source into ``image`` (teed, hashed);
@@ -574,7 +593,7 @@ class RbdMethod:
                 tap = (lambda r: tee(header, r)) if backup is not None else None
                 reader = SpanReader(reader, spans, tap)
             try:
-                sink = dst.import_diff(image, retire, fresh=fresh)
+                sink = dst.import_diff(image, retire, fresh=fresh, read_back=read_back)
             except BaseException:
                 reader.cancel()
                 reader.close()
