@@ -2,7 +2,7 @@
 
 What a re-read of the destination verified, the sink now checks while it writes: every
 extent read back equal, and on a fresh image no object holding data that the copy did not
-write. (That the comparison catches other bytes is tests/unit/test_rbd_read_back.py's:
+write. (That the comparison catches other bytes is tests/unit/test_rbd_read_back_compare.py's:
 Ceph cannot be made to return other bytes than it acknowledged.)
 """
 
