@@ -59,7 +59,10 @@ WRITES_IN_FLIGHT = 4
 """Pieces (at most 4 MiB each) written asynchronously at once by a :class:`LibDiffSink`."""
 
 READS_BACK_IN_FLIGHT = 2
-"""Pieces a reading-back :class:`LibDiffSink` holds besides, written and being read back."""
+"""Reads of pieces written and acknowledged outstanding at once in a reading-back
+:class:`LibDiffSink`. A piece keeps its write slot until it was read back: giving the
+read-backs slots of their own (6 pieces held instead of 4) took a 1 GiB pass's peak RSS
+from ~205 to 255 MB here, for no measurable speed."""
 
 
 class _WrittenSpans:
@@ -285,7 +288,7 @@ class LibDiffSink:
         self._to_snap: str | None = None
         self._from_snap: str | None = None
         self._retire_error: RbdError | None = None
-        self._depth = WRITES_IN_FLIGHT + (READS_BACK_IN_FLIGHT if read_back else 0)
+        self._depth = WRITES_IN_FLIGHT
         self._slots = threading.Semaphore(self._depth)
         # Keeps each piece alive until librbd has written it (and it was read back), with
         # its offset and length (None for zeroes); the first error wins.
