@@ -25,7 +25,7 @@ the stream pass with the venv's Python on the hosts (zstd per chunk).
 
     .venv/bin/python bench/volumes.py           # writes bench/results/volumes-<date>.{json,md}
     .venv/bin/python bench/volumes.py --quick   # smoke run: volumes-<date>-quick.{json,md}
-    .venv/bin/python bench/volumes.py --no-rbd  # stream only
+    .venv/bin/python bench/volumes.py --no-rbd  # stream only (--no-stream: rbd only)
 
 It refuses (exit 2, one line) when the volumes would not fit on the disk of
 the testbed state dir and /tmp.
@@ -264,6 +264,7 @@ def main() -> int:
         help="smoke run: sparse 1 and 2 GiB, dense 1 and 2 GiB (Cinder sizes are whole GiB)",
     )
     parser.add_argument("--no-rbd", action="store_true", help="bench the stream method only")
+    parser.add_argument("--no-stream", action="store_true", help="bench the rbd method only")
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -302,7 +303,8 @@ def main() -> int:
     scratch = Path(f"/tmp/stackhop-bench-{uuid.uuid4().hex[:8]}")
     scratch.mkdir()
     try:
-        results["stream"] = bench_stream(project, scratch, sizes)
+        if not args.no_stream:
+            results["stream"] = bench_stream(project, scratch, sizes)
         if not args.no_rbd:
             try:
                 results["rbd"] = bench_rbd(project, scratch, sizes)
@@ -319,6 +321,7 @@ def main() -> int:
     if not args.no_save:
         day = dt.date.today().isoformat()
         name = f"volumes-{day}-quick" if args.quick else f"volumes-{day}"
+        name += "-rbd" if args.no_stream else "-stream" if args.no_rbd else ""
         out = ROOT / "bench" / "results" / f"{name}.json"
         out.write_text(json.dumps(results, indent=2) + "\n")
         out.with_suffix(".md").write_text(report.render(results))
