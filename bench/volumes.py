@@ -483,12 +483,6 @@ def bench_rbd(
                 **_pass_row(full),
             }
             state = full["state"]
-            if shape == "dense":
-                # The same copy with --trust-writes (verified by librbd's acknowledgements,
-                # nothing read back): what the read-back costs per GiB.
-                trusting = run_child({**spec, "incremental": False, "reread": False})
-                point["trust_writes_s"] = trusting["seconds"]
-                delete_volume(project.dst_admin, trusting["destination_id"])
             if shape == "sparse":
                 changes = change_one_percent(local, size, 4)
                 write_rbd(volume.id, local, changes)
@@ -498,6 +492,13 @@ def bench_rbd(
                 state, support.connect("src"), support.connect("dst"), support.storage_map()
             )
             delete_volume(project.dst_admin, full["destination_id"])
+            if shape == "dense":
+                # The same copy with --trust-writes (verified by librbd's acknowledgements,
+                # nothing read back), into a fresh volume again (the first copy is gone, or
+                # the pass would only compare and keep it): what the read-back costs.
+                trusting = run_child({**spec, "incremental": False, "reread": False})
+                point["trust_writes_s"] = trusting["seconds"]
+                delete_volume(project.dst_admin, trusting["destination_id"])
             delete_volume(project.src_admin, volume.id)
             local.unlink()
             rows[shape].append(point)
