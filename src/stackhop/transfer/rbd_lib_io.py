@@ -288,8 +288,7 @@ class LibDiffSink:
         self._to_snap: str | None = None
         self._from_snap: str | None = None
         self._retire_error: RbdError | None = None
-        self._depth = WRITES_IN_FLIGHT
-        self._slots = threading.Semaphore(self._depth)
+        self._slots = threading.Semaphore(WRITES_IN_FLIGHT)
         # Keeps each piece alive until librbd has written it (and it was read back), with
         # its offset and length (None for zeroes); the first error wins.
         self._in_flight: dict[int, tuple[bytes | None, int, int]] = {}
@@ -445,9 +444,9 @@ class LibDiffSink:
 
     def _drain(self) -> None:
         """Wait until every piece is written (and read back): all slots free."""
-        for _ in range(self._depth):
+        for _ in range(WRITES_IN_FLIGHT):
             self._slots.acquire()
-        for _ in range(self._depth):
+        for _ in range(WRITES_IN_FLIGHT):
             self._slots.release()
 
     def finish(self) -> None:

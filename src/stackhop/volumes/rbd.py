@@ -43,7 +43,8 @@ One pass of one volume (both clouds' backends are ``driver: rbd`` in the storage
    object of the fresh image holds data it did not write. Where ``rbd
    import-diff`` wrote (a separate program, perhaps over ssh, whose exit
    status is all stackhop learns) the destination's snapshot is re-read and
-   hashed instead, while Cinder's fields (bootable flag) are set. The
+   hashed instead, after the copy. Cinder's fields (name, metadata, bootable
+   flag) are set while the bytes stream, in full and incremental passes. The
    operator may trade the read-back for speed where librbd wrote
    (``--trust-writes``: ``RbdMethod(reread=False)``). An incremental pass
    re-reads the source's chunks changed since P (their digests), reads back
